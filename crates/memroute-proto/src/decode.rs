@@ -1,0 +1,745 @@
+//! The incremental decoder for client requests (text and meta protocols).
+//!
+//! [`RequestDecoder::decode`] takes bytes from the front of a connection's
+//! read buffer. It returns `None` when it needs more bytes (a normal
+//! outcome, not an error), a [`Request`], or a [`ProtocolError`] that says
+//! exactly what memcached 1.6 would answer and whether the connection
+//! survives. The decoder keeps two pieces of state between calls, as
+//! memcached's connection state machine does: a storage command whose data
+//! block has not fully arrived, and a count of bytes still to swallow after
+//! an oversized value.
+
+use bytes::{Buf, Bytes, BytesMut};
+use smallvec::SmallVec;
+
+use crate::limits::Limits;
+use crate::meta::{base64_decode, MetaFlags};
+use crate::number::{parse_flags, parse_i32_wrapping, parse_u64};
+use crate::request::{
+    ArithCommand, ArithOp, Command, GetCommand, GetOp, Keys, MetaCommand, MetaOp, Request,
+    StoreCommand, StoreOp,
+};
+
+/// What one call to [`RequestDecoder::decode`] produced.
+// The request variant is large, but boxing it would cost an allocation per
+// request; the value is moved once, straight to the executor.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decoded {
+    Request(Request),
+    Error(ProtocolError),
+}
+
+/// A request memcached would refuse, with the reply it would give.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProtocolError {
+    /// Send this line (without `\r\n`); the connection stays open.
+    Reply(&'static str),
+    /// The request carried `noreply`, which in the text protocol hides
+    /// error replies too (memcached's behaviour); nothing is sent.
+    Silent,
+    /// Close the connection without a reply (a line grew past the limit
+    /// with no newline in sight).
+    Close,
+}
+
+impl ProtocolError {
+    /// The reply line, if one is sent.
+    pub fn reply_line(&self) -> Option<&'static str> {
+        match self {
+            ProtocolError::Reply(line) => Some(line),
+            _ => None,
+        }
+    }
+
+    /// Whether the connection must be closed.
+    pub fn closes(&self) -> bool {
+        matches!(self, ProtocolError::Close)
+    }
+}
+
+const ERROR: &str = "ERROR";
+const BAD_FORMAT: &str = "CLIENT_ERROR bad command line format";
+const BAD_CHUNK: &str = "CLIENT_ERROR bad data chunk";
+const TOO_LARGE: &str = "SERVER_ERROR object too large for cache";
+const BAD_EXPTIME: &str = "CLIENT_ERROR invalid exptime argument";
+const BAD_DELTA: &str = "CLIENT_ERROR invalid numeric delta argument";
+const DELETE_USAGE: &str = "CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]";
+const TOO_MANY_KEYS: &str = "CLIENT_ERROR too many keys";
+
+/// memcached tokenizes at most this many tokens for commands other than
+/// retrievals; longer lines fail the arity checks with `ERROR`.
+const MAX_TOKENS: usize = 23;
+/// Meta commands refuse lines with this many tokens or more.
+const META_MAX_TOKENS: usize = 20;
+
+/// A refused line: the reply and how many data bytes follow it that must be
+/// swallowed.
+struct LineError {
+    error: ProtocolError,
+    swallow: usize,
+}
+
+impl LineError {
+    fn reply(line: &'static str) -> Self {
+        LineError {
+            error: ProtocolError::Reply(line),
+            swallow: 0,
+        }
+    }
+    fn swallowing(line: &'static str, swallow: usize) -> Self {
+        LineError {
+            error: ProtocolError::Reply(line),
+            swallow,
+        }
+    }
+    /// Applies memcached's text-protocol rule that `noreply` hides errors.
+    fn unless_noreply(mut self, noreply: bool) -> Self {
+        if noreply {
+            self.error = ProtocolError::Silent;
+        }
+        self
+    }
+}
+
+enum Parsed {
+    Ready(Request),
+    /// The line is a storage command; this many value bytes (plus `\r\n`)
+    /// follow.
+    NeedsData(Request, usize),
+}
+
+/// A storage request whose data block is still arriving.
+struct Pending {
+    request: Request,
+    value_len: usize,
+}
+
+/// Decodes client requests from a byte stream. One per connection.
+pub struct RequestDecoder {
+    limits: Limits,
+    swallow: usize,
+    pending: Option<Pending>,
+}
+
+impl RequestDecoder {
+    pub fn new(limits: Limits) -> Self {
+        RequestDecoder {
+            limits,
+            swallow: 0,
+            pending: None,
+        }
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Whether the decoder holds a partly received request (or is
+    /// swallowing a refused value): graceful shutdown waits for these.
+    pub fn is_mid_request(&self) -> bool {
+        self.swallow > 0 || self.pending.is_some()
+    }
+
+    /// Decodes the next request from the front of `buf`, consuming its
+    /// bytes. `None` means more bytes are needed.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Option<Decoded> {
+        loop {
+            if self.swallow > 0 {
+                let n = self.swallow.min(buf.len());
+                buf.advance(n);
+                self.swallow -= n;
+                if self.swallow > 0 {
+                    return None;
+                }
+            }
+            if let Some(pending) = &self.pending {
+                let total = pending.value_len + 2;
+                if buf.len() < total {
+                    // Make room once for the whole value rather than growing
+                    // step by step as a large value trickles in.
+                    buf.reserve(total - buf.len());
+                    return None;
+                }
+                let Pending {
+                    mut request,
+                    value_len,
+                } = self.pending.take().expect("checked above");
+                let data = buf.split_to(total).freeze();
+                if &data[value_len..] != b"\r\n" {
+                    let error = if request.noreply() {
+                        ProtocolError::Silent
+                    } else {
+                        ProtocolError::Reply(BAD_CHUNK)
+                    };
+                    return Some(Decoded::Error(error));
+                }
+                request.value = data.slice(..value_len);
+                return Some(Decoded::Request(request));
+            }
+            if buf.is_empty() {
+                return None;
+            }
+            let Some(newline) = memchr::memchr(b'\n', buf) else {
+                let limit = if is_retrieval_prefix(buf) {
+                    self.limits.max_get_line_len
+                } else {
+                    self.limits.max_line_len
+                };
+                if buf.len() > limit {
+                    return Some(Decoded::Error(ProtocolError::Close));
+                }
+                return None;
+            };
+            let line_end = if newline > 0 && buf[newline - 1] == b'\r' {
+                newline - 1
+            } else {
+                newline
+            };
+            let mut frame = buf.split_to(newline + 1).freeze();
+            frame.truncate(line_end);
+            match parse_line(frame, &self.limits) {
+                Ok(Parsed::Ready(request)) => return Some(Decoded::Request(request)),
+                Ok(Parsed::NeedsData(request, value_len)) => {
+                    self.pending = Some(Pending { request, value_len });
+                }
+                Err(LineError { error, swallow }) => {
+                    self.swallow = swallow;
+                    return Some(Decoded::Error(error));
+                }
+            }
+        }
+    }
+}
+
+fn is_retrieval_prefix(buf: &[u8]) -> bool {
+    let trimmed = &buf[buf.iter().take_while(|&&b| b == b' ').count()..];
+    [&b"get "[..], b"gets ", b"gat ", b"gats "]
+        .iter()
+        .any(|p| trimmed.starts_with(p))
+}
+
+/// Start and end offsets of the space-separated tokens of a line.
+type Tokens = SmallVec<[(u32, u32); 12]>;
+
+fn tokenize(line: &[u8]) -> Tokens {
+    let mut tokens = Tokens::new();
+    let mut start = None;
+    for (i, &b) in line.iter().enumerate() {
+        if b == b' ' {
+            if let Some(s) = start.take() {
+                tokens.push((s as u32, i as u32));
+            }
+        } else if start.is_none() {
+            start = Some(i);
+        }
+    }
+    if let Some(s) = start {
+        tokens.push((s as u32, line.len() as u32));
+    }
+    tokens
+}
+
+/// The tokens of one line, as zero-copy slices.
+struct Line {
+    bytes: Bytes,
+    tokens: Tokens,
+}
+
+impl Line {
+    fn len(&self) -> usize {
+        self.tokens.len()
+    }
+    fn raw(&self, i: usize) -> &[u8] {
+        let (s, e) = self.tokens[i];
+        &self.bytes[s as usize..e as usize]
+    }
+    fn slice(&self, i: usize) -> Bytes {
+        let (s, e) = self.tokens[i];
+        self.bytes.slice(s as usize..e as usize)
+    }
+    /// memcached's `set_noreply_maybe`: the last token is exactly `noreply`.
+    fn ends_with_noreply(&self) -> bool {
+        self.len() > 1 && self.raw(self.len() - 1) == b"noreply"
+    }
+}
+
+fn key_ok(key: &[u8], limits: &Limits) -> bool {
+    !key.is_empty()
+        && key.len() <= limits.max_key_len
+        && (limits.allow_control_chars_in_keys || key.iter().all(|&b| b > 0x20 && b != 0x7f))
+}
+
+fn parse_line(bytes: Bytes, limits: &Limits) -> Result<Parsed, LineError> {
+    let tokens = tokenize(&bytes);
+    let line = Line { bytes, tokens };
+    if line.len() == 0 {
+        return Err(LineError::reply(ERROR));
+    }
+    let ready = |command| Ok(Parsed::Ready(Request::new(line.bytes.clone(), Bytes::new(), command)));
+    match line.raw(0) {
+        b"get" => parse_get(&line, GetOp::Get, limits).map(Parsed::Ready),
+        b"gets" => parse_get(&line, GetOp::Gets, limits).map(Parsed::Ready),
+        b"gat" => parse_get(&line, GetOp::Gat, limits).map(Parsed::Ready),
+        b"gats" => parse_get(&line, GetOp::Gats, limits).map(Parsed::Ready),
+        b"set" => parse_store(&line, StoreOp::Set, limits),
+        b"add" => parse_store(&line, StoreOp::Add, limits),
+        b"replace" => parse_store(&line, StoreOp::Replace, limits),
+        b"append" => parse_store(&line, StoreOp::Append, limits),
+        b"prepend" => parse_store(&line, StoreOp::Prepend, limits),
+        b"cas" => parse_store(&line, StoreOp::Cas, limits),
+        b"incr" => parse_arith(&line, ArithOp::Incr, limits),
+        b"decr" => parse_arith(&line, ArithOp::Decr, limits),
+        b"delete" => parse_delete(&line, limits),
+        b"touch" => parse_touch(&line, limits),
+        b"mg" => parse_meta(&line, MetaOp::Get, limits),
+        b"ms" => parse_meta(&line, MetaOp::Set, limits),
+        b"md" => parse_meta(&line, MetaOp::Delete, limits),
+        b"ma" => parse_meta(&line, MetaOp::Arith, limits),
+        b"me" => parse_meta(&line, MetaOp::Debug, limits),
+        b"mn" => ready(Command::MetaNoop),
+        b"version" => ready(Command::Version),
+        b"quit" => ready(Command::Quit),
+        b"stats" => {
+            let args = if line.len() > 1 {
+                let start = line.tokens[1].0 as usize;
+                let end = line.tokens[line.len() - 1].1 as usize;
+                line.bytes.slice(start..end)
+            } else {
+                Bytes::new()
+            };
+            ready(Command::Stats { args })
+        }
+        b"flush_all" => {
+            let n = line.len();
+            if n > 3 {
+                return Err(LineError::reply(ERROR));
+            }
+            let noreply = line.ends_with_noreply();
+            let delay = if n == 1 || (n == 2 && noreply) {
+                0
+            } else {
+                parse_i32_wrapping(line.raw(1))
+                    .ok_or_else(|| LineError::reply(BAD_EXPTIME).unless_noreply(noreply))?
+            };
+            ready(Command::FlushAll { delay, noreply })
+        }
+        b"verbosity" => {
+            let n = line.len();
+            if !(2..=3).contains(&n) {
+                return Err(LineError::reply(ERROR));
+            }
+            let noreply = line.ends_with_noreply();
+            if parse_u64(line.raw(1)).is_none() {
+                return Err(LineError::reply(BAD_FORMAT).unless_noreply(noreply));
+            }
+            ready(Command::Verbosity { noreply })
+        }
+        b"shutdown" => Err(LineError::reply("ERROR: shutdown not enabled")),
+        _ => Err(LineError::reply(ERROR)),
+    }
+}
+
+fn parse_get(line: &Line, op: GetOp, limits: &Limits) -> Result<Request, LineError> {
+    if line.len() < 2 {
+        return Err(LineError::reply(ERROR));
+    }
+    let (exptime, first_key) = if op.touches() {
+        let exptime = parse_i32_wrapping(line.raw(1)).ok_or(LineError::reply(BAD_EXPTIME))?;
+        (exptime, 2)
+    } else {
+        (0, 1)
+    };
+    if line.len() - first_key > limits.max_keys_per_get {
+        return Err(LineError::reply(TOO_MANY_KEYS));
+    }
+    let mut keys = Keys::with_capacity(line.len() - first_key);
+    for i in first_key..line.len() {
+        if !key_ok(line.raw(i), limits) {
+            return Err(LineError::reply(BAD_FORMAT));
+        }
+        keys.push(line.slice(i));
+    }
+    let command = Command::Get(GetCommand { op, exptime, keys });
+    Ok(Request::new(line.bytes.clone(), Bytes::new(), command))
+}
+
+fn parse_store(line: &Line, op: StoreOp, limits: &Limits) -> Result<Parsed, LineError> {
+    let n = line.len();
+    let arity = if op == StoreOp::Cas { 6 } else { 5 };
+    if n > MAX_TOKENS || (n != arity && n != arity + 1) {
+        return Err(LineError::reply(ERROR));
+    }
+    let noreply = n == arity + 1 && line.raw(n - 1) == b"noreply";
+    let bad = || LineError::reply(BAD_FORMAT).unless_noreply(noreply);
+    let key = line.raw(1);
+    if !key_ok(key, limits) {
+        return Err(bad());
+    }
+    let flags = parse_flags(line.raw(2)).ok_or_else(bad)?;
+    let exptime = parse_i32_wrapping(line.raw(3)).ok_or_else(bad)?;
+    let value_len = parse_i32_wrapping(line.raw(4)).ok_or_else(bad)?;
+    let cas = if op == StoreOp::Cas {
+        parse_u64(line.raw(5)).ok_or_else(bad)?
+    } else {
+        0
+    };
+    let Ok(value_len) = usize::try_from(value_len) else {
+        return Err(bad());
+    };
+    if !limits.item_fits(key.len(), value_len) {
+        return Err(LineError::swallowing(TOO_LARGE, value_len + 2).unless_noreply(noreply));
+    }
+    let command = Command::Store(StoreCommand {
+        op,
+        key: line.slice(1),
+        flags,
+        exptime,
+        cas,
+        noreply,
+    });
+    Ok(Parsed::NeedsData(
+        Request::new(line.bytes.clone(), Bytes::new(), command),
+        value_len,
+    ))
+}
+
+fn parse_arith(line: &Line, op: ArithOp, limits: &Limits) -> Result<Parsed, LineError> {
+    let n = line.len();
+    if n != 3 && n != 4 {
+        return Err(LineError::reply(ERROR));
+    }
+    let noreply = line.ends_with_noreply();
+    if !key_ok(line.raw(1), limits) {
+        return Err(LineError::reply(BAD_FORMAT).unless_noreply(noreply));
+    }
+    let delta = parse_u64(line.raw(2))
+        .ok_or_else(|| LineError::reply(BAD_DELTA).unless_noreply(noreply))?;
+    let command = Command::Arith(ArithCommand {
+        op,
+        key: line.slice(1),
+        delta,
+        noreply,
+    });
+    Ok(Parsed::Ready(Request::new(
+        line.bytes.clone(),
+        Bytes::new(),
+        command,
+    )))
+}
+
+fn parse_delete(line: &Line, limits: &Limits) -> Result<Parsed, LineError> {
+    let n = line.len();
+    if !(2..=4).contains(&n) {
+        return Err(LineError::reply(ERROR));
+    }
+    let noreply = line.ends_with_noreply();
+    if n > 2 {
+        // `delete <key> 0` is a legacy form memcached still accepts.
+        let hold_is_zero = line.raw(2) == b"0";
+        let valid = (n == 3 && (hold_is_zero || noreply)) || (n == 4 && hold_is_zero && noreply);
+        if !valid {
+            return Err(LineError::reply(DELETE_USAGE).unless_noreply(noreply));
+        }
+    }
+    if !key_ok(line.raw(1), limits) {
+        return Err(LineError::reply(BAD_FORMAT).unless_noreply(noreply));
+    }
+    let command = Command::Delete {
+        key: line.slice(1),
+        noreply,
+    };
+    Ok(Parsed::Ready(Request::new(
+        line.bytes.clone(),
+        Bytes::new(),
+        command,
+    )))
+}
+
+fn parse_touch(line: &Line, limits: &Limits) -> Result<Parsed, LineError> {
+    let n = line.len();
+    if n != 3 && n != 4 {
+        return Err(LineError::reply(ERROR));
+    }
+    let noreply = line.ends_with_noreply();
+    if !key_ok(line.raw(1), limits) {
+        return Err(LineError::reply(BAD_FORMAT).unless_noreply(noreply));
+    }
+    let exptime = parse_i32_wrapping(line.raw(2))
+        .ok_or_else(|| LineError::reply(BAD_EXPTIME).unless_noreply(noreply))?;
+    let command = Command::Touch {
+        key: line.slice(1),
+        exptime,
+        noreply,
+    };
+    Ok(Parsed::Ready(Request::new(
+        line.bytes.clone(),
+        Bytes::new(),
+        command,
+    )))
+}
+
+fn parse_meta(line: &Line, op: MetaOp, limits: &Limits) -> Result<Parsed, LineError> {
+    let n = line.len();
+    if n < 2 {
+        return Err(LineError::reply(ERROR));
+    }
+    let wire_key = line.raw(1);
+    if wire_key.len() > limits.max_key_len {
+        return Err(LineError::reply(BAD_FORMAT));
+    }
+    if op == MetaOp::Debug {
+        // `me <key> [b]`: a debugging aid with no other flags.
+        let base64 = n > 2 && line.raw(2) == b"b";
+        let key = meta_key(line, base64, limits)?;
+        let flag_tokens = line.tokens[2..].iter().take(usize::from(base64));
+        let spans = flag_tokens.map(|&(s, e)| (s as usize, e as usize));
+        let flags = MetaFlags::parse(&line.bytes, spans).map_err(|e| LineError::reply(e.reply()))?;
+        return Ok(meta_request(line, op, key, flags));
+    }
+    let (first_flag, value_len) = if op == MetaOp::Set {
+        if n == 2 {
+            return Err(LineError::reply(BAD_FORMAT));
+        }
+        let len = parse_i32_wrapping(line.raw(2))
+            .and_then(|v| usize::try_from(v).ok())
+            .ok_or(LineError::reply(BAD_FORMAT))?;
+        (3, Some(len))
+    } else {
+        (2, None)
+    };
+    if n >= META_MAX_TOKENS {
+        return Err(LineError::reply(if op == MetaOp::Get {
+            "CLIENT_ERROR options flags are too long"
+        } else {
+            "CLIENT_ERROR options flags too long"
+        }));
+    }
+    // From here on an `ms` error swallows the data block, as memcached does.
+    let fail = |reply: &'static str| LineError::swallowing(reply, value_len.map_or(0, |l| l + 2));
+    let spans = line.tokens[first_flag..].iter().map(|&(s, e)| (s as usize, e as usize));
+    let flags = MetaFlags::parse(&line.bytes, spans).map_err(|e| {
+        fail(match op {
+            MetaOp::Delete | MetaOp::Arith => "CLIENT_ERROR invalid or duplicate flag",
+            _ => e.reply(),
+        })
+    })?;
+    match (op, flags.mode) {
+        (MetaOp::Set, Some(m)) if !b"EAPRS".contains(&m) => {
+            return Err(fail("CLIENT_ERROR invalid mode for ms M token"))
+        }
+        (MetaOp::Arith, Some(m)) if !b"ID+-".contains(&m) => {
+            return Err(fail("CLIENT_ERROR invalid mode for ma M token"))
+        }
+        _ => {}
+    }
+    let key = meta_key(line, flags.base64_key(), limits).map_err(|e| fail_with(e, &fail))?;
+    let request = meta_request(line, op, key, flags);
+    match value_len {
+        None => Ok(request),
+        Some(len) => {
+            let Parsed::Ready(request) = request else {
+                unreachable!("meta_request builds ready requests")
+            };
+            if !limits.item_fits(request.key().map_or(0, |k| k.len()), len) {
+                return Err(LineError::swallowing(TOO_LARGE, len + 2));
+            }
+            Ok(Parsed::NeedsData(request, len))
+        }
+    }
+}
+
+fn fail_with(e: LineError, fail: &impl Fn(&'static str) -> LineError) -> LineError {
+    match e.error {
+        ProtocolError::Reply(line) => fail(line),
+        _ => e,
+    }
+}
+
+fn meta_key(line: &Line, base64: bool, limits: &Limits) -> Result<Bytes, LineError> {
+    let wire_key = line.raw(1);
+    let key = if base64 {
+        match base64_decode(wire_key) {
+            Some(decoded) if !decoded.is_empty() => Bytes::from(decoded),
+            _ => return Err(LineError::reply("CLIENT_ERROR error decoding key")),
+        }
+    } else {
+        line.slice(1)
+    };
+    // Decoded binary keys may hold any byte; text keys follow the usual rule.
+    let ok = if base64 {
+        !key.is_empty() && key.len() <= limits.max_key_len
+    } else {
+        key_ok(&key, limits)
+    };
+    if !ok {
+        return Err(LineError::reply(BAD_FORMAT));
+    }
+    Ok(key)
+}
+
+fn meta_request(line: &Line, op: MetaOp, key: Bytes, flags: MetaFlags) -> Parsed {
+    let command = Command::Meta(MetaCommand {
+        op,
+        key,
+        wire_key: line.slice(1),
+        flags,
+    });
+    Parsed::Ready(Request::new(line.bytes.clone(), Bytes::new(), command))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(input: &[u8]) -> Vec<Decoded> {
+        let mut decoder = RequestDecoder::new(Limits::default());
+        let mut buf = BytesMut::from(input);
+        let mut out = Vec::new();
+        while let Some(d) = decoder.decode(&mut buf) {
+            let close = matches!(d, Decoded::Error(ProtocolError::Close));
+            out.push(d);
+            if close {
+                break;
+            }
+        }
+        out
+    }
+
+    fn replies(input: &[u8]) -> Vec<String> {
+        decode_all(input)
+            .into_iter()
+            .map(|d| match d {
+                Decoded::Request(r) => format!("req:{}", r.command().name()),
+                Decoded::Error(ProtocolError::Reply(l)) => l.to_string(),
+                Decoded::Error(ProtocolError::Silent) => "silent".into(),
+                Decoded::Error(ProtocolError::Close) => "close".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn storage_with_value() {
+        let d = decode_all(b"set k 1 2 3\r\nabc\r\n");
+        let Decoded::Request(r) = &d[0] else { panic!() };
+        let Command::Store(s) = r.command() else {
+            panic!()
+        };
+        assert_eq!((&s.key[..], s.flags, s.exptime), (&b"k"[..], 1, 2));
+        assert_eq!(&r.value()[..], b"abc");
+        let mut out = BytesMut::new();
+        r.encode(&mut out);
+        assert_eq!(&out[..], b"set k 1 2 3\r\nabc\r\n");
+    }
+
+    #[test]
+    fn value_split_across_reads() {
+        let mut decoder = RequestDecoder::new(Limits::default());
+        let mut buf = BytesMut::from(&b"set k 0 0 5\r\nab"[..]);
+        assert!(decoder.decode(&mut buf).is_none());
+        assert!(decoder.is_mid_request());
+        buf.extend_from_slice(b"cde\r");
+        assert!(decoder.decode(&mut buf).is_none());
+        buf.extend_from_slice(b"\n");
+        let Some(Decoded::Request(r)) = decoder.decode(&mut buf) else {
+            panic!()
+        };
+        assert_eq!(&r.value()[..], b"abcde");
+        assert!(!decoder.is_mid_request());
+    }
+
+    #[test]
+    fn memcached_error_replies() {
+        assert_eq!(replies(b"foo\r\n"), ["ERROR"]);
+        assert_eq!(replies(b"\r\n"), ["ERROR"]);
+        assert_eq!(replies(b"GET a\r\n"), ["ERROR"]);
+        assert_eq!(replies(b"get\r\n"), ["ERROR"]);
+        assert_eq!(replies(b"set a 0 0\r\n"), ["ERROR"]);
+        assert_eq!(replies(b"set a 0 0 -1\r\n"), [BAD_FORMAT]);
+        assert_eq!(replies(b"set a 0 0 abc\r\nxx\r\n"), [BAD_FORMAT, "ERROR"]);
+        assert_eq!(replies(b"set a 0 0 2\r\nxxx\r\nget a\r\n"), [BAD_CHUNK, "ERROR", "req:get"]);
+        assert_eq!(replies(b"set a 0 0 1\r\nx\r\n"), ["req:set"]);
+        assert_eq!(replies(b"incr a abc\r\n"), [BAD_DELTA]);
+        assert_eq!(replies(b"incr a -1\r\n"), [BAD_DELTA]);
+        assert_eq!(replies(b"touch a abc\r\n"), [BAD_EXPTIME]);
+        assert_eq!(replies(b"gat abc a\r\n"), [BAD_EXPTIME]);
+        assert_eq!(replies(b"delete a 5\r\n"), [DELETE_USAGE]);
+        assert_eq!(replies(b"delete a 0\r\ndelete a noreply\r\n"), ["req:delete", "req:delete"]);
+        assert_eq!(replies(b"verbosity\r\n"), ["ERROR"]);
+        assert_eq!(replies(b"verbosity abc\r\n"), [BAD_FORMAT]);
+        assert_eq!(replies(b"flush_all abc\r\n"), [BAD_EXPTIME]);
+        assert_eq!(replies(b"set a 0 0 -1 noreply\r\n"), ["silent"]);
+        assert_eq!(replies(b"set a 0 0 1 noreply\r\nxyz\r\n"), ["silent", "ERROR"]);
+        assert_eq!(replies(b"set a 0 0 01\r\nx\r\n"), ["req:set"]);
+        assert_eq!(replies(b"set c 0x1 0 1\r\nx\r\n"), [BAD_FORMAT, "ERROR"]);
+        let mut long_key = b"get ".to_vec();
+        long_key.extend(std::iter::repeat_n(b'k', 251));
+        long_key.extend_from_slice(b"\r\n");
+        assert_eq!(replies(&long_key), [BAD_FORMAT]);
+    }
+
+    #[test]
+    fn oversized_value_is_swallowed() {
+        let mut input = b"set a 0 0 2000000\r\n".to_vec();
+        input.extend(std::iter::repeat_n(b'x', 2_000_000));
+        input.extend_from_slice(b"\r\nget a\r\n");
+        assert_eq!(replies(&input), [TOO_LARGE, "req:get"]);
+        // The exact boundary memcached has with its 56-byte item header.
+        let fits = |n: usize| {
+            let mut i = format!("set a 0 0 {n}\r\n").into_bytes();
+            i.extend(std::iter::repeat_n(b'x', n));
+            i.extend_from_slice(b"\r\n");
+            replies(&i) == ["req:set"]
+        };
+        assert!(fits(1_048_516));
+        assert!(!fits(1_048_517));
+    }
+
+    #[test]
+    fn long_line_without_newline_closes() {
+        assert_eq!(replies(&[b'x'; 3000]), ["close"]);
+        let mut get = b"get ".to_vec();
+        get.extend(std::iter::repeat_n(b'k', 3000));
+        assert!(replies(&get).is_empty(), "multi-get lines may be long");
+    }
+
+    #[test]
+    fn tokens_and_noreply() {
+        assert_eq!(replies(b"  get  a   b\r\n"), ["req:get"]);
+        assert_eq!(replies(b"get a\nset b 0 0 1\nx\r\n"), ["req:get", "req:set"]);
+        let d = decode_all(b"set a 0 0 1 garbage\r\nx\r\n");
+        let Decoded::Request(r) = &d[0] else { panic!() };
+        assert!(!r.noreply());
+        let too_many = b"set a 0 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22\r\n";
+        assert_eq!(replies(too_many), ["ERROR"]);
+    }
+
+    #[test]
+    fn meta_commands() {
+        let d = decode_all(b"mg foo v f t s c k O123\r\n");
+        let Decoded::Request(r) = &d[0] else { panic!() };
+        let Command::Meta(m) = r.command() else {
+            panic!()
+        };
+        assert_eq!(m.op, MetaOp::Get);
+        assert_eq!(&m.key[..], b"foo");
+        assert_eq!(m.flags.len(), 7);
+        assert_eq!(replies(b"mg\r\n"), ["ERROR"]);
+        assert_eq!(replies(b"mg foo zz\r\n"), ["CLIENT_ERROR invalid flag"]);
+        assert_eq!(replies(b"mg a v O12 O13\r\n"), ["CLIENT_ERROR duplicate flag"]);
+        assert_eq!(replies(b"md a zz\r\n"), ["CLIENT_ERROR invalid or duplicate flag"]);
+        assert_eq!(replies(b"ms a\r\n"), [BAD_FORMAT]);
+        assert_eq!(replies(b"ms a S1 T0\r\nx\r\n"), [BAD_FORMAT, "ERROR"]);
+        assert_eq!(replies(b"ms a 2 zz\r\nhi\r\nmn\r\n"), ["CLIENT_ERROR invalid flag", "req:mn"]);
+        assert_eq!(replies(b"ms a 2 MX\r\nhi\r\n"), ["CLIENT_ERROR invalid mode for ms M token"]);
+        assert_eq!(replies(b"ma a MX\r\n"), ["CLIENT_ERROR invalid mode for ma M token"]);
+        let d = decode_all(b"ms YWJj 1 b\r\nz\r\n");
+        let Decoded::Request(r) = &d[0] else { panic!() };
+        let Command::Meta(m) = r.command() else {
+            panic!()
+        };
+        assert_eq!((&m.key[..], &m.wire_key[..]), (&b"abc"[..], &b"YWJj"[..]));
+        assert_eq!(&r.value()[..], b"z");
+        assert_eq!(replies(b"mg !!!! b\r\n"), ["CLIENT_ERROR error decoding key"]);
+    }
+}

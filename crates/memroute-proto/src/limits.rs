@@ -1,0 +1,57 @@
+//! Operator-tunable bounds the decoder enforces.
+//!
+//! Defaults match memcached 1.6 so that memroute is a drop-in replacement:
+//! anything memcached accepts, memroute accepts.
+
+/// memcached's per-item header with CAS enabled, which counts against
+/// [`Limits::max_item_size`]: with 1 MiB and a 1-byte key, the largest value
+/// memcached stores is 1048516 bytes, and so does memroute.
+pub const ITEM_HEADER_SIZE: usize = 56;
+
+/// Bounds applied while decoding client requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest key, in bytes (memcached: 250). For meta commands with the
+    /// `b` flag this applies to the decoded key.
+    pub max_key_len: usize,
+    /// Largest item a storage command may create (memcached's `-I`, 1 MiB),
+    /// counted as memcached counts it: [`ITEM_HEADER_SIZE`] + key + 1 +
+    /// value + 2. Larger ones are answered `SERVER_ERROR object too large for
+    /// cache` and their bytes are swallowed.
+    pub max_item_size: usize,
+    /// How many bytes may arrive without a newline before the connection is
+    /// closed, for commands other than retrievals (memcached: 2048).
+    pub max_line_len: usize,
+    /// The same bound for `get`/`gets`/`gat`/`gats` lines, which carry many
+    /// keys (memcached streams these without a limit; we keep a generous one).
+    pub max_get_line_len: usize,
+    /// Most keys in one multi-get. `usize::MAX` (the default) means no limit,
+    /// like memcached; past the limit the reply is
+    /// `CLIENT_ERROR too many keys`.
+    pub max_keys_per_get: usize,
+    /// Whether keys may contain control characters (bytes below 0x21 or
+    /// 0x7f). protocol.txt forbids them; memcached's text parser does not
+    /// check. Default: refused, with `CLIENT_ERROR bad command line format`.
+    pub allow_control_chars_in_keys: bool,
+}
+
+impl Limits {
+    /// Whether an item with this key and value length fits in
+    /// [`Limits::max_item_size`].
+    pub fn item_fits(&self, key_len: usize, value_len: usize) -> bool {
+        ITEM_HEADER_SIZE + key_len + 1 + value_len.saturating_add(2) <= self.max_item_size
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_key_len: crate::KEY_MAX_LENGTH,
+            max_item_size: 1024 * 1024,
+            max_line_len: 2048,
+            max_get_line_len: 1024 * 1024,
+            max_keys_per_get: usize::MAX,
+            allow_control_chars_in_keys: false,
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! Number parsing with memcached's acceptance rules.
+//!
+//! memcached parses numbers with `strtol`/`strtoul` wrappers (`safe_strtol`
+//! and friends). Clients depend on the corner cases (`+1` is a valid length,
+//! `0x1` is not, flags wrap to 32 bits), so we reproduce them exactly rather
+//! than use Rust's stricter `str::parse`.
+
+/// Parses an unsigned decimal the way `safe_strtoull` does: an optional `+`,
+/// then digits only. A `-` sign is refused unless the value is zero.
+/// Overflow is refused.
+pub fn parse_u64(token: &[u8]) -> Option<u64> {
+    let (negative, digits) = split_sign(token);
+    let value = parse_digits(digits)?;
+    if negative && value != 0 {
+        return None;
+    }
+    Some(value)
+}
+
+/// Parses flags the way memcached 1.6's `safe_strtoul` does on 64-bit
+/// systems: as an unsigned 64-bit number, then truncated to 32 bits.
+pub fn parse_flags(token: &[u8]) -> Option<u32> {
+    parse_u64(token).map(|v| v as u32)
+}
+
+/// Parses a signed decimal the way `safe_strtol` does: an optional sign and
+/// digits, refused on 64-bit overflow, then truncated to 32 bits (memcached
+/// stores it in an `int32_t`).
+pub fn parse_i32_wrapping(token: &[u8]) -> Option<i32> {
+    let (negative, digits) = split_sign(token);
+    let magnitude = parse_digits(digits)?;
+    let value: i64 = if negative {
+        if magnitude > i64::MAX as u64 + 1 {
+            return None;
+        }
+        (magnitude as i64).wrapping_neg()
+    } else {
+        i64::try_from(magnitude).ok()?
+    };
+    Some(value as i32)
+}
+
+fn split_sign(token: &[u8]) -> (bool, &[u8]) {
+    match token.first() {
+        Some(b'+') => (false, &token[1..]),
+        Some(b'-') => (true, &token[1..]),
+        _ => (false, token),
+    }
+}
+
+fn parse_digits(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() {
+        return None;
+    }
+    let mut value: u64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        value = value.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+    }
+    Some(value)
+}
+
+/// Writes `value` in decimal into `out` (no allocation).
+pub fn write_u64(out: &mut bytes::BytesMut, value: u64) {
+    let mut tmp = [0u8; 20];
+    let mut i = tmp.len();
+    let mut v = value;
+    loop {
+        i -= 1;
+        tmp[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&tmp[i..]);
+}
+
+/// Writes a signed `value` in decimal into `out`.
+pub fn write_i64(out: &mut bytes::BytesMut, value: i64) {
+    if value < 0 {
+        out.extend_from_slice(b"-");
+    }
+    write_u64(out, value.unsigned_abs());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsigned_rules() {
+        assert_eq!(parse_u64(b"0"), Some(0));
+        assert_eq!(parse_u64(b"+12"), Some(12));
+        assert_eq!(parse_u64(b"-0"), Some(0));
+        assert_eq!(parse_u64(b"-1"), None);
+        assert_eq!(parse_u64(b"0x1"), None);
+        assert_eq!(parse_u64(b""), None);
+        assert_eq!(parse_u64(b"+"), None);
+        assert_eq!(parse_u64(b"18446744073709551615"), Some(u64::MAX));
+        assert_eq!(parse_u64(b"18446744073709551616"), None);
+    }
+
+    #[test]
+    fn flags_truncate_like_memcached() {
+        assert_eq!(parse_flags(b"4294967297"), Some(1));
+        assert_eq!(parse_flags(b"4294967295"), Some(u32::MAX));
+    }
+
+    #[test]
+    fn signed_rules() {
+        assert_eq!(parse_i32_wrapping(b"-5"), Some(-5));
+        assert_eq!(parse_i32_wrapping(b"4294967296"), Some(0));
+        assert_eq!(parse_i32_wrapping(b"abc"), None);
+        assert_eq!(parse_i32_wrapping(b"99999999999999999999"), None);
+    }
+
+    #[test]
+    fn writes_decimal() {
+        let mut b = bytes::BytesMut::new();
+        write_u64(&mut b, 0);
+        b.extend_from_slice(b" ");
+        write_u64(&mut b, u64::MAX);
+        b.extend_from_slice(b" ");
+        write_i64(&mut b, -42);
+        assert_eq!(&b[..], b"0 18446744073709551615 -42");
+    }
+}

@@ -1,0 +1,286 @@
+//! The typed form of a client request.
+//!
+//! A [`Request`] keeps the raw command line and data block it was decoded
+//! from (both zero-copy [`Bytes`] slices of the connection's read buffer), so
+//! a proxy can forward it byte for byte, plus the parsed [`Command`] that the
+//! embedded cache executes. Keys are slices of the same buffer.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use smallvec::SmallVec;
+
+use crate::meta::MetaFlags;
+
+/// One decoded client request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub(crate) line: Bytes,
+    pub(crate) value: Bytes,
+    pub(crate) command: Command,
+}
+
+impl Request {
+    /// Builds a request from its parts. The decoder is the usual source;
+    /// this exists for tests and for routes that synthesise requests.
+    pub fn new(line: Bytes, value: Bytes, command: Command) -> Self {
+        Request {
+            line,
+            value,
+            command,
+        }
+    }
+
+    /// What the client asked for.
+    pub fn command(&self) -> &Command {
+        &self.command
+    }
+
+    /// The command line as received, without its `\r\n` (or `\n`).
+    pub fn raw_line(&self) -> &Bytes {
+        &self.line
+    }
+
+    /// The data block of a storage command, without its trailing `\r\n`.
+    /// Empty for commands without one.
+    pub fn value(&self) -> &Bytes {
+        &self.value
+    }
+
+    /// Whether the client asked for no reply (`noreply`, or meta `q`, which
+    /// hides only nominal replies; see [`MetaFlags::quiet`]).
+    pub fn noreply(&self) -> bool {
+        match &self.command {
+            Command::Store(s) => s.noreply,
+            Command::Arith(a) => a.noreply,
+            Command::Delete { noreply, .. }
+            | Command::Touch { noreply, .. }
+            | Command::FlushAll { noreply, .. }
+            | Command::Verbosity { noreply } => *noreply,
+            _ => false,
+        }
+    }
+
+    /// The first key of the request, if it has one.
+    pub fn key(&self) -> Option<&Bytes> {
+        match &self.command {
+            Command::Get(g) => g.keys.first(),
+            Command::Store(s) => Some(&s.key),
+            Command::Arith(a) => Some(&a.key),
+            Command::Delete { key, .. } | Command::Touch { key, .. } => Some(key),
+            Command::Meta(m) => Some(&m.key),
+            _ => None,
+        }
+    }
+
+    /// Writes the request as a client sends it: line, `\r\n`, and for
+    /// storage commands the data block and `\r\n`.
+    pub fn encode(&self, out: &mut BytesMut) {
+        out.reserve(self.line.len() + self.value.len() + 4);
+        out.put_slice(&self.line);
+        out.put_slice(b"\r\n");
+        if self.has_data_block() {
+            out.put_slice(&self.value);
+            out.put_slice(b"\r\n");
+        }
+    }
+
+    /// Whether this request carries a data block on the wire.
+    pub fn has_data_block(&self) -> bool {
+        match &self.command {
+            Command::Store(_) => true,
+            Command::Meta(m) => m.op == MetaOp::Set,
+            _ => false,
+        }
+    }
+}
+
+/// Every command of the text and meta protocols, with its parsed arguments.
+// Meta commands carry their parsed flags inline: boxing them would cost an
+// allocation per request on the meta hot path.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// `get`, `gets`, `gat`, `gats`.
+    Get(GetCommand),
+    /// `set`, `add`, `replace`, `append`, `prepend`, `cas`.
+    Store(StoreCommand),
+    /// `delete <key> [0] [noreply]`.
+    Delete { key: Bytes, noreply: bool },
+    /// `incr`, `decr`.
+    Arith(ArithCommand),
+    /// `touch <key> <exptime> [noreply]`.
+    Touch {
+        key: Bytes,
+        exptime: i32,
+        noreply: bool,
+    },
+    /// `flush_all [delay] [noreply]`; `delay` is 0 when absent.
+    FlushAll { delay: i32, noreply: bool },
+    /// `version`.
+    Version,
+    /// `verbosity <level> [noreply]`.
+    Verbosity { noreply: bool },
+    /// `stats [group...]`; `args` is the rest of the line after `stats`,
+    /// trimmed (empty for plain `stats`).
+    Stats { args: Bytes },
+    /// `quit`: close the connection after earlier replies are sent.
+    Quit,
+    /// `mg`, `ms`, `md`, `ma`, `me`.
+    Meta(MetaCommand),
+    /// `mn`: a no-op that answers `MN`, used to mark the end of a pipeline.
+    MetaNoop,
+}
+
+impl Command {
+    /// The name of the command as it appears on the wire.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Get(g) => g.op.name(),
+            Command::Store(s) => s.op.name(),
+            Command::Delete { .. } => "delete",
+            Command::Arith(a) => match a.op {
+                ArithOp::Incr => "incr",
+                ArithOp::Decr => "decr",
+            },
+            Command::Touch { .. } => "touch",
+            Command::FlushAll { .. } => "flush_all",
+            Command::Version => "version",
+            Command::Verbosity { .. } => "verbosity",
+            Command::Stats { .. } => "stats",
+            Command::Quit => "quit",
+            Command::Meta(m) => m.op.name(),
+            Command::MetaNoop => "mn",
+        }
+    }
+}
+
+/// The retrieval commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GetOp {
+    Get,
+    Gets,
+    Gat,
+    Gats,
+}
+
+impl GetOp {
+    pub fn name(self) -> &'static str {
+        match self {
+            GetOp::Get => "get",
+            GetOp::Gets => "gets",
+            GetOp::Gat => "gat",
+            GetOp::Gats => "gats",
+        }
+    }
+    /// Whether hits carry the CAS unique (`gets`, `gats`).
+    pub fn returns_cas(self) -> bool {
+        matches!(self, GetOp::Gets | GetOp::Gats)
+    }
+    /// Whether the command also updates the expiry (`gat`, `gats`).
+    pub fn touches(self) -> bool {
+        matches!(self, GetOp::Gat | GetOp::Gats)
+    }
+}
+
+/// Keys of a retrieval command; one key is the common case and needs no
+/// heap allocation.
+pub type Keys = SmallVec<[Bytes; 2]>;
+
+/// `get`/`gets`/`gat`/`gats` and their keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GetCommand {
+    pub op: GetOp,
+    /// New expiry for `gat`/`gats`; 0 otherwise.
+    pub exptime: i32,
+    pub keys: Keys,
+}
+
+/// The storage commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreOp {
+    Set,
+    Add,
+    Replace,
+    Append,
+    Prepend,
+    Cas,
+}
+
+impl StoreOp {
+    pub fn name(self) -> &'static str {
+        match self {
+            StoreOp::Set => "set",
+            StoreOp::Add => "add",
+            StoreOp::Replace => "replace",
+            StoreOp::Append => "append",
+            StoreOp::Prepend => "prepend",
+            StoreOp::Cas => "cas",
+        }
+    }
+}
+
+/// A storage command; its data block is [`Request::value`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreCommand {
+    pub op: StoreOp,
+    pub key: Bytes,
+    pub flags: u32,
+    pub exptime: i32,
+    /// The compare value of `cas`; 0 for the other commands.
+    pub cas: u64,
+    pub noreply: bool,
+}
+
+/// `incr` or `decr`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArithOp {
+    Incr,
+    Decr,
+}
+
+/// `incr`/`decr <key> <delta> [noreply]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArithCommand {
+    pub op: ArithOp,
+    pub key: Bytes,
+    pub delta: u64,
+    pub noreply: bool,
+}
+
+/// The meta commands that take a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetaOp {
+    /// `mg`
+    Get,
+    /// `ms`
+    Set,
+    /// `md`
+    Delete,
+    /// `ma`
+    Arith,
+    /// `me`
+    Debug,
+}
+
+impl MetaOp {
+    pub fn name(self) -> &'static str {
+        match self {
+            MetaOp::Get => "mg",
+            MetaOp::Set => "ms",
+            MetaOp::Delete => "md",
+            MetaOp::Arith => "ma",
+            MetaOp::Debug => "me",
+        }
+    }
+}
+
+/// A meta command. For `ms` the data block is [`Request::value`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetaCommand {
+    pub op: MetaOp,
+    /// The key, base64-decoded when the `b` flag was given.
+    pub key: Bytes,
+    /// The key exactly as sent (base64 text when `b` was given), which is
+    /// what `k` echoes back.
+    pub wire_key: Bytes,
+    pub flags: MetaFlags,
+}

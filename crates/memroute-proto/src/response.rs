@@ -1,0 +1,373 @@
+//! The client side of the protocol: parsing a backend's reply.
+//!
+//! A reply can only be framed knowing the request it answers (a `get`
+//! ends at `END`, `stats` at `END` after `STAT` lines, `mg ... v` carries a
+//! data block, `set` is one line), so [`ResponseDecoder`] is built from the
+//! [`Request`]. The whole reply is kept as one zero-copy [`Bytes`] so a
+//! proxy can relay it to the client unchanged.
+
+use std::ops::Range;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::number::parse_u64;
+use crate::request::{Command, MetaOp, Request};
+
+/// What kind of reply a backend sent (memcached proxy's `MCMC_CODE_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseCode {
+    /// A retrieval reply with at least one `VALUE` block.
+    Value,
+    /// `END`: a retrieval miss (or the end of `stats`).
+    End,
+    Stored,
+    NotStored,
+    Exists,
+    NotFound,
+    Deleted,
+    Touched,
+    Ok,
+    /// The decimal result of `incr`/`decr`.
+    Number,
+    Version,
+    /// `STAT` lines ended by `END`.
+    Stat,
+    /// Meta `HD`.
+    Hd,
+    /// Meta `VA`.
+    Va,
+    /// Meta `EN`.
+    En,
+    /// Meta `NF`.
+    Nf,
+    /// Meta `NS`.
+    Ns,
+    /// Meta `EX`.
+    Ex,
+    /// Meta `MN`.
+    Mn,
+    /// Meta `ME` (debug).
+    Me,
+    Error,
+    ClientError,
+    ServerError,
+}
+
+impl ResponseCode {
+    /// Whether this is an error reply (`ERROR`, `CLIENT_ERROR`,
+    /// `SERVER_ERROR`).
+    pub fn is_error(self) -> bool {
+        matches!(
+            self,
+            ResponseCode::Error | ResponseCode::ClientError | ResponseCode::ServerError
+        )
+    }
+}
+
+/// One complete backend reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    raw: Bytes,
+    code: ResponseCode,
+    line_len: usize,
+    value: Option<Range<usize>>,
+    hit: bool,
+}
+
+impl Response {
+    pub fn code(&self) -> ResponseCode {
+        self.code
+    }
+    /// The whole reply as received, ready to relay.
+    pub fn raw(&self) -> &Bytes {
+        &self.raw
+    }
+    /// The first line without `\r\n`.
+    pub fn line(&self) -> &[u8] {
+        &self.raw[..self.line_len]
+    }
+    /// The data of the first value, if the reply carried one.
+    pub fn value(&self) -> Option<&[u8]> {
+        self.value.clone().map(|r| &self.raw[r])
+    }
+    /// Whether the reply found an item: `VALUE`, `VA`, or `HD` to an `mg`
+    /// (which answers `HD` for a hit when no value was asked for).
+    pub fn is_hit(&self) -> bool {
+        self.hit
+    }
+    /// Whether the backend processed the request (anything but an error).
+    pub fn is_ok(&self) -> bool {
+        !self.code.is_error()
+    }
+}
+
+/// A reply that does not fit the protocol: the proxy must drop the backend
+/// connection (it can no longer tell where replies start) and answer
+/// `SERVER_ERROR bad response`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MalformedResponse(pub &'static str);
+
+impl std::fmt::Display for MalformedResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "malformed backend response: {}", self.0)
+    }
+}
+
+impl std::error::Error for MalformedResponse {}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// `VALUE` blocks then `END`.
+    Retrieval,
+    /// `STAT` lines then `END`.
+    Stats,
+    /// One meta line, possibly `VA` with a data block.
+    Meta,
+    /// One line.
+    Line,
+}
+
+/// Frames the reply to one request.
+#[derive(Debug, Clone, Copy)]
+pub struct ResponseDecoder {
+    shape: Shape,
+    meta_get: bool,
+}
+
+impl ResponseDecoder {
+    /// A decoder for the reply to `request`.
+    pub fn for_request(request: &Request) -> Self {
+        let shape = match request.command() {
+            Command::Get(_) => Shape::Retrieval,
+            Command::Stats { .. } => Shape::Stats,
+            Command::Meta(m) if m.op != MetaOp::Debug => Shape::Meta,
+            Command::MetaNoop => Shape::Meta,
+            _ => Shape::Line,
+        };
+        let meta_get = matches!(request.command(), Command::Meta(m) if m.op == MetaOp::Get);
+        ResponseDecoder { shape, meta_get }
+    }
+
+    /// Takes one complete reply from the front of `buf`; `Ok(None)` means
+    /// more bytes are needed.
+    pub fn decode(&self, buf: &mut BytesMut) -> Result<Option<Response>, MalformedResponse> {
+        let Some(first_end) = memchr::memchr(b'\n', buf) else {
+            return Ok(None);
+        };
+        let line_len = trim_cr(buf, first_end);
+        let first = &buf[..line_len];
+        if let Some(code) = error_code(first) {
+            return Ok(Some(take(buf, first_end + 1, code, line_len, None)));
+        }
+        match self.shape {
+            Shape::Line => {
+                let code = line_code(first).ok_or(MalformedResponse("unexpected reply line"))?;
+                Ok(Some(take(buf, first_end + 1, code, line_len, None)))
+            }
+            Shape::Meta => {
+                let code = meta_code(first).ok_or(MalformedResponse("unexpected meta reply"))?;
+                if code != ResponseCode::Va {
+                    let mut response = take(buf, first_end + 1, code, line_len, None);
+                    response.hit = self.meta_get && code == ResponseCode::Hd;
+                    return Ok(Some(response));
+                }
+                let size = first[3..]
+                    .split(|&b| b == b' ')
+                    .next()
+                    .and_then(parse_u64)
+                    .ok_or(MalformedResponse("bad VA size"))? as usize;
+                let start = first_end + 1;
+                let total = start + size + 2;
+                if buf.len() < total {
+                    return Ok(None);
+                }
+                if &buf[start + size..total] != b"\r\n" {
+                    return Err(MalformedResponse("VA data not terminated"));
+                }
+                Ok(Some(take(buf, total, code, line_len, Some(start..start + size))))
+            }
+            Shape::Retrieval | Shape::Stats => self.decode_multi_line(buf),
+        }
+    }
+
+    fn decode_multi_line(&self, buf: &mut BytesMut) -> Result<Option<Response>, MalformedResponse> {
+        let mut pos = 0;
+        let mut first_value: Option<Range<usize>> = None;
+        let mut first_line_len = None;
+        loop {
+            let Some(rel) = memchr::memchr(b'\n', &buf[pos..]) else {
+                return Ok(None);
+            };
+            let end = pos + rel;
+            let len = trim_cr(buf, end) - pos;
+            let line = &buf[pos..pos + len];
+            first_line_len.get_or_insert(len);
+            if line == b"END" {
+                let code = match (self.shape, &first_value) {
+                    (Shape::Retrieval, Some(_)) => ResponseCode::Value,
+                    (Shape::Stats, _) if pos > 0 => ResponseCode::Stat,
+                    _ => ResponseCode::End,
+                };
+                let line_len = first_line_len.unwrap_or(len);
+                return Ok(Some(take(buf, end + 1, code, line_len, first_value)));
+            }
+            if pos > 0 && error_code(line).is_some() {
+                // An error in the middle of a reply (e.g. SERVER_ERROR
+                // out of memory writing get response) ends it.
+                let line_len = first_line_len.unwrap_or(len);
+                return Ok(Some(take(buf, end + 1, ResponseCode::ServerError, line_len, None)));
+            }
+            match self.shape {
+                Shape::Stats if line.starts_with(b"STAT ") => pos = end + 1,
+                Shape::Retrieval if line.starts_with(b"VALUE ") => {
+                    let size = line
+                        .split(|&b| b == b' ')
+                        .filter(|t| !t.is_empty())
+                        .nth(3)
+                        .and_then(parse_u64)
+                        .ok_or(MalformedResponse("bad VALUE line"))?
+                        as usize;
+                    let start = end + 1;
+                    let stop = start + size + 2;
+                    if buf.len() < stop {
+                        return Ok(None);
+                    }
+                    if &buf[start + size..stop] != b"\r\n" {
+                        return Err(MalformedResponse("VALUE data not terminated"));
+                    }
+                    first_value.get_or_insert(start..start + size);
+                    pos = stop;
+                }
+                _ => return Err(MalformedResponse("unexpected line in multi-line reply")),
+            }
+        }
+    }
+}
+
+fn trim_cr(buf: &[u8], newline: usize) -> usize {
+    if newline > 0 && buf[newline - 1] == b'\r' {
+        newline - 1
+    } else {
+        newline
+    }
+}
+
+fn take(
+    buf: &mut BytesMut,
+    len: usize,
+    code: ResponseCode,
+    line_len: usize,
+    value: Option<Range<usize>>,
+) -> Response {
+    Response {
+        raw: buf.split_to(len).freeze(),
+        code,
+        line_len,
+        value,
+        hit: matches!(code, ResponseCode::Value | ResponseCode::Va),
+    }
+}
+
+fn error_code(line: &[u8]) -> Option<ResponseCode> {
+    if line == b"ERROR" || line.starts_with(b"ERROR ") {
+        Some(ResponseCode::Error)
+    } else if line.starts_with(b"CLIENT_ERROR") {
+        Some(ResponseCode::ClientError)
+    } else if line.starts_with(b"SERVER_ERROR") {
+        Some(ResponseCode::ServerError)
+    } else {
+        None
+    }
+}
+
+fn line_code(line: &[u8]) -> Option<ResponseCode> {
+    Some(match line {
+        b"STORED" => ResponseCode::Stored,
+        b"NOT_STORED" => ResponseCode::NotStored,
+        b"EXISTS" => ResponseCode::Exists,
+        b"NOT_FOUND" => ResponseCode::NotFound,
+        b"DELETED" => ResponseCode::Deleted,
+        b"TOUCHED" => ResponseCode::Touched,
+        b"OK" => ResponseCode::Ok,
+        b"END" => ResponseCode::End,
+        _ if line.starts_with(b"VERSION ") => ResponseCode::Version,
+        _ if line.starts_with(b"ME ") => ResponseCode::Me,
+        _ if line == b"EN" => ResponseCode::En,
+        _ if !line.is_empty() && line.iter().all(u8::is_ascii_digit) => ResponseCode::Number,
+        _ => return None,
+    })
+}
+
+fn meta_code(line: &[u8]) -> Option<ResponseCode> {
+    if line.len() < 2 || (line.len() > 2 && line[2] != b' ') {
+        return None;
+    }
+    Some(match &line[..2] {
+        b"HD" => ResponseCode::Hd,
+        b"VA" => ResponseCode::Va,
+        b"EN" => ResponseCode::En,
+        b"NF" => ResponseCode::Nf,
+        b"NS" => ResponseCode::Ns,
+        b"EX" => ResponseCode::Ex,
+        b"MN" => ResponseCode::Mn,
+        b"ME" => ResponseCode::Me,
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Decoded, Limits, RequestDecoder};
+
+    fn request(line: &[u8]) -> Request {
+        let mut buf = BytesMut::from(line);
+        match RequestDecoder::new(Limits::default()).decode(&mut buf) {
+            Some(Decoded::Request(r)) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn parse(req: &[u8], reply: &[u8]) -> Result<Option<Response>, MalformedResponse> {
+        let d = ResponseDecoder::for_request(&request(req));
+        d.decode(&mut BytesMut::from(reply))
+    }
+
+    #[test]
+    fn retrieval_replies() {
+        let r = parse(b"get a b\r\n", b"VALUE a 1 2\r\nhi\r\nVALUE b 0 0\r\n\r\nEND\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.code(), ResponseCode::Value);
+        assert_eq!(r.value(), Some(&b"hi"[..]));
+        assert_eq!(r.line(), b"VALUE a 1 2");
+        assert!(r.is_hit());
+        let miss = parse(b"get a\r\n", b"END\r\n").unwrap().unwrap();
+        assert_eq!(miss.code(), ResponseCode::End);
+        assert!(!miss.is_hit() && miss.is_ok());
+        // Incomplete at every split point.
+        let full = b"VALUE a 1 2\r\nhi\r\nEND\r\n";
+        for cut in 0..full.len() {
+            assert_eq!(parse(b"get a\r\n", &full[..cut]), Ok(None), "cut {cut}");
+        }
+    }
+
+    #[test]
+    fn line_and_meta_replies() {
+        let r = parse(b"set a 0 0 1\r\nx\r\n", b"STORED\r\n").unwrap().unwrap();
+        assert_eq!(r.code(), ResponseCode::Stored);
+        let r = parse(b"incr a 1\r\n", b"42\r\n").unwrap().unwrap();
+        assert_eq!(r.code(), ResponseCode::Number);
+        let r = parse(b"mg a v\r\n", b"VA 2 f0\r\nhi\r\n").unwrap().unwrap();
+        assert_eq!((r.code(), r.value()), (ResponseCode::Va, Some(&b"hi"[..])));
+        let r = parse(b"mg a v\r\n", b"EN\r\n").unwrap().unwrap();
+        assert_eq!(r.code(), ResponseCode::En);
+        let r = parse(b"set a 0 0 1\r\nx\r\n", b"SERVER_ERROR out of memory\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(!r.is_ok());
+        assert!(parse(b"set a 0 0 1\r\nx\r\n", b"BOGUS\r\n").is_err());
+        let r = parse(b"stats\r\n", b"STAT pid 1\r\nSTAT uptime 2\r\nEND\r\n").unwrap().unwrap();
+        assert_eq!(r.code(), ResponseCode::Stat);
+    }
+}

@@ -1,0 +1,1 @@
+//! memroute-runtime (placeholder)
