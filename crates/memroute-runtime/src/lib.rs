@@ -1,1 +1,34 @@
-//! memroute-runtime (placeholder)
+//! memroute's server runtime: threads, connections, command execution and
+//! stats. The binary only parses flags into a [`ServerConfig`] and calls
+//! [`Server::run`].
+//!
+//! May depend on: `memroute-proto` (wire codecs), `memroute-cache` (the
+//! embedded backend), tokio. Nothing here parses bytes by hand.
+//!
+//! # Layout
+//! - [`config`]: [`ServerConfig`], with memcached's defaults.
+//! - [`server`]: listeners, the acceptor, worker threads, graceful shutdown.
+//! - [`connection`]: the per-connection read/decode/execute/write loop.
+//! - [`embedded`]: requests executed against the embedded cache.
+//! - [`admin`]: `stats`, `stats settings`, the version string.
+//! - [`stats`]: per-worker counters.
+//!
+//! # Example
+//! ```no_run
+//! use memroute_runtime::{Server, ServerConfig};
+//!
+//! let config = ServerConfig { listen: vec!["127.0.0.1:0".parse().unwrap()], ..Default::default() };
+//! let server = Server::bind(config).unwrap();
+//! println!("listening on {:?}", server.local_addrs());
+//! server.run(true).unwrap(); // until SIGTERM
+//! ```
+
+pub mod admin;
+pub mod config;
+pub mod connection;
+pub mod embedded;
+pub mod server;
+pub mod stats;
+
+pub use config::ServerConfig;
+pub use server::{RuntimeError, Server, ShutdownHandle};

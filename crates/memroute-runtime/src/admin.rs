@@ -1,0 +1,130 @@
+//! The `stats` family of replies and the version string.
+//!
+//! Field names and order follow memcached 1.6 so that monitoring tools
+//! written for memcached read memroute unchanged.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use memroute_cache::Cache;
+use memroute_proto::reply;
+
+use crate::config::ServerConfig;
+use crate::stats::{cpu_times, write_stat, ServerStats};
+
+/// What `version` answers. It leads with the memcached protocol level we
+/// implement, because client libraries (libmemcached among them) parse the
+/// leading `major.minor.patch` to decide which commands a server supports.
+pub const VERSION: &str = concat!("1.6.18-memroute-", env!("CARGO_PKG_VERSION"));
+
+/// Shared state behind `stats`.
+pub struct Admin {
+    pub stats: Arc<ServerStats>,
+    pub config: ServerConfig,
+}
+
+impl Admin {
+    /// Answers `stats [args]`.
+    pub fn stats(&self, args: &[u8], cache: &Cache, out: &mut BytesMut) {
+        match args {
+            b"" => self.general(cache, out),
+            b"settings" => self.settings(cache, out),
+            b"reset" => {
+                self.stats.reset();
+                reply::line(out, "RESET");
+            }
+            // Slab-allocator views have no equivalent in the embedded cache;
+            // an empty list keeps tools that poll them working.
+            b"items" | b"slabs" | b"sizes" | b"conns" | b"extstore" => reply::end(out),
+            _ => reply::line(out, "ERROR"),
+        }
+    }
+
+    fn general(&self, cache: &Cache, out: &mut BytesMut) {
+        let s = &self.stats;
+        let t = s.totals();
+        let c = cache.stats();
+        let (user, system) = cpu_times();
+        write_stat(out, "pid", std::process::id());
+        write_stat(out, "uptime", s.uptime_secs());
+        write_stat(out, "time", s.now_unix());
+        write_stat(out, "version", VERSION);
+        write_stat(out, "pointer_size", usize::BITS);
+        write_stat(out, "rusage_user", format_args!("{user:.6}"));
+        write_stat(out, "rusage_system", format_args!("{system:.6}"));
+        write_stat(out, "max_connections", self.config.max_connections);
+        write_stat(out, "curr_connections", s.curr_connections.load(Relaxed));
+        write_stat(out, "total_connections", s.total_connections.load(Relaxed));
+        write_stat(
+            out,
+            "rejected_connections",
+            s.rejected_connections.load(Relaxed),
+        );
+        write_stat(out, "connection_structures", s.curr_connections.load(Relaxed));
+        write_stat(out, "cmd_get", t.cmd_get);
+        write_stat(out, "cmd_set", t.cmd_set);
+        write_stat(out, "cmd_flush", t.cmd_flush);
+        write_stat(out, "cmd_touch", t.cmd_touch);
+        write_stat(out, "cmd_meta", t.cmd_meta);
+        write_stat(out, "get_hits", t.get_hits);
+        write_stat(out, "get_misses", t.get_misses);
+        write_stat(out, "get_expired", t.get_expired);
+        write_stat(out, "get_flushed", t.get_flushed);
+        write_stat(out, "delete_misses", t.delete_misses);
+        write_stat(out, "delete_hits", t.delete_hits);
+        write_stat(out, "incr_misses", t.incr_misses);
+        write_stat(out, "incr_hits", t.incr_hits);
+        write_stat(out, "decr_misses", t.decr_misses);
+        write_stat(out, "decr_hits", t.decr_hits);
+        write_stat(out, "cas_misses", t.cas_misses);
+        write_stat(out, "cas_hits", t.cas_hits);
+        write_stat(out, "cas_badval", t.cas_badval);
+        write_stat(out, "touch_hits", t.touch_hits);
+        write_stat(out, "touch_misses", t.touch_misses);
+        write_stat(out, "store_too_large", t.store_too_large);
+        write_stat(out, "store_no_memory", t.store_no_memory);
+        write_stat(out, "auth_cmds", 0);
+        write_stat(out, "auth_errors", 0);
+        write_stat(out, "bytes_read", t.bytes_read);
+        write_stat(out, "bytes_written", t.bytes_written);
+        write_stat(out, "limit_maxbytes", c.limit_maxbytes);
+        write_stat(out, "threads", self.config.threads);
+        write_stat(out, "bytes", c.bytes);
+        write_stat(out, "curr_items", c.curr_items);
+        write_stat(out, "total_items", c.total_items);
+        write_stat(out, "expired_unfetched", c.expired_unfetched);
+        write_stat(out, "evicted_unfetched", c.evicted_unfetched);
+        write_stat(out, "evictions", c.evictions);
+        write_stat(out, "reclaimed", c.reclaimed);
+        reply::end(out);
+    }
+
+    fn settings(&self, cache: &Cache, out: &mut BytesMut) {
+        let cfg = &self.config;
+        let c = cache.stats();
+        let port = cfg.listen.first().map_or(0, |a| a.port());
+        let inter = cfg
+            .listen
+            .iter()
+            .map(|a| a.ip().to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        write_stat(out, "maxbytes", c.limit_maxbytes);
+        write_stat(out, "maxconns", cfg.max_connections);
+        write_stat(out, "tcpport", port);
+        write_stat(out, "udpport", 0);
+        write_stat(out, "inter", inter);
+        write_stat(out, "verbosity", cfg.verbosity);
+        write_stat(out, "evictions", "on");
+        write_stat(out, "domain_socket", "NULL");
+        write_stat(out, "num_threads", cfg.threads);
+        write_stat(out, "cas_enabled", "yes");
+        write_stat(out, "tcp_backlog", cfg.backlog);
+        write_stat(out, "binding_protocol", "ascii");
+        write_stat(out, "item_size_max", cfg.limits.max_item_size);
+        write_stat(out, "key_max_length", cfg.limits.max_key_len);
+        write_stat(out, "shutdown_timeout", cfg.shutdown_timeout.as_secs());
+        reply::end(out);
+    }
+}

@@ -1,0 +1,45 @@
+//! Server settings, with memcached's defaults.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use memroute_proto::Limits;
+
+/// Everything the server needs to start. The binary fills it from the
+/// command line; tests build it directly (with port 0).
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Addresses to listen on (memcached's `-l`, `-p`).
+    pub listen: Vec<SocketAddr>,
+    /// Worker threads (`-t`); each owns its connections.
+    pub threads: usize,
+    /// Embedded cache memory limit in bytes (`-m`, given in MiB).
+    pub memory_limit: u64,
+    /// Most simultaneous client connections (`-c`); more are refused with
+    /// `ERROR Too many open connections`.
+    pub max_connections: usize,
+    /// Logging verbosity (`-v` count), reported by `stats settings`.
+    pub verbosity: u8,
+    /// Protocol bounds (key length, item size, line length).
+    pub limits: Limits,
+    /// How long graceful shutdown waits for requests in flight before the
+    /// process exits anyway.
+    pub shutdown_timeout: Duration,
+    /// TCP listen backlog (memcached's `-b`).
+    pub backlog: u32,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 11211))],
+            threads: std::thread::available_parallelism().map_or(4, |n| n.get()),
+            memory_limit: 64 * 1024 * 1024,
+            max_connections: 1024,
+            verbosity: 0,
+            limits: Limits::default(),
+            shutdown_timeout: Duration::from_secs(10),
+            backlog: 1024,
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! Server counters and the `stats` replies.
+//!
+//! Each worker owns one [`WorkerStats`] and is its only writer, so counters
+//! are bumped with a plain load and store (no locked instruction on the hot
+//! path); `stats` on any worker reads every worker's block and sums them, as
+//! memcached does with its per-thread stats.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::BytesMut;
+use memroute_proto::reply;
+
+/// A counter with a single writer (its worker) and many readers.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds `n`. Only the owning worker may call this: two writers would
+    /// lose updates.
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0
+            .store(self.0.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+    }
+    #[inline]
+    pub fn incr(&self) {
+        self.add(1);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+    fn reset(&self) {
+        self.0.store(0, Ordering::Relaxed);
+    }
+}
+
+macro_rules! worker_counters {
+    ($($name:ident),* $(,)?) => {
+        /// Per-worker command counters, named as memcached names them.
+        #[derive(Debug, Default)]
+        #[repr(align(128))] // keep workers' blocks off each other's cache lines
+        pub struct WorkerStats {
+            $(pub $name: Counter,)*
+        }
+
+        /// The sum of every worker's counters.
+        #[derive(Debug, Default, Clone, Copy)]
+        pub struct Totals {
+            $(pub $name: u64,)*
+        }
+
+        impl WorkerStats {
+            fn add_to(&self, t: &mut Totals) {
+                $(t.$name += self.$name.get();)*
+            }
+            fn reset(&self) {
+                $(self.$name.reset();)*
+            }
+        }
+    };
+}
+
+worker_counters!(
+    cmd_get,
+    cmd_set,
+    cmd_flush,
+    cmd_touch,
+    cmd_meta,
+    get_hits,
+    get_misses,
+    get_expired,
+    get_flushed,
+    delete_misses,
+    delete_hits,
+    incr_misses,
+    incr_hits,
+    decr_misses,
+    decr_hits,
+    cas_misses,
+    cas_hits,
+    cas_badval,
+    touch_hits,
+    touch_misses,
+    store_too_large,
+    store_no_memory,
+    bytes_read,
+    bytes_written,
+);
+
+/// Process-wide state shown by `stats`.
+#[derive(Debug)]
+pub struct ServerStats {
+    workers: Box<[WorkerStats]>,
+    started: Instant,
+    started_unix: u64,
+    pub curr_connections: AtomicUsize,
+    pub total_connections: AtomicU64,
+    pub rejected_connections: AtomicU64,
+}
+
+impl ServerStats {
+    pub fn new(workers: usize) -> Self {
+        ServerStats {
+            workers: (0..workers).map(|_| WorkerStats::default()).collect(),
+            started: Instant::now(),
+            started_unix: unix_now(),
+            curr_connections: AtomicUsize::new(0),
+            total_connections: AtomicU64::new(0),
+            rejected_connections: AtomicU64::new(0),
+        }
+    }
+
+    /// The counters block of worker `i`.
+    pub fn worker(&self, i: usize) -> &WorkerStats {
+        &self.workers[i]
+    }
+
+    pub fn totals(&self) -> Totals {
+        let mut t = Totals::default();
+        for w in self.workers.iter() {
+            w.add_to(&mut t);
+        }
+        t
+    }
+
+    /// `stats reset`. Counters are owned by their workers; a reset racing a
+    /// worker's update may keep that one update, which memcached tolerates
+    /// too.
+    pub fn reset(&self) {
+        for w in self.workers.iter() {
+            w.reset();
+        }
+        self.total_connections.store(0, Ordering::Relaxed);
+        self.rejected_connections.store(0, Ordering::Relaxed);
+    }
+
+    pub fn uptime_secs(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+
+    /// The Unix time the server started, from which `time` is derived so
+    /// that `time - uptime` stays constant like memcached's.
+    pub fn now_unix(&self) -> u64 {
+        self.started_unix + self.uptime_secs()
+    }
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Process CPU time (user, system) in seconds, read from /proc so that no
+/// `unsafe` libc call is needed. Zero where /proc is missing.
+pub fn cpu_times() -> (f64, f64) {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return (0.0, 0.0);
+    };
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields overall, in clock ticks (100 Hz on Linux).
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+        return (0.0, 0.0);
+    };
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) / 100.0, ticks(12) / 100.0)
+}
+
+/// Writes `STAT` lines for `name value` pairs.
+pub fn write_stat(out: &mut BytesMut, name: &str, value: impl std::fmt::Display) {
+    reply::stat(out, name, value);
+}
