@@ -6,14 +6,14 @@
 
 /// Bytes charged per item on top of key and value.
 ///
-/// memcached charges its 48-byte item header plus 8 bytes of CAS plus the
-/// trailing `\r\n` it stores with the value (~58 bytes). Our real per-item
-/// bookkeeping is of the same order: the slot (`Option<Entry>`: hash, boxed
-/// key pointer/len, value `Bytes` handle, flags, cas, seq, exptime, stored
-/// time, access atomics) is ~96 bytes, the hash-table slot 8 + 1 bytes, and
-/// the key box's allocator header. 64 is a round number inside that range
-/// that keeps `limit_maxbytes` comparable to memcached for the same `-m`.
-pub const ITEM_OVERHEAD: u64 = 64;
+/// Exactly what memcached charges: its 48-byte item header plus 8 bytes of
+/// CAS, the key's terminating NUL and the trailing `\r\n` it stores with
+/// the value (59 bytes). Using memcached's figure makes the largest storable
+/// value identical to memcached's for every key length (1048516 bytes for a
+/// 1-byte key under `-I 1m`), and equal to the protocol decoder's own check.
+/// Our real per-item bookkeeping is of the same order (slot, index entry,
+/// key allocation), so `limit_maxbytes` stays comparable for the same `-m`.
+pub const ITEM_OVERHEAD: u64 = 59;
 
 /// Default memory limit: 64 MiB, memcached's `-m 64` default.
 pub const DEFAULT_MEMORY_LIMIT: u64 = 64 * 1024 * 1024;

@@ -536,7 +536,7 @@ fn eviction_keeps_bytes_under_limit_and_prefers_cold_items() {
         max_item_size: 10_000,
         shards: 1,
     });
-    let val = Bytes::from(vec![b'v'; 932]); // 4 + 932 + 64 = 1000 bytes per item
+    let val = Bytes::from(vec![b'v'; 1000 - 4 - ITEM_OVERHEAD as usize]); // 1000 bytes per item
     for i in 0..100 {
         c.store(
             StoreMode::Set,
