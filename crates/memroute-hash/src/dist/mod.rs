@@ -46,8 +46,9 @@ pub enum RingMode {
     /// `fnv1a_64`).
     Twemproxy,
     /// memcached proxy `mcp.dist_ring_hash` omode `"default"`: one XXH3 point
-    /// per bucket from `"<addr>:<port>-<k>"` (see the crate docs for the
-    /// upstream cursor bug this does not reproduce).
+    /// per bucket from `"<addr>:<port>-<k>"`, low 32 bits.  Upstream (1.6.x)
+    /// never advances its continuum cursor in this mode, so its ring is
+    /// degenerate; this builds the evident intent and cannot match it.
     McproxyDefault,
     /// memcached proxy omode `"ketama"`: md5 of `"<addr>:<port>-<k>"`.
     McproxyKetama,
