@@ -56,7 +56,15 @@ struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
-enum Tool {}
+enum Tool {
+    /// Print the hash-distribution balance and key-movement report (see
+    /// docs/hashing.md) and write its SVG box plot.
+    HashReport {
+        /// Where to write the SVG box plot.
+        #[arg(long = "svg", default_value = "hash-report.svg")]
+        svg: std::path::PathBuf,
+    },
+}
 
 fn parse_size(s: &str) -> Result<usize, String> {
     let s = s.trim();
@@ -136,7 +144,19 @@ fn main() -> ExitCode {
         tracing::warn!("-u is accepted for compatibility; memroute does not switch users");
     }
     if let Some(tool) = &cli.command {
-        match *tool {}
+        return match tool {
+            Tool::HashReport { svg } => match memroute_hash::report::run(svg) {
+                Ok(table) => {
+                    print!("{table}");
+                    println!("SVG written to {}", svg.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("memroute: cannot write {}: {e}", svg.display());
+                    ExitCode::from(1)
+                }
+            },
+        };
     }
     let config = match config_from(&cli) {
         Ok(c) => c,

@@ -83,6 +83,75 @@ impl Request {
         }
     }
 
+    /// Builds a request from its wire form (`line` without `\r\n`, and
+    /// the data block for storage commands), as `mcp.request` does.
+    pub fn parse(line: &[u8], value: &[u8], limits: &crate::Limits) -> Result<Request, &'static str> {
+        let mut wire = BytesMut::with_capacity(line.len() + value.len() + 4);
+        wire.put_slice(line);
+        wire.put_slice(b"\r\n");
+        let mut decoder = crate::RequestDecoder::new(limits.clone());
+        let first = decoder.decode(&mut wire);
+        let needs_value = first.is_none() && decoder.is_mid_request();
+        let decoded = if needs_value {
+            wire.put_slice(value);
+            wire.put_slice(b"\r\n");
+            decoder.decode(&mut wire)
+        } else {
+            first
+        };
+        match decoded {
+            Some(crate::Decoded::Request(r)) if wire.is_empty() => Ok(r),
+            Some(crate::Decoded::Request(_)) => Err("CLIENT_ERROR trailing bytes after request"),
+            Some(crate::Decoded::Error(e)) => Err(e.reply_line().unwrap_or("CLIENT_ERROR bad request")),
+            None => Err("CLIENT_ERROR incomplete request"),
+        }
+    }
+
+    /// Whether the client wants no reply: `noreply`, or meta `q` (which
+    /// hides only nominal replies).
+    pub fn is_quiet(&self) -> bool {
+        match &self.command {
+            Command::Meta(m) => m.flags.quiet(),
+            _ => self.noreply(),
+        }
+    }
+
+    /// The same request with `noreply` (or the meta `q` flag) removed, for
+    /// forwarding to a backend that must answer so replies stay in step.
+    /// `None` when there is nothing to remove.
+    pub fn without_noreply(&self) -> Option<Request> {
+        let line: &[u8] = &self.line;
+        let tokens = line.split(|&b| b == b' ').filter(|t| !t.is_empty());
+        let mut kept = BytesMut::with_capacity(line.len());
+        let mut removed = false;
+        let meta = matches!(self.command, Command::Meta(_));
+        let count = tokens.clone().count();
+        for (i, token) in tokens.enumerate() {
+            let drop = if meta {
+                i >= 2 && token == b"q"
+            } else {
+                i + 1 == count && token == b"noreply" && self.noreply()
+            };
+            if drop {
+                removed = true;
+                continue;
+            }
+            if !kept.is_empty() {
+                kept.put_slice(b" ");
+            }
+            kept.put_slice(token);
+        }
+        if !removed {
+            return None;
+        }
+        Request::parse(&kept, &self.value, &crate::Limits {
+            max_key_len: usize::MAX,
+            max_item_size: usize::MAX,
+            ..crate::Limits::default()
+        })
+        .ok()
+    }
+
     /// Whether this request carries a data block on the wire.
     pub fn has_data_block(&self) -> bool {
         match &self.command {
@@ -283,4 +352,26 @@ pub struct MetaCommand {
     /// what `k` echoes back.
     pub wire_key: Bytes,
     pub flags: MetaFlags,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Limits;
+
+    #[test]
+    fn parse_and_strip_noreply() {
+        let limits = Limits::default();
+        let r = Request::parse(b"set k 1 2 3 noreply", b"abc", &limits).unwrap();
+        assert!(r.is_quiet());
+        let loud = r.without_noreply().unwrap();
+        assert_eq!(&loud.raw_line()[..], b"set k 1 2 3");
+        assert_eq!(&loud.value()[..], b"abc");
+        assert!(!loud.is_quiet());
+        let m = Request::parse(b"mg k v q O1", b"", &limits).unwrap();
+        assert_eq!(&m.without_noreply().unwrap().raw_line()[..], b"mg k v O1");
+        let plain = Request::parse(b"get a b", b"", &limits).unwrap();
+        assert!(plain.without_noreply().is_none());
+        assert!(Request::parse(b"bogus", b"", &limits).is_err());
+    }
 }

@@ -78,6 +78,26 @@ impl Response {
     pub fn code(&self) -> ResponseCode {
         self.code
     }
+    /// A one-line reply made up by the proxy itself (for example
+    /// `SERVER_ERROR backend failure`); `line` is without `\r\n`.
+    pub fn from_line(line: &str) -> Response {
+        let mut raw = BytesMut::with_capacity(line.len() + 2);
+        raw.extend_from_slice(line.as_bytes());
+        raw.extend_from_slice(b"\r\n");
+        let bytes = line.as_bytes();
+        let code = error_code(bytes)
+            .or_else(|| line_code(bytes))
+            .or_else(|| meta_code(bytes))
+            .unwrap_or(ResponseCode::ServerError);
+        Response {
+            raw: raw.freeze(),
+            code,
+            line_len: line.len(),
+            value: None,
+            hit: false,
+        }
+    }
+
     /// The whole reply as received, ready to relay.
     pub fn raw(&self) -> &Bytes {
         &self.raw

@@ -29,7 +29,7 @@ const SKIP_SEED: u64 = 0x6d61_676c_6576_736b; // "maglevsk"
 /// Marks an unclaimed slot while populating.
 const EMPTY: u32 = u32::MAX;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(super) struct Maglev {
     table: Box<[u32]>,
 }
@@ -121,6 +121,15 @@ impl Maglev {
         }
         let m = self.table.len() as f64;
         count.into_iter().map(|c| c as f64 / m).collect()
+    }
+}
+
+// A summary: the derived Debug would print every slot/point.
+impl std::fmt::Debug for Maglev {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Maglev")
+            .field("table", &self.table.len())
+            .finish_non_exhaustive()
     }
 }
 
