@@ -42,6 +42,20 @@ struct Cli {
     /// does not switch users (run it as the user you want).
     #[arg(short = 'u', long = "user")]
     user: Option<String>,
+    /// Lua startfile: run as a routing proxy (see docs/lua-api.md).
+    #[arg(long = "config", value_name = "STARTFILE")]
+    config: Option<std::path::PathBuf>,
+    /// String passed to the startfile as `mcp.start_arg`.
+    #[arg(long = "config-arg", value_name = "STR")]
+    config_arg: Option<String>,
+    /// Extra directory for Lua's `require` (repeatable).
+    #[arg(long = "lua-path", value_name = "DIR")]
+    lua_path: Vec<std::path::PathBuf>,
+    /// memcached-style extended options, comma-separated; memroute reads
+    /// `proxy_config=FILE` and `proxy_arg=STR` and ignores the rest with a
+    /// warning.
+    #[arg(short = 'o', long = "extended", value_name = "OPTS")]
+    extended: Vec<String>,
     /// Seconds graceful shutdown waits for requests in flight.
     #[arg(long = "shutdown-timeout", default_value_t = 10)]
     shutdown_timeout: u64,
@@ -80,7 +94,8 @@ fn parse_size(s: &str) -> Result<usize, String> {
         "g" | "gb" => 1024 * 1024 * 1024,
         _ => return Err(format!("bad size unit in {s:?} (use k, m or g)")),
     };
-    n.checked_mul(mult).ok_or_else(|| format!("size {s:?} too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} too large"))
 }
 
 fn init_logging(verbose: u8) {
@@ -101,7 +116,12 @@ fn init_logging(verbose: u8) {
 
 fn config_from(cli: &Cli) -> Result<ServerConfig, String> {
     let mut listen = Vec::new();
-    for part in cli.listen.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+    for part in cli
+        .listen
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+    {
         let ip: IpAddr = part
             .trim_start_matches('[')
             .trim_end_matches(']')
@@ -134,6 +154,26 @@ fn config_from(cli: &Cli) -> Result<ServerConfig, String> {
         config.threads = threads;
     }
     config.limits.max_item_size = cli.max_item_size;
+    let mut startfile = cli.config.clone();
+    let mut start_arg = cli.config_arg.clone();
+    for opts in &cli.extended {
+        for opt in opts.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+            match opt.split_once('=') {
+                Some(("proxy_config", file)) => startfile = Some(file.into()),
+                Some(("proxy_arg", arg)) => start_arg = Some(arg.to_string()),
+                _ => tracing::warn!("-o {opt}: not a memroute option, ignored"),
+            }
+        }
+    }
+    if let Some(startfile) = startfile {
+        config.proxy = Some(memroute_runtime::lua::ProxyConfig {
+            startfile,
+            start_arg,
+            lua_path: cli.lua_path.clone(),
+        });
+    } else if start_arg.is_some() {
+        return Err("--config-arg / proxy_arg needs a startfile (--config)".into());
+    }
     Ok(config)
 }
 

@@ -191,13 +191,14 @@ impl ResponseDecoder {
                     response.hit = self.meta_get && code == ResponseCode::Hd;
                     return Ok(Some(response));
                 }
-                let size = first[3..]
-                    .split(|&b| b == b' ')
-                    .next()
-                    .and_then(parse_u64)
-                    .ok_or(MalformedResponse("bad VA size"))? as usize;
+                // `VA` alone has no size; a size too large to address is as
+                // malformed as a missing one (and must not overflow below).
                 let start = first_end + 1;
-                let total = start + size + 2;
+                let (size, total) = first
+                    .get(3..)
+                    .and_then(|rest| rest.split(|&b| b == b' ').next())
+                    .and_then(|t| data_end(t, start))
+                    .ok_or(MalformedResponse("bad VA size"))?;
                 if buf.len() < total {
                     return Ok(None);
                 }
@@ -240,15 +241,13 @@ impl ResponseDecoder {
             match self.shape {
                 Shape::Stats if line.starts_with(b"STAT ") => pos = end + 1,
                 Shape::Retrieval if line.starts_with(b"VALUE ") => {
-                    let size = line
+                    let start = end + 1;
+                    let (size, stop) = line
                         .split(|&b| b == b' ')
                         .filter(|t| !t.is_empty())
                         .nth(3)
-                        .and_then(parse_u64)
-                        .ok_or(MalformedResponse("bad VALUE line"))?
-                        as usize;
-                    let start = end + 1;
-                    let stop = start + size + 2;
+                        .and_then(|t| data_end(t, start))
+                        .ok_or(MalformedResponse("bad VALUE line"))?;
                     if buf.len() < stop {
                         return Ok(None);
                     }
@@ -262,6 +261,14 @@ impl ResponseDecoder {
             }
         }
     }
+}
+
+/// Parses a data block size and returns it with the offset just past the
+/// block's `\r\n`, for a block starting at `start`; `None` if the size is
+/// not a number or the end does not fit in `usize`.
+fn data_end(size: &[u8], start: usize) -> Option<(usize, usize)> {
+    let size = usize::try_from(parse_u64(size)?).ok()?;
+    Some((size, start.checked_add(size)?.checked_add(2)?))
 }
 
 fn trim_cr(buf: &[u8], newline: usize) -> usize {

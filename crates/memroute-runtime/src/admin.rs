@@ -22,6 +22,7 @@ pub const VERSION: &str = concat!("1.6.18-memroute-", env!("CARGO_PKG_VERSION"))
 pub struct Admin {
     pub stats: Arc<ServerStats>,
     pub config: ServerConfig,
+    pub proxy_stats: Arc<crate::lua::ProxyStats>,
 }
 
 impl Admin {
@@ -30,6 +31,12 @@ impl Admin {
         match args {
             b"" => self.general(cache, out),
             b"settings" => self.settings(cache, out),
+            b"proxy" => {
+                for (name, value) in self.proxy_stats.snapshot() {
+                    write_stat(out, &name, value);
+                }
+                reply::end(out);
+            }
             b"reset" => {
                 self.stats.reset();
                 reply::line(out, "RESET");
@@ -61,7 +68,11 @@ impl Admin {
             "rejected_connections",
             s.rejected_connections.load(Relaxed),
         );
-        write_stat(out, "connection_structures", s.curr_connections.load(Relaxed));
+        write_stat(
+            out,
+            "connection_structures",
+            s.curr_connections.load(Relaxed),
+        );
         write_stat(out, "cmd_get", t.cmd_get);
         write_stat(out, "cmd_set", t.cmd_set);
         write_stat(out, "cmd_flush", t.cmd_flush);

@@ -27,6 +27,9 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
     /// TCP listen backlog (memcached's `-b`).
     pub backlog: u32,
+    /// The Lua routing configuration; `None` serves everything from the
+    /// embedded cache.
+    pub proxy: Option<crate::lua::ProxyConfig>,
 }
 
 impl Default for ServerConfig {
@@ -40,6 +43,7 @@ impl Default for ServerConfig {
             limits: Limits::default(),
             shutdown_timeout: Duration::from_secs(10),
             backlog: 1024,
+            proxy: None,
         }
     }
 }

@@ -4,19 +4,29 @@
 //! append replies to one write buffer, write it once, then read more", so a
 //! pipelined batch costs one `write` however many requests it holds, and
 //! replies always leave in request order.
+//!
+//! Requests served by the embedded cache complete at once. Requests with a
+//! Lua route become futures that run concurrently (their backend requests
+//! are batched per backend connection); their replies are still written in
+//! request order, and a request served locally behind a routed one waits
+//! for it.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use bytes::BytesMut;
-use memroute_proto::{reply, Decoded, RequestDecoder};
+use bytes::{Bytes, BytesMut};
+use futures_util::stream::{FuturesOrdered, StreamExt};
+use futures_util::FutureExt;
+use memroute_proto::{Decoded, Limits, Request, RequestDecoder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::embedded::{Embedded, Flow};
+use crate::lua::WorkerProxy;
 use crate::stats::{ServerStats, WorkerStats};
-use memroute_proto::Limits;
 
 /// Bytes reserved per read.
 const READ_CHUNK: usize = 16 * 1024;
@@ -25,6 +35,9 @@ const READ_CHUNK: usize = 16 * 1024;
 const WRITE_HIGH_WATER: usize = 256 * 1024;
 /// Buffers that grew past this (a large value) are released once idle.
 const SHRINK_ABOVE: usize = 256 * 1024;
+/// Routed requests in flight per connection before decoding pauses
+/// (memcached proxy's active request limit plays the same role).
+const MAX_IN_FLIGHT: usize = 1024;
 
 /// What a worker shares with all of its connections.
 pub struct WorkerContext {
@@ -32,6 +45,8 @@ pub struct WorkerContext {
     pub server_stats: Arc<ServerStats>,
     pub worker: usize,
     pub limits: Limits,
+    /// The Lua routing layer, when a startfile is configured.
+    pub proxy: Option<Rc<WorkerProxy>>,
 }
 
 impl WorkerContext {
@@ -39,6 +54,15 @@ impl WorkerContext {
     pub fn stats(&self) -> &WorkerStats {
         self.server_stats.worker(self.worker)
     }
+}
+
+type ReplyFuture = Pin<Box<dyn Future<Output = Bytes>>>;
+
+/// Replies not yet written, in request order.
+struct Pipeline {
+    ordered: FuturesOrdered<ReplyFuture>,
+    /// `quit` arrived behind routed requests: close once they are answered.
+    close_after: bool,
 }
 
 /// Serves one client until it disconnects, sends `quit`, breaks the
@@ -53,30 +77,66 @@ pub async fn serve(
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
     let mut wbuf = BytesMut::with_capacity(READ_CHUNK);
     let mut decoder = RequestDecoder::new(ctx.limits.clone());
+    let mut pipeline = Pipeline {
+        ordered: FuturesOrdered::new(),
+        close_after: false,
+    };
     let mut closing = *shutdown.borrow();
     loop {
         let mut close = false;
-        while let Some(decoded) = decoder.decode(&mut rbuf) {
+        while pipeline.ordered.len() < MAX_IN_FLIGHT && !pipeline.close_after {
+            let Some(decoded) = decoder.decode(&mut rbuf) else {
+                break;
+            };
             match decoded {
                 Decoded::Request(request) => {
-                    if ctx.executor.execute(&request, &mut wbuf, ctx.stats()) == Flow::Close {
-                        close = true;
-                        break;
+                    if dispatch(&ctx, request, &mut wbuf, &mut pipeline) == Flow::Close {
+                        if pipeline.ordered.is_empty() {
+                            close = true;
+                            break;
+                        }
+                        pipeline.close_after = true;
                     }
                 }
                 Decoded::Error(error) => {
-                    if let Some(line) = error.reply_line() {
-                        reply::line(&mut wbuf, line);
-                    }
+                    let line = error.reply_line().unwrap_or("");
+                    let bytes = if line.is_empty() {
+                        Bytes::new()
+                    } else {
+                        Bytes::from(format!("{line}\r\n"))
+                    };
+                    queue_or_write(&mut pipeline, &mut wbuf, bytes);
                     if error.closes() {
-                        close = true;
-                        break;
+                        if pipeline.ordered.is_empty() {
+                            close = true;
+                            break;
+                        }
+                        pipeline.close_after = true;
                     }
                 }
             }
             if wbuf.len() >= WRITE_HIGH_WATER && !flush(&mut stream, &mut wbuf, &ctx).await {
                 return;
             }
+        }
+        // Collect routed replies in order, writing what is ready before
+        // waiting on the rest.
+        while !pipeline.ordered.is_empty() {
+            let next = match pipeline.ordered.next().now_or_never() {
+                Some(next) => next,
+                None => {
+                    if !wbuf.is_empty() && !flush(&mut stream, &mut wbuf, &ctx).await {
+                        return;
+                    }
+                    pipeline.ordered.next().await
+                }
+            };
+            if let Some(bytes) = next {
+                wbuf.extend_from_slice(&bytes);
+            }
+        }
+        if pipeline.close_after {
+            close = true;
         }
         if !wbuf.is_empty() && !flush(&mut stream, &mut wbuf, &ctx).await {
             return;
@@ -88,6 +148,11 @@ pub async fn serve(
         if rbuf.is_empty() && rbuf.capacity() > SHRINK_ABOVE {
             rbuf = BytesMut::with_capacity(READ_CHUNK);
         }
+        // Requests already buffered (decoding paused at the in-flight
+        // limit) are handled before reading more.
+        if !rbuf.is_empty() && decoder_has_work(&rbuf) {
+            continue;
+        }
         rbuf.reserve(READ_CHUNK);
         tokio::select! {
             read = stream.read_buf(&mut rbuf) => match read {
@@ -96,6 +161,49 @@ pub async fn serve(
             },
             _ = shutdown.changed(), if !closing => closing = true,
         }
+    }
+}
+
+/// Whether the buffer holds at least one complete line to decode.
+fn decoder_has_work(rbuf: &[u8]) -> bool {
+    memchr::memchr(b'\n', rbuf).is_some()
+}
+
+/// Runs one request: routed ones join the pipeline, local ones answer now
+/// (or queue behind routed ones, to keep replies in order).
+fn dispatch(
+    ctx: &Rc<WorkerContext>,
+    request: Request,
+    wbuf: &mut BytesMut,
+    pipeline: &mut Pipeline,
+) -> Flow {
+    if let Some(proxy) = &ctx.proxy {
+        let lua = proxy.current();
+        if let Some(hook) = lua.hook(request.command()) {
+            pipeline
+                .ordered
+                .push_back(Box::pin(lua.serve(hook, request)));
+            return Flow::Continue;
+        }
+    }
+    if pipeline.ordered.is_empty() {
+        return ctx.executor.execute(&request, wbuf, ctx.stats());
+    }
+    let mut out = BytesMut::new();
+    let flow = ctx.executor.execute(&request, &mut out, ctx.stats());
+    pipeline
+        .ordered
+        .push_back(Box::pin(std::future::ready(out.freeze())));
+    flow
+}
+
+fn queue_or_write(pipeline: &mut Pipeline, wbuf: &mut BytesMut, bytes: Bytes) {
+    if pipeline.ordered.is_empty() {
+        wbuf.extend_from_slice(&bytes);
+    } else {
+        pipeline
+            .ordered
+            .push_back(Box::pin(std::future::ready(bytes)));
     }
 }
 

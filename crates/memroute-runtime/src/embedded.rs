@@ -10,9 +10,8 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use memroute_cache::{
-    ArithMode, ArithOutcome, Cache, DeleteOutcome, GetOutcome, MetaArithOptions,
-    MetaDeleteOptions, MetaGetOptions, MetaGetOutcome, MetaSetMode, MetaSetOptions, StoreMode,
-    StoreOutcome,
+    ArithMode, ArithOutcome, Cache, DeleteOutcome, GetOutcome, MetaArithOptions, MetaDeleteOptions,
+    MetaGetOptions, MetaGetOutcome, MetaSetMode, MetaSetOptions, StoreMode, StoreOutcome,
 };
 use memroute_proto::reply::{self, MetaReply};
 use memroute_proto::{
@@ -34,7 +33,8 @@ const NON_NUMERIC: &str = "CLIENT_ERROR cannot increment or decrement non-numeri
 const TOO_LARGE: &str = "SERVER_ERROR object too large for cache";
 const NO_MEMORY: &str = "SERVER_ERROR out of memory storing object";
 
-/// The embedded-cache executor of one worker.
+/// The embedded-cache executor of one worker (cheap to clone: two `Arc`s).
+#[derive(Clone)]
 pub struct Embedded {
     cache: Arc<Cache>,
     admin: Arc<Admin>,

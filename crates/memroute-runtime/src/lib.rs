@@ -10,7 +10,9 @@
 //! - [`server`]: listeners, the acceptor, worker threads, graceful shutdown.
 //! - [`connection`]: the per-connection read/decode/execute/write loop.
 //! - [`embedded`]: requests executed against the embedded cache.
-//! - [`admin`]: `stats`, `stats settings`, the version string.
+//! - [`admin`]: `stats`, `stats settings`, `stats proxy`, the version string.
+//! - [`lua`]: the Lua routing layer (config VM, worker VMs, routes).
+//! - [`backend`]: worker-local pipelined connections to memcached servers.
 //! - [`stats`]: per-worker counters.
 //!
 //! # Example
@@ -24,9 +26,11 @@
 //! ```
 
 pub mod admin;
+pub mod backend;
 pub mod config;
 pub mod connection;
 pub mod embedded;
+pub mod lua;
 pub mod server;
 pub mod stats;
 

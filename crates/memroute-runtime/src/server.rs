@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use memroute_cache::{Cache, CacheConfig};
 use tokio::io::AsyncWriteExt;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::task::LocalSet;
 use tracing::{debug, info, warn};
 
@@ -27,6 +27,8 @@ use crate::admin::Admin;
 use crate::config::ServerConfig;
 use crate::connection::{serve, WorkerContext};
 use crate::embedded::Embedded;
+use crate::lua::worker::RouteEnv;
+use crate::lua::{load_config, LoadedConfig, ProxyConfig, ProxyStats, WorkerProxy};
 use crate::stats::ServerStats;
 
 /// Errors that stop the server from starting.
@@ -40,6 +42,29 @@ pub enum RuntimeError {
     Runtime(io::Error),
     #[error("invalid configuration: {0}")]
     Config(String),
+    #[error("{0}")]
+    Lua(#[from] crate::lua::ConfigError),
+}
+
+/// Asks a running server to reload its Lua configuration (what SIGHUP
+/// does).
+#[derive(Clone)]
+pub struct ReloadHandle(Arc<Notify>);
+
+impl ReloadHandle {
+    pub fn reload(&self) {
+        self.0.notify_one();
+    }
+}
+
+/// Messages from the main thread to a worker during a reload.
+enum Control {
+    /// Build a VM for this configuration and say whether it worked.
+    Stage(Arc<LoadedConfig>, oneshot::Sender<Result<(), String>>),
+    /// Every worker staged: switch to the staged VM.
+    Commit,
+    /// Some worker failed: drop the staged VM.
+    Abort,
 }
 
 /// Triggers a graceful shutdown from another thread (tests, embedders).
@@ -57,6 +82,7 @@ pub struct Server {
     config: ServerConfig,
     listeners: Vec<std::net::TcpListener>,
     shutdown: Arc<watch::Sender<bool>>,
+    reload: Arc<Notify>,
 }
 
 impl Server {
@@ -71,8 +97,11 @@ impl Server {
         }
         let mut listeners = Vec::new();
         for addr in &config.listen {
-            let listener = bind_listener(*addr, config.backlog)
-                .map_err(|source| RuntimeError::Bind { addr: *addr, source })?;
+            let listener =
+                bind_listener(*addr, config.backlog).map_err(|source| RuntimeError::Bind {
+                    addr: *addr,
+                    source,
+                })?;
             listeners.push(listener);
         }
         // Report real ports (port 0 becomes the chosen one).
@@ -85,6 +114,7 @@ impl Server {
             config,
             listeners,
             shutdown: Arc::new(tx),
+            reload: Arc::new(Notify::new()),
         })
     }
 
@@ -97,6 +127,10 @@ impl Server {
         ShutdownHandle(self.shutdown.clone())
     }
 
+    pub fn reload_handle(&self) -> ReloadHandle {
+        ReloadHandle(self.reload.clone())
+    }
+
     /// Runs until shutdown. With `handle_signals`, SIGTERM and SIGINT start
     /// a graceful shutdown.
     pub fn run(self, handle_signals: bool) -> Result<(), RuntimeError> {
@@ -104,7 +138,19 @@ impl Server {
             config,
             listeners,
             shutdown,
+            reload,
         } = self;
+        let proxy_stats = Arc::new(ProxyStats::default());
+        // The config VM runs once here, before any worker starts: a broken
+        // startfile stops the server with the file and line at fault.
+        let loaded = match &config.proxy {
+            Some(proxy) => {
+                let loaded = load_config(proxy)?;
+                proxy_stats.set_names(&loaded.stat_names);
+                Some(Arc::new(loaded))
+            }
+            None => None,
+        };
         let cache = Arc::new(Cache::new(CacheConfig {
             max_item_size: config.limits.max_item_size,
             ..CacheConfig::with_memory_limit(config.memory_limit)
@@ -113,26 +159,56 @@ impl Server {
         let admin = Arc::new(Admin {
             stats: stats.clone(),
             config: config.clone(),
+            proxy_stats: proxy_stats.clone(),
         });
 
         let mut senders = Vec::with_capacity(config.threads);
+        let mut controls = Vec::with_capacity(config.threads);
         let mut workers = Vec::with_capacity(config.threads);
+        let (started_tx, started_rx) = std::sync::mpsc::channel::<Result<(), String>>();
         for worker in 0..config.threads {
             let (tx, rx) = mpsc::unbounded_channel::<std::net::TcpStream>();
+            let (control_tx, control_rx) = mpsc::unbounded_channel::<Control>();
             senders.push(tx);
+            controls.push(control_tx);
             let ctx = WorkerSeed {
                 cache: cache.clone(),
                 admin: admin.clone(),
                 stats: stats.clone(),
+                proxy_stats: proxy_stats.clone(),
+                loaded: loaded.clone(),
                 worker,
                 config: config.clone(),
                 shutdown: shutdown.subscribe(),
+                started: started_tx.clone(),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("memroute-worker-{worker}"))
-                .spawn(move || ctx.run(rx))
+                .spawn(move || ctx.run(rx, control_rx))
                 .map_err(RuntimeError::Thread)?;
             workers.push(thread);
+        }
+        drop(started_tx);
+        // Every worker must build its VM before the server listens.
+        let mut startup_error = None;
+        for _ in 0..config.threads {
+            match started_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    startup_error.get_or_insert(e);
+                }
+                Err(_) => {
+                    startup_error.get_or_insert("a worker thread died while starting".into());
+                }
+            }
+        }
+        if let Some(error) = startup_error {
+            let _ = shutdown.send(true);
+            drop(senders);
+            for thread in workers {
+                let _ = thread.join();
+            }
+            return Err(RuntimeError::Config(error));
         }
 
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -142,8 +218,8 @@ impl Server {
         let local = LocalSet::new();
         local.block_on(&runtime, async {
             for listener in listeners {
-                let listener = tokio::net::TcpListener::from_std(listener)
-                    .map_err(RuntimeError::Runtime)?;
+                let listener =
+                    tokio::net::TcpListener::from_std(listener).map_err(RuntimeError::Runtime)?;
                 tokio::task::spawn_local(accept_loop(
                     listener,
                     senders.clone(),
@@ -154,7 +230,10 @@ impl Server {
             }
             drop(senders);
             info!(addrs = ?config.listen, threads = config.threads, "memroute listening");
-            wait_for_shutdown(&shutdown, handle_signals).await;
+            wait_for_shutdown(&shutdown, handle_signals, &reload, |()| {
+                reload_config(config.proxy.clone(), controls.clone(), proxy_stats.clone())
+            })
+            .await;
             info!("shutting down: no new connections, finishing requests in flight");
             Ok::<(), RuntimeError>(())
         })?;
@@ -182,27 +261,111 @@ fn bind_listener(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpList
     Ok(socket.into())
 }
 
-async fn wait_for_shutdown(shutdown: &watch::Sender<bool>, handle_signals: bool) {
+/// Waits for a shutdown request (signal or handle), running reloads (SIGHUP
+/// or handle) in the meantime.
+async fn wait_for_shutdown<F, Fut>(
+    shutdown: &watch::Sender<bool>,
+    handle_signals: bool,
+    reload: &Notify,
+    mut do_reload: F,
+) where
+    F: FnMut(()) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    use tokio::signal::unix::{signal, Signal, SignalKind};
     let mut rx = shutdown.subscribe();
-    if !handle_signals {
-        let _ = rx.wait_for(|&stop| stop).await;
-        return;
-    }
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        warn!("cannot install signal handlers; stop with SIGKILL");
-        let _ = rx.wait_for(|&stop| stop).await;
-        return;
+    let install = |kind| {
+        if handle_signals {
+            signal(kind).ok()
+        } else {
+            None
+        }
     };
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received"),
-        _ = int.recv() => info!("SIGINT received"),
-        _ = rx.wait_for(|&stop| stop) => {}
+    let mut term = install(SignalKind::terminate());
+    let mut int = install(SignalKind::interrupt());
+    let mut hup = install(SignalKind::hangup());
+    if handle_signals && (term.is_none() || int.is_none()) {
+        warn!("cannot install signal handlers; stop with SIGKILL");
+    }
+    async fn next(signal: &mut Option<Signal>) {
+        match signal {
+            Some(s) => {
+                s.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+    loop {
+        tokio::select! {
+            _ = next(&mut term) => { info!("SIGTERM received"); break; }
+            _ = next(&mut int) => { info!("SIGINT received"); break; }
+            _ = rx.wait_for(|&stop| stop) => break,
+            _ = next(&mut hup) => { info!("SIGHUP received: reloading"); do_reload(()).await; }
+            _ = reload.notified() => { info!("reload requested"); do_reload(()).await; }
+        }
     }
     let _ = shutdown.send(true);
+}
+
+/// Reloads the Lua configuration on every worker, or on none: the config VM
+/// runs first (off the acceptor thread), then every worker builds its new VM
+/// beside the old one; only if all succeed do they switch.
+async fn reload_config(
+    proxy: Option<ProxyConfig>,
+    controls: Vec<mpsc::UnboundedSender<Control>>,
+    proxy_stats: Arc<ProxyStats>,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let Some(proxy) = proxy else {
+        info!("no Lua configuration to reload");
+        return;
+    };
+    let loaded = match tokio::task::spawn_blocking(move || load_config(&proxy)).await {
+        Ok(Ok(loaded)) => Arc::new(loaded),
+        Ok(Err(e)) => {
+            proxy_stats.reload_failures.fetch_add(1, Relaxed);
+            tracing::error!("reload failed, keeping the old configuration: {e}");
+            return;
+        }
+        Err(e) => {
+            proxy_stats.reload_failures.fetch_add(1, Relaxed);
+            tracing::error!("reload failed, keeping the old configuration: {e}");
+            return;
+        }
+    };
+    let mut replies = Vec::with_capacity(controls.len());
+    for control in &controls {
+        let (tx, rx) = oneshot::channel();
+        if control.send(Control::Stage(loaded.clone(), tx)).is_ok() {
+            replies.push(rx);
+        }
+    }
+    let mut failure = None;
+    for rx in replies {
+        match rx.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                failure.get_or_insert(e);
+            }
+            Err(_) => {
+                failure.get_or_insert("a worker stopped during the reload".to_string());
+            }
+        }
+    }
+    if let Some(e) = failure {
+        for control in &controls {
+            let _ = control.send(Control::Abort);
+        }
+        proxy_stats.reload_failures.fetch_add(1, Relaxed);
+        tracing::error!("reload failed, keeping the old configuration: {e}");
+        return;
+    }
+    for control in &controls {
+        let _ = control.send(Control::Commit);
+    }
+    proxy_stats.set_names(&loaded.stat_names);
+    proxy_stats.reloads.fetch_add(1, Relaxed);
+    info!("configuration reloaded on every worker");
 }
 
 async fn accept_loop(
@@ -254,30 +417,61 @@ struct WorkerSeed {
     cache: Arc<Cache>,
     admin: Arc<Admin>,
     stats: Arc<ServerStats>,
+    proxy_stats: Arc<ProxyStats>,
+    loaded: Option<Arc<LoadedConfig>>,
     worker: usize,
     config: ServerConfig,
     shutdown: watch::Receiver<bool>,
+    started: std::sync::mpsc::Sender<Result<(), String>>,
 }
 
 impl WorkerSeed {
-    fn run(self, mut incoming: mpsc::UnboundedReceiver<std::net::TcpStream>) {
+    fn run(
+        self,
+        mut incoming: mpsc::UnboundedReceiver<std::net::TcpStream>,
+        mut control: mpsc::UnboundedReceiver<Control>,
+    ) {
         let runtime = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
         {
             Ok(rt) => rt,
             Err(e) => {
-                tracing::error!(error = %e, worker = self.worker, "worker runtime failed to start");
+                let _ = self.started.send(Err(format!("worker runtime: {e}")));
                 return;
             }
         };
+        let local = LocalSet::new();
+        let executor = Embedded::new(self.cache, self.admin);
+        // Backend connections spawn local tasks, so the VM is built inside
+        // the worker's LocalSet.
+        let proxy = match &self.loaded {
+            Some(loaded) => {
+                let env = RouteEnv {
+                    embedded: executor.clone(),
+                    server_stats: self.stats.clone(),
+                    worker: self.worker,
+                    limits: self.config.limits.clone(),
+                    proxy_stats: self.proxy_stats.clone(),
+                };
+                match local.block_on(&runtime, async { WorkerProxy::new(env, loaded) }) {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        let _ = self.started.send(Err(e.to_string()));
+                        return;
+                    }
+                }
+            }
+            None => None,
+        };
+        let _ = self.started.send(Ok(()));
         let ctx = Rc::new(WorkerContext {
-            executor: Embedded::new(self.cache, self.admin),
+            executor,
             server_stats: self.stats.clone(),
             worker: self.worker,
             limits: self.config.limits.clone(),
+            proxy: proxy.clone(),
         });
-        let local = LocalSet::new();
         let stats = self.stats;
         let mut shutdown = self.shutdown;
         let timeout = self.config.shutdown_timeout;
@@ -286,6 +480,10 @@ impl WorkerSeed {
             loop {
                 let stream = tokio::select! {
                     stream = incoming.recv() => stream,
+                    Some(message) = control.recv() => {
+                        handle_control(proxy.as_deref(), message);
+                        continue;
+                    }
                     _ = shutdown.wait_for(|&stop| stop) => None,
                 };
                 let Some(stream) = stream else { break };
@@ -314,5 +512,19 @@ impl WorkerSeed {
                 );
             }
         });
+    }
+}
+
+fn handle_control(proxy: Option<&WorkerProxy>, message: Control) {
+    match (proxy, message) {
+        (Some(proxy), Control::Stage(loaded, reply)) => {
+            let _ = reply.send(proxy.stage(&loaded).map_err(|e| e.to_string()));
+        }
+        (None, Control::Stage(_, reply)) => {
+            let _ = reply.send(Err("this worker has no Lua configuration".into()));
+        }
+        (Some(proxy), Control::Commit) => proxy.commit(),
+        (Some(proxy), Control::Abort) => proxy.abort(),
+        (None, _) => {}
     }
 }

@@ -20,8 +20,10 @@ impl Counter {
     /// lose updates.
     #[inline]
     pub fn add(&self, n: u64) {
-        self.0
-            .store(self.0.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
     }
     #[inline]
     pub fn incr(&self) {
@@ -164,7 +166,12 @@ pub fn cpu_times() -> (f64, f64) {
         return (0.0, 0.0);
     };
     let fields: Vec<&str> = rest.split(' ').collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     (ticks(11) / 100.0, ticks(12) / 100.0)
 }
 

@@ -1,0 +1,392 @@
+//! One pipelined connection slot of a backend: its request queue, and the
+//! supervisor task that connects, validates, runs the reader and writer,
+//! and reconnects.
+//!
+//! A slot outlives its TCP connections. Requests are queued on the slot
+//! (their bytes appended to `out`, their reply decoder pushed on `queue`, in
+//! the same order), so requests issued while the connection is (re)opening
+//! go out as soon as it is validated.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::io;
+use std::rc::Rc;
+
+use bytes::{Bytes, BytesMut};
+use memroute_proto::response::MalformedResponse;
+use memroute_proto::{Command, Request, Response, ResponseCode, ResponseDecoder};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{oneshot, Notify};
+use tokio::time::{sleep_until, timeout, Instant};
+use tracing::{debug, info, warn};
+
+use super::config::BackendConfig;
+use super::error::BackendError;
+use super::health::FailureOutcome;
+use super::stats::{add, incr};
+use super::Inner;
+
+/// Bytes reserved per read.
+const READ_CHUNK: usize = 16 * 1024;
+/// Buffers that grew past this (a large value) are released once empty.
+const SHRINK_ABOVE: usize = 256 * 1024;
+
+/// A request waiting for its reply.
+pub(crate) struct Pending {
+    pub(crate) decoder: ResponseDecoder,
+    pub(crate) reply: oneshot::Sender<Result<Response, BackendError>>,
+    pub(crate) queued_at: Instant,
+}
+
+/// One of a backend's `connections` pipelined connections.
+#[derive(Default)]
+pub(crate) struct Slot {
+    /// Requests queued or written and not yet answered, oldest first.
+    pub(crate) queue: RefCell<VecDeque<Pending>>,
+    /// Encoded requests not yet handed to the socket, in `queue` order
+    /// (every request in `out` is also in `queue`).
+    pub(crate) out: RefCell<BytesMut>,
+    /// Whether a validated connection is running.
+    pub(crate) connected: Cell<bool>,
+    pub(crate) wake_writer: Notify,
+    pub(crate) wake_reader: Notify,
+    pub(crate) wake_supervisor: Notify,
+}
+
+impl Slot {
+    /// Queues one request; its bytes leave with the next write.
+    pub(crate) fn push(
+        &self,
+        request: &Request,
+    ) -> oneshot::Receiver<Result<Response, BackendError>> {
+        let (tx, rx) = oneshot::channel();
+        self.queue.borrow_mut().push_back(Pending {
+            decoder: ResponseDecoder::for_request(request),
+            reply: tx,
+            queued_at: Instant::now(),
+        });
+        request.encode(&mut self.out.borrow_mut());
+        if self.connected.get() {
+            self.wake_writer.notify_one();
+            self.wake_reader.notify_one();
+        } else {
+            self.wake_supervisor.notify_one();
+        }
+        rx
+    }
+
+    pub(crate) fn in_flight(&self) -> usize {
+        self.queue.borrow().len()
+    }
+
+    /// Fails every queued request with `error` and drops unsent bytes: the
+    /// next connection starts with an empty, in-sync stream.
+    fn fail_all(&self, error: &BackendError) {
+        let failed: Vec<Pending> = self.queue.borrow_mut().drain(..).collect();
+        self.out.borrow_mut().clear();
+        for pending in failed {
+            let _ = pending.reply.send(Err(error.clone()));
+        }
+    }
+}
+
+/// How a connection ended.
+enum SessionEnd {
+    /// Closed (or reset) by the backend with nothing in flight: not a
+    /// failure; the slot reconnects when the next request arrives.
+    Idle,
+    /// Broke with requests in flight (or out of sync): counted as a failure;
+    /// the slot reconnects at once (or at the retry time if now bad).
+    Failed(BackendError),
+}
+
+/// Runs one slot for the life of its backend: waits for a reason to
+/// connect, connects and validates, serves the connection, and starts over.
+/// Aborted when the [`Backend`](super::Backend) is dropped.
+pub(crate) async fn supervise(inner: Rc<Inner>, slot: Rc<Slot>) {
+    let config = inner.config.clone();
+    // Reconnect without waiting for a request (after a failure, so a broken
+    // backend is noticed and marked bad, and a bad one is probed).
+    let mut eager = false;
+    let mut first = true;
+    loop {
+        loop {
+            let retry_at = inner.health.borrow().retry_at();
+            if let Some(at) = retry_at {
+                // Bad: nothing queued may wait for the retry.
+                slot.fail_all(&BackendError::Down);
+                if Instant::now() >= at {
+                    break;
+                }
+                sleep_until(at).await;
+                continue;
+            }
+            if eager || slot.in_flight() > 0 {
+                break;
+            }
+            slot.wake_supervisor.notified().await;
+        }
+        if !first {
+            incr(&inner.counters.reconnects);
+        }
+        first = false;
+
+        let stream = match connect(&config).await {
+            Ok(stream) => stream,
+            Err(error) => {
+                incr(&inner.counters.connect_failures);
+                debug!(backend = %config.label, %error, "backend connect failed");
+                slot.fail_all(&error);
+                inner.record_failure(&error);
+                eager = true;
+                continue;
+            }
+        };
+        incr(&inner.counters.connects);
+        if inner.health.borrow_mut().validated(Instant::now()) {
+            info!(backend = %config.label, "backend recovered");
+        }
+
+        let open = &inner.counters.connections_open;
+        open.set(open.get() + 1);
+        slot.connected.set(true);
+        let end = session(&inner, &slot, stream).await;
+        slot.connected.set(false);
+        open.set(open.get() - 1);
+
+        match end {
+            SessionEnd::Idle => {
+                debug!(backend = %config.label, "backend closed an idle connection");
+                eager = false;
+            }
+            SessionEnd::Failed(error) => {
+                debug!(backend = %config.label, %error, "backend connection failed");
+                slot.fail_all(&error);
+                inner.record_failure(&error);
+                eager = true;
+            }
+        }
+    }
+}
+
+/// Connects (within `connect_timeout`) and checks that the peer answers
+/// `version` with a `VERSION` line and nothing more (within
+/// `read_timeout`).
+async fn connect(config: &BackendConfig) -> Result<TcpStream, BackendError> {
+    let addr = (config.host.as_str(), config.port);
+    let mut stream = match timeout(config.connect_timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return Err(BackendError::connect(e)),
+        Err(_) => {
+            return Err(BackendError::connect(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("connect timed out after {:?}", config.connect_timeout),
+            )))
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    if config.tcp_keepalive {
+        socket2::SockRef::from(&stream)
+            .set_keepalive(true)
+            .map_err(BackendError::connect)?;
+    }
+    match timeout(config.read_timeout, validate(&mut stream)).await {
+        Ok(Ok(())) => Ok(stream),
+        Ok(Err(e)) => Err(BackendError::connect(e)),
+        Err(_) => Err(BackendError::connect(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("no reply to version within {:?}", config.read_timeout),
+        ))),
+    }
+}
+
+async fn validate(stream: &mut TcpStream) -> io::Result<()> {
+    let mut rbuf = BytesMut::with_capacity(256);
+    let request = Request::new(
+        Bytes::from_static(b"version"),
+        Bytes::new(),
+        Command::Version,
+    );
+    let decoder = ResponseDecoder::for_request(&request);
+    let mut wbuf = BytesMut::new();
+    request.encode(&mut wbuf);
+    stream.write_all(&wbuf).await?;
+    loop {
+        match decoder.decode(&mut rbuf) {
+            Ok(Some(reply)) if reply.code() == ResponseCode::Version => {
+                if !rbuf.is_empty() {
+                    // Anything else would be taken for a request's reply.
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "validation failed: unexpected data after VERSION",
+                    ));
+                }
+                return Ok(());
+            }
+            Ok(Some(reply)) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "validation failed: version answered {:?}",
+                        String::from_utf8_lossy(reply.line())
+                    ),
+                ))
+            }
+            Err(malformed) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("validation failed: {malformed}"),
+                ))
+            }
+            Ok(None) => {}
+        }
+        if rbuf.len() > 4096 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "validation failed: version reply too long",
+            ));
+        }
+        rbuf.reserve(512);
+        if stream.read_buf(&mut rbuf).await? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "validation failed: connection closed",
+            ));
+        }
+    }
+}
+
+/// Serves one validated connection until it breaks or goes idle-closed.
+/// Writer and reader run concurrently (in one task), so a large pipelined
+/// write waiting for the backend to read never stops us from reading its
+/// replies.
+async fn session(inner: &Inner, slot: &Slot, stream: TcpStream) -> SessionEnd {
+    let (mut rd, mut wr) = stream.into_split();
+    tokio::select! {
+        error = write_loop(inner, slot, &mut wr) => SessionEnd::Failed(error),
+        end = read_loop(inner, slot, &mut rd) => end,
+    }
+}
+
+/// Writes everything queued in `out`, one batch per write; returns only on
+/// error.
+async fn write_loop(inner: &Inner, slot: &Slot, wr: &mut OwnedWriteHalf) -> BackendError {
+    let mut batch = BytesMut::new();
+    loop {
+        if slot.out.borrow().is_empty() {
+            slot.wake_writer.notified().await;
+            continue;
+        }
+        // Take every request queued so far (all of this tick's sends).
+        std::mem::swap(&mut *slot.out.borrow_mut(), &mut batch);
+        incr(&inner.counters.writes);
+        add(&inner.counters.bytes_written, batch.len() as u64);
+        if let Err(e) = wr.write_all(&batch).await {
+            return BackendError::io(e);
+        }
+        batch.clear();
+        if batch.capacity() > SHRINK_ABOVE {
+            batch = BytesMut::new();
+        }
+    }
+}
+
+/// Reads replies and hands each to the oldest waiting request.
+async fn read_loop(inner: &Inner, slot: &Slot, rd: &mut OwnedReadHalf) -> SessionEnd {
+    let read_timeout = inner.config.read_timeout;
+    let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
+    loop {
+        loop {
+            let Some(decoder) = slot.queue.borrow().front().map(|p| p.decoder) else {
+                break;
+            };
+            match decoder.decode(&mut rbuf) {
+                Ok(Some(response)) => {
+                    let pending = slot.queue.borrow_mut().pop_front();
+                    if let Some(pending) = pending {
+                        inner.record_reply(pending.queued_at.elapsed());
+                        // The caller may have given up: the reply was still
+                        // consumed, so the stream stays in sync.
+                        let _ = pending.reply.send(Ok(response));
+                    }
+                }
+                Ok(None) => break,
+                Err(malformed) => return SessionEnd::Failed(BackendError::BadResponse(malformed)),
+            }
+        }
+        let idle = slot.queue.borrow().is_empty();
+        if idle && !rbuf.is_empty() {
+            return SessionEnd::Failed(BackendError::BadResponse(MalformedResponse(
+                "data with no request in flight",
+            )));
+        }
+        if rbuf.is_empty() && rbuf.capacity() > SHRINK_ABOVE {
+            rbuf = BytesMut::with_capacity(READ_CHUNK);
+        }
+        rbuf.reserve(READ_CHUNK);
+        if idle {
+            // Nothing to time out; watch for the backend closing, and for
+            // the first request (which starts the read timeout).
+            tokio::select! {
+                read = rd.read_buf(&mut rbuf) => match read {
+                    Ok(0) | Err(_) => {
+                        return if slot.queue.borrow().is_empty() {
+                            SessionEnd::Idle
+                        } else {
+                            SessionEnd::Failed(BackendError::Closed)
+                        };
+                    }
+                    Ok(n) => add(&inner.counters.bytes_read, n as u64),
+                },
+                _ = slot.wake_reader.notified() => {}
+            }
+        } else {
+            // Requests are in flight: the backend must make progress within
+            // read_timeout.
+            match timeout(read_timeout, rd.read_buf(&mut rbuf)).await {
+                Ok(Ok(0)) => return SessionEnd::Failed(BackendError::Closed),
+                Ok(Ok(n)) => add(&inner.counters.bytes_read, n as u64),
+                Ok(Err(e)) => return SessionEnd::Failed(BackendError::io(e)),
+                Err(_) => {
+                    incr(&inner.counters.timeouts);
+                    return SessionEnd::Failed(BackendError::Timeout);
+                }
+            }
+        }
+    }
+}
+
+impl Inner {
+    /// Counts one failure against the backend's health, logging a change.
+    pub(crate) fn record_failure(&self, error: &BackendError) {
+        incr(&self.counters.failures);
+        let outcome = self
+            .health
+            .borrow_mut()
+            .failure(&self.config, Instant::now());
+        match outcome {
+            FailureOutcome::MarkedBad { wait, flaps } => warn!(
+                backend = %self.config.label,
+                %error,
+                retry_in = ?wait,
+                flaps,
+                "backend marked bad"
+            ),
+            FailureOutcome::StillBad { wait } => debug!(
+                backend = %self.config.label,
+                %error,
+                retry_in = ?wait,
+                "backend still bad"
+            ),
+            FailureOutcome::Counted => {}
+        }
+    }
+
+    fn record_reply(&self, latency: std::time::Duration) {
+        incr(&self.counters.responses);
+        self.health.borrow_mut().success();
+        self.latency.borrow_mut().record(latency);
+    }
+}

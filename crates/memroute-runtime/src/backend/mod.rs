@@ -1,0 +1,290 @@
+//! The worker-local, pipelined memcached backend client.
+//!
+//! A [`Backend`] is one memcached server as one worker sees it. Its settings
+//! ([`BackendConfig`]) are shared by every worker in an `Arc`; everything
+//! else (connections, queues, health, counters) is per worker, `!Send`, and
+//! lives in the worker's `LocalSet`, like the rest of the worker.
+//!
+//! # Requests and replies
+//! [`Backend::send`] queues one request on one of the backend's
+//! `connections` (chosen by a hash of the request's key, so requests for
+//! one key keep their order; round robin for keyless requests) and waits for
+//! its reply. memcached answers in order, so each connection keeps a FIFO of
+//! the requests it has in flight, each with the [`ResponseDecoder`] that
+//! frames its reply, and hands replies out front to back. The caller must
+//! have stripped `noreply` / meta `q`: every request must get exactly one
+//! reply.
+//!
+//! # Batching
+//! `send` appends the encoded request to the connection's output buffer and
+//! wakes the connection's writer; the writer runs only once the current
+//! task yields, then takes the whole buffer and writes it with one
+//! `write_all`. Every request issued before the writer runs (all of a
+//! scheduler tick's sends to that connection, and everything queued while a
+//! previous write was blocked) therefore leaves in one write
+//! ([`BackendStats::writes`] counts them). Reader and writer run
+//! concurrently, so a big pipelined write stalled on a full socket never
+//! keeps us from reading the replies the backend is blocked on.
+//!
+//! # Bounds and timeouts
+//! - At most [`MAX_IN_FLIGHT`] requests wait per connection; more fail at
+//!   once with [`BackendError::Busy`] (not a backend failure).
+//! - Connecting is bounded by `connect_timeout`; the new connection must
+//!   then answer `version` with a `VERSION` line within `read_timeout`.
+//! - While requests are in flight, the backend must send reply bytes within
+//!   every `read_timeout`, or [`BackendError::Timeout`].
+//! - A read timeout, an I/O error, a malformed reply, or the backend closing
+//!   the connection fails every request in flight on that connection (with
+//!   the same error) and closes it: a connection whose reply stream may be
+//!   out of sync is never reused. The slot then reconnects at once.
+//! - A caller that stops waiting (drops the `send` future) does not desync
+//!   anything: its reply is still read and discarded.
+//!
+//! # Health
+//! See [`health`](self::health) for the state machine. In short: each
+//! failure event (not each failed request) counts; `failure_limit`
+//! consecutive failures with no successful reply in between mark the
+//! backend bad; a bad backend fails fast with [`BackendError::Down`] and is
+//! probed (connect + `version`) in the background every `retry_wait`,
+//! stretched by memcached's flap backoff when it keeps failing soon after
+//! recovering. It recovers by itself, even with no traffic. Configured
+//! `down` backends are never contacted.
+//!
+//! # Tasks
+//! Nothing is spawned until the first `send`; it then starts one
+//! supervisor task per connection slot (with `tokio::task::spawn_local`, so
+//! `send` must run inside a `LocalSet`, as the workers do). Connections open
+//! on first use, and reopen at once after a failure; an idle connection the
+//! backend closes is reopened on next use. Dropping the last
+//! `Rc<Backend>` aborts the tasks and closes the connections.
+//!
+//! # Example
+//! ```no_run
+//! # async fn demo(request: memroute_proto::Request) {
+//! use std::sync::Arc;
+//! use memroute_runtime::backend::{Backend, BackendConfig};
+//!
+//! let backend = Backend::new(Arc::new(BackendConfig::new("127.0.0.1", 11211)));
+//! match backend.send(&request).await {
+//!     Ok(reply) => println!("{:?}", reply.raw()),
+//!     Err(e) => println!("{}", e.client_reply()), // SERVER_ERROR backend failure
+//! }
+//! # }
+//! ```
+
+mod config;
+mod conn;
+mod error;
+pub mod health;
+mod stats;
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use memroute_proto::{Request, Response};
+use tokio::task::AbortHandle;
+
+pub use config::{BackendConfig, MAX_CONNECTIONS};
+pub use error::BackendError;
+pub use stats::{
+    BackendState, BackendStats, LatencyHistogram, LATENCY_BUCKETS_US, LATENCY_BUCKET_COUNT,
+};
+
+use conn::Slot;
+use health::Health;
+use stats::{incr, Counters};
+
+/// Most requests queued or in flight on one connection; beyond it `send`
+/// fails fast with [`BackendError::Busy`].
+pub const MAX_IN_FLIGHT: usize = 1024;
+
+/// One backend as seen by one worker: owns `connections` pipelined TCP
+/// connections (opened lazily, reopened on its own). `!Send`: it lives in
+/// the worker's `LocalSet`.
+pub struct Backend {
+    inner: Rc<Inner>,
+}
+
+/// State shared by the [`Backend`] handle and its supervisor tasks.
+pub(crate) struct Inner {
+    config: Arc<BackendConfig>,
+    health: RefCell<Health>,
+    counters: Counters,
+    latency: RefCell<LatencyHistogram>,
+    slots: Vec<Rc<Slot>>,
+    next_slot: Cell<usize>,
+    tasks: RefCell<Vec<AbortHandle>>,
+}
+
+impl Backend {
+    /// A backend with no connection yet; nothing happens until the first
+    /// [`send`](Self::send).
+    pub fn new(config: Arc<BackendConfig>) -> Rc<Backend> {
+        let slots = (0..config.connection_count())
+            .map(|_| Rc::new(Slot::default()))
+            .collect();
+        Rc::new(Backend {
+            inner: Rc::new(Inner {
+                config,
+                health: RefCell::default(),
+                counters: Counters::default(),
+                latency: RefCell::default(),
+                slots,
+                next_slot: Cell::new(0),
+                tasks: RefCell::default(),
+            }),
+        })
+    }
+
+    /// Sends one request and waits for its reply.
+    ///
+    /// Many tasks of the worker may call this concurrently; requests issued
+    /// in the same scheduler tick to the same connection go out in one
+    /// write, and replies are matched to requests in order. The request is
+    /// sent as encoded by [`Request::encode`] and must get exactly one reply
+    /// (no `noreply`, no meta `q`). Must be called inside a `LocalSet`.
+    ///
+    /// Fails fast with [`BackendError::Down`] while the backend is bad or
+    /// configured down, and with [`BackendError::Busy`] when the chosen
+    /// connection already has [`MAX_IN_FLIGHT`] requests.
+    pub async fn send(&self, request: &Request) -> Result<Response, BackendError> {
+        let inner = &self.inner;
+        incr(&inner.counters.requests);
+        let result = match self.enqueue(request) {
+            Ok(reply) => reply.await.unwrap_or(Err(BackendError::Closed)),
+            Err(error) => Err(error),
+        };
+        if result.is_err() {
+            incr(&inner.counters.failed_requests);
+        }
+        result
+    }
+
+    fn enqueue(
+        &self,
+        request: &Request,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<Response, BackendError>>, BackendError> {
+        let inner = &self.inner;
+        if inner.config.down || inner.health.borrow().is_bad() {
+            incr(&inner.counters.fast_fails);
+            return Err(BackendError::Down);
+        }
+        self.start();
+        let slot = &inner.slots[self.pick_slot(request)];
+        if slot.in_flight() >= MAX_IN_FLIGHT {
+            incr(&inner.counters.busy);
+            return Err(BackendError::Busy);
+        }
+        Ok(slot.push(request))
+    }
+
+    /// Spawns the slots' supervisor tasks, once.
+    fn start(&self) {
+        let inner = &self.inner;
+        if !inner.tasks.borrow().is_empty() {
+            return;
+        }
+        let handles: Vec<AbortHandle> = inner
+            .slots
+            .iter()
+            .map(|slot| {
+                tokio::task::spawn_local(conn::supervise(inner.clone(), slot.clone()))
+                    .abort_handle()
+            })
+            .collect();
+        *inner.tasks.borrow_mut() = handles;
+    }
+
+    /// The connection for `request`: by key hash, so one key's requests
+    /// stay in order, or round robin for keyless requests.
+    fn pick_slot(&self, request: &Request) -> usize {
+        let n = self.inner.slots.len();
+        if n == 1 {
+            return 0;
+        }
+        match request.key() {
+            Some(key) => (fnv1a(key) % n as u64) as usize,
+            None => {
+                let next = self.inner.next_slot.get();
+                self.inner.next_slot.set(next.wrapping_add(1));
+                next % n
+            }
+        }
+    }
+
+    /// The backend's settings.
+    pub fn config(&self) -> &Arc<BackendConfig> {
+        &self.inner.config
+    }
+
+    /// Whether requests currently fail fast: marked bad (until a retry
+    /// connects) or configured down.
+    pub fn is_bad(&self) -> bool {
+        self.inner.config.down || self.inner.health.borrow().is_bad()
+    }
+
+    /// A snapshot of this worker's counters for this backend.
+    pub fn stats(&self) -> BackendStats {
+        let inner = &self.inner;
+        let c = &inner.counters;
+        let health = inner.health.borrow();
+        let state = if inner.config.down {
+            BackendState::Down
+        } else if health.is_bad() {
+            BackendState::Bad
+        } else {
+            BackendState::Healthy
+        };
+        BackendStats {
+            state,
+            requests: c.requests.get(),
+            responses: c.responses.get(),
+            failed_requests: c.failed_requests.get(),
+            fast_fails: c.fast_fails.get(),
+            busy: c.busy.get(),
+            failures: c.failures.get(),
+            timeouts: c.timeouts.get(),
+            connects: c.connects.get(),
+            reconnects: c.reconnects.get(),
+            connect_failures: c.connect_failures.get(),
+            marked_bad: health.marked_bad(),
+            flaps: health.flaps(),
+            consecutive_failures: health.consecutive_failures(),
+            in_flight: inner.slots.iter().map(|s| s.in_flight()).sum(),
+            connections_open: c.connections_open.get(),
+            writes: c.writes.get(),
+            bytes_written: c.bytes_written.get(),
+            bytes_read: c.bytes_read.get(),
+            latency: inner.latency.borrow().clone(),
+        }
+    }
+}
+
+impl Drop for Backend {
+    /// Stops the supervisor tasks; their connections close as the tasks are
+    /// dropped.
+    fn drop(&mut self) {
+        for task in self.inner.tasks.borrow_mut().drain(..) {
+            task.abort();
+        }
+    }
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backend")
+            .field("label", &self.inner.config.label)
+            .field("host", &self.inner.config.host)
+            .field("port", &self.inner.config.port)
+            .field("bad", &self.is_bad())
+            .finish()
+    }
+}
+
+/// FNV-1a, to spread keys over a backend's connections.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
+        (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}

@@ -1,0 +1,539 @@
+//! The config VM: loads the startfile, runs `mcp_config_pools()`, and turns
+//! its result into plain data ([`ConfigValue`]) that workers can copy.
+//!
+//! `mcp.backend` and `mcp.pool` exist only here. A pool is built completely
+//! on this thread (its key distribution included, which for Maglev is a
+//! 65537-entry table) and shared by `Arc`; workers add only their own
+//! connections.
+
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use memroute_hash::{Backend as HashBackend, Distribution, DistributionConfig, KeyFilter, KeyHash};
+use mlua::{AnyUserData, Lua, Table, UserData, Value};
+
+use super::vm::{self, DIST_MARK, HASH_MARK};
+use crate::backend::BackendConfig;
+
+/// Where the routing configuration comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyConfig {
+    /// The startfile (memcached's `-o proxy_config=FILE`).
+    pub startfile: PathBuf,
+    /// `mcp.start_arg` (memcached's `proxy_arg=STR`).
+    pub start_arg: Option<String>,
+    /// Extra directories searched by `require`, before the startfile's own
+    /// directory and the embedded libraries.
+    pub lua_path: Vec<PathBuf>,
+}
+
+/// Why a configuration could not be loaded. The message names the file and
+/// line where Lua can tell.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read startfile {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Lua { path: PathBuf, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl ConfigError {
+    pub(crate) fn lua(path: &Path, error: mlua::Error) -> Self {
+        ConfigError::Lua {
+            path: path.to_path_buf(),
+            message: lua_error_message(&error),
+        }
+    }
+}
+
+/// The most useful text of a Lua error: the message with its location and
+/// traceback, without mlua's wrapper noise.
+pub(crate) fn lua_error_message(error: &mlua::Error) -> String {
+    match error {
+        mlua::Error::CallbackError { traceback, cause } => {
+            format!("{}\n{traceback}", lua_error_message(cause))
+        }
+        mlua::Error::WithContext { context, cause } => {
+            format!("{context}: {}", lua_error_message(cause))
+        }
+        other => other.to_string(),
+    }
+}
+
+/// A pool as the config VM built it: its backends and key distribution.
+#[derive(Debug)]
+pub struct PoolDef {
+    /// A name for logs and stats (the `name` option, else the backends).
+    pub name: String,
+    pub backends: Vec<Arc<BackendConfig>>,
+    pub distribution: Distribution,
+}
+
+/// Data returned by `mcp_config_pools()`: what crosses from the config VM
+/// to the worker VMs. No functions, no metatables, as in memcached.
+#[derive(Debug, Clone)]
+pub enum ConfigValue {
+    Nil,
+    Bool(bool),
+    Integer(i64),
+    Number(f64),
+    String(Vec<u8>),
+    Table(Vec<(ConfigValue, ConfigValue)>),
+    Pool(Arc<PoolDef>),
+}
+
+/// A loaded configuration, ready to be given to every worker.
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    pub proxy: ProxyConfig,
+    pub pools: ConfigValue,
+    /// `mcp.add_stat(id, name)` registrations.
+    pub stat_names: Vec<(i64, String)>,
+}
+
+/// `mcp.backend(...)` in the config VM.
+#[derive(Debug, Clone)]
+pub struct BackendHandle(pub Arc<BackendConfig>);
+impl UserData for BackendHandle {}
+
+/// `mcp.pool(...)` in the config VM.
+#[derive(Debug, Clone)]
+pub struct PoolHandle(pub Arc<PoolDef>);
+impl UserData for PoolHandle {}
+
+const MAX_DEPTH: usize = 32;
+
+/// Loads the startfile in a fresh config VM and runs `mcp_config_pools()`.
+pub fn load_config(proxy: &ProxyConfig) -> Result<LoadedConfig, ConfigError> {
+    let lua = vm::new_vm(proxy)?;
+    let stat_names = Arc::new(RefCell::new(Vec::new()));
+    register(&lua, stat_names.clone()).map_err(|e| ConfigError::lua(&proxy.startfile, e))?;
+    vm::load_startfile(&lua, proxy)?;
+    let pools = match lua.globals().get::<Value>("mcp_config_pools") {
+        Ok(Value::Function(f)) => {
+            let value: Value = f
+                .call(())
+                .map_err(|e| ConfigError::lua(&proxy.startfile, e))?;
+            to_config_value(&value, "pools", 0).map_err(ConfigError::Invalid)?
+        }
+        Ok(Value::Nil) => ConfigValue::Nil,
+        Ok(_) => {
+            return Err(ConfigError::Invalid(
+                "mcp_config_pools must be a function".into(),
+            ))
+        }
+        Err(e) => return Err(ConfigError::lua(&proxy.startfile, e)),
+    };
+    match lua.globals().get::<Value>("mcp_config_routes") {
+        Ok(Value::Function(_)) => {}
+        _ => {
+            return Err(ConfigError::Invalid(format!(
+                "{}: no mcp_config_routes function: a startfile must define one",
+                proxy.startfile.display()
+            )))
+        }
+    }
+    let stat_names = stat_names.borrow().clone();
+    Ok(LoadedConfig {
+        proxy: proxy.clone(),
+        pools,
+        stat_names,
+    })
+}
+
+fn register(lua: &Lua, stat_names: Arc<RefCell<Vec<(i64, String)>>>) -> mlua::Result<()> {
+    let mcp = vm::mcp_table(lua)?;
+    mcp.set(
+        "backend",
+        lua.create_function(|_, args: mlua::MultiValue| backend(args))?,
+    )?;
+    mcp.set(
+        "pool",
+        lua.create_function(|_, (list, opts): (Table, Option<Table>)| pool(list, opts))?,
+    )?;
+    mcp.set(
+        "add_stat",
+        lua.create_function(move |_, (id, name): (i64, String)| {
+            if !(1..=super::worker::MAX_USER_STATS as i64).contains(&id) {
+                return Err(mlua::Error::runtime(format!(
+                    "mcp.add_stat: id must be 1..{}",
+                    super::worker::MAX_USER_STATS
+                )));
+            }
+            if name.is_empty() || name.contains(char::is_whitespace) {
+                return Err(mlua::Error::runtime(
+                    "mcp.add_stat: the name must be one word",
+                ));
+            }
+            stat_names.borrow_mut().push((id, name));
+            Ok(())
+        })?,
+    )?;
+    for name in ["attach", "await", "internal", "request", "stat"] {
+        let message = format!("mcp.{name} is only available in mcp_config_routes (worker VMs)");
+        mcp.set(
+            name,
+            lua.create_function(move |_, _: mlua::MultiValue| {
+                Err::<(), _>(mlua::Error::runtime(message.clone()))
+            })?,
+        )?;
+    }
+    Ok(())
+}
+
+fn seconds(value: Value, option: &str) -> mlua::Result<Duration> {
+    let secs = match value {
+        Value::Integer(i) => i as f64,
+        Value::Number(n) => n,
+        _ => {
+            return Err(mlua::Error::runtime(format!(
+                "mcp.backend: {option} must be a number of seconds"
+            )))
+        }
+    };
+    if !(0.0..=86400.0).contains(&secs) {
+        return Err(mlua::Error::runtime(format!(
+            "mcp.backend: {option} must be between 0 and 86400 seconds"
+        )));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn port_of(value: Value) -> mlua::Result<u16> {
+    let port = match &value {
+        Value::Integer(i) => Some(*i),
+        Value::Number(n) if n.fract() == 0.0 => Some(*n as i64),
+        Value::String(s) => s.to_str().ok().and_then(|s| s.parse().ok()),
+        _ => None,
+    };
+    port.and_then(|p| u16::try_from(p).ok())
+        .filter(|p| *p > 0)
+        .ok_or_else(|| mlua::Error::runtime("mcp.backend: port must be 1..65535"))
+}
+
+/// `mcp.backend(label, host[, port])` or `mcp.backend{label=, host=, ...}`.
+fn backend(args: mlua::MultiValue) -> mlua::Result<BackendHandle> {
+    let mut cfg = BackendConfig::default();
+    let mut args = args.into_iter();
+    match args.next() {
+        Some(Value::Table(t)) => {
+            for pair in t.pairs::<String, Value>() {
+                let (key, value) = pair?;
+                let text = |v: &Value| -> mlua::Result<String> {
+                    match v {
+                        Value::String(s) => Ok(s.to_str()?.to_string()),
+                        _ => Err(mlua::Error::runtime(format!(
+                            "mcp.backend: {key} must be a string"
+                        ))),
+                    }
+                };
+                match key.as_str() {
+                    "label" => cfg.label = text(&value)?,
+                    "host" => cfg.host = text(&value)?,
+                    "port" => cfg.port = port_of(value)?,
+                    "connecttimeout" => cfg.connect_timeout = seconds(value, &key)?,
+                    "readtimeout" => cfg.read_timeout = seconds(value, &key)?,
+                    "retrywaittime" | "retrytimeout" => cfg.retry_wait = seconds(value, &key)?,
+                    "failurelimit" => {
+                        cfg.failure_limit = match value {
+                            Value::Integer(i) if (1..=1_000_000).contains(&i) => i as u32,
+                            _ => {
+                                return Err(mlua::Error::runtime(
+                                    "mcp.backend: failurelimit must be an integer >= 1",
+                                ))
+                            }
+                        }
+                    }
+                    "connections" => {
+                        cfg.connections = match value {
+                            Value::Integer(i) if (1..=8).contains(&i) => i as usize,
+                            _ => {
+                                return Err(mlua::Error::runtime(
+                                    "mcp.backend: connections must be 1..8",
+                                ))
+                            }
+                        }
+                    }
+                    "down" => cfg.down = matches!(value, Value::Boolean(true)),
+                    "tcpkeepalive" => cfg.tcp_keepalive = matches!(value, Value::Boolean(true)),
+                    "flaptime" => cfg.flap_time = seconds(value, &key)?,
+                    "flapbackoffmax" => cfg.flap_backoff_max = seconds(value, &key)?,
+                    "flapbackofframp" => {
+                        cfg.flap_backoff_ramp = match value {
+                            Value::Integer(i) if i >= 1 => i as f64,
+                            Value::Number(n) if n >= 1.0 => n,
+                            _ => {
+                                return Err(mlua::Error::runtime(
+                                    "mcp.backend: flapbackofframp must be a number >= 1",
+                                ))
+                            }
+                        }
+                    }
+                    other => {
+                        return Err(mlua::Error::runtime(format!(
+                            "mcp.backend: unknown option '{other}'"
+                        )))
+                    }
+                }
+            }
+        }
+        Some(Value::String(label)) => {
+            cfg.label = label.to_str()?.to_string();
+            cfg.host = match args.next() {
+                Some(Value::String(h)) => h.to_str()?.to_string(),
+                _ => return Err(mlua::Error::runtime("mcp.backend: host must be a string")),
+            };
+            if let Some(p) = args.next() {
+                cfg.port = port_of(p)?;
+            }
+        }
+        _ => {
+            return Err(mlua::Error::runtime(
+                "mcp.backend: expected (label, host, port) or a table",
+            ))
+        }
+    }
+    if cfg.label.is_empty() || cfg.host.is_empty() {
+        return Err(mlua::Error::runtime(
+            "mcp.backend: label and host are required",
+        ));
+    }
+    Ok(BackendHandle(Arc::new(cfg)))
+}
+
+fn descriptor(value: &Value, mark: &str, option: &str) -> mlua::Result<Option<String>> {
+    match value {
+        Value::Nil => Ok(None),
+        Value::String(s) => Ok(Some(s.to_str()?.to_string())),
+        Value::Table(t) => match t.get::<Option<String>>(mark)? {
+            Some(name) => Ok(Some(name)),
+            None => Err(mlua::Error::runtime(format!(
+                "mcp.pool: {option} must be a name or one of mcp's {option} constants"
+            ))),
+        },
+        _ => Err(mlua::Error::runtime(format!(
+            "mcp.pool: {option} must be a name or one of mcp's {option} constants"
+        ))),
+    }
+}
+
+/// `mcp.pool({backends}, {dist=, hash=, seed=, filter=, filter_conf=, ...})`.
+fn pool(list: Table, opts: Option<Table>) -> mlua::Result<PoolHandle> {
+    let mut backends = Vec::new();
+    for item in list.sequence_values::<AnyUserData>() {
+        let ud = item.map_err(|_| {
+            mlua::Error::runtime(
+                "mcp.pool: the first argument must be a list of mcp.backend objects",
+            )
+        })?;
+        let handle = ud.borrow::<BackendHandle>().map_err(|_| {
+            mlua::Error::runtime(
+                "mcp.pool: the first argument must be a list of mcp.backend objects",
+            )
+        })?;
+        backends.push(handle.0.clone());
+    }
+    if backends.is_empty() {
+        return Err(mlua::Error::runtime(
+            "mcp.pool: a pool needs at least one backend",
+        ));
+    }
+    let mut dist = None;
+    let mut hash = None;
+    let mut seed: Option<u64> = None;
+    let mut filter: Option<String> = None;
+    let mut filter_conf: Option<String> = None;
+    let mut omode: Option<String> = None;
+    let mut obuckets: Option<u32> = None;
+    let mut table_size: Option<u32> = None;
+    let mut name: Option<String> = None;
+    if let Some(opts) = opts {
+        for pair in opts.pairs::<String, Value>() {
+            let (key, value) = pair?;
+            match key.as_str() {
+                "dist" => dist = descriptor(&value, DIST_MARK, "dist")?,
+                "hash" => hash = descriptor(&value, HASH_MARK, "hash")?,
+                "seed" => {
+                    seed = Some(match value {
+                        Value::Integer(i) => i as u64,
+                        Value::String(s) => s
+                            .to_str()?
+                            .parse()
+                            .map_err(|_| mlua::Error::runtime("mcp.pool: bad seed"))?,
+                        _ => return Err(mlua::Error::runtime("mcp.pool: seed must be a number")),
+                    })
+                }
+                "filter" => filter = Some(String::from_lua_value(value, "filter")?),
+                "filter_conf" => filter_conf = Some(String::from_lua_value(value, "filter_conf")?),
+                "omode" => omode = Some(String::from_lua_value(value, "omode")?),
+                "obuckets" => obuckets = Some(positive(value, "obuckets")?),
+                "table_size" => table_size = Some(positive(value, "table_size")?),
+                "name" => name = Some(String::from_lua_value(value, "name")?),
+                // Accepted for compatibility; memroute has no IO threads.
+                "iothread" => {}
+                other => {
+                    return Err(mlua::Error::runtime(format!(
+                        "mcp.pool: unknown option '{other}'"
+                    )))
+                }
+            }
+        }
+    }
+    let mut kind_name = dist.unwrap_or_else(|| "jump".to_string());
+    if kind_name == "ring_hash" {
+        if let Some(o) = &omode {
+            kind_name = format!("ring_hash:{o}");
+        }
+    }
+    if let Some(points) = obuckets {
+        kind_name = format!("{kind_name}/{points}");
+    }
+    if let Some(size) = table_size {
+        kind_name = format!("{kind_name}:{size}");
+    }
+    let kind = kind_name
+        .parse()
+        .map_err(|e| mlua::Error::runtime(format!("mcp.pool: {e}")))?;
+    let mut config = DistributionConfig::new(kind);
+    let key_hash: Option<KeyHash> = match (hash, seed) {
+        (Some(h), Some(s)) if h.starts_with("xx") => Some(
+            format!("xxh3:{s}")
+                .parse()
+                .map_err(|e| mlua::Error::runtime(format!("mcp.pool: {e}")))?,
+        ),
+        (Some(h), _) => Some(
+            h.parse()
+                .map_err(|e| mlua::Error::runtime(format!("mcp.pool: {e}")))?,
+        ),
+        (None, Some(s)) => Some(KeyHash::Xxh3 { seed: s }),
+        (None, None) => None,
+    };
+    if let Some(h) = key_hash {
+        config = config.with_hash(h);
+    }
+    match filter.as_deref() {
+        None | Some("none") => {}
+        Some("stop") => {
+            let conf = filter_conf.unwrap_or_else(|| "|#|".into());
+            config = config.with_filter(KeyFilter::stop(conf));
+        }
+        Some("tags") | Some("tag") => {
+            let conf = filter_conf.unwrap_or_else(|| "{}".into());
+            let b = conf.as_bytes();
+            if b.len() != 2 {
+                return Err(mlua::Error::runtime(
+                    "mcp.pool: filter_conf for tags must be two characters, e.g. \"{}\"",
+                ));
+            }
+            config = config.with_filter(KeyFilter::tag(b[0], b[1]));
+        }
+        Some(other) => {
+            return Err(mlua::Error::runtime(format!(
+                "mcp.pool: unknown filter '{other}' (use \"stop\" or \"tags\")"
+            )))
+        }
+    }
+    let ids: Vec<HashBackend> = backends
+        .iter()
+        .map(|b| HashBackend::new(format!("{}:{}", b.host, b.port)))
+        .collect();
+    let distribution = config
+        .build(&ids)
+        .map_err(|e| mlua::Error::runtime(format!("mcp.pool: {e}")))?;
+    let name = name.unwrap_or_else(|| {
+        backends
+            .iter()
+            .map(|b| b.label.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    });
+    Ok(PoolHandle(Arc::new(PoolDef {
+        name,
+        backends,
+        distribution,
+    })))
+}
+
+fn positive(value: Value, option: &str) -> mlua::Result<u32> {
+    match value {
+        Value::Integer(i) if i > 0 && i <= u32::MAX as i64 => Ok(i as u32),
+        _ => Err(mlua::Error::runtime(format!(
+            "mcp.pool: {option} must be a positive integer"
+        ))),
+    }
+}
+
+trait FromLuaValue: Sized {
+    fn from_lua_value(value: Value, option: &str) -> mlua::Result<Self>;
+}
+
+impl FromLuaValue for String {
+    fn from_lua_value(value: Value, option: &str) -> mlua::Result<Self> {
+        match value {
+            Value::String(s) => Ok(s.to_str()?.to_string()),
+            _ => Err(mlua::Error::runtime(format!(
+                "mcp.pool: {option} must be a string"
+            ))),
+        }
+    }
+}
+
+fn to_config_value(value: &Value, path: &str, depth: usize) -> Result<ConfigValue, String> {
+    if depth > MAX_DEPTH {
+        return Err(format!(
+            "mcp_config_pools: {path} is nested deeper than {MAX_DEPTH} levels (a cycle?)"
+        ));
+    }
+    Ok(match value {
+        Value::Nil => ConfigValue::Nil,
+        Value::Boolean(b) => ConfigValue::Bool(*b),
+        Value::Integer(i) => ConfigValue::Integer(*i),
+        Value::Number(n) => ConfigValue::Number(*n),
+        Value::String(s) => ConfigValue::String(s.as_bytes().to_vec()),
+        Value::Table(t) => {
+            let mut entries = Vec::new();
+            for pair in t.pairs::<Value, Value>() {
+                let (k, v) = pair.map_err(|e| e.to_string())?;
+                let key_name = match &k {
+                    Value::String(s) => s.to_string_lossy(),
+                    Value::Integer(i) => i.to_string(),
+                    other => other.type_name().to_string(),
+                };
+                let child = format!("{path}.{key_name}");
+                entries.push((
+                    to_config_value(&k, &child, depth + 1)?,
+                    to_config_value(&v, &child, depth + 1)?,
+                ));
+            }
+            ConfigValue::Table(entries)
+        }
+        Value::UserData(ud) => match ud.borrow::<PoolHandle>() {
+            Ok(p) => ConfigValue::Pool(p.0.clone()),
+            Err(_) => {
+                return Err(format!(
+                    "mcp_config_pools: {path} is a {} object; only pools, tables, strings, \
+                     numbers and booleans can be passed to workers",
+                    if ud.is::<BackendHandle>() {
+                        "backend"
+                    } else {
+                        "userdata"
+                    }
+                ))
+            }
+        },
+        other => {
+            return Err(format!(
+                "mcp_config_pools: {path} is a {}; only pools, tables, strings, numbers and \
+                 booleans can be passed to workers",
+                other.type_name()
+            ))
+        }
+    })
+}

@@ -1,0 +1,33 @@
+//! The Lua routing layer, modelled on memcached's built-in proxy.
+//!
+//! Two kinds of Lua VM exist:
+//! - the **config VM** ([`config`]), short-lived, on the main thread: it
+//!   loads the startfile and calls `mcp_config_pools()`, where `mcp.backend`
+//!   and `mcp.pool` describe the backends. What that function returns is
+//!   turned into a [`ConfigValue`]: plain data plus `Arc`'d pool
+//!   definitions, the only thing that crosses threads;
+//! - one **worker VM** per worker thread ([`worker`]), which loads the same
+//!   startfile and calls `mcp_config_routes(pools)` with its own copy of
+//!   that value, where pools are worker-local objects over the worker's own
+//!   backend connections. `mcp.attach` installs route functions.
+//!
+//! A route runs as a coroutine; calling a pool (`pool(r)`) yields into Rust
+//! (an mlua async call) until the backend answers, then resumes with a
+//! response object.
+//!
+//! # Layout
+//! - [`config`]: startfile loading, `mcp.backend`, `mcp.pool`,
+//!   [`ConfigValue`], [`PoolDef`].
+//! - [`worker`]: [`WorkerProxy`] (per-worker VM, hooks, reload staging) and
+//!   route execution.
+//! - [`objects`]: the request and response objects routes see.
+//! - [`vm`]: what both VMs share: the `mcp` table's constants and helpers,
+//!   `package.path`, the embedded Lua libraries.
+
+pub mod config;
+pub mod objects;
+pub mod vm;
+pub mod worker;
+
+pub use config::{load_config, ConfigError, ConfigValue, LoadedConfig, PoolDef, ProxyConfig};
+pub use worker::{ProxyStats, WorkerProxy};

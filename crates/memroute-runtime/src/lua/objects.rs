@@ -1,0 +1,366 @@
+//! The objects routes work with: requests (`r:key()`, `r:token(n)`...) and
+//! responses (`res:hit()`, `res:code()`...), and the constants that name
+//! commands, await modes and response codes. Names and semantics follow
+//! memcached's proxy.
+
+use bytes::Bytes;
+use memroute_proto::{Command, GetOp, Limits, MetaOp, Request, Response, ResponseCode};
+use mlua::{Lua, UserData, UserDataMethods, Value};
+
+/// `mcp.CMD_*`: every command a route can be attached to.
+pub const COMMANDS: &[(&str, i64)] = &[
+    ("CMD_MG", 1),
+    ("CMD_MS", 2),
+    ("CMD_MD", 3),
+    ("CMD_MN", 4),
+    ("CMD_MA", 5),
+    ("CMD_ME", 6),
+    ("CMD_GET", 7),
+    ("CMD_GAT", 8),
+    ("CMD_SET", 9),
+    ("CMD_ADD", 10),
+    ("CMD_CAS", 11),
+    ("CMD_GETS", 12),
+    ("CMD_GATS", 13),
+    ("CMD_INCR", 14),
+    ("CMD_DECR", 15),
+    ("CMD_TOUCH", 16),
+    ("CMD_APPEND", 17),
+    ("CMD_DELETE", 18),
+    ("CMD_REPLACE", 19),
+    ("CMD_PREPEND", 20),
+    ("CMD_QUIT", 21),
+    ("CMD_STATS", 22),
+    ("CMD_VERSION", 23),
+    ("CMD_FLUSH_ALL", 24),
+    ("CMD_VERBOSITY", 25),
+];
+/// Size of a hook table indexed by command id.
+pub const COMMAND_SLOTS: usize = 26;
+/// `mcp.CMD_ANY`: every command that can have a route.
+pub const CMD_ANY: i64 = 1000;
+/// `mcp.CMD_ANY_STORAGE`: every command that carries a key.
+pub const CMD_ANY_STORAGE: i64 = 1001;
+
+/// The ids `CMD_ANY_STORAGE` covers.
+pub const STORAGE_IDS: &[i64] = &[
+    1, 2, 3, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20,
+];
+/// Commands that cannot be routed: `mn` must flush a client's pipeline in
+/// order and `quit` closes the connection.
+pub const UNHOOKABLE_IDS: &[i64] = &[4, 21];
+
+/// The id of a parsed command (`r:command()`).
+pub fn command_id(command: &Command) -> i64 {
+    match command {
+        Command::Meta(m) => match m.op {
+            MetaOp::Get => 1,
+            MetaOp::Set => 2,
+            MetaOp::Delete => 3,
+            MetaOp::Arith => 5,
+            MetaOp::Debug => 6,
+        },
+        Command::MetaNoop => 4,
+        Command::Get(g) => match g.op {
+            GetOp::Get => 7,
+            GetOp::Gat => 8,
+            GetOp::Gets => 12,
+            GetOp::Gats => 13,
+        },
+        Command::Store(s) => match s.op {
+            memroute_proto::StoreOp::Set => 9,
+            memroute_proto::StoreOp::Add => 10,
+            memroute_proto::StoreOp::Cas => 11,
+            memroute_proto::StoreOp::Append => 17,
+            memroute_proto::StoreOp::Replace => 19,
+            memroute_proto::StoreOp::Prepend => 20,
+        },
+        Command::Arith(a) => match a.op {
+            memroute_proto::ArithOp::Incr => 14,
+            memroute_proto::ArithOp::Decr => 15,
+        },
+        Command::Touch { .. } => 16,
+        Command::Delete { .. } => 18,
+        Command::Quit => 21,
+        Command::Stats { .. } => 22,
+        Command::Version => 23,
+        Command::FlushAll { .. } => 24,
+        Command::Verbosity { .. } => 25,
+    }
+}
+
+/// `mcp.AWAIT_*` modes of `mcp.await`.
+pub const AWAIT_MODES: &[(&str, i64)] = &[
+    ("AWAIT_GOOD", 0),
+    ("AWAIT_ANY", 1),
+    ("AWAIT_OK", 2),
+    ("AWAIT_FIRST", 3),
+    ("AWAIT_FASTGOOD", 4),
+    ("AWAIT_BACKGROUND", 5),
+];
+
+/// `mcp.MCMC_CODE_*`, what `res:code()` returns.
+pub const RESPONSE_CODES: &[(&str, i64)] = &[
+    ("MCMC_CODE_STORED", 0),
+    ("MCMC_CODE_EXISTS", 1),
+    ("MCMC_CODE_DELETED", 2),
+    ("MCMC_CODE_TOUCHED", 3),
+    ("MCMC_CODE_VERSION", 4),
+    ("MCMC_CODE_NOT_FOUND", 5),
+    ("MCMC_CODE_NOT_STORED", 6),
+    ("MCMC_CODE_OK", 7),
+    ("MCMC_CODE_NOP", 8),
+    ("MCMC_CODE_END", 9),
+    ("MCMC_CODE_ERROR", 10),
+    ("MCMC_CODE_CLIENT_ERROR", 11),
+    ("MCMC_CODE_SERVER_ERROR", 12),
+];
+
+fn mcmc_code(code: ResponseCode) -> i64 {
+    use ResponseCode::*;
+    match code {
+        Stored => 0,
+        Exists | Ex => 1,
+        Deleted => 2,
+        Touched => 3,
+        Version => 4,
+        NotFound | Nf => 5,
+        NotStored | Ns => 6,
+        Value | Ok | Number | Stat | Hd | Va | Me => 7,
+        Mn => 8,
+        End | En => 9,
+        Error => 10,
+        ClientError => 11,
+        ServerError => 12,
+    }
+}
+
+/// A request as a route sees it. Rewriting methods (`token`, `ltrimkey`,
+/// `flag_token` with a replacement) rebuild and re-parse the line, so the
+/// request stays valid whatever the route does.
+pub struct LuaRequest {
+    pub request: Request,
+}
+
+impl LuaRequest {
+    pub fn new(request: Request) -> Self {
+        LuaRequest { request }
+    }
+
+    fn tokens(&self) -> Vec<&[u8]> {
+        self.request
+            .raw_line()
+            .split(|&b| b == b' ')
+            .filter(|t| !t.is_empty())
+            .collect()
+    }
+
+    /// Rebuilds the line from `tokens` and re-parses it.
+    fn rebuild(&mut self, lua: &Lua, tokens: &[&[u8]]) -> mlua::Result<()> {
+        let line = tokens.join(&b' ');
+        let limits = lua
+            .app_data_ref::<Limits>()
+            .map(|l| l.clone())
+            .unwrap_or_default();
+        self.request = Request::parse(&line, self.request.value(), &limits).map_err(|e| {
+            mlua::Error::runtime(format!(
+                "request rewrite produced an invalid request ({e}): {}",
+                String::from_utf8_lossy(&line)
+            ))
+        })?;
+        Ok(())
+    }
+
+    fn key_index(&self) -> Option<usize> {
+        match self.request.command() {
+            Command::Get(g) if g.op.touches() => Some(2),
+            Command::Get(_) | Command::Store(_) | Command::Arith(_) => Some(1),
+            Command::Delete { .. } | Command::Touch { .. } | Command::Meta(_) => Some(1),
+            _ => None,
+        }
+    }
+}
+
+fn bytes_arg(value: &Value) -> Option<Vec<u8>> {
+    match value {
+        Value::String(s) => Some(s.as_bytes().to_vec()),
+        Value::Integer(i) => Some(i.to_string().into_bytes()),
+        _ => None,
+    }
+}
+
+impl UserData for LuaRequest {
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        methods.add_method("command", |_, this, ()| {
+            Ok(command_id(this.request.command()))
+        });
+        methods.add_method("key", |lua, this, ()| match this.request.key() {
+            Some(k) => Ok(Value::String(lua.create_string(k)?)),
+            None => Ok(Value::Nil),
+        });
+        methods.add_method_mut("ltrimkey", |lua, this, n: usize| {
+            trim_key(lua, this, n, true)
+        });
+        methods.add_method_mut("rtrimkey", |lua, this, n: usize| {
+            trim_key(lua, this, n, false)
+        });
+        methods.add_method_mut("token", |lua, this, (n, new): (usize, Option<Value>)| {
+            let tokens = this.tokens();
+            if n == 0 || n > tokens.len() + usize::from(new.is_some()) {
+                return Ok(Value::Nil);
+            }
+            let old = match tokens.get(n - 1) {
+                Some(t) => Value::String(lua.create_string(t)?),
+                None => Value::Nil,
+            };
+            if let Some(new) = new {
+                let replacement = bytes_arg(&new).ok_or_else(|| {
+                    mlua::Error::runtime("r:token: the new token must be a string")
+                })?;
+                let mut owned: Vec<Vec<u8>> = tokens.iter().map(|t| t.to_vec()).collect();
+                if n - 1 == owned.len() {
+                    owned.push(replacement);
+                } else if replacement.is_empty() {
+                    owned.remove(n - 1);
+                } else {
+                    owned[n - 1] = replacement;
+                }
+                let refs: Vec<&[u8]> = owned.iter().map(|t| t.as_slice()).collect();
+                this.rebuild(lua, &refs)?;
+            }
+            Ok(old)
+        });
+        methods.add_method("token_int", |_, this, n: usize| {
+            let tokens = this.tokens();
+            Ok(n.checked_sub(1)
+                .and_then(|i| tokens.get(i))
+                .and_then(|t| std::str::from_utf8(t).ok())
+                .and_then(|s| s.parse::<i64>().ok()))
+        });
+        methods.add_method("ntokens", |_, this, ()| Ok(this.tokens().len()));
+        methods.add_method("has_flag", |_, this, flag: String| {
+            let letter = single_flag(&flag)?;
+            Ok(match this.request.command() {
+                Command::Meta(m) => m.flags.has(letter),
+                _ => false,
+            })
+        });
+        methods.add_method_mut(
+            "flag_token",
+            |lua, this, (flag, replacement): (String, Option<Value>)| {
+                let letter = single_flag(&flag)?;
+                let Command::Meta(m) = this.request.command() else {
+                    return Ok((false, Value::Nil));
+                };
+                if !m.flags.has(letter) {
+                    return Ok((false, Value::Nil));
+                }
+                let old = match m.flags.token(letter) {
+                    Some(t) if !t.is_empty() => Value::String(lua.create_string(t)?),
+                    _ => Value::Nil,
+                };
+                let start = if matches!(m.op, MetaOp::Set) { 3 } else { 2 };
+                if let Some(replacement) = replacement.as_ref().and_then(bytes_arg) {
+                    let mut owned: Vec<Vec<u8>> =
+                        this.tokens().iter().map(|t| t.to_vec()).collect();
+                    if let Some(i) =
+                        (start..owned.len()).find(|&i| owned[i].first() == Some(&letter))
+                    {
+                        if replacement.is_empty() {
+                            owned.remove(i);
+                        } else {
+                            owned[i] = replacement;
+                        }
+                    }
+                    let refs: Vec<&[u8]> = owned.iter().map(|t| t.as_slice()).collect();
+                    this.rebuild(lua, &refs)?;
+                }
+                Ok((true, old))
+            },
+        );
+        methods.add_method("raw_line", |lua, this, ()| {
+            lua.create_string(this.request.raw_line())
+        });
+        methods.add_method("raw_value", |lua, this, ()| {
+            lua.create_string(this.request.value())
+        });
+        methods.add_method("vlen", |_, this, ()| Ok(this.request.value().len()));
+    }
+}
+
+fn single_flag(flag: &str) -> mlua::Result<u8> {
+    match flag.as_bytes() {
+        [b] if b.is_ascii_alphabetic() => Ok(*b),
+        _ => Err(mlua::Error::runtime(
+            "meta flag must be a single letter A-Z or a-z",
+        )),
+    }
+}
+
+fn trim_key(lua: &Lua, this: &mut LuaRequest, n: usize, left: bool) -> mlua::Result<()> {
+    let Some(index) = this.key_index() else {
+        return Err(mlua::Error::runtime("this request has no key"));
+    };
+    let mut tokens: Vec<Vec<u8>> = this.tokens().iter().map(|t| t.to_vec()).collect();
+    let key = &tokens[index];
+    if n >= key.len() {
+        return Err(mlua::Error::runtime("trimming would leave an empty key"));
+    }
+    let trimmed = if left {
+        key[n..].to_vec()
+    } else {
+        key[..key.len() - n].to_vec()
+    };
+    tokens[index] = trimmed;
+    let refs: Vec<&[u8]> = tokens.iter().map(|t| t.as_slice()).collect();
+    this.rebuild(lua, &refs)
+}
+
+/// A backend's (or the proxy's own) reply as a route sees it.
+#[derive(Clone)]
+pub struct LuaResponse {
+    pub response: Response,
+    /// Microseconds from sending the request to its reply.
+    pub elapsed_us: u64,
+}
+
+impl LuaResponse {
+    pub fn new(response: Response, elapsed_us: u64) -> Self {
+        LuaResponse {
+            response,
+            elapsed_us,
+        }
+    }
+
+    /// "Good": a non-error reply that is not a miss (memcached's
+    /// `res_good`).
+    pub fn is_good(&self) -> bool {
+        self.response.is_ok()
+            && !matches!(
+                self.response.code(),
+                ResponseCode::End | ResponseCode::En | ResponseCode::NotFound | ResponseCode::Nf
+            )
+    }
+
+    pub fn raw(&self) -> &Bytes {
+        self.response.raw()
+    }
+}
+
+impl UserData for LuaResponse {
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        methods.add_method("ok", |_, this, ()| Ok(this.response.is_ok()));
+        methods.add_method("hit", |_, this, ()| Ok(this.response.is_hit()));
+        methods.add_method("code", |_, this, ()| Ok(mcmc_code(this.response.code())));
+        methods.add_method("line", |lua, this, ()| {
+            lua.create_string(this.response.line())
+        });
+        methods.add_method("vlen", |_, this, ()| {
+            Ok(this.response.value().map_or(0, |v| v.len()))
+        });
+        methods.add_method("elapsed", |_, this, ()| Ok(this.elapsed_us));
+        methods.add_method("raw_string", |lua, this, ()| {
+            lua.create_string(this.response.raw())
+        });
+    }
+}

@@ -1,0 +1,171 @@
+//! What the config VM and the worker VMs share: creating a VM, the common
+//! part of the `mcp` table (constants, logging, clocks, distribution and
+//! hash names), module search paths, the Lua libraries embedded in the
+//! binary, and loading the startfile.
+
+use std::path::Path;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use mlua::{Lua, Table, Value};
+
+use super::config::{ConfigError, ProxyConfig};
+use super::objects::{AWAIT_MODES, COMMANDS, RESPONSE_CODES};
+
+/// Lua libraries compiled into the binary. `require` finds a file of the
+/// same name on `package.path` first, so operators can override them from
+/// disk.
+pub const EMBEDDED_LIBS: &[(&str, &str)] =
+    &[("simple", include_str!("../../../../lua/simple.lua"))];
+
+/// Distribution descriptors exposed as `mcp.dist_*`, as memcached's proxy
+/// names them (plus memroute's additions), with the name the hashing crate
+/// parses.
+const DISTRIBUTIONS: &[(&str, &str)] = &[
+    ("dist_jump_hash", "jump"),
+    ("dist_ring_hash", "ring_hash"),
+    ("dist_ketama", "ketama"),
+    ("dist_twemproxy", "twemproxy"),
+    ("dist_maglev", "maglev"),
+    ("dist_modula", "modula"),
+    ("dist_rendezvous", "rendezvous"),
+];
+
+/// Key hash descriptors exposed as `mcp.hash_*`.
+const HASHES: &[(&str, &str)] = &[
+    ("hash_xxhash", "xxh3"),
+    ("hash_md5", "md5"),
+    ("hash_crc32", "crc32"),
+    ("hash_crc32a", "crc32a"),
+    ("hash_crc16", "crc16"),
+    ("hash_fnv1_32", "fnv1_32"),
+    ("hash_fnv1a_32", "fnv1a_32"),
+    ("hash_fnv1_64", "fnv1_64"),
+    ("hash_fnv1a_64", "fnv1a_64"),
+    ("hash_one_at_a_time", "one_at_a_time"),
+    ("hash_murmur", "murmur"),
+    ("hash_jenkins", "jenkins"),
+    ("hash_hsieh", "hsieh"),
+];
+
+/// The table key that marks a descriptor table, read back by `mcp.pool`.
+pub const DIST_MARK: &str = "__memroute_dist";
+pub const HASH_MARK: &str = "__memroute_hash";
+
+/// Creates a VM with the common `mcp` table and module paths set up. The
+/// caller adds its role's functions, then runs [`load_startfile`].
+pub fn new_vm(config: &ProxyConfig) -> Result<Lua, ConfigError> {
+    let lua = Lua::new();
+    setup(&lua, config).map_err(|e| ConfigError::lua(&config.startfile, e))?;
+    Ok(lua)
+}
+
+fn setup(lua: &Lua, config: &ProxyConfig) -> mlua::Result<()> {
+    let globals = lua.globals();
+    let package: Table = globals.get("package")?;
+    let mut path = String::new();
+    let start_dir = config
+        .startfile
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    for dir in config
+        .lua_path
+        .iter()
+        .map(|p| p.as_path())
+        .chain([start_dir])
+    {
+        path.push_str(&format!("{0}/?.lua;{0}/?/init.lua;", dir.display()));
+    }
+    let old: String = package.get("path")?;
+    package.set("path", format!("{path}{old}"))?;
+    // The embedded libraries come last: a file on disk wins.
+    let searchers: Table = package.get("searchers")?;
+    let searcher = lua.create_function(|lua, name: String| {
+        match EMBEDDED_LIBS.iter().find(|(n, _)| *n == name) {
+            Some((n, source)) => {
+                let chunk = lua
+                    .load(*source)
+                    .set_name(format!("=[memroute]/{n}.lua"))
+                    .into_function()?;
+                Ok(Value::Function(chunk))
+            }
+            None => Ok(Value::String(lua.create_string(format!(
+                "\n\tno embedded memroute library '{name}'"
+            ))?)),
+        }
+    })?;
+    searchers.push(searcher)?;
+
+    let mcp = lua.create_table()?;
+    for (name, value) in COMMANDS {
+        mcp.set(*name, *value)?;
+    }
+    mcp.set("CMD_ANY", super::objects::CMD_ANY)?;
+    mcp.set("CMD_ANY_STORAGE", super::objects::CMD_ANY_STORAGE)?;
+    for (name, value) in AWAIT_MODES {
+        mcp.set(*name, *value)?;
+    }
+    for (name, value) in RESPONSE_CODES {
+        mcp.set(*name, *value)?;
+    }
+    for (field, name) in DISTRIBUTIONS {
+        let t = lua.create_table()?;
+        t.set(DIST_MARK, *name)?;
+        if *name == "ring_hash" {
+            // memcached's proxy exposes the ring's own md5 key hash here:
+            // `hash = mcp.dist_ring_hash.hash`.
+            let h = lua.create_table()?;
+            h.set(HASH_MARK, "md5")?;
+            t.set("hash", h)?;
+        }
+        mcp.set(*field, t)?;
+    }
+    for (field, name) in HASHES {
+        let t = lua.create_table()?;
+        t.set(HASH_MARK, *name)?;
+        mcp.set(*field, t)?;
+    }
+    match &config.start_arg {
+        Some(arg) => mcp.set("start_arg", arg.as_str())?,
+        None => mcp.set("start_arg", Value::Nil)?,
+    }
+    mcp.set(
+        "log",
+        lua.create_function(|_, msg: mlua::LuaString| {
+            tracing::info!(target: "memroute::lua", "{}", msg.to_string_lossy());
+            Ok(())
+        })?,
+    )?;
+    mcp.set(
+        "time_real_millis",
+        lua.create_function(|_, ()| {
+            Ok(SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64))
+        })?,
+    )?;
+    let epoch = Instant::now();
+    mcp.set(
+        "time_mono_millis",
+        lua.create_function(move |_, ()| Ok(epoch.elapsed().as_millis() as i64))?,
+    )?;
+    globals.set("mcp", mcp)?;
+    Ok(())
+}
+
+/// Runs the startfile's top-level code. Errors name the file and line.
+pub fn load_startfile(lua: &Lua, config: &ProxyConfig) -> Result<(), ConfigError> {
+    let source = std::fs::read(&config.startfile).map_err(|source| ConfigError::Read {
+        path: config.startfile.clone(),
+        source,
+    })?;
+    lua.load(source)
+        .set_name(format!("@{}", config.startfile.display()))
+        .exec()
+        .map_err(|e| ConfigError::lua(&config.startfile, e))
+}
+
+/// The `mcp` table of a VM.
+pub fn mcp_table(lua: &Lua) -> mlua::Result<Table> {
+    lua.globals().get("mcp")
+}

@@ -1,0 +1,607 @@
+//! The worker VM: one per worker thread, running `mcp_config_routes` and
+//! the routes it attaches.
+//!
+//! A [`WorkerProxy`] holds the worker's current [`WorkerLua`] (VM + hooks)
+//! and, during a reload, a staged one. Requests take an `Rc` of the current
+//! VM when they start, so a request in flight finishes on the configuration
+//! it started with while new requests use the new one. Backend connections
+//! are kept in a registry keyed by the backend's full settings, so a reload
+//! that keeps a backend keeps its connections.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::{Rc, Weak};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use memroute_proto::request::Keys;
+use memroute_proto::{
+    Command, GetCommand, Limits, MetaOp, Request, Response, ResponseCode, ResponseDecoder,
+};
+use mlua::{AnyUserData, Function, Lua, MetaMethod, Table, UserData, UserDataMethods, Value};
+use tracing::warn;
+
+use super::config::{lua_error_message, ConfigError, ConfigValue, LoadedConfig, PoolDef};
+use super::objects::{
+    command_id, LuaRequest, LuaResponse, CMD_ANY, CMD_ANY_STORAGE, COMMANDS, COMMAND_SLOTS,
+    STORAGE_IDS, UNHOOKABLE_IDS,
+};
+use super::vm;
+use crate::backend::{Backend, BackendConfig};
+use crate::embedded::Embedded;
+use crate::stats::ServerStats;
+
+/// Highest id `mcp.add_stat` accepts.
+pub const MAX_USER_STATS: usize = 1024;
+
+/// Process-wide proxy counters: `mcp.add_stat`/`mcp.stat` user counters and
+/// memroute's own, shown by `stats proxy`.
+#[derive(Debug)]
+pub struct ProxyStats {
+    names: Mutex<Vec<(i64, String)>>,
+    values: Box<[AtomicI64]>,
+    pub lua_errors: AtomicU64,
+    pub routed_requests: AtomicU64,
+    pub reloads: AtomicU64,
+    pub reload_failures: AtomicU64,
+}
+
+impl Default for ProxyStats {
+    fn default() -> Self {
+        ProxyStats {
+            names: Mutex::new(Vec::new()),
+            values: (0..=MAX_USER_STATS).map(|_| AtomicI64::new(0)).collect(),
+            lua_errors: AtomicU64::new(0),
+            routed_requests: AtomicU64::new(0),
+            reloads: AtomicU64::new(0),
+            reload_failures: AtomicU64::new(0),
+        }
+    }
+}
+
+impl ProxyStats {
+    /// Installs the names a (re)loaded configuration registered.
+    pub fn set_names(&self, names: &[(i64, String)]) {
+        if let Ok(mut n) = self.names.lock() {
+            *n = names.to_vec();
+        }
+    }
+
+    fn add(&self, id: i64, delta: i64) {
+        if let Some(v) = usize::try_from(id).ok().and_then(|i| self.values.get(i)) {
+            v.fetch_add(delta, Relaxed);
+        }
+    }
+
+    /// `(name, value)` for every registered user stat, then memroute's own.
+    pub fn snapshot(&self) -> Vec<(String, i64)> {
+        let mut out = Vec::new();
+        if let Ok(names) = self.names.lock() {
+            for (id, name) in names.iter() {
+                let value = self.values.get(*id as usize).map_or(0, |v| v.load(Relaxed));
+                out.push((name.clone(), value));
+            }
+        }
+        out.push(("lua_errors".into(), self.lua_errors.load(Relaxed) as i64));
+        out.push((
+            "routed_requests".into(),
+            self.routed_requests.load(Relaxed) as i64,
+        ));
+        out.push(("config_reloads".into(), self.reloads.load(Relaxed) as i64));
+        out.push((
+            "config_reload_fails".into(),
+            self.reload_failures.load(Relaxed) as i64,
+        ));
+        out
+    }
+}
+
+/// What routes reach on their worker besides backends.
+pub struct RouteEnv {
+    pub embedded: Embedded,
+    pub server_stats: Arc<ServerStats>,
+    pub worker: usize,
+    pub limits: Limits,
+    pub proxy_stats: Arc<ProxyStats>,
+}
+
+/// One worker's routing state.
+pub struct WorkerProxy {
+    env: Rc<RouteEnv>,
+    current: RefCell<Rc<WorkerLua>>,
+    staged: RefCell<Option<Rc<WorkerLua>>>,
+    backends: Rc<RefCell<HashMap<String, Weak<Backend>>>>,
+}
+
+impl WorkerProxy {
+    /// Builds this worker's VM from a loaded configuration.
+    pub fn new(env: RouteEnv, loaded: &LoadedConfig) -> Result<Rc<WorkerProxy>, ConfigError> {
+        let env = Rc::new(env);
+        let backends = Rc::new(RefCell::new(HashMap::new()));
+        let lua = WorkerLua::build(&env, &backends, loaded)?;
+        Ok(Rc::new(WorkerProxy {
+            env,
+            current: RefCell::new(lua),
+            staged: RefCell::new(None),
+            backends,
+        }))
+    }
+
+    /// The configuration new requests run on.
+    pub fn current(&self) -> Rc<WorkerLua> {
+        self.current.borrow().clone()
+    }
+
+    /// Builds a new VM without using it yet (first phase of a reload).
+    pub fn stage(&self, loaded: &LoadedConfig) -> Result<(), ConfigError> {
+        let lua = WorkerLua::build(&self.env, &self.backends, loaded)?;
+        *self.staged.borrow_mut() = Some(lua);
+        Ok(())
+    }
+
+    /// Makes the staged VM current (second phase, once every worker staged).
+    pub fn commit(&self) {
+        if let Some(lua) = self.staged.borrow_mut().take() {
+            *self.current.borrow_mut() = lua;
+        }
+        // Forget backends no configuration uses any more.
+        self.backends
+            .borrow_mut()
+            .retain(|_, b| b.strong_count() > 0);
+    }
+
+    /// Drops the staged VM (another worker failed to stage).
+    pub fn abort(&self) {
+        self.staged.borrow_mut().take();
+    }
+}
+
+/// A worker VM with its attached routes.
+pub struct WorkerLua {
+    lua: Lua,
+    hooks: Vec<Option<Function>>,
+    env: Rc<RouteEnv>,
+}
+
+/// Collects `mcp.attach` calls while `mcp_config_routes` runs.
+struct Attached(RefCell<Vec<Option<Function>>>);
+
+impl WorkerLua {
+    fn build(
+        env: &Rc<RouteEnv>,
+        registry: &Rc<RefCell<HashMap<String, Weak<Backend>>>>,
+        loaded: &LoadedConfig,
+    ) -> Result<Rc<WorkerLua>, ConfigError> {
+        let path = &loaded.proxy.startfile;
+        let lua = vm::new_vm(&loaded.proxy)?;
+        lua.set_app_data(env.limits.clone());
+        lua.set_app_data(env.clone());
+        lua.set_app_data(Attached(RefCell::new(vec![None; COMMAND_SLOTS])));
+        register(&lua).map_err(|e| ConfigError::lua(path, e))?;
+        vm::load_startfile(&lua, &loaded.proxy)?;
+        let routes: Function = lua.globals().get("mcp_config_routes").map_err(|_| {
+            ConfigError::Invalid(format!("{}: no mcp_config_routes function", path.display()))
+        })?;
+        let mut pools = HashMap::new();
+        let arg = to_lua(&lua, &loaded.pools, registry, &mut pools)
+            .map_err(|e| ConfigError::lua(path, e))?;
+        routes
+            .call::<()>(arg)
+            .map_err(|e| ConfigError::lua(path, e))?;
+        let hooks = lua
+            .remove_app_data::<Attached>()
+            .map(|a| a.0.into_inner())
+            .unwrap_or_default();
+        Ok(Rc::new(WorkerLua {
+            lua,
+            hooks,
+            env: env.clone(),
+        }))
+    }
+
+    /// The route attached to this request's command, if any.
+    pub fn hook(&self, command: &Command) -> Option<Function> {
+        let id = command_id(command) as usize;
+        self.hooks.get(id).and_then(|h| h.clone())
+    }
+
+    /// Runs `hook` for `request` and returns the bytes the client gets
+    /// (empty for `noreply`). Multi-key gets run the route once per key.
+    pub async fn serve(self: Rc<Self>, hook: Function, request: Request) -> Bytes {
+        self.env.proxy_stats.routed_requests.fetch_add(1, Relaxed);
+        if let Command::Get(get) = request.command() {
+            if get.keys.len() != 1 {
+                return self.serve_multi_get(hook, get).await;
+            }
+        }
+        let quiet = request.is_quiet();
+        let noreply = request.noreply();
+        let meta_op = match request.command() {
+            Command::Meta(m) => Some(m.op),
+            _ => None,
+        };
+        let reply = self.run_route(&hook, request).await;
+        if noreply {
+            return Bytes::new();
+        }
+        if quiet {
+            // Meta `q`: hide the nominal reply (EN for mg, HD otherwise).
+            let code = Response::from_line(
+                std::str::from_utf8(reply.get(..2).unwrap_or(b"")).unwrap_or(""),
+            )
+            .code();
+            let hidden = match meta_op {
+                Some(MetaOp::Get) => code == ResponseCode::En,
+                Some(_) => code == ResponseCode::Hd,
+                None => false,
+            };
+            if hidden {
+                return Bytes::new();
+            }
+        }
+        reply
+    }
+
+    async fn serve_multi_get(self: Rc<Self>, hook: Function, get: &GetCommand) -> Bytes {
+        let mut subs = Vec::with_capacity(get.keys.len());
+        for key in &get.keys {
+            let mut line = BytesMut::with_capacity(key.len() + 16);
+            line.extend_from_slice(get.op.name().as_bytes());
+            line.extend_from_slice(b" ");
+            if get.op.touches() {
+                memroute_proto::number::write_i64(&mut line, i64::from(get.exptime));
+                line.extend_from_slice(b" ");
+            }
+            line.extend_from_slice(key);
+            let mut keys = Keys::new();
+            keys.push(key.clone());
+            let command = Command::Get(GetCommand {
+                op: get.op,
+                exptime: get.exptime,
+                keys,
+            });
+            subs.push(Request::new(line.freeze(), Bytes::new(), command));
+        }
+        let replies =
+            futures_util::future::join_all(subs.into_iter().map(|r| self.run_route(&hook, r)))
+                .await;
+        let mut out = BytesMut::new();
+        for reply in replies {
+            // Keep each key's VALUE block; a miss or an error for one key
+            // reads as a miss, so the client still gets one well-formed
+            // reply (as mcrouter does).
+            if reply.starts_with(b"VALUE ") {
+                let body = reply.strip_suffix(b"END\r\n").unwrap_or(&reply);
+                out.extend_from_slice(body);
+            }
+        }
+        out.extend_from_slice(b"END\r\n");
+        out.freeze()
+    }
+
+    /// Runs one route call; Lua errors become `SERVER_ERROR lua failure`.
+    async fn run_route(&self, hook: &Function, request: Request) -> Bytes {
+        let ud = match self.lua.create_userdata(LuaRequest::new(request)) {
+            Ok(ud) => ud,
+            Err(e) => return self.lua_failure(&e),
+        };
+        match hook.call_async::<Value>(ud).await {
+            Ok(Value::UserData(ud)) => match ud.borrow::<LuaResponse>() {
+                Ok(res) => res.raw().clone(),
+                Err(_) => self.bad_return("a userdata that is not a response"),
+            },
+            Ok(Value::String(s)) => {
+                let bytes = s.as_bytes();
+                if bytes.ends_with(b"\r\n") {
+                    Bytes::copy_from_slice(&bytes)
+                } else {
+                    let mut b = BytesMut::with_capacity(bytes.len() + 2);
+                    b.extend_from_slice(&bytes);
+                    b.extend_from_slice(b"\r\n");
+                    b.freeze()
+                }
+            }
+            Ok(other) => self.bad_return(other.type_name()),
+            Err(e) => self.lua_failure(&e),
+        }
+    }
+
+    fn bad_return(&self, what: &str) -> Bytes {
+        self.env.proxy_stats.lua_errors.fetch_add(1, Relaxed);
+        warn!(target: "memroute::lua", "route returned {what}; routes must return a response or a string");
+        failure_line()
+    }
+
+    fn lua_failure(&self, error: &mlua::Error) -> Bytes {
+        self.env.proxy_stats.lua_errors.fetch_add(1, Relaxed);
+        warn!(target: "memroute::lua", "route failed: {}", lua_error_message(error));
+        failure_line()
+    }
+}
+
+fn failure_line() -> Bytes {
+    Bytes::from_static(b"SERVER_ERROR lua failure\r\n")
+}
+
+/// A pool on one worker: the shared definition plus this worker's
+/// connections to each backend.
+pub struct PoolRuntime {
+    pub def: Arc<PoolDef>,
+    backends: Vec<Rc<Backend>>,
+}
+
+impl PoolRuntime {
+    /// Sends `request` to the backend its key maps to.
+    pub async fn send(&self, request: Request) -> LuaResponse {
+        let key = request.key().map_or(&b""[..], |k| &k[..]);
+        let index = self.def.distribution.pick(key);
+        let backend = self.backends[index].clone();
+        // Every request sent to a backend must get a reply, or replies
+        // would fall out of step: drop noreply/q here; the client's own
+        // reply is suppressed where the route result is written.
+        let outbound = request.without_noreply().unwrap_or(request);
+        let start = Instant::now();
+        let response = match backend.send(&outbound).await {
+            Ok(r) => r,
+            Err(e) => Response::from_line(e.client_reply()),
+        };
+        LuaResponse::new(response, start.elapsed().as_micros() as u64)
+    }
+}
+
+/// The pool object routes call: `pool(r)`.
+#[derive(Clone)]
+pub struct LuaPool(pub Rc<PoolRuntime>);
+
+impl UserData for LuaPool {
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        methods.add_async_meta_method(MetaMethod::Call, |_, this, r: AnyUserData| {
+            let pool = this.0.clone();
+            let request = r.borrow::<LuaRequest>().map(|r| r.request.clone());
+            async move {
+                let request = request.map_err(|_| {
+                    mlua::Error::runtime("a pool must be called with a request object")
+                })?;
+                Ok(pool.send(request).await)
+            }
+        });
+        methods.add_meta_method(MetaMethod::ToString, |_, this, ()| {
+            Ok(format!("mcp.pool({})", this.0.def.name))
+        });
+    }
+}
+
+fn env_of(lua: &Lua) -> mlua::Result<Rc<RouteEnv>> {
+    lua.app_data_ref::<Rc<RouteEnv>>()
+        .map(|e| e.clone())
+        .ok_or_else(|| mlua::Error::runtime("worker environment missing"))
+}
+
+fn register(lua: &Lua) -> mlua::Result<()> {
+    let mcp = vm::mcp_table(lua)?;
+    mcp.set(
+        "attach",
+        lua.create_function(|lua, (cmd, func, _tag): (i64, Value, Option<Value>)| {
+            let Value::Function(func) = func else {
+                return Err(mlua::Error::runtime(
+                    "mcp.attach: the second argument must be a route function",
+                ));
+            };
+            let ids: Vec<i64> = match cmd {
+                CMD_ANY => COMMANDS
+                    .iter()
+                    .map(|(_, id)| *id)
+                    .filter(|id| !UNHOOKABLE_IDS.contains(id))
+                    .collect(),
+                CMD_ANY_STORAGE => STORAGE_IDS.to_vec(),
+                id if UNHOOKABLE_IDS.contains(&id) => {
+                    return Err(mlua::Error::runtime(format!(
+                        "mcp.attach: {} cannot have a route",
+                        COMMANDS.iter().find(|(_, i)| *i == id).map_or("?", |c| c.0)
+                    )))
+                }
+                id if COMMANDS.iter().any(|(_, i)| *i == id) => vec![id],
+                _ => return Err(mlua::Error::runtime("mcp.attach: unknown command")),
+            };
+            let attached = lua.app_data_ref::<Attached>().ok_or_else(|| {
+                mlua::Error::runtime("mcp.attach is only valid in mcp_config_routes")
+            })?;
+            let mut hooks = attached.0.borrow_mut();
+            for id in ids {
+                hooks[id as usize] = Some(func.clone());
+            }
+            Ok(())
+        })?,
+    )?;
+    mcp.set(
+        "request",
+        lua.create_function(
+            |lua, (line, value): (mlua::LuaString, Option<mlua::LuaString>)| {
+                let line = line.as_bytes();
+                let line = line.strip_suffix(b"\r\n").unwrap_or(&line);
+                let value_bytes = value
+                    .as_ref()
+                    .map(|v| v.as_bytes().to_vec())
+                    .unwrap_or_default();
+                let value = value_bytes.strip_suffix(b"\r\n").unwrap_or(&value_bytes);
+                let limits = lua
+                    .app_data_ref::<Limits>()
+                    .map(|l| l.clone())
+                    .unwrap_or_default();
+                let request = Request::parse(line, value, &limits)
+                    .map_err(|e| mlua::Error::runtime(format!("mcp.request: {e}")))?;
+                Ok(LuaRequest::new(request))
+            },
+        )?,
+    )?;
+    mcp.set(
+        "internal",
+        lua.create_function(|lua, r: AnyUserData| {
+            let request = r
+                .borrow::<LuaRequest>()
+                .map_err(|_| mlua::Error::runtime("mcp.internal: expected a request"))?
+                .request
+                .clone();
+            let env = env_of(lua)?;
+            let request = request.without_noreply().unwrap_or(request);
+            let mut out = BytesMut::new();
+            let start = Instant::now();
+            env.embedded
+                .execute(&request, &mut out, env.server_stats.worker(env.worker));
+            let response = match ResponseDecoder::for_request(&request).decode(&mut out) {
+                Ok(Some(r)) => r,
+                _ => Response::from_line("SERVER_ERROR internal cache gave no reply"),
+            };
+            Ok(LuaResponse::new(
+                response,
+                start.elapsed().as_micros() as u64,
+            ))
+        })?,
+    )?;
+    mcp.set(
+        "stat",
+        lua.create_function(|lua, (id, delta): (i64, Option<i64>)| {
+            env_of(lua)?.proxy_stats.add(id, delta.unwrap_or(1));
+            Ok(())
+        })?,
+    )?;
+    mcp.set("await", lua.create_async_function(await_pools)?)?;
+    for name in ["backend", "pool", "add_stat"] {
+        let message = format!("mcp.{name} is only available in mcp_config_pools (the config VM)");
+        mcp.set(
+            name,
+            lua.create_function(move |_, _: mlua::MultiValue| {
+                Err::<(), _>(mlua::Error::runtime(message.clone()))
+            })?,
+        )?;
+    }
+    Ok(())
+}
+
+/// `mcp.await(r, {pools...}[, n][, mode])`: sends `r` to every pool at once
+/// and returns a table of responses once the mode's condition holds. The
+/// rest keep running in the background, so writes always reach every pool.
+async fn await_pools(
+    lua: Lua,
+    (r, pools, n, mode): (AnyUserData, Table, Option<i64>, Option<i64>),
+) -> mlua::Result<Table> {
+    let request = r
+        .borrow::<LuaRequest>()
+        .map_err(|_| mlua::Error::runtime("mcp.await: expected a request"))?
+        .request
+        .clone();
+    let mut targets = Vec::new();
+    for value in pools.sequence_values::<AnyUserData>() {
+        let ud = value?;
+        let pool = ud.borrow::<LuaPool>().map_err(|_| {
+            mlua::Error::runtime("mcp.await: the second argument must be a list of pools")
+        })?;
+        targets.push(pool.0.clone());
+    }
+    let mode = mode.unwrap_or(0);
+    let total = targets.len();
+    let wanted = match n {
+        None | Some(0) => total,
+        Some(n) => (n.max(0) as usize).min(total),
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for (index, pool) in targets.into_iter().enumerate() {
+        let tx = tx.clone();
+        let request = request.clone();
+        tokio::task::spawn_local(async move {
+            let response = pool.send(request).await;
+            let _ = tx.send((index, response));
+        });
+    }
+    drop(tx);
+    let results = lua.create_table()?;
+    if mode == 5 {
+        return Ok(results); // AWAIT_BACKGROUND
+    }
+    let mut counted = 0usize;
+    while let Some((index, response)) = rx.recv().await {
+        let counts = match mode {
+            1 => true,                      // AWAIT_ANY
+            2 => response.response.is_ok(), // AWAIT_OK
+            3 => index == 0,                // AWAIT_FIRST
+            4 => response.is_good(),        // AWAIT_FASTGOOD
+            _ => response.is_good(),        // AWAIT_GOOD
+        };
+        let good = response.is_good();
+        results.push(response)?;
+        if counts {
+            counted += 1;
+        }
+        let done = match mode {
+            3 => index == 0,
+            4 => good || counted >= wanted,
+            _ => counted >= wanted,
+        };
+        if done {
+            break;
+        }
+    }
+    Ok(results)
+}
+
+/// Copies a [`ConfigValue`] into this VM, turning pool definitions into
+/// worker-local pools (one object per definition).
+fn to_lua(
+    lua: &Lua,
+    value: &ConfigValue,
+    registry: &Rc<RefCell<HashMap<String, Weak<Backend>>>>,
+    pools: &mut HashMap<*const PoolDef, AnyUserData>,
+) -> mlua::Result<Value> {
+    Ok(match value {
+        ConfigValue::Nil => Value::Nil,
+        ConfigValue::Bool(b) => Value::Boolean(*b),
+        ConfigValue::Integer(i) => Value::Integer(*i),
+        ConfigValue::Number(n) => Value::Number(*n),
+        ConfigValue::String(s) => Value::String(lua.create_string(s)?),
+        ConfigValue::Table(entries) => {
+            let t = lua.create_table()?;
+            for (k, v) in entries {
+                t.raw_set(
+                    to_lua(lua, k, registry, pools)?,
+                    to_lua(lua, v, registry, pools)?,
+                )?;
+            }
+            Value::Table(t)
+        }
+        ConfigValue::Pool(def) => {
+            let ptr = Arc::as_ptr(def);
+            if let Some(ud) = pools.get(&ptr) {
+                return Ok(Value::UserData(ud.clone()));
+            }
+            let backends = def
+                .backends
+                .iter()
+                .map(|b| backend_for(registry, b))
+                .collect();
+            let ud = lua.create_userdata(LuaPool(Rc::new(PoolRuntime {
+                def: def.clone(),
+                backends,
+            })))?;
+            pools.insert(ptr, ud.clone());
+            Value::UserData(ud)
+        }
+    })
+}
+
+/// This worker's connection to a backend with exactly these settings,
+/// reusing an existing one across reloads.
+fn backend_for(
+    registry: &Rc<RefCell<HashMap<String, Weak<Backend>>>>,
+    config: &Arc<BackendConfig>,
+) -> Rc<Backend> {
+    let key = format!("{config:?}");
+    let mut map = registry.borrow_mut();
+    if let Some(existing) = map.get(&key).and_then(Weak::upgrade) {
+        return existing;
+    }
+    let backend = Backend::new(config.clone());
+    map.insert(key, Rc::downgrade(&backend));
+    backend
+}

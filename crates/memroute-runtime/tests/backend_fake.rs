@@ -1,0 +1,639 @@
+//! `Backend` against scripted fake backends (a loopback `TcpListener` in the
+//! test) for the failure corner cases.
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::io::ErrorKind;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use memroute_proto::{Decoded, Limits, Request, RequestDecoder, ResponseCode};
+use memroute_runtime::backend::{
+    Backend, BackendConfig, BackendError, BackendState, MAX_IN_FLIGHT,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::LocalSet;
+
+fn req(wire: impl AsRef<[u8]>) -> Request {
+    let mut buf = BytesMut::from(wire.as_ref());
+    match RequestDecoder::new(Limits::default()).decode(&mut buf) {
+        Some(Decoded::Request(r)) => r,
+        other => panic!("bad test request: {other:?}"),
+    }
+}
+
+fn run<F: Future<Output = ()>>(limit: Duration, f: F) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    LocalSet::new().block_on(&rt, async move {
+        tokio::time::timeout(limit, f)
+            .await
+            .expect("test took too long");
+    });
+}
+
+/// A scripted backend: every accepted connection is handed to `script`
+/// with its index (0 for the first connection).
+struct Fake {
+    port: u16,
+    accepted: Rc<Cell<usize>>,
+}
+
+impl Fake {
+    async fn start<S, F>(script: S) -> Fake
+    where
+        S: Fn(usize, Conn) -> F + 'static,
+        F: Future<Output = ()> + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Rc::new(Cell::new(0));
+        let count = accepted.clone();
+        tokio::task::spawn_local(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let index = count.get();
+                count.set(index + 1);
+                tokio::task::spawn_local(script(index, Conn::new(stream)));
+            }
+        });
+        Fake { port, accepted }
+    }
+
+    fn config(&self) -> BackendConfig {
+        BackendConfig {
+            label: "fake".into(),
+            connect_timeout: Duration::from_secs(1),
+            read_timeout: Duration::from_secs(1),
+            retry_wait: Duration::from_secs(10),
+            failure_limit: 100,
+            ..BackendConfig::new("127.0.0.1", self.port)
+        }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.get()
+    }
+}
+
+/// The server side of one connection, reading line by line.
+struct Conn {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl Conn {
+    fn new(stream: TcpStream) -> Conn {
+        Conn {
+            stream,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// The next request line, without `\r\n`; `None` at EOF.
+    async fn line(&mut self) -> Option<String> {
+        loop {
+            if let Some(end) = self.buf.iter().position(|&b| b == b'\n') {
+                let line = self.buf.split_to(end + 1);
+                return Some(String::from_utf8_lossy(&line).trim_end().to_string());
+            }
+            if self.stream.read_buf(&mut self.buf).await.ok()? == 0 {
+                return None;
+            }
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        let _ = self.stream.write_all(bytes).await;
+    }
+
+    /// Answers the `version` check.
+    async fn validate(&mut self) -> bool {
+        match self.line().await {
+            Some(line) if line == "version" => {
+                self.send(b"VERSION 1.6.99-fake\r\n").await;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Reads until EOF without answering.
+    async fn swallow(&mut self) {
+        while self.line().await.is_some() {}
+    }
+}
+
+async fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Sends `n` gets at once from separate tasks; returns their results.
+async fn send_many(backend: &Rc<Backend>, n: usize) -> Vec<Result<ResponseCode, BackendError>> {
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let backend = backend.clone();
+            tokio::task::spawn_local(async move {
+                backend
+                    .send(&req(format!("get k{i}\r\n")))
+                    .await
+                    .map(|r| r.code())
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.unwrap());
+    }
+    results
+}
+
+#[test]
+fn read_timeout_fails_everything_in_flight_and_replaces_the_connection() {
+    run(Duration::from_secs(10), async {
+        let fake = Fake::start(|_, mut c| async move {
+            if c.validate().await {
+                c.swallow().await;
+            }
+        })
+        .await;
+        let backend = Backend::new(Arc::new(BackendConfig {
+            read_timeout: Duration::from_millis(300),
+            ..fake.config()
+        }));
+        let start = Instant::now();
+        let results = send_many(&backend, 5).await;
+        let took = start.elapsed();
+        assert!(
+            results
+                .iter()
+                .all(|r| matches!(r, Err(BackendError::Timeout))),
+            "{results:?}"
+        );
+        assert!(took >= Duration::from_millis(300), "{took:?}");
+        assert!(took < Duration::from_secs(2), "{took:?}");
+        // The connection is dropped and a new one opened at once.
+        wait_until("a new connection", Duration::from_secs(2), || {
+            fake.accepted() == 2
+        })
+        .await;
+        let stats = backend.stats();
+        assert_eq!(stats.timeouts, 1, "one timeout event");
+        assert_eq!(stats.failures, 1);
+        assert_eq!(stats.failed_requests, 5);
+        assert_eq!(stats.in_flight, 0);
+        assert_eq!(stats.state, BackendState::Healthy);
+        assert_eq!(
+            BackendError::Timeout.client_reply(),
+            "SERVER_ERROR backend failure"
+        );
+    });
+}
+
+#[test]
+fn repeated_timeouts_mark_the_backend_bad() {
+    run(Duration::from_secs(10), async {
+        let fake = Fake::start(|_, mut c| async move {
+            if c.validate().await {
+                c.swallow().await;
+            }
+        })
+        .await;
+        let backend = Backend::new(Arc::new(BackendConfig {
+            read_timeout: Duration::from_millis(100),
+            failure_limit: 2,
+            ..fake.config()
+        }));
+        for _ in 0..2 {
+            let r = backend.send(&req("get a\r\n")).await;
+            assert!(matches!(r, Err(BackendError::Timeout)), "{r:?}");
+        }
+        assert!(backend.is_bad());
+        let start = Instant::now();
+        let r = backend.send(&req("get a\r\n")).await;
+        assert!(matches!(r, Err(BackendError::Down)), "{r:?}");
+        assert!(start.elapsed() < Duration::from_millis(50));
+        assert_eq!(backend.stats().state, BackendState::Bad);
+    });
+}
+
+#[test]
+fn garbage_reply_is_a_bad_response_and_the_connection_is_replaced() {
+    run(Duration::from_secs(10), async {
+        let fake = Fake::start(|index, mut c| async move {
+            if !c.validate().await {
+                return;
+            }
+            while let Some(line) = c.line().await {
+                if index == 0 {
+                    c.send(b"BOGUS\r\n").await;
+                } else {
+                    let key = line.split(' ').nth(1).unwrap_or("").to_string();
+                    c.send(format!("VALUE {key} 0 2\r\nok\r\nEND\r\n").as_bytes())
+                        .await;
+                }
+            }
+        })
+        .await;
+        let backend = Backend::new(Arc::new(fake.config()));
+        let results = send_many(&backend, 3).await;
+        for r in &results {
+            let Err(e @ BackendError::BadResponse(_)) = r else {
+                panic!("{results:?}")
+            };
+            assert_eq!(e.client_reply(), "SERVER_ERROR bad response");
+        }
+        wait_until("a new connection", Duration::from_secs(2), || {
+            fake.accepted() == 2
+        })
+        .await;
+        // The new connection is in sync.
+        let r = backend.send(&req("get x\r\n")).await.unwrap();
+        assert_eq!(r.raw().as_ref(), b"VALUE x 0 2\r\nok\r\nEND\r\n");
+        let stats = backend.stats();
+        assert_eq!(stats.failures, 1);
+        assert_eq!(stats.consecutive_failures, 0, "reset by the reply");
+    });
+}
+
+#[test]
+fn unsolicited_data_is_a_bad_response() {
+    run(Duration::from_secs(10), async {
+        let fake = Fake::start(|index, mut c| async move {
+            if !c.validate().await {
+                return;
+            }
+            if index == 0 {
+                // A reply nobody asked for, then one extra line per request.
+                c.send(b"STORED\r\n").await;
+            }
+            while c.line().await.is_some() {
+                c.send(b"END\r\n").await;
+            }
+        })
+        .await;
+        let backend = Backend::new(Arc::new(fake.config()));
+        backend.send(&req("get a\r\n")).await.ok();
+        // The first connection is dropped (the stray `STORED` is never
+        // taken for a reply); the second works.
+        wait_until("a new connection", Duration::from_secs(2), || {
+            fake.accepted() == 2
+        })
+        .await;
+        let r = backend.send(&req("get a\r\n")).await.unwrap();
+        assert_eq!(r.code(), ResponseCode::End);
+    });
+}
+
+#[test]
+fn close_mid_reply_fails_in_flight_requests() {
+    run(Duration::from_secs(10), async {
+        let fake = Fake::start(|index, mut c| async move {
+            if !c.validate().await {
+                return;
+            }
+            if index == 0 {
+                c.line().await;
+                c.send(b"VALUE k0 0 10\r\nabc").await;
+                // Dropping the stream closes it mid-reply.
+                return;
+            }
+            while c.line().await.is_some() {
+                c.send(b"END\r\n").await;
+            }
+        })
+        .await;
+        let backend = Backend::new(Arc::new(fake.config()));
+        let results = send_many(&backend, 4).await;
+        assert!(
+            results.iter().all(|r| matches!(
+                r,
+                Err(BackendError::Closed) | Err(BackendError::Io(_))
+            )),
+            "{results:?}"
+        );
+        let r = backend.send(&req("get k\r\n")).await.unwrap();
+        assert_eq!(r.code(), ResponseCode::End);
+        assert_eq!(fake.accepted(), 2);
+        assert_eq!(backend.stats().failures, 1);
+    });
+}
+
+#[test]
+fn wrong_version_reply_fails_validation() {
+    run(Duration::from_secs(10), async {
+        let fake = Fake::start(|_, mut c| async move {
+            if c.line().await.is_some() {
+                c.send(b"ERROR\r\n").await;
+                c.swallow().await;
+            }
+        })
+        .await;
+        let backend = Backend::new(Arc::new(BackendConfig {
+            failure_limit: 3,
+            ..fake.config()
+        }));
+        let r = backend.send(&req("get a\r\n")).await;
+        let Err(BackendError::Connect(e)) = &r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(e.kind(), ErrorKind::InvalidData);
+        assert!(e.to_string().contains("ERROR"), "{e}");
+        // The failed connection is retried at once; three strikes: bad.
+        wait_until("marked bad", Duration::from_secs(2), || backend.is_bad()).await;
+        let r = backend.send(&req("get a\r\n")).await;
+        assert!(matches!(r, Err(BackendError::Down)), "{r:?}");
+        let stats = backend.stats();
+        assert_eq!(stats.connects, 0);
+        assert_eq!(stats.connect_failures, 3);
+        assert_eq!(fake.accepted(), 3);
+        assert_eq!(stats.marked_bad, 1);
+    });
+}
+
+#[test]
+fn silent_backend_fails_validation_within_read_timeout() {
+    run(Duration::from_secs(10), async {
+        let fake = Fake::start(|_, mut c| async move { c.swallow().await }).await;
+        let backend = Backend::new(Arc::new(BackendConfig {
+            read_timeout: Duration::from_millis(200),
+            ..fake.config()
+        }));
+        let start = Instant::now();
+        let r = backend.send(&req("get a\r\n")).await;
+        let Err(BackendError::Connect(e)) = &r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(e.kind(), ErrorKind::TimedOut);
+        assert!(start.elapsed() < Duration::from_secs(1));
+    });
+}
+
+#[test]
+fn refused_connections_mark_bad_and_probe_in_the_background() {
+    run(Duration::from_secs(10), async {
+        // A port with nothing listening.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let backend = Backend::new(Arc::new(BackendConfig {
+            retry_wait: Duration::from_millis(100),
+            failure_limit: 3,
+            ..BackendConfig::new("127.0.0.1", port)
+        }));
+        let r = backend.send(&req("get a\r\n")).await;
+        let Err(BackendError::Connect(e)) = &r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(e.kind(), ErrorKind::ConnectionRefused);
+        assert_eq!(r.unwrap_err().client_reply(), "SERVER_ERROR backend failure");
+        wait_until("marked bad", Duration::from_secs(2), || backend.is_bad()).await;
+        let start = Instant::now();
+        assert!(matches!(
+            backend.send(&req("get a\r\n")).await,
+            Err(BackendError::Down)
+        ));
+        assert!(start.elapsed() < Duration::from_millis(50));
+
+        // Idle and bad: probed about every retry_wait, no faster.
+        let before = backend.stats().connect_failures;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let probes = backend.stats().connect_failures - before;
+        assert!((5..=12).contains(&probes), "{probes} probes in 1 s");
+        assert_eq!(backend.stats().state, BackendState::Bad);
+
+        // Something starts listening: the probe brings it back, no traffic
+        // needed.
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        tokio::task::spawn_local(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::task::spawn_local(async move {
+                    let mut c = Conn::new(stream);
+                    if c.validate().await {
+                        while c.line().await.is_some() {
+                            c.send(b"END\r\n").await;
+                        }
+                    }
+                });
+            }
+        });
+        wait_until("recovery", Duration::from_secs(2), || !backend.is_bad()).await;
+        let r = backend.send(&req("get a\r\n")).await.unwrap();
+        assert_eq!(r.code(), ResponseCode::End);
+    });
+}
+
+#[test]
+fn flapping_backend_waits_longer_between_retries() {
+    run(Duration::from_secs(10), async {
+        // Validates, then breaks on the first request: every recovery is
+        // followed by a failure right away.
+        let fake = Fake::start(|_, mut c| async move {
+            if c.validate().await {
+                c.line().await;
+                c.send(b"BOGUS\r\n").await;
+            }
+        })
+        .await;
+        let backend = Backend::new(Arc::new(BackendConfig {
+            failure_limit: 1,
+            retry_wait: Duration::from_millis(50),
+            flap_time: Duration::from_secs(10),
+            flap_backoff_ramp: 2.0,
+            flap_backoff_max: Duration::from_millis(400),
+            ..fake.config()
+        }));
+        for round in 0..4 {
+            wait_until("recovery", Duration::from_secs(2), || !backend.is_bad()).await;
+            let r = backend.send(&req("get a\r\n")).await;
+            assert!(matches!(r, Err(BackendError::BadResponse(_))), "{r:?}");
+            assert!(backend.is_bad());
+            assert_eq!(backend.stats().flaps, round);
+        }
+        // Flaps 0..3 gave waits 50, 100, 200, 400 ms; the next is capped.
+        let start = Instant::now();
+        wait_until("recovery", Duration::from_secs(2), || !backend.is_bad()).await;
+        let waited = start.elapsed();
+        assert!(waited >= Duration::from_millis(350), "{waited:?}");
+        assert!(waited < Duration::from_millis(1000), "{waited:?}");
+    });
+}
+
+#[test]
+fn dropped_waiter_does_not_desync_the_stream() {
+    run(Duration::from_secs(10), async {
+        let fake = Fake::start(|_, mut c| async move {
+            if !c.validate().await {
+                return;
+            }
+            while let Some(line) = c.line().await {
+                let key = line.split(' ').nth(1).unwrap_or("").to_string();
+                if key == "slow" {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                c.send(format!("VALUE {key} 0 {}\r\n{key}\r\nEND\r\n", key.len()).as_bytes())
+                    .await;
+            }
+        })
+        .await;
+        let backend = Backend::new(Arc::new(fake.config()));
+        let gave_up =
+            tokio::time::timeout(Duration::from_millis(50), backend.send(&req("get slow\r\n")))
+                .await;
+        assert!(gave_up.is_err(), "should still be waiting");
+        let r = backend.send(&req("get fast\r\n")).await.unwrap();
+        assert_eq!(r.value(), Some(&b"fast"[..]));
+        let stats = backend.stats();
+        assert_eq!(stats.responses, 2, "the abandoned reply was read too");
+        assert_eq!(stats.failures, 0);
+        assert_eq!(fake.accepted(), 1);
+    });
+}
+
+#[test]
+fn in_flight_is_bounded_per_connection() {
+    run(Duration::from_secs(10), async {
+        let fake = Fake::start(|_, mut c| async move {
+            if c.validate().await {
+                c.swallow().await;
+            }
+        })
+        .await;
+        let backend = Backend::new(Arc::new(BackendConfig {
+            read_timeout: Duration::from_secs(5),
+            ..fake.config()
+        }));
+        let waiting = Rc::new(RefCell::new(Vec::new()));
+        for i in 0..MAX_IN_FLIGHT {
+            let backend = backend.clone();
+            waiting.borrow_mut().push(tokio::task::spawn_local(async move {
+                backend.send(&req(format!("get k{i}\r\n"))).await
+            }));
+        }
+        wait_until("queue full", Duration::from_secs(2), || {
+            backend.stats().in_flight == MAX_IN_FLIGHT
+        })
+        .await;
+        let start = Instant::now();
+        let r = backend.send(&req("get one-too-many\r\n")).await;
+        assert!(matches!(r, Err(BackendError::Busy)), "{r:?}");
+        assert!(start.elapsed() < Duration::from_millis(50));
+        assert_eq!(backend.stats().busy, 1);
+        assert_eq!(backend.stats().failures, 0, "busy is not a backend failure");
+        for task in waiting.borrow().iter() {
+            task.abort();
+        }
+    });
+}
+
+#[test]
+fn dropping_the_backend_closes_its_connections() {
+    run(Duration::from_secs(10), async {
+        let closed = Rc::new(Cell::new(false));
+        let seen = closed.clone();
+        let fake = Fake::start(move |_, mut c| {
+            let seen = seen.clone();
+            async move {
+                if c.validate().await {
+                    while c.line().await.is_some() {
+                        c.send(b"EN\r\n").await;
+                    }
+                    seen.set(true);
+                }
+            }
+        })
+        .await;
+        let backend = Backend::new(Arc::new(fake.config()));
+        let r = backend.send(&req("mg a v\r\n")).await.unwrap();
+        assert_eq!(r.code(), ResponseCode::En);
+        drop(backend);
+        wait_until("the connection to close", Duration::from_secs(2), || {
+            closed.get()
+        })
+        .await;
+    });
+}
+
+#[test]
+fn idle_close_by_the_backend_is_not_a_failure() {
+    run(Duration::from_secs(10), async {
+        // Each connection answers one request, then closes.
+        let fake = Fake::start(|_, mut c| async move {
+            if c.validate().await && c.line().await.is_some() {
+                c.send(b"END\r\n").await;
+            }
+        })
+        .await;
+        let backend = Backend::new(Arc::new(BackendConfig {
+            failure_limit: 1,
+            ..fake.config()
+        }));
+        for _ in 0..3 {
+            let r = backend.send(&req("get a\r\n")).await.unwrap();
+            assert_eq!(r.code(), ResponseCode::End);
+            wait_until("idle close", Duration::from_secs(2), || {
+                backend.stats().connections_open == 0
+            })
+            .await;
+        }
+        // Reopened on demand only, never counted against the backend.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(fake.accepted(), 3);
+        let stats = backend.stats();
+        assert_eq!(stats.failures, 0);
+        assert_eq!(stats.reconnects, 2);
+        assert!(!backend.is_bad());
+    });
+}
+
+#[test]
+fn down_backend_is_never_contacted() {
+    run(Duration::from_secs(10), async {
+        let fake = Fake::start(|_, _| async {}).await;
+        let backend = Backend::new(Arc::new(BackendConfig {
+            down: true,
+            ..fake.config()
+        }));
+        assert!(backend.is_bad());
+        let r = backend.send(&req("get a\r\n")).await;
+        assert!(matches!(r, Err(BackendError::Down)), "{r:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(fake.accepted(), 0);
+        let stats = backend.stats();
+        assert_eq!(stats.state, BackendState::Down);
+        assert_eq!((stats.requests, stats.fast_fails), (1, 1));
+    });
+}
+
+#[test]
+fn config_defaults_follow_memcached() {
+    let c = BackendConfig::default();
+    assert_eq!(c.port, 11211);
+    assert_eq!(c.connect_timeout, Duration::from_secs(5));
+    assert_eq!(c.read_timeout, Duration::from_secs(3));
+    assert_eq!(c.retry_wait, Duration::from_secs(3));
+    assert_eq!(c.failure_limit, 3);
+    assert_eq!(c.connections, 1);
+    assert!(!c.down && !c.tcp_keepalive);
+    assert_eq!(c.flap_time, Duration::ZERO);
+    assert_eq!(c.flap_backoff_ramp, 1.5);
+    assert_eq!(c.flap_backoff_max, Duration::from_secs(3600));
+    let named = BackendConfig::new("10.0.0.1", 11212);
+    assert_eq!(named.label, "10.0.0.1:11212");
+    assert_eq!(named.connection_count(), 1);
+    let many = BackendConfig {
+        connections: 100,
+        ..named
+    };
+    assert_eq!(many.connection_count(), 8);
+}

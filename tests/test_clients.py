@@ -1,0 +1,347 @@
+"""Real third-party clients against memroute (embedded cache) and, as the
+reference, against real memcached: every test runs on both through the
+parametrized ``server`` fixture.
+
+* pymemcache (PyPI)
+* Perl Cache::Memcached (Debian libcache-memcached-perl), tests/clients/*.pl
+* libmemcached's ``memccapable -a`` conformance checker
+* a multi-threaded set/get smoke test
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from conftest import RawClient
+
+pymemcache = pytest.importorskip("pymemcache")
+from pymemcache.client.base import Client  # noqa: E402
+
+CLIENTS_DIR = Path(__file__).resolve().parent / "clients"
+pytestmark = pytest.mark.clients
+
+
+@pytest.fixture
+def mc(server):
+    """A pymemcache client on an emptied server."""
+    c = Client((server.host, server.port), connect_timeout=3, timeout=3, default_noreply=False,
+               no_delay=True)
+    c.flush_all()
+    yield c
+    c.close()
+
+
+# --------------------------------------------------------------------------
+# pymemcache
+# --------------------------------------------------------------------------
+
+
+def test_pymemcache_set_get(mc):
+    assert mc.set("py:a", b"hello") is True
+    assert mc.get("py:a") == b"hello"
+    assert mc.get("py:missing") is None
+    assert mc.set("py:a", b"again", expire=0) is True
+    assert mc.get("py:a") == b"again"
+    assert mc.set("py:bin", b"\x00\r\n\xff" * 100) is True
+    assert mc.get("py:bin") == b"\x00\r\n\xff" * 100
+    big = os.urandom(500_000)
+    assert mc.set("py:big", big) is True
+    assert mc.get("py:big") == big
+
+
+def test_pymemcache_flags(mc):
+    mc.set("py:f", b"v", flags=1234)
+    raw = mc.raw_command(b"get py:f", b"END\r\n")
+    assert raw.startswith(b"VALUE py:f 1234 1\r\nv\r\n"), raw
+
+
+def test_pymemcache_get_many(mc):
+    assert mc.set_many({"py:m1": b"1", "py:m2": b"22", "py:m3": b"333"}) == []
+    got = mc.get_many(["py:m1", "py:nope", "py:m2", "py:m3", "py:nope2"])
+    assert got == {"py:m1": b"1", "py:m2": b"22", "py:m3": b"333"}
+    keys = ["py:many%d" % i for i in range(300)]
+    mc.set_many({k: k.encode() for k in keys[::2]})
+    got = mc.get_many(keys)
+    assert got == {k: k.encode() for k in keys[::2]}
+
+
+def test_pymemcache_gets_cas(mc):
+    mc.set("py:c", b"v1")
+    value, cas = mc.gets("py:c")
+    assert value == b"v1" and cas.isdigit()
+    assert mc.cas("py:c", b"v2", cas) is True
+    assert mc.cas("py:c", b"v3", cas) is False  # stale cas -> EXISTS
+    assert mc.get("py:c") == b"v2"
+    assert mc.cas("py:nocas", b"x", b"1") is None  # NOT_FOUND
+    assert mc.gets("py:nocas") == (None, None)
+    many = mc.gets_many(["py:c", "py:nocas"])
+    assert list(many) == ["py:c"] and many["py:c"][0] == b"v2"
+
+
+def test_pymemcache_add_replace(mc):
+    assert mc.add("py:r", b"1") is True
+    assert mc.add("py:r", b"2") is False
+    assert mc.replace("py:r", b"3") is True
+    assert mc.replace("py:nor", b"3") is False
+    assert mc.get("py:r") == b"3"
+
+
+def test_pymemcache_incr_decr(mc):
+    assert mc.incr("py:n", 1) is None
+    mc.set("py:n", b"10")
+    assert mc.incr("py:n", 5) == 15
+    assert mc.decr("py:n", 3) == 12
+    assert mc.decr("py:n", 100) == 0
+    mc.set("py:n", b"18446744073709551615")
+    assert mc.incr("py:n", 1) == 0
+    mc.set("py:s", b"abc")
+    with pytest.raises(pymemcache.exceptions.MemcacheClientError):
+        mc.incr("py:s", 1)
+
+
+def test_pymemcache_append_prepend(mc):
+    assert mc.append("py:ap", b"x") is False
+    mc.set("py:ap", b"mid")
+    assert mc.append("py:ap", b">") is True
+    assert mc.prepend("py:ap", b"<") is True
+    assert mc.get("py:ap") == b"<mid>"
+
+
+def test_pymemcache_delete(mc):
+    mc.set("py:d", b"v")
+    assert mc.delete("py:d") is True
+    assert mc.delete("py:d") is False
+    assert mc.get("py:d") is None
+    mc.set_many({"py:d1": b"1", "py:d2": b"2"})
+    assert mc.delete_many(["py:d1", "py:d2", "py:d3"]) is True
+    assert mc.get_many(["py:d1", "py:d2"]) == {}
+
+
+def test_pymemcache_touch(mc):
+    assert mc.touch("py:t", 10) is False
+    mc.set("py:t", b"v")
+    assert mc.touch("py:t", 100) is True
+    assert mc.get("py:t") == b"v"
+
+
+@pytest.mark.slow
+def test_pymemcache_expiry(mc):
+    mc.set("py:e1", b"v", expire=1)
+    mc.set("py:e2", b"v", expire=60)
+    mc.set("py:e3", b"v")
+    mc.touch("py:e3", 1)
+    # gat (no pymemcache API) shortens the ttl to 1s
+    assert mc.raw_command(b"gat 1 py:e2", b"END\r\n") .startswith(b"VALUE py:e2 0 1\r\nv\r\n")
+    assert mc.get_many(["py:e1", "py:e2", "py:e3"]) == {"py:e1": b"v", "py:e2": b"v", "py:e3": b"v"}
+    time.sleep(2.2)
+    assert mc.get_many(["py:e1", "py:e2", "py:e3"]) == {}
+
+
+def test_pymemcache_flush_all(mc):
+    mc.set_many({"py:x%d" % i: b"v" for i in range(20)})
+    assert mc.flush_all() is True
+    assert mc.get_many(["py:x%d" % i for i in range(20)]) == {}
+
+
+def test_pymemcache_noreply(mc):
+    assert mc.set("py:nr", b"1", noreply=True) is True
+    assert mc.add("py:nr", b"2", noreply=True) is True  # noreply always "succeeds"
+    assert mc.append("py:nr", b"0", noreply=True) is True
+    assert mc.incr("py:nr", 5, noreply=True) is None
+    assert mc.get("py:nr") == b"15"
+    assert mc.delete("py:nr", noreply=True) is True
+    assert mc.get("py:nr") is None
+    mc.flush_all(noreply=True)
+    # the connection must still be in sync after all those silent commands
+    assert mc.version()
+
+
+def test_pymemcache_version_and_stats(mc):
+    assert re.match(rb"^[0-9A-Za-z.\-+_]+$", mc.version())
+    stats = mc.stats()
+    assert isinstance(stats, dict) and stats
+
+
+# --------------------------------------------------------------------------
+# Perl Cache::Memcached
+# --------------------------------------------------------------------------
+
+PERL_EXPECTED = """\
+set: 1
+get: hello
+get_miss: <undef>
+set_ref: 1
+get_ref: 1,2,3
+get_multi: k1=5,k2=5,k3=1000
+add_existing: 0
+add_new: 1
+replace: 1
+replace_missing: 0
+get_replaced: replaced
+set_counter: 1
+incr: 11
+incr_5: 16
+decr_3: 13
+decr_100: 0
+incr_missing: <undef>
+append: 1
+prepend: 1
+get_appended: >hello!
+delete: 1
+delete_missing: 0
+get_deleted: <undef>
+stats_has_hosts: 1
+flush_all: 1
+get_after_flush: <undef>
+done
+"""
+
+
+def _perl_has_cache_memcached() -> bool:
+    if not shutil.which("perl"):
+        return False
+    return subprocess.run(["perl", "-MCache::Memcached", "-e", "1"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          timeout=30).returncode == 0
+
+
+def test_perl_cache_memcached(server):
+    if not _perl_has_cache_memcached():
+        pytest.skip("perl Cache::Memcached missing (run scripts/install-test-deps.sh)")
+    script = CLIENTS_DIR / "perl_cache_memcached.pl"
+    proc = subprocess.run(["perl", str(script), server.addr, "perl:%s:" % uuid.uuid4().hex[:8]],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == PERL_EXPECTED, "stderr:\n" + proc.stderr
+
+
+# --------------------------------------------------------------------------
+# libmemcached memccapable
+# --------------------------------------------------------------------------
+
+# Every ascii test memccapable (libmemcached-tools 1.1.x) runs.  memcached
+# 1.6.18 passes all of them and skips none.
+MEMCCAPABLE_ASCII_TESTS = [
+    "version", "quit", "verbosity", "set", "set noreply", "get", "gets", "mget",
+    "flush", "flush noreply", "add", "add noreply", "replace", "replace noreply",
+    "cas", "cas noreply", "delete", "delete noreply", "incr", "incr noreply",
+    "decr", "decr noreply", "append", "append noreply", "prepend",
+    "prepend noreply", "stat",
+]
+
+
+def parse_memccapable(output: str) -> dict:
+    """{'set': 'pass', ...} from lines like 'ascii set          [pass]'."""
+    results = {}
+    for line in output.splitlines():
+        m = re.match(r"^ascii (.+?)\s+\[(\w+)\]\s*$", line)
+        if m:
+            results[m.group(1)] = m.group(2)
+    return results
+
+
+@pytest.mark.slow
+def test_memccapable_ascii(server):
+    exe = shutil.which("memccapable") or shutil.which("memcapable")
+    if not exe:
+        pytest.skip("memccapable missing (libmemcached-tools; run scripts/install-test-deps.sh)")
+    proc = subprocess.run([exe, "-a", "-t", "5", "-h", server.host, "-p", str(server.port)],
+                          capture_output=True, text=True, timeout=120)
+    out = proc.stdout + proc.stderr
+    results = parse_memccapable(out)
+    assert sorted(results) == sorted(MEMCCAPABLE_ASCII_TESTS), out
+    failed = {k: v for k, v in results.items() if v != "pass"}
+    assert not failed, "memccapable failures %s\n%s" % (failed, out)
+    assert proc.returncode == 0, out
+    assert "All tests passed" in out, out
+
+
+# --------------------------------------------------------------------------
+# concurrency smoke
+# --------------------------------------------------------------------------
+
+
+def test_concurrent_set_get(server):
+    threads, rounds = 8, 400
+    run = uuid.uuid4().hex[:8]
+    errors = []
+
+    def worker(t):
+        try:
+            c = Client((server.host, server.port), connect_timeout=3, timeout=5, no_delay=True)
+            for i in range(rounds):
+                key = "cc:%s:%d:%d" % (run, t, i % 50)  # keys are reused: overwrite path too
+                value = ("%s-%d-%d-" % (run, t, i)).encode() * (1 + i % 40)
+                if not c.set(key, value):
+                    errors.append("set failed %s" % key)
+                    return
+                got = c.get(key)
+                if got != value:
+                    errors.append("thread %d round %d: %r != %r" % (t, i, got[:40] if got else got,
+                                                                    value[:40]))
+                    return
+            c.close()
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append("thread %d: %r" % (t, e))
+
+    ts = [threading.Thread(target=worker, args=(t,), daemon=True) for t in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(60)
+    assert not any(t.is_alive() for t in ts), "workers hung"
+    assert not errors, errors[:5]
+
+
+def test_concurrent_pipelined_raw(server):
+    """Several raw connections each pipelining 200 sets + gets in one write."""
+    run = uuid.uuid4().hex[:8].encode()
+    errors = []
+
+    def worker(t):
+        try:
+            with RawClient(server.host, server.port, timeout=10) as c:
+                n = 200
+                req = b"".join(b"set p:%s:%d:%d 0 0 %d noreply\r\n%s\r\n" % (
+                    run, t, i, len(b"v%d" % i), b"v%d" % i) for i in range(n))
+                req += b"get " + b" ".join(b"p:%s:%d:%d" % (run, t, i) for i in range(n)) + b"\r\n"
+                c.send(req)
+                got = c.read_until(b"END\r\n")
+                want = b"".join(b"VALUE p:%s:%d:%d 0 %d\r\nv%d\r\n" % (run, t, i, len(b"v%d" % i), i)
+                                for i in range(n)) + b"END\r\n"
+                if got != want:
+                    errors.append("thread %d: reply mismatch" % t)
+        except Exception as e:  # noqa: BLE001
+            errors.append("thread %d: %r" % (t, e))
+
+    ts = [threading.Thread(target=worker, args=(t,), daemon=True) for t in range(6)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(60)
+    assert not errors, errors
+
+
+def test_many_connections(server):
+    """Open 200 connections at once; every one answers."""
+    clients = []
+    try:
+        for _ in range(200):
+            clients.append(RawClient(server.host, server.port, timeout=5))
+        for c in clients:
+            c.send(b"mn\r\n")
+        for c in clients:
+            assert c.read_until(b"\r\n") == b"MN\r\n"
+    finally:
+        for c in clients:
+            c.close()

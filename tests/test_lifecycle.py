@@ -1,0 +1,50 @@
+"""Process-level behaviour expected of a drop-in memcached: the memcached
+command-line flags are accepted, and SIGTERM is a graceful shutdown (exit
+status 0 within a few seconds), also with clients connected.  Runs against
+both servers."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+
+import pytest
+
+from conftest import STOP_TIMEOUT, RawClient, _factory, _server_kinds
+
+
+@pytest.mark.parametrize("kind", _server_kinds())
+def test_memcached_cli_flags_accepted(kind, server_workdir):
+    f = _factory(kind, server_workdir)
+    try:
+        h = f("-t", "2", "-m", "64", "-c", "128", "-v")
+        with h.client() as c:
+            c.send(b"set a 0 0 1\r\nx\r\nget a\r\n")
+            assert c.read_until(b"END\r\n") == b"STORED\r\nVALUE a 0 1\r\nx\r\nEND\r\n"
+    finally:
+        f.stop_all()  # asserts exit status 0 after SIGTERM
+
+
+@pytest.mark.parametrize("kind", _server_kinds())
+def test_sigterm_with_connected_clients_exits_0(kind, server_workdir):
+    f = _factory(kind, server_workdir)
+    h = f()
+    idle = [RawClient(h.host, h.port) for _ in range(5)]
+    busy = RawClient(h.host, h.port)
+    try:
+        for c in idle:
+            c.assert_alive()
+        busy.send(b"set half 0 0 10\r\n01234")  # mid-request
+        h.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = h.proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            pytest.fail("%s did not exit within %ss of SIGTERM" % (kind, STOP_TIMEOUT))
+        assert rc == 0, h.stderr_tail()
+        # every client sees the connection closed
+        for c in idle + [busy]:
+            c.wait_closed(STOP_TIMEOUT)
+    finally:
+        for c in idle + [busy]:
+            c.close()
+        f.stop_all()
