@@ -29,7 +29,7 @@ import base64
 import re
 import time
 from dataclasses import dataclass
-from typing import List, Tuple, Union
+from typing import Optional, List, Tuple, Union
 
 import pytest
 
@@ -66,6 +66,19 @@ class Conv:
     steps: List[Step]
     after: str = OPEN
     slow: bool = False
+    # Steps memroute must follow instead, where it deliberately differs
+    # from memcached 1.6.18, and why (see docs/compatibility.md).
+    memroute: Optional[List[Step]] = None
+    why: str = ""
+
+
+def D(id, memcached_steps, memroute_steps, why):
+    """A row where memroute deliberately differs from memcached 1.6.18."""
+    assert why, "a deliberate difference needs a reason"
+    return Conv(id, memcached_steps, memroute=memroute_steps, why=why)
+
+
+NEWER = "memroute implements this flag/mode as memcached >= 1.6.21 does; 1.6.18 lacks it"
 
 
 def C(id, send, expect=None, after=OPEN, slow=False):
@@ -112,10 +125,10 @@ ROWS: List[Conv] = [
         (b" get a \r\n", b"VALUE a 0 1\r\nx\r\nEND\r\n"),
     ]),
     C("tab_is_not_a_separator", b"set a\t0 0 1\r\nx\r\n", b"ERROR\r\nERROR\r\n"),
-    C("cr_before_crlf_is_part_of_key", [
-        _set(b"a"),
-        (b"get a\r\r\n", b"END\r\n"),
-    ]),
+    D("cr_before_crlf_is_part_of_key",
+      [_set(b"a"), (b"get a\r\r\n", b"END\r\n")],
+      [_set(b"a"), (b"get a\r\r\n", b"CLIENT_ERROR bad command line format\r\n")],
+      "memroute refuses keys with control characters (protocol.txt forbids them)"),
     C("stats", b"stats\r\n", Re(rb"(STAT [^\r\n]+\r\n)+END\r\n")),
     C("quit", b"quit\r\n", b"", after=CLOSED),
     C("quit_with_argument", b"quit x\r\n", b"", after=CLOSED),
@@ -576,7 +589,9 @@ ROWS: List[Conv] = [
     C("mg_base64_invalid", b"mg !!!! b v\r\n", b"CLIENT_ERROR error decoding key\r\n"),
     C("mg_base64_bad_length", b"mg abc b v\r\n", b"CLIENT_ERROR error decoding key\r\n"),
     C("mg_invalid_flag", b"mg m zz\r\n", b"CLIENT_ERROR invalid flag\r\n"),
-    C("mg_E_flag_not_in_1_6_18", b"mg m E5 v\r\n", b"CLIENT_ERROR invalid flag\r\n"),
+    D("mg_E_flag_not_in_1_6_18",
+      [(b"mg m E5 v\r\n", b"CLIENT_ERROR invalid flag\r\n")],
+      [(b"mg m E5 v\r\n", b"EN\r\n")], NEWER),
     C("mg_duplicate_flag", b"mg m v v\r\n", b"CLIENT_ERROR duplicate flag\r\n"),
     C("mg_duplicate_opaque", b"mg m v O1 O2\r\n", b"CLIENT_ERROR duplicate flag\r\n"),
     C("mg_N_without_token", b"mg m N\r\n", b"CLIENT_ERROR bad token in command line format\r\n"),
@@ -625,7 +640,10 @@ ROWS: List[Conv] = [
     C("ms_C_without_token", b"ms s 1 C\r\nx\r\n", b"CLIENT_ERROR bad token in command line format\r\n"),
     C("ms_C_non_numeric", b"ms s 1 Cabc\r\nx\r\n", b"CLIENT_ERROR bad token in command line format\r\n"),
     C("ms_invalid_flag_swallows_value", b"ms s 1 S1\r\nx\r\n", b"CLIENT_ERROR invalid flag\r\n"),
-    C("ms_E_flag_not_in_1_6_18", b"ms s 1 E100\r\nx\r\n", b"CLIENT_ERROR invalid flag\r\n"),
+    D("ms_E_flag_not_in_1_6_18",
+      [(b"ms s 1 E100\r\nx\r\n", b"CLIENT_ERROR invalid flag\r\n")],
+      [(b"ms s 1 E100\r\nx\r\n", b"HD\r\n"), (b"mg s c v\r\n", b"VA 1 c100\r\nx\r\n")],
+      NEWER),
     C("ms_duplicate_flag", b"ms s 1 k k\r\nx\r\n", b"CLIENT_ERROR duplicate flag\r\n"),
     C("ms_duplicate_mode", b"ms s 1 MS MA\r\nx\r\n", b"CLIENT_ERROR duplicate flag\r\n"),
     C("ms_ignored_retrieval_flags", b"ms s 1 s f v h t N30\r\nx\r\n", b"HD\r\n"),
@@ -644,8 +662,10 @@ ROWS: List[Conv] = [
         (b"mg s v\r\n", b"VA 6\r\n<<hi!!\r\n"),
     ]),
     C("ms_mode_append_prepend_miss", b"ms s 2 MA\r\nAA\r\nms s 2 MP\r\nPP\r\n", b"NS\r\nNS\r\n"),
-    C("ms_mode_append_N_does_not_vivify", [(b"ms s 2 MA N30\r\nAA\r\n", b"NS\r\n"),
-                                           (b"mg s v\r\n", b"EN\r\n")]),
+    D("ms_mode_append_N_does_not_vivify",
+      [(b"ms s 2 MA N30\r\nAA\r\n", b"NS\r\n"), (b"mg s v\r\n", b"EN\r\n")],
+      [(b"ms s 2 MA N30\r\nAA\r\n", b"HD\r\n"), (b"mg s v\r\n", b"VA 2\r\nAA\r\n")],
+      NEWER),
     C("ms_mode_append_quiet_miss_shown", b"ms s 3 MA q\r\nabc\r\n", b"NS\r\n"),
     C("ms_mode_replace", [(b"ms s 2 MR\r\nRR\r\n", b"NS\r\n"), _set(b"s"),
                           (b"ms s 2 MR\r\nRR\r\n", b"HD\r\n")]),
@@ -703,7 +723,9 @@ ROWS: List[Conv] = [
     C("md_base64", [(b"ms d 1\r\nx\r\n", b"HD\r\n"), (b"md ZA== b k\r\n", b"HD kZA== b\r\n"),
                     (b"md ZA== b\r\n", b"NF\r\n")]),
     C("md_ignores_v", [(b"ms d 1\r\nx\r\n", b"HD\r\n"), (b"md d v\r\n", b"HD\r\n")]),
-    C("md_x_not_in_1_6_18", b"md d x\r\n", b"CLIENT_ERROR invalid or duplicate flag\r\n"),
+    D("md_x_not_in_1_6_18",
+      [(b"md d x\r\n", b"CLIENT_ERROR invalid or duplicate flag\r\n")],
+      [(b"md d x\r\n", b"NF\r\n")], NEWER),
     C("md_C_non_numeric", b"md d Cabc\r\n", b"CLIENT_ERROR invalid or duplicate flag\r\n"),
     C("md_invalid_flag", b"md d zz\r\n", b"CLIENT_ERROR invalid or duplicate flag\r\n"),
     C("md_duplicate_flag", b"md d k k\r\n", b"CLIENT_ERROR invalid or duplicate flag\r\n"),
@@ -777,13 +799,18 @@ ROWS: List[Conv] = [
         (b"ms e 1 T30\r\nx\r\n", b"HD\r\n"),
         (b"me e\r\n", Re(rb"ME e exp=-?(29|30) la=[0-9]+ cas=[0-9]+ fetch=no cls=[0-9]+ size=[0-9]+\r\n")),
     ]),
-    C("me_base64", [
+    D("me_base64", [
         (b"ms e 1\r\nx\r\n", b"HD\r\n"),
         (b"me ZQ== b\r\n", Re(rb"ME e exp=-1 la=[0-9]+ cas=[0-9]+ fetch=no cls=[0-9]+ size=[0-9]+\r\n")),
         (b"ms ZQ== 1 b\r\nx\r\n", b"HD\r\n"),
         (b"me ZQ== b\r\n", Re(rb"ME ZQ== exp=-1 la=[0-9]+ cas=[0-9]+ fetch=no cls=[0-9]+ size=[0-9]+\r\n")),
         (b"me e\r\n", Re(rb"ME ZQ== exp=-1 la=[0-9]+ cas=[0-9]+ fetch=no cls=[0-9]+ size=[0-9]+\r\n")),
-    ]),
+    ], [
+        (b"ms e 1\r\nx\r\n", b"HD\r\n"),
+        (b"me ZQ== b\r\n", Re(rb"ME ZQ== exp=-1 la=[0-9]+ cas=[0-9]+ fetch=no cls=[0-9]+ size=[0-9]+\r\n")),
+        (b"me e\r\n", Re(rb"ME e exp=-1 la=[0-9]+ cas=[0-9]+ fetch=no cls=[0-9]+ size=[0-9]+\r\n")),
+    ], "me (a debugging aid) prints the key as the client wrote it; memroute keeps no per-item "
+       "binary-key flag"),
     C("me_base64_invalid", b"me e b\r\n", b"CLIENT_ERROR bad command line format\r\n"),
     C("me_key_too_long", b"me " + K251 + b"\r\n", b"CLIENT_ERROR bad command line format\r\n"),
 
@@ -879,6 +906,8 @@ def test_conversation(server, conv):
     # Empty the cache on a separate connection so each row starts clean.
     with server.client() as admin:
         assert admin.request(b"flush_all\r\n") == b"OK\r\n"
+    if server.kind == "memroute" and conv.memroute is not None:
+        conv = Conv(conv.id, conv.memroute, conv.after, conv.slow)
     run_conversation(server.host, server.port, conv)
     assert server.is_running(), "%s died during the conversation" % server.kind
 

@@ -72,7 +72,11 @@ fn drain(decoder: &ResponseDecoder, buf: &mut BytesMut, out: &mut Framed) -> boo
                 }
                 let _ = (r.code(), r.is_hit(), r.is_ok());
                 let mut alone = BytesMut::from(&r.raw()[..]);
-                assert_eq!(decoder.decode(&mut alone), Ok(Some(r.clone())), "raw re-frames differently");
+                assert_eq!(
+                    decoder.decode(&mut alone),
+                    Ok(Some(r.clone())),
+                    "raw re-frames differently"
+                );
                 assert!(alone.is_empty());
                 out.push(Ok(r));
             }

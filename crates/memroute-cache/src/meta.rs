@@ -180,6 +180,7 @@ impl Cache {
                 }
                 MetaHit {
                     stale: item.stale,
+                    ttl_before_touch: view.ttl,
                     item: view,
                     won,
                     win_token_sent,
@@ -213,6 +214,7 @@ impl Cache {
                 }
                 MetaGetOutcome::Hit(MetaHit {
                     stale: item.stale,
+                    ttl_before_touch: before.ttl,
                     item: ItemView {
                         exptime: item.exptime,
                         ttl: remaining_ttl(item.exptime, now),
@@ -250,6 +252,7 @@ impl Cache {
                         win_token_sent: false,
                         stale: false,
                         created: true,
+                        ttl_before_touch: remaining_ttl(exptime, now),
                     }),
                     _ => meta_miss(dead),
                 }

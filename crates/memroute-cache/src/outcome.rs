@@ -154,6 +154,10 @@ pub struct MetaHit {
     /// The item was just created by `N` (vivify on miss): empty value,
     /// flags 0; `won` is then true.
     pub created: bool,
+    /// The remaining TTL before this request's `T` touch (-1 = never).
+    /// memcached prints `t` in flag order, so a `t` placed before `T` shows
+    /// this value.
+    pub ttl_before_touch: i64,
 }
 
 /// Result of meta `mg`.

@@ -31,10 +31,20 @@ pub enum Decoded {
 }
 
 /// A request memcached would refuse, with the reply it would give.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProtocolError {
     /// Send this line (without `\r\n`); the connection stays open.
     Reply(&'static str),
+    /// A storage command whose item exceeds the size limit: its data block
+    /// is swallowed and `SERVER_ERROR object too large for cache` sent
+    /// (unless `silent`, for `noreply`). memcached also drops the key's old
+    /// value for `set` and `ms` (`drops_existing`), so stale data cannot
+    /// outlive a write that failed.
+    TooLarge {
+        key: Bytes,
+        drops_existing: bool,
+        silent: bool,
+    },
     /// The request carried `noreply`, which in the text protocol hides
     /// error replies too (memcached's behaviour); nothing is sent.
     Silent,
@@ -48,6 +58,7 @@ impl ProtocolError {
     pub fn reply_line(&self) -> Option<&'static str> {
         match self {
             ProtocolError::Reply(line) => Some(line),
+            ProtocolError::TooLarge { silent: false, .. } => Some(TOO_LARGE),
             _ => None,
         }
     }
@@ -276,7 +287,13 @@ fn parse_line(bytes: Bytes, limits: &Limits) -> Result<Parsed, LineError> {
     if line.len() == 0 {
         return Err(LineError::reply(ERROR));
     }
-    let ready = |command| Ok(Parsed::Ready(Request::new(line.bytes.clone(), Bytes::new(), command)));
+    let ready = |command| {
+        Ok(Parsed::Ready(Request::new(
+            line.bytes.clone(),
+            Bytes::new(),
+            command,
+        )))
+    };
     match line.raw(0) {
         b"get" => parse_get(&line, GetOp::Get, limits).map(Parsed::Ready),
         b"gets" => parse_get(&line, GetOp::Gets, limits).map(Parsed::Ready),
@@ -388,7 +405,14 @@ fn parse_store(line: &Line, op: StoreOp, limits: &Limits) -> Result<Parsed, Line
         return Err(bad());
     };
     if !limits.item_fits(key.len(), value_len) {
-        return Err(LineError::swallowing(TOO_LARGE, value_len + 2).unless_noreply(noreply));
+        return Err(LineError {
+            error: ProtocolError::TooLarge {
+                key: line.slice(1),
+                drops_existing: op == StoreOp::Set,
+                silent: noreply,
+            },
+            swallow: value_len + 2,
+        });
     }
     let command = Command::Store(StoreCommand {
         op,
@@ -482,7 +506,13 @@ fn parse_touch(line: &Line, limits: &Limits) -> Result<Parsed, LineError> {
 fn parse_meta(line: &Line, op: MetaOp, limits: &Limits) -> Result<Parsed, LineError> {
     let n = line.len();
     if n < 2 {
-        return Err(LineError::reply(ERROR));
+        // memcached's `me` checks its arguments itself; the others fall
+        // through to the generic "unknown command" reply.
+        return Err(LineError::reply(if op == MetaOp::Debug {
+            BAD_FORMAT
+        } else {
+            ERROR
+        }));
     }
     let wire_key = line.raw(1);
     if wire_key.len() > limits.max_key_len {
@@ -491,10 +521,11 @@ fn parse_meta(line: &Line, op: MetaOp, limits: &Limits) -> Result<Parsed, LineEr
     if op == MetaOp::Debug {
         // `me <key> [b]`: a debugging aid with no other flags.
         let base64 = n > 2 && line.raw(2) == b"b";
-        let key = meta_key(line, base64, limits)?;
+        let key = meta_key(line, base64, limits).map_err(|_| LineError::reply(BAD_FORMAT))?;
         let flag_tokens = line.tokens[2..].iter().take(usize::from(base64));
         let spans = flag_tokens.map(|&(s, e)| (s as usize, e as usize));
-        let flags = MetaFlags::parse(&line.bytes, spans).map_err(|e| LineError::reply(e.reply()))?;
+        let flags =
+            MetaFlags::parse(&line.bytes, spans).map_err(|e| LineError::reply(e.reply()))?;
         return Ok(meta_request(line, op, key, flags));
     }
     let (first_flag, value_len) = if op == MetaOp::Set {
@@ -517,7 +548,9 @@ fn parse_meta(line: &Line, op: MetaOp, limits: &Limits) -> Result<Parsed, LineEr
     }
     // From here on an `ms` error swallows the data block, as memcached does.
     let fail = |reply: &'static str| LineError::swallowing(reply, value_len.map_or(0, |l| l + 2));
-    let spans = line.tokens[first_flag..].iter().map(|&(s, e)| (s as usize, e as usize));
+    let spans = line.tokens[first_flag..]
+        .iter()
+        .map(|&(s, e)| (s as usize, e as usize));
     let flags = MetaFlags::parse(&line.bytes, spans).map_err(|e| {
         fail(match op {
             MetaOp::Delete | MetaOp::Arith => "CLIENT_ERROR invalid or duplicate flag",
@@ -541,8 +574,16 @@ fn parse_meta(line: &Line, op: MetaOp, limits: &Limits) -> Result<Parsed, LineEr
             let Parsed::Ready(request) = request else {
                 unreachable!("meta_request builds ready requests")
             };
-            if !limits.item_fits(request.key().map_or(0, |k| k.len()), len) {
-                return Err(LineError::swallowing(TOO_LARGE, len + 2));
+            let key = request.key().cloned().unwrap_or_default();
+            if !limits.item_fits(key.len(), len) {
+                return Err(LineError {
+                    error: ProtocolError::TooLarge {
+                        key,
+                        drops_existing: true,
+                        silent: false,
+                    },
+                    swallow: len + 2,
+                });
             }
             Ok(Parsed::NeedsData(request, len))
         }
@@ -614,6 +655,9 @@ mod tests {
                 Decoded::Error(ProtocolError::Reply(l)) => l.to_string(),
                 Decoded::Error(ProtocolError::Silent) => "silent".into(),
                 Decoded::Error(ProtocolError::Close) => "close".into(),
+                Decoded::Error(e @ ProtocolError::TooLarge { .. }) => {
+                    e.reply_line().unwrap_or("silent").to_string()
+                }
             })
             .collect()
     }
@@ -657,19 +701,28 @@ mod tests {
         assert_eq!(replies(b"set a 0 0\r\n"), ["ERROR"]);
         assert_eq!(replies(b"set a 0 0 -1\r\n"), [BAD_FORMAT]);
         assert_eq!(replies(b"set a 0 0 abc\r\nxx\r\n"), [BAD_FORMAT, "ERROR"]);
-        assert_eq!(replies(b"set a 0 0 2\r\nxxx\r\nget a\r\n"), [BAD_CHUNK, "ERROR", "req:get"]);
+        assert_eq!(
+            replies(b"set a 0 0 2\r\nxxx\r\nget a\r\n"),
+            [BAD_CHUNK, "ERROR", "req:get"]
+        );
         assert_eq!(replies(b"set a 0 0 1\r\nx\r\n"), ["req:set"]);
         assert_eq!(replies(b"incr a abc\r\n"), [BAD_DELTA]);
         assert_eq!(replies(b"incr a -1\r\n"), [BAD_DELTA]);
         assert_eq!(replies(b"touch a abc\r\n"), [BAD_EXPTIME]);
         assert_eq!(replies(b"gat abc a\r\n"), [BAD_EXPTIME]);
         assert_eq!(replies(b"delete a 5\r\n"), [DELETE_USAGE]);
-        assert_eq!(replies(b"delete a 0\r\ndelete a noreply\r\n"), ["req:delete", "req:delete"]);
+        assert_eq!(
+            replies(b"delete a 0\r\ndelete a noreply\r\n"),
+            ["req:delete", "req:delete"]
+        );
         assert_eq!(replies(b"verbosity\r\n"), ["ERROR"]);
         assert_eq!(replies(b"verbosity abc\r\n"), [BAD_FORMAT]);
         assert_eq!(replies(b"flush_all abc\r\n"), [BAD_EXPTIME]);
         assert_eq!(replies(b"set a 0 0 -1 noreply\r\n"), ["silent"]);
-        assert_eq!(replies(b"set a 0 0 1 noreply\r\nxyz\r\n"), ["silent", "ERROR"]);
+        assert_eq!(
+            replies(b"set a 0 0 1 noreply\r\nxyz\r\n"),
+            ["silent", "ERROR"]
+        );
         assert_eq!(replies(b"set a 0 0 01\r\nx\r\n"), ["req:set"]);
         assert_eq!(replies(b"set c 0x1 0 1\r\nx\r\n"), [BAD_FORMAT, "ERROR"]);
         let mut long_key = b"get ".to_vec();
@@ -706,7 +759,10 @@ mod tests {
     #[test]
     fn tokens_and_noreply() {
         assert_eq!(replies(b"  get  a   b\r\n"), ["req:get"]);
-        assert_eq!(replies(b"get a\nset b 0 0 1\nx\r\n"), ["req:get", "req:set"]);
+        assert_eq!(
+            replies(b"get a\nset b 0 0 1\nx\r\n"),
+            ["req:get", "req:set"]
+        );
         let d = decode_all(b"set a 0 0 1 garbage\r\nx\r\n");
         let Decoded::Request(r) = &d[0] else { panic!() };
         assert!(!r.noreply());
@@ -726,13 +782,28 @@ mod tests {
         assert_eq!(m.flags.len(), 7);
         assert_eq!(replies(b"mg\r\n"), ["ERROR"]);
         assert_eq!(replies(b"mg foo zz\r\n"), ["CLIENT_ERROR invalid flag"]);
-        assert_eq!(replies(b"mg a v O12 O13\r\n"), ["CLIENT_ERROR duplicate flag"]);
-        assert_eq!(replies(b"md a zz\r\n"), ["CLIENT_ERROR invalid or duplicate flag"]);
+        assert_eq!(
+            replies(b"mg a v O12 O13\r\n"),
+            ["CLIENT_ERROR duplicate flag"]
+        );
+        assert_eq!(
+            replies(b"md a zz\r\n"),
+            ["CLIENT_ERROR invalid or duplicate flag"]
+        );
         assert_eq!(replies(b"ms a\r\n"), [BAD_FORMAT]);
         assert_eq!(replies(b"ms a S1 T0\r\nx\r\n"), [BAD_FORMAT, "ERROR"]);
-        assert_eq!(replies(b"ms a 2 zz\r\nhi\r\nmn\r\n"), ["CLIENT_ERROR invalid flag", "req:mn"]);
-        assert_eq!(replies(b"ms a 2 MX\r\nhi\r\n"), ["CLIENT_ERROR invalid mode for ms M token"]);
-        assert_eq!(replies(b"ma a MX\r\n"), ["CLIENT_ERROR invalid mode for ma M token"]);
+        assert_eq!(
+            replies(b"ms a 2 zz\r\nhi\r\nmn\r\n"),
+            ["CLIENT_ERROR invalid flag", "req:mn"]
+        );
+        assert_eq!(
+            replies(b"ms a 2 MX\r\nhi\r\n"),
+            ["CLIENT_ERROR invalid mode for ms M token"]
+        );
+        assert_eq!(
+            replies(b"ma a MX\r\n"),
+            ["CLIENT_ERROR invalid mode for ma M token"]
+        );
         let d = decode_all(b"ms YWJj 1 b\r\nz\r\n");
         let Decoded::Request(r) = &d[0] else { panic!() };
         let Command::Meta(m) = r.command() else {
@@ -740,6 +811,9 @@ mod tests {
         };
         assert_eq!((&m.key[..], &m.wire_key[..]), (&b"abc"[..], &b"YWJj"[..]));
         assert_eq!(&r.value()[..], b"z");
-        assert_eq!(replies(b"mg !!!! b\r\n"), ["CLIENT_ERROR error decoding key"]);
+        assert_eq!(
+            replies(b"mg !!!! b\r\n"),
+            ["CLIENT_ERROR error decoding key"]
+        );
     }
 }

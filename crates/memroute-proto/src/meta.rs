@@ -68,6 +68,8 @@ pub enum MetaFlagError {
     BadInitial,
     BadDelta,
     OpaqueTooLong,
+    /// A malformed `F` token: memcached reports its generic message here.
+    BadFormat,
 }
 
 impl MetaFlagError {
@@ -81,6 +83,7 @@ impl MetaFlagError {
             MetaFlagError::BadInitial => "CLIENT_ERROR invalid numeric initial value",
             MetaFlagError::BadDelta => "CLIENT_ERROR invalid numeric delta value",
             MetaFlagError::OpaqueTooLong => "CLIENT_ERROR opaque token too long",
+            MetaFlagError::BadFormat => "CLIENT_ERROR bad command line format",
         }
     }
 }
@@ -144,7 +147,7 @@ impl MetaFlags {
                 },
                 b'F' => match parse_flags(value) {
                     Some(v) => flags.client_flags = Some(v),
-                    None => note(MetaFlagError::BadToken),
+                    None => note(MetaFlagError::BadFormat),
                 },
                 b'M' => {
                     if value.len() == 1 {
@@ -275,8 +278,7 @@ pub fn base64_decode(input: &[u8]) -> Option<Vec<u8>> {
 
 /// Encodes `input` as standard base64 with padding, appending to `out`.
 pub fn base64_encode(input: &[u8], out: &mut bytes::BytesMut) {
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     for chunk in input.chunks(3) {
         let n = (u32::from(chunk[0]) << 16)
             | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)

@@ -5,11 +5,31 @@
 //! `0x1` is not, flags wrap to 32 bits), so we reproduce them exactly rather
 //! than use Rust's stricter `str::parse`.
 
+/// C's `isspace`: what `strtol` skips before a number and what memcached
+/// accepts right after one (so `1\r` from a `\r\r\n` line end is 1).
+fn is_c_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r')
+}
+
+/// The number part of a token as `strtol` sees it: leading whitespace
+/// skipped, and everything from the first whitespace after the number
+/// ignored (memcached checks only that the number ends at whitespace or at
+/// the end of the token).
+fn number_part(token: &[u8]) -> &[u8] {
+    let start = token.iter().take_while(|&&b| is_c_space(b)).count();
+    let token = &token[start..];
+    let end = token
+        .iter()
+        .position(|&b| is_c_space(b))
+        .unwrap_or(token.len());
+    &token[..end]
+}
+
 /// Parses an unsigned decimal the way `safe_strtoull` does: an optional `+`,
 /// then digits only. A `-` sign is refused unless the value is zero.
 /// Overflow is refused.
 pub fn parse_u64(token: &[u8]) -> Option<u64> {
-    let (negative, digits) = split_sign(token);
+    let (negative, digits) = split_sign(number_part(token));
     let value = parse_digits(digits)?;
     if negative && value != 0 {
         return None;
@@ -27,7 +47,7 @@ pub fn parse_flags(token: &[u8]) -> Option<u32> {
 /// digits, refused on 64-bit overflow, then truncated to 32 bits (memcached
 /// stores it in an `int32_t`).
 pub fn parse_i32_wrapping(token: &[u8]) -> Option<i32> {
-    let (negative, digits) = split_sign(token);
+    let (negative, digits) = split_sign(number_part(token));
     let magnitude = parse_digits(digits)?;
     let value: i64 = if negative {
         if magnitude > i64::MAX as u64 + 1 {
@@ -101,6 +121,11 @@ mod tests {
         assert_eq!(parse_u64(b"+"), None);
         assert_eq!(parse_u64(b"18446744073709551615"), Some(u64::MAX));
         assert_eq!(parse_u64(b"18446744073709551616"), None);
+        // strtol's whitespace rules: a trailing \r (from "\r\r\n") is fine.
+        assert_eq!(parse_u64(b"1\r"), Some(1));
+        assert_eq!(parse_u64(b"\t7"), Some(7));
+        assert_eq!(parse_u64(b"7\tjunk"), Some(7));
+        assert_eq!(parse_u64(b"\r"), None);
     }
 
     #[test]

@@ -137,7 +137,10 @@ mod tests {
         value(&mut out, b"k", 5, b"hi", None);
         value(&mut out, b"k", 0, b"", Some(7));
         end(&mut out);
-        assert_eq!(&out[..], b"VALUE k 5 2\r\nhi\r\nVALUE k 0 0 7\r\n\r\nEND\r\n");
+        assert_eq!(
+            &out[..],
+            b"VALUE k 5 2\r\nhi\r\nVALUE k 0 0 7\r\n\r\nEND\r\n"
+        );
     }
 
     #[test]
@@ -150,7 +153,9 @@ mod tests {
             .flag(b'b')
             .finish();
         data(&mut out, b"hi");
-        MetaReply::new(&mut out, "HD").flag_bytes(b'O', b"123").finish();
+        MetaReply::new(&mut out, "HD")
+            .flag_bytes(b'O', b"123")
+            .finish();
         assert_eq!(&out[..], b"VA 2 f5 t-1 kYWJj b\r\nhi\r\nHD O123\r\n");
     }
 }

@@ -85,7 +85,11 @@ impl Request {
 
     /// Builds a request from its wire form (`line` without `\r\n`, and
     /// the data block for storage commands), as `mcp.request` does.
-    pub fn parse(line: &[u8], value: &[u8], limits: &crate::Limits) -> Result<Request, &'static str> {
+    pub fn parse(
+        line: &[u8],
+        value: &[u8],
+        limits: &crate::Limits,
+    ) -> Result<Request, &'static str> {
         let mut wire = BytesMut::with_capacity(line.len() + value.len() + 4);
         wire.put_slice(line);
         wire.put_slice(b"\r\n");
@@ -102,7 +106,9 @@ impl Request {
         match decoded {
             Some(crate::Decoded::Request(r)) if wire.is_empty() => Ok(r),
             Some(crate::Decoded::Request(_)) => Err("CLIENT_ERROR trailing bytes after request"),
-            Some(crate::Decoded::Error(e)) => Err(e.reply_line().unwrap_or("CLIENT_ERROR bad request")),
+            Some(crate::Decoded::Error(e)) => {
+                Err(e.reply_line().unwrap_or("CLIENT_ERROR bad request"))
+            }
             None => Err("CLIENT_ERROR incomplete request"),
         }
     }
@@ -144,11 +150,15 @@ impl Request {
         if !removed {
             return None;
         }
-        Request::parse(&kept, &self.value, &crate::Limits {
-            max_key_len: usize::MAX,
-            max_item_size: usize::MAX,
-            ..crate::Limits::default()
-        })
+        Request::parse(
+            &kept,
+            &self.value,
+            &crate::Limits {
+                max_key_len: usize::MAX,
+                max_item_size: usize::MAX,
+                ..crate::Limits::default()
+            },
+        )
         .ok()
     }
 

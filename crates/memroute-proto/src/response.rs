@@ -205,7 +205,13 @@ impl ResponseDecoder {
                 if &buf[start + size..total] != b"\r\n" {
                     return Err(MalformedResponse("VA data not terminated"));
                 }
-                Ok(Some(take(buf, total, code, line_len, Some(start..start + size))))
+                Ok(Some(take(
+                    buf,
+                    total,
+                    code,
+                    line_len,
+                    Some(start..start + size),
+                )))
             }
             Shape::Retrieval | Shape::Stats => self.decode_multi_line(buf),
         }
@@ -236,7 +242,13 @@ impl ResponseDecoder {
                 // An error in the middle of a reply (e.g. SERVER_ERROR
                 // out of memory writing get response) ends it.
                 let line_len = first_line_len.unwrap_or(len);
-                return Ok(Some(take(buf, end + 1, ResponseCode::ServerError, line_len, None)));
+                return Ok(Some(take(
+                    buf,
+                    end + 1,
+                    ResponseCode::ServerError,
+                    line_len,
+                    None,
+                )));
             }
             match self.shape {
                 Shape::Stats if line.starts_with(b"STAT ") => pos = end + 1,
@@ -362,9 +374,12 @@ mod tests {
 
     #[test]
     fn retrieval_replies() {
-        let r = parse(b"get a b\r\n", b"VALUE a 1 2\r\nhi\r\nVALUE b 0 0\r\n\r\nEND\r\n")
-            .unwrap()
-            .unwrap();
+        let r = parse(
+            b"get a b\r\n",
+            b"VALUE a 1 2\r\nhi\r\nVALUE b 0 0\r\n\r\nEND\r\n",
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(r.code(), ResponseCode::Value);
         assert_eq!(r.value(), Some(&b"hi"[..]));
         assert_eq!(r.line(), b"VALUE a 1 2");
@@ -381,7 +396,9 @@ mod tests {
 
     #[test]
     fn line_and_meta_replies() {
-        let r = parse(b"set a 0 0 1\r\nx\r\n", b"STORED\r\n").unwrap().unwrap();
+        let r = parse(b"set a 0 0 1\r\nx\r\n", b"STORED\r\n")
+            .unwrap()
+            .unwrap();
         assert_eq!(r.code(), ResponseCode::Stored);
         let r = parse(b"incr a 1\r\n", b"42\r\n").unwrap().unwrap();
         assert_eq!(r.code(), ResponseCode::Number);
@@ -394,7 +411,9 @@ mod tests {
             .unwrap();
         assert!(!r.is_ok());
         assert!(parse(b"set a 0 0 1\r\nx\r\n", b"BOGUS\r\n").is_err());
-        let r = parse(b"stats\r\n", b"STAT pid 1\r\nSTAT uptime 2\r\nEND\r\n").unwrap().unwrap();
+        let r = parse(b"stats\r\n", b"STAT pid 1\r\nSTAT uptime 2\r\nEND\r\n")
+            .unwrap()
+            .unwrap();
         assert_eq!(r.code(), ResponseCode::Stat);
     }
 }

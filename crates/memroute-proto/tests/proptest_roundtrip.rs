@@ -38,6 +38,8 @@ struct Wire {
     expect: Expect,
 }
 
+// Test data: the size difference between variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 enum Expect {
     /// Every non-meta command can be built exactly.
@@ -100,11 +102,11 @@ impl Generated {
         for (i, t) in wire.tokens.iter().enumerate() {
             if i > 0 {
                 let gap = layout.gaps.get(i - 1).copied().unwrap_or(1);
-                line.extend(std::iter::repeat_n(b' ', gap));
+                line.resize(line.len() + gap, b' ');
             }
             line.extend_from_slice(t);
         }
-        line.extend(std::iter::repeat_n(b' ', layout.trail));
+        line.resize(line.len() + layout.trail, b' ');
         Generated {
             line,
             crlf: layout.crlf,
@@ -156,7 +158,11 @@ fn check_meta(expect: &MetaExpect, command: &Command) {
     assert_eq!(m.op, expect.op);
     assert_eq!(&m.key[..], &expect.key[..], "key");
     assert_eq!(&m.wire_key[..], &expect.wire_key[..], "wire key");
-    let got: Vec<(u8, Vec<u8>)> = m.flags.iter().map(|f| (f.letter, f.token.to_vec())).collect();
+    let got: Vec<(u8, Vec<u8>)> = m
+        .flags
+        .iter()
+        .map(|f| (f.letter, f.token.to_vec()))
+        .collect();
     let want: Vec<(u8, Vec<u8>)> = expect
         .flags
         .iter()
@@ -311,22 +317,24 @@ fn name(s: &str) -> Vec<u8> {
 
 fn get_cmd() -> impl Strategy<Value = Wire> {
     let ops = [GetOp::Get, GetOp::Gets, GetOp::Gat, GetOp::Gats];
-    (select(ops.to_vec()), i32_token(), vec(text_key(), 1..8)).prop_map(|(op, (et, exptime), keys)| {
-        let mut tokens = vec![name(op.name())];
-        let exptime = if op.touches() {
-            tokens.push(et);
-            exptime
-        } else {
-            0
-        };
-        tokens.extend(keys.iter().cloned());
-        let keys: Keys = keys.into_iter().map(Bytes::from).collect();
-        Wire {
-            tokens,
-            value: None,
-            expect: Expect::Text(Command::Get(GetCommand { op, exptime, keys })),
-        }
-    })
+    (select(ops.to_vec()), i32_token(), vec(text_key(), 1..8)).prop_map(
+        |(op, (et, exptime), keys)| {
+            let mut tokens = vec![name(op.name())];
+            let exptime = if op.touches() {
+                tokens.push(et);
+                exptime
+            } else {
+                0
+            };
+            tokens.extend(keys.iter().cloned());
+            let keys: Keys = keys.into_iter().map(Bytes::from).collect();
+            Wire {
+                tokens,
+                value: None,
+                expect: Expect::Text(Command::Get(GetCommand { op, exptime, keys })),
+            }
+        },
+    )
 }
 
 fn store_cmd() -> impl Strategy<Value = Wire> {
@@ -438,13 +446,16 @@ fn text_cmd() -> impl Strategy<Value = Wire> {
         }),
         (u64_token(), any::<bool>()).prop_map(move |((lt, _), noreply)| {
             let tokens = vec![name("verbosity"), lt];
-            text(with_noreply(tokens, noreply), Command::Verbosity { noreply })
+            text(
+                with_noreply(tokens, noreply),
+                Command::Verbosity { noreply },
+            )
         }),
         (vec(vec(key_byte(), 1..12), 0..4), vec(1usize..4, 4)).prop_map(move |(args, gaps)| {
             let mut joined = Vec::new();
             for (i, a) in args.iter().enumerate() {
                 if i > 0 {
-                    joined.extend(std::iter::repeat_n(b' ', gaps[i - 1]));
+                    joined.resize(joined.len() + gaps[i - 1], b' ');
                 }
                 joined.extend_from_slice(a);
             }
@@ -627,7 +638,11 @@ fn chunking() -> impl Strategy<Value = Vec<usize>> {
 // ------------------------------------------------------------------------
 
 /// Decodes everything available, checking progress; returns true on `Close`.
-fn drain(decoder: &mut memroute_proto::RequestDecoder, buf: &mut BytesMut, out: &mut Vec<Decoded>) -> bool {
+fn drain(
+    decoder: &mut memroute_proto::RequestDecoder,
+    buf: &mut BytesMut,
+    out: &mut Vec<Decoded>,
+) -> bool {
     loop {
         let before = buf.len();
         match decoder.decode(buf) {
@@ -686,15 +701,39 @@ fn filler() -> impl Strategy<Value = Vec<u8>> {
 }
 
 fn bad_i32() -> impl Strategy<Value = &'static str> {
-    select(&["abc", "0x10", "1.5", "+", "-", "--1", "99999999999999999999", "1e3", "1-"][..])
+    select(
+        &[
+            "abc",
+            "0x10",
+            "1.5",
+            "+",
+            "-",
+            "--1",
+            "99999999999999999999",
+            "1e3",
+            "1-",
+        ][..],
+    )
 }
 
 fn bad_u64() -> impl Strategy<Value = &'static str> {
-    prop_oneof![bad_i32(), select(&["-1", "-42", "18446744073709551616"][..])]
+    prop_oneof![
+        bad_i32(),
+        select(&["-1", "-42", "18446744073709551616"][..])
+    ]
 }
 
 fn bad_len() -> impl Strategy<Value = &'static str> {
-    select(&["-1", "abc", "0x1", "99999999999999999999", "-2147483648", "+"][..])
+    select(
+        &[
+            "-1",
+            "abc",
+            "0x1",
+            "99999999999999999999",
+            "-2147483648",
+            "+",
+        ][..],
+    )
 }
 
 /// Limits for the invalid-input tests: items above 4 KiB are refused.
@@ -714,7 +753,10 @@ fn invalid_unit() -> impl Strategy<Value = (Vec<u8>, usize)> {
         // Garbage line: the first token is never a command.
         (
             select(&b"ABCXYZ019#!~\x01\x7f\xff"[..]),
-            vec(any::<u8>().prop_filter("no newline", |&b| b != b'\n'), 0..200),
+            vec(
+                any::<u8>().prop_filter("no newline", |&b| b != b'\n'),
+                0..200
+            ),
             any::<bool>(),
         )
             .prop_map(|(first, rest, crlf)| {
@@ -739,13 +781,26 @@ fn invalid_unit() -> impl Strategy<Value = (Vec<u8>, usize)> {
                 7 => (concat(&[b"md ", k, b"\r\n"]), 1),
                 8 => (concat(&[b"ma ", k, b"\r\n"]), 1),
                 9 => (concat(&[b"me ", k, b"\r\n"]), 1),
-                10 => (concat(&[b"set ", k, b" 0 0 ", n, b"\r\n", &fill, b"\r\n"]), 2),
-                11 => (concat(&[b"cas ", k, b" 0 0 ", n, b" 1 noreply\r\n", &fill, b"\r\n"]), 2),
+                10 => (
+                    concat(&[b"set ", k, b" 0 0 ", n, b"\r\n", &fill, b"\r\n"]),
+                    2,
+                ),
+                11 => (
+                    concat(&[b"cas ", k, b" 0 0 ", n, b" 1 noreply\r\n", &fill, b"\r\n"]),
+                    2,
+                ),
                 _ => (concat(&[b"ms ", k, b" ", n, b" T0\r\n", &fill, b"\r\n"]), 2),
             }
         }),
         // Bad numbers.
-        (bad_i32(), bad_u64(), bad_len(), 0usize..18, filler(), vec(any::<u8>(), 0..32))
+        (
+            bad_i32(),
+            bad_u64(),
+            bad_len(),
+            0usize..18,
+            filler(),
+            vec(any::<u8>(), 0..32)
+        )
             .prop_map(|(bi, bu, bl, which, fill, data)| {
                 let (bi, bu, bl) = (bi.as_bytes(), bu.as_bytes(), bl.as_bytes());
                 let n = fill.len().to_string();
@@ -753,10 +808,19 @@ fn invalid_unit() -> impl Strategy<Value = (Vec<u8>, usize)> {
                 let dn = data.len().to_string();
                 let dn = dn.as_bytes();
                 match which {
-                    0 => (concat(&[b"set k ", bu, b" 0 ", n, b"\r\n", &fill, b"\r\n"]), 2),
-                    1 => (concat(&[b"add k 0 ", bi, b" ", n, b"\r\n", &fill, b"\r\n"]), 2),
+                    0 => (
+                        concat(&[b"set k ", bu, b" 0 ", n, b"\r\n", &fill, b"\r\n"]),
+                        2,
+                    ),
+                    1 => (
+                        concat(&[b"add k 0 ", bi, b" ", n, b"\r\n", &fill, b"\r\n"]),
+                        2,
+                    ),
                     2 => (concat(&[b"set k 0 0 ", bl, b"\r\n", &fill, b"\r\n"]), 2),
-                    3 => (concat(&[b"cas k 0 0 ", n, b" ", bu, b"\r\n", &fill, b"\r\n"]), 2),
+                    3 => (
+                        concat(&[b"cas k 0 0 ", n, b" ", bu, b"\r\n", &fill, b"\r\n"]),
+                        2,
+                    ),
                     4 => (concat(&[b"incr k ", bu, b"\r\n"]), 1),
                     5 => (concat(&[b"decr k ", bu, b" noreply\r\n"]), 1),
                     6 => (concat(&[b"touch k ", bi, b"\r\n"]), 1),
@@ -771,7 +835,10 @@ fn invalid_unit() -> impl Strategy<Value = (Vec<u8>, usize)> {
                     15 => (concat(&[b"ma k J", bu, b" N0\r\n"]), 1),
                     16 => (concat(&[b"ms k ", bl, b"\r\n", &fill, b"\r\n"]), 2),
                     // A refused `ms` swallows its data block, whatever it holds.
-                    _ => (concat(&[b"ms k ", dn, b" F", bu, b"\r\n", &data, b"\r\n"]), 1),
+                    _ => (
+                        concat(&[b"ms k ", dn, b" F", bu, b"\r\n", &data, b"\r\n"]),
+                        1,
+                    ),
                 }
             }),
         // Oversized values are swallowed whatever they hold.
@@ -791,7 +858,7 @@ fn invalid_unit() -> impl Strategy<Value = (Vec<u8>, usize)> {
         // of the block is a line of its own.
         (filler(), 1usize..10, any::<bool>()).prop_map(|(fill, extra, meta)| {
             let mut data = fill.clone();
-            data.extend(std::iter::repeat_n(b'Q', extra));
+            data.resize(data.len() + extra, b'Q');
             let n = fill.len().to_string();
             let n = n.as_bytes();
             let unit = if meta {
@@ -821,7 +888,10 @@ fn invalid_unit() -> impl Strategy<Value = (Vec<u8>, usize)> {
             (b"mg\r\n", 1),
             (b"get\r\n", 1),
             (b"gat\r\n \r\n", 2),
-            (b"set a 0 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22\r\n", 1),
+            (
+                b"set a 0 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22\r\n",
+                1
+            ),
             (b"set a 0 0\r\n", 1),
             (b"delete a 5\r\n", 1),
             (b"delete a 0 0\r\n", 1),
@@ -859,7 +929,13 @@ fn first_line(reply: &[u8]) -> Vec<u8> {
     reply[..end].to_vec()
 }
 
-fn case(request: &[u8], reply: BytesMut, code: ResponseCode, value: Option<Vec<u8>>, hit: bool) -> ReplyCase {
+fn case(
+    request: &[u8],
+    reply: BytesMut,
+    code: ResponseCode,
+    value: Option<Vec<u8>>,
+    hit: bool,
+) -> ReplyCase {
     ReplyCase {
         request: request.to_vec(),
         line: first_line(&reply),
@@ -873,7 +949,10 @@ fn case(request: &[u8], reply: BytesMut, code: ResponseCode, value: Option<Vec<u
 fn get_reply() -> impl Strategy<Value = ReplyCase> {
     (
         any::<bool>(),
-        vec((text_key(), any::<u32>(), value_bytes(), any::<u64>()), 0..4),
+        vec(
+            (text_key(), any::<u32>(), value_bytes(), any::<u64>()),
+            0..4,
+        ),
     )
         .prop_map(|(gets, items)| {
             let mut request = name(if gets { "gets" } else { "get" });
@@ -977,9 +1056,17 @@ fn meta_reply() -> impl Strategy<Value = ReplyCase> {
 fn line_reply() -> impl Strategy<Value = ReplyCase> {
     let lines: &'static [(&'static [u8], &'static str, ResponseCode)] = &[
         (b"set k 0 0 1\r\nx\r\n", "STORED", ResponseCode::Stored),
-        (b"add k 0 0 1\r\nx\r\n", "NOT_STORED", ResponseCode::NotStored),
+        (
+            b"add k 0 0 1\r\nx\r\n",
+            "NOT_STORED",
+            ResponseCode::NotStored,
+        ),
         (b"cas k 0 0 1 5\r\nx\r\n", "EXISTS", ResponseCode::Exists),
-        (b"cas k 0 0 1 5\r\nx\r\n", "NOT_FOUND", ResponseCode::NotFound),
+        (
+            b"cas k 0 0 1 5\r\nx\r\n",
+            "NOT_FOUND",
+            ResponseCode::NotFound,
+        ),
         (b"delete k\r\n", "DELETED", ResponseCode::Deleted),
         (b"delete k\r\n", "NOT_FOUND", ResponseCode::NotFound),
         (b"touch k 10\r\n", "TOUCHED", ResponseCode::Touched),
@@ -989,8 +1076,14 @@ fn line_reply() -> impl Strategy<Value = ReplyCase> {
     ];
     let errors: &'static [(&'static str, ResponseCode)] = &[
         ("ERROR", ResponseCode::Error),
-        ("CLIENT_ERROR bad command line format", ResponseCode::ClientError),
-        ("SERVER_ERROR out of memory storing object", ResponseCode::ServerError),
+        (
+            "CLIENT_ERROR bad command line format",
+            ResponseCode::ClientError,
+        ),
+        (
+            "SERVER_ERROR out of memory storing object",
+            ResponseCode::ServerError,
+        ),
     ];
     let requests: &'static [&'static [u8]] = &[
         b"get k\r\n",
@@ -1011,7 +1104,11 @@ fn line_reply() -> impl Strategy<Value = ReplyCase> {
         (any::<bool>(), any::<u64>()).prop_map(|(incr, n)| {
             let mut out = BytesMut::new();
             reply::number(&mut out, n);
-            let req: &[u8] = if incr { b"incr k 1\r\n" } else { b"decr k 1\r\n" };
+            let req: &[u8] = if incr {
+                b"incr k 1\r\n"
+            } else {
+                b"decr k 1\r\n"
+            };
             case(req, out, ResponseCode::Number, None, false)
         }),
         (select(errors), select(requests)).prop_map(|((line, code), req)| {

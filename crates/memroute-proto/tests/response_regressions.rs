@@ -15,7 +15,9 @@ fn request(wire: &[u8]) -> Request {
 
 fn frame(req: &[u8], reply: &[u8]) -> Result<bool, memroute_proto::response::MalformedResponse> {
     let decoder = ResponseDecoder::for_request(&request(req));
-    decoder.decode(&mut BytesMut::from(reply)).map(|r| r.is_some())
+    decoder
+        .decode(&mut BytesMut::from(reply))
+        .map(|r| r.is_some())
 }
 
 /// `VA` with no size used to slice `line[3..]` of a 2-byte line.
@@ -30,11 +32,18 @@ fn bare_va_line_is_malformed() {
 /// overflow checks, an out-of-bounds slice without).
 #[test]
 fn huge_value_sizes_are_malformed() {
-    for size in ["18446744073709551615", "18446744073709551614", "18446744073709551600"] {
+    for size in [
+        "18446744073709551615",
+        "18446744073709551614",
+        "18446744073709551600",
+    ] {
         let va = format!("VA {size}\r\n\r\n\r\n");
         assert!(frame(b"mg a v\r\n", va.as_bytes()).is_err(), "VA {size}");
         let value = format!("VALUE a 0 {size}\r\n\r\n\r\nEND\r\n");
-        assert!(frame(b"get a\r\n", value.as_bytes()).is_err(), "VALUE {size}");
+        assert!(
+            frame(b"get a\r\n", value.as_bytes()).is_err(),
+            "VALUE {size}"
+        );
     }
 }
 
@@ -42,5 +51,8 @@ fn huge_value_sizes_are_malformed() {
 #[test]
 fn large_value_sizes_wait_for_data() {
     assert_eq!(frame(b"mg a v\r\n", b"VA 4294967296\r\nab"), Ok(false));
-    assert_eq!(frame(b"get a\r\n", b"VALUE a 0 4294967296\r\nab"), Ok(false));
+    assert_eq!(
+        frame(b"get a\r\n", b"VALUE a 0 4294967296\r\nab"),
+        Ok(false)
+    );
 }

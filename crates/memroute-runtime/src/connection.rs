@@ -19,7 +19,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use futures_util::FutureExt;
-use memroute_proto::{Decoded, Limits, Request, RequestDecoder};
+use memroute_proto::{Decoded, Limits, ProtocolError, Request, RequestDecoder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -38,6 +38,9 @@ const SHRINK_ABOVE: usize = 256 * 1024;
 /// Routed requests in flight per connection before decoding pauses
 /// (memcached proxy's active request limit plays the same role).
 const MAX_IN_FLIGHT: usize = 1024;
+/// During shutdown, how long a connection waits for the rest of a request
+/// the client has started sending.
+const CLOSING_READ_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What a worker shares with all of its connections.
 pub struct WorkerContext {
@@ -84,7 +87,15 @@ pub async fn serve(
     let mut closing = *shutdown.borrow();
     loop {
         let mut close = false;
-        while pipeline.ordered.len() < MAX_IN_FLIGHT && !pipeline.close_after {
+        let mut paused = false;
+        loop {
+            if pipeline.ordered.len() >= MAX_IN_FLIGHT {
+                paused = true;
+                break;
+            }
+            if pipeline.close_after {
+                break;
+            }
             let Some(decoded) = decoder.decode(&mut rbuf) else {
                 break;
             };
@@ -99,6 +110,17 @@ pub async fn serve(
                     }
                 }
                 Decoded::Error(error) => {
+                    if let ProtocolError::TooLarge {
+                        key,
+                        drops_existing,
+                        ..
+                    } = &error
+                    {
+                        ctx.stats().store_too_large.incr();
+                        if *drops_existing && !routed(&ctx) {
+                            ctx.executor.drop_stale(key);
+                        }
+                    }
                     let line = error.reply_line().unwrap_or("");
                     let bytes = if line.is_empty() {
                         Bytes::new()
@@ -150,7 +172,7 @@ pub async fn serve(
         }
         // Requests already buffered (decoding paused at the in-flight
         // limit) are handled before reading more.
-        if !rbuf.is_empty() && decoder_has_work(&rbuf) {
+        if paused {
             continue;
         }
         rbuf.reserve(READ_CHUNK);
@@ -160,13 +182,15 @@ pub async fn serve(
                 Ok(n) => ctx.stats().bytes_read.add(n as u64),
             },
             _ = shutdown.changed(), if !closing => closing = true,
+            // Shutting down with a request half received: give the client
+            // a moment to finish it, but a stalled client cannot hold the
+            // shutdown.
+            _ = tokio::time::sleep(CLOSING_READ_GRACE), if closing => {
+                let _ = stream.shutdown().await;
+                return;
+            }
         }
     }
-}
-
-/// Whether the buffer holds at least one complete line to decode.
-fn decoder_has_work(rbuf: &[u8]) -> bool {
-    memchr::memchr(b'\n', rbuf).is_some()
 }
 
 /// Runs one request: routed ones join the pipeline, local ones answer now
@@ -195,6 +219,14 @@ fn dispatch(
         .ordered
         .push_back(Box::pin(std::future::ready(out.freeze())));
     flow
+}
+
+/// Whether storage commands go through a Lua route (then the embedded
+/// cache does not hold the key's value, so there is nothing to drop).
+fn routed(ctx: &WorkerContext) -> bool {
+    ctx.proxy
+        .as_ref()
+        .is_some_and(|p| p.current().routes_storage())
 }
 
 fn queue_or_write(pipeline: &mut Pipeline, wbuf: &mut BytesMut, bytes: Bytes) {

@@ -45,6 +45,13 @@ impl Embedded {
         Embedded { cache, admin }
     }
 
+    /// Drops `key` after a store of it was refused as too large, as
+    /// memcached does for `set` and `ms`: a reader must not see the value
+    /// the failed write meant to replace.
+    pub fn drop_stale(&self, key: &[u8]) {
+        self.cache.delete(key);
+    }
+
     /// Runs `request` and appends its reply (if any) to `out`.
     pub fn execute(&self, request: &Request, out: &mut BytesMut, stats: &WorkerStats) -> Flow {
         match request.command() {
@@ -226,6 +233,9 @@ impl Embedded {
                             stats.get_hits.incr();
                         }
                         let item = &hit.item;
+                        // memcached applies flags in order: a `t` before
+                        // `T` reports the TTL the item had before the touch.
+                        let mut touched_yet = false;
                         let mut r = if f.return_value() {
                             MetaReply::value(out, item.value.len())
                         } else {
@@ -234,7 +244,14 @@ impl Embedded {
                         for flag in f.iter() {
                             r = match flag.letter {
                                 b's' => r.flag_u64(b's', item.value.len() as u64),
+                                b't' if touching && !touched_yet => {
+                                    r.flag_i64(b't', hit.ttl_before_touch)
+                                }
                                 b't' => r.flag_i64(b't', item.ttl),
+                                b'T' => {
+                                    touched_yet = true;
+                                    r
+                                }
                                 b'c' => r.flag_u64(b'c', item.cas),
                                 b'f' => r.flag_u64(b'f', u64::from(item.flags)),
                                 b'l' => r.flag_i64(b'l', item.last_access_ago),
@@ -428,14 +445,14 @@ impl Embedded {
     }
 }
 
-/// Appends the `k` flag: the key as the client sent it, plus ` b` for
-/// base64 keys (memcached attaches `b` to the key this way).
+/// Appends the `k` flag, plus ` b` for binary keys (memcached attaches `b`
+/// to the key this way). A binary key is re-encoded from its decoded bytes,
+/// as memcached does, so non-canonical base64 comes back canonical.
 fn echo_key<'a>(r: MetaReply<'a>, meta: &MetaCommand) -> MetaReply<'a> {
-    let r = r.flag_bytes(b'k', &meta.wire_key);
     if meta.flags.base64_key() {
-        r.flag(b'b')
+        r.key(&meta.key, true).flag(b'b')
     } else {
-        r
+        r.flag_bytes(b'k', &meta.wire_key)
     }
 }
 

@@ -1,7 +1,7 @@
 //! `Backend` against scripted fake backends (a loopback `TcpListener` in the
 //! test) for the failure corner cases.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::future::Future;
 use std::io::ErrorKind;
 use std::rc::Rc;
@@ -314,10 +314,9 @@ fn close_mid_reply_fails_in_flight_requests() {
         let backend = Backend::new(Arc::new(fake.config()));
         let results = send_many(&backend, 4).await;
         assert!(
-            results.iter().all(|r| matches!(
-                r,
-                Err(BackendError::Closed) | Err(BackendError::Io(_))
-            )),
+            results
+                .iter()
+                .all(|r| matches!(r, Err(BackendError::Closed) | Err(BackendError::Io(_)))),
             "{results:?}"
         );
         let r = backend.send(&req("get k\r\n")).await.unwrap();
@@ -396,7 +395,10 @@ fn refused_connections_mark_bad_and_probe_in_the_background() {
             panic!("{r:?}")
         };
         assert_eq!(e.kind(), ErrorKind::ConnectionRefused);
-        assert_eq!(r.unwrap_err().client_reply(), "SERVER_ERROR backend failure");
+        assert_eq!(
+            r.unwrap_err().client_reply(),
+            "SERVER_ERROR backend failure"
+        );
         wait_until("marked bad", Duration::from_secs(2), || backend.is_bad()).await;
         let start = Instant::now();
         assert!(matches!(
@@ -460,7 +462,8 @@ fn flapping_backend_waits_longer_between_retries() {
             assert!(backend.is_bad());
             assert_eq!(backend.stats().flaps, round);
         }
-        // Flaps 0..3 gave waits 50, 100, 200, 400 ms; the next is capped.
+        // Flaps 0, 1, 2 gave waits of 50, 100 and 200 ms; with 3 flaps the
+        // wait is 50 * 2^3 = 400 ms, which is also the cap.
         let start = Instant::now();
         wait_until("recovery", Duration::from_secs(2), || !backend.is_bad()).await;
         let waited = start.elapsed();
@@ -487,9 +490,11 @@ fn dropped_waiter_does_not_desync_the_stream() {
         })
         .await;
         let backend = Backend::new(Arc::new(fake.config()));
-        let gave_up =
-            tokio::time::timeout(Duration::from_millis(50), backend.send(&req("get slow\r\n")))
-                .await;
+        let gave_up = tokio::time::timeout(
+            Duration::from_millis(50),
+            backend.send(&req("get slow\r\n")),
+        )
+        .await;
         assert!(gave_up.is_err(), "should still be waiting");
         let r = backend.send(&req("get fast\r\n")).await.unwrap();
         assert_eq!(r.value(), Some(&b"fast"[..]));
@@ -513,10 +518,10 @@ fn in_flight_is_bounded_per_connection() {
             read_timeout: Duration::from_secs(5),
             ..fake.config()
         }));
-        let waiting = Rc::new(RefCell::new(Vec::new()));
+        let mut waiting = Vec::new();
         for i in 0..MAX_IN_FLIGHT {
             let backend = backend.clone();
-            waiting.borrow_mut().push(tokio::task::spawn_local(async move {
+            waiting.push(tokio::task::spawn_local(async move {
                 backend.send(&req(format!("get k{i}\r\n"))).await
             }));
         }
@@ -530,7 +535,7 @@ fn in_flight_is_bounded_per_connection() {
         assert!(start.elapsed() < Duration::from_millis(50));
         assert_eq!(backend.stats().busy, 1);
         assert_eq!(backend.stats().failures, 0, "busy is not a backend failure");
-        for task in waiting.borrow().iter() {
+        for task in &waiting {
             task.abort();
         }
     });

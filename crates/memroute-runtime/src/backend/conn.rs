@@ -32,6 +32,10 @@ use super::Inner;
 const READ_CHUNK: usize = 16 * 1024;
 /// Buffers that grew past this (a large value) are released once empty.
 const SHRINK_ABOVE: usize = 256 * 1024;
+/// A reply still incomplete after this many bytes is treated as malformed,
+/// so a broken backend cannot make us buffer without bound. Far above any
+/// sane reply (memcached's largest item is 1 GiB only with `-I 1g`).
+pub(crate) const MAX_REPLY_BYTES: usize = 256 * 1024 * 1024;
 
 /// A request waiting for its reply.
 pub(crate) struct Pending {
@@ -320,6 +324,11 @@ async fn read_loop(inner: &Inner, slot: &Slot, rd: &mut OwnedReadHalf) -> Sessio
         if idle && !rbuf.is_empty() {
             return SessionEnd::Failed(BackendError::BadResponse(MalformedResponse(
                 "data with no request in flight",
+            )));
+        }
+        if rbuf.len() > MAX_REPLY_BYTES {
+            return SessionEnd::Failed(BackendError::BadResponse(MalformedResponse(
+                "reply too large",
             )));
         }
         if rbuf.is_empty() && rbuf.capacity() > SHRINK_ABOVE {

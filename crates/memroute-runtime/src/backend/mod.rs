@@ -10,7 +10,8 @@
 //! `connections` (chosen by a hash of the request's key, so requests for
 //! one key keep their order; round robin for keyless requests) and waits for
 //! its reply. memcached answers in order, so each connection keeps a FIFO of
-//! the requests it has in flight, each with the [`ResponseDecoder`] that
+//! the requests it has in flight, each with the
+//! [`ResponseDecoder`](memroute_proto::ResponseDecoder) that
 //! frames its reply, and hands replies out front to back. The caller must
 //! have stripped `noreply` / meta `q`: every request must get exactly one
 //! reply.
@@ -41,7 +42,7 @@
 //!   anything: its reply is still read and discarded.
 //!
 //! # Health
-//! See [`health`](self::health) for the state machine. In short: each
+//! See [`health`] for the state machine. In short: each
 //! failure event (not each failed request) counts; `failure_limit`
 //! consecutive failures with no successful reply in between mark the
 //! backend bad; a bad backend fails fast with [`BackendError::Down`] and is

@@ -8,6 +8,7 @@
 
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -113,7 +114,7 @@ const MAX_DEPTH: usize = 32;
 /// Loads the startfile in a fresh config VM and runs `mcp_config_pools()`.
 pub fn load_config(proxy: &ProxyConfig) -> Result<LoadedConfig, ConfigError> {
     let lua = vm::new_vm(proxy)?;
-    let stat_names = Arc::new(RefCell::new(Vec::new()));
+    let stat_names = Rc::new(RefCell::new(Vec::new()));
     register(&lua, stat_names.clone()).map_err(|e| ConfigError::lua(&proxy.startfile, e))?;
     vm::load_startfile(&lua, proxy)?;
     let pools = match lua.globals().get::<Value>("mcp_config_pools") {
@@ -148,7 +149,7 @@ pub fn load_config(proxy: &ProxyConfig) -> Result<LoadedConfig, ConfigError> {
     })
 }
 
-fn register(lua: &Lua, stat_names: Arc<RefCell<Vec<(i64, String)>>>) -> mlua::Result<()> {
+fn register(lua: &Lua, stat_names: Rc<RefCell<Vec<(i64, String)>>>) -> mlua::Result<()> {
     let mcp = vm::mcp_table(lua)?;
     mcp.set(
         "backend",
