@@ -35,4 +35,4 @@ pub mod server;
 pub mod stats;
 
 pub use config::ServerConfig;
-pub use server::{RuntimeError, Server, ShutdownHandle};
+pub use server::{ReloadHandle, RuntimeError, Server, ShutdownHandle};
