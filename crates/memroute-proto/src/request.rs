@@ -126,6 +126,9 @@ impl Request {
     /// forwarding to a backend that must answer so replies stay in step.
     /// `None` when there is nothing to remove.
     pub fn without_noreply(&self) -> Option<Request> {
+        if !self.is_quiet() {
+            return None;
+        }
         let line: &[u8] = &self.line;
         let tokens = line.split(|&b| b == b' ').filter(|t| !t.is_empty());
         let mut kept = BytesMut::with_capacity(line.len());

@@ -108,6 +108,11 @@ impl Admin {
         write_stat(out, "evicted_unfetched", c.evicted_unfetched);
         write_stat(out, "evictions", c.evictions);
         write_stat(out, "reclaimed", c.reclaimed);
+        for store in crate::store::all() {
+            for (field, value) in store.stats() {
+                write_stat(out, &format!("{}_{field}", store.name()), value);
+            }
+        }
         reply::end(out);
     }
 

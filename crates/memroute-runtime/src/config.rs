@@ -25,6 +25,9 @@ pub struct ServerConfig {
     /// How long graceful shutdown waits for requests in flight before the
     /// process exits anyway.
     pub shutdown_timeout: Duration,
+    /// How long shutdown waits for write-behind queues (DynamoDB pools) to
+    /// reach their store.
+    pub drain_timeout: Duration,
     /// TCP listen backlog (memcached's `-b`).
     pub backlog: u32,
     /// The Lua routing configuration; `None` serves everything from the
@@ -43,6 +46,7 @@ impl Default for ServerConfig {
             limits: Limits::default(),
             shutdown_timeout: Duration::from_secs(10),
             backlog: 1024,
+            drain_timeout: Duration::from_secs(120),
             proxy: None,
         }
     }

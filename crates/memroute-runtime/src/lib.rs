@@ -13,6 +13,8 @@
 //! - [`admin`]: `stats`, `stats settings`, `stats proxy`, the version string.
 //! - [`lua`]: the Lua routing layer (config VM, worker VMs, routes).
 //! - [`backend`]: worker-local pipelined connections to memcached servers.
+//! - [`store`]: stores shared by all workers (DynamoDB tables) and their
+//!   registry.
 //! - [`stats`]: per-worker counters.
 //!
 //! # Example
@@ -33,6 +35,7 @@ pub mod embedded;
 pub mod lua;
 pub mod server;
 pub mod stats;
+pub mod store;
 
 pub use config::ServerConfig;
 pub use server::{ReloadHandle, RuntimeError, Server, ShutdownHandle};

@@ -243,6 +243,11 @@ impl Server {
         for thread in workers {
             let _ = thread.join();
         }
+        // Every connection is closed: nothing can queue more writes, so the
+        // write-behind queues can be emptied for good.
+        for store in crate::store::all() {
+            info!("{}: {}", store.name(), store.drain(config.drain_timeout));
+        }
         info!("shutdown complete");
         Ok(())
     }

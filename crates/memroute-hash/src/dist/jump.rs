@@ -56,7 +56,7 @@ impl Jump {
         let slots: Box<[u32]> = weights
             .iter()
             .enumerate()
-            .flat_map(|(i, &w)| std::iter::repeat(i as u32).take(w as usize))
+            .flat_map(|(i, &w)| std::iter::repeat_n(i as u32, w as usize))
             .collect();
         Jump {
             buckets: slots.len() as u64,

@@ -29,7 +29,7 @@ impl Modula {
         let slots: Box<[u32]> = backends
             .iter()
             .enumerate()
-            .flat_map(|(i, b)| std::iter::repeat(i as u32).take(b.weight as usize))
+            .flat_map(|(i, b)| std::iter::repeat_n(i as u32, b.weight as usize))
             .collect();
         Modula {
             total: slots.len() as u64,

@@ -17,6 +17,7 @@ use mlua::{AnyUserData, Lua, Table, UserData, Value};
 
 use super::vm::{self, DIST_MARK, HASH_MARK};
 use crate::backend::BackendConfig;
+use crate::store::SharedStore;
 
 /// Where the routing configuration comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,13 +69,40 @@ pub(crate) fn lua_error_message(error: &mlua::Error) -> String {
     }
 }
 
-/// A pool as the config VM built it: its backends and key distribution.
-#[derive(Debug)]
+/// A pool as the config VM built it.
 pub struct PoolDef {
     /// A name for logs and stats (the `name` option, else the backends).
     pub name: String,
-    pub backends: Vec<Arc<BackendConfig>>,
-    pub distribution: Distribution,
+    pub kind: PoolKind,
+}
+
+/// What a pool is made of.
+pub enum PoolKind {
+    /// memcached servers and the key distribution over them; each worker
+    /// connects to them on its own.
+    Memcached {
+        backends: Vec<Arc<BackendConfig>>,
+        distribution: Distribution,
+    },
+    /// A store shared by every worker (a DynamoDB table).
+    Shared(Arc<dyn SharedStore>),
+}
+
+impl std::fmt::Debug for PoolDef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.kind {
+            PoolKind::Memcached { backends, .. } => f
+                .debug_struct("PoolDef")
+                .field("name", &self.name)
+                .field("backends", backends)
+                .finish(),
+            PoolKind::Shared(store) => f
+                .debug_struct("PoolDef")
+                .field("name", &self.name)
+                .field("store", &store.name())
+                .finish(),
+        }
+    }
 }
 
 /// Data returned by `mcp_config_pools()`: what crosses from the config VM
@@ -457,8 +485,10 @@ fn pool(list: Table, opts: Option<Table>) -> mlua::Result<PoolHandle> {
     });
     Ok(PoolHandle(Arc::new(PoolDef {
         name,
-        backends,
-        distribution,
+        kind: PoolKind::Memcached {
+            backends,
+            distribution,
+        },
     })))
 }
 

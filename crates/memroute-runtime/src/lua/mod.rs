@@ -29,5 +29,7 @@ pub mod objects;
 pub mod vm;
 pub mod worker;
 
-pub use config::{load_config, ConfigError, ConfigValue, LoadedConfig, PoolDef, ProxyConfig};
+pub use config::{
+    load_config, ConfigError, ConfigValue, LoadedConfig, PoolDef, PoolKind, ProxyConfig,
+};
 pub use worker::{ProxyStats, WorkerProxy};

@@ -23,7 +23,7 @@ use memroute_proto::{
 use mlua::{AnyUserData, Function, Lua, MetaMethod, Table, UserData, UserDataMethods, Value};
 use tracing::warn;
 
-use super::config::{lua_error_message, ConfigError, ConfigValue, LoadedConfig, PoolDef};
+use super::config::{lua_error_message, ConfigError, ConfigValue, LoadedConfig, PoolDef, PoolKind};
 use super::objects::{
     command_id, LuaRequest, LuaResponse, CMD_ANY, CMD_ANY_STORAGE, COMMANDS, COMMAND_SLOTS,
     STORAGE_IDS, UNHOOKABLE_IDS,
@@ -331,7 +331,7 @@ fn failure_line() -> Bytes {
 }
 
 /// A pool on one worker: the shared definition plus this worker's
-/// connections to each backend.
+/// connections to each backend (none for a shared store).
 pub struct PoolRuntime {
     pub def: Arc<PoolDef>,
     backends: Vec<Rc<Backend>>,
@@ -340,17 +340,21 @@ pub struct PoolRuntime {
 impl PoolRuntime {
     /// Sends `request` to the backend its key maps to.
     pub async fn send(&self, request: Request) -> LuaResponse {
-        let key = request.key().map_or(&b""[..], |k| &k[..]);
-        let index = self.def.distribution.pick(key);
-        let backend = self.backends[index].clone();
         // Every request sent to a backend must get a reply, or replies
         // would fall out of step: drop noreply/q here; the client's own
         // reply is suppressed where the route result is written.
         let outbound = request.without_noreply().unwrap_or(request);
         let start = Instant::now();
-        let response = match backend.send(&outbound).await {
-            Ok(r) => r,
-            Err(e) => Response::from_line(e.client_reply()),
+        let response = match &self.def.kind {
+            PoolKind::Memcached { distribution, .. } => {
+                let key = outbound.key().map_or(&b""[..], |k| &k[..]);
+                let backend = self.backends[distribution.pick(key)].clone();
+                match backend.send(&outbound).await {
+                    Ok(r) => r,
+                    Err(e) => Response::from_line(e.client_reply()),
+                }
+            }
+            PoolKind::Shared(store) => store.execute(&outbound).await,
         };
         LuaResponse::new(response, start.elapsed().as_micros() as u64)
     }
@@ -580,11 +584,12 @@ fn to_lua(
             if let Some(ud) = pools.get(&ptr) {
                 return Ok(Value::UserData(ud.clone()));
             }
-            let backends = def
-                .backends
-                .iter()
-                .map(|b| backend_for(registry, b))
-                .collect();
+            let backends = match &def.kind {
+                PoolKind::Memcached { backends, .. } => {
+                    backends.iter().map(|b| backend_for(registry, b)).collect()
+                }
+                PoolKind::Shared(_) => Vec::new(),
+            };
             let ud = lua.create_userdata(LuaPool(Rc::new(PoolRuntime {
                 def: def.clone(),
                 backends,

@@ -1,0 +1,65 @@
+//! Stores other than memcached servers that a pool can stand for (today:
+//! DynamoDB tables), and the process-wide registry of them.
+//!
+//! Unlike memcached backends, whose connections belong to one worker, such a
+//! store is shared by every worker: a write-behind queue must see every
+//! write of a key to keep them in order. The registry keeps one store per
+//! distinct configuration, so a reload that keeps a table's settings keeps
+//! its store (and its queue), and so `stats` and shutdown can reach every
+//! store.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use memroute_proto::{Request, Response};
+
+/// A shared store that executes memcached requests.
+pub trait SharedStore: Send + Sync + 'static {
+    /// A short name for `stats` and logs.
+    fn name(&self) -> &str;
+
+    /// Executes `request` (without `noreply`/`q`; the caller handles them)
+    /// and returns memcached's reply.
+    fn execute<'a>(&'a self, request: &'a Request) -> Pin<Box<dyn Future<Output = Response> + 'a>>;
+
+    /// Counters for `stats`, as `(field, value)`.
+    fn stats(&self) -> Vec<(String, u64)>;
+
+    /// Blocks until queued writes are stored or `timeout` passes; returns a
+    /// line for the log.
+    fn drain(&self, timeout: Duration) -> String;
+}
+
+type Entry = (String, Arc<dyn SharedStore>);
+
+fn registry() -> &'static Mutex<Vec<Entry>> {
+    static STORES: OnceLock<Mutex<Vec<Entry>>> = OnceLock::new();
+    STORES.get_or_init(|| Mutex::new(Vec::new()))
+}
+
+/// The store registered under `identity` (its full configuration), or a new
+/// one from `make`, registered for next time.
+pub fn get_or_create<E>(
+    identity: &str,
+    make: impl FnOnce() -> Result<Arc<dyn SharedStore>, E>,
+) -> Result<Arc<dyn SharedStore>, E> {
+    let mut stores = registry().lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, store)) = stores.iter().find(|(id, _)| id == identity) {
+        return Ok(store.clone());
+    }
+    let store = make()?;
+    stores.push((identity.to_string(), store.clone()));
+    Ok(store)
+}
+
+/// Every store created so far.
+pub fn all() -> Vec<Arc<dyn SharedStore>> {
+    registry()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|(_, s)| s.clone())
+        .collect()
+}
