@@ -150,13 +150,18 @@ local function zoned_route(zones, my)
             end
             return res
         end
-        local res = mcp.await(r, all, 0, mcp.AWAIT_ANY)
-        local first_ok = nil
-        for _, x in ipairs(res) do
-            if not x:ok() then return x end
-            first_ok = first_ok or x
+        -- The local zone first, so its reply is the one returned (the
+        -- results of mcp.await come in arrival order, which says nothing
+        -- about the zone); then every far zone at once.
+        local res = near(r)
+        if #far > 0 then
+            local others = mcp.await(r, far, 0, mcp.AWAIT_ANY)
+            if not res:ok() then return res end
+            for _, x in ipairs(others) do
+                if not x:ok() then return x end
+            end
         end
-        return first_ok
+        return res
     end
 end
 

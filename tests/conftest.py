@@ -285,16 +285,23 @@ class ServerHandle:
     def is_running(self) -> bool:
         return self.proc.poll() is None
 
+    def terminate(self) -> None:
+        """Send SIGTERM (once) without waiting; ``stop`` then waits."""
+        if not self.stopped and not self.extra.get("sigterm_sent") and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.extra["sigterm_sent"] = True
+
     def stop(self, expect_clean: bool = True) -> int:
         """SIGTERM by pid; wait; SIGKILL if it hangs. Returns the exit code."""
         if self.stopped:
             return self.returncode
+        if self.proc.poll() is None:
+            self.terminate()
         self.stopped = True
         if self in _RUNNING:
             _RUNNING.remove(self)
         hung = False
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(STOP_TIMEOUT)
             except subprocess.TimeoutExpired:
@@ -393,6 +400,10 @@ class ServerFactory:
 
     def stop_all(self) -> None:
         problems = []
+        # Signal every server first, then wait: memcached takes about half a
+        # second to exit, so stopping them one by one adds up.
+        for h in reversed(self.handles):
+            h.terminate()
         for h in reversed(self.handles):
             try:
                 h.stop(expect_clean=h.extra.get("expect_clean_exit", True))
@@ -490,3 +501,100 @@ def pytest_sessionfinish(session, exitstatus):
     # stopped by its own pid, never by name.
     for h in list(_RUNNING):
         h.stop(expect_clean=False)
+
+
+# --------------------------------------------------------------------------
+# proxy mode (memroute with a Lua startfile, real memcached backends)
+# --------------------------------------------------------------------------
+
+EXAMPLES_DIR = REPO_ROOT / "examples"
+LUA_DIR = REPO_ROOT / "lua"
+
+
+def write_startfile(directory: Path, name: str, text: str) -> Path:
+    """Write a Lua startfile (dedented) into ``directory`` and return its path."""
+    import textwrap
+
+    path = Path(directory) / name
+    path.write_text(textwrap.dedent(text).lstrip("\n"))
+    return path
+
+
+def stats_dict(client: RawClient, args: bytes = b"") -> dict:
+    """`stats [args]` as {name: value-string}."""
+    client.send(b"stats" + (b" " + args if args else b"") + b"\r\n")
+    raw = client.read_until(b"END\r\n")
+    out = {}
+    for line in raw.split(b"\r\n"):
+        parts = line.split(b" ", 2)
+        if len(parts) == 3 and parts[0] == b"STAT":
+            out[parts[1].decode()] = parts[2].decode()
+    return out
+
+
+def mc_get(handle: "ServerHandle", key: str) -> Optional[bytes]:
+    """The value of ``key`` read straight from a server (None on a miss)."""
+    with handle.client() as c:
+        c.send(b"mg %s v\r\n" % key.encode())
+        line = c.read_line()
+        if line == b"EN\r\n":
+            return None
+        m = re.match(rb"^VA (\d+)", line)
+        assert m, "unexpected mg reply from %s: %r" % (handle.addr, line)
+        data = c.read_exact(int(m.group(1)) + 2)
+        return data[:-2]
+
+
+def mc_set(handle: "ServerHandle", key: str, value: bytes, flags: int = 0) -> None:
+    """Store ``key`` straight on a server."""
+    with handle.client() as c:
+        got = c.request(b"set %s %d 0 %d\r\n%s\r\n" % (key.encode(), flags, len(value), value))
+        assert got == b"STORED\r\n", got
+
+
+def run_memroute_expect_failure(args: Iterable[str], timeout: float = START_TIMEOUT,
+                                cwd: Optional[Path] = None) -> "subprocess.CompletedProcess":
+    """Run memroute on a free port expecting it to exit by itself (a bad
+    startfile); fails the test if it keeps running past ``timeout``."""
+    binary = _require_memroute()
+    argv = [str(binary), "-l", HOST, "-p", str(free_port())] + list(args)
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=str(cwd) if cwd else None,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate(timeout=STOP_TIMEOUT)
+        pytest.fail("memroute kept running with a broken startfile: %s\n%s" % (
+            " ".join(argv), err.decode("utf-8", "replace")[-2000:]))
+    return subprocess.CompletedProcess(argv, proc.returncode, out.decode("utf-8", "replace"),
+                                       err.decode("utf-8", "replace"))
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):
+    """Poll ``predicate`` until it returns a truthy value; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    pytest.fail("timed out after %.1fs waiting for %s (last: %r)" % (timeout, what, last))
+
+
+@pytest.fixture
+def startfile_dir(tmp_path) -> Path:
+    """A directory for startfiles written by a test."""
+    d = tmp_path / "startfiles"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+def backends(memcached_factory):
+    """``backends(n)``: start n real memcached servers for one test."""
+    def start(n: int, *args: str) -> "list[ServerHandle]":
+        return [memcached_factory(*args) for _ in range(n)]
+    return start

@@ -8,8 +8,10 @@
 //! Requests served by the embedded cache complete at once. Requests with a
 //! Lua route become futures that run concurrently (their backend requests
 //! are batched per backend connection); their replies are still written in
-//! request order, and a request served locally behind a routed one waits
-//! for it.
+//! request order. A request served locally behind routed ones is not run
+//! until they have all answered: it may read what they wrote (a `get`
+//! behind a `set` routed to `mcp.internal`, `stats proxy` behind routed
+//! requests), so running it early would answer from the past.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -25,6 +27,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::embedded::{Embedded, Flow};
+use crate::lua::worker::WorkerLua;
 use crate::lua::WorkerProxy;
 use crate::stats::{ServerStats, WorkerStats};
 
@@ -85,6 +88,8 @@ pub async fn serve(
         close_after: false,
     };
     let mut closing = *shutdown.borrow();
+    // A local request waiting for the routed ones before it to finish.
+    let mut held: Option<Request> = None;
     loop {
         let mut close = false;
         let mut paused = false;
@@ -96,12 +101,23 @@ pub async fn serve(
             if pipeline.close_after {
                 break;
             }
-            let Some(decoded) = decoder.decode(&mut rbuf) else {
-                break;
+            let decoded = match held.take() {
+                Some(request) => Decoded::Request(request),
+                None => match decoder.decode(&mut rbuf) {
+                    Some(decoded) => decoded,
+                    None => break,
+                },
             };
             match decoded {
                 Decoded::Request(request) => {
-                    if dispatch(&ctx, request, &mut wbuf, &mut pipeline) == Flow::Close {
+                    let hook = route_for(&ctx, &request);
+                    if hook.is_none() && !pipeline.ordered.is_empty() {
+                        // Run it once the routed requests before it are done.
+                        held = Some(request);
+                        paused = true;
+                        break;
+                    }
+                    if dispatch(&ctx, hook, request, &mut wbuf, &mut pipeline) == Flow::Close {
                         if pipeline.ordered.is_empty() {
                             close = true;
                             break;
@@ -163,7 +179,7 @@ pub async fn serve(
         if !wbuf.is_empty() && !flush(&mut stream, &mut wbuf, &ctx).await {
             return;
         }
-        if close || (closing && rbuf.is_empty() && !decoder.is_mid_request()) {
+        if close || (closing && held.is_none() && rbuf.is_empty() && !decoder.is_mid_request()) {
             let _ = stream.shutdown().await;
             return;
         }
@@ -193,32 +209,30 @@ pub async fn serve(
     }
 }
 
-/// Runs one request: routed ones join the pipeline, local ones answer now
-/// (or queue behind routed ones, to keep replies in order).
+/// The Lua route for this request on the current configuration, if any.
+fn route_for(ctx: &WorkerContext, request: &Request) -> Option<(Rc<WorkerLua>, mlua::Function)> {
+    let lua = ctx.proxy.as_ref()?.current();
+    let hook = lua.hook(request.command())?;
+    Some((lua, hook))
+}
+
+/// Runs one request: routed ones join the pipeline, local ones answer now.
+/// The caller holds a local request back while routed ones are pending.
 fn dispatch(
     ctx: &Rc<WorkerContext>,
+    route: Option<(Rc<WorkerLua>, mlua::Function)>,
     request: Request,
     wbuf: &mut BytesMut,
     pipeline: &mut Pipeline,
 ) -> Flow {
-    if let Some(proxy) = &ctx.proxy {
-        let lua = proxy.current();
-        if let Some(hook) = lua.hook(request.command()) {
-            pipeline
-                .ordered
-                .push_back(Box::pin(lua.serve(hook, request)));
-            return Flow::Continue;
-        }
+    if let Some((lua, hook)) = route {
+        pipeline
+            .ordered
+            .push_back(Box::pin(lua.serve(hook, request)));
+        return Flow::Continue;
     }
-    if pipeline.ordered.is_empty() {
-        return ctx.executor.execute(&request, wbuf, ctx.stats());
-    }
-    let mut out = BytesMut::new();
-    let flow = ctx.executor.execute(&request, &mut out, ctx.stats());
-    pipeline
-        .ordered
-        .push_back(Box::pin(std::future::ready(out.freeze())));
-    flow
+    debug_assert!(pipeline.ordered.is_empty());
+    ctx.executor.execute(&request, wbuf, ctx.stats())
 }
 
 /// Whether storage commands go through a Lua route (then the embedded

@@ -205,16 +205,12 @@ fn register(lua: &Lua, stat_names: Rc<RefCell<Vec<(i64, String)>>>) -> mlua::Res
             Ok(())
         })?,
     )?;
-    for name in ["attach", "await", "internal", "request", "stat"] {
-        let message = format!("mcp.{name} is only available in mcp_config_routes (worker VMs)");
-        mcp.set(
-            name,
-            lua.create_function(move |_, _: mlua::MultiValue| {
-                Err::<(), _>(mlua::Error::runtime(message.clone()))
-            })?,
-        )?;
-    }
-    Ok(())
+    vm::forbid(
+        lua,
+        &mcp,
+        &["attach", "await", "internal", "request", "stat"],
+        "mcp_config_routes (worker VMs)",
+    )
 }
 
 fn seconds(value: Value, option: &str) -> mlua::Result<Duration> {
@@ -249,7 +245,11 @@ fn port_of(value: Value) -> mlua::Result<u16> {
 
 /// `mcp.backend(label, host[, port])` or `mcp.backend{label=, host=, ...}`.
 fn backend(args: mlua::MultiValue) -> mlua::Result<BackendHandle> {
-    let mut cfg = BackendConfig::default();
+    // No default host: a table without one is a mistake, not 127.0.0.1.
+    let mut cfg = BackendConfig {
+        host: String::new(),
+        ..BackendConfig::default()
+    };
     let mut args = args.into_iter();
     match args.next() {
         Some(Value::Table(t)) => {

@@ -89,14 +89,27 @@ pub fn command_id(command: &Command) -> i64 {
     }
 }
 
+/// `mcp.AWAIT_GOOD`: count results that are not errors and not misses.
+pub const AWAIT_GOOD: i64 = 0;
+/// `mcp.AWAIT_ANY`: count every result.
+pub const AWAIT_ANY: i64 = 1;
+/// `mcp.AWAIT_OK`: count results that are not errors (misses count).
+pub const AWAIT_OK: i64 = 2;
+/// `mcp.AWAIT_FIRST`: wait for, and return, only the first pool's result.
+pub const AWAIT_FIRST: i64 = 3;
+/// `mcp.AWAIT_FASTGOOD`: return at the first good result, else as OK.
+pub const AWAIT_FASTGOOD: i64 = 4;
+/// `mcp.AWAIT_BACKGROUND`: return an empty table at once.
+pub const AWAIT_BACKGROUND: i64 = 5;
+
 /// `mcp.AWAIT_*` modes of `mcp.await`.
 pub const AWAIT_MODES: &[(&str, i64)] = &[
-    ("AWAIT_GOOD", 0),
-    ("AWAIT_ANY", 1),
-    ("AWAIT_OK", 2),
-    ("AWAIT_FIRST", 3),
-    ("AWAIT_FASTGOOD", 4),
-    ("AWAIT_BACKGROUND", 5),
+    ("AWAIT_GOOD", AWAIT_GOOD),
+    ("AWAIT_ANY", AWAIT_ANY),
+    ("AWAIT_OK", AWAIT_OK),
+    ("AWAIT_FIRST", AWAIT_FIRST),
+    ("AWAIT_FASTGOOD", AWAIT_FASTGOOD),
+    ("AWAIT_BACKGROUND", AWAIT_BACKGROUND),
 ];
 
 /// `mcp.MCMC_CODE_*`, what `res:code()` returns.
@@ -316,6 +329,22 @@ fn trim_key(lua: &Lua, this: &mut LuaRequest, n: usize, left: bool) -> mlua::Res
     this.rebuild(lua, &refs)
 }
 
+/// The client flags of a hit: the third token of a `VALUE` line, or a meta
+/// reply's `f` flag; 0 when the reply carries none.
+fn response_flags(response: &Response) -> u32 {
+    let line = response.line();
+    let mut tokens = line.split(|&b| b == b' ').filter(|t| !t.is_empty());
+    let parse = |t: &[u8]| std::str::from_utf8(t).ok().and_then(|s| s.parse().ok());
+    match response.code() {
+        ResponseCode::Value => tokens.nth(2).and_then(parse).unwrap_or(0),
+        _ => tokens
+            .skip(1)
+            .find(|t| t.first() == Some(&b'f'))
+            .and_then(|t| parse(&t[1..]))
+            .unwrap_or(0),
+    }
+}
+
 /// A backend's (or the proxy's own) reply as a route sees it.
 #[derive(Clone)]
 pub struct LuaResponse {
@@ -361,6 +390,27 @@ impl UserData for LuaResponse {
         methods.add_method("elapsed", |_, this, ()| Ok(this.elapsed_us));
         methods.add_method("raw_string", |lua, this, ()| {
             lua.create_string(this.response.raw())
+        });
+        // memroute: what a route needs to copy a hit into another pool
+        // (read-through tiers): the value and its client flags.
+        methods.add_method("value", |lua, this, ()| match this.response.value() {
+            Some(v) => Ok(Value::String(lua.create_string(v)?)),
+            None => Ok(Value::Nil),
+        });
+        methods.add_method("flags", |_, this, ()| Ok(response_flags(&this.response)));
+        // memroute: the token of a meta reply's return flag (`c`, `t`, `f`,
+        // `s`, ...), without the letter; nil when absent.
+        methods.add_method("flag_token", |lua, this, flag: String| {
+            let letter = single_flag(&flag)?;
+            let line = this.response.line();
+            let token = line
+                .split(|&b| b == b' ')
+                .skip(1)
+                .find(|t| t.first() == Some(&letter));
+            match token {
+                Some(t) => Ok(Value::String(lua.create_string(&t[1..])?)),
+                None => Ok(Value::Nil),
+            }
         });
     }
 }

@@ -14,8 +14,10 @@ use super::objects::{AWAIT_MODES, COMMANDS, RESPONSE_CODES};
 /// Lua libraries compiled into the binary. `require` finds a file of the
 /// same name on `package.path` first, so operators can override them from
 /// disk.
-pub const EMBEDDED_LIBS: &[(&str, &str)] =
-    &[("simple", include_str!("../../../../lua/simple.lua"))];
+pub const EMBEDDED_LIBS: &[(&str, &str)] = &[
+    ("simple", include_str!("../../../../lua/simple.lua")),
+    ("tier", include_str!("../../../../lua/tier.lua")),
+];
 
 /// Distribution descriptors exposed as `mcp.dist_*`, as memcached's proxy
 /// names them (plus memroute's additions), with the name the hashing crate
@@ -163,6 +165,21 @@ pub fn load_startfile(lua: &Lua, config: &ProxyConfig) -> Result<(), ConfigError
         .set_name(format!("@{}", config.startfile.display()))
         .exec()
         .map_err(|e| ConfigError::lua(&config.startfile, e))
+}
+
+/// Installs `mcp.<name>` functions that fail with a message saying where
+/// they can be used: each VM only offers its own role's functions.
+pub fn forbid(lua: &Lua, mcp: &Table, names: &[&str], where_valid: &str) -> mlua::Result<()> {
+    for name in names {
+        let message = format!("mcp.{name} is only available in {where_valid}");
+        mcp.set(
+            *name,
+            lua.create_function(move |_, _: mlua::MultiValue| {
+                Err::<(), _>(mlua::Error::runtime(message.clone()))
+            })?,
+        )?;
+    }
+    Ok(())
 }
 
 /// The `mcp` table of a VM.

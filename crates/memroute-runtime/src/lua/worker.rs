@@ -25,8 +25,9 @@ use tracing::warn;
 
 use super::config::{lua_error_message, ConfigError, ConfigValue, LoadedConfig, PoolDef, PoolKind};
 use super::objects::{
-    command_id, LuaRequest, LuaResponse, CMD_ANY, CMD_ANY_STORAGE, COMMANDS, COMMAND_SLOTS,
-    STORAGE_IDS, UNHOOKABLE_IDS,
+    command_id, LuaRequest, LuaResponse, AWAIT_ANY, AWAIT_BACKGROUND, AWAIT_FASTGOOD, AWAIT_FIRST,
+    AWAIT_GOOD, AWAIT_OK, CMD_ANY, CMD_ANY_STORAGE, COMMANDS, COMMAND_SLOTS, STORAGE_IDS,
+    UNHOOKABLE_IDS,
 };
 use super::vm;
 use crate::backend::{Backend, BackendConfig};
@@ -477,16 +478,12 @@ fn register(lua: &Lua) -> mlua::Result<()> {
         })?,
     )?;
     mcp.set("await", lua.create_async_function(await_pools)?)?;
-    for name in ["backend", "pool", "add_stat"] {
-        let message = format!("mcp.{name} is only available in mcp_config_pools (the config VM)");
-        mcp.set(
-            name,
-            lua.create_function(move |_, _: mlua::MultiValue| {
-                Err::<(), _>(mlua::Error::runtime(message.clone()))
-            })?,
-        )?;
-    }
-    Ok(())
+    vm::forbid(
+        lua,
+        &mcp,
+        &["backend", "pool", "dynamo_pool", "add_stat"],
+        "mcp_config_pools (the config VM)",
+    )
 }
 
 /// `mcp.await(r, {pools...}[, n][, mode])`: sends `r` to every pool at once
@@ -509,7 +506,17 @@ async fn await_pools(
         })?;
         targets.push(pool.0.clone());
     }
-    let mode = mode.unwrap_or(0);
+    if targets.is_empty() {
+        return Err(mlua::Error::runtime(
+            "mcp.await: the pool list must have at least one pool",
+        ));
+    }
+    let mode = mode.unwrap_or(AWAIT_GOOD);
+    if !(AWAIT_GOOD..=AWAIT_BACKGROUND).contains(&mode) {
+        return Err(mlua::Error::runtime(format!(
+            "mcp.await: unknown mode {mode} (use one of the mcp.AWAIT_* constants)"
+        )));
+    }
     let total = targets.len();
     let wanted = match n {
         None | Some(0) => total,
@@ -526,29 +533,35 @@ async fn await_pools(
     }
     drop(tx);
     let results = lua.create_table()?;
-    if mode == 5 {
-        return Ok(results); // AWAIT_BACKGROUND
+    if mode == AWAIT_BACKGROUND {
+        return Ok(results);
     }
+    // As memcached's proxy: results are collected in the order they
+    // arrive; the mode says which count towards `n`. If the condition can
+    // no longer be met, the call returns once every pool has answered.
     let mut counted = 0usize;
     while let Some((index, response)) = rx.recv().await {
-        let counts = match mode {
-            1 => true,                      // AWAIT_ANY
-            2 => response.response.is_ok(), // AWAIT_OK
-            3 => index == 0,                // AWAIT_FIRST
-            4 => response.is_good(),        // AWAIT_FASTGOOD
-            _ => response.is_good(),        // AWAIT_GOOD
-        };
+        if mode == AWAIT_FIRST {
+            // Only the first pool's result is wanted (and returned).
+            if index == 0 {
+                results.push(response)?;
+                break;
+            }
+            continue;
+        }
         let good = response.is_good();
+        let counts = match mode {
+            AWAIT_ANY => true,
+            AWAIT_OK => response.response.is_ok(),
+            // A hit ends the wait at once; misses count towards n.
+            AWAIT_FASTGOOD => response.response.is_ok(),
+            _ => good, // AWAIT_GOOD
+        };
         results.push(response)?;
         if counts {
             counted += 1;
         }
-        let done = match mode {
-            3 => index == 0,
-            4 => good || counted >= wanted,
-            _ => counted >= wanted,
-        };
-        if done {
+        if (mode == AWAIT_FASTGOOD && good) || counted >= wanted {
             break;
         }
     }

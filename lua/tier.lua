@@ -1,0 +1,113 @@
+-- tier.lua: a memcached pool in front of a slower, durable store (a
+-- DynamoDB pool), as route building blocks.
+--
+--   local tier = require("tier")
+--   mcp.attach(mcp.CMD_ANY_STORAGE, tier.route{ cache = pools.cache,
+--       store = pools.table, fill_ttl = 300, writes = "cache_first" })
+--
+-- reads (get, gets, gat, gats, mg): the cache first; on a miss the store,
+--   and a hit there is copied into the cache with fill_ttl seconds of TTL
+--   (in the background: the client does not wait for the fill).
+-- writes = "cache_first" (a write-behind tier: the cache is authoritative
+--   and the store, typically a write-behind DynamoDB pool, keeps a durable
+--   copy): the write runs on the cache; if it changed the item, the item's
+--   new state is copied to the store, versioned by the cache's CAS, so
+--   concurrent copies of one key can never leave an older value in the
+--   store (the DynamoDB pool refuses a version older than the one stored).
+-- writes = "store_first" (read-through: the store is authoritative): the
+--   write runs on the store; if it changed the item, the cached copy is
+--   deleted before the client gets its reply, so the next read refills it
+--   from the store.
+
+local tier = {}
+
+local READS = {
+    [mcp.CMD_GET] = true, [mcp.CMD_GETS] = true, [mcp.CMD_GAT] = true,
+    [mcp.CMD_GATS] = true, [mcp.CMD_MG] = true,
+}
+
+-- Replies that mean "nothing changed".
+local UNCHANGED = {
+    [mcp.MCMC_CODE_NOT_STORED] = true, [mcp.MCMC_CODE_EXISTS] = true,
+    [mcp.MCMC_CODE_NOT_FOUND] = true, [mcp.MCMC_CODE_END] = true,
+}
+
+local function changed(res)
+    return res:ok() and not UNCHANGED[res:code()]
+end
+
+local function background(req, pool)
+    mcp.await(req, { pool }, 0, mcp.AWAIT_BACKGROUND)
+end
+
+-- Copies a store hit into the cache with a short TTL.
+local function fill(cache, key, res, ttl)
+    local value = res:value()
+    if value == nil then return end
+    local req = mcp.request(string.format("ms %s %d F%d T%d\r\n", key, #value, res:flags(), ttl),
+        value .. "\r\n")
+    background(req, cache)
+end
+
+-- Copies the cache's current state of `key` to the store, versioned by the
+-- cache's CAS.
+local function persist(cache, store, key)
+    local cur = cache(mcp.request("mg " .. key .. " v f t c\r\n"))
+    if cur:hit() then
+        local ttl = tonumber(cur:flag_token("t") or "-1")
+        if ttl < 0 then ttl = 0 end
+        local value = cur:value()
+        return store(mcp.request(string.format("ms %s %d F%d T%d E%s\r\n", key, #value,
+            cur:flags(), ttl, cur:flag_token("c")), value .. "\r\n"))
+    elseif cur:ok() then
+        return store(mcp.request("md " .. key .. "\r\n"))
+    end
+    return cur
+end
+
+function tier.route(conf)
+    local cache, store = conf.cache, conf.store
+    local fill_ttl = conf.fill_ttl or 300
+    local writes = conf.writes or "cache_first"
+    if cache == nil or store == nil then
+        error("tier.route: cache and store pools are required", 2)
+    end
+    if writes ~= "cache_first" and writes ~= "store_first" then
+        error("tier.route: writes must be \"cache_first\" or \"store_first\"", 2)
+    end
+    return function(r)
+        local key = r:key()
+        if READS[r:command()] then
+            local res = cache(r)
+            if res:hit() or not res:ok() then
+                return res
+            end
+            local sres = store(r)
+            if sres:hit() then
+                fill(cache, key, sres, fill_ttl)
+            end
+            return sres
+        end
+        if writes == "store_first" then
+            local res = store(r)
+            if changed(res) then
+                -- Wait for the invalidation: this client's next read must
+                -- not find the old cached copy.
+                cache(mcp.request("md " .. key .. "\r\n"))
+            end
+            return res
+        end
+        local res = cache(r)
+        if changed(res) then
+            local copy = persist(cache, store, key)
+            if not copy:ok() then
+                -- The store refused the copy (e.g. full write-behind
+                -- queue): say so rather than pretend it is durable.
+                return copy
+            end
+        end
+        return res
+    end
+end
+
+return tier
