@@ -125,7 +125,7 @@ local function zoned_route(zones, my)
         -- No local zone here: treat every zone as far.
         return function(r)
             if READS[r:command()] then
-                local res = mcp.await(r, all, 1, mcp.AWAIT_FASTGOOD)
+                local res = mcp.await(r, all, #all, mcp.AWAIT_FASTGOOD)
                 for _, x in ipairs(res) do
                     if x:hit() then return x end
                 end
@@ -144,7 +144,7 @@ local function zoned_route(zones, my)
             if res:hit() or #far == 0 then
                 return res
             end
-            local others = mcp.await(r, far, 1, mcp.AWAIT_FASTGOOD)
+            local others = mcp.await(r, far, #far, mcp.AWAIT_FASTGOOD)
             for _, x in ipairs(others) do
                 if x:hit() then return x end
             end
