@@ -11,9 +11,11 @@
 -- writes = "cache_first" (a write-behind tier: the cache is authoritative
 --   and the store, typically a write-behind DynamoDB pool, keeps a durable
 --   copy): the write runs on the cache; if it changed the item, the item's
---   new state is copied to the store, versioned by the cache's CAS, so
---   concurrent copies of one key can never leave an older value in the
---   store (the DynamoDB pool refuses a version older than the one stored).
+--   state as the cache holds it now is read back and copied to the store.
+--   Copying the current state (not the request) keeps the store in step
+--   with the cache whatever command changed the item (incr, append, ...),
+--   and when two clients write one key, the copy made last carries the
+--   cache's latest state.
 -- writes = "store_first" (read-through: the store is authoritative): the
 --   write runs on the store; if it changed the item, the cached copy is
 --   deleted before the client gets its reply, so the next read refills it
@@ -49,16 +51,15 @@ local function fill(cache, key, res, ttl)
     background(req, cache)
 end
 
--- Copies the cache's current state of `key` to the store, versioned by the
--- cache's CAS.
+-- Copies the cache's current state of `key` to the store.
 local function persist(cache, store, key)
-    local cur = cache(mcp.request("mg " .. key .. " v f t c\r\n"))
+    local cur = cache(mcp.request("mg " .. key .. " v f t\r\n"))
     if cur:hit() then
         local ttl = tonumber(cur:flag_token("t") or "-1")
         if ttl < 0 then ttl = 0 end
         local value = cur:value()
-        return store(mcp.request(string.format("ms %s %d F%d T%d E%s\r\n", key, #value,
-            cur:flags(), ttl, cur:flag_token("c")), value .. "\r\n"))
+        return store(mcp.request(string.format("ms %s %d F%d T%d\r\n", key, #value,
+            cur:flags(), ttl), value .. "\r\n"))
     elseif cur:ok() then
         return store(mcp.request("md " .. key .. "\r\n"))
     end

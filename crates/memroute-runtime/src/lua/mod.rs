@@ -20,11 +20,13 @@
 //!   [`ConfigValue`], [`PoolDef`].
 //! - [`worker`]: [`WorkerProxy`] (per-worker VM, hooks, reload staging) and
 //!   route execution.
+//! - [`dynamo`]: `mcp.dynamo_pool`, pools backed by a DynamoDB table.
 //! - [`objects`]: the request and response objects routes see.
 //! - [`vm`]: what both VMs share: the `mcp` table's constants and helpers,
 //!   `package.path`, the embedded Lua libraries.
 
 pub mod config;
+pub mod dynamo;
 pub mod objects;
 pub mod vm;
 pub mod worker;

@@ -1,0 +1,889 @@
+//! Executes memcached requests against a DynamoDB table.
+//!
+//! One [`DynamoStore`] serves one table configuration and is shared by all
+//! of memroute's worker threads. It owns a small tokio runtime on which all
+//! AWS SDK I/O and the write-behind writer run; [`DynamoStore::execute`] can
+//! be awaited from any runtime (memroute's per-worker current-thread
+//! runtimes included) and answers exactly what memcached would.
+//!
+//! Two write modes (see docs/dynamodb.md for the guarantees):
+//! - [`WriteMode::Through`]: every reply waits for DynamoDB.
+//! - [`WriteMode::Behind`]: `set` (and `delete`/`touch` of a key whose state
+//!   is already queued) are acknowledged once queued; the queue keeps
+//!   per-key order, coalesces, is bounded with backpressure, retries
+//!   transient failures indefinitely and is drained on shutdown.
+//!   Commands that need the current item (add, cas, incr, ...) wait for the
+//!   key's queued writes, then run write-through.
+//!
+//! Per-key ordering rests on versions: every write carries a version (a
+//! microsecond clock forced monotonic) in the `cas` attribute, and is
+//! conditional on the stored version not being higher.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region};
+use aws_sdk_dynamodb::config::Credentials;
+use bytes::Bytes;
+use memroute_proto::{Command, Request, Response};
+use tokio::runtime::{Handle, Runtime};
+
+mod behind;
+mod clock;
+mod item;
+mod ops;
+mod stats;
+mod table;
+
+use behind::{ExclusiveGuard, Job, Local, Queue, QueuedOp};
+use clock::{absolute_expiry, now_secs, observe_version};
+use item::{Item, Names};
+use ops::{decide, CasRule, KeyOp, Outcome, Plan, StoreMode, Write};
+use stats::Counters;
+pub use stats::DynamoStats;
+use table::{Cond, DdbError, Table, BATCH_GET_MAX};
+
+/// DynamoDB's item size limit in bytes (400 KB, attribute names included).
+pub const MAX_ITEM_SIZE: usize = item::MAX_ITEM_SIZE;
+
+/// How many queued writes the write-behind writer sends at once.
+pub const WRITE_CONCURRENCY: usize = 32;
+
+/// How often a read-modify-write is tried when other writers keep changing
+/// the item in between.
+const RMW_ATTEMPTS: u32 = 32;
+
+/// Write-behind retry backoff bounds (exponential, with jitter).
+const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(250);
+const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// How a store acknowledges writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WriteMode {
+    /// The reply waits until DynamoDB has the write.
+    #[default]
+    Through,
+    /// The reply is sent once the write is queued; a writer sends it later,
+    /// in per-key order.
+    Behind,
+}
+
+/// One table configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DynamoConfig {
+    pub table: String,
+    /// Default: the standard aws-config chain, else "us-east-1".
+    pub region: Option<String>,
+    /// Endpoint override, e.g. "http://127.0.0.1:8000" for DynamoDB Local.
+    pub endpoint: Option<String>,
+    /// String partition key attribute.
+    pub key_attr: String,
+    /// Binary value attribute.
+    pub value_attr: String,
+    /// Number attribute: memcached client flags.
+    pub flags_attr: String,
+    /// Number attribute: absolute expiry in epoch seconds; absent = never.
+    pub expires_attr: String,
+    /// Number attribute: per-key version, used as the CAS unique and for
+    /// write ordering.
+    pub cas_attr: String,
+    pub consistent_read: bool,
+    pub write_mode: WriteMode,
+    /// Write-behind bound: keys with queued writes.
+    pub queue_max_keys: usize,
+    /// Write-behind bound: bytes of queued writes.
+    pub queue_max_bytes: usize,
+    /// How long a write waits for room in a full queue before it is refused
+    /// with `SERVER_ERROR out of memory storing object` (never acknowledged).
+    pub backpressure_timeout: Duration,
+    /// SDK attempts per call (standard retry mode).
+    pub max_attempts: u32,
+    /// SDK operation timeout per call (all attempts).
+    pub operation_timeout: Option<Duration>,
+    /// Create the table (on-demand billing) if it is missing.
+    pub create_table: bool,
+    /// Strip this prefix from keys before using them as ids.
+    pub key_prefix_strip: Option<String>,
+}
+
+impl Default for DynamoConfig {
+    fn default() -> Self {
+        DynamoConfig {
+            table: "memroute".into(),
+            region: None,
+            endpoint: None,
+            key_attr: "id".into(),
+            value_attr: "value".into(),
+            flags_attr: "flags".into(),
+            expires_attr: "expires".into(),
+            cas_attr: "cas".into(),
+            consistent_read: true,
+            write_mode: WriteMode::Through,
+            queue_max_keys: 100_000,
+            queue_max_bytes: 256 * 1024 * 1024,
+            backpressure_timeout: Duration::from_secs(1),
+            max_attempts: 3,
+            operation_timeout: Some(Duration::from_secs(5)),
+            create_table: false,
+            key_prefix_strip: None,
+        }
+    }
+}
+
+/// Why a store could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum DynamoError {
+    #[error("invalid DynamoDB pool configuration: {0}")]
+    Config(String),
+    #[error("cannot start the DynamoDB runtime: {0}")]
+    Runtime(#[from] std::io::Error),
+    #[error("DynamoDB table {table}: {message}")]
+    Table { table: String, message: String },
+}
+
+/// What [`DynamoStore::drain_blocking`] left behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DrainReport {
+    /// Whether the queue emptied before the timeout.
+    pub drained: bool,
+    /// Keys with writes still queued (0 when drained).
+    pub remaining_keys: usize,
+    /// Bytes still queued.
+    pub remaining_bytes: usize,
+    /// Writes given up after permanent errors, over the store's life.
+    pub failed: u64,
+}
+
+/// Executes memcached requests against one DynamoDB table.
+pub struct DynamoStore {
+    inner: Arc<Inner>,
+    handle: Handle,
+    runtime: Option<Runtime>,
+}
+
+struct Inner {
+    config: DynamoConfig,
+    table: Table,
+    names: Names,
+    queue: Queue,
+    counters: Counters,
+}
+
+impl std::fmt::Debug for DynamoStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DynamoStore")
+            .field("table", &self.inner.config.table)
+            .field("write_mode", &self.inner.config.write_mode)
+            .finish()
+    }
+}
+
+fn validate(c: &DynamoConfig) -> Result<(), DynamoError> {
+    let bad = |m: &str| Err(DynamoError::Config(m.to_owned()));
+    if c.table.len() < 3 || c.table.len() > 255 {
+        return bad("table name must be 3 to 255 characters");
+    }
+    let attrs = [
+        &c.key_attr,
+        &c.value_attr,
+        &c.flags_attr,
+        &c.expires_attr,
+        &c.cas_attr,
+    ];
+    if attrs.iter().any(|a| a.is_empty()) {
+        return bad("attribute names must not be empty");
+    }
+    for (i, a) in attrs.iter().enumerate() {
+        if attrs[i + 1..].contains(a) {
+            return bad("attribute names must be distinct");
+        }
+    }
+    if c.max_attempts == 0 {
+        return bad("max_attempts must be at least 1");
+    }
+    if c.write_mode == WriteMode::Behind && (c.queue_max_keys == 0 || c.queue_max_bytes == 0) {
+        return bad("queue_max_keys and queue_max_bytes must be positive");
+    }
+    Ok(())
+}
+
+/// Whether `endpoint` points at this machine (DynamoDB Local).
+fn is_loopback(endpoint: &str) -> bool {
+    let host = endpoint
+        .split("://")
+        .nth(1)
+        .unwrap_or(endpoint)
+        .split(['/', '?'])
+        .next()
+        .unwrap_or("");
+    let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+    matches!(host, "localhost" | "[::1]") || host.starts_with("127.")
+}
+
+async fn build_client(c: &DynamoConfig) -> aws_sdk_dynamodb::Client {
+    use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .build_https();
+    let retry = RetryConfig::standard()
+        .with_max_attempts(c.max_attempts)
+        .with_initial_backoff(Duration::from_millis(25))
+        .with_max_backoff(Duration::from_secs(1));
+    let mut timeouts = TimeoutConfig::builder().connect_timeout(Duration::from_secs(2));
+    if let Some(t) = c.operation_timeout {
+        timeouts = timeouts.operation_timeout(t);
+    }
+    let timeouts = timeouts.build();
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .http_client(http)
+        .retry_config(retry)
+        .timeout_config(timeouts);
+    if let Some(region) = &c.region {
+        loader = loader.region(Region::new(region.clone()));
+    }
+    if let Some(endpoint) = &c.endpoint {
+        loader = loader.endpoint_url(endpoint);
+        // DynamoDB Local accepts any credentials; with none configured in
+        // the environment, use fixed ones rather than probing IMDS.
+        let configured = [
+            "AWS_ACCESS_KEY_ID",
+            "AWS_PROFILE",
+            "AWS_WEB_IDENTITY_TOKEN_FILE",
+        ]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some());
+        if is_loopback(endpoint) && !configured {
+            // (DynamoDB Local v2+ wants an access key of letters and digits.)
+            loader = loader.credentials_provider(Credentials::new(
+                "memroutelocal",
+                "memroutelocal",
+                None,
+                None,
+                "memroute-dynamodb-local",
+            ));
+        }
+    }
+    let sdk = loader.load().await;
+    let mut builder = aws_sdk_dynamodb::config::Builder::from(&sdk);
+    if sdk.region().is_none() {
+        builder = builder.region(Region::new("us-east-1"));
+    }
+    aws_sdk_dynamodb::Client::from_conf(builder.build())
+}
+
+impl DynamoStore {
+    /// Builds the SDK client and, for write-behind, starts the writer.
+    /// Need not (and should not) be called from inside a tokio runtime's
+    /// async context: it blocks while the client is built (and the table
+    /// created, with `create_table`).
+    pub fn new(config: DynamoConfig) -> Result<Arc<DynamoStore>, DynamoError> {
+        validate(&config)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("memroute-dynamo")
+            .enable_all()
+            .build()?;
+        // block_on panics inside another runtime's context; a scoped thread
+        // has none.
+        let setup = std::thread::scope(|s| {
+            s.spawn(|| {
+                runtime.block_on(async {
+                    let client = build_client(&config).await;
+                    let names = Names::from_config(&config);
+                    let table =
+                        Table::new(client, config.table.clone(), names, config.consistent_read);
+                    if config.create_table {
+                        table.create_if_missing().await?;
+                    }
+                    Ok::<Table, DdbError>(table)
+                })
+            })
+            .join()
+        });
+        let table = match setup {
+            Ok(Ok(table)) => table,
+            Ok(Err(e)) => {
+                runtime.shutdown_background();
+                return Err(DynamoError::Table {
+                    table: config.table.clone(),
+                    message: e.describe(),
+                });
+            }
+            Err(_) => {
+                runtime.shutdown_background();
+                return Err(DynamoError::Config("client setup panicked".into()));
+            }
+        };
+        let inner = Arc::new(Inner {
+            names: Names::from_config(&config),
+            queue: Queue::new(config.queue_max_keys, config.queue_max_bytes),
+            table,
+            counters: Counters::default(),
+            config,
+        });
+        if inner.config.write_mode == WriteMode::Behind {
+            runtime.spawn(Arc::clone(&inner).run_writer());
+        }
+        Ok(Arc::new(DynamoStore {
+            inner,
+            handle: runtime.handle().clone(),
+            runtime: Some(runtime),
+        }))
+    }
+
+    /// Executes one memcached request and returns exactly the reply
+    /// memcached would send. Callable from any tokio runtime. `noreply` and
+    /// meta `q` are the caller's business (the request runs as if they were
+    /// absent).
+    pub async fn execute(&self, request: &Request) -> Response {
+        let inner = &self.inner;
+        let plan = ops::plan(request, inner.config.key_prefix_strip.as_deref());
+        match &plan {
+            Plan::Reply(response) => return response.clone(),
+            // Write-behind answers many requests from the queue, without I/O:
+            // do that on the caller's thread.
+            Plan::Single { id, op } if inner.behind() => {
+                let now = now_secs();
+                let fits = |len: usize| inner.names.fits(id, len);
+                if let Local::Done(outcome) =
+                    inner.queue.try_local(id, op, now, &fits, &inner.counters)
+                {
+                    return inner.render_single(request, &outcome);
+                }
+            }
+            Plan::Get { ids, touch: None } if inner.behind() && ids.len() == 1 => {
+                let fits = |len: usize| inner.names.fits(&ids[0], len);
+                let read = KeyOp::Read { touch: None };
+                if let (Local::Done(outcome), Command::Get(get)) = (
+                    inner
+                        .queue
+                        .try_local(&ids[0], &read, now_secs(), &fits, &inner.counters),
+                    request.command(),
+                ) {
+                    return ops::render_get(request, &get.keys[..1], &[outcome]);
+                }
+            }
+            _ => {}
+        }
+        let task_inner = Arc::clone(inner);
+        let task_request = request.clone();
+        let task = self.handle.spawn(async move {
+            match plan {
+                Plan::Reply(response) => response,
+                Plan::Single { id, op } => {
+                    let outcome = task_inner.single(&id, &op).await;
+                    task_inner.render_single(&task_request, &outcome)
+                }
+                Plan::Get { ids, touch } => task_inner.multi_get(&task_request, &ids, touch).await,
+            }
+        });
+        match task.await {
+            Ok(response) => response,
+            Err(_) => {
+                inner.counters.errors.incr();
+                Response::from_line(ops::BACKEND_FAILURE)
+            }
+        }
+    }
+
+    /// Waits until the write-behind queue is empty or `timeout` passes, for
+    /// graceful shutdown. Blocks the calling thread: call it from a thread
+    /// that is not driving async tasks.
+    pub fn drain_blocking(&self, timeout: Duration) -> DrainReport {
+        let (keys, bytes) = self.inner.queue.wait_empty(timeout);
+        DrainReport {
+            drained: keys == 0,
+            remaining_keys: keys,
+            remaining_bytes: bytes,
+            failed: self.inner.counters.failed.get(),
+        }
+    }
+
+    pub fn stats(&self) -> DynamoStats {
+        self.inner.counters.snapshot(self.inner.queue.depth())
+    }
+
+    pub fn config(&self) -> &DynamoConfig {
+        &self.inner.config
+    }
+}
+
+impl Drop for DynamoStore {
+    fn drop(&mut self) {
+        let Some(runtime) = self.runtime.take() else {
+            return;
+        };
+        let (keys, _, _) = self.inner.queue.depth();
+        if keys == 0 {
+            // Safe from any context, async included.
+            runtime.shutdown_background();
+            return;
+        }
+        // Acknowledged writes are still queued (the store was dropped
+        // without drain_blocking, e.g. replaced by a reload): let them land
+        // from a background thread rather than lose them.
+        tracing::warn!(
+            table = %self.inner.config.table,
+            keys,
+            "DynamoDB store dropped with queued writes; draining in the background"
+        );
+        let inner = Arc::clone(&self.inner);
+        let spawned = std::thread::Builder::new()
+            .name("memroute-dynamo-drain".into())
+            .spawn(move || {
+                let (left, _) = inner.queue.wait_empty(Duration::from_secs(300));
+                if left > 0 {
+                    tracing::error!(
+                        table = %inner.config.table,
+                        keys = left,
+                        "gave up draining DynamoDB write-behind queue"
+                    );
+                }
+                runtime.shutdown_background();
+            });
+        if let Err(e) = spawned {
+            tracing::error!("cannot start drain thread: {e}");
+        }
+    }
+}
+
+impl Inner {
+    fn behind(&self) -> bool {
+        self.config.write_mode == WriteMode::Behind
+    }
+
+    fn fits(&self, id: &str) -> impl Fn(usize) -> bool + '_ {
+        let names = &self.names;
+        let id = id.to_owned();
+        move |len| names.fits(&id, len)
+    }
+
+    fn render_single(&self, request: &Request, outcome: &Outcome) -> Response {
+        match outcome {
+            Outcome::Failed => self.counters.errors.incr(),
+            Outcome::TooLarge => self.counters.too_large.incr(),
+            Outcome::NoMemory => self.counters.rejected.incr(),
+            _ => {}
+        }
+        ops::render_single(request, outcome, now_secs())
+    }
+
+    /// One single-key operation, in the configured mode.
+    async fn single(&self, id: &str, op: &KeyOp) -> Outcome {
+        if !self.behind() {
+            return self.direct(id, op, clock::next_version()).await;
+        }
+        let deadline = tokio::time::Instant::now() + self.config.backpressure_timeout;
+        loop {
+            let space = self.queue.space.notified();
+            tokio::pin!(space);
+            space.as_mut().enable();
+            let fits = self.fits(id);
+            match self
+                .queue
+                .try_local(id, op, now_secs(), &fits, &self.counters)
+            {
+                Local::Done(outcome) => return outcome,
+                Local::Read => return self.direct(id, op, 0).await,
+                Local::Exclusive => return self.exclusive(id, op).await,
+                Local::Full => {
+                    if tokio::time::timeout_at(deadline, space).await.is_err() {
+                        return Outcome::NoMemory;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits for the key's earlier queued writes, then runs write-through
+    /// while later writes of the key wait.
+    async fn exclusive(&self, id: &str, op: &KeyOp) -> Outcome {
+        let (ticket, granted, version) = self.queue.register_exclusive(id);
+        let _guard = ExclusiveGuard {
+            queue: &self.queue,
+            id,
+            ticket,
+        };
+        let wait = self
+            .config
+            .operation_timeout
+            .unwrap_or(Duration::from_secs(30));
+        match tokio::time::timeout(wait, granted).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Outcome::Failed,
+            Err(_) => {
+                tracing::warn!(
+                    table = %self.config.table,
+                    key = id,
+                    "queued writes of the key did not land in time"
+                );
+                return Outcome::Failed;
+            }
+        }
+        self.direct(id, op, version).await
+    }
+
+    /// Runs `op` against the table and waits for it. `version` is the
+    /// version new items get (at least; above the stored one).
+    async fn direct(&self, id: &str, op: &KeyOp, version: u64) -> Outcome {
+        let now = now_secs();
+        match op {
+            KeyOp::Read { touch: None } => match self.read(id).await {
+                Ok(Some(item)) => Outcome::Hit {
+                    ttl_before: clock::remaining_ttl(item.expires, now),
+                    item,
+                },
+                Ok(None) => Outcome::Miss,
+                Err(e) => self.failed(id, "GetItem", &e),
+            },
+            KeyOp::Read { touch: Some(t) } | KeyOp::Touch { exptime: t } => {
+                let expires = absolute_expiry(*t, now);
+                self.counters.sync_writes.incr();
+                match self.table.touch(id, expires, now).await {
+                    Ok(Some(old)) => match op {
+                        KeyOp::Touch { .. } => Outcome::Touched,
+                        _ => Outcome::Hit {
+                            ttl_before: clock::remaining_ttl(old.expires, now),
+                            item: Item { expires, ..old },
+                        },
+                    },
+                    Ok(None) => match op {
+                        KeyOp::Touch { .. } => Outcome::NotFound,
+                        _ => Outcome::Miss,
+                    },
+                    Err(e) => self.failed(id, "UpdateItem", &e),
+                }
+            }
+            KeyOp::Delete { compare_cas: None } => {
+                self.counters.sync_writes.incr();
+                match self.table.delete(id, Cond::None).await {
+                    Ok(Some(old)) if old.is_live(now) => Outcome::Deleted,
+                    Ok(_) => Outcome::NotFound,
+                    Err(e) => self.failed(id, "DeleteItem", &e),
+                }
+            }
+            KeyOp::Store(s)
+                if s.vivify.is_none()
+                    && s.mode != StoreMode::Append
+                    && s.mode != StoreMode::Prepend =>
+            {
+                self.store_once(id, op, s, version, now).await
+            }
+            _ => self.read_modify_write(id, op, version).await,
+        }
+    }
+
+    /// set / add / replace / cas with one conditional PutItem.
+    async fn store_once(
+        &self,
+        id: &str,
+        op: &KeyOp,
+        s: &ops::StoreSpec,
+        version: u64,
+        now: i64,
+    ) -> Outcome {
+        let decision = decide(op, None, now, &self.fits(id));
+        // With no current item, decide() yields the new item for set/add
+        // (replace and cas yield nothing; build the same item).
+        let mut item = match decision.write {
+            Write::Put(item) => item,
+            _ if decision.outcome == Outcome::TooLarge => return Outcome::TooLarge,
+            _ => Item {
+                value: s.value.clone(),
+                flags: s.flags,
+                expires: absolute_expiry(s.exptime, now),
+                cas: 0,
+            },
+        };
+        if !self.names.fits(id, item.value.len()) {
+            return Outcome::TooLarge;
+        }
+        item.cas = version;
+        let cond = match (s.mode, s.compare_cas) {
+            (StoreMode::Set, None) => Cond::VersionAtMost(version),
+            (StoreMode::Add, _) => Cond::NotLive { now },
+            (_, Some(cas)) => Cond::LiveCas { now, cas },
+            (_, None) => Cond::Live { now },
+        };
+        self.counters.sync_writes.incr();
+        let stored = Outcome::Stored {
+            cas: version,
+            size: item.value.len(),
+        };
+        match self.table.put(id, &item, cond).await {
+            Ok(()) => stored,
+            Err(DdbError::Condition(old)) => match cond {
+                // A newer version is stored: this write is ordered before it.
+                Cond::VersionAtMost(_) => stored,
+                Cond::LiveCas { .. } => {
+                    let old = match old {
+                        Some(old) => Ok(Some(*old)),
+                        None => self.table.get(id, true).await,
+                    };
+                    match old {
+                        Ok(Some(old)) if old.is_live(now) => Outcome::Exists,
+                        Ok(_) => Outcome::NotFound,
+                        Err(e) => self.failed(id, "GetItem", &e),
+                    }
+                }
+                _ => Outcome::NotStored,
+            },
+            Err(DdbError::TooLarge) => Outcome::TooLarge,
+            Err(e) => self.failed(id, "PutItem", &e),
+        }
+    }
+
+    /// Reads the item, decides, and writes conditionally on the item being
+    /// unchanged; repeats when another writer got in between.
+    async fn read_modify_write(&self, id: &str, op: &KeyOp, version: u64) -> Outcome {
+        let fits = self.fits(id);
+        for attempt in 0..RMW_ATTEMPTS {
+            let raw = match self.table.get(id, true).await {
+                Ok(raw) => raw,
+                Err(e) => return self.failed(id, "GetItem", &e),
+            };
+            let now = now_secs();
+            let live = raw.as_ref().filter(|i| i.is_live(now));
+            let decision = decide(op, live, now, &fits);
+            let cond = Cond::Unchanged(raw.as_ref().map(|i| (i.cas != 0).then_some(i.cas)));
+            self.counters.sync_writes.incr();
+            let result = match decision.write {
+                Write::None => return decision.outcome,
+                Write::Put(mut item) => {
+                    let old_cas = raw.as_ref().map_or(0, |i| i.cas);
+                    item.cas = match (decision.cas, live) {
+                        (CasRule::Keep, Some(cur)) if cur.cas != 0 => cur.cas,
+                        _ => version.max(old_cas.saturating_add(1)),
+                    };
+                    observe_version(item.cas);
+                    let cas = item.cas;
+                    self.table
+                        .put(id, &item, cond)
+                        .await
+                        .map(|()| decision.outcome.clone().with_cas(cas))
+                }
+                Write::Delete => self
+                    .table
+                    .delete(id, cond)
+                    .await
+                    .map(|_| decision.outcome.clone()),
+            };
+            match result {
+                Ok(outcome) => return outcome,
+                Err(DdbError::Condition(_)) => {
+                    self.counters.conflicts.incr();
+                    let pause = 1 + u64::from(attempt) * 2 + jitter_ms(5);
+                    tokio::time::sleep(Duration::from_millis(pause.min(50))).await;
+                }
+                Err(DdbError::TooLarge) => return Outcome::TooLarge,
+                Err(e) => return self.failed(id, "write", &e),
+            }
+        }
+        tracing::warn!(table = %self.config.table, key = id, "read-modify-write kept conflicting");
+        Outcome::Failed
+    }
+
+    fn failed(&self, id: &str, call: &str, e: &DdbError) -> Outcome {
+        tracing::warn!(table = %self.config.table, key = id, call, error = %e.describe(), "DynamoDB call failed");
+        Outcome::Failed
+    }
+
+    /// A live item from the table, counting the read.
+    async fn read(&self, id: &str) -> Result<Option<Item>, DdbError> {
+        self.counters.reads.incr();
+        let now = now_secs();
+        let item = self.table.get(id, false).await?.filter(|i| i.is_live(now));
+        if item.is_some() {
+            self.counters.read_hits.incr();
+        } else {
+            self.counters.read_misses.incr();
+        }
+        Ok(item)
+    }
+
+    /// `get`/`gets`/`gat`/`gats`, any number of keys.
+    async fn multi_get(&self, request: &Request, ids: &[String], touch: Option<i64>) -> Response {
+        let Command::Get(get) = request.command() else {
+            return Response::from_line(ops::BACKEND_FAILURE);
+        };
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; ids.len()];
+        if touch.is_some() || ids.len() == 1 {
+            let op = KeyOp::Read { touch };
+            for (i, id) in ids.iter().enumerate() {
+                outcomes[i] = Some(self.single(id, &op).await);
+            }
+        } else {
+            let now = now_secs();
+            let read = KeyOp::Read { touch: None };
+            let mut wanted: Vec<String> = Vec::new();
+            for (i, id) in ids.iter().enumerate() {
+                if self.behind() {
+                    let fits = self.fits(id);
+                    if let Local::Done(o) =
+                        self.queue.try_local(id, &read, now, &fits, &self.counters)
+                    {
+                        outcomes[i] = Some(o);
+                        continue;
+                    }
+                }
+                if !wanted.contains(id) {
+                    wanted.push(id.clone());
+                }
+            }
+            let mut found: HashMap<String, Item> = HashMap::new();
+            for chunk in wanted.chunks(BATCH_GET_MAX) {
+                self.counters.reads.add(chunk.len() as u64);
+                match self.table.batch_get(chunk).await {
+                    Ok(items) => found.extend(items),
+                    Err(e) => {
+                        self.failed(&chunk[0], "BatchGetItem", &e);
+                        self.counters.errors.incr();
+                        return Response::from_line(ops::BACKEND_FAILURE);
+                    }
+                }
+            }
+            let now = now_secs();
+            for (i, id) in ids.iter().enumerate() {
+                if outcomes[i].is_some() {
+                    continue;
+                }
+                let hit = found.get(id).filter(|item| item.is_live(now));
+                outcomes[i] = Some(match hit {
+                    Some(item) => Outcome::Hit {
+                        item: item.clone(),
+                        ttl_before: 0,
+                    },
+                    None => Outcome::Miss,
+                });
+            }
+            for id in &wanted {
+                if found.get(id).is_some_and(|item| item.is_live(now)) {
+                    self.counters.read_hits.incr();
+                } else {
+                    self.counters.read_misses.incr();
+                }
+            }
+        }
+        let outcomes: Vec<Outcome> = outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or(Outcome::Miss))
+            .collect();
+        if outcomes.contains(&Outcome::Failed) {
+            self.counters.errors.incr();
+        }
+        let keys: Vec<Bytes> = get.keys.iter().cloned().collect();
+        ops::render_get(request, &keys, &outcomes)
+    }
+
+    /// The write-behind writer: sends queued writes, at most one per key and
+    /// [`WRITE_CONCURRENCY`] in all at a time.
+    async fn run_writer(self: Arc<Self>) {
+        let permits = Arc::new(tokio::sync::Semaphore::new(WRITE_CONCURRENCY));
+        loop {
+            let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+                return;
+            };
+            let job = loop {
+                let work = self.queue.work.notified();
+                tokio::pin!(work);
+                work.as_mut().enable();
+                if let Some(job) = self.queue.take_ready() {
+                    break job;
+                }
+                work.await;
+            };
+            let inner = Arc::clone(&self);
+            tokio::spawn(async move {
+                inner.send_queued(&job).await;
+                inner.queue.complete(&job.id);
+                drop(permit);
+            });
+        }
+    }
+
+    /// Sends one queued write until it lands, is superseded, or fails
+    /// permanently. Transient failures are retried indefinitely: the write
+    /// was acknowledged.
+    async fn send_queued(&self, job: &Job) {
+        let mut backoff = RETRY_BACKOFF_MIN;
+        let mut attempts: u64 = 0;
+        loop {
+            let cond = Cond::VersionAtMost(job.version);
+            let result = match &job.op {
+                QueuedOp::Put(item) => self.table.put(&job.id, item, cond).await,
+                QueuedOp::Delete => self.table.delete(&job.id, cond).await.map(|_| ()),
+            };
+            match result {
+                Ok(()) => {
+                    self.counters.written.incr();
+                    return;
+                }
+                Err(DdbError::Condition(_)) => {
+                    self.counters.superseded.incr();
+                    return;
+                }
+                Err(e @ (DdbError::Permanent(_) | DdbError::TooLarge)) => {
+                    self.counters.failed.incr();
+                    tracing::error!(
+                        table = %self.config.table,
+                        key = %job.id,
+                        error = %e.describe(),
+                        "write-behind write failed permanently; dropped"
+                    );
+                    return;
+                }
+                Err(DdbError::Transient(message)) => {
+                    self.counters.retried.incr();
+                    attempts += 1;
+                    if attempts == 1 || attempts.is_multiple_of(20) {
+                        tracing::warn!(
+                            table = %self.config.table,
+                            key = %job.id,
+                            attempts,
+                            error = %message,
+                            "write-behind write failed; retrying"
+                        );
+                    }
+                    let pause = backoff
+                        + Duration::from_millis(jitter_ms(backoff.as_millis() as u64 / 4 + 1));
+                    tokio::time::sleep(pause).await;
+                    backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
+                }
+            }
+        }
+    }
+}
+
+/// A cheap pseudo-random number below `max` (for retry jitter).
+fn jitter_ms(max: u64) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    u64::from(nanos.wrapping_mul(2_654_435_761)) % max.max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_detection() {
+        assert!(is_loopback("http://127.0.0.1:8000"));
+        assert!(is_loopback("http://localhost:8000/"));
+        assert!(is_loopback("http://[::1]:8000"));
+        assert!(!is_loopback("https://dynamodb.eu-west-1.amazonaws.com"));
+    }
+
+    #[test]
+    fn config_validation() {
+        assert!(validate(&DynamoConfig::default()).is_ok());
+        let dup = DynamoConfig {
+            cas_attr: "id".into(),
+            ..DynamoConfig::default()
+        };
+        assert!(validate(&dup).is_err());
+    }
+}

@@ -1,0 +1,408 @@
+//! The DynamoDB calls, typed in memcached terms.
+//!
+//! Every call here runs on the store's own runtime. Errors are classified
+//! once ([`DdbError`]) so callers can tell a failed condition from a
+//! throttled request from a request that can never succeed.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, KeysAndAttributes,
+    ReturnValue, ReturnValuesOnConditionCheckFailure, ScalarAttributeType, TableStatus,
+};
+use aws_sdk_dynamodb::Client;
+
+use crate::item::{Item, Names};
+
+/// Most keys in one BatchGetItem call.
+pub const BATCH_GET_MAX: usize = 100;
+
+/// How often BatchGetItem's UnprocessedKeys are asked for again before the
+/// read fails.
+const UNPROCESSED_ROUNDS: u32 = 10;
+
+/// A failed DynamoDB call.
+#[derive(Debug, Clone)]
+pub enum DdbError {
+    /// The condition did not hold; carries the item as it was, when
+    /// DynamoDB returned it (`ReturnValuesOnConditionCheckFailure`).
+    Condition(Option<Box<Item>>),
+    /// DynamoDB refused the item as too large.
+    TooLarge,
+    /// A request that can never succeed (validation, serialization).
+    Permanent(String),
+    /// Throttling, service errors, timeouts, connection failures: worth
+    /// retrying later.
+    Transient(String),
+}
+
+impl DdbError {
+    pub fn describe(&self) -> String {
+        match self {
+            DdbError::Condition(_) => "conditional check failed".into(),
+            DdbError::TooLarge => "item too large".into(),
+            DdbError::Permanent(m) | DdbError::Transient(m) => m.clone(),
+        }
+    }
+}
+
+fn classify<E>(err: &SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>) -> DdbError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let text = format!("{}", DisplayErrorContext(err));
+    if let SdkError::ServiceError(_) = err {
+        let code = err.code().unwrap_or("");
+        let message = err.message().unwrap_or("");
+        return match code {
+            "ConditionalCheckFailedException" => DdbError::Condition(None),
+            "ValidationException" if message.to_ascii_lowercase().contains("size") => {
+                DdbError::TooLarge
+            }
+            "ValidationException" | "SerializationException" => DdbError::Permanent(text),
+            _ => DdbError::Transient(text),
+        };
+    }
+    DdbError::Transient(text)
+}
+
+/// What a write requires of the stored item.
+#[derive(Debug, Clone, Copy)]
+pub enum Cond {
+    /// Nothing.
+    None,
+    /// No version, or a version not above `v` (ordered blind writes).
+    VersionAtMost(u64),
+    /// No live item (`add`).
+    NotLive { now: i64 },
+    /// A live item (`replace`).
+    Live { now: i64 },
+    /// A live item whose version is `cas` (`cas`).
+    LiveCas { now: i64, cas: u64 },
+    /// The item is exactly as read (read-modify-write): absent, present
+    /// without a version, or present with this version.
+    Unchanged(Option<Option<u64>>),
+}
+
+/// A condition expression with its names and values.
+#[derive(Default)]
+struct Expr {
+    text: String,
+    names: HashMap<String, String>,
+    values: HashMap<String, AttributeValue>,
+}
+
+impl Expr {
+    fn name(&mut self, placeholder: &str, attr: &str) -> &mut Self {
+        self.names.insert(placeholder.to_owned(), attr.to_owned());
+        self
+    }
+    fn num(&mut self, placeholder: &str, v: impl ToString) -> &mut Self {
+        self.values
+            .insert(placeholder.to_owned(), AttributeValue::N(v.to_string()));
+        self
+    }
+    fn names(&self) -> Option<HashMap<String, String>> {
+        (!self.names.is_empty()).then(|| self.names.clone())
+    }
+    fn values(&self) -> Option<HashMap<String, AttributeValue>> {
+        (!self.values.is_empty()).then(|| self.values.clone())
+    }
+    fn text(&self) -> Option<String> {
+        (!self.text.is_empty()).then(|| self.text.clone())
+    }
+}
+
+const LIVE: &str = "attribute_exists(#k) AND (attribute_not_exists(#e) OR #e = :zero OR #e > :now)";
+
+fn condition(names: &Names, cond: Cond) -> Expr {
+    let mut e = Expr::default();
+    match cond {
+        Cond::None => {}
+        Cond::VersionAtMost(v) => {
+            e.text = "attribute_not_exists(#c) OR #c <= :v".into();
+            e.name("#c", &names.cas).num(":v", v);
+        }
+        Cond::NotLive { now } => {
+            e.text = "attribute_not_exists(#k) OR (#e > :zero AND #e <= :now)".into();
+            e.name("#k", &names.key)
+                .name("#e", &names.expires)
+                .num(":zero", 0)
+                .num(":now", now);
+        }
+        Cond::Live { now } => {
+            e.text = LIVE.into();
+            e.name("#k", &names.key)
+                .name("#e", &names.expires)
+                .num(":zero", 0)
+                .num(":now", now);
+        }
+        Cond::LiveCas { now, cas } => {
+            e.text = format!("{LIVE} AND #c = :cas");
+            e.name("#k", &names.key)
+                .name("#e", &names.expires)
+                .name("#c", &names.cas)
+                .num(":zero", 0)
+                .num(":now", now)
+                .num(":cas", cas);
+        }
+        Cond::Unchanged(None) => {
+            e.text = "attribute_not_exists(#k)".into();
+            e.name("#k", &names.key);
+        }
+        Cond::Unchanged(Some(None)) => {
+            e.text = "attribute_exists(#k) AND (attribute_not_exists(#c) OR #c = :zero)".into();
+            e.name("#k", &names.key)
+                .name("#c", &names.cas)
+                .num(":zero", 0);
+        }
+        Cond::Unchanged(Some(Some(v))) => {
+            e.text = "#c = :old".into();
+            e.name("#c", &names.cas).num(":old", v);
+        }
+    }
+    e
+}
+
+/// One table and the client that reaches it.
+#[derive(Clone)]
+pub struct Table {
+    client: Client,
+    name: String,
+    names: Names,
+    consistent_read: bool,
+}
+
+impl Table {
+    pub fn new(client: Client, name: String, names: Names, consistent_read: bool) -> Self {
+        Table {
+            client,
+            name,
+            names,
+            consistent_read,
+        }
+    }
+
+    fn key(&self, id: &str) -> HashMap<String, AttributeValue> {
+        HashMap::from([(self.names.key.clone(), AttributeValue::S(id.to_owned()))])
+    }
+
+    /// GetItem. `consistent` overrides the configured read consistency
+    /// (read-modify-write always reads consistently).
+    pub async fn get(&self, id: &str, consistent: bool) -> Result<Option<Item>, DdbError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.name)
+            .set_key(Some(self.key(id)))
+            .consistent_read(consistent || self.consistent_read)
+            .send()
+            .await
+            .map_err(|e| classify(&e))?;
+        Ok(out.item().map(|attrs| self.names.read_item(attrs)))
+    }
+
+    /// BatchGetItem for up to [`BATCH_GET_MAX`] distinct ids; retries
+    /// UnprocessedKeys with backoff. Returns the items found, by id.
+    pub async fn batch_get(&self, ids: &[String]) -> Result<HashMap<String, Item>, DdbError> {
+        let mut found = HashMap::with_capacity(ids.len());
+        let mut keys: Vec<HashMap<String, AttributeValue>> =
+            ids.iter().map(|id| self.key(id)).collect();
+        let mut backoff = Duration::from_millis(20);
+        for round in 0..=UNPROCESSED_ROUNDS {
+            let request = KeysAndAttributes::builder()
+                .set_keys(Some(std::mem::take(&mut keys)))
+                .consistent_read(self.consistent_read)
+                .build()
+                .map_err(|e| DdbError::Permanent(e.to_string()))?;
+            let out = self
+                .client
+                .batch_get_item()
+                .request_items(&self.name, request)
+                .send()
+                .await
+                .map_err(|e| classify(&e))?;
+            if let Some(items) = out.responses().and_then(|r| r.get(&self.name)) {
+                for attrs in items {
+                    if let Some(AttributeValue::S(id)) = attrs.get(&self.names.key) {
+                        found.insert(id.clone(), self.names.read_item(attrs));
+                    }
+                }
+            }
+            keys = out
+                .unprocessed_keys()
+                .and_then(|u| u.get(&self.name))
+                .map(|k| k.keys().to_vec())
+                .unwrap_or_default();
+            if keys.is_empty() {
+                return Ok(found);
+            }
+            if round < UNPROCESSED_ROUNDS {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+        Err(DdbError::Transient(format!(
+            "BatchGetItem left {} keys unprocessed",
+            keys.len()
+        )))
+    }
+
+    /// PutItem under `cond`. On a failed condition the error carries the
+    /// stored item when DynamoDB returns it.
+    pub async fn put(&self, id: &str, item: &Item, cond: Cond) -> Result<(), DdbError> {
+        let expr = condition(&self.names, cond);
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.name)
+            .set_item(Some(self.names.item_attrs(id, item)))
+            .set_condition_expression(expr.text())
+            .set_expression_attribute_names(expr.names())
+            .set_expression_attribute_values(expr.values())
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(err) => {
+                if let Some(PutItemError::ConditionalCheckFailedException(ccf)) =
+                    err.as_service_error()
+                {
+                    let old = ccf.item().map(|a| Box::new(self.names.read_item(a)));
+                    return Err(DdbError::Condition(old));
+                }
+                Err(classify(&err))
+            }
+        }
+    }
+
+    /// DeleteItem under `cond`; returns the item it removed, if any.
+    pub async fn delete(&self, id: &str, cond: Cond) -> Result<Option<Item>, DdbError> {
+        let expr = condition(&self.names, cond);
+        let result = self
+            .client
+            .delete_item()
+            .table_name(&self.name)
+            .set_key(Some(self.key(id)))
+            .set_condition_expression(expr.text())
+            .set_expression_attribute_names(expr.names())
+            .set_expression_attribute_values(expr.values())
+            .return_values(ReturnValue::AllOld)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match result {
+            Ok(out) => Ok(out.attributes().map(|a| self.names.read_item(a))),
+            Err(err) => {
+                if let Some(DeleteItemError::ConditionalCheckFailedException(ccf)) =
+                    err.as_service_error()
+                {
+                    let old = ccf.item().map(|a| Box::new(self.names.read_item(a)));
+                    return Err(DdbError::Condition(old));
+                }
+                Err(classify(&err))
+            }
+        }
+    }
+
+    /// Sets the expiry of a live item (removes it for 0), leaving its value,
+    /// flags and CAS alone, as memcached's touch does. Returns the item as it
+    /// was before the update, or `None` if there was no live item.
+    pub async fn touch(&self, id: &str, expires: i64, now: i64) -> Result<Option<Item>, DdbError> {
+        let mut expr = condition(&self.names, Cond::Live { now });
+        let update = if expires == 0 {
+            "REMOVE #e".to_owned()
+        } else {
+            expr.num(":exp", expires);
+            "SET #e = :exp".to_owned()
+        };
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.name)
+            .set_key(Some(self.key(id)))
+            .update_expression(update)
+            .set_condition_expression(expr.text())
+            .set_expression_attribute_names(expr.names())
+            .set_expression_attribute_values(expr.values())
+            .return_values(ReturnValue::AllOld)
+            .send()
+            .await;
+        match result {
+            Ok(out) => Ok(out.attributes().map(|a| self.names.read_item(a))),
+            Err(err) => {
+                if let Some(UpdateItemError::ConditionalCheckFailedException(_)) =
+                    err.as_service_error()
+                {
+                    return Ok(None);
+                }
+                Err(classify(&err))
+            }
+        }
+    }
+
+    /// Creates the table (string hash key, on-demand billing) unless it
+    /// exists, and waits until it is active.
+    pub async fn create_if_missing(&self) -> Result<(), DdbError> {
+        let exists = match self
+            .client
+            .describe_table()
+            .table_name(&self.name)
+            .send()
+            .await
+        {
+            Ok(_) => true,
+            Err(err) if err.code() == Some("ResourceNotFoundException") => false,
+            Err(err) => return Err(classify(&err)),
+        };
+        if !exists {
+            let key = KeySchemaElement::builder()
+                .attribute_name(&self.names.key)
+                .key_type(KeyType::Hash)
+                .build()
+                .map_err(|e| DdbError::Permanent(e.to_string()))?;
+            let def = AttributeDefinition::builder()
+                .attribute_name(&self.names.key)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .map_err(|e| DdbError::Permanent(e.to_string()))?;
+            let created = self
+                .client
+                .create_table()
+                .table_name(&self.name)
+                .key_schema(key)
+                .attribute_definitions(def)
+                .billing_mode(BillingMode::PayPerRequest)
+                .send()
+                .await;
+            if let Err(err) = created {
+                if err.code() != Some("ResourceInUseException") {
+                    return Err(classify(&err));
+                }
+            }
+        }
+        for _ in 0..600 {
+            let out = self
+                .client
+                .describe_table()
+                .table_name(&self.name)
+                .send()
+                .await
+                .map_err(|e| classify(&e))?;
+            if out.table().and_then(|t| t.table_status()) == Some(&TableStatus::Active) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(DdbError::Transient(format!(
+            "table {} did not become active",
+            self.name
+        )))
+    }
+}

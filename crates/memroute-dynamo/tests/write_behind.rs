@@ -1,0 +1,267 @@
+//! Write-behind semantics and the per-key ordering torture (both modes).
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{cmd, run, shared, store};
+use memroute_dynamo::{DynamoConfig, DynamoStore, WriteMode};
+
+/// A write-through store on the same table, to see what DynamoDB holds.
+fn reader(of: &DynamoStore) -> Arc<DynamoStore> {
+    DynamoStore::new(DynamoConfig {
+        write_mode: WriteMode::Through,
+        create_table: false,
+        ..of.config().clone()
+    })
+    .unwrap()
+}
+
+#[tokio::test]
+async fn queued_writes_read_your_writes_and_land() {
+    let s = store(shared(), "wb", WriteMode::Behind);
+    let table = reader(&s);
+    assert_eq!(run(&s, "set a 4 0 2", b"v1").await, "STORED\r\n");
+    // Answered from the queue, before or after it lands.
+    assert_eq!(cmd(&s, "get a").await, "VALUE a 4 2\r\nv1\r\nEND\r\n");
+    assert_eq!(run(&s, "set a 4 0 2", b"v2").await, "STORED\r\n");
+    assert_eq!(
+        cmd(&s, "get a nope a").await,
+        "VALUE a 4 2\r\nv2\r\nVALUE a 4 2\r\nv2\r\nEND\r\n"
+    );
+    // delete of a queued item is answered from the queue.
+    assert_eq!(cmd(&s, "delete a").await, "DELETED\r\n");
+    assert_eq!(cmd(&s, "get a").await, "END\r\n");
+    assert_eq!(cmd(&s, "delete a").await, "NOT_FOUND\r\n");
+    assert_eq!(run(&s, "set a 4 0 2", b"v3").await, "STORED\r\n");
+    assert_eq!(cmd(&s, "touch a 1000").await, "TOUCHED\r\n");
+    let mg = cmd(&s, "mg a t v").await;
+    assert!(
+        mg.starts_with("VA 2 t1000") || mg.starts_with("VA 2 t999"),
+        "{mg}"
+    );
+    // State-dependent commands wait for the key's queued writes, then run
+    // against the table.
+    assert_eq!(run(&s, "add a 0 0 1", b"x").await, "NOT_STORED\r\n");
+    assert_eq!(run(&s, "append a 0 0 1", b"!").await, "STORED\r\n");
+    assert_eq!(cmd(&s, "get a").await, "VALUE a 4 3\r\nv3!\r\nEND\r\n");
+    assert_eq!(cmd(&table, "get a").await, "VALUE a 4 3\r\nv3!\r\nEND\r\n");
+    assert_eq!(run(&s, "set n 0 0 1", b"5").await, "STORED\r\n");
+    assert_eq!(cmd(&s, "incr n 10").await, "15\r\n");
+    let gets = cmd(&s, "gets n").await;
+    let cas: u64 = gets
+        .lines()
+        .next()
+        .unwrap()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        run(&s, &format!("cas n 0 0 1 {cas}"), b"7").await,
+        "STORED\r\n"
+    );
+    // A set right after a state-dependent command is ordered after it.
+    assert_eq!(run(&s, "set n 0 0 1", b"9").await, "STORED\r\n");
+    // delete / touch of a key with nothing queued go to the table.
+    assert_eq!(cmd(&s, "delete cold").await, "NOT_FOUND\r\n");
+    assert_eq!(cmd(&s, "touch cold 10").await, "NOT_FOUND\r\n");
+    assert_eq!(cmd(&s, "gat 10 cold").await, "END\r\n");
+    // Oversized values are refused before queueing.
+    let huge = common::filler(400 * 1024);
+    assert_eq!(
+        run(&s, &format!("set a 0 0 {}", huge.len()), &huge).await,
+        "SERVER_ERROR object too large for cache\r\n"
+    );
+    let report = s.drain_blocking(Duration::from_secs(20));
+    assert!(report.drained, "{report:?}");
+    assert_eq!(
+        cmd(&table, "get a n").await,
+        "VALUE a 4 3\r\nv3!\r\nVALUE n 0 1\r\n9\r\nEND\r\n"
+    );
+    let stats = s.stats();
+    assert_eq!(
+        (stats.queue_depth, stats.queue_bytes, stats.in_flight),
+        (0, 0, 0)
+    );
+    assert_eq!(stats.failed, 0);
+    assert_eq!(stats.written + stats.coalesced, stats.queued, "{stats:?}");
+    assert!(stats.queue_hits >= 3);
+    // Meta set in set mode is queued too; with C it is write-through.
+    assert_eq!(
+        run(&s, "ms m 1 F2 c", b"m").await.split(' ').next(),
+        Some("HD")
+    );
+    assert_eq!(cmd(&s, "mg m v f").await, "VA 1 f2\r\nm\r\n");
+    assert_eq!(run(&s, "ms m 1 C1", b"x").await, "EX\r\n");
+    assert_eq!(cmd(&s, "md m").await, "HD\r\n");
+    assert_eq!(cmd(&s, "mg m").await, "EN\r\n");
+    assert!(s.drain_blocking(Duration::from_secs(20)).drained);
+    assert_eq!(cmd(&table, "mg m").await, "EN\r\n");
+}
+
+/// One acknowledged write of the torture: when it started, when it was
+/// acknowledged (both from one global sequence), and its value.
+#[derive(Clone, Debug)]
+struct Acked {
+    start: u64,
+    ack: u64,
+    value: String,
+}
+
+/// Many tasks on several threads, each with its own runtime, set a few keys
+/// with increasing values. Afterwards the table must hold, for every key,
+/// a value that no acknowledged write of that key followed: the final
+/// value's write must not have been acknowledged before any other write of
+/// the key started. (With no overlap that is exactly the last acknowledged
+/// write; overlapping writes may land in either order.)
+fn torture(mode: WriteMode, threads: usize, tasks: usize, writes: usize) {
+    const KEYS: usize = 8;
+    let s = store(shared(), "torture", mode);
+    let seq = Arc::new(AtomicU64::new(0));
+    let log: Arc<Mutex<HashMap<String, Vec<Acked>>>> = Arc::default();
+    let started = Instant::now();
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let (s, seq, log) = (s.clone(), seq.clone(), log.clone());
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    let mut set = tokio::task::JoinSet::new();
+                    for task in 0..tasks {
+                        let (s, seq, log) = (s.clone(), seq.clone(), log.clone());
+                        set.spawn(async move {
+                            for i in 0..writes {
+                                let key = format!("k{}", (t * 7 + task * 3 + i) % KEYS);
+                                let value = format!("t{t}-{task}-{i}");
+                                let line = format!("set {key} 0 0 {}", value.len());
+                                let start = seq.fetch_add(1, Ordering::SeqCst);
+                                let reply = run(&s, &line, value.as_bytes()).await;
+                                let ack = seq.fetch_add(1, Ordering::SeqCst);
+                                assert_eq!(reply, "STORED\r\n");
+                                log.lock().unwrap().entry(key).or_default().push(Acked {
+                                    start,
+                                    ack,
+                                    value,
+                                });
+                                // Spread the writes so that many land (rather
+                                // than all coalescing) while others queue.
+                                if i % 2 == 0 {
+                                    tokio::time::sleep(Duration::from_millis(15)).await;
+                                } else {
+                                    tokio::task::yield_now().await;
+                                }
+                            }
+                        });
+                    }
+                    while let Some(r) = set.join_next().await {
+                        r.expect("torture task");
+                    }
+                });
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("torture thread");
+    }
+    let report = s.drain_blocking(Duration::from_secs(60));
+    assert!(report.drained, "{report:?}");
+    let elapsed = started.elapsed();
+    let table = reader(&s);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let log = log.lock().unwrap();
+    let total: usize = log.values().map(Vec::len).sum();
+    assert_eq!(total, threads * tasks * writes);
+    for (key, writes) in log.iter() {
+        let reply = rt.block_on(cmd(&table, &format!("get {key}")));
+        let stored = reply
+            .lines()
+            .nth(1)
+            .unwrap_or_else(|| panic!("{key} lost: {reply:?}"));
+        let last = writes.iter().max_by_key(|w| w.ack).unwrap();
+        let winner = writes
+            .iter()
+            .find(|w| w.value == stored)
+            .unwrap_or_else(|| panic!("{key}: {stored} was never acknowledged"));
+        let later: Vec<&Acked> = writes.iter().filter(|w| w.start > winner.ack).collect();
+        assert!(
+            later.is_empty(),
+            "{key}: table holds {winner:?} but {} writes started after it was acknowledged \
+             (last acknowledged: {last:?}, first later: {:?})",
+            later.len(),
+            later[0]
+        );
+        // The store's own view agrees with the table.
+        let own = rt.block_on(cmd(&s, &format!("get {key}")));
+        assert_eq!(own, reply);
+    }
+    let stats = s.stats();
+    eprintln!("{mode:?}: {total} writes in {elapsed:?}: {stats:?}");
+    assert_eq!(stats.failed, 0);
+    assert_eq!(stats.superseded, 0);
+    if mode == WriteMode::Behind {
+        assert!(stats.written > 20, "too few writes landed to test ordering");
+        assert_eq!(stats.queued as usize, total);
+        assert_eq!(stats.written + stats.coalesced, stats.queued);
+    }
+}
+
+#[test]
+fn ordering_torture_write_behind() {
+    torture(WriteMode::Behind, 4, 8, 60);
+}
+
+#[test]
+fn ordering_torture_write_through() {
+    torture(WriteMode::Through, 3, 6, 25);
+}
+
+/// Mixed traffic on one key from many tasks: blind sets, deletes and
+/// state-dependent commands interleave; the queue must keep every
+/// acknowledged write and end consistent with the table.
+#[test]
+fn mixed_commands_stay_consistent() {
+    let s = store(shared(), "mixed", WriteMode::Behind);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut set = tokio::task::JoinSet::new();
+        for task in 0..8u64 {
+            let s = s.clone();
+            set.spawn(async move {
+                for i in 0..30u64 {
+                    let r = match (task + i) % 6 {
+                        0 => cmd(&s, "delete k").await,
+                        1 => run(&s, "add k 0 0 1", b"0").await,
+                        2 => cmd(&s, "incr k 1").await,
+                        3 => run(&s, "append k 0 0 1", b"1").await,
+                        4 => cmd(&s, "touch k 1000").await,
+                        _ => run(&s, "set k 0 0 1", b"5").await,
+                    };
+                    assert!(!r.starts_with("SERVER_ERROR"), "{r}");
+                }
+            });
+        }
+        while let Some(r) = set.join_next().await {
+            r.unwrap();
+        }
+        let final_view = cmd(&s, "get k").await;
+        assert!(s.drain_blocking(Duration::from_secs(30)).drained);
+        let table = reader(&s);
+        assert_eq!(cmd(&table, "get k").await, final_view);
+        assert_eq!(s.stats().failed, 0);
+    });
+}

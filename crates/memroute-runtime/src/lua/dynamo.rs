@@ -1,0 +1,158 @@
+//! `mcp.dynamo_pool{...}`: a pool backed by a DynamoDB table.
+//!
+//! The table's store is shared by every worker and kept across reloads
+//! (see [`crate::store`]), so its write-behind queue orders every write of a
+//! key, whichever worker took it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use memroute_dynamo::{DynamoConfig, DynamoStore, WriteMode};
+use memroute_proto::{Request, Response};
+use mlua::{Table, Value};
+
+use super::config::{PoolDef, PoolHandle, PoolKind};
+use crate::store::{self, SharedStore};
+
+/// The `SharedStore` face of a DynamoDB table.
+struct DynamoPool {
+    name: String,
+    store: Arc<DynamoStore>,
+}
+
+impl SharedStore for DynamoPool {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn execute<'a>(&'a self, request: &'a Request) -> Pin<Box<dyn Future<Output = Response> + 'a>> {
+        Box::pin(self.store.execute(request))
+    }
+
+    fn stats(&self) -> Vec<(String, u64)> {
+        self.store
+            .stats()
+            .fields()
+            .iter()
+            .map(|(name, value)| (name.to_string(), *value))
+            .collect()
+    }
+
+    fn drain(&self, timeout: Duration) -> String {
+        let report = self.store.drain_blocking(timeout);
+        if report.drained {
+            format!(
+                "write-behind queue drained ({} writes failed over its life)",
+                report.failed
+            )
+        } else {
+            format!(
+                "write-behind queue NOT drained within {timeout:?}: {} keys ({} bytes) of \
+                 acknowledged writes were not stored",
+                report.remaining_keys, report.remaining_bytes
+            )
+        }
+    }
+}
+
+fn text(value: Value, option: &str) -> mlua::Result<String> {
+    match value {
+        Value::String(s) => Ok(s.to_str()?.to_string()),
+        _ => Err(mlua::Error::runtime(format!(
+            "mcp.dynamo_pool: {option} must be a string"
+        ))),
+    }
+}
+
+fn count(value: Value, option: &str) -> mlua::Result<u64> {
+    match value {
+        Value::Integer(i) if i > 0 => Ok(i as u64),
+        _ => Err(mlua::Error::runtime(format!(
+            "mcp.dynamo_pool: {option} must be a positive integer"
+        ))),
+    }
+}
+
+fn seconds(value: Value, option: &str) -> mlua::Result<Duration> {
+    let secs = match value {
+        Value::Integer(i) => i as f64,
+        Value::Number(n) => n,
+        _ => -1.0,
+    };
+    if !(0.0..=3600.0).contains(&secs) {
+        return Err(mlua::Error::runtime(format!(
+            "mcp.dynamo_pool: {option} must be a number of seconds (0..3600)"
+        )));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// `mcp.dynamo_pool{table=, region=, endpoint=, key_attr=, value_attr=,
+/// flags_attr=, expires_attr=, cas_attr=, consistent_read=, write=,
+/// queue_max_keys=, queue_max_bytes=, backpressure_timeout=, max_attempts=,
+/// timeout=, create_table=, name=}`.
+pub fn dynamo_pool(opts: Table) -> mlua::Result<PoolHandle> {
+    let mut config = DynamoConfig::default();
+    let mut name = None;
+    for pair in opts.pairs::<String, Value>() {
+        let (key, value) = pair?;
+        match key.as_str() {
+            "table" => config.table = text(value, &key)?,
+            "region" => config.region = Some(text(value, &key)?),
+            "endpoint" => config.endpoint = Some(text(value, &key)?),
+            "key_attr" => config.key_attr = text(value, &key)?,
+            "value_attr" => config.value_attr = text(value, &key)?,
+            "flags_attr" => config.flags_attr = text(value, &key)?,
+            "expires_attr" => config.expires_attr = text(value, &key)?,
+            "cas_attr" => config.cas_attr = text(value, &key)?,
+            "consistent_read" => config.consistent_read = matches!(value, Value::Boolean(true)),
+            "create_table" => config.create_table = matches!(value, Value::Boolean(true)),
+            "write" => {
+                config.write_mode = match text(value, &key)?.as_str() {
+                    "through" => WriteMode::Through,
+                    "behind" => WriteMode::Behind,
+                    other => {
+                        return Err(mlua::Error::runtime(format!(
+                        "mcp.dynamo_pool: write must be \"through\" or \"behind\", not {other:?}"
+                    )))
+                    }
+                }
+            }
+            "queue_max_keys" => config.queue_max_keys = count(value, &key)? as usize,
+            "queue_max_bytes" => config.queue_max_bytes = count(value, &key)? as usize,
+            "backpressure_timeout" => config.backpressure_timeout = seconds(value, &key)?,
+            "max_attempts" => config.max_attempts = count(value, &key)?.min(100) as u32,
+            "timeout" => config.operation_timeout = Some(seconds(value, &key)?),
+            "name" => name = Some(text(value, &key)?),
+            other => {
+                return Err(mlua::Error::runtime(format!(
+                    "mcp.dynamo_pool: unknown option '{other}'"
+                )))
+            }
+        }
+    }
+    if config.table.is_empty() {
+        return Err(mlua::Error::runtime("mcp.dynamo_pool: table is required"));
+    }
+    let name = name.unwrap_or_else(|| format!("dynamo_{}", config.table));
+    if name.is_empty() || name.contains(char::is_whitespace) {
+        return Err(mlua::Error::runtime(
+            "mcp.dynamo_pool: name must be one word (it prefixes stats)",
+        ));
+    }
+    let identity = format!("{name} {config:?}");
+    let shared = store::get_or_create(&identity, || {
+        let store = DynamoStore::new(config.clone())
+            .map_err(|e| mlua::Error::runtime(format!("mcp.dynamo_pool: {e}")))?;
+        Ok::<Arc<dyn SharedStore>, mlua::Error>(Arc::new(DynamoPool {
+            name: name.clone(),
+            store,
+        }))
+    })?;
+    Ok(PoolHandle(Arc::new(PoolDef {
+        name,
+        kind: PoolKind::Shared(shared),
+    })))
+}
