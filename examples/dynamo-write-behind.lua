@@ -7,7 +7,8 @@
 -- The memcached servers are the start argument (host:port,...); the table
 -- comes from the environment as in dynamo-only.lua (DDB_TABLE, DDB_REGION,
 -- DDB_ENDPOINT, DDB_CREATE_TABLE), plus FILL_TTL (seconds a refilled item
--- stays in memcached, default 300).
+-- stays in memcached, default 300) and WARM=1 (copy the whole table into
+-- memcached at start, in the background, progress in the log).
 --
 -- Run: DDB_ENDPOINT=http://127.0.0.1:8000 DDB_CREATE_TABLE=1 \
 --      memroute --config examples/dynamo-write-behind.lua \
@@ -39,5 +40,6 @@ function mcp_config_routes(pools)
         store = pools.table,
         fill_ttl = tonumber(os.getenv("FILL_TTL") or "300"),
         writes = "cache_first",
+        warm = os.getenv("WARM") == "1",
     })
 end

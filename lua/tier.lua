@@ -66,6 +66,10 @@ local function persist(cache, store, key)
     return cur
 end
 
+-- warm = true: at start, copy every live item of the store into the cache
+--   (once per process, in the background, progress in the log; see
+--   mcp.warm in docs/lua-api.md), with at most fill_ttl seconds of TTL.
+
 function tier.route(conf)
     local cache, store = conf.cache, conf.store
     local fill_ttl = conf.fill_ttl or 300
@@ -75,6 +79,9 @@ function tier.route(conf)
     end
     if writes ~= "cache_first" and writes ~= "store_first" then
         error("tier.route: writes must be \"cache_first\" or \"store_first\"", 2)
+    end
+    if conf.warm then
+        mcp.warm(store, cache, { ttl = fill_ttl })
     end
     return function(r)
         local key = r:key()

@@ -25,6 +25,11 @@
 #   MEMROUTE_PROXY_ARGS  memroute arguments for the proxy target; "{backend}"
 #                is replaced by HOST:PORT of the memcached backend and
 #                "{workdir}" by a scratch directory (e.g. for a Lua config).
+#   proxy-NAME   more memroute proxy targets, each in front of its own
+#                memcached backend, with the arguments in PROXY_ARGS_NAME
+#                (NAME with - as _), e.g. TARGETS="memcached proxy-tier"
+#                PROXY_ARGS_tier="--config examples/dynamo-write-behind.lua
+#                --config-arg {backend}".
 #   OUT_DIR      where raw outputs go (default target/bench/<timestamp>)
 set -euo pipefail
 
@@ -53,7 +58,7 @@ RESULTS="$OUT_DIR/results.jsonl"
 : > "$RESULTS"
 
 needs_memroute=0
-case " $TARGETS " in *" memroute "*|*" memroute-proxy "*) needs_memroute=1 ;; esac
+case " $TARGETS " in *" memroute "*|*" memroute-proxy "*|*" proxy-"*) needs_memroute=1 ;; esac
 if [ "$needs_memroute" = 1 ]; then
   if [ "${SKIP_BUILD:-0}" != 1 ]; then
     log "cargo build --release --bin memroute"
@@ -134,7 +139,7 @@ start_target() { # target
     memroute)
       start_bg memroute "$port" "$MEMROUTE_BIN" -l "$HOST" -p "$port" \
         -t "$SERVER_THREADS" -m "$MEMORY_MB" -c 4096 ;;
-    nutcracker|memroute-proxy)
+    nutcracker|memroute-proxy|proxy-*)
       # Proxy modes: a dedicated memcached backend behind the proxy.
       local bport
       bport=$(free_port)
@@ -157,11 +162,17 @@ EOF
         start_bg nutcracker "$port" nutcracker -c "$OUT_DIR/nutcracker.yml" \
           -o "$OUT_DIR/nutcracker.out" -s "$(free_port)"
       else
-        [ -n "${MEMROUTE_PROXY_ARGS:-}" ] || die "memroute-proxy needs MEMROUTE_PROXY_ARGS (proxy mode not wired yet)"
-        local args=${MEMROUTE_PROXY_ARGS//\{backend\}/$HOST:$bport}
+        local spec="MEMROUTE_PROXY_ARGS"
+        if [ "$t" != memroute-proxy ]; then
+          spec="PROXY_ARGS_${t#proxy-}"
+          spec=${spec//-/_}
+        fi
+        [ -n "${!spec:-}" ] || die "$t needs its memroute arguments in $spec"
+        local args=${!spec}
+        args=${args//\{backend\}/$HOST:$bport}
         args=${args//\{workdir\}/$OUT_DIR}
         # shellcheck disable=SC2086
-        start_bg memroute-proxy "$port" "$MEMROUTE_BIN" -l "$HOST" -p "$port" \
+        start_bg "$t" "$port" "$MEMROUTE_BIN" -l "$HOST" -p "$port" \
           -t "$SERVER_THREADS" -c 4096 $args
       fi ;;
     *) die "unknown target $t" ;;

@@ -296,3 +296,29 @@ def test_read_through_example(memroute_factory, memcached_factory, ddb):
         # Reads are served by the cache while it holds the key.
         mc_set(mc, "k", b"cached")
         converse(c, [(b"get k\r\n", b"VALUE k 0 6\r\ncached\r\nEND\r\n")])
+
+
+def test_warm_up_copies_the_table_into_memcached(memroute_factory, memcached_factory, ddb):
+    table = new_table()
+    writer = dynamo_memroute(memroute_factory, ddb, table)
+    keys = ["w%d" % i for i in range(250)]  # more than one scan page
+    with writer.client() as c:
+        for k in keys:
+            v = k.encode() * 3
+            assert c.request(b"set %s 7 0 %d\r\n%s\r\n" % (k.encode(), len(v), v)) == b"STORED\r\n"
+        assert c.request(b"set gone 0 -1 1\r\nx\r\n") == b"STORED\r\n"
+    writer.stop()
+    mc = memcached_factory()
+    tier = dynamo_memroute(memroute_factory, ddb, table, example="dynamo-write-behind.lua",
+                           args=("--config-arg", mc.addr), WARM=1, FILL_TTL=600)
+    deadline = time.monotonic() + 30
+    while mc_get(mc, keys[-1]) is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for k in keys:
+        assert mc_get(mc, k) == k.encode() * 3, k
+    assert mc_get(mc, "gone") is None, "expired items are not warmed"
+    deadline = time.monotonic() + 10
+    while "warm-up" not in tier.stderr_tail() or "done" not in tier.stderr_tail():
+        assert time.monotonic() < deadline, tier.stderr_tail()
+        time.sleep(0.1)
+    assert "250 items copied" in tier.stderr_tail(), tier.stderr_tail()

@@ -40,7 +40,8 @@ mod table;
 
 use behind::{ExclusiveGuard, Job, Local, Queue, QueuedOp};
 use clock::{absolute_expiry, now_secs, observe_version};
-use item::{Item, Names};
+pub use item::Item;
+use item::Names;
 use ops::{decide, CasRule, KeyOp, Outcome, Plan, StoreMode, Write};
 use stats::Counters;
 pub use stats::DynamoStats;
@@ -404,6 +405,36 @@ impl DynamoStore {
 
     pub fn stats(&self) -> DynamoStats {
         self.inner.counters.snapshot(self.inner.queue.depth())
+    }
+
+    /// One page of a table scan, for warming a cache from the table: up to
+    /// `limit` live items (expired ones are skipped) after the id `start`,
+    /// and the id to pass for the next page (`None` at the end). Callable
+    /// from any tokio runtime.
+    pub async fn scan_page(
+        &self,
+        start: Option<String>,
+        limit: i32,
+    ) -> Result<(Vec<(String, Item)>, Option<String>), DynamoError> {
+        let inner = Arc::clone(&self.inner);
+        let task = self
+            .handle
+            .spawn(async move { inner.table.scan_page(start, limit).await });
+        match task.await {
+            Ok(Ok((items, next))) => {
+                let now = now_secs();
+                let live = items.into_iter().filter(|(_, i)| i.is_live(now)).collect();
+                Ok((live, next))
+            }
+            Ok(Err(e)) => Err(DynamoError::Table {
+                table: self.inner.config.table.clone(),
+                message: e.describe(),
+            }),
+            Err(e) => Err(DynamoError::Table {
+                table: self.inner.config.table.clone(),
+                message: e.to_string(),
+            }),
+        }
     }
 
     pub fn config(&self) -> &DynamoConfig {

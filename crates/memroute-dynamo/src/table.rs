@@ -347,6 +347,40 @@ impl Table {
         }
     }
 
+    /// One page of a Scan: up to `limit` items after `start` (an id from the
+    /// previous page), and the id to continue from, if any.
+    pub async fn scan_page(
+        &self,
+        start: Option<String>,
+        limit: i32,
+    ) -> Result<(Vec<(String, Item)>, Option<String>), DdbError> {
+        let out = self
+            .client
+            .scan()
+            .table_name(&self.name)
+            .limit(limit.max(1))
+            .set_exclusive_start_key(start.map(|id| self.key(&id)))
+            .send()
+            .await
+            .map_err(|e| classify(&e))?;
+        let items = out
+            .items()
+            .iter()
+            .filter_map(|attrs| match attrs.get(&self.names.key) {
+                Some(AttributeValue::S(id)) => Some((id.clone(), self.names.read_item(attrs))),
+                _ => None,
+            })
+            .collect();
+        let next = match out
+            .last_evaluated_key()
+            .and_then(|k| k.get(&self.names.key))
+        {
+            Some(AttributeValue::S(id)) => Some(id.clone()),
+            _ => None,
+        };
+        Ok((items, next))
+    }
+
     /// Creates the table (string hash key, on-demand billing) unless it
     /// exists, and waits until it is active.
     pub async fn create_if_missing(&self) -> Result<(), DdbError> {

@@ -30,6 +30,31 @@ pub trait SharedStore: Send + Sync + 'static {
     /// Blocks until queued writes are stored or `timeout` passes; returns a
     /// line for the log.
     fn drain(&self, timeout: Duration) -> String;
+
+    /// One page of every live item, for warming a cache: up to `limit` items
+    /// after the key `start`, and the key to continue from (`None` at the
+    /// end). Stores that cannot be listed say so.
+    fn scan_page(
+        &self,
+        _start: Option<String>,
+        _limit: i32,
+    ) -> Pin<Box<dyn Future<Output = Result<ScanPage, String>> + '_>> {
+        let name = self.name().to_string();
+        Box::pin(async move { Err(format!("{name} cannot be listed")) })
+    }
+}
+
+/// Items of one [`SharedStore::scan_page`] call and where to continue.
+pub type ScanPage = (Vec<StoredItem>, Option<String>);
+
+/// An item as a store lists it.
+#[derive(Debug, Clone)]
+pub struct StoredItem {
+    pub key: String,
+    pub value: bytes::Bytes,
+    pub flags: u32,
+    /// Absolute Unix time; 0 = never expires.
+    pub expires: i64,
 }
 
 type Entry = (String, Arc<dyn SharedStore>);

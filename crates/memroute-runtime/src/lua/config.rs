@@ -212,7 +212,7 @@ fn register(lua: &Lua, stat_names: Rc<RefCell<Vec<(i64, String)>>>) -> mlua::Res
     vm::forbid(
         lua,
         &mcp,
-        &["attach", "await", "internal", "request", "stat"],
+        &["attach", "await", "internal", "request", "stat", "warm"],
         "mcp_config_routes (worker VMs)",
     )
 }

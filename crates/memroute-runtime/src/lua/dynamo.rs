@@ -14,7 +14,7 @@ use memroute_proto::{Request, Response};
 use mlua::{Table, Value};
 
 use super::config::{PoolDef, PoolHandle, PoolKind};
-use crate::store::{self, SharedStore};
+use crate::store::{self, ScanPage, SharedStore, StoredItem};
 
 /// The `SharedStore` face of a DynamoDB table.
 struct DynamoPool {
@@ -38,6 +38,30 @@ impl SharedStore for DynamoPool {
             .iter()
             .map(|(name, value)| (name.to_string(), *value))
             .collect()
+    }
+
+    fn scan_page(
+        &self,
+        start: Option<String>,
+        limit: i32,
+    ) -> Pin<Box<dyn Future<Output = Result<ScanPage, String>> + '_>> {
+        Box::pin(async move {
+            let (items, next) = self
+                .store
+                .scan_page(start, limit)
+                .await
+                .map_err(|e| e.to_string())?;
+            let items = items
+                .into_iter()
+                .map(|(key, item)| StoredItem {
+                    key,
+                    value: item.value,
+                    flags: item.flags,
+                    expires: item.expires,
+                })
+                .collect();
+            Ok((items, next))
+        })
     }
 
     fn drain(&self, timeout: Duration) -> String {

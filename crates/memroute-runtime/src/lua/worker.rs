@@ -21,7 +21,7 @@ use memroute_proto::{
     Command, GetCommand, Limits, MetaOp, Request, Response, ResponseCode, ResponseDecoder,
 };
 use mlua::{AnyUserData, Function, Lua, MetaMethod, Table, UserData, UserDataMethods, Value};
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::config::{lua_error_message, ConfigError, ConfigValue, LoadedConfig, PoolDef, PoolKind};
 use super::objects::{
@@ -33,6 +33,7 @@ use super::vm;
 use crate::backend::{Backend, BackendConfig};
 use crate::embedded::Embedded;
 use crate::stats::ServerStats;
+use crate::store::SharedStore;
 
 /// Highest id `mcp.add_stat` accepts.
 pub const MAX_USER_STATS: usize = 1024;
@@ -478,6 +479,46 @@ fn register(lua: &Lua) -> mlua::Result<()> {
         })?,
     )?;
     mcp.set("await", lua.create_async_function(await_pools)?)?;
+    mcp.set(
+        "warm",
+        lua.create_function(
+            |lua, (store, cache, opts): (AnyUserData, AnyUserData, Option<Table>)| {
+                let pool = |ud: &AnyUserData, what: &str| {
+                    ud.borrow::<LuaPool>().map(|p| p.0.clone()).map_err(|_| {
+                        mlua::Error::runtime(format!("mcp.warm: {what} must be a pool"))
+                    })
+                };
+                let (store, cache) = (
+                    pool(&store, "the first argument")?,
+                    pool(&cache, "the second argument")?,
+                );
+                let PoolKind::Shared(source) = &store.def.kind else {
+                    return Err(mlua::Error::runtime(
+                        "mcp.warm: the first pool must be a store pool (mcp.dynamo_pool)",
+                    ));
+                };
+                let max_ttl = match &opts {
+                    Some(o) => o.get::<Option<i64>>("ttl")?.unwrap_or(0).max(0),
+                    None => 0,
+                };
+                let env = env_of(lua)?;
+                // One warm-up per process and pair of pools, on the first worker:
+                // every worker (and every reload) runs mcp_config_routes.
+                if env.worker != 0
+                    || !first_warm(&format!("{} -> {}", store.def.name, cache.def.name))
+                {
+                    return Ok(());
+                }
+                tokio::task::spawn_local(warm_up(
+                    source.clone(),
+                    cache,
+                    max_ttl,
+                    env.limits.clone(),
+                ));
+                Ok(())
+            },
+        )?,
+    )?;
     vm::forbid(
         lua,
         &mcp,
@@ -566,6 +607,96 @@ async fn await_pools(
         }
     }
     Ok(results)
+}
+
+fn first_warm(pair: &str) -> bool {
+    static DONE: std::sync::OnceLock<Mutex<std::collections::HashSet<String>>> =
+        std::sync::OnceLock::new();
+    let done = DONE.get_or_init(Default::default);
+    done.lock()
+        .map(|mut d| d.insert(pair.to_string()))
+        .unwrap_or(false)
+}
+
+/// Copies every live item of `source` into the `cache` pool, page by page,
+/// logging progress. A cached copy lives as long as the stored item, capped
+/// at `max_ttl` seconds when that is not 0.
+async fn warm_up(
+    source: Arc<dyn SharedStore>,
+    cache: Rc<PoolRuntime>,
+    max_ttl: i64,
+    limits: Limits,
+) {
+    const PAGE: i32 = 100;
+    let started = Instant::now();
+    let (mut copied, mut failed, mut cursor) = (0u64, 0u64, None);
+    let mut errors_in_a_row = 0;
+    info!("warm-up {} -> {}: started", source.name(), cache.def.name);
+    loop {
+        let (items, next) = match source.scan_page(cursor.clone(), PAGE).await {
+            Ok(page) => {
+                errors_in_a_row = 0;
+                page
+            }
+            Err(e) => {
+                errors_in_a_row += 1;
+                warn!("warm-up {}: {e}", source.name());
+                if errors_in_a_row >= 5 {
+                    warn!(
+                        "warm-up {} -> {}: giving up after {copied} items",
+                        source.name(),
+                        cache.def.name
+                    );
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let now = crate::stats::unix_now() as i64;
+        for item in items {
+            let mut ttl = if item.expires == 0 {
+                0
+            } else {
+                (item.expires - now).max(1)
+            };
+            if max_ttl > 0 && (ttl == 0 || ttl > max_ttl) {
+                ttl = max_ttl;
+            }
+            let line = format!(
+                "ms {} {} F{} T{ttl}",
+                item.key,
+                item.value.len(),
+                item.flags
+            );
+            let stored = match Request::parse(line.as_bytes(), &item.value, &limits) {
+                Ok(request) => cache.send(request).await.response.code() == ResponseCode::Hd,
+                Err(_) => false,
+            };
+            if stored {
+                copied += 1;
+                if copied % 10_000 == 0 {
+                    info!(
+                        "warm-up {} -> {}: {copied} items",
+                        source.name(),
+                        cache.def.name
+                    );
+                }
+            } else {
+                failed += 1;
+            }
+        }
+        match next {
+            Some(n) => cursor = Some(n),
+            None => break,
+        }
+    }
+    info!(
+        "warm-up {} -> {}: done, {copied} items copied, {failed} failed, in {:.1} s",
+        source.name(),
+        cache.def.name,
+        started.elapsed().as_secs_f64()
+    );
 }
 
 /// Copies a [`ConfigValue`] into this VM, turning pool definitions into
