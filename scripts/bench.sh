@@ -228,6 +228,12 @@ for w in $WORKLOADS; do
   done
 done
 
+# Keep each server's own counters (for proxies with DynamoDB pools these
+# include the write-behind queue: queued, coalesced, written, rejected...).
+for t in $TARGETS; do
+  python3 "$REPO_ROOT/scripts/bench_report.py" stats "${PORT_OF[$t]}" > "$OUT_DIR/$t.stats" || true
+done
+
 {
   echo
   echo "## memroute benchmark $(date -u +%Y-%m-%dT%H:%MZ)"

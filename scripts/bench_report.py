@@ -139,7 +139,24 @@ def report(path: str, baseline: str = "memcached") -> str:
     return "\n".join(lines)
 
 
+def server_stats(port):
+    """The `stats` reply of the server on 127.0.0.1:port."""
+    import socket
+    with socket.create_connection(("127.0.0.1", int(port)), timeout=5) as s:
+        s.sendall(b"stats\r\n")
+        buf = b""
+        while not buf.endswith(b"END\r\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    return buf.decode("utf-8", "replace")
+
+
 def main(argv):
+    if len(argv) >= 2 and argv[0] == "stats":
+        sys.stdout.write(server_stats(argv[1]))
+        return 0
     if len(argv) >= 2 and argv[0] == "parse":
         print(json.dumps(parse(open(argv[1], errors="replace").read())))
         return 0

@@ -3,6 +3,7 @@
 //! write and what to answer", and the reply bytes.
 
 use bytes::{Bytes, BytesMut};
+use memroute_proto::number::{apply_delta, parse_u64 as parse_counter, render_counter};
 use memroute_proto::reply::{self, MetaReply};
 use memroute_proto::{
     ArithOp, Command, MetaCommand, MetaOp, Request, Response, ResponseDecoder, StoreOp,
@@ -328,11 +329,7 @@ pub fn decide(
                 let Some(current) = parse_counter(&item.value) else {
                     return Decision::reply(Outcome::NonNumeric);
                 };
-                let value = if a.incr {
-                    current.wrapping_add(a.delta)
-                } else {
-                    current.saturating_sub(a.delta)
-                };
+                let value = apply_delta(current, a.delta, a.incr);
                 let expires = a.ttl.map_or(item.expires, |t| absolute_expiry(t, now));
                 let updated = Item {
                     value: Bytes::from(render_counter(value, item.value.len())),
@@ -351,47 +348,6 @@ pub fn decide(
             }
         },
     }
-}
-
-/// Reads a stored counter as memcached's `strtoull`-based check does:
-/// optional leading whitespace and sign, digits, then the end or
-/// whitespace; no overflow; a minus sign only for a result that is not
-/// negative as a signed number (so "-0" is 0).
-pub fn parse_counter(v: &[u8]) -> Option<u64> {
-    let space = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r');
-    let start = v.iter().take_while(|b| space(b)).count();
-    let rest = &v[start..];
-    let (negative, rest) = match rest.first() {
-        Some(b'-') => (true, &rest[1..]),
-        Some(b'+') => (false, &rest[1..]),
-        _ => (false, rest),
-    };
-    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
-    if digits == 0 {
-        return None;
-    }
-    if rest.get(digits).is_some_and(|b| !space(b)) {
-        return None;
-    }
-    let mut n: u64 = 0;
-    for &d in &rest[..digits] {
-        n = n.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
-    }
-    if negative {
-        let wrapped = n.wrapping_neg();
-        return ((wrapped as i64) >= 0).then_some(wrapped);
-    }
-    Some(n)
-}
-
-/// The stored form of a counter: memcached rewrites in place, padding with
-/// spaces when the new number is shorter than the old value.
-pub fn render_counter(value: u64, old_len: usize) -> Vec<u8> {
-    let mut out = value.to_string().into_bytes();
-    if out.len() < old_len {
-        out.resize(old_len, b' ');
-    }
-    out
 }
 
 /// A request, decoded into what the store must do.

@@ -25,16 +25,40 @@ fn number_part(token: &[u8]) -> &[u8] {
     &token[..end]
 }
 
-/// Parses an unsigned decimal the way `safe_strtoull` does: an optional `+`,
-/// then digits only. A `-` sign is refused unless the value is zero.
-/// Overflow is refused.
+/// Parses an unsigned decimal exactly as memcached's `safe_strtoull` does,
+/// for command tokens and for stored counter values alike: leading
+/// whitespace, an optional sign, digits, then the end or whitespace
+/// (anything after it is ignored). Overflow is refused. A `-` is accepted
+/// only when the wrapped result is not negative as a signed number (`strtoull`
+/// negates in unsigned arithmetic), so `-0` is 0 and `-1` is refused.
 pub fn parse_u64(token: &[u8]) -> Option<u64> {
     let (negative, digits) = split_sign(number_part(token));
-    let value = parse_digits(digits)?;
-    if negative && value != 0 {
-        return None;
+    let magnitude = parse_digits(digits)?;
+    if !negative {
+        return Some(magnitude);
     }
-    Some(value)
+    let wrapped = magnitude.wrapping_neg();
+    ((wrapped as i64) >= 0).then_some(wrapped)
+}
+
+/// The new value of a counter: `incr` wraps at 2^64, `decr` stops at 0.
+pub fn apply_delta(current: u64, delta: u64, incr: bool) -> u64 {
+    if incr {
+        current.wrapping_add(delta)
+    } else {
+        current.saturating_sub(delta)
+    }
+}
+
+/// The bytes memcached stores for a counter's new value: the digits, padded
+/// with spaces to the old length when the number got shorter (memcached
+/// updates the value in place).
+pub fn render_counter(value: u64, old_len: usize) -> Vec<u8> {
+    let mut out = value.to_string().into_bytes();
+    if out.len() < old_len {
+        out.resize(old_len, b' ');
+    }
+    out
 }
 
 /// Parses flags the way memcached 1.6's `safe_strtoul` does on 64-bit
@@ -116,6 +140,10 @@ mod tests {
         assert_eq!(parse_u64(b"+12"), Some(12));
         assert_eq!(parse_u64(b"-0"), Some(0));
         assert_eq!(parse_u64(b"-1"), None);
+        // strtoull negates in unsigned arithmetic; memcached only refuses
+        // results that look negative as signed numbers.
+        assert_eq!(parse_u64(b"-18446744073709551615"), Some(1));
+        assert_eq!(parse_u64(b"000000000000000000000000000001"), Some(1));
         assert_eq!(parse_u64(b"0x1"), None);
         assert_eq!(parse_u64(b""), None);
         assert_eq!(parse_u64(b"+"), None);
@@ -126,6 +154,14 @@ mod tests {
         assert_eq!(parse_u64(b"\t7"), Some(7));
         assert_eq!(parse_u64(b"7\tjunk"), Some(7));
         assert_eq!(parse_u64(b"\r"), None);
+    }
+
+    #[test]
+    fn counters_follow_memcached() {
+        assert_eq!(apply_delta(u64::MAX, 5, true), 4);
+        assert_eq!(apply_delta(3, 5, false), 0);
+        assert_eq!(render_counter(99, 3), b"99 ".to_vec());
+        assert_eq!(render_counter(100, 2), b"100".to_vec());
     }
 
     #[test]
