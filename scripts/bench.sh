@@ -221,6 +221,11 @@ for w in $WORKLOADS; do
       timeout $(( secs + 60 )) memcaslap -s "$HOST:$port" -T "$CLIENT_THREADS" -c "$CONCURRENCY" \
         -t "$DURATION" -S "$DURATION" -F "$cfg" </dev/null >"$out" 2>&1 \
         || { tail -20 "$out" >&2; die "memcaslap failed against $t"; }
+      # Error replies are cheap: a server refusing requests would look fast.
+      if grep -q "_ERROR\|^<[0-9]* ERROR" "$out"; then
+        grep -m3 "ERROR" "$out" >&2
+        die "$t answered memcaslap with errors ($out): the numbers would be meaningless"
+      fi
       python3 "$REPO_ROOT/scripts/bench_report.py" parse "$out" \
         | python3 -c 'import json,sys; d=json.load(sys.stdin); d.update(workload=sys.argv[1], target=sys.argv[2], round=int(sys.argv[3])); print(json.dumps(d))' \
           "$w" "$t" "$r" >> "$RESULTS"

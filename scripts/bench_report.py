@@ -4,6 +4,7 @@ render the benchmark table for scripts/bench.sh.
 
   bench_report.py parse FILE          -> one JSON object on stdout
   bench_report.py report RESULTS.jsonl [--baseline memcached] -> markdown
+  bench_report.py stats PORT          -> the `stats` reply of 127.0.0.1:PORT
 
 What memcaslap prints (run with -S equal to -t so the statistics are dumped
 once, at the end):

@@ -30,8 +30,11 @@ pub struct Limits {
     /// `CLIENT_ERROR too many keys`.
     pub max_keys_per_get: usize,
     /// Whether keys may contain control characters (bytes below 0x21 or
-    /// 0x7f). protocol.txt forbids them; memcached's text parser does not
-    /// check. Default: refused, with `CLIENT_ERROR bad command line format`.
+    /// 0x7f). protocol.txt forbids them, but memcached's text parser does
+    /// not check, and real clients send them (memcaslap's keys start with
+    /// eight 0x10 bytes), so by default they are accepted, as memcached
+    /// accepts them. When false they are refused with
+    /// `CLIENT_ERROR bad command line format`.
     pub allow_control_chars_in_keys: bool,
 }
 
@@ -51,7 +54,7 @@ impl Default for Limits {
             max_line_len: 2048,
             max_get_line_len: 1024 * 1024,
             max_keys_per_get: usize::MAX,
-            allow_control_chars_in_keys: false,
+            allow_control_chars_in_keys: true,
         }
     }
 }
