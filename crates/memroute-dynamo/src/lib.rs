@@ -408,14 +408,14 @@ impl DynamoStore {
     }
 
     /// One page of a table scan, for warming a cache from the table: up to
-    /// `limit` live items (expired ones are skipped) after the id `start`,
-    /// and the id to pass for the next page (`None` at the end). Callable
-    /// from any tokio runtime.
+    /// `limit` live items (expired ones are skipped) with their memcached
+    /// keys, after the id `start`, and the id to pass for the next page
+    /// (`None` at the end). Callable from any tokio runtime.
     pub async fn scan_page(
         &self,
         start: Option<String>,
         limit: i32,
-    ) -> Result<(Vec<(String, Item)>, Option<String>), DynamoError> {
+    ) -> Result<(Vec<(Vec<u8>, Item)>, Option<String>), DynamoError> {
         let inner = Arc::clone(&self.inner);
         let task = self
             .handle
@@ -423,7 +423,12 @@ impl DynamoStore {
         match task.await {
             Ok(Ok((items, next))) => {
                 let now = now_secs();
-                let live = items.into_iter().filter(|(_, i)| i.is_live(now)).collect();
+                let strip = self.inner.config.key_prefix_strip.as_deref();
+                let live = items
+                    .into_iter()
+                    .filter(|(_, i)| i.is_live(now))
+                    .map(|(id, item)| (ops::id_to_key(&id, strip), item))
+                    .collect();
                 Ok((live, next))
             }
             Ok(Err(e)) => Err(DynamoError::Table {

@@ -365,15 +365,59 @@ pub enum Plan {
 }
 
 /// Maps a memcached key to the table's string id.
+///
+/// DynamoDB string keys must be UTF-8 but memcached keys are bytes
+/// (memcaslap's keys, for one, are not UTF-8), so bytes that are not valid
+/// UTF-8 are written `%XX`, and `%` itself `%25`; every other key is its own
+/// id, so tables shared with other programs (PHP sessions) keep plain ids.
 pub fn key_to_id(key: &[u8], strip: Option<&str>) -> Option<String> {
+    use std::fmt::Write;
     let key = match strip {
         Some(prefix) if key.starts_with(prefix.as_bytes()) => &key[prefix.len()..],
         _ => key,
     };
-    if key.is_empty() || key.len() > crate::item::MAX_ID_LEN {
+    if key.is_empty() {
         return None;
     }
-    std::str::from_utf8(key).ok().map(str::to_owned)
+    let mut id = String::with_capacity(key.len());
+    for chunk in key.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c == '%' {
+                id.push_str("%25");
+            } else {
+                id.push(c);
+            }
+        }
+        for b in chunk.invalid() {
+            let _ = write!(id, "%{b:02X}");
+        }
+    }
+    (id.len() <= crate::item::MAX_ID_LEN).then_some(id)
+}
+
+/// The memcached key of a table id: [`key_to_id`] undone, with the stripped
+/// prefix put back.
+pub fn id_to_key(id: &str, strip: Option<&str>) -> Vec<u8> {
+    let mut key = strip.map_or_else(Vec::new, |p| p.as_bytes().to_vec());
+    let bytes = id.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                key.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                key.push(b);
+                i += 1;
+            }
+        }
+    }
+    key
 }
 
 /// Flags each meta command understands here (beyond these, the reply is
@@ -730,6 +774,20 @@ mod tests {
         assert_eq!(parse_counter(b"18446744073709551616"), None);
         assert_eq!(parse_counter(b"18446744073709551615"), Some(u64::MAX));
         assert_eq!(render_counter(9, 2), b"9 ".to_vec());
+        // Keys that are not UTF-8 get reversible ids.
+        for key in [
+            &b"plain"[..],
+            b"a%b",
+            b"\x10\x10k",
+            b"\xff\xfe%41",
+            b"\xc3\xa9t\xe9",
+        ] {
+            let id = key_to_id(key, None).unwrap();
+            assert_eq!(id_to_key(&id, None), key, "{id}");
+        }
+        assert_eq!(key_to_id(b"plain", None).unwrap(), "plain");
+        assert_eq!(key_to_id(b"\xff", None).unwrap(), "%FF");
+        assert_eq!(id_to_key("x", Some("p:")), b"p:x".to_vec());
         assert_eq!(render_counter(100, 2), b"100".to_vec());
     }
 

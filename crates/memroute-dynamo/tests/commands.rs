@@ -298,16 +298,15 @@ async fn unsupported_and_errors() {
     assert_eq!(cmd(&s, "md k I").await, unsupported);
     assert_eq!(cmd(&s, "md k x").await, unsupported);
     assert_eq!(cmd(&s, "me k").await, unsupported);
-    // A key that is not UTF-8 cannot be a DynamoDB string key.
-    assert_eq!(
-        cmd(&s, "mg /w== b v").await,
-        "CLIENT_ERROR key is not usable as a DynamoDB string key\r\n"
-    );
+    // A key that is not UTF-8 (0xff here) is stored under an escaped id.
+    assert_eq!(run(&s, "ms /w== 2 b", b"hi").await, "HD\r\n");
+    assert_eq!(cmd(&s, "mg /w== b v").await, "VA 2\r\nhi\r\n");
+    assert_eq!(cmd(&s, "md /w== b").await, "HD\r\n");
     assert!(cmd(&s, "version").await.starts_with("VERSION "));
     assert_eq!(cmd(&s, "verbosity 1").await, "OK\r\n");
-    // Nothing above wrote anything.
+    // Nothing above wrote k (only the binary key's set and delete wrote).
     assert_eq!(cmd(&s, "get k").await, "END\r\n");
-    assert_eq!(s.stats().sync_writes, 0);
+    assert_eq!(s.stats().sync_writes, 2);
 }
 
 #[tokio::test]

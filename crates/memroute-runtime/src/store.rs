@@ -50,7 +50,7 @@ pub type ScanPage = (Vec<StoredItem>, Option<String>);
 /// An item as a store lists it.
 #[derive(Debug, Clone)]
 pub struct StoredItem {
-    pub key: String,
+    pub key: Vec<u8>,
     pub value: bytes::Bytes,
     pub flags: u32,
     /// Absolute Unix time; 0 = never expires.

@@ -663,13 +663,12 @@ async fn warm_up(
             if max_ttl > 0 && (ttl == 0 || ttl > max_ttl) {
                 ttl = max_ttl;
             }
-            let line = format!(
-                "ms {} {} F{} T{ttl}",
-                item.key,
-                item.value.len(),
-                item.flags
+            let mut line = b"ms ".to_vec();
+            line.extend_from_slice(&item.key);
+            line.extend_from_slice(
+                format!(" {} F{} T{ttl}", item.value.len(), item.flags).as_bytes(),
             );
-            let stored = match Request::parse(line.as_bytes(), &item.value, &limits) {
+            let stored = match Request::parse(&line, &item.value, &limits) {
                 Ok(request) => cache.send(request).await.response.code() == ResponseCode::Hd,
                 Err(_) => false,
             };
