@@ -136,14 +136,16 @@ def test_pymemcache_touch(mc):
 
 @pytest.mark.slow
 def test_pymemcache_expiry(mc):
-    mc.set("py:e1", b"v", expire=1)
+    # Expiry has whole-second resolution (in memcached too): a 2 s TTL is the
+    # shortest that surely outlives the few requests before the first read.
+    mc.set("py:e1", b"v", expire=2)
     mc.set("py:e2", b"v", expire=60)
     mc.set("py:e3", b"v")
-    mc.touch("py:e3", 1)
-    # gat (no pymemcache API) shortens the ttl to 1s
-    assert mc.raw_command(b"gat 1 py:e2", b"END\r\n") .startswith(b"VALUE py:e2 0 1\r\nv\r\n")
+    mc.touch("py:e3", 2)
+    # gat (no pymemcache API) shortens the ttl to 2s
+    assert mc.raw_command(b"gat 2 py:e2", b"END\r\n") .startswith(b"VALUE py:e2 0 1\r\nv\r\n")
     assert mc.get_many(["py:e1", "py:e2", "py:e3"]) == {"py:e1": b"v", "py:e2": b"v", "py:e3": b"v"}
-    time.sleep(2.2)
+    time.sleep(3.2)
     assert mc.get_many(["py:e1", "py:e2", "py:e3"]) == {}
 
 

@@ -114,10 +114,11 @@ def test_expiry_and_oversized_values(memroute_factory, ddb):
             (b"get gone\r\n", b"END\r\n"),
             (b"set past 0 1000000000 1\r\nx\r\n", b"STORED\r\n"),
             (b"get past\r\n", b"END\r\n"),
-            (b"set soon 0 1 1\r\nx\r\n", b"STORED\r\n"),
+            # Whole-second expiry: 2 s surely outlives the next request.
+            (b"set soon 0 2 1\r\nx\r\n", b"STORED\r\n"),
             (b"get soon\r\n", b"VALUE soon 0 1\r\nx\r\nEND\r\n"),
         ])
-        time.sleep(2.2)
+        time.sleep(3.2)
         converse(c, [(b"get soon\r\n", b"END\r\n")])
         # Over DynamoDB's 400 KB item limit: refused, nothing written.
         big = b"v" * (500 * 1024)

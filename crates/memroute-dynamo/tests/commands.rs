@@ -172,12 +172,13 @@ async fn expiry_and_touch() {
     assert_eq!(run(&s, "add probe 0 2678400 0", b"").await, "STORED\r\n");
     assert_eq!(cmd(&s, "get probe").await, "END\r\n");
     assert_eq!(run(&s, "add past 0 2678400 0", b"").await, "NOT_STORED\r\n");
-    // Relative expiry, touch and gat.
-    assert_eq!(run(&s, "set t 0 1 1", b"x").await, "STORED\r\n");
-    assert_eq!(run(&s, "set keep 0 1 1", b"k").await, "STORED\r\n");
+    // Relative expiry, touch and gat. Expiry has whole-second resolution, so
+    // a 2 s TTL is the shortest that surely outlives the next few requests.
+    assert_eq!(run(&s, "set t 0 2 1", b"x").await, "STORED\r\n");
+    assert_eq!(run(&s, "set keep 0 2 1", b"k").await, "STORED\r\n");
     assert_eq!(cmd(&s, "touch keep 100").await, "TOUCHED\r\n");
     assert_eq!(cmd(&s, "touch nope 100").await, "NOT_FOUND\r\n");
-    assert_eq!(run(&s, "set g 0 1 1", b"g").await, "STORED\r\n");
+    assert_eq!(run(&s, "set g 0 2 1", b"g").await, "STORED\r\n");
     let gat = cmd(&s, "gats 100 g nope").await;
     assert!(
         gat.starts_with("VALUE g 0 1 ") && gat.ends_with("\r\ng\r\nEND\r\n"),
@@ -189,7 +190,7 @@ async fn expiry_and_touch() {
         "{mg}"
     );
     assert_eq!(cmd(&s, "mg t t").await.split(' ').next(), Some("HD"));
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    tokio::time::sleep(Duration::from_millis(3100)).await;
     assert_eq!(cmd(&s, "get t").await, "END\r\n");
     assert_eq!(cmd(&s, "get keep").await, "VALUE keep 0 1\r\nk\r\nEND\r\n");
     assert_eq!(cmd(&s, "get g").await, "VALUE g 0 1\r\ng\r\nEND\r\n");
