@@ -10,12 +10,10 @@
 --   (in the background: the client does not wait for the fill).
 -- writes = "cache_first" (a write-behind tier: the cache is authoritative
 --   and the store, typically a write-behind DynamoDB pool, keeps a durable
---   copy): the write runs on the cache; if it changed the item, the item's
---   state as the cache holds it now is read back and copied to the store.
---   Copying the current state (not the request) keeps the store in step
---   with the cache whatever command changed the item (incr, append, ...),
---   and when two clients write one key, the copy made last carries the
---   cache's latest state.
+--   copy): the write runs on the cache; if it changed the item, a `set` is
+--   sent to the store as it is (it carries the item's whole new state), and
+--   after any other command (incr, append, cas, touch, ...) the item's state
+--   as the cache holds it now is read back and copied to the store.
 -- writes = "store_first" (read-through: the store is authoritative): the
 --   write runs on the store; if it changed the item, the cached copy is
 --   deleted before the client gets its reply, so the next read refills it
@@ -33,6 +31,10 @@ local UNCHANGED = {
     [mcp.MCMC_CODE_NOT_STORED] = true, [mcp.MCMC_CODE_EXISTS] = true,
     [mcp.MCMC_CODE_NOT_FOUND] = true, [mcp.MCMC_CODE_END] = true,
 }
+
+-- Writes whose request is the item's whole new state: copied to the store
+-- as they are, without reading the item back.
+local WHOLE = { [mcp.CMD_SET] = true }
 
 local function changed(res)
     return res:ok() and not UNCHANGED[res:code()]
@@ -107,7 +109,12 @@ function tier.route(conf)
         end
         local res = cache(r)
         if changed(res) then
-            local copy = persist(cache, store, key)
+            local copy
+            if WHOLE[r:command()] then
+                copy = store(r)
+            else
+                copy = persist(cache, store, key)
+            end
             if not copy:ok() then
                 -- The store refused the copy (e.g. full write-behind
                 -- queue): say so rather than pretend it is durable.
