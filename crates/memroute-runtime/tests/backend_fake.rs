@@ -9,33 +9,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use memroute_proto::{Decoded, Limits, Request, RequestDecoder, ResponseCode};
+use memroute_proto::ResponseCode;
 use memroute_runtime::backend::{
     Backend, BackendConfig, BackendError, BackendState, MAX_IN_FLIGHT,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::LocalSet;
 
-fn req(wire: impl AsRef<[u8]>) -> Request {
-    let mut buf = BytesMut::from(wire.as_ref());
-    match RequestDecoder::new(Limits::default()).decode(&mut buf) {
-        Some(Decoded::Request(r)) => r,
-        other => panic!("bad test request: {other:?}"),
-    }
-}
-
-fn run<F: Future<Output = ()>>(limit: Duration, f: F) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    LocalSet::new().block_on(&rt, async move {
-        tokio::time::timeout(limit, f)
-            .await
-            .expect("test took too long");
-    });
-}
+mod common;
+use common::{req, run};
 
 /// A scripted backend: every accepted connection is handed to `script`
 /// with its index (0 for the first connection).

@@ -7,10 +7,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
-use memroute_proto::{Decoded, Limits, Request, RequestDecoder, ResponseCode};
+use memroute_proto::ResponseCode;
 use memroute_runtime::backend::{Backend, BackendConfig, BackendError, BackendState};
-use tokio::task::LocalSet;
 
 const MEMCACHED: &str = "/usr/bin/memcached";
 
@@ -79,31 +77,8 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Parses one request as a client would send it.
-fn req(wire: impl AsRef<[u8]>) -> Request {
-    let mut buf = BytesMut::from(wire.as_ref());
-    match RequestDecoder::new(Limits::default()).decode(&mut buf) {
-        Some(Decoded::Request(r)) => {
-            assert!(buf.is_empty(), "one request per call");
-            r
-        }
-        other => panic!("bad test request: {other:?}"),
-    }
-}
-
-/// Runs `f` on a current-thread runtime inside a LocalSet, as a worker
-/// does, with an overall time bound.
-fn run<F: std::future::Future<Output = ()>>(limit: Duration, f: F) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    LocalSet::new().block_on(&rt, async move {
-        tokio::time::timeout(limit, f)
-            .await
-            .expect("test took too long");
-    });
-}
+mod common;
+use common::{req, run};
 
 /// Reads one `STAT` value through the backend.
 async fn stat(backend: &Backend, name: &str) -> u64 {

@@ -17,7 +17,7 @@ pub const COMMANDS: &[(&str, i64)] = &[
     ("CMD_ME", 6),
     ("CMD_GET", 7),
     ("CMD_GAT", 8),
-    ("CMD_SET", 9),
+    ("CMD_SET", CMD_SET),
     ("CMD_ADD", 10),
     ("CMD_CAS", 11),
     ("CMD_GETS", 12),
@@ -37,6 +37,9 @@ pub const COMMANDS: &[(&str, i64)] = &[
 ];
 /// Size of a hook table indexed by command id.
 pub const COMMAND_SLOTS: usize = 26;
+/// `mcp.CMD_SET`'s id, which the connection checks to know whether stores
+/// bypass the embedded cache.
+pub const CMD_SET: i64 = 9;
 /// `mcp.CMD_ANY`: every command that can have a route.
 pub const CMD_ANY: i64 = 1000;
 /// `mcp.CMD_ANY_STORAGE`: every command that carries a key.

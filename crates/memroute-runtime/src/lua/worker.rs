@@ -205,7 +205,9 @@ impl WorkerLua {
 
     /// Whether `set` has a route (so stores do not reach the embedded cache).
     pub fn routes_storage(&self) -> bool {
-        self.hooks.get(9).is_some_and(|h| h.is_some())
+        self.hooks
+            .get(super::objects::CMD_SET as usize)
+            .is_some_and(|h| h.is_some())
     }
 
     /// The route attached to this request's command, if any.
