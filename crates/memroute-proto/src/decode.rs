@@ -12,7 +12,7 @@
 use bytes::{Buf, Bytes, BytesMut};
 use smallvec::SmallVec;
 
-use crate::limits::Limits;
+use crate::limits::{take_frame, Limits};
 use crate::meta::{base64_decode, MetaFlags};
 use crate::number::{parse_flags, parse_i32_wrapping, parse_u64};
 use crate::request::{
@@ -176,7 +176,7 @@ impl RequestDecoder {
                     mut request,
                     value_len,
                 } = self.pending.take().expect("checked above");
-                let data = buf.split_to(total).freeze();
+                let data = take_frame(buf, total);
                 if &data[value_len..] != b"\r\n" {
                     let error = if request.noreply() {
                         ProtocolError::Silent
@@ -207,7 +207,7 @@ impl RequestDecoder {
             } else {
                 newline
             };
-            let mut frame = buf.split_to(newline + 1).freeze();
+            let mut frame = take_frame(buf, newline + 1);
             frame.truncate(line_end);
             match parse_line(frame, &self.limits) {
                 Ok(Parsed::Ready(request)) => return Some(Decoded::Request(request)),

@@ -58,3 +58,64 @@ impl Default for Limits {
         }
     }
 }
+
+/// Frames up to this size are copied out of a connection's read buffer;
+/// larger ones are split off without copying.
+///
+/// A split-off frame shares the read buffer's allocation for as long as it
+/// lives (a request or reply is held by a route, a Lua object waiting for
+/// the garbage collector, a backend queue), so the next read cannot reuse
+/// the buffer and must allocate a new one: a whole read chunk per small
+/// frame. Copying a small frame costs less than that and lets the buffer be
+/// reused in place.
+pub const COPY_FRAMES_UP_TO: usize = 8 * 1024;
+
+/// Takes the first `len` bytes of `buf` as a frame: copied when small,
+/// split off (zero-copy) when large. See [`COPY_FRAMES_UP_TO`].
+pub fn take_frame(buf: &mut bytes::BytesMut, len: usize) -> bytes::Bytes {
+    if len <= COPY_FRAMES_UP_TO {
+        let frame = bytes::Bytes::copy_from_slice(&buf[..len]);
+        bytes::Buf::advance(buf, len);
+        frame
+    } else {
+        buf.split_to(len).freeze()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BytesMut;
+
+    fn buffer_with(frame_len: usize) -> BytesMut {
+        let mut buf = BytesMut::with_capacity(2 * frame_len + 64);
+        buf.extend((0..frame_len + 10).map(|i| i as u8));
+        buf
+    }
+
+    #[test]
+    fn small_frames_leave_the_buffer_reusable() {
+        let mut buf = buffer_with(100);
+        let frame = take_frame(&mut buf, 100);
+        assert_eq!(
+            &frame[..],
+            &(0..100).map(|i| i as u8).collect::<Vec<_>>()[..]
+        );
+        assert_eq!(buf.len(), 10);
+        buf.clear();
+        // The frame lives on, yet the buffer's memory can be reused.
+        assert!(buf.try_reclaim(100));
+        drop(frame);
+    }
+
+    #[test]
+    fn large_frames_are_split_without_copying() {
+        let len = COPY_FRAMES_UP_TO + 1;
+        let mut buf = buffer_with(len);
+        let start = buf.as_ptr();
+        let frame = take_frame(&mut buf, len);
+        assert_eq!(frame.as_ptr(), start);
+        assert_eq!(frame.len(), len);
+        assert_eq!(buf.len(), 10);
+    }
+}

@@ -299,7 +299,7 @@ fn take(
     value: Option<Range<usize>>,
 ) -> Response {
     Response {
-        raw: buf.split_to(len).freeze(),
+        raw: crate::limits::take_frame(buf, len),
         code,
         line_len,
         value,
