@@ -7,8 +7,11 @@
 -- The memcached servers are the start argument (host:port,...); the table
 -- comes from the environment as in dynamo-only.lua (DDB_TABLE, DDB_REGION,
 -- DDB_ENDPOINT, DDB_CREATE_TABLE), plus FILL_TTL (seconds a refilled item
--- stays in memcached, default 300) and WARM=1 (copy the whole table into
--- memcached at start, in the background, progress in the log).
+-- stays in memcached, default 300), WARM=1 (copy the whole table into
+-- memcached at start, in the background, progress in the log) and
+-- DDB_BATCH_WRITES=1 (send queued writes in BatchWriteItem calls: much less
+-- work for DynamoDB, but per-key order holds within this proxy only; see
+-- batch_writes in docs/dynamodb.md).
 --
 -- Run: DDB_ENDPOINT=http://127.0.0.1:8000 DDB_CREATE_TABLE=1 \
 --      memroute --config examples/dynamo-write-behind.lua \
@@ -30,6 +33,7 @@ function mcp_config_pools()
             endpoint = os.getenv("DDB_ENDPOINT"),
             create_table = os.getenv("DDB_CREATE_TABLE") == "1",
             write = "behind",
+            batch_writes = os.getenv("DDB_BATCH_WRITES") == "1",
         },
     }
 end

@@ -93,6 +93,13 @@ pub struct DynamoConfig {
     pub cas_attr: String,
     pub consistent_read: bool,
     pub write_mode: WriteMode,
+    /// Write-behind: send writes that are ready together in BatchWriteItem
+    /// calls (up to 25 keys) instead of one conditional PutItem/DeleteItem
+    /// each. Batched writes cannot carry the version condition, so per-key
+    /// order then holds within this proxy only (its queue keeps one write
+    /// per key in flight), not against other processes writing the same
+    /// keys. About 3.5x less work for DynamoDB per write (docs/dynamodb.md).
+    pub batch_writes: bool,
     /// Write-behind bound: keys with queued writes.
     pub queue_max_keys: usize,
     /// Write-behind bound: bytes of queued writes.
@@ -123,6 +130,7 @@ impl Default for DynamoConfig {
             cas_attr: "cas".into(),
             consistent_read: true,
             write_mode: WriteMode::Through,
+            batch_writes: false,
             queue_max_keys: 100_000,
             queue_max_bytes: 256 * 1024 * 1024,
             backpressure_timeout: Duration::from_secs(1),
@@ -204,6 +212,9 @@ fn validate(c: &DynamoConfig) -> Result<(), DynamoError> {
     }
     if c.max_attempts == 0 {
         return bad("max_attempts must be at least 1");
+    }
+    if c.batch_writes && c.write_mode != WriteMode::Behind {
+        return bad("batch_writes needs write = \"behind\"");
     }
     if c.write_mode == WriteMode::Behind && (c.queue_max_keys == 0 || c.queue_max_bytes == 0) {
         return bad("queue_max_keys and queue_max_bytes must be positive");
@@ -815,14 +826,21 @@ impl Inner {
     }
 
     /// The write-behind writer: sends queued writes, at most one per key and
-    /// [`WRITE_CONCURRENCY`] in all at a time.
+    /// [`WRITE_CONCURRENCY`] calls in all at a time. With `batch_writes`,
+    /// the writes ready when a call starts (up to 25) go in one
+    /// BatchWriteItem; a lone write still goes alone, with its condition.
     async fn run_writer(self: Arc<Self>) {
         let permits = Arc::new(tokio::sync::Semaphore::new(WRITE_CONCURRENCY));
+        let batch_max = if self.config.batch_writes {
+            table::BATCH_WRITE_MAX
+        } else {
+            1
+        };
         loop {
             let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
                 return;
             };
-            let job = loop {
+            let first = loop {
                 let work = self.queue.work.notified();
                 tokio::pin!(work);
                 work.as_mut().enable();
@@ -831,12 +849,84 @@ impl Inner {
                 }
                 work.await;
             };
+            let mut jobs = vec![first];
+            while jobs.len() < batch_max {
+                match self.queue.take_ready() {
+                    Some(job) => jobs.push(job),
+                    None => break,
+                }
+            }
             let inner = Arc::clone(&self);
             tokio::spawn(async move {
-                inner.send_queued(&job).await;
-                inner.queue.complete(&job.id);
+                if jobs.len() == 1 {
+                    inner.send_queued(&jobs[0]).await;
+                } else {
+                    inner.send_batch(&jobs).await;
+                }
+                for job in &jobs {
+                    inner.queue.complete(&job.id);
+                }
                 drop(permit);
             });
+        }
+    }
+
+    /// Sends queued writes of distinct keys with BatchWriteItem until all
+    /// have landed. Throttled (unprocessed) writes are sent again after a
+    /// backoff; a call that fails transiently is retried whole; a call
+    /// DynamoDB refuses outright falls back to one write at a time, so one
+    /// bad item cannot sink the others.
+    async fn send_batch(&self, jobs: &[Job]) {
+        let mut pending: Vec<&Job> = jobs.iter().collect();
+        let mut backoff = RETRY_BACKOFF_MIN;
+        let mut attempts: u64 = 0;
+        while !pending.is_empty() {
+            let writes: Vec<(&str, Option<&Item>)> = pending
+                .iter()
+                .map(|job| {
+                    let item = match &job.op {
+                        QueuedOp::Put(item) => Some(item),
+                        QueuedOp::Delete => None,
+                    };
+                    (job.id.as_str(), item)
+                })
+                .collect();
+            let outcome = self.table.batch_write(&writes).await;
+            let retry_reason = match outcome {
+                Ok(unprocessed) => {
+                    let landed = pending.len() - unprocessed.len();
+                    self.counters.written.add(landed as u64);
+                    self.counters.batches.incr();
+                    if unprocessed.is_empty() {
+                        return;
+                    }
+                    pending.retain(|job| unprocessed.contains(&job.id));
+                    format!("{} writes unprocessed (throttled)", pending.len())
+                }
+                Err(DdbError::Transient(message)) => message,
+                Err(_) => {
+                    // Validation: find the culprit one write at a time.
+                    for job in pending {
+                        self.send_queued(job).await;
+                    }
+                    return;
+                }
+            };
+            self.counters.retried.add(pending.len() as u64);
+            attempts += 1;
+            if attempts == 1 || attempts.is_multiple_of(20) {
+                tracing::warn!(
+                    table = %self.config.table,
+                    writes = pending.len(),
+                    attempts,
+                    error = %retry_reason,
+                    "write-behind batch write failed; retrying"
+                );
+            }
+            let pause =
+                backoff + Duration::from_millis(jitter_ms(backoff.as_millis() as u64 / 4 + 1));
+            tokio::time::sleep(pause).await;
+            backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
         }
     }
 

@@ -31,6 +31,7 @@ pub struct Counters {
     pub queued: Counter,
     pub coalesced: Counter,
     pub written: Counter,
+    pub batches: Counter,
     pub superseded: Counter,
     pub retried: Counter,
     pub failed: Counter,
@@ -66,6 +67,8 @@ pub struct DynamoStats {
     pub coalesced: u64,
     /// Write-behind: queued writes that landed in DynamoDB.
     pub written: u64,
+    /// Write-behind with `batch_writes`: BatchWriteItem calls made.
+    pub batches: u64,
     /// Write-behind: writes skipped because the table already held a newer
     /// version of the key (written by another process).
     pub superseded: u64,
@@ -87,7 +90,7 @@ pub struct DynamoStats {
 
 impl DynamoStats {
     /// `(name, value)` pairs in a stable order, for printing.
-    pub fn fields(&self) -> [(&'static str, u64); 18] {
+    pub fn fields(&self) -> [(&'static str, u64); 19] {
         [
             ("reads", self.reads),
             ("read_hits", self.read_hits),
@@ -100,6 +103,7 @@ impl DynamoStats {
             ("queued", self.queued),
             ("coalesced", self.coalesced),
             ("written", self.written),
+            ("batches", self.batches),
             ("superseded", self.superseded),
             ("retried", self.retried),
             ("failed", self.failed),
@@ -125,6 +129,7 @@ impl Counters {
             queued: self.queued.get(),
             coalesced: self.coalesced.get(),
             written: self.written.get(),
+            batches: self.batches.get(),
             superseded: self.superseded.get(),
             retried: self.retried.get(),
             failed: self.failed.get(),

@@ -12,8 +12,9 @@ use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, KeysAndAttributes,
-    ReturnValue, ReturnValuesOnConditionCheckFailure, ScalarAttributeType, TableStatus,
+    AttributeDefinition, AttributeValue, BillingMode, DeleteRequest, KeySchemaElement, KeyType,
+    KeysAndAttributes, PutRequest, ReturnValue, ReturnValuesOnConditionCheckFailure,
+    ScalarAttributeType, TableStatus, WriteRequest,
 };
 use aws_sdk_dynamodb::Client;
 
@@ -21,6 +22,9 @@ use crate::item::{Item, Names};
 
 /// Most keys in one BatchGetItem call.
 pub const BATCH_GET_MAX: usize = 100;
+
+/// Most writes in one BatchWriteItem call.
+pub const BATCH_WRITE_MAX: usize = 25;
 
 /// How often BatchGetItem's UnprocessedKeys are asked for again before the
 /// read fails.
@@ -280,6 +284,59 @@ impl Table {
                 Err(classify(&err))
             }
         }
+    }
+
+    /// One BatchWriteItem call with unconditional puts (`Some(item)`) and
+    /// deletes (`None`) of distinct keys, at most [`BATCH_WRITE_MAX`].
+    /// Returns the ids DynamoDB left unprocessed (throttled), to be sent
+    /// again; an error means none of the writes was applied.
+    pub async fn batch_write(
+        &self,
+        writes: &[(&str, Option<&Item>)],
+    ) -> Result<Vec<String>, DdbError> {
+        let mut requests = Vec::with_capacity(writes.len());
+        for (id, item) in writes {
+            let request = match item {
+                Some(item) => WriteRequest::builder().put_request(
+                    PutRequest::builder()
+                        .set_item(Some(self.names.item_attrs(id, item)))
+                        .build()
+                        .map_err(|e| DdbError::Permanent(e.to_string()))?,
+                ),
+                None => WriteRequest::builder().delete_request(
+                    DeleteRequest::builder()
+                        .set_key(Some(self.key(id)))
+                        .build()
+                        .map_err(|e| DdbError::Permanent(e.to_string()))?,
+                ),
+            };
+            requests.push(request.build());
+        }
+        let out = self
+            .client
+            .batch_write_item()
+            .request_items(&self.name, requests)
+            .send()
+            .await
+            .map_err(|e| classify(&e))?;
+        let mut unprocessed = Vec::new();
+        for request in out
+            .unprocessed_items()
+            .and_then(|u| u.get(&self.name))
+            .into_iter()
+            .flatten()
+        {
+            let key = request
+                .put_request()
+                .map(|p| p.item())
+                .or_else(|| request.delete_request().map(|d| d.key()));
+            if let Some(id) = key.and_then(|k| k.get(self.names.key.as_str())) {
+                if let Ok(id) = id.as_s() {
+                    unprocessed.push(id.clone());
+                }
+            }
+        }
+        Ok(unprocessed)
     }
 
     /// DeleteItem under `cond`; returns the item it removed, if any.

@@ -7,13 +7,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{cmd, run, shared, store};
+use common::{cmd, config, run, shared, store};
 use memroute_dynamo::{DynamoConfig, DynamoStore, WriteMode};
 
 /// A write-through store on the same table, to see what DynamoDB holds.
 fn reader(of: &DynamoStore) -> Arc<DynamoStore> {
     DynamoStore::new(DynamoConfig {
         write_mode: WriteMode::Through,
+        batch_writes: false,
         create_table: false,
         ..of.config().clone()
     })
@@ -119,9 +120,10 @@ struct Acked {
 /// value's write must not have been acknowledged before any other write of
 /// the key started. (With no overlap that is exactly the last acknowledged
 /// write; overlapping writes may land in either order.)
-fn torture(mode: WriteMode, threads: usize, tasks: usize, writes: usize) {
+fn torture(config: DynamoConfig, threads: usize, tasks: usize, writes: usize) {
     const KEYS: usize = 8;
-    let s = store(shared(), "torture", mode);
+    let (mode, batched) = (config.write_mode, config.batch_writes);
+    let s = DynamoStore::new(config).expect("store");
     let seq = Arc::new(AtomicU64::new(0));
     let log: Arc<Mutex<HashMap<String, Vec<Acked>>>> = Arc::default();
     let started = Instant::now();
@@ -213,17 +215,89 @@ fn torture(mode: WriteMode, threads: usize, tasks: usize, writes: usize) {
         assert!(stats.written > 20, "too few writes landed to test ordering");
         assert_eq!(stats.queued as usize, total);
         assert_eq!(stats.written + stats.coalesced, stats.queued);
+        assert_eq!(batched, stats.batches > 0, "{stats:?}");
     }
 }
 
 #[test]
 fn ordering_torture_write_behind() {
-    torture(WriteMode::Behind, 4, 8, 60);
+    torture(config(shared(), "torture", WriteMode::Behind), 4, 8, 60);
+}
+
+#[test]
+fn ordering_torture_write_behind_batched() {
+    let batched = DynamoConfig {
+        batch_writes: true,
+        ..config(shared(), "torture_batch", WriteMode::Behind)
+    };
+    torture(batched, 4, 8, 60);
 }
 
 #[test]
 fn ordering_torture_write_through() {
-    torture(WriteMode::Through, 3, 6, 25);
+    torture(config(shared(), "torture", WriteMode::Through), 3, 6, 25);
+}
+
+/// With `batch_writes`, a burst of writes to many keys goes out in
+/// BatchWriteItem calls, and every write lands: puts and deletes, with
+/// their flags and expiry.
+#[tokio::test]
+async fn batched_writes_land() {
+    const KEYS: usize = 300;
+    let s = DynamoStore::new(DynamoConfig {
+        batch_writes: true,
+        ..config(shared(), "batch", WriteMode::Behind)
+    })
+    .expect("store");
+    for i in 0..KEYS {
+        let value = format!("value-{i}");
+        let line = format!("set key{i} {i} 3600 {}", value.len());
+        assert_eq!(run(&s, &line, value.as_bytes()).await, "STORED\r\n");
+    }
+    for i in (0..KEYS).step_by(3) {
+        assert_eq!(cmd(&s, &format!("delete key{i}")).await, "DELETED\r\n");
+    }
+    let drained = {
+        let s = s.clone();
+        tokio::task::spawn_blocking(move || s.drain_blocking(Duration::from_secs(60)))
+            .await
+            .unwrap()
+    };
+    assert!(drained.drained, "{drained:?}");
+    let stats = s.stats();
+    assert_eq!(stats.failed, 0, "{stats:?}");
+    assert_eq!(stats.written + stats.coalesced, stats.queued, "{stats:?}");
+    assert!(stats.batches > 0, "no BatchWriteItem call: {stats:?}");
+    assert!(
+        stats.batches * 2 < stats.written,
+        "writes were not grouped: {stats:?}"
+    );
+    let table = reader(&s);
+    for i in 0..KEYS {
+        let reply = cmd(&table, &format!("get key{i}")).await;
+        if i % 3 == 0 {
+            assert_eq!(reply, "END\r\n", "key{i} should be deleted");
+        } else {
+            let value = format!("value-{i}");
+            assert_eq!(
+                reply,
+                format!("VALUE key{i} {i} {}\r\n{value}\r\nEND\r\n", value.len())
+            );
+        }
+    }
+    let ttl = cmd(&table, "mg key1 t").await;
+    assert!(ttl.starts_with("HD t3"), "expiry lost in a batch: {ttl:?}");
+}
+
+#[test]
+fn batch_writes_need_write_behind() {
+    let Err(error) = DynamoStore::new(DynamoConfig {
+        batch_writes: true,
+        ..config(shared(), "batch_through", WriteMode::Through)
+    }) else {
+        panic!("batch_writes with write-through must be refused");
+    };
+    assert!(error.to_string().contains("batch_writes"), "{error}");
 }
 
 /// Mixed traffic on one key from many tasks: blind sets, deletes and

@@ -115,7 +115,7 @@ fn seconds(value: Value, option: &str) -> mlua::Result<Duration> {
 
 /// `mcp.dynamo_pool{table=, region=, endpoint=, key_attr=, value_attr=,
 /// flags_attr=, expires_attr=, cas_attr=, consistent_read=, write=,
-/// queue_max_keys=, queue_max_bytes=, backpressure_timeout=, max_attempts=,
+/// batch_writes=, queue_max_keys=, queue_max_bytes=, backpressure_timeout=, max_attempts=,
 /// timeout=, create_table=, name=}`.
 pub fn dynamo_pool(opts: Table) -> mlua::Result<PoolHandle> {
     let mut config = DynamoConfig::default();
@@ -133,6 +133,16 @@ pub fn dynamo_pool(opts: Table) -> mlua::Result<PoolHandle> {
             "cas_attr" => config.cas_attr = text(value, &key)?,
             "consistent_read" => config.consistent_read = matches!(value, Value::Boolean(true)),
             "create_table" => config.create_table = matches!(value, Value::Boolean(true)),
+            "batch_writes" => {
+                config.batch_writes = match value {
+                    Value::Boolean(b) => b,
+                    _ => {
+                        return Err(mlua::Error::runtime(
+                            "mcp.dynamo_pool: batch_writes must be true or false",
+                        ))
+                    }
+                }
+            }
             "write" => {
                 config.write_mode = match text(value, &key)?.as_str() {
                     "through" => WriteMode::Through,
