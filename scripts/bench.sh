@@ -29,7 +29,8 @@
 #                memcached backend, with the arguments in PROXY_ARGS_NAME
 #                (NAME with - as _), e.g. TARGETS="memcached proxy-tier"
 #                PROXY_ARGS_tier="--config examples/dynamo-write-behind.lua
-#                --config-arg {backend}".
+#                --config-arg {backend}". PROXY_ENV_NAME holds extra
+#                environment for that target (VAR=value ...).
 #   OUT_DIR      where raw outputs go (default target/bench/<timestamp>)
 set -euo pipefail
 
@@ -162,17 +163,20 @@ EOF
         start_bg nutcracker "$port" nutcracker -c "$OUT_DIR/nutcracker.yml" \
           -o "$OUT_DIR/nutcracker.out" -s "$(free_port)"
       else
-        local spec="MEMROUTE_PROXY_ARGS"
+        local spec="MEMROUTE_PROXY_ARGS" envspec="" envs=()
         if [ "$t" != memroute-proxy ]; then
           spec="PROXY_ARGS_${t#proxy-}"
           spec=${spec//-/_}
+          envspec="PROXY_ENV_${t#proxy-}"
+          envspec=${envspec//-/_}
+          [ -n "${!envspec:-}" ] && read -ra envs <<< "${!envspec}"
         fi
         [ -n "${!spec:-}" ] || die "$t needs its memroute arguments in $spec"
         local args=${!spec}
         args=${args//\{backend\}/$HOST:$bport}
         args=${args//\{workdir\}/$OUT_DIR}
         # shellcheck disable=SC2086
-        start_bg "$t" "$port" "$MEMROUTE_BIN" -l "$HOST" -p "$port" \
+        start_bg "$t" "$port" env "${envs[@]}" "$MEMROUTE_BIN" -l "$HOST" -p "$port" \
           -t "$SERVER_THREADS" -c 4096 $args
       fi ;;
     *) die "unknown target $t" ;;

@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Benchmark helper (NOT a test): where the CPU goes during one memcaslap run.
+# Starts a memcached backend and the server under test in front of it, runs
+# memcaslap once, and prints the throughput and the CPU seconds (user+system)
+# used by each process: server, backend, client, and optionally one more
+# process (e.g. DynamoDB Local), plus the server's CPU microseconds per
+# operation. On a 2-core machine shared by all of them this says who takes
+# the cores; see docs/benchmarks.md.
+#
+#   scripts/cpu-split.sh memroute --config examples/single-pool.lua --config-arg {backend}
+#   scripts/cpu-split.sh nutcracker
+#   scripts/cpu-split.sh direct                  # memcaslap straight to memcached
+#   WATCH_PID=$(cat tests/.tmp/ddb-local.PORT.pid) scripts/cpu-split.sh memroute ...
+#
+# Environment: WORKLOAD (get90_100B, mix11_100B; default get90_100B),
+# DURATION (default 10s), SERVER_THREADS (-t for memroute and memcached,
+# default 1), CONCURRENCY (default 50), MEMROUTE_BIN (default
+# target/release/memroute, build it first), WATCH_PID. Extra environment for
+# memroute is passed through as usual (DDB_* for the dynamo examples).
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+target="${1:?usage: cpu-split.sh memroute ARGS... | nutcracker | direct}"
+shift
+WORKLOAD="${WORKLOAD:-get90_100B}"
+DURATION="${DURATION:-10s}"
+SERVER_THREADS="${SERVER_THREADS:-1}"
+CONCURRENCY="${CONCURRENCY:-50}"
+MEMROUTE_BIN="${MEMROUTE_BIN:-$REPO_ROOT/target/release/memroute}"
+HOST=127.0.0.1
+work="$(mktemp -d)"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+wait_port() { # port pid
+  local i
+  for i in $(seq 1 100); do
+    kill -0 "$2" 2>/dev/null || { echo "process for port $1 died" >&2; exit 1; }
+    (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "port $1 never opened" >&2
+  exit 1
+}
+cpu_ticks() { [ -n "${1:-}" ] && awk '{print $14+$15}' "/proc/$1/stat" || echo 0; }
+
+case "$WORKLOAD" in
+  get90_*) get=0.9 set=0.1 ;;
+  mix11_*) get=0.5 set=0.5 ;;
+  *) echo "unknown WORKLOAD $WORKLOAD" >&2; exit 2 ;;
+esac
+size="${WORKLOAD#*_}"; size="${size%B}"; size="${size/K/*1024}"; size=$((size))
+printf 'key\n64 64 1\nvalue\n%s %s 1\ncmd\n0 %s\n1 %s\n' "$size" "$size" "$set" "$get" > "$work/load.cfg"
+
+user=(); [ "$(id -u)" = 0 ] && user=(-u nobody)
+bport=$(free_port)
+memcached -l "$HOST" -p "$bport" -t "$SERVER_THREADS" -m 1024 -U 0 "${user[@]}" &
+backend=$!; pids+=("$backend")
+wait_port "$bport" "$backend"
+
+port=$(free_port)
+case "$target" in
+  direct) server=$backend; port=$bport ;;
+  nutcracker)
+    printf 'p:\n  listen: %s:%s\n  hash: fnv1a_64\n  distribution: ketama\n  servers:\n   - %s:%s:1\n' \
+      "$HOST" "$port" "$HOST" "$bport" > "$work/nutcracker.yml"
+    nutcracker -c "$work/nutcracker.yml" -s "$(free_port)" -o "$work/nutcracker.log" &
+    server=$!; pids+=("$server") ;;
+  memroute)
+    args=("${@//\{backend\}/$HOST:$bport}")
+    "$MEMROUTE_BIN" -l "$HOST" -p "$port" -t "$SERVER_THREADS" "${args[@]}" 2>"$work/memroute.log" &
+    server=$!; pids+=("$server") ;;
+  *) echo "unknown target $target" >&2; exit 2 ;;
+esac
+wait_port "$port" "$server"
+sleep 1
+
+s0=$(cpu_ticks "$server"); b0=$(cpu_ticks "$backend"); w0=$(cpu_ticks "${WATCH_PID:-}")
+/usr/bin/time -f 'client_cpu %U %S' -o "$work/time.txt" \
+  memcaslap -s "$HOST:$port" -T 1 -c "$CONCURRENCY" -t "$DURATION" -S "$DURATION" \
+  -F "$work/load.cfg" > "$work/memcaslap.txt" 2>&1
+s1=$(cpu_ticks "$server"); b1=$(cpu_ticks "$backend"); w1=$(cpu_ticks "${WATCH_PID:-}")
+
+tps=$(grep -o 'TPS: [0-9]*' "$work/memcaslap.txt" | tail -1 | awk '{print $2}')
+[ -n "$tps" ] || { cat "$work/memcaslap.txt" >&2; exit 1; }
+read -r _ cu cs < "$work/time.txt"
+secs=$(echo "$DURATION" | tr -dc '0-9')
+python3 - "$target" "$WORKLOAD" "$tps" "$secs" "$((s1 - s0))" "$((b1 - b0))" "$cu" "$cs" \
+  "$((w1 - w0))" "${WATCH_PID:-}" "$target" <<'EOF'
+import sys
+target, workload, tps, secs, server, backend, cu, cs, watched, watch_pid, _ = sys.argv[1:]
+tps, secs = int(tps), int(secs)
+ops = tps * secs
+row = [target, workload, f"{tps:,}", f"{int(server) / 100:.1f}", f"{int(backend) / 100:.1f}",
+       f"{float(cu) + float(cs):.1f}"]
+row.append(f"{int(watched) / 100:.1f}" if watch_pid else "-")
+row.append(f"{int(server) * 10_000 / ops:.2f}" if target != "direct" else "-")
+print("| target | workload | TPS | server CPU s | backend CPU s | client CPU s | watched CPU s | server us/op |")
+print("| " + " | ".join(row) + " |")
+EOF
