@@ -269,6 +269,31 @@ def test_pool_filters_keep_a_group_on_one_backend(pools_proxy, pool, keys):
     assert len(owners) >= 2
 
 
+@pytest.mark.parametrize("opts,message", [
+    ('{ bogus = 1 }', r"mcp\.dynamo_pool: unknown option 'bogus'"),
+    ('{ table = 5 }', r"table must be a string"),
+    ('{ table = "" }', r"table is required"),
+    ('{ write = "sideways" }', r'write must be "through" or "behind", not "sideways"'),
+    ('{ consistent_read = "yes" }', r"consistent_read must be true or false"),
+    ('{ create_table = 1 }', r"create_table must be true or false"),
+    ('{ batch_writes = "true", write = "behind" }', r"batch_writes must be true or false"),
+    ('{ batch_writes = true }', r'batch_writes needs write = \\?"behind\\?"'),
+    ('{ write = "behind", queue_max_keys = 0 }', r"queue_max_keys must be a positive integer"),
+    ('{ timeout = -1 }', r"timeout must be a number of seconds"),
+    ('{ name = "two words" }', r"name must be one word"),
+])
+def test_dynamo_pool_bad_options_fail_at_start(opts, message, startfile_dir):
+    """Option errors stop the startfile before any DynamoDB call (the
+    endpoint is never contacted)."""
+    text = """
+        function mcp_config_pools()
+            return { t = mcp.dynamo_pool(%s) }
+        end
+        function mcp_config_routes(p) end
+    """ % opts
+    expect_start_failure(startfile_dir, "baddynamo.lua", text, message, at="mcp.dynamo_pool(")
+
+
 def pool_file(opts: str, backends_expr: str = "{ mcp.backend('b', '127.0.0.1', 11999) }") -> str:
     return """
         function mcp_config_pools()

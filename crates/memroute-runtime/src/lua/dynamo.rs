@@ -90,6 +90,15 @@ fn text(value: Value, option: &str) -> mlua::Result<String> {
     }
 }
 
+fn boolean(value: Value, option: &str) -> mlua::Result<bool> {
+    match value {
+        Value::Boolean(b) => Ok(b),
+        _ => Err(mlua::Error::runtime(format!(
+            "mcp.dynamo_pool: {option} must be true or false"
+        ))),
+    }
+}
+
 fn count(value: Value, option: &str) -> mlua::Result<u64> {
     match value {
         Value::Integer(i) if i > 0 => Ok(i as u64),
@@ -131,18 +140,9 @@ pub fn dynamo_pool(opts: Table) -> mlua::Result<PoolHandle> {
             "flags_attr" => config.flags_attr = text(value, &key)?,
             "expires_attr" => config.expires_attr = text(value, &key)?,
             "cas_attr" => config.cas_attr = text(value, &key)?,
-            "consistent_read" => config.consistent_read = matches!(value, Value::Boolean(true)),
-            "create_table" => config.create_table = matches!(value, Value::Boolean(true)),
-            "batch_writes" => {
-                config.batch_writes = match value {
-                    Value::Boolean(b) => b,
-                    _ => {
-                        return Err(mlua::Error::runtime(
-                            "mcp.dynamo_pool: batch_writes must be true or false",
-                        ))
-                    }
-                }
-            }
+            "consistent_read" => config.consistent_read = boolean(value, &key)?,
+            "create_table" => config.create_table = boolean(value, &key)?,
+            "batch_writes" => config.batch_writes = boolean(value, &key)?,
             "write" => {
                 config.write_mode = match text(value, &key)?.as_str() {
                     "through" => WriteMode::Through,
