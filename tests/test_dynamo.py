@@ -201,6 +201,14 @@ def torture(memroute, shared_keys, threads=8, per_thread=150):
     return last
 
 
+def assert_table_holds(memroute_factory, ddb, table, last):
+    """The table holds, for every key of ``last``, its last acknowledged
+    value (call after memroute stopped and drained)."""
+    stored = read_table(memroute_factory, ddb, table, sorted(last))
+    wrong = {k: (stored[k], v) for k, v in last.items() if stored[k] != v}
+    assert not wrong, "keys whose stored value is not the last acknowledged one: %s" % wrong
+
+
 @pytest.mark.parametrize("write", ["behind", "through"])
 def test_last_acknowledged_write_wins(memroute_factory, ddb, write):
     table = new_table()
@@ -213,9 +221,7 @@ def test_last_acknowledged_write_wins(memroute_factory, ddb, write):
         assert any(k.endswith("_queued") for k in st), st
     # Graceful shutdown drains the write-behind queue.
     mr.stop()
-    stored = read_table(memroute_factory, ddb, table, sorted(last))
-    wrong = {k: (stored[k], v) for k, v in last.items() if stored[k] != v}
-    assert not wrong, "keys whose stored value is not the last acknowledged one: %s" % wrong
+    assert_table_holds(memroute_factory, ddb, table, last)
 
 
 def test_dynamodb_restart_during_write_behind(memroute_factory, ddb, tmp_path):
@@ -293,9 +299,7 @@ def test_write_behind_tier_with_batched_writes(memroute_factory, memcached_facto
     batches = [int(v) for k, v in st.items() if k.endswith("_batches")]
     assert batches and batches[0] > 0, st
     mr.stop()  # drains the queue
-    stored = read_table(memroute_factory, ddb, table, sorted(last))
-    wrong = {k: (stored[k], v) for k, v in last.items() if stored[k] != v}
-    assert not wrong, "keys whose stored value is not the last acknowledged one: %s" % wrong
+    assert_table_holds(memroute_factory, ddb, table, last)
 
 
 def test_read_through_example(memroute_factory, memcached_factory, ddb):

@@ -878,8 +878,7 @@ impl Inner {
     /// bad item cannot sink the others.
     async fn send_batch(&self, jobs: &[Job]) {
         let mut pending: Vec<&Job> = jobs.iter().collect();
-        let mut backoff = RETRY_BACKOFF_MIN;
-        let mut attempts: u64 = 0;
+        let mut retry = Retry::default();
         while !pending.is_empty() {
             let writes: Vec<(&str, Option<&Item>)> = pending
                 .iter()
@@ -913,20 +912,16 @@ impl Inner {
                 }
             };
             self.counters.retried.add(pending.len() as u64);
-            attempts += 1;
-            if attempts == 1 || attempts.is_multiple_of(20) {
+            if retry.failed() {
                 tracing::warn!(
                     table = %self.config.table,
                     writes = pending.len(),
-                    attempts,
+                    attempts = retry.attempts,
                     error = %retry_reason,
                     "write-behind batch write failed; retrying"
                 );
             }
-            let pause =
-                backoff + Duration::from_millis(jitter_ms(backoff.as_millis() as u64 / 4 + 1));
-            tokio::time::sleep(pause).await;
-            backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
+            retry.pause().await;
         }
     }
 
@@ -934,8 +929,7 @@ impl Inner {
     /// permanently. Transient failures are retried indefinitely: the write
     /// was acknowledged.
     async fn send_queued(&self, job: &Job) {
-        let mut backoff = RETRY_BACKOFF_MIN;
-        let mut attempts: u64 = 0;
+        let mut retry = Retry::default();
         loop {
             let cond = Cond::VersionAtMost(job.version);
             let result = match &job.op {
@@ -963,23 +957,50 @@ impl Inner {
                 }
                 Err(DdbError::Transient(message)) => {
                     self.counters.retried.incr();
-                    attempts += 1;
-                    if attempts == 1 || attempts.is_multiple_of(20) {
+                    if retry.failed() {
                         tracing::warn!(
                             table = %self.config.table,
                             key = %job.id,
-                            attempts,
+                            attempts = retry.attempts,
                             error = %message,
                             "write-behind write failed; retrying"
                         );
                     }
-                    let pause = backoff
-                        + Duration::from_millis(jitter_ms(backoff.as_millis() as u64 / 4 + 1));
-                    tokio::time::sleep(pause).await;
-                    backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
+                    retry.pause().await;
                 }
             }
         }
+    }
+}
+
+/// Pacing of the endless retries of an acknowledged write: exponential
+/// backoff with jitter, and a warning on the first failure and every 20th.
+struct Retry {
+    backoff: Duration,
+    attempts: u64,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry {
+            backoff: RETRY_BACKOFF_MIN,
+            attempts: 0,
+        }
+    }
+}
+
+impl Retry {
+    /// Counts a failed attempt; true when this one should be logged.
+    fn failed(&mut self) -> bool {
+        self.attempts += 1;
+        self.attempts == 1 || self.attempts.is_multiple_of(20)
+    }
+
+    /// Sleeps before the next attempt, waiting longer each time.
+    async fn pause(&mut self) {
+        let jitter = jitter_ms(self.backoff.as_millis() as u64 / 4 + 1);
+        tokio::time::sleep(self.backoff + Duration::from_millis(jitter)).await;
+        self.backoff = (self.backoff * 2).min(RETRY_BACKOFF_MAX);
     }
 }
 

@@ -44,7 +44,7 @@ pub mod request;
 pub mod response;
 
 pub use decode::{Decoded, ProtocolError, RequestDecoder};
-pub use limits::{take_frame, Limits, COPY_FRAMES_UP_TO};
+pub use limits::Limits;
 pub use meta::{MetaFlag, MetaFlags};
 pub use request::{
     ArithCommand, ArithOp, Command, GetCommand, GetOp, MetaCommand, MetaOp, Request, StoreCommand,

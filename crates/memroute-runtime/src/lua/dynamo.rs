@@ -124,8 +124,8 @@ fn seconds(value: Value, option: &str) -> mlua::Result<Duration> {
 
 /// `mcp.dynamo_pool{table=, region=, endpoint=, key_attr=, value_attr=,
 /// flags_attr=, expires_attr=, cas_attr=, consistent_read=, write=,
-/// batch_writes=, queue_max_keys=, queue_max_bytes=, backpressure_timeout=, max_attempts=,
-/// timeout=, create_table=, name=}`.
+/// batch_writes=, queue_max_keys=, queue_max_bytes=, backpressure_timeout=,
+/// max_attempts=, timeout=, create_table=, name=}`.
 pub fn dynamo_pool(opts: Table) -> mlua::Result<PoolHandle> {
     let mut config = DynamoConfig::default();
     let mut name = None;
