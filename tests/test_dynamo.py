@@ -8,7 +8,6 @@ import itertools
 import random
 import threading
 import time
-from pathlib import Path
 
 import pytest
 

@@ -19,7 +19,7 @@ import uuid
 import pytest
 
 from conftest import (HOST, RawClient, _factory, free_port, mc_get, mc_set,
-                      run_memroute_expect_failure, stats_dict, wait_until, write_startfile)
+                      stats_dict, wait_until, write_startfile)
 
 # --------------------------------------------------------------------------
 # the shared API startfile

@@ -12,14 +12,12 @@ import re
 import shutil
 import subprocess
 import uuid
-from pathlib import Path
 
 import pytest
 
-from conftest import EXAMPLES_DIR, write_startfile
+from conftest import CLIENTS_DIR, EXAMPLES_DIR, write_startfile
 from test_clients import MEMCCAPABLE_ASCII_TESTS, parse_memccapable
 
-CLIENTS_DIR = Path(__file__).resolve().parent / "clients"
 pytestmark = pytest.mark.clients
 
 
@@ -83,21 +81,6 @@ end
 """
 
 PHP_KEYS = 600
-
-
-def _php_has_memcached() -> bool:
-    if not shutil.which("php"):
-        return False
-    proc = subprocess.run(["php", "-r", "exit(class_exists('Memcached') ? 0 : 1);"],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)
-    return proc.returncode == 0
-
-
-@pytest.fixture(scope="module")
-def php_memcached():
-    if not _php_has_memcached():
-        pytest.skip("php-cli with the memcached extension missing "
-                    "(run scripts/install-test-deps.sh)")
 
 
 def php_write_keys(prefix: str, servers) -> None:

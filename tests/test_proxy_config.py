@@ -281,6 +281,14 @@ def test_pool_filters_keep_a_group_on_one_backend(pools_proxy, pool, keys):
     ('{ write = "behind", queue_max_keys = 0 }', r"queue_max_keys must be a positive integer"),
     ('{ timeout = -1 }', r"timeout must be a number of seconds"),
     ('{ name = "two words" }', r"name must be one word"),
+    ('{ format = "json" }', r'format must be "memcached" or "php_session", not "json"'),
+    ('{ session_name = "S" }', r'session_name needs format = "php_session"'),
+    ('{ format = "php_session", data_type = "blob" }',
+     r'data_type must be "string" or "binary", not "blob"'),
+    ('{ format = "php_session", session_name = "my sess" }',
+     r"session_name must be letters and digits"),
+    ('{ format = "php_session", write = "behind" }',
+     r'php_session format needs write = \\?"through\\?"'),
 ])
 def test_dynamo_pool_bad_options_fail_at_start(opts, message, startfile_dir):
     """Option errors stop the startfile before any DynamoDB call (the

@@ -8,8 +8,6 @@ import os
 import uuid
 from pathlib import Path
 
-import pytest
-
 from conftest import EXAMPLES_DIR, LUA_DIR, mc_get, mc_set
 
 # example file -> the test in this module that loads it.

@@ -35,6 +35,7 @@ mod behind;
 mod clock;
 mod item;
 mod ops;
+mod session;
 mod stats;
 mod table;
 
@@ -43,6 +44,7 @@ use clock::{absolute_expiry, now_secs, observe_version};
 pub use item::Item;
 use item::Names;
 use ops::{decide, CasRule, KeyOp, Outcome, Plan, StoreMode, Write};
+pub use session::PhpSessionFormat;
 use stats::Counters;
 pub use stats::DynamoStats;
 use table::{Cond, DdbError, Table, BATCH_GET_MAX};
@@ -115,6 +117,10 @@ pub struct DynamoConfig {
     pub create_table: bool,
     /// Strip this prefix from keys before using them as ids.
     pub key_prefix_strip: Option<String>,
+    /// Store PHP sessions in the AWS SDK for PHP's table format instead of
+    /// memcached items (write-through only; `value_attr` names the data
+    /// attribute, normally "data"). See the `session` module.
+    pub php_session: Option<PhpSessionFormat>,
 }
 
 impl Default for DynamoConfig {
@@ -138,6 +144,7 @@ impl Default for DynamoConfig {
             operation_timeout: Some(Duration::from_secs(5)),
             create_table: false,
             key_prefix_strip: None,
+            php_session: None,
         }
     }
 }
@@ -216,6 +223,24 @@ fn validate(c: &DynamoConfig) -> Result<(), DynamoError> {
     if c.batch_writes && c.write_mode != WriteMode::Behind {
         return bad("batch_writes needs write = \"behind\"");
     }
+    if let Some(f) = &c.php_session {
+        if c.write_mode != WriteMode::Through {
+            return bad("the php_session format needs write = \"through\" (session locks cannot wait in a queue)");
+        }
+        if c.key_prefix_strip.is_some() {
+            return bad("the php_session format names its ids itself (no key prefix strip)");
+        }
+        if f.session_name.is_empty() || !f.session_name.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return bad("session_name must be letters and digits (PHP's session.name)");
+        }
+        let reserved = [session::LOCK_ATTR, session::LOCK_EXPIRES_ATTR];
+        if [&c.key_attr, &c.value_attr, &c.expires_attr]
+            .iter()
+            .any(|a| reserved.contains(&a.as_str()))
+        {
+            return bad("attributes \"lock\" and \"lock_expires\" are the session lock's");
+        }
+    }
     if c.write_mode == WriteMode::Behind && (c.queue_max_keys == 0 || c.queue_max_bytes == 0) {
         return bad("queue_max_keys and queue_max_bytes must be positive");
     }
@@ -286,6 +311,13 @@ async fn build_client(c: &DynamoConfig) -> aws_sdk_dynamodb::Client {
     aws_sdk_dynamodb::Client::from_conf(builder.build())
 }
 
+/// The SDK client a store with `config` uses (same endpoint, region,
+/// credentials chain, retries and timeouts), for tools and tests that look
+/// at the table directly.
+pub async fn sdk_client(config: &DynamoConfig) -> aws_sdk_dynamodb::Client {
+    build_client(config).await
+}
+
 impl DynamoStore {
     /// Builds the SDK client and, for write-behind, starts the writer.
     /// Need not (and should not) be called from inside a tokio runtime's
@@ -352,6 +384,17 @@ impl DynamoStore {
     /// absent).
     pub async fn execute(&self, request: &Request) -> Response {
         let inner = &self.inner;
+        if let Some(format) = &inner.config.php_session {
+            return match format.plan(request) {
+                session::SessionPlan::Reply(response) => response,
+                plan => {
+                    self.on_store(request, |inner, request| async move {
+                        inner.run_session(&request, plan).await
+                    })
+                    .await
+                }
+            };
+        }
         let plan = ops::plan(request, inner.config.key_prefix_strip.as_deref());
         match &plan {
             Plan::Reply(response) => return response.clone(),
@@ -380,22 +423,33 @@ impl DynamoStore {
             }
             _ => {}
         }
-        let task_inner = Arc::clone(inner);
-        let task_request = request.clone();
-        let task = self.handle.spawn(async move {
+        self.on_store(request, |inner, request| async move {
             match plan {
                 Plan::Reply(response) => response,
                 Plan::Single { id, op } => {
-                    let outcome = task_inner.single(&id, &op).await;
-                    task_inner.render_single(&task_request, &outcome)
+                    let outcome = inner.single(&id, &op).await;
+                    inner.render_single(&request, &outcome)
                 }
-                Plan::Get { ids, touch } => task_inner.multi_get(&task_request, &ids, touch).await,
+                Plan::Get { ids, touch } => inner.multi_get(&request, &ids, touch).await,
             }
-        });
+        })
+        .await
+    }
+
+    /// Runs `work` on the store's own runtime, where the SDK's I/O lives,
+    /// and waits for its reply from the caller's runtime.
+    async fn on_store<F, Fut>(&self, request: &Request, work: F) -> Response
+    where
+        F: FnOnce(Arc<Inner>, Request) -> Fut,
+        Fut: std::future::Future<Output = Response> + Send + 'static,
+    {
+        let task = self
+            .handle
+            .spawn(work(Arc::clone(&self.inner), request.clone()));
         match task.await {
             Ok(response) => response,
             Err(_) => {
-                inner.counters.errors.incr();
+                self.inner.counters.errors.incr();
                 Response::from_line(ops::BACKEND_FAILURE)
             }
         }

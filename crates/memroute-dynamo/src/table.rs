@@ -20,6 +20,9 @@ use aws_sdk_dynamodb::Client;
 
 use crate::item::{Item, Names};
 
+/// An item's attributes as DynamoDB returns them.
+pub type Attrs = HashMap<String, AttributeValue>;
+
 /// Most keys in one BatchGetItem call.
 pub const BATCH_GET_MAX: usize = 100;
 
@@ -93,23 +96,45 @@ pub enum Cond {
     Unchanged(Option<Option<u64>>),
 }
 
-/// A condition expression with its names and values.
+/// A condition expression with its names and values (the names and values
+/// also serve the update expression sent beside it).
 #[derive(Default)]
-struct Expr {
-    text: String,
+pub(crate) struct Expr {
+    pub(crate) text: String,
     names: HashMap<String, String>,
     values: HashMap<String, AttributeValue>,
 }
 
 impl Expr {
-    fn name(&mut self, placeholder: &str, attr: &str) -> &mut Self {
+    pub(crate) fn name(&mut self, placeholder: &str, attr: &str) -> &mut Self {
         self.names.insert(placeholder.to_owned(), attr.to_owned());
         self
     }
-    fn num(&mut self, placeholder: &str, v: impl ToString) -> &mut Self {
+    pub(crate) fn num(&mut self, placeholder: &str, v: impl ToString) -> &mut Self {
         self.values
             .insert(placeholder.to_owned(), AttributeValue::N(v.to_string()));
         self
+    }
+    pub(crate) fn value(&mut self, placeholder: &str, v: AttributeValue) -> &mut Self {
+        self.values.insert(placeholder.to_owned(), v);
+        self
+    }
+    /// Drops the names and values that neither the condition nor `update`
+    /// uses: DynamoDB refuses a request that sends an unused one.
+    fn keep_used(&mut self, update: &str) {
+        let used = |placeholder: &String| {
+            [self.text.as_str(), update]
+                .iter()
+                .any(|text| uses(text, placeholder))
+        };
+        let names: Vec<String> = self.names.keys().filter(|p| !used(p)).cloned().collect();
+        let values: Vec<String> = self.values.keys().filter(|p| !used(p)).cloned().collect();
+        for p in names {
+            self.names.remove(&p);
+        }
+        for p in values {
+            self.values.remove(&p);
+        }
     }
     fn names(&self) -> Option<HashMap<String, String>> {
         (!self.names.is_empty()).then(|| self.names.clone())
@@ -120,6 +145,17 @@ impl Expr {
     fn text(&self) -> Option<String> {
         (!self.text.is_empty()).then(|| self.text.clone())
     }
+}
+
+/// Whether `text` uses `placeholder` as a whole token (`#l` is not used by
+/// `#lx`).
+fn uses(text: &str, placeholder: &str) -> bool {
+    let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    text.match_indices(placeholder).any(|(at, _)| {
+        text.as_bytes()
+            .get(at + placeholder.len())
+            .is_none_or(|&b| !word(b))
+    })
 }
 
 const LIVE: &str = "attribute_exists(#k) AND (attribute_not_exists(#e) OR #e = :zero OR #e > :now)";
@@ -398,6 +434,84 @@ impl Table {
                     err.as_service_error()
                 {
                     return Ok(None);
+                }
+                Err(classify(&err))
+            }
+        }
+    }
+
+    /// GetItem returning the raw attributes, for table formats other than
+    /// memcached's own (PHP sessions).
+    pub async fn get_attrs(&self, id: &str) -> Result<Option<Attrs>, DdbError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.name)
+            .set_key(Some(self.key(id)))
+            .consistent_read(self.consistent_read)
+            .send()
+            .await
+            .map_err(|e| classify(&e))?;
+        Ok(out.item)
+    }
+
+    /// UpdateItem with the update expression `update` under `expr`'s
+    /// condition (if any; `expr` may name more than both use); returns the attributes `returns` asks for. A
+    /// failed condition is `DdbError::Condition(None)`.
+    pub async fn update_attrs(
+        &self,
+        id: &str,
+        update: &str,
+        mut expr: Expr,
+        returns: ReturnValue,
+    ) -> Result<Attrs, DdbError> {
+        expr.keep_used(update);
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.name)
+            .set_key(Some(self.key(id)))
+            .update_expression(update)
+            .set_condition_expression(expr.text())
+            .set_expression_attribute_names(expr.names())
+            .set_expression_attribute_values(expr.values())
+            .return_values(returns)
+            .send()
+            .await;
+        match result {
+            Ok(out) => Ok(out.attributes.unwrap_or_default()),
+            Err(err) => {
+                if let Some(UpdateItemError::ConditionalCheckFailedException(_)) =
+                    err.as_service_error()
+                {
+                    return Err(DdbError::Condition(None));
+                }
+                Err(classify(&err))
+            }
+        }
+    }
+
+    /// DeleteItem under `expr`'s condition. A failed condition is
+    /// `DdbError::Condition(None)`.
+    pub async fn delete_if(&self, id: &str, mut expr: Expr) -> Result<(), DdbError> {
+        expr.keep_used("");
+        let result = self
+            .client
+            .delete_item()
+            .table_name(&self.name)
+            .set_key(Some(self.key(id)))
+            .set_condition_expression(expr.text())
+            .set_expression_attribute_names(expr.names())
+            .set_expression_attribute_values(expr.values())
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(err) => {
+                if let Some(DeleteItemError::ConditionalCheckFailedException(_)) =
+                    err.as_service_error()
+                {
+                    return Err(DdbError::Condition(None));
                 }
                 Err(classify(&err))
             }

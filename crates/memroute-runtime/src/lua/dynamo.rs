@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use memroute_dynamo::{DynamoConfig, DynamoStore, WriteMode};
+use memroute_dynamo::{DynamoConfig, DynamoStore, PhpSessionFormat, WriteMode};
 use memroute_proto::{Request, Response};
 use mlua::{Table, Value};
 
@@ -125,10 +125,17 @@ fn seconds(value: Value, option: &str) -> mlua::Result<Duration> {
 /// `mcp.dynamo_pool{table=, region=, endpoint=, key_attr=, value_attr=,
 /// flags_attr=, expires_attr=, cas_attr=, consistent_read=, write=,
 /// batch_writes=, queue_max_keys=, queue_max_bytes=, backpressure_timeout=,
-/// max_attempts=, timeout=, create_table=, name=}`.
+/// max_attempts=, timeout=, create_table=, name=, format=, session_name=,
+/// session_prefix=, data_type=}`.
 pub fn dynamo_pool(opts: Table) -> mlua::Result<PoolHandle> {
     let mut config = DynamoConfig::default();
     let mut name = None;
+    // The PHP session format: chosen by `format`, shaped by the session_*
+    // and data_type options (refused without it).
+    let mut php_session = None;
+    let mut session = PhpSessionFormat::default();
+    let mut session_options = Vec::new();
+    let mut value_attr_given = false;
     for pair in opts.pairs::<String, Value>() {
         let (key, value) = pair?;
         match key.as_str() {
@@ -136,7 +143,10 @@ pub fn dynamo_pool(opts: Table) -> mlua::Result<PoolHandle> {
             "region" => config.region = Some(text(value, &key)?),
             "endpoint" => config.endpoint = Some(text(value, &key)?),
             "key_attr" => config.key_attr = text(value, &key)?,
-            "value_attr" => config.value_attr = text(value, &key)?,
+            "value_attr" => {
+                config.value_attr = text(value, &key)?;
+                value_attr_given = true;
+            }
             "flags_attr" => config.flags_attr = text(value, &key)?,
             "expires_attr" => config.expires_attr = text(value, &key)?,
             "cas_attr" => config.cas_attr = text(value, &key)?,
@@ -160,6 +170,36 @@ pub fn dynamo_pool(opts: Table) -> mlua::Result<PoolHandle> {
             "max_attempts" => config.max_attempts = count(value, &key)?.min(100) as u32,
             "timeout" => config.operation_timeout = Some(seconds(value, &key)?),
             "name" => name = Some(text(value, &key)?),
+            "format" => {
+                php_session = match text(value, &key)?.as_str() {
+                    "memcached" => Some(false),
+                    "php_session" => Some(true),
+                    other => {
+                        return Err(mlua::Error::runtime(format!(
+                            "mcp.dynamo_pool: format must be \"memcached\" or \"php_session\", not {other:?}"
+                        )))
+                    }
+                }
+            }
+            "session_name" | "session_prefix" | "data_type" => {
+                let v = text(value, &key)?;
+                match key.as_str() {
+                    "session_name" => session.session_name = v,
+                    "session_prefix" => session.key_prefix = v,
+                    _ => {
+                        session.binary_data = match v.as_str() {
+                            "string" => false,
+                            "binary" => true,
+                            other => {
+                                return Err(mlua::Error::runtime(format!(
+                                "mcp.dynamo_pool: data_type must be \"string\" or \"binary\", not {other:?}"
+                            )))
+                            }
+                        }
+                    }
+                }
+                session_options.push(key);
+            }
             other => {
                 return Err(mlua::Error::runtime(format!(
                     "mcp.dynamo_pool: unknown option '{other}'"
@@ -169,6 +209,17 @@ pub fn dynamo_pool(opts: Table) -> mlua::Result<PoolHandle> {
     }
     if config.table.is_empty() {
         return Err(mlua::Error::runtime("mcp.dynamo_pool: table is required"));
+    }
+    if php_session == Some(true) {
+        if !value_attr_given {
+            // The AWS SDK for PHP's name for the session data.
+            config.value_attr = "data".into();
+        }
+        config.php_session = Some(session);
+    } else if let Some(option) = session_options.first() {
+        return Err(mlua::Error::runtime(format!(
+            "mcp.dynamo_pool: {option} needs format = \"php_session\""
+        )));
     }
     let name = name.unwrap_or_else(|| format!("dynamo_{}", config.table));
     if name.is_empty() || name.contains(char::is_whitespace) {
