@@ -11,7 +11,8 @@
 -- memcached at start, in the background, progress in the log) and
 -- DDB_BATCH_WRITES=1 (send queued writes in BatchWriteItem calls: much less
 -- work for DynamoDB, but per-key order holds within this proxy only; see
--- batch_writes in docs/dynamodb.md).
+-- batch_writes in docs/dynamodb.md), with DDB_BATCH_LINGER (seconds the
+-- writer waits to fill a batch, default 0.005).
 --
 -- Run: DDB_ENDPOINT=http://127.0.0.1:8000 DDB_CREATE_TABLE=1 \
 --      memroute --config examples/dynamo-write-behind.lua \
@@ -25,6 +26,7 @@ function mcp_config_pools()
         local host, port = string.match(hp, "^(.+):(%d+)$")
         table.insert(backends, mcp.backend("mc" .. (#backends + 1), host, tonumber(port)))
     end
+    local batched = os.getenv("DDB_BATCH_WRITES") == "1"
     return {
         cache = mcp.pool(backends),
         table = mcp.dynamo_pool{
@@ -33,7 +35,8 @@ function mcp_config_pools()
             endpoint = os.getenv("DDB_ENDPOINT"),
             create_table = os.getenv("DDB_CREATE_TABLE") == "1",
             write = "behind",
-            batch_writes = os.getenv("DDB_BATCH_WRITES") == "1",
+            batch_writes = batched,
+            batch_linger = batched and tonumber(os.getenv("DDB_BATCH_LINGER") or "0.005") or nil,
         },
     }
 end

@@ -241,6 +241,51 @@ fn ordering_torture_write_through() {
 /// With `batch_writes`, a burst of writes to many keys goes out in
 /// BatchWriteItem calls, and every write lands: puts and deletes, with
 /// their flags and expiry.
+/// Writes that trickle in slower than DynamoDB answers still share calls:
+/// the writer waits `batch_linger` to fill a batch.
+#[tokio::test]
+async fn batch_linger_fills_batches() {
+    const KEYS: usize = 50;
+    let s = DynamoStore::new(DynamoConfig {
+        batch_writes: true,
+        batch_linger: Duration::from_secs(2),
+        ..config(shared(), "linger", WriteMode::Behind)
+    })
+    .expect("store");
+    for i in 0..KEYS {
+        assert_eq!(
+            run(&s, &format!("set k{i} 0 0 1"), b"v").await,
+            "STORED\r\n"
+        );
+        // Much slower than a DynamoDB Local round trip: without the
+        // linger, nearly every write would go out alone.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let drained = {
+        let s = s.clone();
+        tokio::task::spawn_blocking(move || s.drain_blocking(Duration::from_secs(60)))
+            .await
+            .unwrap()
+    };
+    assert!(drained.drained, "{drained:?}");
+    let stats = s.stats();
+    assert_eq!(stats.written, KEYS as u64, "{stats:?}");
+    // 50 writes over ~1 s, each batch waiting up to 2 s: two full
+    // batches of 25 (a third if a call's timing splits one), where without
+    // the linger most writes go alone (a lone write is no batch).
+    assert!(
+        (2..=3).contains(&stats.batches),
+        "writes were not lingered into batches: {stats:?}"
+    );
+    let table = reader(&s);
+    for i in 0..KEYS {
+        assert_eq!(
+            cmd(&table, &format!("get k{i}")).await,
+            format!("VALUE k{i} 0 1\r\nv\r\nEND\r\n")
+        );
+    }
+}
+
 #[tokio::test]
 async fn batched_writes_land() {
     const KEYS: usize = 300;

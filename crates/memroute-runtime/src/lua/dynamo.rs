@@ -125,7 +125,7 @@ fn seconds(value: Value, option: &str) -> mlua::Result<Duration> {
 /// `mcp.dynamo_pool{table=, region=, endpoint=, key_attr=, value_attr=,
 /// flags_attr=, expires_attr=, cas_attr=, consistent_read=, write=,
 /// batch_writes=, queue_max_keys=, queue_max_bytes=, backpressure_timeout=,
-/// max_attempts=, timeout=, create_table=, name=, format=, session_name=,
+/// batch_linger=, max_attempts=, timeout=, create_table=, name=, format=, session_name=,
 /// session_prefix=, data_type=}`.
 pub fn dynamo_pool(opts: Table) -> mlua::Result<PoolHandle> {
     let mut config = DynamoConfig::default();
@@ -136,6 +136,7 @@ pub fn dynamo_pool(opts: Table) -> mlua::Result<PoolHandle> {
     let mut session = PhpSessionFormat::default();
     let mut session_options = Vec::new();
     let mut value_attr_given = false;
+    let mut linger_given = false;
     for pair in opts.pairs::<String, Value>() {
         let (key, value) = pair?;
         match key.as_str() {
@@ -153,6 +154,16 @@ pub fn dynamo_pool(opts: Table) -> mlua::Result<PoolHandle> {
             "consistent_read" => config.consistent_read = boolean(value, &key)?,
             "create_table" => config.create_table = boolean(value, &key)?,
             "batch_writes" => config.batch_writes = boolean(value, &key)?,
+            "batch_linger" => {
+                let linger = seconds(value, &key)?;
+                if linger > Duration::from_secs(1) {
+                    return Err(mlua::Error::runtime(
+                        "mcp.dynamo_pool: batch_linger must be at most 1 second",
+                    ));
+                }
+                config.batch_linger = linger;
+                linger_given = true;
+            }
             "write" => {
                 config.write_mode = match text(value, &key)?.as_str() {
                     "through" => WriteMode::Through,
@@ -209,6 +220,11 @@ pub fn dynamo_pool(opts: Table) -> mlua::Result<PoolHandle> {
     }
     if config.table.is_empty() {
         return Err(mlua::Error::runtime("mcp.dynamo_pool: table is required"));
+    }
+    if linger_given && !config.batch_writes {
+        return Err(mlua::Error::runtime(
+            "mcp.dynamo_pool: batch_linger needs batch_writes = true",
+        ));
     }
     if php_session == Some(true) {
         if !value_attr_given {
