@@ -12,6 +12,10 @@
 #   scripts/cpu-split.sh direct                  # memcaslap straight to memcached
 #   WATCH_PID=$(cat tests/.tmp/ddb-local.PORT.pid) scripts/cpu-split.sh memroute ...
 #
+# With DDB_TABLE set (a DynamoDB example), it also prints what the
+# write-behind queue held when the load stopped and how long it took to
+# drain.
+#
 # Environment: WORKLOAD (get90_100B, mix11_100B; default get90_100B),
 # DURATION (default 10s), SERVER_THREADS (-t for memroute and memcached,
 # default 1), CONCURRENCY (default 50), MEMROUTE_BIN (default
@@ -106,3 +110,33 @@ row.append(f"{int(server) * 10_000 / ops:.2f}" if target != "direct" else "-")
 print("| target | workload | TPS | server CPU s | backend CPU s | client CPU s | watched CPU s | server us/op |")
 print("| " + " | ".join(row) + " |")
 EOF
+
+# A DynamoDB write-behind pool (DDB_TABLE set): what its queue held when the
+# load stopped, and how long the queue took to reach DynamoDB after that.
+if [ "$target" = memroute ] && [ -n "${DDB_TABLE:-}" ]; then
+  python3 - "$HOST" "$port" "$DDB_TABLE" <<'PYEOF'
+import socket, sys, time
+host, port, table = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+def stats():
+    with socket.create_connection((host, port), timeout=5) as s:
+        s.sendall(b"stats\r\n")
+        buf = b""
+        while not buf.endswith(b"END\r\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    prefix = "dynamo_%s_" % table
+    return {p[1][len(prefix):]: int(p[2]) for p in (l.split() for l in buf.decode().splitlines())
+            if len(p) == 3 and p[1].startswith(prefix)}
+fields = ("queued", "written", "batches", "rejected", "failed", "queue_depth")
+show = lambda st: " ".join("%s=%s" % (f, st.get(f)) for f in fields)
+start = time.monotonic()
+st = stats()
+print("when the load stopped: " + show(st))
+while st.get("queue_depth", 0) > 0 and time.monotonic() - start < 600:
+    time.sleep(0.5)
+    st = stats()
+print("drained %.1f s after the load: %s" % (time.monotonic() - start, show(st)))
+PYEOF
+fi
