@@ -114,20 +114,14 @@ EOF
 # A DynamoDB write-behind pool (DDB_TABLE set): what its queue held when the
 # load stopped, and how long the queue took to reach DynamoDB after that.
 if [ "$target" = memroute ] && [ -n "${DDB_TABLE:-}" ]; then
-  python3 - "$HOST" "$port" "$DDB_TABLE" <<'PYEOF'
-import socket, sys, time
-host, port, table = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+  python3 - "$REPO_ROOT/scripts" "$port" "$DDB_TABLE" <<'PYEOF'
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from bench_report import server_stats
+port, table = sys.argv[2], sys.argv[3]
 def stats():
-    with socket.create_connection((host, port), timeout=5) as s:
-        s.sendall(b"stats\r\n")
-        buf = b""
-        while not buf.endswith(b"END\r\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
     prefix = "dynamo_%s_" % table
-    return {p[1][len(prefix):]: int(p[2]) for p in (l.split() for l in buf.decode().splitlines())
+    return {p[1][len(prefix):]: int(p[2]) for p in (l.split() for l in server_stats(port).splitlines())
             if len(p) == 3 and p[1].startswith(prefix)}
 fields = ("queued", "written", "batches", "rejected", "failed", "queue_depth")
 show = lambda st: " ".join("%s=%s" % (f, st.get(f)) for f in fields)

@@ -312,19 +312,15 @@ impl Inner {
         };
         e.text = cond.into();
         self.counters.sync_writes.incr();
-        let old = match self
+        let Some(old) = self
             .table
             .update_attrs(&t.id, update, e, ReturnValue::AllOld)
-            .await
-        {
-            Ok(old) => old,
-            Err(DdbError::Condition(_)) => {
-                return Ok(match op {
-                    KeyOp::Touch { .. } => Outcome::NotFound,
-                    _ => Outcome::Miss,
-                })
-            }
-            Err(e) => return Err(e),
+            .await?
+        else {
+            return Ok(match op {
+                KeyOp::Touch { .. } => Outcome::NotFound,
+                _ => Outcome::Miss,
+            });
         };
         if let KeyOp::Touch { .. } = op {
             return Ok(Outcome::Touched);
@@ -391,18 +387,17 @@ impl Inner {
             }
         };
         self.counters.sync_writes.incr();
-        match self
+        let stored = self
             .table
             .update_attrs(&t.id, update, e, ReturnValue::None)
-            .await
-        {
-            Ok(_) => Ok(Outcome::Stored {
+            .await?;
+        Ok(match stored {
+            Some(_) => Outcome::Stored {
                 cas: 0,
                 size: s.value.len(),
-            }),
-            Err(DdbError::Condition(_)) => Ok(Outcome::NotStored),
-            Err(e) => Err(e),
-        }
+            },
+            None => Outcome::NotStored,
+        })
     }
 
     /// `delete` of the data (the session is destroyed; a lock stays until
@@ -419,14 +414,12 @@ impl Inner {
         };
         e.text = cond.into();
         self.counters.sync_writes.incr();
-        let old = match self
+        let Some(old) = self
             .table
             .update_attrs(&t.id, update, e, ReturnValue::AllOld)
-            .await
-        {
-            Ok(old) => old,
-            Err(DdbError::Condition(_)) => return Ok(Outcome::NotFound),
-            Err(e) => return Err(e),
+            .await?
+        else {
+            return Ok(Outcome::NotFound);
         };
         let (_, data, _) = self.session_names();
         let other_part_left = match t.part {
@@ -436,12 +429,9 @@ impl Inner {
         if !other_part_left {
             let mut gone = self.session_expr(now);
             gone.text = "attribute_not_exists(#d) AND attribute_not_exists(#l)".into();
-            match self.table.delete_if(&t.id, gone).await {
-                // Written again in between: it is no longer empty.
-                Ok(()) | Err(DdbError::Condition(_)) => {}
-                Err(e) => {
-                    tracing::debug!(id = t.id, error = %e.describe(), "empty session item left")
-                }
+            // A failed condition means it was written again in between.
+            if let Err(e) = self.table.delete_if(&t.id, gone).await {
+                tracing::debug!(id = t.id, error = %e.describe(), "empty session item left");
             }
         }
         Ok(if self.live_part(t.part, &old, now).is_some() {

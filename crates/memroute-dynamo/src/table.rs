@@ -410,34 +410,15 @@ impl Table {
     pub async fn touch(&self, id: &str, expires: i64, now: i64) -> Result<Option<Item>, DdbError> {
         let mut expr = condition(&self.names, Cond::Live { now });
         let update = if expires == 0 {
-            "REMOVE #e".to_owned()
+            "REMOVE #e"
         } else {
             expr.num(":exp", expires);
-            "SET #e = :exp".to_owned()
+            "SET #e = :exp"
         };
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.name)
-            .set_key(Some(self.key(id)))
-            .update_expression(update)
-            .set_condition_expression(expr.text())
-            .set_expression_attribute_names(expr.names())
-            .set_expression_attribute_values(expr.values())
-            .return_values(ReturnValue::AllOld)
-            .send()
-            .await;
-        match result {
-            Ok(out) => Ok(out.attributes().map(|a| self.names.read_item(a))),
-            Err(err) => {
-                if let Some(UpdateItemError::ConditionalCheckFailedException(_)) =
-                    err.as_service_error()
-                {
-                    return Ok(None);
-                }
-                Err(classify(&err))
-            }
-        }
+        let old = self
+            .update_attrs(id, update, expr, ReturnValue::AllOld)
+            .await?;
+        Ok(old.map(|attrs| self.names.read_item(&attrs)))
     }
 
     /// GetItem returning the raw attributes, for table formats other than
@@ -456,15 +437,15 @@ impl Table {
     }
 
     /// UpdateItem with the update expression `update` under `expr`'s
-    /// condition (if any; `expr` may name more than both use); returns the attributes `returns` asks for. A
-    /// failed condition is `DdbError::Condition(None)`.
+    /// condition (if any; `expr` may name more than both use). Returns the
+    /// attributes `returns` asks for, or `None` when the condition failed.
     pub async fn update_attrs(
         &self,
         id: &str,
         update: &str,
         mut expr: Expr,
         returns: ReturnValue,
-    ) -> Result<Attrs, DdbError> {
+    ) -> Result<Option<Attrs>, DdbError> {
         expr.keep_used(update);
         let result = self
             .client
@@ -479,21 +460,20 @@ impl Table {
             .send()
             .await;
         match result {
-            Ok(out) => Ok(out.attributes.unwrap_or_default()),
+            Ok(out) => Ok(Some(out.attributes.unwrap_or_default())),
             Err(err) => {
                 if let Some(UpdateItemError::ConditionalCheckFailedException(_)) =
                     err.as_service_error()
                 {
-                    return Err(DdbError::Condition(None));
+                    return Ok(None);
                 }
                 Err(classify(&err))
             }
         }
     }
 
-    /// DeleteItem under `expr`'s condition. A failed condition is
-    /// `DdbError::Condition(None)`.
-    pub async fn delete_if(&self, id: &str, mut expr: Expr) -> Result<(), DdbError> {
+    /// DeleteItem under `expr`'s condition; whether the condition held.
+    pub async fn delete_if(&self, id: &str, mut expr: Expr) -> Result<bool, DdbError> {
         expr.keep_used("");
         let result = self
             .client
@@ -506,12 +486,12 @@ impl Table {
             .send()
             .await;
         match result {
-            Ok(_) => Ok(()),
+            Ok(_) => Ok(true),
             Err(err) => {
                 if let Some(DeleteItemError::ConditionalCheckFailedException(_)) =
                     err.as_service_error()
                 {
-                    return Err(DdbError::Condition(None));
+                    return Ok(false);
                 }
                 Err(classify(&err))
             }

@@ -241,6 +241,14 @@ fn ordering_torture_write_through() {
 /// With `batch_writes`, a burst of writes to many keys goes out in
 /// BatchWriteItem calls, and every write lands: puts and deletes, with
 /// their flags and expiry.
+/// Waits (off the test's runtime) until the store's queue has drained.
+async fn drain(s: &Arc<DynamoStore>) -> memroute_dynamo::DrainReport {
+    let s = Arc::clone(s);
+    tokio::task::spawn_blocking(move || s.drain_blocking(Duration::from_secs(60)))
+        .await
+        .unwrap()
+}
+
 /// Writes that trickle in slower than DynamoDB answers still share calls:
 /// the writer waits `batch_linger` to fill a batch.
 #[tokio::test]
@@ -261,12 +269,7 @@ async fn batch_linger_fills_batches() {
         // linger, nearly every write would go out alone.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let drained = {
-        let s = s.clone();
-        tokio::task::spawn_blocking(move || s.drain_blocking(Duration::from_secs(60)))
-            .await
-            .unwrap()
-    };
+    let drained = drain(&s).await;
     assert!(drained.drained, "{drained:?}");
     let stats = s.stats();
     assert_eq!(stats.written, KEYS as u64, "{stats:?}");
@@ -302,12 +305,7 @@ async fn batched_writes_land() {
     for i in (0..KEYS).step_by(3) {
         assert_eq!(cmd(&s, &format!("delete key{i}")).await, "DELETED\r\n");
     }
-    let drained = {
-        let s = s.clone();
-        tokio::task::spawn_blocking(move || s.drain_blocking(Duration::from_secs(60)))
-            .await
-            .unwrap()
-    };
+    let drained = drain(&s).await;
     assert!(drained.drained, "{drained:?}");
     let stats = s.stats();
     assert_eq!(stats.failed, 0, "{stats:?}");
