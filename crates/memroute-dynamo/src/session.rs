@@ -345,6 +345,9 @@ impl Inner {
         s: &ops::StoreSpec,
         now: i64,
     ) -> Result<Outcome, DdbError> {
+        if t.part == Part::Data && is_expired(data_expiry(s.exptime, now), now) {
+            return self.store_expired(t, s, now).await;
+        }
         let mut e = self.session_expr(now);
         let update = match t.part {
             Part::Data => {
@@ -397,6 +400,38 @@ impl Inner {
                 size: s.value.len(),
             },
             None => Outcome::NotStored,
+        })
+    }
+
+    /// Data stored already expired (a negative exptime, or an absolute one
+    /// in the past): memcached stores an item nobody can read, so the
+    /// outcome is that of the store, and the effect that of a delete. Like
+    /// memcached, nothing is left behind; php-memcached's session-id probe
+    /// (an `add` with expiry 2678400, a time in 1970) relies on that.
+    async fn store_expired(
+        &self,
+        t: &Target,
+        s: &ops::StoreSpec,
+        now: i64,
+    ) -> Result<Outcome, DdbError> {
+        let live = match s.mode {
+            StoreMode::Set => None,
+            _ => Some(matches!(
+                self.session_read(t, now).await?,
+                Outcome::Hit { .. }
+            )),
+        };
+        let stored = Outcome::Stored {
+            cas: 0,
+            size: s.value.len(),
+        };
+        Ok(match (s.mode, live) {
+            (StoreMode::Add, Some(true)) | (StoreMode::Replace, Some(false)) => Outcome::NotStored,
+            (StoreMode::Add, _) => stored,
+            _ => {
+                self.session_delete(t, now).await?;
+                stored
+            }
         })
     }
 

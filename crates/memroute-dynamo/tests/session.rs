@@ -172,6 +172,35 @@ async fn php_memcached_session_conversation() {
         run(&st, "replace memc.sess.key.new1 0 0 1", b"x").await,
         "STORED\r\n"
     );
+    // Stored already expired: nothing is written, and what was there goes
+    // (php-memcached probes a session id with an add expiring in 1970).
+    let probe = "add memc.sess.key.new1 0 2678400 0";
+    assert_eq!(
+        run(&st, probe, b"").await,
+        "NOT_STORED\r\n",
+        "a live session exists"
+    );
+    let probe = "add memc.sess.key.unused 0 2678400 0";
+    assert_eq!(run(&st, probe, b"").await, "STORED\r\n");
+    assert_eq!(
+        item(&c, "PHPSESSID_unused").await,
+        None,
+        "the probe persists nothing"
+    );
+    assert_eq!(
+        run(&st, "replace memc.sess.key.unused 0 -1 1", b"x").await,
+        "NOT_STORED\r\n"
+    );
+    assert_eq!(
+        run(&st, "set memc.sess.key.gone 0 60 1", b"x").await,
+        "STORED\r\n"
+    );
+    assert_eq!(
+        run(&st, "set memc.sess.key.gone 0 -1 1", b"y").await,
+        "STORED\r\n"
+    );
+    assert_eq!(cmd(&st, "get memc.sess.key.gone").await, "END\r\n");
+    assert_eq!(item(&c, "PHPSESSID_gone").await, None);
     // exptime 0 is stored as a far-future expiry, which the SDK reads live.
     assert_eq!(
         num(&item(&c, "PHPSESSID_new1").await.unwrap(), "expires"),
