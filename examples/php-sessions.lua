@@ -3,7 +3,8 @@
 --
 --   session.save_handler = memcached
 --   session.save_path = "127.0.0.1:11211"       ; memroute
---   memcached.sess_binary_protocol = 0           ; memroute speaks text/meta
+--
+-- (binary protocol, php-memcached's default for sessions, or text).
 --
 -- Each session is one item: id "<session name>_<sid>", data, expires and,
 -- while a request holds it, lock (see docs/dynamodb.md). Applications that

@@ -11,8 +11,11 @@ parametrized ``server`` fixture.
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
+import socket
+import struct
 import subprocess
 import threading
 import time
@@ -20,7 +23,7 @@ import uuid
 
 import pytest
 
-from conftest import CLIENTS_DIR, RawClient
+from conftest import CLIENTS_DIR, RawClient, missing
 
 pymemcache = pytest.importorskip("pymemcache")
 from pymemcache.client.base import Client  # noqa: E402
@@ -230,39 +233,109 @@ def test_perl_cache_memcached(server):
 
 # Every ascii test memccapable (libmemcached-tools 1.1.x) runs.  memcached
 # 1.6.18 passes all of them and skips none.
-MEMCCAPABLE_ASCII_TESTS = [
-    "version", "quit", "verbosity", "set", "set noreply", "get", "gets", "mget",
-    "flush", "flush noreply", "add", "add noreply", "replace", "replace noreply",
-    "cas", "cas noreply", "delete", "delete noreply", "incr", "incr noreply",
-    "decr", "decr noreply", "append", "append noreply", "prepend",
-    "prepend noreply", "stat",
-]
+MEMCCAPABLE_TESTS = {
+    "ascii": [
+        "version", "quit", "verbosity", "set", "set noreply", "get", "gets", "mget",
+        "flush", "flush noreply", "add", "add noreply", "replace", "replace noreply",
+        "cas", "cas noreply", "delete", "delete noreply", "incr", "incr noreply",
+        "decr", "decr noreply", "append", "append noreply", "prepend",
+        "prepend noreply", "stat",
+    ],
+    "binary": [
+        "noop", "quit", "quitq", "set", "setq", "flush", "flushq", "add", "addq",
+        "replace", "replaceq", "delete", "deleteq", "get", "getq", "getk", "getkq",
+        "incr", "incrq", "decr", "decrq", "version", "append", "appendq", "prepend",
+        "prependq", "stat",
+    ],
+}
 
 
-def parse_memccapable(output: str) -> dict:
+def parse_memccapable(output: str, mode: str) -> dict:
     """{'set': 'pass', ...} from lines like 'ascii set          [pass]'."""
     results = {}
     for line in output.splitlines():
-        m = re.match(r"^ascii (.+?)\s+\[(\w+)\]\s*$", line)
+        m = re.match(r"^%s (.+?)\s+\[(\w+)\]\s*$" % mode, line)
         if m:
             results[m.group(1)] = m.group(2)
     return results
 
 
-@pytest.mark.slow
-def test_memccapable_ascii(server):
+def assert_memccapable_passes(host: str, port: int, mode: str) -> None:
+    """libmemcached's conformance tool, every test of one protocol
+    (``ascii`` or ``binary``), against host:port."""
     exe = shutil.which("memccapable") or shutil.which("memcapable")
     if not exe:
-        pytest.skip("memccapable missing (libmemcached-tools; run scripts/install-test-deps.sh)")
-    proc = subprocess.run([exe, "-a", "-t", "5", "-h", server.host, "-p", str(server.port)],
-                          capture_output=True, text=True, timeout=120)
+        missing("memccapable missing (libmemcached-tools; run scripts/install-test-deps.sh)")
+    proc = subprocess.run([exe, "-a" if mode == "ascii" else "-b", "-t", "5", "-h", host,
+                           "-p", str(port)], capture_output=True, text=True, timeout=120)
     out = proc.stdout + proc.stderr
-    results = parse_memccapable(out)
-    assert sorted(results) == sorted(MEMCCAPABLE_ASCII_TESTS), out
+    results = parse_memccapable(out, mode)
+    assert sorted(results) == sorted(MEMCCAPABLE_TESTS[mode]), out
     failed = {k: v for k, v in results.items() if v != "pass"}
     assert not failed, "memccapable failures %s\n%s" % (failed, out)
     assert proc.returncode == 0, out
     assert "All tests passed" in out, out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["ascii", "binary"])
+def test_memccapable(server, mode):
+    assert_memccapable_passes(server.host, server.port, mode)
+
+
+def binary_request(opcode, key=b"", value=b"", extras=b"", cas=0, opaque=0):
+    return struct.pack(">BBHBBHIIQ", 0x80, opcode, len(key), len(extras), 0, 0,
+                       len(extras) + len(key) + len(value), opaque, cas) + extras + key + value
+
+
+def binary_responses(sock, count):
+    """``count`` response packets: (opcode, status, opaque, cas, extras, key, value)."""
+    out, buf = [], b""
+    while len(out) < count:
+        while len(buf) < 24 or len(buf) < 24 + struct.unpack(">I", buf[8:12])[0]:
+            chunk = sock.recv(65536)
+            assert chunk, "connection closed after %d packets" % len(out)
+            buf += chunk
+        magic, op, klen, elen, _, status, blen, opaque, cas = struct.unpack(">BBHBBHIIQ", buf[:24])
+        assert magic == 0x81
+        body, buf = buf[24:24 + blen], buf[24 + blen:]
+        out.append((op, status, opaque, cas, body[:elen], body[elen:elen + klen], body[elen + klen:]))
+    return out
+
+
+def test_binary_keys_quiet_pipelines_and_counters(server):
+    """Binary protocol corners memccapable does not reach, the same on
+    memcached and memroute: keys with spaces and NULs, a quiet multi-get
+    ended by NOOP, incr that must not create, touch."""
+    key = b"bin key\x00%d" % random.randrange(1 << 30)
+    with socket.create_connection((server.host, server.port), timeout=5) as s:
+        s.sendall(binary_request(0x01, key, b"val", struct.pack(">II", 3, 0), opaque=1))
+        [(op, status, opaque, cas, _, _, _)] = binary_responses(s, 1)
+        assert (op, status, opaque) == (0x01, 0, 1) and cas != 0
+        s.sendall(binary_request(0x0c, key, opaque=2))
+        [(_, status, _, got_cas, extras, k, v)] = binary_responses(s, 1)
+        assert (status, extras, k, v, got_cas) == (0, struct.pack(">I", 3), key, b"val", cas)
+        # GETKQ x2 (one miss) + NOOP: only the hit and the NOOP answer.
+        s.sendall(binary_request(0x0d, key + b"-missing", opaque=3)
+                  + binary_request(0x0d, key, opaque=4) + binary_request(0x0a, opaque=5))
+        replies = binary_responses(s, 2)
+        assert [(r[0], r[1], r[2], r[5], r[6]) for r in replies] == [
+            (0x0d, 0, 4, key, b"val"), (0x0a, 0, 5, b"", b"")]
+        # INCR with expiry 0xffffffff must not create; with 0 it creates.
+        counter = key + b"-n"
+        s.sendall(binary_request(0x05, counter, extras=struct.pack(">QQI", 1, 10, 0xffffffff)))
+        assert binary_responses(s, 1)[0][1] == 0x0001
+        s.sendall(binary_request(0x05, counter, extras=struct.pack(">QQI", 1, 10, 0)))
+        assert binary_responses(s, 1)[0][1] == 0
+        s.sendall(binary_request(0x05, counter, extras=struct.pack(">QQI", 5, 10, 0)))
+        assert binary_responses(s, 1)[0][6] == struct.pack(">Q", 15)
+        # TOUCH of a live key and of a missing one; a CAS mismatch on SET.
+        s.sendall(binary_request(0x1c, key, extras=struct.pack(">I", 100)))
+        assert binary_responses(s, 1)[0][1] == 0
+        s.sendall(binary_request(0x1c, key + b"-missing", extras=struct.pack(">I", 100)))
+        assert binary_responses(s, 1)[0][1] == 0x0001
+        s.sendall(binary_request(0x01, key, b"x", struct.pack(">II", 0, 0), cas=cas + 1000))
+        assert binary_responses(s, 1)[0][1] == 0x0002
 
 
 # --------------------------------------------------------------------------

@@ -7,6 +7,7 @@ Run alone with: python3 -m pytest tests/test_php_sessions.py -q
 """
 
 import itertools
+import os
 import random
 import subprocess
 import threading
@@ -42,10 +43,11 @@ def new_sid() -> str:
     return "sid%d%d" % (next(_sids), random.randrange(1 << 40))
 
 
-def php(mr, sid, action, hold_ms=0, timeout=60):
+def php(mr, sid, action, hold_ms=0, timeout=60, binary=False):
+    env = dict(os.environ, PHP_SESS_BINARY="1" if binary else "0")
     proc = subprocess.run(
         ["php", str(PHP_SESSION), "127.0.0.1:%d" % mr.port, sid, action, str(hold_ms)],
-        capture_output=True, text=True, timeout=timeout)
+        capture_output=True, text=True, timeout=timeout, env=env)
     assert proc.returncode == 0, "php %s: %s%s" % (action, proc.stdout, proc.stderr)
     return proc.stdout.strip()
 
@@ -56,20 +58,23 @@ def item(ddb, table, sid, name="PHPSESSID"):
     return out.get("Item")
 
 
-def test_sessions_live_in_the_sdk_table_format(php_memcached, sessions, ddb):
+@pytest.mark.parametrize("binary", [False, True], ids=["text", "binary"])
+def test_sessions_live_in_the_sdk_table_format(php_memcached, sessions, ddb, binary):
+    """php-memcached's session handler over the text protocol, and over the
+    binary protocol (its default)."""
     mr, table = sessions
     sid = new_sid()
-    assert php(mr, sid, "read") == "0"
+    assert php(mr, sid, "read", binary=binary) == "0"
     assert item(ddb, table, sid) is None, "a read-only request writes nothing"
     for n in (1, 2, 3):
-        assert php(mr, sid, "incr") == str(n)
+        assert php(mr, sid, "incr", binary=binary) == str(n)
     stored = item(ddb, table, sid)
     assert stored["id"] == {"S": "PHPSESSID_" + sid}
     assert stored["data"] == {"S": "n|i:3;"}
     now = time.time()
     assert now + LIFETIME - 5 <= int(stored["expires"]["N"]) <= now + LIFETIME + 1
     assert "lock" not in stored and "lock_expires" not in stored, "unlocked after the request"
-    assert php(mr, sid, "read") == "3"
+    assert php(mr, sid, "read", binary=not binary) == "3", "either protocol reads it"
 
 
 def test_a_session_written_by_the_aws_sdk_is_read_and_updated(php_memcached, sessions, ddb):
@@ -88,7 +93,8 @@ def test_a_session_written_by_the_aws_sdk_is_read_and_updated(php_memcached, ses
     assert php(mr, sid, "read") == "0"
 
 
-def test_session_locking_serializes_requests(php_memcached, sessions, ddb):
+@pytest.mark.parametrize("binary", [False, True], ids=["text", "binary"])
+def test_session_locking_serializes_requests(php_memcached, sessions, ddb, binary):
     """Two requests on one session at once: the second waits for the
     first's lock (held in DynamoDB), so neither increment is lost."""
     mr, table = sessions
@@ -97,7 +103,8 @@ def test_session_locking_serializes_requests(php_memcached, sessions, ddb):
 
     def request(name, hold_ms):
         start = time.monotonic()
-        results[name] = (php(mr, sid, "incr", hold_ms), time.monotonic() - start)
+        results[name] = (php(mr, sid, "incr", hold_ms, binary=binary),
+                         time.monotonic() - start)
 
     first = threading.Thread(target=request, args=("first", 1500))
     first.start()

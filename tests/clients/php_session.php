@@ -7,6 +7,8 @@
 //            lock for HOLD_MS, write and close; prints the new n
 //   read     read without locking (read_and_close); prints n (0 if unset)
 //   destroy  start the session and destroy it; prints "destroyed"
+// PHP_SESS_BINARY=1 in the environment selects the binary protocol
+// (php-memcached's default for sessions); else the text protocol.
 // Exits 1 with a message when the session cannot be started or written.
 
 if ($argc < 4) {
@@ -21,7 +23,7 @@ ini_set('session.save_path', $server);
 ini_set('session.use_cookies', '0');
 ini_set('session.use_strict_mode', '0');
 ini_set('session.gc_maxlifetime', '1440');
-ini_set('memcached.sess_binary_protocol', '0');
+ini_set('memcached.sess_binary_protocol', getenv('PHP_SESS_BINARY') === '1' ? '1' : '0');
 ini_set('memcached.sess_locking', '1');
 ini_set('memcached.sess_lock_expire', '30');
 ini_set('memcached.sess_lock_wait_min', '20');

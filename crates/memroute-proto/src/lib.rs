@@ -1,4 +1,4 @@
-//! Sans-IO codecs for the memcached text and meta protocols.
+//! Sans-IO codecs for the memcached text, meta and binary protocols.
 //!
 //! This crate owns the bytes on the wire and nothing else: it has no
 //! sockets, no tokio, no clock. Everything above it (the embedded cache
@@ -19,6 +19,7 @@
 //! - [`response`]: the client side, for proxying: parse a backend's reply,
 //!   given the request it answers.
 //! - [`number`]: number parsing with memcached's exact acceptance rules.
+//! - [`binary`]: the binary protocol, translated to and from meta commands.
 //!
 //! # Example
 //! ```
@@ -35,6 +36,7 @@
 //! assert!(decoder.decode(&mut buf).is_none()); // buffer drained: need more bytes
 //! ```
 
+pub mod binary;
 pub mod decode;
 pub mod limits;
 pub mod meta;

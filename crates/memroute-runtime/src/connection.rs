@@ -21,6 +21,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use futures_util::FutureExt;
+use memroute_proto::binary::{BinaryContext, BinaryDecoder, BinaryFrame, REQUEST_MAGIC};
 use memroute_proto::{Decoded, Limits, ProtocolError, Request, RequestDecoder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -64,6 +65,65 @@ impl WorkerContext {
 
 type ReplyFuture = Pin<Box<dyn Future<Output = Bytes>>>;
 
+/// How a connection's client speaks, told by its first byte as memcached
+/// tells it: binary requests start with 0x80, text ones never do. (One per
+/// connection, in place: its size does not matter.)
+#[allow(clippy::large_enum_variant)]
+enum Codec {
+    Undecided,
+    Text(RequestDecoder),
+    Binary(BinaryDecoder),
+}
+
+/// One thing the client sent, whatever its protocol. Moved once, straight
+/// to dispatch (boxing would cost an allocation per request).
+#[allow(clippy::large_enum_variant)]
+enum Frame {
+    /// A request to run; binary ones carry how to encode the reply.
+    Request(Request, Option<BinaryContext>),
+    /// A text request the decoder refused.
+    Error(ProtocolError),
+    /// A binary reply made by the decoder itself; `close` after it.
+    Reply { bytes: Bytes, close: bool },
+}
+
+impl Codec {
+    fn next(&mut self, limits: &Limits, rbuf: &mut BytesMut) -> Option<Frame> {
+        if let Codec::Undecided = self {
+            *self = match rbuf.first()? {
+                &REQUEST_MAGIC => Codec::Binary(BinaryDecoder::new(limits.clone())),
+                _ => Codec::Text(RequestDecoder::new(limits.clone())),
+            };
+        }
+        match self {
+            Codec::Undecided => None,
+            Codec::Text(decoder) => Some(match decoder.decode(rbuf)? {
+                Decoded::Request(request) => Frame::Request(request, None),
+                Decoded::Error(error) => Frame::Error(error),
+            }),
+            Codec::Binary(decoder) => Some(match decoder.decode(rbuf) {
+                Ok(None) => return None,
+                Ok(Some(BinaryFrame::Request(request, bin))) => Frame::Request(request, Some(bin)),
+                Ok(Some(BinaryFrame::Reply { bytes, close })) => Frame::Reply { bytes, close },
+                // Not binary protocol after all, or lengths that cannot be
+                // trusted: answer if possible, and close.
+                Err(e) => Frame::Reply {
+                    bytes: e.reply.unwrap_or_default(),
+                    close: true,
+                },
+            }),
+        }
+    }
+
+    /// Whether part of a request has arrived and the rest is awaited.
+    fn is_mid_request(&self, rbuf: &BytesMut) -> bool {
+        match self {
+            Codec::Text(decoder) => decoder.is_mid_request(),
+            _ => !rbuf.is_empty(),
+        }
+    }
+}
+
 /// Replies not yet written, in request order.
 struct Pipeline {
     ordered: FuturesOrdered<ReplyFuture>,
@@ -82,14 +142,14 @@ pub async fn serve(
     let _ = stream.set_nodelay(true);
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
     let mut wbuf = BytesMut::with_capacity(READ_CHUNK);
-    let mut decoder = RequestDecoder::new(ctx.limits.clone());
+    let mut codec = Codec::Undecided;
     let mut pipeline = Pipeline {
         ordered: FuturesOrdered::new(),
         close_after: false,
     };
     let mut closing = *shutdown.borrow();
     // A local request waiting for the routed ones before it to finish.
-    let mut held: Option<Request> = None;
+    let mut held: Option<(Request, Option<BinaryContext>)> = None;
     loop {
         let mut close = false;
         let mut paused = false;
@@ -101,23 +161,24 @@ pub async fn serve(
             if pipeline.close_after {
                 break;
             }
-            let decoded = match held.take() {
-                Some(request) => Decoded::Request(request),
-                None => match decoder.decode(&mut rbuf) {
-                    Some(decoded) => decoded,
+            let frame = match held.take() {
+                Some((request, bin)) => Frame::Request(request, bin),
+                None => match codec.next(&ctx.limits, &mut rbuf) {
+                    Some(frame) => frame,
                     None => break,
                 },
             };
-            match decoded {
-                Decoded::Request(request) => {
+            match frame {
+                Frame::Request(request, bin) => {
                     let hook = route_for(&ctx, &request);
                     if hook.is_none() && !pipeline.ordered.is_empty() {
                         // Run it once the routed requests before it are done.
-                        held = Some(request);
+                        held = Some((request, bin));
                         paused = true;
                         break;
                     }
-                    if dispatch(&ctx, hook, request, &mut wbuf, &mut pipeline) == Flow::Close {
+                    let flow = dispatch(&ctx, hook, request, bin, &mut wbuf, &mut pipeline);
+                    if flow == Flow::Close {
                         if pipeline.ordered.is_empty() {
                             close = true;
                             break;
@@ -125,7 +186,20 @@ pub async fn serve(
                         pipeline.close_after = true;
                     }
                 }
-                Decoded::Error(error) => {
+                Frame::Reply {
+                    bytes,
+                    close: closes,
+                } => {
+                    queue_or_write(&mut pipeline, &mut wbuf, bytes);
+                    if closes {
+                        if pipeline.ordered.is_empty() {
+                            close = true;
+                            break;
+                        }
+                        pipeline.close_after = true;
+                    }
+                }
+                Frame::Error(error) => {
                     if let ProtocolError::TooLarge {
                         key,
                         drops_existing,
@@ -179,7 +253,7 @@ pub async fn serve(
         if !wbuf.is_empty() && !flush(&mut stream, &mut wbuf, &ctx).await {
             return;
         }
-        if close || (closing && held.is_none() && rbuf.is_empty() && !decoder.is_mid_request()) {
+        if close || (closing && held.is_none() && rbuf.is_empty() && !codec.is_mid_request(&rbuf)) {
             let _ = stream.shutdown().await;
             return;
         }
@@ -218,21 +292,38 @@ fn route_for(ctx: &WorkerContext, request: &Request) -> Option<(Rc<WorkerLua>, m
 
 /// Runs one request: routed ones join the pipeline, local ones answer now.
 /// The caller holds a local request back while routed ones are pending.
+/// A binary request's reply is encoded back to binary (`bin`).
 fn dispatch(
     ctx: &Rc<WorkerContext>,
     route: Option<(Rc<WorkerLua>, mlua::Function)>,
     request: Request,
+    bin: Option<BinaryContext>,
     wbuf: &mut BytesMut,
     pipeline: &mut Pipeline,
 ) -> Flow {
     if let Some((lua, hook)) = route {
-        pipeline
-            .ordered
-            .push_back(Box::pin(lua.serve(hook, request)));
+        let reply = lua.serve(hook, request);
+        let future: ReplyFuture = match bin {
+            None => Box::pin(reply),
+            Some(bin) => Box::pin(reply.map(move |text| {
+                let mut out = BytesMut::new();
+                bin.encode(&text, &mut out);
+                out.freeze()
+            })),
+        };
+        pipeline.ordered.push_back(future);
         return Flow::Continue;
     }
     debug_assert!(pipeline.ordered.is_empty());
-    ctx.executor.execute(&request, wbuf, ctx.stats())
+    match bin {
+        None => ctx.executor.execute(&request, wbuf, ctx.stats()),
+        Some(bin) => {
+            let mut text = BytesMut::new();
+            let flow = ctx.executor.execute(&request, &mut text, ctx.stats());
+            bin.encode(&text, wbuf);
+            flow
+        }
+    }
 }
 
 /// Whether storage commands go through a Lua route (then the embedded

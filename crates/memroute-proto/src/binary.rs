@@ -1,0 +1,823 @@
+//! The memcached binary protocol, spoken by translating to and from meta
+//! commands.
+//!
+//! A binary request becomes the meta request that means the same (`GET` is
+//! `mg <key> v f c`, `SET` is `ms <key> <len> F.. T.. c MS`, ...), so the
+//! embedded cache, Lua routes, backends and DynamoDB pools serve it with no
+//! binary-specific code; [`BinaryContext::encode`] turns the meta (or text)
+//! reply back into binary response packets. Meta replies carry what binary
+//! replies need (the CAS of a store, flags, the value of an incr), which
+//! classic text replies do not.
+//!
+//! Quiet opcodes (`GETQ`, `SETQ`, ...) are handled here: their nominal
+//! replies are dropped when encoding, errors still go out, in order.
+//! Opcodes with no meta equivalent (`NOOP`, `VERBOSITY`, SASL) are answered
+//! by the decoder itself.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use crate::limits::Limits;
+use crate::meta::base64_encode;
+use crate::request::Request;
+
+/// First byte of every binary request (how a connection's protocol is told).
+pub const REQUEST_MAGIC: u8 = 0x80;
+const RESPONSE_MAGIC: u8 = 0x81;
+/// Request and response header length.
+pub const HEADER_LEN: usize = 24;
+
+/// Response status codes.
+pub mod status {
+    pub const OK: u16 = 0x0000;
+    pub const KEY_ENOENT: u16 = 0x0001;
+    pub const KEY_EEXISTS: u16 = 0x0002;
+    pub const E2BIG: u16 = 0x0003;
+    pub const EINVAL: u16 = 0x0004;
+    pub const NOT_STORED: u16 = 0x0005;
+    pub const DELTA_BADVAL: u16 = 0x0006;
+    pub const UNKNOWN_COMMAND: u16 = 0x0081;
+    pub const ENOMEM: u16 = 0x0082;
+    pub const EINTERNAL: u16 = 0x0084;
+}
+
+/// The message memcached sends as the body of an error response.
+fn status_message(status: u16) -> &'static [u8] {
+    match status {
+        status::KEY_ENOENT => b"Not found",
+        status::KEY_EEXISTS => b"Data exists for key.",
+        status::E2BIG => b"Too large.",
+        status::EINVAL => b"Invalid arguments",
+        status::NOT_STORED => b"Not stored.",
+        status::DELTA_BADVAL => b"Non-numeric server-side value for incr or decr",
+        status::UNKNOWN_COMMAND => b"Unknown command",
+        status::ENOMEM => b"Out of memory",
+        _ => b"Internal error",
+    }
+}
+
+/// Opcodes.
+pub mod opcode {
+    pub const GET: u8 = 0x00;
+    pub const SET: u8 = 0x01;
+    pub const ADD: u8 = 0x02;
+    pub const REPLACE: u8 = 0x03;
+    pub const DELETE: u8 = 0x04;
+    pub const INCREMENT: u8 = 0x05;
+    pub const DECREMENT: u8 = 0x06;
+    pub const QUIT: u8 = 0x07;
+    pub const FLUSH: u8 = 0x08;
+    pub const GETQ: u8 = 0x09;
+    pub const NOOP: u8 = 0x0a;
+    pub const VERSION: u8 = 0x0b;
+    pub const GETK: u8 = 0x0c;
+    pub const GETKQ: u8 = 0x0d;
+    pub const APPEND: u8 = 0x0e;
+    pub const PREPEND: u8 = 0x0f;
+    pub const STAT: u8 = 0x10;
+    pub const SETQ: u8 = 0x11;
+    pub const ADDQ: u8 = 0x12;
+    pub const REPLACEQ: u8 = 0x13;
+    pub const DELETEQ: u8 = 0x14;
+    pub const INCREMENTQ: u8 = 0x15;
+    pub const DECREMENTQ: u8 = 0x16;
+    pub const QUITQ: u8 = 0x17;
+    pub const FLUSHQ: u8 = 0x18;
+    pub const APPENDQ: u8 = 0x19;
+    pub const PREPENDQ: u8 = 0x1a;
+    pub const VERBOSITY: u8 = 0x1b;
+    pub const TOUCH: u8 = 0x1c;
+    pub const GAT: u8 = 0x1d;
+    pub const GATQ: u8 = 0x1e;
+    pub const GATK: u8 = 0x23;
+    pub const GATKQ: u8 = 0x24;
+}
+
+/// What kind of reply an opcode expects (how a meta reply maps back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// GET family: value with 4 bytes of flags; `with_key` echoes the key.
+    Get {
+        with_key: bool,
+    },
+    /// TOUCH: no value.
+    Touch,
+    /// SET/ADD/REPLACE/APPEND/PREPEND, with the status a refused store gets.
+    Store {
+        refused: u16,
+    },
+    Delete,
+    /// INCR/DECR: the new value as 8 big-endian bytes.
+    Arith,
+    Flush,
+    Version,
+    Stat,
+}
+
+/// What the reply to one binary request needs: its header fields and how to
+/// read the meta reply.
+#[derive(Debug, Clone)]
+pub struct BinaryContext {
+    opcode: u8,
+    opaque: u32,
+    key: Bytes,
+    kind: Kind,
+    quiet: bool,
+}
+
+/// One decoded binary request. Boxing the request would cost an allocation
+/// per request; the frame is moved once, straight to the executor (as
+/// [`crate::Decoded`] is).
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum BinaryFrame {
+    /// Run `request` (a meta or text request) and encode its reply with
+    /// the context.
+    Request(Request, BinaryContext),
+    /// Answered without running anything; `close` ends the connection
+    /// after these bytes (QUIT).
+    Reply { bytes: Bytes, close: bool },
+}
+
+/// A stream that is not binary protocol (or that lies about its lengths):
+/// the connection cannot continue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BinaryError {
+    /// An error response to send before closing, if the request was framed
+    /// well enough to answer.
+    pub reply: Option<Bytes>,
+}
+
+/// The incremental decoder of binary requests.
+#[derive(Debug, Clone)]
+pub struct BinaryDecoder {
+    limits: Limits,
+}
+
+struct Header {
+    opcode: u8,
+    key_len: usize,
+    extras_len: usize,
+    body_len: usize,
+    opaque: u32,
+    cas: u64,
+}
+
+impl Header {
+    fn parse(b: &[u8]) -> Header {
+        Header {
+            opcode: b[1],
+            key_len: usize::from(u16::from_be_bytes([b[2], b[3]])),
+            extras_len: usize::from(b[4]),
+            body_len: u32::from_be_bytes([b[8], b[9], b[10], b[11]]) as usize,
+            opaque: u32::from_be_bytes([b[12], b[13], b[14], b[15]]),
+            cas: u64::from_be_bytes(b[16..24].try_into().expect("8 bytes")),
+        }
+    }
+}
+
+/// The header fields of a response that are not lengths.
+#[derive(Clone, Copy)]
+struct Head {
+    opcode: u8,
+    status: u16,
+    opaque: u32,
+    cas: u64,
+}
+
+/// Writes one response packet.
+fn packet(out: &mut BytesMut, head: Head, extras: &[u8], key: &[u8], value: &[u8]) {
+    out.reserve(HEADER_LEN + extras.len() + key.len() + value.len());
+    out.put_u8(RESPONSE_MAGIC);
+    out.put_u8(head.opcode);
+    out.put_u16(key.len() as u16);
+    out.put_u8(extras.len() as u8);
+    out.put_u8(0);
+    out.put_u16(head.status);
+    out.put_u32((extras.len() + key.len() + value.len()) as u32);
+    out.put_u32(head.opaque);
+    out.put_u64(head.cas);
+    out.put_slice(extras);
+    out.put_slice(key);
+    out.put_slice(value);
+}
+
+fn error_packet(opcode: u8, opaque: u32, status: u16) -> Bytes {
+    let mut out = BytesMut::new();
+    packet(
+        &mut out,
+        Head {
+            opcode,
+            status,
+            opaque,
+            cas: 0,
+        },
+        &[],
+        &[],
+        status_message(status),
+    );
+    out.freeze()
+}
+
+fn is_quiet(opcode: u8) -> bool {
+    use opcode::*;
+    matches!(
+        opcode,
+        GETQ | GETKQ
+            | SETQ
+            | ADDQ
+            | REPLACEQ
+            | DELETEQ
+            | INCREMENTQ
+            | DECREMENTQ
+            | QUITQ
+            | FLUSHQ
+            | APPENDQ
+            | PREPENDQ
+            | GATQ
+            | GATKQ
+    )
+}
+
+/// Appends `key` as a meta key token: as is when it is printable, else
+/// base64 (binary keys may hold any byte); true when the line then needs
+/// the `b` flag.
+fn put_key(line: &mut BytesMut, key: &[u8]) -> bool {
+    line.put_u8(b' ');
+    if key.iter().all(|&b| b > b' ' && b != 0x7f) {
+        line.put_slice(key);
+        false
+    } else {
+        base64_encode(key, line);
+        true
+    }
+}
+
+fn be_u32(b: &[u8]) -> u32 {
+    u32::from_be_bytes(b[..4].try_into().expect("4 bytes"))
+}
+
+fn be_u64(b: &[u8]) -> u64 {
+    u64::from_be_bytes(b[..8].try_into().expect("8 bytes"))
+}
+
+impl BinaryDecoder {
+    pub fn new(limits: Limits) -> Self {
+        BinaryDecoder { limits }
+    }
+
+    /// Decodes the next request in `buf`: `Ok(None)` until a whole packet
+    /// has arrived.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<BinaryFrame>, BinaryError> {
+        if buf.is_empty() {
+            return Ok(None);
+        }
+        if buf[0] != REQUEST_MAGIC {
+            return Err(BinaryError { reply: None });
+        }
+        if buf.len() < HEADER_LEN {
+            return Ok(None);
+        }
+        let h = Header::parse(&buf[..HEADER_LEN]);
+        let framing_ok = h.extras_len + h.key_len <= h.body_len;
+        // Bound what one request may make us buffer: a value past the item
+        // size limit is refused before it is read (memcached swallows it;
+        // a client that sends one is told and disconnected instead).
+        let too_large = h.body_len > self.limits.max_item_size + 256;
+        if !framing_ok || too_large {
+            let status = if framing_ok {
+                status::E2BIG
+            } else {
+                status::EINVAL
+            };
+            return Err(BinaryError {
+                reply: Some(error_packet(h.opcode, h.opaque, status)),
+            });
+        }
+        if buf.len() < HEADER_LEN + h.body_len {
+            buf.reserve(HEADER_LEN + h.body_len - buf.len());
+            return Ok(None);
+        }
+        buf.advance(HEADER_LEN);
+        let body = buf.split_to(h.body_len).freeze();
+        let extras = body.slice(..h.extras_len);
+        let key = body.slice(h.extras_len..h.extras_len + h.key_len);
+        let value = body.slice(h.extras_len + h.key_len..);
+        Ok(Some(self.translate(&h, &extras, key, &value)))
+    }
+
+    fn translate(&self, h: &Header, extras: &[u8], key: Bytes, value: &[u8]) -> BinaryFrame {
+        use opcode::*;
+        let reply = |status: u16| BinaryFrame::Reply {
+            bytes: error_packet(h.opcode, h.opaque, status),
+            close: false,
+        };
+        let empty_reply = |close: bool| {
+            let mut out = BytesMut::new();
+            if !(close && h.opcode == QUITQ) {
+                packet(
+                    &mut out,
+                    Head {
+                        opcode: h.opcode,
+                        status: status::OK,
+                        opaque: h.opaque,
+                        cas: 0,
+                    },
+                    &[],
+                    &[],
+                    &[],
+                );
+            }
+            BinaryFrame::Reply {
+                bytes: out.freeze(),
+                close,
+            }
+        };
+        // (extras length, key required, value allowed) per opcode.
+        let shape = match h.opcode {
+            GET | GETQ | GETK | GETKQ | DELETE | DELETEQ => (0, true, false),
+            SET | SETQ | ADD | ADDQ | REPLACE | REPLACEQ => (8, true, true),
+            APPEND | APPENDQ | PREPEND | PREPENDQ => (0, true, true),
+            INCREMENT | INCREMENTQ | DECREMENT | DECREMENTQ => (20, true, false),
+            TOUCH | GAT | GATQ | GATK | GATKQ => (4, true, false),
+            QUIT | QUITQ | NOOP | VERSION => (0, false, false),
+            FLUSH | FLUSHQ => (extras.len().min(4), false, false),
+            VERBOSITY => (4, false, false),
+            STAT => (0, false, false),
+            _ => return reply(status::UNKNOWN_COMMAND),
+        };
+        let (extras_len, needs_key, value_ok) = shape;
+        let key_ok = if needs_key {
+            !key.is_empty() && key.len() <= self.limits.max_key_len
+        } else {
+            h.opcode == STAT || key.is_empty()
+        };
+        if extras.len() != extras_len || !key_ok || (!value_ok && !value.is_empty()) {
+            return reply(status::EINVAL);
+        }
+        let mut line = BytesMut::with_capacity(64 + key.len() * 2);
+        let mut base64 = false;
+        let kind = match h.opcode {
+            NOOP | VERBOSITY => return empty_reply(false),
+            QUIT | QUITQ => return empty_reply(true),
+            GET | GETQ | GETK | GETKQ | GAT | GATQ | GATK | GATKQ => {
+                line.put_slice(b"mg");
+                base64 |= put_key(&mut line, &key);
+                line.put_slice(b" v f c");
+                if matches!(h.opcode, GAT | GATQ | GATK | GATKQ) {
+                    line.put_slice(format!(" T{}", be_u32(extras)).as_bytes());
+                }
+                Kind::Get {
+                    with_key: matches!(h.opcode, GETK | GETKQ | GATK | GATKQ),
+                }
+            }
+            TOUCH => {
+                line.put_slice(b"mg");
+                base64 |= put_key(&mut line, &key);
+                line.put_slice(format!(" T{}", be_u32(extras)).as_bytes());
+                Kind::Touch
+            }
+            SET | SETQ | ADD | ADDQ | REPLACE | REPLACEQ | APPEND | APPENDQ | PREPEND
+            | PREPENDQ => {
+                line.put_slice(b"ms");
+                base64 |= put_key(&mut line, &key);
+                line.put_slice(format!(" {} c", value.len()).as_bytes());
+                let (mode, refused) = match h.opcode {
+                    SET | SETQ => ("S", status::NOT_STORED),
+                    ADD | ADDQ => ("E", status::KEY_EEXISTS),
+                    REPLACE | REPLACEQ => ("R", status::KEY_ENOENT),
+                    APPEND | APPENDQ => ("A", status::NOT_STORED),
+                    _ => ("P", status::NOT_STORED),
+                };
+                line.put_slice(format!(" M{mode}").as_bytes());
+                if extras.len() == 8 {
+                    let (flags, exptime) = (be_u32(extras), be_u32(&extras[4..]));
+                    line.put_slice(format!(" F{flags} T{exptime}").as_bytes());
+                }
+                if h.cas != 0 {
+                    line.put_slice(format!(" C{}", h.cas).as_bytes());
+                }
+                Kind::Store { refused }
+            }
+            DELETE | DELETEQ => {
+                line.put_slice(b"md");
+                base64 |= put_key(&mut line, &key);
+                if h.cas != 0 {
+                    line.put_slice(format!(" C{}", h.cas).as_bytes());
+                }
+                Kind::Delete
+            }
+            INCREMENT | INCREMENTQ | DECREMENT | DECREMENTQ => {
+                let (delta, initial, exptime) =
+                    (be_u64(extras), be_u64(&extras[8..]), be_u32(&extras[16..]));
+                let mode = if matches!(h.opcode, INCREMENT | INCREMENTQ) {
+                    "I"
+                } else {
+                    "D"
+                };
+                line.put_slice(b"ma");
+                base64 |= put_key(&mut line, &key);
+                line.put_slice(format!(" M{mode} D{delta} v c").as_bytes());
+                // An expiry of all ones means "do not create".
+                if exptime != u32::MAX {
+                    line.put_slice(format!(" N{exptime} J{initial}").as_bytes());
+                }
+                Kind::Arith
+            }
+            FLUSH | FLUSHQ => {
+                line.put_slice(b"flush_all");
+                if extras.len() == 4 {
+                    line.put_slice(format!(" {}", be_u32(extras)).as_bytes());
+                }
+                Kind::Flush
+            }
+            VERSION => {
+                line.put_slice(b"version");
+                Kind::Version
+            }
+            STAT => {
+                line.put_slice(b"stats");
+                if !key.is_empty() {
+                    line.put_u8(b' ');
+                    line.put_slice(&key);
+                }
+                Kind::Stat
+            }
+            _ => return reply(status::UNKNOWN_COMMAND),
+        };
+        if base64 {
+            line.put_slice(b" b");
+        }
+        match Request::parse(&line, value, &self.limits) {
+            Ok(request) => BinaryFrame::Request(
+                request,
+                BinaryContext {
+                    opcode: h.opcode,
+                    opaque: h.opaque,
+                    key,
+                    kind,
+                    quiet: is_quiet(h.opcode),
+                },
+            ),
+            Err(line) if line.contains("too large") => reply(status::E2BIG),
+            Err(_) => reply(status::EINVAL),
+        }
+    }
+}
+
+/// The first line of a reply and what follows it.
+fn split_line(reply: &[u8]) -> (&[u8], &[u8]) {
+    match memchr::memmem::find(reply, b"\r\n") {
+        Some(at) => (&reply[..at], &reply[at + 2..]),
+        None => (reply, &[]),
+    }
+}
+
+/// The number after `letter` among meta reply flags.
+fn meta_flag(flags: &[&[u8]], letter: u8) -> Option<u64> {
+    flags
+        .iter()
+        .find(|f| f.first() == Some(&letter))
+        .and_then(|f| std::str::from_utf8(&f[1..]).ok()?.parse().ok())
+}
+
+impl BinaryContext {
+    /// Encodes the reply to this request (a meta or text reply, as the
+    /// embedded cache, a backend or a store answered it) as binary
+    /// response packets into `out`. Quiet requests add nothing on success.
+    pub fn encode(&self, reply: &[u8], out: &mut BytesMut) {
+        let (line, rest) = split_line(reply);
+        let mut tokens = line.split(|&b| b == b' ').filter(|t| !t.is_empty());
+        let code = tokens.next().unwrap_or(b"");
+        let flags: Vec<&[u8]> = tokens.collect();
+        let cas = meta_flag(&flags, b'c').unwrap_or(0);
+        let head = |status: u16, cas: u64| Head {
+            cas,
+            ..self.head(status)
+        };
+        let ok = |out: &mut BytesMut, extras: &[u8], key: &[u8], value: &[u8], cas: u64| {
+            packet(out, head(status::OK, cas), extras, key, value)
+        };
+        let error = |out: &mut BytesMut, status: u16| {
+            // A GETK miss names its key, so a client can match it.
+            let key: &[u8] = match self.kind {
+                Kind::Get { with_key: true } => &self.key,
+                _ => &[],
+            };
+            let message = status_message(status);
+            packet(out, head(status, 0), &[], key, message);
+        };
+        let status = match (self.kind, code) {
+            (Kind::Get { with_key }, b"VA") => {
+                let len = flags
+                    .first()
+                    .and_then(|l| std::str::from_utf8(l).ok()?.parse::<usize>().ok())
+                    .unwrap_or(0)
+                    .min(rest.len());
+                let item_flags = meta_flag(&flags, b'f').unwrap_or(0) as u32;
+                let key: &[u8] = if with_key { &self.key } else { &[] };
+                ok(out, &item_flags.to_be_bytes(), key, &rest[..len], cas);
+                return;
+            }
+            (Kind::Arith, b"VA") => {
+                let digits = rest.split(|&b| b == b'\r').next().unwrap_or(b"");
+                let value: u64 = std::str::from_utf8(digits)
+                    .ok()
+                    .and_then(|d| d.parse().ok())
+                    .unwrap_or(0);
+                if !self.quiet {
+                    ok(out, &[], &[], &value.to_be_bytes(), cas);
+                }
+                return;
+            }
+            (Kind::Get { .. } | Kind::Touch | Kind::Delete, b"EN" | b"NF") => status::KEY_ENOENT,
+            (Kind::Store { refused }, b"NS") => refused,
+            (_, b"NF") => status::KEY_ENOENT,
+            (_, b"EX") => status::KEY_EEXISTS,
+            (_, b"NS") => status::NOT_STORED,
+            (Kind::Stat, b"STAT" | b"END") => {
+                self.encode_stats(reply, out);
+                return;
+            }
+            (Kind::Version, b"VERSION") => {
+                let version = line.get(8..).unwrap_or(b"");
+                ok(out, &[], &[], version, 0);
+                return;
+            }
+            (_, b"HD" | b"OK") => {
+                if !self.quiet {
+                    ok(out, &[], &[], &[], cas);
+                }
+                return;
+            }
+            (_, b"SERVER_ERROR") if line.ends_with(b"too large for cache") => status::E2BIG,
+            (_, b"SERVER_ERROR") if line.ends_with(b"out of memory storing object") => {
+                status::ENOMEM
+            }
+            (_, b"CLIENT_ERROR") if line.ends_with(b"non-numeric value") => status::DELTA_BADVAL,
+            (_, b"CLIENT_ERROR") => status::EINVAL,
+            (_, b"ERROR") => status::UNKNOWN_COMMAND,
+            _ => {
+                // Anything else (a backend failure, an unexpected reply):
+                // an internal error carrying memroute's text.
+                packet(out, head(status::EINTERNAL, 0), &[], &[], line);
+                return;
+            }
+        };
+        let quiet_miss = self.quiet && status == status::KEY_ENOENT && self.is_get();
+        if !quiet_miss {
+            error(out, status);
+        }
+    }
+
+    fn head(&self, status: u16) -> Head {
+        Head {
+            opcode: self.opcode,
+            status,
+            opaque: self.opaque,
+            cas: 0,
+        }
+    }
+
+    fn is_get(&self) -> bool {
+        matches!(self.kind, Kind::Get { .. })
+    }
+
+    /// `STAT name value` lines as one packet each, then an empty one.
+    fn encode_stats(&self, reply: &[u8], out: &mut BytesMut) {
+        for line in reply.split(|&b| b == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let Some(stat) = line.strip_prefix(b"STAT ") else {
+                continue;
+            };
+            let (name, value) = match memchr::memchr(b' ', stat) {
+                Some(at) => (&stat[..at], &stat[at + 1..]),
+                None => (stat, &b""[..]),
+            };
+            packet(out, self.head(status::OK), &[], name, value);
+        }
+        packet(out, self.head(status::OK), &[], &[], &[]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(opcode: u8, extras: &[u8], key: &[u8], value: &[u8], cas: u64) -> BytesMut {
+        let mut b = BytesMut::new();
+        b.put_u8(REQUEST_MAGIC);
+        b.put_u8(opcode);
+        b.put_u16(key.len() as u16);
+        b.put_u8(extras.len() as u8);
+        b.put_u8(0);
+        b.put_u16(0);
+        b.put_u32((extras.len() + key.len() + value.len()) as u32);
+        b.put_u32(0xdead_beef);
+        b.put_u64(cas);
+        b.put_slice(extras);
+        b.put_slice(key);
+        b.put_slice(value);
+        b
+    }
+
+    fn translate(buf: &mut BytesMut) -> (Request, BinaryContext) {
+        match BinaryDecoder::new(Limits::default()).decode(buf) {
+            Ok(Some(BinaryFrame::Request(r, c))) => (r, c),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// (status, cas, extras, key, value) of a packet.
+    type Packet = (u16, u64, Vec<u8>, Vec<u8>, Vec<u8>);
+
+    fn packets(mut b: &[u8]) -> Vec<Packet> {
+        let mut out = Vec::new();
+        while !b.is_empty() {
+            assert_eq!(b[0], RESPONSE_MAGIC);
+            assert_eq!(&b[12..16], &0xdead_beef_u32.to_be_bytes());
+            let key_len = usize::from(u16::from_be_bytes([b[2], b[3]]));
+            let extras_len = usize::from(b[4]);
+            let status = u16::from_be_bytes([b[6], b[7]]);
+            let body = u32::from_be_bytes([b[8], b[9], b[10], b[11]]) as usize;
+            let cas = be_u64(&b[16..24]);
+            let body_bytes = &b[HEADER_LEN..HEADER_LEN + body];
+            out.push((
+                status,
+                cas,
+                body_bytes[..extras_len].to_vec(),
+                body_bytes[extras_len..extras_len + key_len].to_vec(),
+                body_bytes[extras_len + key_len..].to_vec(),
+            ));
+            b = &b[HEADER_LEN + body..];
+        }
+        out
+    }
+
+    fn encoded(ctx: &BinaryContext, reply: &[u8]) -> Vec<Packet> {
+        let mut out = BytesMut::new();
+        ctx.encode(reply, &mut out);
+        packets(&out)
+    }
+
+    #[test]
+    fn set_becomes_ms_and_its_cas_comes_back() {
+        let mut extras = 7u32.to_be_bytes().to_vec();
+        extras.extend(60u32.to_be_bytes());
+        let mut buf = request(opcode::SET, &extras, b"k", b"hello", 0);
+        let (r, ctx) = translate(&mut buf);
+        assert!(buf.is_empty());
+        assert_eq!(&r.raw_line()[..], b"ms k 5 c MS F7 T60");
+        assert_eq!(&r.value()[..], b"hello");
+        assert_eq!(
+            encoded(&ctx, b"HD c42\r\n"),
+            vec![(0, 42, vec![], vec![], vec![])]
+        );
+        assert_eq!(
+            encoded(&ctx, b"NS\r\n"),
+            vec![(
+                status::NOT_STORED,
+                0,
+                vec![],
+                vec![],
+                b"Not stored.".to_vec()
+            )]
+        );
+        // An ADD refused: "exists"; with a CAS: C.
+        let mut buf = request(opcode::ADDQ, &extras, b"k", b"v", 9);
+        let (r, ctx) = translate(&mut buf);
+        assert_eq!(&r.raw_line()[..], b"ms k 1 c ME F7 T60 C9");
+        assert!(encoded(&ctx, b"HD c1\r\n").is_empty(), "quiet success");
+        assert_eq!(encoded(&ctx, b"NS\r\n")[0].0, status::KEY_EEXISTS);
+    }
+
+    #[test]
+    fn gets_echo_flags_key_and_quiet_misses() {
+        let mut buf = request(opcode::GETK, &[], b"key", &[], 0);
+        let (r, ctx) = translate(&mut buf);
+        assert_eq!(&r.raw_line()[..], b"mg key v f c");
+        assert_eq!(
+            encoded(&ctx, b"VA 2 f5 c77\r\nhi\r\n"),
+            vec![(
+                0,
+                77,
+                5u32.to_be_bytes().to_vec(),
+                b"key".to_vec(),
+                b"hi".to_vec()
+            )]
+        );
+        assert_eq!(
+            encoded(&ctx, b"EN\r\n"),
+            vec![(
+                status::KEY_ENOENT,
+                0,
+                vec![],
+                b"key".to_vec(),
+                b"Not found".to_vec()
+            )]
+        );
+        let mut buf = request(opcode::GETQ, &[], b"key", &[], 0);
+        let (_, ctx) = translate(&mut buf);
+        assert!(encoded(&ctx, b"EN\r\n").is_empty());
+        assert_eq!(encoded(&ctx, b"VA 0 f0 c1\r\n\r\n").len(), 1);
+        // A binary key (space, newline) travels base64-encoded.
+        let mut buf = request(opcode::GET, &[], b"a b\n", &[], 0);
+        let (r, _) = translate(&mut buf);
+        assert_eq!(&r.raw_line()[..], b"mg YSBiCg== v f c b");
+        let mut buf = request(opcode::SET, &[0; 8], b"a b", b"v", 0);
+        let (r, _) = translate(&mut buf);
+        assert_eq!(&r.raw_line()[..], b"ms YSBi 1 c MS F0 T0 b");
+        assert_eq!(r.key().map(|k| &k[..]), Some(&b"a b"[..]));
+    }
+
+    #[test]
+    fn incr_creates_unless_told_not_to() {
+        let mut extras = 5u64.to_be_bytes().to_vec();
+        extras.extend(100u64.to_be_bytes());
+        extras.extend(0u32.to_be_bytes());
+        let mut buf = request(opcode::INCREMENT, &extras, b"n", &[], 0);
+        let (r, ctx) = translate(&mut buf);
+        assert_eq!(&r.raw_line()[..], b"ma n MI D5 v c N0 J100");
+        assert_eq!(
+            encoded(&ctx, b"VA 3 c8\r\n105\r\n"),
+            vec![(0, 8, vec![], vec![], 105u64.to_be_bytes().to_vec())]
+        );
+        extras.truncate(16);
+        extras.extend(u32::MAX.to_be_bytes());
+        let mut buf = request(opcode::DECREMENT, &extras, b"n", &[], 0);
+        let (r, ctx) = translate(&mut buf);
+        assert_eq!(&r.raw_line()[..], b"ma n MD D5 v c");
+        assert_eq!(encoded(&ctx, b"NF\r\n")[0].0, status::KEY_ENOENT);
+        assert_eq!(
+            encoded(
+                &ctx,
+                b"CLIENT_ERROR cannot increment or decrement non-numeric value\r\n"
+            )[0]
+            .0,
+            status::DELTA_BADVAL
+        );
+    }
+
+    #[test]
+    fn stats_noop_quit_and_errors() {
+        let mut buf = request(opcode::STAT, &[], &[], &[], 0);
+        let (r, ctx) = translate(&mut buf);
+        assert_eq!(&r.raw_line()[..], b"stats");
+        let p = encoded(&ctx, b"STAT pid 12\r\nSTAT uptime 3\r\nEND\r\n");
+        assert_eq!(p.len(), 3);
+        assert_eq!(
+            (p[0].3.as_slice(), p[0].4.as_slice()),
+            (&b"pid"[..], &b"12"[..])
+        );
+        assert_eq!(p[2], (0, 0, vec![], vec![], vec![]));
+        let mut decoder = BinaryDecoder::new(Limits::default());
+        let mut buf = request(opcode::NOOP, &[], &[], &[], 0);
+        assert!(matches!(
+            decoder.decode(&mut buf),
+            Ok(Some(BinaryFrame::Reply { close: false, .. }))
+        ));
+        let mut buf = request(opcode::QUITQ, &[], &[], &[], 0);
+        match decoder.decode(&mut buf) {
+            Ok(Some(BinaryFrame::Reply { bytes, close: true })) => assert!(bytes.is_empty()),
+            other => panic!("{other:?}"),
+        }
+        // Wrong extras: invalid arguments; unknown opcode; SASL.
+        let mut buf = request(opcode::SET, &[0; 4], b"k", b"v", 0);
+        match decoder.decode(&mut buf) {
+            Ok(Some(BinaryFrame::Reply { bytes, .. })) => {
+                assert_eq!(packets(&bytes)[0].0, status::EINVAL)
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut buf = request(0x20, &[], &[], &[], 0);
+        match decoder.decode(&mut buf) {
+            Ok(Some(BinaryFrame::Reply { bytes, .. })) => {
+                assert_eq!(packets(&bytes)[0].0, status::UNKNOWN_COMMAND)
+            }
+            other => panic!("{other:?}"),
+        }
+        // Not binary at all; lengths that do not add up.
+        assert!(decoder
+            .decode(&mut BytesMut::from(&b"get k\r\n"[..]))
+            .is_err());
+        let mut bad = request(opcode::GET, &[], b"key", &[], 0);
+        bad[8..12].copy_from_slice(&1u32.to_be_bytes());
+        assert!(decoder.decode(&mut bad).is_err());
+        let backend = encoded(&ctx, b"SERVER_ERROR backend failure\r\n");
+        assert_eq!(backend[0].0, status::EINTERNAL);
+        assert_eq!(backend[0].4, b"SERVER_ERROR backend failure".to_vec());
+    }
+
+    #[test]
+    fn partial_packets_wait_for_more() {
+        let whole = request(opcode::GET, &[], b"key", &[], 0);
+        let mut decoder = BinaryDecoder::new(Limits::default());
+        for cut in 1..whole.len() {
+            let mut part = BytesMut::from(&whole[..cut]);
+            assert!(matches!(decoder.decode(&mut part), Ok(None)), "cut {cut}");
+        }
+        let mut too_big = request(opcode::SET, &[0; 8], b"k", &[], 0);
+        too_big[8..12].copy_from_slice(&(64u32 << 20).to_be_bytes());
+        let err = decoder.decode(&mut too_big).unwrap_err();
+        assert_eq!(packets(&err.reply.unwrap())[0].0, status::E2BIG);
+    }
+}
