@@ -336,6 +336,13 @@ def test_binary_keys_quiet_pipelines_and_counters(server):
         assert binary_responses(s, 1)[0][1] == 0x0001
         s.sendall(binary_request(0x01, key, b"x", struct.pack(">II", 0, 0), cas=cas + 1000))
         assert binary_responses(s, 1)[0][1] == 0x0002
+        # A value over the item size limit (1 MiB): "too large", the old
+        # value is gone, and the connection goes on.
+        s.sendall(binary_request(0x11, key, b"x" * (1 << 20), struct.pack(">II", 0, 0), opaque=6)
+                  + binary_request(0x0c, key, opaque=7))
+        too_large, miss = binary_responses(s, 2)
+        assert (too_large[1], too_large[2], too_large[6]) == (0x0003, 6, b"Too large.")
+        assert (miss[1], miss[2]) == (0x0001, 7)
 
 
 # --------------------------------------------------------------------------

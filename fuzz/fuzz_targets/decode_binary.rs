@@ -38,6 +38,11 @@ fn summary(frame: &BinaryFrame) -> Vec<u8> {
             out.push(u8::from(*close));
             out
         }
+        BinaryFrame::TooLarge { key, reply } => {
+            let mut out = key.to_vec();
+            out.extend_from_slice(reply);
+            out
+        }
     }
 }
 

@@ -136,6 +136,10 @@ pub enum BinaryFrame {
     /// Answered without running anything; `close` ends the connection
     /// after these bytes (QUIT).
     Reply { bytes: Bytes, close: bool },
+    /// A store whose item would exceed the size limit: send `reply` ("too
+    /// large"); memcached also drops the key's old value. The value is
+    /// dropped unread.
+    TooLarge { key: Bytes, reply: Bytes },
 }
 
 /// A stream that is not binary protocol (or that lies about its lengths):
@@ -151,6 +155,8 @@ pub struct BinaryError {
 #[derive(Debug, Clone)]
 pub struct BinaryDecoder {
     limits: Limits,
+    /// Bytes of a refused value still to drop.
+    swallow: usize,
 }
 
 struct Header {
@@ -218,6 +224,14 @@ fn error_packet(opcode: u8, opaque: u32, status: u16) -> Bytes {
     out.freeze()
 }
 
+fn is_store(opcode: u8) -> bool {
+    use opcode::*;
+    matches!(
+        opcode,
+        SET | SETQ | ADD | ADDQ | REPLACE | REPLACEQ | APPEND | APPENDQ | PREPEND | PREPENDQ
+    )
+}
+
 fn is_quiet(opcode: u8) -> bool {
     use opcode::*;
     matches!(
@@ -262,12 +276,21 @@ fn be_u64(b: &[u8]) -> u64 {
 
 impl BinaryDecoder {
     pub fn new(limits: Limits) -> Self {
-        BinaryDecoder { limits }
+        BinaryDecoder { limits, swallow: 0 }
     }
 
     /// Decodes the next request in `buf`: `Ok(None)` until a whole packet
     /// has arrived.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<BinaryFrame>, BinaryError> {
+        // The rest of a value refused as too large is dropped as it comes.
+        if self.swallow > 0 {
+            let n = self.swallow.min(buf.len());
+            buf.advance(n);
+            self.swallow -= n;
+            if self.swallow > 0 {
+                return Ok(None);
+            }
+        }
         if buf.is_empty() {
             return Ok(None);
         }
@@ -278,19 +301,31 @@ impl BinaryDecoder {
             return Ok(None);
         }
         let h = Header::parse(&buf[..HEADER_LEN]);
-        let framing_ok = h.extras_len + h.key_len <= h.body_len;
-        // Bound what one request may make us buffer: a value past the item
-        // size limit is refused before it is read (memcached swallows it;
-        // a client that sends one is told and disconnected instead).
-        let too_large = h.body_len > self.limits.max_item_size + 256;
-        if !framing_ok || too_large {
-            let status = if framing_ok {
-                status::E2BIG
-            } else {
-                status::EINVAL
-            };
+        if h.extras_len + h.key_len > h.body_len {
             return Err(BinaryError {
-                reply: Some(error_packet(h.opcode, h.opaque, status)),
+                reply: Some(error_packet(h.opcode, h.opaque, status::EINVAL)),
+            });
+        }
+        let value_len = h.body_len - h.extras_len - h.key_len;
+        if is_store(h.opcode) && !self.limits.item_fits(h.key_len, value_len) {
+            // As memcached: answer "too large", drop the value unread, and
+            // let the caller drop the key's old value.
+            let head_len = HEADER_LEN + h.extras_len + h.key_len;
+            if buf.len() < head_len {
+                return Ok(None);
+            }
+            let key = Bytes::copy_from_slice(&buf[HEADER_LEN + h.extras_len..head_len]);
+            buf.advance(head_len);
+            self.swallow = value_len;
+            return Ok(Some(BinaryFrame::TooLarge {
+                key,
+                reply: error_packet(h.opcode, h.opaque, status::E2BIG),
+            }));
+        }
+        // Bound what any other request may make us buffer.
+        if h.body_len > self.limits.max_item_size + 256 {
+            return Err(BinaryError {
+                reply: Some(error_packet(h.opcode, h.opaque, status::E2BIG)),
             });
         }
         if buf.len() < HEADER_LEN + h.body_len {
@@ -303,6 +338,12 @@ impl BinaryDecoder {
         let key = body.slice(h.extras_len..h.extras_len + h.key_len);
         let value = body.slice(h.extras_len + h.key_len..);
         Ok(Some(self.translate(&h, &extras, key, &value)))
+    }
+
+    /// Whether part of a request has arrived (or a refused value is still
+    /// being dropped).
+    pub fn is_mid_request(&self, buf: &BytesMut) -> bool {
+        self.swallow > 0 || !buf.is_empty()
     }
 
     fn translate(&self, h: &Header, extras: &[u8], key: Bytes, value: &[u8]) -> BinaryFrame {
@@ -815,9 +856,38 @@ mod tests {
             let mut part = BytesMut::from(&whole[..cut]);
             assert!(matches!(decoder.decode(&mut part), Ok(None)), "cut {cut}");
         }
-        let mut too_big = request(opcode::SET, &[0; 8], b"k", &[], 0);
-        too_big[8..12].copy_from_slice(&(64u32 << 20).to_be_bytes());
-        let err = decoder.decode(&mut too_big).unwrap_err();
+        // A value past the item size limit is refused and dropped unread,
+        // however it arrives, and the next request is decoded.
+        let limits = Limits {
+            max_item_size: 100,
+            ..Limits::default()
+        };
+        let mut stream = request(opcode::SETQ, &[0; 8], b"big", &[b'x'; 200], 0);
+        stream.extend_from_slice(&request(opcode::GET, &[], b"key", &[], 0));
+        for chunk in [1, 7, 24, 35, 1000] {
+            let mut decoder = BinaryDecoder::new(limits.clone());
+            let mut buf = BytesMut::new();
+            let mut frames = Vec::new();
+            for piece in stream.chunks(chunk) {
+                buf.extend_from_slice(piece);
+                while let Some(frame) = decoder.decode(&mut buf).unwrap() {
+                    frames.push(frame);
+                }
+            }
+            assert!(!decoder.is_mid_request(&buf), "chunk {chunk}");
+            match &frames[..] {
+                [BinaryFrame::TooLarge { key, reply }, BinaryFrame::Request(r, _)] => {
+                    assert_eq!(&key[..], b"big");
+                    assert_eq!(packets(reply)[0].0, status::E2BIG);
+                    assert_eq!(&r.raw_line()[..], b"mg key v f c");
+                }
+                other => panic!("chunk {chunk}: {other:?}"),
+            }
+        }
+        // Any other request with a huge body ends the connection.
+        let mut huge = request(opcode::GET, &[], b"k", &[], 0);
+        huge[8..12].copy_from_slice(&(64u32 << 20).to_be_bytes());
+        let err = decoder.decode(&mut huge).unwrap_err();
         assert_eq!(packets(&err.reply.unwrap())[0].0, status::E2BIG);
     }
 }

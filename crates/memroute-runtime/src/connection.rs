@@ -85,6 +85,8 @@ enum Frame {
     Error(ProtocolError),
     /// A binary reply made by the decoder itself; `close` after it.
     Reply { bytes: Bytes, close: bool },
+    /// A binary store refused as too large (its reply is made).
+    TooLarge { key: Bytes, reply: Bytes },
 }
 
 impl Codec {
@@ -105,6 +107,7 @@ impl Codec {
                 Ok(None) => return None,
                 Ok(Some(BinaryFrame::Request(request, bin))) => Frame::Request(request, Some(bin)),
                 Ok(Some(BinaryFrame::Reply { bytes, close })) => Frame::Reply { bytes, close },
+                Ok(Some(BinaryFrame::TooLarge { key, reply })) => Frame::TooLarge { key, reply },
                 // Not binary protocol after all, or lengths that cannot be
                 // trusted: answer if possible, and close.
                 Err(e) => Frame::Reply {
@@ -119,7 +122,8 @@ impl Codec {
     fn is_mid_request(&self, rbuf: &BytesMut) -> bool {
         match self {
             Codec::Text(decoder) => decoder.is_mid_request(),
-            _ => !rbuf.is_empty(),
+            Codec::Binary(decoder) => decoder.is_mid_request(rbuf),
+            Codec::Undecided => !rbuf.is_empty(),
         }
     }
 }
@@ -199,6 +203,10 @@ pub async fn serve(
                         pipeline.close_after = true;
                     }
                 }
+                Frame::TooLarge { key, reply } => {
+                    refused_too_large(&ctx, &key, true);
+                    queue_or_write(&mut pipeline, &mut wbuf, reply);
+                }
                 Frame::Error(error) => {
                     if let ProtocolError::TooLarge {
                         key,
@@ -206,10 +214,7 @@ pub async fn serve(
                         ..
                     } = &error
                     {
-                        ctx.stats().store_too_large.incr();
-                        if *drops_existing && !routed(&ctx) {
-                            ctx.executor.drop_stale(key);
-                        }
+                        refused_too_large(&ctx, key, *drops_existing);
                     }
                     let line = error.reply_line().unwrap_or("");
                     let bytes = if line.is_empty() {
@@ -323,6 +328,16 @@ fn dispatch(
             bin.encode(&text, wbuf);
             flow
         }
+    }
+}
+
+/// A store refused as larger than the item size limit: counted, and, as
+/// memcached does, the key's old value is dropped when `drops_existing`
+/// (in embedded mode; routed keys live elsewhere).
+fn refused_too_large(ctx: &WorkerContext, key: &[u8], drops_existing: bool) {
+    ctx.stats().store_too_large.incr();
+    if drops_existing && !routed(ctx) {
+        ctx.executor.drop_stale(key);
     }
 }
 
