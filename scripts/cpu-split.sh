@@ -18,7 +18,8 @@
 #
 # Environment: WORKLOAD (get90_100B, mix11_100B; default get90_100B),
 # DURATION (default 10s), SERVER_THREADS (-t for memroute and memcached,
-# default 1), CONCURRENCY (default 50), MEMROUTE_BIN (default
+# default 1), CONCURRENCY (default 50), PROTOCOL (text, or binary for
+# memcaslap -B), MEMROUTE_BIN (default
 # target/release/memroute, build it first), WATCH_PID. Extra environment for
 # memroute is passed through as usual (DDB_* for the dynamo examples).
 set -euo pipefail
@@ -87,9 +88,10 @@ esac
 wait_port "$port" "$server"
 sleep 1
 
+binary=(); [ "${PROTOCOL:-text}" = binary ] && binary=(-B)
 s0=$(cpu_ticks "$server"); b0=$(cpu_ticks "$backend"); w0=$(cpu_ticks "${WATCH_PID:-}")
 /usr/bin/time -f 'client_cpu %U %S' -o "$work/time.txt" \
-  memcaslap -s "$HOST:$port" -T 1 -c "$CONCURRENCY" -t "$DURATION" -S "$DURATION" \
+  memcaslap -s "$HOST:$port" -T 1 -c "$CONCURRENCY" -t "$DURATION" -S "$DURATION" "${binary[@]}" \
   -F "$work/load.cfg" > "$work/memcaslap.txt" 2>&1
 s1=$(cpu_ticks "$server"); b1=$(cpu_ticks "$backend"); w1=$(cpu_ticks "${WATCH_PID:-}")
 
