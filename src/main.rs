@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{ArgAction, Parser, Subcommand};
+use memroute_runtime::config::Protocol;
 use memroute_runtime::{Server, ServerConfig};
 
 /// A Lua-scriptable memcached routing proxy. With no configuration it is a
@@ -34,6 +35,10 @@ struct Cli {
     /// TCP listen backlog.
     #[arg(short = 'b', long = "listen-backlog", default_value_t = 1024)]
     backlog: u32,
+    /// Protocol: auto (each connection's first byte decides), ascii (text
+    /// and meta only) or binary.
+    #[arg(short = 'B', long = "protocol", default_value = "auto", value_parser = parse_protocol)]
+    protocol: Protocol,
     /// UDP port: memroute speaks TCP only, so only 0 is accepted (as in
     /// memcached's default).
     #[arg(short = 'U', long = "udp-port", default_value_t = 0)]
@@ -78,6 +83,18 @@ enum Tool {
         #[arg(long = "svg", default_value = "hash-report.svg")]
         svg: std::path::PathBuf,
     },
+}
+
+/// memcached's `-B` names.
+fn parse_protocol(s: &str) -> Result<Protocol, String> {
+    match s {
+        "auto" => Ok(Protocol::Auto),
+        "ascii" => Ok(Protocol::Ascii),
+        "binary" => Ok(Protocol::Binary),
+        _ => Err(format!(
+            "{s:?} is not a protocol: use auto, ascii or binary"
+        )),
+    }
 }
 
 fn parse_size(s: &str) -> Result<usize, String> {
@@ -144,6 +161,7 @@ fn config_from(cli: &Cli) -> Result<ServerConfig, String> {
         max_connections: cli.conn_limit.max(1),
         verbosity: cli.verbose,
         backlog: cli.backlog,
+        protocol: cli.protocol,
         shutdown_timeout: Duration::from_secs(cli.shutdown_timeout),
         ..ServerConfig::default()
     };

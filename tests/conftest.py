@@ -32,6 +32,7 @@ import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import tempfile
 import time
@@ -340,8 +341,13 @@ class ServerHandle:
         return self.returncode
 
 
-def wait_ready(host: str, port: int, proc: subprocess.Popen, timeout: float = START_TIMEOUT) -> str:
-    """Poll until the server answers `version`; return the VERSION line."""
+BINARY_VERSION = struct.pack(">BBHBBHIIQ", 0x80, 0x0b, 0, 0, 0, 0, 0, 0, 0)
+
+
+def wait_ready(host: str, port: int, proc: subprocess.Popen, timeout: float = START_TIMEOUT,
+               binary: bool = False) -> str:
+    """Poll until the server answers `version` (in the binary protocol for a
+    server started with `-B binary`); return the VERSION line."""
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
@@ -349,6 +355,14 @@ def wait_ready(host: str, port: int, proc: subprocess.Popen, timeout: float = ST
             raise RuntimeError("exited with %s before answering" % proc.returncode)
         try:
             with RawClient(host, port, timeout=1.0) as c:
+                if binary:
+                    c.send(BINARY_VERSION)
+                    head = c.read_exact(24)
+                    body = c.read_exact(struct.unpack(">I", head[8:12])[0])
+                    if head[:2] == b"\x81\x0b":
+                        return "VERSION " + body.decode()
+                    last = head
+                    continue
                 line = c.request(b"version\r\n")
                 if line.startswith(b"VERSION "):
                     return line.decode().strip()
@@ -382,6 +396,8 @@ def start_server(kind: str, binary: str, args: Iterable[str] = (), workdir: Opti
     """
     workdir = Path(workdir or tempfile.mkdtemp(prefix="memroute-tests-"))
     workdir.mkdir(parents=True, exist_ok=True)
+    args = list(args)
+    binary_only = any(a == "-B" and b == "binary" for a, b in zip(args, args[1:]))
     errors = []
     for attempt in range(3):
         p = port if port is not None else free_port()
@@ -392,7 +408,7 @@ def start_server(kind: str, binary: str, args: Iterable[str] = (), workdir: Opti
                                     cwd=str(workdir), env=env, start_new_session=True)
         handle = ServerHandle(kind, HOST, p, proc, argv, stderr_path)
         try:
-            handle.extra["version"] = wait_ready(HOST, p, proc, ready_timeout)
+            handle.extra["version"] = wait_ready(HOST, p, proc, ready_timeout, binary_only)
         except RuntimeError as e:
             if proc.poll() is None:
                 proc.kill()

@@ -6,6 +6,7 @@ both servers."""
 from __future__ import annotations
 
 import signal
+import struct
 import subprocess
 
 import pytest
@@ -47,4 +48,35 @@ def test_sigterm_with_connected_clients_exits_0(kind, server_workdir):
     finally:
         for c in idle + [busy]:
             c.close()
+        f.stop_all()
+
+
+@pytest.mark.parametrize("kind", _server_kinds())
+def test_protocol_flag(kind, server_workdir):
+    """`-B ascii` serves text only; `-B binary` serves binary only, and a text
+    request ends the connection; the default serves both."""
+    noop = struct.pack(">BBHBBHIIQ", 0x80, 0x0a, 0, 0, 0, 0, 0, 7, 0)
+    f = _factory(kind, server_workdir)
+    try:
+        text = f("-B", "ascii")
+        with text.client() as c:
+            c.send(b"set a 0 0 1\r\nx\r\nget a\r\n")
+            assert c.read_until(b"END\r\n") == b"STORED\r\nVALUE a 0 1\r\nx\r\nEND\r\n"
+        binary = f("-B", "binary")
+        with binary.client() as c:
+            c.send(noop)
+            reply = c.read_exact(24)
+            assert reply[:2] == b"\x81\x0a" and reply[12:16] == struct.pack(">I", 7)
+        with binary.client() as c:
+            # (memcached reads a whole 24-byte header before it checks)
+            c.send(b"version\r\n" * 3)
+            c.wait_closed(5)
+        both = f()
+        with both.client() as c:
+            c.send(noop)
+            assert c.read_exact(24)[:2] == b"\x81\x0a"
+        with both.client() as c:
+            c.send(b"version\r\n")
+            assert c.read_until(b"\r\n").startswith(b"VERSION ")
+    finally:
         f.stop_all()

@@ -5,6 +5,19 @@ use std::time::Duration;
 
 use memroute_proto::Limits;
 
+/// Which protocols clients may speak (memcached's `-B`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// Each connection's first byte decides: 0x80 binary, else text and
+    /// meta (memcached's default).
+    #[default]
+    Auto,
+    /// Text and meta only: a binary request reads as a bad text line.
+    Ascii,
+    /// Binary only: anything else closes the connection.
+    Binary,
+}
+
 /// Everything the server needs to start. The binary fills it from the
 /// command line; tests build it directly (with port 0).
 #[derive(Debug, Clone)]
@@ -30,6 +43,8 @@ pub struct ServerConfig {
     pub drain_timeout: Duration,
     /// TCP listen backlog (memcached's `-b`).
     pub backlog: u32,
+    /// Which protocols clients may speak (memcached's `-B`).
+    pub protocol: Protocol,
     /// The Lua routing configuration; `None` serves everything from the
     /// embedded cache.
     pub proxy: Option<crate::lua::ProxyConfig>,
@@ -46,6 +61,7 @@ impl Default for ServerConfig {
             limits: Limits::default(),
             shutdown_timeout: Duration::from_secs(10),
             backlog: 1024,
+            protocol: Protocol::Auto,
             drain_timeout: Duration::from_secs(120),
             proxy: None,
         }

@@ -27,6 +27,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use crate::config::Protocol;
 use crate::embedded::{Embedded, Flow};
 use crate::lua::worker::WorkerLua;
 use crate::lua::WorkerProxy;
@@ -52,6 +53,8 @@ pub struct WorkerContext {
     pub server_stats: Arc<ServerStats>,
     pub worker: usize,
     pub limits: Limits,
+    /// Which protocols clients may speak (`-B`).
+    pub protocol: Protocol,
     /// The Lua routing layer, when a startfile is configured.
     pub proxy: Option<Rc<WorkerProxy>>,
 }
@@ -90,11 +93,18 @@ enum Frame {
 }
 
 impl Codec {
-    fn next(&mut self, limits: &Limits, rbuf: &mut BytesMut) -> Option<Frame> {
+    fn next(&mut self, ctx: &WorkerContext, rbuf: &mut BytesMut) -> Option<Frame> {
         if let Codec::Undecided = self {
-            *self = match rbuf.first()? {
-                &REQUEST_MAGIC => Codec::Binary(BinaryDecoder::new(limits.clone())),
-                _ => Codec::Text(RequestDecoder::new(limits.clone())),
+            let binary = match ctx.protocol {
+                Protocol::Auto => *rbuf.first()? == REQUEST_MAGIC,
+                Protocol::Ascii => false,
+                Protocol::Binary => true,
+            };
+            let limits = ctx.limits.clone();
+            *self = if binary {
+                Codec::Binary(BinaryDecoder::new(limits))
+            } else {
+                Codec::Text(RequestDecoder::new(limits))
             };
         }
         match self {
@@ -167,7 +177,7 @@ pub async fn serve(
             }
             let frame = match held.take() {
                 Some((request, bin)) => Frame::Request(request, bin),
-                None => match codec.next(&ctx.limits, &mut rbuf) {
+                None => match codec.next(&ctx, &mut rbuf) {
                     Some(frame) => frame,
                     None => break,
                 },

@@ -475,6 +475,7 @@ impl WorkerSeed {
             server_stats: self.stats.clone(),
             worker: self.worker,
             limits: self.config.limits.clone(),
+            protocol: self.config.protocol,
             proxy: proxy.clone(),
         });
         let stats = self.stats;
