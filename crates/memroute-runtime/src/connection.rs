@@ -1,5 +1,10 @@
 //! One client connection: read, decode, execute, reply, in order.
 //!
+//! A connection speaks text and meta, or binary (its first byte decides,
+//! unless `-B` fixes it). Binary requests arrive here already translated
+//! into meta requests, with a context that encodes their replies back (see
+//! `memroute_proto::binary`), so everything below is protocol-blind.
+//!
 //! The loop is "decode every complete request in the buffer, execute each,
 //! append replies to one write buffer, write it once, then read more", so a
 //! pipelined batch costs one `write` however many requests it holds, and
