@@ -23,6 +23,12 @@ use crate::item::{Item, Names};
 /// An item's attributes as DynamoDB returns them.
 pub type Attrs = HashMap<String, AttributeValue>;
 
+/// What a conditional DeleteItem did, with the item as it was.
+enum Deleted {
+    Removed(Option<Attrs>),
+    Refused(Option<Attrs>),
+}
+
 /// Most keys in one BatchGetItem call.
 pub const BATCH_GET_MAX: usize = 100;
 
@@ -377,7 +383,16 @@ impl Table {
 
     /// DeleteItem under `cond`; returns the item it removed, if any.
     pub async fn delete(&self, id: &str, cond: Cond) -> Result<Option<Item>, DdbError> {
-        let expr = condition(&self.names, cond);
+        let read = |attrs: Attrs| self.names.read_item(&attrs);
+        match self.delete_expr(id, &condition(&self.names, cond)).await? {
+            Deleted::Removed(old) => Ok(old.map(read)),
+            Deleted::Refused(old) => Err(DdbError::Condition(old.map(|a| Box::new(read(a))))),
+        }
+    }
+
+    /// DeleteItem under `expr`'s condition, with the item as it was, both
+    /// when it was removed and when the condition kept it.
+    async fn delete_expr(&self, id: &str, expr: &Expr) -> Result<Deleted, DdbError> {
         let result = self
             .client
             .delete_item()
@@ -391,16 +406,13 @@ impl Table {
             .send()
             .await;
         match result {
-            Ok(out) => Ok(out.attributes().map(|a| self.names.read_item(a))),
-            Err(err) => {
-                if let Some(DeleteItemError::ConditionalCheckFailedException(ccf)) =
-                    err.as_service_error()
-                {
-                    let old = ccf.item().map(|a| Box::new(self.names.read_item(a)));
-                    return Err(DdbError::Condition(old));
+            Ok(out) => Ok(Deleted::Removed(out.attributes)),
+            Err(err) => match err.as_service_error() {
+                Some(DeleteItemError::ConditionalCheckFailedException(ccf)) => {
+                    Ok(Deleted::Refused(ccf.item.clone()))
                 }
-                Err(classify(&err))
-            }
+                _ => Err(classify(&err)),
+            },
         }
     }
 
@@ -475,27 +487,10 @@ impl Table {
     /// DeleteItem under `expr`'s condition; whether the condition held.
     pub async fn delete_if(&self, id: &str, mut expr: Expr) -> Result<bool, DdbError> {
         expr.keep_used("");
-        let result = self
-            .client
-            .delete_item()
-            .table_name(&self.name)
-            .set_key(Some(self.key(id)))
-            .set_condition_expression(expr.text())
-            .set_expression_attribute_names(expr.names())
-            .set_expression_attribute_values(expr.values())
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(err) => {
-                if let Some(DeleteItemError::ConditionalCheckFailedException(_)) =
-                    err.as_service_error()
-                {
-                    return Ok(false);
-                }
-                Err(classify(&err))
-            }
-        }
+        Ok(matches!(
+            self.delete_expr(id, &expr).await?,
+            Deleted::Removed(_)
+        ))
     }
 
     /// One page of a Scan: up to `limit` items after `start` (an id from the
