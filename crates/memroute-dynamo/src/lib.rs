@@ -903,14 +903,8 @@ impl Inner {
             let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
                 return;
             };
-            let first = loop {
-                let work = self.queue.work.notified();
-                tokio::pin!(work);
-                work.as_mut().enable();
-                if let Some(job) = self.queue.take_ready() {
-                    break job;
-                }
-                work.await;
+            let Some(first) = self.next_ready(None).await else {
+                continue; // (no deadline: never)
             };
             let mut jobs = vec![first];
             self.fill_batch(&mut jobs, batch_max).await;
@@ -935,15 +929,28 @@ impl Inner {
     async fn fill_batch(&self, jobs: &mut Vec<Job>, max: usize) {
         let deadline = tokio::time::Instant::now() + self.config.batch_linger;
         while jobs.len() < max {
+            match self.next_ready(Some(deadline)).await {
+                Some(job) => jobs.push(job),
+                None => return,
+            }
+        }
+    }
+
+    /// The next write ready to send, waiting for one until `deadline`
+    /// (`None`: as long as it takes).
+    async fn next_ready(&self, deadline: Option<tokio::time::Instant>) -> Option<Job> {
+        loop {
+            // Registered before looking, so a write queued in between
+            // still wakes us.
             let work = self.queue.work.notified();
             tokio::pin!(work);
             work.as_mut().enable();
             if let Some(job) = self.queue.take_ready() {
-                jobs.push(job);
-                continue;
+                return Some(job);
             }
-            if tokio::time::timeout_at(deadline, work).await.is_err() {
-                return;
+            match deadline {
+                None => work.await,
+                Some(at) => tokio::time::timeout_at(at, work).await.ok()?,
             }
         }
     }

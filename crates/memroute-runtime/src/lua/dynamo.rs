@@ -90,6 +90,25 @@ fn text(value: Value, option: &str) -> mlua::Result<String> {
     }
 }
 
+/// A string option that must be one of `choices` (its spelling, its value).
+fn choice<T: Copy>(value: Value, option: &str, choices: &[(&str, T)]) -> mlua::Result<T> {
+    let given = text(value, option)?;
+    if let Some((_, v)) = choices.iter().find(|(name, _)| *name == given) {
+        return Ok(*v);
+    }
+    let names: Vec<String> = choices
+        .iter()
+        .map(|(name, _)| format!("\"{name}\""))
+        .collect();
+    Err(mlua::Error::runtime(format!(
+        "mcp.dynamo_pool: {option} must be {}, not {given:?}",
+        names.join(" or ")
+    )))
+}
+
+/// Options that shape the PHP session format (refused without it).
+const SESSION_OPTIONS: [&str; 3] = ["session_name", "session_prefix", "data_type"];
+
 fn boolean(value: Value, option: &str) -> mlua::Result<bool> {
     match value {
         Value::Boolean(b) => Ok(b),
@@ -130,15 +149,18 @@ fn seconds(value: Value, option: &str) -> mlua::Result<Duration> {
 pub fn dynamo_pool(opts: Table) -> mlua::Result<PoolHandle> {
     let mut config = DynamoConfig::default();
     let mut name = None;
-    // The PHP session format: chosen by `format`, shaped by the session_*
-    // and data_type options (refused without it).
-    let mut php_session = None;
+    // The PHP session format: chosen by `format`, shaped by
+    // SESSION_OPTIONS.
+    let mut php_session = false;
     let mut session = PhpSessionFormat::default();
-    let mut session_options = Vec::new();
+    let mut session_option = None;
     let mut value_attr_given = false;
     let mut linger_given = false;
     for pair in opts.pairs::<String, Value>() {
         let (key, value) = pair?;
+        if SESSION_OPTIONS.contains(&key.as_str()) && session_option.is_none() {
+            session_option = Some(key.clone());
+        }
         match key.as_str() {
             "table" => config.table = text(value, &key)?,
             "region" => config.region = Some(text(value, &key)?),
@@ -165,15 +187,14 @@ pub fn dynamo_pool(opts: Table) -> mlua::Result<PoolHandle> {
                 linger_given = true;
             }
             "write" => {
-                config.write_mode = match text(value, &key)?.as_str() {
-                    "through" => WriteMode::Through,
-                    "behind" => WriteMode::Behind,
-                    other => {
-                        return Err(mlua::Error::runtime(format!(
-                        "mcp.dynamo_pool: write must be \"through\" or \"behind\", not {other:?}"
-                    )))
-                    }
-                }
+                config.write_mode = choice(
+                    value,
+                    &key,
+                    &[
+                        ("through", WriteMode::Through),
+                        ("behind", WriteMode::Behind),
+                    ],
+                )?
             }
             "queue_max_keys" => config.queue_max_keys = count(value, &key)? as usize,
             "queue_max_bytes" => config.queue_max_bytes = count(value, &key)? as usize,
@@ -182,34 +203,12 @@ pub fn dynamo_pool(opts: Table) -> mlua::Result<PoolHandle> {
             "timeout" => config.operation_timeout = Some(seconds(value, &key)?),
             "name" => name = Some(text(value, &key)?),
             "format" => {
-                php_session = match text(value, &key)?.as_str() {
-                    "memcached" => Some(false),
-                    "php_session" => Some(true),
-                    other => {
-                        return Err(mlua::Error::runtime(format!(
-                            "mcp.dynamo_pool: format must be \"memcached\" or \"php_session\", not {other:?}"
-                        )))
-                    }
-                }
+                php_session = choice(value, &key, &[("memcached", false), ("php_session", true)])?
             }
-            "session_name" | "session_prefix" | "data_type" => {
-                let v = text(value, &key)?;
-                match key.as_str() {
-                    "session_name" => session.session_name = v,
-                    "session_prefix" => session.key_prefix = v,
-                    _ => {
-                        session.binary_data = match v.as_str() {
-                            "string" => false,
-                            "binary" => true,
-                            other => {
-                                return Err(mlua::Error::runtime(format!(
-                                "mcp.dynamo_pool: data_type must be \"string\" or \"binary\", not {other:?}"
-                            )))
-                            }
-                        }
-                    }
-                }
-                session_options.push(key);
+            "session_name" => session.session_name = text(value, &key)?,
+            "session_prefix" => session.key_prefix = text(value, &key)?,
+            "data_type" => {
+                session.binary_data = choice(value, &key, &[("string", false), ("binary", true)])?
             }
             other => {
                 return Err(mlua::Error::runtime(format!(
@@ -226,13 +225,13 @@ pub fn dynamo_pool(opts: Table) -> mlua::Result<PoolHandle> {
             "mcp.dynamo_pool: batch_linger needs batch_writes = true",
         ));
     }
-    if php_session == Some(true) {
+    if php_session {
         if !value_attr_given {
             // The AWS SDK for PHP's name for the session data.
             config.value_attr = "data".into();
         }
         config.php_session = Some(session);
-    } else if let Some(option) = session_options.first() {
+    } else if let Some(option) = session_option {
         return Err(mlua::Error::runtime(format!(
             "mcp.dynamo_pool: {option} needs format = \"php_session\""
         )));
