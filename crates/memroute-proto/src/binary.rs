@@ -190,6 +190,18 @@ struct Head {
     cas: u64,
 }
 
+impl Head {
+    /// A response with no CAS.
+    fn new(opcode: u8, opaque: u32, status: u16) -> Head {
+        Head {
+            opcode,
+            status,
+            opaque,
+            cas: 0,
+        }
+    }
+}
+
 /// Writes one response packet.
 fn packet(out: &mut BytesMut, head: Head, extras: &[u8], key: &[u8], value: &[u8]) {
     out.reserve(HEADER_LEN + extras.len() + key.len() + value.len());
@@ -209,18 +221,8 @@ fn packet(out: &mut BytesMut, head: Head, extras: &[u8], key: &[u8], value: &[u8
 
 fn error_packet(opcode: u8, opaque: u32, status: u16) -> Bytes {
     let mut out = BytesMut::new();
-    packet(
-        &mut out,
-        Head {
-            opcode,
-            status,
-            opaque,
-            cas: 0,
-        },
-        &[],
-        &[],
-        status_message(status),
-    );
+    let head = Head::new(opcode, opaque, status);
+    packet(&mut out, head, &[], &[], status_message(status));
     out.freeze()
 }
 
@@ -355,18 +357,8 @@ impl BinaryDecoder {
         let empty_reply = |close: bool| {
             let mut out = BytesMut::new();
             if !(close && h.opcode == QUITQ) {
-                packet(
-                    &mut out,
-                    Head {
-                        opcode: h.opcode,
-                        status: status::OK,
-                        opaque: h.opaque,
-                        cas: 0,
-                    },
-                    &[],
-                    &[],
-                    &[],
-                );
+                let head = Head::new(h.opcode, h.opaque, status::OK);
+                packet(&mut out, head, &[], &[], &[]);
             }
             BinaryFrame::Reply {
                 bytes: out.freeze(),
@@ -417,8 +409,7 @@ impl BinaryDecoder {
                 line.put_slice(format!(" T{}", be_u32(extras)).as_bytes());
                 Kind::Touch
             }
-            SET | SETQ | ADD | ADDQ | REPLACE | REPLACEQ | APPEND | APPENDQ | PREPEND
-            | PREPENDQ => {
+            op if is_store(op) => {
                 line.put_slice(b"ms");
                 base64 |= put_key(&mut line, &key);
                 line.put_slice(format!(" {} c", value.len()).as_bytes());
@@ -611,12 +602,7 @@ impl BinaryContext {
     }
 
     fn head(&self, status: u16) -> Head {
-        Head {
-            opcode: self.opcode,
-            status,
-            opaque: self.opaque,
-            cas: 0,
-        }
+        Head::new(self.opcode, self.opaque, status)
     }
 
     fn is_get(&self) -> bool {
