@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from conftest import STOP_TIMEOUT, RawClient, _factory, _server_kinds
+from conftest import STOP_TIMEOUT, RawClient, _factory, _server_kinds, stats_dict
 
 
 @pytest.mark.parametrize("kind", _server_kinds())
@@ -62,6 +62,7 @@ def test_protocol_flag(kind, server_workdir):
         with text.client() as c:
             c.send(b"set a 0 0 1\r\nx\r\nget a\r\n")
             assert c.read_until(b"END\r\n") == b"STORED\r\nVALUE a 0 1\r\nx\r\nEND\r\n"
+            assert stats_dict(c, b"settings")["binding_protocol"] == "ascii"
         binary = f("-B", "binary")
         with binary.client() as c:
             c.send(noop)
@@ -78,5 +79,6 @@ def test_protocol_flag(kind, server_workdir):
         with both.client() as c:
             c.send(b"version\r\n")
             assert c.read_until(b"\r\n").startswith(b"VERSION ")
+            assert stats_dict(c, b"settings")["binding_protocol"] == "auto-negotiate"
     finally:
         f.stop_all()

@@ -37,8 +37,11 @@ impl Admin {
                 }
                 reply::end(out);
             }
+            b"backends" => self.backends(out),
+            b"proxybe" => self.bad_backends(out),
             b"reset" => {
                 self.stats.reset();
+                self.proxy_stats.backends.reset();
                 reply::line(out, "RESET");
             }
             // Slab-allocator views have no equivalent in the embedded cache;
@@ -116,6 +119,76 @@ impl Admin {
         reply::end(out);
     }
 
+    /// `stats backends`: every memcached backend of the live configuration,
+    /// summed over workers, as `<name>:<field>`. The name is the backend's
+    /// label, or `label@host:port` when one label names several addresses.
+    fn backends(&self, out: &mut BytesMut) {
+        let summaries = self.proxy_stats.backends.summaries();
+        for b in &summaries {
+            let cfg = &b.config;
+            let shared_label = summaries
+                .iter()
+                .filter(|other| other.config.label == cfg.label)
+                .count()
+                > 1;
+            let name = if shared_label {
+                format!("{}@{}:{}", cfg.label, cfg.host, cfg.port)
+            } else {
+                cfg.label.clone()
+            };
+            let s = &b.stats;
+            let mut stat = |field: &str, value: &dyn std::fmt::Display| {
+                write_stat(out, &format!("{name}:{field}"), value);
+            };
+            stat("address", &format_args!("{}:{}", cfg.host, cfg.port));
+            stat("state", &s.state.as_str());
+            stat("workers", &b.workers);
+            stat("bad_workers", &b.bad_workers);
+            stat("connections", &s.connections_open);
+            stat("in_flight", &s.in_flight);
+            stat("requests", &s.requests);
+            stat("responses", &s.responses);
+            stat("failed_requests", &s.failed_requests);
+            stat("fast_fails", &s.fast_fails);
+            stat("busy", &s.busy);
+            stat("failures", &s.failures);
+            stat("timeouts", &s.timeouts);
+            stat("connects", &s.connects);
+            stat("reconnects", &s.reconnects);
+            stat("connect_failures", &s.connect_failures);
+            stat("marked_bad", &s.marked_bad);
+            stat("writes", &s.writes);
+            stat("bytes_written", &s.bytes_written);
+            stat("bytes_read", &s.bytes_read);
+            let micros = |d: Option<std::time::Duration>| match d {
+                None => "0".to_string(),
+                Some(d) if d == std::time::Duration::MAX => "inf".to_string(),
+                Some(d) => d.as_micros().to_string(),
+            };
+            stat("latency_mean_us", &micros(s.latency.mean()));
+            for (field, q) in [
+                ("latency_p50_us", 0.5),
+                ("latency_p90_us", 0.9),
+                ("latency_p99_us", 0.99),
+                ("latency_p999_us", 0.999),
+            ] {
+                stat(field, &micros(s.latency.quantile(q)));
+            }
+        }
+        reply::end(out);
+    }
+
+    /// `stats proxybe`, as memcached's proxy answers it: `bad_<label> 1`
+    /// for each backend that some worker currently sees bad.
+    fn bad_backends(&self, out: &mut BytesMut) {
+        for b in self.proxy_stats.backends.summaries() {
+            if b.bad_workers > 0 {
+                write_stat(out, &format!("bad_{}", b.config.label), 1);
+            }
+        }
+        reply::end(out);
+    }
+
     fn settings(&self, cache: &Cache, out: &mut BytesMut) {
         let cfg = &self.config;
         let c = cache.stats();
@@ -137,7 +210,12 @@ impl Admin {
         write_stat(out, "num_threads", cfg.threads);
         write_stat(out, "cas_enabled", "yes");
         write_stat(out, "tcp_backlog", cfg.backlog);
-        write_stat(out, "binding_protocol", "ascii");
+        let protocol = match cfg.protocol {
+            crate::config::Protocol::Auto => "auto-negotiate",
+            crate::config::Protocol::Ascii => "ascii",
+            crate::config::Protocol::Binary => "binary",
+        };
+        write_stat(out, "binding_protocol", protocol);
         write_stat(out, "item_size_max", cfg.limits.max_item_size);
         write_stat(out, "key_max_length", cfg.limits.max_key_len);
         write_stat(out, "shutdown_timeout", cfg.shutdown_timeout.as_secs());

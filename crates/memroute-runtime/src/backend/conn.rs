@@ -11,6 +11,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::io;
 use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
 
 use bytes::{Bytes, BytesMut};
 use memroute_proto::response::MalformedResponse;
@@ -25,7 +26,6 @@ use tracing::{debug, info, warn};
 use super::config::BackendConfig;
 use super::error::BackendError;
 use super::health::FailureOutcome;
-use super::stats::{add, incr};
 use super::Inner;
 
 /// Bytes reserved per read.
@@ -87,9 +87,10 @@ impl Slot {
 
     /// Fails every queued request with `error` and drops unsent bytes: the
     /// next connection starts with an empty, in-sync stream.
-    fn fail_all(&self, error: &BackendError) {
+    fn fail_all(&self, inner: &Inner, error: &BackendError) {
         let failed: Vec<Pending> = self.queue.borrow_mut().drain(..).collect();
         self.out.borrow_mut().clear();
+        inner.counters.in_flight.sub(failed.len());
         for pending in failed {
             let _ = pending.reply.send(Err(error.clone()));
         }
@@ -120,7 +121,7 @@ pub(crate) async fn supervise(inner: Rc<Inner>, slot: Rc<Slot>) {
             let retry_at = inner.health.borrow().retry_at();
             if let Some(at) = retry_at {
                 // Bad: nothing queued may wait for the retry.
-                slot.fail_all(&BackendError::Down);
+                slot.fail_all(&inner, &BackendError::Down);
                 if Instant::now() >= at {
                     break;
                 }
@@ -133,32 +134,32 @@ pub(crate) async fn supervise(inner: Rc<Inner>, slot: Rc<Slot>) {
             slot.wake_supervisor.notified().await;
         }
         if !first {
-            incr(&inner.counters.reconnects);
+            inner.counters.reconnects.incr();
         }
         first = false;
 
         let stream = match connect(&config).await {
             Ok(stream) => stream,
             Err(error) => {
-                incr(&inner.counters.connect_failures);
+                inner.counters.connect_failures.incr();
                 debug!(backend = %config.label, %error, "backend connect failed");
-                slot.fail_all(&error);
+                slot.fail_all(&inner, &error);
                 inner.record_failure(&error);
                 eager = true;
                 continue;
             }
         };
-        incr(&inner.counters.connects);
+        inner.counters.connects.incr();
         if inner.health.borrow_mut().validated(Instant::now()) {
+            inner.counters.bad.store(false, Relaxed);
             info!(backend = %config.label, "backend recovered");
         }
 
-        let open = &inner.counters.connections_open;
-        open.set(open.get() + 1);
+        inner.counters.connections_open.add(1);
         slot.connected.set(true);
         let end = session(&inner, &slot, stream).await;
         slot.connected.set(false);
-        open.set(open.get() - 1);
+        inner.counters.connections_open.sub(1);
 
         match end {
             SessionEnd::Idle => {
@@ -167,7 +168,7 @@ pub(crate) async fn supervise(inner: Rc<Inner>, slot: Rc<Slot>) {
             }
             SessionEnd::Failed(error) => {
                 debug!(backend = %config.label, %error, "backend connection failed");
-                slot.fail_all(&error);
+                slot.fail_all(&inner, &error);
                 inner.record_failure(&error);
                 eager = true;
             }
@@ -285,8 +286,8 @@ async fn write_loop(inner: &Inner, slot: &Slot, wr: &mut OwnedWriteHalf) -> Back
         }
         // Take every request queued so far (all of this tick's sends).
         std::mem::swap(&mut *slot.out.borrow_mut(), &mut batch);
-        incr(&inner.counters.writes);
-        add(&inner.counters.bytes_written, batch.len() as u64);
+        inner.counters.writes.incr();
+        inner.counters.bytes_written.add(batch.len() as u64);
         if let Err(e) = wr.write_all(&batch).await {
             return BackendError::io(e);
         }
@@ -347,7 +348,7 @@ async fn read_loop(inner: &Inner, slot: &Slot, rd: &mut OwnedReadHalf) -> Sessio
                             SessionEnd::Failed(BackendError::Closed)
                         };
                     }
-                    Ok(n) => add(&inner.counters.bytes_read, n as u64),
+                    Ok(n) => inner.counters.bytes_read.add(n as u64),
                 },
                 _ = slot.wake_reader.notified() => {}
             }
@@ -356,10 +357,10 @@ async fn read_loop(inner: &Inner, slot: &Slot, rd: &mut OwnedReadHalf) -> Sessio
             // read_timeout.
             match timeout(read_timeout, rd.read_buf(&mut rbuf)).await {
                 Ok(Ok(0)) => return SessionEnd::Failed(BackendError::Closed),
-                Ok(Ok(n)) => add(&inner.counters.bytes_read, n as u64),
+                Ok(Ok(n)) => inner.counters.bytes_read.add(n as u64),
                 Ok(Err(e)) => return SessionEnd::Failed(BackendError::io(e)),
                 Err(_) => {
-                    incr(&inner.counters.timeouts);
+                    inner.counters.timeouts.incr();
                     return SessionEnd::Failed(BackendError::Timeout);
                 }
             }
@@ -370,19 +371,23 @@ async fn read_loop(inner: &Inner, slot: &Slot, rd: &mut OwnedReadHalf) -> Sessio
 impl Inner {
     /// Counts one failure against the backend's health, logging a change.
     pub(crate) fn record_failure(&self, error: &BackendError) {
-        incr(&self.counters.failures);
+        self.counters.failures.incr();
         let outcome = self
             .health
             .borrow_mut()
             .failure(&self.config, Instant::now());
         match outcome {
-            FailureOutcome::MarkedBad { wait, flaps } => warn!(
-                backend = %self.config.label,
-                %error,
-                retry_in = ?wait,
-                flaps,
-                "backend marked bad"
-            ),
+            FailureOutcome::MarkedBad { wait, flaps } => {
+                self.counters.marked_bad.incr();
+                self.counters.bad.store(true, Relaxed);
+                warn!(
+                    backend = %self.config.label,
+                    %error,
+                    retry_in = ?wait,
+                    flaps,
+                    "backend marked bad"
+                )
+            }
             FailureOutcome::StillBad { wait } => debug!(
                 backend = %self.config.label,
                 %error,
@@ -394,8 +399,9 @@ impl Inner {
     }
 
     fn record_reply(&self, latency: std::time::Duration) {
-        incr(&self.counters.responses);
+        self.counters.responses.incr();
+        self.counters.in_flight.sub(1);
         self.health.borrow_mut().success();
-        self.latency.borrow_mut().record(latency);
+        self.counters.latency.record(latency);
     }
 }

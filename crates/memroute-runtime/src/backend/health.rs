@@ -49,7 +49,6 @@ pub(crate) struct Health {
     retry_at: Option<Instant>,
     recovered_at: Option<Instant>,
     flaps: u32,
-    marked_bad: u64,
 }
 
 impl Health {
@@ -68,10 +67,6 @@ impl Health {
 
     pub(crate) fn flaps(&self) -> u32 {
         self.flaps
-    }
-
-    pub(crate) fn marked_bad(&self) -> u64 {
-        self.marked_bad
     }
 
     /// A reply to a real request arrived.
@@ -112,7 +107,6 @@ impl Health {
         };
         let wait = retry_wait(config, self.flaps);
         self.retry_at = Some(now + wait);
-        self.marked_bad += 1;
         FailureOutcome::MarkedBad {
             wait,
             flaps: self.flaps,
@@ -175,7 +169,6 @@ mod tests {
         );
         assert!(h.is_bad());
         assert_eq!(h.retry_at(), Some(t0 + Duration::from_secs(2)));
-        assert_eq!(h.marked_bad(), 1);
     }
 
     #[test]

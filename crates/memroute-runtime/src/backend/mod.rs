@@ -89,12 +89,13 @@ use tokio::task::AbortHandle;
 pub use config::{BackendConfig, MAX_CONNECTIONS};
 pub use error::BackendError;
 pub use stats::{
-    BackendState, BackendStats, LatencyHistogram, LATENCY_BUCKETS_US, LATENCY_BUCKET_COUNT,
+    BackendRegistry, BackendState, BackendStats, BackendSummary, LatencyHistogram,
+    LATENCY_BUCKETS_US, LATENCY_BUCKET_COUNT,
 };
 
 use conn::Slot;
 use health::Health;
-use stats::{incr, Counters};
+use stats::Counters;
 
 /// Most requests queued or in flight on one connection; beyond it `send`
 /// fails fast with [`BackendError::Busy`].
@@ -111,8 +112,7 @@ pub struct Backend {
 pub(crate) struct Inner {
     config: Arc<BackendConfig>,
     health: RefCell<Health>,
-    counters: Counters,
-    latency: RefCell<LatencyHistogram>,
+    counters: Arc<Counters>,
     slots: Vec<Rc<Slot>>,
     next_slot: Cell<usize>,
     tasks: RefCell<Vec<AbortHandle>>,
@@ -129,8 +129,7 @@ impl Backend {
             inner: Rc::new(Inner {
                 config,
                 health: RefCell::default(),
-                counters: Counters::default(),
-                latency: RefCell::default(),
+                counters: Arc::default(),
                 slots,
                 next_slot: Cell::new(0),
                 tasks: RefCell::default(),
@@ -151,13 +150,13 @@ impl Backend {
     /// connection already has [`MAX_IN_FLIGHT`] requests.
     pub async fn send(&self, request: &Request) -> Result<Response, BackendError> {
         let inner = &self.inner;
-        incr(&inner.counters.requests);
+        inner.counters.requests.incr();
         let result = match self.enqueue(request) {
             Ok(reply) => reply.await.unwrap_or(Err(BackendError::Closed)),
             Err(error) => Err(error),
         };
         if result.is_err() {
-            incr(&inner.counters.failed_requests);
+            inner.counters.failed_requests.incr();
         }
         result
     }
@@ -168,16 +167,18 @@ impl Backend {
     ) -> Result<tokio::sync::oneshot::Receiver<Result<Response, BackendError>>, BackendError> {
         let inner = &self.inner;
         if inner.config.down || inner.health.borrow().is_bad() {
-            incr(&inner.counters.fast_fails);
+            inner.counters.fast_fails.incr();
             return Err(BackendError::Down);
         }
         self.start();
         let slot = &inner.slots[self.pick_slot(request)];
         if slot.in_flight() >= MAX_IN_FLIGHT {
-            incr(&inner.counters.busy);
+            inner.counters.busy.incr();
             return Err(BackendError::Busy);
         }
-        Ok(slot.push(request))
+        let reply = slot.push(request);
+        inner.counters.in_flight.add(1);
+        Ok(reply)
     }
 
     /// Spawns the slots' supervisor tasks, once.
@@ -228,37 +229,17 @@ impl Backend {
     /// A snapshot of this worker's counters for this backend.
     pub fn stats(&self) -> BackendStats {
         let inner = &self.inner;
-        let c = &inner.counters;
         let health = inner.health.borrow();
-        let state = if inner.config.down {
-            BackendState::Down
-        } else if health.is_bad() {
-            BackendState::Bad
-        } else {
-            BackendState::Healthy
-        };
         BackendStats {
-            state,
-            requests: c.requests.get(),
-            responses: c.responses.get(),
-            failed_requests: c.failed_requests.get(),
-            fast_fails: c.fast_fails.get(),
-            busy: c.busy.get(),
-            failures: c.failures.get(),
-            timeouts: c.timeouts.get(),
-            connects: c.connects.get(),
-            reconnects: c.reconnects.get(),
-            connect_failures: c.connect_failures.get(),
-            marked_bad: health.marked_bad(),
             flaps: health.flaps(),
             consecutive_failures: health.consecutive_failures(),
-            in_flight: inner.slots.iter().map(|s| s.in_flight()).sum(),
-            connections_open: c.connections_open.get(),
-            writes: c.writes.get(),
-            bytes_written: c.bytes_written.get(),
-            bytes_read: c.bytes_read.get(),
-            latency: inner.latency.borrow().clone(),
+            ..inner.counters.snapshot(&inner.config)
         }
+    }
+
+    /// Lists this backend's counters in `registry`, for `stats backends`.
+    pub fn register(&self, registry: &BackendRegistry) {
+        registry.register(self.inner.config.clone(), &self.inner.counters);
     }
 }
 

@@ -1,7 +1,13 @@
-//! Per-backend, per-worker counters and a small latency histogram.
+//! Per-backend, per-worker counters and a small latency histogram, and
+//! the registry that sums them over workers for `stats backends`.
 
-use std::cell::Cell;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
+
+use super::config::BackendConfig;
+use crate::stats::Counter;
 
 /// Upper bounds (inclusive, in microseconds) of the latency buckets; one
 /// more bucket holds everything slower.
@@ -28,15 +34,6 @@ pub struct LatencyHistogram {
 }
 
 impl LatencyHistogram {
-    /// Records one reply.
-    pub fn record(&mut self, latency: Duration) {
-        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-        let bucket = LATENCY_BUCKETS_US.partition_point(|&bound| bound < us);
-        self.buckets[bucket] += 1;
-        self.count += 1;
-        self.sum = self.sum.saturating_add(latency);
-    }
-
     /// Mean latency; `None` before the first reply.
     pub fn mean(&self) -> Option<Duration> {
         let count = u32::try_from(self.count).ok().filter(|&c| c > 0)?;
@@ -145,33 +142,251 @@ pub struct BackendStats {
     pub latency: LatencyHistogram,
 }
 
-/// Single-threaded counters behind [`BackendStats`].
+/// A gauge with a single writer (the backend's worker) and many readers,
+/// like [`Counter`].
+#[derive(Debug, Default)]
+pub(crate) struct Gauge(AtomicUsize);
+
+impl Gauge {
+    pub(crate) fn add(&self, n: usize) {
+        self.0.store(self.0.load(Relaxed).wrapping_add(n), Relaxed);
+    }
+    pub(crate) fn sub(&self, n: usize) {
+        self.0
+            .store(self.0.load(Relaxed).saturating_sub(n), Relaxed);
+    }
+    pub(crate) fn get(&self) -> usize {
+        self.0.load(Relaxed)
+    }
+}
+
+/// [`LatencyHistogram`] as single-writer atomics, so other workers can read it.
+#[derive(Debug, Default)]
+pub(crate) struct SharedHistogram {
+    buckets: [Counter; LATENCY_BUCKET_COUNT],
+    count: Counter,
+    sum_nanos: Counter,
+}
+
+impl SharedHistogram {
+    pub(crate) fn record(&self, latency: Duration) {
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.buckets[LATENCY_BUCKETS_US.partition_point(|&bound| bound < us)].incr();
+        self.count.incr();
+        self.sum_nanos
+            .add(u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX));
+    }
+
+    fn snapshot(&self) -> LatencyHistogram {
+        LatencyHistogram {
+            buckets: std::array::from_fn(|i| self.buckets[i].get()),
+            count: self.count.get(),
+            sum: Duration::from_nanos(self.sum_nanos.get()),
+        }
+    }
+
+    fn reset(&self) {
+        for bucket in &self.buckets {
+            bucket.reset();
+        }
+        self.count.reset();
+        self.sum_nanos.reset();
+    }
+}
+
+/// One backend's counters on one worker. The worker is the only writer;
+/// any worker reads them through the [`BackendRegistry`] to answer `stats
+/// backends`, so they are single-writer atomics (a plain load and store
+/// each, no locked instruction on the request path).
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    pub requests: Cell<u64>,
-    pub responses: Cell<u64>,
-    pub failed_requests: Cell<u64>,
-    pub fast_fails: Cell<u64>,
-    pub busy: Cell<u64>,
-    pub failures: Cell<u64>,
-    pub timeouts: Cell<u64>,
-    pub connects: Cell<u64>,
-    pub reconnects: Cell<u64>,
-    pub connect_failures: Cell<u64>,
-    pub writes: Cell<u64>,
-    pub bytes_written: Cell<u64>,
-    pub bytes_read: Cell<u64>,
-    pub connections_open: Cell<usize>,
+    pub requests: Counter,
+    pub responses: Counter,
+    pub failed_requests: Counter,
+    pub fast_fails: Counter,
+    pub busy: Counter,
+    pub failures: Counter,
+    pub timeouts: Counter,
+    pub connects: Counter,
+    pub reconnects: Counter,
+    pub connect_failures: Counter,
+    pub marked_bad: Counter,
+    pub writes: Counter,
+    pub bytes_written: Counter,
+    pub bytes_read: Counter,
+    pub latency: SharedHistogram,
+    pub connections_open: Gauge,
+    pub in_flight: Gauge,
+    /// Mirrors the worker's health: marked bad and not yet recovered.
+    pub bad: AtomicBool,
 }
 
-/// Adds `n` to a counter.
-pub(crate) fn add(counter: &Cell<u64>, n: u64) {
-    counter.set(counter.get().wrapping_add(n));
+impl Counters {
+    /// A snapshot; the health gauges only the owning worker knows
+    /// (`flaps`, `consecutive_failures`) read 0.
+    pub(crate) fn snapshot(&self, config: &BackendConfig) -> BackendStats {
+        let state = if config.down {
+            BackendState::Down
+        } else if self.bad.load(Relaxed) {
+            BackendState::Bad
+        } else {
+            BackendState::Healthy
+        };
+        BackendStats {
+            state,
+            requests: self.requests.get(),
+            responses: self.responses.get(),
+            failed_requests: self.failed_requests.get(),
+            fast_fails: self.fast_fails.get(),
+            busy: self.busy.get(),
+            failures: self.failures.get(),
+            timeouts: self.timeouts.get(),
+            connects: self.connects.get(),
+            reconnects: self.reconnects.get(),
+            connect_failures: self.connect_failures.get(),
+            marked_bad: self.marked_bad.get(),
+            flaps: 0,
+            consecutive_failures: 0,
+            in_flight: self.in_flight.get(),
+            connections_open: self.connections_open.get(),
+            writes: self.writes.get(),
+            bytes_written: self.bytes_written.get(),
+            bytes_read: self.bytes_read.get(),
+            latency: self.latency.snapshot(),
+        }
+    }
+
+    /// `stats reset`: zeroes the counters, not the gauges. Like the
+    /// server's own reset, it may lose an increment racing it.
+    fn reset(&self) {
+        for counter in [
+            &self.requests,
+            &self.responses,
+            &self.failed_requests,
+            &self.fast_fails,
+            &self.busy,
+            &self.failures,
+            &self.timeouts,
+            &self.connects,
+            &self.reconnects,
+            &self.connect_failures,
+            &self.marked_bad,
+            &self.writes,
+            &self.bytes_written,
+            &self.bytes_read,
+        ] {
+            counter.reset();
+        }
+        self.latency.reset();
+    }
 }
 
-/// Adds one to a counter.
-pub(crate) fn incr(counter: &Cell<u64>) {
-    add(counter, 1);
+impl BackendStats {
+    /// Adds another worker's view of the same backend: counters and gauges
+    /// add up, the histograms merge, and the state is the worst of the two.
+    fn merge(&mut self, other: &BackendStats) {
+        self.state = match (self.state, other.state) {
+            (BackendState::Down, _) | (_, BackendState::Down) => BackendState::Down,
+            (BackendState::Bad, _) | (_, BackendState::Bad) => BackendState::Bad,
+            _ => BackendState::Healthy,
+        };
+        self.requests += other.requests;
+        self.responses += other.responses;
+        self.failed_requests += other.failed_requests;
+        self.fast_fails += other.fast_fails;
+        self.busy += other.busy;
+        self.failures += other.failures;
+        self.timeouts += other.timeouts;
+        self.connects += other.connects;
+        self.reconnects += other.reconnects;
+        self.connect_failures += other.connect_failures;
+        self.marked_bad += other.marked_bad;
+        self.flaps = self.flaps.max(other.flaps);
+        self.consecutive_failures = self.consecutive_failures.max(other.consecutive_failures);
+        self.in_flight += other.in_flight;
+        self.connections_open += other.connections_open;
+        self.writes += other.writes;
+        self.bytes_written += other.bytes_written;
+        self.bytes_read += other.bytes_read;
+        for (sum, n) in self.latency.buckets.iter_mut().zip(other.latency.buckets) {
+            *sum += n;
+        }
+        self.latency.count += other.latency.count;
+        self.latency.sum = self.latency.sum.saturating_add(other.latency.sum);
+    }
+}
+
+/// One backend summed over the workers that use it, for `stats backends`.
+#[derive(Debug, Clone)]
+pub struct BackendSummary {
+    pub config: Arc<BackendConfig>,
+    /// Workers with a live connection set to this backend.
+    pub workers: usize,
+    /// Of those, the ones that currently see it bad.
+    pub bad_workers: usize,
+    pub stats: BackendStats,
+}
+
+/// Every worker's counters for every backend a live configuration uses.
+/// Workers register each backend they create; entries go when the backend
+/// is dropped (a reload that no longer uses it, or changed its settings).
+#[derive(Debug, Default)]
+pub struct BackendRegistry {
+    entries: Mutex<Vec<(Arc<BackendConfig>, Weak<Counters>)>>,
+}
+
+impl BackendRegistry {
+    pub(crate) fn register(&self, config: Arc<BackendConfig>, counters: &Arc<Counters>) {
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.retain(|(_, c)| c.strong_count() > 0);
+            entries.push((config, Arc::downgrade(counters)));
+        }
+    }
+
+    /// Each live backend, summed over workers, in the order first
+    /// registered. Backends with the same label, host and port (one per
+    /// worker, or one per distinct setting such as timeouts) are one entry.
+    pub fn summaries(&self) -> Vec<BackendSummary> {
+        let mut out: Vec<BackendSummary> = Vec::new();
+        let Ok(entries) = self.entries.lock() else {
+            return out;
+        };
+        for (config, counters) in entries.iter() {
+            let Some(counters) = counters.upgrade() else {
+                continue;
+            };
+            let stats = counters.snapshot(config);
+            let bad = usize::from(stats.state == BackendState::Bad);
+            let same = |s: &&mut BackendSummary| {
+                s.config.label == config.label
+                    && s.config.host == config.host
+                    && s.config.port == config.port
+            };
+            match out.iter_mut().find(same) {
+                Some(summary) => {
+                    summary.workers += 1;
+                    summary.bad_workers += bad;
+                    summary.stats.merge(&stats);
+                }
+                None => out.push(BackendSummary {
+                    config: config.clone(),
+                    workers: 1,
+                    bad_workers: bad,
+                    stats,
+                }),
+            }
+        }
+        out
+    }
+
+    /// `stats reset` for every backend's counters.
+    pub fn reset(&self) {
+        if let Ok(entries) = self.entries.lock() {
+            for counters in entries.iter().filter_map(|(_, c)| c.upgrade()) {
+                counters.reset();
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -180,14 +395,15 @@ mod tests {
 
     #[test]
     fn histogram_buckets_and_quantiles() {
-        let mut h = LatencyHistogram::default();
-        assert_eq!(h.p50(), None);
-        assert_eq!(h.mean(), None);
+        let shared = SharedHistogram::default();
+        assert_eq!(shared.snapshot().p50(), None);
+        assert_eq!(shared.snapshot().mean(), None);
         for _ in 0..98 {
-            h.record(Duration::from_micros(80)); // bucket <= 100 us
+            shared.record(Duration::from_micros(80)); // bucket <= 100 us
         }
-        h.record(Duration::from_millis(3)); // <= 5 ms
-        h.record(Duration::from_secs(60)); // overflow
+        shared.record(Duration::from_millis(3)); // <= 5 ms
+        shared.record(Duration::from_secs(60)); // overflow
+        let h = shared.snapshot();
         assert_eq!(h.count, 100);
         assert_eq!(h.buckets[1], 98);
         assert_eq!(h.buckets[6], 1);
@@ -196,9 +412,53 @@ mod tests {
         assert_eq!(h.p99(), Some(Duration::from_millis(5)));
         assert_eq!(h.quantile(1.0), Some(Duration::MAX));
         assert_eq!(h.quantile(0.0), Some(Duration::from_micros(100)));
-        let mut exact = LatencyHistogram::default();
+        let exact = SharedHistogram::default();
         exact.record(Duration::from_micros(50));
+        let exact = exact.snapshot();
         assert_eq!(exact.buckets[0], 1, "bounds are inclusive");
         assert_eq!(exact.mean(), Some(Duration::from_micros(50)));
+        shared.reset();
+        assert_eq!(shared.snapshot(), LatencyHistogram::default());
+    }
+
+    #[test]
+    fn registry_sums_workers_and_forgets_dropped_backends() {
+        let registry = BackendRegistry::default();
+        let config = Arc::new(BackendConfig::new("127.0.0.1", 11211));
+        let other = Arc::new(BackendConfig::new("127.0.0.1", 11212));
+        let workers: Vec<Arc<Counters>> = (0..3).map(|_| Arc::default()).collect();
+        for counters in &workers {
+            registry.register(config.clone(), counters);
+        }
+        let lone = Arc::new(Counters::default());
+        registry.register(other.clone(), &lone);
+        workers[0].requests.add(5);
+        workers[1].requests.add(7);
+        workers[1].in_flight.add(2);
+        workers[2].bad.store(true, Relaxed);
+        workers[0].latency.record(Duration::from_micros(40));
+        workers[1].latency.record(Duration::from_millis(2));
+
+        let summaries = registry.summaries();
+        assert_eq!(summaries.len(), 2);
+        let first = &summaries[0];
+        assert_eq!(first.config.port, 11211);
+        assert_eq!((first.workers, first.bad_workers), (3, 1));
+        assert_eq!(first.stats.state, BackendState::Bad);
+        assert_eq!(first.stats.requests, 12);
+        assert_eq!(first.stats.in_flight, 2);
+        assert_eq!(first.stats.latency.count, 2);
+        assert_eq!(
+            first.stats.latency.quantile(1.0),
+            Some(Duration::from_micros(2_500))
+        );
+        assert_eq!(summaries[1].stats.state, BackendState::Healthy);
+
+        registry.reset();
+        assert_eq!(registry.summaries()[0].stats.requests, 0);
+        assert_eq!(registry.summaries()[0].stats.in_flight, 2, "gauges stay");
+
+        drop(lone);
+        assert_eq!(registry.summaries().len(), 1, "a dropped backend goes");
     }
 }

@@ -30,7 +30,7 @@ use super::objects::{
     UNHOOKABLE_IDS,
 };
 use super::vm;
-use crate::backend::{Backend, BackendConfig};
+use crate::backend::{Backend, BackendConfig, BackendRegistry};
 use crate::embedded::Embedded;
 use crate::stats::ServerStats;
 use crate::store::SharedStore;
@@ -48,6 +48,8 @@ pub struct ProxyStats {
     pub routed_requests: AtomicU64,
     pub reloads: AtomicU64,
     pub reload_failures: AtomicU64,
+    /// Every worker's memcached backends, for `stats backends`.
+    pub backends: BackendRegistry,
 }
 
 impl Default for ProxyStats {
@@ -59,6 +61,7 @@ impl Default for ProxyStats {
             routed_requests: AtomicU64::new(0),
             reloads: AtomicU64::new(0),
             reload_failures: AtomicU64::new(0),
+            backends: BackendRegistry::default(),
         }
     }
 }
@@ -730,9 +733,10 @@ fn to_lua(
                 return Ok(Value::UserData(ud.clone()));
             }
             let backends = match &def.kind {
-                PoolKind::Memcached { backends, .. } => {
-                    backends.iter().map(|b| backend_for(registry, b)).collect()
-                }
+                PoolKind::Memcached { backends, .. } => backends
+                    .iter()
+                    .map(|b| backend_for(lua, registry, b))
+                    .collect(),
                 PoolKind::Shared(_) => Vec::new(),
             };
             let ud = lua.create_userdata(LuaPool(Rc::new(PoolRuntime {
@@ -746,8 +750,10 @@ fn to_lua(
 }
 
 /// This worker's connection to a backend with exactly these settings,
-/// reusing an existing one across reloads.
+/// reusing an existing one across reloads. A new one is listed for `stats
+/// backends`.
 fn backend_for(
+    lua: &Lua,
     registry: &Rc<RefCell<HashMap<String, Weak<Backend>>>>,
     config: &Arc<BackendConfig>,
 ) -> Rc<Backend> {
@@ -757,6 +763,9 @@ fn backend_for(
         return existing;
     }
     let backend = Backend::new(config.clone());
+    if let Some(env) = lua.app_data_ref::<Rc<RouteEnv>>() {
+        backend.register(&env.proxy_stats.backends);
+    }
     map.insert(key, Rc::downgrade(&backend));
     backend
 }

@@ -1,0 +1,140 @@
+"""`stats backends` and `stats proxybe` against real memcached backends.
+
+`stats backends` sums each backend's per-worker counters; `stats proxybe`
+lists the backends some worker sees bad, as memcached's proxy does
+(`bad_<label> 1`). Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import signal
+
+from conftest import stats_dict, wait_until, write_startfile
+
+STARTFILE = """
+function mcp_config_pools()
+    local bs = {}
+    for hp in string.gmatch(mcp.start_arg, "[^,]+") do
+        local host, port = string.match(hp, "^(.+):(%d+)$")
+        table.insert(bs, mcp.backend{ label = LABEL(#bs + 1), host = host,
+            port = tonumber(port), connecttimeout = 0.5, readtimeout = 1,
+            retrywaittime = 0.3, failurelimit = 2 })
+    end
+    return { main = mcp.pool(bs) }
+end
+
+function mcp_config_routes(p)
+    local main = p.main
+    mcp.attach(mcp.CMD_ANY_STORAGE, function(r) return main(r) end)
+end
+"""
+
+NUMERIC = ["workers", "bad_workers", "connections", "in_flight", "requests", "responses",
+           "failed_requests", "fast_fails", "busy", "failures", "timeouts", "connects",
+           "reconnects", "connect_failures", "marked_bad", "writes", "bytes_written",
+           "bytes_read", "latency_mean_us", "latency_p50_us", "latency_p90_us",
+           "latency_p99_us", "latency_p999_us"]
+
+
+def start(memroute_factory, startfile_dir, backends, label="'b' .. n", threads="2"):
+    text = STARTFILE.replace("LABEL(#bs + 1)", "(function(n) return %s end)(#bs + 1)" % label)
+    path = write_startfile(startfile_dir, "stats.lua", text)
+    arg = ",".join(b.addr for b in backends)
+    return memroute_factory("--config", str(path), "--config-arg", arg, "-t", threads)
+
+
+def per_backend(stats: dict) -> dict:
+    """{name: {field: value}} from `stats backends`."""
+    out: dict = {}
+    for key, value in stats.items():
+        name, field = key.rsplit(":", 1)
+        out.setdefault(name, {})[field] = value
+    return out
+
+
+def test_stats_backends_counts_every_request(backends, memroute_factory, startfile_dir):
+    b1, b2 = backends(2)
+    mr = start(memroute_factory, startfile_dir, [b1, b2])
+    n = 60
+    with mr.client() as c:
+        for i in range(n):
+            assert c.request(b"set s%d 0 0 2\r\nab\r\n" % i) == b"STORED\r\n"
+        for i in range(n):
+            assert c.request(b"get s%d\r\n" % i, b"END\r\n") == b"VALUE s%d 0 2\r\nab\r\nEND\r\n" % i
+        seen = per_backend(stats_dict(c, b"backends"))
+    assert set(seen) == {"b1", "b2"}
+    assert seen["b1"]["address"] == b1.addr and seen["b2"]["address"] == b2.addr
+    for name, s in seen.items():
+        for field in NUMERIC:
+            assert s[field].isdigit(), (name, field, s[field])
+        assert s["state"] == "healthy"
+        assert s["workers"] == "2", "each of the 2 workers has its own connections"
+        assert s["bad_workers"] == "0" and s["failures"] == "0" and s["marked_bad"] == "0"
+        assert s["responses"] == s["requests"]
+        assert s["in_flight"] == "0"
+        assert int(s["connections"]) >= 1 and int(s["connects"]) >= 1
+        assert int(s["bytes_written"]) > 0 and int(s["bytes_read"]) > 0
+        assert int(s["latency_p50_us"]) <= int(s["latency_p99_us"]) <= int(s["latency_p999_us"])
+    # every set and every get reached exactly one backend
+    assert sum(int(s["requests"]) for s in seen.values()) == 2 * n
+    assert all(int(s["requests"]) > 0 for s in seen.values()), "keys spread over both"
+
+    with mr.client() as c:
+        assert c.request(b"stats reset\r\n") == b"RESET\r\n"
+        after = per_backend(stats_dict(c, b"backends"))
+    for s in after.values():
+        assert s["requests"] == "0" and s["latency_mean_us"] == "0"
+        assert s["state"] == "healthy" and int(s["connections"]) >= 1, "gauges stay"
+
+
+def test_one_label_on_two_addresses_is_told_apart(backends, memroute_factory, startfile_dir):
+    b1, b2 = backends(2)
+    mr = start(memroute_factory, startfile_dir, [b1, b2], label="'same'", threads="1")
+    with mr.client() as c:
+        seen = per_backend(stats_dict(c, b"backends"))
+    assert set(seen) == {"same@%s" % b1.addr, "same@%s" % b2.addr}
+
+
+def test_killed_backend_shows_bad_then_recovers(backends, memcached_factory, memroute_factory,
+                                                startfile_dir):
+    b1, b2 = backends(2)
+    mr = start(memroute_factory, startfile_dir, [b1, b2])
+    with mr.client() as c:
+        assert stats_dict(c, b"proxybe") == {}, "no bad backend at start"
+        for i in range(20):
+            c.request(b"set k%d 0 0 1\r\nx\r\n" % i)
+
+    b2.proc.send_signal(signal.SIGKILL)
+    b2.proc.wait(5)
+    b2.stop(expect_clean=False)
+
+    def b2_bad():
+        # requests to b2's keys (one-line replies) are what makes each
+        # worker notice
+        with mr.client() as c:
+            for i in range(20):
+                c.request(b"touch k%d 0\r\n" % i)
+            return stats_dict(c, b"proxybe") == {"bad_b2": "1"}
+    wait_until(b2_bad, 5, what="stats proxybe to list b2")
+    with mr.client() as c:
+        seen = per_backend(stats_dict(c, b"backends"))
+    assert seen["b2"]["state"] == "bad"
+    assert int(seen["b2"]["marked_bad"]) >= 1 and int(seen["b2"]["bad_workers"]) >= 1
+    assert int(seen["b2"]["fast_fails"]) + int(seen["b2"]["failed_requests"]) > 0
+    assert seen["b1"]["state"] == "healthy" and seen["b1"]["marked_bad"] == "0"
+
+    memcached_factory(port=b2.port)
+
+    def recovered():
+        with mr.client() as c:
+            return stats_dict(c, b"proxybe") == {}
+    wait_until(recovered, 8, what="b2 to recover by itself")
+    with mr.client() as c:
+        assert per_backend(stats_dict(c, b"backends"))["b2"]["state"] == "healthy"
+        assert c.request(b"set again 0 0 1\r\ny\r\n") == b"STORED\r\n"
+
+
+def test_stats_backends_without_proxy_is_empty(memroute):
+    with memroute.client() as c:
+        assert stats_dict(c, b"backends") == {}
+        assert stats_dict(c, b"proxybe") == {}
