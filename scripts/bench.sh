@@ -13,7 +13,9 @@
 #                front of a memcached backend), memroute-proxy (memroute in
 #                front of a memcached backend; needs MEMROUTE_PROXY_ARGS).
 #   WORKLOADS    space list (default "get90_100B get90_4K mix11_100B mix11_4K"):
-#                getNN_SIZE = NN% get / rest set; mixNN = 1:1 set:get
+#                getNN_SIZE = NN% get / rest set; mixNN = 1:1 set:get;
+#                mgetD_SIZE = 90% get / 10% set, each get a multi-get of D
+#                keys (memcaslap -d D)
 #   ROUNDS       rounds per (workload, target), alternating targets (default 3)
 #   DURATION     memcaslap -t per run (default 10s)
 #   CONCURRENCY  memcaslap -c (default 50)
@@ -30,7 +32,8 @@
 #                (NAME with - as _), e.g. TARGETS="memcached proxy-tier"
 #                PROXY_ARGS_tier="--config examples/dynamo-write-behind.lua
 #                --config-arg {backend}". PROXY_ENV_NAME holds extra
-#                environment for that target (VAR=value ...).
+#                environment for that target (VAR=value ...; {backend} as
+#                in the arguments).
 #   OUT_DIR      where raw outputs go (default target/bench/<timestamp>)
 set -euo pipefail
 
@@ -169,7 +172,11 @@ EOF
           spec=${spec//-/_}
           envspec="PROXY_ENV_${t#proxy-}"
           envspec=${envspec//-/_}
-          [ -n "${!envspec:-}" ] && read -ra envs <<< "${!envspec}"
+          if [ -n "${!envspec:-}" ]; then
+            local envtext=${!envspec}
+            envtext=${envtext//\{backend\}/$HOST:$bport}
+            read -ra envs <<< "$envtext"
+          fi
         fi
         [ -n "${!spec:-}" ] || die "$t needs its memroute arguments in $spec"
         local args=${!spec}
@@ -183,12 +190,20 @@ EOF
   esac
 }
 
+division() { # workload -> keys per get (memcaslap -d)
+  case "$1" in
+    mget*_*) local d=${1#mget}; echo "${d%%_*}" ;;
+    *) echo 1 ;;
+  esac
+}
+
 workload_cfg() { # workload -> path of a memcaslap -F file
   local w=$1 get set size
   case "$w" in
     get90_*) get=0.9; set=0.1 ;;
     mix11_*) get=0.5; set=0.5 ;;
-    *) die "unknown workload $w (getNN_SIZE / mix11_SIZE)" ;;
+    mget*_*) get=0.9; set=0.1 ;;
+    *) die "unknown workload $w (getNN_SIZE / mix11_SIZE / mgetD_SIZE)" ;;
   esac
   case "$w" in
     *_100B) size=100 ;;
@@ -210,6 +225,7 @@ log "targets: $TARGETS; workloads: $WORKLOADS; rounds: $ROUNDS x $DURATION;" \
 read -r -a target_list <<<"$TARGETS"
 for w in $WORKLOADS; do
   cfg=$(workload_cfg "$w")
+  div=$(division "$w")
   for r in $(seq 1 "$ROUNDS"); do
     # alternate the order every round so neither server always runs first
     order=("${target_list[@]}")
@@ -223,7 +239,7 @@ for w in $WORKLOADS; do
       out="$OUT_DIR/$w.$t.r$r.txt"
       log "$w round $r: $t"
       timeout $(( secs + 60 )) memcaslap -s "$HOST:$port" -T "$CLIENT_THREADS" -c "$CONCURRENCY" \
-        -t "$DURATION" -S "$DURATION" -F "$cfg" </dev/null >"$out" 2>&1 \
+        -t "$DURATION" -S "$DURATION" -F "$cfg" -d "$div" </dev/null >"$out" 2>&1 \
         || { tail -20 "$out" >&2; die "memcaslap failed against $t"; }
       # Error replies are cheap: a server refusing requests would look fast.
       if grep -q "_ERROR\|^<[0-9]* ERROR" "$out"; then

@@ -488,16 +488,74 @@ fn dropped_waiter_does_not_desync_the_stream() {
 }
 
 #[test]
-fn in_flight_is_bounded_per_connection() {
+fn over_the_in_flight_limit_requests_wait_their_turn() {
     run(Duration::from_secs(10), async {
+        // Answers every get with a miss, but only after a pause, so the
+        // queue fills up first; records the order requests arrive in.
+        let seen = Rc::new(std::cell::RefCell::new(Vec::new()));
+        let log = seen.clone();
+        let fake = Fake::start(move |_, mut c| {
+            let log = log.clone();
+            async move {
+                if c.validate().await {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    while let Some(line) = c.line().await {
+                        log.borrow_mut().push(line);
+                        c.send(b"END\r\n").await;
+                    }
+                }
+            }
+        })
+        .await;
+        let backend = Backend::new(Arc::new(fake.config()));
+        let total = MAX_IN_FLIGHT + 200;
+        let mut tasks = Vec::new();
+        for i in 0..total {
+            let backend = backend.clone();
+            tasks.push(tokio::task::spawn_local(async move {
+                backend.send(&req(format!("get k{i}\r\n"))).await
+            }));
+        }
+        wait_until("queue full", Duration::from_secs(2), || {
+            backend.stats().in_flight == MAX_IN_FLIGHT
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            backend.stats().in_flight,
+            MAX_IN_FLIGHT,
+            "never above the limit"
+        );
+        for task in tasks {
+            let reply = task.await.unwrap().expect("waited, then answered");
+            assert_eq!(reply.code(), ResponseCode::End);
+        }
+        let stats = backend.stats();
+        assert_eq!((stats.busy, stats.failed_requests), (0, 0));
+        assert_eq!(stats.in_flight, 0);
+        // Waiters went out in the order they asked.
+        let expected: Vec<String> = (0..total).map(|i| format!("get k{i}")).collect();
+        assert_eq!(*seen.borrow(), expected);
+    });
+}
+
+#[test]
+fn a_request_that_finds_no_room_within_the_read_timeout_is_busy() {
+    run(Duration::from_secs(10), async {
+        // Keeps the connection alive (a byte of a huge value every 50 ms)
+        // without ever finishing a reply, so the queue stays full.
         let fake = Fake::start(|_, mut c| async move {
-            if c.validate().await {
-                c.swallow().await;
+            if c.validate().await && c.line().await.is_some() {
+                c.send(b"VALUE k0 0 1000000\r\n").await;
+                loop {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    c.send(b"x").await;
+                }
             }
         })
         .await;
         let backend = Backend::new(Arc::new(BackendConfig {
-            read_timeout: Duration::from_secs(5),
+            read_timeout: Duration::from_millis(300),
             ..fake.config()
         }));
         let mut waiting = Vec::new();
@@ -514,7 +572,12 @@ fn in_flight_is_bounded_per_connection() {
         let start = Instant::now();
         let r = backend.send(&req("get one-too-many\r\n")).await;
         assert!(matches!(r, Err(BackendError::Busy)), "{r:?}");
-        assert!(start.elapsed() < Duration::from_millis(50));
+        let waited = start.elapsed();
+        assert!(
+            waited >= Duration::from_millis(250),
+            "waited only {waited:?}"
+        );
+        assert!(waited < Duration::from_secs(2), "waited {waited:?}");
         assert_eq!(backend.stats().busy, 1);
         assert_eq!(backend.stats().failures, 0, "busy is not a backend failure");
         for task in &waiting {

@@ -12,6 +12,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use memroute_proto::response::MalformedResponse;
@@ -19,14 +20,14 @@ use memroute_proto::{Command, Request, Response, ResponseCode, ResponseDecoder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::{oneshot, Notify, Semaphore};
 use tokio::time::{sleep_until, timeout, Instant};
 use tracing::{debug, info, warn};
 
 use super::config::BackendConfig;
 use super::error::BackendError;
 use super::health::FailureOutcome;
-use super::Inner;
+use super::{Inner, MAX_IN_FLIGHT};
 
 /// Bytes reserved per read.
 const READ_CHUNK: usize = 16 * 1024;
@@ -45,7 +46,6 @@ pub(crate) struct Pending {
 }
 
 /// One of a backend's `connections` pipelined connections.
-#[derive(Default)]
 pub(crate) struct Slot {
     /// Requests queued or written and not yet answered, oldest first.
     pub(crate) queue: RefCell<VecDeque<Pending>>,
@@ -57,6 +57,22 @@ pub(crate) struct Slot {
     pub(crate) wake_writer: Notify,
     pub(crate) wake_reader: Notify,
     pub(crate) wake_supervisor: Notify,
+    /// One permit per request that may still join `queue`.
+    pub(crate) room: Semaphore,
+}
+
+impl Default for Slot {
+    fn default() -> Self {
+        Slot {
+            queue: RefCell::default(),
+            out: RefCell::default(),
+            connected: Cell::new(false),
+            wake_writer: Notify::new(),
+            wake_reader: Notify::new(),
+            wake_supervisor: Notify::new(),
+            room: Semaphore::new(MAX_IN_FLIGHT),
+        }
+    }
 }
 
 impl Slot {
@@ -85,12 +101,29 @@ impl Slot {
         self.queue.borrow().len()
     }
 
+    /// Takes room for one request under [`MAX_IN_FLIGHT`], waiting behind
+    /// earlier waiters (the semaphore is fair) for at most `limit`; false
+    /// if none came. The room is given back when the request leaves the
+    /// queue (its reply, or [`fail_all`](Self::fail_all)).
+    pub(crate) async fn take_room(&self, limit: Duration) -> bool {
+        let permit = match self.room.try_acquire() {
+            Ok(permit) => permit,
+            Err(_) => match timeout(limit, self.room.acquire()).await {
+                Ok(Ok(permit)) => permit,
+                _ => return false,
+            },
+        };
+        permit.forget();
+        true
+    }
+
     /// Fails every queued request with `error` and drops unsent bytes: the
     /// next connection starts with an empty, in-sync stream.
     fn fail_all(&self, inner: &Inner, error: &BackendError) {
         let failed: Vec<Pending> = self.queue.borrow_mut().drain(..).collect();
         self.out.borrow_mut().clear();
         inner.counters.in_flight.sub(failed.len());
+        self.room.add_permits(failed.len());
         for pending in failed {
             let _ = pending.reply.send(Err(error.clone()));
         }
@@ -310,6 +343,7 @@ async fn read_loop(inner: &Inner, slot: &Slot, rd: &mut OwnedReadHalf) -> Sessio
             match decoder.decode(&mut rbuf) {
                 Ok(Some(response)) => {
                     let pending = slot.queue.borrow_mut().pop_front();
+                    slot.room.add_permits(1);
                     if let Some(pending) = pending {
                         inner.record_reply(pending.queued_at.elapsed());
                         // The caller may have given up: the reply was still

@@ -34,9 +34,9 @@ pub enum BackendError {
     /// [`Backend`](super::Backend) was dropped.
     #[error("backend connection closed")]
     Closed,
-    /// Too many requests are already waiting on the chosen connection
-    /// ([`MAX_IN_FLIGHT`](super::MAX_IN_FLIGHT)); fails fast and does not
-    /// count as a backend failure.
+    /// The chosen connection stayed at its in-flight limit
+    /// ([`MAX_IN_FLIGHT`](super::MAX_IN_FLIGHT)) for a whole read timeout;
+    /// not counted as a backend failure.
     #[error("too many requests in flight to backend")]
     Busy,
 }

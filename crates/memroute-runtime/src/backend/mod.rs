@@ -28,8 +28,10 @@
 //! keeps us from reading the replies the backend is blocked on.
 //!
 //! # Bounds and timeouts
-//! - At most [`MAX_IN_FLIGHT`] requests wait per connection; more fail at
-//!   once with [`BackendError::Busy`] (not a backend failure).
+//! - At most [`MAX_IN_FLIGHT`] requests are in flight per connection; more
+//!   wait their turn for room (backpressure: a burst of 100-key multi-gets
+//!   from many clients is slowed, not failed), and fail with
+//!   [`BackendError::Busy`] (not a backend failure) after `read_timeout`.
 //! - Connecting is bounded by `connect_timeout`; the new connection must
 //!   then answer `version` with a `VERSION` line within `read_timeout`.
 //! - While requests are in flight, the backend must send reply bytes within
@@ -97,8 +99,9 @@ use conn::Slot;
 use health::Health;
 use stats::Counters;
 
-/// Most requests queued or in flight on one connection; beyond it `send`
-/// fails fast with [`BackendError::Busy`].
+/// Most requests queued or in flight on one connection. Beyond it, `send`
+/// waits (in arrival order) for a reply to make room, for at most the
+/// backend's read timeout, then fails with [`BackendError::Busy`].
 pub const MAX_IN_FLIGHT: usize = 1024;
 
 /// One backend as seen by one worker: owns `connections` pipelined TCP
@@ -146,12 +149,14 @@ impl Backend {
     /// (no `noreply`, no meta `q`). Must be called inside a `LocalSet`.
     ///
     /// Fails fast with [`BackendError::Down`] while the backend is bad or
-    /// configured down, and with [`BackendError::Busy`] when the chosen
-    /// connection already has [`MAX_IN_FLIGHT`] requests.
+    /// configured down. When the chosen connection already has
+    /// [`MAX_IN_FLIGHT`] requests, waits for room (behind earlier waiters,
+    /// so one client's pipelined requests keep their order), and fails with
+    /// [`BackendError::Busy`] if none comes within the read timeout.
     pub async fn send(&self, request: &Request) -> Result<Response, BackendError> {
         let inner = &self.inner;
         inner.counters.requests.incr();
-        let result = match self.enqueue(request) {
+        let result = match self.enqueue(request).await {
             Ok(reply) => reply.await.unwrap_or(Err(BackendError::Closed)),
             Err(error) => Err(error),
         };
@@ -161,24 +166,34 @@ impl Backend {
         result
     }
 
-    fn enqueue(
+    async fn enqueue(
         &self,
         request: &Request,
     ) -> Result<tokio::sync::oneshot::Receiver<Result<Response, BackendError>>, BackendError> {
         let inner = &self.inner;
-        if inner.config.down || inner.health.borrow().is_bad() {
-            inner.counters.fast_fails.incr();
-            return Err(BackendError::Down);
-        }
+        self.fail_fast_if_bad()?;
         self.start();
         let slot = &inner.slots[self.pick_slot(request)];
-        if slot.in_flight() >= MAX_IN_FLIGHT {
+        if !slot.take_room(inner.config.read_timeout).await {
             inner.counters.busy.incr();
             return Err(BackendError::Busy);
+        }
+        if let Err(down) = self.fail_fast_if_bad() {
+            // It went bad while we waited for room.
+            slot.room.add_permits(1);
+            return Err(down);
         }
         let reply = slot.push(request);
         inner.counters.in_flight.add(1);
         Ok(reply)
+    }
+
+    fn fail_fast_if_bad(&self) -> Result<(), BackendError> {
+        if self.is_bad() {
+            self.inner.counters.fast_fails.incr();
+            return Err(BackendError::Down);
+        }
+        Ok(())
     }
 
     /// Spawns the slots' supervisor tasks, once.

@@ -1,13 +1,18 @@
-"""`stats backends` and `stats proxybe` against real memcached backends.
+"""memcached backends seen from the outside, against real memcached:
 
-`stats backends` sums each backend's per-worker counters; `stats proxybe`
-lists the backends some worker sees bad, as memcached's proxy does
-(`bad_<label> 1`). Every wait is bounded.
+* `stats backends` sums each backend's per-worker counters; `stats proxybe`
+  lists the backends some worker sees bad, as memcached's proxy does
+  (`bad_<label> 1`);
+* many clients' big multi-gets, more keys at once than a backend connection
+  takes in flight, wait their turn instead of failing.
+
+Every wait is bounded.
 """
 
 from __future__ import annotations
 
 import signal
+import threading
 
 from conftest import stats_dict, wait_until, write_startfile
 
@@ -138,3 +143,39 @@ def test_stats_backends_without_proxy_is_empty(memroute):
     with memroute.client() as c:
         assert stats_dict(c, b"backends") == {}
         assert stats_dict(c, b"proxybe") == {}
+
+
+def test_multigets_beyond_the_in_flight_limit_wait_instead_of_failing(
+        backends, memroute_factory, startfile_dir):
+    """8 clients x 400-key gets on one worker and one backend connection:
+    3,200 keys at once against a limit of 1,024 in flight."""
+    (b1,) = backends(1)
+    mr = start(memroute_factory, startfile_dir, [b1], threads="1")
+    keys = [b"big:%d" % i for i in range(400)]
+    with mr.client() as c:
+        for k in keys:
+            assert c.request(b"set %s 0 0 %d\r\n%s\r\n" % (k, len(k), k)) == b"STORED\r\n"
+    want = b"".join(b"VALUE %s 0 %d\r\n%s\r\n" % (k, len(k), k) for k in keys) + b"END\r\n"
+    line = b"get " + b" ".join(keys) + b"\r\n"
+    go = threading.Barrier(8)
+    bad = []
+
+    def client():
+        with mr.client() as c:
+            go.wait(10)
+            for _ in range(3):
+                c.send(line)
+                reply = c.read_until(b"END\r\n")
+                if reply != want:
+                    bad.append(reply[:200])
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads)
+    assert not bad, bad[:3]
+    with mr.client() as c:
+        seen = per_backend(stats_dict(c, b"backends"))["b1"]
+    assert seen["busy"] == "0" and seen["failed_requests"] == "0"
+    assert int(seen["requests"]) == 400 + 8 * 3 * 400
