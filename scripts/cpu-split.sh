@@ -16,7 +16,8 @@
 # write-behind queue held when the load stopped and how long it took to
 # drain.
 #
-# Environment: WORKLOAD (get90_100B, mix11_100B; default get90_100B),
+# Environment: WORKLOAD (get90_100B, mix11_100B, mget10_100B for 10-key
+# multi-gets; default get90_100B),
 # DURATION (default 10s), SERVER_THREADS (-t for memroute and memcached,
 # default 1), CONCURRENCY (default 50), PROTOCOL (text, or binary for
 # memcaslap -B), MEMROUTE_BIN (default
@@ -60,8 +61,11 @@ cpu_ticks() { [ -n "${1:-}" ] && awk '{print $14+$15}' "/proc/$1/stat" || echo 0
 case "$WORKLOAD" in
   get90_*) get=0.9 set=0.1 ;;
   mix11_*) get=0.5 set=0.5 ;;
+  mget*_*) get=0.9 set=0.1 ;;
   *) echo "unknown WORKLOAD $WORKLOAD" >&2; exit 2 ;;
 esac
+division=1
+case "$WORKLOAD" in mget*_*) division="${WORKLOAD#mget}"; division="${division%%_*}" ;; esac
 size="${WORKLOAD#*_}"; size="${size%B}"; size="${size/K/*1024}"; size=$((size))
 printf 'key\n64 64 1\nvalue\n%s %s 1\ncmd\n0 %s\n1 %s\n' "$size" "$size" "$set" "$get" > "$work/load.cfg"
 
@@ -92,7 +96,7 @@ binary=(); [ "${PROTOCOL:-text}" = binary ] && binary=(-B)
 s0=$(cpu_ticks "$server"); b0=$(cpu_ticks "$backend"); w0=$(cpu_ticks "${WATCH_PID:-}")
 /usr/bin/time -f 'client_cpu %U %S' -o "$work/time.txt" \
   memcaslap -s "$HOST:$port" -T 1 -c "$CONCURRENCY" -t "$DURATION" -S "$DURATION" "${binary[@]}" \
-  -F "$work/load.cfg" > "$work/memcaslap.txt" 2>&1
+  -F "$work/load.cfg" -d "$division" > "$work/memcaslap.txt" 2>&1
 s1=$(cpu_ticks "$server"); b1=$(cpu_ticks "$backend"); w1=$(cpu_ticks "${WATCH_PID:-}")
 
 tps=$(grep -o 'TPS: [0-9]*' "$work/memcaslap.txt" | tail -1 | awk '{print $2}')

@@ -92,6 +92,7 @@ def backend_file(call: str) -> str:
     'readtimeout = 2, retrywaittime = 0.5, failurelimit = 5, connections = 8, '
     'tcpkeepalive = true, down = false, flaptime = 30, flapbackofframp = 2, '
     'flapbackoffmax = 60 }',
+    'mcp.backend{ label = "b1", host = "127.0.0.1", port = PORT, batchgets = false }',
     'mcp.backend{ label = "b1", host = "127.0.0.1", port = PORT, retrytimeout = 1 }',
 ])
 def test_backend_forms_and_options(call, backends, memroute_factory, startfile_dir):
@@ -126,6 +127,8 @@ def test_backend_down_option_fails_fast(backends, memroute_factory, startfile_di
      r"readtimeout must be between"),
     ('mcp.backend{ label = "b", host = "127.0.0.1", port = 1, flapbackofframp = 0.5 }',
      r"flapbackofframp"),
+    ('mcp.backend{ label = "b", host = "127.0.0.1", port = 1, batchgets = 1 }',
+     r"batchgets must be true or false"),
     ('mcp.backend{ label = "b", host = "127.0.0.1", port = 0 }', r"port must be 1\.\.65535"),
     ('mcp.backend{ label = "b", host = "127.0.0.1", port = 70000 }', r"port must be"),
     ('mcp.backend{ label = "b", port = 1 }', r"label and host are required"),

@@ -61,7 +61,12 @@ fn drain(
                 assert!(buf.len() < before, "no progress");
                 if let BinaryFrame::Request(_, ctx) = &frame {
                     let mut encoded = BytesMut::new();
-                    for reply in [&b"HD c1\r\n"[..], b"VA 2 f1 c2\r\nhi\r\n", b"EN\r\n", replies] {
+                    for reply in [
+                        &b"HD c1\r\n"[..],
+                        b"VA 2 f1 c2\r\nhi\r\n",
+                        b"EN\r\n",
+                        replies,
+                    ] {
                         ctx.encode(reply, &mut encoded);
                     }
                 }

@@ -9,11 +9,19 @@
 //! - the replies framed from chunks are the replies framed from the whole
 //!   stream (the framer is stateless, so a prefix either is incomplete or
 //!   frames the same reply).
+//!
+//! The same input is also split into the pieces of a joined multi-key get
+//! reply (`decode_retrieval_piece`): an incomplete or malformed piece
+//! consumes nothing, and a `VALUE` piece is a complete single-key reply
+//! (the single-get framer takes it whole, with its key).
 #![no_main]
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use memroute_proto::{Decoded, Limits, Request, RequestDecoder, ResponseDecoder};
+use memroute_proto::{
+    decode_retrieval_piece, Decoded, Limits, Request, RequestDecoder, ResponseDecoder,
+    RetrievalPiece,
+};
 
 const REQUESTS: &[&[u8]] = &[
     b"get a\r\n",
@@ -103,4 +111,26 @@ fuzz_target!(|data: &[u8]| {
     let mut whole = Framed::new();
     drain(&decoder, &mut BytesMut::from(input), &mut whole);
     assert_eq!(chunked, whole, "chunking changed the framing");
+
+    let single_get = ResponseDecoder::for_request(&request(0));
+    let mut buf = BytesMut::from(input);
+    loop {
+        let before = buf.len();
+        match decode_retrieval_piece(&mut buf) {
+            Ok(None) | Err(_) => {
+                assert_eq!(buf.len(), before, "no piece, yet bytes consumed");
+                break;
+            }
+            Ok(Some(RetrievalPiece::Value(r))) => {
+                assert!(buf.len() < before);
+                assert!(r.retrieval_key().is_some());
+                let mut alone = BytesMut::from(&r.raw()[..]);
+                assert_eq!(single_get.decode(&mut alone), Ok(Some(r.clone())));
+                assert!(alone.is_empty());
+            }
+            Ok(Some(RetrievalPiece::End | RetrievalPiece::Error(_))) => {
+                assert!(buf.len() < before)
+            }
+        }
+    }
 });

@@ -52,7 +52,9 @@ pub use request::{
     ArithCommand, ArithOp, Command, GetCommand, GetOp, MetaCommand, MetaOp, Request, StoreCommand,
     StoreOp,
 };
-pub use response::{Response, ResponseCode, ResponseDecoder};
+pub use response::{
+    decode_retrieval_piece, Response, ResponseCode, ResponseDecoder, RetrievalPiece,
+};
 
 /// The longest key memcached accepts, in bytes.
 pub const KEY_MAX_LENGTH: usize = 250;

@@ -121,6 +121,92 @@ impl Response {
     }
 }
 
+impl Response {
+    /// `END`: the reply to a retrieval that found nothing.
+    pub fn miss() -> Response {
+        Response {
+            raw: Bytes::from_static(b"END\r\n"),
+            code: ResponseCode::End,
+            line_len: 3,
+            value: None,
+            hit: false,
+        }
+    }
+
+    /// The key of a `VALUE` reply.
+    pub fn retrieval_key(&self) -> Option<&[u8]> {
+        let rest = self.line().strip_prefix(b"VALUE ")?;
+        rest.split(|&b| b == b' ').find(|t| !t.is_empty())
+    }
+}
+
+/// One piece of the reply to a multi-key `get`/`gets`, for a backend
+/// connection that joined single-key requests into one line and must hand
+/// each its own reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RetrievalPiece {
+    /// A `VALUE` block, as the complete reply a single-key request for its
+    /// key gets (the block, then `END`); the key is
+    /// [`Response::retrieval_key`].
+    Value(Response),
+    /// `END`: every key not answered yet is a miss.
+    End,
+    /// An error line, which ends the reply for every key not answered yet.
+    Error(Response),
+}
+
+/// Takes one [`RetrievalPiece`] from the front of `buf`; `Ok(None)` means
+/// more bytes are needed (nothing is consumed).
+pub fn decode_retrieval_piece(
+    buf: &mut BytesMut,
+) -> Result<Option<RetrievalPiece>, MalformedResponse> {
+    let Some(first_end) = memchr::memchr(b'\n', buf) else {
+        return Ok(None);
+    };
+    let line_len = trim_cr(buf, first_end);
+    let line = &buf[..line_len];
+    if let Some(code) = error_code(line) {
+        return Ok(Some(RetrievalPiece::Error(take(
+            buf,
+            first_end + 1,
+            code,
+            line_len,
+            None,
+        ))));
+    }
+    if line == b"END" {
+        let _ = buf.split_to(first_end + 1);
+        return Ok(Some(RetrievalPiece::End));
+    }
+    if !line.starts_with(b"VALUE ") {
+        return Err(MalformedResponse("unexpected line in multi-key reply"));
+    }
+    let start = first_end + 1;
+    let (size, stop) = line
+        .split(|&b| b == b' ')
+        .filter(|t| !t.is_empty())
+        .nth(3)
+        .and_then(|t| data_end(t, start))
+        .ok_or(MalformedResponse("bad VALUE line"))?;
+    if buf.len() < stop {
+        return Ok(None);
+    }
+    if &buf[start + size..stop] != b"\r\n" {
+        return Err(MalformedResponse("VALUE data not terminated"));
+    }
+    let mut raw = BytesMut::with_capacity(stop + 5);
+    raw.extend_from_slice(&buf[..stop]);
+    raw.extend_from_slice(b"END\r\n");
+    let _ = buf.split_to(stop);
+    Ok(Some(RetrievalPiece::Value(Response {
+        raw: raw.freeze(),
+        code: ResponseCode::Value,
+        line_len,
+        value: Some(start..start + size),
+        hit: true,
+    })))
+}
+
 /// A reply that does not fit the protocol: the proxy must drop the backend
 /// connection (it can no longer tell where replies start) and answer
 /// `SERVER_ERROR bad response`.
@@ -415,5 +501,56 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(r.code(), ResponseCode::Stat);
+    }
+
+    #[test]
+    fn retrieval_pieces_split_a_multi_key_reply_per_key() {
+        let wire: &[u8] = b"VALUE a 1 2\r\nxy\r\nVALUE b 0 0 77\r\n\r\nEND\r\nrest";
+        let mut buf = BytesMut::from(wire);
+        let single = ResponseDecoder::for_request(&request(b"get a\r\n"));
+        let Some(RetrievalPiece::Value(a)) = decode_retrieval_piece(&mut buf).unwrap() else {
+            panic!("a")
+        };
+        assert_eq!(a.retrieval_key(), Some(&b"a"[..]));
+        // exactly what a single-key get for it would have been answered
+        let mut alone = BytesMut::from(&b"VALUE a 1 2\r\nxy\r\nEND\r\n"[..]);
+        assert_eq!(Some(a), single.decode(&mut alone).unwrap());
+        let Some(RetrievalPiece::Value(b)) = decode_retrieval_piece(&mut buf).unwrap() else {
+            panic!("b")
+        };
+        assert_eq!(b.retrieval_key(), Some(&b"b"[..]));
+        assert_eq!(b.value(), Some(&b""[..]));
+        assert_eq!(b.raw().as_ref(), b"VALUE b 0 0 77\r\n\r\nEND\r\n");
+        assert_eq!(
+            decode_retrieval_piece(&mut buf).unwrap(),
+            Some(RetrievalPiece::End)
+        );
+        assert_eq!(&buf[..], b"rest");
+        assert_eq!(Response::miss().raw().as_ref(), b"END\r\n");
+        assert_eq!(Response::miss().code(), ResponseCode::End);
+    }
+
+    #[test]
+    fn retrieval_piece_waits_for_whole_blocks_and_rejects_garbage() {
+        for partial in [&b"VALUE a 0 5\r\nabc"[..], b"VALUE a 0 5", b"EN"] {
+            let mut buf = BytesMut::from(partial);
+            assert_eq!(decode_retrieval_piece(&mut buf).unwrap(), None);
+            assert_eq!(&buf[..], partial, "nothing consumed");
+        }
+        let mut buf = BytesMut::from(&b"SERVER_ERROR out of memory\r\n"[..]);
+        let Some(RetrievalPiece::Error(e)) = decode_retrieval_piece(&mut buf).unwrap() else {
+            panic!("error line")
+        };
+        assert_eq!(e.code(), ResponseCode::ServerError);
+        for bad in [
+            &b"STORED\r\n"[..],
+            b"VALUE a 0 x\r\n",
+            b"VALUE a 0 1\r\nxyz\r\n",
+        ] {
+            assert!(
+                decode_retrieval_piece(&mut BytesMut::from(bad)).is_err(),
+                "{bad:?}"
+            );
+        }
     }
 }

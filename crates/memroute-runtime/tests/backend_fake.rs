@@ -454,6 +454,153 @@ fn flapping_backend_waits_longer_between_retries() {
     });
 }
 
+/// Sends `bytes` a few at a time, so replies arrive split at every point.
+async fn trickle(c: &mut Conn, bytes: &[u8]) {
+    for chunk in bytes.chunks(3) {
+        c.send(chunk).await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Sends every request in `lines` in one scheduler tick and returns the
+/// replies in order.
+async fn send_together(
+    backend: &Rc<Backend>,
+    lines: &[&str],
+) -> Vec<Result<memroute_proto::Response, BackendError>> {
+    let tasks: Vec<_> = lines
+        .iter()
+        .map(|line| {
+            let backend = backend.clone();
+            let request = req(*line);
+            tokio::task::spawn_local(async move { backend.send(&request).await })
+        })
+        .collect();
+    let mut replies = Vec::new();
+    for task in tasks {
+        replies.push(task.await.unwrap());
+    }
+    replies
+}
+
+#[test]
+fn single_key_gets_sent_together_share_one_line_and_get_their_own_replies() {
+    run(Duration::from_secs(10), async {
+        let seen = Rc::new(std::cell::RefCell::new(Vec::new()));
+        let log = seen.clone();
+        let fake = Fake::start(move |_, mut c| {
+            let log = log.clone();
+            async move {
+                if !c.validate().await {
+                    return;
+                }
+                while let Some(line) = c.line().await {
+                    let reply: &[u8] = match line.as_str() {
+                        // b missed; a asked twice, answered twice
+                        "get a b a" => b"VALUE a 1 1\r\nx\r\nVALUE a 1 1\r\nx\r\nEND\r\n",
+                        "gets c" => b"VALUE c 0 2 99\r\nzz\r\nEND\r\n",
+                        "set x 0 0 1" => {
+                            c.line().await;
+                            b"STORED\r\n"
+                        }
+                        "get d e" => b"SERVER_ERROR out of memory\r\n",
+                        _ => b"ERROR\r\n",
+                    };
+                    log.borrow_mut().push(line);
+                    trickle(&mut c, reply).await;
+                }
+            }
+        })
+        .await;
+        let backend = Backend::new(Arc::new(fake.config()));
+        let replies = send_together(
+            &backend,
+            &[
+                "get a\r\n",
+                "get b\r\n",
+                "get a\r\n",
+                "gets c\r\n",
+                "set x 0 0 1\r\ny\r\n",
+                "get d\r\n",
+                "get e\r\n",
+            ],
+        )
+        .await;
+        let raw: Vec<&[u8]> = replies
+            .iter()
+            .map(|r| r.as_ref().expect("a reply").raw().as_ref())
+            .collect();
+        assert_eq!(
+            raw,
+            [
+                &b"VALUE a 1 1\r\nx\r\nEND\r\n"[..],
+                b"END\r\n",
+                b"VALUE a 1 1\r\nx\r\nEND\r\n",
+                b"VALUE c 0 2 99\r\nzz\r\nEND\r\n",
+                b"STORED\r\n",
+                b"SERVER_ERROR out of memory\r\n",
+                b"SERVER_ERROR out of memory\r\n",
+            ]
+        );
+        assert_eq!(replies[0].as_ref().unwrap().value(), Some(&b"x"[..]));
+        assert!(replies[0].as_ref().unwrap().is_hit());
+        assert!(!replies[1].as_ref().unwrap().is_hit());
+        assert_eq!(
+            *seen.borrow(),
+            ["get a b a", "gets c", "set x 0 0 1", "get d e"]
+        );
+        let stats = backend.stats();
+        assert_eq!((stats.responses, stats.failures, stats.connects), (7, 0, 1));
+        assert_eq!(stats.in_flight, 0);
+    });
+}
+
+#[test]
+fn a_joined_reply_for_a_key_not_asked_for_is_a_bad_response() {
+    run(Duration::from_secs(10), async {
+        let fake = Fake::start(|_, mut c| async move {
+            if c.validate().await && c.line().await.is_some() {
+                c.send(b"VALUE zz 0 1\r\nx\r\nEND\r\n").await;
+                c.swallow().await;
+            }
+        })
+        .await;
+        let backend = Backend::new(Arc::new(fake.config()));
+        for r in send_together(&backend, &["get a\r\n", "get b\r\n"]).await {
+            assert!(matches!(r, Err(BackendError::BadResponse(_))), "{r:?}");
+        }
+        assert_eq!(backend.stats().failures, 1);
+    });
+}
+
+#[test]
+fn batchgets_off_sends_one_line_per_get() {
+    run(Duration::from_secs(10), async {
+        let seen = Rc::new(std::cell::RefCell::new(Vec::new()));
+        let log = seen.clone();
+        let fake = Fake::start(move |_, mut c| {
+            let log = log.clone();
+            async move {
+                if c.validate().await {
+                    while let Some(line) = c.line().await {
+                        log.borrow_mut().push(line);
+                        c.send(b"END\r\n").await;
+                    }
+                }
+            }
+        })
+        .await;
+        let backend = Backend::new(Arc::new(BackendConfig {
+            batch_gets: false,
+            ..fake.config()
+        }));
+        for r in send_together(&backend, &["get a\r\n", "get b\r\n"]).await {
+            assert_eq!(r.unwrap().raw().as_ref(), b"END\r\n");
+        }
+        assert_eq!(*seen.borrow(), ["get a", "get b"]);
+    });
+}
+
 #[test]
 fn dropped_waiter_does_not_desync_the_stream() {
     run(Duration::from_secs(10), async {
@@ -507,7 +654,11 @@ fn over_the_in_flight_limit_requests_wait_their_turn() {
             }
         })
         .await;
-        let backend = Backend::new(Arc::new(fake.config()));
+        // One request per line, so the fake sees the order they went out in.
+        let backend = Backend::new(Arc::new(BackendConfig {
+            batch_gets: false,
+            ..fake.config()
+        }));
         let total = MAX_IN_FLIGHT + 200;
         let mut tasks = Vec::new();
         for i in 0..total {

@@ -50,6 +50,11 @@ pub struct BackendConfig {
     /// Upper bound of the flapping retry wait (memcached: `flapbackoffmax`,
     /// 3600 s).
     pub flap_backoff_max: Duration,
+    /// Join single-key `get`s (and `gets`) that leave in one write into one
+    /// multi-key line, and split the reply back per request (memroute:
+    /// `batchgets`, default on). Replies are the same; the backend parses
+    /// and answers one command instead of many.
+    pub batch_gets: bool,
 }
 
 impl BackendConfig {
@@ -92,6 +97,7 @@ impl Default for BackendConfig {
             flap_time: Duration::ZERO,
             flap_backoff_ramp: 1.5,
             flap_backoff_max: Duration::from_secs(3600),
+            batch_gets: true,
         }
     }
 }

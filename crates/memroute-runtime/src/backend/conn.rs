@@ -14,9 +14,12 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use memroute_proto::response::MalformedResponse;
-use memroute_proto::{Command, Request, Response, ResponseCode, ResponseDecoder};
+use memroute_proto::{
+    decode_retrieval_piece, Command, GetOp, Request, Response, ResponseCode, ResponseDecoder,
+    RetrievalPiece,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -38,11 +41,21 @@ const SHRINK_ABOVE: usize = 256 * 1024;
 /// sane reply (memcached's largest item is 1 GiB only with `-I 1g`).
 pub(crate) const MAX_REPLY_BYTES: usize = 256 * 1024 * 1024;
 
+/// Longest `get` line that single-key gets are joined into. memcached
+/// reads get lines of any length, but other servers and proxies may not.
+const MAX_JOINED_LINE: usize = 2000;
+
 /// A request waiting for its reply.
 pub(crate) struct Pending {
     pub(crate) decoder: ResponseDecoder,
     pub(crate) reply: oneshot::Sender<Result<Response, BackendError>>,
     pub(crate) queued_at: Instant,
+    /// The key of a joinable single-key `get`/`gets`, to match it with its
+    /// `VALUE` in a joined reply.
+    key: Option<Bytes>,
+    /// Whether its key was appended to the line of the request queued just
+    /// before it (see [`Slot::push`]).
+    joined: bool,
 }
 
 /// One of a backend's `connections` pipelined connections.
@@ -59,6 +72,9 @@ pub(crate) struct Slot {
     pub(crate) wake_supervisor: Notify,
     /// One permit per request that may still join `queue`.
     pub(crate) room: Semaphore,
+    /// The `get`/`gets` line at the end of `out` that more single-key gets
+    /// may join: its op and where it starts in `out`.
+    open_line: Cell<Option<(GetOp, usize)>>,
 }
 
 impl Default for Slot {
@@ -71,23 +87,60 @@ impl Default for Slot {
             wake_reader: Notify::new(),
             wake_supervisor: Notify::new(),
             room: Semaphore::new(MAX_IN_FLIGHT),
+            open_line: Cell::new(None),
         }
     }
 }
 
 impl Slot {
     /// Queues one request; its bytes leave with the next write.
+    ///
+    /// With `batch_gets`, a single-key `get`/`gets` that follows another of
+    /// the same op still in `out` joins its line (`get a` + `get b` leave as
+    /// `get a b`); the reader splits the reply back (see
+    /// [`Slot::answer_joined`]).
     pub(crate) fn push(
         &self,
         request: &Request,
+        batch_gets: bool,
     ) -> oneshot::Receiver<Result<Response, BackendError>> {
         let (tx, rx) = oneshot::channel();
+        let joinable = if batch_gets { joinable(request) } else { None };
+        let mut joined = false;
+        {
+            let mut out = self.out.borrow_mut();
+            match joinable {
+                Some((op, key)) => {
+                    if let Some((open_op, start)) = self.open_line.get() {
+                        if open_op == op && out.len() - start + 1 + key.len() <= MAX_JOINED_LINE {
+                            // The open line is the last thing in `out`:
+                            // replace its `\r\n` with ` key\r\n`.
+                            let without_crlf = out.len() - 2;
+                            out.truncate(without_crlf);
+                            out.put_u8(b' ');
+                            out.put_slice(key);
+                            out.put_slice(b"\r\n");
+                            joined = true;
+                        }
+                    }
+                    if !joined {
+                        self.open_line.set(Some((op, out.len())));
+                        request.encode(&mut out);
+                    }
+                }
+                None => {
+                    self.open_line.set(None);
+                    request.encode(&mut out);
+                }
+            }
+        }
         self.queue.borrow_mut().push_back(Pending {
             decoder: ResponseDecoder::for_request(request),
             reply: tx,
             queued_at: Instant::now(),
+            key: joinable.map(|(_, key)| key.clone()),
+            joined,
         });
-        request.encode(&mut self.out.borrow_mut());
         if self.connected.get() {
             self.wake_writer.notify_one();
             self.wake_reader.notify_one();
@@ -95,6 +148,77 @@ impl Slot {
             self.wake_supervisor.notify_one();
         }
         rx
+    }
+
+    /// Takes every byte not yet written (the writer's turn); nothing more
+    /// may join a line that is on its way.
+    fn take_out(&self, into: &mut BytesMut) {
+        std::mem::swap(&mut *self.out.borrow_mut(), into);
+        self.open_line.set(None);
+    }
+
+    /// How many requests at the front of the queue share the first one's
+    /// line (1 when it was not joined by any).
+    fn front_line_len(&self) -> usize {
+        let queue = self.queue.borrow();
+        1 + queue.iter().skip(1).take_while(|p| p.joined).count()
+    }
+
+    /// Hands one piece of a joined reply to the `left` requests at the
+    /// front of the queue that share its line: a `VALUE` to the request for
+    /// its key (the ones before it missed), `END` a miss to all the rest,
+    /// an error to all the rest. Returns whether the reply is over (`END`
+    /// or an error: only then may the next line's reply start).
+    fn answer_joined(
+        &self,
+        inner: &Inner,
+        left: &mut usize,
+        piece: RetrievalPiece,
+    ) -> Result<bool, MalformedResponse> {
+        match piece {
+            RetrievalPiece::Value(reply) => {
+                let key = reply.retrieval_key().unwrap_or_default();
+                let misses = self
+                    .queue
+                    .borrow()
+                    .iter()
+                    .take(*left)
+                    .position(|p| p.key.as_deref() == Some(key))
+                    .ok_or(MalformedResponse("VALUE for a key not asked for"))?;
+                for _ in 0..misses {
+                    self.answer_front(inner, Response::miss());
+                }
+                self.answer_front(inner, reply);
+                *left -= misses + 1;
+                Ok(false)
+            }
+            RetrievalPiece::End => {
+                for _ in 0..*left {
+                    self.answer_front(inner, Response::miss());
+                }
+                *left = 0;
+                Ok(true)
+            }
+            RetrievalPiece::Error(error) => {
+                for _ in 0..*left {
+                    self.answer_front(inner, error.clone());
+                }
+                *left = 0;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Hands `response` to the oldest request.
+    fn answer_front(&self, inner: &Inner, response: Response) {
+        let pending = self.queue.borrow_mut().pop_front();
+        if let Some(pending) = pending {
+            self.left_queue(inner, 1);
+            inner.record_reply(pending.queued_at.elapsed());
+            // The caller may have given up: the reply was still consumed,
+            // so the stream stays in sync.
+            let _ = pending.reply.send(Ok(response));
+        }
     }
 
     pub(crate) fn in_flight(&self) -> usize {
@@ -117,13 +241,20 @@ impl Slot {
         true
     }
 
+    /// `n` requests left the queue: their room goes back (to the oldest
+    /// waiter, if any) and the in-flight gauge goes down.
+    fn left_queue(&self, inner: &Inner, n: usize) {
+        self.room.add_permits(n);
+        inner.counters.in_flight.sub(n);
+    }
+
     /// Fails every queued request with `error` and drops unsent bytes: the
     /// next connection starts with an empty, in-sync stream.
     fn fail_all(&self, inner: &Inner, error: &BackendError) {
         let failed: Vec<Pending> = self.queue.borrow_mut().drain(..).collect();
         self.out.borrow_mut().clear();
-        inner.counters.in_flight.sub(failed.len());
-        self.room.add_permits(failed.len());
+        self.open_line.set(None);
+        self.left_queue(inner, failed.len());
         for pending in failed {
             let _ = pending.reply.send(Err(error.clone()));
         }
@@ -318,7 +449,7 @@ async fn write_loop(inner: &Inner, slot: &Slot, wr: &mut OwnedWriteHalf) -> Back
             continue;
         }
         // Take every request queued so far (all of this tick's sends).
-        std::mem::swap(&mut *slot.out.borrow_mut(), &mut batch);
+        slot.take_out(&mut batch);
         inner.counters.writes.incr();
         inner.counters.bytes_written.add(batch.len() as u64);
         if let Err(e) = wr.write_all(&batch).await {
@@ -335,27 +466,46 @@ async fn write_loop(inner: &Inner, slot: &Slot, wr: &mut OwnedWriteHalf) -> Back
 async fn read_loop(inner: &Inner, slot: &Slot, rd: &mut OwnedReadHalf) -> SessionEnd {
     let read_timeout = inner.config.read_timeout;
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
+    // While a joined reply is arriving: how many requests at the front still
+    // wait for their share of it.
+    let mut joined_left: Option<usize> = None;
     loop {
-        loop {
-            let Some(decoder) = slot.queue.borrow().front().map(|p| p.decoder) else {
-                break;
-            };
-            match decoder.decode(&mut rbuf) {
-                Ok(Some(response)) => {
-                    let pending = slot.queue.borrow_mut().pop_front();
-                    slot.room.add_permits(1);
-                    if let Some(pending) = pending {
-                        inner.record_reply(pending.queued_at.elapsed());
-                        // The caller may have given up: the reply was still
-                        // consumed, so the stream stays in sync.
-                        let _ = pending.reply.send(Ok(response));
+        // Only reply bytes tell that the front request's line was written
+        // (and so can no longer be joined by more keys).
+        while !rbuf.is_empty() {
+            let left = match joined_left.as_mut() {
+                Some(left) => left,
+                None => {
+                    let Some(decoder) = slot.queue.borrow().front().map(|p| p.decoder) else {
+                        break;
+                    };
+                    let line = slot.front_line_len();
+                    if line == 1 {
+                        match decoder.decode(&mut rbuf) {
+                            Ok(Some(response)) => slot.answer_front(inner, response),
+                            Ok(None) => break,
+                            Err(malformed) => {
+                                return SessionEnd::Failed(BackendError::BadResponse(malformed))
+                            }
+                        }
+                        continue;
                     }
+                    joined_left.insert(line)
                 }
+            };
+            match decode_retrieval_piece(&mut rbuf) {
+                Ok(Some(piece)) => match slot.answer_joined(inner, left, piece) {
+                    Ok(true) => joined_left = None,
+                    Ok(false) => {}
+                    Err(malformed) => {
+                        return SessionEnd::Failed(BackendError::BadResponse(malformed))
+                    }
+                },
                 Ok(None) => break,
                 Err(malformed) => return SessionEnd::Failed(BackendError::BadResponse(malformed)),
             }
         }
-        let idle = slot.queue.borrow().is_empty();
+        let idle = slot.queue.borrow().is_empty() && joined_left.is_none();
         if idle && !rbuf.is_empty() {
             return SessionEnd::Failed(BackendError::BadResponse(MalformedResponse(
                 "data with no request in flight",
@@ -434,8 +584,18 @@ impl Inner {
 
     fn record_reply(&self, latency: std::time::Duration) {
         self.counters.responses.incr();
-        self.counters.in_flight.sub(1);
         self.health.borrow_mut().success();
         self.counters.latency.record(latency);
+    }
+}
+
+/// The op and key of a request that may join (or start) a joined line: a
+/// `get` or `gets` with exactly one key.
+fn joinable(request: &Request) -> Option<(GetOp, &Bytes)> {
+    match request.command() {
+        Command::Get(g) if matches!(g.op, GetOp::Get | GetOp::Gets) && g.keys.len() == 1 => {
+            Some((g.op, &g.keys[0]))
+        }
+        _ => None,
     }
 }

@@ -183,7 +183,7 @@ impl Backend {
             slot.room.add_permits(1);
             return Err(down);
         }
-        let reply = slot.push(request);
+        let reply = slot.push(request, inner.config.batch_gets);
         inner.counters.in_flight.add(1);
         Ok(reply)
     }

@@ -296,6 +296,16 @@ fn backend(args: mlua::MultiValue) -> mlua::Result<BackendHandle> {
                     }
                     "down" => cfg.down = matches!(value, Value::Boolean(true)),
                     "tcpkeepalive" => cfg.tcp_keepalive = matches!(value, Value::Boolean(true)),
+                    "batchgets" => {
+                        cfg.batch_gets = match value {
+                            Value::Boolean(b) => b,
+                            _ => {
+                                return Err(mlua::Error::runtime(
+                                    "mcp.backend: batchgets must be true or false",
+                                ))
+                            }
+                        }
+                    }
                     "flaptime" => cfg.flap_time = seconds(value, &key)?,
                     "flapbackoffmax" => cfg.flap_backoff_max = seconds(value, &key)?,
                     "flapbackofframp" => {
