@@ -15,24 +15,7 @@ import signal
 import threading
 
 from conftest import stats_dict, wait_until, write_startfile
-
-STARTFILE = """
-function mcp_config_pools()
-    local bs = {}
-    for hp in string.gmatch(mcp.start_arg, "[^,]+") do
-        local host, port = string.match(hp, "^(.+):(%d+)$")
-        table.insert(bs, mcp.backend{ label = LABEL(#bs + 1), host = host,
-            port = tonumber(port), connecttimeout = 0.5, readtimeout = 1,
-            retrywaittime = 0.3, failurelimit = 2 })
-    end
-    return { main = mcp.pool(bs) }
-end
-
-function mcp_config_routes(p)
-    local main = p.main
-    mcp.attach(mcp.CMD_ANY_STORAGE, function(r) return main(r) end)
-end
-"""
+from test_proxy_failures import FAILOVER_STARTFILE
 
 NUMERIC = ["workers", "bad_workers", "connections", "in_flight", "requests", "responses",
            "failed_requests", "fast_fails", "busy", "failures", "timeouts", "connects",
@@ -41,8 +24,13 @@ NUMERIC = ["workers", "bad_workers", "connections", "in_flight", "requests", "re
            "latency_p99_us", "latency_p999_us"]
 
 
-def start(memroute_factory, startfile_dir, backends, label="'b' .. n", threads="2"):
-    text = STARTFILE.replace("LABEL(#bs + 1)", "(function(n) return %s end)(#bs + 1)" % label)
+def start(memroute_factory, startfile_dir, backends, label=None, threads="2"):
+    """memroute with one pool over `backends`, labelled b1, b2... (or all
+    `label`), quick to mark bad (failure limit 2) and to retry (0.2 s)."""
+    text = FAILOVER_STARTFILE
+    if label is not None:
+        text = text.replace('"b" .. (#bs + 1)', label)
+        assert label in text
     path = write_startfile(startfile_dir, "stats.lua", text)
     arg = ",".join(b.addr for b in backends)
     return memroute_factory("--config", str(path), "--config-arg", arg, "-t", threads)
@@ -94,7 +82,7 @@ def test_stats_backends_counts_every_request(backends, memroute_factory, startfi
 
 def test_one_label_on_two_addresses_is_told_apart(backends, memroute_factory, startfile_dir):
     b1, b2 = backends(2)
-    mr = start(memroute_factory, startfile_dir, [b1, b2], label="'same'", threads="1")
+    mr = start(memroute_factory, startfile_dir, [b1, b2], label='"same"', threads="1")
     with mr.client() as c:
         seen = per_backend(stats_dict(c, b"backends"))
     assert set(seen) == {"same@%s" % b1.addr, "same@%s" % b2.addr}

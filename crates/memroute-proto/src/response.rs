@@ -182,18 +182,9 @@ pub fn decode_retrieval_piece(
         return Err(MalformedResponse("unexpected line in multi-key reply"));
     }
     let start = first_end + 1;
-    let (size, stop) = line
-        .split(|&b| b == b' ')
-        .filter(|t| !t.is_empty())
-        .nth(3)
-        .and_then(|t| data_end(t, start))
-        .ok_or(MalformedResponse("bad VALUE line"))?;
-    if buf.len() < stop {
+    let Some((size, stop)) = value_block(line, buf, start)? else {
         return Ok(None);
-    }
-    if &buf[start + size..stop] != b"\r\n" {
-        return Err(MalformedResponse("VALUE data not terminated"));
-    }
+    };
     let mut raw = BytesMut::with_capacity(stop + 5);
     raw.extend_from_slice(&buf[..stop]);
     raw.extend_from_slice(b"END\r\n");
@@ -340,18 +331,9 @@ impl ResponseDecoder {
                 Shape::Stats if line.starts_with(b"STAT ") => pos = end + 1,
                 Shape::Retrieval if line.starts_with(b"VALUE ") => {
                     let start = end + 1;
-                    let (size, stop) = line
-                        .split(|&b| b == b' ')
-                        .filter(|t| !t.is_empty())
-                        .nth(3)
-                        .and_then(|t| data_end(t, start))
-                        .ok_or(MalformedResponse("bad VALUE line"))?;
-                    if buf.len() < stop {
+                    let Some((size, stop)) = value_block(line, buf, start)? else {
                         return Ok(None);
-                    }
-                    if &buf[start + size..stop] != b"\r\n" {
-                        return Err(MalformedResponse("VALUE data not terminated"));
-                    }
+                    };
                     first_value.get_or_insert(start..start + size);
                     pos = stop;
                 }
@@ -359,6 +341,29 @@ impl ResponseDecoder {
             }
         }
     }
+}
+
+/// The data block of the `VALUE` line `line`, starting at `start` in
+/// `buf`: its size and the offset just past its `\r\n`; `Ok(None)` until it
+/// has all arrived.
+fn value_block(
+    line: &[u8],
+    buf: &[u8],
+    start: usize,
+) -> Result<Option<(usize, usize)>, MalformedResponse> {
+    let (size, stop) = line
+        .split(|&b| b == b' ')
+        .filter(|t| !t.is_empty())
+        .nth(3)
+        .and_then(|t| data_end(t, start))
+        .ok_or(MalformedResponse("bad VALUE line"))?;
+    if buf.len() < stop {
+        return Ok(None);
+    }
+    if &buf[start + size..stop] != b"\r\n" {
+        return Err(MalformedResponse("VALUE data not terminated"));
+    }
+    Ok(Some((size, stop)))
 }
 
 /// Parses a data block size and returns it with the offset just past the

@@ -118,24 +118,36 @@ async fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool)
     }
 }
 
-/// Sends `n` gets at once from separate tasks; returns their results.
-async fn send_many(backend: &Rc<Backend>, n: usize) -> Vec<Result<ResponseCode, BackendError>> {
-    let tasks: Vec<_> = (0..n)
-        .map(|i| {
+/// Sends every request in `lines` in one scheduler tick and returns the
+/// replies in order.
+async fn send_together(
+    backend: &Rc<Backend>,
+    lines: &[&str],
+) -> Vec<Result<memroute_proto::Response, BackendError>> {
+    let tasks: Vec<_> = lines
+        .iter()
+        .map(|line| {
             let backend = backend.clone();
-            tokio::task::spawn_local(async move {
-                backend
-                    .send(&req(format!("get k{i}\r\n")))
-                    .await
-                    .map(|r| r.code())
-            })
+            let request = req(*line);
+            tokio::task::spawn_local(async move { backend.send(&request).await })
         })
         .collect();
-    let mut results = Vec::new();
-    for t in tasks {
-        results.push(t.await.unwrap());
+    let mut replies = Vec::new();
+    for task in tasks {
+        replies.push(task.await.unwrap());
     }
-    results
+    replies
+}
+
+/// Sends `n` gets at once from separate tasks; returns their results.
+async fn send_many(backend: &Rc<Backend>, n: usize) -> Vec<Result<ResponseCode, BackendError>> {
+    let lines: Vec<String> = (0..n).map(|i| format!("get k{i}\r\n")).collect();
+    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+    send_together(backend, &lines)
+        .await
+        .into_iter()
+        .map(|r| r.map(|r| r.code()))
+        .collect()
 }
 
 #[test]
@@ -460,27 +472,6 @@ async fn trickle(c: &mut Conn, bytes: &[u8]) {
         c.send(chunk).await;
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-}
-
-/// Sends every request in `lines` in one scheduler tick and returns the
-/// replies in order.
-async fn send_together(
-    backend: &Rc<Backend>,
-    lines: &[&str],
-) -> Vec<Result<memroute_proto::Response, BackendError>> {
-    let tasks: Vec<_> = lines
-        .iter()
-        .map(|line| {
-            let backend = backend.clone();
-            let request = req(*line);
-            tokio::task::spawn_local(async move { backend.send(&request).await })
-        })
-        .collect();
-    let mut replies = Vec::new();
-    for task in tasks {
-        replies.push(task.await.unwrap());
-    }
-    replies
 }
 
 #[test]
