@@ -546,6 +546,91 @@ fn single_key_gets_sent_together_share_one_line_and_get_their_own_replies() {
     });
 }
 
+/// Gets join only the line right before them: a set in between keeps a
+/// get of its key behind it, and flush_all keeps every get behind it.
+#[test]
+fn any_other_request_ends_a_joined_line() {
+    run(Duration::from_secs(10), async {
+        let seen = Rc::new(std::cell::RefCell::new(Vec::new()));
+        let log = seen.clone();
+        let fake = Fake::start(move |_, mut c| {
+            let log = log.clone();
+            async move {
+                if !c.validate().await {
+                    return;
+                }
+                while let Some(line) = c.line().await {
+                    let reply: &[u8] = match line.as_str() {
+                        "get a" => b"END\r\n",
+                        "set x 0 0 1" | "set b 0 0 3" => {
+                            c.line().await;
+                            b"STORED\r\n"
+                        }
+                        "get b" => {
+                            let n = log.borrow().iter().filter(|l| *l == "get b").count();
+                            if n == 0 {
+                                b"VALUE b 0 3\r\nold\r\nEND\r\n"
+                            } else {
+                                b"VALUE b 0 3\r\nnew\r\nEND\r\n"
+                            }
+                        }
+                        "flush_all" => b"OK\r\n",
+                        "get c" => b"END\r\n",
+                        _ => b"ERROR\r\n",
+                    };
+                    log.borrow_mut().push(line);
+                    trickle(&mut c, reply).await;
+                }
+            }
+        })
+        .await;
+        let backend = Backend::new(Arc::new(fake.config()));
+        let replies = send_together(
+            &backend,
+            &[
+                "get a\r\n",
+                "set x 0 0 1\r\ny\r\n",
+                "get b\r\n",
+                "set b 0 0 3\r\nnew\r\n",
+                "get b\r\n",
+                "flush_all\r\n",
+                "get c\r\n",
+            ],
+        )
+        .await;
+        let raw: Vec<&[u8]> = replies
+            .iter()
+            .map(|r| r.as_ref().expect("a reply").raw().as_ref())
+            .collect();
+        assert_eq!(
+            raw,
+            [
+                &b"END\r\n"[..],
+                b"STORED\r\n",
+                b"VALUE b 0 3\r\nold\r\nEND\r\n",
+                b"STORED\r\n",
+                b"VALUE b 0 3\r\nnew\r\nEND\r\n",
+                b"OK\r\n",
+                b"END\r\n",
+            ]
+        );
+        assert_eq!(
+            *seen.borrow(),
+            [
+                "get a",
+                "set x 0 0 1",
+                "get b",
+                "set b 0 0 3",
+                "get b",
+                "flush_all",
+                "get c"
+            ],
+            "a get never joins a line across another request"
+        );
+        assert_eq!(backend.stats().failures, 0);
+    });
+}
+
 #[test]
 fn a_joined_reply_for_a_key_not_asked_for_is_a_bad_response() {
     run(Duration::from_secs(10), async {

@@ -369,6 +369,44 @@ fn ten_thousand_pipelined_gets_are_batched() {
 }
 
 #[test]
+fn joined_gets_never_overtake_a_set_of_their_key() {
+    let mc = Memcached::start();
+    run(Duration::from_secs(60), async {
+        let backend = Backend::new(Arc::new(mc.config()));
+        // Each round, in one scheduler tick: a get of another key (which
+        // opens a joinable line), a set of k{i}, and a get of k{i} that must
+        // see that set, for 200 keys.
+        for round in 0..5 {
+            let mut tasks = Vec::new();
+            for i in 0..200 {
+                let value = format!("r{round}-{i}");
+                let lines = [
+                    format!("get other{i}\r\n"),
+                    format!("set k{i} 0 0 {}\r\n{value}\r\n", value.len()),
+                    format!("get k{i}\r\n"),
+                ];
+                for (n, line) in lines.into_iter().enumerate() {
+                    let backend = backend.clone();
+                    let value = value.clone();
+                    tasks.push(tokio::task::spawn_local(async move {
+                        let r = backend.send(&req(line)).await.unwrap();
+                        match n {
+                            0 => assert_eq!(r.code(), ResponseCode::End),
+                            1 => assert_eq!(r.code(), ResponseCode::Stored),
+                            _ => assert_eq!(r.value(), Some(value.as_bytes()), "stale read"),
+                        }
+                    }));
+                }
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+        }
+        assert_eq!(backend.stats().failed_requests, 0);
+    });
+}
+
+#[test]
 fn one_tick_of_sends_is_one_write() {
     let mc = Memcached::start();
     run(Duration::from_secs(10), async {
