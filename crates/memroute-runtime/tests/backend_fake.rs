@@ -474,49 +474,73 @@ async fn trickle(c: &mut Conn, bytes: &[u8]) {
     }
 }
 
+/// Lines a [`line_answering_fake`] received.
+type LineLog = Rc<std::cell::RefCell<Vec<String>>>;
+
+/// A fake that answers each request line with `answer(line, lines before
+/// it)`, 3 bytes at a time; the data line of a `set` is read and dropped.
+async fn line_answering_fake(
+    answer: impl Fn(&str, &[String]) -> &'static [u8] + 'static,
+) -> (Fake, LineLog) {
+    let answer = Rc::new(answer);
+    let seen = LineLog::default();
+    let log = seen.clone();
+    let fake = Fake::start(move |_, mut c| {
+        let (answer, log) = (answer.clone(), log.clone());
+        async move {
+            if !c.validate().await {
+                return;
+            }
+            while let Some(line) = c.line().await {
+                if line.starts_with("set ") {
+                    c.line().await;
+                }
+                let reply = answer(&line, &log.borrow());
+                log.borrow_mut().push(line);
+                trickle(&mut c, reply).await;
+            }
+        }
+    })
+    .await;
+    (fake, seen)
+}
+
+/// Sends `lines` together (see [`send_together`]) and returns each raw
+/// reply; every request must get one.
+async fn raw_replies(backend: &Rc<Backend>, lines: &[&str]) -> Vec<Vec<u8>> {
+    send_together(backend, lines)
+        .await
+        .into_iter()
+        .map(|r| r.expect("a reply").raw().to_vec())
+        .collect()
+}
+
 #[test]
 fn single_key_gets_sent_together_share_one_line_and_get_their_own_replies() {
     run(Duration::from_secs(10), async {
-        let seen = Rc::new(std::cell::RefCell::new(Vec::new()));
-        let log = seen.clone();
-        let fake = Fake::start(move |_, mut c| {
-            let log = log.clone();
-            async move {
-                if !c.validate().await {
-                    return;
-                }
-                while let Some(line) = c.line().await {
-                    let reply: &[u8] = match line.as_str() {
-                        // b missed; a asked twice, answered twice
-                        "get a b a" => b"VALUE a 1 1\r\nx\r\nVALUE a 1 1\r\nx\r\nEND\r\n",
-                        "gets c" => b"VALUE c 0 2 99\r\nzz\r\nEND\r\n",
-                        "set x 0 0 1" => {
-                            c.line().await;
-                            b"STORED\r\n"
-                        }
-                        "get d e" => b"SERVER_ERROR out of memory\r\n",
-                        _ => b"ERROR\r\n",
-                    };
-                    log.borrow_mut().push(line);
-                    trickle(&mut c, reply).await;
-                }
-            }
+        let (fake, seen) = line_answering_fake(|line, _| match line {
+            // b missed; a asked twice, answered twice
+            "get a b a" => b"VALUE a 1 1\r\nx\r\nVALUE a 1 1\r\nx\r\nEND\r\n",
+            "gets c" => b"VALUE c 0 2 99\r\nzz\r\nEND\r\n",
+            "set x 0 0 1" => b"STORED\r\n",
+            "get d e" => b"SERVER_ERROR out of memory\r\n",
+            _ => b"ERROR\r\n",
         })
         .await;
         let backend = Backend::new(Arc::new(fake.config()));
-        let replies = send_together(
-            &backend,
-            &[
-                "get a\r\n",
-                "get b\r\n",
-                "get a\r\n",
-                "gets c\r\n",
-                "set x 0 0 1\r\ny\r\n",
-                "get d\r\n",
-                "get e\r\n",
-            ],
-        )
-        .await;
+        let lines = [
+            "get a\r\n",
+            "get b\r\n",
+            "get a\r\n",
+            "gets c\r\n",
+            "set x 0 0 1\r\ny\r\n",
+            "get d\r\n",
+            "get e\r\n",
+        ];
+        let replies = send_together(&backend, &lines).await;
+        assert_eq!(replies[0].as_ref().unwrap().value(), Some(&b"x"[..]));
+        assert!(replies[0].as_ref().unwrap().is_hit());
+        assert!(!replies[1].as_ref().unwrap().is_hit());
         let raw: Vec<&[u8]> = replies
             .iter()
             .map(|r| r.as_ref().expect("a reply").raw().as_ref())
@@ -533,9 +557,6 @@ fn single_key_gets_sent_together_share_one_line_and_get_their_own_replies() {
                 b"SERVER_ERROR out of memory\r\n",
             ]
         );
-        assert_eq!(replies[0].as_ref().unwrap().value(), Some(&b"x"[..]));
-        assert!(replies[0].as_ref().unwrap().is_hit());
-        assert!(!replies[1].as_ref().unwrap().is_hit());
         assert_eq!(
             *seen.borrow(),
             ["get a b a", "gets c", "set x 0 0 1", "get d e"]
@@ -551,59 +572,29 @@ fn single_key_gets_sent_together_share_one_line_and_get_their_own_replies() {
 #[test]
 fn any_other_request_ends_a_joined_line() {
     run(Duration::from_secs(10), async {
-        let seen = Rc::new(std::cell::RefCell::new(Vec::new()));
-        let log = seen.clone();
-        let fake = Fake::start(move |_, mut c| {
-            let log = log.clone();
-            async move {
-                if !c.validate().await {
-                    return;
-                }
-                while let Some(line) = c.line().await {
-                    let reply: &[u8] = match line.as_str() {
-                        "get a" => b"END\r\n",
-                        "set x 0 0 1" | "set b 0 0 3" => {
-                            c.line().await;
-                            b"STORED\r\n"
-                        }
-                        "get b" => {
-                            let n = log.borrow().iter().filter(|l| *l == "get b").count();
-                            if n == 0 {
-                                b"VALUE b 0 3\r\nold\r\nEND\r\n"
-                            } else {
-                                b"VALUE b 0 3\r\nnew\r\nEND\r\n"
-                            }
-                        }
-                        "flush_all" => b"OK\r\n",
-                        "get c" => b"END\r\n",
-                        _ => b"ERROR\r\n",
-                    };
-                    log.borrow_mut().push(line);
-                    trickle(&mut c, reply).await;
-                }
+        let (fake, seen) = line_answering_fake(|line, before| match line {
+            "get a" | "get c" => b"END\r\n",
+            "set x 0 0 1" | "set b 0 0 3" => b"STORED\r\n",
+            "get b" if before.iter().any(|l| l == "set b 0 0 3") => {
+                b"VALUE b 0 3\r\nnew\r\nEND\r\n"
             }
+            "get b" => b"VALUE b 0 3\r\nold\r\nEND\r\n",
+            "flush_all" => b"OK\r\n",
+            _ => b"ERROR\r\n",
         })
         .await;
         let backend = Backend::new(Arc::new(fake.config()));
-        let replies = send_together(
-            &backend,
-            &[
-                "get a\r\n",
-                "set x 0 0 1\r\ny\r\n",
-                "get b\r\n",
-                "set b 0 0 3\r\nnew\r\n",
-                "get b\r\n",
-                "flush_all\r\n",
-                "get c\r\n",
-            ],
-        )
-        .await;
-        let raw: Vec<&[u8]> = replies
-            .iter()
-            .map(|r| r.as_ref().expect("a reply").raw().as_ref())
-            .collect();
+        let lines = [
+            "get a\r\n",
+            "set x 0 0 1\r\ny\r\n",
+            "get b\r\n",
+            "set b 0 0 3\r\nnew\r\n",
+            "get b\r\n",
+            "flush_all\r\n",
+            "get c\r\n",
+        ];
         assert_eq!(
-            raw,
+            raw_replies(&backend, &lines).await,
             [
                 &b"END\r\n"[..],
                 b"STORED\r\n",
