@@ -271,17 +271,14 @@ impl ResponseDecoder {
                 // `VA` alone has no size; a size too large to address is as
                 // malformed as a missing one (and must not overflow below).
                 let start = first_end + 1;
-                let (size, total) = first
+                let size = first
                     .get(3..)
-                    .and_then(|rest| rest.split(|&b| b == b' ').next())
-                    .and_then(|t| data_end(t, start))
-                    .ok_or(MalformedResponse("bad VA size"))?;
-                if buf.len() < total {
+                    .and_then(|rest| rest.split(|&b| b == b' ').next());
+                let Some((size, total)) =
+                    data_block(size, buf, start, ["bad VA size", "VA data not terminated"])?
+                else {
                     return Ok(None);
-                }
-                if &buf[start + size..total] != b"\r\n" {
-                    return Err(MalformedResponse("VA data not terminated"));
-                }
+                };
                 Ok(Some(take(
                     buf,
                     total,
@@ -351,17 +348,33 @@ fn value_block(
     buf: &[u8],
     start: usize,
 ) -> Result<Option<(usize, usize)>, MalformedResponse> {
-    let (size, stop) = line
-        .split(|&b| b == b' ')
-        .filter(|t| !t.is_empty())
-        .nth(3)
+    let size = line.split(|&b| b == b' ').filter(|t| !t.is_empty()).nth(3);
+    data_block(
+        size,
+        buf,
+        start,
+        ["bad VALUE line", "VALUE data not terminated"],
+    )
+}
+
+/// A data block of `size` (the size token of its header line, if any)
+/// starting at `start` in `buf`: its size and the offset just past its
+/// `\r\n`; `Ok(None)` until it has all arrived. `errors` name a bad size
+/// and a missing `\r\n` after the data.
+fn data_block(
+    size: Option<&[u8]>,
+    buf: &[u8],
+    start: usize,
+    errors: [&'static str; 2],
+) -> Result<Option<(usize, usize)>, MalformedResponse> {
+    let (size, stop) = size
         .and_then(|t| data_end(t, start))
-        .ok_or(MalformedResponse("bad VALUE line"))?;
+        .ok_or(MalformedResponse(errors[0]))?;
     if buf.len() < stop {
         return Ok(None);
     }
     if &buf[start + size..stop] != b"\r\n" {
-        return Err(MalformedResponse("VALUE data not terminated"));
+        return Err(MalformedResponse(errors[1]));
     }
     Ok(Some((size, stop)))
 }

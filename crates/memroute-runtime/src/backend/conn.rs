@@ -192,21 +192,24 @@ impl Slot {
                 *left -= misses + 1;
                 Ok(false)
             }
-            RetrievalPiece::End => {
-                for _ in 0..*left {
-                    self.answer_front(inner, Response::miss());
-                }
-                *left = 0;
-                Ok(true)
-            }
-            RetrievalPiece::Error(error) => {
-                for _ in 0..*left {
-                    self.answer_front(inner, error.clone());
-                }
-                *left = 0;
-                Ok(true)
-            }
+            RetrievalPiece::End => self.answer_rest(inner, left, Response::miss()),
+            RetrievalPiece::Error(error) => self.answer_rest(inner, left, error),
         }
+    }
+
+    /// The joined reply ended: every one of the `left` requests still
+    /// waiting gets `response`.
+    fn answer_rest(
+        &self,
+        inner: &Inner,
+        left: &mut usize,
+        response: Response,
+    ) -> Result<bool, MalformedResponse> {
+        for _ in 0..*left {
+            self.answer_front(inner, response.clone());
+        }
+        *left = 0;
+        Ok(true)
     }
 
     /// Hands `response` to the oldest request.
