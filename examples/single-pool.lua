@@ -28,7 +28,9 @@ end
 function mcp_config_routes(pools)
     local main = pools.main
     local each = pools.each
-    mcp.attach(mcp.CMD_ANY_STORAGE, function(r) return main(r) end)
+    -- A pool attached directly runs no Lua per request; it answers as
+    -- `function(r) return main(r) end` would, for less CPU.
+    mcp.attach(mcp.CMD_ANY_STORAGE, main)
     mcp.attach(mcp.CMD_FLUSH_ALL, function(r)
         local results = mcp.await(r, each, 0, mcp.AWAIT_ANY)
         for _, res in ipairs(results) do

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from conftest import mc_get, run_memroute_expect_failure, write_startfile
+from conftest import free_port, mc_get, run_memroute_expect_failure, write_startfile
 
 # --------------------------------------------------------------------------
 # broken startfiles
@@ -419,11 +419,93 @@ def test_attach_route_then_local_in_one_pipeline_keeps_order(memroute_factory, s
                                    b"VALUE k1 0 1\r\na\r\nVALUE k2 0 1\r\nb\r\nEND\r\n")
 
 
+# One pipelined conversation over every kind of keyed command; its replies
+# must be the same byte for byte from memcached itself, through a Lua route
+# that calls the pool, and through the pool attached directly.
+POOL_CONVERSATION = (
+    b"set k1 5 0 2\r\nv1\r\n"
+    b"get k1\r\nget nokey\r\n"
+    b"get k1 nokey k1\r\n"
+    b"gets k1\r\n"
+    b"cas k1 0 0 2 999999\r\nzz\r\n"
+    b"add k1 0 0 1\r\nx\r\n"
+    b"append k1 0 0 3\r\n+ap\r\n"
+    b"prepend k1 0 0 3\r\npp+\r\n"
+    b"get k1\r\n"
+    b"set n 0 0 2 noreply\r\n10\r\n"
+    b"incr n 5\r\ndecr n 100\r\nincr nokey 1\r\n"
+    b"touch k1 100\r\ngat 0 k1 nokey\r\n"
+    b"delete nokey noreply\r\n"
+    b"ms m1 3 T0 F7 q\r\nabc\r\n"
+    b"mg m1 v f q\r\nmg nokey v q\r\nmg m1 s v\r\n"
+    b"ma n D3\r\nmd m1 q\r\nmg m1 v\r\n"
+    b"set big 0 0 70000\r\n" + b"b" * 70000 + b"\r\n"
+    b"get big k1\r\n"
+    b"delete k1\r\ndelete k1\r\n"
+    b"mn\r\n"
+)
+
+
+def converse(server) -> bytes:
+    with server.client() as c:
+        c.send(POOL_CONVERSATION)
+        return c.read_until(b"MN\r\n")
+
+
+def test_attach_pool_directly_answers_as_a_lua_route(memroute_factory, backends, startfile_dir):
+    """`mcp.attach(cmd, pool)` needs no Lua per request and answers exactly
+    as `function(r) return pool(r) end` and as memcached itself."""
+    direct, via_lua, via_pool = backends(3)
+    pools = """function mcp_config_pools()
+        return { main = mcp.pool({ mcp.backend("b", "127.0.0.1", tonumber(mcp.start_arg)) }) }
+    end
+    """
+    lua_route = write_startfile(startfile_dir, "lua-route.lua", pools + """
+    function mcp_config_routes(p)
+        mcp.attach(mcp.CMD_ANY_STORAGE, function(r) return p.main(r) end)
+    end
+    """)
+    pool_route = write_startfile(startfile_dir, "pool-route.lua", pools + """
+    function mcp_config_routes(p)
+        mcp.attach(mcp.CMD_ANY_STORAGE, p.main)
+    end
+    """)
+    through_lua = memroute_factory("--config", str(lua_route), "--config-arg", str(via_lua.port))
+    through_pool = memroute_factory("--config", str(pool_route), "--config-arg", str(via_pool.port))
+    expected = converse(direct)
+    assert b"VALUE k1 5 2\r\nv1\r\nEND\r\n" in expected and b"EXISTS\r\n" in expected
+    assert converse(through_lua) == expected
+    assert converse(through_pool) == expected
+    # what the pool route stored is in its backend: 10 +5 -100 (floor 0) +3
+    assert mc_get(via_pool, "n") == b"3 "  # memcached keeps the length decr left
+
+
+def test_attach_pool_directly_fails_like_a_lua_route(memroute_factory, startfile_dir):
+    """A pool attached directly answers a dead backend with the same
+    SERVER_ERROR, and the connection stays usable."""
+    path = write_startfile(startfile_dir, "deadpool.lua", """
+    function mcp_config_pools()
+        return { dead = mcp.pool({ mcp.backend{ label = "dead", host = "127.0.0.1",
+            port = tonumber(mcp.start_arg), connecttimeout = 1 } }) }
+    end
+    function mcp_config_routes(p)
+        mcp.attach(mcp.CMD_GET, p.dead)
+    end
+    """)
+    mr = memroute_factory("--config", str(path), "--config-arg", str(free_port()))
+    with mr.client() as c:
+        assert c.request(b"get k\r\n") == b"SERVER_ERROR backend failure\r\n"
+        assert c.request(b"get a b\r\n") == b"END\r\n"
+        # commands without a route still reach the embedded cache
+        assert c.request(b"set k 0 0 1\r\nx\r\n") == b"STORED\r\n"
+
+
 @pytest.mark.parametrize("body,message", [
     ("mcp.attach(9999, function(r) end)", r"mcp\.attach: unknown command"),
     ("mcp.attach(mcp.CMD_MN, function(r) end)", r"cannot have a route"),
     ("mcp.attach(mcp.CMD_QUIT, function(r) end)", r"cannot have a route"),
-    ("mcp.attach(mcp.CMD_GET, 'not a function')", r"route function"),
+    ("mcp.attach(mcp.CMD_GET, 'not a function')", r"route function or a pool"),
+    ("mcp.attach(mcp.CMD_GET, mcp.request('get x'))", r"route function or a pool"),
 ])
 def test_attach_errors_fail_at_start(body, message, startfile_dir):
     expect_start_failure(startfile_dir, "badattach.lua", attach_file(body), message,

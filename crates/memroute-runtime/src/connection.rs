@@ -34,7 +34,7 @@ use tokio::sync::watch;
 
 use crate::config::Protocol;
 use crate::embedded::{Embedded, Flow};
-use crate::lua::worker::WorkerLua;
+use crate::lua::worker::{Route, WorkerLua};
 use crate::lua::WorkerProxy;
 use crate::stats::{ServerStats, WorkerStats};
 
@@ -304,7 +304,7 @@ pub async fn serve(
 }
 
 /// The Lua route for this request on the current configuration, if any.
-fn route_for(ctx: &WorkerContext, request: &Request) -> Option<(Rc<WorkerLua>, mlua::Function)> {
+fn route_for(ctx: &WorkerContext, request: &Request) -> Option<(Rc<WorkerLua>, Route)> {
     let lua = ctx.proxy.as_ref()?.current();
     let hook = lua.hook(request.command())?;
     Some((lua, hook))
@@ -315,7 +315,7 @@ fn route_for(ctx: &WorkerContext, request: &Request) -> Option<(Rc<WorkerLua>, m
 /// A binary request's reply is encoded back to binary (`bin`).
 fn dispatch(
     ctx: &Rc<WorkerContext>,
-    route: Option<(Rc<WorkerLua>, mlua::Function)>,
+    route: Option<(Rc<WorkerLua>, Route)>,
     request: Request,
     bin: Option<BinaryContext>,
     wbuf: &mut BytesMut,

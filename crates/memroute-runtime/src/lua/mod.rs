@@ -9,7 +9,8 @@
 //! - one **worker VM** per worker thread ([`worker`]), which loads the same
 //!   startfile and calls `mcp_config_routes(pools)` with its own copy of
 //!   that value, where pools are worker-local objects over the worker's own
-//!   backend connections. `mcp.attach` installs route functions.
+//!   backend connections. `mcp.attach` installs route functions (or a
+//!   pool, served with no Lua per request).
 //!
 //! A route runs as a coroutine; calling a pool (`pool(r)`) yields into Rust
 //! (an mlua async call) until the backend answers, then resumes with a

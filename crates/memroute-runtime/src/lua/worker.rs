@@ -166,12 +166,24 @@ impl WorkerProxy {
 /// A worker VM with its attached routes.
 pub struct WorkerLua {
     lua: Lua,
-    hooks: Vec<Option<Function>>,
+    hooks: Vec<Option<Route>>,
     env: Rc<RouteEnv>,
 }
 
+/// What `mcp.attach` installed for a command.
+#[derive(Clone)]
+pub enum Route {
+    /// A Lua function, run as a coroutine per request (per key for
+    /// multi-key gets).
+    Lua(Function),
+    /// A pool attached directly: the request goes to the pool with no Lua
+    /// on the request path. It answers as `function(r) return pool(r) end`
+    /// would, at a fraction of the cost.
+    Pool(Rc<PoolRuntime>),
+}
+
 /// Collects `mcp.attach` calls while `mcp_config_routes` runs.
-struct Attached(RefCell<Vec<Option<Function>>>);
+struct Attached(RefCell<Vec<Option<Route>>>);
 
 impl WorkerLua {
     fn build(
@@ -214,14 +226,14 @@ impl WorkerLua {
     }
 
     /// The route attached to this request's command, if any.
-    pub fn hook(&self, command: &Command) -> Option<Function> {
+    pub fn hook(&self, command: &Command) -> Option<Route> {
         let id = command_id(command) as usize;
         self.hooks.get(id).and_then(|h| h.clone())
     }
 
     /// Runs `hook` for `request` and returns the bytes the client gets
     /// (empty for `noreply`). Multi-key gets run the route once per key.
-    pub async fn serve(self: Rc<Self>, hook: Function, request: Request) -> Bytes {
+    pub async fn serve(self: Rc<Self>, hook: Route, request: Request) -> Bytes {
         self.env.proxy_stats.routed_requests.fetch_add(1, Relaxed);
         if let Command::Get(get) = request.command() {
             if get.keys.len() != 1 {
@@ -256,7 +268,7 @@ impl WorkerLua {
         reply
     }
 
-    async fn serve_multi_get(self: Rc<Self>, hook: Function, get: &GetCommand) -> Bytes {
+    async fn serve_multi_get(self: Rc<Self>, hook: Route, get: &GetCommand) -> Bytes {
         let mut subs = Vec::with_capacity(get.keys.len());
         for key in &get.keys {
             let mut line = BytesMut::with_capacity(key.len() + 16);
@@ -294,7 +306,11 @@ impl WorkerLua {
     }
 
     /// Runs one route call; Lua errors become `SERVER_ERROR lua failure`.
-    async fn run_route(&self, hook: &Function, request: Request) -> Bytes {
+    async fn run_route(&self, hook: &Route, request: Request) -> Bytes {
+        let hook = match hook {
+            Route::Lua(function) => function,
+            Route::Pool(pool) => return pool.send_response(request).await.raw().clone(),
+        };
         let ud = match self.lua.create_userdata(LuaRequest::new(request)) {
             Ok(ud) => ud,
             Err(e) => return self.lua_failure(&e),
@@ -345,14 +361,22 @@ pub struct PoolRuntime {
 }
 
 impl PoolRuntime {
-    /// Sends `request` to the backend its key maps to.
+    /// Sends `request` to the backend its key maps to; the response carries
+    /// its round-trip time for `res:elapsed()`.
     pub async fn send(&self, request: Request) -> LuaResponse {
+        let start = Instant::now();
+        let response = self.send_response(request).await;
+        LuaResponse::new(response, start.elapsed().as_micros() as u64)
+    }
+
+    /// Sends `request` to the backend its key maps to; a backend failure
+    /// becomes its `SERVER_ERROR` reply.
+    pub async fn send_response(&self, request: Request) -> Response {
         // Every request sent to a backend must get a reply, or replies
         // would fall out of step: drop noreply/q here; the client's own
         // reply is suppressed where the route result is written.
         let outbound = request.without_noreply().unwrap_or(request);
-        let start = Instant::now();
-        let response = match &self.def.kind {
+        match &self.def.kind {
             PoolKind::Memcached { distribution, .. } => {
                 let key = outbound.key().map_or(&b""[..], |k| &k[..]);
                 let backend = self.backends[distribution.pick(key)].clone();
@@ -362,8 +386,7 @@ impl PoolRuntime {
                 }
             }
             PoolKind::Shared(store) => store.execute(&outbound).await,
-        };
-        LuaResponse::new(response, start.elapsed().as_micros() as u64)
+        }
     }
 }
 
@@ -400,10 +423,16 @@ fn register(lua: &Lua) -> mlua::Result<()> {
     mcp.set(
         "attach",
         lua.create_function(|lua, (cmd, func, _tag): (i64, Value, Option<Value>)| {
-            let Value::Function(func) = func else {
-                return Err(mlua::Error::runtime(
-                    "mcp.attach: the second argument must be a route function",
-                ));
+            let route = match func {
+                Value::Function(func) => Route::Lua(func),
+                Value::UserData(ud) if ud.is::<LuaPool>() => {
+                    Route::Pool(ud.borrow::<LuaPool>()?.0.clone())
+                }
+                _ => {
+                    return Err(mlua::Error::runtime(
+                        "mcp.attach: the second argument must be a route function or a pool",
+                    ))
+                }
             };
             let ids: Vec<i64> = match cmd {
                 CMD_ANY => COMMANDS
@@ -426,7 +455,7 @@ fn register(lua: &Lua) -> mlua::Result<()> {
             })?;
             let mut hooks = attached.0.borrow_mut();
             for id in ids {
-                hooks[id as usize] = Some(func.clone());
+                hooks[id as usize] = Some(route.clone());
             }
             Ok(())
         })?,
