@@ -480,6 +480,62 @@ def test_attach_pool_directly_answers_as_a_lua_route(memroute_factory, backends,
     assert mc_get(via_pool, "n") == b"3 "  # memcached keeps the length decr left
 
 
+def test_attach_pool_directly_multiget_over_several_backends(memroute_factory, backends,
+                                                            startfile_dir):
+    """A multi-key get on a directly attached pool goes out as one line per
+    backend and comes back in the client's key order, with repeats and
+    misses, exactly as the per-key Lua route answers; a dead backend's keys
+    read as misses."""
+    servers = backends(3)
+    path = write_startfile(startfile_dir, "multi.lua", """
+    function mcp_config_pools()
+        local bs = {}
+        for port in string.gmatch(mcp.start_arg, "%d+") do
+            table.insert(bs, mcp.backend{ label = "b" .. #bs, host = "127.0.0.1", port = port,
+                connecttimeout = 1, retrywaittime = 30 })
+        end
+        return { main = mcp.pool(bs, { dist = mcp.dist_ring_hash }) }
+    end
+    function mcp_config_routes(p)
+        if mcp.start_arg:find("lua") then
+            mcp.attach(mcp.CMD_ANY_STORAGE, function(r) return p.main(r) end)
+        else
+            mcp.attach(mcp.CMD_ANY_STORAGE, p.main)
+        end
+    end
+    """)
+    ports = ",".join(str(s.port) for s in servers)
+    direct = memroute_factory("--config", str(path), "--config-arg", ports)
+    via_lua = memroute_factory("--config", str(path), "--config-arg", ports + ",lua")
+    keys = [b"mk%d" % i for i in range(60)]
+    with direct.client() as c:
+        for i, key in enumerate(keys[:40]):
+            assert c.request(b"set %s %d 0 %d\r\n%s\r\n" % (key, i, len(key), key)) == b"STORED\r\n"
+    # every backend holds some of the keys, so the reply is a merge
+    assert all(any(mc_get(s, k.decode()) for k in keys[:40]) for s in servers)
+    asked = keys[35:45] + keys[::-3] + [keys[0], keys[0], b"nokey"] + keys[:5]
+    expected = b"".join(b"VALUE %s %d %d\r\n%s\r\n" % (k, keys.index(k), len(k), k)
+                        for k in asked if k in keys[:40]) + b"END\r\n"
+    for op in (b"get", b"gat 0"):
+        line = op + b" " + b" ".join(asked) + b"\r\n"
+        for server in (direct, via_lua):
+            with server.client() as c:
+                assert c.request(line, b"END\r\n") == expected
+    with direct.client() as c:
+        gets = c.request(b"gets " + b" ".join(asked) + b"\r\n", b"END\r\n")
+    assert [line.split()[1] for line in gets.split(b"\r\n") if line.startswith(b"VALUE")] == \
+        [k for k in asked if k in keys[:40]]
+    # one backend gone: its keys miss, the others still answer in order
+    servers[1].stop()
+    survivors = [k for k in asked if k in keys[:40] if mc_get(servers[0], k.decode())
+                 or mc_get(servers[2], k.decode())]
+    assert 0 < len(survivors) < len([k for k in asked if k in keys[:40]])
+    expected = b"".join(b"VALUE %s %d %d\r\n%s\r\n" % (k, keys.index(k), len(k), k)
+                        for k in survivors) + b"END\r\n"
+    with direct.client() as c:
+        assert c.request(b"get " + b" ".join(asked) + b"\r\n", b"END\r\n") == expected
+
+
 def test_attach_pool_directly_fails_like_a_lua_route(memroute_factory, startfile_dir):
     """A pool attached directly answers a dead backend with the same
     SERVER_ERROR, and the connection stays usable."""

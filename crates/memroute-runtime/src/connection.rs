@@ -265,6 +265,11 @@ pub async fn serve(
             };
             if let Some(bytes) = next {
                 wbuf.extend_from_slice(&bytes);
+                // Many big replies ready at once: write as we go rather
+                // than copying all of them first.
+                if wbuf.len() >= WRITE_HIGH_WATER && !flush(&mut stream, &mut wbuf, &ctx).await {
+                    return;
+                }
             }
         }
         if pipeline.close_after {

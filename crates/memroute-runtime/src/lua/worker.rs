@@ -9,16 +9,16 @@
 //! that keeps a backend keeps its connections.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use memroute_proto::request::Keys;
 use memroute_proto::{
-    Command, GetCommand, Limits, MetaOp, Request, Response, ResponseCode, ResponseDecoder,
+    decode_retrieval_piece, Command, GetCommand, Limits, MetaOp, Request, Response, ResponseCode,
+    ResponseDecoder, RetrievalPiece,
 };
 use mlua::{AnyUserData, Function, Lua, MetaMethod, Table, UserData, UserDataMethods, Value};
 use tracing::{info, warn};
@@ -30,7 +30,7 @@ use super::objects::{
     UNHOOKABLE_IDS,
 };
 use super::vm;
-use crate::backend::{Backend, BackendConfig, BackendRegistry};
+use crate::backend::{Backend, BackendConfig, BackendError, BackendRegistry};
 use crate::embedded::Embedded;
 use crate::stats::ServerStats;
 use crate::store::SharedStore;
@@ -269,28 +269,16 @@ impl WorkerLua {
     }
 
     async fn serve_multi_get(self: Rc<Self>, hook: Route, get: &GetCommand) -> Bytes {
-        let mut subs = Vec::with_capacity(get.keys.len());
-        for key in &get.keys {
-            let mut line = BytesMut::with_capacity(key.len() + 16);
-            line.extend_from_slice(get.op.name().as_bytes());
-            line.extend_from_slice(b" ");
-            if get.op.touches() {
-                memroute_proto::number::write_i64(&mut line, i64::from(get.exptime));
-                line.extend_from_slice(b" ");
+        if let Route::Pool(pool) = &hook {
+            if let Some(reply) = pool.multi_get(get).await {
+                return reply;
             }
-            line.extend_from_slice(key);
-            let mut keys = Keys::new();
-            keys.push(key.clone());
-            let command = Command::Get(GetCommand {
-                op: get.op,
-                exptime: get.exptime,
-                keys,
-            });
-            subs.push(Request::new(line.freeze(), Bytes::new(), command));
         }
-        let replies =
-            futures_util::future::join_all(subs.into_iter().map(|r| self.run_route(&hook, r)))
-                .await;
+        let subs = get
+            .keys
+            .iter()
+            .map(|key| get_request(get, std::slice::from_ref(key)));
+        let replies = futures_util::future::join_all(subs.map(|r| self.run_route(&hook, r))).await;
         let mut out = BytesMut::new();
         for reply in replies {
             // Keep each key's VALUE block; a miss or an error for one key
@@ -353,6 +341,39 @@ fn failure_line() -> Bytes {
     Bytes::from_static(b"SERVER_ERROR lua failure\r\n")
 }
 
+/// `get`/`gets`/`gat`/`gats` (as `get` has it) for `keys`.
+fn get_request(get: &GetCommand, keys: &[Bytes]) -> Request {
+    let mut line = BytesMut::with_capacity(keys.iter().map(|k| k.len() + 1).sum::<usize>() + 16);
+    line.extend_from_slice(get.op.name().as_bytes());
+    if get.op.touches() {
+        line.extend_from_slice(b" ");
+        memroute_proto::number::write_i64(&mut line, i64::from(get.exptime));
+    }
+    for key in keys {
+        line.extend_from_slice(b" ");
+        line.extend_from_slice(key);
+    }
+    let command = Command::Get(GetCommand {
+        op: get.op,
+        exptime: get.exptime,
+        keys: keys.iter().cloned().collect(),
+    });
+    Request::new(line.freeze(), Bytes::new(), command)
+}
+
+/// The `VALUE` blocks of a multi-key reply, in order, each with its `END`
+/// (as a single-key reply). A failed request or an error line gives no
+/// (more) blocks: those keys read as misses.
+fn value_blocks(reply: Result<Response, BackendError>) -> VecDeque<Response> {
+    let mut blocks = VecDeque::new();
+    let Ok(reply) = reply else { return blocks };
+    let mut buf = BytesMut::from(&reply.raw()[..]);
+    while let Ok(Some(RetrievalPiece::Value(block))) = decode_retrieval_piece(&mut buf) {
+        blocks.push_back(block);
+    }
+    blocks
+}
+
 /// A pool on one worker: the shared definition plus this worker's
 /// connections to each backend (none for a shared store).
 pub struct PoolRuntime {
@@ -387,6 +408,58 @@ impl PoolRuntime {
             }
             PoolKind::Shared(store) => store.execute(&outbound).await,
         }
+    }
+}
+
+impl PoolRuntime {
+    /// A multi-key get on a pool attached directly, as one request per
+    /// backend: each backend gets its keys in one line (in the client's
+    /// order), and the `VALUE` blocks are merged back into the client's
+    /// key order. Answers as the per-key route would: a key whose backend
+    /// failed reads as a miss. `None` for a pool of a shared store.
+    pub async fn multi_get(&self, get: &GetCommand) -> Option<Bytes> {
+        let PoolKind::Memcached { distribution, .. } = &self.def.kind else {
+            return None;
+        };
+        // group_of[backend]: its index in `groups`, which hold the keys.
+        let mut group_of = vec![usize::MAX; self.backends.len()];
+        let mut groups: Vec<(usize, Vec<Bytes>)> = Vec::new();
+        let mut key_groups = Vec::with_capacity(get.keys.len());
+        for key in &get.keys {
+            let backend = distribution.pick(key);
+            if group_of[backend] == usize::MAX {
+                group_of[backend] = groups.len();
+                groups.push((backend, Vec::new()));
+            }
+            groups[group_of[backend]].1.push(key.clone());
+            key_groups.push(group_of[backend]);
+        }
+        let replies = futures_util::future::join_all(groups.iter().map(|(backend, keys)| {
+            let backend = self.backends[*backend].clone();
+            let request = get_request(get, keys);
+            async move { backend.send(&request).await }
+        }))
+        .await;
+        if let [Ok(reply)] = &replies[..] {
+            // One backend got the client's own line: its reply is the answer.
+            if matches!(reply.code(), ResponseCode::Value | ResponseCode::End) {
+                return Some(reply.raw().clone());
+            }
+        }
+        let mut blocks: Vec<VecDeque<Response>> = replies.into_iter().map(value_blocks).collect();
+        let mut out = BytesMut::new();
+        for (key, group) in get.keys.iter().zip(key_groups) {
+            // A backend answers its keys in line order, skipping misses.
+            let next = &mut blocks[group];
+            if next.front().and_then(|b| b.retrieval_key()) == Some(&key[..]) {
+                if let Some(block) = next.pop_front() {
+                    let raw = block.raw();
+                    out.extend_from_slice(raw.strip_suffix(b"END\r\n").unwrap_or(raw));
+                }
+            }
+        }
+        out.extend_from_slice(b"END\r\n");
+        Some(out.freeze())
     }
 }
 
