@@ -169,8 +169,9 @@ function mcp_config_routes(c)
     local routes = {}
     for name, p in pairs(c.pools) do
         if p.pool then
-            local pool = p.pool
-            routes[name] = function(r) return pool(r) end
+            -- A pool is callable like a route; attached as it is (the flat
+            -- router), it runs no Lua per request.
+            routes[name] = p.pool
         else
             if c.zone == nil then
                 error("simple: pool '" .. name .. "' has zones; call my_zone() to say which is local")

@@ -8,7 +8,7 @@ import os
 import uuid
 from pathlib import Path
 
-from conftest import EXAMPLES_DIR, LUA_DIR, mc_get, mc_set
+from conftest import EXAMPLES_DIR, LUA_DIR, mc_get, mc_set, write_startfile
 
 # example file -> the test in this module that loads it.
 TESTED_EXAMPLES = {
@@ -148,6 +148,30 @@ def test_example_simple_keyprefix(backends, memroute_factory):
         assert c.request(b"get /bar/s\r\n", b"END\r\n") == b"VALUE /bar/s 0 3\r\nbar\r\nEND\r\n"
         assert c.request(b"delete /bar/s\r\n") == b"DELETED\r\n"
         assert mc_get(bar[0], "/bar/s") is None
+
+
+def test_simple_flat_router_sends_everything_to_the_default_pool(backends, memroute_factory,
+                                                                  startfile_dir):
+    """simple.lua's flat router attaches the default pool itself: every key,
+    prefixed or not, lands on that pool, and multi-gets come back in order."""
+    main = backends(2)
+    other = backends(1)
+    decl = write_startfile(startfile_dir, "flat.lua", """
+    pool{ name = "main", backends = { %s } }
+    pool{ name = "other", backends = { "%s" } }
+    router{ router_type = "flat", default_pool = "main" }
+    """ % (", ".join('"%s"' % h for h in hostlist(main).split(",")), hostlist(other)))
+    mr = memroute_factory("--config", str(LUA_DIR / "simple.lua"), "--config-arg", str(decl))
+    keys = ["/other/f%d" % i for i in range(10)] + ["f%d" % i for i in range(10)]
+    with mr.client() as c:
+        for k in keys:
+            assert c.request(b"set %s 0 0 2\r\nok\r\n" % k.encode()) == b"STORED\r\n"
+        assert all(len(holders(main, k)) == 1 for k in keys)
+        assert {holders(main, k)[0] for k in keys} == {0, 1}
+        assert all(mc_get(other[0], k) is None for k in keys)
+        asked = list(reversed(keys)) + ["missing"]
+        assert c.request(("get %s\r\n" % " ".join(asked)).encode(), b"END\r\n") == b"".join(
+            b"VALUE %s 0 2\r\nok\r\n" % k.encode() for k in reversed(keys)) + b"END\r\n"
 
 
 def test_example_simple_zones(backends, memroute_factory):

@@ -237,7 +237,9 @@ impl WorkerLua {
         self.env.proxy_stats.routed_requests.fetch_add(1, Relaxed);
         if let Command::Get(get) = request.command() {
             if get.keys.len() != 1 {
-                return self.serve_multi_get(hook, get).await;
+                // Boxed: its state is large and rare, and would otherwise
+                // make every request's future (boxed per request) larger.
+                return Box::pin(self.serve_multi_get(hook, get)).await;
             }
         }
         let quiet = request.is_quiet();
@@ -406,7 +408,8 @@ impl PoolRuntime {
                     Err(e) => Response::from_line(e.client_reply()),
                 }
             }
-            PoolKind::Shared(store) => store.execute(&outbound).await,
+            // Boxed for the same reason: a store's future is large.
+            PoolKind::Shared(store) => Box::pin(store.execute(&outbound)).await,
         }
     }
 }
