@@ -264,6 +264,14 @@ pub async fn serve(
                 }
             };
             if let Some(bytes) = next {
+                if wbuf.is_empty() && pipeline.ordered.is_empty() {
+                    // The only reply to write: send it as it is, without
+                    // copying it into the write buffer first.
+                    if !write_reply(&mut stream, &bytes, &ctx).await {
+                        return;
+                    }
+                    continue;
+                }
                 wbuf.extend_from_slice(&bytes);
                 // Many big replies ready at once: write as we go rather
                 // than copying all of them first.
@@ -384,11 +392,15 @@ fn queue_or_write(pipeline: &mut Pipeline, wbuf: &mut BytesMut, bytes: Bytes) {
 }
 
 async fn flush(stream: &mut TcpStream, wbuf: &mut BytesMut, ctx: &WorkerContext) -> bool {
-    let ok = stream.write_all(wbuf).await.is_ok();
-    ctx.stats().bytes_written.add(wbuf.len() as u64);
+    let ok = write_reply(stream, wbuf, ctx).await;
     wbuf.clear();
     if wbuf.capacity() > SHRINK_ABOVE {
         *wbuf = BytesMut::with_capacity(READ_CHUNK);
     }
     ok
+}
+
+async fn write_reply(stream: &mut TcpStream, bytes: &[u8], ctx: &WorkerContext) -> bool {
+    ctx.stats().bytes_written.add(bytes.len() as u64);
+    stream.write_all(bytes).await.is_ok()
 }
