@@ -620,12 +620,12 @@ fn meta_key(line: &Line, base64: bool, limits: &Limits) -> Result<Bytes, LineErr
 }
 
 fn meta_request(line: &Line, op: MetaOp, key: Bytes, flags: MetaFlags) -> Parsed {
-    let command = Command::Meta(MetaCommand {
+    let command = Command::Meta(Box::new(MetaCommand {
         op,
         key,
         wire_key: line.slice(1),
         flags,
-    });
+    }));
     Parsed::Ready(Request::new(line.bytes.clone(), Bytes::new(), command))
 }
 

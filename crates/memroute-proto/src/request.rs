@@ -206,8 +206,9 @@ pub enum Command {
     Stats { args: Bytes },
     /// `quit`: close the connection after earlier replies are sent.
     Quit,
-    /// `mg`, `ms`, `md`, `ma`, `me`.
-    Meta(MetaCommand),
+    /// `mg`, `ms`, `md`, `ma`, `me`. Boxed: its flags are large, and every
+    /// request (of any command) is as big as the largest variant.
+    Meta(Box<MetaCommand>),
     /// `mn`: a no-op that answers `MN`, used to mark the end of a pipeline.
     MetaNoop,
 }

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Benchmark helper (NOT a test): user-space instructions memroute executes
+# per operation, counted by valgrind's callgrind. Unlike throughput on a
+# shared 2-core machine, the count barely moves between runs (within about
+# 1%), so it shows small changes to the request path that wall-clock runs
+# drown in noise. It says nothing about the kernel (syscalls, loopback TCP),
+# which is most of a proxy's cost; use bench.sh and cpu-split.sh for that.
+#
+#   scripts/instructions-per-op.sh --config examples/single-pool.lua --config-arg {backend}
+#   WORKLOAD=mget100_100B scripts/instructions-per-op.sh --config ...
+#
+# memroute runs under callgrind with one worker in front of a memcached
+# backend ({backend} in the arguments becomes its HOST:PORT). memcaslap
+# (50 connections) runs two loads, OPS_SMALL and OPS_LARGE operations, each
+# against a fresh memroute; the difference of the two instruction totals
+# divided by the difference of the operation counts is the cost per
+# operation, with start-up and warm-up cancelled out.
+#
+# Environment: WORKLOAD (get90_100B, mix11_100B, get90_4K, mget10_100B...,
+# as in bench.sh; default get90_100B), OPS_SMALL / OPS_LARGE (default 5000 /
+# 25000; memcaslap counts each key of a multi-get), MEMROUTE_BIN (default
+# target/release/memroute, build it first). Needs valgrind
+# (apt-get install valgrind).
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+WORKLOAD="${WORKLOAD:-get90_100B}"
+OPS_SMALL="${OPS_SMALL:-5000}"
+OPS_LARGE="${OPS_LARGE:-25000}"
+MEMROUTE_BIN="${MEMROUTE_BIN:-$REPO_ROOT/target/release/memroute}"
+HOST=127.0.0.1
+command -v valgrind >/dev/null || { echo "needs valgrind: apt-get install valgrind" >&2; exit 2; }
+[ -x "$MEMROUTE_BIN" ] || { echo "no $MEMROUTE_BIN: cargo build --release first" >&2; exit 2; }
+
+work="$(mktemp -d)"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+wait_port() { # port pid
+  local i
+  for i in $(seq 1 300); do
+    kill -0 "$2" 2>/dev/null || { echo "process for port $1 died" >&2; exit 1; }
+    (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "port $1 never opened" >&2
+  exit 1
+}
+
+case "$WORKLOAD" in
+  get90_*|mget*_*) get=0.9 set=0.1 ;;
+  mix11_*) get=0.5 set=0.5 ;;
+  *) echo "unknown WORKLOAD $WORKLOAD" >&2; exit 2 ;;
+esac
+division=1
+case "$WORKLOAD" in mget*_*) division="${WORKLOAD#mget}"; division="${division%%_*}" ;; esac
+size="${WORKLOAD#*_}"; size="${size%B}"; size="${size/K/*1024}"; size=$((size))
+printf 'key\n64 64 1\nvalue\n%s %s 1\ncmd\n0 %s\n1 %s\n' "$size" "$size" "$set" "$get" > "$work/load.cfg"
+
+user=(); [ "$(id -u)" = 0 ] && user=(-u nobody)
+bport=$(free_port)
+memcached -l "$HOST" -p "$bport" -t 1 -m 256 -U 0 "${user[@]}" &
+pids+=("$!")
+wait_port "$bport" "$!"
+args=("${@//\{backend\}/$HOST:$bport}")
+
+# Instructions for one memroute life: start, warm up, OPS operations, stop.
+instructions() { # ops
+  local port out pid
+  port=$(free_port)
+  out="$work/callgrind.$1"
+  valgrind --tool=callgrind --callgrind-out-file="$out" \
+    "$MEMROUTE_BIN" -l "$HOST" -p "$port" -t 1 "${args[@]}" 2>"$work/valgrind.log" &
+  pid=$!
+  pids+=("$pid")
+  wait_port "$port" "$pid"
+  memcaslap -s "$HOST:$port" -T 1 -c 50 -x 2000 -F "$work/load.cfg" -d "$division" >/dev/null 2>&1
+  memcaslap -s "$HOST:$port" -T 1 -c 50 -x "$1" -F "$work/load.cfg" -d "$division" \
+    > "$work/memcaslap.$1" 2>&1
+  kill "$pid"
+  wait "$pid" 2>/dev/null || true
+  grep -q 'Ops: ' "$work/memcaslap.$1" || { cat "$work/memcaslap.$1" >&2; exit 1; }
+  awk '/^summary:/ {print $2}' "$out"
+}
+
+small=$(instructions "$OPS_SMALL")
+large=$(instructions "$OPS_LARGE")
+per_op=$(( (large - small) / (OPS_LARGE - OPS_SMALL) ))
+echo "| workload | instructions per op | ops (small / large run) |"
+echo "| $WORKLOAD | $per_op | $OPS_SMALL / $OPS_LARGE |"
