@@ -232,7 +232,8 @@ impl WorkerLua {
     }
 
     /// Runs `hook` for `request` and returns the bytes the client gets
-    /// (empty for `noreply`). Multi-key gets run the route once per key.
+    /// (empty for `noreply`). Multi-key gets run a Lua route once per key;
+    /// a pool attached directly gets one line per backend.
     pub async fn serve(self: Rc<Self>, hook: Route, request: Request) -> Bytes {
         self.env.proxy_stats.routed_requests.fetch_add(1, Relaxed);
         if let Command::Get(get) = request.command() {
