@@ -413,9 +413,7 @@ impl PoolRuntime {
             PoolKind::Shared(store) => Box::pin(store.execute(&outbound)).await,
         }
     }
-}
 
-impl PoolRuntime {
     /// A multi-key get on a pool attached directly, as one request per
     /// backend: each backend gets its keys in one line (in the client's
     /// order), and the `VALUE` blocks are merged back into the client's
