@@ -18,8 +18,6 @@
 //! behind a `set` routed to `mcp.internal`, `stats proxy` behind routed
 //! requests), so running it early would answer from the past.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -34,7 +32,7 @@ use tokio::sync::watch;
 
 use crate::config::Protocol;
 use crate::embedded::{Embedded, Flow};
-use crate::lua::worker::{Route, WorkerLua};
+use crate::lua::worker::{ReplyFuture, Route, WorkerLua};
 use crate::lua::WorkerProxy;
 use crate::stats::{ServerStats, WorkerStats};
 
@@ -70,8 +68,6 @@ impl WorkerContext {
         self.server_stats.worker(self.worker)
     }
 }
-
-type ReplyFuture = Pin<Box<dyn Future<Output = Bytes>>>;
 
 /// How a connection's client speaks, told by its first byte as memcached
 /// tells it: binary requests start with 0x80, text ones never do. (One per
@@ -341,7 +337,7 @@ fn dispatch(
     if let Some((lua, hook)) = route {
         let reply = lua.serve(hook, request);
         let future: ReplyFuture = match bin {
-            None => Box::pin(reply),
+            None => reply,
             Some(bin) => Box::pin(reply.map(move |text| {
                 let mut out = BytesMut::new();
                 bin.encode(&text, &mut out);

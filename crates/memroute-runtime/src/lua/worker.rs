@@ -10,6 +10,8 @@
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -231,44 +233,33 @@ impl WorkerLua {
         self.hooks.get(id).and_then(|h| h.clone())
     }
 
-    /// Runs `hook` for `request` and returns the bytes the client gets
-    /// (empty for `noreply`). Multi-key gets run a Lua route once per key;
-    /// a pool attached directly gets one line per backend.
-    pub async fn serve(self: Rc<Self>, hook: Route, request: Request) -> Bytes {
+    /// Runs `hook` for `request`; the future gives the bytes the client
+    /// gets (empty for `noreply`). Multi-key gets run a Lua route once per
+    /// key; a pool attached directly gets one line per backend.
+    ///
+    /// The connection keeps one such future per request in flight, so it
+    /// is boxed here, and each route's inner future is built before the
+    /// `async` block that awaits it: built inside, it would be stored
+    /// twice, and the box would be twice the size.
+    pub fn serve(self: Rc<Self>, hook: Route, request: Request) -> ReplyFuture {
         self.env.proxy_stats.routed_requests.fetch_add(1, Relaxed);
         if let Command::Get(get) = request.command() {
             if get.keys.len() != 1 {
-                // Boxed: its state is large and rare, and would otherwise
-                // make every request's future (boxed per request) larger.
-                return Box::pin(self.serve_multi_get(hook, get)).await;
+                let get = get.clone();
+                return Box::pin(async move { self.serve_multi_get(hook, &get).await });
             }
         }
-        let quiet = request.is_quiet();
-        let noreply = request.noreply();
-        let meta_op = match request.command() {
-            Command::Meta(m) => Some(m.op),
-            _ => None,
-        };
-        let reply = self.run_route(&hook, request).await;
-        if noreply {
-            return Bytes::new();
-        }
-        if quiet {
-            // Meta `q`: hide the nominal reply (EN for mg, HD otherwise).
-            let code = Response::from_line(
-                std::str::from_utf8(reply.get(..2).unwrap_or(b"")).unwrap_or(""),
-            )
-            .code();
-            let hidden = match meta_op {
-                Some(MetaOp::Get) => code == ResponseCode::En,
-                Some(_) => code == ResponseCode::Hd,
-                None => false,
-            };
-            if hidden {
-                return Bytes::new();
+        let shape = ReplyShape::of(&request);
+        match hook {
+            Route::Pool(pool) => {
+                let reply = pool.send_response(request);
+                Box::pin(async move { shape.apply(reply.await.raw().clone()) })
+            }
+            Route::Lua(function) => {
+                let reply = self.run_lua(function, request);
+                Box::pin(async move { shape.apply(reply.await) })
             }
         }
-        reply
     }
 
     async fn serve_multi_get(self: Rc<Self>, hook: Route, get: &GetCommand) -> Bytes {
@@ -297,11 +288,15 @@ impl WorkerLua {
     }
 
     /// Runs one route call; Lua errors become `SERVER_ERROR lua failure`.
-    async fn run_route(&self, hook: &Route, request: Request) -> Bytes {
-        let hook = match hook {
-            Route::Lua(function) => function,
-            Route::Pool(pool) => return pool.send_response(request).await.raw().clone(),
-        };
+    async fn run_route(self: &Rc<Self>, hook: &Route, request: Request) -> Bytes {
+        match hook {
+            Route::Lua(function) => self.clone().run_lua(function.clone(), request).await,
+            Route::Pool(pool) => pool.clone().send_response(request).await.raw().clone(),
+        }
+    }
+
+    /// Runs a Lua route as a coroutine for one request.
+    async fn run_lua(self: Rc<Self>, hook: Function, request: Request) -> Bytes {
         let ud = match self.lua.create_userdata(LuaRequest::new(request)) {
             Ok(ud) => ud,
             Err(e) => return self.lua_failure(&e),
@@ -342,6 +337,53 @@ impl WorkerLua {
 
 fn failure_line() -> Bytes {
     Bytes::from_static(b"SERVER_ERROR lua failure\r\n")
+}
+
+/// A routed request's reply on its way: what the client gets.
+pub type ReplyFuture = Pin<Box<dyn Future<Output = Bytes>>>;
+
+/// What of a route's reply the client sees: nothing for `noreply`, and
+/// for meta `q` nothing when it is the nominal reply (`EN` for `mg`, `HD`
+/// otherwise).
+#[derive(Clone, Copy)]
+struct ReplyShape {
+    noreply: bool,
+    quiet: bool,
+    meta_op: Option<MetaOp>,
+}
+
+impl ReplyShape {
+    fn of(request: &Request) -> ReplyShape {
+        ReplyShape {
+            noreply: request.noreply(),
+            quiet: request.is_quiet(),
+            meta_op: match request.command() {
+                Command::Meta(m) => Some(m.op),
+                _ => None,
+            },
+        }
+    }
+
+    fn apply(self, reply: Bytes) -> Bytes {
+        if self.noreply {
+            return Bytes::new();
+        }
+        if self.quiet {
+            let code = Response::from_line(
+                std::str::from_utf8(reply.get(..2).unwrap_or(b"")).unwrap_or(""),
+            )
+            .code();
+            let hidden = match self.meta_op {
+                Some(MetaOp::Get) => code == ResponseCode::En,
+                Some(_) => code == ResponseCode::Hd,
+                None => false,
+            };
+            if hidden {
+                return Bytes::new();
+            }
+        }
+        reply
+    }
 }
 
 /// `get`/`gets`/`gat`/`gats` (as `get` has it) for `keys`.
@@ -387,7 +429,7 @@ pub struct PoolRuntime {
 impl PoolRuntime {
     /// Sends `request` to the backend its key maps to; the response carries
     /// its round-trip time for `res:elapsed()`.
-    pub async fn send(&self, request: Request) -> LuaResponse {
+    pub async fn send(self: Rc<Self>, request: Request) -> LuaResponse {
         let start = Instant::now();
         let response = self.send_response(request).await;
         LuaResponse::new(response, start.elapsed().as_micros() as u64)
@@ -395,7 +437,7 @@ impl PoolRuntime {
 
     /// Sends `request` to the backend its key maps to; a backend failure
     /// becomes its `SERVER_ERROR` reply.
-    pub async fn send_response(&self, request: Request) -> Response {
+    pub async fn send_response(self: Rc<Self>, request: Request) -> Response {
         // Every request sent to a backend must get a reply, or replies
         // would fall out of step: drop noreply/q here; the client's own
         // reply is suppressed where the route result is written.
@@ -409,8 +451,8 @@ impl PoolRuntime {
                     Err(e) => Response::from_line(e.client_reply()),
                 }
             }
-            // Boxed for the same reason: a store's future is large.
-            PoolKind::Shared(store) => Box::pin(store.execute(&outbound)).await,
+            // (The store's future comes boxed.)
+            PoolKind::Shared(store) => store.execute(&outbound).await,
         }
     }
 
@@ -778,7 +820,9 @@ async fn warm_up(
                 format!(" {} F{} T{ttl}", item.value.len(), item.flags).as_bytes(),
             );
             let stored = match Request::parse(&line, &item.value, &limits) {
-                Ok(request) => cache.send(request).await.response.code() == ResponseCode::Hd,
+                Ok(request) => {
+                    cache.clone().send(request).await.response.code() == ResponseCode::Hd
+                }
                 Err(_) => false,
             };
             if stored {
