@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
 use memroute_proto::{
     decode_retrieval_piece, Command, GetCommand, Limits, MetaOp, Request, Response, ResponseCode,
     ResponseDecoder, RetrievalPiece,
@@ -237,10 +238,10 @@ impl WorkerLua {
     /// gets (empty for `noreply`). Multi-key gets run a Lua route once per
     /// key; a pool attached directly gets one line per backend.
     ///
-    /// The connection keeps one such future per request in flight, so it
-    /// is boxed here, and each route's inner future is built before the
-    /// `async` block that awaits it: built inside, it would be stored
-    /// twice, and the box would be twice the size.
+    /// The connection keeps one such future per request in flight, boxed:
+    /// keeping it small (a pooled request's fits malloc's fast path) is why
+    /// the route's future is wrapped with `map()` and pools pick their
+    /// backend before building theirs.
     pub fn serve(self: Rc<Self>, hook: Route, request: Request) -> ReplyFuture {
         self.env.proxy_stats.routed_requests.fetch_add(1, Relaxed);
         if let Command::Get(get) = request.command() {
@@ -251,14 +252,16 @@ impl WorkerLua {
         }
         let shape = ReplyShape::of(&request);
         match hook {
-            Route::Pool(pool) => {
-                let reply = pool.send_response(request);
-                Box::pin(async move { shape.apply(reply.await.raw().clone()) })
-            }
-            Route::Lua(function) => {
-                let reply = self.run_lua(function, request);
-                Box::pin(async move { shape.apply(reply.await) })
-            }
+            // map() holds the inner future once; an async block awaiting
+            // it would hold it twice.
+            Route::Pool(pool) => Box::pin(
+                pool.send_response(request)
+                    .map(move |response| shape.apply(response.raw().clone())),
+            ),
+            Route::Lua(function) => Box::pin(
+                self.run_lua(function, request)
+                    .map(move |reply| shape.apply(reply)),
+            ),
         }
     }
 
@@ -429,30 +432,39 @@ pub struct PoolRuntime {
 impl PoolRuntime {
     /// Sends `request` to the backend its key maps to; the response carries
     /// its round-trip time for `res:elapsed()`.
-    pub async fn send(self: Rc<Self>, request: Request) -> LuaResponse {
+    pub fn send(self: Rc<Self>, request: Request) -> impl Future<Output = LuaResponse> {
         let start = Instant::now();
-        let response = self.send_response(request).await;
-        LuaResponse::new(response, start.elapsed().as_micros() as u64)
+        self.send_response(request)
+            .map(move |response| LuaResponse::new(response, start.elapsed().as_micros() as u64))
     }
 
     /// Sends `request` to the backend its key maps to; a backend failure
-    /// becomes its `SERVER_ERROR` reply.
-    pub async fn send_response(self: Rc<Self>, request: Request) -> Response {
+    /// becomes its `SERVER_ERROR` reply. The backend is chosen before the
+    /// future is built, so the future holds only what the wait needs.
+    pub fn send_response(self: Rc<Self>, request: Request) -> impl Future<Output = Response> {
         // Every request sent to a backend must get a reply, or replies
         // would fall out of step: drop noreply/q here; the client's own
         // reply is suppressed where the route result is written.
         let outbound = request.without_noreply().unwrap_or(request);
-        match &self.def.kind {
+        let backend = match &self.def.kind {
             PoolKind::Memcached { distribution, .. } => {
                 let key = outbound.key().map_or(&b""[..], |k| &k[..]);
-                let backend = self.backends[distribution.pick(key)].clone();
-                match backend.send(&outbound).await {
+                Some(self.backends[distribution.pick(key)].clone())
+            }
+            PoolKind::Shared(_) => None,
+        };
+        async move {
+            match (backend, &self.def.kind) {
+                (Some(backend), _) => match backend.send(&outbound).await {
                     Ok(r) => r,
                     Err(e) => Response::from_line(e.client_reply()),
+                },
+                // (The store's future comes boxed.)
+                (None, PoolKind::Shared(store)) => store.execute(&outbound).await,
+                (None, PoolKind::Memcached { .. }) => {
+                    Response::from_line("SERVER_ERROR backend failure")
                 }
             }
-            // (The store's future comes boxed.)
-            PoolKind::Shared(store) => store.execute(&outbound).await,
         }
     }
 
