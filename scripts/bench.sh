@@ -72,9 +72,8 @@ if [ "$needs_memroute" = 1 ]; then
   [ -x "$MEMROUTE_BIN" ] || die "no memroute binary at $MEMROUTE_BIN"
 fi
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
+# shellcheck source=bench-lib.sh
+. "$REPO_ROOT/scripts/bench-lib.sh"
 
 wait_ready() { # port pid
   local port=$1 pid=$2 i
@@ -190,30 +189,9 @@ EOF
   esac
 }
 
-division() { # workload -> keys per get (memcaslap -d)
-  case "$1" in
-    mget*_*) local d=${1#mget}; echo "${d%%_*}" ;;
-    *) echo 1 ;;
-  esac
-}
-
 workload_cfg() { # workload -> path of a memcaslap -F file
-  local w=$1 get set size
-  case "$w" in
-    get90_*) get=0.9; set=0.1 ;;
-    mix11_*) get=0.5; set=0.5 ;;
-    mget*_*) get=0.9; set=0.1 ;;
-    *) die "unknown workload $w (getNN_SIZE / mix11_SIZE / mgetD_SIZE)" ;;
-  esac
-  case "$w" in
-    *_100B) size=100 ;;
-    *_4K) size=4096 ;;
-    *_1K) size=1024 ;;
-    *) die "unknown value size in $w" ;;
-  esac
-  local f="$OUT_DIR/$w.cfg"
-  # key: min max proportion / value: min max proportion / cmd: type(0=set,1=get) proportion
-  printf 'key\n64 64 1\nvalue\n%s %s 1\ncmd\n0 %s\n1 %s\n' "$size" "$size" "$set" "$get" > "$f"
+  local f="$OUT_DIR/$1.cfg"
+  write_workload_cfg "$1" "$f" || die "unknown workload $1"
   echo "$f"
 }
 
@@ -225,7 +203,7 @@ log "targets: $TARGETS; workloads: $WORKLOADS; rounds: $ROUNDS x $DURATION;" \
 read -r -a target_list <<<"$TARGETS"
 for w in $WORKLOADS; do
   cfg=$(workload_cfg "$w")
-  div=$(division "$w")
+  div=$(workload_division "$w")
   for r in $(seq 1 "$ROUNDS"); do
     # alternate the order every round so neither server always runs first
     order=("${target_list[@]}")

@@ -26,6 +26,8 @@
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=bench-lib.sh
+. "$REPO_ROOT/scripts/bench-lib.sh"
 target="${1:?usage: cpu-split.sh memroute ARGS... | nutcracker | direct}"
 shift
 WORKLOAD="${WORKLOAD:-get90_100B}"
@@ -43,31 +45,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-wait_port() { # port pid
-  local i
-  for i in $(seq 1 100); do
-    kill -0 "$2" 2>/dev/null || { echo "process for port $1 died" >&2; exit 1; }
-    (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "port $1 never opened" >&2
-  exit 1
-}
 cpu_ticks() { [ -n "${1:-}" ] && awk '{print $14+$15}' "/proc/$1/stat" || echo 0; }
 
-case "$WORKLOAD" in
-  get90_*) get=0.9 set=0.1 ;;
-  mix11_*) get=0.5 set=0.5 ;;
-  mget*_*) get=0.9 set=0.1 ;;
-  *) echo "unknown WORKLOAD $WORKLOAD" >&2; exit 2 ;;
-esac
-division=1
-case "$WORKLOAD" in mget*_*) division="${WORKLOAD#mget}"; division="${division%%_*}" ;; esac
-size="${WORKLOAD#*_}"; size="${size%B}"; size="${size/K/*1024}"; size=$((size))
-printf 'key\n64 64 1\nvalue\n%s %s 1\ncmd\n0 %s\n1 %s\n' "$size" "$size" "$set" "$get" > "$work/load.cfg"
+division=$(workload_division "$WORKLOAD")
+write_workload_cfg "$WORKLOAD" "$work/load.cfg" || exit 2
 
 user=(); [ "$(id -u)" = 0 ] && user=(-u nobody)
 bport=$(free_port)

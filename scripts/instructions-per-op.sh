@@ -24,6 +24,8 @@
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=bench-lib.sh
+. "$REPO_ROOT/scripts/bench-lib.sh"
 WORKLOAD="${WORKLOAD:-get90_100B}"
 OPS_SMALL="${OPS_SMALL:-5000}"
 OPS_LARGE="${OPS_LARGE:-25000}"
@@ -41,35 +43,14 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-wait_port() { # port pid
-  local i
-  for i in $(seq 1 300); do
-    kill -0 "$2" 2>/dev/null || { echo "process for port $1 died" >&2; exit 1; }
-    (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "port $1 never opened" >&2
-  exit 1
-}
-
-case "$WORKLOAD" in
-  get90_*|mget*_*) get=0.9 set=0.1 ;;
-  mix11_*) get=0.5 set=0.5 ;;
-  *) echo "unknown WORKLOAD $WORKLOAD" >&2; exit 2 ;;
-esac
-division=1
-case "$WORKLOAD" in mget*_*) division="${WORKLOAD#mget}"; division="${division%%_*}" ;; esac
-size="${WORKLOAD#*_}"; size="${size%B}"; size="${size/K/*1024}"; size=$((size))
-printf 'key\n64 64 1\nvalue\n%s %s 1\ncmd\n0 %s\n1 %s\n' "$size" "$size" "$set" "$get" > "$work/load.cfg"
+division=$(workload_division "$WORKLOAD")
+write_workload_cfg "$WORKLOAD" "$work/load.cfg" || exit 2
 
 user=(); [ "$(id -u)" = 0 ] && user=(-u nobody)
 bport=$(free_port)
 memcached -l "$HOST" -p "$bport" -t 1 -m 256 -U 0 "${user[@]}" &
 pids+=("$!")
-wait_port "$bport" "$!"
+wait_port "$bport" "$!" || exit 1
 args=("${@//\{backend\}/$HOST:$bport}")
 
 # Instructions for one memroute life: start, warm up, OPS operations, stop.
@@ -81,7 +62,7 @@ instructions() { # ops
     "$MEMROUTE_BIN" -l "$HOST" -p "$port" -t 1 "${args[@]}" 2>"$work/valgrind.log" &
   pid=$!
   pids+=("$pid")
-  wait_port "$port" "$pid"
+  wait_port "$port" "$pid" 300 || exit 1
   memcaslap -s "$HOST:$port" -T 1 -c 50 -x 2000 -F "$work/load.cfg" -d "$division" >/dev/null 2>&1
   memcaslap -s "$HOST:$port" -T 1 -c 50 -x "$1" -F "$work/load.cfg" -d "$division" \
     > "$work/memcaslap.$1" 2>&1
