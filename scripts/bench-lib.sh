@@ -48,3 +48,30 @@ write_workload_cfg() { # workload file
   # key: min max proportion / value: min max proportion / cmd: type(0=set,1=get) proportion
   printf 'key\n64 64 1\nvalue\n%s %s 1\ncmd\n0 %s\n1 %s\n' "$size" "$size" "$set" "$get" > "$2"
 }
+
+# A scratch directory in $work, and a cleanup on exit that stops every pid
+# added to the pids array and removes the directory.
+bench_workdir() {
+  work="$(mktemp -d)"
+  pids=()
+  trap bench_cleanup EXIT
+}
+
+bench_cleanup() {
+  local p
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+
+# Starts a memcached backend on a free loopback port (as nobody when root)
+# and waits for it: sets bport and backend (its pid), adds it to pids.
+start_memcached_backend() { # threads memory_mb
+  local user=()
+  [ "$(id -u)" = 0 ] && user=(-u nobody)
+  bport=$(free_port)
+  memcached -l 127.0.0.1 -p "$bport" -t "$1" -m "$2" -U 0 "${user[@]}" &
+  backend=$!
+  pids+=("$backend")
+  wait_port "$bport" "$backend"
+}

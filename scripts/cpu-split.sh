@@ -36,25 +36,14 @@ SERVER_THREADS="${SERVER_THREADS:-1}"
 CONCURRENCY="${CONCURRENCY:-50}"
 MEMROUTE_BIN="${MEMROUTE_BIN:-$REPO_ROOT/target/release/memroute}"
 HOST=127.0.0.1
-work="$(mktemp -d)"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+bench_workdir
 
 cpu_ticks() { [ -n "${1:-}" ] && awk '{print $14+$15}' "/proc/$1/stat" || echo 0; }
 
 division=$(workload_division "$WORKLOAD")
 write_workload_cfg "$WORKLOAD" "$work/load.cfg" || exit 2
 
-user=(); [ "$(id -u)" = 0 ] && user=(-u nobody)
-bport=$(free_port)
-memcached -l "$HOST" -p "$bport" -t "$SERVER_THREADS" -m 1024 -U 0 "${user[@]}" &
-backend=$!; pids+=("$backend")
-wait_port "$bport" "$backend"
+start_memcached_backend "$SERVER_THREADS" 1024
 
 port=$(free_port)
 case "$target" in

@@ -34,23 +34,12 @@ HOST=127.0.0.1
 command -v valgrind >/dev/null || { echo "needs valgrind: apt-get install valgrind" >&2; exit 2; }
 [ -x "$MEMROUTE_BIN" ] || { echo "no $MEMROUTE_BIN: cargo build --release first" >&2; exit 2; }
 
-work="$(mktemp -d)"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+bench_workdir
 
 division=$(workload_division "$WORKLOAD")
 write_workload_cfg "$WORKLOAD" "$work/load.cfg" || exit 2
 
-user=(); [ "$(id -u)" = 0 ] && user=(-u nobody)
-bport=$(free_port)
-memcached -l "$HOST" -p "$bport" -t 1 -m 256 -U 0 "${user[@]}" &
-pids+=("$!")
-wait_port "$bport" "$!" || exit 1
+start_memcached_backend 1 256 || exit 1
 args=("${@//\{backend\}/$HOST:$bport}")
 
 # Instructions for one memroute life: start, warm up, OPS operations, stop.

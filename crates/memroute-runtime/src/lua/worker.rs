@@ -276,18 +276,7 @@ impl WorkerLua {
             .iter()
             .map(|key| get_request(get, std::slice::from_ref(key)));
         let replies = futures_util::future::join_all(subs.map(|r| self.run_route(&hook, r))).await;
-        let mut out = BytesMut::new();
-        for reply in replies {
-            // Keep each key's VALUE block; a miss or an error for one key
-            // reads as a miss, so the client still gets one well-formed
-            // reply (as mcrouter does).
-            if reply.starts_with(b"VALUE ") {
-                let body = reply.strip_suffix(b"END\r\n").unwrap_or(&reply);
-                out.extend_from_slice(body);
-            }
-        }
-        out.extend_from_slice(b"END\r\n");
-        out.freeze()
+        join_key_replies(replies.iter().map(|reply| &reply[..]))
     }
 
     /// Runs one route call; Lua errors become `SERVER_ERROR lua failure`.
@@ -409,6 +398,19 @@ fn get_request(get: &GetCommand, keys: &[Bytes]) -> Request {
     Request::new(line.freeze(), Bytes::new(), command)
 }
 
+/// One multi-key reply from single-key replies in the client's key order:
+/// each `VALUE` block without its `END`, then one `END`. A miss or an
+/// error for one key reads as a miss, so the client still gets one
+/// well-formed reply (as mcrouter does).
+fn join_key_replies<'a>(replies: impl Iterator<Item = &'a [u8]>) -> Bytes {
+    let mut out = BytesMut::new();
+    for reply in replies.filter(|r| r.starts_with(b"VALUE ")) {
+        out.extend_from_slice(reply.strip_suffix(b"END\r\n").unwrap_or(reply));
+    }
+    out.extend_from_slice(b"END\r\n");
+    out.freeze()
+}
+
 /// The `VALUE` blocks of a multi-key reply, in order, each with its `END`
 /// (as a single-key reply). A failed request or an error line gives no
 /// (more) blocks: those keys read as misses.
@@ -503,19 +505,22 @@ impl PoolRuntime {
             }
         }
         let mut blocks: Vec<VecDeque<Response>> = replies.into_iter().map(value_blocks).collect();
-        let mut out = BytesMut::new();
-        for (key, group) in get.keys.iter().zip(key_groups) {
-            // A backend answers its keys in line order, skipping misses.
-            let next = &mut blocks[group];
-            if next.front().and_then(|b| b.retrieval_key()) == Some(&key[..]) {
-                if let Some(block) = next.pop_front() {
-                    let raw = block.raw();
-                    out.extend_from_slice(raw.strip_suffix(b"END\r\n").unwrap_or(raw));
+        // A backend answers its keys in line order, skipping misses.
+        let in_key_order: Vec<Response> = get
+            .keys
+            .iter()
+            .zip(key_groups)
+            .filter_map(|(key, group)| {
+                let next = &mut blocks[group];
+                let hit = next.front().and_then(|b| b.retrieval_key()) == Some(&key[..]);
+                if hit {
+                    next.pop_front()
+                } else {
+                    None
                 }
-            }
-        }
-        out.extend_from_slice(b"END\r\n");
-        Some(out.freeze())
+            })
+            .collect();
+        Some(join_key_replies(in_key_order.iter().map(|b| &b.raw()[..])))
     }
 }
 
