@@ -48,7 +48,19 @@ pub struct ServerConfig {
     /// The Lua routing configuration; `None` serves everything from the
     /// embedded cache.
     pub proxy: Option<crate::lua::ProxyConfig>,
+    /// A client connection that sends nothing for this long while no
+    /// request of its is in flight is closed (memcached's
+    /// `-o idle_timeout`); `None` never closes idle clients.
+    pub idle_timeout: Option<Duration>,
+    /// Most bytes of replies memroute holds for one client connection
+    /// (answered by a backend and not yet written to the client, or
+    /// reserved for a get in flight). Past it, the connection stops taking
+    /// requests until the client reads its replies.
+    pub client_buffer_limit: usize,
 }
+
+/// Default [`ServerConfig::client_buffer_limit`]: 64 MiB.
+pub const DEFAULT_CLIENT_BUFFER_LIMIT: usize = 64 * 1024 * 1024;
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -64,6 +76,8 @@ impl Default for ServerConfig {
             protocol: Protocol::Auto,
             drain_timeout: Duration::from_secs(120),
             proxy: None,
+            idle_timeout: None,
+            client_buffer_limit: DEFAULT_CLIENT_BUFFER_LIMIT,
         }
     }
 }

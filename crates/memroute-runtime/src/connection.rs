@@ -60,6 +60,10 @@ pub struct WorkerContext {
     pub protocol: Protocol,
     /// The Lua routing layer, when a startfile is configured.
     pub proxy: Option<Rc<WorkerProxy>>,
+    /// Idle clients are closed after this (`-o idle_timeout`).
+    pub idle_timeout: Option<std::time::Duration>,
+    /// Reply bytes held for one client at most.
+    pub client_buffer_limit: usize,
 }
 
 impl WorkerContext {

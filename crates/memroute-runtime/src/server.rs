@@ -477,6 +477,8 @@ impl WorkerSeed {
             limits: self.config.limits.clone(),
             protocol: self.config.protocol,
             proxy: proxy.clone(),
+            idle_timeout: self.config.idle_timeout,
+            client_buffer_limit: self.config.client_buffer_limit,
         });
         let stats = self.stats;
         let mut shutdown = self.shutdown;
