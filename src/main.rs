@@ -56,11 +56,29 @@ struct Cli {
     /// Extra directory for Lua's `require` (repeatable).
     #[arg(long = "lua-path", value_name = "DIR")]
     lua_path: Vec<std::path::PathBuf>,
-    /// memcached-style extended options, comma-separated; memroute reads
-    /// `proxy_config=FILE` and `proxy_arg=STR` and ignores the rest with a
-    /// warning.
+    /// memcached-style extended options, comma-separated: `proxy_config=FILE`,
+    /// `proxy_arg=STR`, `idle_timeout=SECS`. memcached's memory tuning options
+    /// (slabs, LRU, hash table, extstore) are accepted with a warning; any
+    /// other option stops the start.
     #[arg(short = 'o', long = "extended", value_name = "OPTS")]
     extended: Vec<String>,
+    /// Close a client connection idle this many seconds (0: never), as
+    /// memcached's `-o idle_timeout`.
+    #[arg(long = "idle-timeout", value_name = "SECS")]
+    idle_timeout: Option<u64>,
+    /// Most bytes of replies held for one client connection, e.g. 64m (at
+    /// least twice -I; default 64m, or twice -I if that is more).
+    #[arg(long = "client-buffer-limit", value_name = "SIZE", value_parser = parse_size)]
+    client_buffer_limit: Option<usize>,
+    /// memcached's TLS switch: refused, memroute has no TLS yet.
+    #[arg(short = 'Z', long = "enable-ssl", hide = true)]
+    enable_ssl: bool,
+    /// memcached's SASL switch: refused, memroute has no authentication.
+    #[arg(short = 'S', long = "enable-sasl", hide = true)]
+    enable_sasl: bool,
+    /// memcached's ascii auth file: refused, memroute has no authentication.
+    #[arg(short = 'Y', long = "auth-file", hide = true)]
+    auth_file: Option<String>,
     /// Seconds graceful shutdown waits for requests in flight.
     #[arg(long = "shutdown-timeout", default_value_t = 10)]
     shutdown_timeout: u64,
@@ -113,6 +131,137 @@ fn parse_size(s: &str) -> Result<usize, String> {
     };
     n.checked_mul(mult)
         .ok_or_else(|| format!("size {s:?} too large"))
+}
+
+/// The error for any TLS option: memroute must not serve plaintext where
+/// TLS was asked for.
+fn no_tls(what: &str) -> String {
+    format!(
+        "{what}: memroute has no TLS yet; it will not serve plaintext where TLS was \
+         asked for (put a TLS terminator in front of it)"
+    )
+}
+
+/// memcached 1.6's `-o` options that tune its own memory and item storage
+/// (slab allocator, LRU, hash table, extstore, buffers, logging and
+/// sandboxing knobs) or are no-ops in memcached itself. They mean nothing to
+/// memroute, whose embedded cache is built differently, so they are
+/// accepted with a warning: a memcached command line keeps working. Listed
+/// in docs/operations.md.
+const TUNING_OPTIONS: &[&str] = &[
+    // Hash table.
+    "hashpower",
+    "no_hashexpand",
+    "hash_algorithm",
+    // Slab allocator.
+    "slab_reassign",
+    "no_slab_reassign",
+    "slab_automove",
+    "no_slab_automove",
+    "slab_automove_ratio",
+    "slab_automove_window",
+    "slab_automove_freeratio",
+    "slab_sizes",
+    "slab_chunk_max",
+    "no_chunked_items",
+    // LRU.
+    "tail_repair_time",
+    "lru_crawler",
+    "no_lru_crawler",
+    "lru_crawler_sleep",
+    "lru_crawler_tocrawl",
+    "lru_maintainer",
+    "no_lru_maintainer",
+    "hot_lru_pct",
+    "warm_lru_pct",
+    "hot_max_factor",
+    "warm_max_factor",
+    "temporary_ttl",
+    // Buffers, logging and statistics.
+    "read_buf_mem_limit",
+    "resp_obj_mem_limit",
+    "watcher_logbuf_size",
+    "worker_logbuf_size",
+    "track_sizes",
+    // No-ops in memcached 1.6 itself.
+    "inline_ascii_resp",
+    "no_inline_ascii_resp",
+    "modern",
+    // memroute already answers past -c with an error and closes.
+    "maxconns_fast",
+    // memroute does not sandbox itself: there is nothing to turn off.
+    "no_drop_privileges",
+    "relaxed_privileges",
+    // memcached's proxy internals.
+    "proxy_uring",
+    "proxy_memprofile",
+    // extstore (flash storage).
+    "ext_path",
+    "ext_page_size",
+    "ext_wbuf_size",
+    "ext_threads",
+    "ext_io_depth",
+    "ext_item_size",
+    "ext_item_age",
+    "ext_low_ttl",
+    "ext_recache_rate",
+    "ext_compact_under",
+    "ext_drop_under",
+    "ext_max_sleep",
+    "ext_max_frag",
+    "ext_drop_unread",
+];
+
+/// What one `-o` option asks for.
+#[derive(Debug, PartialEq)]
+enum Extended<'a> {
+    ProxyConfig(&'a str),
+    ProxyArg(&'a str),
+    IdleTimeout(u64),
+    /// A memcached tuning option memroute accepts and ignores.
+    Tuning,
+}
+
+/// One `-o` option (`name` or `name=value`), or why memroute refuses it.
+fn extended_option<'a>(name: &str, value: Option<&'a str>) -> Result<Extended<'a>, String> {
+    let opt = match value {
+        Some(v) => format!("-o {name}={v}"),
+        None => format!("-o {name}"),
+    };
+    let needs = |what: &str| format!("{opt}: needs {what} ({name}={what})");
+    match name {
+        "proxy_config" => match value {
+            Some(file) if !file.is_empty() => Ok(Extended::ProxyConfig(file)),
+            _ => Err(needs("FILE")),
+        },
+        "proxy_arg" => value.map(Extended::ProxyArg).ok_or_else(|| needs("STR")),
+        "idle_timeout" => match value.map(|v| v.parse::<u64>()) {
+            Some(Ok(secs)) => Ok(Extended::IdleTimeout(secs)),
+            Some(Err(_)) => Err(format!(
+                "{opt}: the idle timeout must be a whole number of seconds (0: never)"
+            )),
+            None => Err(needs("SECS")),
+        },
+        _ if name.starts_with("ssl_") => Err(no_tls(&opt)),
+        // no_modern turns maxconns_fast off too.
+        "no_maxconns_fast" | "no_modern" => Err(format!(
+            "{opt}: memroute cannot turn off maxconns_fast: past the connection limit \
+             (-c) it always answers an error and closes the connection"
+        )),
+        "drop_privileges" => Err(format!(
+            "{opt}: memroute cannot do this: it does not sandbox itself; run it under a \
+             service manager's sandboxing instead"
+        )),
+        "sock_cookie_id" => Err(format!(
+            "{opt}: memroute cannot do this: it does not mark its sockets"
+        )),
+        _ if TUNING_OPTIONS.contains(&name) => Ok(Extended::Tuning),
+        _ => Err(format!(
+            "{opt}: not an option memroute knows, so it cannot honour it. memroute reads \
+             proxy_config, proxy_arg and idle_timeout, and accepts memcached's memory \
+             tuning options with a warning (docs/operations.md)"
+        )),
+    }
 }
 
 fn init_logging(verbose: u8) {
@@ -172,17 +321,59 @@ fn config_from(cli: &Cli) -> Result<ServerConfig, String> {
         config.threads = threads;
     }
     config.limits.max_item_size = cli.max_item_size;
+    if cli.enable_ssl {
+        return Err(no_tls("-Z (--enable-ssl)"));
+    }
+    if cli.enable_sasl || cli.auth_file.is_some() {
+        let flag = if cli.enable_sasl { "-S" } else { "-Y" };
+        return Err(format!(
+            "{flag}: memroute has no authentication (SASL or auth file); it will not \
+             serve without the authentication you asked for"
+        ));
+    }
     let mut startfile = cli.config.clone();
     let mut start_arg = cli.config_arg.clone();
+    let mut o_idle_timeout = None;
     for opts in &cli.extended {
         for opt in opts.split(',').map(str::trim).filter(|o| !o.is_empty()) {
-            match opt.split_once('=') {
-                Some(("proxy_config", file)) => startfile = Some(file.into()),
-                Some(("proxy_arg", arg)) => start_arg = Some(arg.to_string()),
-                _ => tracing::warn!("-o {opt}: not a memroute option, ignored"),
+            let (name, value) = match opt.split_once('=') {
+                Some((name, value)) => (name, Some(value)),
+                None => (opt, None),
+            };
+            match extended_option(name, value)? {
+                Extended::ProxyConfig(file) => startfile = Some(file.into()),
+                Extended::ProxyArg(arg) => start_arg = Some(arg.to_string()),
+                Extended::IdleTimeout(secs) => o_idle_timeout = Some(secs),
+                Extended::Tuning => tracing::warn!(
+                    "-o {opt}: memcached tuning option with no meaning for memroute, ignored"
+                ),
             }
         }
     }
+    let idle_timeout = match (cli.idle_timeout, o_idle_timeout) {
+        (Some(long), Some(o)) if long != o => {
+            return Err(format!(
+                "--idle-timeout {long} and -o idle_timeout={o} disagree; give one"
+            ))
+        }
+        (long, o) => long.or(o),
+    };
+    // memcached's meaning: 0 never closes idle connections.
+    config.idle_timeout = idle_timeout
+        .filter(|&secs| secs > 0)
+        .map(Duration::from_secs);
+    let min_buffer = cli.max_item_size.saturating_mul(2);
+    config.client_buffer_limit = match cli.client_buffer_limit {
+        Some(limit) if limit < min_buffer => {
+            return Err(format!(
+                "--client-buffer-limit: {limit} bytes is less than twice the item size \
+                 limit (-I {}, so at least {min_buffer})",
+                cli.max_item_size
+            ))
+        }
+        Some(limit) => limit,
+        None => config.client_buffer_limit.max(min_buffer),
+    };
     if let Some(startfile) = startfile {
         config.proxy = Some(memroute_runtime::lua::ProxyConfig {
             startfile,
@@ -235,6 +426,79 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("memroute: {e}");
             ExitCode::from(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(args: &[&str]) -> Result<ServerConfig, String> {
+        let argv = std::iter::once("memroute").chain(args.iter().copied());
+        config_from(&Cli::try_parse_from(argv).map_err(|e| e.to_string())?)
+    }
+
+    #[test]
+    fn extended_options() {
+        assert_eq!(
+            extended_option("proxy_config", Some("a.lua")),
+            Ok(Extended::ProxyConfig("a.lua"))
+        );
+        assert_eq!(
+            extended_option("idle_timeout", Some("30")),
+            Ok(Extended::IdleTimeout(30))
+        );
+        for name in TUNING_OPTIONS {
+            assert_eq!(extended_option(name, Some("1")), Ok(Extended::Tuning));
+            assert_eq!(extended_option(name, None), Ok(Extended::Tuning));
+        }
+        for (name, value, says) in [
+            ("idle_timeout", Some("abc"), "whole number"),
+            ("idle_timeout", Some("-1"), "whole number"),
+            ("idle_timeout", None, "needs SECS"),
+            ("proxy_config", None, "needs FILE"),
+            ("ssl_chain_cert", Some("c.pem"), "no TLS"),
+            ("ssl_anything_new", None, "no TLS"),
+            ("no_maxconns_fast", None, "maxconns_fast"),
+            ("no_modern", None, "maxconns_fast"),
+            ("drop_privileges", None, "sandbox"),
+            ("sock_cookie_id", Some("5"), "sockets"),
+            ("frobnicate", Some("1"), "not an option memroute knows"),
+        ] {
+            let err = extended_option(name, value).unwrap_err();
+            assert!(err.contains(name) && err.contains(says), "{name}: {err}");
+        }
+    }
+
+    #[test]
+    fn idle_timeout_and_client_buffer_limit() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.idle_timeout, None);
+        assert_eq!(
+            c.client_buffer_limit,
+            ServerConfig::default().client_buffer_limit
+        );
+        let c = config(&["-o", "idle_timeout=30"]).unwrap();
+        assert_eq!(c.idle_timeout, Some(Duration::from_secs(30)));
+        let c = config(&["--idle-timeout", "7", "-o", "idle_timeout=7"]).unwrap();
+        assert_eq!(c.idle_timeout, Some(Duration::from_secs(7)));
+        assert_eq!(config(&["--idle-timeout", "0"]).unwrap().idle_timeout, None);
+        assert!(config(&["--idle-timeout", "7", "-o", "idle_timeout=8"]).is_err());
+
+        let c = config(&["--client-buffer-limit", "2m"]).unwrap();
+        assert_eq!(c.client_buffer_limit, 2 << 20);
+        let err = config(&["-I", "2m", "--client-buffer-limit", "3m"]).unwrap_err();
+        assert!(err.contains("--client-buffer-limit"), "{err}");
+        // The default grows with -I rather than refusing a large -I.
+        let c = config(&["-I", "64m"]).unwrap();
+        assert_eq!(c.client_buffer_limit, 128 << 20);
+    }
+
+    #[test]
+    fn tls_and_auth_flags_are_refused() {
+        for args in [&["-Z"][..], &["-S"], &["-Y", "/etc/auth"]] {
+            assert!(config(args).is_err(), "{args:?}");
         }
     }
 }
