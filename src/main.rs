@@ -222,6 +222,15 @@ enum Extended<'a> {
     Tuning,
 }
 
+/// Whether an `-o` item right after `proxy_arg=...` is more of the
+/// argument rather than an option: it has no `=` and cannot be an option
+/// name (letters, digits and `_`), as with a host list
+/// `proxy_arg=10.0.0.1:11211,10.0.0.2:11211`. memcached refuses such an
+/// item, so no memcached command line changes meaning.
+fn continues_proxy_arg(item: &str) -> bool {
+    !item.contains('=') && !item.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
 /// One `-o` option (`name` or `name=value`), or why memroute refuses it.
 fn extended_option<'a>(name: &str, value: Option<&'a str>) -> Result<Extended<'a>, String> {
     let opt = match value {
@@ -335,12 +344,30 @@ fn config_from(cli: &Cli) -> Result<ServerConfig, String> {
     let mut start_arg = cli.config_arg.clone();
     let mut o_idle_timeout = None;
     for opts in &cli.extended {
+        // Whether the item before was proxy_arg (or continued it).
+        let mut after_proxy_arg = false;
         for opt in opts.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+            if after_proxy_arg && continues_proxy_arg(opt) {
+                if let Some(arg) = start_arg.as_mut() {
+                    arg.push(',');
+                    arg.push_str(opt);
+                }
+                continue;
+            }
             let (name, value) = match opt.split_once('=') {
                 Some((name, value)) => (name, Some(value)),
                 None => (opt, None),
             };
-            match extended_option(name, value)? {
+            let hint = after_proxy_arg && value.is_none();
+            after_proxy_arg = name == "proxy_arg";
+            let extended = extended_option(name, value).map_err(|e| {
+                if hint {
+                    format!("{e}. For a proxy_arg that holds commas, use --config-arg")
+                } else {
+                    e
+                }
+            })?;
+            match extended {
                 Extended::ProxyConfig(file) => startfile = Some(file.into()),
                 Extended::ProxyArg(arg) => start_arg = Some(arg.to_string()),
                 Extended::IdleTimeout(secs) => o_idle_timeout = Some(secs),
@@ -493,6 +520,36 @@ mod tests {
         // The default grows with -I rather than refusing a large -I.
         let c = config(&["-I", "64m"]).unwrap();
         assert_eq!(c.client_buffer_limit, 128 << 20);
+    }
+
+    #[test]
+    fn proxy_arg_takes_a_host_list() {
+        let arg = |args: &[&str]| {
+            config(args)
+                .map(|c| c.proxy.and_then(|p| p.start_arg))
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            arg(&[
+                "-o",
+                "proxy_config=f.lua,proxy_arg=10.0.0.1:11211,10.0.0.2:11211"
+            ]),
+            Ok(Some("10.0.0.1:11211,10.0.0.2:11211".into()))
+        );
+        // Options after the host list are still options.
+        assert_eq!(
+            arg(&["-o", "proxy_arg=a:1,b:2,hashpower=20,proxy_config=f.lua"]),
+            Ok(Some("a:1,b:2".into()))
+        );
+        assert_eq!(
+            arg(&["-o", "proxy_config=f.lua,proxy_arg=a,modern"]),
+            Ok(Some("a".into()))
+        );
+        // A bare name is an option, known or not; items only continue
+        // proxy_arg right after it.
+        assert!(arg(&["-o", "proxy_config=f.lua,proxy_arg=a,cache2"]).is_err());
+        assert!(arg(&["-o", "proxy_config=f.lua,b:2"]).is_err());
+        assert!(arg(&["-o", "proxy_arg=a", "-o", "b:2,proxy_config=f.lua"]).is_err());
     }
 
     #[test]
