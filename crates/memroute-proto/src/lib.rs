@@ -53,7 +53,8 @@ pub use request::{
     StoreOp,
 };
 pub use response::{
-    decode_retrieval_piece, Response, ResponseCode, ResponseDecoder, RetrievalPiece,
+    decode_retrieval_piece, retrieval_head, Oversize, Response, ResponseCode, ResponseDecoder,
+    RetrievalHead, RetrievalPiece,
 };
 
 /// The longest key memcached accepts, in bytes.

@@ -122,6 +122,24 @@ impl Response {
 }
 
 impl Response {
+    /// The keys of the `VALUE` blocks of a retrieval reply, in order.
+    pub fn value_keys(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        let mut pos = 0;
+        std::iter::from_fn(move || {
+            let rest = self.raw.get(pos..)?;
+            match retrieval_head(rest).ok()?? {
+                RetrievalHead::Value { header, size } => {
+                    let key = Response::value_line_key(&rest[..header])?;
+                    pos += header + size + 2;
+                    Some(key)
+                }
+                _ => None,
+            }
+        })
+    }
+}
+
+impl Response {
     /// `END`: the reply to a retrieval that found nothing.
     pub fn miss() -> Response {
         Response {
@@ -135,8 +153,14 @@ impl Response {
 
     /// The key of a `VALUE` reply.
     pub fn retrieval_key(&self) -> Option<&[u8]> {
-        let rest = self.line().strip_prefix(b"VALUE ")?;
-        rest.split(|&b| b == b' ').find(|t| !t.is_empty())
+        Response::value_line_key(self.line())
+    }
+
+    /// The key named by a `VALUE` header line.
+    pub fn value_line_key(line: &[u8]) -> Option<&[u8]> {
+        let rest = line.strip_prefix(b"VALUE ")?;
+        rest.split(|&b| b == b' ' || b == b'\r' || b == b'\n')
+            .find(|t| !t.is_empty())
     }
 }
 
@@ -196,6 +220,72 @@ pub fn decode_retrieval_piece(
         value: Some(start..start + size),
         hit: true,
     })))
+}
+
+/// The head of the next piece of a `get` reply at the front of a buffer,
+/// read without consuming anything (see [`retrieval_head`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetrievalHead {
+    /// `END`; `len` counts its line with `\r\n`.
+    End { len: usize },
+    /// An error line, which ends the reply; `len` counts it with `\r\n`.
+    Error { len: usize },
+    /// A `VALUE` header line of `header` bytes (with `\r\n`), followed by
+    /// `size` bytes of data and `\r\n`.
+    Value { header: usize, size: usize },
+}
+
+impl RetrievalHead {
+    /// Bytes of the whole piece: the line, and for a value its data block.
+    pub fn piece_len(self) -> usize {
+        match self {
+            RetrievalHead::End { len } | RetrievalHead::Error { len } => len,
+            RetrievalHead::Value { header, size } => header.saturating_add(size).saturating_add(2),
+        }
+    }
+}
+
+/// Reads the head of the next piece of a `get` reply at the front of `buf`
+/// (only its first line need have arrived); `Ok(None)` until that line is
+/// complete. A proxy uses it to see a value's size before buffering it.
+pub fn retrieval_head(buf: &[u8]) -> Result<Option<RetrievalHead>, MalformedResponse> {
+    let Some(end) = memchr::memchr(b'\n', buf) else {
+        return Ok(None);
+    };
+    let line = &buf[..trim_cr(buf, end)];
+    if error_code(line).is_some() {
+        return Ok(Some(RetrievalHead::Error { len: end + 1 }));
+    }
+    if line == b"END" {
+        return Ok(Some(RetrievalHead::End { len: end + 1 }));
+    }
+    if !line.starts_with(b"VALUE ") {
+        return Err(MalformedResponse("unexpected line in multi-key reply"));
+    }
+    let size = line.split(|&b| b == b' ').filter(|t| !t.is_empty()).nth(3);
+    let (size, _) = size
+        .and_then(|t| data_end(t, end + 1))
+        .ok_or(MalformedResponse("bad VALUE line"))?;
+    Ok(Some(RetrievalHead::Value {
+        header: end + 1,
+        size,
+    }))
+}
+
+/// A data block larger than a proxy will hold, found in the reply at the
+/// front of a buffer (see [`ResponseDecoder::find_oversize`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Oversize {
+    /// Bytes of complete value blocks before it (a multi-key reply's
+    /// values that fit).
+    pub prefix: usize,
+    /// Bytes of its header line, from `prefix`.
+    pub header: usize,
+    /// Its data size (its block is `header + size + 2` bytes).
+    pub size: usize,
+    /// Whether more pieces of the same reply may follow it (a `get`
+    /// reply continues to `END`; a meta `VA` reply is over).
+    pub more: bool,
 }
 
 /// A reply that does not fit the protocol: the proxy must drop the backend
@@ -289,6 +379,53 @@ impl ResponseDecoder {
             }
             Shape::Retrieval | Shape::Stats => self.decode_multi_line(buf),
         }
+    }
+
+    /// The first value block larger than `cap` bytes in the reply at the
+    /// front of `buf`, found from headers alone (its data need not have
+    /// arrived); `None` if none has shown up yet. Malformed replies are
+    /// left to [`decode`](Self::decode) to report.
+    pub fn find_oversize(&self, buf: &[u8], cap: usize) -> Option<Oversize> {
+        match self.shape {
+            Shape::Retrieval => {
+                let mut pos = 0;
+                while pos < buf.len() {
+                    match retrieval_head(&buf[pos..]).ok()?? {
+                        RetrievalHead::Value { header, size } if size > cap => {
+                            return Some(Oversize {
+                                prefix: pos,
+                                header,
+                                size,
+                                more: true,
+                            })
+                        }
+                        RetrievalHead::Value { header, size } => {
+                            pos = pos.checked_add(header)?.checked_add(size)?.checked_add(2)?
+                        }
+                        RetrievalHead::End { .. } | RetrievalHead::Error { .. } => return None,
+                    }
+                }
+                None
+            }
+            Shape::Meta => {
+                let end = memchr::memchr(b'\n', buf)?;
+                let line = &buf[..trim_cr(buf, end)];
+                let size = line.strip_prefix(b"VA ")?.split(|&b| b == b' ').next()?;
+                let size = usize::try_from(parse_u64(size)?).ok()?;
+                (size > cap).then_some(Oversize {
+                    prefix: 0,
+                    header: end + 1,
+                    size,
+                    more: false,
+                })
+            }
+            Shape::Stats | Shape::Line => None,
+        }
+    }
+
+    /// Whether this decoder frames a retrieval (`get`-family) reply.
+    pub fn is_retrieval(&self) -> bool {
+        self.shape == Shape::Retrieval
     }
 
     fn decode_multi_line(&self, buf: &mut BytesMut) -> Result<Option<Response>, MalformedResponse> {

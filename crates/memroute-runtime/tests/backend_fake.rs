@@ -759,12 +759,90 @@ fn over_the_in_flight_limit_requests_wait_their_turn() {
 
 #[test]
 fn a_request_that_finds_no_room_within_the_read_timeout_is_busy() {
+    run(Duration::from_secs(20), async {
+        // A healthy but slow backend: it answers every request 400 ms after
+        // it arrived (within the 1 s read timeout), so the queue stays full
+        // while waiters pile up behind it, each round taking 400 ms.
+        let fake = Fake::start(|_, c| async move {
+            let Conn { stream, mut buf } = c;
+            let (mut rd, mut wr) = stream.into_split();
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+            tokio::task::spawn_local(async move {
+                while let Some((arrived, reply)) = rx.recv().await {
+                    tokio::time::sleep_until((arrived + Duration::from_millis(400)).into()).await;
+                    if wr.write_all(&reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            loop {
+                while let Some(end) = buf.iter().position(|&b| b == b'\n') {
+                    let line = buf.split_to(end + 1);
+                    let reply: &[u8] = if line.starts_with(b"version") {
+                        b"VERSION 1.6.99-fake\r\n"
+                    } else {
+                        b"END\r\n"
+                    };
+                    let arrived = if line.starts_with(b"version") {
+                        Instant::now() - Duration::from_millis(400)
+                    } else {
+                        Instant::now()
+                    };
+                    if tx.send((arrived, reply.to_vec())).is_err() {
+                        return;
+                    }
+                }
+                match rd.read_buf(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        let backend = Backend::new(Arc::new(BackendConfig {
+            read_timeout: Duration::from_secs(1),
+            batch_gets: false,
+            ..fake.config()
+        }));
+        // Four rounds of MAX_IN_FLIGHT: the last round waits about 1.2 s for
+        // room, past the read timeout.
+        let total = 4 * MAX_IN_FLIGHT;
+        let mut tasks = Vec::new();
+        for i in 0..total {
+            let backend = backend.clone();
+            tasks.push(tokio::task::spawn_local(async move {
+                backend.send(&req(format!("get k{i}\r\n"))).await
+            }));
+        }
+        let (mut answered, mut busy) = (0, 0);
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(reply) => {
+                    assert_eq!(reply.code(), ResponseCode::End);
+                    answered += 1;
+                }
+                Err(BackendError::Busy) => busy += 1,
+                Err(other) => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(answered >= 2 * MAX_IN_FLIGHT, "answered {answered}");
+        assert!(busy > 0, "no request was busy");
+        let stats = backend.stats();
+        assert_eq!(stats.busy, busy as u64);
+        assert_eq!(stats.failures, 0, "busy is not a backend failure");
+        assert_eq!(stats.timeouts, 0);
+    });
+}
+
+#[test]
+fn a_dripping_backend_times_out_from_the_send_not_the_last_byte() {
     run(Duration::from_secs(10), async {
-        // Keeps the connection alive (a byte of a huge value every 50 ms)
-        // without ever finishing a reply, so the queue stays full.
+        // Regression: the read timeout used to restart on every read, so a
+        // backend sending a byte every 50 ms held a request for as long as
+        // its value took (1,000 bytes: 50 s) and was never marked bad.
         let fake = Fake::start(|_, mut c| async move {
             if c.validate().await && c.line().await.is_some() {
-                c.send(b"VALUE k0 0 1000000\r\n").await;
+                c.send(b"VALUE k 0 1000\r\n").await;
                 loop {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     c.send(b"x").await;
@@ -776,31 +854,154 @@ fn a_request_that_finds_no_room_within_the_read_timeout_is_busy() {
             read_timeout: Duration::from_millis(300),
             ..fake.config()
         }));
-        let mut waiting = Vec::new();
-        for i in 0..MAX_IN_FLIGHT {
-            let backend = backend.clone();
-            waiting.push(tokio::task::spawn_local(async move {
-                backend.send(&req(format!("get k{i}\r\n"))).await
-            }));
-        }
-        wait_until("queue full", Duration::from_secs(2), || {
-            backend.stats().in_flight == MAX_IN_FLIGHT
-        })
-        .await;
         let start = Instant::now();
-        let r = backend.send(&req("get one-too-many\r\n")).await;
-        assert!(matches!(r, Err(BackendError::Busy)), "{r:?}");
+        let r = backend.send(&req("get k\r\n")).await;
         let waited = start.elapsed();
+        assert!(matches!(r, Err(BackendError::Timeout)), "{r:?}");
         assert!(
             waited >= Duration::from_millis(250),
             "waited only {waited:?}"
         );
         assert!(waited < Duration::from_secs(2), "waited {waited:?}");
-        assert_eq!(backend.stats().busy, 1);
-        assert_eq!(backend.stats().failures, 0, "busy is not a backend failure");
-        for task in &waiting {
-            task.abort();
-        }
+        let stats = backend.stats();
+        assert_eq!((stats.timeouts, stats.failures), (1, 1));
+    });
+}
+
+#[test]
+fn a_reply_for_another_key_drops_the_connection_and_only_its_requests() {
+    run(Duration::from_secs(10), async {
+        // The first connection is out of step: it answers `get a` with b's
+        // value. The next connection is sane.
+        let fake = Fake::start(|index, mut c| async move {
+            if !c.validate().await {
+                return;
+            }
+            while let Some(line) = c.line().await {
+                let key = line.rsplit(' ').next().unwrap_or("").to_string();
+                if index == 0 {
+                    c.send(b"VALUE b 0 1\r\nB\r\nEND\r\n").await;
+                } else {
+                    c.send(format!("VALUE {key} 0 1\r\nv\r\nEND\r\n").as_bytes())
+                        .await;
+                }
+            }
+        })
+        .await;
+        let backend = Backend::new(Arc::new(BackendConfig {
+            batch_gets: false,
+            ..fake.config()
+        }));
+        let r = backend.send(&req("get a\r\n")).await;
+        assert!(matches!(r, Err(BackendError::BadResponse(_))), "{r:?}");
+        let r = backend.send(&req("get a\r\n")).await.unwrap();
+        assert_eq!(&r.raw()[..], b"VALUE a 0 1\r\nv\r\nEND\r\n");
+        assert_eq!(
+            fake.accepted(),
+            2,
+            "the out-of-step connection was replaced"
+        );
+        // A multi-key reply must name the keys in the order asked.
+        let r = backend.send(&req("get a c\r\n")).await.unwrap();
+        assert_eq!(r.code(), ResponseCode::Value, "VALUE for c is in order");
+    });
+}
+
+#[test]
+fn a_meta_reply_with_another_opaque_drops_the_connection() {
+    run(Duration::from_secs(10), async {
+        let fake = Fake::start(|_, mut c| async move {
+            if c.validate().await {
+                while c.line().await.is_some() {
+                    c.send(b"HD O999\r\n").await;
+                }
+            }
+        })
+        .await;
+        let backend = Backend::new(Arc::new(fake.config()));
+        let r = backend.send(&req("md a O123\r\n")).await;
+        assert!(matches!(r, Err(BackendError::BadResponse(_))), "{r:?}");
+        // Without an opaque there is nothing to check.
+        let r = backend.send(&req("md a\r\n")).await.unwrap();
+        assert_eq!(r.code(), ResponseCode::Hd);
+    });
+}
+
+#[test]
+fn a_value_over_the_size_limit_is_dropped_unread_and_the_connection_stays() {
+    run(Duration::from_secs(10), async {
+        // Regression: a reply too big to buffer broke the shared
+        // connection and failed every request on it. Now the big value is
+        // dropped as it streams in, its request alone gets memcached's
+        // error, and the next replies on the same connection are fine.
+        let big = vec![b'x'; 5000];
+        let fake = Fake::start(move |_, mut c| {
+            let big = big.clone();
+            async move {
+                if !c.validate().await {
+                    return;
+                }
+                while let Some(line) = c.line().await {
+                    let mut reply = Vec::new();
+                    let words: Vec<&str> = line.split(' ').collect();
+                    match words[0] {
+                        "get" => {
+                            for key in &words[1..] {
+                                let value: &[u8] = if key.starts_with("big") { &big } else { b"v" };
+                                reply.extend_from_slice(
+                                    format!("VALUE {key} 0 {}\r\n", value.len()).as_bytes(),
+                                );
+                                reply.extend_from_slice(value);
+                                reply.extend_from_slice(b"\r\n");
+                            }
+                            reply.extend_from_slice(b"END\r\n");
+                        }
+                        _ => reply.extend_from_slice(format!("VA {} \r\n", big.len()).as_bytes()),
+                    }
+                    if words[0] == "mg" {
+                        reply.extend_from_slice(&big);
+                        reply.extend_from_slice(b"\r\n");
+                    }
+                    // In small pieces, so the drop works across reads.
+                    for chunk in reply.chunks(700) {
+                        c.send(chunk).await;
+                        tokio::task::yield_now().await;
+                    }
+                }
+            }
+        })
+        .await;
+        let backend = Backend::new(Arc::new(BackendConfig {
+            max_value: 1000,
+            ..fake.config()
+        }));
+        const OOM: &[u8] = b"SERVER_ERROR out of memory writing get response\r\n";
+        // Alone.
+        let r = backend.send(&req("get big1\r\n")).await.unwrap();
+        assert_eq!(&r.raw()[..], OOM);
+        // Joined with others into one line (batch_gets).
+        let replies = send_together(&backend, &["get a\r\n", "get big2\r\n", "get c\r\n"]).await;
+        let raws: Vec<Vec<u8>> = replies
+            .into_iter()
+            .map(|r| r.unwrap().raw().to_vec())
+            .collect();
+        assert_eq!(raws[0], b"VALUE a 0 1\r\nv\r\nEND\r\n");
+        assert_eq!(raws[1], OOM);
+        assert_eq!(raws[2], b"VALUE c 0 1\r\nv\r\nEND\r\n");
+        // A multi-key line: the values that fit stand, then the error.
+        let r = backend.send(&req("get a big3 c big5\r\n")).await.unwrap();
+        assert_eq!(r.code(), ResponseCode::ServerError);
+        let values = b"VALUE a 0 1\r\nv\r\nVALUE c 0 1\r\nv\r\n";
+        assert_eq!(&r.raw()[..], &[&values[..], OOM].concat()[..]);
+        // A meta VA block.
+        let r = backend.send(&req("mg big4 v\r\n")).await.unwrap();
+        assert_eq!(&r.raw()[..], OOM);
+        // Still in step, on the same connection.
+        let r = backend.send(&req("get a\r\n")).await.unwrap();
+        assert_eq!(&r.raw()[..], b"VALUE a 0 1\r\nv\r\nEND\r\n");
+        assert_eq!(fake.accepted(), 1, "no reconnect");
+        let stats = backend.stats();
+        assert_eq!((stats.oversize_values, stats.failures), (5, 0));
     });
 }
 

@@ -55,6 +55,11 @@ pub struct BackendConfig {
     /// `batchgets`, default on). Replies are the same; the backend parses
     /// and answers one command instead of many.
     pub batch_gets: bool,
+    /// Largest value block memroute takes from this backend (the item
+    /// size limit, `-I`). A larger one is dropped as it arrives, never
+    /// buffered, and its request is answered `SERVER_ERROR out of memory
+    /// writing get response`; the connection stays in step.
+    pub max_value: usize,
 }
 
 impl BackendConfig {
@@ -98,6 +103,7 @@ impl Default for BackendConfig {
             flap_backoff_ramp: 1.5,
             flap_backoff_max: Duration::from_secs(3600),
             batch_gets: true,
+            max_value: memroute_proto::Limits::default().max_item_size,
         }
     }
 }

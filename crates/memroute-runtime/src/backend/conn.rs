@@ -17,14 +17,14 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use memroute_proto::response::MalformedResponse;
 use memroute_proto::{
-    decode_retrieval_piece, Command, GetOp, Request, Response, ResponseCode, ResponseDecoder,
-    RetrievalPiece,
+    decode_retrieval_piece, retrieval_head, Command, GetOp, Request, Response, ResponseCode,
+    ResponseDecoder, RetrievalHead, RetrievalPiece,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, Notify, Semaphore};
-use tokio::time::{sleep_until, timeout, Instant};
+use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 use tracing::{debug, info, warn};
 
 use super::config::BackendConfig;
@@ -50,13 +50,79 @@ pub(crate) struct Pending {
     pub(crate) decoder: ResponseDecoder,
     pub(crate) reply: oneshot::Sender<Result<Response, BackendError>>,
     pub(crate) queued_at: Instant,
-    /// The key of a joinable single-key `get`/`gets`, to match it with its
-    /// `VALUE` in a joined reply.
-    key: Option<Bytes>,
+    /// What the reply must carry to be this request's: a reply for
+    /// another key means the stream is out of step.
+    expect: Expect,
     /// Whether its key was appended to the line of the request queued just
     /// before it (see [`Slot::push`]).
     joined: bool,
 }
+
+/// What identifies a request's reply, to tell a stream that fell out of
+/// step (a reply that is not this request's) from a good one.
+#[derive(Debug, Default)]
+enum Expect {
+    #[default]
+    Nothing,
+    /// A single-key retrieval: its `VALUE` must be for this key (also how
+    /// a joined reply finds the request of each `VALUE`).
+    Key(Bytes),
+    /// A multi-key retrieval: its `VALUE`s come in the order of these keys.
+    Keys(Box<[Bytes]>),
+    /// A meta request with `O`: an `O` flag in its reply must echo it.
+    Opaque(Bytes),
+}
+
+impl Expect {
+    fn of(request: &Request) -> Expect {
+        match request.command() {
+            Command::Get(g) if g.keys.len() == 1 => Expect::Key(g.keys[0].clone()),
+            Command::Get(g) => Expect::Keys(g.keys.iter().cloned().collect()),
+            Command::Meta(m) => match m.flags.opaque() {
+                Some(o) => Expect::Opaque(Bytes::copy_from_slice(o)),
+                None => Expect::Nothing,
+            },
+            _ => Expect::Nothing,
+        }
+    }
+
+    fn key(&self) -> Option<&[u8]> {
+        match self {
+            Expect::Key(key) => Some(key),
+            _ => None,
+        }
+    }
+
+    /// Whether `response` can be the reply to the request.
+    fn accepts(&self, response: &Response) -> bool {
+        match self {
+            Expect::Nothing => true,
+            Expect::Key(key) => response.value_keys().all(|got| got == &key[..]),
+            Expect::Keys(keys) => {
+                // Each VALUE takes the next requested key it names
+                // (a key asked twice is answered twice).
+                let mut wanted = keys.iter();
+                response
+                    .value_keys()
+                    .all(|got| wanted.any(|k| &k[..] == got))
+            }
+            Expect::Opaque(opaque) => {
+                let line = response.line();
+                if response.code().is_error() {
+                    return true;
+                }
+                line.split(|&b| b == b' ')
+                    .skip(1)
+                    .filter(|t| t.first() == Some(&b'O'))
+                    .all(|t| t[1..] == opaque[..])
+            }
+        }
+    }
+}
+
+/// What a client whose reply held a value over the size limit gets (the
+/// words memcached uses when it cannot hold a `get`'s reply).
+const OVERSIZE_REPLY: &str = "SERVER_ERROR out of memory writing get response";
 
 /// One of a backend's `connections` pipelined connections.
 pub(crate) struct Slot {
@@ -138,7 +204,7 @@ impl Slot {
             decoder: ResponseDecoder::for_request(request),
             reply: tx,
             queued_at: Instant::now(),
-            key: joinable.map(|(_, key)| key.clone()),
+            expect: Expect::of(request),
             joined,
         });
         if self.connected.get() {
@@ -178,23 +244,36 @@ impl Slot {
         match piece {
             RetrievalPiece::Value(reply) => {
                 let key = reply.retrieval_key().unwrap_or_default();
-                let misses = self
-                    .queue
-                    .borrow()
-                    .iter()
-                    .take(*left)
-                    .position(|p| p.key.as_deref() == Some(key))
-                    .ok_or(MalformedResponse("VALUE for a key not asked for"))?;
-                for _ in 0..misses {
-                    self.answer_front(inner, Response::miss());
-                }
+                self.skip_joined_misses(inner, left, key)?;
                 self.answer_front(inner, reply);
-                *left -= misses + 1;
                 Ok(false)
             }
             RetrievalPiece::End => self.answer_rest(inner, left, Response::miss()),
             RetrievalPiece::Error(error) => self.answer_rest(inner, left, error),
         }
+    }
+
+    /// A `VALUE` for `key` arrived in a joined reply: the requests of the
+    /// `left` before the one for `key` missed and are answered so; the one
+    /// for `key` is left at the front for the caller to answer.
+    fn skip_joined_misses(
+        &self,
+        inner: &Inner,
+        left: &mut usize,
+        key: &[u8],
+    ) -> Result<(), MalformedResponse> {
+        let misses = self
+            .queue
+            .borrow()
+            .iter()
+            .take(*left)
+            .position(|p| p.expect.key() == Some(key))
+            .ok_or(MalformedResponse("VALUE for a key not asked for"))?;
+        for _ in 0..misses {
+            self.answer_front(inner, Response::miss());
+        }
+        *left -= misses + 1;
+        Ok(())
     }
 
     /// The joined reply ended: every one of the `left` requests still
@@ -210,6 +289,14 @@ impl Slot {
         }
         *left = 0;
         Ok(true)
+    }
+
+    /// Whether `response` can be the oldest request's reply.
+    fn front_accepts(&self, response: &Response) -> bool {
+        self.queue
+            .borrow()
+            .front()
+            .is_none_or(|p| p.expect.accepts(response))
     }
 
     /// Hands `response` to the oldest request.
@@ -438,7 +525,7 @@ async fn session(inner: &Inner, slot: &Slot, stream: TcpStream) -> SessionEnd {
     let (mut rd, mut wr) = stream.into_split();
     tokio::select! {
         error = write_loop(inner, slot, &mut wr) => SessionEnd::Failed(error),
-        end = read_loop(inner, slot, &mut rd) => end,
+        end = read_loop(inner, slot, &mut rd, Instant::now()) => end,
     }
 }
 
@@ -465,17 +552,88 @@ async fn write_loop(inner: &Inner, slot: &Slot, wr: &mut OwnedWriteHalf) -> Back
     }
 }
 
+/// A reply with a value over the size limit: what the request keeps of it
+/// (the values that fit), and whether more of its pieces (a `get` reply's,
+/// up to `END`) are still to come.
+struct Dropping {
+    prefix: BytesMut,
+    more: bool,
+    decoder: ResponseDecoder,
+}
+
 /// Reads replies and hands each to the oldest waiting request.
-async fn read_loop(inner: &Inner, slot: &Slot, rd: &mut OwnedReadHalf) -> SessionEnd {
+///
+/// Every request must be answered within `read_timeout` of its being sent
+/// (of the connection's start, for requests queued before it): a backend
+/// that drips bytes cannot hold a request longer by sending a little at a
+/// time. A value larger than the item size limit is dropped as it streams
+/// in, never buffered. A reply that is not its request's (a `VALUE` for
+/// another key, another opaque) means the stream is out of step: the
+/// connection is dropped and only the requests on it fail.
+async fn read_loop(
+    inner: &Inner,
+    slot: &Slot,
+    rd: &mut OwnedReadHalf,
+    connected_at: Instant,
+) -> SessionEnd {
     let read_timeout = inner.config.read_timeout;
+    let cap = inner.config.max_value;
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
     // While a joined reply is arriving: how many requests at the front still
     // wait for their share of it.
     let mut joined_left: Option<usize> = None;
+    // Bytes of an oversize value block still to drop as they arrive.
+    let mut discard = 0usize;
+    let mut dropping: Option<Dropping> = None;
     loop {
-        // Only reply bytes tell that the front request's line was written
-        // (and so can no longer be joined by more keys).
-        while !rbuf.is_empty() {
+        loop {
+            if discard > 0 {
+                let n = discard.min(rbuf.len());
+                bytes::Buf::advance(&mut rbuf, n);
+                discard -= n;
+                if discard > 0 {
+                    break;
+                }
+            }
+            if let Some(drop) = dropping.as_mut() {
+                if drop.more {
+                    match retrieval_head(&rbuf) {
+                        Ok(Some(RetrievalHead::Value { header, size })) if size > cap => {
+                            inner.counters.oversize_values.incr();
+                            discard = header.saturating_add(size).saturating_add(2);
+                            continue;
+                        }
+                        Ok(Some(RetrievalHead::Value { header, size })) => {
+                            // A value that fits still reaches its client.
+                            let block = header + size + 2;
+                            if rbuf.len() < block {
+                                break;
+                            }
+                            drop.prefix.extend_from_slice(&rbuf[..block]);
+                            bytes::Buf::advance(&mut rbuf, block);
+                            continue;
+                        }
+                        Ok(Some(RetrievalHead::End { len } | RetrievalHead::Error { len })) => {
+                            bytes::Buf::advance(&mut rbuf, len);
+                            drop.more = false;
+                        }
+                        Ok(None) => break,
+                        Err(malformed) => {
+                            return SessionEnd::Failed(BackendError::BadResponse(malformed))
+                        }
+                    }
+                }
+                let Dropping {
+                    prefix, decoder, ..
+                } = dropping.take().expect("dropping");
+                slot.answer_front(inner, oversize_reply(prefix, decoder));
+                continue;
+            }
+            if rbuf.is_empty() {
+                break;
+            }
+            // Only reply bytes tell that the front request's line was
+            // written (and so can no longer be joined by more keys).
             let left = match joined_left.as_mut() {
                 Some(left) => left,
                 None => {
@@ -484,8 +642,26 @@ async fn read_loop(inner: &Inner, slot: &Slot, rd: &mut OwnedReadHalf) -> Sessio
                     };
                     let line = slot.front_line_len();
                     if line == 1 {
+                        if let Some(over) = decoder.find_oversize(&rbuf, cap) {
+                            inner.counters.oversize_values.incr();
+                            let prefix = rbuf.split_to(over.prefix);
+                            discard = over.header.saturating_add(over.size).saturating_add(2);
+                            dropping = Some(Dropping {
+                                prefix,
+                                more: over.more,
+                                decoder,
+                            });
+                            continue;
+                        }
                         match decoder.decode(&mut rbuf) {
-                            Ok(Some(response)) => slot.answer_front(inner, response),
+                            Ok(Some(response)) => {
+                                if !slot.front_accepts(&response) {
+                                    return SessionEnd::Failed(BackendError::BadResponse(
+                                        MalformedResponse("reply does not match its request"),
+                                    ));
+                                }
+                                slot.answer_front(inner, response)
+                            }
                             Ok(None) => break,
                             Err(malformed) => {
                                 return SessionEnd::Failed(BackendError::BadResponse(malformed))
@@ -496,6 +672,25 @@ async fn read_loop(inner: &Inner, slot: &Slot, rd: &mut OwnedReadHalf) -> Sessio
                     joined_left.insert(line)
                 }
             };
+            if let Ok(Some(RetrievalHead::Value { header, size })) = retrieval_head(&rbuf) {
+                if size > cap {
+                    inner.counters.oversize_values.incr();
+                    let key = Response::value_line_key(&rbuf[..header]).unwrap_or_default();
+                    if let Err(malformed) = slot.skip_joined_misses(inner, left, key) {
+                        return SessionEnd::Failed(BackendError::BadResponse(malformed));
+                    }
+                    // Its request (now at the front) is answered once the
+                    // block is dropped, so the queue still shows it due.
+                    let decoder = slot.queue.borrow().front().map(|p| p.decoder);
+                    discard = header.saturating_add(size).saturating_add(2);
+                    dropping = decoder.map(|decoder| Dropping {
+                        prefix: BytesMut::new(),
+                        more: false,
+                        decoder,
+                    });
+                    continue;
+                }
+            }
             match decode_retrieval_piece(&mut rbuf) {
                 Ok(Some(piece)) => match slot.answer_joined(inner, left, piece) {
                     Ok(true) => joined_left = None,
@@ -509,7 +704,8 @@ async fn read_loop(inner: &Inner, slot: &Slot, rd: &mut OwnedReadHalf) -> Sessio
             }
         }
         let idle = slot.queue.borrow().is_empty() && joined_left.is_none();
-        if idle && !rbuf.is_empty() {
+        if idle && (!rbuf.is_empty() || discard > 0) {
+            // (An oversize block is dropped while its request still waits.)
             return SessionEnd::Failed(BackendError::BadResponse(MalformedResponse(
                 "data with no request in flight",
             )));
@@ -540,9 +736,14 @@ async fn read_loop(inner: &Inner, slot: &Slot, rd: &mut OwnedReadHalf) -> Sessio
                 _ = slot.wake_reader.notified() => {}
             }
         } else {
-            // Requests are in flight: the backend must make progress within
-            // read_timeout.
-            match timeout(read_timeout, rd.read_buf(&mut rbuf)).await {
+            // Requests are in flight: the oldest must be answered within
+            // read_timeout of being sent, however the bytes trickle in.
+            let sent = slot
+                .queue
+                .borrow()
+                .front()
+                .map_or(connected_at, |p| p.queued_at.max(connected_at));
+            match timeout_at(sent + read_timeout, rd.read_buf(&mut rbuf)).await {
                 Ok(Ok(0)) => return SessionEnd::Failed(BackendError::Closed),
                 Ok(Ok(n)) => inner.counters.bytes_read.add(n as u64),
                 Ok(Err(e)) => return SessionEnd::Failed(BackendError::io(e)),
@@ -552,6 +753,21 @@ async fn read_loop(inner: &Inner, slot: &Slot, rd: &mut OwnedReadHalf) -> Sessio
                 }
             }
         }
+    }
+}
+
+/// The reply of a request whose reply held a value over the size limit:
+/// the values that fit (of a multi-key `get`), then the error that ends a
+/// `get` reply memcached cannot hold.
+fn oversize_reply(mut raw: BytesMut, decoder: ResponseDecoder) -> Response {
+    if raw.is_empty() {
+        return Response::from_line(OVERSIZE_REPLY);
+    }
+    raw.extend_from_slice(OVERSIZE_REPLY.as_bytes());
+    raw.extend_from_slice(b"\r\n");
+    match decoder.decode(&mut raw) {
+        Ok(Some(response)) => response,
+        _ => Response::from_line(OVERSIZE_REPLY),
     }
 }
 

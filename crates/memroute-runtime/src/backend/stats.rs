@@ -119,6 +119,9 @@ pub struct BackendStats {
     pub failures: u64,
     /// Read timeouts (also counted in `failures`).
     pub timeouts: u64,
+    /// Values over the item size limit dropped unread (their requests were
+    /// answered `SERVER_ERROR out of memory writing get response`).
+    pub oversize_values: u64,
     /// Connections that passed their `version` check.
     pub connects: u64,
     /// Connection attempts after each connection's first.
@@ -207,6 +210,7 @@ pub(crate) struct Counters {
     pub busy: Counter,
     pub failures: Counter,
     pub timeouts: Counter,
+    pub oversize_values: Counter,
     pub connects: Counter,
     pub reconnects: Counter,
     pub connect_failures: Counter,
@@ -241,6 +245,7 @@ impl Counters {
             busy: self.busy.get(),
             failures: self.failures.get(),
             timeouts: self.timeouts.get(),
+            oversize_values: self.oversize_values.get(),
             connects: self.connects.get(),
             reconnects: self.reconnects.get(),
             connect_failures: self.connect_failures.get(),
@@ -267,6 +272,7 @@ impl Counters {
             &self.busy,
             &self.failures,
             &self.timeouts,
+            &self.oversize_values,
             &self.connects,
             &self.reconnects,
             &self.connect_failures,
@@ -297,6 +303,7 @@ impl BackendStats {
         self.busy += other.busy;
         self.failures += other.failures;
         self.timeouts += other.timeouts;
+        self.oversize_values += other.oversize_values;
         self.connects += other.connects;
         self.reconnects += other.reconnects;
         self.connect_failures += other.connect_failures;

@@ -185,6 +185,15 @@ pub enum Route {
     Pool(Rc<PoolRuntime>),
 }
 
+impl Route {
+    /// Whether a multi-key get on this route goes out as one line per
+    /// backend (a memcached pool attached directly), so a window of many
+    /// keys is one request; a Lua route runs once per key.
+    pub fn joins_keys(&self) -> bool {
+        matches!(self, Route::Pool(pool) if pool.joins_keys())
+    }
+}
+
 /// Collects `mcp.attach` calls while `mcp_config_routes` runs.
 struct Attached(RefCell<Vec<Option<Route>>>);
 
@@ -234,22 +243,23 @@ impl WorkerLua {
         self.hooks.get(id).and_then(|h| h.clone())
     }
 
-    /// Runs `hook` for `request`; the future gives the bytes the client
-    /// gets (empty for `noreply`). Multi-key gets run a Lua route once per
-    /// key; a pool attached directly gets one line per backend.
+    /// Counts one client request that took a route (a multi-key get
+    /// counts once, however many windows it is sent in).
+    pub fn count_routed(&self) {
+        self.env.proxy_stats.routed_requests.fetch_add(1, Relaxed);
+    }
+
+    /// Runs `hook` for a request that is not a multi-key get (the
+    /// connection sends those a window of keys at a time, see
+    /// [`get_window`](Self::get_window)); the future gives the bytes the
+    /// client gets (empty for `noreply`).
     ///
     /// The connection keeps one such future per request in flight, boxed:
     /// keeping it small (a pooled request's fits malloc's fast path) is why
     /// the route's future is wrapped with `map()` and pools pick their
     /// backend before building theirs.
     pub fn serve(self: Rc<Self>, hook: Route, request: Request) -> ReplyFuture {
-        self.env.proxy_stats.routed_requests.fetch_add(1, Relaxed);
-        if let Command::Get(get) = request.command() {
-            if get.keys.len() != 1 {
-                let get = get.clone();
-                return Box::pin(async move { self.serve_multi_get(hook, &get).await });
-            }
-        }
+        self.count_routed();
         let shape = ReplyShape::of(&request);
         match hook {
             // map() holds the inner future once; an async block awaiting
@@ -265,18 +275,36 @@ impl WorkerLua {
         }
     }
 
-    async fn serve_multi_get(self: Rc<Self>, hook: Route, get: &GetCommand) -> Bytes {
-        if let Route::Pool(pool) = &hook {
-            if let Some(reply) = pool.multi_get(get).await {
-                return reply;
+    /// The `VALUE` blocks (no `END`) of `keys`, a window of a multi-key
+    /// get's keys, in their order. A pool attached directly sends each
+    /// backend its keys of the window in one line; a Lua route runs once
+    /// per key. A key whose route failed reads as a miss, so the client
+    /// still gets one well-formed reply (as mcrouter does).
+    pub fn get_window(
+        self: &Rc<Self>,
+        hook: &Route,
+        get: &GetCommand,
+        keys: &[Bytes],
+    ) -> ReplyFuture {
+        if let Route::Pool(pool) = hook {
+            if pool.joins_keys() {
+                let pool = pool.clone();
+                let request = get_request(get, keys);
+                return Box::pin(async move { pool.multi_get(&request).await });
             }
         }
-        let subs = get
-            .keys
+        let subs: Vec<Request> = keys
             .iter()
-            .map(|key| get_request(get, std::slice::from_ref(key)));
-        let replies = futures_util::future::join_all(subs.map(|r| self.run_route(&hook, r))).await;
-        join_key_replies(replies.iter().map(|reply| &reply[..]))
+            .map(|key| get_request(get, std::slice::from_ref(key)))
+            .collect();
+        let this = self.clone();
+        let hook = hook.clone();
+        Box::pin(async move {
+            let replies =
+                futures_util::future::join_all(subs.into_iter().map(|r| this.run_route(&hook, r)))
+                    .await;
+            value_blocks_of(replies.iter().map(|reply| &reply[..]))
+        })
     }
 
     /// Runs one route call; Lua errors become `SERVER_ERROR lua failure`.
@@ -398,16 +426,13 @@ fn get_request(get: &GetCommand, keys: &[Bytes]) -> Request {
     Request::new(line.freeze(), Bytes::new(), command)
 }
 
-/// One multi-key reply from single-key replies in the client's key order:
-/// each `VALUE` block without its `END`, then one `END`. A miss or an
-/// error for one key reads as a miss, so the client still gets one
-/// well-formed reply (as mcrouter does).
-fn join_key_replies<'a>(replies: impl Iterator<Item = &'a [u8]>) -> Bytes {
+/// The `VALUE` blocks of single-key replies, in order, each without its
+/// `END`. A miss or an error for one key gives nothing: it reads as a miss.
+fn value_blocks_of<'a>(replies: impl Iterator<Item = &'a [u8]>) -> Bytes {
     let mut out = BytesMut::new();
     for reply in replies.filter(|r| r.starts_with(b"VALUE ")) {
         out.extend_from_slice(reply.strip_suffix(b"END\r\n").unwrap_or(reply));
     }
-    out.extend_from_slice(b"END\r\n");
     out.freeze()
 }
 
@@ -470,14 +495,22 @@ impl PoolRuntime {
         }
     }
 
-    /// A multi-key get on a pool attached directly, as one request per
-    /// backend: each backend gets its keys in one line (in the client's
-    /// order), and the `VALUE` blocks are merged back into the client's
-    /// key order. Answers as the per-key route would: a key whose backend
-    /// failed reads as a miss. `None` for a pool of a shared store.
-    pub async fn multi_get(&self, get: &GetCommand) -> Option<Bytes> {
-        let PoolKind::Memcached { distribution, .. } = &self.def.kind else {
-            return None;
+    /// Whether multi-key gets on this pool go out as one line per backend
+    /// ([`multi_get`](Self::multi_get)): a memcached pool.
+    pub fn joins_keys(&self) -> bool {
+        matches!(self.def.kind, PoolKind::Memcached { .. })
+    }
+
+    /// A multi-key get on a memcached pool attached directly, as one
+    /// request per backend: each backend gets its keys in one line (in the
+    /// client's order), and the `VALUE` blocks (without `END`) come back in
+    /// the client's key order. Answers as the per-key route would: a key
+    /// whose backend failed reads as a miss.
+    pub async fn multi_get(&self, request: &Request) -> Bytes {
+        let (PoolKind::Memcached { distribution, .. }, Command::Get(get)) =
+            (&self.def.kind, request.command())
+        else {
+            return Bytes::new();
         };
         // group_of[backend]: its index in `groups`, which hold the keys.
         let mut group_of = vec![usize::MAX; self.backends.len()];
@@ -492,18 +525,26 @@ impl PoolRuntime {
             groups[group_of[backend]].1.push(key.clone());
             key_groups.push(group_of[backend]);
         }
+        if let [(backend, _)] = &groups[..] {
+            // One backend gets the window's own line: its reply, less its
+            // END, is the answer.
+            let reply = self.backends[*backend].send(request).await;
+            if let Ok(reply) = &reply {
+                if matches!(reply.code(), ResponseCode::Value | ResponseCode::End) {
+                    let raw = reply.raw();
+                    return raw.slice(..raw.len().saturating_sub(b"END\r\n".len()));
+                }
+            }
+            // An error, perhaps after some values: those values stand.
+            let blocks = value_blocks(reply);
+            return value_blocks_of(blocks.iter().map(|b| &b.raw()[..]));
+        }
         let replies = futures_util::future::join_all(groups.iter().map(|(backend, keys)| {
             let backend = self.backends[*backend].clone();
             let request = get_request(get, keys);
             async move { backend.send(&request).await }
         }))
         .await;
-        if let [Ok(reply)] = &replies[..] {
-            // One backend got the client's own line: its reply is the answer.
-            if matches!(reply.code(), ResponseCode::Value | ResponseCode::End) {
-                return Some(reply.raw().clone());
-            }
-        }
         let mut blocks: Vec<VecDeque<Response>> = replies.into_iter().map(value_blocks).collect();
         // A backend answers its keys in line order, skipping misses.
         let in_key_order: Vec<Response> = get
@@ -520,7 +561,7 @@ impl PoolRuntime {
                 }
             })
             .collect();
-        Some(join_key_replies(in_key_order.iter().map(|b| &b.raw()[..])))
+        value_blocks_of(in_key_order.iter().map(|b| &b.raw()[..]))
     }
 }
 
@@ -927,8 +968,17 @@ fn backend_for(
     if let Some(existing) = map.get(&key).and_then(Weak::upgrade) {
         return existing;
     }
-    let backend = Backend::new(config.clone());
-    if let Some(env) = lua.app_data_ref::<Rc<RouteEnv>>() {
+    let env = lua.app_data_ref::<Rc<RouteEnv>>();
+    // Values larger than the item size limit are never buffered.
+    let config = match &env {
+        Some(env) if env.limits.max_item_size != config.max_value => Arc::new(BackendConfig {
+            max_value: env.limits.max_item_size,
+            ..(**config).clone()
+        }),
+        _ => config.clone(),
+    };
+    let backend = Backend::new(config);
+    if let Some(env) = env {
         backend.register(&env.proxy_stats.backends);
     }
     map.insert(key, Rc::downgrade(&backend));
