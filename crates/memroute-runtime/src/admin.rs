@@ -100,6 +100,9 @@ impl Admin {
         write_stat(out, "store_no_memory", t.store_no_memory);
         write_stat(out, "auth_cmds", 0);
         write_stat(out, "auth_errors", 0);
+        if self.config.idle_timeout.is_some() {
+            write_stat(out, "idle_kicks", t.idle_kicks);
+        }
         write_stat(out, "bytes_read", t.bytes_read);
         write_stat(out, "bytes_written", t.bytes_written);
         write_stat(out, "limit_maxbytes", c.limit_maxbytes);
@@ -153,6 +156,7 @@ impl Admin {
             stat("busy", &s.busy);
             stat("failures", &s.failures);
             stat("timeouts", &s.timeouts);
+            stat("oversize_values", &s.oversize_values);
             stat("connects", &s.connects);
             stat("reconnects", &s.reconnects);
             stat("connect_failures", &s.connect_failures);

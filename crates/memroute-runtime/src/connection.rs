@@ -18,6 +18,7 @@
 //! behind a `set` routed to `mcp.internal`, `stats proxy` behind routed
 //! requests), so running it early would answer from the past.
 
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -25,7 +26,9 @@ use bytes::{Bytes, BytesMut};
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use futures_util::FutureExt;
 use memroute_proto::binary::{BinaryContext, BinaryDecoder, BinaryFrame, REQUEST_MAGIC};
-use memroute_proto::{Decoded, Limits, ProtocolError, Request, RequestDecoder};
+use memroute_proto::{
+    Command, Decoded, GetCommand, Limits, MetaOp, ProtocolError, Request, RequestDecoder,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -143,16 +146,85 @@ impl Codec {
     }
 }
 
-/// Replies not yet written, in request order.
+/// Bytes a routed retrieval's reply may need beyond its value: the
+/// `VALUE` line (a 250-byte key, flags, length, cas) and `END`.
+const VALUE_OVERHEAD: usize = 512;
+
+/// Routed replies not yet written, in request order, and what each holds
+/// of the client's reply budget (`client_buffer_limit`).
+///
+/// A routed retrieval reserves room for the largest value it may bring
+/// (the item size limit) when it is sent, and gives it back once its reply
+/// is written: so memroute never holds more than the budget for one
+/// client, however many keys it asks for and however slowly it reads.
+/// Requests that do not fit wait (the connection stops decoding) until
+/// earlier replies are written.
 struct Pipeline {
     ordered: FuturesOrdered<ReplyFuture>,
+    /// Bytes reserved by each entry of `ordered`, in the same order.
+    reserved: VecDeque<usize>,
+    /// Their sum.
+    held: usize,
+    limit: usize,
     /// `quit` arrived behind routed requests: close once they are answered.
     close_after: bool,
 }
 
+impl Pipeline {
+    fn new(limit: usize) -> Self {
+        Pipeline {
+            ordered: FuturesOrdered::new(),
+            reserved: VecDeque::new(),
+            held: 0,
+            limit,
+            close_after: false,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ordered.is_empty()
+    }
+
+    /// How many more replies of `each` bytes may join now. An empty
+    /// pipeline takes at least one, so every request makes progress.
+    fn room_for(&self, each: usize) -> usize {
+        let slots = MAX_IN_FLIGHT.saturating_sub(self.ordered.len());
+        let bytes = self.limit.saturating_sub(self.held) / each.max(1);
+        let room = slots.min(bytes);
+        if self.ordered.is_empty() {
+            room.max(1)
+        } else {
+            room
+        }
+    }
+
+    fn push(&mut self, reply: ReplyFuture, reserve: usize) {
+        self.ordered.push_back(reply);
+        self.reserved.push_back(reserve);
+        self.held += reserve;
+    }
+
+    /// The oldest reply was taken (to be written): its room goes back.
+    fn release_oldest(&mut self) {
+        if let Some(bytes) = self.reserved.pop_front() {
+            self.held -= bytes;
+        }
+    }
+}
+
+/// A routed multi-key get being sent a window of keys at a time, as the
+/// client's reply budget allows; its reply is streamed in key order.
+struct MultiGet {
+    lua: Rc<WorkerLua>,
+    route: Route,
+    get: GetCommand,
+    /// Keys before this one have been sent.
+    next: usize,
+}
+
 /// Serves one client until it disconnects, sends `quit`, breaks the
-/// protocol beyond repair, or the server shuts down (after the request in
-/// flight is answered).
+/// protocol beyond repair, stays idle past `-o idle_timeout`, or the server
+/// shuts down (after the request in flight is answered).
 pub async fn serve(
     mut stream: TcpStream,
     ctx: Rc<WorkerContext>,
@@ -162,23 +234,44 @@ pub async fn serve(
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
     let mut wbuf = BytesMut::with_capacity(READ_CHUNK);
     let mut codec = Codec::Undecided;
-    let mut pipeline = Pipeline {
-        ordered: FuturesOrdered::new(),
-        close_after: false,
-    };
+    let mut pipeline = Pipeline::new(ctx.client_buffer_limit);
+    let per_value = ctx.limits.max_item_size.saturating_add(VALUE_OVERHEAD);
     let mut closing = *shutdown.borrow();
-    // A local request waiting for the routed ones before it to finish.
+    // A request waiting for room, or (run locally) for the routed ones
+    // before it to finish.
     let mut held: Option<(Request, Option<BinaryContext>)> = None;
+    let mut multi: Option<MultiGet> = None;
+    // Closes the connection once no request has arrived for idle_timeout
+    // (made only when configured: no timer on the default path).
+    let mut idle = ctx
+        .idle_timeout
+        .map(|t| (t, Box::pin(tokio::time::sleep(t))));
     loop {
         let mut close = false;
         let mut paused = false;
+        let mut took_request = false;
         loop {
-            if pipeline.ordered.len() >= MAX_IN_FLIGHT {
-                paused = true;
-                break;
-            }
             if pipeline.close_after {
                 break;
+            }
+            if let Some(mg) = multi.as_mut() {
+                let left = mg.get.keys.len() - mg.next;
+                if left == 0 {
+                    multi = None;
+                    queue_or_write(&mut pipeline, &mut wbuf, Bytes::from_static(b"END\r\n"));
+                    continue;
+                }
+                let per_window = if mg.route.joins_keys() { left } else { 1 };
+                let n = per_window.min(left).min(pipeline.room_for(per_value));
+                if n == 0 {
+                    paused = true;
+                    break;
+                }
+                let keys = &mg.get.keys[mg.next..mg.next + n];
+                let reply = mg.lua.get_window(&mg.route, &mg.get, keys);
+                pipeline.push(reply, n * per_value);
+                mg.next += n;
+                continue;
             }
             let frame = match held.take() {
                 Some((request, bin)) => Frame::Request(request, bin),
@@ -187,31 +280,58 @@ pub async fn serve(
                     None => break,
                 },
             };
+            took_request = true;
             match frame {
-                Frame::Request(request, bin) => {
-                    let hook = route_for(&ctx, &request);
-                    if hook.is_none() && !pipeline.ordered.is_empty() {
+                Frame::Request(request, bin) => match route_for(&ctx, &request) {
+                    Some((lua, route)) => {
+                        if let (Command::Get(get), None) = (request.command(), &bin) {
+                            if get.keys.len() > 1 {
+                                lua.count_routed();
+                                multi = Some(MultiGet {
+                                    lua,
+                                    route,
+                                    get: get.clone(),
+                                    next: 0,
+                                });
+                                continue;
+                            }
+                        }
+                        let reserve = reply_reserve(&request, per_value);
+                        if pipeline.room_for(reserve) == 0 {
+                            held = Some((request, bin));
+                            paused = true;
+                            break;
+                        }
+                        pipeline.push(routed_reply(lua, route, request, bin), reserve);
+                    }
+                    None if !pipeline.is_empty() => {
                         // Run it once the routed requests before it are done.
                         held = Some((request, bin));
                         paused = true;
                         break;
                     }
-                    let flow = dispatch(&ctx, hook, request, bin, &mut wbuf, &mut pipeline);
-                    if flow == Flow::Close {
-                        if pipeline.ordered.is_empty() {
+                    None => {
+                        if let (Command::Get(get), None) = (request.command(), &bin) {
+                            if get.keys.len() > 1 {
+                                if !stream_local_get(&mut stream, &mut wbuf, &ctx, get).await {
+                                    return;
+                                }
+                                continue;
+                            }
+                        }
+                        if run_local(&ctx, request, bin, &mut wbuf) == Flow::Close {
                             close = true;
                             break;
                         }
-                        pipeline.close_after = true;
                     }
-                }
+                },
                 Frame::Reply {
                     bytes,
                     close: closes,
                 } => {
                     queue_or_write(&mut pipeline, &mut wbuf, bytes);
                     if closes {
-                        if pipeline.ordered.is_empty() {
+                        if pipeline.is_empty() {
                             close = true;
                             break;
                         }
@@ -239,7 +359,7 @@ pub async fn serve(
                     };
                     queue_or_write(&mut pipeline, &mut wbuf, bytes);
                     if error.closes() {
-                        if pipeline.ordered.is_empty() {
+                        if pipeline.is_empty() {
                             close = true;
                             break;
                         }
@@ -253,7 +373,7 @@ pub async fn serve(
         }
         // Collect routed replies in order, writing what is ready before
         // waiting on the rest.
-        while !pipeline.ordered.is_empty() {
+        while !pipeline.is_empty() {
             let next = match pipeline.ordered.next().now_or_never() {
                 Some(next) => next,
                 None => {
@@ -263,8 +383,9 @@ pub async fn serve(
                     pipeline.ordered.next().await
                 }
             };
+            pipeline.release_oldest();
             if let Some(bytes) = next {
-                if wbuf.is_empty() && pipeline.ordered.is_empty() {
+                if wbuf.is_empty() && pipeline.is_empty() {
                     // The only reply to write: send it as it is, without
                     // copying it into the write buffer first.
                     if !write_reply(&mut stream, &bytes, &ctx).await {
@@ -286,17 +407,23 @@ pub async fn serve(
         if !wbuf.is_empty() && !flush(&mut stream, &mut wbuf, &ctx).await {
             return;
         }
-        if close || (closing && held.is_none() && rbuf.is_empty() && !codec.is_mid_request(&rbuf)) {
+        let waiting = held.is_some() || multi.is_some();
+        if close || (closing && !waiting && rbuf.is_empty() && !codec.is_mid_request(&rbuf)) {
             let _ = stream.shutdown().await;
             return;
         }
         if rbuf.is_empty() && rbuf.capacity() > SHRINK_ABOVE {
             rbuf = BytesMut::with_capacity(READ_CHUNK);
         }
-        // Requests already buffered (decoding paused at the in-flight
-        // limit) are handled before reading more.
+        // Requests already buffered (decoding paused for room) are handled
+        // before reading more.
         if paused {
             continue;
+        }
+        if took_request {
+            if let Some((timeout, timer)) = idle.as_mut() {
+                timer.as_mut().reset(tokio::time::Instant::now() + *timeout);
+            }
         }
         rbuf.reserve(READ_CHUNK);
         tokio::select! {
@@ -316,8 +443,45 @@ pub async fn serve(
                 let _ = stream.shutdown().await;
                 return;
             }
+            // No request for idle_timeout (bytes that never make a whole
+            // request do not count, as in memcached): the slot goes back.
+            _ = async { idle.as_mut().expect("idle timer").1.as_mut().await }, if idle.is_some() => {
+                ctx.stats().idle_kicks.incr();
+                let _ = stream.shutdown().await;
+                return;
+            }
         }
     }
+}
+
+/// Room a routed request reserves for its reply: a value's worth for a
+/// retrieval, nothing for the rest (their replies are a line).
+fn reply_reserve(request: &Request, per_value: usize) -> usize {
+    match request.command() {
+        Command::Get(_) => per_value,
+        Command::Meta(m) if m.op == MetaOp::Get => per_value,
+        _ => 0,
+    }
+}
+
+/// A multi-key get served by the embedded cache, written as it is made:
+/// past the write buffer's high water the reply so far is sent, so a
+/// client asking for one big value thousands of times never makes memroute
+/// hold the whole reply (memcached streams it the same way).
+async fn stream_local_get(
+    stream: &mut TcpStream,
+    wbuf: &mut BytesMut,
+    ctx: &WorkerContext,
+    get: &GetCommand,
+) -> bool {
+    for key in &get.keys {
+        ctx.executor.get_key(get, key, wbuf, ctx.stats());
+        if wbuf.len() >= WRITE_HIGH_WATER && !flush(stream, wbuf, ctx).await {
+            return false;
+        }
+    }
+    memroute_proto::reply::end(wbuf);
+    true
 }
 
 /// The Lua route for this request on the current configuration, if any.
@@ -327,31 +491,33 @@ fn route_for(ctx: &WorkerContext, request: &Request) -> Option<(Rc<WorkerLua>, R
     Some((lua, hook))
 }
 
-/// Runs one request: routed ones join the pipeline, local ones answer now.
-/// The caller holds a local request back while routed ones are pending.
-/// A binary request's reply is encoded back to binary (`bin`).
-fn dispatch(
-    ctx: &Rc<WorkerContext>,
-    route: Option<(Rc<WorkerLua>, Route)>,
+/// A routed request's reply on its way; a binary request's is encoded
+/// back to binary (`bin`).
+fn routed_reply(
+    lua: Rc<WorkerLua>,
+    route: Route,
+    request: Request,
+    bin: Option<BinaryContext>,
+) -> ReplyFuture {
+    let reply = lua.serve(route, request);
+    match bin {
+        None => reply,
+        Some(bin) => Box::pin(reply.map(move |text| {
+            let mut out = BytesMut::new();
+            bin.encode(&text, &mut out);
+            out.freeze()
+        })),
+    }
+}
+
+/// Runs a request on the embedded cache (no routed request is pending);
+/// a binary request's reply is encoded back to binary (`bin`).
+fn run_local(
+    ctx: &WorkerContext,
     request: Request,
     bin: Option<BinaryContext>,
     wbuf: &mut BytesMut,
-    pipeline: &mut Pipeline,
 ) -> Flow {
-    if let Some((lua, hook)) = route {
-        let reply = lua.serve(hook, request);
-        let future: ReplyFuture = match bin {
-            None => reply,
-            Some(bin) => Box::pin(reply.map(move |text| {
-                let mut out = BytesMut::new();
-                bin.encode(&text, &mut out);
-                out.freeze()
-            })),
-        };
-        pipeline.ordered.push_back(future);
-        return Flow::Continue;
-    }
-    debug_assert!(pipeline.ordered.is_empty());
     match bin {
         None => ctx.executor.execute(&request, wbuf, ctx.stats()),
         Some(bin) => {
@@ -382,12 +548,10 @@ fn routed(ctx: &WorkerContext) -> bool {
 }
 
 fn queue_or_write(pipeline: &mut Pipeline, wbuf: &mut BytesMut, bytes: Bytes) {
-    if pipeline.ordered.is_empty() {
+    if pipeline.is_empty() {
         wbuf.extend_from_slice(&bytes);
     } else {
-        pipeline
-            .ordered
-            .push_back(Box::pin(std::future::ready(bytes)));
+        pipeline.push(Box::pin(std::future::ready(bytes)), 0);
     }
 }
 

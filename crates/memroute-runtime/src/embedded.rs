@@ -132,28 +132,35 @@ impl Embedded {
     }
 
     fn get(&self, get: &GetCommand, out: &mut BytesMut, stats: &WorkerStats) {
-        let with_cas = get.op.returns_cas();
         for key in &get.keys {
-            let outcome = if get.op.touches() {
-                stats.cmd_touch.incr();
-                let o = self.cache.get_and_touch(key, i64::from(get.exptime));
-                if o.is_miss() {
-                    stats.touch_misses.incr();
-                } else {
-                    stats.touch_hits.incr();
-                }
-                o
-            } else {
-                stats.cmd_get.incr();
-                self.cache.get(key)
-            };
-            count_get(stats, &outcome, get.op.touches());
-            if let GetOutcome::Hit(item) = outcome {
-                let cas = with_cas.then_some(item.cas);
-                reply::value(out, key, item.flags, &item.value, cas);
-            }
+            self.get_key(get, key, out, stats);
         }
         reply::end(out);
+    }
+
+    /// One key of a `get`-family command: its `VALUE` block if it hits
+    /// (the caller ends the reply with `END`). A connection streams a
+    /// multi-key get through this, writing as it goes, so a reply never
+    /// has to be held whole.
+    pub fn get_key(&self, get: &GetCommand, key: &[u8], out: &mut BytesMut, stats: &WorkerStats) {
+        let outcome = if get.op.touches() {
+            stats.cmd_touch.incr();
+            let o = self.cache.get_and_touch(key, i64::from(get.exptime));
+            if o.is_miss() {
+                stats.touch_misses.incr();
+            } else {
+                stats.touch_hits.incr();
+            }
+            o
+        } else {
+            stats.cmd_get.incr();
+            self.cache.get(key)
+        };
+        count_get(stats, &outcome, get.op.touches());
+        if let GetOutcome::Hit(item) = outcome {
+            let cas = get.op.returns_cas().then_some(item.cas);
+            reply::value(out, key, item.flags, &item.value, cas);
+        }
     }
 
     fn store(&self, store: &StoreCommand, value: &Bytes, out: &mut BytesMut, stats: &WorkerStats) {

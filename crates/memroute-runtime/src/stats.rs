@@ -86,6 +86,7 @@ worker_counters!(
     touch_misses,
     store_too_large,
     store_no_memory,
+    idle_kicks,
     bytes_read,
     bytes_written,
 );
