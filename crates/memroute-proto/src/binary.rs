@@ -458,7 +458,10 @@ impl BinaryDecoder {
             FLUSH | FLUSHQ => {
                 line.put_slice(b"flush_all");
                 if extras.len() == 4 {
-                    line.put_slice(format!(" {}", be_u32(extras)).as_bytes());
+                    // The text `flush_all` reads its delay as an int32
+                    // token (memcached 1.6.45); write the 32 bits as one.
+                    let delay = be_u32(extras) as i32;
+                    line.put_slice(format!(" {delay}").as_bytes());
                 }
                 Kind::Flush
             }
@@ -782,6 +785,15 @@ mod tests {
             .0,
             status::DELTA_BADVAL
         );
+    }
+
+    #[test]
+    fn flush_expiry_is_written_as_an_int32() {
+        for (expiry, line) in [(60u32, &b"flush_all 60"[..]), (u32::MAX, b"flush_all -1")] {
+            let mut buf = request(opcode::FLUSH, &expiry.to_be_bytes(), &[], &[], 0);
+            let (r, _) = translate(&mut buf);
+            assert_eq!(&r.raw_line()[..], line);
+        }
     }
 
     #[test]

@@ -3,8 +3,11 @@
 //! [`RequestDecoder::decode`] takes bytes from the front of a connection's
 //! read buffer. It returns `None` when it needs more bytes (a normal
 //! outcome, not an error), a [`Request`], or a [`ProtocolError`] that says
-//! exactly what memcached 1.6 would answer and whether the connection
-//! survives. The decoder keeps two pieces of state between calls, as
+//! exactly what memcached would answer and whether the connection
+//! survives. Where memcached 1.6.45 answers the classic text commands
+//! differently from 1.6.18 (1.6.45 parses them with the parser its proxy
+//! uses, `proto_parser.c`), the decoder follows 1.6.45; docs/compatibility.md
+//! lists the rules. The decoder keeps two pieces of state between calls, as
 //! memcached's connection state machine does: a storage command whose data
 //! block has not fully arrived, and a count of bytes still to swallow after
 //! an oversized value.
@@ -14,7 +17,9 @@ use smallvec::SmallVec;
 
 use crate::limits::{take_frame, Limits};
 use crate::meta::{base64_decode, MetaFlags};
-use crate::number::{parse_flags, parse_i32_wrapping, parse_u64};
+use crate::number::{
+    parse_flags, parse_i32_wrapping, parse_token_i32, parse_token_u32, parse_token_u64, parse_u64,
+};
 use crate::request::{
     ArithCommand, ArithOp, Command, GetCommand, GetOp, Keys, MetaCommand, MetaOp, Request,
     StoreCommand, StoreOp,
@@ -48,8 +53,9 @@ pub enum ProtocolError {
     /// The request carried `noreply`, which in the text protocol hides
     /// error replies too (memcached's behaviour); nothing is sent.
     Silent,
-    /// Close the connection without a reply (a line grew past the limit
-    /// with no newline in sight).
+    /// Close the connection without a reply: a line grew past the limit
+    /// with no newline in sight, or a request line looks like HTTP (see
+    /// [`looks_like_http`]).
     Close,
 }
 
@@ -78,9 +84,16 @@ const BAD_DELTA: &str = "CLIENT_ERROR invalid numeric delta argument";
 const DELETE_USAGE: &str = "CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]";
 const TOO_MANY_KEYS: &str = "CLIENT_ERROR too many keys";
 
-/// memcached tokenizes at most this many tokens for commands other than
-/// retrievals; longer lines fail the arity checks with `ERROR`.
+/// memcached 1.6.45's tokenizer (`mcmc_tokenize`, vendor/mcmc/mcmc.c) keeps
+/// at most this many tokens; a longer line's last kept token is the one it
+/// reads `noreply` (and the HTTP guard's `HTTP/`) from.
 const MAX_TOKENS: usize = 23;
+/// memcached 1.6.45 refuses a line shorter than this, counting its `\n`
+/// (`process_request` in proto_parser.c: "min command length is 2, plus
+/// the \r\n"), so an empty line and `mn\n` are refused.
+const MIN_LINE_LEN: usize = 4;
+/// The largest data block length memcached accepts (`INT_MAX - 2`).
+const MAX_VALUE_LEN: i32 = i32::MAX - 2;
 /// Meta commands refuse lines with this many tokens or more.
 const META_MAX_TOKENS: usize = 20;
 
@@ -208,6 +221,9 @@ impl RequestDecoder {
                 newline
             };
             let mut frame = take_frame(buf, newline + 1);
+            if newline + 1 < MIN_LINE_LEN {
+                return Some(Decoded::Error(ProtocolError::Reply(BAD_FORMAT)));
+            }
             frame.truncate(line_end);
             match parse_line(frame, &self.limits) {
                 Ok(Parsed::Ready(request)) => return Some(Decoded::Request(request)),
@@ -269,10 +285,46 @@ impl Line {
         let (s, e) = self.tokens[i];
         self.bytes.slice(s as usize..e as usize)
     }
-    /// memcached's `set_noreply_maybe`: the last token is exactly `noreply`.
-    fn ends_with_noreply(&self) -> bool {
-        self.len() > 1 && self.raw(self.len() - 1) == b"noreply"
+    /// The last token memcached 1.6.45's tokenizer keeps (it keeps at
+    /// most [`MAX_TOKENS`]).
+    fn last_kept(&self) -> &[u8] {
+        self.raw(self.len().min(MAX_TOKENS) - 1)
     }
+    /// `_process_request_noreply` (proto_parser.c): the last kept token is
+    /// exactly `noreply`, wherever it stands.
+    fn ends_with_noreply(&self) -> bool {
+        self.len() > 1 && self.last_kept() == b"noreply"
+    }
+}
+
+/// The commands memcached 1.6.45 hands to its table of other text
+/// commands (`text_cmd_entries` in proto_text.c, default build) when its
+/// parser does not know the first token; the table matches a first token
+/// that is a prefix of a name.
+const TEXT_TABLE: [&[u8]; 8] = [
+    b"shutdown",
+    b"slabs",
+    b"cache_memlimit",
+    b"flush_all",
+    b"lru_crawler",
+    b"verbosity",
+    b"lru",
+    b"extstore",
+];
+
+/// memcached's guard against cross-protocol requests from browsers
+/// (`process_command_ascii` in proto_text.c): a line whose command is
+/// unknown, with more than one token, whose last kept token starts with
+/// `HTTP/` (`GET / HTTP/1.1`, `POST /x HTTP/1.0`) closes the connection
+/// without a reply. Known commands are unaffected: `get / HTTP/1.1` is a
+/// get of two keys.
+fn looks_like_http(line: &Line) -> bool {
+    let first = line.raw(0);
+    // Commands memcached knows and memroute does not implement.
+    if first == b"watch" || TEXT_TABLE.iter().any(|name| name.starts_with(first)) {
+        return false;
+    }
+    line.len() > 1 && line.last_kept().starts_with(b"HTTP/")
 }
 
 fn key_ok(key: &[u8], limits: &Limits) -> bool {
@@ -327,42 +379,44 @@ fn parse_line(bytes: Bytes, limits: &Limits) -> Result<Parsed, LineError> {
             };
             ready(Command::Stats { args })
         }
+        // 1.6.45 (`process_flush_all_command`): extra tokens are ignored;
+        // the delay is read unless the line is `flush_all [noreply]`.
         b"flush_all" => {
-            let n = line.len();
-            if n > 3 {
-                return Err(LineError::reply(ERROR));
-            }
             let noreply = line.ends_with_noreply();
-            let delay = if n == 1 || (n == 2 && noreply) {
+            let delay = if line.len() == 1 + usize::from(noreply) {
                 0
             } else {
-                parse_i32_wrapping(line.raw(1))
+                parse_token_i32(line.raw(1))
                     .ok_or_else(|| LineError::reply(BAD_EXPTIME).unless_noreply(noreply))?
             };
             ready(Command::FlushAll { delay, noreply })
         }
+        // 1.6.45 (`process_verbosity_command`): a missing level is a format
+        // error, extra tokens are ignored.
         b"verbosity" => {
-            let n = line.len();
-            if !(2..=3).contains(&n) {
-                return Err(LineError::reply(ERROR));
-            }
             let noreply = line.ends_with_noreply();
-            if parse_u64(line.raw(1)).is_none() {
+            if line.len() < 2 || parse_token_u32(line.raw(1)).is_none() {
                 return Err(LineError::reply(BAD_FORMAT).unless_noreply(noreply));
             }
             ready(Command::Verbosity { noreply })
         }
-        b"shutdown" => Err(LineError::reply("ERROR: shutdown not enabled")),
+        b"shutdown" => Err(LineError::reply("SERVER_ERROR: shutdown not enabled")),
+        _ if looks_like_http(&line) => Err(LineError {
+            error: ProtocolError::Close,
+            swallow: 0,
+        }),
         _ => Err(LineError::reply(ERROR)),
     }
 }
 
 fn parse_get(line: &Line, op: GetOp, limits: &Limits) -> Result<Request, LineError> {
-    if line.len() < 2 {
-        return Err(LineError::reply(ERROR));
+    // 1.6.45 (`_process_request_simple` / `_process_request_gat`): a
+    // retrieval without a key is a format error.
+    if line.len() < 2 + usize::from(op.touches()) {
+        return Err(LineError::reply(BAD_FORMAT));
     }
     let (exptime, first_key) = if op.touches() {
-        let exptime = parse_i32_wrapping(line.raw(1)).ok_or(LineError::reply(BAD_EXPTIME))?;
+        let exptime = parse_token_i32(line.raw(1)).ok_or(LineError::reply(BAD_EXPTIME))?;
         (exptime, 2)
     } else {
         (0, 1)
@@ -381,28 +435,45 @@ fn parse_get(line: &Line, op: GetOp, limits: &Limits) -> Result<Request, LineErr
     Ok(Request::new(line.bytes.clone(), Bytes::new(), command))
 }
 
+/// The length of a data block as memcached 1.6.45 reads it (for storage
+/// commands and `ms`): a token-bounded `int32` from 0 to `INT_MAX - 2`.
+fn value_len(token: &[u8]) -> Option<usize> {
+    parse_token_i32(token)
+        .filter(|len| (0..=MAX_VALUE_LEN).contains(len))
+        .and_then(|len| usize::try_from(len).ok())
+}
+
+/// A storage command, as memcached 1.6.45 parses it: `_process_request_storage`
+/// (proto_parser.c) needs at least five tokens and a valid length before it
+/// looks at anything else, and refuses the line otherwise with
+/// `CLIENT_ERROR bad command line format`, shown even with `noreply` and
+/// without swallowing the data block. Tokens after the arguments are
+/// ignored; `noreply` is the last token. Then `process_update_cmd_start`
+/// checks the key, flags, exptime and (for `cas`) the compare value, and
+/// refuses with the same line but swallows the data block (and hides the
+/// reply for `noreply`), as it does for an item that is too large.
 fn parse_store(line: &Line, op: StoreOp, limits: &Limits) -> Result<Parsed, LineError> {
     let n = line.len();
-    let arity = if op == StoreOp::Cas { 6 } else { 5 };
-    if n > MAX_TOKENS || (n != arity && n != arity + 1) {
-        return Err(LineError::reply(ERROR));
+    if n < 5 {
+        return Err(LineError::reply(BAD_FORMAT));
     }
-    let noreply = n == arity + 1 && line.raw(n - 1) == b"noreply";
-    let bad = || LineError::reply(BAD_FORMAT).unless_noreply(noreply);
+    let value_len = value_len(line.raw(4)).ok_or(LineError::reply(BAD_FORMAT))?;
+    let noreply = line.ends_with_noreply();
+    let bad = || LineError::swallowing(BAD_FORMAT, value_len + 2).unless_noreply(noreply);
     let key = line.raw(1);
     if !key_ok(key, limits) {
         return Err(bad());
     }
     let flags = parse_flags(line.raw(2)).ok_or_else(bad)?;
     let exptime = parse_i32_wrapping(line.raw(3)).ok_or_else(bad)?;
-    let value_len = parse_i32_wrapping(line.raw(4)).ok_or_else(bad)?;
     let cas = if op == StoreOp::Cas {
-        parse_u64(line.raw(5)).ok_or_else(bad)?
+        // A missing compare value is refused like a malformed one.
+        let token = if n > 5 { line.raw(5) } else { b"" };
+        parse_token_u64(token)
+            .filter(|_| !token.is_empty())
+            .ok_or_else(bad)?
     } else {
         0
-    };
-    let Ok(value_len) = usize::try_from(value_len) else {
-        return Err(bad());
     };
     if !limits.item_fits(key.len(), value_len) {
         return Err(LineError {
@@ -428,10 +499,11 @@ fn parse_store(line: &Line, op: StoreOp, limits: &Limits) -> Result<Parsed, Line
     ))
 }
 
+/// `incr`/`decr`, as 1.6.45 parses them (`_process_request_simple` with
+/// three tokens at least; later tokens are ignored).
 fn parse_arith(line: &Line, op: ArithOp, limits: &Limits) -> Result<Parsed, LineError> {
-    let n = line.len();
-    if n != 3 && n != 4 {
-        return Err(LineError::reply(ERROR));
+    if line.len() < 3 {
+        return Err(LineError::reply(BAD_FORMAT));
     }
     let noreply = line.ends_with_noreply();
     if !key_ok(line.raw(1), limits) {
@@ -452,14 +524,22 @@ fn parse_arith(line: &Line, op: ArithOp, limits: &Limits) -> Result<Parsed, Line
     )))
 }
 
+/// `delete <key> [0] [noreply]`. A missing key is refused as 1.6.45
+/// refuses it. Later tokens are checked as memcached 1.6.18 checks them,
+/// a deliberate difference: 1.6.45 (`process_delete_cmd`) ignores them, so
+/// `delete a 5` and `delete a b c d e` delete `a`, but libmemcached's
+/// `memccapable -a` requires `delete a b c d e` to be refused.
 fn parse_delete(line: &Line, limits: &Limits) -> Result<Parsed, LineError> {
     let n = line.len();
-    if !(2..=4).contains(&n) {
+    if n < 2 {
+        return Err(LineError::reply(BAD_FORMAT));
+    }
+    if n > 4 {
         return Err(LineError::reply(ERROR));
     }
     let noreply = line.ends_with_noreply();
     if n > 2 {
-        // `delete <key> 0` is a legacy form memcached still accepts.
+        // `delete <key> 0` is a legacy form memcached 1.6.18 accepts.
         let hold_is_zero = line.raw(2) == b"0";
         let valid = (n == 3 && (hold_is_zero || noreply)) || (n == 4 && hold_is_zero && noreply);
         if !valid {
@@ -480,10 +560,10 @@ fn parse_delete(line: &Line, limits: &Limits) -> Result<Parsed, LineError> {
     )))
 }
 
+/// `touch <key> <exptime> [noreply]`; 1.6.45 ignores later tokens.
 fn parse_touch(line: &Line, limits: &Limits) -> Result<Parsed, LineError> {
-    let n = line.len();
-    if n != 3 && n != 4 {
-        return Err(LineError::reply(ERROR));
+    if line.len() < 3 {
+        return Err(LineError::reply(BAD_FORMAT));
     }
     let noreply = line.ends_with_noreply();
     if !key_ok(line.raw(1), limits) {
@@ -506,13 +586,9 @@ fn parse_touch(line: &Line, limits: &Limits) -> Result<Parsed, LineError> {
 fn parse_meta(line: &Line, op: MetaOp, limits: &Limits) -> Result<Parsed, LineError> {
     let n = line.len();
     if n < 2 {
-        // memcached's `me` checks its arguments itself; the others fall
-        // through to the generic "unknown command" reply.
-        return Err(LineError::reply(if op == MetaOp::Debug {
-            BAD_FORMAT
-        } else {
-            ERROR
-        }));
+        // 1.6.45's parser (`_process_request_meta`) refuses a meta command
+        // without a key; 1.6.18 answered `ERROR` (but for `me`).
+        return Err(LineError::reply(BAD_FORMAT));
     }
     let wire_key = line.raw(1);
     if wire_key.len() > limits.max_key_len {
@@ -532,9 +608,7 @@ fn parse_meta(line: &Line, op: MetaOp, limits: &Limits) -> Result<Parsed, LineEr
         if n == 2 {
             return Err(LineError::reply(BAD_FORMAT));
         }
-        let len = parse_i32_wrapping(line.raw(2))
-            .and_then(|v| usize::try_from(v).ok())
-            .ok_or(LineError::reply(BAD_FORMAT))?;
+        let len = value_len(line.raw(2)).ok_or(LineError::reply(BAD_FORMAT))?;
         (3, Some(len))
     } else {
         (2, None)
@@ -695,14 +769,11 @@ mod tests {
     #[test]
     fn memcached_error_replies() {
         assert_eq!(replies(b"foo\r\n"), ["ERROR"]);
-        assert_eq!(replies(b"\r\n"), ["ERROR"]);
         assert_eq!(replies(b"GET a\r\n"), ["ERROR"]);
-        assert_eq!(replies(b"get\r\n"), ["ERROR"]);
-        assert_eq!(replies(b"set a 0 0\r\n"), ["ERROR"]);
         assert_eq!(replies(b"set a 0 0 -1\r\n"), [BAD_FORMAT]);
         assert_eq!(replies(b"set a 0 0 abc\r\nxx\r\n"), [BAD_FORMAT, "ERROR"]);
         assert_eq!(
-            replies(b"set a 0 0 2\r\nxxx\r\nget a\r\n"),
+            replies(b"set a 0 0 2\r\nxxxxxx\r\nget a\r\n"),
             [BAD_CHUNK, "ERROR", "req:get"]
         );
         assert_eq!(replies(b"set a 0 0 1\r\nx\r\n"), ["req:set"]);
@@ -710,25 +781,152 @@ mod tests {
         assert_eq!(replies(b"incr a -1\r\n"), [BAD_DELTA]);
         assert_eq!(replies(b"touch a abc\r\n"), [BAD_EXPTIME]);
         assert_eq!(replies(b"gat abc a\r\n"), [BAD_EXPTIME]);
-        assert_eq!(replies(b"delete a 5\r\n"), [DELETE_USAGE]);
         assert_eq!(
             replies(b"delete a 0\r\ndelete a noreply\r\n"),
             ["req:delete", "req:delete"]
         );
-        assert_eq!(replies(b"verbosity\r\n"), ["ERROR"]);
         assert_eq!(replies(b"verbosity abc\r\n"), [BAD_FORMAT]);
         assert_eq!(replies(b"flush_all abc\r\n"), [BAD_EXPTIME]);
-        assert_eq!(replies(b"set a 0 0 -1 noreply\r\n"), ["silent"]);
-        assert_eq!(
-            replies(b"set a 0 0 1 noreply\r\nxyz\r\n"),
-            ["silent", "ERROR"]
-        );
         assert_eq!(replies(b"set a 0 0 01\r\nx\r\n"), ["req:set"]);
-        assert_eq!(replies(b"set c 0x1 0 1\r\nx\r\n"), [BAD_FORMAT, "ERROR"]);
         let mut long_key = b"get ".to_vec();
         long_key.extend(std::iter::repeat_n(b'k', 251));
         long_key.extend_from_slice(b"\r\n");
         assert_eq!(replies(&long_key), [BAD_FORMAT]);
+    }
+
+    /// Where memcached 1.6.45 answers differently from 1.6.18 (the rules
+    /// come from 1.6.45's proto_parser.c and proto_text.c).
+    #[test]
+    fn memcached_1_6_45_replies() {
+        // Lines shorter than 4 bytes with their newline.
+        assert_eq!(replies(b"\r\n"), [BAD_FORMAT]);
+        assert_eq!(replies(b"\n"), [BAD_FORMAT]);
+        assert_eq!(replies(b"mn\n"), [BAD_FORMAT]);
+        assert_eq!(replies(b"mn\r\n"), ["req:mn"]);
+        // Too few tokens is a format error, too many are ignored.
+        for line in [&b"get"[..], b"gets", b"gat", b"gat 10", b"gats 10"] {
+            assert_eq!(replies(&[line, b"\r\n"].concat()), [BAD_FORMAT]);
+        }
+        for line in [&b"set a 0 0"[..], b"cas", b"add a", b"incr a", b"touch a"] {
+            assert_eq!(replies(&[line, b"\r\n"].concat()), [BAD_FORMAT]);
+        }
+        assert_eq!(replies(b"delete\r\n"), [BAD_FORMAT]);
+        assert_eq!(replies(b"verbosity\r\n"), [BAD_FORMAT]);
+        assert_eq!(replies(b"set a 0 0 1 2 3\r\nx\r\n"), ["req:set"]);
+        assert_eq!(replies(b"incr a 1 noreply x\r\n"), ["req:incr"]);
+        // A deliberate difference: memroute checks delete's later tokens as
+        // 1.6.18 does (memccapable requires it); 1.6.45 ignores them.
+        assert_eq!(replies(b"delete a 5\r\n"), [DELETE_USAGE]);
+        assert_eq!(replies(b"delete a b c d e\r\n"), ["ERROR"]);
+        assert_eq!(replies(b"flush_all 0 noreply x\r\n"), ["req:flush_all"]);
+        // noreply is the last token, wherever it stands.
+        let d = decode_all(b"set a 0 0 1 x noreply\r\nv\r\n");
+        let Decoded::Request(r) = &d[0] else { panic!() };
+        assert!(r.noreply());
+        let d = decode_all(b"incr a 1 noreply 0\r\n");
+        let Decoded::Request(r) = &d[0] else { panic!() };
+        assert!(!r.noreply());
+        // Lengths: token-bounded, no `+`, no `\r`, no wrapping; a refused
+        // length shows its error even with noreply and swallows nothing.
+        for len in [
+            "+1",
+            "1\r",
+            "4294967297",
+            "2147483646",
+            "000000000001",
+            "-1",
+        ] {
+            let line = format!("set a 0 0 {len}\r\nxx\r\n");
+            assert_eq!(replies(line.as_bytes()), [BAD_FORMAT, "ERROR"], "{len:?}");
+        }
+        assert_eq!(replies(b"set a 0 0 -1 noreply\r\n"), [BAD_FORMAT]);
+        assert_eq!(
+            replies(b"set a 0 0 -\r\n\r\n"),
+            ["req:set"],
+            "a lone - is 0"
+        );
+        assert_eq!(replies(b"ms a +1\r\nxx\r\n"), [BAD_FORMAT, "ERROR"]);
+        assert_eq!(replies(b"md\r\nma\r\nme\r\n"), [BAD_FORMAT; 3]);
+        // Bad key, flags, exptime or compare value: the data block is
+        // swallowed, and noreply hides the error.
+        let mut long_key = b"set ".to_vec();
+        long_key.extend(std::iter::repeat_n(b'k', 251));
+        long_key.extend_from_slice(b" 0 0 1\r\nx\r\nmn\r\n");
+        assert_eq!(replies(&long_key), [BAD_FORMAT, "req:mn"]);
+        for line in [
+            &b"set a -1 0 2\r\nxx\r\n"[..],
+            b"set c 0x1 0 1\r\nx\r\n",
+            b"add a 0 abc 1\r\nx\r\n",
+            b"cas a 0 0 1\r\nx\r\n",
+            b"cas a 0 0 1 +1\r\nx\r\n",
+            b"cas a 0 0 1 -0\r\nx\r\n",
+        ] {
+            assert_eq!(replies(&[line, b"mn\r\n"].concat()), [BAD_FORMAT, "req:mn"]);
+        }
+        assert_eq!(
+            replies(b"cas a 0 0 1 noreply\r\nx\r\nmn\r\n"),
+            ["silent", "req:mn"]
+        );
+        assert_eq!(
+            replies(b"set a 0 0 1 noreply\r\nxyz\r\n"),
+            ["silent", BAD_FORMAT]
+        );
+        // Other numbers read token-bounded.
+        assert_eq!(replies(b"gat 4294967296 a\r\n"), [BAD_EXPTIME]);
+        assert_eq!(replies(b"flush_all +1\r\n"), [BAD_EXPTIME]);
+        assert_eq!(replies(b"verbosity 4294967296\r\n"), [BAD_FORMAT]);
+        assert_eq!(
+            replies(b"shutdown\r\n"),
+            ["SERVER_ERROR: shutdown not enabled"]
+        );
+    }
+
+    #[test]
+    fn http_request_lines_close() {
+        for line in [
+            &b"GET / HTTP/1.1\r\n"[..],
+            b"POST /submit HTTP/1.0\r\n",
+            b"PUT /asdf/asd/fasdfasdf/sadf HTTP/1.1\r\n",
+            b"DELETE HTTP/1.1\r\n",
+            b"gxx / HTTP/1.1\r\n",
+            b"mx / HTTP/2\r\n",
+            b"GET / HTTP/\n",
+        ] {
+            assert_eq!(
+                replies(line),
+                ["close"],
+                "{:?}",
+                String::from_utf8_lossy(line)
+            );
+        }
+        // The rest of the pipeline is never read.
+        assert_eq!(replies(b"GET / HTTP/1.1\r\nmn\r\n"), ["close"]);
+        // Known commands and other unknown lines are not HTTP.
+        assert_eq!(replies(b"get / HTTP/1.1\r\n"), ["req:get"]);
+        assert_eq!(replies(b"delete / HTTP/1.1\r\n"), [DELETE_USAGE]);
+        assert_eq!(replies(b"mn / HTTP/1.1\r\n"), ["req:mn"]);
+        assert_eq!(replies(b"set / HTTP/1.1\r\n"), [BAD_FORMAT]);
+        assert_eq!(
+            replies(b"HTTP/1.1\r\n"),
+            ["ERROR"],
+            "one token is not enough"
+        );
+        assert_eq!(replies(b"GET / http/1.1\r\n"), ["ERROR"]);
+        assert_eq!(replies(b"GET HTTP/1.1 /\r\n"), ["ERROR"]);
+        assert_eq!(replies(b"GET / HTTP\r\n"), ["ERROR"]);
+        // Memcached's other text commands (matched by prefix) are not HTTP.
+        assert_eq!(replies(b"lru / HTTP/1.1\r\n"), ["ERROR"]);
+        assert_eq!(replies(b"watch HTTP/1.1\r\n"), ["ERROR"]);
+        // Only the tokens memcached keeps (23) count.
+        let mut long = b"GET".to_vec();
+        for _ in 0..21 {
+            long.extend_from_slice(b" x");
+        }
+        assert_eq!(replies(&[&long[..], b" HTTP/1.1\r\n"].concat()), ["close"]);
+        assert_eq!(
+            replies(&[&long[..], b" x HTTP/1.1\r\n"].concat()),
+            ["ERROR"]
+        );
     }
 
     #[test]
@@ -766,8 +964,8 @@ mod tests {
         let d = decode_all(b"set a 0 0 1 garbage\r\nx\r\n");
         let Decoded::Request(r) = &d[0] else { panic!() };
         assert!(!r.noreply());
-        let too_many = b"set a 0 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22\r\n";
-        assert_eq!(replies(too_many), ["ERROR"]);
+        let many = b"set a 0 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22\r\nx\r\n";
+        assert_eq!(replies(many), ["req:set"], "1.6.45 ignores extra tokens");
     }
 
     #[test]
@@ -780,7 +978,7 @@ mod tests {
         assert_eq!(m.op, MetaOp::Get);
         assert_eq!(&m.key[..], b"foo");
         assert_eq!(m.flags.len(), 7);
-        assert_eq!(replies(b"mg\r\n"), ["ERROR"]);
+        assert_eq!(replies(b"mg\r\n"), [BAD_FORMAT]);
         assert_eq!(replies(b"mg foo zz\r\n"), ["CLIENT_ERROR invalid flag"]);
         assert_eq!(
             replies(b"mg a v O12 O13\r\n"),
@@ -791,7 +989,7 @@ mod tests {
             ["CLIENT_ERROR invalid or duplicate flag"]
         );
         assert_eq!(replies(b"ms a\r\n"), [BAD_FORMAT]);
-        assert_eq!(replies(b"ms a S1 T0\r\nx\r\n"), [BAD_FORMAT, "ERROR"]);
+        assert_eq!(replies(b"ms a S1 T0\r\nxx\r\n"), [BAD_FORMAT, "ERROR"]);
         assert_eq!(
             replies(b"ms a 2 zz\r\nhi\r\nmn\r\n"),
             ["CLIENT_ERROR invalid flag", "req:mn"]

@@ -84,6 +84,61 @@ pub fn parse_i32_wrapping(token: &[u8]) -> Option<i32> {
     Some(value as i32)
 }
 
+/// Parses a whole token as memcached 1.6.45's token-bounded converters
+/// (`mcmc_tokto32` in vendor/mcmc/mcmc.c) do: at most 11 bytes, an
+/// optional leading `-`, then only digits, within `i32` (no wrapping). No
+/// `+`, no whitespace (so `1\r` is refused), and a lone `-` reads as 0.
+/// 1.6.45 reads the length of a storage command and of `ms`, and the
+/// exptime of `gat` and `flush_all`, this way.
+pub fn parse_token_i32(token: &[u8]) -> Option<i32> {
+    if token.len() > 11 {
+        return None;
+    }
+    let (negative, digits) = match token.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, token),
+    };
+    let mut value: i32 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        let d = i32::from(d - b'0');
+        value = value.checked_mul(10)?;
+        value = if negative {
+            value.checked_sub(d)?
+        } else {
+            value.checked_add(d)?
+        };
+    }
+    Some(value)
+}
+
+/// `mcmc_toktou32`: at most 11 bytes, digits only, within `u32`.
+pub fn parse_token_u32(token: &[u8]) -> Option<u32> {
+    if token.len() > 11 {
+        return None;
+    }
+    token.iter().try_fold(0u32, |v, &d| {
+        d.is_ascii_digit()
+            .then(|| v.checked_mul(10)?.checked_add(u32::from(d - b'0')))
+            .flatten()
+    })
+}
+
+/// `mcmc_toktou64`: at most 22 bytes, digits only, within `u64`. 1.6.45
+/// reads the compare value of `cas` this way.
+pub fn parse_token_u64(token: &[u8]) -> Option<u64> {
+    if token.len() > 22 {
+        return None;
+    }
+    token.iter().try_fold(0u64, |v, &d| {
+        d.is_ascii_digit()
+            .then(|| v.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+            .flatten()
+    })
+}
+
 fn split_sign(token: &[u8]) -> (bool, &[u8]) {
     match token.first() {
         Some(b'+') => (false, &token[1..]),
@@ -176,6 +231,33 @@ mod tests {
         assert_eq!(parse_i32_wrapping(b"4294967296"), Some(0));
         assert_eq!(parse_i32_wrapping(b"abc"), None);
         assert_eq!(parse_i32_wrapping(b"99999999999999999999"), None);
+    }
+
+    #[test]
+    fn token_bounded_rules() {
+        assert_eq!(parse_token_i32(b"0"), Some(0));
+        assert_eq!(parse_token_i32(b"01"), Some(1));
+        assert_eq!(parse_token_i32(b"-5"), Some(-5));
+        assert_eq!(parse_token_i32(b"-"), Some(0), "a lone sign reads as 0");
+        assert_eq!(parse_token_i32(b"+1"), None);
+        assert_eq!(parse_token_i32(b"1\r"), None);
+        assert_eq!(parse_token_i32(b"abc"), None);
+        assert_eq!(parse_token_i32(b"2147483647"), Some(i32::MAX));
+        assert_eq!(parse_token_i32(b"2147483648"), None, "no wrapping");
+        assert_eq!(parse_token_i32(b"-2147483648"), Some(i32::MIN));
+        assert_eq!(parse_token_i32(b"-2147483649"), None);
+        assert_eq!(parse_token_i32(b"4294967297"), None);
+        assert_eq!(parse_token_i32(b"00000000001"), Some(1));
+        assert_eq!(parse_token_i32(b"000000000001"), None, "over 11 bytes");
+        assert_eq!(parse_token_u32(b"4294967295"), Some(u32::MAX));
+        assert_eq!(parse_token_u32(b"4294967296"), None);
+        assert_eq!(parse_token_u32(b"-0"), None);
+        assert_eq!(parse_token_u64(b"18446744073709551615"), Some(u64::MAX));
+        assert_eq!(parse_token_u64(b"18446744073709551616"), None);
+        assert_eq!(parse_token_u64(b"+1"), None);
+        assert_eq!(parse_token_u64(b"-0"), None);
+        assert_eq!(parse_token_u64(&[b'0'; 22]), Some(0));
+        assert_eq!(parse_token_u64(&[b'0'; 23]), None);
     }
 
     #[test]
