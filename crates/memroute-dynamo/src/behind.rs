@@ -18,9 +18,17 @@
 //! The latest write entry of a key is the key's current state as clients
 //! were told it (read-your-writes): reads, and blind writes that depend on
 //! it only trivially (delete, touch), are answered from it.
+//!
+//! With a spool (see `spool`), every queued write is also appended to the
+//! log, under the queue's lock (so a key's records are in queue order), and
+//! the reply waits for its batch to be on disk. Only a key's latest record
+//! is unsettled: queueing a newer write settles the previous one, and when
+//! the latest lands a confirm record is written and waited for before the
+//! key's queue moves on (so a write-through command that follows never
+//! races a replay of what it replaced).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, Notify};
@@ -28,10 +36,11 @@ use tokio::sync::{oneshot, Notify};
 use crate::clock::next_version;
 use crate::item::Item;
 use crate::ops::{decide, CasRule, KeyOp, Outcome, Write};
+use crate::spool::{Pos, Refused, Replayed, Spool, Ticket};
 use crate::stats::Counters;
 
 /// A queued write.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum QueuedOp {
     Put(Item),
     Delete,
@@ -42,6 +51,10 @@ struct QueuedWrite {
     version: u64,
     bytes: usize,
     in_flight: bool,
+    /// Its spool record while unsettled (only ever the key's latest).
+    spool: Option<Pos>,
+    /// The spool batch holding its record (replies wait for it).
+    ticket: Option<Ticket>,
 }
 
 enum Entry {
@@ -62,11 +75,22 @@ impl KeyQueue {
     /// The key's state as acknowledged to clients, if a write is queued:
     /// `Some(Some(item))` for a put, `Some(None)` for a delete.
     fn latest(&self) -> Option<Option<&Item>> {
+        self.last_write().map(|w| match &w.op {
+            QueuedOp::Put(item) => Some(item),
+            QueuedOp::Delete => None,
+        })
+    }
+
+    fn last_write(&self) -> Option<&QueuedWrite> {
         self.entries.iter().rev().find_map(|e| match e {
-            Entry::Write(w) => Some(match &w.op {
-                QueuedOp::Put(item) => Some(item),
-                QueuedOp::Delete => None,
-            }),
+            Entry::Write(w) => Some(w),
+            Entry::Exclusive { .. } => None,
+        })
+    }
+
+    fn last_write_mut(&mut self) -> Option<&mut QueuedWrite> {
+        self.entries.iter_mut().rev().find_map(|e| match e {
+            Entry::Write(w) => Some(w),
             Entry::Exclusive { .. } => None,
         })
     }
@@ -93,10 +117,16 @@ pub struct Job {
 
 /// What the queue could do for a request without DynamoDB.
 pub enum Local {
-    /// Answered (and any write queued).
-    Done(Outcome),
+    /// Answered (and any write queued). With a spool, the reply waits for
+    /// the ticket's batch: the write's record, or for an answer read from
+    /// the queue, the record of the state it shows.
+    Done(Outcome, Option<Ticket>),
     /// The write needs room the queue does not have.
     Full,
+    /// The write needs room the spool does not have.
+    SpoolFull,
+    /// The spool failed (I/O error): nothing more is acknowledged.
+    SpoolFailed,
     /// A plain read of a key with nothing queued: read the table.
     Read,
     /// Needs the key's current state: join the key's queue as exclusive.
@@ -105,25 +135,53 @@ pub enum Local {
 
 pub struct Queue {
     state: Mutex<State>,
-    /// Signalled when room is freed (backpressure waiters).
-    pub space: Notify,
+    /// Signalled when room is freed (backpressure waiters), by the queue
+    /// or the spool.
+    pub space: Arc<Notify>,
     /// Signalled when a key becomes ready to send.
     pub work: Notify,
     /// Signalled (with `state`) whenever a write lands, for drain.
     idle: Condvar,
     max_keys: usize,
     max_bytes: usize,
+    spool: Option<Spool>,
 }
 
 impl Queue {
-    pub fn new(max_keys: usize, max_bytes: usize) -> Self {
+    /// `space` must be the one the spool (if any) signals.
+    pub fn new(
+        max_keys: usize,
+        max_bytes: usize,
+        space: Arc<Notify>,
+        spool: Option<Spool>,
+    ) -> Self {
         Queue {
             state: Mutex::new(State::default()),
-            space: Notify::new(),
+            space,
             work: Notify::new(),
             idle: Condvar::new(),
             max_keys: max_keys.max(1),
             max_bytes,
+            spool,
+        }
+    }
+
+    pub fn spool(&self) -> Option<&Spool> {
+        self.spool.as_ref()
+    }
+
+    /// The ticket, if a reply must still wait for it (see [`Local::Done`]).
+    pub fn unacked(&self, ticket: Option<Ticket>) -> Option<Ticket> {
+        let (spool, t) = (self.spool.as_ref()?, ticket?);
+        (!spool.acked(t)).then_some(t)
+    }
+
+    /// Waits until a reply's ticket allows it to be sent (see
+    /// [`Local::Done`]).
+    pub async fn wait_ack(&self, ticket: Option<Ticket>) -> Result<(), Refused> {
+        match (&self.spool, self.unacked(ticket)) {
+            (Some(spool), Some(t)) => spool.wait_ack(t).await,
+            _ => Ok(()),
         }
     }
 
@@ -143,7 +201,11 @@ impl Queue {
         counters: &Counters,
     ) -> Local {
         let mut st = self.lock();
-        let latest = st.keys.get(id).and_then(|k| k.latest());
+        let key = st.keys.get(id);
+        let latest = key.and_then(|k| k.latest());
+        // The reply shows (or builds on) the latest queued state: it waits
+        // until that state's record is on disk.
+        let shown = key.and_then(|k| k.last_write()).and_then(|w| w.ticket);
         let current: Option<Option<Item>> = latest.map(|l| l.filter(|i| i.is_live(now)).cloned());
         let decision = match (&current, op) {
             (Some(cur), op) if op.is_queueable() => decide(op, cur.as_ref(), now, fits),
@@ -155,7 +217,7 @@ impl Queue {
             counters.queue_hits.incr();
         }
         let (queued, version) = match decision.write {
-            Write::None => return Local::Done(decision.outcome),
+            Write::None => return Local::Done(decision.outcome, shown),
             Write::Put(mut item) => {
                 let version = match (decision.cas, &current) {
                     (CasRule::Keep, Some(Some(cur))) if cur.cas != 0 => cur.cas,
@@ -170,15 +232,18 @@ impl Queue {
             QueuedOp::Put(item) => item.queue_bytes(id),
             QueuedOp::Delete => id.len() + 64,
         };
-        if !self.enqueue(&mut st, id, queued, version, bytes, counters) {
-            return Local::Full;
+        match self.enqueue(&mut st, id, queued, version, bytes, counters) {
+            Ok(ticket) => {
+                drop(st);
+                Local::Done(decision.outcome.with_cas(version), ticket.or(shown))
+            }
+            Err(refused) => refused,
         }
-        drop(st);
-        Local::Done(decision.outcome.with_cas(version))
     }
 
-    /// Queues a write if there is room; coalesces with a queued write of
-    /// the same key that has not been sent yet.
+    /// Queues a write if there is room (and spools it); coalesces with a
+    /// queued write of the same key that has not been sent yet. Returns
+    /// the spool ticket, or why it was refused.
     fn enqueue(
         &self,
         st: &mut State,
@@ -187,7 +252,7 @@ impl Queue {
         version: u64,
         bytes: usize,
         counters: &Counters,
-    ) -> bool {
+    ) -> Result<Option<Ticket>, Local> {
         let (has_writes, replaced) = match st.keys.get(id) {
             Some(k) => (
                 k.writes > 0,
@@ -206,14 +271,37 @@ impl Queue {
             }
         };
         if !room {
-            return false;
+            return Err(Local::Full);
         }
+        let (spool, ticket) = match &self.spool {
+            None => (None, None),
+            Some(spool) => {
+                let previous = st
+                    .keys
+                    .get(id)
+                    .and_then(|k| k.last_write())
+                    .and_then(|w| w.spool);
+                match spool.append(id, &op, version, previous) {
+                    Ok((pos, ticket)) => {
+                        // The previous record is settled by this one.
+                        if let Some(w) = st.keys.get_mut(id).and_then(|k| k.last_write_mut()) {
+                            w.spool = None;
+                        }
+                        (Some(pos), Some(ticket))
+                    }
+                    Err(Refused::Full) => return Err(Local::SpoolFull),
+                    Err(Refused::Failed) => return Err(Local::SpoolFailed),
+                }
+            }
+        };
         counters.queued.incr();
         let write = QueuedWrite {
             op,
             version,
             bytes,
             in_flight: false,
+            spool,
+            ticket,
         };
         let key = st.keys.entry(id.to_owned()).or_default();
         if let Some(old) = replaced {
@@ -222,7 +310,7 @@ impl Queue {
             }
             st.bytes = st.bytes - old + bytes;
             counters.coalesced.incr();
-            return true;
+            return Ok(ticket);
         }
         key.entries.push_back(Entry::Write(write));
         key.writes += 1;
@@ -235,7 +323,71 @@ impl Queue {
             st.ready.push_back(id.to_owned());
             self.work.notify_one();
         }
-        true
+        Ok(ticket)
+    }
+
+    /// Queues the writes a spool kept from an earlier process (one per
+    /// key, not yet confirmed by DynamoDB), ahead of any new write and
+    /// regardless of the bounds: they were acknowledged. Returns how many.
+    pub fn replay(&self, writes: Vec<Replayed>) -> usize {
+        let mut st = self.lock();
+        let n = writes.len();
+        for w in writes {
+            crate::clock::observe_version(w.version);
+            let bytes = match &w.op {
+                QueuedOp::Put(item) => item.queue_bytes(&w.id),
+                QueuedOp::Delete => w.id.len() + 64,
+            };
+            let key = st.keys.entry(w.id.clone()).or_default();
+            let first = key.entries.is_empty();
+            key.entries.push_back(Entry::Write(QueuedWrite {
+                op: w.op,
+                version: w.version,
+                bytes,
+                in_flight: false,
+                spool: Some(w.pos),
+                ticket: None,
+            }));
+            key.writes += 1;
+            if key.writes == 1 {
+                st.write_keys += 1;
+            }
+            st.bytes += bytes;
+            if first {
+                st.ready.push_back(w.id);
+            }
+        }
+        drop(st);
+        if n > 0 {
+            self.work.notify_one();
+        }
+        n
+    }
+
+    /// The head write of `id` was sent (landed, superseded, or given up).
+    /// Without a spool, or when a later write of the key already settled
+    /// its record, it is completed now (`None`). Otherwise a confirm record
+    /// is appended and its ticket returned: wait for it
+    /// ([`Spool::wait_confirm`]), then [`Queue::complete`] the key.
+    pub fn landed(&self, id: &str) -> Option<Ticket> {
+        let Some(spool) = self.spool.as_ref() else {
+            self.complete(id);
+            return None;
+        };
+        let pos = {
+            let st = self.lock();
+            match st.keys.get(id).and_then(|k| k.entries.front()) {
+                Some(Entry::Write(w)) if w.in_flight => w.spool,
+                _ => None,
+            }
+        };
+        // (A write queued in between settles the record itself; the
+        // confirm is then merely unneeded.)
+        let ticket = pos.and_then(|pos| spool.confirm(pos).ok());
+        if ticket.is_none() {
+            self.complete(id);
+        }
+        ticket
     }
 
     /// Takes the next write to send, marking it in flight.
@@ -271,6 +423,9 @@ impl Queue {
             if let Some(Entry::Write(w)) = key.entries.front() {
                 if w.in_flight {
                     freed = w.bytes;
+                    if let (Some(spool), Some(pos)) = (&self.spool, w.spool) {
+                        spool.settle(pos);
+                    }
                     key.entries.pop_front();
                     key.writes -= 1;
                     let now_empty = key.writes == 0;
@@ -419,12 +574,16 @@ mod tests {
         })
     }
 
+    fn queue(max_keys: usize, spool: Option<Spool>) -> Queue {
+        Queue::new(max_keys, 1 << 20, Arc::new(Notify::new()), spool)
+    }
+
     #[test]
     fn coalesces_orders_and_bounds() {
-        let q = Queue::new(2, 1 << 20);
+        let q = queue(2, None);
         let c = Counters::default();
         let fits = |_: usize| true;
-        let ok = |l: Local| matches!(l, Local::Done(Outcome::Stored { .. }));
+        let ok = |l: Local| matches!(l, Local::Done(Outcome::Stored { .. }, None));
         assert!(ok(q.try_local("a", &set(b"1"), 0, &fits, &c)));
         assert!(ok(q.try_local("a", &set(b"2"), 0, &fits, &c)));
         assert_eq!(c.coalesced.get(), 1);
@@ -437,7 +596,7 @@ mod tests {
         // Read-your-writes.
         let read = KeyOp::Read { touch: None };
         match q.try_local("a", &read, 0, &fits, &c) {
-            Local::Done(Outcome::Hit { item, .. }) => assert_eq!(&item.value[..], b"2"),
+            Local::Done(Outcome::Hit { item, .. }, None) => assert_eq!(&item.value[..], b"2"),
             _ => panic!(),
         }
         assert!(matches!(q.try_local("c", &read, 0, &fits, &c), Local::Read));
@@ -464,5 +623,113 @@ mod tests {
         q.release_exclusive("a", ticket);
         assert!(q.take_ready().is_none());
         assert_eq!(q.depth(), (0, 0, 0));
+    }
+
+    fn stored(l: Local) -> Ticket {
+        match l {
+            Local::Done(Outcome::Stored { .. } | Outcome::Deleted, Some(t)) => t,
+            _ => panic!("not stored with a ticket"),
+        }
+    }
+
+    /// With a spool: replies wait for their record, a key's newer write
+    /// settles its older record, a landed latest write is confirmed before
+    /// the key moves on, and what is left is replayed in order.
+    #[tokio::test]
+    async fn spooled_writes_settle_confirm_and_replay() {
+        use crate::spool::tests::TempDir;
+        use crate::spool::{FsyncPolicy, SpoolConfig};
+        let dir = TempDir::new("queue");
+        let cfg = SpoolConfig {
+            fsync: FsyncPolicy::Always,
+            ..SpoolConfig::new(&dir.0)
+        };
+        let open = || Spool::open(&cfg, "test", Arc::new(Notify::new())).unwrap();
+        let c = Counters::default();
+        let fits = |_: usize| true;
+        {
+            let (spool, recovered) = open();
+            assert!(recovered.writes.is_empty());
+            let q = queue(100, Some(spool));
+            stored(q.try_local("a", &set(b"1"), 0, &fits, &c));
+            let t = stored(q.try_local("a", &set(b"2"), 0, &fits, &c));
+            stored(q.try_local("b", &set(b"1"), 0, &fits, &c));
+            q.wait_ack(Some(t)).await.unwrap();
+            // A read of queued state carries the ticket of that state.
+            let read = KeyOp::Read { touch: None };
+            assert!(matches!(
+                q.try_local("a", &read, 0, &fits, &c),
+                Local::Done(Outcome::Hit { .. }, Some(_))
+            ));
+            // a=2 goes out; a=3 queues behind it and settles its record,
+            // so a=2 landing needs no confirm.
+            let job = q.take_ready().unwrap();
+            assert_eq!(job.id, "a");
+            stored(q.try_local("a", &set(b"3"), 0, &fits, &c));
+            assert!(q.landed("a").is_none());
+            // b=1 is b's latest: confirmed before the key moves on.
+            let job = q.take_ready().unwrap();
+            assert_eq!(job.id, "b");
+            let confirm = q.landed("b").expect("a confirm");
+            assert_eq!(q.depth().2, 1, "b stays in flight until confirmed");
+            q.spool().unwrap().wait_confirm(confirm).await.unwrap();
+            q.complete("b");
+            // c: deleted after a set.
+            stored(q.try_local("c", &set(b"x"), 0, &fits, &c));
+            let del = KeyOp::Delete { compare_cas: None };
+            let t = stored(q.try_local("c", &del, 0, &fits, &c));
+            q.wait_ack(Some(t)).await.unwrap();
+            // Crash: the queue (and spool) go away with a=3 and c's delete
+            // unconfirmed.
+        }
+        let (spool, recovered) = open();
+        let left: Vec<(String, Option<Vec<u8>>)> = recovered
+            .writes
+            .iter()
+            .map(|w| {
+                let v = match &w.op {
+                    QueuedOp::Put(item) => Some(item.value.to_vec()),
+                    QueuedOp::Delete => None,
+                };
+                (w.id.clone(), v)
+            })
+            .collect();
+        assert_eq!(
+            left,
+            vec![("a".into(), Some(b"3".to_vec())), ("c".into(), None)]
+        );
+        // Replayed into a queue: reads see them, later writes queue behind.
+        let q = queue(100, Some(spool));
+        assert_eq!(q.replay(recovered.writes), 2);
+        let read = KeyOp::Read { touch: None };
+        match q.try_local("a", &read, 0, &fits, &c) {
+            Local::Done(Outcome::Hit { item, .. }, None) => assert_eq!(&item.value[..], b"3"),
+            _ => panic!("replayed write not visible"),
+        }
+        assert!(matches!(
+            q.try_local("c", &read, 0, &fits, &c),
+            Local::Done(Outcome::Miss, None)
+        ));
+        assert_eq!(q.depth().0, 2);
+        let job = q.take_ready().unwrap();
+        assert_eq!(job.id, "a");
+        stored(q.try_local("a", &set(b"4"), 0, &fits, &c));
+        let job = q.take_ready().unwrap();
+        assert_eq!(job.id, "c");
+        assert!(q.landed("a").is_none());
+        let t = q.landed("c").unwrap();
+        q.spool().unwrap().wait_confirm(t).await.unwrap();
+        q.complete("c");
+        let job = q.take_ready().unwrap();
+        let QueuedOp::Put(item) = job.op else {
+            panic!()
+        };
+        assert_eq!(&item.value[..], b"4");
+        let t = q.landed("a").unwrap();
+        q.spool().unwrap().wait_confirm(t).await.unwrap();
+        q.complete("a");
+        assert_eq!(q.depth(), (0, 0, 0));
+        assert!(q.spool().unwrap().flush_blocking(Duration::from_secs(5)));
+        assert_eq!(q.spool().unwrap().stats().segments, 0);
     }
 }

@@ -11,7 +11,9 @@
 //! - [`WriteMode::Behind`]: `set` (and `delete`/`touch` of a key whose state
 //!   is already queued) are acknowledged once queued; the queue keeps
 //!   per-key order, coalesces, is bounded with backpressure, retries
-//!   transient failures indefinitely and is drained on shutdown.
+//!   transient failures indefinitely and is drained on shutdown. An
+//!   optional spool (`spool`) keeps acknowledged writes on local disk
+//!   until DynamoDB has them, so a crash of the process loses none.
 //!   Commands that need the current item (add, cas, incr, ...) wait for the
 //!   key's queued writes, then run write-through.
 //!
@@ -36,6 +38,7 @@ mod clock;
 mod item;
 mod ops;
 mod session;
+mod spool;
 mod stats;
 mod table;
 
@@ -45,6 +48,9 @@ pub use item::Item;
 use item::Names;
 use ops::{decide, CasRule, KeyOp, Outcome, Plan, StoreMode, Write};
 pub use session::PhpSessionFormat;
+pub use spool::{
+    FsyncPolicy, SpoolConfig, SpoolStats, DEFAULT_SPOOL_MAX_BYTES, MIN_SPOOL_MAX_BYTES,
+};
 use stats::Counters;
 pub use stats::DynamoStats;
 use table::{Cond, DdbError, Table, BATCH_GET_MAX};
@@ -129,6 +135,10 @@ pub struct DynamoConfig {
     /// memcached items (write-through only; `value_attr` names the data
     /// attribute, normally "data"). See the `session` module.
     pub php_session: Option<PhpSessionFormat>,
+    /// Write-behind only: keep acknowledged writes in an append-only log on
+    /// local disk until DynamoDB has them, and replay them at start (see
+    /// docs/dynamodb.md, "Spool").
+    pub spool: Option<SpoolConfig>,
 }
 
 impl Default for DynamoConfig {
@@ -154,6 +164,7 @@ impl Default for DynamoConfig {
             create_table: false,
             key_prefix_strip: None,
             php_session: None,
+            spool: None,
         }
     }
 }
@@ -180,6 +191,9 @@ pub struct DrainReport {
     pub remaining_bytes: usize,
     /// Writes given up after permanent errors, over the store's life.
     pub failed: u64,
+    /// With a spool: whether everything acknowledged is on disk there
+    /// (synced), so what was not drained is replayed at the next start.
+    pub spooled: bool,
 }
 
 /// Executes memcached requests against one DynamoDB table.
@@ -252,6 +266,22 @@ fn validate(c: &DynamoConfig) -> Result<(), DynamoError> {
     }
     if c.write_mode == WriteMode::Behind && (c.queue_max_keys == 0 || c.queue_max_bytes == 0) {
         return bad("queue_max_keys and queue_max_bytes must be positive");
+    }
+    if let Some(spool) = &c.spool {
+        if c.write_mode != WriteMode::Behind {
+            return bad("spool needs write = \"behind\" (write-through has nothing to keep)");
+        }
+        if spool.dir.as_os_str().is_empty() {
+            return bad("spool must name a directory");
+        }
+        if spool.max_bytes < MIN_SPOOL_MAX_BYTES {
+            return bad("spool_max_bytes must be at least 1048576 (1 MiB)");
+        }
+        if let FsyncPolicy::Interval(every) = spool.fsync {
+            if every.is_zero() || every > Duration::from_secs(60) {
+                return bad("spool_fsync interval must be 1 ms to 60 s");
+            }
+        }
     }
     Ok(())
 }
@@ -334,6 +364,21 @@ impl DynamoStore {
     /// created, with `create_table`).
     pub fn new(config: DynamoConfig) -> Result<Arc<DynamoStore>, DynamoError> {
         validate(&config)?;
+        // The spool first: a bad directory is reported before any network
+        // setup, and its writes are read back before anything is served.
+        let space = Arc::new(tokio::sync::Notify::new());
+        let spool = match &config.spool {
+            None => None,
+            Some(sc) => {
+                let owner = format!("the DynamoDB pool of table {}", config.table);
+                let (spool, recovered) = spool::Spool::open(sc, &owner, Arc::clone(&space))
+                    .map_err(DynamoError::Config)?;
+                for damage in &recovered.damage {
+                    tracing::warn!(table = %config.table, "write-behind spool damaged: {damage}");
+                }
+                Some((spool, recovered.writes))
+            }
+        };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("memroute-dynamo")
@@ -370,13 +415,29 @@ impl DynamoStore {
                 return Err(DynamoError::Config("client setup panicked".into()));
             }
         };
+        let (spool, replay) = match spool {
+            Some((spool, writes)) => (Some(spool), writes),
+            None => (None, Vec::new()),
+        };
         let inner = Arc::new(Inner {
             names: Names::from_config(&config),
-            queue: Queue::new(config.queue_max_keys, config.queue_max_bytes),
+            queue: Queue::new(config.queue_max_keys, config.queue_max_bytes, space, spool),
             table,
             counters: Counters::default(),
             config,
         });
+        if let Some(spool) = inner.queue.spool() {
+            let n = replay.len();
+            inner.queue.replay(replay);
+            if n > 0 {
+                tracing::warn!(
+                    table = %inner.config.table,
+                    spool = %spool.dir().display(),
+                    writes = n,
+                    "replaying acknowledged writes the write-behind spool kept (not confirmed by DynamoDB)"
+                );
+            }
+        }
         if inner.config.write_mode == WriteMode::Behind {
             runtime.spawn(Arc::clone(&inner).run_writer());
         }
@@ -405,32 +466,51 @@ impl DynamoStore {
             };
         }
         let plan = ops::plan(request, inner.config.key_prefix_strip.as_deref());
-        match &plan {
+        // An answer from the queue that must wait for the spool, boxed: the
+        // futures of requests that need not wait stay small.
+        let spooled = match &plan {
             Plan::Reply(response) => return response.clone(),
             // Write-behind answers many requests from the queue, without I/O:
             // do that on the caller's thread.
             Plan::Single { id, op } if inner.behind() => {
                 let now = now_secs();
                 let fits = |len: usize| inner.names.fits(id, len);
-                if let Local::Done(outcome) =
+                if let Local::Done(outcome, ticket) =
                     inner.queue.try_local(id, op, now, &fits, &inner.counters)
                 {
-                    return inner.render_single(request, &outcome);
+                    match inner.queue.unacked(ticket) {
+                        None => return inner.render_single(request, &outcome),
+                        Some(t) => Some(Box::pin(
+                            inner.reply_when_spooled(request, outcome, t, false),
+                        )),
+                    }
+                } else {
+                    None
                 }
             }
             Plan::Get { ids, touch: None } if inner.behind() && ids.len() == 1 => {
                 let fits = |len: usize| inner.names.fits(&ids[0], len);
                 let read = KeyOp::Read { touch: None };
-                if let (Local::Done(outcome), Command::Get(get)) = (
+                if let (Local::Done(outcome, ticket), Command::Get(get)) = (
                     inner
                         .queue
                         .try_local(&ids[0], &read, now_secs(), &fits, &inner.counters),
                     request.command(),
                 ) {
-                    return ops::render_get(request, &get.keys[..1], &[outcome]);
+                    match inner.queue.unacked(ticket) {
+                        None => return ops::render_get(request, &get.keys[..1], &[outcome]),
+                        Some(t) => Some(Box::pin(
+                            inner.reply_when_spooled(request, outcome, t, true),
+                        )),
+                    }
+                } else {
+                    None
                 }
             }
-            _ => {}
+            _ => None,
+        };
+        if let Some(reply) = spooled {
+            return reply.await;
         }
         self.on_store(request, |inner, request| async move {
             match plan {
@@ -468,17 +548,32 @@ impl DynamoStore {
     /// graceful shutdown. Blocks the calling thread: call it from a thread
     /// that is not driving async tasks.
     pub fn drain_blocking(&self, timeout: Duration) -> DrainReport {
+        let start = std::time::Instant::now();
         let (keys, bytes) = self.inner.queue.wait_empty(timeout);
+        // Everything acknowledged, and every confirm, onto the disk; with
+        // the queue empty this also deletes the spool's segments.
+        let spooled = self.inner.queue.spool().is_some_and(|spool| {
+            let left = timeout.saturating_sub(start.elapsed());
+            spool.flush_blocking(left.max(Duration::from_secs(5)))
+        });
         DrainReport {
             drained: keys == 0,
             remaining_keys: keys,
             remaining_bytes: bytes,
             failed: self.inner.counters.failed.get(),
+            spooled,
         }
     }
 
     pub fn stats(&self) -> DynamoStats {
-        self.inner.counters.snapshot(self.inner.queue.depth())
+        let mut stats = self.inner.counters.snapshot(self.inner.queue.depth());
+        stats.spool = self.inner.queue.spool().map(|s| s.stats());
+        stats
+    }
+
+    /// The spool's directory (canonical), if the store has one.
+    pub fn spool_dir(&self) -> Option<&std::path::Path> {
+        self.inner.queue.spool().map(|s| s.dir())
     }
 
     /// One page of a table scan, for warming a cache from the table: up to
@@ -573,9 +668,10 @@ impl Inner {
 
     fn render_single(&self, request: &Request, outcome: &Outcome) -> Response {
         match outcome {
-            Outcome::Failed => self.counters.errors.incr(),
+            Outcome::Failed | Outcome::SpoolFailed => self.counters.errors.incr(),
             Outcome::TooLarge => self.counters.too_large.incr(),
             Outcome::NoMemory => self.counters.rejected.incr(),
+            Outcome::SpoolFull => self.counters.spool_rejected.incr(),
             _ => {}
         }
         ops::render_single(request, outcome, now_secs())
@@ -596,15 +692,43 @@ impl Inner {
                 .queue
                 .try_local(id, op, now_secs(), &fits, &self.counters)
             {
-                Local::Done(outcome) => return outcome,
+                Local::Done(outcome, ticket) => return self.acked(outcome, ticket).await,
                 Local::Read => return self.direct(id, op, 0).await,
                 Local::Exclusive => return self.exclusive(id, op).await,
-                Local::Full => {
+                Local::SpoolFailed => return Outcome::SpoolFailed,
+                full @ (Local::Full | Local::SpoolFull) => {
                     if tokio::time::timeout_at(deadline, space).await.is_err() {
-                        return Outcome::NoMemory;
+                        return match full {
+                            Local::SpoolFull => Outcome::SpoolFull,
+                            _ => Outcome::NoMemory,
+                        };
                     }
                 }
             }
+        }
+    }
+
+    /// The reply to `request` once the spool has `ticket` on disk.
+    async fn reply_when_spooled(
+        &self,
+        request: &Request,
+        outcome: Outcome,
+        ticket: spool::Ticket,
+        get: bool,
+    ) -> Response {
+        let outcome = self.acked(outcome, Some(ticket)).await;
+        match (get, request.command()) {
+            (true, Command::Get(g)) => ops::render_get(request, &g.keys[..1], &[outcome]),
+            _ => self.render_single(request, &outcome),
+        }
+    }
+
+    /// `outcome` once its spool ticket (if any) is on disk; a write the
+    /// spool could not keep is not acknowledged.
+    async fn acked(&self, outcome: Outcome, ticket: Option<spool::Ticket>) -> Outcome {
+        match self.queue.wait_ack(ticket).await {
+            Ok(()) => outcome,
+            Err(_) => Outcome::SpoolFailed,
         }
     }
 
@@ -832,10 +956,10 @@ impl Inner {
             for (i, id) in ids.iter().enumerate() {
                 if self.behind() {
                     let fits = self.fits(id);
-                    if let Local::Done(o) =
+                    if let Local::Done(o, ticket) =
                         self.queue.try_local(id, &read, now, &fits, &self.counters)
                     {
-                        outcomes[i] = Some(o);
+                        outcomes[i] = Some(self.acked(o, ticket).await);
                         continue;
                     }
                 }
@@ -915,10 +1039,23 @@ impl Inner {
                 } else {
                     inner.send_batch(&jobs).await;
                 }
-                for job in &jobs {
-                    inner.queue.complete(&job.id);
-                }
                 drop(permit);
+                // With a spool, a key whose latest write this was moves on
+                // only once the confirm record is on disk.
+                let mut confirms = Vec::new();
+                for job in &jobs {
+                    if let Some(ticket) = inner.queue.landed(&job.id) {
+                        confirms.push((&job.id, ticket));
+                    }
+                }
+                for (id, ticket) in confirms {
+                    if let Some(spool) = inner.queue.spool() {
+                        // (Failed: the spool keeps the record for a replay;
+                        // the queue must move on regardless.)
+                        let _ = spool.wait_confirm(ticket).await;
+                    }
+                    inner.queue.complete(id);
+                }
             });
         }
     }
@@ -1116,5 +1253,18 @@ mod tests {
             ..DynamoConfig::default()
         };
         assert!(validate(&dup).is_err());
+        let spool = |write_mode, fsync| DynamoConfig {
+            write_mode,
+            spool: Some(SpoolConfig {
+                fsync,
+                ..SpoolConfig::new("/tmp/spool")
+            }),
+            ..DynamoConfig::default()
+        };
+        assert!(validate(&spool(WriteMode::Behind, FsyncPolicy::Never)).is_ok());
+        let err = validate(&spool(WriteMode::Through, FsyncPolicy::Always)).unwrap_err();
+        assert!(err.to_string().contains("spool needs write"), "{err}");
+        let zero = spool(WriteMode::Behind, FsyncPolicy::Interval(Duration::ZERO));
+        assert!(validate(&zero).is_err());
     }
 }

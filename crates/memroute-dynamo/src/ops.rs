@@ -17,6 +17,8 @@ pub const FLUSH_UNSUPPORTED: &str = "SERVER_ERROR flush_all is not supported by 
 pub const TOO_LARGE: &str = "SERVER_ERROR object too large for cache";
 pub const NO_MEMORY: &str = "SERVER_ERROR out of memory storing object";
 pub const BACKEND_FAILURE: &str = "SERVER_ERROR backend failure";
+pub const SPOOL_FULL: &str = "SERVER_ERROR write-behind spool full";
+pub const SPOOL_FAILED: &str = "SERVER_ERROR write-behind spool failed";
 pub const NON_NUMERIC: &str = "CLIENT_ERROR cannot increment or decrement non-numeric value";
 pub const BAD_KEY: &str = "CLIENT_ERROR key is not usable as a DynamoDB string key";
 
@@ -117,6 +119,11 @@ pub enum Outcome {
     TooLarge,
     /// The write-behind queue had no room within the backpressure timeout.
     NoMemory,
+    /// The write-behind spool had no room within the backpressure timeout.
+    SpoolFull,
+    /// The write-behind spool could not write (an I/O error): not stored
+    /// on disk, so not acknowledged.
+    SpoolFailed,
     /// DynamoDB failed (after retries).
     Failed,
 }
@@ -602,6 +609,7 @@ pub fn render_get(request: &Request, keys: &[Bytes], outcomes: &[Outcome]) -> Re
                 with_cas.then_some(item.cas),
             ),
             Outcome::Failed => return Response::from_line(BACKEND_FAILURE),
+            Outcome::SpoolFailed => return Response::from_line(SPOOL_FAILED),
             _ => {}
         }
     }
@@ -614,6 +622,8 @@ fn error_line(outcome: &Outcome) -> Option<&'static str> {
     match outcome {
         Outcome::TooLarge => Some(TOO_LARGE),
         Outcome::NoMemory => Some(NO_MEMORY),
+        Outcome::SpoolFull => Some(SPOOL_FULL),
+        Outcome::SpoolFailed => Some(SPOOL_FAILED),
         Outcome::Failed => Some(BACKEND_FAILURE),
         Outcome::NonNumeric => Some(NON_NUMERIC),
         _ => None,

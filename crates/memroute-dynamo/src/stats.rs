@@ -2,6 +2,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use crate::spool::SpoolStats;
+
 /// A relaxed event counter.
 #[derive(Debug, Default)]
 pub struct Counter(AtomicU64);
@@ -36,6 +38,7 @@ pub struct Counters {
     pub retried: Counter,
     pub failed: Counter,
     pub rejected: Counter,
+    pub spool_rejected: Counter,
 }
 
 /// A snapshot of one store's counters and gauges. Field names are meant
@@ -86,12 +89,18 @@ pub struct DynamoStats {
     pub queue_bytes: u64,
     /// Write-behind: writes being sent now.
     pub in_flight: u64,
+    /// Write-behind with a spool: writes refused (not acknowledged) because
+    /// the spool stayed full for the backpressure timeout.
+    pub spool_rejected: u64,
+    /// The spool's counters, when the store has one.
+    pub spool: Option<SpoolStats>,
 }
 
 impl DynamoStats {
-    /// `(name, value)` pairs in a stable order, for printing.
-    pub fn fields(&self) -> [(&'static str, u64); 19] {
-        [
+    /// `(name, value)` pairs in a stable order, for printing; the
+    /// `spool_*` fields only for a store with a spool.
+    pub fn fields(&self) -> Vec<(&'static str, u64)> {
+        let mut fields = vec![
             ("reads", self.reads),
             ("read_hits", self.read_hits),
             ("read_misses", self.read_misses),
@@ -111,7 +120,23 @@ impl DynamoStats {
             ("queue_depth", self.queue_depth),
             ("queue_bytes", self.queue_bytes),
             ("in_flight", self.in_flight),
-        ]
+        ];
+        if let Some(s) = &self.spool {
+            fields.extend([
+                ("spool_records", s.records),
+                ("spool_confirms", s.confirms),
+                ("spool_batches", s.batches),
+                ("spool_syncs", s.syncs),
+                ("spool_replayed", s.replayed),
+                ("spool_corrupt", s.corrupt),
+                ("spool_errors", s.errors),
+                ("spool_trimmed", s.trimmed),
+                ("spool_rejected", self.spool_rejected),
+                ("spool_bytes", s.bytes),
+                ("spool_segments", s.segments),
+            ]);
+        }
+        fields
     }
 }
 
@@ -137,6 +162,8 @@ impl Counters {
             queue_depth: depth.0 as u64,
             queue_bytes: depth.1 as u64,
             in_flight: depth.2 as u64,
+            spool_rejected: self.spool_rejected.get(),
+            spool: None,
         }
     }
 }

@@ -9,7 +9,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use memroute_dynamo::{DynamoConfig, DynamoStore, PhpSessionFormat, WriteMode};
+use memroute_dynamo::{
+    DynamoConfig, DynamoStore, FsyncPolicy, PhpSessionFormat, SpoolConfig, WriteMode,
+    MIN_SPOOL_MAX_BYTES,
+};
 use memroute_proto::{Request, Response};
 use mlua::{Table, Value};
 
@@ -70,6 +73,14 @@ impl SharedStore for DynamoPool {
             format!(
                 "write-behind queue drained ({} writes failed over its life)",
                 report.failed
+            )
+        } else if let (true, Some(dir)) = (report.spooled, self.store.spool_dir()) {
+            format!(
+                "write-behind queue NOT drained within {timeout:?}: {} keys ({} bytes) of \
+                 acknowledged writes are kept in the spool {} and replayed at the next start",
+                report.remaining_keys,
+                report.remaining_bytes,
+                dir.display()
             )
         } else {
             format!(
@@ -141,11 +152,36 @@ fn seconds(value: Value, option: &str) -> mlua::Result<Duration> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// `spool_fsync`: "always", "never", or a number of milliseconds between
+/// syncs (1..60000).
+fn fsync_policy(value: Value) -> mlua::Result<FsyncPolicy> {
+    let ms = match value {
+        Value::String(s) => match s.to_str()?.as_ref() {
+            "always" => return Ok(FsyncPolicy::Always),
+            "never" => return Ok(FsyncPolicy::Never),
+            _ => -1.0,
+        },
+        Value::Integer(i) => i as f64,
+        Value::Number(n) => n,
+        _ => -1.0,
+    };
+    if !(1.0..=60_000.0).contains(&ms) {
+        return Err(mlua::Error::runtime(
+            "mcp.dynamo_pool: spool_fsync must be \"always\", \"never\" or a number of \
+             milliseconds between syncs (1..60000)",
+        ));
+    }
+    Ok(FsyncPolicy::Interval(Duration::from_secs_f64(ms / 1000.0)))
+}
+
+/// Options that shape the spool (refused without it).
+const SPOOL_OPTIONS: [&str; 2] = ["spool_fsync", "spool_max_bytes"];
+
 /// `mcp.dynamo_pool{table=, region=, endpoint=, key_attr=, value_attr=,
 /// flags_attr=, expires_attr=, cas_attr=, consistent_read=, write=,
 /// batch_writes=, queue_max_keys=, queue_max_bytes=, backpressure_timeout=,
 /// batch_linger=, max_attempts=, timeout=, create_table=, name=, format=, session_name=,
-/// session_prefix=, data_type=}`.
+/// session_prefix=, data_type=, spool=, spool_fsync=, spool_max_bytes=}`.
 pub fn dynamo_pool(opts: Table) -> mlua::Result<PoolHandle> {
     let mut config = DynamoConfig::default();
     let mut name = None;
@@ -156,10 +192,17 @@ pub fn dynamo_pool(opts: Table) -> mlua::Result<PoolHandle> {
     let mut session_option = None;
     let mut value_attr_given = false;
     let mut linger_given = false;
+    let mut spool: Option<SpoolConfig> = None;
+    let mut spool_fsync = None;
+    let mut spool_max_bytes = None;
+    let mut spool_option = None;
     for pair in opts.pairs::<String, Value>() {
         let (key, value) = pair?;
         if SESSION_OPTIONS.contains(&key.as_str()) && session_option.is_none() {
             session_option = Some(key.clone());
+        }
+        if SPOOL_OPTIONS.contains(&key.as_str()) && spool_option.is_none() {
+            spool_option = Some(key.clone());
         }
         match key.as_str() {
             "table" => config.table = text(value, &key)?,
@@ -210,6 +253,26 @@ pub fn dynamo_pool(opts: Table) -> mlua::Result<PoolHandle> {
             "data_type" => {
                 session.binary_data = choice(value, &key, &[("string", false), ("binary", true)])?
             }
+            "spool" => {
+                let dir = text(value, &key)?;
+                if dir.is_empty() {
+                    return Err(mlua::Error::runtime(
+                        "mcp.dynamo_pool: spool must name a directory",
+                    ));
+                }
+                spool = Some(SpoolConfig::new(dir));
+            }
+            "spool_fsync" => spool_fsync = Some(fsync_policy(value)?),
+            "spool_max_bytes" => {
+                let max = count(value, &key)?;
+                if max < MIN_SPOOL_MAX_BYTES {
+                    return Err(mlua::Error::runtime(format!(
+                        "mcp.dynamo_pool: spool_max_bytes must be at least {MIN_SPOOL_MAX_BYTES} \
+                         (1 MiB)"
+                    )));
+                }
+                spool_max_bytes = Some(max);
+            }
             other => {
                 return Err(mlua::Error::runtime(format!(
                     "mcp.dynamo_pool: unknown option '{other}'"
@@ -224,6 +287,30 @@ pub fn dynamo_pool(opts: Table) -> mlua::Result<PoolHandle> {
         return Err(mlua::Error::runtime(
             "mcp.dynamo_pool: batch_linger needs batch_writes = true",
         ));
+    }
+    match spool {
+        Some(mut sc) => {
+            if config.write_mode != WriteMode::Behind {
+                return Err(mlua::Error::runtime(
+                    "mcp.dynamo_pool: spool needs write = \"behind\" (write-through \
+                     acknowledges only what DynamoDB has)",
+                ));
+            }
+            if let Some(fsync) = spool_fsync {
+                sc.fsync = fsync;
+            }
+            if let Some(max) = spool_max_bytes {
+                sc.max_bytes = max;
+            }
+            config.spool = Some(sc);
+        }
+        None => {
+            if let Some(option) = spool_option {
+                return Err(mlua::Error::runtime(format!(
+                    "mcp.dynamo_pool: {option} needs spool = \"/a/directory\""
+                )));
+            }
+        }
     }
     if php_session {
         if !value_attr_given {
