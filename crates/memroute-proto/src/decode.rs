@@ -493,8 +493,27 @@ fn parse_store(line: &Line, op: StoreOp, limits: &Limits) -> Result<Parsed, Line
         cas,
         noreply,
     });
+    // A line with tokens memcached ignores is forwarded without them: an
+    // older server behind a proxy would answer the line and then its data
+    // block as two commands, and fall out of step.
+    let arguments = 5 + usize::from(op == StoreOp::Cas);
+    let wire = if n == arguments + usize::from(noreply) {
+        line.bytes.clone()
+    } else {
+        let mut canonical = BytesMut::with_capacity(line.bytes.len());
+        for i in 0..arguments {
+            if i > 0 {
+                canonical.extend_from_slice(b" ");
+            }
+            canonical.extend_from_slice(line.raw(i));
+        }
+        if noreply {
+            canonical.extend_from_slice(b" noreply");
+        }
+        canonical.freeze()
+    };
     Ok(Parsed::NeedsData(
-        Request::new(line.bytes.clone(), Bytes::new(), command),
+        Request::new(wire, Bytes::new(), command),
         value_len,
     ))
 }

@@ -130,3 +130,34 @@ fn http_lines_close_and_nothing_after_them_is_read() {
     let out = decode(INPUTS[6], 7, &Limits::default());
     assert_eq!(out, [Decoded::Error(ProtocolError::Reply("ERROR"))]);
 }
+
+/// Tokens memcached 1.6.45 ignores in a storage line are not forwarded: an
+/// older backend would answer the line and its data block as two commands.
+#[test]
+fn storage_lines_are_forwarded_without_ignored_tokens() {
+    for (sent, forwarded) in [
+        (
+            &b"set a 0 0 1 x y\r\nv\r\n"[..],
+            &b"set a 0 0 1\r\nv\r\n"[..],
+        ),
+        (
+            b"set a 0 0 1 x noreply\r\nv\r\n",
+            b"set a 0 0 1 noreply\r\nv\r\n",
+        ),
+        (b"cas a 0 0 1 7 x\r\nv\r\n", b"cas a 0 0 1 7\r\nv\r\n"),
+        (
+            b"set a 0 0 1 noreply\r\nv\r\n",
+            b"set a 0 0 1 noreply\r\nv\r\n",
+        ),
+    ] {
+        let mut buf = BytesMut::from(sent);
+        let Some(Decoded::Request(request)) =
+            RequestDecoder::new(Limits::default()).decode(&mut buf)
+        else {
+            panic!("{sent:?} did not decode");
+        };
+        let mut out = BytesMut::new();
+        request.encode(&mut out);
+        assert_eq!(&out[..], forwarded, "{:?}", String::from_utf8_lossy(sent));
+    }
+}
