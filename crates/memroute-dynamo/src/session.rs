@@ -14,6 +14,17 @@
 //! cannot lock a session forever; the SDK's locks never expire. The lock's
 //! expiry is kept in one more attribute, `lock_expires`, which the SDK
 //! ignores: an SDK lock has none and so never expires here either.
+//!
+//! Perl's CGI::Session with its memcached driver (through Cache::Memcached)
+//! fits the same mapping: it sends `get <sid>`, `set <sid> 0 0 <len>` and
+//! `delete <sid>`, with the Cache::Memcached `namespace` (often none) as the
+//! key prefix, so a pool with `session_name = "CGISESSID"` and that prefix
+//! stores its sessions as `CGISESSID_<sid>` items. CGI::Session keeps its
+//! own expiry inside the data and always stores with exptime 0, so
+//! `lifetime` gives such writes an `expires` (as the SDK's
+//! `session_lifetime` does) for the table's TTL to act on. It has no lock of
+//! its own; an application lock taken with `add lock.<sid>` is the same
+//! `lock` attribute.
 
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
@@ -59,6 +70,10 @@ pub struct PhpSessionFormat {
     /// Store `data` as binary instead of string (the SDK's
     /// `data_attribute_type = 'binary'`).
     pub binary_data: bool,
+    /// Seconds: data stored or touched with exptime 0 expires this long
+    /// after the write (the SDK's `session_lifetime`) instead of never.
+    /// For clients that store with no exptime, such as CGI::Session.
+    pub lifetime: Option<u32>,
 }
 
 impl Default for PhpSessionFormat {
@@ -67,6 +82,7 @@ impl Default for PhpSessionFormat {
             session_name: "PHPSESSID".into(),
             key_prefix: "memc.sess.key.".into(),
             binary_data: false,
+            lifetime: None,
         }
     }
 }
@@ -190,6 +206,12 @@ impl Inner {
         e
     }
 
+    /// `expires` for session data stored with a memcached exptime.
+    fn data_expiry(&self, exptime: i64, now: i64) -> i64 {
+        let lifetime = self.config.php_session.as_ref().and_then(|f| f.lifetime);
+        data_expiry(exptime, now, lifetime)
+    }
+
     /// The session's data as memcached sees it: present only with both
     /// `data` and a future `expires`, as the SDK reads it.
     fn live_data(&self, attrs: &Attrs, now: i64) -> Option<Item> {
@@ -299,7 +321,7 @@ impl Inner {
         let mut e = self.session_expr(now);
         let (update, cond) = match t.part {
             Part::Data => {
-                e.num(":x", data_expiry(exptime, now));
+                e.num(":x", self.data_expiry(exptime, now));
                 ("SET #e = :x", LIVE_DATA)
             }
             Part::Lock => match absolute_expiry(exptime, now) {
@@ -329,7 +351,7 @@ impl Inner {
             return Ok(Outcome::Miss);
         };
         let expires = match t.part {
-            Part::Data => data_expiry(exptime, now),
+            Part::Data => self.data_expiry(exptime, now),
             Part::Lock => absolute_expiry(exptime, now),
         };
         Ok(Outcome::Hit {
@@ -345,7 +367,7 @@ impl Inner {
         s: &ops::StoreSpec,
         now: i64,
     ) -> Result<Outcome, DdbError> {
-        if t.part == Part::Data && is_expired(data_expiry(s.exptime, now), now) {
+        if t.part == Part::Data && is_expired(self.data_expiry(s.exptime, now), now) {
             return self.store_expired(t, s, now).await;
         }
         let mut e = self.session_expr(now);
@@ -365,7 +387,8 @@ impl Inner {
                     // `plan` refused data that is not UTF-8.
                     AttributeValue::S(String::from_utf8_lossy(&s.value).into_owned())
                 };
-                e.value(":d", data).num(":x", data_expiry(s.exptime, now));
+                e.value(":d", data)
+                    .num(":x", self.data_expiry(s.exptime, now));
                 e.text = match s.mode {
                     StoreMode::Add => format!("NOT ({LIVE_DATA})"),
                     StoreMode::Replace => LIVE_DATA.into(),
@@ -501,11 +524,13 @@ const LIVE_DATA: &str = "attribute_exists(#d) AND #e > :now";
 /// A held lock that has not expired.
 const LIVE_LOCK: &str = "attribute_exists(#l) AND (attribute_not_exists(#lx) OR #lx > :now)";
 
-/// `expires` for data stored with a memcached exptime.
-fn data_expiry(exptime: i64, now: i64) -> i64 {
-    match absolute_expiry(exptime, now) {
-        0 => NEVER_EXPIRES,
-        x => x,
+/// `expires` for data stored with a memcached exptime: exptime 0 is
+/// `lifetime` seconds from now if the format has one, else never.
+fn data_expiry(exptime: i64, now: i64, lifetime: Option<u32>) -> i64 {
+    match (absolute_expiry(exptime, now), lifetime) {
+        (0, Some(lifetime)) => now + i64::from(lifetime),
+        (0, None) => NEVER_EXPIRES,
+        (x, _) => x,
     }
 }
 
@@ -541,6 +566,7 @@ mod tests {
             session_name: "APP".into(),
             key_prefix: String::new(),
             binary_data: false,
+            lifetime: None,
         };
         assert_eq!(target(&custom, "xyz"), Some(("APP_xyz".into(), Part::Data)));
         assert_eq!(
@@ -558,10 +584,51 @@ mod tests {
 
     #[test]
     fn never_is_far_future() {
-        assert_eq!(data_expiry(0, 1000), NEVER_EXPIRES);
-        assert_eq!(data_expiry(60, 1000), 1060);
+        assert_eq!(data_expiry(0, 1000, None), NEVER_EXPIRES);
+        assert_eq!(data_expiry(60, 1000, None), 1060);
         // Negative: already expired (stored as now).
-        assert_eq!(data_expiry(-1, 1000), 1000);
-        assert!(is_expired(data_expiry(-1, 1000), 1000));
+        assert_eq!(data_expiry(-1, 1000, None), 1000);
+        assert!(is_expired(data_expiry(-1, 1000, None), 1000));
+    }
+
+    #[test]
+    fn a_lifetime_replaces_never_only() {
+        // CGI::Session stores with exptime 0: the lifetime gives it one.
+        assert_eq!(data_expiry(0, 1000, Some(3600)), 4600);
+        // An exptime the client gave wins, expired or not.
+        assert_eq!(data_expiry(60, 1000, Some(3600)), 1060);
+        assert_eq!(data_expiry(-1, 1000, Some(3600)), 1000);
+    }
+
+    #[test]
+    fn cgi_session_keys_name_session_items() {
+        // Cache::Memcached without a namespace: the bare CGI::Session id.
+        let bare = PhpSessionFormat {
+            session_name: "CGISESSID".into(),
+            key_prefix: String::new(),
+            binary_data: false,
+            lifetime: Some(86400),
+        };
+        let sid = "3f1c0e9a5b7d4e2f8a6c1b0d9e8f7a6b";
+        let id = format!("CGISESSID_{sid}");
+        assert_eq!(target(&bare, sid), Some((id.clone(), Part::Data)));
+        assert_eq!(
+            target(&bare, &format!("lock.{sid}")),
+            Some((id.clone(), Part::Lock))
+        );
+        // With `namespace => "cgisess:"`.
+        let ns = PhpSessionFormat {
+            key_prefix: "cgisess:".into(),
+            ..bare
+        };
+        assert_eq!(
+            target(&ns, &format!("cgisess:{sid}")),
+            Some((id.clone(), Part::Data))
+        );
+        assert_eq!(
+            target(&ns, &format!("cgisess:lock.{sid}")),
+            Some((id, Part::Lock))
+        );
+        assert_eq!(target(&ns, sid), None);
     }
 }

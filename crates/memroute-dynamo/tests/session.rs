@@ -350,6 +350,7 @@ async fn binary_data_and_custom_names() {
         session_name: "APPSESS".into(),
         key_prefix: "s:".into(),
         binary_data: true,
+        lifetime: None,
     };
     let c = session_config("sess_bin", format);
     let st = DynamoStore::new(c.clone()).expect("store");

@@ -118,7 +118,12 @@ fn choice<T: Copy>(value: Value, option: &str, choices: &[(&str, T)]) -> mlua::R
 }
 
 /// Options that shape the PHP session format (refused without it).
-const SESSION_OPTIONS: [&str; 3] = ["session_name", "session_prefix", "data_type"];
+const SESSION_OPTIONS: [&str; 4] = [
+    "session_name",
+    "session_prefix",
+    "data_type",
+    "session_lifetime",
+];
 
 fn boolean(value: Value, option: &str) -> mlua::Result<bool> {
     match value {
@@ -181,7 +186,7 @@ const SPOOL_OPTIONS: [&str; 2] = ["spool_fsync", "spool_max_bytes"];
 /// flags_attr=, expires_attr=, cas_attr=, consistent_read=, write=,
 /// batch_writes=, queue_max_keys=, queue_max_bytes=, backpressure_timeout=,
 /// batch_linger=, max_attempts=, timeout=, create_table=, name=, format=, session_name=,
-/// session_prefix=, data_type=, spool=, spool_fsync=, spool_max_bytes=}`.
+/// session_prefix=, data_type=, session_lifetime=, spool=, spool_fsync=, spool_max_bytes=}`.
 pub fn dynamo_pool(opts: Table) -> mlua::Result<PoolHandle> {
     let mut config = DynamoConfig::default();
     let mut name = None;
@@ -252,6 +257,14 @@ pub fn dynamo_pool(opts: Table) -> mlua::Result<PoolHandle> {
             "session_prefix" => session.key_prefix = text(value, &key)?,
             "data_type" => {
                 session.binary_data = choice(value, &key, &[("string", false), ("binary", true)])?
+            }
+            // Sessions: `expires` for data stored with exptime 0
+            // (CGI::Session's writes), as the SDK's session_lifetime.
+            "session_lifetime" => {
+                let secs = u32::try_from(count(value, &key)?).map_err(|_| {
+                    mlua::Error::runtime("mcp.dynamo_pool: session_lifetime is too large")
+                })?;
+                session.lifetime = Some(secs);
             }
             "spool" => {
                 let dir = text(value, &key)?;
