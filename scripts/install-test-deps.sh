@@ -24,6 +24,8 @@ APT_PACKAGES=(
   "php-cli:/usr/bin/php"
   "php-memcached:"                            # checked with dpkg below
   "libcache-memcached-perl:/usr/share/perl5/Cache/Memcached.pm"
+  # CGI::Session's memcached driver (pulls in CGI::Session): tests/test_sessions.py
+  "libcgi-session-driver-memcached-perl:/usr/share/perl5/CGI/Session/Driver/memcached.pm"
   "netcat-openbsd:/bin/nc.openbsd"
 )
 
@@ -85,6 +87,8 @@ done
 php_modules="$(php -m 2>/dev/null || true)"
 grep -qx memcached <<<"$php_modules" || die "php-memcached extension not loaded"
 perl -MCache::Memcached -e 1 || die "perl Cache::Memcached not loadable"
+perl -MCGI::Session -MCGI::Session::Driver::memcached -e 1 \
+  || die "perl CGI::Session's memcached driver not loadable"
 
 # ---------------------------------------------------------------- python ---
 PYTHON="${PYTHON:-python3}"
