@@ -644,7 +644,7 @@ mod tests {
             fsync: FsyncPolicy::Always,
             ..SpoolConfig::new(&dir.0)
         };
-        let open = || Spool::open(&cfg, "test", Arc::new(Notify::new())).unwrap();
+        let open = || Spool::open(&cfg, "test", "table", Arc::new(Notify::new())).unwrap();
         let c = Counters::default();
         let fits = |_: usize| true;
         {

@@ -371,8 +371,9 @@ impl DynamoStore {
             None => None,
             Some(sc) => {
                 let owner = format!("the DynamoDB pool of table {}", config.table);
-                let (spool, recovered) = spool::Spool::open(sc, &owner, Arc::clone(&space))
-                    .map_err(DynamoError::Config)?;
+                let (spool, recovered) =
+                    spool::Spool::open(sc, &owner, &config.table, Arc::clone(&space))
+                        .map_err(DynamoError::Config)?;
                 for damage in &recovered.damage {
                     tracing::warn!(table = %config.table, "write-behind spool damaged: {damage}");
                 }

@@ -20,7 +20,8 @@
 //!   record of a segment (reported, counted, never replayed).
 //!
 //! Segment files are `spool-<20-digit id>.log`; the directory also holds
-//! `LOCK` (the process that owns the spool).
+//! `LOCK` (the process that owns the spool) and `TABLE` (the table its
+//! writes are for: a spool is never replayed into another table).
 
 pub mod format;
 mod lock;
@@ -315,12 +316,13 @@ impl std::fmt::Debug for Spool {
 
 impl Spool {
     /// Opens (creating if needed) the spool in `config.dir` for `owner` (a
-    /// description for errors), reads what an earlier process left, deletes
-    /// what needs no replay, and starts the writer thread. `space` is
-    /// signalled whenever room is freed.
+    /// description for errors) writing to `table`, reads what an earlier
+    /// process left, deletes what needs no replay, and starts the writer
+    /// thread. `space` is signalled whenever room is freed.
     pub fn open(
         config: &SpoolConfig,
         owner: &str,
+        table: &str,
         space: Arc<Notify>,
     ) -> Result<(Spool, Recovered), String> {
         if config.dir.as_os_str().is_empty() {
@@ -345,6 +347,7 @@ impl Spool {
         let registered = Registered::claim(&dir, owner)?;
         let lock = lock::DirLock::acquire(&dir)?;
         let (state, recovered, counters) = recover(&dir)?;
+        claim_table(&dir, table, !recovered.writes.is_empty())?;
         let (progress, _) = watch::channel(Progress::default());
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
@@ -613,6 +616,29 @@ fn settle_locked(shared: &Shared, st: &mut State, pos: Pos) {
         st.trim = true;
         shared.kick(st);
     }
+}
+
+/// Checks that the writes left in `dir` (if `pending`) are for `table`,
+/// and records `table` as the spool's.
+fn claim_table(dir: &Path, table: &str, pending: bool) -> Result<(), String> {
+    let path = dir.join("TABLE");
+    let recorded = std::fs::read_to_string(&path).ok();
+    if let Some(other) = recorded.as_deref().map(str::trim_end) {
+        if other == table {
+            return Ok(());
+        }
+        if pending {
+            return Err(format!(
+                "spool directory {} holds writes for table {other:?}, not {table:?}: \
+                 start that table's pool on it to replay them, or move the directory away",
+                dir.display()
+            ));
+        }
+    }
+    let tmp = dir.join("TABLE.tmp");
+    std::fs::write(&tmp, format!("{table}\n"))
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|e| format!("spool directory {} is not writable: {e}", dir.display()))
 }
 
 /// Reads every segment in `dir`: the state to continue from, the writes

@@ -35,7 +35,7 @@ fn config(dir: &TempDir, fsync: FsyncPolicy) -> SpoolConfig {
 }
 
 fn open(config: &SpoolConfig) -> (Spool, Recovered) {
-    Spool::open(config, "test pool", Arc::new(Notify::new())).expect("open spool")
+    Spool::open(config, "test pool", "table", Arc::new(Notify::new())).expect("open spool")
 }
 
 fn put(value: &str) -> QueuedOp {
@@ -300,7 +300,7 @@ async fn full_spool_refuses_until_segments_are_trimmed() {
         ..config(&dir, FsyncPolicy::Always)
     };
     let space = Arc::new(Notify::new());
-    let (spool, _) = Spool::open(&cfg, "test pool", Arc::clone(&space)).unwrap();
+    let (spool, _) = Spool::open(&cfg, "test pool", "table", Arc::clone(&space)).unwrap();
     let mut keys = Keys::new(&spool);
     let big = "x".repeat(10_000);
     let mut n = 0;
@@ -337,11 +337,11 @@ fn one_spool_per_directory() {
     let dir = TempDir::new("lock");
     let cfg = config(&dir, FsyncPolicy::Always);
     let (spool, _) = open(&cfg);
-    let err = Spool::open(&cfg, "another pool", Arc::new(Notify::new())).unwrap_err();
+    let err = Spool::open(&cfg, "another pool", "table", Arc::new(Notify::new())).unwrap_err();
     assert!(err.contains("already used by test pool"), "{err}");
     // The same directory by another name.
     let other = SpoolConfig::new(dir.0.join("../").join(dir.0.file_name().unwrap()));
-    let err = Spool::open(&other, "another pool", Arc::new(Notify::new())).unwrap_err();
+    let err = Spool::open(&other, "another pool", "table", Arc::new(Notify::new())).unwrap_err();
     assert!(err.contains("already used"), "{err}");
     drop(spool);
     let (spool, _) = open(&cfg);
@@ -354,7 +354,7 @@ fn one_spool_per_directory() {
         .unwrap()
         .to_owned();
     std::fs::write(dir.0.join("LOCK"), format!("1 {started}\n")).unwrap();
-    let err = Spool::open(&cfg, "test pool", Arc::new(Notify::new())).unwrap_err();
+    let err = Spool::open(&cfg, "test pool", "table", Arc::new(Notify::new())).unwrap_err();
     assert!(err.contains("in use by process 1"), "{err}");
     // A LOCK left by a process that is gone is taken over.
     std::fs::write(dir.0.join("LOCK"), "1 0\n").unwrap();
@@ -370,19 +370,25 @@ fn bad_directories_are_refused() {
     let file = dir.0.join("a-file");
     std::fs::write(&file, b"x").unwrap();
     let space = || Arc::new(Notify::new());
-    let err = Spool::open(&SpoolConfig::new(&file), "p", space()).unwrap_err();
+    let err = Spool::open(&SpoolConfig::new(&file), "p", "table", space()).unwrap_err();
     assert!(err.contains("is not a directory"), "{err}");
-    let err = Spool::open(&SpoolConfig::new(file.join("sub")), "p", space()).unwrap_err();
+    let err = Spool::open(&SpoolConfig::new(file.join("sub")), "p", "table", space()).unwrap_err();
     assert!(err.contains("cannot create spool directory"), "{err}");
-    let err = Spool::open(&SpoolConfig::new("/proc/memroute-spool"), "p", space()).unwrap_err();
+    let err = Spool::open(
+        &SpoolConfig::new("/proc/memroute-spool"),
+        "p",
+        "table",
+        space(),
+    )
+    .unwrap_err();
     assert!(err.contains("cannot create spool directory"), "{err}");
-    let err = Spool::open(&SpoolConfig::new(""), "p", space()).unwrap_err();
+    let err = Spool::open(&SpoolConfig::new(""), "p", "table", space()).unwrap_err();
     assert!(err.contains("must not be empty"), "{err}");
     let small = SpoolConfig {
         max_bytes: 1000,
         ..SpoolConfig::new(&dir.0)
     };
-    let err = Spool::open(&small, "p", space()).unwrap_err();
+    let err = Spool::open(&small, "p", "table", space()).unwrap_err();
     assert!(err.contains("at least"), "{err}");
 }
 
@@ -421,4 +427,36 @@ async fn a_failed_write_refuses_everything_after() {
     );
     assert_eq!(spool.stats().errors, 1);
     assert!(!spool.flush_blocking(Duration::from_secs(1)));
+}
+
+#[tokio::test]
+async fn a_spool_is_replayed_into_its_own_table_only() {
+    let dir = TempDir::new("table");
+    let cfg = config(&dir, FsyncPolicy::Always);
+    let open_for = |table: &str| Spool::open(&cfg, "test pool", table, Arc::new(Notify::new()));
+    {
+        let (spool, _) = open_for("first").unwrap();
+        let t = Keys::new(&spool).write("a", put("1"));
+        spool.wait_ack(t).await.unwrap();
+    }
+    let err = open_for("second").unwrap_err();
+    assert!(
+        err.contains("holds writes for table \"first\", not \"second\""),
+        "{err}"
+    );
+    // Once nothing is left to replay, the directory can serve another
+    // table.
+    {
+        let (spool, recovered) = open_for("first").unwrap();
+        let w = &recovered.writes[0];
+        let t = spool.confirm(w.pos).unwrap();
+        spool.wait_confirm(t).await.unwrap();
+        spool.settle(w.pos);
+    }
+    let (_spool, recovered) = open_for("second").unwrap();
+    assert!(recovered.writes.is_empty());
+    assert_eq!(
+        std::fs::read_to_string(dir.0.join("TABLE")).unwrap(),
+        "second\n"
+    );
 }
