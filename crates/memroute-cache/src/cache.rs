@@ -9,14 +9,14 @@ use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::{item_size, CacheConfig};
 use crate::expiry::{absolute_exptime, remaining_ttl};
 use crate::outcome::{ArithOutcome, DeleteOutcome, GetOutcome, ItemView, StoreMode, StoreOutcome};
 use crate::stats::CacheStats;
-use crate::store::{Item, Liveness, Shard, Validator};
+use crate::store::{hash_key, item_heap_cost, Item, Liveness, Shard, Validator};
 
 /// What a store must do; the common form of classic storage commands and
 /// meta `ms`.
@@ -77,16 +77,19 @@ impl Cache {
     }
 
     /// A cache on the given clock (tests use [`ManualClock`](crate::ManualClock)).
-    pub fn with_clock(config: CacheConfig, clock: Arc<dyn Clock>) -> Self {
+    pub fn with_clock(mut config: CacheConfig, clock: Arc<dyn Clock>) -> Self {
+        // An item's key length is stored in 32 bits; no key can be longer
+        // than the largest item.
+        config.max_item_size = config.max_item_size.min(u32::MAX as usize);
         let n = config.effective_shards();
         let shard_capacity = config.memory_limit / n as u64;
-        let shards = (0..n)
-            .map(|_| RwLock::new(Shard::new(shard_capacity)))
-            .collect::<Vec<_>>()
-            .into_boxed_slice();
         // Per-process random seed so clients cannot aim keys at one bucket.
         let seed =
             std::collections::hash_map::RandomState::new().hash_one(0x6d65_6d72_6f75_7465_u64);
+        let shards = (0..n)
+            .map(|_| RwLock::new(Shard::new(shard_capacity, seed)))
+            .collect::<Vec<_>>()
+            .into_boxed_slice();
         Self {
             shards,
             shard_mask: n as u64 - 1,
@@ -120,7 +123,7 @@ impl Cache {
 
     #[inline]
     pub(crate) fn hash(&self, key: &[u8]) -> u64 {
-        xxhash_rust::xxh3::xxh3_64_with_seed(key, self.seed)
+        hash_key(key, self.seed)
     }
 
     /// Shard for a hash. Uses bits 40.. so the shard choice is independent
@@ -164,22 +167,32 @@ impl Cache {
         self.next_cas.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// New item with a fresh sequence number; CAS is `new_cas` or a fresh one.
+    /// New item for `key` with a fresh sequence number; its value is the
+    /// concatenation of `value`; CAS is `new_cas` or a fresh one.
     pub(crate) fn make_item(
         &self,
-        value: Bytes,
+        key: &[u8],
+        value: &[&[u8]],
         flags: u32,
         abs_exptime: i64,
         new_cas: Option<u64>,
         now: i64,
     ) -> Item {
         let seq = self.next_cas();
-        Item::new(value, flags, new_cas.unwrap_or(seq), seq, abs_exptime, now)
+        Item::new(
+            key,
+            value,
+            flags,
+            new_cas.unwrap_or(seq),
+            seq,
+            abs_exptime,
+            now,
+        )
     }
 
     pub(crate) fn view(item: &Item, now: i64) -> ItemView {
         ItemView {
-            value: item.value.clone(),
+            value: item.value_bytes(),
             flags: item.flags,
             cas: item.cas,
             exptime: item.exptime,
@@ -208,11 +221,13 @@ impl Cache {
     }
 
     /// Size precheck for a new value: `Err` with the refusal outcome.
-    fn check_size(&self, weight: u64) -> Result<(), StoreOutcome> {
-        if weight > self.config.max_item_size as u64 {
+    /// `TooLarge` is judged on memcached's item size, `OutOfMemory` on
+    /// the heap the item would take.
+    fn check_size(&self, key_len: usize, value_len: usize) -> Result<(), StoreOutcome> {
+        if item_size(key_len, value_len) > self.config.max_item_size as u64 {
             self.store_too_large.fetch_add(1, Ordering::Relaxed);
             Err(StoreOutcome::TooLarge)
-        } else if weight > self.shard_capacity {
+        } else if item_heap_cost(key_len, value_len) > self.shard_capacity {
             self.store_no_memory.fetch_add(1, Ordering::Relaxed);
             Err(StoreOutcome::OutOfMemory)
         } else {
@@ -228,7 +243,7 @@ impl Cache {
         req: &StoreRequest,
     ) -> StoreOutcome {
         let plain_set = req.kind == StoreKind::Set && req.compare_cas.is_none();
-        if let Err(refused) = self.check_size(item_size(key.len(), value.len())) {
+        if let Err(refused) = self.check_size(key.len(), value.len()) {
             // memcached drops the old item when a set fails, so a client
             // never reads data older than the write it just attempted.
             if plain_set {
@@ -246,19 +261,20 @@ impl Cache {
             StoreKind::Add => {
                 if let Some(idx) = existing {
                     // memcached bumps the item an add collided with.
-                    if let Some(e) = shard.entry(idx) {
-                        e.item.referenced.store(true, Ordering::Relaxed);
+                    if let Some(item) = shard.entry(idx) {
+                        item.referenced.store(true, Ordering::Relaxed);
                     }
                     return StoreOutcome::NotStored;
                 }
                 let item = self.make_item(
-                    value,
+                    key,
+                    &[&value],
                     req.flags,
                     absolute_exptime(req.exptime, now),
                     req.new_cas,
                     now,
                 );
-                self.put(&mut shard, hash, key, None, item, &v)
+                self.put(&mut shard, hash, None, item, &v)
             }
             StoreKind::Set | StoreKind::Replace => {
                 let Some(idx) = existing else {
@@ -267,17 +283,18 @@ impl Cache {
                         (None, StoreKind::Replace) => StoreOutcome::NotStored,
                         (None, _) => {
                             let item = self.make_item(
-                                value,
+                                key,
+                                &[&value],
                                 req.flags,
                                 absolute_exptime(req.exptime, now),
                                 req.new_cas,
                                 now,
                             );
-                            self.put(&mut shard, hash, key, None, item, &v)
+                            self.put(&mut shard, hash, None, item, &v)
                         }
                     };
                 };
-                let Some(old) = shard.entry(idx).map(|e| &e.item) else {
+                let Some(old) = shard.entry(idx) else {
                     return StoreOutcome::NotFound;
                 };
                 let mut stale_from = None;
@@ -290,7 +307,8 @@ impl Cache {
                     }
                 }
                 let mut item = self.make_item(
-                    value,
+                    key,
+                    &[&value],
                     req.flags,
                     absolute_exptime(req.exptime, now),
                     req.new_cas,
@@ -304,45 +322,42 @@ impl Cache {
                     item.stale = true;
                     *item.token_sent.get_mut() = token_sent;
                 }
-                self.put(&mut shard, hash, key, Some(idx), item, &v)
+                self.put(&mut shard, hash, Some(idx), item, &v)
             }
             StoreKind::Append | StoreKind::Prepend => {
                 let Some(idx) = existing else {
                     return match req.vivify_exptime {
                         Some(ttl) => {
                             let item = self.make_item(
-                                value,
+                                key,
+                                &[&value],
                                 req.flags,
                                 absolute_exptime(ttl, now),
                                 req.new_cas,
                                 now,
                             );
-                            self.put(&mut shard, hash, key, None, item, &v)
+                            self.put(&mut shard, hash, None, item, &v)
                         }
                         None => StoreOutcome::NotStored,
                     };
                 };
-                let Some(old) = shard.entry(idx).map(|e| &e.item) else {
+                let Some(old) = shard.entry(idx) else {
                     return StoreOutcome::NotStored;
                 };
                 if req.compare_cas.is_some_and(|cas| cas != old.cas) {
                     return StoreOutcome::Exists;
                 }
-                let weight = item_size(key.len(), old.value.len().saturating_add(value.len()));
-                if let Err(refused) = self.check_size(weight) {
+                let joined_len = old.value().len().saturating_add(value.len());
+                if let Err(refused) = self.check_size(key.len(), joined_len) {
                     return refused;
                 }
-                let mut joined = BytesMut::with_capacity(old.value.len() + value.len());
-                if req.kind == StoreKind::Append {
-                    joined.extend_from_slice(&old.value);
-                    joined.extend_from_slice(&value);
+                let parts: [&[u8]; 2] = if req.kind == StoreKind::Append {
+                    [old.value(), &value]
                 } else {
-                    joined.extend_from_slice(&value);
-                    joined.extend_from_slice(&old.value);
-                }
-                let item =
-                    self.make_item(joined.freeze(), old.flags, old.exptime, req.new_cas, now);
-                self.put(&mut shard, hash, key, Some(idx), item, &v)
+                    [&value, old.value()]
+                };
+                let item = self.make_item(key, &parts, old.flags, old.exptime, req.new_cas, now);
+                self.put(&mut shard, hash, Some(idx), item, &v)
             }
         }
     }
@@ -352,20 +367,18 @@ impl Cache {
         &self,
         shard: &mut Shard,
         hash: u64,
-        key: &[u8],
         old: Option<usize>,
         mut item: Item,
         v: &Validator,
     ) -> StoreOutcome {
         let cas = item.cas;
-        let weight = item_size(key.len(), item.value.len());
         if let Some(idx) = old {
             // A rewritten key is demonstrably in use: let it start with its
             // CLOCK bit set so it is not the next victim.
             *item.referenced.get_mut() = true;
             shard.remove(idx);
         }
-        if shard.insert(hash, key, item, weight, v) {
+        if shard.insert(hash, item, v) {
             StoreOutcome::Stored { cas }
         } else {
             self.store_no_memory.fetch_add(1, Ordering::Relaxed);
@@ -384,11 +397,11 @@ impl Cache {
         let v = self.validator();
         let dead = {
             let shard = self.read(hash);
-            let Some(entry) = shard.find(hash, key).and_then(|i| shard.entry(i)) else {
+            let Some(item) = shard.find(hash, key).and_then(|i| shard.entry(i)) else {
                 return Err(Liveness::Live);
             };
-            match v.liveness(&entry.item) {
-                Liveness::Live => return Ok(f(&entry.item, v.now)),
+            match v.liveness(item) {
+                Liveness::Live => return Ok(f(item, v.now)),
                 dead => dead,
             }
         };
@@ -420,15 +433,15 @@ impl Cache {
             Ok(idx) => idx,
             Err(dead) => return Self::miss_outcome(dead),
         };
-        let Some(entry) = shard.entry_mut(idx) else {
+        let Some(item) = shard.entry_mut(idx) else {
             return GetOutcome::Miss;
         };
-        let before = Self::view(&entry.item, v.now);
-        entry.item.exptime = absolute_exptime(exptime, v.now);
-        entry.item.bump(v.now);
+        let before = Self::view(item, v.now);
+        item.exptime = absolute_exptime(exptime, v.now);
+        item.bump(v.now);
         GetOutcome::Hit(ItemView {
-            exptime: entry.item.exptime,
-            ttl: remaining_ttl(entry.item.exptime, v.now),
+            exptime: item.exptime,
+            ttl: remaining_ttl(item.exptime, v.now),
             ..before
         })
     }
@@ -552,6 +565,7 @@ impl Cache {
             let shard = lock.read().unwrap_or_else(PoisonError::into_inner);
             s.curr_items += shard.items;
             s.bytes += shard.bytes;
+            s.heap_bytes += shard.heap_bytes();
             s.total_items += shard.counters.total_items;
             s.evictions += shard.counters.evictions;
             s.evicted_unfetched += shard.counters.evicted_unfetched;

@@ -61,6 +61,8 @@
 //! assert_eq!(cache.get(b"k"), GetOutcome::Expired);
 //! ```
 
+#![forbid(unsafe_code)]
+
 pub mod cache;
 pub mod clock;
 pub mod config;

@@ -199,10 +199,9 @@ impl Cache {
         let mut shard = self.write(hash);
         match shard.find_live(hash, key, &v) {
             Ok(idx) => {
-                let Some(entry) = shard.entry_mut(idx) else {
+                let Some(item) = shard.entry_mut(idx) else {
                     return MetaGetOutcome::Miss;
                 };
-                let item = &mut entry.item;
                 let before = Self::view(item, now);
                 let wants = item.stale || recache_wins(item, opts.recache_ttl, now);
                 if let Some(ttl) = opts.touch_ttl {
@@ -233,10 +232,10 @@ impl Cache {
                     return meta_miss(dead);
                 }
                 let exptime = absolute_exptime(ttl, now);
-                let mut item = self.make_item(Bytes::new(), 0, exptime, None, now);
+                let mut item = self.make_item(key, &[], 0, exptime, None, now);
                 // The creator holds the win; later readers see Z.
                 *item.token_sent.get_mut() = true;
-                match self.put(&mut shard, hash, key, None, item, &v) {
+                match self.put(&mut shard, hash, None, item, &v) {
                     StoreOutcome::Stored { cas } => MetaGetOutcome::Hit(MetaHit {
                         item: ItemView {
                             value: Bytes::new(),
@@ -290,26 +289,25 @@ impl Cache {
         let Ok(idx) = shard.find_live(hash, key, &v) else {
             return DeleteOutcome::NotFound;
         };
-        let Some(entry) = shard.entry_mut(idx) else {
+        let Some(item) = shard.entry_mut(idx) else {
             return DeleteOutcome::NotFound;
         };
-        if opts.compare_cas.is_some_and(|cas| cas != entry.item.cas) {
+        if opts.compare_cas.is_some_and(|cas| cas != item.cas) {
             return DeleteOutcome::Exists;
         }
         if opts.remove_value {
             let exptime = absolute_exptime(opts.ttl.unwrap_or(0), now);
-            let keep_cas = opts.new_cas.unwrap_or(entry.item.cas);
-            let mut item = self.make_item(Bytes::new(), opts.flags, exptime, Some(keep_cas), now);
+            let keep_cas = opts.new_cas.unwrap_or(item.cas);
+            let mut item = self.make_item(key, &[], opts.flags, exptime, Some(keep_cas), now);
             if opts.invalidate {
                 item.stale = true;
                 item.cas = opts.new_cas.unwrap_or_else(|| self.next_cas());
             }
             // Shrinking never needs eviction, so this cannot fail.
-            let _ = self.put(&mut shard, hash, key, Some(idx), item, &v);
+            let _ = self.put(&mut shard, hash, Some(idx), item, &v);
             return DeleteOutcome::Deleted;
         }
         if opts.invalidate {
-            let item = &mut entry.item;
             if let Some(ttl) = opts.ttl {
                 item.exptime = absolute_exptime(ttl, now);
             }
@@ -331,21 +329,21 @@ impl Cache {
         let mut shard = self.write(hash);
         let (old_idx, item, value, created) = match shard.find_live(hash, key, &v) {
             Ok(idx) => {
-                let Some(old) = shard.entry(idx).map(|e| &e.item) else {
+                let Some(old) = shard.entry(idx) else {
                     return ArithOutcome::NotFound;
                 };
                 if opts.compare_cas.is_some_and(|cas| cas != old.cas) {
                     return ArithOutcome::Exists;
                 }
-                let Some(current) = parse_counter(&old.value) else {
+                let Some(current) = parse_counter(old.value()) else {
                     return ArithOutcome::NonNumeric;
                 };
                 let value = apply_delta(current, opts.delta, incr);
-                let bytes = render_counter(value, old.value.len());
+                let bytes = render_counter(value, old.value().len());
                 let exptime = opts.ttl.map_or(old.exptime, |t| absolute_exptime(t, now));
                 let fetched = old.fetched.load(Relaxed);
                 let mut item =
-                    self.make_item(Bytes::from(bytes), old.flags, exptime, opts.new_cas, now);
+                    self.make_item(key, &[&bytes], old.flags, exptime, opts.new_cas, now);
                 // memcached updates counters in place: the fetched bit stays.
                 *item.fetched.get_mut() = fetched;
                 (Some(idx), item, value, false)
@@ -356,16 +354,15 @@ impl Cache {
                 };
                 let bytes = opts.initial.to_string().into_bytes();
                 let exptime = absolute_exptime(ttl, now);
-                let item = self.make_item(Bytes::from(bytes), 0, exptime, opts.new_cas, now);
+                let item = self.make_item(key, &[&bytes], 0, exptime, opts.new_cas, now);
                 (None, item, opts.initial, true)
             }
         };
-        let size = item_size(key.len(), item.value.len());
-        if size > self.config().max_item_size as u64 || size > shard.capacity {
+        if item.size() > self.config().max_item_size as u64 || !shard.could_hold(item.heap_cost()) {
             return ArithOutcome::OutOfMemory;
         }
         let exptime = item.exptime;
-        match self.put(&mut shard, hash, key, old_idx, item, &v) {
+        match self.put(&mut shard, hash, old_idx, item, &v) {
             StoreOutcome::Stored { cas } => ArithOutcome::Value {
                 value,
                 cas,
@@ -379,7 +376,7 @@ impl Cache {
     /// `me`: meta debug. Does not count as an access.
     pub fn meta_debug(&self, key: &[u8]) -> Option<MetaDebugInfo> {
         self.read_item(key, |item, now| {
-            let size = item_size(key.len(), item.value.len());
+            let size = item.size();
             MetaDebugInfo {
                 exp: remaining_ttl(item.exptime, now),
                 la: now.saturating_sub(item.last_access.load(Relaxed)).max(0),

@@ -17,8 +17,14 @@ pub struct CacheStats {
     pub curr_items: u64,
     /// Items stored since start.
     pub total_items: u64,
-    /// Bytes used, counted with [`item_size`](crate::item_size).
+    /// Bytes used, counted with [`item_size`](crate::item_size) like
+    /// memcached's `bytes`: key + value + 59 per item. Always at most
+    /// `heap_bytes`.
     pub bytes: u64,
+    /// Heap really held for the items: each item's data block (key and
+    /// value) as the allocator rounds it, the slot arena (72 bytes a slot)
+    /// and the hash index. This is what `limit_maxbytes` bounds.
+    pub heap_bytes: u64,
     /// The configured memory limit.
     pub limit_maxbytes: u64,
     /// The configured max item size (memcached `item_size_max`).

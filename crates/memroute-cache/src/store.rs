@@ -8,18 +8,65 @@
 //! value, CAS, expiry or presence takes the write lock, which makes each
 //! such operation (CAS compare-and-store, append, incr, ...) atomic.
 
+use std::mem::size_of;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering::Relaxed};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use hashbrown::HashTable;
 
+use crate::config::item_size;
 use crate::expiry::is_expired;
+
+/// The hash of a key (xxh3 with the cache's per-process seed).
+#[inline]
+pub(crate) fn hash_key(key: &[u8], seed: u64) -> u64 {
+    xxhash_rust::xxh3::xxh3_64_with_seed(key, seed)
+}
+
+/// Heap bytes that one allocation of `n` bytes really takes, modelled on
+/// glibc malloc (the system allocator memroute runs on): an 8-byte chunk
+/// header, rounding to 16 bytes, a 32-byte minimum; from its 128 KiB mmap
+/// threshold on, whole pages plus the header. An upper bound for blocks
+/// that grow past the threshold but are still served from the heap.
+/// `tests/memory.rs` checks the model against the allocator's own sizes.
+pub(crate) fn heap_cost(n: usize) -> u64 {
+    const MMAP_THRESHOLD: u64 = 128 * 1024;
+    const PAGE: u64 = 4096;
+    let n = n as u64;
+    if n == 0 {
+        0
+    } else if n >= MMAP_THRESHOLD {
+        (n + 32).div_ceil(PAGE) * PAGE
+    } else {
+        ((n + 8).div_ceil(16) * 16).max(32)
+    }
+}
+
+/// Heap cost of an item's data block holding `len` bytes of key and value:
+/// an `Arc<[u8]>` allocation (two reference counts, then the bytes).
+#[inline]
+pub(crate) fn data_cost(len: usize) -> u64 {
+    heap_cost((2 * size_of::<usize>() + len).next_multiple_of(size_of::<usize>()))
+}
+
+/// Heap bytes an item costs against the memory limit, apart from its slot
+/// and index bucket (which are counted with the shard's arrays).
+#[inline]
+pub(crate) fn item_heap_cost(key_len: usize, value_len: usize) -> u64 {
+    data_cost(key_len.saturating_add(value_len))
+}
 
 /// One stored item. Fields that only change under the write lock are
 /// plain; the access bookkeeping that readers update is atomic.
+///
+/// Key and value share one allocation, `data` (key first): no separate key
+/// box, no `Bytes` header. A reader gets the value as a `Bytes` that owns
+/// a reference to `data` ([`Item::value_bytes`]). 72 bytes in all.
 #[derive(Debug)]
 pub(crate) struct Item {
-    pub value: Bytes,
+    data: Arc<[u8]>,
+    key_len: u32,
     pub flags: u32,
     pub cas: u64,
     /// Store sequence number, drawn from the same counter as CAS uniques.
@@ -31,33 +78,108 @@ pub(crate) struct Item {
     /// When the value was stored; a delayed `flush_all` invalidates items
     /// stored before its deadline.
     pub stored_at: i64,
+    /// Last access (Unix seconds).
+    pub last_access: AtomicI64,
     /// Marked stale by meta invalidation (`md I`, `ms I`).
     pub stale: bool,
     /// A meta win token (`W`) has been handed out for this item.
     pub token_sent: AtomicBool,
     /// Fetched at least once (meta `h`, `*_unfetched` stats).
     pub fetched: AtomicBool,
-    /// Last access (Unix seconds).
-    pub last_access: AtomicI64,
     /// CLOCK reference bit: set on access, cleared by the eviction hand.
     pub referenced: AtomicBool,
 }
 
+/// The value part of an item's data block, as the owner of a `Bytes`.
+struct ValueOf {
+    data: Arc<[u8]>,
+    start: usize,
+}
+
+impl AsRef<[u8]> for ValueOf {
+    fn as_ref(&self) -> &[u8] {
+        &self.data[self.start..]
+    }
+}
+
 impl Item {
-    pub fn new(value: Bytes, flags: u32, cas: u64, seq: u64, exptime: i64, now: i64) -> Self {
+    /// A new item for `key` whose value is the concatenation of `value`.
+    ///
+    /// The key must be shorter than 4 GiB: the cache caps `max_item_size`
+    /// there, and every new key passes the item size check first.
+    pub fn new(
+        key: &[u8],
+        value: &[&[u8]],
+        flags: u32,
+        cas: u64,
+        seq: u64,
+        exptime: i64,
+        now: i64,
+    ) -> Self {
+        let len = value.iter().fold(key.len(), |n, part| n + part.len());
+        // One allocation of the exact size (`repeat_n` has a trusted
+        // length), then filled in place.
+        let mut data: Arc<[u8]> = std::iter::repeat_n(0u8, len).collect();
+        let buf = Arc::get_mut(&mut data).expect("a new Arc is unique");
+        let (head, mut rest) = buf.split_at_mut(key.len());
+        head.copy_from_slice(key);
+        for part in value {
+            let (dst, tail) = rest.split_at_mut(part.len());
+            dst.copy_from_slice(part);
+            rest = tail;
+        }
         Self {
-            value,
+            data,
+            key_len: u32::try_from(key.len()).expect("keys are shorter than max_item_size"),
             flags,
             cas,
             seq,
             exptime,
             stored_at: now,
+            last_access: AtomicI64::new(now),
             stale: false,
             token_sent: AtomicBool::new(false),
             fetched: AtomicBool::new(false),
-            last_access: AtomicI64::new(now),
             referenced: AtomicBool::new(false),
         }
+    }
+
+    #[inline]
+    pub fn key(&self) -> &[u8] {
+        &self.data[..self.key_len as usize]
+    }
+
+    #[inline]
+    pub fn value(&self) -> &[u8] {
+        &self.data[self.key_len as usize..]
+    }
+
+    /// The value as a refcounted `Bytes` sharing the item's data block:
+    /// no copy; the view stays valid after the item is replaced or freed.
+    pub fn value_bytes(&self) -> Bytes {
+        if self.data.len() == self.key_len as usize {
+            return Bytes::new();
+        }
+        Bytes::from_owner(ValueOf {
+            data: Arc::clone(&self.data),
+            start: self.key_len as usize,
+        })
+    }
+
+    /// memcached's item size (`key + value + ITEM_OVERHEAD`), the `bytes`
+    /// stat and the `max_item_size` check.
+    #[inline]
+    pub fn size(&self) -> u64 {
+        item_size(
+            self.key_len as usize,
+            self.data.len() - self.key_len as usize,
+        )
+    }
+
+    /// Heap bytes held by this item's data block.
+    #[inline]
+    pub fn heap_cost(&self) -> u64 {
+        data_cost(self.data.len())
     }
 
     /// Record an access. Loads before stores so a hot item that is
@@ -115,14 +237,6 @@ impl Validator {
     }
 }
 
-#[derive(Debug)]
-pub(crate) struct Entry {
-    pub hash: u64,
-    pub key: Box<[u8]>,
-    pub weight: u64,
-    pub item: Item,
-}
-
 /// Monotonic per-shard counters, updated under the shard write lock (so
 /// they cost no atomics) and summed by `Cache::stats`.
 #[derive(Debug, Default, Clone, Copy)]
@@ -134,54 +248,124 @@ pub(crate) struct ShardCounters {
     pub expired_unfetched: u64,
 }
 
+/// One arena slot: an item, or `None` once freed (its number is then on
+/// the free list). The `Arc` gives `Option` a niche: 72 bytes.
+type Slot = Option<Item>;
+
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(size_of::<Slot>() == 72);
+
+/// Largest slot chunk: 256 slots (18 KiB), under malloc's mmap threshold.
+const MAX_CHUNK_BITS: u32 = 8;
+
+/// Slot numbers are `u32` in the index (4 bytes a bucket instead of 8).
+const MAX_SLOTS: usize = u32::MAX as usize;
+
+#[inline]
+fn slot_in(chunks: &[Box<[Slot]>], bits: u32, idx: usize) -> Option<&Item> {
+    chunks
+        .get(idx >> bits)?
+        .get(idx & ((1 << bits) - 1))?
+        .as_ref()
+}
+
+/// The index's hasher: the hash of the key in slot `i`.
+fn rehasher(chunks: &[Box<[Slot]>], bits: u32, seed: u64) -> impl Fn(&u32) -> u64 + '_ {
+    move |&i| slot_in(chunks, bits, i as usize).map_or(0, |item| hash_key(item.key(), seed))
+}
+
+/// One shard: a hash index of slot numbers over a slot arena, CLOCK
+/// eviction, and the memory accounting.
+///
+/// The memory limit (`capacity`) bounds [`Shard::heap_bytes`]: the heap
+/// really held for this shard's items, as the allocator hands it out (see
+/// [`heap_cost`]): every item's data block, the slot chunks (free slots
+/// included), the index's table and the free list. `bytes` is memcached's
+/// `bytes` stat, the sum of item sizes; it is always below `heap_bytes`.
 #[derive(Debug)]
 pub(crate) struct Shard {
-    index: HashTable<usize>,
-    slots: Vec<Option<Entry>>,
-    free: Vec<usize>,
+    /// Slot numbers, hashed by their item's key.
+    index: HashTable<u32>,
+    /// The slot arena, in chunks of `1 << chunk_bits` slots that never move
+    /// or grow: no reallocation copies the arena, and the slack is at most
+    /// one chunk (sized at most 1/64 of the shard's capacity).
+    chunks: Vec<Box<[Slot]>>,
+    chunk_bits: u32,
+    /// Slots handed out so far; the eviction hand sweeps `0..used`.
+    used: usize,
+    /// Freed slots below `used`, reused first.
+    free: Vec<u32>,
     hand: usize,
+    /// The cache's hash seed, to rehash keys when the index grows or an
+    /// item is unlinked.
+    seed: u64,
     pub bytes: u64,
     pub items: u64,
+    /// Heap held by the items' data blocks.
+    data_heap: u64,
     pub capacity: u64,
     pub counters: ShardCounters,
 }
 
 impl Shard {
-    pub fn new(capacity: u64) -> Self {
+    pub fn new(capacity: u64, seed: u64) -> Self {
+        let mut chunk_bits = MAX_CHUNK_BITS;
+        while chunk_bits > 0 && ((size_of::<Slot>() as u64) << chunk_bits) > capacity / 64 {
+            chunk_bits -= 1;
+        }
         Self {
             index: HashTable::new(),
-            slots: Vec::new(),
+            chunks: Vec::new(),
+            chunk_bits,
+            used: 0,
             free: Vec::new(),
             hand: 0,
+            seed,
             bytes: 0,
             items: 0,
+            data_heap: 0,
             capacity,
             counters: ShardCounters::default(),
         }
     }
 
+    /// Heap held for this shard's items: what `capacity` bounds.
+    pub fn heap_bytes(&self) -> u64 {
+        let chunk = heap_cost(size_of::<Slot>() << self.chunk_bits);
+        self.data_heap
+            + self.chunks.len() as u64 * chunk
+            + heap_cost(self.chunks.capacity() * size_of::<Box<[Slot]>>())
+            + heap_cost(self.free.capacity() * size_of::<u32>())
+            + heap_cost(self.index.allocation_size())
+    }
+
     /// Slot of `key`, valid or not.
     #[inline]
     pub fn find(&self, hash: u64, key: &[u8]) -> Option<usize> {
-        let slots = &self.slots;
+        let (chunks, bits) = (&self.chunks, self.chunk_bits);
         self.index
             .find(hash, |&i| {
-                slots
-                    .get(i)
-                    .and_then(Option::as_ref)
-                    .is_some_and(|e| &*e.key == key)
+                slot_in(chunks, bits, i as usize).is_some_and(|item| item.key() == key)
             })
-            .copied()
+            .map(|&i| i as usize)
     }
 
     #[inline]
-    pub fn entry(&self, idx: usize) -> Option<&Entry> {
-        self.slots.get(idx).and_then(Option::as_ref)
+    pub fn entry(&self, idx: usize) -> Option<&Item> {
+        slot_in(&self.chunks, self.chunk_bits, idx)
     }
 
     #[inline]
-    pub fn entry_mut(&mut self, idx: usize) -> Option<&mut Entry> {
-        self.slots.get_mut(idx).and_then(Option::as_mut)
+    fn slot_mut(&mut self, idx: usize) -> Option<&mut Slot> {
+        let mask = (1 << self.chunk_bits) - 1;
+        self.chunks
+            .get_mut(idx >> self.chunk_bits)?
+            .get_mut(idx & mask)
+    }
+
+    #[inline]
+    pub fn entry_mut(&mut self, idx: usize) -> Option<&mut Item> {
+        self.slot_mut(idx)?.as_mut()
     }
 
     /// Slot of a *valid* item for `key`. A dead (expired / flushed) item
@@ -193,7 +377,7 @@ impl Shard {
             return Err(Liveness::Live);
         };
         let state = match self.entry(idx) {
-            Some(e) => v.liveness(&e.item),
+            Some(item) => v.liveness(item),
             None => return Err(Liveness::Live),
         };
         if state == Liveness::Live {
@@ -206,68 +390,78 @@ impl Shard {
 
     /// Remove a dead item, counting it as reclaimed.
     pub fn reclaim(&mut self, idx: usize) {
-        if let Some(e) = self.remove(idx) {
+        if let Some(item) = self.remove(idx) {
             self.counters.reclaimed += 1;
-            if !e.item.fetched.load(Relaxed) {
+            if !item.fetched.load(Relaxed) {
                 self.counters.expired_unfetched += 1;
             }
         }
     }
 
-    /// Unlink and return the entry in `idx`.
-    pub fn remove(&mut self, idx: usize) -> Option<Entry> {
-        let entry = self.slots.get_mut(idx)?.take()?;
-        if let Ok(found) = self.index.find_entry(entry.hash, |&i| i == idx) {
+    /// Unlink and return the item in `idx`.
+    pub fn remove(&mut self, idx: usize) -> Option<Item> {
+        let item = self.slot_mut(idx)?.take()?;
+        let hash = hash_key(item.key(), self.seed);
+        if let Ok(found) = self.index.find_entry(hash, |&i| i as usize == idx) {
             found.remove();
         }
-        self.free.push(idx);
-        self.bytes = self.bytes.saturating_sub(entry.weight);
+        self.free.push(idx as u32);
+        self.bytes = self.bytes.saturating_sub(item.size());
+        self.data_heap = self.data_heap.saturating_sub(item.heap_cost());
         self.items = self.items.saturating_sub(1);
-        Some(entry)
+        Some(item)
     }
 
-    /// Insert a new entry (the key must not be present), evicting until it
+    /// Whether an item of this heap cost could be stored at all.
+    #[inline]
+    pub fn could_hold(&self, heap_cost: u64) -> bool {
+        heap_cost <= self.capacity
+    }
+
+    /// Insert a new item (its key must not be present), evicting until it
     /// fits. Returns false, storing nothing, if it cannot fit even in an
     /// empty shard.
-    pub fn insert(
-        &mut self,
-        hash: u64,
-        key: &[u8],
-        item: Item,
-        weight: u64,
-        v: &Validator,
-    ) -> bool {
-        if weight > self.capacity {
+    pub fn insert(&mut self, hash: u64, item: Item, v: &Validator) -> bool {
+        let cost = item.heap_cost();
+        if !self.could_hold(cost) {
             return false;
         }
-        while self.bytes.saturating_add(weight) > self.capacity {
+        // Grow the arena and the index first, so that what they take is
+        // counted before deciding how much to evict.
+        if self.free.is_empty() {
+            if self.used >= MAX_SLOTS {
+                if !self.evict_one(v) {
+                    return false;
+                }
+            } else if self.used == self.chunks.len() << self.chunk_bits {
+                let chunk: Box<[Slot]> = (0..1usize << self.chunk_bits).map(|_| None).collect();
+                self.chunks.push(chunk);
+            }
+        }
+        self.index
+            .reserve(1, rehasher(&self.chunks, self.chunk_bits, self.seed));
+        while self.heap_bytes().saturating_add(cost) > self.capacity {
             if !self.evict_one(v) {
                 return false;
             }
         }
-        let entry = Entry {
-            hash,
-            key: key.into(),
-            weight,
-            item,
-        };
         let idx = match self.free.pop() {
-            Some(i) => {
-                self.slots[i] = Some(entry);
-                i
-            }
+            Some(i) => i as usize,
             None => {
-                self.slots.push(Some(entry));
-                self.slots.len() - 1
+                self.used += 1;
+                self.used - 1
             }
         };
-        let slots = &self.slots;
-        self.index.insert_unique(hash, idx, |&i| {
-            slots.get(i).and_then(Option::as_ref).map_or(0, |e| e.hash)
-        });
-        self.bytes += weight;
+        self.bytes += item.size();
+        self.data_heap += cost;
         self.items += 1;
         self.counters.total_items += 1;
+        if let Some(slot) = self.slot_mut(idx) {
+            *slot = Some(item);
+        }
+        // The reserve above left room: this never rehashes.
+        let rehash = rehasher(&self.chunks, self.chunk_bits, self.seed);
+        self.index.insert_unique(hash, idx as u32, rehash);
         true
     }
 
@@ -276,7 +470,7 @@ impl Shard {
     /// hand passes, so an item survives only if it was accessed since the
     /// hand last went by). Returns false if the shard is empty.
     fn evict_one(&mut self, v: &Validator) -> bool {
-        let n = self.slots.len();
+        let n = self.used;
         if n == 0 || self.items == 0 {
             return false;
         }
@@ -285,17 +479,17 @@ impl Shard {
         for _ in 0..=2 * n {
             let idx = self.hand % n;
             self.hand = (idx + 1) % n;
-            let Some(entry) = self.slots[idx].as_mut() else {
+            let Some(item) = self.entry_mut(idx) else {
                 continue;
             };
-            if v.liveness(&entry.item) != Liveness::Live {
+            if v.liveness(item) != Liveness::Live {
                 self.reclaim(idx);
                 return true;
             }
-            if std::mem::replace(entry.item.referenced.get_mut(), false) {
+            if std::mem::replace(item.referenced.get_mut(), false) {
                 continue;
             }
-            let unfetched = !*entry.item.fetched.get_mut();
+            let unfetched = !*item.fetched.get_mut();
             self.remove(idx);
             self.counters.evictions += 1;
             if unfetched {
