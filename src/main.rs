@@ -2,11 +2,13 @@
 //! runtime. All behaviour lives in the `memroute-*` crates.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{ArgAction, Parser, Subcommand};
 use memroute_runtime::config::Protocol;
+use memroute_runtime::tls::{MinVersion, TlsSettings, VerifyMode};
 use memroute_runtime::{Server, ServerConfig};
 
 /// A Lua-scriptable memcached routing proxy. With no configuration it is a
@@ -70,9 +72,23 @@ struct Cli {
     /// least twice -I; default 64m, or twice -I if that is more).
     #[arg(long = "client-buffer-limit", value_name = "SIZE", value_parser = parse_size)]
     client_buffer_limit: Option<usize>,
-    /// memcached's TLS switch: refused, memroute has no TLS yet.
-    #[arg(short = 'Z', long = "enable-ssl", hide = true)]
+    /// TLS on every listener (needs a certificate: --tls-cert or
+    /// -o ssl_chain_cert=FILE).
+    #[arg(short = 'Z', long = "enable-ssl")]
     enable_ssl: bool,
+    /// TLS certificate chain, PEM (memcached's -o ssl_chain_cert).
+    #[arg(long = "tls-cert", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key, PEM, if not in the chain file (-o ssl_key).
+    #[arg(long = "tls-key", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// CA certificates client certificates must chain to (-o ssl_ca_cert).
+    #[arg(long = "tls-ca", value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// Client certificates: 0 not asked, 1 asked and checked if sent, 2 and
+    /// 3 required (-o ssl_verify_mode).
+    #[arg(long = "tls-verify-mode", value_name = "0-3")]
+    tls_verify_mode: Option<String>,
     /// memcached's SASL switch: refused, memroute has no authentication.
     #[arg(short = 'S', long = "enable-sasl", hide = true)]
     enable_sasl: bool,
@@ -133,12 +149,13 @@ fn parse_size(s: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("size {s:?} too large"))
 }
 
-/// The error for any TLS option: memroute must not serve plaintext where
-/// TLS was asked for.
-fn no_tls(what: &str) -> String {
+/// The error for a TLS option memroute does not implement: it must not
+/// serve otherwise than asked.
+fn tls_unsupported(what: &str) -> String {
     format!(
-        "{what}: memroute has no TLS yet; it will not serve plaintext where TLS was \
-         asked for (put a TLS terminator in front of it)"
+        "{what}: memroute's TLS (rustls) does not implement this option; it reads \
+         ssl_chain_cert, ssl_key, ssl_ca_cert, ssl_verify_mode and ssl_min_version \
+         (docs/operations.md)"
     )
 }
 
@@ -220,6 +237,18 @@ enum Extended<'a> {
     IdleTimeout(u64),
     /// A memcached tuning option memroute accepts and ignores.
     Tuning,
+    /// `ssl_chain_cert`, `ssl_key`, `ssl_ca_cert`.
+    SslFile(SslFile, &'a str),
+    SslVerifyMode(VerifyMode),
+    SslMinVersion(MinVersion),
+}
+
+/// Which TLS file an `-o ssl_*` option names.
+#[derive(Debug, PartialEq, Clone, Copy)]
+enum SslFile {
+    Chain,
+    Key,
+    Ca,
 }
 
 /// Whether an `-o` item right after `proxy_arg=...` is more of the
@@ -251,7 +280,37 @@ fn extended_option<'a>(name: &str, value: Option<&'a str>) -> Result<Extended<'a
             )),
             None => Err(needs("SECS")),
         },
-        _ if name.starts_with("ssl_") => Err(no_tls(&opt)),
+        "ssl_chain_cert" | "ssl_key" | "ssl_ca_cert" => match value {
+            Some(file) if !file.is_empty() => Ok(Extended::SslFile(
+                match name {
+                    "ssl_chain_cert" => SslFile::Chain,
+                    "ssl_key" => SslFile::Key,
+                    _ => SslFile::Ca,
+                },
+                file,
+            )),
+            _ => Err(needs("FILE")),
+        },
+        "ssl_verify_mode" => match value.map(VerifyMode::from_number) {
+            Some(Some(mode)) => Ok(Extended::SslVerifyMode(mode)),
+            Some(None) => Err(format!(
+                "{opt}: ssl_verify_mode is 0 (none), 1 (request), 2 (require) or 3 (once)"
+            )),
+            None => Err(needs("0-3")),
+        },
+        "ssl_min_version" => match value {
+            Some("2") => Ok(Extended::SslMinVersion(MinVersion::Tls12)),
+            Some("3") => Ok(Extended::SslMinVersion(MinVersion::Tls13)),
+            Some("0" | "1") => Err(format!(
+                "{opt}: memroute's TLS (rustls) speaks TLS 1.2 and 1.3 only: use 2 (tlsv1.2, \
+                 the default) or 3 (tlsv1.3)"
+            )),
+            Some(_) => Err(format!(
+                "{opt}: ssl_min_version is 2 (tlsv1.2) or 3 (tlsv1.3)"
+            )),
+            None => Err(needs("2|3")),
+        },
+        _ if name.starts_with("ssl_") => Err(tls_unsupported(&opt)),
         // no_modern turns maxconns_fast off too.
         "no_maxconns_fast" | "no_modern" => Err(format!(
             "{opt}: memroute cannot turn off maxconns_fast: past the connection limit \
@@ -267,9 +326,82 @@ fn extended_option<'a>(name: &str, value: Option<&'a str>) -> Result<Extended<'a
         _ if TUNING_OPTIONS.contains(&name) => Ok(Extended::Tuning),
         _ => Err(format!(
             "{opt}: not an option memroute knows, so it cannot honour it. memroute reads \
-             proxy_config, proxy_arg and idle_timeout, and accepts memcached's memory \
-             tuning options with a warning (docs/operations.md)"
+             proxy_config, proxy_arg, idle_timeout and the TLS options ssl_chain_cert, \
+             ssl_key, ssl_ca_cert, ssl_verify_mode and ssl_min_version, and accepts \
+             memcached's memory tuning options with a warning (docs/operations.md)"
         )),
+    }
+}
+
+/// The TLS options of `-o` (each with how it was spelled, for messages).
+#[derive(Default)]
+struct TlsOptions {
+    chain: Option<(PathBuf, String)>,
+    key: Option<(PathBuf, String)>,
+    ca: Option<(PathBuf, String)>,
+    verify: Option<(VerifyMode, String)>,
+    min_version: MinVersion,
+}
+
+/// One TLS setting from `-o` or its long flag; both must agree.
+fn one_of<T: PartialEq>(
+    o: Option<(T, String)>,
+    long: Option<T>,
+    flag: &str,
+) -> Result<Option<(T, String)>, String> {
+    match (o, long) {
+        (Some((a, spelled)), Some(b)) if a != b => {
+            Err(format!("{spelled} and {flag} disagree; give one"))
+        }
+        (Some(o), _) => Ok(Some(o)),
+        (None, Some(b)) => Ok(Some((b, flag.to_string()))),
+        (None, None) => Ok(None),
+    }
+}
+
+impl TlsOptions {
+    /// TLS settings when `-Z` asks for TLS. TLS options without `-Z` are an
+    /// error (memcached would ignore them and serve plaintext).
+    fn settings(self, cli: &Cli) -> Result<Option<TlsSettings>, String> {
+        let chain = one_of(self.chain, cli.tls_cert.clone(), "--tls-cert")?;
+        let key = one_of(self.key, cli.tls_key.clone(), "--tls-key")?;
+        let ca = one_of(self.ca, cli.tls_ca.clone(), "--tls-ca")?;
+        let long_mode = match &cli.tls_verify_mode {
+            Some(n) => Some(VerifyMode::from_number(n).ok_or_else(|| {
+                format!("--tls-verify-mode {n}: use 0 (none), 1 (request), 2 (require) or 3 (once)")
+            })?),
+            None => None,
+        };
+        let verify = one_of(self.verify, long_mode, "--tls-verify-mode")?;
+        if !cli.enable_ssl {
+            let given = [&chain, &key, &ca]
+                .into_iter()
+                .flatten()
+                .map(|(_, spelled)| spelled.clone())
+                .chain(verify.as_ref().map(|(_, spelled)| spelled.clone()))
+                .next();
+            return match given {
+                Some(spelled) => Err(format!(
+                    "{spelled}: TLS options need -Z (--enable-ssl) to turn TLS on; memroute \
+                     does not serve plaintext where TLS settings were given"
+                )),
+                None => Ok(None),
+            };
+        }
+        let Some((chain_cert, _)) = chain else {
+            return Err(
+                "-Z (--enable-ssl) needs a certificate: -o ssl_chain_cert=FILE \
+                 (and ssl_key=FILE) or --tls-cert FILE (and --tls-key FILE)"
+                    .into(),
+            );
+        };
+        Ok(Some(TlsSettings {
+            chain_cert,
+            key: key.map(|(k, _)| k),
+            ca_cert: ca.map(|(c, _)| c),
+            verify_mode: verify.map_or(VerifyMode::None, |(v, _)| v),
+            min_version: self.min_version,
+        }))
     }
 }
 
@@ -330,9 +462,6 @@ fn config_from(cli: &Cli) -> Result<ServerConfig, String> {
         config.threads = threads;
     }
     config.limits.max_item_size = cli.max_item_size;
-    if cli.enable_ssl {
-        return Err(no_tls("-Z (--enable-ssl)"));
-    }
     if cli.enable_sasl || cli.auth_file.is_some() {
         let flag = if cli.enable_sasl { "-S" } else { "-Y" };
         return Err(format!(
@@ -343,6 +472,7 @@ fn config_from(cli: &Cli) -> Result<ServerConfig, String> {
     let mut startfile = cli.config.clone();
     let mut start_arg = cli.config_arg.clone();
     let mut o_idle_timeout = None;
+    let mut tls = TlsOptions::default();
     for opts in &cli.extended {
         // Whether the item before was proxy_arg (or continued it).
         let mut after_proxy_arg = false;
@@ -374,9 +504,20 @@ fn config_from(cli: &Cli) -> Result<ServerConfig, String> {
                 Extended::Tuning => tracing::warn!(
                     "-o {opt}: memcached tuning option with no meaning for memroute, ignored"
                 ),
+                Extended::SslFile(which, file) => {
+                    let slot = match which {
+                        SslFile::Chain => &mut tls.chain,
+                        SslFile::Key => &mut tls.key,
+                        SslFile::Ca => &mut tls.ca,
+                    };
+                    *slot = Some((PathBuf::from(file), format!("-o {opt}")));
+                }
+                Extended::SslVerifyMode(mode) => tls.verify = Some((mode, format!("-o {opt}"))),
+                Extended::SslMinVersion(version) => tls.min_version = version,
             }
         }
     }
+    config.tls = tls.settings(cli)?;
     let idle_timeout = match (cli.idle_timeout, o_idle_timeout) {
         (Some(long), Some(o)) if long != o => {
             return Err(format!(
@@ -485,8 +626,11 @@ mod tests {
             ("idle_timeout", Some("-1"), "whole number"),
             ("idle_timeout", None, "needs SECS"),
             ("proxy_config", None, "needs FILE"),
-            ("ssl_chain_cert", Some("c.pem"), "no TLS"),
-            ("ssl_anything_new", None, "no TLS"),
+            ("ssl_chain_cert", None, "needs FILE"),
+            ("ssl_verify_mode", Some("4"), "0 (none)"),
+            ("ssl_min_version", Some("1"), "TLS 1.2 and 1.3 only"),
+            ("ssl_ciphers", Some("HIGH"), "does not implement"),
+            ("ssl_anything_new", None, "does not implement"),
             ("no_maxconns_fast", None, "maxconns_fast"),
             ("no_modern", None, "maxconns_fast"),
             ("drop_privileges", None, "sandbox"),
@@ -553,8 +697,40 @@ mod tests {
     }
 
     #[test]
-    fn tls_and_auth_flags_are_refused() {
-        for args in [&["-Z"][..], &["-S"], &["-Y", "/etc/auth"]] {
+    fn tls_flags() {
+        let c = config(&[
+            "-Z",
+            "-o",
+            "ssl_chain_cert=c.pem,ssl_key=k.pem,ssl_verify_mode=2",
+        ])
+        .unwrap();
+        let tls = c.tls.unwrap();
+        assert_eq!(tls.chain_cert, PathBuf::from("c.pem"));
+        assert_eq!(tls.key, Some(PathBuf::from("k.pem")));
+        assert_eq!(tls.verify_mode, VerifyMode::Require);
+        let c = config(&["-Z", "--tls-cert", "c.pem", "--tls-ca", "ca.pem"]).unwrap();
+        assert_eq!(c.tls.unwrap().ca_cert, Some(PathBuf::from("ca.pem")));
+        for (args, says) in [
+            (&["-Z"][..], "needs a certificate"),
+            (&["-o", "ssl_chain_cert=c.pem"], "need -Z"),
+            (&["--tls-cert", "c.pem"], "need -Z"),
+            (
+                &["-Z", "--tls-cert", "a.pem", "-o", "ssl_chain_cert=b.pem"],
+                "disagree",
+            ),
+            (
+                &["-Z", "--tls-cert", "a.pem", "--tls-verify-mode", "9"],
+                "--tls-verify-mode",
+            ),
+        ] {
+            let err = config(args).unwrap_err();
+            assert!(err.contains(says), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn auth_flags_are_refused() {
+        for args in [&["-S"][..], &["-Y", "/etc/auth"]] {
             assert!(config(args).is_err(), "{args:?}");
         }
     }

@@ -372,13 +372,13 @@ impl Cache {
         v: &Validator,
     ) -> StoreOutcome {
         let cas = item.cas;
-        if let Some(idx) = old {
+        if old.is_some() {
             // A rewritten key is demonstrably in use: let it start with its
             // CLOCK bit set so it is not the next victim.
             *item.referenced.get_mut() = true;
-            shard.remove(idx);
         }
-        if shard.insert(hash, item, v) {
+        let replaced = old.and_then(|idx| shard.remove(idx));
+        if shard.insert(hash, item, replaced, v) {
             StoreOutcome::Stored { cas }
         } else {
             self.store_no_memory.fetch_add(1, Ordering::Relaxed);

@@ -31,23 +31,53 @@ pub(crate) fn hash_key(key: &[u8], seed: u64) -> u64 {
 /// that grow past the threshold but are still served from the heap.
 /// `tests/memory.rs` checks the model against the allocator's own sizes.
 pub(crate) fn heap_cost(n: usize) -> u64 {
-    const MMAP_THRESHOLD: u64 = 128 * 1024;
     const PAGE: u64 = 4096;
     let n = n as u64;
     if n == 0 {
         0
-    } else if n >= MMAP_THRESHOLD {
-        (n + 32).div_ceil(PAGE) * PAGE
+    } else if n >= MMAP_THRESHOLD as u64 {
+        (n + MMAP_OVERHEAD as u64).div_ceil(PAGE) * PAGE
     } else {
-        ((n + 8).div_ceil(16) * 16).max(32)
+        ((n + CHUNK_HEADER as u64).div_ceil(16) * 16).max(32)
     }
+}
+
+/// glibc's default mmap threshold: larger blocks get their own pages.
+const MMAP_THRESHOLD: usize = 128 * 1024;
+/// Bytes of a heap chunk that its user cannot use (the size word).
+const CHUNK_HEADER: usize = 8;
+/// Upper bound of the bytes an mmapped chunk adds to its request.
+const MMAP_OVERHEAD: usize = 32;
+/// The two reference counts in front of an `Arc<[u8]>`'s bytes.
+const ARC_HEADER: usize = 2 * size_of::<usize>();
+
+/// Size of the `Arc<[u8]>` allocation for `len` bytes.
+#[inline]
+fn arc_request(len: usize) -> usize {
+    ARC_HEADER
+        .saturating_add(len)
+        .next_multiple_of(size_of::<usize>())
 }
 
 /// Heap cost of an item's data block holding `len` bytes of key and value:
 /// an `Arc<[u8]>` allocation (two reference counts, then the bytes).
 #[inline]
 pub(crate) fn data_cost(len: usize) -> u64 {
-    heap_cost((2 * size_of::<usize>() + len).next_multiple_of(size_of::<usize>()))
+    heap_cost(arc_request(len))
+}
+
+/// Length of the data block made for `len` bytes: the whole chunk the
+/// allocator hands out for them anyway (`data_cost` is the same), so that
+/// blocks of one size class are interchangeable (see [`Item::adopt`]).
+#[inline]
+pub(crate) fn block_len(len: usize) -> usize {
+    let request = arc_request(len);
+    let usable = if request < MMAP_THRESHOLD {
+        heap_cost(request) as usize - CHUNK_HEADER
+    } else {
+        heap_cost(request) as usize - MMAP_OVERHEAD
+    };
+    usable - ARC_HEADER
 }
 
 /// Heap bytes an item costs against the memory limit, apart from its slot
@@ -60,13 +90,15 @@ pub(crate) fn item_heap_cost(key_len: usize, value_len: usize) -> u64 {
 /// One stored item. Fields that only change under the write lock are
 /// plain; the access bookkeeping that readers update is atomic.
 ///
-/// Key and value share one allocation, `data` (key first): no separate key
-/// box, no `Bytes` header. A reader gets the value as a `Bytes` that owns
-/// a reference to `data` ([`Item::value_bytes`]). 72 bytes in all.
+/// Key and value share one allocation, `data` (key first, then value,
+/// then unused bytes up to the end of the allocator's chunk): no separate
+/// key box, no `Bytes` header. A reader gets the value as a `Bytes` that
+/// owns a reference to `data` ([`Item::value_bytes`]). 72 bytes in all.
 #[derive(Debug)]
 pub(crate) struct Item {
     data: Arc<[u8]>,
     key_len: u32,
+    value_len: u32,
     pub flags: u32,
     pub cas: u64,
     /// Store sequence number, drawn from the same counter as CAS uniques.
@@ -94,19 +126,20 @@ pub(crate) struct Item {
 struct ValueOf {
     data: Arc<[u8]>,
     start: usize,
+    end: usize,
 }
 
 impl AsRef<[u8]> for ValueOf {
     fn as_ref(&self) -> &[u8] {
-        &self.data[self.start..]
+        &self.data[self.start..self.end]
     }
 }
 
 impl Item {
     /// A new item for `key` whose value is the concatenation of `value`.
     ///
-    /// The key must be shorter than 4 GiB: the cache caps `max_item_size`
-    /// there, and every new key passes the item size check first.
+    /// Key and value must each be shorter than 4 GiB: the cache caps
+    /// `max_item_size` there, and every new item passes the size check.
     pub fn new(
         key: &[u8],
         value: &[&[u8]],
@@ -116,9 +149,10 @@ impl Item {
         exptime: i64,
         now: i64,
     ) -> Self {
-        let len = value.iter().fold(key.len(), |n, part| n + part.len());
+        let value_len = value.iter().map(|part| part.len()).sum::<usize>();
         // One allocation of the exact size (`repeat_n` has a trusted
         // length), then filled in place.
+        let len = block_len(key.len() + value_len);
         let mut data: Arc<[u8]> = std::iter::repeat_n(0u8, len).collect();
         let buf = Arc::get_mut(&mut data).expect("a new Arc is unique");
         let (head, mut rest) = buf.split_at_mut(key.len());
@@ -131,6 +165,7 @@ impl Item {
         Self {
             data,
             key_len: u32::try_from(key.len()).expect("keys are shorter than max_item_size"),
+            value_len: u32::try_from(value_len).expect("values are shorter than max_item_size"),
             flags,
             cas,
             seq,
@@ -151,18 +186,22 @@ impl Item {
 
     #[inline]
     pub fn value(&self) -> &[u8] {
-        &self.data[self.key_len as usize..]
+        let start = self.key_len as usize;
+        &self.data[start..start + self.value_len as usize]
     }
 
     /// The value as a refcounted `Bytes` sharing the item's data block:
-    /// no copy; the view stays valid after the item is replaced or freed.
+    /// no copy; the view stays valid after the item is replaced or freed
+    /// (a block is only reused once nobody else holds it).
     pub fn value_bytes(&self) -> Bytes {
-        if self.data.len() == self.key_len as usize {
+        if self.value_len == 0 {
             return Bytes::new();
         }
+        let start = self.key_len as usize;
         Bytes::from_owner(ValueOf {
             data: Arc::clone(&self.data),
-            start: self.key_len as usize,
+            start,
+            end: start + self.value_len as usize,
         })
     }
 
@@ -170,10 +209,27 @@ impl Item {
     /// stat and the `max_item_size` check.
     #[inline]
     pub fn size(&self) -> u64 {
-        item_size(
-            self.key_len as usize,
-            self.data.len() - self.key_len as usize,
-        )
+        item_size(self.key_len as usize, self.value_len as usize)
+    }
+
+    /// Move this item's bytes into `block`, the data block of an item that
+    /// was just removed, if it is of the same size class and nobody else
+    /// holds it (no reader's view). The item's own, new block is then
+    /// freed at once by the calling thread, which reuses it for its next
+    /// allocation, while the long-lived block stays where it was.
+    ///
+    /// This matters with glibc's per-thread arenas: without it, a worker
+    /// thread that stores more than the others grows its arena with new
+    /// blocks while the blocks it evicts are freed into the other threads'
+    /// arenas, where it cannot reuse them, and RSS drifts above the limit.
+    pub fn adopt(&mut self, mut block: Arc<[u8]>) {
+        if block.len() != self.data.len() {
+            return;
+        }
+        if let Some(buf) = Arc::get_mut(&mut block) {
+            buf.copy_from_slice(&self.data);
+            self.data = block;
+        }
     }
 
     /// Heap bytes held by this item's data block.
@@ -389,13 +445,13 @@ impl Shard {
     }
 
     /// Remove a dead item, counting it as reclaimed.
-    pub fn reclaim(&mut self, idx: usize) {
-        if let Some(item) = self.remove(idx) {
-            self.counters.reclaimed += 1;
-            if !item.fetched.load(Relaxed) {
-                self.counters.expired_unfetched += 1;
-            }
+    pub fn reclaim(&mut self, idx: usize) -> Option<Item> {
+        let item = self.remove(idx)?;
+        self.counters.reclaimed += 1;
+        if !item.fetched.load(Relaxed) {
+            self.counters.expired_unfetched += 1;
         }
+        Some(item)
     }
 
     /// Unlink and return the item in `idx`.
@@ -420,8 +476,16 @@ impl Shard {
 
     /// Insert a new item (its key must not be present), evicting until it
     /// fits. Returns false, storing nothing, if it cannot fit even in an
-    /// empty shard.
-    pub fn insert(&mut self, hash: u64, item: Item, v: &Validator) -> bool {
+    /// empty shard. `replaced` is the item this one replaces, if any: its
+    /// data block, or that of an item evicted here, is reused when it can
+    /// be ([`Item::adopt`]).
+    pub fn insert(
+        &mut self,
+        hash: u64,
+        mut item: Item,
+        replaced: Option<Item>,
+        v: &Validator,
+    ) -> bool {
         let cost = item.heap_cost();
         if !self.could_hold(cost) {
             return false;
@@ -430,7 +494,7 @@ impl Shard {
         // counted before deciding how much to evict.
         if self.free.is_empty() {
             if self.used >= MAX_SLOTS {
-                if !self.evict_one(v) {
+                if self.evict_one(v).is_none() {
                     return false;
                 }
             } else if self.used == self.chunks.len() << self.chunk_bits {
@@ -440,10 +504,17 @@ impl Shard {
         }
         self.index
             .reserve(1, rehasher(&self.chunks, self.chunk_bits, self.seed));
+        let mut reusable = replaced.map(|old| old.data);
         while self.heap_bytes().saturating_add(cost) > self.capacity {
-            if !self.evict_one(v) {
+            let Some(victim) = self.evict_one(v) else {
                 return false;
+            };
+            if reusable.as_ref().is_none_or(|b| b.len() != item.data.len()) {
+                reusable = Some(victim.data);
             }
+        }
+        if let Some(block) = reusable {
+            item.adopt(block);
         }
         let idx = match self.free.pop() {
             Some(i) => i as usize,
@@ -469,10 +540,10 @@ impl Shard {
     /// first item whose reference bit is clear (bits are cleared as the
     /// hand passes, so an item survives only if it was accessed since the
     /// hand last went by). Returns false if the shard is empty.
-    fn evict_one(&mut self, v: &Validator) -> bool {
+    fn evict_one(&mut self, v: &Validator) -> Option<Item> {
         let n = self.used;
         if n == 0 || self.items == 0 {
-            return false;
+            return None;
         }
         // Two full turns: the first may only clear reference bits, the
         // second is then guaranteed to find a victim.
@@ -483,20 +554,48 @@ impl Shard {
                 continue;
             };
             if v.liveness(item) != Liveness::Live {
-                self.reclaim(idx);
-                return true;
+                return self.reclaim(idx);
             }
             if std::mem::replace(item.referenced.get_mut(), false) {
                 continue;
             }
             let unfetched = !*item.fetched.get_mut();
-            self.remove(idx);
             self.counters.evictions += 1;
             if unfetched {
                 self.counters.evicted_unfetched += 1;
             }
-            return true;
+            return self.remove(idx);
         }
-        false
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{block_len, data_cost, heap_cost};
+
+    #[test]
+    fn heap_cost_follows_glibc_chunks() {
+        assert_eq!(heap_cost(0), 0);
+        assert_eq!(heap_cost(1), 32);
+        assert_eq!(heap_cost(24), 32);
+        assert_eq!(heap_cost(25), 48);
+        assert_eq!(heap_cost(126), 144);
+        assert_eq!(heap_cost(128 * 1024), 132 * 1024);
+    }
+
+    #[test]
+    fn a_block_fills_its_chunk_and_no_more() {
+        let lens = (0..5000)
+            .chain((120_000..140_000).step_by(7))
+            .chain([1 << 20, 1 << 24]);
+        for len in lens {
+            let block = block_len(len);
+            assert!(block >= len, "{len}");
+            assert_eq!(data_cost(block), data_cost(len), "{len}");
+            assert!(data_cost(block + 1) > data_cost(len), "{len}");
+        }
+        // 10-byte key + 100-byte value: a 144-byte chunk, 120 usable bytes.
+        assert_eq!((block_len(110), data_cost(110)), (120, 144));
     }
 }

@@ -23,6 +23,8 @@ pub struct Admin {
     pub stats: Arc<ServerStats>,
     pub config: ServerConfig,
     pub proxy_stats: Arc<crate::lua::ProxyStats>,
+    /// Client-facing TLS, for its settings and counters.
+    pub tls: Option<Arc<crate::tls::ServerTls>>,
 }
 
 impl Admin {
@@ -114,6 +116,10 @@ impl Admin {
         write_stat(out, "evicted_unfetched", c.evicted_unfetched);
         write_stat(out, "evictions", c.evictions);
         write_stat(out, "reclaimed", c.reclaimed);
+        if let Some(tls) = &self.tls {
+            write_stat(out, "ssl_handshake_errors", tls.handshake_errors());
+            write_stat(out, "time_since_server_cert_refresh", tls.since_refresh());
+        }
         for store in crate::store::all() {
             for (field, value) in store.stats() {
                 write_stat(out, &format!("{}_{field}", store.name()), value);
@@ -223,6 +229,42 @@ impl Admin {
         write_stat(out, "item_size_max", cfg.limits.max_item_size);
         write_stat(out, "key_max_length", cfg.limits.max_key_len);
         write_stat(out, "shutdown_timeout", cfg.shutdown_timeout.as_secs());
+        // memcached's TLS settings, with its meanings: ssl_verify_mode is
+        // OpenSSL's flags (0, 1, 3 or 7), ssl_keyformat 1 is PEM.
+        let tls = cfg.tls.as_ref();
+        let path =
+            |p: Option<&std::path::Path>| p.map_or("NULL".to_string(), |p| p.display().to_string());
+        write_stat(out, "ssl_enabled", if tls.is_some() { "yes" } else { "no" });
+        write_stat(
+            out,
+            "ssl_chain_cert",
+            path(tls.map(|t| t.chain_cert.as_path())),
+        );
+        write_stat(
+            out,
+            "ssl_key",
+            path(tls.map(|t| t.key.as_deref().unwrap_or(&t.chain_cert))),
+        );
+        write_stat(
+            out,
+            "ssl_verify_mode",
+            tls.map_or(0, |t| t.verify_mode.openssl_flags()),
+        );
+        write_stat(out, "ssl_keyformat", 1);
+        write_stat(out, "ssl_ciphers", "NULL");
+        write_stat(
+            out,
+            "ssl_ca_cert",
+            path(tls.and_then(|t| t.ca_cert.as_deref())),
+        );
+        write_stat(out, "ssl_wbuf_size", 16384);
+        write_stat(out, "ssl_session_cache", "no");
+        write_stat(out, "ssl_kernel_tls", "no");
+        write_stat(
+            out,
+            "ssl_min_version",
+            tls.map_or("tlsv1.2", |t| t.min_version.name()),
+        );
         reply::end(out);
     }
 }

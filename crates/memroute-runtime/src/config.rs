@@ -57,6 +57,9 @@ pub struct ServerConfig {
     /// reserved for a get in flight). Past it, the connection stops taking
     /// requests until the client reads its replies.
     pub client_buffer_limit: usize,
+    /// TLS on every listener (memcached's `-Z` and `-o ssl_*`); `None`
+    /// serves plain TCP.
+    pub tls: Option<crate::tls::TlsSettings>,
 }
 
 /// Default [`ServerConfig::client_buffer_limit`]: 64 MiB.
@@ -78,6 +81,7 @@ impl Default for ServerConfig {
             proxy: None,
             idle_timeout: None,
             client_buffer_limit: DEFAULT_CLIENT_BUFFER_LIMIT,
+            tls: None,
         }
     }
 }

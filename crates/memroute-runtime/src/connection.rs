@@ -29,8 +29,7 @@ use memroute_proto::binary::{BinaryContext, BinaryDecoder, BinaryFrame, REQUEST_
 use memroute_proto::{
     Command, Decoded, GetCommand, Limits, MetaOp, ProtocolError, Request, RequestDecoder,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
 use crate::config::Protocol;
@@ -225,12 +224,13 @@ struct MultiGet {
 /// Serves one client until it disconnects, sends `quit`, breaks the
 /// protocol beyond repair, stays idle past `-o idle_timeout`, or the server
 /// shuts down (after the request in flight is answered).
-pub async fn serve(
-    mut stream: TcpStream,
-    ctx: Rc<WorkerContext>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let _ = stream.set_nodelay(true);
+///
+/// The stream is a TCP connection or a TLS session over one (`-Z`); the
+/// loop is compiled for each, so plain TCP pays nothing for TLS.
+pub async fn serve<S>(mut stream: S, ctx: Rc<WorkerContext>, mut shutdown: watch::Receiver<bool>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
     let mut wbuf = BytesMut::with_capacity(READ_CHUNK);
     let mut codec = Codec::Undecided;
@@ -468,8 +468,8 @@ fn reply_reserve(request: &Request, per_value: usize) -> usize {
 /// past the write buffer's high water the reply so far is sent, so a
 /// client asking for one big value thousands of times never makes memroute
 /// hold the whole reply (memcached streams it the same way).
-async fn stream_local_get(
-    stream: &mut TcpStream,
+async fn stream_local_get<S: AsyncWrite + Unpin>(
+    stream: &mut S,
     wbuf: &mut BytesMut,
     ctx: &WorkerContext,
     get: &GetCommand,
@@ -555,7 +555,11 @@ fn queue_or_write(pipeline: &mut Pipeline, wbuf: &mut BytesMut, bytes: Bytes) {
     }
 }
 
-async fn flush(stream: &mut TcpStream, wbuf: &mut BytesMut, ctx: &WorkerContext) -> bool {
+async fn flush<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    wbuf: &mut BytesMut,
+    ctx: &WorkerContext,
+) -> bool {
     let ok = write_reply(stream, wbuf, ctx).await;
     wbuf.clear();
     if wbuf.capacity() > SHRINK_ABOVE {
@@ -564,7 +568,13 @@ async fn flush(stream: &mut TcpStream, wbuf: &mut BytesMut, ctx: &WorkerContext)
     ok
 }
 
-async fn write_reply(stream: &mut TcpStream, bytes: &[u8], ctx: &WorkerContext) -> bool {
+/// Writes `bytes` and flushes: a TLS session may hold encrypted bytes the
+/// socket did not take yet (for TCP the flush is a no-op).
+async fn write_reply<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    bytes: &[u8],
+    ctx: &WorkerContext,
+) -> bool {
     ctx.stats().bytes_written.add(bytes.len() as u64);
-    stream.write_all(bytes).await.is_ok()
+    stream.write_all(bytes).await.is_ok() && stream.flush().await.is_ok()
 }

@@ -16,6 +16,7 @@
 //! - [`store`]: stores shared by all workers (DynamoDB tables) and their
 //!   registry.
 //! - [`stats`]: per-worker counters.
+//! - [`tls`]: TLS for clients (`-Z`) and backends (`mcp.init_tls`).
 //!
 //! # Example
 //! ```no_run
@@ -36,6 +37,7 @@ pub mod lua;
 pub mod server;
 pub mod stats;
 pub mod store;
+pub mod tls;
 
 pub use config::ServerConfig;
 pub use server::{ReloadHandle, RuntimeError, Server, ShutdownHandle};

@@ -30,6 +30,7 @@ use crate::embedded::Embedded;
 use crate::lua::worker::RouteEnv;
 use crate::lua::{load_config, LoadedConfig, ProxyConfig, ProxyStats, WorkerProxy};
 use crate::stats::ServerStats;
+use crate::tls::ServerTls;
 
 /// Errors that stop the server from starting.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +45,9 @@ pub enum RuntimeError {
     Config(String),
     #[error("{0}")]
     Lua(#[from] crate::lua::ConfigError),
+    /// A TLS certificate, key or CA file that cannot be used.
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// Asks a running server to reload its Lua configuration (what SIGHUP
@@ -83,6 +87,8 @@ pub struct Server {
     listeners: Vec<std::net::TcpListener>,
     shutdown: Arc<watch::Sender<bool>>,
     reload: Arc<Notify>,
+    /// Client-facing TLS (`-Z`), reloaded on SIGHUP.
+    tls: Option<Arc<ServerTls>>,
 }
 
 impl Server {
@@ -95,6 +101,14 @@ impl Server {
         if config.listen.is_empty() {
             return Err(RuntimeError::Config("no listen address".into()));
         }
+        // Certificates are read before anything listens: a file that
+        // cannot be used stops the start.
+        let tls = match &config.tls {
+            Some(settings) => Some(Arc::new(
+                ServerTls::new(settings.clone()).map_err(RuntimeError::Tls)?,
+            )),
+            None => None,
+        };
         let mut listeners = Vec::new();
         for addr in &config.listen {
             let listener =
@@ -115,6 +129,7 @@ impl Server {
             listeners,
             shutdown: Arc::new(tx),
             reload: Arc::new(Notify::new()),
+            tls,
         })
     }
 
@@ -139,6 +154,7 @@ impl Server {
             listeners,
             shutdown,
             reload,
+            tls,
         } = self;
         let proxy_stats = Arc::new(ProxyStats::default());
         // The config VM runs once here, before any worker starts: a broken
@@ -160,6 +176,7 @@ impl Server {
             stats: stats.clone(),
             config: config.clone(),
             proxy_stats: proxy_stats.clone(),
+            tls: tls.clone(),
         });
 
         let mut senders = Vec::with_capacity(config.threads);
@@ -181,6 +198,7 @@ impl Server {
                 config: config.clone(),
                 shutdown: shutdown.subscribe(),
                 started: started_tx.clone(),
+                tls: tls.clone(),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("memroute-worker-{worker}"))
@@ -231,6 +249,7 @@ impl Server {
             drop(senders);
             info!(addrs = ?config.listen, threads = config.threads, "memroute listening");
             wait_for_shutdown(&shutdown, handle_signals, &reload, |()| {
+                reload_files(tls.as_deref());
                 reload_config(config.proxy.clone(), controls.clone(), proxy_stats.clone())
             })
             .await;
@@ -313,6 +332,18 @@ async fn wait_for_shutdown<F, Fut>(
         }
     }
     let _ = shutdown.send(true);
+}
+
+/// SIGHUP's part for certificates: they are read again, and a reload that
+/// fails keeps what was loaded before (logged as an error). New
+/// connections use what is loaded; established ones keep their session.
+fn reload_files(tls: Option<&ServerTls>) {
+    if let Some(tls) = tls {
+        match tls.reload() {
+            Ok(()) => info!("TLS certificates reloaded"),
+            Err(e) => tracing::error!("TLS reload failed, keeping the old certificates: {e}"),
+        }
+    }
 }
 
 /// Reloads the Lua configuration on every worker, or on none: the config VM
@@ -431,6 +462,7 @@ struct WorkerSeed {
     config: ServerConfig,
     shutdown: watch::Receiver<bool>,
     started: std::sync::mpsc::Sender<Result<(), String>>,
+    tls: Option<Arc<ServerTls>>,
 }
 
 impl WorkerSeed {
@@ -486,6 +518,7 @@ impl WorkerSeed {
         let stats = self.stats;
         let mut shutdown = self.shutdown;
         let timeout = self.config.shutdown_timeout;
+        let server_tls = self.tls;
         local.block_on(&runtime, async move {
             let live = Rc::new(std::cell::Cell::new(0usize));
             loop {
@@ -502,11 +535,16 @@ impl WorkerSeed {
                     stats.curr_connections.fetch_sub(1, Relaxed);
                     continue;
                 };
+                let _ = stream.set_nodelay(true);
                 let (ctx, live, stats, rx) =
                     (ctx.clone(), live.clone(), stats.clone(), shutdown.clone());
+                let tls = server_tls.clone();
                 live.set(live.get() + 1);
                 tokio::task::spawn_local(async move {
-                    serve(stream, ctx, rx).await;
+                    match tls {
+                        None => serve(stream, ctx, rx).await,
+                        Some(tls) => serve_tls(stream, &tls, ctx, rx).await,
+                    }
                     live.set(live.get() - 1);
                     stats.curr_connections.fetch_sub(1, Relaxed);
                 });
@@ -524,6 +562,49 @@ impl WorkerSeed {
             }
         });
     }
+}
+
+/// How long a client has to complete its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A TLS connection: the handshake (with the certificates current now),
+/// then the same loop as plain TCP over the session. The client
+/// certificate's common name is available to its routes
+/// (`r:tls_peer_cn()`).
+async fn serve_tls(
+    stream: tokio::net::TcpStream,
+    tls: &ServerTls,
+    ctx: Rc<WorkerContext>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let peer = stream.peer_addr().ok();
+    let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.acceptor().accept(stream));
+    let stream = tokio::select! {
+        done = handshake => match done {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                tls.handshake_failed();
+                debug!(?peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tls.handshake_failed();
+                debug!(?peer, "TLS handshake timed out");
+                return;
+            }
+        },
+        _ = shutdown.wait_for(|&stop| stop) => return,
+    };
+    let cn = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(|cert| crate::tls::peer_common_name(cert))
+        .map(Rc::<[u8]>::from);
+    crate::tls::PEER_CN
+        .scope(cn, serve(stream, ctx, shutdown))
+        .await;
 }
 
 fn handle_control(proxy: Option<&WorkerProxy>, message: Control) {

@@ -156,11 +156,19 @@ fn mcmc_code(code: ResponseCode) -> i64 {
 /// request stays valid whatever the route does.
 pub struct LuaRequest {
     pub request: Request,
+    /// The client certificate's common name, for a request made on a TLS
+    /// connection whose client sent one (`r:tls_peer_cn()`).
+    peer_cn: Option<std::rc::Rc<[u8]>>,
 }
 
 impl LuaRequest {
+    /// A request object; made in the task of the client connection it
+    /// serves, it carries that connection's TLS identity.
     pub fn new(request: Request) -> Self {
-        LuaRequest { request }
+        LuaRequest {
+            request,
+            peer_cn: crate::tls::current_peer_cn(),
+        }
     }
 
     fn tokens(&self) -> Vec<&[u8]> {
@@ -301,6 +309,13 @@ impl UserData for LuaRequest {
             lua.create_string(this.request.value())
         });
         methods.add_method("vlen", |_, this, ()| Ok(this.request.value().len()));
+        // memroute (memcached's proxy has it as rctx:tls_peer_cn()): the
+        // common name of the client's TLS certificate; nil without TLS or
+        // without a client certificate.
+        methods.add_method("tls_peer_cn", |lua, this, ()| match &this.peer_cn {
+            Some(cn) => Ok(Value::String(lua.create_string(cn)?)),
+            None => Ok(Value::Nil),
+        });
     }
 }
 
