@@ -575,6 +575,24 @@ impl Cache {
         s
     }
 
+    /// Seconds since the least recently used item was last accessed (what
+    /// memcached's `stats items` calls `age`: the age of its LRU tail);
+    /// `None` when the cache is empty. Expired items not yet reclaimed count,
+    /// as in memcached. Reads every item (one shard at a time, under its read
+    /// lock), so it is for `stats items`, not for the request path.
+    pub fn oldest_item_age(&self) -> Option<u64> {
+        let oldest = self
+            .shards
+            .iter()
+            .filter_map(|lock| {
+                lock.read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .oldest_access()
+            })
+            .min()?;
+        Some(self.now().saturating_sub(oldest).max(0) as u64)
+    }
+
     /// Number of stored items (same as `stats().curr_items`).
     pub fn len(&self) -> u64 {
         self.shards

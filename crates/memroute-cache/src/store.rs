@@ -395,6 +395,17 @@ impl Shard {
             + heap_cost(self.index.allocation_size())
     }
 
+    /// The earliest last access (Unix seconds) of the shard's items, if it
+    /// holds any. Reads every slot: for `stats items`, not the request path.
+    pub fn oldest_access(&self) -> Option<i64> {
+        self.chunks
+            .iter()
+            .flat_map(|chunk| chunk.iter())
+            .flatten()
+            .map(|item| item.last_access.load(Relaxed))
+            .min()
+    }
+
     /// Slot of `key`, valid or not.
     #[inline]
     pub fn find(&self, hash: u64, key: &[u8]) -> Option<usize> {

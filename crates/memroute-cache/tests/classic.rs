@@ -646,3 +646,22 @@ fn cache_is_usable_with_tiny_or_zero_limits() {
     c.flush_all(0);
     assert_eq!(c.stats().bytes, 0);
 }
+
+#[test]
+fn oldest_item_age_is_the_least_recent_access() {
+    let (c, clock) = cache();
+    assert_eq!(c.oldest_item_age(), None, "empty");
+    set(&c, "a", "1", 0, 0);
+    clock.advance(5);
+    set(&c, "b", "2", 0, 0);
+    clock.advance(3);
+    assert_eq!(c.oldest_item_age(), Some(8), "a, stored 8 s ago");
+    assert!(c.get(b"a").hit().is_some());
+    assert_eq!(
+        c.oldest_item_age(),
+        Some(3),
+        "a was read: b is the oldest now"
+    );
+    c.delete(b"b");
+    assert_eq!(c.oldest_item_age(), Some(0));
+}

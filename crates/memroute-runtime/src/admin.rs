@@ -46,9 +46,14 @@ impl Admin {
                 self.proxy_stats.backends.reset();
                 reply::line(out, "RESET");
             }
-            // Slab-allocator views have no equivalent in the embedded cache;
-            // an empty list keeps tools that poll them working.
-            b"items" | b"slabs" | b"sizes" | b"conns" | b"extstore" => reply::end(out),
+            // The embedded cache as one "slab class" (it has no slab
+            // allocator): the fields with a true value, see
+            // docs/compatibility.md.
+            b"items" => self.items(cache, out),
+            b"slabs" => self.slabs(cache, out),
+            // No equivalent in memroute; an empty list keeps tools that
+            // poll them working.
+            b"sizes" | b"conns" | b"extstore" => reply::end(out),
             _ => reply::line(out, "ERROR"),
         }
     }
@@ -185,6 +190,60 @@ impl Admin {
                 stat(field, &micros(s.latency.quantile(q)));
             }
         }
+        reply::end(out);
+    }
+
+    /// `stats items`: the embedded cache as memcached's class 1 (listed,
+    /// as memcached lists a class, only while it holds items). Only fields
+    /// memroute has a true value for; no LRU segments, crawler or per-LRU
+    /// hit counts.
+    fn items(&self, cache: &Cache, out: &mut BytesMut) {
+        let c = cache.stats();
+        if c.curr_items > 0 {
+            let age = cache.oldest_item_age().unwrap_or(0);
+            for (field, value) in [
+                ("number", c.curr_items),
+                ("age", age),
+                ("mem_requested", c.bytes),
+                ("evicted", c.evictions),
+                ("outofmemory", c.store_no_memory),
+                ("reclaimed", c.reclaimed),
+                ("expired_unfetched", c.expired_unfetched),
+                ("evicted_unfetched", c.evicted_unfetched),
+            ] {
+                write_stat(out, &format!("items:1:{field}"), value);
+            }
+        }
+        reply::end(out);
+    }
+
+    /// `stats slabs`: the embedded cache as class 1. `chunk_size` is the
+    /// largest item the class holds (`-I`; each item is allocated at its
+    /// own size), `used_chunks` the items; the command counters are the
+    /// server's, all of which fall in the one class. No pages or free
+    /// chunks. `total_malloced` is the heap held for the items.
+    fn slabs(&self, cache: &Cache, out: &mut BytesMut) {
+        let c = cache.stats();
+        let active = c.curr_items > 0;
+        if active {
+            let t = self.stats.totals();
+            for (field, value) in [
+                ("chunk_size", c.item_size_max),
+                ("used_chunks", c.curr_items),
+                ("get_hits", t.get_hits),
+                ("cmd_set", t.cmd_set),
+                ("delete_hits", t.delete_hits),
+                ("incr_hits", t.incr_hits),
+                ("decr_hits", t.decr_hits),
+                ("cas_hits", t.cas_hits),
+                ("cas_badval", t.cas_badval),
+                ("touch_hits", t.touch_hits),
+            ] {
+                write_stat(out, &format!("1:{field}"), value);
+            }
+        }
+        write_stat(out, "active_slabs", u8::from(active));
+        write_stat(out, "total_malloced", c.heap_bytes);
         reply::end(out);
     }
 
