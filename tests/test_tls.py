@@ -1,5 +1,6 @@
 """TLS: memroute's client-facing TLS (-Z, -o ssl_*), certificate reload on
-SIGHUP, client certificates (verify modes, r:tls_peer_cn()).
+SIGHUP, client certificates (verify modes, r:tls_peer_cn()) and TLS to
+backends (mcp.init_tls, mcp.backend{tls = true}).
 
 Certificates are made for each test run with the openssl CLI (Debian's
 openssl) in a temporary directory: a test CA, a server certificate for
@@ -442,3 +443,131 @@ def test_bad_certificate_files_stop_the_start(certs, workdir):
     ]:
         proc = run(*args)
         assert proc.returncode == 2 and says in proc.stderr, (args, proc.stderr)
+
+
+# --------------------------------------------------------------------------
+# TLS to backends
+# --------------------------------------------------------------------------
+
+BACKEND_STARTFILE = """
+function mcp_config_pools()
+    {init}
+    local b = mcp.backend({{ label = "tlsb", host = "127.0.0.1", port = {port},
+                            readtimeout = 1, connecttimeout = 1, retrywaittime = 1
+                            {backend_opts} }})
+    return {{ main = mcp.pool({{ b }}) }}
+end
+
+function mcp_config_routes(pools)
+    mcp.attach(mcp.CMD_ANY_STORAGE, pools.main)
+end
+"""
+
+
+def proxy_startfile(workdir: Path, port: int, init: str, backend_opts: str = "",
+                    name: str = "proxy.lua") -> Path:
+    return write_startfile(workdir, name, BACKEND_STARTFILE.format(
+        init=init, port=port, backend_opts=backend_opts))
+
+
+@pytest.fixture
+def tls_backend(certs, workdir, servers) -> ServerHandle:
+    """memroute itself, with -Z, as a TLS-terminating memcached backend."""
+    h = start(tls_args(certs), workdir, tls_probe(client_context(certs)), name="backend")
+    servers.append(h)
+    return h
+
+
+def proxy_request(port: int, data: bytes, terminator: bytes = b"\r\n") -> bytes:
+    with socket.create_connection((HOST, port), timeout=10) as s:
+        s.sendall(data)
+        out = b""
+        while terminator not in out:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            out += chunk
+        return out
+
+
+def plain_stats(port: int, group: bytes) -> dict:
+    raw = proxy_request(port, b"stats " + group + b"\r\n", b"END\r\n")
+    return {p[1].decode(): p[2].decode() for p in
+            (line.split(b" ", 2) for line in raw.split(b"\r\n")) if len(p) == 3}
+
+
+def test_backend_tls_verified_against_a_ca_file(certs, workdir, servers, tls_backend):
+    startfile = proxy_startfile(workdir, tls_backend.port,
+                                'mcp.init_tls({ ca = "%s" })' % (certs / "ca.pem"),
+                                ", tls = true")
+    proxy = start(["--config", str(startfile)], workdir, plain_probe, name="proxy")
+    servers.append(proxy)
+    assert proxy_request(proxy.port, b"set viatls 0 0 3\r\nabc\r\n") == b"STORED\r\n"
+    assert proxy_request(proxy.port, b"get viatls\r\n", b"END\r\n") == \
+        b"VALUE viatls 0 3\r\nabc\r\nEND\r\n"
+    # The value is on the backend, read over TLS directly.
+    with TlsClient(tls_backend.port, client_context(certs)) as c:
+        assert c.request(b"get viatls\r\n", b"END\r\n") == b"VALUE viatls 0 3\r\nabc\r\nEND\r\n"
+    backends = plain_stats(proxy.port, b"backends")
+    assert backends["tlsb:connect_failures"] == "0"
+    assert int(backends["tlsb:connects"]) >= 1
+
+
+def test_backend_tls_by_default_with_backend_use_tls(certs, workdir, servers, tls_backend):
+    init = 'mcp.init_tls({ ca = "%s" }) mcp.backend_use_tls(true)' % (certs / "ca.pem")
+    startfile = proxy_startfile(workdir, tls_backend.port, init, ', tls_name = "localhost"')
+    proxy = start(["--config", str(startfile)], workdir, plain_probe, name="proxy")
+    servers.append(proxy)
+    assert proxy_request(proxy.port, b"set d 0 0 1\r\n1\r\n") == b"STORED\r\n"
+
+
+def test_backend_tls_refuses_a_certificate_from_another_ca(certs, workdir, servers,
+                                                           tls_backend):
+    startfile = proxy_startfile(workdir, tls_backend.port,
+                                'mcp.init_tls({ ca = "%s" })' % (certs / "other-ca.pem"),
+                                ", tls = true")
+    proxy = start(["--config", str(startfile), "-v"], workdir, plain_probe, name="proxy")
+    servers.append(proxy)
+    assert proxy_request(proxy.port, b"get k\r\n") == b"SERVER_ERROR backend failure\r\n"
+    backends = plain_stats(proxy.port, b"backends")
+    assert int(backends["tlsb:connect_failures"]) >= 1
+    assert backends["tlsb:connects"] == "0"
+    # Verification also fails for a name the certificate does not carry.
+    startfile = proxy_startfile(workdir, tls_backend.port,
+                                'mcp.init_tls({ ca = "%s" })' % (certs / "ca.pem"),
+                                ', tls = true, tls_name = "db.example.com"', name="badname.lua")
+    proxy = start(["--config", str(startfile)], workdir, plain_probe, name="proxy2")
+    servers.append(proxy)
+    assert proxy_request(proxy.port, b"get k\r\n") == b"SERVER_ERROR backend failure\r\n"
+
+
+def test_backend_tls_verification_can_be_turned_off_explicitly(certs, workdir, servers,
+                                                               tls_backend):
+    startfile = proxy_startfile(workdir, tls_backend.port,
+                                "mcp.init_tls({ verify = false })", ", tls = true")
+    proxy = start(["--config", str(startfile)], workdir, plain_probe, name="proxy")
+    servers.append(proxy)
+    assert proxy_request(proxy.port, b"set nv 0 0 1\r\nz\r\n") == b"STORED\r\n"
+    assert b"not verified" in proxy.stderr_path.read_bytes()
+
+
+def test_backend_tls_against_system_roots_fails_for_a_private_ca(certs, workdir, servers,
+                                                                 tls_backend):
+    startfile = proxy_startfile(workdir, tls_backend.port, "mcp.init_tls()", ", tls = true")
+    proxy = start(["--config", str(startfile)], workdir, plain_probe, name="proxy")
+    servers.append(proxy)
+    assert proxy_request(proxy.port, b"get k\r\n") == b"SERVER_ERROR backend failure\r\n"
+
+
+def test_backend_tls_startfile_errors(certs, workdir):
+    binary = str(_require_memroute())
+    for init, opts, says in [
+        ("", ", tls = true", b"needs mcp.init_tls()"),
+        ('mcp.init_tls({ ca = "/nonexistent/ca.pem" })', "", b"/nonexistent/ca.pem"),
+        ('mcp.init_tls({ bogus = 1 })', "", b"unknown option 'bogus'"),
+        ("mcp.init_tls()", ", tls = 1", b"tls must be true or false"),
+    ]:
+        startfile = proxy_startfile(workdir, 1, init, opts, name="bad.lua")
+        proc = subprocess.run([binary, "-l", HOST, "-p", str(free_port()), "--config",
+                               str(startfile)], capture_output=True, timeout=30)
+        assert proc.returncode == 1 and says in proc.stderr, (init, opts, proc.stderr)

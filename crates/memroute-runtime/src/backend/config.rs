@@ -60,6 +60,9 @@ pub struct BackendConfig {
     /// buffered, and its request is answered `SERVER_ERROR out of memory
     /// writing get response`; the connection stays in step.
     pub max_value: usize,
+    /// TLS to this backend (`mcp.backend{tls = true}` after
+    /// `mcp.init_tls()`); `None` is plain TCP.
+    pub tls: Option<crate::tls::BackendTls>,
 }
 
 impl BackendConfig {
@@ -104,6 +107,7 @@ impl Default for BackendConfig {
             flap_backoff_max: Duration::from_secs(3600),
             batch_gets: true,
             max_value: memroute_proto::Limits::default().max_item_size,
+            tls: None,
         }
     }
 }

@@ -20,8 +20,7 @@ use memroute_proto::{
     decode_retrieval_piece, retrieval_head, Command, GetOp, Request, Response, ResponseCode,
     ResponseDecoder, RetrievalHead, RetrievalPiece,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, Notify, Semaphore};
 use tokio::time::{sleep_until, timeout, timeout_at, Instant};
@@ -430,12 +429,50 @@ pub(crate) async fn supervise(inner: Rc<Inner>, slot: Rc<Slot>) {
     }
 }
 
-/// Connects (within `connect_timeout`) and checks that the peer answers
-/// `version` with a `VERSION` line and nothing more (within
+/// A backend connection: plain TCP, or TLS over it (`tls = true`).
+enum BackendStream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// Connects (within `connect_timeout`, the TLS handshake included, its
+/// certificate checked as `mcp.init_tls` said) and checks that the peer
+/// answers `version` with a `VERSION` line and nothing more (within
 /// `read_timeout`).
-async fn connect(config: &BackendConfig) -> Result<TcpStream, BackendError> {
+async fn connect(config: &BackendConfig) -> Result<BackendStream, BackendError> {
+    let started = Instant::now();
+    let stream = connect_tcp(config).await?;
+    let Some(tls) = &config.tls else {
+        return validated(config, stream).await.map(BackendStream::Plain);
+    };
+    let name = crate::tls::ClientTls::server_name(&tls.server_name)
+        .map_err(|e| BackendError::connect(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+    let connector = tokio_rustls::TlsConnector::from(tls.client.config.clone());
+    let left = config.connect_timeout.saturating_sub(started.elapsed());
+    let stream = match timeout(left, connector.connect(name, stream)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            return Err(BackendError::connect(io::Error::new(
+                e.kind(),
+                format!("TLS handshake with {}: {e}", tls.server_name),
+            )))
+        }
+        Err(_) => {
+            return Err(BackendError::connect(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("TLS handshake timed out after {:?}", config.connect_timeout),
+            )))
+        }
+    };
+    validated(config, stream)
+        .await
+        .map(|s| BackendStream::Tls(Box::new(s)))
+}
+
+/// The TCP connection, within `connect_timeout`.
+async fn connect_tcp(config: &BackendConfig) -> Result<TcpStream, BackendError> {
     let addr = (config.host.as_str(), config.port);
-    let mut stream = match timeout(config.connect_timeout, TcpStream::connect(addr)).await {
+    let stream = match timeout(config.connect_timeout, TcpStream::connect(addr)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => return Err(BackendError::connect(e)),
         Err(_) => {
@@ -451,6 +488,14 @@ async fn connect(config: &BackendConfig) -> Result<TcpStream, BackendError> {
             .set_keepalive(true)
             .map_err(BackendError::connect)?;
     }
+    Ok(stream)
+}
+
+/// `stream` once it has answered `version` within `read_timeout`.
+async fn validated<S: AsyncRead + AsyncWrite + Unpin>(
+    config: &BackendConfig,
+    mut stream: S,
+) -> Result<S, BackendError> {
     match timeout(config.read_timeout, validate(&mut stream)).await {
         Ok(Ok(())) => Ok(stream),
         Ok(Err(e)) => Err(BackendError::connect(e)),
@@ -461,7 +506,7 @@ async fn connect(config: &BackendConfig) -> Result<TcpStream, BackendError> {
     }
 }
 
-async fn validate(stream: &mut TcpStream) -> io::Result<()> {
+async fn validate<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) -> io::Result<()> {
     let mut rbuf = BytesMut::with_capacity(256);
     let request = Request::new(
         Bytes::from_static(b"version"),
@@ -472,6 +517,7 @@ async fn validate(stream: &mut TcpStream) -> io::Result<()> {
     let mut wbuf = BytesMut::new();
     request.encode(&mut wbuf);
     stream.write_all(&wbuf).await?;
+    stream.flush().await?;
     loop {
         match decoder.decode(&mut rbuf) {
             Ok(Some(reply)) if reply.code() == ResponseCode::Version => {
@@ -521,17 +567,36 @@ async fn validate(stream: &mut TcpStream) -> io::Result<()> {
 /// Writer and reader run concurrently (in one task), so a large pipelined
 /// write waiting for the backend to read never stops us from reading its
 /// replies.
-async fn session(inner: &Inner, slot: &Slot, stream: TcpStream) -> SessionEnd {
-    let (mut rd, mut wr) = stream.into_split();
+///
+/// Plain TCP uses the socket's own halves; a TLS session is split with
+/// `tokio::io::split` (the reader and the writer share its state).
+async fn session(inner: &Inner, slot: &Slot, stream: BackendStream) -> SessionEnd {
+    match stream {
+        BackendStream::Plain(stream) => {
+            let (mut rd, mut wr) = stream.into_split();
+            run_session(inner, slot, &mut rd, &mut wr).await
+        }
+        BackendStream::Tls(stream) => {
+            let (mut rd, mut wr) = tokio::io::split(*stream);
+            run_session(inner, slot, &mut rd, &mut wr).await
+        }
+    }
+}
+
+async fn run_session<R, W>(inner: &Inner, slot: &Slot, rd: &mut R, wr: &mut W) -> SessionEnd
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     tokio::select! {
-        error = write_loop(inner, slot, &mut wr) => SessionEnd::Failed(error),
-        end = read_loop(inner, slot, &mut rd, Instant::now()) => end,
+        error = write_loop(inner, slot, wr) => SessionEnd::Failed(error),
+        end = read_loop(inner, slot, rd, Instant::now()) => end,
     }
 }
 
 /// Writes everything queued in `out`, one batch per write; returns only on
 /// error.
-async fn write_loop(inner: &Inner, slot: &Slot, wr: &mut OwnedWriteHalf) -> BackendError {
+async fn write_loop<W: AsyncWrite + Unpin>(inner: &Inner, slot: &Slot, wr: &mut W) -> BackendError {
     let mut batch = BytesMut::new();
     loop {
         if slot.out.borrow().is_empty() {
@@ -542,7 +607,12 @@ async fn write_loop(inner: &Inner, slot: &Slot, wr: &mut OwnedWriteHalf) -> Back
         slot.take_out(&mut batch);
         inner.counters.writes.incr();
         inner.counters.bytes_written.add(batch.len() as u64);
+        // (The flush is a no-op for TCP; a TLS session may still hold
+        // bytes the socket did not take.)
         if let Err(e) = wr.write_all(&batch).await {
+            return BackendError::io(e);
+        }
+        if let Err(e) = wr.flush().await {
             return BackendError::io(e);
         }
         batch.clear();
@@ -570,10 +640,10 @@ struct Dropping {
 /// in, never buffered. A reply that is not its request's (a `VALUE` for
 /// another key, another opaque) means the stream is out of step: the
 /// connection is dropped and only the requests on it fail.
-async fn read_loop(
+async fn read_loop<R: AsyncRead + Unpin>(
     inner: &Inner,
     slot: &Slot,
-    rd: &mut OwnedReadHalf,
+    rd: &mut R,
     connected_at: Instant,
 ) -> SessionEnd {
     let read_timeout = inner.config.read_timeout;

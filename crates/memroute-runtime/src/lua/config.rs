@@ -18,6 +18,7 @@ use mlua::{AnyUserData, Lua, Table, UserData, Value};
 use super::vm::{self, DIST_MARK, HASH_MARK};
 use crate::backend::BackendConfig;
 use crate::store::SharedStore;
+use crate::tls::{BackendTls, ClientTls, ClientTlsSettings};
 
 /// Where the routing configuration comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -183,6 +184,7 @@ fn register(lua: &Lua, stat_names: Rc<RefCell<Vec<(i64, String)>>>) -> mlua::Res
         "backend",
         lua.create_function(|_, args: mlua::MultiValue| backend(args))?,
     )?;
+    register_tls(lua, &mcp)?;
     mcp.set(
         "pool",
         lua.create_function(|_, (list, opts): (Table, Option<Table>)| pool(list, opts))?,
@@ -215,6 +217,171 @@ fn register(lua: &Lua, stat_names: Rc<RefCell<Vec<(i64, String)>>>) -> mlua::Res
         &["attach", "await", "internal", "request", "stat", "warm"],
         "mcp_config_routes (worker VMs)",
     )
+}
+
+/// The config VM's TLS state: what `mcp.init_tls` built and the default
+/// `mcp.backend_use_tls` set.
+#[derive(Default)]
+struct TlsState {
+    client: Option<ClientTls>,
+    use_tls: bool,
+}
+
+/// memcached proxy's TLS API: `mcp.init_tls([{ca=, verify=, cert=, key=}])`,
+/// `mcp.backend_use_tls(bool)`, and the `tls` and `tls_name` options of
+/// `mcp.backend`. The plain `mcp.backend` parser is wrapped: the TLS
+/// options are taken out here, where the VM's TLS state is at hand, and the
+/// rest goes to it unchanged.
+fn register_tls(lua: &Lua, mcp: &Table) -> mlua::Result<()> {
+    lua.set_app_data(TlsState::default());
+    mcp.set(
+        "init_tls",
+        lua.create_function(|lua, opts: Option<Table>| {
+            let client = init_tls(opts)?;
+            if let Some(mut state) = lua.app_data_mut::<TlsState>() {
+                state.client = Some(client);
+            }
+            Ok(())
+        })?,
+    )?;
+    mcp.set(
+        "backend_use_tls",
+        lua.create_function(|lua, on: Value| {
+            let Value::Boolean(on) = on else {
+                return Err(mlua::Error::runtime(
+                    "mcp.backend_use_tls: give true or false",
+                ));
+            };
+            if let Some(mut state) = lua.app_data_mut::<TlsState>() {
+                state.use_tls = on;
+            }
+            Ok(())
+        })?,
+    )?;
+    let plain: mlua::Function = mcp.get("backend")?;
+    mcp.set(
+        "backend",
+        lua.create_function(move |lua, args: mlua::MultiValue| {
+            backend_with_tls(lua, &plain, args)
+        })?,
+    )?;
+    Ok(())
+}
+
+/// `mcp.init_tls{...}`: backend certificates are verified against the
+/// system's roots, or the `ca` file; `verify = false` turns that off.
+fn init_tls(opts: Option<Table>) -> mlua::Result<ClientTls> {
+    let mut settings = ClientTlsSettings {
+        verify: true,
+        ..ClientTlsSettings::default()
+    };
+    if let Some(opts) = opts {
+        for pair in opts.pairs::<String, Value>() {
+            let (key, value) = pair?;
+            let file = |v: &Value| -> mlua::Result<PathBuf> {
+                match v {
+                    Value::String(s) => Ok(PathBuf::from(s.to_str()?.to_string())),
+                    _ => Err(mlua::Error::runtime(format!(
+                        "mcp.init_tls: {key} must be a file name"
+                    ))),
+                }
+            };
+            match key.as_str() {
+                "ca" => settings.ca = Some(file(&value)?),
+                "cert" => settings.cert = Some(file(&value)?),
+                "key" => settings.key = Some(file(&value)?),
+                "verify" => {
+                    settings.verify = match value {
+                        Value::Boolean(b) => b,
+                        _ => {
+                            return Err(mlua::Error::runtime(
+                                "mcp.init_tls: verify must be true or false",
+                            ))
+                        }
+                    }
+                }
+                other => {
+                    return Err(mlua::Error::runtime(format!(
+                        "mcp.init_tls: unknown option '{other}' (ca, verify, cert, key)"
+                    )))
+                }
+            }
+        }
+    }
+    if !settings.verify {
+        tracing::warn!(
+            "mcp.init_tls{{verify = false}}: backend certificates are not verified; \
+             backend connections are encrypted but not authenticated"
+        );
+    }
+    ClientTls::new(settings).map_err(mlua::Error::runtime)
+}
+
+/// `mcp.backend(...)` with the TLS options: `tls = true|false` (default:
+/// `mcp.backend_use_tls`) and `tls_name` (the name the certificate must
+/// carry; default: the host).
+fn backend_with_tls(
+    lua: &Lua,
+    plain: &mlua::Function,
+    mut args: mlua::MultiValue,
+) -> mlua::Result<BackendHandle> {
+    let mut wanted = None;
+    let mut name = None;
+    if let Some(Value::Table(t)) = args.front().cloned() {
+        let rest = lua.create_table()?;
+        for pair in t.pairs::<Value, Value>() {
+            let (key, value) = pair?;
+            let key_name = match &key {
+                Value::String(s) => Some(s.to_str()?.to_string()),
+                _ => None,
+            };
+            match (key_name.as_deref(), value) {
+                (Some("tls"), Value::Boolean(on)) => wanted = Some(on),
+                (Some("tls"), _) => {
+                    return Err(mlua::Error::runtime(
+                        "mcp.backend: tls must be true or false",
+                    ))
+                }
+                (Some("tls_name"), Value::String(s)) => name = Some(s.to_str()?.to_string()),
+                (Some("tls_name"), _) => {
+                    return Err(mlua::Error::runtime(
+                        "mcp.backend: tls_name must be a string",
+                    ))
+                }
+                (_, value) => rest.set(key, value)?,
+            }
+        }
+        args.pop_front();
+        args.push_front(Value::Table(rest));
+    }
+    let handle = plain.call::<AnyUserData>(args)?;
+    let handle = handle.borrow::<BackendHandle>()?.clone();
+    let (client, use_tls) = match lua.app_data_ref::<TlsState>() {
+        Some(state) => (state.client.clone(), state.use_tls),
+        None => (None, false),
+    };
+    if !wanted.unwrap_or(use_tls) {
+        if name.is_some() {
+            return Err(mlua::Error::runtime(
+                "mcp.backend: tls_name is for a TLS backend (tls = true)",
+            ));
+        }
+        return Ok(handle);
+    }
+    let client = client.ok_or_else(|| {
+        mlua::Error::runtime(
+            "mcp.backend: a TLS backend needs mcp.init_tls() first (in mcp_config_pools)",
+        )
+    })?;
+    let mut cfg = (*handle.0).clone();
+    let server_name = name.unwrap_or_else(|| cfg.host.clone());
+    ClientTls::server_name(&server_name)
+        .map_err(|e| mlua::Error::runtime(format!("mcp.backend: {e}")))?;
+    cfg.tls = Some(BackendTls {
+        client,
+        server_name,
+    });
+    Ok(BackendHandle(Arc::new(cfg)))
 }
 
 fn seconds(value: Value, option: &str) -> mlua::Result<Duration> {
