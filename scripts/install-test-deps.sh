@@ -27,6 +27,8 @@ APT_PACKAGES=(
   # CGI::Session's memcached driver (pulls in CGI::Session): tests/test_sessions.py
   "libcgi-session-driver-memcached-perl:/usr/share/perl5/CGI/Session/Driver/memcached.pm"
   "netcat-openbsd:/bin/nc.openbsd"
+  # A real Prometheus (and promtool) scraping --metrics-listen: tests/test_metrics.py
+  "prometheus:/usr/bin/prometheus"
 )
 
 SUDO=""
@@ -80,7 +82,7 @@ else
   log "Debian packages already installed"
 fi
 
-for tool in memcached memccapable memcaslap nutcracker php perl nc; do
+for tool in memcached memccapable memcaslap nutcracker php perl nc prometheus promtool; do
   command -v "$tool" >/dev/null 2>&1 || die "$tool still missing after install"
 done
 # (no `cmd | grep -q` under pipefail: grep exiting early would SIGPIPE php)

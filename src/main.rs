@@ -98,6 +98,11 @@ struct Cli {
     /// Seconds graceful shutdown waits for requests in flight.
     #[arg(long = "shutdown-timeout", default_value_t = 10)]
     shutdown_timeout: u64,
+    /// Serve Prometheus / OpenMetrics metrics at http://HOST:PORT/metrics
+    /// (`:PORT` or PORT: on 127.0.0.1); off by default.
+    #[arg(long = "metrics-listen", value_name = "HOST:PORT",
+          value_parser = memroute_runtime::metrics::parse_listen)]
+    metrics_listen: Option<SocketAddr>,
     /// Verbose logging: -v info, -vv debug, -vvv trace (RUST_LOG overrides).
     #[arg(short = 'v', long = "verbose", action = ArgAction::Count)]
     verbose: u8,
@@ -542,6 +547,7 @@ fn config_from(cli: &Cli) -> Result<ServerConfig, String> {
         Some(limit) => limit,
         None => config.client_buffer_limit.max(min_buffer),
     };
+    config.metrics_listen = cli.metrics_listen;
     if let Some(startfile) = startfile {
         config.proxy = Some(memroute_runtime::lua::ProxyConfig {
             startfile,

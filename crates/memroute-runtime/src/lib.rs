@@ -16,6 +16,7 @@
 //! - [`store`]: stores shared by all workers (DynamoDB tables) and their
 //!   registry.
 //! - [`stats`]: per-worker counters.
+//! - [`metrics`]: the Prometheus / OpenMetrics endpoint (`--metrics-listen`).
 //! - [`tls`]: TLS for clients (`-Z`) and backends (`mcp.init_tls`).
 //!
 //! # Example
@@ -34,6 +35,7 @@ pub mod config;
 pub mod connection;
 pub mod embedded;
 pub mod lua;
+pub mod metrics;
 pub mod server;
 pub mod stats;
 pub mod store;

@@ -157,6 +157,10 @@ impl Server {
             tls,
         } = self;
         let proxy_stats = Arc::new(ProxyStats::default());
+        // Metrics endpoint: the digest of the startfile about to be loaded.
+        let config_digest = Arc::new(crate::metrics::ConfigDigest::new(
+            crate::metrics::startfile_digest(config.proxy.as_ref().map(|p| p.startfile.as_path())),
+        ));
         // The config VM runs once here, before any worker starts: a broken
         // startfile stops the server with the file and line at fault.
         let loaded = match &config.proxy {
@@ -178,6 +182,22 @@ impl Server {
             proxy_stats: proxy_stats.clone(),
             tls: tls.clone(),
         });
+        // Metrics endpoint (--metrics-listen): a thread of its own that
+        // reads what `stats` reads; off by default.
+        let metrics = match config.metrics_listen {
+            Some(addr) => {
+                let sources = crate::metrics::Sources {
+                    admin: admin.clone(),
+                    cache: cache.clone(),
+                    digest: config_digest.clone(),
+                };
+                Some(
+                    crate::metrics::MetricsServer::start(addr, sources, shutdown.subscribe())
+                        .map_err(|source| RuntimeError::Bind { addr, source })?,
+                )
+            }
+            None => None,
+        };
 
         let mut senders = Vec::with_capacity(config.threads);
         let mut controls = Vec::with_capacity(config.threads);
@@ -250,7 +270,12 @@ impl Server {
             info!(addrs = ?config.listen, threads = config.threads, "memroute listening");
             wait_for_shutdown(&shutdown, handle_signals, &reload, |()| {
                 reload_files(tls.as_deref());
-                reload_config(config.proxy.clone(), controls.clone(), proxy_stats.clone())
+                reload_config(
+                    config.proxy.clone(),
+                    controls.clone(),
+                    proxy_stats.clone(),
+                    config_digest.clone(),
+                )
             })
             .await;
             info!("shutting down: no new connections, finishing requests in flight");
@@ -261,6 +286,9 @@ impl Server {
         drop(local);
         for thread in workers {
             let _ = thread.join();
+        }
+        if let Some(metrics) = metrics {
+            metrics.join();
         }
         // Every connection is closed: nothing can queue more writes, so the
         // write-behind queues can be emptied for good. The drain is a
@@ -353,14 +381,19 @@ async fn reload_config(
     proxy: Option<ProxyConfig>,
     controls: Vec<mpsc::UnboundedSender<Control>>,
     proxy_stats: Arc<ProxyStats>,
+    config_digest: Arc<crate::metrics::ConfigDigest>,
 ) {
     use std::sync::atomic::Ordering::Relaxed;
     let Some(proxy) = proxy else {
         info!("no Lua configuration to reload");
         return;
     };
-    let loaded = match tokio::task::spawn_blocking(move || load_config(&proxy)).await {
-        Ok(Ok(loaded)) => Arc::new(loaded),
+    let load = move || {
+        let digest = crate::metrics::startfile_digest(Some(&proxy.startfile));
+        load_config(&proxy).map(|loaded| (loaded, digest))
+    };
+    let (loaded, digest) = match tokio::task::spawn_blocking(load).await {
+        Ok(Ok((loaded, digest))) => (Arc::new(loaded), digest),
         Ok(Err(e)) => {
             proxy_stats.reload_failures.fetch_add(1, Relaxed);
             tracing::error!("reload failed, keeping the old configuration: {e}");
@@ -404,6 +437,7 @@ async fn reload_config(
     }
     proxy_stats.set_names(&loaded.stat_names);
     proxy_stats.reloads.fetch_add(1, Relaxed);
+    config_digest.set(digest);
     info!("configuration reloaded on every worker");
 }
 

@@ -60,6 +60,15 @@ macro_rules! worker_counters {
                 $(self.$name.reset();)*
             }
         }
+
+        // Metrics endpoint (crate::metrics): every counter by name, so a
+        // counter added here is exported without a second list.
+        impl Totals {
+            /// `(name, value)` of every counter, in declaration order.
+            pub fn fields(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($name), self.$name),)*]
+            }
+        }
     };
 }
 

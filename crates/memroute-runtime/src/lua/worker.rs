@@ -83,6 +83,21 @@ impl ProxyStats {
         }
     }
 
+    /// `(name, value)` for every registered user stat (`mcp.add_stat`),
+    /// for the metrics endpoint.
+    pub fn user_stats(&self) -> Vec<(String, i64)> {
+        let Ok(names) = self.names.lock() else {
+            return Vec::new();
+        };
+        names
+            .iter()
+            .map(|(id, name)| {
+                let value = self.values.get(*id as usize).map_or(0, |v| v.load(Relaxed));
+                (name.clone(), value)
+            })
+            .collect()
+    }
+
     /// `(name, value)` for every registered user stat, then memroute's own.
     pub fn snapshot(&self) -> Vec<(String, i64)> {
         let mut out = Vec::new();

@@ -1,0 +1,809 @@
+//! The Prometheus / OpenMetrics endpoint (`--metrics-listen HOST:PORT`).
+//!
+//! `GET /metrics` answers every series below, read at scrape time from the
+//! same sources `stats` reads (the workers' counters in
+//! [`ServerStats`](crate::stats::ServerStats), the cache's own stats, the
+//! proxy's counters, the backend registry and the shared stores): nothing
+//! is counted twice on the request path. The server runs on a thread of its
+//! own with a one-thread tokio runtime, so a scrape never holds up a worker.
+//!
+//! The reply is OpenMetrics text when the scraper asks for it (`Accept:
+//! application/openmetrics-text`, as Prometheus does), else the Prometheus
+//! text format 0.0.4. Both are written by the `prometheus-client` crate.
+//! Other paths answer 404, other methods 405.
+//!
+//! Series (all prefixed `memroute_`; counters end in `_total`):
+//! - `info{version,config_digest}` 1;
+//! - `uptime_seconds`, `max_connections`, `curr_connections`,
+//!   `connections_total`, `rejected_connections_total`;
+//! - `<field>_total` for every worker counter `stats` sums
+//!   ([`Totals::fields`](crate::stats::Totals::fields)): `cmd_get_total`,
+//!   `get_hits_total`, `delete_misses_total`, `bytes_read_total`, ...;
+//! - the embedded cache: `cache_bytes`, `cache_heap_bytes`,
+//!   `cache_limit_bytes`, `cache_items`, `cache_stored_items_total`,
+//!   `cache_evictions_total`, `cache_evicted_unfetched_total`,
+//!   `cache_reclaimed_total`, `cache_expired_unfetched_total`;
+//! - proxy mode: `routed_requests_total`, `lua_errors_total`,
+//!   `config_reloads_total`, `config_reload_fails_total`,
+//!   `user_stat{name}`, and per memcached backend (`{backend}`, named as in
+//!   `stats backends`) its counters, gauges, `backend_state{state}` and the
+//!   `backend_latency_seconds` histogram;
+//! - shared stores (DynamoDB pools): `store_<field>{store}`.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ACCEPT, ALLOW, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use memroute_cache::Cache;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeGaugeValue, EncodeLabelSet, EncodeMetric, NoLabelSet,
+};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::admin::{Admin, VERSION};
+use crate::backend::{BackendState, LATENCY_BUCKETS_US};
+
+/// The OpenMetrics text `Content-Type`.
+const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Most scrapers connected at once; more are closed at accept.
+const MAX_CONNECTIONS: usize = 64;
+
+/// How long a scraper has to send its request headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Shared-store fields that are current values, not counts (exported as
+/// gauges; every other store field is a counter).
+const STORE_GAUGES: &[&str] = &[
+    "queue_depth",
+    "queue_bytes",
+    "in_flight",
+    "spool_bytes",
+    "spool_segments",
+];
+
+/// `--metrics-listen` as given: `HOST:PORT`, `[IPv6]:PORT`, or a bare
+/// `:PORT` or `PORT`, which mean 127.0.0.1.
+pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    let s = s.trim();
+    let port_only = s.strip_prefix(':').unwrap_or(s);
+    if !port_only.is_empty() && port_only.bytes().all(|b| b.is_ascii_digit()) {
+        let port: u16 = port_only
+            .parse()
+            .map_err(|_| format!("{s:?}: the port must be 0 to 65535"))?;
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    match s.to_socket_addrs() {
+        Ok(mut addrs) => addrs
+            .next()
+            .ok_or_else(|| format!("{s:?} resolves to no address")),
+        Err(e) => Err(format!("{s:?} is not HOST:PORT, :PORT or PORT ({e})")),
+    }
+}
+
+/// The startfile's digest for `memroute_info`: FNV-1a (64-bit) of its
+/// bytes, as 16 hex digits, or `none` without a startfile. Only the
+/// startfile itself counts, not files it `require`s.
+pub fn startfile_digest(startfile: Option<&Path>) -> String {
+    let Some(path) = startfile else {
+        return "none".into();
+    };
+    match std::fs::read(path) {
+        Ok(bytes) => format!("{:016x}", fnv1a64(&bytes)),
+        Err(_) => "unreadable".into(),
+    }
+}
+
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
+        (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The digest of the configuration in force: set at start and by each
+/// successful reload.
+#[derive(Debug)]
+pub struct ConfigDigest(Mutex<String>);
+
+impl ConfigDigest {
+    pub fn new(digest: String) -> Self {
+        ConfigDigest(Mutex::new(digest))
+    }
+
+    pub fn set(&self, digest: String) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = digest;
+    }
+
+    pub fn get(&self) -> String {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// What a scrape reads: the same state `stats` reads.
+#[derive(Clone)]
+pub struct Sources {
+    pub admin: Arc<Admin>,
+    pub cache: Arc<Cache>,
+    pub digest: Arc<ConfigDigest>,
+}
+
+impl fmt::Debug for Sources {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sources").finish_non_exhaustive()
+    }
+}
+
+/// The registry every scrape encodes: one collector over [`Sources`].
+pub fn registry(sources: Sources) -> Registry {
+    let mut registry = Registry::with_prefix("memroute");
+    registry.register_collector(Box::new(Collector(sources)));
+    registry
+}
+
+/// One scrape's text: OpenMetrics (ending in `# EOF`) or the Prometheus
+/// text format 0.0.4.
+pub fn render(registry: &Registry, openmetrics: bool) -> Result<String, fmt::Error> {
+    let mut out = String::new();
+    if openmetrics {
+        prometheus_client::encoding::text::encode(&mut out, registry)?;
+    } else {
+        prometheus_client::encoding::prometheus_text::encode(&mut out, registry)?;
+    }
+    Ok(out)
+}
+
+#[derive(Debug)]
+struct Collector(Sources);
+
+type Labels = Vec<(&'static str, String)>;
+
+fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> fmt::Result {
+    let metric = ConstCounter::new(value);
+    metric.encode(enc.encode_descriptor(name, help, None, MetricType::Counter)?)
+}
+
+fn gauge<V: EncodeGaugeValue + fmt::Debug>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: V,
+) -> fmt::Result {
+    let metric = ConstGauge::new(value);
+    metric.encode(enc.encode_descriptor(name, help, None, MetricType::Gauge)?)
+}
+
+/// One family of labelled samples; nothing at all when `rows` is empty.
+fn family<L: EncodeLabelSet, M: EncodeMetric>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    metric_type: MetricType,
+    rows: impl IntoIterator<Item = (L, M)>,
+) -> fmt::Result {
+    let mut rows = rows.into_iter().peekable();
+    if rows.peek().is_none() {
+        return Ok(());
+    }
+    let mut metric = enc.encode_descriptor(name, help, None, metric_type)?;
+    for (labels, value) in rows {
+        value.encode(metric.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// Label values made unique (a repeated one gets `#2`, `#3`, ...), so that
+/// no two samples of a family collide.
+fn unique(names: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut seen: Vec<String> = Vec::new();
+    for name in names {
+        let mut candidate = name.clone();
+        let mut n = 1;
+        while seen.contains(&candidate) {
+            n += 1;
+            candidate = format!("{name}#{n}");
+        }
+        seen.push(candidate);
+    }
+    seen
+}
+
+/// `name` with anything but `[A-Za-z0-9_]` made `_`, for metric names built
+/// from field names.
+fn metric_name(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}
+
+/// HELP text for the worker counters `stats` shows, by memcached's name.
+fn totals_help(field: &str) -> String {
+    let help = match field {
+        "cmd_get" => "Keys requested by get-type commands",
+        "cmd_set" => "Storage commands",
+        "cmd_flush" => "flush_all commands",
+        "cmd_touch" => "touch and gat-type commands",
+        "cmd_meta" => "Meta commands",
+        "get_hits" => "Keys requested and found",
+        "get_misses" => "Keys requested and not found",
+        "get_expired" => "Keys requested and found expired",
+        "get_flushed" => "Keys requested and found flushed",
+        "bytes_read" => "Bytes read from clients",
+        "bytes_written" => "Bytes written to clients",
+        "store_too_large" => "Stores refused as larger than the item size limit",
+        "store_no_memory" => "Stores refused for lack of memory",
+        "idle_kicks" => "Clients closed by the idle timeout",
+        _ => "",
+    };
+    if help.is_empty() {
+        format!("memcached stats field {field}")
+    } else {
+        format!("{help} (stats field {field})")
+    }
+}
+
+impl prometheus_client::collector::Collector for Collector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        let Sources {
+            admin,
+            cache,
+            digest,
+        } = &self.0;
+        let stats = &admin.stats;
+        let info: Labels = vec![
+            ("version", VERSION.to_string()),
+            ("config_digest", digest.get()),
+        ];
+        family(
+            &mut enc,
+            "info",
+            "memroute's version and the digest of its startfile (FNV-1a 64 of its bytes; none without one)",
+            MetricType::Gauge,
+            [(info, ConstGauge::new(1i64))],
+        )?;
+        gauge(
+            &mut enc,
+            "uptime_seconds",
+            "Seconds since the server started",
+            stats.uptime_secs(),
+        )?;
+        gauge(
+            &mut enc,
+            "max_connections",
+            "Most simultaneous client connections (-c)",
+            admin.config.max_connections as u64,
+        )?;
+        gauge(
+            &mut enc,
+            "curr_connections",
+            "Client connections open now",
+            stats.curr_connections.load(Relaxed) as u64,
+        )?;
+        counter(
+            &mut enc,
+            "connections",
+            "Client connections accepted (stats field total_connections)",
+            stats.total_connections.load(Relaxed),
+        )?;
+        counter(
+            &mut enc,
+            "rejected_connections",
+            "Client connections refused at the connection limit",
+            stats.rejected_connections.load(Relaxed),
+        )?;
+        for (field, value) in stats.totals().fields() {
+            counter(&mut enc, field, &totals_help(field), value)?;
+        }
+
+        let c = cache.stats();
+        gauge(
+            &mut enc,
+            "cache_bytes",
+            "Bytes of items as memcached counts them (stats field bytes)",
+            c.bytes,
+        )?;
+        gauge(
+            &mut enc,
+            "cache_heap_bytes",
+            "Heap held for the embedded cache's items, what the memory limit bounds",
+            c.heap_bytes,
+        )?;
+        gauge(
+            &mut enc,
+            "cache_limit_bytes",
+            "The embedded cache's memory limit (stats field limit_maxbytes)",
+            c.limit_maxbytes,
+        )?;
+        gauge(
+            &mut enc,
+            "cache_items",
+            "Items stored now (stats field curr_items)",
+            c.curr_items,
+        )?;
+        counter(
+            &mut enc,
+            "cache_stored_items",
+            "Items stored since start (stats field total_items)",
+            c.total_items,
+        )?;
+        counter(
+            &mut enc,
+            "cache_evictions",
+            "Valid items evicted to make room",
+            c.evictions,
+        )?;
+        counter(
+            &mut enc,
+            "cache_evicted_unfetched",
+            "Evicted items never fetched",
+            c.evicted_unfetched,
+        )?;
+        counter(
+            &mut enc,
+            "cache_reclaimed",
+            "Expired or flushed items whose memory was reused",
+            c.reclaimed,
+        )?;
+        counter(
+            &mut enc,
+            "cache_expired_unfetched",
+            "Reclaimed items never fetched",
+            c.expired_unfetched,
+        )?;
+
+        if admin.config.proxy.is_some() {
+            self.encode_proxy(&mut enc)?;
+        }
+        self.encode_stores(&mut enc)
+    }
+}
+
+impl Collector {
+    fn encode_proxy(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        let proxy = &self.0.admin.proxy_stats;
+        counter(
+            enc,
+            "routed_requests",
+            "Requests run by routes",
+            proxy.routed_requests.load(Relaxed),
+        )?;
+        counter(
+            enc,
+            "lua_errors",
+            "Route errors (each answered SERVER_ERROR lua failure)",
+            proxy.lua_errors.load(Relaxed),
+        )?;
+        counter(
+            enc,
+            "config_reloads",
+            "Successful configuration reloads",
+            proxy.reloads.load(Relaxed),
+        )?;
+        counter(
+            enc,
+            "config_reload_fails",
+            "Configuration reloads that failed (the old one kept)",
+            proxy.reload_failures.load(Relaxed),
+        )?;
+        let user = proxy.user_stats();
+        let names = unique(user.iter().map(|(name, _)| name.clone()));
+        family(
+            enc,
+            "user_stat",
+            "Counters registered with mcp.add_stat and bumped with mcp.stat",
+            MetricType::Gauge,
+            names
+                .into_iter()
+                .zip(&user)
+                .map(|(name, (_, value))| (vec![("name", name)], ConstGauge::new(*value))),
+        )?;
+        self.encode_backends(enc)
+    }
+
+    fn encode_backends(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        let summaries = self.0.admin.proxy_stats.backends.summaries();
+        if summaries.is_empty() {
+            return Ok(());
+        }
+        // Named as `stats backends` names them: the label, or
+        // label@host:port when one label names several addresses.
+        let names: Vec<String> = summaries
+            .iter()
+            .map(|b| {
+                let cfg = &b.config;
+                let shared = summaries
+                    .iter()
+                    .filter(|o| o.config.label == cfg.label)
+                    .count()
+                    > 1;
+                if shared {
+                    format!("{}@{}:{}", cfg.label, cfg.host, cfg.port)
+                } else {
+                    cfg.label.clone()
+                }
+            })
+            .collect();
+        let names = unique(names);
+        let labels = |i: usize| -> Labels { vec![("backend", names[i].clone())] };
+        type Field = fn(&crate::backend::BackendSummary) -> u64;
+        let counters: [(&str, &str, Field); 15] = [
+            (
+                "backend_requests",
+                "Requests sent or refused (calls to send)",
+                |b| b.stats.requests,
+            ),
+            ("backend_responses", "Replies received", |b| {
+                b.stats.responses
+            }),
+            (
+                "backend_failed_requests",
+                "Requests that failed, fast fails included",
+                |b| b.stats.failed_requests,
+            ),
+            (
+                "backend_fast_fails",
+                "Requests failed at once while the backend was bad",
+                |b| b.stats.fast_fails,
+            ),
+            (
+                "backend_busy",
+                "Requests failed waiting for room under the in-flight limit",
+                |b| b.stats.busy,
+            ),
+            (
+                "backend_failures",
+                "Failure events counted against the backend's health",
+                |b| b.stats.failures,
+            ),
+            ("backend_timeouts", "Read timeouts", |b| b.stats.timeouts),
+            (
+                "backend_oversize_values",
+                "Values over the item size limit dropped unread",
+                |b| b.stats.oversize_values,
+            ),
+            (
+                "backend_connects",
+                "Connections opened and validated",
+                |b| b.stats.connects,
+            ),
+            (
+                "backend_reconnects",
+                "Connection attempts after each connection's first",
+                |b| b.stats.reconnects,
+            ),
+            (
+                "backend_connect_failures",
+                "Connection attempts that failed",
+                |b| b.stats.connect_failures,
+            ),
+            (
+                "backend_marked_bad",
+                "Times the backend was marked bad",
+                |b| b.stats.marked_bad,
+            ),
+            (
+                "backend_writes",
+                "Write batches sent (pipelined requests share one)",
+                |b| b.stats.writes,
+            ),
+            (
+                "backend_bytes_written",
+                "Bytes written to the backend",
+                |b| b.stats.bytes_written,
+            ),
+            ("backend_bytes_read", "Bytes read from the backend", |b| {
+                b.stats.bytes_read
+            }),
+        ];
+        for (name, help, field) in counters {
+            family(
+                enc,
+                name,
+                help,
+                MetricType::Counter,
+                summaries
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| (labels(i), ConstCounter::new(field(b)))),
+            )?;
+        }
+        let gauges: [(&str, &str, Field); 4] = [
+            (
+                "backend_connections",
+                "Connections open and validated now",
+                |b| b.stats.connections_open as u64,
+            ),
+            (
+                "backend_in_flight",
+                "Requests sent or queued and not yet answered",
+                |b| b.stats.in_flight as u64,
+            ),
+            (
+                "backend_workers",
+                "Workers with connections to the backend",
+                |b| b.workers as u64,
+            ),
+            (
+                "backend_bad_workers",
+                "Workers that see the backend bad now",
+                |b| b.bad_workers as u64,
+            ),
+        ];
+        for (name, help, field) in gauges {
+            family(
+                enc,
+                name,
+                help,
+                MetricType::Gauge,
+                summaries
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| (labels(i), ConstGauge::new(field(b)))),
+            )?;
+        }
+        let states = [BackendState::Healthy, BackendState::Bad, BackendState::Down];
+        family(
+            enc,
+            "backend_state",
+            "1 for the backend's state (healthy, bad: some worker fails it fast, down: configured down), 0 for the others",
+            MetricType::Gauge,
+            summaries.iter().enumerate().flat_map(|(i, b)| {
+                states.iter().map(move |&state| {
+                    let mut l = labels(i);
+                    l.push(("state", state.as_str().to_string()));
+                    (l, ConstGauge::new(i64::from(b.stats.state == state)))
+                })
+            }),
+        )?;
+        // The histogram: the fixed buckets of `stats backends`, in seconds.
+        let mut metric = enc.encode_descriptor(
+            "backend_latency_seconds",
+            "Latency from queueing a request to parsing its reply",
+            None,
+            MetricType::Histogram,
+        )?;
+        for (i, b) in summaries.iter().enumerate() {
+            let h = &b.stats.latency;
+            let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS_US
+                .iter()
+                .map(|&us| us as f64 / 1e6)
+                .chain(std::iter::once(f64::INFINITY))
+                .zip(h.buckets.iter().copied())
+                .collect();
+            let l = labels(i);
+            metric.encode_family(&l)?.encode_histogram::<NoLabelSet>(
+                h.sum.as_secs_f64(),
+                h.count,
+                &buckets,
+                None,
+            )?;
+        }
+        Ok(())
+    }
+
+    fn encode_stores(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        let stores = crate::store::all();
+        if stores.is_empty() {
+            return Ok(());
+        }
+        let names = unique(stores.iter().map(|s| s.name().to_string()));
+        // One family per field, every store's value in it.
+        let mut fields: Vec<(String, Vec<(usize, u64)>)> = Vec::new();
+        for (i, store) in stores.iter().enumerate() {
+            for (field, value) in store.stats() {
+                match fields.iter_mut().find(|(f, _)| *f == field) {
+                    Some((_, rows)) => rows.push((i, value)),
+                    None => fields.push((field, vec![(i, value)])),
+                }
+            }
+        }
+        for (field, rows) in fields {
+            let name = format!("store_{}", metric_name(&field));
+            let help = format!("Shared store (DynamoDB pool) stats field {field}");
+            let labels = |i: usize| -> Labels { vec![("store", names[i].clone())] };
+            if STORE_GAUGES.contains(&field.as_str()) {
+                let rows = rows.iter().map(|&(i, v)| (labels(i), ConstGauge::new(v)));
+                family(enc, &name, &help, MetricType::Gauge, rows)?;
+            } else {
+                let rows = rows.iter().map(|&(i, v)| (labels(i), ConstCounter::new(v)));
+                family(enc, &name, &help, MetricType::Counter, rows)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The running endpoint; it stops when the server shuts down.
+pub struct MetricsServer {
+    local_addr: SocketAddr,
+    thread: JoinHandle<()>,
+}
+
+impl MetricsServer {
+    /// Binds `addr` (errors here stop the start) and serves on a thread of
+    /// its own until `shutdown` turns true.
+    pub fn start(
+        addr: SocketAddr,
+        sources: Sources,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> io::Result<MetricsServer> {
+        let listener = std::net::TcpListener::bind(addr)?;
+        listener.set_nonblocking(true)?;
+        let local_addr = listener.local_addr()?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let registry = Arc::new(registry(sources));
+        let thread = std::thread::Builder::new()
+            .name("memroute-metrics".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let listener = match tokio::net::TcpListener::from_std(listener) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            warn!(error = %e, "metrics endpoint cannot start");
+                            return;
+                        }
+                    };
+                    let live = Arc::new(AtomicUsize::new(0));
+                    loop {
+                        let accepted = tokio::select! {
+                            accepted = listener.accept() => accepted,
+                            _ = shutdown.wait_for(|&stop| stop) => break,
+                        };
+                        match accepted {
+                            Ok((stream, peer)) => {
+                                if live.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
+                                    debug!(%peer, "metrics: too many scrapers, closed");
+                                    continue;
+                                }
+                                live.fetch_add(1, Ordering::Relaxed);
+                                let (registry, live) = (registry.clone(), live.clone());
+                                tokio::spawn(async move {
+                                    serve_connection(stream, registry).await;
+                                    live.fetch_sub(1, Ordering::Relaxed);
+                                });
+                            }
+                            Err(e) => {
+                                warn!(error = %e, "metrics: accept failed");
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                            }
+                        }
+                    }
+                });
+                // Dropping the runtime drops any scrape in progress.
+            })?;
+        info!(addr = %local_addr, "metrics endpoint listening");
+        Ok(MetricsServer { local_addr, thread })
+    }
+
+    /// The address bound (the port chosen by the OS for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Waits for the endpoint's thread to end (after shutdown).
+    pub fn join(self) {
+        let _ = self.thread.join();
+    }
+}
+
+async fn serve_connection(stream: tokio::net::TcpStream, registry: Arc<Registry>) {
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let service = hyper::service::service_fn(move |request| {
+        let registry = registry.clone();
+        async move { Ok::<_, Infallible>(respond(&request, &registry)) }
+    });
+    let served = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(io, service)
+        .await;
+    if let Err(e) = served {
+        debug!(error = %e, "metrics: connection ended with an error");
+    }
+}
+
+fn respond(request: &Request<Incoming>, registry: &Registry) -> Response<Full<Bytes>> {
+    let plain = |status: StatusCode, body: &'static str| {
+        let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+        *response.status_mut() = status;
+        response.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        response
+    };
+    if request.uri().path() != "/metrics" {
+        return plain(
+            StatusCode::NOT_FOUND,
+            "not found: metrics are at /metrics\n",
+        );
+    }
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        let mut response = plain(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
+        response
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return response;
+    }
+    let openmetrics = request
+        .headers()
+        .get_all(ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    match render(registry, openmetrics) {
+        Ok(text) => {
+            let mut response = Response::new(Full::new(Bytes::from(text)));
+            let content_type = if openmetrics {
+                OPENMETRICS_CONTENT_TYPE
+            } else {
+                prometheus_client::encoding::prometheus_text::CONTENT_TYPE
+            };
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+            response
+        }
+        Err(_) => plain(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics\n"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addresses() {
+        let local = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        assert_eq!(parse_listen("9150"), Ok(local(9150)));
+        assert_eq!(parse_listen(":9150"), Ok(local(9150)));
+        assert_eq!(
+            parse_listen("0.0.0.0:80"),
+            Ok("0.0.0.0:80".parse().unwrap())
+        );
+        assert_eq!(
+            parse_listen("[::1]:9150"),
+            Ok("[::1]:9150".parse().unwrap())
+        );
+        assert_eq!(parse_listen("localhost:9150").map(|a| a.port()), Ok(9150));
+        for bad in ["", ":", "99999", ":http", "1.2.3.4", "host:port:9"] {
+            assert!(parse_listen(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn digest_is_fnv1a_64() {
+        // The published FNV-1a 64 test vectors.
+        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(startfile_digest(None), "none");
+    }
+
+    #[test]
+    fn label_values_are_made_unique() {
+        let names = unique(["a", "b", "a", "a"].map(String::from));
+        assert_eq!(names, ["a", "b", "a#2", "a#3"]);
+        assert_eq!(metric_name("spool-bytes.x"), "spool_bytes_x");
+    }
+}
