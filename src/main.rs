@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{ArgAction, Parser, Subcommand};
+use memroute_runtime::auth::AuthSettings;
 use memroute_runtime::config::Protocol;
 use memroute_runtime::tls::{MinVersion, TlsSettings, VerifyMode};
 use memroute_runtime::{Server, ServerConfig};
@@ -38,9 +39,10 @@ struct Cli {
     #[arg(short = 'b', long = "listen-backlog", default_value_t = 1024)]
     backlog: u32,
     /// Protocol: auto (each connection's first byte decides), ascii (text
-    /// and meta only) or binary.
-    #[arg(short = 'B', long = "protocol", default_value = "auto", value_parser = parse_protocol)]
-    protocol: Protocol,
+    /// and meta only) or binary [default: auto; ascii with -Y, binary with
+    /// -S].
+    #[arg(short = 'B', long = "protocol", value_parser = parse_protocol)]
+    protocol: Option<Protocol>,
     /// UDP port: memroute speaks TCP only, so only 0 is accepted (as in
     /// memcached's default).
     #[arg(short = 'U', long = "udp-port", default_value_t = 0)]
@@ -89,12 +91,17 @@ struct Cli {
     /// 3 required (-o ssl_verify_mode).
     #[arg(long = "tls-verify-mode", value_name = "0-3")]
     tls_verify_mode: Option<String>,
-    /// memcached's SASL switch: refused, memroute has no authentication.
-    #[arg(short = 'S', long = "enable-sasl", hide = true)]
+    /// Binary SASL PLAIN authentication (binary protocol only), against
+    /// --sasl-pwdb or $MEMCACHED_SASL_PWDB.
+    #[arg(short = 'S', long = "enable-sasl")]
     enable_sasl: bool,
-    /// memcached's ascii auth file: refused, memroute has no authentication.
-    #[arg(short = 'Y', long = "auth-file", hide = true)]
-    auth_file: Option<String>,
+    /// SASL password database: user:password lines (default:
+    /// $MEMCACHED_SASL_PWDB).
+    #[arg(long = "sasl-pwdb", value_name = "FILE")]
+    sasl_pwdb: Option<PathBuf>,
+    /// Text-protocol authentication: user:password lines (memcached's -Y).
+    #[arg(short = 'Y', long = "auth-file", value_name = "FILE")]
+    auth_file: Option<PathBuf>,
     /// Seconds graceful shutdown waits for requests in flight.
     #[arg(long = "shutdown-timeout", default_value_t = 10)]
     shutdown_timeout: u64,
@@ -410,6 +417,57 @@ impl TlsOptions {
     }
 }
 
+/// `-Y` or `-S`, with memcached's rules for the protocol: `-Y` serves the
+/// text protocol only and `-S` the binary protocol only (the default
+/// becomes that protocol; another `-B` is an error).
+fn auth_from(cli: &Cli, protocol: &mut Protocol) -> Result<Option<AuthSettings>, String> {
+    let settings = match (&cli.auth_file, cli.enable_sasl) {
+        (Some(_), true) => {
+            return Err(
+                "-Y and -S: give one (-Y authenticates the text protocol, -S the \
+                 binary protocol)"
+                    .into(),
+            )
+        }
+        (Some(file), false) => AuthSettings::Text { file: file.clone() },
+        (None, true) => {
+            let pwdb = cli
+                .sasl_pwdb
+                .clone()
+                .or_else(|| std::env::var_os("MEMCACHED_SASL_PWDB").map(PathBuf::from))
+                .ok_or(
+                    "-S: SASL needs a password database of user:password lines: \
+                     --sasl-pwdb FILE or MEMCACHED_SASL_PWDB=FILE",
+                )?;
+            AuthSettings::Sasl { pwdb }
+        }
+        (None, false) => {
+            if cli.sasl_pwdb.is_some() {
+                return Err("--sasl-pwdb needs -S (--enable-sasl)".into());
+            }
+            return Ok(None);
+        }
+    };
+    let (wanted, flag, name) = match settings {
+        AuthSettings::Text { .. } => (Protocol::Ascii, "-Y", "text (ascii)"),
+        AuthSettings::Sasl { .. } => (Protocol::Binary, "-S", "binary"),
+    };
+    match cli.protocol {
+        Some(p) if p != wanted => {
+            return Err(format!(
+                "{flag} authenticates the {name} protocol only: use -B {} or leave -B out",
+                if wanted == Protocol::Ascii {
+                    "ascii"
+                } else {
+                    "binary"
+                }
+            ))
+        }
+        _ => *protocol = wanted,
+    }
+    Ok(Some(settings))
+}
+
 fn init_logging(verbose: u8) {
     use tracing_subscriber::EnvFilter;
     let default = match verbose {
@@ -456,7 +514,7 @@ fn config_from(cli: &Cli) -> Result<ServerConfig, String> {
         max_connections: cli.conn_limit.max(1),
         verbosity: cli.verbose,
         backlog: cli.backlog,
-        protocol: cli.protocol,
+        protocol: cli.protocol.unwrap_or_default(),
         shutdown_timeout: Duration::from_secs(cli.shutdown_timeout),
         ..ServerConfig::default()
     };
@@ -467,13 +525,7 @@ fn config_from(cli: &Cli) -> Result<ServerConfig, String> {
         config.threads = threads;
     }
     config.limits.max_item_size = cli.max_item_size;
-    if cli.enable_sasl || cli.auth_file.is_some() {
-        let flag = if cli.enable_sasl { "-S" } else { "-Y" };
-        return Err(format!(
-            "{flag}: memroute has no authentication (SASL or auth file); it will not \
-             serve without the authentication you asked for"
-        ));
-    }
+    config.auth = auth_from(cli, &mut config.protocol)?;
     let mut startfile = cli.config.clone();
     let mut start_arg = cli.config_arg.clone();
     let mut o_idle_timeout = None;
@@ -735,8 +787,19 @@ mod tests {
     }
 
     #[test]
-    fn auth_flags_are_refused() {
-        for args in [&["-S"][..], &["-Y", "/etc/auth"]] {
+    fn auth_flags_follow_memcacheds_protocol_rules() {
+        let c = config(&["-Y", "/etc/auth"]).unwrap();
+        assert_eq!(c.protocol, Protocol::Ascii);
+        assert!(matches!(c.auth, Some(AuthSettings::Text { .. })));
+        let c = config(&["-S", "--sasl-pwdb", "/etc/pw"]).unwrap();
+        assert_eq!(c.protocol, Protocol::Binary);
+        assert!(config(&["-S", "--sasl-pwdb", "p", "-B", "binary"]).is_ok());
+        for args in [
+            &["-Y", "a", "-B", "auto"][..],
+            &["-S", "--sasl-pwdb", "p", "-B", "ascii"],
+            &["-Y", "a", "-S", "--sasl-pwdb", "p"],
+            &["--sasl-pwdb", "p"],
+        ] {
             assert!(config(args).is_err(), "{args:?}");
         }
     }

@@ -25,6 +25,8 @@ pub struct Admin {
     pub proxy_stats: Arc<crate::lua::ProxyStats>,
     /// Client-facing TLS, for its settings and counters.
     pub tls: Option<Arc<crate::tls::ServerTls>>,
+    /// Client authentication, for `auth_cmds` and `auth_errors`.
+    pub auth: Option<Arc<crate::auth::Auth>>,
 }
 
 impl Admin {
@@ -44,6 +46,9 @@ impl Admin {
             b"reset" => {
                 self.stats.reset();
                 self.proxy_stats.backends.reset();
+                if let Some(auth) = &self.auth {
+                    auth.reset_counts();
+                }
                 reply::line(out, "RESET");
             }
             // The embedded cache as one "slab class" (it has no slab
@@ -105,8 +110,9 @@ impl Admin {
         write_stat(out, "touch_misses", t.touch_misses);
         write_stat(out, "store_too_large", t.store_too_large);
         write_stat(out, "store_no_memory", t.store_no_memory);
-        write_stat(out, "auth_cmds", 0);
-        write_stat(out, "auth_errors", 0);
+        let (auth_cmds, auth_errors) = self.auth.as_ref().map_or((0, 0), |a| a.counts());
+        write_stat(out, "auth_cmds", auth_cmds);
+        write_stat(out, "auth_errors", auth_errors);
         if self.config.idle_timeout.is_some() {
             write_stat(out, "idle_kicks", t.idle_kicks);
         }
@@ -285,6 +291,13 @@ impl Admin {
             crate::config::Protocol::Binary => "binary",
         };
         write_stat(out, "binding_protocol", protocol);
+        let (sasl, ascii) = match cfg.auth.as_ref() {
+            Some(crate::auth::AuthSettings::Sasl { .. }) => ("yes", "no".to_string()),
+            Some(crate::auth::AuthSettings::Text { file }) => ("no", file.display().to_string()),
+            None => ("no", "no".to_string()),
+        };
+        write_stat(out, "auth_enabled_sasl", sasl);
+        write_stat(out, "auth_enabled_ascii", ascii);
         write_stat(out, "item_size_max", cfg.limits.max_item_size);
         write_stat(out, "key_max_length", cfg.limits.max_key_len);
         write_stat(out, "shutdown_timeout", cfg.shutdown_timeout.as_secs());

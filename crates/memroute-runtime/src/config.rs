@@ -60,6 +60,9 @@ pub struct ServerConfig {
     /// TLS on every listener (memcached's `-Z` and `-o ssl_*`); `None`
     /// serves plain TCP.
     pub tls: Option<crate::tls::TlsSettings>,
+    /// Client authentication (memcached's `-Y` or `-S`); `None` lets every
+    /// client in.
+    pub auth: Option<crate::auth::AuthSettings>,
     /// Where to serve Prometheus / OpenMetrics metrics over HTTP
     /// (`--metrics-listen`, see [`crate::metrics`]); `None` serves none.
     pub metrics_listen: Option<SocketAddr>,
@@ -85,6 +88,7 @@ impl Default for ServerConfig {
             idle_timeout: None,
             client_buffer_limit: DEFAULT_CLIENT_BUFFER_LIMIT,
             tls: None,
+            auth: None,
             metrics_listen: None,
         }
     }

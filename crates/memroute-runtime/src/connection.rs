@@ -66,6 +66,8 @@ pub struct WorkerContext {
     pub idle_timeout: Option<std::time::Duration>,
     /// Reply bytes held for one client at most.
     pub client_buffer_limit: usize,
+    /// Client authentication (`-Y`, `-S`), when on.
+    pub auth: Option<Arc<crate::auth::Auth>>,
 }
 
 impl WorkerContext {
@@ -233,6 +235,13 @@ where
 {
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
     let mut wbuf = BytesMut::with_capacity(READ_CHUNK);
+    // With -Y or -S, nothing but the authentication exchange is served
+    // until the client has passed it (see crate::auth).
+    if let Some(auth) = ctx.auth.as_deref() {
+        if !crate::auth::authenticate(&mut stream, &mut rbuf, &ctx, auth, &mut shutdown).await {
+            return;
+        }
+    }
     let mut codec = Codec::Undecided;
     let mut pipeline = Pipeline::new(ctx.client_buffer_limit);
     let per_value = ctx.limits.max_item_size.saturating_add(VALUE_OVERHEAD);

@@ -18,6 +18,7 @@
 //! - [`stats`]: per-worker counters.
 //! - [`metrics`]: the Prometheus / OpenMetrics endpoint (`--metrics-listen`).
 //! - [`tls`]: TLS for clients (`-Z`) and backends (`mcp.init_tls`).
+//! - [`auth`]: client authentication (`-Y` auth file, `-S` SASL PLAIN).
 //!
 //! # Example
 //! ```no_run
@@ -30,6 +31,7 @@
 //! ```
 
 pub mod admin;
+pub mod auth;
 pub mod backend;
 pub mod config;
 pub mod connection;

@@ -24,6 +24,7 @@ use tokio::task::LocalSet;
 use tracing::{debug, info, warn};
 
 use crate::admin::Admin;
+use crate::auth::Auth;
 use crate::config::ServerConfig;
 use crate::connection::{serve, WorkerContext};
 use crate::embedded::Embedded;
@@ -48,6 +49,9 @@ pub enum RuntimeError {
     /// A TLS certificate, key or CA file that cannot be used.
     #[error("TLS: {0}")]
     Tls(String),
+    /// An auth file (`-Y`) or SASL password file (`-S`) that cannot be used.
+    #[error("authentication: {0}")]
+    Auth(String),
 }
 
 /// Asks a running server to reload its Lua configuration (what SIGHUP
@@ -89,6 +93,8 @@ pub struct Server {
     reload: Arc<Notify>,
     /// Client-facing TLS (`-Z`), reloaded on SIGHUP.
     tls: Option<Arc<ServerTls>>,
+    /// Client authentication (`-Y`, `-S`), its file reloaded on SIGHUP.
+    auth: Option<Arc<Auth>>,
 }
 
 impl Server {
@@ -101,11 +107,17 @@ impl Server {
         if config.listen.is_empty() {
             return Err(RuntimeError::Config("no listen address".into()));
         }
-        // Certificates are read before anything listens: a file that
-        // cannot be used stops the start.
+        // Certificates and password files are read before anything
+        // listens: a file that cannot be used stops the start.
         let tls = match &config.tls {
             Some(settings) => Some(Arc::new(
                 ServerTls::new(settings.clone()).map_err(RuntimeError::Tls)?,
+            )),
+            None => None,
+        };
+        let auth = match &config.auth {
+            Some(settings) => Some(Arc::new(
+                Auth::new(settings.clone()).map_err(RuntimeError::Auth)?,
             )),
             None => None,
         };
@@ -130,6 +142,7 @@ impl Server {
             shutdown: Arc::new(tx),
             reload: Arc::new(Notify::new()),
             tls,
+            auth,
         })
     }
 
@@ -155,6 +168,7 @@ impl Server {
             shutdown,
             reload,
             tls,
+            auth,
         } = self;
         let proxy_stats = Arc::new(ProxyStats::default());
         // Metrics endpoint: the digest of the startfile about to be loaded.
@@ -181,6 +195,7 @@ impl Server {
             config: config.clone(),
             proxy_stats: proxy_stats.clone(),
             tls: tls.clone(),
+            auth: auth.clone(),
         });
         // Metrics endpoint (--metrics-listen): a thread of its own that
         // reads what `stats` reads; off by default.
@@ -219,6 +234,7 @@ impl Server {
                 shutdown: shutdown.subscribe(),
                 started: started_tx.clone(),
                 tls: tls.clone(),
+                auth: auth.clone(),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("memroute-worker-{worker}"))
@@ -269,7 +285,7 @@ impl Server {
             drop(senders);
             info!(addrs = ?config.listen, threads = config.threads, "memroute listening");
             wait_for_shutdown(&shutdown, handle_signals, &reload, |()| {
-                reload_files(tls.as_deref());
+                reload_files(tls.as_deref(), auth.as_deref());
                 reload_config(
                     config.proxy.clone(),
                     controls.clone(),
@@ -362,14 +378,20 @@ async fn wait_for_shutdown<F, Fut>(
     let _ = shutdown.send(true);
 }
 
-/// SIGHUP's part for certificates: they are read again, and a reload that
-/// fails keeps what was loaded before (logged as an error). New
-/// connections use what is loaded; established ones keep their session.
-fn reload_files(tls: Option<&ServerTls>) {
+/// SIGHUP's part for certificates and password files: each is read again,
+/// and one that fails keeps what was loaded before (logged as an error).
+/// New connections use what is loaded; established ones keep their session.
+fn reload_files(tls: Option<&ServerTls>, auth: Option<&Auth>) {
     if let Some(tls) = tls {
         match tls.reload() {
             Ok(()) => info!("TLS certificates reloaded"),
             Err(e) => tracing::error!("TLS reload failed, keeping the old certificates: {e}"),
+        }
+    }
+    if let Some(auth) = auth {
+        match auth.reload() {
+            Ok(users) => info!(users, "password file reloaded"),
+            Err(e) => tracing::error!("password file reload failed, keeping the old one: {e}"),
         }
     }
 }
@@ -497,6 +519,7 @@ struct WorkerSeed {
     shutdown: watch::Receiver<bool>,
     started: std::sync::mpsc::Sender<Result<(), String>>,
     tls: Option<Arc<ServerTls>>,
+    auth: Option<Arc<Auth>>,
 }
 
 impl WorkerSeed {
@@ -548,6 +571,7 @@ impl WorkerSeed {
             proxy: proxy.clone(),
             idle_timeout: self.config.idle_timeout,
             client_buffer_limit: self.config.client_buffer_limit,
+            auth: self.auth.clone(),
         });
         let stats = self.stats;
         let mut shutdown = self.shutdown;
