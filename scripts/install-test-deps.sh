@@ -27,6 +27,8 @@ APT_PACKAGES=(
   # CGI::Session's memcached driver (pulls in CGI::Session): tests/test_sessions.py
   "libcgi-session-driver-memcached-perl:/usr/share/perl5/CGI/Session/Driver/memcached.pm"
   "netcat-openbsd:/bin/nc.openbsd"
+  # The openssl CLI makes the test certificates: tests/test_tls.py, test_auth.py
+  "openssl:/usr/bin/openssl"
   # A real Prometheus (and promtool) scraping --metrics-listen: tests/test_metrics.py
   "prometheus:/usr/bin/prometheus"
 )
