@@ -35,11 +35,14 @@ PEAK_RSS_LIMIT = 200 * 1024 * 1024
 
 
 def peak_rss(pid: int) -> int:
-    """The process's peak resident set size (VmHWM), in bytes."""
+    """The process's peak resident set size (VmHWM), in bytes; also
+    printed, for docs/reliability.md (pytest -s shows it)."""
     with open("/proc/%d/status" % pid) as f:
         for line in f:
             if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
+                peak = int(line.split()[1]) * 1024
+                print("peak RSS of pid %d: %.1f MB" % (pid, peak / 1e6))
+                return peak
     raise AssertionError("no VmHWM for pid %d" % pid)
 
 
@@ -196,3 +199,188 @@ def test_idle_kicks_is_absent_without_an_idle_timeout(server):
     with server.client() as c:
         stats = c.request(b"stats\r\n", b"END\r\n")
     assert b"idle_kicks" not in stats
+
+
+# --------------------------------------------------------------------------
+# The proxy's limits: mcp.backend_depth_limit, mcp.active_req_limit,
+# mcp.buffer_memory_limit (memcached's names, replies and stats)
+# --------------------------------------------------------------------------
+
+
+class HoldingBackend:
+    """A scripted backend on loopback: it answers `version` (memroute's
+    connection check), then either holds every request unanswered or
+    answers each `mg` with `EN` once told to. Used to keep requests in
+    flight; everything else in these tests is real."""
+
+    def __init__(self, answer: bool):
+        self.answer = answer
+        self.release = threading.Event()
+        self.seen = 0
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.listener.settimeout(0.2)
+        self.port = self.listener.getsockname()[1]
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _serve(self, conn):
+        buf = b""
+        conn.settimeout(0.2)
+        pending = 0
+        while not self.stop.is_set():
+            if self.answer and self.release.is_set() and pending:
+                conn.sendall(b"EN\r\n" * pending)
+                pending = 0
+            try:
+                data = conn.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            if not data:
+                return
+            buf += data
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                if line.startswith(b"version"):
+                    conn.sendall(b"VERSION 1.6.99-holding\r\n")
+                else:
+                    self.seen += 1
+                    pending += 1
+
+    def _run(self):
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._serve_and_close, args=(conn,), daemon=True).start()
+
+    def _serve_and_close(self, conn):
+        with conn:
+            self._serve(conn)
+
+    def close(self):
+        self.stop.set()
+        self.listener.close()
+        self.thread.join(2)
+
+
+@pytest.fixture
+def holding_backend():
+    made = []
+
+    def make(answer: bool = False) -> HoldingBackend:
+        b = HoldingBackend(answer)
+        made.append(b)
+        return b
+
+    yield make
+    for b in made:
+        b.close()
+
+
+def limits_startfile(startfile_dir, port: int, setting: str) -> str:
+    path = startfile_dir / "limits.lua"
+    path.write_text(
+        """
+function mcp_config_pools()
+    %s
+    return mcp.pool({ mcp.backend({ label = "b1", host = "127.0.0.1", port = %d,
+                                     readtimeout = 30 }) })
+end
+function mcp_config_routes(pool)
+    mcp.attach(mcp.CMD_ANY_STORAGE, pool)
+end
+""" % (setting, port)
+    )
+    return str(path)
+
+
+def general_stat(client, name: str) -> int:
+    stats = client.request(b"stats\r\n", b"END\r\n")
+    m = re.search(rb"STAT " + name.encode() + rb" (\d+)", stats)
+    assert m, stats
+    return int(m.group(1))
+
+
+def test_backend_depth_limit_fails_fast(holding_backend, memroute_factory, startfile_dir):
+    be = holding_backend()
+    mr = memroute_factory("-t", "1", "--config",
+                          limits_startfile(startfile_dir, be.port, "mcp.backend_depth_limit(3)"))
+    holder = mr.client(timeout=5)
+    holder.send(b"mg foo s t v\r\n" * 3)
+    wait_until(lambda: be.seen >= 3, "the backend to hold 3 requests")
+    with mr.client(timeout=5) as c:
+        c.send(b"mg foo s t v\r\n")
+        assert c.read_line() == b"SERVER_ERROR backend failure\r\n"
+        assert general_stat(c, "proxy_request_failed_depth") == 1
+    assert backend_stat(mr, "depth_refused") == 1
+    assert backend_stat(mr, "failures") == 0, "a refusal is not a backend failure"
+    holder.close()
+    be.close()  # the held requests fail, so memroute can stop
+
+
+def test_active_req_limit_refuses_past_the_limit(holding_backend, memroute_factory,
+                                                 startfile_dir):
+    be = holding_backend(answer=True)
+    mr = memroute_factory("-t", "1", "--config",
+                          limits_startfile(startfile_dir, be.port, "mcp.active_req_limit(4)"))
+    with mr.client(timeout=5) as c:
+        c.send(b"".join(b"mg /test/%s\r\n" % k for k in (b"a", b"b", b"c", b"d", b"e", b"f")))
+        wait_until(lambda: be.seen >= 4, "the backend to get 4 requests")
+        time.sleep(0.25)
+        assert be.seen == 4, "only the first four went out"
+        be.release.set()
+        for _ in range(4):
+            assert c.read_line() == b"EN\r\n"
+        for _ in range(2):
+            assert c.read_line() == b"SERVER_ERROR active request limit reached\r\n"
+        assert general_stat(c, "proxy_request_failed_active") == 2
+        assert general_stat(c, "proxy_req_active") == 0
+
+
+def test_buffer_memory_limit_refuses_when_the_worker_holds_too_much(
+        holding_backend, memroute_factory, startfile_dir):
+    be = holding_backend()
+    # 1,500 KB for the one worker; each routed get reserves about 1 MB (-I).
+    mr = memroute_factory("-t", "1", "--config",
+                          limits_startfile(startfile_dir, be.port,
+                                           "mcp.buffer_memory_limit(1500)"))
+    holder = mr.client(timeout=5)
+    holder.send(b"get held\r\n")
+    wait_until(lambda: be.seen >= 1, "the backend to hold a get")
+    with mr.client(timeout=5) as c:
+        c.send(b"get other\r\n")
+        assert c.read_line() == b"SERVER_ERROR out of memory\r\n"
+        # Requests that hold no reply room still go through the limit.
+        stats = c.request(b"stats proxy\r\n", b"END\r\n")
+        m = re.search(rb"STAT buffer_memory_used (\d+)", stats)
+        assert m and int(m.group(1)) >= 1024 * 1024, stats
+        assert general_stat(c, "proxy_request_failed_bufmem") == 1
+    holder.close()
+    be.close()  # the held request fails, so memroute can stop
+
+
+def test_limits_are_checked_in_the_config_vm(memroute_factory, startfile_dir, tmp_path):
+    path = startfile_dir / "bad.lua"
+    path.write_text("""
+function mcp_config_pools() mcp.active_req_limit(-1) return {} end
+function mcp_config_routes(p) end
+""")
+    with pytest.raises(Exception) as e:
+        memroute_factory("--config", str(path))
+    assert "mcp.active_req_limit: the limit must be an integer >= 0" in str(e.value)
+
+
+def wait_until(cond, what: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out waiting for " + what
+        time.sleep(0.02)

@@ -39,6 +39,7 @@ impl Admin {
                 for (name, value) in self.proxy_stats.snapshot() {
                     write_stat(out, &name, value);
                 }
+                write_stat(out, "buffer_memory_used", self.stats.load_totals().1);
                 reply::end(out);
             }
             b"backends" => self.backends(out),
@@ -127,6 +128,30 @@ impl Admin {
         write_stat(out, "evicted_unfetched", c.evicted_unfetched);
         write_stat(out, "evictions", c.evictions);
         write_stat(out, "reclaimed", c.reclaimed);
+        if self.config.proxy.is_some() {
+            // The proxy's load and refusals (memcached's names; the
+            // active and bufmem refusal counters are memroute's own).
+            let (active, _) = s.load_totals();
+            let depth: u64 = self
+                .proxy_stats
+                .backends
+                .summaries()
+                .iter()
+                .map(|b| b.stats.depth_refused)
+                .sum();
+            write_stat(out, "proxy_req_active", active);
+            write_stat(out, "proxy_request_failed_depth", depth);
+            write_stat(
+                out,
+                "proxy_request_failed_active",
+                t.proxy_request_failed_active,
+            );
+            write_stat(
+                out,
+                "proxy_request_failed_bufmem",
+                t.proxy_request_failed_bufmem,
+            );
+        }
         if let Some(tls) = &self.tls {
             write_stat(out, "ssl_handshake_errors", tls.handshake_errors());
             write_stat(out, "time_since_server_cert_refresh", tls.since_refresh());
@@ -174,6 +199,7 @@ impl Admin {
             stat("failures", &s.failures);
             stat("timeouts", &s.timeouts);
             stat("oversize_values", &s.oversize_values);
+            stat("depth_refused", &s.depth_refused);
             stat("connects", &s.connects);
             stat("reconnects", &s.reconnects);
             stat("connect_failures", &s.connect_failures);

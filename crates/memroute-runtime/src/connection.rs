@@ -34,9 +34,9 @@ use tokio::sync::watch;
 
 use crate::config::Protocol;
 use crate::embedded::{Embedded, Flow};
-use crate::lua::worker::{ReplyFuture, Route, WorkerLua};
+use crate::lua::worker::{ReplyFuture, Route, WorkerLimits, WorkerLua};
 use crate::lua::WorkerProxy;
-use crate::stats::{ServerStats, WorkerStats};
+use crate::stats::{ServerStats, WorkerLoad, WorkerStats};
 
 /// Bytes reserved per read.
 const READ_CHUNK: usize = 16 * 1024;
@@ -160,24 +160,53 @@ const VALUE_OVERHEAD: usize = 512;
 /// client, however many keys it asks for and however slowly it reads.
 /// Requests that do not fit wait (the connection stops decoding) until
 /// earlier replies are written.
-struct Pipeline {
+struct Pipeline<'a> {
     ordered: FuturesOrdered<ReplyFuture>,
-    /// Bytes reserved by each entry of `ordered`, in the same order.
-    reserved: VecDeque<usize>,
+    /// Bytes reserved by each entry of `ordered`, and whether it counts as
+    /// an active routed request, in the same order.
+    reserved: VecDeque<(usize, bool)>,
     /// Their sum.
     held: usize,
     limit: usize,
+    /// The worker's gauges this pipeline's entries count in.
+    load: &'a WorkerLoad,
     /// `quit` arrived behind routed requests: close once they are answered.
     close_after: bool,
 }
 
-impl Pipeline {
-    fn new(limit: usize) -> Self {
+/// Why the worker refused a routed request (the proxy's limits).
+enum Refusal {
+    /// `mcp.active_req_limit`.
+    Active,
+    /// `mcp.buffer_memory_limit`.
+    Buffer,
+}
+
+impl Refusal {
+    /// memcached proxy's reply for it.
+    fn reply(&self) -> &'static [u8] {
+        match self {
+            Refusal::Active => b"SERVER_ERROR active request limit reached\r\n",
+            Refusal::Buffer => b"SERVER_ERROR out of memory\r\n",
+        }
+    }
+
+    fn count(&self, stats: &WorkerStats) {
+        match self {
+            Refusal::Active => stats.proxy_request_failed_active.incr(),
+            Refusal::Buffer => stats.proxy_request_failed_bufmem.incr(),
+        }
+    }
+}
+
+impl<'a> Pipeline<'a> {
+    fn new(limit: usize, load: &'a WorkerLoad) -> Self {
         Pipeline {
             ordered: FuturesOrdered::new(),
             reserved: VecDeque::new(),
             held: 0,
             limit,
+            load,
             close_after: false,
         }
     }
@@ -199,16 +228,52 @@ impl Pipeline {
         }
     }
 
-    fn push(&mut self, reply: ReplyFuture, reserve: usize) {
+    /// Whether the worker's limits let one more routed request, reserving
+    /// `reserve` bytes, start now.
+    fn admit(&self, limits: WorkerLimits, reserve: usize) -> Result<(), Refusal> {
+        if limits
+            .active_requests
+            .is_some_and(|max| self.load.active.get() >= max)
+        {
+            return Err(Refusal::Active);
+        }
+        if self.buffer_free(limits) < reserve {
+            return Err(Refusal::Buffer);
+        }
+        Ok(())
+    }
+
+    /// Bytes the worker may still reserve for replies.
+    fn buffer_free(&self, limits: WorkerLimits) -> usize {
+        limits.buffer_bytes.map_or(usize::MAX, |max| {
+            usize::try_from(max.saturating_sub(self.load.buffered.get())).unwrap_or(usize::MAX)
+        })
+    }
+
+    /// Queues a reply; `active` for a routed request (not a ready line).
+    fn push(&mut self, reply: ReplyFuture, reserve: usize, active: bool) {
         self.ordered.push_back(reply);
-        self.reserved.push_back(reserve);
+        self.reserved.push_back((reserve, active));
         self.held += reserve;
+        self.load.buffered.add(reserve as u64);
+        self.load.active.add(u64::from(active));
     }
 
     /// The oldest reply was taken (to be written): its room goes back.
     fn release_oldest(&mut self) {
-        if let Some(bytes) = self.reserved.pop_front() {
+        if let Some((bytes, active)) = self.reserved.pop_front() {
             self.held -= bytes;
+            self.load.buffered.sub(bytes as u64);
+            self.load.active.sub(u64::from(active));
+        }
+    }
+}
+
+impl Drop for Pipeline<'_> {
+    /// A connection that ends with replies pending gives their room back.
+    fn drop(&mut self) {
+        while !self.reserved.is_empty() {
+            self.release_oldest();
         }
     }
 }
@@ -243,7 +308,7 @@ where
         }
     }
     let mut codec = Codec::Undecided;
-    let mut pipeline = Pipeline::new(ctx.client_buffer_limit);
+    let mut pipeline = Pipeline::new(ctx.client_buffer_limit, ctx.server_stats.load(ctx.worker));
     let per_value = ctx.limits.max_item_size.saturating_add(VALUE_OVERHEAD);
     let mut closing = *shutdown.borrow();
     // A request waiting for room, or (run locally) for the routed ones
@@ -271,14 +336,34 @@ where
                     continue;
                 }
                 let per_window = if mg.route.joins_keys() { left } else { 1 };
-                let n = per_window.min(left).min(pipeline.room_for(per_value));
+                let limits = mg.lua.limits();
+                let worker_room = pipeline.buffer_free(limits) / per_value.max(1);
+                let n = per_window
+                    .min(left)
+                    .min(pipeline.room_for(per_value))
+                    .min(worker_room);
                 if n == 0 {
+                    if worker_room == 0 && pipeline.is_empty() {
+                        // The worker's other clients hold its whole
+                        // buffer: end the reply as memcached ends a get it
+                        // cannot hold.
+                        Refusal::Buffer.count(ctx.stats());
+                        multi = None;
+                        queue_or_write(
+                            &mut pipeline,
+                            &mut wbuf,
+                            Bytes::from_static(
+                                b"SERVER_ERROR out of memory writing get response\r\n",
+                            ),
+                        );
+                        continue;
+                    }
                     paused = true;
                     break;
                 }
                 let keys = &mg.get.keys[mg.next..mg.next + n];
                 let reply = mg.lua.get_window(&mg.route, &mg.get, keys);
-                pipeline.push(reply, n * per_value);
+                pipeline.push(reply, n * per_value, true);
                 mg.next += n;
                 continue;
             }
@@ -296,6 +381,12 @@ where
                         if let (Command::Get(get), None) = (request.command(), &bin) {
                             if get.keys.len() > 1 {
                                 lua.count_routed();
+                                if let Err(refusal) = pipeline.admit(lua.limits(), per_value) {
+                                    refusal.count(ctx.stats());
+                                    let reply = Bytes::from_static(refusal.reply());
+                                    queue_or_write(&mut pipeline, &mut wbuf, reply);
+                                    continue;
+                                }
                                 multi = Some(MultiGet {
                                     lua,
                                     route,
@@ -311,7 +402,15 @@ where
                             paused = true;
                             break;
                         }
-                        pipeline.push(routed_reply(lua, route, request, bin), reserve);
+                        if let Err(refusal) = pipeline.admit(lua.limits(), reserve) {
+                            refusal.count(ctx.stats());
+                            if !request.noreply() {
+                                let reply = encoded(refusal.reply(), bin.as_ref());
+                                queue_or_write(&mut pipeline, &mut wbuf, reply);
+                            }
+                            continue;
+                        }
+                        pipeline.push(routed_reply(lua, route, request, bin), reserve, true);
                     }
                     None if !pipeline.is_empty() => {
                         // Run it once the routed requests before it are done.
@@ -560,7 +659,19 @@ fn queue_or_write(pipeline: &mut Pipeline, wbuf: &mut BytesMut, bytes: Bytes) {
     if pipeline.is_empty() {
         wbuf.extend_from_slice(&bytes);
     } else {
-        pipeline.push(Box::pin(std::future::ready(bytes)), 0);
+        pipeline.push(Box::pin(std::future::ready(bytes)), 0, false);
+    }
+}
+
+/// A reply line made here, in the client's protocol (`bin` for binary).
+fn encoded(text: &'static [u8], bin: Option<&BinaryContext>) -> Bytes {
+    match bin {
+        None => Bytes::from_static(text),
+        Some(bin) => {
+            let mut out = BytesMut::new();
+            bin.encode(text, &mut out);
+            out.freeze()
+        }
     }
 }
 

@@ -37,6 +37,45 @@ impl Counter {
     }
 }
 
+/// A gauge with a single writer (its worker) and many readers.
+#[derive(Debug, Default)]
+pub struct Gauge(AtomicU64);
+
+impl Gauge {
+    /// Only the owning worker may call this.
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
+    }
+    /// Only the owning worker may call this.
+    #[inline]
+    pub fn sub(&self, n: u64) {
+        self.0.store(
+            self.0.load(Ordering::Relaxed).saturating_sub(n),
+            Ordering::Relaxed,
+        );
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// What a worker's clients hold right now, for the proxy's limits
+/// (`mcp.active_req_limit`, `mcp.buffer_memory_limit`); gauges, which
+/// `stats reset` leaves alone.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub struct WorkerLoad {
+    /// Routed requests in flight (`proxy_req_active`).
+    pub active: Gauge,
+    /// Bytes reserved for routed replies not yet written to clients
+    /// (`buffer_memory_used`).
+    pub buffered: Gauge,
+}
+
 macro_rules! worker_counters {
     ($($name:ident),* $(,)?) => {
         /// Per-worker command counters, named as memcached names them.
@@ -96,6 +135,8 @@ worker_counters!(
     store_too_large,
     store_no_memory,
     idle_kicks,
+    proxy_request_failed_active,
+    proxy_request_failed_bufmem,
     bytes_read,
     bytes_written,
 );
@@ -104,6 +145,7 @@ worker_counters!(
 #[derive(Debug)]
 pub struct ServerStats {
     workers: Box<[WorkerStats]>,
+    loads: Box<[WorkerLoad]>,
     started: Instant,
     started_unix: u64,
     pub curr_connections: AtomicUsize,
@@ -115,12 +157,30 @@ impl ServerStats {
     pub fn new(workers: usize) -> Self {
         ServerStats {
             workers: (0..workers).map(|_| WorkerStats::default()).collect(),
+            loads: (0..workers).map(|_| WorkerLoad::default()).collect(),
             started: Instant::now(),
             started_unix: unix_now(),
             curr_connections: AtomicUsize::new(0),
             total_connections: AtomicU64::new(0),
             rejected_connections: AtomicU64::new(0),
         }
+    }
+
+    /// How many workers there are.
+    pub fn worker_count(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// The load gauges of worker `i`.
+    pub fn load(&self, i: usize) -> &WorkerLoad {
+        &self.loads[i]
+    }
+
+    /// Routed requests in flight and reply bytes held, over all workers.
+    pub fn load_totals(&self) -> (u64, u64) {
+        self.loads.iter().fold((0, 0), |(a, b), l| {
+            (a + l.active.get(), b + l.buffered.get())
+        })
     }
 
     /// The counters block of worker `i`.

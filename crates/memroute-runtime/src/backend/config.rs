@@ -63,6 +63,11 @@ pub struct BackendConfig {
     /// TLS to this backend (`mcp.backend{tls = true}` after
     /// `mcp.init_tls()`); `None` is plain TCP.
     pub tls: Option<crate::tls::BackendTls>,
+    /// Most requests queued or in flight to this backend (over all of a
+    /// worker's connections to it); more are refused at once with
+    /// `SERVER_ERROR backend failure` and counted as `depth_refused`
+    /// (memcached: `depthlimit`, `mcp.backend_depth_limit`). 0: no limit.
+    pub depth_limit: usize,
 }
 
 impl BackendConfig {
@@ -108,6 +113,7 @@ impl Default for BackendConfig {
             batch_gets: true,
             max_value: memroute_proto::Limits::default().max_item_size,
             tls: None,
+            depth_limit: 0,
         }
     }
 }

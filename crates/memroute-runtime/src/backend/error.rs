@@ -39,6 +39,11 @@ pub enum BackendError {
     /// not counted as a backend failure.
     #[error("too many requests in flight to backend")]
     Busy,
+    /// The backend already had its `depthlimit` of requests queued or in
+    /// flight: refused at once, not sent (memcached proxy's
+    /// `backend_depth_limit`); not counted as a backend failure.
+    #[error("backend depth limit reached")]
+    DepthLimit,
 }
 
 impl BackendError {

@@ -172,6 +172,11 @@ impl Backend {
     ) -> Result<tokio::sync::oneshot::Receiver<Result<Response, BackendError>>, BackendError> {
         let inner = &self.inner;
         self.fail_fast_if_bad()?;
+        let depth_limit = inner.config.depth_limit;
+        if depth_limit > 0 && inner.counters.in_flight.get() >= depth_limit {
+            inner.counters.depth_refused.incr();
+            return Err(BackendError::DepthLimit);
+        }
         self.start();
         let slot = &inner.slots[self.pick_slot(request)];
         if !slot.take_room(inner.config.read_timeout).await {

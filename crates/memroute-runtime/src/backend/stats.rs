@@ -122,6 +122,8 @@ pub struct BackendStats {
     /// Values over the item size limit dropped unread (their requests were
     /// answered `SERVER_ERROR out of memory writing get response`).
     pub oversize_values: u64,
+    /// Requests refused because the backend was at its `depthlimit`.
+    pub depth_refused: u64,
     /// Connections that passed their `version` check.
     pub connects: u64,
     /// Connection attempts after each connection's first.
@@ -211,6 +213,7 @@ pub(crate) struct Counters {
     pub failures: Counter,
     pub timeouts: Counter,
     pub oversize_values: Counter,
+    pub depth_refused: Counter,
     pub connects: Counter,
     pub reconnects: Counter,
     pub connect_failures: Counter,
@@ -246,6 +249,7 @@ impl Counters {
             failures: self.failures.get(),
             timeouts: self.timeouts.get(),
             oversize_values: self.oversize_values.get(),
+            depth_refused: self.depth_refused.get(),
             connects: self.connects.get(),
             reconnects: self.reconnects.get(),
             connect_failures: self.connect_failures.get(),
@@ -273,6 +277,7 @@ impl Counters {
             &self.failures,
             &self.timeouts,
             &self.oversize_values,
+            &self.depth_refused,
             &self.connects,
             &self.reconnects,
             &self.connect_failures,
@@ -304,6 +309,7 @@ impl BackendStats {
         self.failures += other.failures;
         self.timeouts += other.timeouts;
         self.oversize_values += other.oversize_values;
+        self.depth_refused += other.depth_refused;
         self.connects += other.connects;
         self.reconnects += other.reconnects;
         self.connect_failures += other.connect_failures;

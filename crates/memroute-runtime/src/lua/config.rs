@@ -126,6 +126,46 @@ pub struct LoadedConfig {
     pub pools: ConfigValue,
     /// `mcp.add_stat(id, name)` registrations.
     pub stat_names: Vec<(i64, String)>,
+    /// The proxy-wide limits the startfile set.
+    pub settings: ProxySettings,
+}
+
+/// Limits a startfile sets with memcached's global setters, as given (the
+/// per-worker shares are [`ProxySettings::active_per_worker`] and
+/// [`ProxySettings::buffer_bytes_per_worker`]). 0 means no limit, as in
+/// memcached.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProxySettings {
+    /// `mcp.active_req_limit(n)`: routed requests in flight at once.
+    pub active_req_limit: u64,
+    /// `mcp.buffer_memory_limit(kb)`: kilobytes of replies held for clients.
+    pub buffer_memory_limit_kb: u64,
+    /// `mcp.backend_depth_limit(n)`: the default `depthlimit` of backends
+    /// made after it.
+    pub backend_depth_limit: u64,
+}
+
+impl ProxySettings {
+    /// One worker's share of a process-wide limit: memcached divides a
+    /// limit by the worker count unless that would leave under two each.
+    fn per_worker(limit: u64, workers: usize) -> Option<u64> {
+        let workers = workers.max(1) as u64;
+        match limit {
+            0 => None,
+            l if l > workers * 2 => Some(l / workers),
+            l => Some(l),
+        }
+    }
+
+    /// This worker's cap on routed requests in flight, if any.
+    pub fn active_per_worker(&self, workers: usize) -> Option<u64> {
+        Self::per_worker(self.active_req_limit, workers)
+    }
+
+    /// This worker's cap on bytes of replies held for clients, if any.
+    pub fn buffer_bytes_per_worker(&self, workers: usize) -> Option<u64> {
+        Self::per_worker(self.buffer_memory_limit_kb.saturating_mul(1024), workers)
+    }
 }
 
 /// `mcp.backend(...)` in the config VM.
@@ -143,6 +183,7 @@ const MAX_DEPTH: usize = 32;
 /// Loads the startfile in a fresh config VM and runs `mcp_config_pools()`.
 pub fn load_config(proxy: &ProxyConfig) -> Result<LoadedConfig, ConfigError> {
     let lua = vm::new_vm(proxy)?;
+    lua.set_app_data(ProxySettings::default());
     let stat_names = Rc::new(RefCell::new(Vec::new()));
     register(&lua, stat_names.clone()).map_err(|e| ConfigError::lua(&proxy.startfile, e))?;
     vm::load_startfile(&lua, proxy)?;
@@ -171,10 +212,15 @@ pub fn load_config(proxy: &ProxyConfig) -> Result<LoadedConfig, ConfigError> {
         }
     }
     let stat_names = stat_names.borrow().clone();
+    let settings = lua
+        .app_data_ref::<ProxySettings>()
+        .map(|s| *s)
+        .unwrap_or_default();
     Ok(LoadedConfig {
         proxy: proxy.clone(),
         pools,
         stat_names,
+        settings,
     })
 }
 
@@ -182,8 +228,35 @@ fn register(lua: &Lua, stat_names: Rc<RefCell<Vec<(i64, String)>>>) -> mlua::Res
     let mcp = vm::mcp_table(lua)?;
     mcp.set(
         "backend",
-        lua.create_function(|_, args: mlua::MultiValue| backend(args))?,
+        lua.create_function(|lua, args: mlua::MultiValue| backend(lua, args))?,
     )?;
+    // memcached's global limits: a non-negative integer each, 0 for none.
+    for (name, set) in [
+        (
+            "active_req_limit",
+            (|s, n| s.active_req_limit = n) as fn(&mut ProxySettings, u64),
+        ),
+        ("buffer_memory_limit", |s, n| s.buffer_memory_limit_kb = n),
+        ("backend_depth_limit", |s, n| s.backend_depth_limit = n),
+    ] {
+        mcp.set(
+            name,
+            lua.create_function(move |lua, value: Value| {
+                let n = match value {
+                    Value::Integer(i) if i >= 0 => i as u64,
+                    _ => {
+                        return Err(mlua::Error::runtime(format!(
+                            "mcp.{name}: the limit must be an integer >= 0"
+                        )))
+                    }
+                };
+                if let Some(mut settings) = lua.app_data_mut::<ProxySettings>() {
+                    set(&mut settings, n);
+                }
+                Ok(())
+            })?,
+        )?;
+    }
     register_tls(lua, &mcp)?;
     mcp.set(
         "pool",
@@ -415,10 +488,15 @@ fn port_of(value: Value) -> mlua::Result<u16> {
 }
 
 /// `mcp.backend(label, host[, port])` or `mcp.backend{label=, host=, ...}`.
-fn backend(args: mlua::MultiValue) -> mlua::Result<BackendHandle> {
+fn backend(lua: &Lua, args: mlua::MultiValue) -> mlua::Result<BackendHandle> {
+    let defaults = lua
+        .app_data_ref::<ProxySettings>()
+        .map(|s| *s)
+        .unwrap_or_default();
     // No default host: a table without one is a mistake, not 127.0.0.1.
     let mut cfg = BackendConfig {
         host: String::new(),
+        depth_limit: usize::try_from(defaults.backend_depth_limit).unwrap_or(usize::MAX),
         ..BackendConfig::default()
     };
     let mut args = args.into_iter();
@@ -457,6 +535,16 @@ fn backend(args: mlua::MultiValue) -> mlua::Result<BackendHandle> {
                             _ => {
                                 return Err(mlua::Error::runtime(
                                     "mcp.backend: connections must be 1..8",
+                                ))
+                            }
+                        }
+                    }
+                    "depthlimit" => {
+                        cfg.depth_limit = match value {
+                            Value::Integer(i) if i >= 0 => i as usize,
+                            _ => {
+                                return Err(mlua::Error::runtime(
+                                    "mcp.backend: depthlimit must be an integer >= 0",
                                 ))
                             }
                         }

@@ -186,6 +186,23 @@ pub struct WorkerLua {
     lua: Lua,
     hooks: Vec<Option<Route>>,
     env: Rc<RouteEnv>,
+    limits: WorkerLimits,
+    /// Bytes of replies in response objects given to Lua since the last
+    /// collector step (see [`WorkerLua::held_by_lua`]).
+    lua_held: std::cell::Cell<usize>,
+}
+
+/// Bytes of replies held by Lua garbage that warrant one collector step.
+const GC_STEP_BYTES: usize = 256 * 1024;
+
+/// This worker's share of the limits the startfile set
+/// ([`ProxySettings`](super::config::ProxySettings)); `None` for none.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WorkerLimits {
+    /// Routed requests in flight at once (`mcp.active_req_limit`).
+    pub active_requests: Option<u64>,
+    /// Bytes of routed replies held for clients (`mcp.buffer_memory_limit`).
+    pub buffer_bytes: Option<u64>,
 }
 
 /// What `mcp.attach` installed for a command.
@@ -238,11 +255,23 @@ impl WorkerLua {
             .remove_app_data::<Attached>()
             .map(|a| a.0.into_inner())
             .unwrap_or_default();
+        let workers = env.server_stats.worker_count();
+        let limits = WorkerLimits {
+            active_requests: loaded.settings.active_per_worker(workers),
+            buffer_bytes: loaded.settings.buffer_bytes_per_worker(workers),
+        };
         Ok(Rc::new(WorkerLua {
             lua,
             hooks,
             env: env.clone(),
+            limits,
+            lua_held: std::cell::Cell::new(0),
         }))
+    }
+
+    /// The limits on this worker's routed requests.
+    pub fn limits(&self) -> WorkerLimits {
+        self.limits
     }
 
     /// Whether `set` has a route (so stores do not reach the embedded cache).
@@ -338,7 +367,11 @@ impl WorkerLua {
         };
         match hook.call_async::<Value>(ud).await {
             Ok(Value::UserData(ud)) => match ud.borrow::<LuaResponse>() {
-                Ok(res) => res.raw().clone(),
+                Ok(res) => {
+                    let raw = res.raw().clone();
+                    self.held_by_lua(raw.len());
+                    raw
+                }
                 Err(_) => self.bad_return("a userdata that is not a response"),
             },
             Ok(Value::String(s)) => {
@@ -354,6 +387,25 @@ impl WorkerLua {
             }
             Ok(other) => self.bad_return(other.type_name()),
             Err(e) => self.lua_failure(&e),
+        }
+    }
+
+    /// A response object of `bytes` became garbage for Lua to collect.
+    /// Lua sees only the small userdata, not the reply it holds, so it
+    /// would let large replies pile up between collections; like
+    /// memcached's proxy, count them and step the collector once per
+    /// [`GC_STEP_BYTES`] of them.
+    fn held_by_lua(&self, bytes: usize) {
+        let held = self.lua_held.get() + bytes;
+        if held < GC_STEP_BYTES {
+            self.lua_held.set(held);
+            return;
+        }
+        self.lua_held.set(held % GC_STEP_BYTES);
+        for _ in 0..held / GC_STEP_BYTES {
+            if let Ok(true) = self.lua.gc_step() {
+                break;
+            }
         }
     }
 
