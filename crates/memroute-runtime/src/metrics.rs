@@ -23,7 +23,8 @@
 //!   `cache_limit_bytes`, `cache_items`, `cache_stored_items_total`,
 //!   `cache_evictions_total`, `cache_evicted_unfetched_total`,
 //!   `cache_reclaimed_total`, `cache_expired_unfetched_total`;
-//! - proxy mode: `routed_requests_total`, `lua_errors_total`,
+//! - proxy mode: `proxy_req_active`, `buffer_memory_used_bytes`,
+//!   `routed_requests_total`, `lua_errors_total`,
 //!   `config_reloads_total`, `config_reload_fails_total`,
 //!   `user_stat{name}`, and per memcached backend (`{backend}`, named as in
 //!   `stats backends`) its counters, gauges, `backend_state{state}` and the
@@ -404,6 +405,14 @@ impl Collector {
             "Configuration reloads that failed (the old one kept)",
             proxy.reload_failures.load(Relaxed),
         )?;
+        let (active, buffered) = self.0.admin.stats.load_totals();
+        gauge(enc, "proxy_req_active", "Routed requests in flight", active)?;
+        gauge(
+            enc,
+            "buffer_memory_used_bytes",
+            "Bytes reserved for routed replies not yet written to clients",
+            buffered,
+        )?;
         let user = proxy.user_stats();
         let names = unique(user.iter().map(|(name, _)| name.clone()));
         family(
@@ -445,7 +454,7 @@ impl Collector {
         let names = unique(names);
         let labels = |i: usize| -> Labels { vec![("backend", names[i].clone())] };
         type Field = fn(&crate::backend::BackendSummary) -> u64;
-        let counters: [(&str, &str, Field); 15] = [
+        let counters: [(&str, &str, Field); 16] = [
             (
                 "backend_requests",
                 "Requests sent or refused (calls to send)",
@@ -479,6 +488,11 @@ impl Collector {
                 "backend_oversize_values",
                 "Values over the item size limit dropped unread",
                 |b| b.stats.oversize_values,
+            ),
+            (
+                "backend_depth_refused",
+                "Requests refused at once because the backend was at its depthlimit",
+                |b| b.stats.depth_refused,
             ),
             (
                 "backend_connects",
