@@ -46,12 +46,30 @@ fn outage_config(ddb: &DdbLocal, tag: &str) -> DynamoConfig {
     }
 }
 
+/// A store that notices an outage quickly (2 s per operation). On a loaded
+/// machine DynamoDB Local can take longer than that to create the table,
+/// which is not the outage under test: creating the store is retried.
+fn outage_store(config: DynamoConfig) -> Arc<DynamoStore> {
+    let mut attempts = 0;
+    loop {
+        match DynamoStore::new(config.clone()) {
+            Ok(store) => return store,
+            Err(e) if attempts < 10 => {
+                attempts += 1;
+                eprintln!("creating the store failed ({e}); retrying");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => panic!("creating the store: {e}"),
+        }
+    }
+}
+
 #[test]
 fn acknowledged_writes_survive_a_dynamodb_restart() {
     let dir = TempDir::new("restart");
     let port = free_port();
     let mut ddb = DdbLocal::persistent(port, &dir.0);
-    let s = DynamoStore::new(outage_config(&ddb, "restart")).unwrap();
+    let s = outage_store(outage_config(&ddb, "restart"));
     const KEYS: usize = 150;
     let acked: Arc<Mutex<Vec<Option<String>>>> = Arc::new(Mutex::new(vec![None; KEYS]));
     let writer = {
@@ -115,12 +133,11 @@ fn full_queue_refuses_writes_after_backpressure_timeout() {
     let dir = TempDir::new("backpressure");
     let port = free_port();
     let mut ddb = DdbLocal::persistent(port, &dir.0);
-    let s = DynamoStore::new(DynamoConfig {
+    let s = outage_store(DynamoConfig {
         queue_max_keys: 3,
         backpressure_timeout: Duration::from_millis(300),
         ..outage_config(&ddb, "backpressure")
-    })
-    .unwrap();
+    });
     let rt = runtime();
     assert_eq!(rt.block_on(run(&s, "set k0 0 0 1", b"0")), "STORED\r\n");
     assert!(s.drain_blocking(Duration::from_secs(10)).drained);
