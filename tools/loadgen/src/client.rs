@@ -410,3 +410,129 @@ async fn session(
     rd.reunite(wr)
         .map_err(|e| Failure::Io(std::io::Error::other(e.to_string())))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A fake server: to every request it answers `reply` (None: nothing),
+    /// then closes if `close`. Accepts any number of connections.
+    async fn fake_server(reply: Option<&'static [u8]>, close: bool) -> String {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = l.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => {}
+                        }
+                        if let Some(r) = reply {
+                            let _ = s.write_all(r).await;
+                        }
+                        if close {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    /// One get (of the only key) against `addr`; the stats and how long it took.
+    async fn one_get(addr: String) -> (Stats, Duration) {
+        let cfg = Arc::new(Config {
+            addr,
+            ks: KeySpace::new("lg:", 16, 1, 10).unwrap(),
+            mix: Mix {
+                set_ratio: 0.0,
+                mget: 1,
+                keys: 1,
+            },
+            connections: 1,
+            timeout: Duration::from_millis(300),
+            verify: true,
+            spin: false,
+        });
+        let shared = Arc::new(Mutex::new(Stats::default()));
+        let t = Instant::now();
+        let phase = Phase {
+            work: Work::Measure {
+                rate: None,
+                ops: Some(1),
+                seed: 1,
+            },
+            depth: 1,
+            start: t,
+            deadline: Some(t + Duration::from_secs(5)),
+            expect_hits: true,
+        };
+        run(cfg, 0, None, phase, shared.clone()).await;
+        let s = std::mem::take(&mut *shared.lock().unwrap());
+        (s, t.elapsed())
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn a_good_reply_counts() {
+        let (s, _) = block_on(async {
+            one_get(
+                fake_server(
+                    Some(b"VALUE lg:0000000000000 0 10\r\n0:cdefghij\r\nEND\r\n"),
+                    false,
+                )
+                .await,
+            )
+            .await
+        });
+        assert_eq!(
+            (s.ops(), s.hits, s.errors.total()),
+            (1, 1, 0),
+            "{:?}",
+            s.errors
+        );
+    }
+
+    #[test]
+    fn a_truncated_reply_is_an_error_not_a_hang() {
+        let (s, took) = block_on(async {
+            one_get(fake_server(Some(b"VALUE lg:0000000000000 0 10\r\n0:bc"), true).await).await
+        });
+        assert_eq!(s.ops(), 0);
+        assert_eq!(s.errors.connection, 1, "{:?}", s.errors);
+        assert!(took < Duration::from_secs(2), "{took:?}");
+    }
+
+    #[test]
+    fn no_reply_times_out() {
+        let (s, took) = block_on(async { one_get(fake_server(None, false).await).await });
+        assert_eq!(s.errors.timeout, 1, "{:?}", s.errors);
+        assert_eq!(s.ops(), 0);
+        assert!(took < Duration::from_secs(2), "{took:?}");
+    }
+
+    #[test]
+    fn garbage_is_a_protocol_error_and_error_replies_count() {
+        let (s, _) =
+            block_on(async { one_get(fake_server(Some(b"HELLO\r\n"), false).await).await });
+        assert_eq!(s.errors.protocol, 1, "{:?}", s.errors);
+        let (s, _) = block_on(async {
+            one_get(fake_server(Some(b"SERVER_ERROR out of memory\r\n"), false).await).await
+        });
+        assert_eq!((s.errors.server_error, s.ops()), (1, 0), "{:?}", s.errors);
+        let (s, _) = block_on(async { one_get(fake_server(Some(b"END\r\n"), false).await).await });
+        assert_eq!(s.errors.unexpected_miss, 1, "a miss after a prefill");
+    }
+}
