@@ -91,7 +91,7 @@ def test_rate_mode_holds_the_asked_rate(memcached_factory, tmp_path):
     assert r["errors"]["total"] == 0, r["errors"]
     # 2 s at 200/s: 400 requests on the timetable, all answered.
     assert 380 <= r["ops"] <= 400, r["ops"]
-    assert 180 <= r["ops_per_sec"] <= 210, r["ops_per_sec"]
+    assert 160 <= r["ops_per_sec"] <= 210, r["ops_per_sec"]
     check_latency(r["latency_us"]["all"])
 
 
