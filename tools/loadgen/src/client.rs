@@ -28,8 +28,8 @@ pub struct Config {
     /// Per-read (and connect) timeout.
     pub timeout: Duration,
     pub verify: bool,
-    /// Open loop: wake a little early and spin to each due time, as tokio's
-    /// timer only wakes on whole milliseconds.
+    /// Open loop: spin to each exact due time instead of sending up to
+    /// 1 ms early (tokio's timer only wakes on whole milliseconds).
     pub spin: bool,
 }
 
@@ -259,12 +259,17 @@ pub async fn run(
     stream
 }
 
-/// Sleeps until `due`. tokio's timer wakes on millisecond ticks, up to
-/// about 1 ms late; with `spin`, it sleeps to 1.5 ms before and then yields
-/// in a loop until the time (costing CPU, but sending on time).
+/// Waits for a request's due time. tokio's timer wakes on millisecond
+/// ticks, up to about 1 ms after the time asked, and that delay would count
+/// as latency. So it sleeps until 1 ms before `due`, and the request may
+/// leave up to 1 ms early (its latency is then taken from when it left).
+/// With `spin`, it sleeps until 1.5 ms before and yields in a loop until
+/// `due` exactly, which costs CPU.
 async fn wait_until(due: Instant, spin: bool) {
     if !spin {
-        tokio::time::sleep_until(due.into()).await;
+        if let Some(early) = due.checked_sub(Duration::from_millis(1)) {
+            tokio::time::sleep_until(early.into()).await;
+        }
         return;
     }
     if let Some(early) = due.checked_sub(Duration::from_micros(1500)) {
@@ -335,10 +340,12 @@ async fn session(
                     break;
                 };
                 let sent_at = Instant::now();
+                // Open loop: latency runs from the due time, or from the
+                // send if the request left early.
                 let t0 = match due {
                     Some(d) => {
                         *max_lag = (*max_lag).max(sent_at.saturating_duration_since(d));
-                        d
+                        d.min(sent_at)
                     }
                     None => sent_at,
                 };

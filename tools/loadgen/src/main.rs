@@ -102,10 +102,10 @@ struct RunArgs {
     /// timetable, and measure latency from each request's due time.
     #[arg(long)]
     rate: Option<f64>,
-    /// Rate mode: do not spin to each due time (tokio's timer alone sends up
-    /// to ~1 ms late, and that delay counts in the latency).
+    /// Rate mode: spin to each exact due time (costs CPU) instead of
+    /// sending up to 1 ms early.
     #[arg(long)]
-    no_spin: bool,
+    spin: bool,
     /// Per-read timeout (and connect timeout).
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     timeout: Duration,
@@ -201,7 +201,7 @@ fn run_cmd(a: &RunArgs) -> Result<ExitCode, String> {
         connections: a.connections,
         timeout: a.timeout,
         verify: !a.no_verify,
-        spin: !a.no_spin,
+        spin: a.spin,
     });
     let rt = if a.threads == 1 {
         tokio::runtime::Builder::new_current_thread()
@@ -289,11 +289,7 @@ async fn run(a: &RunArgs, cfg: Arc<Config>) -> Result<Report, String> {
         );
         prefill = Some((took, st));
     }
-    let duration = match (a.duration, a.ops) {
-        (Some(d), _) => Some(d),
-        (None, Some(_)) => None,
-        (None, None) => Some(Duration::from_secs(10)),
-    };
+    let duration = run_duration(a);
     // A common start, a little ahead, so every timetable begins together.
     let start = Instant::now() + Duration::from_millis(20);
     let deadline = duration.map(|d| start + d);
@@ -318,6 +314,15 @@ async fn run(a: &RunArgs, cfg: Arc<Config>) -> Result<Report, String> {
         stats,
         prefill,
     })
+}
+
+/// The measured run's length: --duration, else 10 s unless --ops is given.
+fn run_duration(a: &RunArgs) -> Option<Duration> {
+    match (a.duration, a.ops) {
+        (Some(d), _) => Some(d),
+        (None, Some(_)) => None,
+        (None, None) => Some(Duration::from_secs(10)),
+    }
 }
 
 fn rate(n: u64, d: Duration) -> f64 {
@@ -469,14 +474,14 @@ fn report_json(a: &RunArgs, r: &Report) -> Value {
         ("rate".into(), opt(a.rate)),
         (
             "duration_s".into(),
-            opt(a.duration.map(|d| d.as_secs_f64())),
+            opt(run_duration(a).map(|d| d.as_secs_f64())),
         ),
         ("ops_limit".into(), opt(a.ops.map(|n| n as f64))),
         ("timeout_ms".into(), num(a.timeout.as_millis() as f64)),
         ("threads".into(), num(a.threads as f64)),
         ("seed".into(), num(a.seed as f64)),
         ("verify".into(), Value::Bool(!a.no_verify)),
-        ("spin".into(), Value::Bool(!a.no_spin)),
+        ("spin".into(), Value::Bool(a.spin)),
     ]);
     let mut lat = vec![("all".to_string(), summary_json(&s.all()))];
     for k in OpKind::ALL {
@@ -615,6 +620,8 @@ mod tests {
         };
         let text = report_json(&a, &r).to_pretty();
         let v = json::parse(&text).unwrap();
+        let duration = v.get("config").and_then(|c| c.get("duration_s"));
+        assert_eq!(duration.and_then(Value::as_f64), Some(10.0), "the default");
         assert_eq!(v.get("ops").and_then(Value::as_f64), Some(1000.0));
         let s = series_from_json(&v, "all").unwrap();
         assert_eq!(s.count, 1000);
