@@ -49,6 +49,24 @@ write_workload_cfg() { # workload file
   printf 'key\n64 64 1\nvalue\n%s %s 1\ncmd\n0 %s\n1 %s\n' "$size" "$size" "$set" "$get" > "$2"
 }
 
+# memroute-loadgen arguments of a workload (same mix, sizes and keys per get
+# as its memcaslap config); fails on an unknown name.
+workload_loadgen_args() { # workload
+  local set size
+  case "$1" in
+    get90_*|mget*_*) set=0.1 ;;
+    mix11_*) set=0.5 ;;
+    *) echo "unknown workload $1" >&2; return 1 ;;
+  esac
+  case "$1" in
+    *_100B) size=100 ;;
+    *_1K) size=1024 ;;
+    *_4K) size=4096 ;;
+    *) echo "unknown value size in $1" >&2; return 1 ;;
+  esac
+  echo "--set-ratio $set --mget $(workload_division "$1") --key-size 64 --value-size $size"
+}
+
 # A scratch directory in $work, and a cleanup on exit that stops every pid
 # added to the pids array and removes the directory.
 bench_workdir() {

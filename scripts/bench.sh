@@ -35,6 +35,15 @@
 #                environment for that target (VAR=value ...; {backend} as
 #                in the arguments).
 #   OUT_DIR      where raw outputs go (default target/bench/<timestamp>)
+#   LOADGEN=1    after each memcaslap run, run the same workload through
+#                memroute-loadgen (tools/loadgen: HDR percentiles, JSON, SVG)
+#                on the same target, with -c CONCURRENCY --prefill; prints
+#                its table too and plots each workload's round-1 CDFs to
+#                OUT_DIR/WORKLOAD.cdf.svg. Off by default.
+#   LOADGEN_ARGS extra memroute-loadgen arguments (e.g. "--rate 20000
+#                --depth 4" for an open-loop run)
+#   LOADGEN_BIN  memroute-loadgen binary (default target/release/...; built
+#                unless SKIP_BUILD=1)
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -49,6 +58,8 @@ CLIENT_THREADS="${CLIENT_THREADS:-1}"
 SERVER_THREADS="${SERVER_THREADS:-2}"
 MEMORY_MB="${MEMORY_MB:-1024}"
 OUT_DIR="${OUT_DIR:-$REPO_ROOT/target/bench/$(date +%Y%m%d-%H%M%S)}"
+LOADGEN="${LOADGEN:-0}"
+LOADGEN_ARGS="${LOADGEN_ARGS:-}"
 HOST=127.0.0.1
 
 log() { printf '[bench] %s\n' "$*" >&2; }
@@ -70,6 +81,15 @@ if [ "$needs_memroute" = 1 ]; then
   fi
   MEMROUTE_BIN="${MEMROUTE_BIN:-$REPO_ROOT/target/release/memroute}"
   [ -x "$MEMROUTE_BIN" ] || die "no memroute binary at $MEMROUTE_BIN"
+fi
+
+if [ "$LOADGEN" = 1 ]; then
+  if [ "${SKIP_BUILD:-0}" != 1 ]; then
+    log "cargo build --release -p memroute-loadgen"
+    cargo build --release -p memroute-loadgen >&2
+  fi
+  LOADGEN_BIN="${LOADGEN_BIN:-$REPO_ROOT/target/release/memroute-loadgen}"
+  [ -x "$LOADGEN_BIN" ] || die "no memroute-loadgen binary at $LOADGEN_BIN"
 fi
 
 # shellcheck source=bench-lib.sh
@@ -227,6 +247,20 @@ for w in $WORKLOADS; do
       python3 "$REPO_ROOT/scripts/bench_report.py" parse "$out" \
         | python3 -c 'import json,sys; d=json.load(sys.stdin); d.update(workload=sys.argv[1], target=sys.argv[2], round=int(sys.argv[3])); print(json.dumps(d))' \
           "$w" "$t" "$r" >> "$RESULTS"
+      if [ "$LOADGEN" = 1 ]; then
+        flush "${PORT_OF[$t-backend]:-$port}"
+        lout="$OUT_DIR/$w.$t.r$r.loadgen"
+        log "$w round $r: $t (memroute-loadgen)"
+        rc=0
+        # shellcheck disable=SC2046,SC2086
+        timeout $(( secs + 120 )) "$LOADGEN_BIN" -s "$HOST:$port" -c "$CONCURRENCY" \
+          -d "$DURATION" --prefill $(workload_loadgen_args "$w") $LOADGEN_ARGS \
+          --label "$t" --json "$lout.json" </dev/null >"$lout.txt" 2>&1 || rc=$?
+        if [ "$rc" != 0 ]; then
+          tail -20 "$lout.txt" >&2
+          die "memroute-loadgen failed or counted errors against $t (exit $rc, $lout.txt)"
+        fi
+      fi
     done
   done
 done
@@ -249,5 +283,32 @@ done
   case " $TARGETS " in *" memcached "*) ;; *) baseline=${target_list[0]} ;; esac
   python3 "$REPO_ROOT/scripts/bench_report.py" report "$RESULTS" --baseline "$baseline"
   echo
+  if [ "$LOADGEN" = 1 ]; then
+    echo "memroute-loadgen (-c $CONCURRENCY --prefill $LOADGEN_ARGS; latency in us, HDR percentiles):"
+    echo
+    # shellcheck disable=SC2086
+    python3 - "$OUT_DIR" $WORKLOADS <<'EOF'
+import json, sys, pathlib
+out = pathlib.Path(sys.argv[1])
+print("| workload | server | round | ops/s | p50 | p90 | p99 | p99.9 | max | errors |")
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+for w in sys.argv[2:]:
+    for f in sorted(out.glob(w + ".*.loadgen.json")):
+        r = json.loads(f.read_text())
+        lat = r["latency_us"]["all"]
+        rnd = f.name.split(".")[-3]
+        print("| %s | %s | %s | %.0f | %.0f | %.0f | %.0f | %.0f | %.0f | %d |" % (
+            w, r["label"], rnd[1:], r["ops_per_sec"], lat["p50"], lat["p90"], lat["p99"],
+            lat["p99_9"], lat["max"], r["errors"]["total"]))
+EOF
+    echo
+    for w in $WORKLOADS; do
+      files=()
+      for t in $TARGETS; do files+=("$OUT_DIR/$w.$t.r1.loadgen.json"); done
+      "$LOADGEN_BIN" plot "${files[@]}" --svg "$OUT_DIR/$w.cdf.svg" --title "$w: latency by percentile" \
+        && echo "latency CDF of $w (round 1): $OUT_DIR/$w.cdf.svg"
+    done
+    echo
+  fi
   echo "raw outputs: $OUT_DIR"
 } | tee "$OUT_DIR/report.md"

@@ -12,6 +12,8 @@ use memroute_runtime::config::Protocol;
 use memroute_runtime::tls::{MinVersion, TlsSettings, VerifyMode};
 use memroute_runtime::{Server, ServerConfig};
 
+mod fleet;
+
 /// A Lua-scriptable memcached routing proxy. With no configuration it is a
 /// drop-in memcached served by an embedded in-memory cache.
 #[derive(Parser, Debug)]
@@ -128,6 +130,21 @@ enum Tool {
         /// Where to write the SVG box plot.
         #[arg(long = "svg", default_value = "hash-report.svg")]
         svg: std::path::PathBuf,
+    },
+    /// Check that running proxies agree: the same configuration digest and
+    /// the same backends seen healthy (docs/operations.md, "Fleet
+    /// agreement"). Exits 0 when all agree, 1 when configurations differ, 3
+    /// when only membership differs, 4 when a proxy cannot be read.
+    FleetCheck {
+        /// The proxies' memcached listeners.
+        #[arg(value_name = "HOST:PORT", required = true)]
+        proxies: Vec<String>,
+        /// Seconds allowed to connect, and for each read and write.
+        #[arg(long = "timeout", value_name = "SECS", default_value_t = 2.0)]
+        timeout: f64,
+        /// Print help.
+        #[arg(short = 'h', long = "help", action = ArgAction::Help)]
+        help: Option<bool>,
     },
 }
 
@@ -631,6 +648,22 @@ fn main() -> ExitCode {
                     ExitCode::from(1)
                 }
             },
+            Tool::FleetCheck {
+                proxies, timeout, ..
+            } => {
+                let timeout = match Duration::try_from_secs_f64(*timeout) {
+                    Ok(t) if !t.is_zero() => t,
+                    _ => {
+                        eprintln!(
+                            "memroute: fleet-check --timeout must be a positive number of seconds"
+                        );
+                        return ExitCode::from(2);
+                    }
+                };
+                let (text, code) = fleet::run(proxies, timeout);
+                print!("{text}");
+                ExitCode::from(code)
+            }
         };
     }
     let config = match config_from(&cli) {

@@ -27,6 +27,20 @@ pub struct Admin {
     pub tls: Option<Arc<crate::tls::ServerTls>>,
     /// Client authentication, for `auth_cmds` and `auth_errors`.
     pub auth: Option<Arc<crate::auth::Auth>>,
+    /// The configuration digest in force (`config_digest`).
+    pub digest: Arc<crate::metrics::ConfigDigest>,
+}
+
+/// The live membership of the proxy, as `stats` summarises it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Membership {
+    /// [`membership_digest`](crate::metrics::membership_digest) of the
+    /// backends every worker sees healthy.
+    pub digest: String,
+    /// How many backends every worker sees healthy.
+    pub healthy: usize,
+    /// Every memcached backend of the live configuration.
+    pub total: usize,
 }
 
 impl Admin {
@@ -128,7 +142,13 @@ impl Admin {
         write_stat(out, "evicted_unfetched", c.evicted_unfetched);
         write_stat(out, "evictions", c.evictions);
         write_stat(out, "reclaimed", c.reclaimed);
+        write_stat(out, "config_digest", self.digest.get());
         if self.config.proxy.is_some() {
+            // Fleet agreement: which backends every worker sees healthy.
+            let m = self.membership();
+            write_stat(out, "membership_digest", m.digest);
+            write_stat(out, "backends_healthy", m.healthy);
+            write_stat(out, "backends_total", m.total);
             // The proxy's load and refusals (memcached's names; the
             // active and bufmem refusal counters are memroute's own).
             let (active, _) = s.load_totals();
@@ -162,6 +182,25 @@ impl Admin {
             }
         }
         reply::end(out);
+    }
+
+    /// The backends of the live configuration every worker sees healthy
+    /// (not bad on any worker, not `down`), as `label/host:port`, and
+    /// their digest.
+    pub fn membership(&self) -> Membership {
+        let summaries = self.proxy_stats.backends.summaries();
+        let healthy: Vec<String> = summaries
+            .iter()
+            .filter(|b| {
+                b.stats.state == crate::backend::BackendState::Healthy && b.bad_workers == 0
+            })
+            .map(|b| format!("{}/{}:{}", b.config.label, b.config.host, b.config.port))
+            .collect();
+        Membership {
+            digest: crate::metrics::membership_digest(&healthy),
+            healthy: healthy.len(),
+            total: summaries.len(),
+        }
     }
 
     /// `stats backends`: every memcached backend of the live configuration,

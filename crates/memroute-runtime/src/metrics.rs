@@ -102,23 +102,62 @@ pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
     }
 }
 
-/// The startfile's digest for `memroute_info`: FNV-1a (64-bit) of its
-/// bytes, as 16 hex digits, or `none` without a startfile. Only the
-/// startfile itself counts, not files it `require`s.
-pub fn startfile_digest(startfile: Option<&Path>) -> String {
+/// The configuration digest (`stats` `config_digest`, `memroute_info`'s
+/// `config_digest` label): FNV-1a (64-bit), as 16 hex digits, of the
+/// startfile's bytes followed by the resolved backend lists
+/// ([`LoadedConfig::backend_lists`](crate::lua::LoadedConfig::backend_lists)),
+/// so two proxies running the same file with different backends differ.
+/// `none` without a startfile, `unreadable` if the file cannot be read.
+/// Files the startfile `require`s do not count.
+pub fn config_digest(startfile: Option<&Path>, backend_lists: &[String]) -> String {
     let Some(path) = startfile else {
         return "none".into();
     };
     match std::fs::read(path) {
-        Ok(bytes) => format!("{:016x}", fnv1a64(&bytes)),
+        Ok(bytes) => digest_of(&bytes, backend_lists),
         Err(_) => "unreadable".into(),
     }
 }
 
-fn fnv1a64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
+/// [`config_digest`] of bytes already read. Each part is hashed after its
+/// length, so no bytes can move between the file and the lists (or between
+/// two lists) and leave the digest unchanged.
+pub fn digest_of(startfile: &[u8], backend_lists: &[String]) -> String {
+    let mut hash = fnv1a64_continue(FNV_OFFSET, &(startfile.len() as u64).to_le_bytes());
+    hash = fnv1a64_continue(hash, startfile);
+    hash = fnv1a64_continue(hash, &(backend_lists.len() as u64).to_le_bytes());
+    for list in backend_lists {
+        hash = fnv1a64_continue(hash, &(list.len() as u64).to_le_bytes());
+        hash = fnv1a64_continue(hash, list.as_bytes());
+    }
+    format!("{hash:016x}")
+}
+
+/// The membership digest (`stats` `membership_digest`): FNV-1a (64-bit), as
+/// 16 hex digits, of the sorted `label/host:port` names of the backends
+/// every worker sees healthy, one per line. The order given does not
+/// matter; duplicates count once.
+pub fn membership_digest<S: AsRef<str>>(healthy: &[S]) -> String {
+    let mut names: Vec<&str> = healthy.iter().map(AsRef::as_ref).collect();
+    names.sort_unstable();
+    names.dedup();
+    let hash = names.iter().fold(FNV_OFFSET, |hash, name| {
+        fnv1a64_continue(fnv1a64_continue(hash, name.as_bytes()), b"\n")
+    });
+    format!("{hash:016x}")
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+fn fnv1a64_continue(hash: u64, bytes: &[u8]) -> u64 {
+    bytes.iter().fold(hash, |hash, &b| {
         (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })
+}
+
+#[cfg(test)]
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    fnv1a64_continue(FNV_OFFSET, bytes)
 }
 
 /// The digest of the configuration in force: set at start and by each
@@ -277,7 +316,7 @@ impl prometheus_client::collector::Collector for Collector {
         family(
             &mut enc,
             "info",
-            "memroute's version and the digest of its startfile (FNV-1a 64 of its bytes; none without one)",
+            "memroute's version and its configuration digest (FNV-1a 64 of the startfile and the resolved backend lists, as stats config_digest; none without a startfile)",
             MetricType::Gauge,
             [(info, ConstGauge::new(1i64))],
         )?;
@@ -811,7 +850,78 @@ mod tests {
         // The published FNV-1a 64 test vectors.
         assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
-        assert_eq!(startfile_digest(None), "none");
+        assert_eq!(config_digest(None, &[]), "none");
+        assert_eq!(
+            config_digest(Some(Path::new("/nonexistent/memroute.lua")), &[]),
+            "unreadable"
+        );
+    }
+
+    #[test]
+    fn config_digest_covers_file_and_backends() {
+        let lists = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let a = lists(&["main: b1/10.0.0.1:11211 b2/10.0.0.2:11211"]);
+        let d = digest_of(b"file", &a);
+        // Stable: the same input, the same 16 hex digits.
+        assert_eq!(d, digest_of(b"file", &a));
+        assert_eq!(d.len(), 16);
+        assert!(d.bytes().all(|b| b.is_ascii_hexdigit()));
+        // The file counts, and so does every backend and its order.
+        assert_ne!(d, digest_of(b"file2", &a));
+        assert_ne!(d, digest_of(b"file", &lists(&[])));
+        assert_ne!(
+            d,
+            digest_of(
+                b"file",
+                &lists(&["main: b1/10.0.0.1:11211 b2/10.0.0.3:11211"])
+            )
+        );
+        assert_ne!(
+            d,
+            digest_of(
+                b"file",
+                &lists(&["main: b2/10.0.0.2:11211 b1/10.0.0.1:11211"])
+            )
+        );
+        // Bytes cannot slide between the file and the lists.
+        assert_ne!(
+            digest_of(b"ab", &lists(&["c"])),
+            digest_of(b"a", &lists(&["bc"]))
+        );
+        assert_ne!(
+            digest_of(b"", &lists(&["a", "b"])),
+            digest_of(b"", &lists(&["ab"]))
+        );
+        // A known value, so the digest does not change by accident between
+        // versions (proxies of two versions must agree on one config).
+        assert_eq!(
+            digest_of(b"", &[]),
+            format!("{:016x}", { fnv1a64(&[0u8; 16]) })
+        );
+    }
+
+    #[test]
+    fn membership_digest_ignores_order() {
+        let a = membership_digest(&["b1/10.0.0.1:11211", "b2/10.0.0.2:11211"]);
+        assert_eq!(
+            a,
+            membership_digest(&["b2/10.0.0.2:11211", "b1/10.0.0.1:11211"])
+        );
+        assert_eq!(
+            a,
+            membership_digest(&[
+                "b2/10.0.0.2:11211",
+                "b1/10.0.0.1:11211",
+                "b2/10.0.0.2:11211"
+            ])
+        );
+        assert_ne!(a, membership_digest(&["b1/10.0.0.1:11211"]));
+        assert_ne!(
+            a,
+            membership_digest(&["b1/10.0.0.1:11211", "b2/10.0.0.3:11211"])
+        );
+        // Nothing healthy is a digest too (FNV-1a 64 of no bytes).
+        assert_eq!(membership_digest::<&str>(&[]), "cbf29ce484222325");
     }
 
     #[test]

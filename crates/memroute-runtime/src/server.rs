@@ -171,9 +171,10 @@ impl Server {
             auth,
         } = self;
         let proxy_stats = Arc::new(ProxyStats::default());
-        // Metrics endpoint: the digest of the startfile about to be loaded.
+        // `stats` config_digest and the metrics endpoint's info label: the
+        // startfile and the backend lists it resolves to, set once loaded.
         let config_digest = Arc::new(crate::metrics::ConfigDigest::new(
-            crate::metrics::startfile_digest(config.proxy.as_ref().map(|p| p.startfile.as_path())),
+            crate::metrics::config_digest(None, &[]),
         ));
         // The config VM runs once here, before any worker starts: a broken
         // startfile stops the server with the file and line at fault.
@@ -181,6 +182,10 @@ impl Server {
             Some(proxy) => {
                 let loaded = load_config(proxy)?;
                 proxy_stats.set_names(&loaded.stat_names);
+                config_digest.set(crate::metrics::config_digest(
+                    Some(&proxy.startfile),
+                    &loaded.backend_lists(),
+                ));
                 Some(Arc::new(loaded))
             }
             None => None,
@@ -196,6 +201,7 @@ impl Server {
             proxy_stats: proxy_stats.clone(),
             tls: tls.clone(),
             auth: auth.clone(),
+            digest: config_digest.clone(),
         });
         // Metrics endpoint (--metrics-listen): a thread of its own that
         // reads what `stats` reads; off by default.
@@ -411,8 +417,11 @@ async fn reload_config(
         return;
     };
     let load = move || {
-        let digest = crate::metrics::startfile_digest(Some(&proxy.startfile));
-        load_config(&proxy).map(|loaded| (loaded, digest))
+        load_config(&proxy).map(|loaded| {
+            let digest =
+                crate::metrics::config_digest(Some(&proxy.startfile), &loaded.backend_lists());
+            (loaded, digest)
+        })
     };
     let (loaded, digest) = match tokio::task::spawn_blocking(load).await {
         Ok(Ok((loaded, digest))) => (Arc::new(loaded), digest),

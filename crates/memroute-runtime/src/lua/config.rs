@@ -130,6 +130,50 @@ pub struct LoadedConfig {
     pub settings: ProxySettings,
 }
 
+impl LoadedConfig {
+    /// Every pool `mcp_config_pools()` returned, resolved: one line per
+    /// pool, `NAME: label/host:port label/host:port ...` with its memcached
+    /// backends in the pool's order (`NAME: store STORE` for a shared
+    /// store). The lines are sorted and a pool reached twice counts once, so
+    /// the order Lua walks a table in does not matter; the order of
+    /// backends inside a pool does (it places keys). Part of the
+    /// configuration digest.
+    pub fn backend_lists(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        collect_pools(&self.pools, &mut lines);
+        lines.sort_unstable();
+        lines.dedup();
+        lines
+    }
+}
+
+fn collect_pools(value: &ConfigValue, out: &mut Vec<String>) {
+    match value {
+        ConfigValue::Pool(pool) => out.push(pool_line(pool)),
+        ConfigValue::Table(entries) => {
+            for (key, value) in entries {
+                collect_pools(key, out);
+                collect_pools(value, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// One pool's line of [`LoadedConfig::backend_lists`].
+pub(crate) fn pool_line(pool: &PoolDef) -> String {
+    let mut line = format!("{}:", pool.name);
+    match &pool.kind {
+        PoolKind::Memcached { backends, .. } => {
+            for b in backends {
+                line.push_str(&format!(" {}/{}:{}", b.label, b.host, b.port));
+            }
+        }
+        PoolKind::Shared(store) => line.push_str(&format!(" store {}", store.name())),
+    }
+    line
+}
+
 /// Limits a startfile sets with memcached's global setters, as given (the
 /// per-worker shares are [`ProxySettings::active_per_worker`] and
 /// [`ProxySettings::buffer_bytes_per_worker`]). 0 means no limit, as in
@@ -836,4 +880,80 @@ fn to_config_value(value: &Value, path: &str, depth: usize) -> Result<ConfigValu
             ))
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The backend lists of `text` loaded as a startfile.
+    fn lists(name: &str, text: &str) -> Vec<String> {
+        let dir = std::env::temp_dir().join(format!(
+            "memroute-backend-lists-{}-{name}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let startfile = dir.join("start.lua");
+        std::fs::write(&startfile, text).unwrap();
+        let loaded = load_config(&ProxyConfig {
+            startfile,
+            start_arg: None,
+            lua_path: Vec::new(),
+        })
+        .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        loaded.backend_lists()
+    }
+
+    const ROUTES: &str = "function mcp_config_routes(p) end\n";
+
+    #[test]
+    fn backend_lists_keep_pool_order_and_sort_pools() {
+        let a = lists(
+            "a",
+            &format!(
+                "function mcp_config_pools()
+                   local b1 = mcp.backend('b1', '10.0.0.1', 11211)
+                   local b2 = mcp.backend('b2', '10.0.0.2', 11212)
+                   local p = mcp.pool({{ b1, b2 }}, {{ name = 'main' }})
+                   return {{ x = p, y = {{ p, mcp.pool({{ b2 }}, {{ name = 'one' }}) }} }}
+                 end
+                 {ROUTES}"
+            ),
+        );
+        assert_eq!(
+            a,
+            [
+                "main: b1/10.0.0.1:11211 b2/10.0.0.2:11212",
+                "one: b2/10.0.0.2:11212"
+            ]
+        );
+        // The same pools under other keys, in another order: the same lines.
+        let b = lists(
+            "b",
+            &format!(
+                "function mcp_config_pools()
+                   local b1 = mcp.backend('b1', '10.0.0.1', 11211)
+                   local b2 = mcp.backend('b2', '10.0.0.2', 11212)
+                   return {{ mcp.pool({{ b2 }}, {{ name = 'one' }}),
+                            z = mcp.pool({{ b1, b2 }}, {{ name = 'main' }}) }}
+                 end
+                 {ROUTES}"
+            ),
+        );
+        assert_eq!(a, b);
+        // The order of backends inside a pool counts: it places keys.
+        let c = lists(
+            "c",
+            &format!(
+                "function mcp_config_pools()
+                   local b1 = mcp.backend('b1', '10.0.0.1', 11211)
+                   local b2 = mcp.backend('b2', '10.0.0.2', 11212)
+                   return {{ mcp.pool({{ b2, b1 }}, {{ name = 'main' }}) }}
+                 end
+                 {ROUTES}"
+            ),
+        );
+        assert_eq!(c, ["main: b2/10.0.0.2:11212 b1/10.0.0.1:11211"]);
+    }
 }
