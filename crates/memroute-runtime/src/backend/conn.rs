@@ -96,7 +96,8 @@ impl Expect {
     fn accepts(&self, response: &Response) -> bool {
         match self {
             Expect::Nothing => true,
-            Expect::Key(key) => response.value_keys().all(|got| got == &key[..]),
+            // A single-key reply carries one VALUE.
+            Expect::Key(key) => response.retrieval_key().is_none_or(|got| got == &key[..]),
             Expect::Keys(keys) => {
                 // Each VALUE takes the next requested key it names
                 // (a key asked twice is answered twice).
@@ -712,7 +713,16 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     };
                     let line = slot.front_line_len();
                     if line == 1 {
-                        if let Some(over) = decoder.find_oversize(&rbuf, cap) {
+                        // A reply whose bytes so far fit in `cap` cannot
+                        // have buffered a value over it yet: only a longer
+                        // buffer is searched (once past `cap`, the rest of
+                        // an oversize block is dropped as it arrives).
+                        let over = if rbuf.len() > cap {
+                            decoder.find_oversize(&rbuf, cap)
+                        } else {
+                            None
+                        };
+                        if let Some(over) = over {
                             inner.counters.oversize_values.incr();
                             let prefix = rbuf.split_to(over.prefix);
                             discard = over.header.saturating_add(over.size).saturating_add(2);
