@@ -27,8 +27,8 @@ from typing import Optional
 
 import pytest
 
-from conftest import (HOST, STOP_TIMEOUT, ServerHandle, _RUNNING, _require_memroute,
-                      free_port, missing, write_startfile)
+from conftest import (HOST, STOP_TIMEOUT, Closed, RawClient, ReadTimeout, ServerHandle,
+                      _RUNNING, _require_memroute, free_port, missing, write_startfile)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -85,42 +85,13 @@ def client_context(certs: Path, cert: Optional[str] = None) -> ssl.SSLContext:
 # --------------------------------------------------------------------------
 
 
-class TlsClient:
-    """A blocking TLS client for line-oriented memcached conversations."""
+class TlsClient(RawClient):
+    """conftest's RawClient over TLS: the same reads with timeouts, for
+    line-oriented memcached conversations."""
 
     def __init__(self, port: int, ctx: ssl.SSLContext, timeout: float = 5.0):
-        raw = socket.create_connection((HOST, port), timeout=timeout)
-        self.sock = ctx.wrap_socket(raw, server_hostname="localhost")
-        self.buf = b""
-
-    def close(self) -> None:
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-
-    def __enter__(self) -> "TlsClient":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def read_until(self, terminator: bytes) -> bytes:
-        while terminator not in self.buf:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise EOFError("closed after %r" % self.buf)
-            self.buf += chunk
-        i = self.buf.index(terminator) + len(terminator)
-        out, self.buf = self.buf[:i], self.buf[i:]
-        return out
-
-    def request(self, data: bytes, terminator: bytes = b"\r\n") -> bytes:
-        self.send(data)
-        return self.read_until(terminator)
+        super().__init__(HOST, port, timeout)
+        self.sock = ctx.wrap_socket(self.sock, server_hostname="localhost")
 
     def stats(self, group: bytes = b"") -> dict:
         raw = self.request(b"stats" + (b" " + group if group else b"") + b"\r\n", b"END\r\n")
@@ -153,7 +124,7 @@ def start(args, workdir: Path, probe, name: str = "memroute") -> ServerHandle:
         try:
             if probe(port):
                 return handle
-        except (OSError, ssl.SSLError, EOFError) as e:
+        except (OSError, ssl.SSLError, Closed, ReadTimeout) as e:
             last = e
         time.sleep(0.05)
     handle.stop(expect_clean=False)
@@ -320,7 +291,7 @@ def no_reply(port: int, ctx: ssl.SSLContext) -> bool:
     try:
         with TlsClient(port, ctx) as c:
             c.request(b"version\r\n")
-    except (ssl.SSLError, EOFError, ConnectionResetError, BrokenPipeError):
+    except (ssl.SSLError, Closed, ConnectionResetError, BrokenPipeError):
         return True
     return False
 
