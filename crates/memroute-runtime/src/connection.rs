@@ -610,11 +610,7 @@ fn routed_reply(
     let reply = lua.serve(route, request);
     match bin {
         None => reply,
-        Some(bin) => Box::pin(reply.map(move |text| {
-            let mut out = BytesMut::new();
-            bin.encode(&text, &mut out);
-            out.freeze()
-        })),
+        Some(bin) => Box::pin(reply.map(move |text| binary_reply(&bin, &text))),
     }
 }
 
@@ -667,12 +663,15 @@ fn queue_or_write(pipeline: &mut Pipeline, wbuf: &mut BytesMut, bytes: Bytes) {
 fn encoded(text: &'static [u8], bin: Option<&BinaryContext>) -> Bytes {
     match bin {
         None => Bytes::from_static(text),
-        Some(bin) => {
-            let mut out = BytesMut::new();
-            bin.encode(text, &mut out);
-            out.freeze()
-        }
+        Some(bin) => binary_reply(bin, text),
     }
+}
+
+/// A text reply encoded back to the binary request it answers.
+fn binary_reply(bin: &BinaryContext, text: &[u8]) -> Bytes {
+    let mut out = BytesMut::new();
+    bin.encode(text, &mut out);
+    out.freeze()
 }
 
 async fn flush<S: AsyncWrite + Unpin>(
