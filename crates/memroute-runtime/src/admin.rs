@@ -22,7 +22,7 @@ pub const VERSION: &str = concat!("1.6.18-memroute-", env!("CARGO_PKG_VERSION"))
 pub struct Admin {
     pub stats: Arc<ServerStats>,
     pub config: ServerConfig,
-    pub proxy_stats: Arc<crate::lua::ProxyStats>,
+    pub proxy_stats: Arc<crate::stats::ProxyStats>,
     /// Client-facing TLS, for its settings and counters.
     pub tls: Option<Arc<crate::tls::ServerTls>>,
     /// Client authentication, for `auth_cmds` and `auth_errors`.

@@ -11,7 +11,9 @@
 //! - [`connection`]: the per-connection read/decode/execute/write loop.
 //! - [`embedded`]: requests executed against the embedded cache.
 //! - [`admin`]: `stats`, `stats settings`, `stats proxy`, the version string.
-//! - [`lua`]: the Lua routing layer (config VM, worker VMs, routes).
+//! - [`route`]: the route tree (routes, pools, per-worker route sets),
+//!   free of Lua.
+//! - [`lua`]: the Lua layer (config VM, worker VMs, Lua routes, bindings).
 //! - [`backend`]: worker-local pipelined connections to memcached servers.
 //! - [`store`]: stores shared by all workers (DynamoDB tables) and their
 //!   registry.
@@ -38,6 +40,7 @@ pub mod connection;
 pub mod embedded;
 pub mod lua;
 pub mod metrics;
+pub mod route;
 pub mod server;
 pub mod stats;
 pub mod store;

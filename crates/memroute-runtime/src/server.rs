@@ -28,8 +28,9 @@ use crate::auth::Auth;
 use crate::config::ServerConfig;
 use crate::connection::{serve, WorkerContext};
 use crate::embedded::Embedded;
-use crate::lua::worker::RouteEnv;
-use crate::lua::{load_config, LoadedConfig, ProxyConfig, ProxyStats, WorkerProxy};
+use crate::lua::{load_config, LoadedConfig, ProxyConfig, WorkerProxy};
+use crate::route::RouteEnv;
+use crate::stats::ProxyStats;
 use crate::stats::ServerStats;
 use crate::tls::ServerTls;
 
@@ -577,7 +578,7 @@ impl WorkerSeed {
             worker: self.worker,
             limits: self.config.limits.clone(),
             protocol: self.config.protocol,
-            proxy: proxy.clone(),
+            routes: proxy.as_ref().map(|p| p.routes().clone()),
             idle_timeout: self.config.idle_timeout,
             client_buffer_limit: self.config.client_buffer_limit,
             auth: self.auth.clone(),
@@ -592,7 +593,7 @@ impl WorkerSeed {
                 let stream = tokio::select! {
                     stream = incoming.recv() => stream,
                     Some(message) = control.recv() => {
-                        handle_control(proxy.as_deref(), message);
+                        handle_control(proxy.as_ref(), message);
                         continue;
                     }
                     _ = shutdown.wait_for(|&stop| stop) => None,

@@ -12,25 +12,15 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use memroute_hash::{Backend as HashBackend, Distribution, DistributionConfig, KeyFilter, KeyHash};
+use memroute_hash::{Backend as HashBackend, DistributionConfig, KeyFilter, KeyHash};
 use mlua::{AnyUserData, Lua, Table, UserData, Value};
 
 use super::vm::{self, DIST_MARK, HASH_MARK};
 use crate::backend::BackendConfig;
-use crate::store::SharedStore;
-use crate::tls::{BackendTls, ClientTls, ClientTlsSettings};
+pub use crate::config::ProxyConfig;
+pub use crate::route::{PoolDef, PoolKind};
 
-/// Where the routing configuration comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProxyConfig {
-    /// The startfile (memcached's `-o proxy_config=FILE`).
-    pub startfile: PathBuf,
-    /// `mcp.start_arg` (memcached's `proxy_arg=STR`).
-    pub start_arg: Option<String>,
-    /// Extra directories searched by `require`, before the startfile's own
-    /// directory and the embedded libraries.
-    pub lua_path: Vec<PathBuf>,
-}
+use crate::tls::{BackendTls, ClientTls, ClientTlsSettings};
 
 /// Why a configuration could not be loaded. The message names the file and
 /// line where Lua can tell.
@@ -67,42 +57,6 @@ pub(crate) fn lua_error_message(error: &mlua::Error) -> String {
             format!("{context}: {}", lua_error_message(cause))
         }
         other => other.to_string(),
-    }
-}
-
-/// A pool as the config VM built it.
-pub struct PoolDef {
-    /// A name for logs and stats (the `name` option, else the backends).
-    pub name: String,
-    pub kind: PoolKind,
-}
-
-/// What a pool is made of.
-pub enum PoolKind {
-    /// memcached servers and the key distribution over them; each worker
-    /// connects to them on its own.
-    Memcached {
-        backends: Vec<Arc<BackendConfig>>,
-        distribution: Distribution,
-    },
-    /// A store shared by every worker (a DynamoDB table).
-    Shared(Arc<dyn SharedStore>),
-}
-
-impl std::fmt::Debug for PoolDef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.kind {
-            PoolKind::Memcached { backends, .. } => f
-                .debug_struct("PoolDef")
-                .field("name", &self.name)
-                .field("backends", backends)
-                .finish(),
-            PoolKind::Shared(store) => f
-                .debug_struct("PoolDef")
-                .field("name", &self.name)
-                .field("store", &store.name())
-                .finish(),
-        }
     }
 }
 
@@ -313,10 +267,10 @@ fn register(lua: &Lua, stat_names: Rc<RefCell<Vec<(i64, String)>>>) -> mlua::Res
     mcp.set(
         "add_stat",
         lua.create_function(move |_, (id, name): (i64, String)| {
-            if !(1..=super::worker::MAX_USER_STATS as i64).contains(&id) {
+            if !(1..=crate::stats::MAX_USER_STATS as i64).contains(&id) {
                 return Err(mlua::Error::runtime(format!(
                     "mcp.add_stat: id must be 1..{}",
-                    super::worker::MAX_USER_STATS
+                    crate::stats::MAX_USER_STATS
                 )));
             }
             if name.is_empty() || name.contains(char::is_whitespace) {
@@ -800,7 +754,7 @@ fn pool(list: Table, opts: Option<Table>) -> mlua::Result<PoolHandle> {
         name,
         kind: PoolKind::Memcached {
             backends,
-            distribution,
+            distribution: Arc::new(distribution),
         },
     })))
 }
