@@ -176,7 +176,7 @@ impl Admin {
             write_stat(out, "ssl_handshake_errors", tls.handshake_errors());
             write_stat(out, "time_since_server_cert_refresh", tls.since_refresh());
         }
-        for store in crate::store::all() {
+        for store in self.proxy_stats.stores.all() {
             for (field, value) in store.stats() {
                 write_stat(out, &format!("{}_{field}", store.name()), value);
             }

@@ -105,4 +105,11 @@ pub struct ProxyConfig {
     /// Extra directories searched by `require`, before the startfile's own
     /// directory and the embedded libraries.
     pub lua_path: Vec<PathBuf>,
+    /// Lua libraries compiled into the binary (`lua/*.lua`), as `(name,
+    /// source)`. `require` finds a file of the same name on the search path
+    /// first, so operators can override them from disk.
+    pub libraries: LuaLibraries,
 }
+
+/// `(name, source)` of Lua libraries `require` can load without a file.
+pub type LuaLibraries = &'static [(&'static str, &'static str)];

@@ -181,7 +181,7 @@ impl Server {
         // startfile stops the server with the file and line at fault.
         let loaded = match &config.proxy {
             Some(proxy) => {
-                let loaded = load_config(proxy)?;
+                let loaded = load_config(proxy, &proxy_stats.stores)?;
                 proxy_stats.set_names(&loaded.stat_names);
                 config_digest.set(crate::metrics::config_digest(
                     Some(&proxy.startfile),
@@ -317,7 +317,7 @@ impl Server {
         // write-behind queues can be emptied for good. The drain is a
         // statement of its own: in a log macro's arguments it would only
         // run when info logging is on.
-        for store in crate::store::all() {
+        for store in proxy_stats.stores.all() {
             let report = store.drain(config.drain_timeout);
             info!("{}: {}", store.name(), report);
         }
@@ -417,8 +417,9 @@ async fn reload_config(
         info!("no Lua configuration to reload");
         return;
     };
+    let stores = proxy_stats.stores.clone();
     let load = move || {
-        load_config(&proxy).map(|loaded| {
+        load_config(&proxy, &stores).map(|loaded| {
             let digest =
                 crate::metrics::config_digest(Some(&proxy.startfile), &loaded.backend_lists());
             (loaded, digest)

@@ -252,7 +252,7 @@ pub fn write_stat(out: &mut BytesMut, name: &str, value: impl std::fmt::Display)
 
 // The proxy's process-wide counters (below) are written from every worker.
 use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::backend::BackendRegistry;
 
@@ -271,6 +271,9 @@ pub struct ProxyStats {
     pub reload_failures: AtomicU64,
     /// Every worker's memcached backends, for `stats backends`.
     pub backends: BackendRegistry,
+    /// The process's shared stores (DynamoDB tables), for `stats`,
+    /// metrics, warm-up and shutdown.
+    pub stores: Arc<crate::store::StoreRegistry>,
 }
 
 impl Default for ProxyStats {
@@ -283,6 +286,7 @@ impl Default for ProxyStats {
             reloads: AtomicU64::new(0),
             reload_failures: AtomicU64::new(0),
             backends: BackendRegistry::default(),
+            stores: Arc::default(),
         }
     }
 }

@@ -19,6 +19,7 @@ use super::vm::{self, DIST_MARK, HASH_MARK};
 use crate::backend::BackendConfig;
 pub use crate::config::ProxyConfig;
 pub use crate::route::{PoolDef, PoolKind};
+use crate::store::StoreRegistry;
 
 use crate::tls::{BackendTls, ClientTls, ClientTlsSettings};
 
@@ -179,8 +180,14 @@ impl UserData for PoolHandle {}
 const MAX_DEPTH: usize = 32;
 
 /// Loads the startfile in a fresh config VM and runs `mcp_config_pools()`.
-pub fn load_config(proxy: &ProxyConfig) -> Result<LoadedConfig, ConfigError> {
+///
+/// Stores (`mcp.dynamo_pool`) are made in, or reused from, `stores`.
+pub fn load_config(
+    proxy: &ProxyConfig,
+    stores: &Arc<StoreRegistry>,
+) -> Result<LoadedConfig, ConfigError> {
     let lua = vm::new_vm(proxy)?;
+    lua.set_app_data(stores.clone());
     lua.set_app_data(ProxySettings::default());
     let stat_names = Rc::new(RefCell::new(Vec::new()));
     register(&lua, stat_names.clone()).map_err(|e| ConfigError::lua(&proxy.startfile, e))?;
@@ -262,7 +269,7 @@ fn register(lua: &Lua, stat_names: Rc<RefCell<Vec<(i64, String)>>>) -> mlua::Res
     )?;
     mcp.set(
         "dynamo_pool",
-        lua.create_function(|_, opts: Table| super::dynamo::dynamo_pool(opts))?,
+        lua.create_function(|lua, opts: Table| super::dynamo::dynamo_pool(lua, opts))?,
     )?;
     mcp.set(
         "add_stat",
@@ -849,11 +856,15 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let startfile = dir.join("start.lua");
         std::fs::write(&startfile, text).unwrap();
-        let loaded = load_config(&ProxyConfig {
-            startfile,
-            start_arg: None,
-            lua_path: Vec::new(),
-        })
+        let loaded = load_config(
+            &ProxyConfig {
+                startfile,
+                start_arg: None,
+                lua_path: Vec::new(),
+                libraries: &[],
+            },
+            &Arc::default(),
+        )
         .unwrap();
         let _ = std::fs::remove_dir_all(&dir);
         loaded.backend_lists()

@@ -15,7 +15,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::{Rc, Weak};
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
@@ -387,7 +387,12 @@ fn register(lua: &Lua) -> mlua::Result<()> {
                 let env = env_of(lua)?;
                 // One warm-up per process and pair of pools, on the first worker:
                 // every worker (and every reload) runs mcp_config_routes.
-                if env.worker != 0 || !first_warm(&format!("{} -> {}", store.name(), cache.name()))
+                if env.worker != 0
+                    || !env.proxy_stats.stores.first_warm(&format!(
+                        "{} -> {}",
+                        store.name(),
+                        cache.name()
+                    ))
                 {
                     return Ok(());
                 }
@@ -489,15 +494,6 @@ async fn await_pools(
         }
     }
     Ok(results)
-}
-
-fn first_warm(pair: &str) -> bool {
-    static DONE: std::sync::OnceLock<Mutex<std::collections::HashSet<String>>> =
-        std::sync::OnceLock::new();
-    let done = DONE.get_or_init(Default::default);
-    done.lock()
-        .map(|mut d| d.insert(pair.to_string()))
-        .unwrap_or(false)
 }
 
 /// Copies every live item of `source` into the `cache` pool, page by page,
