@@ -8,6 +8,8 @@
 //! # Layout
 //! - [`config`]: [`ServerConfig`], with memcached's defaults.
 //! - [`server`]: listeners, the acceptor, worker threads, graceful shutdown.
+//! - [`reload`]: SIGHUP: certificates, password files and the Lua
+//!   configuration, staged on every worker and committed on all or none.
 //! - [`connection`]: the per-connection read/decode/execute/write loop.
 //! - [`embedded`]: requests executed against the embedded cache.
 //! - [`admin`]: `stats`, `stats settings`, `stats proxy`, the version string.
@@ -40,6 +42,7 @@ pub mod connection;
 pub mod embedded;
 pub mod lua;
 pub mod metrics;
+pub mod reload;
 pub mod route;
 pub mod server;
 pub mod stats;

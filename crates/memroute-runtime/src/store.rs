@@ -75,7 +75,9 @@ pub struct StoreRegistry {
 impl std::fmt::Debug for StoreRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let names: Vec<String> = self.all().iter().map(|s| s.name().to_string()).collect();
-        f.debug_struct("StoreRegistry").field("stores", &names).finish()
+        f.debug_struct("StoreRegistry")
+            .field("stores", &names)
+            .finish()
     }
 }
 
