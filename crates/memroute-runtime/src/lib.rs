@@ -2,8 +2,14 @@
 //! stats. The binary only parses flags into a [`ServerConfig`] and calls
 //! [`Server::run`].
 //!
-//! May depend on: `memroute-proto` (wire codecs), `memroute-cache` (the
-//! embedded backend), tokio. Nothing here parses bytes by hand.
+//! May depend on: `memroute-proto` (wire codecs), `memroute-hash` (key
+//! distributions), `memroute-cache` (the embedded cache),
+//! `memroute-dynamo` (DynamoDB stores), tokio, mlua (only in [`lua`]),
+//! rustls, hyper and prometheus-client (only in [`tls`] and [`metrics`]).
+//! Inside, the layering is: [`backend`] (the memcached client) knows no
+//! route, connection or Lua; [`route`] knows no connection, server or Lua;
+//! only [`lua`], [`server`] and [`reload`] know Lua (checked by
+//! `tests/layering.rs`; see docs/architecture.md).
 //!
 //! # Layout
 //! - [`config`]: [`ServerConfig`], with memcached's defaults.
