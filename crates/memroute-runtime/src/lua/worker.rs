@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
-use memroute_proto::{Limits, Request, ResponseCode};
+use memroute_proto::{Limits, Request, Response, ResponseCode, ResponseDecoder};
 use mlua::{AnyUserData, Function, Lua, MetaMethod, Table, UserData, UserDataMethods, Value};
 use tracing::{info, warn};
 
@@ -32,7 +32,8 @@ use super::objects::{
 use super::vm;
 use crate::route::pool::EmbeddedPool;
 use crate::route::{
-    Pool, ReplyFuture, ReplyShape, Route, RouteEnv, RouteSet, WorkerLimits, WorkerRoutes,
+    Pool, ReplyFuture, ReplyShape, ResponseFuture, Route, RouteEnv, RouteSet, WorkerLimits,
+    WorkerRoutes,
 };
 use crate::store::SharedStore;
 
@@ -219,6 +220,19 @@ pub struct LuaRoute {
 }
 
 impl Route for LuaRoute {
+    /// The route's reply as a response, for a route above it. (What Lua
+    /// returns is bytes; they are parsed once here.)
+    fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
+        let decoder = ResponseDecoder::for_request(&request);
+        Box::pin(async move {
+            let reply = self.vm.clone().run(&self.function, request).await;
+            match decoder.decode(&mut BytesMut::from(&reply[..])) {
+                Ok(Some(response)) => response,
+                _ => Response::from_line("SERVER_ERROR lua route gave a malformed reply"),
+            }
+        })
+    }
+
     fn serve(self: Rc<Self>, request: Request) -> ReplyFuture {
         let shape = ReplyShape::of(&request);
         Box::pin(async move {
@@ -235,7 +249,7 @@ fn send_timed(
     request: Request,
 ) -> impl std::future::Future<Output = LuaResponse> {
     let start = Instant::now();
-    pool.send(request)
+    pool.call(request)
         .map(move |response| LuaResponse::new(response, start.elapsed().as_micros() as u64))
 }
 
@@ -542,7 +556,7 @@ async fn warm_up(source: Arc<dyn SharedStore>, cache: Rc<dyn Pool>, max_ttl: i64
                 format!(" {} F{} T{ttl}", item.value.len(), item.flags).as_bytes(),
             );
             let stored = match Request::parse(&line, &item.value, &limits) {
-                Ok(request) => cache.clone().send(request).await.code() == ResponseCode::Hd,
+                Ok(request) => cache.clone().call(request).await.code() == ResponseCode::Hd,
                 Err(_) => false,
             };
             if stored {

@@ -39,6 +39,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use memroute_proto::{Command, Limits, MetaOp, Request, Response, ResponseCode};
 
 pub use pool::{Pool, PoolDef, PoolKind, WorkerBackends};
@@ -56,14 +57,29 @@ pub type ResponseFuture = Pin<Box<dyn Future<Output = Response>>>;
 
 /// A node of the route tree.
 pub trait Route {
+    /// Sends `request` down this route and answers its response, for the
+    /// route above (a handler, Lua's `pool(r)`). A failure is the
+    /// `SERVER_ERROR` line the client would get. `noreply` and meta `q` are
+    /// dropped before anything is sent (every request sent must get a
+    /// reply, or replies would fall out of step); the caller hides the
+    /// client's own reply.
+    fn call(self: Rc<Self>, request: Request) -> ResponseFuture;
+
     /// Answers `request` with the bytes its client gets, shaped by
     /// [`ReplyShape`] (nothing for `noreply`, nothing for a quiet meta
     /// request's nominal reply).
     ///
-    /// The connection keeps one such future per request in flight, boxed:
-    /// implementations build one box, with everything they need to choose
-    /// (a backend, say) done before it.
-    fn serve(self: Rc<Self>, request: Request) -> ReplyFuture;
+    /// The connection keeps one such future per request in flight, boxed.
+    /// This default boxes twice (the call, then the shaping); routes on
+    /// the hot path build one box, with everything they need to choose (a
+    /// backend, say) done before it.
+    fn serve(self: Rc<Self>, request: Request) -> ReplyFuture {
+        let shape = ReplyShape::of(&request);
+        Box::pin(
+            self.call(request)
+                .map(move |response| shape.apply(response.raw().clone())),
+        )
+    }
 
     /// Whether a multi-key get is sent as one line per backend
     /// ([`multi_get`](Self::multi_get)) rather than once per key.

@@ -24,9 +24,9 @@ use super::{ReplyFuture, ReplyShape, ResponseFuture, Route, RouteEnv};
 use crate::backend::{Backend, BackendConfig};
 use crate::store::SharedStore;
 
-/// What every kind of pool does: send a request and answer its response.
-/// A pool is a route (it serves clients directly when attached), and what
-/// route handlers and Lua call to reach a backend.
+/// What every kind of pool is: a route that reaches a backend (a leaf of
+/// the route tree). It serves clients directly when attached, and is what
+/// route handlers and Lua call ([`Route::call`]) to reach a backend.
 pub trait Pool: Route {
     /// A name for logs and `tostring(pool)`.
     fn name(&self) -> &str;
@@ -36,12 +36,6 @@ pub trait Pool: Route {
     fn shared_store(&self) -> Option<&Arc<dyn SharedStore>> {
         None
     }
-
-    /// Sends `request` and answers its response; a failure becomes the
-    /// `SERVER_ERROR` line the client would get. `noreply` and meta `q` are
-    /// dropped before sending (every request sent must get a reply, or
-    /// replies would fall out of step); the caller hides the client's own.
-    fn send(self: Rc<Self>, request: Request) -> ResponseFuture;
 }
 
 /// A pool as the config VM built it.
@@ -194,6 +188,10 @@ impl MemcachedPool {
 }
 
 impl Route for MemcachedPool {
+    fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
+        Box::pin(self.response(request))
+    }
+
     fn serve(self: Rc<Self>, request: Request) -> ReplyFuture {
         let shape = ReplyShape::of(&request);
         // map() holds the inner future once; an async block awaiting it
@@ -217,10 +215,6 @@ impl Pool for MemcachedPool {
     fn name(&self) -> &str {
         &self.def.name
     }
-
-    fn send(self: Rc<Self>, request: Request) -> ResponseFuture {
-        Box::pin(self.response(request))
-    }
 }
 
 /// A store shared by every worker (a DynamoDB table), as a pool.
@@ -230,12 +224,9 @@ pub struct StorePool {
 }
 
 impl Route for StorePool {
-    fn serve(self: Rc<Self>, request: Request) -> ReplyFuture {
-        let shape = ReplyShape::of(&request);
-        Box::pin(
-            self.send(request)
-                .map(move |response| shape.apply(response.raw().clone())),
-        )
+    fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
+        let request = outbound(request);
+        Box::pin(async move { self.store.execute(&request).await })
     }
 }
 
@@ -246,11 +237,6 @@ impl Pool for StorePool {
 
     fn shared_store(&self) -> Option<&Arc<dyn SharedStore>> {
         Some(&self.store)
-    }
-
-    fn send(self: Rc<Self>, request: Request) -> ResponseFuture {
-        let request = outbound(request);
-        Box::pin(async move { self.store.execute(&request).await })
     }
 }
 
@@ -319,6 +305,10 @@ impl EmbeddedPool {
 }
 
 impl Route for EmbeddedPool {
+    fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
+        Box::pin(std::future::ready(self.response(request)))
+    }
+
     fn serve(self: Rc<Self>, request: Request) -> ReplyFuture {
         let shape = ReplyShape::of(&request);
         let reply = shape.apply(self.response(request).raw().clone());
@@ -329,9 +319,5 @@ impl Route for EmbeddedPool {
 impl Pool for EmbeddedPool {
     fn name(&self) -> &str {
         "internal"
-    }
-
-    fn send(self: Rc<Self>, request: Request) -> ResponseFuture {
-        Box::pin(std::future::ready(self.response(request)))
     }
 }
