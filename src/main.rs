@@ -21,6 +21,7 @@ mod hash_report;
 const LUA_LIBRARIES: memroute_runtime::config::LuaLibraries = &[
     ("simple", include_str!("../lua/simple.lua")),
     ("tier", include_str!("../lua/tier.lua")),
+    ("routelib", include_str!("../lua/routelib.lua")),
 ];
 
 /// A Lua-scriptable memcached routing proxy. With no configuration it is a
@@ -68,6 +69,11 @@ struct Cli {
     /// String passed to the startfile as `mcp.start_arg`.
     #[arg(long = "config-arg", value_name = "STR")]
     config_arg: Option<String>,
+    /// A route file in memcached's routelib format, run by memroute's
+    /// native route library (the same as `-o
+    /// proxy_config=routelib,proxy_arg=FILE`; see docs/routes.md).
+    #[arg(long = "routes", value_name = "FILE", conflicts_with_all = ["config", "config_arg"])]
+    routes: Option<std::path::PathBuf>,
     /// Extra directory for Lua's `require` (repeatable).
     #[arg(long = "lua-path", value_name = "DIR")]
     lua_path: Vec<std::path::PathBuf>,
@@ -554,6 +560,10 @@ fn config_from(cli: &Cli) -> Result<ServerConfig, String> {
     config.auth = auth_from(cli, &mut config.protocol)?;
     let mut startfile = cli.config.clone();
     let mut start_arg = cli.config_arg.clone();
+    if let Some(routes) = &cli.routes {
+        startfile = Some("routelib".into());
+        start_arg = Some(routes.display().to_string());
+    }
     let mut o_idle_timeout = None;
     let mut tls = TlsOptions::default();
     for opts in &cli.extended {

@@ -83,6 +83,9 @@ pub struct LoadedConfig {
     pub stat_names: Vec<(i64, String)>,
     /// The proxy-wide limits the startfile set.
     pub settings: ProxySettings,
+    /// A routelib configuration's route tree, which workers build natively
+    /// (no worker VM); `None` for a startfile with `mcp_config_routes`.
+    pub routelib: Option<Arc<super::routelib::RoutelibConfig>>,
 }
 
 impl LoadedConfig {
@@ -207,16 +210,22 @@ pub fn load_config(
         }
         Err(e) => return Err(ConfigError::lua(&proxy.startfile, e)),
     };
-    match lua.globals().get::<Value>("mcp_config_routes") {
-        Ok(Value::Function(_)) => {}
-        _ => {
-            return Err(ConfigError::Invalid(format!(
-                "{}: no mcp_config_routes function: a startfile must define one",
-                proxy.startfile.display()
-            )))
+    let mut stat_names = stat_names.borrow().clone();
+    let first_free_stat = stat_names.iter().map(|(id, _)| id + 1).max().unwrap_or(1);
+    let routelib = super::routelib::plan(&pools, first_free_stat).map_err(ConfigError::Invalid)?;
+    if let Some(routelib) = &routelib {
+        stat_names.extend(routelib.stat_names.iter().cloned());
+    } else {
+        match lua.globals().get::<Value>("mcp_config_routes") {
+            Ok(Value::Function(_)) => {}
+            _ => {
+                return Err(ConfigError::Invalid(format!(
+                    "{}: no mcp_config_routes function: a startfile must define one",
+                    proxy.startfile.display()
+                )))
+            }
         }
     }
-    let stat_names = stat_names.borrow().clone();
     let settings = lua
         .app_data_ref::<ProxySettings>()
         .map(|s| *s)
@@ -226,6 +235,7 @@ pub fn load_config(
         pools,
         stat_names,
         settings,
+        routelib: routelib.map(Arc::new),
     })
 }
 

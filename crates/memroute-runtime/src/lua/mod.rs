@@ -25,12 +25,15 @@
 //!   call (`pool(r)`, `mcp.await`, `mcp.internal`...).
 //! - [`dynamo`]: `mcp.dynamo_pool`, pools backed by a DynamoDB table.
 //! - [`objects`]: the request and response objects routes see.
+//! - [`routelib`]: routelib configurations, checked into a route plan that
+//!   workers build natively.
 //! - [`vm`]: what both VMs share: the `mcp` table's constants and helpers,
 //!   `package.path`, the embedded Lua libraries.
 
 pub mod config;
 pub mod dynamo;
 pub mod objects;
+pub mod routelib;
 pub mod vm;
 pub mod worker;
 

@@ -149,15 +149,32 @@ fn setup(lua: &Lua, config: &ProxyConfig) -> mlua::Result<()> {
 }
 
 /// Runs the startfile's top-level code. Errors name the file and line.
+///
+/// A startfile named like an embedded library, with no file of that name
+/// (memcached's `-o proxy_config=routelib`), runs that library.
 pub fn load_startfile(lua: &Lua, config: &ProxyConfig) -> Result<(), ConfigError> {
-    let source = std::fs::read(&config.startfile).map_err(|source| ConfigError::Read {
-        path: config.startfile.clone(),
-        source,
-    })?;
+    let path = &config.startfile;
+    let builtin = config
+        .libraries
+        .iter()
+        .find(|(name, _)| path.as_os_str() == *name && !path.exists());
+    let (source, chunk_name) = match builtin {
+        Some((name, source)) => (
+            source.as_bytes().to_vec(),
+            format!("=[memroute]/{name}.lua"),
+        ),
+        None => {
+            let source = std::fs::read(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            (source, format!("@{}", path.display()))
+        }
+    };
     lua.load(source)
-        .set_name(format!("@{}", config.startfile.display()))
+        .set_name(chunk_name)
         .exec()
-        .map_err(|e| ConfigError::lua(&config.startfile, e))
+        .map_err(|e| ConfigError::lua(path, e))
 }
 
 /// Installs `mcp.<name>` functions that fail with a message saying where

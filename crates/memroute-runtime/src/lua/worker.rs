@@ -30,6 +30,7 @@ use super::objects::{
     AWAIT_OK, CMD_ANY, CMD_ANY_STORAGE, COMMANDS, COMMAND_SLOTS, STORAGE_IDS, UNHOOKABLE_IDS,
 };
 use super::vm;
+use crate::route::plan::{BuildContext, RouterPlan};
 use crate::route::pool::EmbeddedPool;
 use crate::route::{
     Pool, ReplyFuture, ReplyShape, ResponseFuture, Route, RouteEnv, RouteSet, WorkerLimits,
@@ -64,9 +65,28 @@ impl WorkerProxy {
     /// Builds the routes of a new configuration without using them yet
     /// (first phase of a reload).
     pub fn stage(&self, loaded: &LoadedConfig) -> Result<(), ConfigError> {
-        let set = WorkerLua::build(&self.env, &self.routes, loaded)?;
+        let set = match &loaded.routelib {
+            Some(routelib) => self.build_native(loaded, &routelib.router),
+            None => WorkerLua::build(&self.env, &self.routes, loaded)?,
+        };
         self.routes.stage(set);
         Ok(())
+    }
+
+    /// A routelib tree, built with no worker VM: the router serves every
+    /// command that carries a key, as routelib attaches it.
+    fn build_native(&self, loaded: &LoadedConfig, router: &RouterPlan) -> RouteSet {
+        let cx = BuildContext::new(&self.routes.backends, &self.env);
+        let root = router.build(&cx);
+        let mut routes: Vec<Option<Rc<dyn Route>>> = vec![None; COMMAND_SLOTS];
+        for id in STORAGE_IDS {
+            routes[*id as usize] = Some(root.clone());
+        }
+        RouteSet::new(
+            routes,
+            worker_limits(loaded, &self.env),
+            self.env.proxy_stats.clone(),
+        )
     }
 
     /// Makes the staged routes current (once every worker staged).
@@ -77,6 +97,15 @@ impl WorkerProxy {
     /// Drops the staged routes (another worker failed to stage).
     pub fn abort(&self) {
         self.routes.abort();
+    }
+}
+
+/// This worker's share of the limits a configuration sets.
+fn worker_limits(loaded: &LoadedConfig, env: &RouteEnv) -> WorkerLimits {
+    let workers = env.server_stats.worker_count();
+    WorkerLimits {
+        active_requests: loaded.settings.active_per_worker(workers),
+        buffer_bytes: loaded.settings.buffer_bytes_per_worker(workers),
     }
 }
 
@@ -136,12 +165,11 @@ impl WorkerLua {
             .remove_app_data::<Attached>()
             .map(|a| a.routes.into_inner())
             .unwrap_or_default();
-        let workers = env.server_stats.worker_count();
-        let limits = WorkerLimits {
-            active_requests: loaded.settings.active_per_worker(workers),
-            buffer_bytes: loaded.settings.buffer_bytes_per_worker(workers),
-        };
-        Ok(RouteSet::new(routes, limits, env.proxy_stats.clone()))
+        Ok(RouteSet::new(
+            routes,
+            worker_limits(loaded, env),
+            env.proxy_stats.clone(),
+        ))
     }
 
     /// Runs a Lua route as a coroutine for one request; Lua errors become

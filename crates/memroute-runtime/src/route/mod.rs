@@ -26,12 +26,14 @@
 //!   and shared-store implementations, and a worker's backend connections.
 //! - [`multiget`]: multi-key gets split into windows and per-backend lines,
 //!   and their replies merged back in key order.
+//! - [`plan`]: route trees as plain data, built per worker.
 //! - [`router`]: the key router (`mcp.router_new`, routelib's `routes{}`).
 //! - [`handlers`]: native route handlers (failover, fan-out, zones, TTL...).
 
 pub mod commands;
 pub mod handlers;
 pub mod multiget;
+pub mod plan;
 pub mod pool;
 pub mod router;
 

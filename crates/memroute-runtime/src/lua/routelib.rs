@@ -1,0 +1,383 @@
+//! routelib configurations: `-o proxy_config=routelib,proxy_arg=FILE` (or
+//! `--routes FILE`).
+//!
+//! The embedded `lua/routelib.lua` runs the route file on the config VM
+//! (settings, pools, route handlers, maps) and returns a description with
+//! every child resolved to its pool. This module checks that description and
+//! turns it into a [`RouterPlan`] (plain data), which every worker builds
+//! into native route handlers: no worker VM runs, no Lua per request. Each
+//! mistake names the file and line where the handler or map was written,
+//! and the field.
+
+use super::config::ConfigValue;
+use crate::route::commands::{STORAGE_IDS, UNHOOKABLE_IDS};
+use crate::route::plan::{EntryPlan, RoutePlan, RouterPlan};
+use crate::route::router::{RouterMode, MAX_SEPARATOR};
+
+/// The key `lua/routelib.lua`'s `mcp_config_pools` returns its tree under.
+const MARKER: &[u8] = b"__memroute_routelib";
+
+/// What a routelib configuration adds to a loaded configuration.
+#[derive(Debug)]
+pub struct RoutelibConfig {
+    pub router: RouterPlan,
+    /// `mcp.add_stat` names for handlers with `stats = true`, with ids
+    /// after those the startfile registered.
+    pub stat_names: Vec<(i64, String)>,
+}
+
+/// The routelib tree in what `mcp_config_pools` returned, if it is one.
+/// `first_stat_id` is the first `mcp.add_stat` id free for retry counters.
+pub fn plan(value: &ConfigValue, first_stat_id: i64) -> Result<Option<RoutelibConfig>, String> {
+    let Some(tree) = field(value, "__memroute_routelib").filter(|_| is_marked(value)) else {
+        return Ok(None);
+    };
+    let mut planner = Planner {
+        stat_names: Vec::new(),
+        next_stat: first_stat_id,
+        zone: string(field(tree, "zone")),
+    };
+    let at = string(field(tree, "__where")).unwrap_or_else(|| "routes".into());
+    let mode = router_mode(field(tree, "conf"), &at)?;
+    let mut map = Vec::new();
+    for (key, entry) in entries(field(tree, "map")) {
+        let ConfigValue::String(prefix) = key else {
+            return Err(format!("{at}: routes map: keys must be strings"));
+        };
+        let label = String::from_utf8_lossy(prefix).into_owned();
+        let entry = match field(entry, "__cmdmap") {
+            Some(commands) => {
+                let cmd_at = string(field(entry, "__where")).unwrap_or(at.clone());
+                let mut routes = Vec::new();
+                for (id, route) in entries(Some(commands)) {
+                    let id = command_id(id, &cmd_at)?;
+                    routes.push((id, planner.route(route, &label, &cmd_at)?));
+                }
+                EntryPlan::ByCommand(routes)
+            }
+            None => EntryPlan::All(planner.route(entry, &label, &at)?),
+        };
+        map.push((prefix.clone(), entry));
+    }
+    let mut cmap = Vec::new();
+    for (id, route) in entries(field(tree, "cmap")) {
+        let id = command_id(id, &at)?;
+        cmap.push((id, planner.route(route, "cmdmap", &at)?));
+    }
+    let default = match field(tree, "default") {
+        Some(route) => Some(planner.route(route, "default", &at)?),
+        None => None,
+    };
+    if map.is_empty() && cmap.is_empty() && default.is_none() {
+        return Err(format!("{at}: routes: give a map, a cmap or a default"));
+    }
+    Ok(Some(RoutelibConfig {
+        router: RouterPlan {
+            mode,
+            map,
+            cmap,
+            default,
+        },
+        stat_names: planner.stat_names,
+    }))
+}
+
+fn is_marked(value: &ConfigValue) -> bool {
+    matches!(value, ConfigValue::Table(e) if e.len() == 1
+        && matches!(&e[0].0, ConfigValue::String(k) if k == MARKER))
+}
+
+/// The value of `name` in a table.
+fn field<'a>(value: &'a ConfigValue, name: &str) -> Option<&'a ConfigValue> {
+    let ConfigValue::Table(entries) = value else {
+        return None;
+    };
+    entries.iter().find_map(|(k, v)| match k {
+        ConfigValue::String(s) if s == name.as_bytes() => Some(v),
+        _ => None,
+    })
+}
+
+/// A table's entries (none for anything else), in a stable order: array
+/// part by index, then the rest by key, so every worker builds the same
+/// tree.
+fn entries(value: Option<&ConfigValue>) -> Vec<(&ConfigValue, &ConfigValue)> {
+    let Some(ConfigValue::Table(entries)) = value else {
+        return Vec::new();
+    };
+    let mut out: Vec<_> = entries.iter().map(|(k, v)| (k, v)).collect();
+    out.sort_by(|a, b| sort_key(a.0).partial_cmp(&sort_key(b.0)).unwrap());
+    out
+}
+
+fn sort_key(key: &ConfigValue) -> (u8, i64, Vec<u8>) {
+    match key {
+        ConfigValue::Integer(i) => (0, *i, Vec::new()),
+        ConfigValue::String(s) => (1, 0, s.clone()),
+        _ => (2, 0, Vec::new()),
+    }
+}
+
+fn string(value: Option<&ConfigValue>) -> Option<String> {
+    match value {
+        Some(ConfigValue::String(s)) => Some(String::from_utf8_lossy(s).into_owned()),
+        _ => None,
+    }
+}
+
+fn command_id(key: &ConfigValue, at: &str) -> Result<i64, String> {
+    match key {
+        ConfigValue::Integer(id) if STORAGE_IDS.contains(id) || *id == 1001 => Ok(*id),
+        ConfigValue::Integer(id) if UNHOOKABLE_IDS.contains(id) => {
+            Err(format!("{at}: cmap: command {id} cannot have a route"))
+        }
+        _ => Err(format!("{at}: cmap: keys must be key-carrying commands")),
+    }
+}
+
+/// `routes{ conf = { mode =, start =, stop = } }`.
+fn router_mode(conf: Option<&ConfigValue>, at: &str) -> Result<RouterMode, String> {
+    let Some(conf) = conf else {
+        return Ok(RouterMode::default());
+    };
+    let separator = |name: &str| -> Result<Option<Vec<u8>>, String> {
+        match field(conf, name) {
+            None => Ok(None),
+            Some(ConfigValue::String(s)) if !s.is_empty() && s.len() <= MAX_SEPARATOR => {
+                Ok(Some(s.clone()))
+            }
+            Some(_) => Err(format!(
+                "{at}: routes conf: {name} must be a string of 1 to {MAX_SEPARATOR} bytes"
+            )),
+        }
+    };
+    let (start, stop) = (separator("start")?, separator("stop")?);
+    for (key, _) in entries(Some(conf)) {
+        match key {
+            ConfigValue::String(k) if [&b"mode"[..], b"start", b"stop"].contains(&&k[..]) => {}
+            other => {
+                return Err(format!(
+                    "{at}: routes conf: unknown option {other:?} (mode, start, stop)"
+                ))
+            }
+        }
+    }
+    match string(field(conf, "mode")).as_deref().unwrap_or("prefix") {
+        "prefix" => Ok(RouterMode::Prefix {
+            stop: stop.unwrap_or_else(|| b"/".to_vec()),
+        }),
+        "anchor" => Ok(RouterMode::Anchor {
+            start: start.unwrap_or_else(|| b"/".to_vec()),
+            stop: stop.unwrap_or_else(|| b"/".to_vec()),
+        }),
+        other => Err(format!(
+            "{at}: routes conf: mode must be \"prefix\" or \"anchor\", not \"{other}\""
+        )),
+    }
+}
+
+struct Planner {
+    stat_names: Vec<(i64, String)>,
+    next_stat: i64,
+    zone: Option<String>,
+}
+
+impl Planner {
+    /// A child: a pool, or a route handler description.
+    fn route(&mut self, value: &ConfigValue, label: &str, at: &str) -> Result<RoutePlan, String> {
+        if let ConfigValue::Pool(def) = value {
+            return Ok(RoutePlan::Pool(def.clone()));
+        }
+        let Some(name) = string(field(value, "__route")) else {
+            return Err(format!(
+                "{at}: expected a pool name or a route handler (route_*{{...}})"
+            ));
+        };
+        let at = string(field(value, "__where")).unwrap_or_else(|| at.to_string());
+        let args = field(value, "args");
+        let arg = |key: &str| args.and_then(|a| field(a, key));
+        let known: &[&str] = match name.as_str() {
+            "direct" => &["child"],
+            "ttl" => &["child", "ttl"],
+            "split" => &["child_a", "child_b"],
+            "null" => &[],
+            "allsync" | "allasync" | "allfastest" | "random" => &["children"],
+            "failover" => &[
+                "children",
+                "failover_count",
+                "shuffle",
+                "miss",
+                "stats",
+                "stats_name",
+            ],
+            "zfailover" => &[
+                "children",
+                "failover_count",
+                "local_zone",
+                "miss",
+                "stats",
+                "stats_name",
+            ],
+            _ => return Err(format!("{at}: unknown route handler route_{name}")),
+        };
+        for (key, _) in entries(args) {
+            let ok = matches!(key, ConfigValue::String(k)
+                if known.iter().any(|n| n.as_bytes() == &k[..]));
+            if !ok {
+                return Err(format!(
+                    "{at}: route_{name}: unknown option {} (it takes {})",
+                    describe(key),
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ));
+            }
+        }
+        let one = |this: &mut Self, key: &str| -> Result<Box<RoutePlan>, String> {
+            match arg(key) {
+                Some(child) => Ok(Box::new(this.route(child, label, &at)?)),
+                None => Err(format!("{at}: route_{name}: {key} is required")),
+            }
+        };
+        let flag = |key: &str| -> Result<bool, String> {
+            match arg(key) {
+                None | Some(ConfigValue::Nil) => Ok(false),
+                Some(ConfigValue::Bool(b)) => Ok(*b),
+                Some(_) => Err(format!("{at}: route_{name}: {key} must be true or false")),
+            }
+        };
+        Ok(match name.as_str() {
+            "direct" => RoutePlan::Direct(one(self, "child")?),
+            "split" => RoutePlan::Split(one(self, "child_a")?, one(self, "child_b")?),
+            "null" => RoutePlan::Null,
+            "ttl" => {
+                let ttl = match arg("ttl") {
+                    Some(ConfigValue::Integer(t)) if *t >= 0 => *t,
+                    _ => {
+                        return Err(format!(
+                            "{at}: route_ttl: ttl must be a number of seconds (0 or more)"
+                        ))
+                    }
+                };
+                RoutePlan::Ttl {
+                    child: one(self, "child")?,
+                    ttl,
+                }
+            }
+            "allsync" | "allasync" | "allfastest" | "random" => {
+                let children = self.children(arg("children"), &name, label, &at)?;
+                match name.as_str() {
+                    "allsync" => RoutePlan::AllSync(children),
+                    "allasync" => RoutePlan::AllAsync(children),
+                    "allfastest" => RoutePlan::AllFastest(children),
+                    _ => RoutePlan::Random(children),
+                }
+            }
+            "failover" => {
+                let children = self.children(arg("children"), &name, label, &at)?;
+                let limit = self.count(arg("failover_count"), &name, &at)?;
+                RoutePlan::Failover {
+                    limit: limit.unwrap_or(children.len()).min(children.len()),
+                    children,
+                    miss: flag("miss")?,
+                    shuffle: flag("shuffle")?,
+                    stat: self.stat(flag("stats")?, arg("stats_name"), label),
+                }
+            }
+            _ => {
+                // zfailover: children is a map of zone -> child.
+                let zone = string(arg("local_zone")).or_else(|| self.zone.clone());
+                let Some(zone) = zone else {
+                    return Err(format!(
+                        "{at}: route_zfailover: needs local_zone (or local_zone() in the file)"
+                    ));
+                };
+                let mut near = None;
+                let mut far = Vec::new();
+                for (key, child) in entries(arg("children")) {
+                    let ConfigValue::String(z) = key else {
+                        return Err(format!(
+                            "{at}: route_zfailover: children must map zone names to children"
+                        ));
+                    };
+                    let built = self.route(child, label, &at)?;
+                    if z == zone.as_bytes() {
+                        near = Some(Box::new(built));
+                    } else {
+                        far.push(built);
+                    }
+                }
+                let Some(near) = near else {
+                    return Err(format!(
+                        "{at}: route_zfailover: no child for the local zone '{zone}'"
+                    ));
+                };
+                RoutePlan::ZoneFailover {
+                    near,
+                    far,
+                    miss: flag("miss")?,
+                    stat: self.stat(flag("stats")?, arg("stats_name"), label),
+                }
+            }
+        })
+    }
+
+    fn children(
+        &mut self,
+        value: Option<&ConfigValue>,
+        name: &str,
+        label: &str,
+        at: &str,
+    ) -> Result<Vec<RoutePlan>, String> {
+        let list = entries(value);
+        if list.is_empty() {
+            return Err(format!(
+                "{at}: route_{name}: children must list at least one pool or route"
+            ));
+        }
+        list.into_iter()
+            .map(|(_, child)| self.route(child, label, at))
+            .collect()
+    }
+
+    fn count(
+        &self,
+        value: Option<&ConfigValue>,
+        name: &str,
+        at: &str,
+    ) -> Result<Option<usize>, String> {
+        match value {
+            None => Ok(None),
+            Some(ConfigValue::Integer(n)) if *n > 0 => Ok(Some(*n as usize)),
+            Some(_) => Err(format!(
+                "{at}: route_{name}: failover_count must be a positive integer"
+            )),
+        }
+    }
+
+    /// A retry counter named `<stats_name or label>_retries`, as routelib
+    /// names it.
+    fn stat(&mut self, on: bool, name: Option<&ConfigValue>, label: &str) -> Option<i64> {
+        if !on {
+            return None;
+        }
+        let base = string(name).unwrap_or_else(|| label.to_string());
+        let full = format!("{base}_retries");
+        if let Some((id, _)) = self.stat_names.iter().find(|(_, n)| *n == full) {
+            return Some(*id);
+        }
+        let id = self.next_stat;
+        self.next_stat += 1;
+        self.stat_names.push((id, full));
+        Some(id)
+    }
+}
+
+fn describe(key: &ConfigValue) -> String {
+    match key {
+        ConfigValue::String(s) => format!("'{}'", String::from_utf8_lossy(s)),
+        other => format!("{other:?}"),
+    }
+}

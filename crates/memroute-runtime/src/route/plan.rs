@@ -1,0 +1,205 @@
+//! A route tree as the config VM checked it: plain data, shared by every
+//! worker (`Send`), built into route nodes on each worker with
+//! [`RouterPlan::build`]. routelib configurations (`crate::lua::routelib`)
+//! become a plan; the native route library of mcrouter-style configs will
+//! too.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use super::handlers::{
+    AllAsync, AllFastest, AllSync, Direct, Failover, Null, Random, RetryStat, Split, Ttl,
+    ZoneFailover,
+};
+use super::pool::{Pool, PoolDef, WorkerBackends};
+use super::router::{KeyRouter, RouterEntry, RouterMode, RouterTable};
+use super::{Route, RouteEnv};
+
+/// One node of a planned route tree.
+#[derive(Debug)]
+pub enum RoutePlan {
+    Pool(Arc<PoolDef>),
+    Direct(Box<RoutePlan>),
+    AllSync(Vec<RoutePlan>),
+    AllFastest(Vec<RoutePlan>),
+    AllAsync(Vec<RoutePlan>),
+    Random(Vec<RoutePlan>),
+    Split(Box<RoutePlan>, Box<RoutePlan>),
+    Failover {
+        children: Vec<RoutePlan>,
+        /// Children tried at most.
+        limit: usize,
+        /// A miss counts as a failure.
+        miss: bool,
+        /// Each worker shuffles the children once, when it builds them.
+        shuffle: bool,
+        /// `mcp.add_stat` id counting retries.
+        stat: Option<i64>,
+    },
+    ZoneFailover {
+        near: Box<RoutePlan>,
+        far: Vec<RoutePlan>,
+        miss: bool,
+        stat: Option<i64>,
+    },
+    Ttl {
+        child: Box<RoutePlan>,
+        ttl: i64,
+    },
+    Null,
+}
+
+/// A map entry of a planned router.
+#[derive(Debug)]
+pub enum EntryPlan {
+    All(RoutePlan),
+    ByCommand(Vec<(i64, RoutePlan)>),
+}
+
+/// A planned key router: the root of a routelib tree.
+#[derive(Debug)]
+pub struct RouterPlan {
+    pub mode: RouterMode,
+    pub map: Vec<(Vec<u8>, EntryPlan)>,
+    pub cmap: Vec<(i64, RoutePlan)>,
+    pub default: Option<RoutePlan>,
+}
+
+/// What building a plan on one worker needs.
+pub struct BuildContext<'a> {
+    pub backends: &'a WorkerBackends,
+    pub env: &'a RouteEnv,
+    /// One pool per definition, however many times the tree names it.
+    pools: RefCell<HashMap<*const PoolDef, Rc<dyn Pool>>>,
+    /// Seeds shuffles and random routes, different per worker.
+    seed: RefCell<u64>,
+}
+
+impl<'a> BuildContext<'a> {
+    pub fn new(backends: &'a WorkerBackends, env: &'a RouteEnv) -> Self {
+        BuildContext {
+            backends,
+            env,
+            pools: RefCell::new(HashMap::new()),
+            seed: RefCell::new(
+                0x9e37_79b9_7f4a_7c15 ^ (env.worker as u64 + 1).wrapping_mul(0x2545_f491),
+            ),
+        }
+    }
+
+    fn next_seed(&self) -> u64 {
+        let mut s = self.seed.borrow_mut();
+        *s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        *s
+    }
+
+    fn pool(&self, def: &Arc<PoolDef>) -> Rc<dyn Pool> {
+        self.pools
+            .borrow_mut()
+            .entry(Arc::as_ptr(def))
+            .or_insert_with(|| def.instantiate(self.backends, self.env))
+            .clone()
+    }
+
+    fn stat(&self, id: Option<i64>) -> Option<RetryStat> {
+        id.map(|id| RetryStat {
+            stats: self.env.proxy_stats.clone(),
+            id,
+        })
+    }
+}
+
+impl RoutePlan {
+    /// This worker's route for the plan.
+    pub fn build(&self, cx: &BuildContext) -> Rc<dyn Route> {
+        let all = |children: &[RoutePlan]| children.iter().map(|c| c.build(cx)).collect();
+        match self {
+            RoutePlan::Pool(def) => cx.pool(def),
+            RoutePlan::Direct(child) => Rc::new(Direct {
+                child: child.build(cx),
+            }),
+            RoutePlan::AllSync(children) => Rc::new(AllSync {
+                children: all(children),
+            }),
+            RoutePlan::AllFastest(children) => Rc::new(AllFastest {
+                children: all(children),
+            }),
+            RoutePlan::AllAsync(children) => Rc::new(AllAsync {
+                children: all(children),
+            }),
+            RoutePlan::Random(children) => Rc::new(Random::new(all(children), cx.next_seed())),
+            RoutePlan::Split(a, b) => Rc::new(Split {
+                child_a: a.build(cx),
+                child_b: b.build(cx),
+            }),
+            RoutePlan::Failover {
+                children,
+                limit,
+                miss,
+                shuffle,
+                stat,
+            } => {
+                let mut children: Vec<Rc<dyn Route>> = all(children);
+                if *shuffle {
+                    // Fisher-Yates with this worker's seed.
+                    for i in (1..children.len()).rev() {
+                        let j = (cx.next_seed() >> 33) as usize % (i + 1);
+                        children.swap(i, j);
+                    }
+                }
+                Rc::new(Failover {
+                    children,
+                    limit: *limit,
+                    miss: *miss,
+                    retries: cx.stat(*stat),
+                })
+            }
+            RoutePlan::ZoneFailover {
+                near,
+                far,
+                miss,
+                stat,
+            } => Rc::new(ZoneFailover {
+                near: near.build(cx),
+                far: all(far),
+                miss: *miss,
+                retries: cx.stat(*stat),
+            }),
+            RoutePlan::Ttl { child, ttl } => Rc::new(Ttl {
+                child: child.build(cx),
+                ttl: *ttl,
+                limits: cx.env.limits.clone(),
+            }),
+            RoutePlan::Null => Rc::new(Null),
+        }
+    }
+}
+
+impl RouterPlan {
+    /// This worker's router for the plan.
+    pub fn build(&self, cx: &BuildContext) -> Rc<dyn Route> {
+        let map = self
+            .map
+            .iter()
+            .map(|(prefix, entry)| {
+                let entry = match entry {
+                    EntryPlan::All(route) => RouterEntry::All(route.build(cx)),
+                    EntryPlan::ByCommand(routes) => RouterEntry::ByCommand(
+                        routes.iter().map(|(id, r)| (*id, r.build(cx))).collect(),
+                    ),
+                };
+                (prefix.clone(), entry)
+            })
+            .collect();
+        Rc::new(KeyRouter(RouterTable {
+            mode: self.mode.clone(),
+            map,
+            by_command: self.cmap.iter().map(|(id, r)| (*id, r.build(cx))).collect(),
+            default: self.default.as_ref().map(|r| r.build(cx)),
+        }))
+    }
+}

@@ -1,0 +1,222 @@
+"""routelib configurations, run by memroute's native route library, against
+real memcached backends.
+
+A route file in memcached's routelib format (`pools{}`, `routes{}`,
+`route_*{}`) is loaded with `--routes FILE` or `-o
+proxy_config=routelib,proxy_arg=FILE`; each handler's effect is checked on
+the backends themselves (which got the write, which were asked), and
+mistakes in the file stop the start with the file, line and field.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import (mc_get, mc_set, run_memroute_expect_failure, stats_dict, wait_until,
+                      write_startfile)
+
+
+def routes_file(startfile_dir, text: str, name: str = "routes.lua"):
+    return write_startfile(startfile_dir, name, text)
+
+
+def pools_text(**pools) -> str:
+    """`pools{ name = { backends = { "addr" ... } } ... }`."""
+    lines = ["pools{"]
+    for name, servers in pools.items():
+        addrs = ", ".join('"%s"' % s.addr for s in servers)
+        lines.append("    %s = { backends = { %s } }," % (name, addrs))
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def test_prefix_map_and_default_route_to_their_pools(backends, memroute_factory, startfile_dir):
+    a, b = backends(2)
+    path = routes_file(startfile_dir, pools_text(pa=[a], pb=[b]) + """
+routes{
+    map = {
+        foo = route_direct{ child = "pa" },
+    },
+    default = route_direct{ child = "pb" },
+}
+""")
+    mr = memroute_factory("--routes", str(path))
+    with mr.client() as c:
+        assert c.request(b"set foo/1 0 0 1\r\nx\r\n") == b"STORED\r\n"
+        assert c.request(b"set bar/1 0 0 1\r\ny\r\n") == b"STORED\r\n"
+        assert c.request(b"set plain 0 0 1\r\nz\r\n") == b"STORED\r\n"
+    assert mc_get(a, "foo/1") == b"x" and mc_get(b, "foo/1") is None
+    assert mc_get(b, "bar/1") == b"y" and mc_get(b, "plain") == b"z"
+
+
+def test_memcached_style_option_and_anchor_mode(backends, memroute_factory, startfile_dir):
+    a, b = backends(2)
+    path = routes_file(startfile_dir, pools_text(pa=[a], pb=[b]) + """
+routes{
+    conf = { mode = "anchor", start = "/", stop = "/" },
+    map = { foo = route_direct{ child = "pa" } },
+    default = route_direct{ child = "pb" },
+}
+""")
+    mr = memroute_factory("-o", "proxy_config=routelib,proxy_arg=%s" % path)
+    with mr.client() as c:
+        assert c.request(b"set /foo/k 0 0 1\r\nx\r\n") == b"STORED\r\n"
+        # No leading "/": not anchored, so the default.
+        assert c.request(b"set foo/k 0 0 1\r\ny\r\n") == b"STORED\r\n"
+    assert mc_get(a, "/foo/k") == b"x" and mc_get(b, "foo/k") == b"y"
+
+
+def test_allsync_writes_everywhere_and_cmdmap_splits_commands(backends, memroute_factory,
+                                                              startfile_dir):
+    a, b, c3 = backends(3)
+    path = routes_file(startfile_dir, pools_text(pa=[a], pb=[b], pc=[c3]) + """
+routes{
+    map = {
+        w = cmdmap{
+            set = route_allsync{ children = { "pa", "pb" } },
+            get = route_direct{ child = "pc" },
+        },
+    },
+}
+""")
+    mr = memroute_factory("--routes", str(path))
+    mc_set(c3, "w/k", b"from-c")
+    with mr.client() as c:
+        assert c.request(b"set w/k 0 0 2\r\nhi\r\n") == b"STORED\r\n"
+        assert c.request(b"get w/k\r\n", b"END\r\n") == b"VALUE w/k 0 6\r\nfrom-c\r\nEND\r\n"
+        # A command the map has no route for, and no default.
+        assert c.request(b"delete w/k\r\n") == b"SERVER_ERROR no route\r\n"
+    assert mc_get(a, "w/k") == b"hi" and mc_get(b, "w/k") == b"hi"
+
+
+def test_failover_skips_a_dead_pool_and_counts_retries(backends, memroute_factory,
+                                                       startfile_dir):
+    live, = backends(1)
+    path = routes_file(startfile_dir, """
+pools{
+    dead = { backends = { "127.0.0.1:1" } },
+    live = { backends = { "%s" } },
+}
+routes{
+    default = route_failover{ children = { "dead", "live" }, stats = true },
+}
+""" % live.addr)
+    mr = memroute_factory("--routes", str(path))
+    mc_set(live, "k", b"v")
+    with mr.client() as c:
+        assert c.request(b"get k\r\n", b"END\r\n") == b"VALUE k 0 1\r\nv\r\nEND\r\n"
+        assert c.request(b"set k2 0 0 1\r\nw\r\n") == b"STORED\r\n"
+        proxy = stats_dict(c, b"proxy")
+    assert mc_get(live, "k2") == b"w"
+    assert int(proxy["default_retries"]) == 2
+
+
+def test_failover_on_miss_reads_the_second_pool(backends, memroute_factory, startfile_dir):
+    a, b = backends(2)
+    path = routes_file(startfile_dir, pools_text(pa=[a], pb=[b]) + """
+routes{
+    default = route_failover{ children = { "pa", "pb" }, miss = true },
+}
+""")
+    mr = memroute_factory("--routes", str(path))
+    mc_set(b, "only-b", b"bee")
+    with mr.client() as c:
+        assert c.request(b"get only-b\r\n", b"END\r\n") == b"VALUE only-b 0 3\r\nbee\r\nEND\r\n"
+        assert c.request(b"get nowhere\r\n", b"END\r\n") == b"END\r\n"
+
+
+def test_zfailover_prefers_the_local_zone(backends, memroute_factory, startfile_dir):
+    east, west = backends(2)
+    path = routes_file(startfile_dir, """
+local_zone("east")
+pools{
+    set_main = {
+        east = { backends = { "%s" } },
+        west = { backends = { "%s" } },
+    },
+}
+routes{
+    default = route_zfailover{ children = "set_main", miss = true },
+}
+""" % (east.addr, west.addr))
+    mr = memroute_factory("--routes", str(path))
+    mc_set(east, "k", b"near")
+    mc_set(west, "k", b"far")
+    mc_set(west, "west-only", b"w")
+    with mr.client() as c:
+        assert c.request(b"get k\r\n", b"END\r\n") == b"VALUE k 0 4\r\nnear\r\nEND\r\n"
+        assert c.request(b"get west-only\r\n", b"END\r\n") == b"VALUE west-only 0 1\r\nw\r\nEND\r\n"
+
+
+def test_ttl_split_and_null(backends, memroute_factory, startfile_dir):
+    a, b = backends(2)
+    path = routes_file(startfile_dir, pools_text(pa=[a], pb=[b]) + """
+routes{
+    map = {
+        t = route_ttl{ child = "pa", ttl = 1000 },
+        s = route_split{ child_a = "pa", child_b = "pb" },
+        n = route_null{},
+    },
+}
+""")
+    mr = memroute_factory("--routes", str(path))
+    with mr.client() as c:
+        assert c.request(b"set t/k 0 0 1\r\nx\r\n") == b"STORED\r\n"
+        assert c.request(b"set s/k 0 0 1\r\ny\r\n") == b"STORED\r\n"
+        assert c.request(b"set n/k 0 0 1\r\nz\r\n") == b"NOT_STORED\r\n"
+        assert c.request(b"get n/k\r\n", b"END\r\n") == b"END\r\n"
+    with a.client() as c:
+        meta = c.request(b"mg t/k t\r\n")
+    assert meta.startswith(b"HD t") and 990 <= int(meta.split(b"t")[-1]) <= 1000
+    assert mc_get(a, "s/k") == b"y"
+    # child_b's copy is sent beside child_a's, its reply not waited for.
+    wait_until(lambda: mc_get(b, "s/k") == b"y", 5, what="route_split's copy on child_b")
+    assert mc_get(a, "n/k") is None and mc_get(b, "n/k") is None
+
+
+@pytest.mark.parametrize("text, message", [
+    ('pools{ p = { backends = { "127.0.0.1:1" } } }\n'
+     'routes{\n  default = route_failover{ children = { "p" }, failover_cnt = 2 },\n}\n',
+     "routes.lua:3: route_failover: unknown option 'failover_cnt'"),
+    ('pools{ p = { backends = { "127.0.0.1:1" } } }\n'
+     'routes{\n  default = route_direct{ child = "q" },\n}\n',
+     "routes.lua:3: no pool named 'q'"),
+    ('pools{ p = { backends = { "127.0.0.1:1" } } }\n'
+     'routes{ default = route_ttl{ child = "p", ttl = "soon" } }\n',
+     "routes.lua:2: route_ttl: ttl must be a number"),
+    ('pools{ p = { backends = { "127.0.0.1:1" } } }\n'
+     'routes{ tag = "t", default = route_direct{ child = "p" } }\n',
+     "tagged route trees"),
+    ('pools{ p = { backends = { "127.0.0.1:1" } } }\n'
+     'settings{ no_such = 1 }\nroutes{ default = route_direct{ child = "p" } }\n',
+     "routes.lua:2: settings: unknown setting 'no_such'"),
+    ('pools{ p = { backends = { "127.0.0.1:1" } } }\n'
+     'routes{ default = route_zfailover{ children = { a = "p" } } }\n',
+     "route_zfailover: needs local_zone"),
+    ('pools{ p = { backends = { "127.0.0.1:1" } } }\n',
+     "no routes{} section"),
+])
+def test_mistakes_name_the_file_line_and_field(startfile_dir, text, message):
+    path = routes_file(startfile_dir, text)
+    result = run_memroute_expect_failure(["--routes", str(path)])
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
+
+
+def test_reload_swaps_the_route_tree(backends, memroute_factory, startfile_dir):
+    import signal
+
+    a, b = backends(2)
+    path = routes_file(startfile_dir, pools_text(pa=[a], pb=[b]) +
+                       'routes{ default = route_direct{ child = "pa" } }\n')
+    mr = memroute_factory("--routes", str(path))
+    with mr.client() as c:
+        assert c.request(b"set k1 0 0 1\r\n1\r\n") == b"STORED\r\n"
+    routes_file(startfile_dir, pools_text(pa=[a], pb=[b]) +
+                'routes{ default = route_direct{ child = "pb" } }\n')
+    mr.proc.send_signal(signal.SIGHUP)
+    with mr.client() as c:
+        wait_until(lambda: stats_dict(c, b"proxy").get("config_reloads") == "1", 10,
+                   what="the reload")
+        assert c.request(b"set k2 0 0 1\r\n2\r\n") == b"STORED\r\n"
+    assert mc_get(a, "k1") == b"1" and mc_get(b, "k2") == b"2" and mc_get(a, "k2") is None
