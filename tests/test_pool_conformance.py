@@ -103,29 +103,22 @@ end
 # documented differences
 # --------------------------------------------------------------------------
 
-# The row as memcached 1.6.18 answers it (as_memcached_1_6_18): what a
-# memcached pool answers for a request memroute forwards as it came.
-AS_1_6_18 = "as memcached 1.6.18"
-
-
 @dataclass
 class Differs:
-    """How ``kinds`` answer a row instead, and why.
-
-    ``replies`` maps a step's index to the reply expected there instead;
-    ``steps`` replaces all of them (``AS_1_6_18``: the row's 1.6.18 answer).
-    """
+    """How ``kinds`` answer a row instead, and why: other ``replies`` at
+    some steps (step index -> reply), or, ``as_1_6_18``, the row's own
+    memcached 1.6.18 answer (what a memcached 1.6.18 backend gives for a
+    request memroute forwards as it came)."""
     kinds: Tuple[str, ...]
     why: str
     replies: Optional[dict] = None
-    steps: object = None
+    as_1_6_18: bool = False
+    # memroute's fault rather than a limit of the backend.
     bug: bool = False
 
     def apply(self, conv: Conv) -> Conv:
-        if self.steps == AS_1_6_18:
+        if self.as_1_6_18:
             return as_memcached_1_6_18(conv)
-        if self.steps is not None:
-            return Conv(conv.id, self.steps, conv.after, conv.slow)
         steps = list(as_memroute(conv).steps)
         for i, reply in self.replies.items():
             assert not isinstance(steps[i], Sleep), "step %d of %s is a sleep" % (i, conv.id)
@@ -174,27 +167,28 @@ ROUTED_QUIET_VA = (
     "crates/memroute-runtime/src/lua/worker.rs, ReplyShape::apply(): hides only HD for "
     "commands other than mg")
 DDB_MS_SIZE = (
-    "BUG: the DynamoDB pool answers ms s with the stored size (HD s1), memcached 1.6.18 and "
-    "the embedded cache ignore s on ms (crates/memroute-dynamo/src/ops.rs, render_meta)")
+    "BUG: memroute's stores disagree on ms s: the DynamoDB pool answers the stored size "
+    "(HD s1), as memcached's protocol.txt documents, but memcached 1.6.18 ignores s on ms "
+    "and so does the embedded cache (crates/memroute-dynamo/src/ops.rs, render_meta)")
 
 DIFFERENCES: Dict[str, list] = {
     # ------------------------------------------ memcached 1.6.18 backends
     "set_length_lone_minus_is_zero": [
         Differs(MEMCACHED, BACKEND_1_6_18,
                 {0: b"CLIENT_ERROR bad command line format\r\n", 1: MISS})],
-    **{row: [Differs(MEMCACHED, BACKEND_1_6_18, steps=AS_1_6_18)] for row in (
+    **{row: [Differs(MEMCACHED, BACKEND_1_6_18, as_1_6_18=True)] for row in (
         "incr_too_many_tokens", "touch_too_many_tokens")},
-    "flush_all_too_many_tokens": [Differs(MEMCACHED, BACKEND_1_6_18, steps=AS_1_6_18),
+    "flush_all_too_many_tokens": [Differs(MEMCACHED, BACKEND_1_6_18, as_1_6_18=True),
                                   Differs(DYNAMO, DDB_NO_FLUSH, {0: NO_FLUSH})],
-    "mg_E_flag_not_in_1_6_18": [Differs(MEMCACHED, BACKEND_1_6_18, steps=AS_1_6_18),
+    "mg_E_flag_not_in_1_6_18": [Differs(MEMCACHED, BACKEND_1_6_18, as_1_6_18=True),
                                 Differs(DYNAMO, DDB_NO_EXPLICIT_CAS, {0: UNSUPPORTED})],
-    "ms_E_flag_not_in_1_6_18": [Differs(MEMCACHED, BACKEND_1_6_18, steps=AS_1_6_18),
+    "ms_E_flag_not_in_1_6_18": [Differs(MEMCACHED, BACKEND_1_6_18, as_1_6_18=True),
                                 Differs(DYNAMO, DDB_NO_EXPLICIT_CAS, {0: UNSUPPORTED,
                                                                      1: b"EN\r\n"})],
-    "md_x_not_in_1_6_18": [Differs(MEMCACHED, BACKEND_1_6_18, steps=AS_1_6_18),
+    "md_x_not_in_1_6_18": [Differs(MEMCACHED, BACKEND_1_6_18, as_1_6_18=True),
                            Differs(DYNAMO, DDB_NO_X, {0: UNSUPPORTED})],
-    "ms_mode_append_N_does_not_vivify": [Differs(MEMCACHED, BACKEND_1_6_18, steps=AS_1_6_18)],
-    "me_base64": [Differs(MEMCACHED, BACKEND_1_6_18, steps=AS_1_6_18),
+    "ms_mode_append_N_does_not_vivify": [Differs(MEMCACHED, BACKEND_1_6_18, as_1_6_18=True)],
+    "me_base64": [Differs(MEMCACHED, BACKEND_1_6_18, as_1_6_18=True),
                   Differs(DYNAMO, DDB_NO_ME, {1: UNSUPPORTED, 2: UNSUPPORTED})],
 
     # ------------------------------------------------------- every route
@@ -368,8 +362,10 @@ def test_differences_are_well_formed():
             assert not unknown, "%s: unknown kinds %s" % (row_id, unknown)
             assert not seen & set(d.kinds), "%s: two entries for one kind" % row_id
             seen |= set(d.kinds)
-            assert (d.steps is None) != (d.replies is None), \
-                "%s: give replies or steps, not both" % row_id
+            assert (d.replies is None) == d.as_1_6_18, \
+                "%s: give replies or as_1_6_18, one of them" % row_id
+            assert not d.bug or "crates/" in d.why, \
+                "%s: a bug's reason names the file and function at fault" % row_id
             conv = rows[row_id]
             changed = d.apply(conv)
             mine = as_memroute(conv)
