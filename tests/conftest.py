@@ -464,6 +464,12 @@ def _factory(kind: str, workdir: Path):
     return ServerFactory("memroute", str(_require_memroute()), workdir)
 
 
+def server_factory(kind: str, workdir: Path) -> ServerFactory:
+    """Starts servers of ``kind`` ("memcached" or "memroute") for a fixture
+    of any scope, which must call ``stop_all`` at its teardown."""
+    return _factory(kind, workdir)
+
+
 @pytest.fixture
 def memcached_factory(server_workdir):
     f = _factory("memcached", server_workdir)

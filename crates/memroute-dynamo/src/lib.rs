@@ -17,7 +17,10 @@
 //!   Commands that need the current item (add, cas, incr, ...) wait for the
 //!   key's queued writes, then run write-through.
 //!
-//! Per-key ordering rests on versions: every write carries a version (a
+//! Requests of one key run in the order they started, as on a memcached
+//! connection, though memroute pipelines them (see `order`).
+//!
+//! Per-key ordering of writes rests on versions: every write carries a version (a
 //! microsecond clock forced monotonic) in the `cas` attribute, and is
 //! conditional on the stored version not being higher.
 
@@ -37,6 +40,7 @@ mod behind;
 mod clock;
 mod item;
 mod ops;
+mod order;
 mod session;
 mod spool;
 mod stats;
@@ -47,6 +51,7 @@ use clock::{absolute_expiry, now_secs, observe_version};
 pub use item::Item;
 use item::Names;
 use ops::{decide, CasRule, KeyOp, Outcome, Plan, StoreMode, Write};
+use order::{Access, KeyOrder};
 pub use session::PhpSessionFormat;
 pub use spool::{
     FsyncPolicy, SpoolConfig, SpoolStats, DEFAULT_SPOOL_MAX_BYTES, MIN_SPOOL_MAX_BYTES,
@@ -209,6 +214,8 @@ struct Inner {
     names: Names,
     queue: Queue,
     counters: Counters,
+    /// Runs the requests of a key in the order they started.
+    order: KeyOrder,
 }
 
 impl std::fmt::Debug for DynamoStore {
@@ -357,6 +364,14 @@ pub async fn sdk_client(config: &DynamoConfig) -> aws_sdk_dynamodb::Client {
     build_client(config).await
 }
 
+/// Whether `op` leaves its item as it is (see [`order`]).
+fn access(op: &KeyOp) -> Access {
+    match op {
+        KeyOp::Read { touch: None } => Access::Read,
+        _ => Access::Write,
+    }
+}
+
 impl DynamoStore {
     /// Builds the SDK client and, for write-behind, starts the writer.
     /// Need not (and should not) be called from inside a tokio runtime's
@@ -425,6 +440,7 @@ impl DynamoStore {
             queue: Queue::new(config.queue_max_keys, config.queue_max_bytes, space, spool),
             table,
             counters: Counters::default(),
+            order: KeyOrder::default(),
             config,
         });
         if let Some(spool) = inner.queue.spool() {
@@ -467,6 +483,24 @@ impl DynamoStore {
             };
         }
         let plan = ops::plan(request, inner.config.key_prefix_strip.as_deref());
+        // Held until the reply is made: later requests of these keys wait.
+        let _turns = match &plan {
+            Plan::Reply(response) => return response.clone(),
+            Plan::Single { id, op } => {
+                inner
+                    .order
+                    .turns(std::slice::from_ref(id), access(op))
+                    .await
+            }
+            Plan::Get { ids, touch } => {
+                let access = if touch.is_some() {
+                    Access::Write
+                } else {
+                    Access::Read
+                };
+                inner.order.turns(ids, access).await
+            }
+        };
         // An answer from the queue that must wait for the spool, boxed: the
         // futures of requests that need not wait stay small.
         let spooled = match &plan {

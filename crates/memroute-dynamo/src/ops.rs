@@ -427,18 +427,22 @@ pub fn id_to_key(id: &str, strip: Option<&str>) -> Vec<u8> {
     key
 }
 
-/// Flags each meta command understands here (beyond these, the reply is
-/// [`UNSUPPORTED`] rather than something subtly wrong). `P` and `L` are
-/// proxy hints and `u` (no LRU bump) has no meaning for a table.
+/// Whether the store can do what every flag of `meta` asks. The flags it
+/// refuses ([`UNSUPPORTED`], rather than something subtly wrong) are those
+/// whose effect a table has no equivalent for: LRU state (`h l`), stale
+/// items and recache wins (`I N R` on mg, `I` elsewhere), explicit CAS
+/// (`E`) and md's `x`/`T`. Any other flag memcached's parser accepts is
+/// either done here or one memcached itself ignores for that command
+/// (`ms ... f v t h`, `md ... v`, `ma ... f s`), so it is ignored here too.
 fn meta_flags_supported(meta: &MetaCommand) -> bool {
-    let allowed: &[u8] = match meta.op {
-        MetaOp::Get => b"bcfkOqstvTuPL",
-        MetaOp::Set => b"bckOqsFTCMNPL",
-        MetaOp::Delete => b"bkOqCPL",
-        MetaOp::Arith => b"bkOqNJDMTCvtcPL",
-        MetaOp::Debug => b"",
+    let refused: &[u8] = match meta.op {
+        MetaOp::Get => b"hlNRE",
+        MetaOp::Set => b"IE",
+        MetaOp::Delete => b"IxTE",
+        MetaOp::Arith => b"E",
+        MetaOp::Debug => return false,
     };
-    meta.flags.iter().all(|f| allowed.contains(&f.letter))
+    !meta.flags.iter().any(|f| refused.contains(&f.letter))
 }
 
 /// Decodes `request`.

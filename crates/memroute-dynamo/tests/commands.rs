@@ -308,6 +308,11 @@ async fn unsupported_and_errors() {
     // Nothing above wrote k (only the binary key's set and delete wrote).
     assert_eq!(cmd(&s, "get k").await, "END\r\n");
     assert_eq!(s.stats().sync_writes, 2);
+    // Flags memcached 1.6.18 accepts and ignores for a command are ignored
+    // here too (a refused one would answer `unsupported`).
+    assert_eq!(cmd(&s, "md k v f s t h").await, "NF\r\n");
+    assert_eq!(cmd(&s, "ma k f s h l u").await, "NF\r\n");
+    assert_eq!(run(&s, "ms k 1 MR f v t h l u", b"x").await, "NS\r\n");
 }
 
 #[tokio::test]

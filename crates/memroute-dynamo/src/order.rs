@@ -1,0 +1,198 @@
+//! The order in which a store runs the requests of one key.
+//!
+//! memroute keeps many requests of a client connection in flight at once
+//! (pipelining), and the store runs each as its own task. A memcached
+//! backend still executes a connection's requests in order, because they
+//! share its socket; DynamoDB calls do not, so `set k` then `get k` sent
+//! together could read the table before the set reached it.
+//!
+//! So every request takes a turn on each of its keys the moment it starts
+//! (the first poll of [`DynamoStore::execute`](crate::DynamoStore::execute),
+//! which memroute's connections give in request order) and runs once the
+//! requests that took turns on those keys before it are done: reads of a key
+//! run together, anything else waits for every earlier request of the key
+//! and holds off every later one. tokio's `RwLock` queues waiters fairly, in
+//! the order they first asked, which is what keeps the order.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
+
+use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
+
+/// One lock per key that has a request running or waiting.
+#[derive(Default)]
+pub struct KeyOrder {
+    keys: Mutex<HashMap<String, Arc<RwLock<()>>>>,
+}
+
+/// What a request does to its keys.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Access {
+    /// Leaves the item as it is: may run beside other reads.
+    Read,
+    /// May change the item (a touch included).
+    Write,
+}
+
+/// A guard kept for its `Drop`, which gives the turn up.
+#[allow(dead_code)]
+enum Held {
+    Read(OwnedRwLockReadGuard<()>),
+    Write(OwnedRwLockWriteGuard<()>),
+}
+
+type Waiting = Pin<Box<dyn Future<Output = Held> + Send>>;
+
+/// The turns a request holds; dropping it lets the next requests run.
+pub struct Turns<'a> {
+    order: &'a KeyOrder,
+    held: Vec<(String, Option<Held>)>,
+}
+
+impl KeyOrder {
+    /// Waits for the turn of a request on `ids`. Every key's place in line
+    /// is taken in the first poll, all at once, so two requests sharing
+    /// keys are in the same order on each of them (no deadlock).
+    pub async fn turns(&self, ids: &[String], access: Access) -> Turns<'_> {
+        let mut wanted: Vec<&String> = ids.iter().collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let mut waiting: Vec<(String, Waiting)> = {
+            let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+            wanted
+                .into_iter()
+                .map(|id| {
+                    let lock = match keys.get(id) {
+                        Some(lock) => Arc::clone(lock),
+                        None => Arc::clone(keys.entry(id.clone()).or_default()),
+                    };
+                    let turn: Waiting = match access {
+                        Access::Read => {
+                            Box::pin(async move { Held::Read(lock.read_owned().await) })
+                        }
+                        Access::Write => {
+                            Box::pin(async move { Held::Write(lock.write_owned().await) })
+                        }
+                    };
+                    (id.clone(), turn)
+                })
+                .collect()
+        };
+        let mut held: Vec<(String, Option<Held>)> = Vec::with_capacity(waiting.len());
+        std::future::poll_fn(|cx| {
+            let mut i = 0;
+            while i < waiting.len() {
+                if let Poll::Ready(h) = waiting[i].1.as_mut().poll(cx) {
+                    let (id, _) = waiting.swap_remove(i);
+                    held.push((id, Some(h)));
+                } else {
+                    i += 1;
+                }
+            }
+            if waiting.is_empty() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+        Turns { order: self, held }
+    }
+
+    /// Keys with a request running or waiting (for tests).
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.keys.lock().unwrap().len()
+    }
+}
+
+impl Drop for Turns<'_> {
+    fn drop(&mut self) {
+        for (id, held) in &mut self.held {
+            drop(held.take());
+            let mut keys = self.order.keys.lock().unwrap_or_else(|e| e.into_inner());
+            // Only the map still knows the lock: nobody runs or waits.
+            if keys
+                .get(id)
+                .is_some_and(|lock| Arc::strong_count(lock) == 1)
+            {
+                keys.remove(id);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn ids(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_of_a_key_run_in_the_order_they_started() {
+        let order = Arc::new(KeyOrder::default());
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let first = order.turns(&ids(&["k"]), Access::Write).await;
+        // Started in this order while the key is busy: each takes its place
+        // at its first poll, before it is spawned to run anywhere.
+        let mut tasks = Vec::new();
+        for (n, access) in [(1, Access::Write), (2, Access::Read), (3, Access::Write)] {
+            let (order, log) = (Arc::clone(&order), Arc::clone(&log));
+            let mut fut = Box::pin(async move {
+                let _t = order.turns(&ids(&["k"]), access).await;
+                log.lock().unwrap().push(n);
+            });
+            let waker = std::task::Waker::noop();
+            assert!(fut
+                .as_mut()
+                .poll(&mut std::task::Context::from_waker(waker))
+                .is_pending());
+            tasks.push(tokio::spawn(fut));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(
+            log.lock().unwrap().is_empty(),
+            "nothing runs before the first"
+        );
+        drop(first);
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(*log.lock().unwrap(), vec![1, 2, 3]);
+        assert_eq!(order.len(), 0, "idle keys are forgotten");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_share_and_overlapping_key_sets_do_not_deadlock() {
+        let order = Arc::new(KeyOrder::default());
+        let a = order.turns(&ids(&["a", "b"]), Access::Read).await;
+        let b = order.turns(&ids(&["b", "a", "a"]), Access::Read).await;
+        drop((a, b));
+        let done = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for i in 0..64 {
+            let (order, done) = (Arc::clone(&order), Arc::clone(&done));
+            let keys = if i % 2 == 0 {
+                ids(&["a", "b"])
+            } else {
+                ids(&["b", "a"])
+            };
+            tasks.push(tokio::spawn(async move {
+                let _t = order.turns(&keys, Access::Write).await;
+                tokio::task::yield_now().await;
+                done.fetch_add(1, Ordering::Relaxed);
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(done.load(Ordering::Relaxed), 64);
+        assert_eq!(order.len(), 0);
+    }
+}
