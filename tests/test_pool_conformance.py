@@ -162,10 +162,6 @@ ROUTED_TOO_LARGE = (
     "passed on, so the pool keeps the old value (memcached drops it; embedded mode does too). "
     "crates/memroute-runtime/src/connection.rs, refused_too_large(): drops the old value only "
     "when storage is not routed")
-ROUTED_QUIET_VA = (
-    "BUG: ma with q shows its VA reply through a route (memcached hides HD and VA of ma). "
-    "crates/memroute-runtime/src/lua/worker.rs, ReplyShape::apply(): hides only HD for "
-    "commands other than mg")
 DDB_MS_SIZE = (
     "BUG: memroute's stores disagree on ms s: the DynamoDB pool answers the stored size "
     "(HD s1), as memcached's protocol.txt documents, but memcached 1.6.18 ignores s on ms "
@@ -195,7 +191,6 @@ DIFFERENCES: Dict[str, list] = {
     **{row: [BUG(MEMCACHED + ("internal",), ROUTED_TOO_LARGE, replies={2: OLD_IS_X}),
              Differs(DYNAMO, DDB_KEEPS_OLD, {2: OLD_IS_X})]
        for row in ("object_too_large_set_removes_old_value", "ms_too_large")},
-    "ma_quiet_success_silent": [BUG(ROUTED, ROUTED_QUIET_VA, replies={1: b"VA 1\r\n2\r\n"})],
 
     # ---------------------------------------------------------- DynamoDB
     "object_of_1000000_bytes_ok": [Differs(DYNAMO, DDB_400KB, {0: TOO_LARGE, 1: MISS})],

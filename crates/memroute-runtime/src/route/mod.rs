@@ -46,7 +46,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::FutureExt;
-use memroute_proto::{Command, Limits, MetaOp, Request, Response, ResponseCode};
+use memroute_proto::{Command, Limits, MetaOp, Request, Response};
 
 pub use pool::{Pool, PoolDef, PoolKind, WorkerBackends};
 
@@ -211,8 +211,8 @@ impl WorkerRoutes {
 }
 
 /// What of a route's reply the client sees: nothing for `noreply`, and
-/// for meta `q` nothing when it is the nominal reply (`EN` for `mg`, `HD`
-/// otherwise).
+/// for meta `q` nothing when it is the nominal reply, as memcached hides
+/// it: `EN` for `mg`, `HD` and `VA` for `ma`, `HD` otherwise.
 #[derive(Clone, Copy)]
 pub struct ReplyShape {
     noreply: bool,
@@ -238,13 +238,11 @@ impl ReplyShape {
             return Bytes::new();
         }
         if self.quiet {
-            let code = Response::from_line(
-                std::str::from_utf8(reply.get(..2).unwrap_or(b"")).unwrap_or(""),
-            )
-            .code();
+            let code = reply.get(..2).unwrap_or(b"");
             let hidden = match self.meta_op {
-                Some(MetaOp::Get) => code == ResponseCode::En,
-                Some(_) => code == ResponseCode::Hd,
+                Some(MetaOp::Get) => code == b"EN",
+                Some(MetaOp::Arith) => code == b"HD" || code == b"VA",
+                Some(_) => code == b"HD",
                 None => false,
             };
             if hidden {
