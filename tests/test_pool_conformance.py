@@ -83,7 +83,6 @@ KINDS = {k.name: k for k in (
 
 MEMCACHED = ("mc_attached", "mc_route")
 DYNAMO = ("ddb_through", "ddb_behind")
-ROUTED = tuple(KINDS)
 
 STARTFILE = """
 function mcp_config_pools()
