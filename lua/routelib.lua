@@ -331,5 +331,11 @@ function mcp_config_pools()
     if r.default ~= nil then
         tree.default = resolve_child(r.default, made, r.__where)
     end
+    -- Every pool, routed to or not: flush_all empties them all, and the
+    -- configuration digest lists them.
+    tree.pools = {}
+    for name, p in pairs(made) do
+        tree.pools[name] = p.pool or p.set
+    end
     return { __memroute_routelib = tree }
 end

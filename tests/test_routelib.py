@@ -220,3 +220,44 @@ def test_reload_swaps_the_route_tree(backends, memroute_factory, startfile_dir):
                    what="the reload")
         assert c.request(b"set k2 0 0 1\r\n2\r\n") == b"STORED\r\n"
     assert mc_get(a, "k1") == b"1" and mc_get(b, "k2") == b"2" and mc_get(a, "k2") is None
+
+
+FLUSH_STARTFILE = """
+function mcp_config_pools()
+    local function pool(addrs)
+        local bs = {}
+        for i, a in ipairs(addrs) do
+            local host, port = a:match("^(.+):(%%d+)$")
+            table.insert(bs, mcp.backend("b" .. a, host, tonumber(port)))
+        end
+        return mcp.pool(bs)
+    end
+    return { a = pool({ "%s", "%s" }), b = pool({ "%s" }) }
+end
+function mcp_config_routes(p)
+    mcp.attach(mcp.CMD_ANY_STORAGE, function(r) return p.a(r) end)
+end
+"""
+
+
+@pytest.mark.parametrize("mode", ["routelib", "startfile"])
+def test_flush_all_reaches_every_backend_of_every_pool(backends, memroute_factory,
+                                                       startfile_dir, mode):
+    a1, a2, b1 = backends(3)
+    if mode == "routelib":
+        path = routes_file(startfile_dir, pools_text(pa=[a1, a2], pb=[b1]) +
+                           'routes{ default = route_direct{ child = "pa" } }\n')
+        mr = memroute_factory("--routes", str(path))
+    else:
+        path = write_startfile(startfile_dir, "flush.lua",
+                               FLUSH_STARTFILE % (a1.addr, a2.addr, b1.addr))
+        mr = memroute_factory("--config", str(path))
+    for server in (a1, a2, b1):
+        mc_set(server, "k", b"v")
+    with mr.client() as c:
+        assert c.request(b"flush_all\r\n") == b"OK\r\n"
+        assert c.request(b"flush_all noreply\r\nmn\r\n") == b"MN\r\n"
+    for server in (a1, a2, b1):
+        assert mc_get(server, "k") is None, server.addr
+        with server.client() as c:
+            assert int(stats_dict(c)["cmd_flush"]) == 2

@@ -9,10 +9,13 @@
 //! mistake names the file and line where the handler or map was written,
 //! and the field.
 
+use std::sync::Arc;
+
 use super::config::ConfigValue;
 use crate::route::commands::{STORAGE_IDS, UNHOOKABLE_IDS};
 use crate::route::plan::{EntryPlan, RoutePlan, RouterPlan};
 use crate::route::router::{RouterMode, MAX_SEPARATOR};
+use crate::route::PoolDef;
 
 /// The key `lua/routelib.lua`'s `mcp_config_pools` returns its tree under.
 const MARKER: &[u8] = b"__memroute_routelib";
@@ -21,6 +24,9 @@ const MARKER: &[u8] = b"__memroute_routelib";
 #[derive(Debug)]
 pub struct RoutelibConfig {
     pub router: RouterPlan,
+    /// Every pool the file defines, routed to or not (`flush_all` reaches
+    /// them all).
+    pub pools: Vec<Arc<PoolDef>>,
     /// `mcp.add_stat` names for handlers with `stats = true`, with ids
     /// after those the startfile registered.
     pub stat_names: Vec<(i64, String)>,
@@ -71,7 +77,10 @@ pub fn plan(value: &ConfigValue, first_stat_id: i64) -> Result<Option<RoutelibCo
     if map.is_empty() && cmap.is_empty() && default.is_none() {
         return Err(format!("{at}: routes: give a map, a cmap or a default"));
     }
+    let mut pools = Vec::new();
+    every_pool(field(tree, "pools"), &mut pools);
     Ok(Some(RoutelibConfig {
+        pools,
         router: RouterPlan {
             mode,
             map,
@@ -80,6 +89,19 @@ pub fn plan(value: &ConfigValue, first_stat_id: i64) -> Result<Option<RoutelibCo
         },
         stat_names: planner.stat_names,
     }))
+}
+
+/// Every pool in `value`, however deep (pool sets are tables of pools).
+fn every_pool(value: Option<&ConfigValue>, out: &mut Vec<Arc<PoolDef>>) {
+    match value {
+        Some(ConfigValue::Pool(def)) => out.push(def.clone()),
+        Some(table @ ConfigValue::Table(_)) => {
+            for (_, v) in entries(Some(table)) {
+                every_pool(Some(v), out);
+            }
+        }
+        _ => {}
+    }
 }
 
 fn is_marked(value: &ConfigValue) -> bool {

@@ -29,8 +29,9 @@ use super::objects::{
     LuaRequest, LuaResponse, AWAIT_ANY, AWAIT_BACKGROUND, AWAIT_FASTGOOD, AWAIT_FIRST, AWAIT_GOOD,
     AWAIT_OK, CMD_ANY, CMD_ANY_STORAGE, COMMANDS, COMMAND_SLOTS, STORAGE_IDS, UNHOOKABLE_IDS,
 };
+use super::routelib::RoutelibConfig;
 use super::vm;
-use crate::route::plan::{BuildContext, RouterPlan};
+use crate::route::plan::BuildContext;
 use crate::route::pool::EmbeddedPool;
 use crate::route::{
     Pool, ReplyFuture, ReplyShape, ResponseFuture, Route, RouteEnv, RouteSet, WorkerLimits,
@@ -66,7 +67,7 @@ impl WorkerProxy {
     /// (first phase of a reload).
     pub fn stage(&self, loaded: &LoadedConfig) -> Result<(), ConfigError> {
         let set = match &loaded.routelib {
-            Some(routelib) => self.build_native(loaded, &routelib.router),
+            Some(routelib) => self.build_native(loaded, routelib),
             None => WorkerLua::build(&self.env, &self.routes, loaded)?,
         };
         self.routes.stage(set);
@@ -75,15 +76,21 @@ impl WorkerProxy {
 
     /// A routelib tree, built with no worker VM: the router serves every
     /// command that carries a key, as routelib attaches it.
-    fn build_native(&self, loaded: &LoadedConfig, router: &RouterPlan) -> RouteSet {
+    fn build_native(&self, loaded: &LoadedConfig, routelib: &RoutelibConfig) -> RouteSet {
         let cx = BuildContext::new(&self.routes.backends, &self.env);
-        let root = router.build(&cx);
+        let root = routelib.router.build(&cx);
+        for def in &routelib.pools {
+            cx.pool(def);
+        }
         let mut routes: Vec<Option<Rc<dyn Route>>> = vec![None; COMMAND_SLOTS];
         for id in STORAGE_IDS {
             routes[*id as usize] = Some(root.clone());
         }
+        let mut pools = cx.pools();
+        pools.push(Rc::new(EmbeddedPool::new(self.env.clone())));
         RouteSet::new(
             routes,
+            pools,
             worker_limits(loaded, &self.env),
             self.env.proxy_stats.clone(),
         )
@@ -165,8 +172,19 @@ impl WorkerLua {
             .remove_app_data::<Attached>()
             .map(|a| a.routes.into_inner())
             .unwrap_or_default();
+        let mut all_pools = Vec::with_capacity(pools.len() + 1);
+        for ud in pools.values() {
+            all_pools.push(
+                ud.borrow::<LuaPool>()
+                    .map_err(|e| ConfigError::lua(path, e))?
+                    .0
+                    .clone(),
+            );
+        }
+        all_pools.push(Rc::new(EmbeddedPool::new(env.clone())));
         Ok(RouteSet::new(
             routes,
+            all_pools,
             worker_limits(loaded, env),
             env.proxy_stats.clone(),
         ))

@@ -29,11 +29,13 @@ pub const COMMANDS: &[(&str, i64)] = &[
     ("CMD_QUIT", 21),
     ("CMD_STATS", 22),
     ("CMD_VERSION", 23),
-    ("CMD_FLUSH_ALL", 24),
+    ("CMD_FLUSH_ALL", CMD_FLUSH_ALL),
     ("CMD_VERBOSITY", 25),
 ];
 /// Size of a hook table indexed by command id.
 pub const COMMAND_SLOTS: usize = 26;
+/// `mcp.CMD_FLUSH_ALL`'s id: routed by default to every cache pool.
+pub const CMD_FLUSH_ALL: i64 = 24;
 /// `mcp.CMD_SET`'s id, which the connection checks to know whether stores
 /// bypass the embedded cache.
 pub const CMD_SET: i64 = 9;
@@ -84,7 +86,7 @@ pub fn command_id(command: &Command) -> i64 {
         Command::Quit => 21,
         Command::Stats { .. } => 22,
         Command::Version => 23,
-        Command::FlushAll { .. } => 24,
+        Command::FlushAll { .. } => CMD_FLUSH_ALL,
         Command::Verbosity { .. } => 25,
     }
 }

@@ -280,6 +280,32 @@ pub fn with_ttl(request: &Request, ttl: i64, limits: &Limits) -> Option<Request>
     Request::parse(&new_line, request.value(), limits).ok()
 }
 
+/// Sends a request to every backend of every one of its pools and answers
+/// the first error, else `OK`: what a client's `flush_all` does in routed
+/// mode when no route is attached for it (the embedded cache is one of the
+/// pools).
+pub struct FlushAll {
+    pub pools: Vec<Rc<dyn super::Pool>>,
+}
+
+impl Route for FlushAll {
+    fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
+        let sends: Vec<ResponseFuture> = self
+            .pools
+            .iter()
+            .map(|p| p.clone().broadcast(request.clone()))
+            .collect();
+        Box::pin(async move {
+            let replies = futures_util::future::join_all(sends).await;
+            let error = replies.iter().position(|r| !r.is_ok()).unwrap_or(0);
+            replies
+                .into_iter()
+                .nth(error)
+                .unwrap_or_else(|| Response::from_line("OK"))
+        })
+    }
+}
+
 /// `route_null`: answers every request with its command's nominal miss,
 /// sending nothing.
 pub struct Null;

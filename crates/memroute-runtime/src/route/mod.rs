@@ -129,11 +129,21 @@ pub struct RouteSet {
 
 impl RouteSet {
     /// `routes` is indexed by command id ([`commands::command_id`]).
+    /// Unless a route is attached for `flush_all`, it goes to every backend
+    /// of every cache among `pools` (the configuration's pools and the
+    /// embedded cache), as a client of a drop-in memcached expects.
     pub fn new(
-        routes: Vec<Option<Rc<dyn Route>>>,
+        mut routes: Vec<Option<Rc<dyn Route>>>,
+        pools: Vec<Rc<dyn Pool>>,
         limits: WorkerLimits,
         stats: Arc<ProxyStats>,
     ) -> RouteSet {
+        let flush = commands::CMD_FLUSH_ALL as usize;
+        if routes.len() > flush && routes[flush].is_none() {
+            let pools: Vec<Rc<dyn Pool>> =
+                pools.into_iter().filter(|p| p.takes_flush_all()).collect();
+            routes[flush] = Some(Rc::new(handlers::FlushAll { pools }));
+        }
         RouteSet {
             routes,
             limits,

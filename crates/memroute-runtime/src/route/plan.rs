@@ -97,12 +97,18 @@ impl<'a> BuildContext<'a> {
         *s
     }
 
-    fn pool(&self, def: &Arc<PoolDef>) -> Rc<dyn Pool> {
+    /// This worker's pool for `def`, made once however often it is named.
+    pub fn pool(&self, def: &Arc<PoolDef>) -> Rc<dyn Pool> {
         self.pools
             .borrow_mut()
             .entry(Arc::as_ptr(def))
             .or_insert_with(|| def.instantiate(self.backends, self.env))
             .clone()
+    }
+
+    /// Every pool built so far.
+    pub fn pools(&self) -> Vec<Rc<dyn Pool>> {
+        self.pools.borrow().values().cloned().collect()
     }
 
     fn stat(&self, id: Option<i64>) -> Option<RetryStat> {

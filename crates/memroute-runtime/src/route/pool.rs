@@ -36,6 +36,20 @@ pub trait Pool: Route {
     fn shared_store(&self) -> Option<&Arc<dyn SharedStore>> {
         None
     }
+
+    /// Sends `request` to every backend of the pool (not to the one a key
+    /// picks): how `flush_all` reaches a pool. Answers the first error, else
+    /// the first reply.
+    fn broadcast(self: Rc<Self>, request: Request) -> ResponseFuture {
+        self.call(request)
+    }
+
+    /// Whether a client's `flush_all` empties this pool when no route is
+    /// attached for it. Caches do; a durable store (a DynamoDB table) does
+    /// not, and refuses `flush_all` when sent one.
+    fn takes_flush_all(&self) -> bool {
+        true
+    }
 }
 
 /// A pool as the config VM built it.
@@ -215,6 +229,31 @@ impl Pool for MemcachedPool {
     fn name(&self) -> &str {
         &self.def.name
     }
+
+    fn broadcast(self: Rc<Self>, request: Request) -> ResponseFuture {
+        let request = outbound(request);
+        let sends: Vec<_> = self
+            .backends
+            .iter()
+            .map(|backend| {
+                let (backend, request) = (backend.clone(), request.clone());
+                async move {
+                    match backend.send(&request).await {
+                        Ok(r) => r,
+                        Err(e) => Response::from_line(e.client_reply()),
+                    }
+                }
+            })
+            .collect();
+        Box::pin(async move {
+            let replies = futures_util::future::join_all(sends).await;
+            let error = replies.iter().position(|r| !r.is_ok()).unwrap_or(0);
+            replies
+                .into_iter()
+                .nth(error)
+                .unwrap_or_else(|| Response::from_line("SERVER_ERROR pool has no backends"))
+        })
+    }
 }
 
 /// A store shared by every worker (a DynamoDB table), as a pool.
@@ -237,6 +276,10 @@ impl Pool for StorePool {
 
     fn shared_store(&self) -> Option<&Arc<dyn SharedStore>> {
         Some(&self.store)
+    }
+
+    fn takes_flush_all(&self) -> bool {
+        false
     }
 }
 
