@@ -21,7 +21,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
 use memroute_proto::{
     decode_retrieval_piece, Command, GetCommand, Limits, MetaOp, Request, Response, ResponseCode,
-    ResponseDecoder, RetrievalPiece,
+    RetrievalPiece,
 };
 use mlua::{AnyUserData, Function, Lua, MetaMethod, Table, UserData, UserDataMethods, Value};
 use tracing::{info, warn};
@@ -733,14 +733,10 @@ fn register(lua: &Lua) -> mlua::Result<()> {
                 .clone();
             let env = env_of(lua)?;
             let request = request.without_noreply().unwrap_or(request);
-            let mut out = BytesMut::new();
             let start = Instant::now();
-            env.embedded
-                .execute(&request, &mut out, env.server_stats.worker(env.worker));
-            let response = match ResponseDecoder::for_request(&request).decode(&mut out) {
-                Ok(Some(r)) => r,
-                _ => Response::from_line("SERVER_ERROR internal cache gave no reply"),
-            };
+            let response = env
+                .embedded
+                .respond(&request, env.server_stats.worker(env.worker));
             Ok(LuaResponse::new(
                 response,
                 start.elapsed().as_micros() as u64,
