@@ -700,6 +700,150 @@ mod tests {
         packets(&out)
     }
 
+    /// The packets `reply` becomes as the answer to a request of `opcode`.
+    fn typed(opcode: u8, extras: &[u8], reply: &Reply) -> Vec<Packet> {
+        let key: &[u8] = if opcode == opcode::VERSION {
+            b""
+        } else {
+            b"key"
+        };
+        let value: &[u8] = if is_store(opcode) { b"v" } else { b"" };
+        let mut buf = request(opcode, extras, key, value, 0);
+        let (_, ctx) = translate(&mut buf);
+        let mut out = BytesMut::new();
+        ctx.encode_reply(reply, &mut out);
+        packets(&out)
+    }
+
+    #[test]
+    fn typed_replies_map_to_status_codes_by_variant() {
+        use opcode::*;
+        let set_extras = [0u8; 8];
+        let arith_extras = [0u8; 20];
+        let touch_extras = [0u8; 4];
+        let hit = Reply::hit(Bytes::from_static(b"hi"), 5).with_cas(77);
+        let error = |status: u16| (status, 0, vec![], vec![], status_message(status).to_vec());
+        assert_eq!(
+            typed(GETK, &[], &hit),
+            vec![(
+                0,
+                77,
+                5u32.to_be_bytes().to_vec(),
+                b"key".to_vec(),
+                b"hi".to_vec()
+            )]
+        );
+        assert_eq!(
+            typed(GETQ, &[], &hit),
+            vec![(0, 77, 5u32.to_be_bytes().to_vec(), vec![], b"hi".to_vec())]
+        );
+        let miss = Reply::from(Status::Miss);
+        assert_eq!(typed(GET, &[], &miss), vec![error(status::KEY_ENOENT)]);
+        assert!(typed(GETKQ, &[], &miss).is_empty(), "quiet miss");
+        // TOUCH asked for no CAS: none goes out.
+        assert_eq!(
+            typed(TOUCH, &touch_extras, &hit),
+            vec![(0, 0, vec![], vec![], vec![])]
+        );
+        let stored = Reply::from(Status::Stored).with_cas(42);
+        assert_eq!(
+            typed(SET, &set_extras, &stored),
+            vec![(0, 42, vec![], vec![], vec![])]
+        );
+        assert!(
+            typed(SETQ, &set_extras, &stored).is_empty(),
+            "quiet success"
+        );
+        let not_stored = Reply::from(Status::NotStored);
+        assert_eq!(
+            typed(SET, &set_extras, &not_stored),
+            vec![error(status::NOT_STORED)]
+        );
+        assert_eq!(
+            typed(ADD, &set_extras, &not_stored),
+            vec![error(status::KEY_EEXISTS)]
+        );
+        assert_eq!(
+            typed(REPLACE, &set_extras, &not_stored),
+            vec![error(status::KEY_ENOENT)]
+        );
+        let exists = Reply::from(Status::Exists);
+        assert_eq!(
+            typed(SET, &set_extras, &exists),
+            vec![error(status::KEY_EEXISTS)]
+        );
+        let not_found = Reply::from(Status::NotFound);
+        assert_eq!(
+            typed(DELETE, &[], &not_found),
+            vec![error(status::KEY_ENOENT)]
+        );
+        let deleted = Reply::from(Status::Deleted);
+        assert_eq!(
+            typed(DELETE, &[], &deleted),
+            vec![(0, 0, vec![], vec![], vec![])]
+        );
+        let counter = Reply::number(105).with_cas(8);
+        assert_eq!(
+            typed(INCREMENT, &arith_extras, &counter),
+            vec![(0, 8, vec![], vec![], 105u64.to_be_bytes().to_vec())]
+        );
+        assert!(typed(INCREMENTQ, &arith_extras, &counter).is_empty());
+        assert_eq!(
+            typed(VERSION, &[], &Reply::version("1.6.18")),
+            vec![(0, 0, vec![], vec![], b"1.6.18".to_vec())]
+        );
+        for (e, status) in [
+            (ErrorReply::TooLarge, status::E2BIG),
+            (ErrorReply::NoMemoryStoring, status::ENOMEM),
+            (ErrorReply::NonNumeric, status::DELTA_BADVAL),
+            (ErrorReply::BadFormat, status::EINVAL),
+            (ErrorReply::DynamoBadKey, status::EINVAL),
+            (ErrorReply::Error, status::UNKNOWN_COMMAND),
+        ] {
+            assert_eq!(
+                typed(SET, &set_extras, &Reply::from(e)),
+                vec![error(status)],
+                "{e:?}"
+            );
+        }
+        // Server errors binary has no code for carry memroute's text.
+        for e in [
+            ErrorReply::BackendFailure,
+            ErrorReply::NoMemory,
+            ErrorReply::SpoolFull,
+        ] {
+            assert_eq!(
+                typed(GET, &[], &Reply::from(e)),
+                vec![(
+                    status::EINTERNAL,
+                    0,
+                    vec![],
+                    vec![],
+                    e.text().as_bytes().to_vec()
+                )]
+            );
+        }
+        let other = Reply::from(Status::OtherError(
+            ErrorClass::Server,
+            Bytes::from_static(b"SERVER_ERROR busy"),
+        ));
+        assert_eq!(
+            typed(GET, &[], &other),
+            vec![(
+                status::EINTERNAL,
+                0,
+                vec![],
+                vec![],
+                b"SERVER_ERROR busy".to_vec()
+            )]
+        );
+        // A reply the request cannot have: an internal error with its text.
+        assert_eq!(
+            typed(SET, &set_extras, &Reply::from(Status::Noop)),
+            vec![(status::EINTERNAL, 0, vec![], vec![], b"MN".to_vec())]
+        );
+    }
+
     #[test]
     fn set_becomes_ms_and_its_cas_comes_back() {
         let mut extras = 7u32.to_be_bytes().to_vec();

@@ -572,3 +572,259 @@ fn opt(r: MetaReply<'_>, letter: u8, n: Option<u64>) -> MetaReply<'_> {
         None => r,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Limits, ResponseDecoder};
+
+    fn request(line: &str, value: &str) -> Request {
+        Request::parse(line.as_bytes(), value.as_bytes(), &Limits::default()).unwrap()
+    }
+
+    fn encoded(reply: &Reply, line: &str) -> String {
+        let mut out = BytesMut::new();
+        reply.encode(&request(line, "v"), &mut out);
+        String::from_utf8(out.to_vec()).unwrap()
+    }
+
+    fn item() -> Reply {
+        Reply {
+            ttl: Some(30),
+            ttl_before_touch: Some(-1),
+            size: Some(2),
+            last_access: Some(4),
+            fetched: Some(true),
+            ..Reply::hit(Bytes::from_static(b"hi"), 5).with_cas(77)
+        }
+    }
+
+    #[test]
+    fn text_encoding_of_each_variant() {
+        let cases: Vec<(Reply, &str, &str)> = vec![
+            (item(), "get k", "VALUE k 5 2\r\nhi\r\nEND\r\n"),
+            (item(), "gets k", "VALUE k 5 2 77\r\nhi\r\nEND\r\n"),
+            (Reply::from(Status::Miss), "get k", "END\r\n"),
+            (Reply::from(Status::Miss), "stats", "END\r\n"),
+            (
+                Reply::from(Status::Stored).with_cas(9),
+                "set k 0 0 1",
+                "STORED\r\n",
+            ),
+            (
+                Reply::from(Status::NotStored),
+                "add k 0 0 1",
+                "NOT_STORED\r\n",
+            ),
+            (Reply::from(Status::Exists), "cas k 0 0 1 3", "EXISTS\r\n"),
+            (Reply::from(Status::NotFound), "delete k", "NOT_FOUND\r\n"),
+            (Reply::from(Status::Deleted), "delete k", "DELETED\r\n"),
+            (Reply::from(Status::Touched), "touch k 10", "TOUCHED\r\n"),
+            (
+                Reply::number(18446744073709551615),
+                "incr k 1",
+                "18446744073709551615\r\n",
+            ),
+            (Reply::number(0).with_cas(3), "decr k 1", "0\r\n"),
+            (Reply::from(Status::Ok), "flush_all", "OK\r\n"),
+            (Reply::from(Status::Noop), "mn", "MN\r\n"),
+            (Reply::version("1.6.18"), "version", "VERSION 1.6.18\r\n"),
+            (
+                Reply::from(ErrorReply::TooLarge),
+                "set k 0 0 1",
+                "SERVER_ERROR object too large for cache\r\n",
+            ),
+            (
+                Reply::from(ErrorReply::BackendFailure),
+                "get k",
+                "SERVER_ERROR backend failure\r\n",
+            ),
+            (
+                Reply::from(Status::OtherError(
+                    ErrorClass::Server,
+                    Bytes::from_static(b"SERVER_ERROR busy"),
+                )),
+                "incr k 1",
+                "SERVER_ERROR busy\r\n",
+            ),
+        ];
+        for (reply, line, want) in cases {
+            assert_eq!(encoded(&reply, line), want, "{line}: {reply:?}");
+        }
+    }
+
+    #[test]
+    fn meta_encoding_writes_asked_flags_in_client_order() {
+        // `t` before `T` is the TTL before the touch; after it, the new one.
+        assert_eq!(
+            encoded(&item(), "mg k s t T30 c f l h O123 k v"),
+            "VA 2 s2 t-1 c77 f5 l4 h1 O123 kk\r\nhi\r\n"
+        );
+        assert_eq!(encoded(&item(), "mg k T30 t"), "HD t30\r\n");
+        // Without `v`: `HD`; a base64 key is echoed re-encoded, then `b`.
+        assert_eq!(encoded(&item(), "mg YWI= b k c"), "HD kYWI= b c77\r\n");
+        let won = Reply {
+            won: true,
+            stale: true,
+            win_token_sent: true,
+            ..item()
+        };
+        assert_eq!(encoded(&won, "mg k"), "HD Z X W\r\n");
+        assert_eq!(
+            encoded(&Reply::from(Status::Miss), "mg k O9 k v c"),
+            "EN O9 kk\r\n"
+        );
+        // A flag is written only when the reply carries it.
+        let stored = Reply::from(Status::Stored).with_cas(12);
+        assert_eq!(encoded(&stored, "ms k 1 c s O1 t"), "HD c12 O1\r\n");
+        let refused = Reply::from(Status::NotStored).with_cas(0);
+        assert_eq!(encoded(&refused, "ms k 1 c ME"), "NS c0\r\n");
+        assert_eq!(encoded(&Reply::from(Status::Exists), "ms k 1 c"), "EX\r\n");
+        assert_eq!(
+            encoded(&Reply::from(Status::NotFound), "md k k"),
+            "NF kk\r\n"
+        );
+        assert_eq!(
+            encoded(&Reply::from(Status::Deleted), "md k O1"),
+            "HD O1\r\n"
+        );
+        let counter = Reply::number(105).with_cas(8).with_ttl(-1);
+        assert_eq!(encoded(&counter, "ma k v t c"), "VA 3 t-1 c8\r\n105\r\n");
+        assert_eq!(encoded(&counter, "ma k c"), "HD c8\r\n");
+        assert_eq!(
+            encoded(&Reply::from(ErrorReply::NonNumeric), "ma k O1"),
+            "CLIENT_ERROR cannot increment or decrement non-numeric value\r\n"
+        );
+    }
+
+    #[test]
+    fn quiet_and_noreply_hide_only_what_memcached_hides() {
+        let hidden = |reply: &Reply, line: &str| reply.hidden_from(&request(line, "v"));
+        assert!(hidden(&Reply::from(Status::Miss), "mg k q"));
+        assert!(!hidden(&item(), "mg k q v"));
+        assert!(hidden(&Reply::from(Status::Stored), "ms k 1 q"));
+        assert!(!hidden(&Reply::from(Status::NotStored), "ms k 1 q"));
+        assert!(hidden(&Reply::number(1), "ma k q"));
+        assert!(!hidden(&Reply::from(Status::NotFound), "ma k q"));
+        assert!(!hidden(&Reply::from(ErrorReply::TooLarge), "ms k 1 q"));
+        assert!(hidden(
+            &Reply::from(ErrorReply::TooLarge),
+            "set k 0 0 1 noreply"
+        ));
+        assert!(!hidden(&Reply::from(Status::Stored), "set k 0 0 1"));
+    }
+
+    #[test]
+    fn responses_are_framed_as_the_decoder_frames_them() {
+        let hit2 = Reply::hit(Bytes::from_static(b"xyz"), 1).with_cas(2);
+        let cases: Vec<(Reply, &str)> = vec![
+            (item(), "get k"),
+            (item(), "gets k"),
+            (Reply::from(Status::Miss), "get k"),
+            (item(), "mg k v f c"),
+            (item(), "mg k c"),
+            (Reply::from(Status::Miss), "mg k O1"),
+            (Reply::number(42).with_cas(1), "ma k v c"),
+            (Reply::number(42), "incr k 3"),
+            (Reply::from(Status::Stored).with_cas(3), "ms k 1 c"),
+            (Reply::from(Status::Deleted), "delete k"),
+            (Reply::from(Status::Miss), "stats"),
+            (Reply::from(Status::Noop), "mn"),
+            (Reply::version("x"), "version"),
+            (Reply::from(ErrorReply::NonNumeric), "incr k 1"),
+            (Reply::from(ErrorReply::BackendFailure), "mg k v"),
+            (Reply::from(ErrorReply::Error), "get k"),
+        ];
+        for (reply, line) in cases {
+            let req = request(line, "v");
+            let mut raw = BytesMut::new();
+            reply.encode(&req, &mut raw);
+            let decoded = ResponseDecoder::for_request(&req)
+                .decode(&mut raw)
+                .unwrap()
+                .unwrap();
+            assert_eq!(reply.to_response(&req), decoded, "{line}: {reply:?}");
+        }
+        // A retrieval over several keys, misses among them.
+        let req = request("gets a b c", "");
+        let keys = [&b"a"[..], b"b", b"c"].map(Bytes::from_static);
+        let replies = [Reply::from(Status::Miss), item(), hit2];
+        let response = Reply::retrieval_response(&keys, &replies, true);
+        let mut raw = BytesMut::from(&response.raw()[..]);
+        assert_eq!(
+            &raw[..],
+            b"VALUE b 5 2 77\r\nhi\r\nVALUE c 1 3 2\r\nxyz\r\nEND\r\n"
+        );
+        let decoded = ResponseDecoder::for_request(&req).decode(&mut raw);
+        assert_eq!(response, decoded.unwrap().unwrap());
+        let failed = [item(), Reply::from(ErrorReply::SpoolFailed)];
+        let response = Reply::retrieval_response(&keys[..2], &failed, false);
+        assert_eq!(response.code(), ResponseCode::ServerError);
+        assert_eq!(
+            &response.raw()[..],
+            b"SERVER_ERROR write-behind spool failed\r\n"
+        );
+        let none = Reply::retrieval_response(&keys[..1], &[Reply::from(Status::Miss)], false);
+        assert_eq!(none, Response::miss());
+    }
+
+    #[test]
+    fn relayed_replies_parse_into_typed_replies() {
+        let parse = |raw: &'static [u8]| Reply::parse(&Bytes::from_static(raw));
+        let va = parse(b"VA 2 f5 c77 t3\r\nhi\r\n");
+        assert_eq!(
+            (va.status, &va.value[..], va.flags, va.cas),
+            (Status::Hit, &b"hi"[..], Some(5), Some(77))
+        );
+        let value = parse(b"VALUE k 7 3 9\r\nabc\r\nEND\r\n");
+        assert_eq!(
+            (value.status, &value.value[..], value.flags, value.cas),
+            (Status::Hit, &b"abc"[..], Some(7), Some(9))
+        );
+        assert_eq!(parse(b"HD c42\r\n").cas, Some(42));
+        assert_eq!(parse(b"HD c42\r\n").status, Status::Ok);
+        assert_eq!(
+            parse(b"VA 3\r\n105\r\n").into_number().status,
+            Status::Number(105)
+        );
+        assert_eq!(parse(b"105\r\n").status, Status::Number(105));
+        for (raw, status) in [
+            (&b"EN\r\n"[..], Status::Miss),
+            (b"END\r\n", Status::Miss),
+            (b"NF\r\n", Status::NotFound),
+            (b"NOT_FOUND\r\n", Status::NotFound),
+            (b"NS\r\n", Status::NotStored),
+            (b"EX\r\n", Status::Exists),
+            (b"STORED\r\n", Status::Stored),
+            (b"DELETED\r\n", Status::Deleted),
+            (b"TOUCHED\r\n", Status::Touched),
+            (b"OK\r\n", Status::Ok),
+            (b"MN\r\n", Status::Noop),
+            (b"ERROR\r\n", Status::Error(ErrorReply::Error)),
+            (
+                b"SERVER_ERROR object too large for cache\r\n",
+                Status::Error(ErrorReply::TooLarge),
+            ),
+            (
+                b"CLIENT_ERROR what\r\n",
+                Status::OtherError(ErrorClass::Client, Bytes::from_static(b"CLIENT_ERROR what")),
+            ),
+            (
+                b"ME k exp=1\r\n",
+                Status::Other(Bytes::from_static(b"ME k exp=1")),
+            ),
+        ] {
+            assert_eq!(
+                parse(raw).status,
+                status,
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+        let version = parse(b"VERSION 1.6.18\r\n");
+        assert_eq!(
+            (version.status, &version.value[..]),
+            (Status::Version, &b"1.6.18"[..])
+        );
+    }
+}
