@@ -75,7 +75,9 @@ error_table! {
     /// `incr`/`decr` with a delta that is not a number.
     BadDelta = "CLIENT_ERROR invalid numeric delta argument", true;
     DeleteUsage = "CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]", true;
-    TooManyKeys = "CLIENT_ERROR too many keys", true;
+    /// A multi-get over more keys than `Limits::max_keys_per_get` (a limit
+    /// memcached does not have; off by default).
+    TooManyKeys = "CLIENT_ERROR too many keys", false;
     /// `incr`/`decr` on a value that is not a number.
     NonNumeric = "CLIENT_ERROR cannot increment or decrement non-numeric value", true;
     /// A meta flag given twice.
@@ -103,6 +105,7 @@ error_table! {
     /// A counter that cannot be created for lack of memory; memcached
     /// proxy's reply to a request over its buffer memory limit too.
     NoMemory = "SERVER_ERROR out of memory", true;
+    /// memcached 1.6.45's wording (1.6.18 sent `ERROR: shutdown not enabled`).
     Shutdown = "SERVER_ERROR: shutdown not enabled", true;
     /// A backend (memcached server or DynamoDB) failed to answer.
     BackendFailure = "SERVER_ERROR backend failure", false;
