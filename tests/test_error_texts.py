@@ -72,6 +72,10 @@ NOT_PROVOKED = {
                        "out_of_memory in proto_text.c)",
     "NoMemory": "needs memcached's memory exhausted for incr, or its proxy's "
                 "buffer memory limit (proxy_request.c)",
+    "ActiveLimit": "memcached's proxy (proxy_request.c), which 1.6.18 here runs without",
+    "NoMemoryForReply": "needs memcached unable to allocate a get response "
+                        "(proto_text.c: process_get_command)",
+    "LuaFailure": "memcached's proxy (proxy_lua.c), which 1.6.18 here runs without",
 }
 
 

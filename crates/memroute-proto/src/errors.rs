@@ -107,6 +107,13 @@ error_table! {
     NoMemory = "SERVER_ERROR out of memory", true;
     /// memcached 1.6.45's wording (1.6.18 sent `ERROR: shutdown not enabled`).
     Shutdown = "SERVER_ERROR: shutdown not enabled", true;
+    /// memcached proxy's `mcp.active_req_limit` refusal.
+    ActiveLimit = "SERVER_ERROR active request limit reached", true;
+    /// memcached's answer when a retrieval's reply cannot be buffered
+    /// (memroute: a value past the proxy's reply budget).
+    NoMemoryForReply = "SERVER_ERROR out of memory writing get response", true;
+    /// memcached proxy's answer when a route's Lua code fails.
+    LuaFailure = "SERVER_ERROR lua failure", true;
     /// A backend (memcached server or DynamoDB) failed to answer.
     BackendFailure = "SERVER_ERROR backend failure", false;
     /// A backend answered with something that is not memcached protocol.

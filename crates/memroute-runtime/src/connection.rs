@@ -459,13 +459,13 @@ where
                     {
                         refused_too_large(&ctx, key, *drops_existing);
                     }
-                    let line = error.reply_line().unwrap_or("");
-                    let bytes = if line.is_empty() {
-                        Bytes::new()
-                    } else {
-                        Bytes::from(format!("{line}\r\n"))
-                    };
-                    queue_or_write(&mut pipeline, &mut wbuf, bytes);
+                    // The decoder's error line (an `ErrorReply` text), if
+                    // one is sent.
+                    let mut bytes = BytesMut::new();
+                    if let Some(line) = error.reply_line() {
+                        memroute_proto::reply::line(&mut bytes, line);
+                    }
+                    queue_or_write(&mut pipeline, &mut wbuf, bytes.freeze());
                     if error.closes() {
                         if pipeline.is_empty() {
                             close = true;
