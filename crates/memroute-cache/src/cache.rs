@@ -343,11 +343,7 @@ impl Cache {
                 if let Err(refused) = self.check_size(key.len(), joined_len) {
                     return refused;
                 }
-                let parts: [&[u8]; 2] = if req.mode == StoreMode::Append {
-                    [old.value(), &value]
-                } else {
-                    [&value, old.value()]
-                };
+                let parts = req.mode.join_order(old.value(), &value);
                 let item = self.make_item(key, &parts, old.flags, old.exptime, req.new_cas, now);
                 self.put(&mut shard, hash, Some(idx), item, &v)
             }

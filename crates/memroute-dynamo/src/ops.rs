@@ -269,12 +269,8 @@ pub fn decide(
                         return Decision::reply(Outcome::Exists);
                     }
                     let mut value = BytesMut::with_capacity(item.value.len() + s.value.len());
-                    if s.mode == StoreMode::Append {
-                        value.extend_from_slice(&item.value);
-                        value.extend_from_slice(&s.value);
-                    } else {
-                        value.extend_from_slice(&s.value);
-                        value.extend_from_slice(&item.value);
+                    for part in s.mode.join_order(&item.value, &s.value) {
+                        value.extend_from_slice(part);
                     }
                     let len = value.len();
                     let joined = Item {

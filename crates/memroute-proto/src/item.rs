@@ -57,6 +57,15 @@ impl StoreMode {
     pub fn joins(self) -> bool {
         matches!(self, StoreMode::Append | StoreMode::Prepend)
     }
+
+    /// The joined value's two parts in order: `prepend` puts `data` first,
+    /// every other mode after `current`.
+    pub fn join_order<'a>(self, current: &'a [u8], data: &'a [u8]) -> [&'a [u8]; 2] {
+        match self {
+            StoreMode::Prepend => [data, current],
+            _ => [current, data],
+        }
+    }
 }
 
 /// Which way `incr`/`decr`/`ma` moves a counter.
@@ -131,6 +140,8 @@ mod tests {
         assert_eq!(StoreMode::of_meta(None), StoreMode::Set);
         assert_eq!(StoreMode::of_meta(Some(b'E')), StoreMode::Add);
         assert!(StoreMode::of_meta(Some(b'A')).joins());
+        assert_eq!(StoreMode::Append.join_order(b"ab", b"cd"), [b"ab", b"cd"]);
+        assert_eq!(StoreMode::Prepend.join_order(b"ab", b"cd"), [b"cd", b"ab"]);
         assert_eq!(ArithMode::of_meta(Some(b'-')), ArithMode::Decr);
         assert_eq!(ArithMode::of_meta(Some(b'I')), ArithMode::Incr);
     }
