@@ -472,7 +472,7 @@ impl Reply {
         let code = tokens.next().unwrap_or(b"");
         let data = |size: Option<&[u8]>| {
             let size = size.and_then(parse_u64).unwrap_or(0) as usize;
-            raw.slice(data_start..(data_start + size).min(raw.len()))
+            raw.slice(data_start..data_start.saturating_add(size).min(raw.len()))
         };
         let status = match code {
             b"VA" => {
@@ -768,6 +768,25 @@ mod tests {
         assert_eq!(none, Response::miss());
     }
 
+    proptest::proptest! {
+        /// A relayed reply is whatever a backend sent: reading any bytes
+        /// after any reply code never panics (sizes past the end, huge
+        /// numbers, flags without values), and a value is never read past
+        /// the bytes there are.
+        #[test]
+        fn any_reply_parses(
+            code in proptest::sample::select(vec!["VA ", "VALUE k 1 ", "HD ", "VERSION ", "", "1"]),
+            rest in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..48),
+        ) {
+            let mut raw = code.as_bytes().to_vec();
+            raw.extend_from_slice(&rest);
+            let len = raw.len();
+            let reply = Reply::parse(&Bytes::from(raw));
+            proptest::prop_assert!(reply.value.len() <= len);
+            let _ = reply.into_number();
+        }
+    }
+
     #[test]
     fn relayed_replies_parse_into_typed_replies() {
         let parse = |raw: &'static [u8]| Reply::parse(&Bytes::from_static(raw));
@@ -780,6 +799,11 @@ mod tests {
         assert_eq!(
             (value.status, &value.value[..], value.flags, value.cas),
             (Status::Hit, &b"abc"[..], Some(7), Some(9))
+        );
+        // A size past the bytes there are (or past usize) reads what is there.
+        assert_eq!(
+            &parse(b"VA 18446744073709551615\r\nhi\r\n").value[..],
+            b"hi\r\n"
         );
         assert_eq!(parse(b"HD c42\r\n").cas, Some(42));
         assert_eq!(parse(b"HD c42\r\n").status, Status::Ok);
