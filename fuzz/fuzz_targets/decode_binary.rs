@@ -8,7 +8,7 @@
 //! - chunking does not change what is decoded.
 #![no_main]
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
 use memroute_proto::binary::{BinaryDecoder, BinaryFrame};
 use memroute_proto::Limits;
@@ -67,7 +67,7 @@ fn drain(
                         b"EN\r\n",
                         replies,
                     ] {
-                        ctx.encode(reply, &mut encoded);
+                        ctx.encode(&Bytes::copy_from_slice(reply), &mut encoded);
                     }
                 }
                 out.push(summary(&frame));

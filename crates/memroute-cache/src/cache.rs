@@ -14,15 +14,16 @@ use bytes::Bytes;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{item_size, CacheConfig};
 use crate::expiry::{absolute_exptime, remaining_ttl};
-use crate::outcome::{ArithOutcome, DeleteOutcome, GetOutcome, ItemView, StoreMode, StoreOutcome};
+use crate::outcome::{ArithOutcome, DeleteOutcome, GetOutcome, ItemView, StoreOutcome};
 use crate::stats::CacheStats;
 use crate::store::{hash_key, item_heap_cost, Item, Liveness, Shard, Validator};
+use memroute_proto::item::{ArithMode, StoreMode};
 
 /// What a store must do; the common form of classic storage commands and
 /// meta `ms`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct StoreRequest {
-    pub kind: StoreKind,
+    pub mode: StoreMode,
     pub flags: u32,
     /// Raw client exptime (converted with `absolute_exptime`).
     pub exptime: i64,
@@ -32,15 +33,6 @@ pub(crate) struct StoreRequest {
     pub invalidate: bool,
     /// `ms MA N<ttl>`: append/prepend on a miss creates the item.
     pub vivify_exptime: Option<i64>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum StoreKind {
-    Set,
-    Add,
-    Replace,
-    Append,
-    Prepend,
 }
 
 /// State of `flush_all`, read (three relaxed loads) by every operation.
@@ -242,7 +234,7 @@ impl Cache {
         value: Bytes,
         req: &StoreRequest,
     ) -> StoreOutcome {
-        let plain_set = req.kind == StoreKind::Set && req.compare_cas.is_none();
+        let plain_set = req.mode == StoreMode::Set && req.compare_cas.is_none();
         if let Err(refused) = self.check_size(key.len(), value.len()) {
             // memcached drops the old item when a set fails, so a client
             // never reads data older than the write it just attempted.
@@ -257,8 +249,8 @@ impl Cache {
         let mut shard = self.write(hash);
         let existing = shard.find_live(hash, key, &v).ok();
 
-        match req.kind {
-            StoreKind::Add => {
+        match req.mode {
+            StoreMode::Add => {
                 if let Some(idx) = existing {
                     // memcached bumps the item an add collided with.
                     if let Some(item) = shard.entry(idx) {
@@ -276,11 +268,11 @@ impl Cache {
                 );
                 self.put(&mut shard, hash, None, item, &v)
             }
-            StoreKind::Set | StoreKind::Replace => {
+            StoreMode::Set | StoreMode::Replace => {
                 let Some(idx) = existing else {
-                    return match (req.compare_cas, req.kind) {
+                    return match (req.compare_cas, req.mode) {
                         (Some(_), _) => StoreOutcome::NotFound,
-                        (None, StoreKind::Replace) => StoreOutcome::NotStored,
+                        (None, StoreMode::Replace) => StoreOutcome::NotStored,
                         (None, _) => {
                             let item = self.make_item(
                                 key,
@@ -324,7 +316,7 @@ impl Cache {
                 }
                 self.put(&mut shard, hash, Some(idx), item, &v)
             }
-            StoreKind::Append | StoreKind::Prepend => {
+            StoreMode::Append | StoreMode::Prepend => {
                 let Some(idx) = existing else {
                     return match req.vivify_exptime {
                         Some(ttl) => {
@@ -351,11 +343,7 @@ impl Cache {
                 if let Err(refused) = self.check_size(key.len(), joined_len) {
                     return refused;
                 }
-                let parts: [&[u8]; 2] = if req.kind == StoreKind::Append {
-                    [old.value(), &value]
-                } else {
-                    [&value, old.value()]
-                };
+                let parts = req.mode.join_order(old.value(), &value);
                 let item = self.make_item(key, &parts, old.flags, old.exptime, req.new_cas, now);
                 self.put(&mut shard, hash, Some(idx), item, &v)
             }
@@ -451,7 +439,7 @@ impl Cache {
         self.get_and_touch(key, exptime).hit().is_some()
     }
 
-    /// `set` / `add` / `replace` / `append` / `prepend` / `cas`.
+    /// `set` / `add` / `replace` / `append` / `prepend`.
     ///
     /// `flags` and `exptime` are ignored by append/prepend (the existing
     /// item's are kept), as in memcached.
@@ -463,16 +451,23 @@ impl Cache {
         flags: u32,
         exptime: i64,
     ) -> StoreOutcome {
-        let (kind, compare_cas) = match mode {
-            StoreMode::Set => (StoreKind::Set, None),
-            StoreMode::Add => (StoreKind::Add, None),
-            StoreMode::Replace => (StoreKind::Replace, None),
-            StoreMode::Append => (StoreKind::Append, None),
-            StoreMode::Prepend => (StoreKind::Prepend, None),
-            StoreMode::Cas(cas) => (StoreKind::Set, Some(cas)),
-        };
+        self.store_if(mode, None, key, value, flags, exptime)
+    }
+
+    /// A classic storage command: `mode`, and the CAS unique the item must
+    /// still have if `compare_cas` is given (`cas <unique>` is a `set`
+    /// with one; see [`StoreMode::of_command`]).
+    pub fn store_if(
+        &self,
+        mode: StoreMode,
+        compare_cas: Option<u64>,
+        key: &[u8],
+        value: Bytes,
+        flags: u32,
+        exptime: i64,
+    ) -> StoreOutcome {
         let req = StoreRequest {
-            kind,
+            mode,
             flags,
             exptime,
             compare_cas,
@@ -505,9 +500,9 @@ impl Cache {
             key,
             &crate::meta::MetaArithOptions {
                 mode: if incr {
-                    crate::meta::ArithMode::Incr
+                    ArithMode::Incr
                 } else {
-                    crate::meta::ArithMode::Decr
+                    ArithMode::Decr
                 },
                 delta,
                 ..Default::default()

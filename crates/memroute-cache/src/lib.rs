@@ -1,7 +1,8 @@
 //! memroute-cache: the embedded, memcached-compatible in-memory cache that
 //! serves requests when memroute runs without a routing configuration.
 //!
-//! It implements memcached's *item semantics* — storage modes, CAS,
+//! It implements memcached's *item semantics* — storage modes (shared with
+//! every store: [`memroute_proto::item`]), CAS,
 //! expiry, `flush_all`, `incr`/`decr`, `touch`/`gat`, the meta protocol's
 //! stale / win / recache state — behind a typed API. It does not parse or
 //! encode the wire protocol: the runtime maps parsed requests to these
@@ -19,7 +20,6 @@
 //! - [`stats`] — [`CacheStats`].
 //! - `store` (private) — shard internals: hash index, slot arena, CLOCK
 //!   eviction, validity (expiry + flush) checks.
-//! - `arith` (private) — memcached-exact counter parsing and formatting.
 //!
 //! # Concurrency
 //!
@@ -46,11 +46,11 @@
 //!
 //! // A CAS store with the current unique succeeds, a stale one does not.
 //! assert!(matches!(
-//!     cache.store(StoreMode::Cas(cas), b"k", Bytes::from_static(b"v2"), 7, 10),
+//!     cache.store_if(StoreMode::Set, Some(cas), b"k", Bytes::from_static(b"v2"), 7, 10),
 //!     StoreOutcome::Stored { .. }
 //! ));
 //! assert_eq!(
-//!     cache.store(StoreMode::Cas(cas), b"k", Bytes::from_static(b"v3"), 7, 10),
+//!     cache.store_if(StoreMode::Set, Some(cas), b"k", Bytes::from_static(b"v3"), 7, 10),
 //!     StoreOutcome::Exists
 //! );
 //!
@@ -71,7 +71,6 @@ pub mod meta;
 pub mod outcome;
 pub mod stats;
 
-mod arith;
 mod store;
 
 pub use bytes::Bytes;
@@ -81,12 +80,12 @@ pub use config::{
     item_size, CacheConfig, DEFAULT_MAX_ITEM_SIZE, DEFAULT_MEMORY_LIMIT, ITEM_OVERHEAD,
 };
 pub use expiry::{absolute_exptime, MAX_RELATIVE_EXPTIME};
-pub use meta::{
-    ArithMode, MetaArithOptions, MetaDeleteOptions, MetaGetOptions, MetaSetMode, MetaSetOptions,
-};
+/// The item semantics the cache shares with every other store.
+pub use memroute_proto::item::{ArithMode, StoreMode};
+pub use meta::{MetaArithOptions, MetaDeleteOptions, MetaGetOptions, MetaSetOptions};
 pub use outcome::{
     ArithOutcome, DeleteOutcome, GetOutcome, ItemView, MetaDebugInfo, MetaGetOutcome, MetaHit,
-    StoreMode, StoreOutcome,
+    StoreOutcome,
 };
 pub use stats::CacheStats;
 

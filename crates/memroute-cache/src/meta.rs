@@ -9,14 +9,14 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use bytes::Bytes;
 
-use crate::arith::{apply_delta, parse_counter, render_counter};
-use crate::cache::{Cache, StoreKind, StoreRequest};
+use crate::cache::{Cache, StoreRequest};
 use crate::config::item_size;
 use crate::expiry::{absolute_exptime, remaining_ttl};
 use crate::outcome::{
     ArithOutcome, DeleteOutcome, ItemView, MetaDebugInfo, MetaGetOutcome, MetaHit, StoreOutcome,
 };
 use crate::store::{Item, Liveness};
+use memroute_proto::item::{parse_counter, render_counter, ArithMode, StoreMode};
 
 /// Options of `mg` that change what the cache does (flags that only
 /// select reply fields — `v`, `c`, `f`, `s`, `t`, `h`, `l`, `k`, `O`, `q`
@@ -36,27 +36,11 @@ pub struct MetaGetOptions {
     pub no_bump: bool,
 }
 
-/// `ms` mode switch (`M` token).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum MetaSetMode {
-    /// `MS` (default).
-    #[default]
-    Set,
-    /// `ME`: add.
-    Add,
-    /// `MR`: replace.
-    Replace,
-    /// `MA`: append.
-    Append,
-    /// `MP`: prepend.
-    Prepend,
-}
-
 /// Options of `ms`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MetaSetOptions {
     /// `M(token)`.
-    pub mode: MetaSetMode,
+    pub mode: StoreMode,
     /// `F(token)`: client flags.
     pub flags: u32,
     /// `T(token)`: TTL (0 = never).
@@ -92,16 +76,6 @@ pub struct MetaDeleteOptions {
     pub remove_value: bool,
     /// `F(token)`: flags for the emptied item of `x`.
     pub flags: u32,
-}
-
-/// `ma` mode switch (`M` token).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum ArithMode {
-    /// `MI` / `M+` (default).
-    #[default]
-    Incr,
-    /// `MD` / `M-`.
-    Decr,
 }
 
 /// Options of `ma` (classic `incr`/`decr` use the defaults plus a delta).
@@ -261,15 +235,8 @@ impl Cache {
 
     /// `ms`: meta set.
     pub fn meta_set(&self, key: &[u8], value: Bytes, opts: &MetaSetOptions) -> StoreOutcome {
-        let kind = match opts.mode {
-            MetaSetMode::Set => StoreKind::Set,
-            MetaSetMode::Add => StoreKind::Add,
-            MetaSetMode::Replace => StoreKind::Replace,
-            MetaSetMode::Append => StoreKind::Append,
-            MetaSetMode::Prepend => StoreKind::Prepend,
-        };
         let req = StoreRequest {
-            kind,
+            mode: opts.mode,
             flags: opts.flags,
             exptime: opts.ttl,
             compare_cas: opts.compare_cas,
@@ -322,7 +289,6 @@ impl Cache {
 
     /// `ma`: meta arithmetic (classic `incr`/`decr` go through here too).
     pub fn meta_arith(&self, key: &[u8], opts: &MetaArithOptions) -> ArithOutcome {
-        let incr = opts.mode == ArithMode::Incr;
         let hash = self.hash(key);
         let v = self.validator();
         let now = v.now;
@@ -338,7 +304,7 @@ impl Cache {
                 let Some(current) = parse_counter(old.value()) else {
                     return ArithOutcome::NonNumeric;
                 };
-                let value = apply_delta(current, opts.delta, incr);
+                let value = opts.mode.apply(current, opts.delta);
                 let bytes = render_counter(value, old.value().len());
                 let exptime = opts.ttl.map_or(old.exptime, |t| absolute_exptime(t, now));
                 let fetched = old.fetched.load(Relaxed);

@@ -64,24 +64,6 @@ impl GetOutcome {
     }
 }
 
-/// Which classic storage command to run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StoreMode {
-    /// `set`: store unconditionally.
-    Set,
-    /// `add`: store only if the key holds no valid item.
-    Add,
-    /// `replace`: store only if the key holds a valid item.
-    Replace,
-    /// `append`: add data after the existing value (flags and exptime of
-    /// the existing item are kept; the supplied ones are ignored).
-    Append,
-    /// `prepend`: add data before the existing value (same rules).
-    Prepend,
-    /// `cas <unique>`: store only if the item's CAS unique still matches.
-    Cas(u64),
-}
-
 /// Result of a storage command (`set`/`add`/.../`cas`, meta `ms`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreOutcome {
@@ -93,11 +75,11 @@ pub enum StoreOutcome {
     Exists,
     /// `NOT_FOUND` / `NF`: CAS store on a missing key.
     NotFound,
-    /// `SERVER_ERROR object too large for cache`: item size exceeds the
+    /// [`ErrorReply::TooLarge`](memroute_proto::ErrorReply::TooLarge): item size exceeds the
     /// configured max item size. For `set` the old item is removed, like
     /// memcached does, so stale data cannot outlive a failed set.
     TooLarge,
-    /// `SERVER_ERROR out of memory storing object`: the item can never
+    /// [`ErrorReply::NoMemoryStoring`](memroute_proto::ErrorReply::NoMemoryStoring): the item can never
     /// fit in the memory limit. Same removal rule as `TooLarge`.
     OutOfMemory,
 }
@@ -129,11 +111,11 @@ pub enum ArithOutcome {
     },
     /// `NOT_FOUND` / `NF`.
     NotFound,
-    /// `CLIENT_ERROR cannot increment or decrement non-numeric value`.
+    /// [`ErrorReply::NonNumeric`](memroute_proto::ErrorReply::NonNumeric).
     NonNumeric,
     /// `EX`: meta `ma` with `C` whose CAS did not match.
     Exists,
-    /// `SERVER_ERROR out of memory`: the (auto-created) counter item
+    /// [`ErrorReply::NoMemory`](memroute_proto::ErrorReply::NoMemory): the (auto-created) counter item
     /// cannot fit in the memory limit (only with absurdly small limits).
     OutOfMemory,
 }

@@ -167,19 +167,20 @@ fn add_and_replace_conditions() {
 fn cas_stored_exists_not_found() {
     let (c, clock) = cache();
     assert_eq!(
-        c.store(StoreMode::Cas(1), b"k", b("v"), 0, 0),
+        c.store_if(StoreMode::Set, Some(1), b"k", b("v"), 0, 0),
         StoreOutcome::NotFound
     );
     let cas = set(&c, "k", "v1", 0, 10);
     assert_eq!(
-        c.store(StoreMode::Cas(cas + 1), b"k", b("x"), 0, 0),
+        c.store_if(StoreMode::Set, Some(cas + 1), b"k", b("x"), 0, 0),
         StoreOutcome::Exists
     );
     assert_eq!(
-        c.store(StoreMode::Cas(0), b"k", b("x"), 0, 0),
+        c.store_if(StoreMode::Set, Some(0), b"k", b("x"), 0, 0),
         StoreOutcome::Exists
     );
-    let StoreOutcome::Stored { cas: cas2 } = c.store(StoreMode::Cas(cas), b"k", b("v2"), 9, 0)
+    let StoreOutcome::Stored { cas: cas2 } =
+        c.store_if(StoreMode::Set, Some(cas), b"k", b("v2"), 9, 0)
     else {
         panic!()
     };
@@ -187,14 +188,14 @@ fn cas_stored_exists_not_found() {
     let hit = c.get(b"k").hit().unwrap();
     assert_eq!((&hit.value[..], hit.flags, hit.cas), (&b"v2"[..], 9, cas2));
     assert_eq!(
-        c.store(StoreMode::Cas(cas), b"k", b("v3"), 0, 0),
+        c.store_if(StoreMode::Set, Some(cas), b"k", b("v3"), 0, 0),
         StoreOutcome::Exists
     );
     // An expired item is gone for CAS purposes.
     let cas3 = set(&c, "t", "v", 0, 1);
     clock.advance(1);
     assert_eq!(
-        c.store(StoreMode::Cas(cas3), b"t", b("v"), 0, 0),
+        c.store_if(StoreMode::Set, Some(cas3), b"t", b("v"), 0, 0),
         StoreOutcome::NotFound
     );
 }

@@ -38,7 +38,14 @@ fn cas_increment_loops_lose_no_update() {
                         };
                         let n: u64 = std::str::from_utf8(&item.value).unwrap().parse().unwrap();
                         let next = Bytes::from((n + 1).to_string());
-                        match cache.store(StoreMode::Cas(item.cas), key.as_bytes(), next, 0, 0) {
+                        match cache.store_if(
+                            StoreMode::Set,
+                            Some(item.cas),
+                            key.as_bytes(),
+                            next,
+                            0,
+                            0,
+                        ) {
                             StoreOutcome::Stored { .. } => break,
                             StoreOutcome::Exists => retries += 1,
                             other => panic!("{other:?}"),

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use memroute_cache::{
     item_size, ArithMode, ArithOutcome, Cache, CacheConfig, DeleteOutcome, GetOutcome, ManualClock,
-    MetaArithOptions, MetaDeleteOptions, MetaGetOptions, MetaGetOutcome, MetaHit, MetaSetMode,
-    MetaSetOptions, StoreMode, StoreOutcome,
+    MetaArithOptions, MetaDeleteOptions, MetaGetOptions, MetaGetOutcome, MetaHit, MetaSetOptions,
+    StoreMode, StoreOutcome,
 };
 
 const T0: i64 = 1_700_000_000;
@@ -389,7 +389,7 @@ fn md_remove_value_keeps_item_and_cas() {
 fn ms_modes_explicit_cas_and_append_vivify() {
     let (c, _) = cache();
     let add = MetaSetOptions {
-        mode: MetaSetMode::Add,
+        mode: StoreMode::Add,
         ..Default::default()
     };
     assert!(matches!(ms(&c, "k", "a", add), StoreOutcome::Stored { .. }));
@@ -408,7 +408,7 @@ fn ms_modes_explicit_cas_and_append_vivify() {
         "add ignores C"
     );
     let rep = MetaSetOptions {
-        mode: MetaSetMode::Replace,
+        mode: StoreMode::Replace,
         ..Default::default()
     };
     assert_eq!(ms(&c, "none", "x", rep), StoreOutcome::NotStored);
@@ -440,7 +440,7 @@ fn ms_modes_explicit_cas_and_append_vivify() {
     assert_eq!(c.get(b"k").hit().unwrap().cas, 777);
 
     let app = MetaSetOptions {
-        mode: MetaSetMode::Append,
+        mode: StoreMode::Append,
         ..Default::default()
     };
     assert_eq!(
@@ -469,7 +469,7 @@ fn ms_modes_explicit_cas_and_append_vivify() {
         "k",
         "<",
         MetaSetOptions {
-            mode: MetaSetMode::Prepend,
+            mode: StoreMode::Prepend,
             ..Default::default()
         },
     );

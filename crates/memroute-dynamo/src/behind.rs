@@ -560,8 +560,9 @@ impl Drop for ExclusiveGuard<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::{StoreMode, StoreSpec};
+    use crate::ops::StoreSpec;
     use bytes::Bytes;
+    use memroute_proto::StoreMode;
 
     fn set(v: &'static [u8]) -> KeyOp {
         KeyOp::Store(StoreSpec {

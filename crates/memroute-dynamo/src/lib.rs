@@ -50,7 +50,8 @@ use behind::{ExclusiveGuard, Job, Local, Queue, QueuedOp};
 use clock::{absolute_expiry, now_secs, observe_version};
 pub use item::Item;
 use item::Names;
-use ops::{decide, CasRule, KeyOp, Outcome, Plan, StoreMode, Write};
+use memroute_proto::{ErrorReply, Reply, StoreMode};
+use ops::{decide, CasRule, KeyOp, Outcome, Plan, Write};
 use order::{Access, KeyOrder};
 pub use session::PhpSessionFormat;
 pub use spool::{
@@ -473,7 +474,7 @@ impl DynamoStore {
         let inner = &self.inner;
         if let Some(format) = &inner.config.php_session {
             return match format.plan(request) {
-                session::SessionPlan::Reply(response) => response,
+                session::SessionPlan::Reply(answer) => answer.to_response(request),
                 plan => {
                     self.on_store(request, |inner, request| async move {
                         inner.run_session(&request, plan).await
@@ -485,7 +486,7 @@ impl DynamoStore {
         let plan = ops::plan(request, inner.config.key_prefix_strip.as_deref());
         // Held until the reply is made: later requests of these keys wait.
         let _turns = match &plan {
-            Plan::Reply(response) => return response.clone(),
+            Plan::Reply(answer) => return answer.to_response(request),
             Plan::Single { id, op } => {
                 inner
                     .order
@@ -504,7 +505,7 @@ impl DynamoStore {
         // An answer from the queue that must wait for the spool, boxed: the
         // futures of requests that need not wait stay small.
         let spooled = match &plan {
-            Plan::Reply(response) => return response.clone(),
+            Plan::Reply(answer) => return answer.to_response(request),
             // Write-behind answers many requests from the queue, without I/O:
             // do that on the caller's thread.
             Plan::Single { id, op } if inner.behind() => {
@@ -533,7 +534,9 @@ impl DynamoStore {
                     request.command(),
                 ) {
                     match inner.queue.unacked(ticket) {
-                        None => return ops::render_get(request, &get.keys[..1], &[outcome]),
+                        None => {
+                            return ops::render_get(request, &get.keys[..1], &[outcome], now_secs())
+                        }
                         Some(t) => Some(Box::pin(
                             inner.reply_when_spooled(request, outcome, t, true),
                         )),
@@ -549,7 +552,7 @@ impl DynamoStore {
         }
         self.on_store(request, |inner, request| async move {
             match plan {
-                Plan::Reply(response) => response,
+                Plan::Reply(answer) => answer.to_response(&request),
                 Plan::Single { id, op } => {
                     let outcome = inner.single(&id, &op).await;
                     inner.render_single(&request, &outcome)
@@ -574,7 +577,7 @@ impl DynamoStore {
             Ok(response) => response,
             Err(_) => {
                 self.inner.counters.errors.incr();
-                Response::from_line(ops::BACKEND_FAILURE)
+                Reply::from(ErrorReply::BackendFailure).to_response(request)
             }
         }
     }
@@ -753,7 +756,9 @@ impl Inner {
     ) -> Response {
         let outcome = self.acked(outcome, Some(ticket)).await;
         match (get, request.command()) {
-            (true, Command::Get(g)) => ops::render_get(request, &g.keys[..1], &[outcome]),
+            (true, Command::Get(g)) => {
+                ops::render_get(request, &g.keys[..1], &[outcome], now_secs())
+            }
             _ => self.render_single(request, &outcome),
         }
     }
@@ -976,7 +981,7 @@ impl Inner {
     /// `get`/`gets`/`gat`/`gats`, any number of keys.
     async fn multi_get(&self, request: &Request, ids: &[String], touch: Option<i64>) -> Response {
         let Command::Get(get) = request.command() else {
-            return Response::from_line(ops::BACKEND_FAILURE);
+            return Reply::from(ErrorReply::BackendFailure).to_response(request);
         };
         let mut outcomes: Vec<Option<Outcome>> = vec![None; ids.len()];
         if touch.is_some() || ids.len() == 1 {
@@ -1010,7 +1015,7 @@ impl Inner {
                     Err(e) => {
                         self.failed(&chunk[0], "BatchGetItem", &e);
                         self.counters.errors.incr();
-                        return Response::from_line(ops::BACKEND_FAILURE);
+                        return Reply::from(ErrorReply::BackendFailure).to_response(request);
                     }
                 }
             }
@@ -1044,7 +1049,7 @@ impl Inner {
             self.counters.errors.incr();
         }
         let keys: Vec<Bytes> = get.keys.iter().cloned().collect();
-        ops::render_get(request, &keys, &outcomes)
+        ops::render_get(request, &keys, &outcomes, now_secs())
     }
 
     /// The write-behind writer: sends queued writes, at most one per key and

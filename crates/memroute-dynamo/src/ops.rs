@@ -1,36 +1,15 @@
 //! memcached semantics, independent of DynamoDB: requests decoded into
 //! per-key operations, the pure decision "given the current item, what to
-//! write and what to answer", and the reply bytes.
+//! write and what to answer", and the typed reply to each outcome. The item
+//! rules themselves (store modes, counters) are memroute-proto's
+//! [`item`](memroute_proto::item), shared with the embedded cache.
 
 use bytes::{Bytes, BytesMut};
-use memroute_proto::number::{apply_delta, parse_u64 as parse_counter, render_counter};
-use memroute_proto::reply::{self, MetaReply};
-use memroute_proto::{
-    ArithOp, Command, MetaCommand, MetaOp, Request, Response, ResponseDecoder, StoreOp,
-};
+use memroute_proto::item::{parse_counter, render_counter, ArithMode, StoreMode};
+use memroute_proto::{Command, ErrorReply, MetaCommand, MetaOp, Reply, Request, Response, Status};
 
 use crate::clock::{absolute_expiry, remaining_ttl};
 use crate::item::Item;
-
-pub const UNSUPPORTED: &str = "CLIENT_ERROR unsupported by the DynamoDB pool";
-pub const FLUSH_UNSUPPORTED: &str = "SERVER_ERROR flush_all is not supported by the DynamoDB pool";
-pub const TOO_LARGE: &str = "SERVER_ERROR object too large for cache";
-pub const NO_MEMORY: &str = "SERVER_ERROR out of memory storing object";
-pub const BACKEND_FAILURE: &str = "SERVER_ERROR backend failure";
-pub const SPOOL_FULL: &str = "SERVER_ERROR write-behind spool full";
-pub const SPOOL_FAILED: &str = "SERVER_ERROR write-behind spool failed";
-pub const NON_NUMERIC: &str = "CLIENT_ERROR cannot increment or decrement non-numeric value";
-pub const BAD_KEY: &str = "CLIENT_ERROR key is not usable as a DynamoDB string key";
-
-/// How a storage operation treats the current item.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StoreMode {
-    Set,
-    Add,
-    Replace,
-    Append,
-    Prepend,
-}
 
 #[derive(Debug, Clone)]
 pub struct StoreSpec {
@@ -47,7 +26,7 @@ pub struct StoreSpec {
 
 #[derive(Debug, Clone)]
 pub struct ArithSpec {
-    pub incr: bool,
+    pub mode: ArithMode,
     pub delta: u64,
     /// Meta `N` + `J`: create on a miss with this exptime and value.
     pub vivify: Option<(i64, u64)>,
@@ -290,12 +269,8 @@ pub fn decide(
                         return Decision::reply(Outcome::Exists);
                     }
                     let mut value = BytesMut::with_capacity(item.value.len() + s.value.len());
-                    if s.mode == StoreMode::Append {
-                        value.extend_from_slice(&item.value);
-                        value.extend_from_slice(&s.value);
-                    } else {
-                        value.extend_from_slice(&s.value);
-                        value.extend_from_slice(&item.value);
+                    for part in s.mode.join_order(&item.value, &s.value) {
+                        value.extend_from_slice(part);
                     }
                     let len = value.len();
                     let joined = Item {
@@ -336,7 +311,7 @@ pub fn decide(
                 let Some(current) = parse_counter(&item.value) else {
                     return Decision::reply(Outcome::NonNumeric);
                 };
-                let value = apply_delta(current, a.delta, a.incr);
+                let value = a.mode.apply(current, a.delta);
                 let expires = a.ttl.map_or(item.expires, |t| absolute_expiry(t, now));
                 let updated = Item {
                     value: Bytes::from(render_counter(value, item.value.len())),
@@ -360,7 +335,7 @@ pub fn decide(
 /// A request, decoded into what the store must do.
 pub enum Plan {
     /// Answer this at once.
-    Reply(Response),
+    Reply(Reply),
     /// `get`/`gets`/`gat`/`gats` over one or more keys (`ids[i]` is the
     /// table id of `keys[i]`).
     Get {
@@ -447,7 +422,7 @@ fn meta_flags_supported(meta: &MetaCommand) -> bool {
 
 /// Decodes `request`.
 pub fn plan(request: &Request, strip: Option<&str>) -> Plan {
-    let line = |l: &str| Plan::Reply(Response::from_line(l));
+    let error = |e: ErrorReply| Plan::Reply(Reply::from(e));
     let id_of = |key: &[u8]| key_to_id(key, strip);
     match request.command() {
         Command::Get(g) => {
@@ -455,7 +430,7 @@ pub fn plan(request: &Request, strip: Option<&str>) -> Plan {
             for key in &g.keys {
                 match id_of(key) {
                     Some(id) => ids.push(id),
-                    None => return line(BAD_KEY),
+                    None => return error(ErrorReply::DynamoBadKey),
                 }
             }
             let touch = g.op.touches().then_some(i64::from(g.exptime));
@@ -463,21 +438,15 @@ pub fn plan(request: &Request, strip: Option<&str>) -> Plan {
         }
         Command::Store(s) => {
             let Some(id) = id_of(&s.key) else {
-                return line(BAD_KEY);
+                return error(ErrorReply::DynamoBadKey);
             };
-            let mode = match s.op {
-                StoreOp::Set | StoreOp::Cas => StoreMode::Set,
-                StoreOp::Add => StoreMode::Add,
-                StoreOp::Replace => StoreMode::Replace,
-                StoreOp::Append => StoreMode::Append,
-                StoreOp::Prepend => StoreMode::Prepend,
-            };
+            let (mode, compare_cas) = StoreMode::of_command(s.op, s.cas);
             let spec = StoreSpec {
                 mode,
                 value: request.value().clone(),
                 flags: s.flags,
                 exptime: i64::from(s.exptime),
-                compare_cas: (s.op == StoreOp::Cas).then_some(s.cas),
+                compare_cas,
                 vivify: None,
             };
             Plan::Single {
@@ -490,7 +459,7 @@ pub fn plan(request: &Request, strip: Option<&str>) -> Plan {
                 id,
                 op: KeyOp::Delete { compare_cas: None },
             },
-            None => line(BAD_KEY),
+            None => error(ErrorReply::DynamoBadKey),
         },
         Command::Touch { key, exptime, .. } => match id_of(key) {
             Some(id) => Plan::Single {
@@ -499,59 +468,47 @@ pub fn plan(request: &Request, strip: Option<&str>) -> Plan {
                     exptime: i64::from(*exptime),
                 },
             },
-            None => line(BAD_KEY),
+            None => error(ErrorReply::DynamoBadKey),
         },
         Command::Arith(a) => match id_of(&a.key) {
             Some(id) => Plan::Single {
                 id,
                 op: KeyOp::Arith(ArithSpec {
-                    incr: a.op == ArithOp::Incr,
+                    mode: ArithMode::of_command(a.op),
                     delta: a.delta,
                     vivify: None,
                     ttl: None,
                     compare_cas: None,
                 }),
             },
-            None => line(BAD_KEY),
+            None => error(ErrorReply::DynamoBadKey),
         },
-        Command::FlushAll { .. } => line(FLUSH_UNSUPPORTED),
-        Command::Version => line(concat!(
-            "VERSION memroute-dynamo ",
+        Command::FlushAll { .. } => error(ErrorReply::DynamoFlushUnsupported),
+        Command::Version => Plan::Reply(Reply::version(concat!(
+            "memroute-dynamo ",
             env!("CARGO_PKG_VERSION")
-        )),
-        Command::Verbosity { .. } => line("OK"),
-        Command::Stats { .. } => {
-            let mut buf = BytesMut::from(&b"END\r\n"[..]);
-            match ResponseDecoder::for_request(request).decode(&mut buf) {
-                Ok(Some(r)) => Plan::Reply(r),
-                _ => line("END"),
-            }
-        }
-        Command::MetaNoop => line("MN"),
-        Command::Quit => line(UNSUPPORTED),
+        ))),
+        Command::Verbosity { .. } => Plan::Reply(Reply::from(Status::Ok)),
+        // No statistics of its own: an empty list, `END`.
+        Command::Stats { .. } => Plan::Reply(Reply::from(Status::Miss)),
+        Command::MetaNoop => Plan::Reply(Reply::from(Status::Noop)),
+        Command::Quit => error(ErrorReply::DynamoUnsupported),
         Command::Meta(meta) => plan_meta(meta, request, strip),
     }
 }
 
 fn plan_meta(meta: &MetaCommand, request: &Request, strip: Option<&str>) -> Plan {
-    let line = |l: &str| Plan::Reply(Response::from_line(l));
+    let unsupported = || Plan::Reply(Reply::from(ErrorReply::DynamoUnsupported));
     if meta.op == MetaOp::Debug || !meta_flags_supported(meta) {
-        return line(UNSUPPORTED);
+        return unsupported();
     }
     let f = &meta.flags;
     let ttl = |v: Option<i32>| v.map(i64::from);
     let op = match meta.op {
         MetaOp::Get => KeyOp::Read { touch: ttl(f.ttl) },
         MetaOp::Set => {
-            let mode = match f.mode {
-                None | Some(b'S' | b's') => StoreMode::Set,
-                Some(b'E' | b'e') => StoreMode::Add,
-                Some(b'R' | b'r') => StoreMode::Replace,
-                Some(b'A' | b'a') => StoreMode::Append,
-                Some(b'P' | b'p') => StoreMode::Prepend,
-                Some(_) => return line("CLIENT_ERROR invalid mode for ms M token"),
-            };
-            let appending = matches!(mode, StoreMode::Append | StoreMode::Prepend);
+            let mode = StoreMode::of_meta(f.mode);
+            let appending = mode.joins();
             KeyOp::Store(StoreSpec {
                 mode,
                 value: request.value().clone(),
@@ -569,208 +526,72 @@ fn plan_meta(meta: &MetaCommand, request: &Request, strip: Option<&str>) -> Plan
         MetaOp::Delete => KeyOp::Delete {
             compare_cas: f.compare_cas,
         },
-        MetaOp::Arith => {
-            let incr = match f.mode {
-                None | Some(b'I' | b'i' | b'+') => true,
-                Some(b'D' | b'd' | b'-') => false,
-                Some(_) => return line("CLIENT_ERROR invalid mode for ma M token"),
-            };
-            KeyOp::Arith(ArithSpec {
-                incr,
-                delta: f.delta.unwrap_or(1),
-                vivify: ttl(f.vivify_ttl).map(|t| (t, f.initial.unwrap_or(0))),
-                ttl: ttl(f.ttl),
-                compare_cas: f.compare_cas,
-            })
-        }
-        MetaOp::Debug => return line(UNSUPPORTED),
+        MetaOp::Arith => KeyOp::Arith(ArithSpec {
+            mode: ArithMode::of_meta(f.mode),
+            delta: f.delta.unwrap_or(1),
+            vivify: ttl(f.vivify_ttl).map(|t| (t, f.initial.unwrap_or(0))),
+            ttl: ttl(f.ttl),
+            compare_cas: f.compare_cas,
+        }),
+        MetaOp::Debug => return unsupported(),
     };
     match key_to_id(&meta.key, strip) {
         Some(id) => Plan::Single { id, op },
-        None => line(BAD_KEY),
+        None => Plan::Reply(Reply::from(ErrorReply::DynamoBadKey)),
     }
 }
 
-/// Frames reply bytes as the [`Response`] to `request`.
-pub fn frame(request: &Request, mut wire: BytesMut) -> Response {
-    match ResponseDecoder::for_request(request).decode(&mut wire) {
-        Ok(Some(r)) => r,
-        _ => Response::from_line("SERVER_ERROR bad response"),
-    }
-}
-
-/// The reply to a classic retrieval: every hit in key order, then `END`.
-pub fn render_get(request: &Request, keys: &[Bytes], outcomes: &[Outcome]) -> Response {
-    let with_cas = matches!(request.command(), Command::Get(g) if g.op.returns_cas());
-    let mut out = BytesMut::new();
-    for (key, outcome) in keys.iter().zip(outcomes) {
-        match outcome {
-            Outcome::Hit { item, .. } => reply::value(
-                &mut out,
-                key,
-                item.flags,
-                &item.value,
-                with_cas.then_some(item.cas),
-            ),
-            Outcome::Failed => return Response::from_line(BACKEND_FAILURE),
-            Outcome::SpoolFailed => return Response::from_line(SPOOL_FAILED),
-            _ => {}
-        }
-    }
-    reply::end(&mut out);
-    frame(request, out)
-}
-
-/// Error lines shared by every command.
-fn error_line(outcome: &Outcome) -> Option<&'static str> {
-    match outcome {
-        Outcome::TooLarge => Some(TOO_LARGE),
-        Outcome::NoMemory => Some(NO_MEMORY),
-        Outcome::SpoolFull => Some(SPOOL_FULL),
-        Outcome::SpoolFailed => Some(SPOOL_FAILED),
-        Outcome::Failed => Some(BACKEND_FAILURE),
-        Outcome::NonNumeric => Some(NON_NUMERIC),
-        _ => None,
-    }
-}
-
-/// The reply to a single-key request.
-pub fn render_single(request: &Request, outcome: &Outcome, now: i64) -> Response {
-    if let Some(l) = error_line(outcome) {
-        return Response::from_line(l);
-    }
-    match request.command() {
-        Command::Meta(meta) => render_meta(request, meta, outcome, now),
-        Command::Arith(_) => match outcome {
-            Outcome::Number { value, .. } => {
-                let mut out = BytesMut::new();
-                reply::number(&mut out, *value);
-                frame(request, out)
-            }
-            _ => Response::from_line("NOT_FOUND"),
-        },
-        _ => Response::from_line(match outcome {
-            Outcome::Stored { .. } => "STORED",
-            Outcome::NotStored => "NOT_STORED",
-            Outcome::Exists => "EXISTS",
-            Outcome::Deleted => "DELETED",
-            Outcome::Touched => "TOUCHED",
-            _ => "NOT_FOUND",
-        }),
-    }
-}
-
-fn echo_key<'a>(r: MetaReply<'a>, meta: &MetaCommand) -> MetaReply<'a> {
-    if meta.flags.base64_key() {
-        r.key(&meta.key, true).flag(b'b')
-    } else {
-        r.flag_bytes(b'k', &meta.wire_key)
-    }
-}
-
-/// A meta reply line with just the echoed `O` and `k` flags.
-fn echo_only(request: &Request, meta: &MetaCommand, code: &str) -> Response {
-    let mut out = BytesMut::new();
-    let mut r = MetaReply::new(&mut out, code);
-    for flag in meta.flags.iter() {
-        r = match flag.letter {
-            b'O' => r.flag_bytes(b'O', flag.token),
-            b'k' => echo_key(r, meta),
-            _ => r,
-        };
-    }
-    r.finish();
-    frame(request, out)
-}
-
-fn render_meta(request: &Request, meta: &MetaCommand, outcome: &Outcome, now: i64) -> Response {
-    let f = &meta.flags;
-    let mut out = BytesMut::new();
-    match (meta.op, outcome) {
-        (MetaOp::Get, Outcome::Hit { item, ttl_before }) => {
-            let mut touched_yet = false;
-            let touching = f.ttl.is_some();
-            let mut r = if f.return_value() {
-                MetaReply::value(&mut out, item.value.len())
-            } else {
-                MetaReply::new(&mut out, "HD")
-            };
-            for flag in f.iter() {
-                r = match flag.letter {
-                    b's' => r.flag_u64(b's', item.value.len() as u64),
-                    b't' if touching && !touched_yet => r.flag_i64(b't', *ttl_before),
-                    b't' => r.flag_i64(b't', remaining_ttl(item.expires, now)),
-                    b'T' => {
-                        touched_yet = true;
-                        r
-                    }
-                    b'c' => r.flag_u64(b'c', item.cas),
-                    b'f' => r.flag_u64(b'f', u64::from(item.flags)),
-                    b'O' => r.flag_bytes(b'O', flag.token),
-                    b'k' => echo_key(r, meta),
-                    _ => r,
-                };
-            }
-            r.finish();
-            if f.return_value() {
-                reply::data(&mut out, &item.value);
-            }
-            frame(request, out)
-        }
-        (MetaOp::Get, _) => echo_only(request, meta, "EN"),
-        (MetaOp::Set, Outcome::Stored { cas, size }) => {
-            let mut r = MetaReply::new(&mut out, "HD");
-            for flag in f.iter() {
-                r = match flag.letter {
-                    b'O' => r.flag_bytes(b'O', flag.token),
-                    b'k' => echo_key(r, meta),
-                    b'c' => r.flag_u64(b'c', *cas),
-                    b's' => r.flag_u64(b's', *size as u64),
-                    _ => r,
-                };
-            }
-            r.finish();
-            frame(request, out)
-        }
-        (
-            MetaOp::Arith,
+impl Outcome {
+    /// The typed reply to this outcome at `now` (which turns an expiry
+    /// into the remaining TTL that meta `t` shows).
+    pub fn reply(&self, now: i64) -> Reply {
+        match self {
+            Outcome::Hit { item, ttl_before } => Reply {
+                cas: Some(item.cas),
+                ttl: Some(remaining_ttl(item.expires, now)),
+                ttl_before_touch: Some(*ttl_before),
+                size: Some(item.value.len() as u64),
+                ..Reply::hit(item.value.clone(), item.flags)
+            },
+            Outcome::Miss => Reply::from(Status::Miss),
+            // `ms s` shows the stored item's size.
+            Outcome::Stored { cas, size } => Reply {
+                size: Some(*size as u64),
+                ..Reply::from(Status::Stored).with_cas(*cas)
+            },
+            Outcome::NotStored => Reply::from(Status::NotStored),
+            Outcome::Exists => Reply::from(Status::Exists),
+            Outcome::NotFound => Reply::from(Status::NotFound),
+            Outcome::Deleted => Reply::from(Status::Deleted),
+            Outcome::Touched => Reply::from(Status::Touched),
             Outcome::Number {
                 value,
                 cas,
                 expires,
-            },
-        ) => {
-            let digits = value.to_string();
-            let mut r = if f.return_value() {
-                MetaReply::value(&mut out, digits.len())
-            } else {
-                MetaReply::new(&mut out, "HD")
-            };
-            for flag in f.iter() {
-                r = match flag.letter {
-                    b'O' => r.flag_bytes(b'O', flag.token),
-                    b'k' => echo_key(r, meta),
-                    b't' => r.flag_i64(b't', remaining_ttl(*expires, now)),
-                    b'c' => r.flag_u64(b'c', *cas),
-                    _ => r,
-                };
-            }
-            r.finish();
-            if f.return_value() {
-                reply::data(&mut out, digits.as_bytes());
-            }
-            frame(request, out)
-        }
-        (_, o) => {
-            let code = match o {
-                Outcome::Stored { .. } | Outcome::Deleted | Outcome::Touched => "HD",
-                Outcome::NotStored => "NS",
-                Outcome::Exists => "EX",
-                _ => "NF",
-            };
-            echo_only(request, meta, code)
+            } => Reply::number(*value)
+                .with_cas(*cas)
+                .with_ttl(remaining_ttl(*expires, now)),
+            Outcome::NonNumeric => Reply::from(ErrorReply::NonNumeric),
+            Outcome::TooLarge => Reply::from(ErrorReply::TooLarge),
+            Outcome::NoMemory => Reply::from(ErrorReply::NoMemoryStoring),
+            Outcome::SpoolFull => Reply::from(ErrorReply::SpoolFull),
+            Outcome::SpoolFailed => Reply::from(ErrorReply::SpoolFailed),
+            Outcome::Failed => Reply::from(ErrorReply::BackendFailure),
         }
     }
+}
+
+/// The reply to a classic retrieval: every hit in key order, then `END`
+/// (or the first failure alone).
+pub fn render_get(request: &Request, keys: &[Bytes], outcomes: &[Outcome], now: i64) -> Response {
+    let with_cas = matches!(request.command(), Command::Get(g) if g.op.returns_cas());
+    let replies: Vec<Reply> = outcomes.iter().map(|o| o.reply(now)).collect();
+    Reply::retrieval_response(keys, &replies, with_cas)
+}
+
+/// The reply to a single-key request.
+pub fn render_single(request: &Request, outcome: &Outcome, now: i64) -> Response {
+    outcome.reply(now).to_response(request)
 }
 
 #[cfg(test)]
@@ -840,7 +661,7 @@ mod tests {
         let d = decide(&store(StoreMode::Set, b"0123456789", None), None, 0, &fits);
         assert_eq!((d.write, d.outcome), (Write::None, Outcome::TooLarge));
         let incr = KeyOp::Arith(ArithSpec {
-            incr: true,
+            mode: ArithMode::Incr,
             delta: 1,
             vivify: None,
             ttl: None,

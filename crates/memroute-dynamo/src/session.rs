@@ -29,11 +29,11 @@
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use bytes::Bytes;
-use memroute_proto::{Command, Request, Response};
+use memroute_proto::{Command, ErrorReply, Reply, Request, Response, StoreMode};
 
 use crate::clock::{absolute_expiry, is_expired, now_secs, remaining_ttl};
 use crate::item::{Item, MAX_ID_LEN, MAX_ITEM_SIZE};
-use crate::ops::{self, KeyOp, Outcome, Plan, StoreMode};
+use crate::ops::{self, KeyOp, Outcome, Plan};
 use crate::table::{Attrs, DdbError, Expr};
 use crate::Inner;
 
@@ -49,12 +49,6 @@ const LOCK_INFIX: &str = "lock.";
 /// session without `expires` as gone, so "never" is the last second of
 /// year 9999.
 pub const NEVER_EXPIRES: i64 = 253_402_300_799;
-
-pub const NOT_SESSION_KEY: &str = "CLIENT_ERROR not a PHP session key";
-pub const UNSUPPORTED: &str = "CLIENT_ERROR unsupported by the PHP session store";
-pub const NO_FLAGS: &str = "CLIENT_ERROR the PHP session store keeps no client flags";
-pub const NOT_UTF8: &str =
-    "SERVER_ERROR session data is not UTF-8 (the table stores it as a string)";
 
 /// The value a lock key reads as while the lock is held.
 const LOCKED_VALUE: &[u8] = b"1";
@@ -103,7 +97,7 @@ pub(crate) struct Target {
 
 /// A request, checked and decoded for the session store.
 pub(crate) enum SessionPlan {
-    Reply(Response),
+    Reply(Reply),
     Single(Target, KeyOp),
     Get(Vec<Target>, Option<i64>),
 }
@@ -128,22 +122,22 @@ impl PhpSessionFormat {
     /// Decodes `request`; what the store cannot do faithfully is answered
     /// at once with an error naming why.
     pub(crate) fn plan(&self, request: &Request) -> SessionPlan {
-        let reply = |line: &str| SessionPlan::Reply(Response::from_line(line));
+        let reply = |error: ErrorReply| SessionPlan::Reply(Reply::from(error));
         match ops::plan(request, None) {
-            Plan::Reply(response) => SessionPlan::Reply(response),
+            Plan::Reply(answer) => SessionPlan::Reply(answer),
             Plan::Get { ids, touch } => {
                 let mut targets = Vec::with_capacity(ids.len());
                 for id in &ids {
                     match self.target(id) {
                         Some(t) => targets.push(t),
-                        None => return reply(NOT_SESSION_KEY),
+                        None => return reply(ErrorReply::NotSessionKey),
                     }
                 }
                 SessionPlan::Get(targets, touch)
             }
             Plan::Single { id, op } => {
                 let Some(target) = self.target(&id) else {
-                    return reply(NOT_SESSION_KEY);
+                    return reply(ErrorReply::NotSessionKey);
                 };
                 match &op {
                     KeyOp::Read { .. } | KeyOp::Touch { .. } => {}
@@ -156,14 +150,14 @@ impl PhpSessionFormat {
                             ) =>
                     {
                         if s.flags != 0 {
-                            return reply(NO_FLAGS);
+                            return reply(ErrorReply::SessionFlags);
                         }
                         let text_data = target.part == Part::Data && !self.binary_data;
                         if text_data && std::str::from_utf8(&s.value).is_err() {
-                            return reply(NOT_UTF8);
+                            return reply(ErrorReply::SessionNotUtf8);
                         }
                     }
-                    _ => return reply(UNSUPPORTED),
+                    _ => return reply(ErrorReply::SessionUnsupported),
                 }
                 SessionPlan::Single(target, op)
             }
@@ -248,14 +242,14 @@ impl Inner {
     /// Runs a planned session request and renders memcached's reply.
     pub(crate) async fn run_session(&self, request: &Request, plan: SessionPlan) -> Response {
         match plan {
-            SessionPlan::Reply(response) => response,
+            SessionPlan::Reply(answer) => answer.to_response(request),
             SessionPlan::Single(target, op) => {
                 let outcome = self.session_op(&target, &op).await;
                 self.render_single(request, &outcome)
             }
             SessionPlan::Get(targets, touch) => {
                 let Command::Get(get) = request.command() else {
-                    return Response::from_line(ops::BACKEND_FAILURE);
+                    return Reply::from(ErrorReply::BackendFailure).to_response(request);
                 };
                 let op = KeyOp::Read { touch };
                 let mut outcomes = Vec::with_capacity(targets.len());
@@ -265,7 +259,7 @@ impl Inner {
                 if outcomes.contains(&Outcome::Failed) {
                     self.counters.errors.incr();
                 }
-                ops::render_get(request, &get.keys, &outcomes)
+                ops::render_get(request, &get.keys, &outcomes, now_secs())
             }
         }
     }

@@ -4,8 +4,11 @@
 //! A binary request becomes the meta request that means the same (`GET` is
 //! `mg <key> v f c`, `SET` is `ms <key> <len> F.. T.. c MS`, ...), so the
 //! embedded cache, Lua routes, backends and DynamoDB pools serve it with no
-//! binary-specific code; [`BinaryContext::encode`] turns the meta (or text)
-//! reply back into binary response packets. Meta replies carry what binary
+//! binary-specific code. [`BinaryContext::encode_reply`] turns the typed
+//! reply of the embedded cache or a store into binary response packets,
+//! its status code following from the reply's variant;
+//! [`BinaryContext::encode`] does the same for a meta reply relayed from a
+//! backend, read once into a typed reply. Meta replies carry what binary
 //! replies need (the CAS of a store, flags, the value of an incr), which
 //! classic text replies do not.
 //!
@@ -16,9 +19,11 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
+use crate::errors::{ErrorClass, ErrorReply};
 use crate::limits::Limits;
 use crate::meta::base64_encode;
 use crate::request::Request;
+use crate::typed::{Reply, Status};
 
 /// First byte of every binary request (how a connection's protocol is told).
 pub const REQUEST_MAGIC: u8 = 0x80;
@@ -52,6 +57,19 @@ fn status_message(status: u16) -> &'static [u8] {
         status::UNKNOWN_COMMAND => b"Unknown command",
         status::ENOMEM => b"Out of memory",
         _ => b"Internal error",
+    }
+}
+
+/// The status of an error reply, or `None` for server errors binary has
+/// no code for (sent as an internal error with their text).
+fn error_status(error: ErrorReply) -> Option<u16> {
+    match (error, error.class()) {
+        (ErrorReply::TooLarge, _) => Some(status::E2BIG),
+        (ErrorReply::NoMemoryStoring, _) => Some(status::ENOMEM),
+        (ErrorReply::NonNumeric, _) => Some(status::DELTA_BADVAL),
+        (_, ErrorClass::Error) => Some(status::UNKNOWN_COMMAND),
+        (_, ErrorClass::Client) => Some(status::EINVAL),
+        (_, ErrorClass::Server) => None,
     }
 }
 
@@ -493,115 +511,108 @@ impl BinaryDecoder {
                     quiet: is_quiet(h.opcode),
                 },
             ),
-            Err(line) if line.contains("too large") => reply(status::E2BIG),
-            Err(_) => reply(status::EINVAL),
+            Err(line) => reply(
+                ErrorReply::from_line(line.as_bytes())
+                    .and_then(error_status)
+                    .filter(|&s| s == status::E2BIG)
+                    .unwrap_or(status::EINVAL),
+            ),
         }
     }
-}
-
-/// The first line of a reply and what follows it.
-fn split_line(reply: &[u8]) -> (&[u8], &[u8]) {
-    match memchr::memmem::find(reply, b"\r\n") {
-        Some(at) => (&reply[..at], &reply[at + 2..]),
-        None => (reply, &[]),
-    }
-}
-
-/// The number after `letter` among meta reply flags.
-fn meta_flag(flags: &[&[u8]], letter: u8) -> Option<u64> {
-    flags
-        .iter()
-        .find(|f| f.first() == Some(&letter))
-        .and_then(|f| std::str::from_utf8(&f[1..]).ok()?.parse().ok())
 }
 
 impl BinaryContext {
-    /// Encodes the reply to this request (a meta or text reply, as the
-    /// embedded cache, a backend or a store answered it) as binary
-    /// response packets into `out`. Quiet requests add nothing on success.
-    pub fn encode(&self, reply: &[u8], out: &mut BytesMut) {
-        let (line, rest) = split_line(reply);
-        let mut tokens = line.split(|&b| b == b' ').filter(|t| !t.is_empty());
-        let code = tokens.next().unwrap_or(b"");
-        let flags: Vec<&[u8]> = tokens.collect();
-        let cas = meta_flag(&flags, b'c').unwrap_or(0);
-        let head = |status: u16, cas: u64| Head {
-            cas,
-            ..self.head(status)
-        };
-        let ok = |out: &mut BytesMut, extras: &[u8], key: &[u8], value: &[u8], cas: u64| {
-            packet(out, head(status::OK, cas), extras, key, value)
-        };
-        let error = |out: &mut BytesMut, status: u16| {
-            // A GETK miss names its key, so a client can match it.
-            let key: &[u8] = match self.kind {
-                Kind::Get { with_key: true } => &self.key,
-                _ => &[],
-            };
-            let message = status_message(status);
-            packet(out, head(status, 0), &[], key, message);
-        };
-        let status = match (self.kind, code) {
-            (Kind::Get { with_key }, b"VA") => {
-                let len = flags
-                    .first()
-                    .and_then(|l| std::str::from_utf8(l).ok()?.parse::<usize>().ok())
-                    .unwrap_or(0)
-                    .min(rest.len());
-                let item_flags = meta_flag(&flags, b'f').unwrap_or(0) as u32;
-                let key: &[u8] = if with_key { &self.key } else { &[] };
-                ok(out, &item_flags.to_be_bytes(), key, &rest[..len], cas);
-                return;
-            }
-            (Kind::Arith, b"VA") => {
-                let digits = rest.split(|&b| b == b'\r').next().unwrap_or(b"");
-                let value: u64 = std::str::from_utf8(digits)
-                    .ok()
-                    .and_then(|d| d.parse().ok())
-                    .unwrap_or(0);
-                if !self.quiet {
-                    ok(out, &[], &[], &value.to_be_bytes(), cas);
-                }
-                return;
-            }
-            (Kind::Get { .. } | Kind::Touch | Kind::Delete, b"EN" | b"NF") => status::KEY_ENOENT,
-            (Kind::Store { refused }, b"NS") => refused,
-            (_, b"NF") => status::KEY_ENOENT,
-            (_, b"EX") => status::KEY_EEXISTS,
-            (_, b"NS") => status::NOT_STORED,
-            (Kind::Stat, b"STAT" | b"END") => {
-                self.encode_stats(reply, out);
-                return;
-            }
-            (Kind::Version, b"VERSION") => {
-                let version = line.get(8..).unwrap_or(b"");
-                ok(out, &[], &[], version, 0);
-                return;
-            }
-            (_, b"HD" | b"OK") => {
-                if !self.quiet {
-                    ok(out, &[], &[], &[], cas);
-                }
-                return;
-            }
-            (_, b"SERVER_ERROR") if line.ends_with(b"too large for cache") => status::E2BIG,
-            (_, b"SERVER_ERROR") if line.ends_with(b"out of memory storing object") => {
-                status::ENOMEM
-            }
-            (_, b"CLIENT_ERROR") if line.ends_with(b"non-numeric value") => status::DELTA_BADVAL,
-            (_, b"CLIENT_ERROR") => status::EINVAL,
-            (_, b"ERROR") => status::UNKNOWN_COMMAND,
-            _ => {
-                // Anything else (a backend failure, an unexpected reply):
-                // an internal error carrying memroute's text.
-                packet(out, head(status::EINTERNAL, 0), &[], &[], line);
-                return;
-            }
-        };
-        let quiet_miss = self.quiet && status == status::KEY_ENOENT && self.is_get();
-        if !quiet_miss {
-            error(out, status);
+    /// Encodes a reply relayed as text or meta bytes (a backend's, or
+    /// `stats` output) as binary response packets into `out`: `STAT` lines
+    /// become one packet each, anything else is read once into a
+    /// [`Reply`] and encoded by [`encode_reply`](Self::encode_reply).
+    pub fn encode(&self, raw: &Bytes, out: &mut BytesMut) {
+        if self.kind == Kind::Stat && (raw.starts_with(b"STAT ") || raw.starts_with(b"END\r\n")) {
+            return self.encode_stats(raw, out);
         }
+        let reply = Reply::parse(raw);
+        // `ma v` answers `VA` with the counter's digits as its data.
+        let reply = match self.kind {
+            Kind::Arith => reply.into_number(),
+            _ => reply,
+        };
+        self.encode_reply(&reply, out);
+    }
+
+    /// Encodes the typed reply to this request as binary response packets
+    /// into `out`. The status code follows from the variant; quiet
+    /// requests add nothing on success (nor on a get's miss).
+    pub fn encode_reply(&self, reply: &Reply, out: &mut BytesMut) {
+        // The CAS goes out when the meta request asked for it (`c`).
+        let asked_cas = matches!(
+            self.kind,
+            Kind::Get { .. } | Kind::Store { .. } | Kind::Arith
+        );
+        let cas = if asked_cas { reply.cas.unwrap_or(0) } else { 0 };
+        let ok = |out: &mut BytesMut, extras: &[u8], key: &[u8], value: &[u8]| {
+            let head = Head {
+                cas,
+                ..self.head(status::OK)
+            };
+            packet(out, head, extras, key, value)
+        };
+        let status = match (self.kind, &reply.status) {
+            (Kind::Get { with_key }, Status::Hit) => {
+                let flags = reply.flags.unwrap_or(0).to_be_bytes();
+                let key: &[u8] = if with_key { &self.key } else { &[] };
+                return ok(out, &flags, key, &reply.value);
+            }
+            (Kind::Arith, Status::Number(n)) => {
+                if !self.quiet {
+                    ok(out, &[], &[], &n.to_be_bytes());
+                }
+                return;
+            }
+            (Kind::Version, Status::Version) => return ok(out, &[], &[], &reply.value),
+            // `TOUCH` is an `mg` without `v`: its hit is the success.
+            (_, Status::Stored | Status::Deleted | Status::Touched | Status::Ok)
+            | (Kind::Touch, Status::Hit) => {
+                if !self.quiet {
+                    ok(out, &[], &[], &[]);
+                }
+                return;
+            }
+            (_, Status::Miss | Status::NotFound) => status::KEY_ENOENT,
+            (Kind::Store { refused }, Status::NotStored) => refused,
+            (_, Status::NotStored) => status::NOT_STORED,
+            (_, Status::Exists) => status::KEY_EEXISTS,
+            (_, Status::Error(e)) => match error_status(*e) {
+                Some(status) => status,
+                None => return self.internal_error(e.text().as_bytes(), out),
+            },
+            (_, Status::OtherError(ErrorClass::Error, _)) => status::UNKNOWN_COMMAND,
+            (_, Status::OtherError(ErrorClass::Client, _)) => status::EINVAL,
+            (_, Status::OtherError(ErrorClass::Server, line) | Status::Other(line)) => {
+                return self.internal_error(line, out)
+            }
+            // A reply this request cannot have (a value to a store...):
+            // an internal error carrying its text.
+            _ => {
+                let mut text = BytesMut::new();
+                reply.encode_text(&mut text);
+                let line = text.strip_suffix(b"\r\n").unwrap_or(&text);
+                return self.internal_error(line, out);
+            }
+        };
+        if self.quiet && status == status::KEY_ENOENT && self.is_get() {
+            return;
+        }
+        // A GETK miss names its key, so a client can match it.
+        let key: &[u8] = match self.kind {
+            Kind::Get { with_key: true } => &self.key,
+            _ => &[],
+        };
+        packet(out, self.head(status), &[], key, status_message(status));
+    }
+
+    /// An error packet carrying memroute's (or a backend's) error line.
+    fn internal_error(&self, line: &[u8], out: &mut BytesMut) {
+        packet(out, self.head(status::EINTERNAL), &[], &[], line);
     }
 
     fn head(&self, status: u16) -> Head {
@@ -685,8 +696,152 @@ mod tests {
 
     fn encoded(ctx: &BinaryContext, reply: &[u8]) -> Vec<Packet> {
         let mut out = BytesMut::new();
-        ctx.encode(reply, &mut out);
+        ctx.encode(&Bytes::copy_from_slice(reply), &mut out);
         packets(&out)
+    }
+
+    /// The packets `reply` becomes as the answer to a request of `opcode`.
+    fn typed(opcode: u8, extras: &[u8], reply: &Reply) -> Vec<Packet> {
+        let key: &[u8] = if opcode == opcode::VERSION {
+            b""
+        } else {
+            b"key"
+        };
+        let value: &[u8] = if is_store(opcode) { b"v" } else { b"" };
+        let mut buf = request(opcode, extras, key, value, 0);
+        let (_, ctx) = translate(&mut buf);
+        let mut out = BytesMut::new();
+        ctx.encode_reply(reply, &mut out);
+        packets(&out)
+    }
+
+    #[test]
+    fn typed_replies_map_to_status_codes_by_variant() {
+        use opcode::*;
+        let set_extras = [0u8; 8];
+        let arith_extras = [0u8; 20];
+        let touch_extras = [0u8; 4];
+        let hit = Reply::hit(Bytes::from_static(b"hi"), 5).with_cas(77);
+        let error = |status: u16| (status, 0, vec![], vec![], status_message(status).to_vec());
+        assert_eq!(
+            typed(GETK, &[], &hit),
+            vec![(
+                0,
+                77,
+                5u32.to_be_bytes().to_vec(),
+                b"key".to_vec(),
+                b"hi".to_vec()
+            )]
+        );
+        assert_eq!(
+            typed(GETQ, &[], &hit),
+            vec![(0, 77, 5u32.to_be_bytes().to_vec(), vec![], b"hi".to_vec())]
+        );
+        let miss = Reply::from(Status::Miss);
+        assert_eq!(typed(GET, &[], &miss), vec![error(status::KEY_ENOENT)]);
+        assert!(typed(GETKQ, &[], &miss).is_empty(), "quiet miss");
+        // TOUCH asked for no CAS: none goes out.
+        assert_eq!(
+            typed(TOUCH, &touch_extras, &hit),
+            vec![(0, 0, vec![], vec![], vec![])]
+        );
+        let stored = Reply::from(Status::Stored).with_cas(42);
+        assert_eq!(
+            typed(SET, &set_extras, &stored),
+            vec![(0, 42, vec![], vec![], vec![])]
+        );
+        assert!(
+            typed(SETQ, &set_extras, &stored).is_empty(),
+            "quiet success"
+        );
+        let not_stored = Reply::from(Status::NotStored);
+        assert_eq!(
+            typed(SET, &set_extras, &not_stored),
+            vec![error(status::NOT_STORED)]
+        );
+        assert_eq!(
+            typed(ADD, &set_extras, &not_stored),
+            vec![error(status::KEY_EEXISTS)]
+        );
+        assert_eq!(
+            typed(REPLACE, &set_extras, &not_stored),
+            vec![error(status::KEY_ENOENT)]
+        );
+        let exists = Reply::from(Status::Exists);
+        assert_eq!(
+            typed(SET, &set_extras, &exists),
+            vec![error(status::KEY_EEXISTS)]
+        );
+        let not_found = Reply::from(Status::NotFound);
+        assert_eq!(
+            typed(DELETE, &[], &not_found),
+            vec![error(status::KEY_ENOENT)]
+        );
+        let deleted = Reply::from(Status::Deleted);
+        assert_eq!(
+            typed(DELETE, &[], &deleted),
+            vec![(0, 0, vec![], vec![], vec![])]
+        );
+        let counter = Reply::number(105).with_cas(8);
+        assert_eq!(
+            typed(INCREMENT, &arith_extras, &counter),
+            vec![(0, 8, vec![], vec![], 105u64.to_be_bytes().to_vec())]
+        );
+        assert!(typed(INCREMENTQ, &arith_extras, &counter).is_empty());
+        assert_eq!(
+            typed(VERSION, &[], &Reply::version("1.6.18")),
+            vec![(0, 0, vec![], vec![], b"1.6.18".to_vec())]
+        );
+        for (e, status) in [
+            (ErrorReply::TooLarge, status::E2BIG),
+            (ErrorReply::NoMemoryStoring, status::ENOMEM),
+            (ErrorReply::NonNumeric, status::DELTA_BADVAL),
+            (ErrorReply::BadFormat, status::EINVAL),
+            (ErrorReply::DynamoBadKey, status::EINVAL),
+            (ErrorReply::Error, status::UNKNOWN_COMMAND),
+        ] {
+            assert_eq!(
+                typed(SET, &set_extras, &Reply::from(e)),
+                vec![error(status)],
+                "{e:?}"
+            );
+        }
+        // Server errors binary has no code for carry memroute's text.
+        for e in [
+            ErrorReply::BackendFailure,
+            ErrorReply::NoMemory,
+            ErrorReply::SpoolFull,
+        ] {
+            assert_eq!(
+                typed(GET, &[], &Reply::from(e)),
+                vec![(
+                    status::EINTERNAL,
+                    0,
+                    vec![],
+                    vec![],
+                    e.text().as_bytes().to_vec()
+                )]
+            );
+        }
+        let other = Reply::from(Status::OtherError(
+            ErrorClass::Server,
+            Bytes::from_static(b"SERVER_ERROR busy"),
+        ));
+        assert_eq!(
+            typed(GET, &[], &other),
+            vec![(
+                status::EINTERNAL,
+                0,
+                vec![],
+                vec![],
+                b"SERVER_ERROR busy".to_vec()
+            )]
+        );
+        // A reply the request cannot have: an internal error with its text.
+        assert_eq!(
+            typed(SET, &set_extras, &Reply::from(Status::Noop)),
+            vec![(status::EINTERNAL, 0, vec![], vec![], b"MN".to_vec())]
+        );
     }
 
     #[test]

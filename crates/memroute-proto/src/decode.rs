@@ -15,6 +15,7 @@
 use bytes::{Buf, Bytes, BytesMut};
 use smallvec::SmallVec;
 
+use crate::errors::ErrorReply;
 use crate::limits::{take_frame, Limits};
 use crate::meta::{base64_decode, MetaFlags};
 use crate::number::{
@@ -75,14 +76,14 @@ impl ProtocolError {
     }
 }
 
-const ERROR: &str = "ERROR";
-const BAD_FORMAT: &str = "CLIENT_ERROR bad command line format";
-const BAD_CHUNK: &str = "CLIENT_ERROR bad data chunk";
-const TOO_LARGE: &str = "SERVER_ERROR object too large for cache";
-const BAD_EXPTIME: &str = "CLIENT_ERROR invalid exptime argument";
-const BAD_DELTA: &str = "CLIENT_ERROR invalid numeric delta argument";
-const DELETE_USAGE: &str = "CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]";
-const TOO_MANY_KEYS: &str = "CLIENT_ERROR too many keys";
+const ERROR: &str = ErrorReply::Error.text();
+const BAD_FORMAT: &str = ErrorReply::BadFormat.text();
+const BAD_CHUNK: &str = ErrorReply::BadChunk.text();
+const TOO_LARGE: &str = ErrorReply::TooLarge.text();
+const BAD_EXPTIME: &str = ErrorReply::BadExptime.text();
+const BAD_DELTA: &str = ErrorReply::BadDelta.text();
+const DELETE_USAGE: &str = ErrorReply::DeleteUsage.text();
+const TOO_MANY_KEYS: &str = ErrorReply::TooManyKeys.text();
 
 /// memcached 1.6.45's tokenizer (`mcmc_tokenize`, vendor/mcmc/mcmc.c) keeps
 /// at most this many tokens; a longer line's last kept token is the one it
@@ -400,7 +401,7 @@ fn parse_line(bytes: Bytes, limits: &Limits) -> Result<Parsed, LineError> {
             }
             ready(Command::Verbosity { noreply })
         }
-        b"shutdown" => Err(LineError::reply("SERVER_ERROR: shutdown not enabled")),
+        b"shutdown" => Err(LineError::reply(ErrorReply::Shutdown.text())),
         _ if looks_like_http(&line) => Err(LineError {
             error: ProtocolError::Close,
             swallow: 0,
@@ -634,9 +635,9 @@ fn parse_meta(line: &Line, op: MetaOp, limits: &Limits) -> Result<Parsed, LineEr
     };
     if n >= META_MAX_TOKENS {
         return Err(LineError::reply(if op == MetaOp::Get {
-            "CLIENT_ERROR options flags are too long"
+            ErrorReply::GetOptionsTooLong.text()
         } else {
-            "CLIENT_ERROR options flags too long"
+            ErrorReply::OptionsTooLong.text()
         }));
     }
     // From here on an `ms` error swallows the data block, as memcached does.
@@ -646,16 +647,16 @@ fn parse_meta(line: &Line, op: MetaOp, limits: &Limits) -> Result<Parsed, LineEr
         .map(|&(s, e)| (s as usize, e as usize));
     let flags = MetaFlags::parse(&line.bytes, spans).map_err(|e| {
         fail(match op {
-            MetaOp::Delete | MetaOp::Arith => "CLIENT_ERROR invalid or duplicate flag",
+            MetaOp::Delete | MetaOp::Arith => ErrorReply::InvalidOrDuplicateFlag.text(),
             _ => e.reply(),
         })
     })?;
     match (op, flags.mode) {
         (MetaOp::Set, Some(m)) if !b"EAPRS".contains(&m) => {
-            return Err(fail("CLIENT_ERROR invalid mode for ms M token"))
+            return Err(fail(ErrorReply::BadSetMode.text()))
         }
         (MetaOp::Arith, Some(m)) if !b"ID+-".contains(&m) => {
-            return Err(fail("CLIENT_ERROR invalid mode for ma M token"))
+            return Err(fail(ErrorReply::BadArithMode.text()))
         }
         _ => {}
     }
@@ -695,7 +696,7 @@ fn meta_key(line: &Line, base64: bool, limits: &Limits) -> Result<Bytes, LineErr
     let key = if base64 {
         match base64_decode(wire_key) {
             Some(decoded) if !decoded.is_empty() => Bytes::from(decoded),
-            _ => return Err(LineError::reply("CLIENT_ERROR error decoding key")),
+            _ => return Err(LineError::reply(ErrorReply::KeyDecode.text())),
         }
     } else {
         line.slice(1)

@@ -15,10 +15,15 @@
 //! - [`decode`]: the incremental client-request decoder. "Need more bytes"
 //!   is `Ok(None)`, not an error; a malformed request yields the exact reply
 //!   memcached would send, and whether the connection survives it.
-//! - [`reply`]: writers for server replies (`VALUE`, `STORED`, `VA`, `HD`...).
+//! - [`reply`]: low-level writers for server replies (`VALUE`, `VA`, `HD`...).
 //! - [`response`]: the client side, for proxying: parse a backend's reply,
 //!   given the request it answers.
 //! - [`number`]: number parsing with memcached's exact acceptance rules.
+//! - [`typed`]: a reply as a value ([`Reply`]), with its text, meta and
+//!   binary encoders; what the embedded cache and stores answer.
+//! - [`errors`]: every error line, defined once ([`ErrorReply`]).
+//! - [`item`]: memcached's item semantics shared by every store (store
+//!   modes, counter rules).
 //! - [`binary`]: the binary protocol, translated to and from meta commands.
 //!
 //! # Example
@@ -38,14 +43,19 @@
 
 pub mod binary;
 pub mod decode;
+pub mod errors;
+pub mod item;
 pub mod limits;
 pub mod meta;
 pub mod number;
 pub mod reply;
 pub mod request;
 pub mod response;
+pub mod typed;
 
 pub use decode::{Decoded, ProtocolError, RequestDecoder};
+pub use errors::{ErrorClass, ErrorReply};
+pub use item::{ArithMode, StoreMode};
 pub use limits::Limits;
 pub use meta::{MetaFlag, MetaFlags};
 pub use request::{
@@ -56,6 +66,7 @@ pub use response::{
     decode_retrieval_piece, retrieval_head, Oversize, Response, ResponseCode, ResponseDecoder,
     RetrievalHead, RetrievalPiece,
 };
+pub use typed::{Reply, Status};
 
 /// The longest key memcached accepts, in bytes.
 pub const KEY_MAX_LENGTH: usize = 250;

@@ -10,6 +10,7 @@
 use bytes::Bytes;
 use smallvec::SmallVec;
 
+use crate::errors::ErrorReply;
 use crate::number::{parse_flags, parse_i32_wrapping, parse_u64};
 
 /// Longest opaque (`O`) token memcached accepts, including the `O`.
@@ -75,15 +76,20 @@ pub enum MetaFlagError {
 impl MetaFlagError {
     /// The error line memcached's `mg` and `ms` send for this problem.
     pub fn reply(self) -> &'static str {
+        self.error().text()
+    }
+
+    /// The error line as a table entry.
+    pub fn error(self) -> ErrorReply {
         match self {
-            MetaFlagError::Duplicate => "CLIENT_ERROR duplicate flag",
-            MetaFlagError::Invalid => "CLIENT_ERROR invalid flag",
-            MetaFlagError::BadToken => "CLIENT_ERROR bad token in command line format",
-            MetaFlagError::BadModeLength => "CLIENT_ERROR incorrect length for M token",
-            MetaFlagError::BadInitial => "CLIENT_ERROR invalid numeric initial value",
-            MetaFlagError::BadDelta => "CLIENT_ERROR invalid numeric delta value",
-            MetaFlagError::OpaqueTooLong => "CLIENT_ERROR opaque token too long",
-            MetaFlagError::BadFormat => "CLIENT_ERROR bad command line format",
+            MetaFlagError::Duplicate => ErrorReply::DuplicateFlag,
+            MetaFlagError::Invalid => ErrorReply::InvalidFlag,
+            MetaFlagError::BadToken => ErrorReply::BadToken,
+            MetaFlagError::BadModeLength => ErrorReply::BadModeLength,
+            MetaFlagError::BadInitial => ErrorReply::BadInitial,
+            MetaFlagError::BadDelta => ErrorReply::BadDeltaValue,
+            MetaFlagError::OpaqueTooLong => ErrorReply::OpaqueTooLong,
+            MetaFlagError::BadFormat => ErrorReply::BadFormat,
         }
     }
 }

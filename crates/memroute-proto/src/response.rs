@@ -98,6 +98,26 @@ impl Response {
         }
     }
 
+    /// A reply memroute encoded itself (a typed reply of the embedded cache
+    /// or a store), framed as it was written: its code, the length of its
+    /// first line (without `\r\n`), where its first value lies and whether
+    /// it found an item are known, so nothing is parsed back.
+    pub fn encoded(
+        raw: Bytes,
+        code: ResponseCode,
+        line_len: usize,
+        value: Option<Range<usize>>,
+        hit: bool,
+    ) -> Response {
+        Response {
+            raw,
+            code,
+            line_len,
+            value,
+            hit,
+        }
+    }
+
     /// The whole reply as received, ready to relay.
     pub fn raw(&self) -> &Bytes {
         &self.raw

@@ -458,13 +458,13 @@ where
                     {
                         refused_too_large(&ctx, key, *drops_existing);
                     }
-                    let line = error.reply_line().unwrap_or("");
-                    let bytes = if line.is_empty() {
-                        Bytes::new()
-                    } else {
-                        Bytes::from(format!("{line}\r\n"))
-                    };
-                    queue_or_write(&mut pipeline, &mut wbuf, bytes);
+                    // The decoder's error line (an `ErrorReply` text), if
+                    // one is sent.
+                    let mut bytes = BytesMut::new();
+                    if let Some(line) = error.reply_line() {
+                        memroute_proto::reply::line(&mut bytes, line);
+                    }
+                    queue_or_write(&mut pipeline, &mut wbuf, bytes.freeze());
                     if error.closes() {
                         if pipeline.is_empty() {
                             close = true;
@@ -614,7 +614,7 @@ fn routed_reply(
 }
 
 /// Runs a request on the embedded cache (no routed request is pending);
-/// a binary request's reply is encoded back to binary (`bin`).
+/// a binary request's typed reply is encoded straight to binary (`bin`).
 fn run_local(
     ctx: &WorkerContext,
     request: Request,
@@ -623,12 +623,9 @@ fn run_local(
 ) -> Flow {
     match bin {
         None => ctx.executor.execute(&request, wbuf, ctx.stats()),
-        Some(bin) => {
-            let mut text = BytesMut::new();
-            let flow = ctx.executor.execute(&request, &mut text, ctx.stats());
-            bin.encode(&text, wbuf);
-            flow
-        }
+        Some(bin) => ctx
+            .executor
+            .execute_binary(&request, &bin, wbuf, ctx.stats()),
     }
 }
 
@@ -663,12 +660,13 @@ fn queue_or_write(pipeline: &mut Pipeline, wbuf: &mut BytesMut, bytes: Bytes) {
 fn encoded(text: &'static [u8], bin: Option<&BinaryContext>) -> Bytes {
     match bin {
         None => Bytes::from_static(text),
-        Some(bin) => binary_reply(bin, text),
+        Some(bin) => binary_reply(bin, &Bytes::from_static(text)),
     }
 }
 
-/// A text reply encoded back to the binary request it answers.
-fn binary_reply(bin: &BinaryContext, text: &[u8]) -> Bytes {
+/// A text or meta reply (a backend's, or one made here) encoded back to
+/// the binary request it answers; its line is read once into a typed reply.
+fn binary_reply(bin: &BinaryContext, text: &Bytes) -> Bytes {
     let mut out = BytesMut::new();
     bin.encode(text, &mut out);
     out.freeze()

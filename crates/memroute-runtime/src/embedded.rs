@@ -1,21 +1,26 @@
-//! Executes requests against the embedded cache and writes memcached's
+//! Executes requests against the embedded cache and answers with typed
 //! replies.
 //!
 //! This is the "internal" backend: with no route configured, every command
 //! lands here. It maps each parsed [`Request`] to one call on
-//! [`memroute_cache::Cache`] and each outcome to the exact bytes memcached
-//! 1.6 sends, counting what `stats` reports on the way.
+//! [`memroute_cache::Cache`] and each outcome to a [`Reply`], counting what
+//! `stats` reports on the way. The reply is then encoded for the client's
+//! protocol (text, meta or binary: [`memroute_proto::typed`]), or framed
+//! as a [`Response`] for `mcp.internal`. Only `stats` and `me`, which no
+//! typed reply describes, are written as text.
 
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use memroute_cache::{
     ArithMode, ArithOutcome, Cache, DeleteOutcome, GetOutcome, MetaArithOptions, MetaDeleteOptions,
-    MetaGetOptions, MetaGetOutcome, MetaSetMode, MetaSetOptions, StoreMode, StoreOutcome,
+    MetaGetOptions, MetaGetOutcome, MetaSetOptions, StoreMode, StoreOutcome,
 };
-use memroute_proto::reply::{self, MetaReply};
+use memroute_proto::binary::BinaryContext;
+use memroute_proto::reply;
 use memroute_proto::{
-    ArithOp, Command, GetCommand, MetaCommand, MetaOp, Request, StoreCommand, StoreOp,
+    ArithOp, Command, ErrorReply, GetCommand, MetaCommand, MetaOp, Reply, Request, Response,
+    ResponseDecoder, Status, StoreCommand,
 };
 
 use crate::admin::{self, Admin};
@@ -28,10 +33,6 @@ pub enum Flow {
     /// `quit`: flush earlier replies, then close.
     Close,
 }
-
-const NON_NUMERIC: &str = "CLIENT_ERROR cannot increment or decrement non-numeric value";
-const TOO_LARGE: &str = "SERVER_ERROR object too large for cache";
-const NO_MEMORY: &str = "SERVER_ERROR out of memory storing object";
 
 /// The embedded-cache executor of one worker (cheap to clone: two `Arc`s).
 #[derive(Clone)]
@@ -52,90 +53,73 @@ impl Embedded {
         self.cache.delete(key);
     }
 
-    /// Runs `request` and appends its reply (if any) to `out`.
+    /// Runs `request` and appends its text or meta reply (if any) to `out`.
     pub fn execute(&self, request: &Request, out: &mut BytesMut, stats: &WorkerStats) -> Flow {
         match request.command() {
-            Command::Get(get) => self.get(get, out, stats),
-            Command::Store(store) => self.store(store, request.value(), out, stats),
-            Command::Delete { key, noreply } => {
-                let line = match self.cache.delete(key) {
-                    DeleteOutcome::Deleted => {
-                        stats.delete_hits.incr();
-                        "DELETED"
-                    }
-                    _ => {
-                        stats.delete_misses.incr();
-                        "NOT_FOUND"
-                    }
-                };
-                if !noreply {
-                    reply::line(out, line);
+            Command::Get(get) => {
+                for key in &get.keys {
+                    self.get_key(get, key, out, stats);
                 }
-            }
-            Command::Arith(arith) => {
-                let incr = arith.op == ArithOp::Incr;
-                let outcome = self.cache.incr_decr(&arith.key, arith.delta, incr);
-                count_arith(stats, incr, &outcome);
-                if !arith.noreply {
-                    match outcome {
-                        ArithOutcome::Value { value, .. } => reply::number(out, value),
-                        ArithOutcome::NotFound | ArithOutcome::Exists => {
-                            reply::line(out, "NOT_FOUND")
-                        }
-                        ArithOutcome::NonNumeric => reply::line(out, NON_NUMERIC),
-                        ArithOutcome::OutOfMemory => reply::line(out, "SERVER_ERROR out of memory"),
-                    }
-                }
-            }
-            Command::Touch {
-                key,
-                exptime,
-                noreply,
-            } => {
-                stats.cmd_touch.incr();
-                let touched = self.cache.touch(key, i64::from(*exptime));
-                if touched {
-                    stats.touch_hits.incr();
-                } else {
-                    stats.touch_misses.incr();
-                }
-                if !noreply {
-                    reply::line(out, if touched { "TOUCHED" } else { "NOT_FOUND" });
-                }
-            }
-            Command::FlushAll { delay, noreply } => {
-                stats.cmd_flush.incr();
-                self.cache.flush_all(i64::from(*delay));
-                if !noreply {
-                    reply::line(out, "OK");
-                }
-            }
-            Command::Version => {
-                out.extend_from_slice(b"VERSION ");
-                out.extend_from_slice(admin::VERSION.as_bytes());
-                out.extend_from_slice(b"\r\n");
-            }
-            Command::Verbosity { noreply } => {
-                if !noreply {
-                    reply::line(out, "OK");
-                }
+                reply::end(out);
             }
             Command::Stats { args } => self.admin.stats(args, &self.cache, out),
             Command::Quit => return Flow::Close,
-            Command::MetaNoop => reply::line(out, "MN"),
-            Command::Meta(meta) => {
+            Command::Meta(meta) if meta.op == MetaOp::Debug => {
                 stats.cmd_meta.incr();
-                self.meta(meta, request.value(), out, stats);
+                self.meta_debug(meta, out);
+            }
+            _ => {
+                let reply = self.reply(request, stats);
+                if !reply.hidden_from(request) {
+                    reply.encode(request, out);
+                }
             }
         }
         Flow::Continue
     }
 
-    fn get(&self, get: &GetCommand, out: &mut BytesMut, stats: &WorkerStats) {
-        for key in &get.keys {
-            self.get_key(get, key, out, stats);
+    /// Runs a request translated from the binary protocol and appends its
+    /// binary reply to `out`: typed replies are encoded straight to binary;
+    /// `stats` output (the one reply made as text) goes through
+    /// [`BinaryContext::encode`].
+    pub fn execute_binary(
+        &self,
+        request: &Request,
+        bin: &BinaryContext,
+        out: &mut BytesMut,
+        stats: &WorkerStats,
+    ) -> Flow {
+        if answers_with_one_reply(request) {
+            bin.encode_reply(&self.reply(request, stats), out);
+            return Flow::Continue;
         }
-        reply::end(out);
+        let mut text = BytesMut::new();
+        let flow = self.execute(request, &mut text, stats);
+        bin.encode(&text.freeze(), out);
+        flow
+    }
+
+    /// Runs `request` for `mcp.internal` and returns its reply as a framed
+    /// [`Response`], built from the typed reply without parsing it back
+    /// (`stats` and `me`, made as text, are framed by the decoder).
+    pub fn respond(&self, request: &Request, stats: &WorkerStats) -> Response {
+        if let Command::Get(get) = request.command() {
+            let replies: Vec<Reply> = get
+                .keys
+                .iter()
+                .map(|key| self.get_reply(get, key, stats))
+                .collect();
+            return Reply::retrieval_response(&get.keys, &replies, get.op.returns_cas());
+        }
+        if answers_with_one_reply(request) {
+            return self.reply(request, stats).to_response(request);
+        }
+        let mut out = BytesMut::new();
+        self.execute(request, &mut out, stats);
+        match ResponseDecoder::for_request(request).decode(&mut out) {
+            Ok(Some(response)) => response,
+            _ => Reply::from(ErrorReply::BadResponse).to_response(request),
+        }
     }
 
     /// One key of a `get`-family command: its `VALUE` block if it hits
@@ -143,6 +127,12 @@ impl Embedded {
     /// multi-key get through this, writing as it goes, so a reply never
     /// has to be held whole.
     pub fn get_key(&self, get: &GetCommand, key: &[u8], out: &mut BytesMut, stats: &WorkerStats) {
+        self.get_reply(get, key, stats)
+            .encode_value(key, get.op.returns_cas(), out);
+    }
+
+    /// The typed reply to one key of a `get`-family command.
+    fn get_reply(&self, get: &GetCommand, key: &[u8], stats: &WorkerStats) -> Reply {
         let outcome = if get.op.touches() {
             stats.cmd_touch.incr();
             let o = self.cache.get_and_touch(key, i64::from(get.exptime));
@@ -157,65 +147,85 @@ impl Embedded {
             self.cache.get(key)
         };
         count_get(stats, &outcome, get.op.touches());
-        if let GetOutcome::Hit(item) = outcome {
-            let cas = get.op.returns_cas().then_some(item.cas);
-            reply::value(out, key, item.flags, &item.value, cas);
+        match outcome {
+            GetOutcome::Hit(item) => Reply::hit(item.value, item.flags).with_cas(item.cas),
+            _ => Reply::from(Status::Miss),
         }
     }
 
-    fn store(&self, store: &StoreCommand, value: &Bytes, out: &mut BytesMut, stats: &WorkerStats) {
+    /// The typed reply to a request answered by one reply (see
+    /// [`answers_with_one_reply`]), counting what `stats` reports.
+    fn reply(&self, request: &Request, stats: &WorkerStats) -> Reply {
+        match request.command() {
+            Command::Get(get) => match get.keys.first() {
+                Some(key) => self.get_reply(get, key, stats),
+                None => Reply::from(Status::Miss),
+            },
+            Command::Store(store) => self.store(store, request.value(), stats),
+            Command::Delete { key, .. } => match self.cache.delete(key) {
+                DeleteOutcome::Deleted => {
+                    stats.delete_hits.incr();
+                    Reply::from(Status::Deleted)
+                }
+                _ => {
+                    stats.delete_misses.incr();
+                    Reply::from(Status::NotFound)
+                }
+            },
+            Command::Arith(arith) => {
+                let incr = arith.op == ArithOp::Incr;
+                let outcome = self.cache.incr_decr(&arith.key, arith.delta, incr);
+                count_arith(stats, incr, &outcome);
+                arith_reply(outcome)
+            }
+            Command::Touch { key, exptime, .. } => {
+                stats.cmd_touch.incr();
+                if self.cache.touch(key, i64::from(*exptime)) {
+                    stats.touch_hits.incr();
+                    Reply::from(Status::Touched)
+                } else {
+                    stats.touch_misses.incr();
+                    Reply::from(Status::NotFound)
+                }
+            }
+            Command::FlushAll { delay, .. } => {
+                stats.cmd_flush.incr();
+                self.cache.flush_all(i64::from(*delay));
+                Reply::from(Status::Ok)
+            }
+            Command::Version => Reply::version(admin::VERSION),
+            Command::Verbosity { .. } => Reply::from(Status::Ok),
+            Command::MetaNoop => Reply::from(Status::Noop),
+            Command::Meta(meta) => {
+                stats.cmd_meta.incr();
+                self.meta(meta, request.value(), stats)
+            }
+            // Answered as text by `execute`; never asked for here.
+            Command::Stats { .. } | Command::Quit => Reply::from(ErrorReply::Error),
+        }
+    }
+
+    fn store(&self, store: &StoreCommand, value: &Bytes, stats: &WorkerStats) -> Reply {
         stats.cmd_set.incr();
-        let mode = match store.op {
-            StoreOp::Set => StoreMode::Set,
-            StoreOp::Add => StoreMode::Add,
-            StoreOp::Replace => StoreMode::Replace,
-            StoreOp::Append => StoreMode::Append,
-            StoreOp::Prepend => StoreMode::Prepend,
-            StoreOp::Cas => StoreMode::Cas(store.cas),
-        };
+        let (mode, compare_cas) = StoreMode::of_command(store.op, store.cas);
         // Copy out of the connection's read buffer: a slice would pin the
         // whole buffer in the cache and defeat its memory accounting.
         let value = Bytes::copy_from_slice(value);
-        let outcome = self.cache.store(
+        let outcome = self.cache.store_if(
             mode,
+            compare_cas,
             &store.key,
             value,
             store.flags,
             i64::from(store.exptime),
         );
-        let line = match outcome {
-            StoreOutcome::Stored { .. } => {
-                if store.op == StoreOp::Cas {
-                    stats.cas_hits.incr();
-                }
-                "STORED"
-            }
-            StoreOutcome::NotStored => "NOT_STORED",
-            StoreOutcome::Exists => {
-                stats.cas_badval.incr();
-                "EXISTS"
-            }
-            StoreOutcome::NotFound => {
-                stats.cas_misses.incr();
-                "NOT_FOUND"
-            }
-            StoreOutcome::TooLarge => {
-                stats.store_too_large.incr();
-                TOO_LARGE
-            }
-            StoreOutcome::OutOfMemory => {
-                stats.store_no_memory.incr();
-                NO_MEMORY
-            }
-        };
-        // memcached's noreply hides every reply of a storage command,
-        // errors included.
-        if !store.noreply {
-            reply::line(out, line);
+        if matches!(outcome, StoreOutcome::Stored { .. }) && compare_cas.is_some() {
+            stats.cas_hits.incr();
         }
+        store_reply(outcome, stats)
     }
 
-    fn meta(&self, meta: &MetaCommand, value: &Bytes, out: &mut BytesMut, stats: &WorkerStats) {
+    fn meta(&self, meta: &MetaCommand, value: &Bytes, stats: &WorkerStats) -> Reply {
         let f = &meta.flags;
         let ttl = |v: Option<i32>| v.map(i64::from);
         match meta.op {
@@ -239,47 +249,18 @@ impl Embedded {
                         } else {
                             stats.get_hits.incr();
                         }
-                        let item = &hit.item;
-                        // memcached applies flags in order: a `t` before
-                        // `T` reports the TTL the item had before the touch.
-                        let mut touched_yet = false;
-                        let mut r = if f.return_value() {
-                            MetaReply::value(out, item.value.len())
-                        } else {
-                            MetaReply::new(out, "HD")
-                        };
-                        for flag in f.iter() {
-                            r = match flag.letter {
-                                b's' => r.flag_u64(b's', item.value.len() as u64),
-                                b't' if touching && !touched_yet => {
-                                    r.flag_i64(b't', hit.ttl_before_touch)
-                                }
-                                b't' => r.flag_i64(b't', item.ttl),
-                                b'T' => {
-                                    touched_yet = true;
-                                    r
-                                }
-                                b'c' => r.flag_u64(b'c', item.cas),
-                                b'f' => r.flag_u64(b'f', u64::from(item.flags)),
-                                b'l' => r.flag_i64(b'l', item.last_access_ago),
-                                b'h' => r.flag_u64(b'h', u64::from(item.fetched)),
-                                b'O' => r.flag_bytes(b'O', flag.token),
-                                b'k' => echo_key(r, meta),
-                                _ => r,
-                            };
-                        }
-                        if hit.win_token_sent {
-                            r = r.flag(b'Z');
-                        }
-                        if hit.stale {
-                            r = r.flag(b'X');
-                        }
-                        if hit.won {
-                            r = r.flag(b'W');
-                        }
-                        r.finish();
-                        if f.return_value() {
-                            reply::data(out, &item.value);
+                        let item = hit.item;
+                        Reply {
+                            cas: Some(item.cas),
+                            ttl: Some(item.ttl),
+                            ttl_before_touch: Some(hit.ttl_before_touch),
+                            size: Some(item.value.len() as u64),
+                            last_access: Some(item.last_access_ago),
+                            fetched: Some(item.fetched),
+                            won: hit.won,
+                            stale: hit.stale,
+                            win_token_sent: hit.win_token_sent,
+                            ..Reply::hit(item.value, item.flags)
                         }
                     }
                     outcome => {
@@ -293,23 +274,14 @@ impl Embedded {
                                 _ => {}
                             }
                         }
-                        if !f.quiet() {
-                            echo(MetaReply::new(out, "EN"), meta).finish();
-                        }
+                        Reply::from(Status::Miss)
                     }
                 }
             }
             MetaOp::Set => {
                 stats.cmd_set.incr();
-                let mode = match f.mode {
-                    Some(b'E') => MetaSetMode::Add,
-                    Some(b'A') => MetaSetMode::Append,
-                    Some(b'P') => MetaSetMode::Prepend,
-                    Some(b'R') => MetaSetMode::Replace,
-                    _ => MetaSetMode::Set,
-                };
                 let opts = MetaSetOptions {
-                    mode,
+                    mode: StoreMode::of_meta(f.mode),
                     flags: f.client_flags.unwrap_or(0),
                     ttl: ttl(f.ttl).unwrap_or(0),
                     compare_cas: f.compare_cas,
@@ -318,40 +290,7 @@ impl Embedded {
                     vivify_ttl: ttl(f.vivify_ttl),
                 };
                 let value = Bytes::copy_from_slice(value);
-                let outcome = self.cache.meta_set(&meta.key, value, &opts);
-                let (code, cas) = match outcome {
-                    StoreOutcome::Stored { cas } => ("HD", cas),
-                    StoreOutcome::NotStored => ("NS", 0),
-                    StoreOutcome::Exists => {
-                        stats.cas_badval.incr();
-                        ("EX", 0)
-                    }
-                    StoreOutcome::NotFound => {
-                        stats.cas_misses.incr();
-                        ("NF", 0)
-                    }
-                    StoreOutcome::TooLarge => {
-                        stats.store_too_large.incr();
-                        return reply::line(out, TOO_LARGE);
-                    }
-                    StoreOutcome::OutOfMemory => {
-                        stats.store_no_memory.incr();
-                        return reply::line(out, NO_MEMORY);
-                    }
-                };
-                if code == "HD" && f.quiet() {
-                    return;
-                }
-                let mut r = MetaReply::new(out, code);
-                for flag in f.iter() {
-                    r = match flag.letter {
-                        b'O' => r.flag_bytes(b'O', flag.token),
-                        b'k' => echo_key(r, meta),
-                        b'c' => r.flag_u64(b'c', cas),
-                        _ => r,
-                    };
-                }
-                r.finish();
+                store_reply(self.cache.meta_set(&meta.key, value, &opts), stats)
             }
             MetaOp::Delete => {
                 let opts = MetaDeleteOptions {
@@ -362,31 +301,25 @@ impl Embedded {
                     remove_value: f.has(b'x'),
                     flags: f.client_flags.unwrap_or(0),
                 };
-                let code = match self.cache.meta_delete(&meta.key, &opts) {
+                let status = match self.cache.meta_delete(&meta.key, &opts) {
                     DeleteOutcome::Deleted => {
                         stats.delete_hits.incr();
-                        "HD"
+                        Status::Deleted
                     }
                     DeleteOutcome::NotFound => {
                         stats.delete_misses.incr();
-                        "NF"
+                        Status::NotFound
                     }
                     DeleteOutcome::Exists => {
                         stats.delete_misses.incr();
-                        "EX"
+                        Status::Exists
                     }
                 };
-                if !(code == "HD" && f.quiet()) {
-                    echo(MetaReply::new(out, code), meta).finish();
-                }
+                Reply::from(status)
             }
             MetaOp::Arith => {
-                let mode = match f.mode {
-                    Some(b'D' | b'-') => ArithMode::Decr,
-                    _ => ArithMode::Incr,
-                };
                 let opts = MetaArithOptions {
-                    mode,
+                    mode: ArithMode::of_meta(f.mode),
                     delta: f.delta.unwrap_or(1),
                     initial: f.initial.unwrap_or(0),
                     vivify_ttl: ttl(f.vivify_ttl),
@@ -395,85 +328,88 @@ impl Embedded {
                     new_cas: f.new_cas,
                 };
                 let outcome = self.cache.meta_arith(&meta.key, &opts);
-                count_arith(stats, mode == ArithMode::Incr, &outcome);
-                match outcome {
-                    ArithOutcome::Value {
-                        value, cas, ttl, ..
-                    } => {
-                        if f.quiet() {
-                            return;
-                        }
-                        let mut digits = BytesMut::with_capacity(20);
-                        memroute_proto::number::write_u64(&mut digits, value);
-                        let mut r = if f.return_value() {
-                            MetaReply::value(out, digits.len())
-                        } else {
-                            MetaReply::new(out, "HD")
-                        };
-                        for flag in f.iter() {
-                            r = match flag.letter {
-                                b'O' => r.flag_bytes(b'O', flag.token),
-                                b'k' => echo_key(r, meta),
-                                b't' => r.flag_i64(b't', ttl),
-                                b'c' => r.flag_u64(b'c', cas),
-                                _ => r,
-                            };
-                        }
-                        r.finish();
-                        if f.return_value() {
-                            reply::data(out, &digits);
-                        }
-                    }
-                    ArithOutcome::NotFound => echo(MetaReply::new(out, "NF"), meta).finish(),
-                    ArithOutcome::Exists => echo(MetaReply::new(out, "EX"), meta).finish(),
-                    ArithOutcome::NonNumeric => reply::line(out, NON_NUMERIC),
-                    ArithOutcome::OutOfMemory => reply::line(out, "SERVER_ERROR out of memory"),
-                }
+                count_arith(stats, opts.mode == ArithMode::Incr, &outcome);
+                arith_reply(outcome)
             }
-            MetaOp::Debug => match self.cache.meta_debug(&meta.key) {
-                Some(info) => {
-                    use std::fmt::Write;
-                    out.extend_from_slice(b"ME ");
-                    out.extend_from_slice(&meta.wire_key);
-                    let _ = write!(
-                        out,
-                        " exp={} la={} cas={} fetch={} cls={} size={}\r\n",
-                        info.exp,
-                        info.la,
-                        info.cas,
-                        if info.fetched { "yes" } else { "no" },
-                        info.cls,
-                        info.size
-                    );
-                }
-                None => reply::line(out, "EN"),
-            },
+            // Written as text by `execute`; never asked for here.
+            MetaOp::Debug => Reply::from(ErrorReply::Error),
+        }
+    }
+
+    /// `me`: memcached's debug line, which no other protocol has.
+    fn meta_debug(&self, meta: &MetaCommand, out: &mut BytesMut) {
+        match self.cache.meta_debug(&meta.key) {
+            Some(info) => {
+                use std::fmt::Write;
+                out.extend_from_slice(b"ME ");
+                out.extend_from_slice(&meta.wire_key);
+                let _ = write!(
+                    out,
+                    " exp={} la={} cas={} fetch={} cls={} size={}\r\n",
+                    info.exp,
+                    info.la,
+                    info.cas,
+                    if info.fetched { "yes" } else { "no" },
+                    info.cls,
+                    info.size
+                );
+            }
+            // `me` echoes no flags, not even on a miss.
+            None => reply::line(out, "EN"),
         }
     }
 }
 
-/// Appends the `k` flag, plus ` b` for binary keys (memcached attaches `b`
-/// to the key this way). A binary key is re-encoded from its decoded bytes,
-/// as memcached does, so non-canonical base64 comes back canonical.
-fn echo_key<'a>(r: MetaReply<'a>, meta: &MetaCommand) -> MetaReply<'a> {
-    if meta.flags.base64_key() {
-        r.key(&meta.key, true).flag(b'b')
-    } else {
-        r.flag_bytes(b'k', &meta.wire_key)
+/// Whether `request` is answered by one typed reply: everything but a
+/// multi-key retrieval, `stats`, `quit` and `me`.
+fn answers_with_one_reply(request: &Request) -> bool {
+    match request.command() {
+        Command::Get(get) => get.keys.len() == 1,
+        Command::Stats { .. } | Command::Quit => false,
+        Command::Meta(meta) => meta.op != MetaOp::Debug,
+        _ => true,
     }
 }
 
-/// Appends the flags memcached echoes on every meta reply (`O`, `k`), in
-/// the client's order.
-fn echo<'a>(mut r: MetaReply<'a>, meta: &MetaCommand) -> MetaReply<'a> {
-    for flag in meta.flags.iter() {
-        r = match flag.letter {
-            b'O' => r.flag_bytes(b'O', flag.token),
-            b'k' => echo_key(r, meta),
-            _ => r,
-        };
+/// The reply to a storage command (meta `c` shows the new item's CAS,
+/// and memcached shows `c0` when nothing was stored), counting CAS
+/// failures and refusals.
+fn store_reply(outcome: StoreOutcome, stats: &WorkerStats) -> Reply {
+    let (status, cas) = match outcome {
+        StoreOutcome::Stored { cas } => (Status::Stored, cas),
+        StoreOutcome::NotStored => (Status::NotStored, 0),
+        StoreOutcome::Exists => {
+            stats.cas_badval.incr();
+            (Status::Exists, 0)
+        }
+        StoreOutcome::NotFound => {
+            stats.cas_misses.incr();
+            (Status::NotFound, 0)
+        }
+        StoreOutcome::TooLarge => {
+            stats.store_too_large.incr();
+            return Reply::from(ErrorReply::TooLarge);
+        }
+        StoreOutcome::OutOfMemory => {
+            stats.store_no_memory.incr();
+            return Reply::from(ErrorReply::NoMemoryStoring);
+        }
+    };
+    Reply::from(status).with_cas(cas)
+}
+
+/// The reply to `incr`/`decr`/`ma` (meta `t` and `c` show the counter's
+/// TTL and new CAS).
+fn arith_reply(outcome: ArithOutcome) -> Reply {
+    match outcome {
+        ArithOutcome::Value {
+            value, cas, ttl, ..
+        } => Reply::number(value).with_cas(cas).with_ttl(ttl),
+        ArithOutcome::NotFound => Reply::from(Status::NotFound),
+        ArithOutcome::Exists => Reply::from(Status::Exists),
+        ArithOutcome::NonNumeric => Reply::from(ErrorReply::NonNumeric),
+        ArithOutcome::OutOfMemory => Reply::from(ErrorReply::NoMemory),
     }
-    r
 }
 
 fn count_get(stats: &WorkerStats, outcome: &GetOutcome, touch: bool) {

@@ -23,7 +23,9 @@ pub trait SharedStore: Send + Sync + 'static {
     fn name(&self) -> &str;
 
     /// Executes `request` (without `noreply`/`q`; the caller handles them)
-    /// and returns memcached's reply.
+    /// and returns memcached's reply. A store answers with a typed reply
+    /// and frames it with [`Reply::to_response`](memroute_proto::Reply::to_response):
+    /// encoded once, its code known, never parsed back.
     fn execute<'a>(&'a self, request: &'a Request) -> Pin<Box<dyn Future<Output = Response> + 'a>>;
 
     /// Counters for `stats`, as `(field, value)`.

@@ -336,14 +336,9 @@ impl EmbeddedPool {
 
     fn response(&self, request: Request) -> Response {
         let request = outbound(request);
-        let mut out = bytes::BytesMut::new();
         let env = &self.env;
         env.embedded
-            .execute(&request, &mut out, env.server_stats.worker(env.worker));
-        match memroute_proto::ResponseDecoder::for_request(&request).decode(&mut out) {
-            Ok(Some(r)) => r,
-            _ => Response::from_line("SERVER_ERROR internal cache gave no reply"),
-        }
+            .respond(&request, env.server_stats.worker(env.worker))
     }
 }
 
