@@ -327,7 +327,7 @@ def pool_file(opts: str, backends_expr: str = "{ mcp.backend('b', '127.0.0.1', 1
     ('{ hash = { } }', None, r"hash must be a name"),
     ('{ dist = mcp.dist_ring_hash, omode = "nope" }', None, r"nope"),
     ('{ obuckets = 0 }', None, r"obuckets must be a positive integer"),
-    ('{ seed = "abc" }', None, r"bad seed"),
+    ('{ seed = true }', None, r"seed must be a string"),
     ('{}', "{}", r"at least one backend"),
     ('{}', "{ 'not a backend' }", r"list of mcp\.backend objects"),
 ])
