@@ -336,7 +336,16 @@ fn register(lua: &Lua, stat_names: Rc<RefCell<Vec<(i64, String)>>>) -> mlua::Res
     vm::forbid(
         lua,
         &mcp,
-        &["attach", "await", "internal", "request", "stat", "warm"],
+        &[
+            "attach",
+            "await",
+            "internal",
+            "request",
+            "stat",
+            "warm",
+            "funcgen_new",
+            "router_new",
+        ],
         "mcp_config_routes (worker VMs)",
     )
 }

@@ -22,13 +22,18 @@
 //! - [`worker`]: [`WorkerProxy`] (per-worker VM, hooks, reload staging) and
 //!   route execution.
 //! - [`dynamo`]: `mcp.dynamo_pool`, pools backed by a DynamoDB table.
+//! - [`funcgen`]: memcached's current API in worker VMs: function
+//!   generators, request contexts and their handles.
+//! - [`router`]: `mcp.router_new`, the key-prefix router for funcgens.
 //! - [`objects`]: the request and response objects routes see.
 //! - [`vm`]: what both VMs share: the `mcp` table's constants and helpers,
 //!   `package.path`, the embedded Lua libraries.
 
 pub mod config;
 pub mod dynamo;
+pub mod funcgen;
 pub mod objects;
+pub mod router;
 pub mod vm;
 pub mod worker;
 

@@ -27,6 +27,7 @@ use mlua::{AnyUserData, Function, Lua, MetaMethod, Table, UserData, UserDataMeth
 use tracing::{info, warn};
 
 use super::config::{lua_error_message, ConfigError, ConfigValue, LoadedConfig, PoolDef, PoolKind};
+use super::funcgen::FuncgenRoute;
 use super::objects::{
     command_id, LuaRequest, LuaResponse, AWAIT_ANY, AWAIT_BACKGROUND, AWAIT_FASTGOOD, AWAIT_FIRST,
     AWAIT_GOOD, AWAIT_OK, CMD_ANY, CMD_ANY_STORAGE, COMMANDS, COMMAND_SLOTS, STORAGE_IDS,
@@ -215,6 +216,9 @@ pub enum Route {
     /// on the request path. It answers as `function(r) return pool(r) end`
     /// would, at a fraction of the cost.
     Pool(Rc<PoolRuntime>),
+    /// A funcgen or a router (memcached's current API): a slot of the
+    /// funcgen runs the request ([`FuncgenRoute::serve`]).
+    Funcgen(Rc<FuncgenRoute>),
 }
 
 impl Route {
@@ -316,6 +320,11 @@ impl WorkerLua {
                 self.run_lua(function, request)
                     .map(move |reply| shape.apply(reply)),
             ),
+            Route::Funcgen(route) => Box::pin(
+                route
+                    .serve(self, request)
+                    .map(move |reply| shape.apply(reply)),
+            ),
         }
     }
 
@@ -356,11 +365,17 @@ impl WorkerLua {
         match hook {
             Route::Lua(function) => self.clone().run_lua(function.clone(), request).await,
             Route::Pool(pool) => pool.clone().send_response(request).await.raw().clone(),
+            Route::Funcgen(route) => route.clone().serve(self.clone(), request).await,
         }
     }
 
+    /// This worker's VM.
+    pub(super) fn lua(&self) -> &Lua {
+        &self.lua
+    }
+
     /// Runs a Lua route as a coroutine for one request.
-    async fn run_lua(self: Rc<Self>, hook: Function, request: Request) -> Bytes {
+    pub(super) async fn run_lua(self: Rc<Self>, hook: Function, request: Request) -> Bytes {
         let ud = match self.lua.create_userdata(LuaRequest::new(request)) {
             Ok(ud) => ud,
             Err(e) => return self.lua_failure(&e),
@@ -415,7 +430,7 @@ impl WorkerLua {
         failure_line()
     }
 
-    fn lua_failure(&self, error: &mlua::Error) -> Bytes {
+    pub(super) fn lua_failure(&self, error: &mlua::Error) -> Bytes {
         self.env.proxy_stats.lua_errors.fetch_add(1, Relaxed);
         warn!(target: "memroute::lua", "route failed: {}", lua_error_message(error));
         failure_line()
@@ -654,6 +669,21 @@ impl UserData for LuaPool {
     }
 }
 
+/// Runs `request` against the embedded cache (`mcp.internal(r)`, and a
+/// funcgen handle on `mcp.internal_handler`).
+pub(super) fn run_internal(env: &RouteEnv, request: &Request) -> LuaResponse {
+    let request = request.without_noreply().unwrap_or_else(|| request.clone());
+    let mut out = BytesMut::new();
+    let start = Instant::now();
+    env.embedded
+        .execute(&request, &mut out, env.server_stats.worker(env.worker));
+    let response = match ResponseDecoder::for_request(&request).decode(&mut out) {
+        Ok(Some(r)) => r,
+        _ => Response::from_line("SERVER_ERROR internal cache gave no reply"),
+    };
+    LuaResponse::new(response, start.elapsed().as_micros() as u64)
+}
+
 fn env_of(lua: &Lua) -> mlua::Result<Rc<RouteEnv>> {
     lua.app_data_ref::<Rc<RouteEnv>>()
         .map(|e| e.clone())
@@ -670,11 +700,14 @@ fn register(lua: &Lua) -> mlua::Result<()> {
                 Value::UserData(ud) if ud.is::<LuaPool>() => {
                     Route::Pool(ud.borrow::<LuaPool>()?.0.clone())
                 }
-                _ => {
-                    return Err(mlua::Error::runtime(
-                        "mcp.attach: the second argument must be a route function or a pool",
-                    ))
-                }
+                other => FuncgenRoute::from_value(&other)?
+                    .map(|route| Route::Funcgen(Rc::new(route)))
+                    .ok_or_else(|| {
+                        mlua::Error::runtime(
+                            "mcp.attach: the second argument must be a route function, a pool, \
+                             a funcgen or a router",
+                        )
+                    })?,
             };
             let ids: Vec<i64> = match cmd {
                 CMD_ANY => COMMANDS
@@ -732,19 +765,7 @@ fn register(lua: &Lua) -> mlua::Result<()> {
                 .request
                 .clone();
             let env = env_of(lua)?;
-            let request = request.without_noreply().unwrap_or(request);
-            let mut out = BytesMut::new();
-            let start = Instant::now();
-            env.embedded
-                .execute(&request, &mut out, env.server_stats.worker(env.worker));
-            let response = match ResponseDecoder::for_request(&request).decode(&mut out) {
-                Ok(Some(r)) => r,
-                _ => Response::from_line("SERVER_ERROR internal cache gave no reply"),
-            };
-            Ok(LuaResponse::new(
-                response,
-                start.elapsed().as_micros() as u64,
-            ))
+            Ok(run_internal(&env, &request))
         })?,
     )?;
     mcp.set(
@@ -755,6 +776,7 @@ fn register(lua: &Lua) -> mlua::Result<()> {
         })?,
     )?;
     mcp.set("await", lua.create_async_function(await_pools)?)?;
+    super::funcgen::register(lua, &mcp)?;
     mcp.set(
         "warm",
         lua.create_function(
