@@ -419,6 +419,34 @@ def test_slots_are_reused_with_their_state(fg):
             [b"HD t1\r\n", b"HD t2\r\n", b"HD t3\r\n"]
 
 
+COUNTER_STARTFILE = r"""
+function mcp_config_pools() return {} end
+function mcp_config_routes(p)
+    local counter = mcp.funcgen_new()
+    counter:ready({ f = function(rctx)
+        local x = 0
+        return function(r)
+            x = x + 1
+            return "HD t" .. x .. "\r\n"
+        end
+    end })
+    mcp.attach(mcp.CMD_MG, counter)
+end
+"""
+
+
+def test_idle_slots_are_let_go_as_memcached_eases_them(memroute_factory, startfile_dir):
+    path = write_startfile(startfile_dir, "counter.lua", COUNTER_STARTFILE)
+    mr = memroute_factory("--config", str(path), "-t", "1")
+    with mr.client() as c:
+        # One request at a time: the one slot is always free when it comes
+        # back, so the pressure grows by one per request; past 1000 the
+        # slot is let go and the next request gets a new one.
+        replies = [c.request(b"mg k v\r\n") for _ in range(1002)]
+    assert replies[:3] == [b"HD t1\r\n", b"HD t2\r\n", b"HD t3\r\n"]
+    assert replies[-2:] == [b"HD t1001\r\n", b"HD t1\r\n"]
+
+
 def test_sleep(fg):
     key = fresh("sleep/")
     start = time.monotonic()

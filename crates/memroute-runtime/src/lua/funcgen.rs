@@ -100,7 +100,17 @@ pub struct Funcgen {
     generator: RefCell<Option<(Function, Value)>>,
     /// Slots not serving a request now.
     free: RefCell<Vec<Slot>>,
+    /// Slots alive, serving or free.
+    slots: Cell<usize>,
+    /// How long many slots have stayed free (see [`Funcgen::keep`]).
+    pressure: Cell<u32>,
 }
+
+/// After this many returns with half the slots or more free, a returned
+/// slot is let go instead of kept, and the pressure drops by
+/// [`FREE_PRESSURE_DROP`] (memcached's values).
+const FREE_PRESSURE_MAX: u32 = 1000;
+const FREE_PRESSURE_DROP: u32 = 100;
 
 /// One request context and the function generated for it.
 struct Slot {
@@ -115,6 +125,8 @@ impl Funcgen {
             targets: RefCell::new(Rc::from(Vec::new())),
             generator: RefCell::new(None),
             free: RefCell::new(Vec::new()),
+            slots: Cell::new(0),
+            pressure: Cell::new(0),
         })
     }
 
@@ -136,7 +148,12 @@ impl Funcgen {
         let rctx = Rc::new(Rctx::new(self.targets.borrow().clone()));
         let ud = lua.create_userdata(LuaRctx(rctx.clone()))?;
         match generator.call::<Value>((ud, argument))? {
-            Value::Function(function) => Ok(Slot { rctx, function }),
+            Value::Function(function) => {
+                // A slot had to be made: the slots are not too many now.
+                self.pressure.set(0);
+                self.slots.set(self.slots.get() + 1);
+                Ok(Slot { rctx, function })
+            }
             _ => Err(mlua::Error::runtime(
                 "function generator didn't return a function",
             )),
@@ -148,8 +165,7 @@ impl Funcgen {
     /// background first).
     fn release(self: &Rc<Self>, lua: &Lua, slot: Slot) {
         if slot.rctx.pending.get() == 0 {
-            slot.rctx.reset();
-            self.free.borrow_mut().push(slot);
+            self.keep(slot);
             return;
         }
         let fgen = self.clone();
@@ -161,9 +177,29 @@ impl Funcgen {
                     warn!(target: "memroute::lua", "funcgen result: {}", lua_error_message(&e));
                 }
             }
-            slot.rctx.reset();
-            fgen.free.borrow_mut().push(slot);
+            fgen.keep(slot);
         });
+    }
+
+    /// Keeps a slot whose request is over for the next one, or lets it go
+    /// when half the slots or more have stayed free for a long time, as
+    /// memcached eases them: a burst's slots go slowly, steady traffic
+    /// keeps its own.
+    fn keep(&self, slot: Slot) {
+        slot.rctx.reset();
+        let free = self.free.borrow().len();
+        if free + 1 > self.slots.get() / 2 {
+            let pressure = self.pressure.get() + 1;
+            if pressure > FREE_PRESSURE_MAX {
+                self.pressure.set(pressure - FREE_PRESSURE_DROP);
+                self.slots.set(self.slots.get().saturating_sub(1));
+                return;
+            }
+            self.pressure.set(pressure);
+        } else {
+            self.pressure.set(self.pressure.get().saturating_sub(1));
+        }
+        self.free.borrow_mut().push(slot);
     }
 
     /// Runs a request through this funcgen for a parent's handle: the
