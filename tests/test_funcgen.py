@@ -454,6 +454,19 @@ def test_sleep(fg):
     assert time.monotonic() - start >= 0.25
 
 
+def test_client_leaving_mid_request(fg):
+    # The client goes while its request sleeps, and while one waits for the
+    # black hole; the proxy goes on serving.
+    for key in (fresh("sleep/"), fresh("partial/any/")):
+        with fg.client() as c:
+            c.send(b"get %s\r\n" % key.encode())
+        time.sleep(0.4)
+    key = fresh("direct/")
+    mc_set(fg.backends[0], key, b"ok")
+    assert ask(fg, b"get %s\r\n" % key.encode(), b"END\r\n") == \
+        b"VALUE %s 0 2\r\nok\r\nEND\r\n" % key.encode()
+
+
 def test_best_and_worst_result(fg):
     key = fresh("ranked/best/")
     mc_set(fg.backends[2], key, b"x")

@@ -63,6 +63,43 @@ pub const CONSTANTS: &[(&str, i64)] = &[
     ("RES_ANY", RES_ANY as i64),
 ];
 
+/// A slot lent to one request. [`Lease::finish`] gives it back when the
+/// request is over; a request dropped before that (its client went away)
+/// gives it back as it is, or, with requests of it still out, lets it go,
+/// since nothing may be spawned while a worker shuts down.
+struct Lease {
+    fgen: Rc<Funcgen>,
+    lua: Lua,
+    slot: Option<Slot>,
+}
+
+impl Lease {
+    fn function(&self) -> Function {
+        self.slot
+            .as_ref()
+            .map(|s| s.function.clone())
+            .expect("a lease holds its slot until finished")
+    }
+
+    fn finish(mut self) {
+        if let Some(slot) = self.slot.take() {
+            self.fgen.release(&self.lua, slot);
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            if slot.rctx.pending.get() == 0 {
+                self.fgen.keep(slot);
+            } else {
+                self.fgen.slots.set(self.fgen.slots.get().saturating_sub(1));
+            }
+        }
+    }
+}
+
 /// The class of a reply, as memcached's proxy gives it: an error is
 /// *any*, a miss (`END`, `EN`) is *ok*, everything else is *good*.
 fn class_of(response: &LuaResponse) -> u8 {
@@ -202,13 +239,22 @@ impl Funcgen {
         self.free.borrow_mut().push(slot);
     }
 
+    /// Lends a slot to one request.
+    fn lease(self: &Rc<Self>, lua: &Lua) -> mlua::Result<Lease> {
+        Ok(Lease {
+            slot: Some(self.take_slot(lua)?),
+            fgen: self.clone(),
+            lua: lua.clone(),
+        })
+    }
+
     /// Runs a request through this funcgen for a parent's handle: the
     /// result as a response object, and its class.
     async fn run_for_handle(self: Rc<Self>, lua: Lua, request: AnyUserData) -> (LuaResponse, u8) {
-        let result = match self.take_slot(&lua) {
-            Ok(slot) => {
-                let result = slot.function.call_async::<Value>(request.clone()).await;
-                self.release(&lua, slot);
+        let result = match self.lease(&lua) {
+            Ok(lease) => {
+                let result = lease.function().call_async::<Value>(request.clone()).await;
+                lease.finish();
                 result
             }
             Err(e) => Err(e),
@@ -787,6 +833,7 @@ impl UserData for LuaRctx {
                 async move {
                     let n = match n {
                         Value::Integer(n) if n >= 0 => n as usize,
+                        Value::Number(n) if n >= 0.0 && n.fract() == 0.0 => n as usize,
                         _ => {
                             return Err(mlua::Error::runtime(
                                 "wait count for wait_cond must be a positive integer",
@@ -925,12 +972,12 @@ impl FuncgenRoute {
             },
         };
         let lua = worker.lua().clone();
-        let slot = match fgen.take_slot(&lua) {
-            Ok(slot) => slot,
+        let lease = match fgen.lease(&lua) {
+            Ok(lease) => lease,
             Err(e) => return worker.lua_failure(&e),
         };
-        let reply = worker.clone().run_lua(slot.function.clone(), request).await;
-        fgen.release(&lua, slot);
+        let reply = worker.clone().run_lua(lease.function(), request).await;
+        lease.finish();
         reply
     }
 
