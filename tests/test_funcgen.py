@@ -25,6 +25,12 @@ from test_proxy_api import BlackHole
 # --------------------------------------------------------------------------
 
 FGEN_STARTFILE = r"""
+-- The constants have memcached's values, in both kinds of VM (this line
+-- runs in each).
+assert(mcp.WAIT_ANY == 1 and mcp.WAIT_OK == 2 and mcp.WAIT_GOOD == 3
+       and mcp.WAIT_FASTGOOD == 4 and mcp.WAIT_RESUME == true
+       and mcp.RES_GOOD == 8 and mcp.RES_OK == 16 and mcp.RES_ANY == 32)
+
 -- start_arg: "host:port" of b1, b2, b3 and a black hole (accepts, never
 -- answers), comma-separated.
 local function split_arg()

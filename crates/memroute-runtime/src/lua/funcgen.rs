@@ -52,7 +52,8 @@ pub const RES_ANY: u8 = 1 << 5;
 /// as its second return value).
 const RESUME: u8 = 1 << 1;
 
-/// The funcgen constants of the `mcp` table.
+/// The funcgen constants of the `mcp` table (in both kinds of VM, as the
+/// whole startfile runs in both).
 pub const CONSTANTS: &[(&str, i64)] = &[
     ("WAIT_ANY", WAIT_ANY),
     ("WAIT_OK", WAIT_OK),
@@ -1002,14 +1003,9 @@ impl FuncgenRoute {
     }
 }
 
-/// Adds the funcgen API to a worker VM's `mcp` table.
+/// Adds the funcgen API to a worker VM's `mcp` table (the constants are
+/// set up with the rest, in [`super::vm`]).
 pub fn register(lua: &Lua, mcp: &Table) -> mlua::Result<()> {
-    for (name, value) in CONSTANTS {
-        mcp.set(*name, *value)?;
-    }
-    // memcached's callbacks return this as their second value to end a
-    // wait early; any true value does.
-    mcp.set("WAIT_RESUME", true)?;
     mcp.set(
         "funcgen_new",
         lua.create_function(|_, ()| Ok(LuaFuncgen(Funcgen::new())))?,

@@ -224,3 +224,58 @@ fn command_map(table: &Table) -> mlua::Result<HashMap<i64, Rc<Funcgen>>> {
     }
     Ok(commands)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn router(mode: Mode) -> Router {
+        Router {
+            mode,
+            map: HashMap::new(),
+            by_command: HashMap::new(),
+            default: None,
+        }
+    }
+
+    fn part<'k>(router: &Router, key: &'k str) -> Option<&'k str> {
+        router
+            .lookup_part(key.as_bytes())
+            .map(|p| std::str::from_utf8(p).unwrap())
+    }
+
+    #[test]
+    fn prefix_takes_what_comes_before_the_stop() {
+        let short = router(Mode::Prefix {
+            stop: b"/".to_vec(),
+        });
+        assert_eq!(part(&short, "foo/bar/baz"), Some("foo"));
+        assert_eq!(part(&short, "foobar"), None);
+        assert_eq!(part(&short, "/bar"), None, "an empty part is no part");
+        let long = router(Mode::Prefix {
+            stop: b"+#+".to_vec(),
+        });
+        assert_eq!(part(&long, "one+#+x"), Some("one"));
+        assert_eq!(part(&long, "one+#x"), None);
+        assert_eq!(part(&long, "+#"), None, "a key shorter than the stop");
+    }
+
+    #[test]
+    fn anchor_takes_what_comes_between_start_and_stop() {
+        let short = router(Mode::Anchor {
+            start: b"_".to_vec(),
+            stop: b",".to_vec(),
+        });
+        assert_eq!(part(&short, "_one,x"), Some("one"));
+        assert_eq!(part(&short, "one,x"), None, "no anchor");
+        assert_eq!(part(&short, "_one"), None, "no stop");
+        assert_eq!(part(&short, "_,x"), None);
+        assert_eq!(part(&short, "x_one,"), None, "the anchor leads the key");
+        let long = router(Mode::Anchor {
+            start: b"=?=".to_vec(),
+            stop: b"__".to_vec(),
+        });
+        assert_eq!(part(&long, "=?=one__x"), Some("one"));
+        assert_eq!(part(&long, "=?one__x"), None);
+    }
+}
