@@ -64,43 +64,6 @@ pub const CONSTANTS: &[(&str, i64)] = &[
     ("RES_ANY", RES_ANY as i64),
 ];
 
-/// A slot lent to one request. [`Lease::finish`] gives it back when the
-/// request is over; a request dropped before that (its client went away)
-/// gives it back as it is, or, with requests of it still out, lets it go,
-/// since nothing may be spawned while a worker shuts down.
-struct Lease {
-    fgen: Rc<Funcgen>,
-    lua: Lua,
-    slot: Option<Slot>,
-}
-
-impl Lease {
-    fn function(&self) -> Function {
-        self.slot
-            .as_ref()
-            .map(|s| s.function.clone())
-            .expect("a lease holds its slot until finished")
-    }
-
-    fn finish(mut self) {
-        if let Some(slot) = self.slot.take() {
-            self.fgen.release(&self.lua, slot);
-        }
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        if let Some(slot) = self.slot.take() {
-            if slot.rctx.pending.get() == 0 {
-                self.fgen.keep(slot);
-            } else {
-                self.fgen.slots.set(self.fgen.slots.get().saturating_sub(1));
-            }
-        }
-    }
-}
-
 /// The class of a reply, as memcached's proxy gives it: an error is
 /// *any*, a miss (`END`, `EN`) is *ok*, everything else is *good*.
 fn class_of(response: &LuaResponse) -> u8 {
@@ -154,6 +117,43 @@ const FREE_PRESSURE_DROP: u32 = 100;
 struct Slot {
     rctx: Rc<Rctx>,
     function: Function,
+}
+
+/// A slot lent to one request. [`Lease::finish`] gives it back when the
+/// request is over; a request dropped before that (its client went away)
+/// gives it back as it is, or, with requests of it still out, lets it go,
+/// since nothing may be spawned while a worker shuts down.
+struct Lease {
+    fgen: Rc<Funcgen>,
+    lua: Lua,
+    slot: Option<Slot>,
+}
+
+impl Lease {
+    fn function(&self) -> Function {
+        self.slot
+            .as_ref()
+            .map(|s| s.function.clone())
+            .expect("a lease holds its slot until finished")
+    }
+
+    fn finish(mut self) {
+        if let Some(slot) = self.slot.take() {
+            self.fgen.release(&self.lua, slot);
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            if slot.rctx.pending.get() == 0 {
+                self.fgen.keep(slot);
+            } else {
+                self.fgen.slots.set(self.fgen.slots.get().saturating_sub(1));
+            }
+        }
+    }
 }
 
 impl Funcgen {
