@@ -10,14 +10,16 @@ bad configurations and of the config setters start their own.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import time
 import uuid
 
 import pytest
 
 from conftest import (EXAMPLES_DIR, _factory, mc_get, mc_set, run_memroute_expect_failure,
-                      stats_dict, write_startfile)
+                      stats_dict, wait_until, write_startfile)
 from test_proxy_api import BlackHole
 
 # --------------------------------------------------------------------------
@@ -451,6 +453,23 @@ def test_idle_slots_are_let_go_as_memcached_eases_them(memroute_factory, startfi
         replies = [c.request(b"mg k v\r\n") for _ in range(1002)]
     assert replies[:3] == [b"HD t1\r\n", b"HD t2\r\n", b"HD t3\r\n"]
     assert replies[-2:] == [b"HD t1001\r\n", b"HD t1\r\n"]
+
+
+def test_reload_swaps_funcgens_with_a_request_in_flight(memroute_factory, startfile_dir):
+    # The slot function sleeps, so a request is in flight across the reload:
+    # it finishes on the configuration it started with.
+    text = COUNTER_STARTFILE.replace("x = x + 1", "rctx:sleep(0.5); x = x + 1")
+    path = write_startfile(startfile_dir, "reload.lua", text)
+    mr = memroute_factory("--config", str(path), "-t", "1")
+    with mr.client() as slow, mr.client() as c:
+        slow.send(b"mg k v\r\n")
+        time.sleep(0.1)
+        path.write_text(COUNTER_STARTFILE.replace('"HD t"', '"HD new"'))
+        os.kill(mr.pid, signal.SIGHUP)
+        wait_until(lambda: stats_dict(c, b"proxy")["config_reloads"] == "1", 5,
+                   what="the reload")
+        assert slow.read_line() == b"HD t1\r\n"
+        assert c.request(b"mg k v\r\n") == b"HD new1\r\n"
 
 
 def test_sleep(fg):
