@@ -13,6 +13,15 @@ use memroute_runtime::tls::{MinVersion, TlsSettings, VerifyMode};
 use memroute_runtime::{Server, ServerConfig};
 
 mod fleet;
+mod hash_report;
+
+/// The Lua libraries in `lua/`, compiled into the binary: `require "simple"`
+/// works with no file on disk (a file of the same name on the search path
+/// wins).
+const LUA_LIBRARIES: memroute_runtime::config::LuaLibraries = &[
+    ("simple", include_str!("../lua/simple.lua")),
+    ("tier", include_str!("../lua/tier.lua")),
+];
 
 /// A Lua-scriptable memcached routing proxy. With no configuration it is a
 /// drop-in memcached served by an embedded in-memory cache.
@@ -622,6 +631,7 @@ fn config_from(cli: &Cli) -> Result<ServerConfig, String> {
             startfile,
             start_arg,
             lua_path: cli.lua_path.clone(),
+            libraries: LUA_LIBRARIES,
         });
     } else if start_arg.is_some() {
         return Err("--config-arg / proxy_arg needs a startfile (--config)".into());
@@ -637,7 +647,7 @@ fn main() -> ExitCode {
     }
     if let Some(tool) = &cli.command {
         return match tool {
-            Tool::HashReport { svg } => match memroute_hash::report::run(svg) {
+            Tool::HashReport { svg } => match hash_report::run(svg) {
                 Ok(table) => {
                     print!("{table}");
                     println!("SVG written to {}", svg.display());

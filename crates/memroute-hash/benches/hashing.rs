@@ -8,7 +8,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use memroute_hash::report::SplitMix64;
+use memroute_hash::sample::SplitMix64;
 use memroute_hash::{Backend, DistributionConfig, DistributionKind, KeyHash};
 
 fn backends(n: usize) -> Vec<Backend> {

@@ -16,8 +16,9 @@
 //! * [`dist`] — [`DistributionKind`], [`RingMode`], [`DistributionConfig`]
 //!   and the built [`Distribution`] (jump, ketama-style rings, Maglev,
 //!   modula, rendezvous).
-//! * [`report`] — the load-balance and key-movement experiment behind
-//!   `memroute hash-report` (table + SVG box plot).
+//! * [`sample`] — a seeded generator for experiments and benchmarks (the
+//!   load-balance report built on it, `memroute hash-report`, lives in the
+//!   binary: this crate computes, it writes no files).
 //!
 //! # Example
 //!
@@ -69,7 +70,7 @@
 pub mod dist;
 pub mod filter;
 pub mod hash;
-pub mod report;
+pub mod sample;
 
 pub use dist::{
     Distribution, DistributionConfig, DistributionKind, HostPort, RingMode, DEFAULT_POINTS,

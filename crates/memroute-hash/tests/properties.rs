@@ -1,6 +1,6 @@
 //! Property tests: balance, minimal disruption, fallback lists, filters.
 
-use memroute_hash::report::SplitMix64;
+use memroute_hash::sample::SplitMix64;
 use memroute_hash::{Backend, DistributionConfig, DistributionKind, KeyFilter, KeyHash, RingMode};
 use proptest::prelude::*;
 

@@ -22,7 +22,7 @@ pub const VERSION: &str = concat!("1.6.18-memroute-", env!("CARGO_PKG_VERSION"))
 pub struct Admin {
     pub stats: Arc<ServerStats>,
     pub config: ServerConfig,
-    pub proxy_stats: Arc<crate::lua::ProxyStats>,
+    pub proxy_stats: Arc<crate::stats::ProxyStats>,
     /// Client-facing TLS, for its settings and counters.
     pub tls: Option<Arc<crate::tls::ServerTls>>,
     /// Client authentication, for `auth_cmds` and `auth_errors`.
@@ -176,7 +176,7 @@ impl Admin {
             write_stat(out, "ssl_handshake_errors", tls.handshake_errors());
             write_stat(out, "time_since_server_cert_refresh", tls.since_refresh());
         }
-        for store in crate::store::all() {
+        for store in self.proxy_stats.stores.all() {
             for (field, value) in store.stats() {
                 write_stat(out, &format!("{}_{field}", store.name()), value);
             }

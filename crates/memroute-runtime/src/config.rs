@@ -1,6 +1,7 @@
 //! Server settings, with memcached's defaults.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use memroute_proto::Limits;
@@ -47,7 +48,7 @@ pub struct ServerConfig {
     pub protocol: Protocol,
     /// The Lua routing configuration; `None` serves everything from the
     /// embedded cache.
-    pub proxy: Option<crate::lua::ProxyConfig>,
+    pub proxy: Option<ProxyConfig>,
     /// A client connection that sends nothing for this long while no
     /// request of its is in flight is closed (memcached's
     /// `-o idle_timeout`); `None` never closes idle clients.
@@ -93,3 +94,22 @@ impl Default for ServerConfig {
         }
     }
 }
+
+/// Where the routing configuration comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyConfig {
+    /// The startfile (memcached's `-o proxy_config=FILE`).
+    pub startfile: PathBuf,
+    /// `mcp.start_arg` (memcached's `proxy_arg=STR`).
+    pub start_arg: Option<String>,
+    /// Extra directories searched by `require`, before the startfile's own
+    /// directory and the embedded libraries.
+    pub lua_path: Vec<PathBuf>,
+    /// Lua libraries compiled into the binary (`lua/*.lua`), as `(name,
+    /// source)`. `require` finds a file of the same name on the search path
+    /// first, so operators can override them from disk.
+    pub libraries: LuaLibraries,
+}
+
+/// `(name, source)` of Lua libraries `require` can load without a file.
+pub type LuaLibraries = &'static [(&'static str, &'static str)];

@@ -34,8 +34,7 @@ use tokio::sync::watch;
 
 use crate::config::Protocol;
 use crate::embedded::{Embedded, Flow};
-use crate::lua::worker::{ReplyFuture, Route, WorkerLimits, WorkerLua};
-use crate::lua::WorkerProxy;
+use crate::route::{multiget, ReplyFuture, Route, RouteSet, WorkerLimits, WorkerRoutes};
 use crate::stats::{ServerStats, WorkerLoad, WorkerStats};
 
 /// Bytes reserved per read.
@@ -60,8 +59,8 @@ pub struct WorkerContext {
     pub limits: Limits,
     /// Which protocols clients may speak (`-B`).
     pub protocol: Protocol,
-    /// The Lua routing layer, when a startfile is configured.
-    pub proxy: Option<Rc<WorkerProxy>>,
+    /// This worker's routes, when a startfile is configured.
+    pub routes: Option<Rc<WorkerRoutes>>,
     /// Idle clients are closed after this (`-o idle_timeout`).
     pub idle_timeout: Option<std::time::Duration>,
     /// Reply bytes held for one client at most.
@@ -281,8 +280,8 @@ impl Drop for Pipeline<'_> {
 /// A routed multi-key get being sent a window of keys at a time, as the
 /// client's reply budget allows; its reply is streamed in key order.
 struct MultiGet {
-    lua: Rc<WorkerLua>,
-    route: Route,
+    routes: Rc<RouteSet>,
+    route: Rc<dyn Route>,
     get: GetCommand,
     /// Keys before this one have been sent.
     next: usize,
@@ -336,7 +335,7 @@ where
                     continue;
                 }
                 let per_window = if mg.route.joins_keys() { left } else { 1 };
-                let limits = mg.lua.limits();
+                let limits = mg.routes.limits();
                 let worker_room = pipeline.buffer_free(limits) / per_value.max(1);
                 let n = per_window
                     .min(left)
@@ -362,7 +361,7 @@ where
                     break;
                 }
                 let keys = &mg.get.keys[mg.next..mg.next + n];
-                let reply = mg.lua.get_window(&mg.route, &mg.get, keys);
+                let reply = multiget::window(&mg.route, &mg.get, keys);
                 pipeline.push(reply, n * per_value, true);
                 mg.next += n;
                 continue;
@@ -377,18 +376,18 @@ where
             took_request = true;
             match frame {
                 Frame::Request(request, bin) => match route_for(&ctx, &request) {
-                    Some((lua, route)) => {
+                    Some((routes, route)) => {
                         if let (Command::Get(get), None) = (request.command(), &bin) {
                             if get.keys.len() > 1 {
-                                lua.count_routed();
-                                if let Err(refusal) = pipeline.admit(lua.limits(), per_value) {
+                                routes.count_routed();
+                                if let Err(refusal) = pipeline.admit(routes.limits(), per_value) {
                                     refusal.count(ctx.stats());
                                     let reply = Bytes::from_static(refusal.reply());
                                     queue_or_write(&mut pipeline, &mut wbuf, reply);
                                     continue;
                                 }
                                 multi = Some(MultiGet {
-                                    lua,
+                                    routes,
                                     route,
                                     get: get.clone(),
                                     next: 0,
@@ -402,7 +401,7 @@ where
                             paused = true;
                             break;
                         }
-                        if let Err(refusal) = pipeline.admit(lua.limits(), reserve) {
+                        if let Err(refusal) = pipeline.admit(routes.limits(), reserve) {
                             refusal.count(ctx.stats());
                             if !request.noreply() {
                                 let reply = encoded(refusal.reply(), bin.as_ref());
@@ -410,7 +409,7 @@ where
                             }
                             continue;
                         }
-                        pipeline.push(routed_reply(lua, route, request, bin), reserve, true);
+                        pipeline.push(routed_reply(&routes, route, request, bin), reserve, true);
                     }
                     None if !pipeline.is_empty() => {
                         // Run it once the routed requests before it are done.
@@ -592,22 +591,22 @@ async fn stream_local_get<S: AsyncWrite + Unpin>(
     true
 }
 
-/// The Lua route for this request on the current configuration, if any.
-fn route_for(ctx: &WorkerContext, request: &Request) -> Option<(Rc<WorkerLua>, Route)> {
-    let lua = ctx.proxy.as_ref()?.current();
-    let hook = lua.hook(request.command())?;
-    Some((lua, hook))
+/// The route for this request on the current configuration, if any.
+fn route_for(ctx: &WorkerContext, request: &Request) -> Option<(Rc<RouteSet>, Rc<dyn Route>)> {
+    let routes = ctx.routes.as_ref()?.current()?;
+    let route = routes.route(request.command())?;
+    Some((routes, route))
 }
 
 /// A routed request's reply on its way; a binary request's is encoded
 /// back to binary (`bin`).
 fn routed_reply(
-    lua: Rc<WorkerLua>,
-    route: Route,
+    routes: &RouteSet,
+    route: Rc<dyn Route>,
     request: Request,
     bin: Option<BinaryContext>,
 ) -> ReplyFuture {
-    let reply = lua.serve(route, request);
+    let reply = routes.serve(route, request);
     match bin {
         None => reply,
         Some(bin) => Box::pin(reply.map(move |text| binary_reply(&bin, &text))),
@@ -646,9 +645,10 @@ fn refused_too_large(ctx: &WorkerContext, key: &[u8], drops_existing: bool) {
 /// Whether storage commands go through a Lua route (then the embedded
 /// cache does not hold the key's value, so there is nothing to drop).
 fn routed(ctx: &WorkerContext) -> bool {
-    ctx.proxy
+    ctx.routes
         .as_ref()
-        .is_some_and(|p| p.current().routes_storage())
+        .and_then(|r| r.current())
+        .is_some_and(|r| r.routes_storage())
 }
 
 fn queue_or_write(pipeline: &mut Pipeline, wbuf: &mut BytesMut, bytes: Bytes) {

@@ -2,16 +2,26 @@
 //! stats. The binary only parses flags into a [`ServerConfig`] and calls
 //! [`Server::run`].
 //!
-//! May depend on: `memroute-proto` (wire codecs), `memroute-cache` (the
-//! embedded backend), tokio. Nothing here parses bytes by hand.
+//! May depend on: `memroute-proto` (wire codecs), `memroute-hash` (key
+//! distributions), `memroute-cache` (the embedded cache),
+//! `memroute-dynamo` (DynamoDB stores), tokio, mlua (only in [`lua`]),
+//! rustls, hyper and prometheus-client (only in [`tls`] and [`metrics`]).
+//! Inside, the layering is: [`backend`] (the memcached client) knows no
+//! route, connection or Lua; [`route`] knows no connection, server or Lua;
+//! only [`lua`], [`server`] and [`reload`] know Lua (checked by
+//! `tests/layering.rs`; see docs/architecture.md).
 //!
 //! # Layout
 //! - [`config`]: [`ServerConfig`], with memcached's defaults.
 //! - [`server`]: listeners, the acceptor, worker threads, graceful shutdown.
+//! - [`reload`]: SIGHUP: certificates, password files and the Lua
+//!   configuration, staged on every worker and committed on all or none.
 //! - [`connection`]: the per-connection read/decode/execute/write loop.
 //! - [`embedded`]: requests executed against the embedded cache.
 //! - [`admin`]: `stats`, `stats settings`, `stats proxy`, the version string.
-//! - [`lua`]: the Lua routing layer (config VM, worker VMs, routes).
+//! - [`route`]: the route tree (routes, pools, per-worker route sets),
+//!   free of Lua.
+//! - [`lua`]: the Lua layer (config VM, worker VMs, Lua routes, bindings).
 //! - [`backend`]: worker-local pipelined connections to memcached servers.
 //! - [`store`]: stores shared by all workers (DynamoDB tables) and their
 //!   registry.
@@ -38,6 +48,8 @@ pub mod connection;
 pub mod embedded;
 pub mod lua;
 pub mod metrics;
+pub mod reload;
+pub mod route;
 pub mod server;
 pub mod stats;
 pub mod store;

@@ -654,7 +654,7 @@ impl Collector {
     }
 
     fn encode_stores(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
-        let stores = crate::store::all();
+        let stores = self.0.admin.proxy_stats.stores.all();
         if stores.is_empty() {
             return Ok(());
         }

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use memroute_cache::{Cache, CacheConfig};
 use tokio::io::AsyncWriteExt;
-use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::LocalSet;
 use tracing::{debug, info, warn};
 
@@ -28,8 +28,11 @@ use crate::auth::Auth;
 use crate::config::ServerConfig;
 use crate::connection::{serve, WorkerContext};
 use crate::embedded::Embedded;
-use crate::lua::worker::RouteEnv;
-use crate::lua::{load_config, LoadedConfig, ProxyConfig, ProxyStats, WorkerProxy};
+use crate::lua::{load_config, LoadedConfig, WorkerProxy};
+pub use crate::reload::ReloadHandle;
+use crate::reload::{handle_control, reload_config, reload_files, Control};
+use crate::route::RouteEnv;
+use crate::stats::ProxyStats;
 use crate::stats::ServerStats;
 use crate::tls::ServerTls;
 
@@ -52,27 +55,6 @@ pub enum RuntimeError {
     /// An auth file (`-Y`) or SASL password file (`-S`) that cannot be used.
     #[error("authentication: {0}")]
     Auth(String),
-}
-
-/// Asks a running server to reload its Lua configuration (what SIGHUP
-/// does).
-#[derive(Clone)]
-pub struct ReloadHandle(Arc<Notify>);
-
-impl ReloadHandle {
-    pub fn reload(&self) {
-        self.0.notify_one();
-    }
-}
-
-/// Messages from the main thread to a worker during a reload.
-enum Control {
-    /// Build a VM for this configuration and say whether it worked.
-    Stage(Arc<LoadedConfig>, oneshot::Sender<Result<(), String>>),
-    /// Every worker staged: switch to the staged VM.
-    Commit,
-    /// Some worker failed: drop the staged VM.
-    Abort,
 }
 
 /// Triggers a graceful shutdown from another thread (tests, embedders).
@@ -180,7 +162,7 @@ impl Server {
         // startfile stops the server with the file and line at fault.
         let loaded = match &config.proxy {
             Some(proxy) => {
-                let loaded = load_config(proxy)?;
+                let loaded = load_config(proxy, &proxy_stats.stores)?;
                 proxy_stats.set_names(&loaded.stat_names);
                 config_digest.set(crate::metrics::config_digest(
                     Some(&proxy.startfile),
@@ -316,7 +298,7 @@ impl Server {
         // write-behind queues can be emptied for good. The drain is a
         // statement of its own: in a log macro's arguments it would only
         // run when info logging is on.
-        for store in crate::store::all() {
+        for store in proxy_stats.stores.all() {
             let report = store.drain(config.drain_timeout);
             info!("{}: {}", store.name(), report);
         }
@@ -382,94 +364,6 @@ async fn wait_for_shutdown<F, Fut>(
         }
     }
     let _ = shutdown.send(true);
-}
-
-/// SIGHUP's part for certificates and password files: each is read again,
-/// and one that fails keeps what was loaded before (logged as an error).
-/// New connections use what is loaded; established ones keep their session.
-fn reload_files(tls: Option<&ServerTls>, auth: Option<&Auth>) {
-    if let Some(tls) = tls {
-        match tls.reload() {
-            Ok(()) => info!("TLS certificates reloaded"),
-            Err(e) => tracing::error!("TLS reload failed, keeping the old certificates: {e}"),
-        }
-    }
-    if let Some(auth) = auth {
-        match auth.reload() {
-            Ok(users) => info!(users, "password file reloaded"),
-            Err(e) => tracing::error!("password file reload failed, keeping the old one: {e}"),
-        }
-    }
-}
-
-/// Reloads the Lua configuration on every worker, or on none: the config VM
-/// runs first (off the acceptor thread), then every worker builds its new VM
-/// beside the old one; only if all succeed do they switch.
-async fn reload_config(
-    proxy: Option<ProxyConfig>,
-    controls: Vec<mpsc::UnboundedSender<Control>>,
-    proxy_stats: Arc<ProxyStats>,
-    config_digest: Arc<crate::metrics::ConfigDigest>,
-) {
-    use std::sync::atomic::Ordering::Relaxed;
-    let Some(proxy) = proxy else {
-        info!("no Lua configuration to reload");
-        return;
-    };
-    let load = move || {
-        load_config(&proxy).map(|loaded| {
-            let digest =
-                crate::metrics::config_digest(Some(&proxy.startfile), &loaded.backend_lists());
-            (loaded, digest)
-        })
-    };
-    let (loaded, digest) = match tokio::task::spawn_blocking(load).await {
-        Ok(Ok((loaded, digest))) => (Arc::new(loaded), digest),
-        Ok(Err(e)) => {
-            proxy_stats.reload_failures.fetch_add(1, Relaxed);
-            tracing::error!("reload failed, keeping the old configuration: {e}");
-            return;
-        }
-        Err(e) => {
-            proxy_stats.reload_failures.fetch_add(1, Relaxed);
-            tracing::error!("reload failed, keeping the old configuration: {e}");
-            return;
-        }
-    };
-    let mut replies = Vec::with_capacity(controls.len());
-    for control in &controls {
-        let (tx, rx) = oneshot::channel();
-        if control.send(Control::Stage(loaded.clone(), tx)).is_ok() {
-            replies.push(rx);
-        }
-    }
-    let mut failure = None;
-    for rx in replies {
-        match rx.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                failure.get_or_insert(e);
-            }
-            Err(_) => {
-                failure.get_or_insert("a worker stopped during the reload".to_string());
-            }
-        }
-    }
-    if let Some(e) = failure {
-        for control in &controls {
-            let _ = control.send(Control::Abort);
-        }
-        proxy_stats.reload_failures.fetch_add(1, Relaxed);
-        tracing::error!("reload failed, keeping the old configuration: {e}");
-        return;
-    }
-    for control in &controls {
-        let _ = control.send(Control::Commit);
-    }
-    proxy_stats.set_names(&loaded.stat_names);
-    proxy_stats.reloads.fetch_add(1, Relaxed);
-    config_digest.set(digest);
-    info!("configuration reloaded on every worker");
 }
 
 async fn accept_loop(
@@ -577,7 +471,7 @@ impl WorkerSeed {
             worker: self.worker,
             limits: self.config.limits.clone(),
             protocol: self.config.protocol,
-            proxy: proxy.clone(),
+            routes: proxy.as_ref().map(|p| p.routes().clone()),
             idle_timeout: self.config.idle_timeout,
             client_buffer_limit: self.config.client_buffer_limit,
             auth: self.auth.clone(),
@@ -592,7 +486,7 @@ impl WorkerSeed {
                 let stream = tokio::select! {
                     stream = incoming.recv() => stream,
                     Some(message) = control.recv() => {
-                        handle_control(proxy.as_deref(), message);
+                        handle_control(proxy.as_ref(), message);
                         continue;
                     }
                     _ = shutdown.wait_for(|&stop| stop) => None,
@@ -672,18 +566,4 @@ async fn serve_tls(
     crate::tls::PEER_CN
         .scope(cn, serve(stream, ctx, shutdown))
         .await;
-}
-
-fn handle_control(proxy: Option<&WorkerProxy>, message: Control) {
-    match (proxy, message) {
-        (Some(proxy), Control::Stage(loaded, reply)) => {
-            let _ = reply.send(proxy.stage(&loaded).map_err(|e| e.to_string()));
-        }
-        (None, Control::Stage(_, reply)) => {
-            let _ = reply.send(Err("this worker has no Lua configuration".into()));
-        }
-        (Some(proxy), Control::Commit) => proxy.commit(),
-        (Some(proxy), Control::Abort) => proxy.abort(),
-        (None, _) => {}
-    }
 }

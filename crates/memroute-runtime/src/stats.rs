@@ -249,3 +249,97 @@ pub fn cpu_times() -> (f64, f64) {
 pub fn write_stat(out: &mut BytesMut, name: &str, value: impl std::fmt::Display) {
     reply::stat(out, name, value);
 }
+
+// The proxy's process-wide counters (below) are written from every worker.
+use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use crate::backend::BackendRegistry;
+
+/// Highest id `mcp.add_stat` accepts.
+pub const MAX_USER_STATS: usize = 1024;
+
+/// Process-wide proxy counters: `mcp.add_stat`/`mcp.stat` user counters and
+/// memroute's own, shown by `stats proxy`.
+#[derive(Debug)]
+pub struct ProxyStats {
+    names: Mutex<Vec<(i64, String)>>,
+    values: Box<[AtomicI64]>,
+    pub lua_errors: AtomicU64,
+    pub routed_requests: AtomicU64,
+    pub reloads: AtomicU64,
+    pub reload_failures: AtomicU64,
+    /// Every worker's memcached backends, for `stats backends`.
+    pub backends: BackendRegistry,
+    /// The process's shared stores (DynamoDB tables), for `stats`,
+    /// metrics, warm-up and shutdown.
+    pub stores: Arc<crate::store::StoreRegistry>,
+}
+
+impl Default for ProxyStats {
+    fn default() -> Self {
+        ProxyStats {
+            names: Mutex::new(Vec::new()),
+            values: (0..=MAX_USER_STATS).map(|_| AtomicI64::new(0)).collect(),
+            lua_errors: AtomicU64::new(0),
+            routed_requests: AtomicU64::new(0),
+            reloads: AtomicU64::new(0),
+            reload_failures: AtomicU64::new(0),
+            backends: BackendRegistry::default(),
+            stores: Arc::default(),
+        }
+    }
+}
+
+impl ProxyStats {
+    /// Installs the names a (re)loaded configuration registered.
+    pub fn set_names(&self, names: &[(i64, String)]) {
+        if let Ok(mut n) = self.names.lock() {
+            *n = names.to_vec();
+        }
+    }
+
+    /// `mcp.stat(id, delta)`.
+    pub fn add(&self, id: i64, delta: i64) {
+        if let Some(v) = usize::try_from(id).ok().and_then(|i| self.values.get(i)) {
+            v.fetch_add(delta, Relaxed);
+        }
+    }
+
+    /// `(name, value)` for every registered user stat (`mcp.add_stat`),
+    /// for the metrics endpoint.
+    pub fn user_stats(&self) -> Vec<(String, i64)> {
+        let Ok(names) = self.names.lock() else {
+            return Vec::new();
+        };
+        names
+            .iter()
+            .map(|(id, name)| {
+                let value = self.values.get(*id as usize).map_or(0, |v| v.load(Relaxed));
+                (name.clone(), value)
+            })
+            .collect()
+    }
+
+    /// `(name, value)` for every registered user stat, then memroute's own.
+    pub fn snapshot(&self) -> Vec<(String, i64)> {
+        let mut out = Vec::new();
+        if let Ok(names) = self.names.lock() {
+            for (id, name) in names.iter() {
+                let value = self.values.get(*id as usize).map_or(0, |v| v.load(Relaxed));
+                out.push((name.clone(), value));
+            }
+        }
+        out.push(("lua_errors".into(), self.lua_errors.load(Relaxed) as i64));
+        out.push((
+            "routed_requests".into(),
+            self.routed_requests.load(Relaxed) as i64,
+        ));
+        out.push(("config_reloads".into(), self.reloads.load(Relaxed) as i64));
+        out.push((
+            "config_reload_fails".into(),
+            self.reload_failures.load(Relaxed) as i64,
+        ));
+        out
+    }
+}

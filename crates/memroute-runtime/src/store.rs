@@ -6,11 +6,13 @@
 //! write of a key to keep them in order. The registry keeps one store per
 //! distinct configuration, so a reload that keeps a table's settings keeps
 //! its store (and its queue), and so `stats` and shutdown can reach every
-//! store.
+//! store. The registry is a value the server owns ([`StoreRegistry`]), not
+//! a global.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use memroute_proto::{Request, Response};
@@ -59,32 +61,60 @@ pub struct StoredItem {
 
 type Entry = (String, Arc<dyn SharedStore>);
 
-fn registry() -> &'static Mutex<Vec<Entry>> {
-    static STORES: OnceLock<Mutex<Vec<Entry>>> = OnceLock::new();
-    STORES.get_or_init(|| Mutex::new(Vec::new()))
+/// The shared stores of one server process, one per distinct
+/// configuration, and the warm-ups started from them. The server makes one
+/// and hands it to the config VM (which registers stores), to every worker
+/// (warm-ups), and to `stats`, the metrics endpoint and shutdown (which
+/// reach every store).
+#[derive(Default)]
+pub struct StoreRegistry {
+    stores: Mutex<Vec<Entry>>,
+    warmups: Mutex<HashSet<String>>,
 }
 
-/// The store registered under `identity` (its full configuration), or a new
-/// one from `make`, registered for next time.
-pub fn get_or_create<E>(
-    identity: &str,
-    make: impl FnOnce() -> Result<Arc<dyn SharedStore>, E>,
-) -> Result<Arc<dyn SharedStore>, E> {
-    let mut stores = registry().lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((_, store)) = stores.iter().find(|(id, _)| id == identity) {
-        return Ok(store.clone());
+impl std::fmt::Debug for StoreRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<String> = self.all().iter().map(|s| s.name().to_string()).collect();
+        f.debug_struct("StoreRegistry")
+            .field("stores", &names)
+            .finish()
     }
-    let store = make()?;
-    stores.push((identity.to_string(), store.clone()));
-    Ok(store)
 }
 
-/// Every store created so far.
-pub fn all() -> Vec<Arc<dyn SharedStore>> {
-    registry()
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-        .map(|(_, s)| s.clone())
-        .collect()
+impl StoreRegistry {
+    /// The store registered under `identity` (its full configuration), or
+    /// a new one from `make`, registered for next time.
+    pub fn get_or_create<E>(
+        &self,
+        identity: &str,
+        make: impl FnOnce() -> Result<Arc<dyn SharedStore>, E>,
+    ) -> Result<Arc<dyn SharedStore>, E> {
+        let mut stores = self.stores.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, store)) = stores.iter().find(|(id, _)| id == identity) {
+            return Ok(store.clone());
+        }
+        let store = make()?;
+        stores.push((identity.to_string(), store.clone()));
+        Ok(store)
+    }
+
+    /// Every store created so far.
+    pub fn all(&self) -> Vec<Arc<dyn SharedStore>> {
+        self.stores
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(_, s)| s.clone())
+            .collect()
+    }
+
+    /// Whether the warm-up named `pair` (`STORE -> CACHE`) is yet to run:
+    /// true once per process. Every worker, and every reload, runs
+    /// `mcp_config_routes`, and a cache is warmed once.
+    pub fn first_warm(&self, pair: &str) -> bool {
+        self.warmups
+            .lock()
+            .map(|mut done| done.insert(pair.to_string()))
+            .unwrap_or(false)
+    }
 }

@@ -180,6 +180,7 @@ fn routes_and_reload_all_or_nothing() {
             startfile: startfile.clone(),
             start_arg: None,
             lua_path: vec![],
+            libraries: &[],
         }),
         ..Default::default()
     });
@@ -243,6 +244,7 @@ fn broken_startfile_fails_at_start_with_file_and_line() {
             startfile: path.clone(),
             start_arg: None,
             lua_path: vec![],
+            libraries: &[],
         }),
         ..Default::default()
     })

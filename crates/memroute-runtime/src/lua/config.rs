@@ -12,25 +12,16 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use memroute_hash::{Backend as HashBackend, Distribution, DistributionConfig, KeyFilter, KeyHash};
+use memroute_hash::{Backend as HashBackend, DistributionConfig, KeyFilter, KeyHash};
 use mlua::{AnyUserData, Lua, Table, UserData, Value};
 
 use super::vm::{self, DIST_MARK, HASH_MARK};
 use crate::backend::BackendConfig;
-use crate::store::SharedStore;
-use crate::tls::{BackendTls, ClientTls, ClientTlsSettings};
+pub use crate::config::ProxyConfig;
+pub use crate::route::{PoolDef, PoolKind};
+use crate::store::StoreRegistry;
 
-/// Where the routing configuration comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProxyConfig {
-    /// The startfile (memcached's `-o proxy_config=FILE`).
-    pub startfile: PathBuf,
-    /// `mcp.start_arg` (memcached's `proxy_arg=STR`).
-    pub start_arg: Option<String>,
-    /// Extra directories searched by `require`, before the startfile's own
-    /// directory and the embedded libraries.
-    pub lua_path: Vec<PathBuf>,
-}
+use crate::tls::{BackendTls, ClientTls, ClientTlsSettings};
 
 /// Why a configuration could not be loaded. The message names the file and
 /// line where Lua can tell.
@@ -67,42 +58,6 @@ pub(crate) fn lua_error_message(error: &mlua::Error) -> String {
             format!("{context}: {}", lua_error_message(cause))
         }
         other => other.to_string(),
-    }
-}
-
-/// A pool as the config VM built it.
-pub struct PoolDef {
-    /// A name for logs and stats (the `name` option, else the backends).
-    pub name: String,
-    pub kind: PoolKind,
-}
-
-/// What a pool is made of.
-pub enum PoolKind {
-    /// memcached servers and the key distribution over them; each worker
-    /// connects to them on its own.
-    Memcached {
-        backends: Vec<Arc<BackendConfig>>,
-        distribution: Distribution,
-    },
-    /// A store shared by every worker (a DynamoDB table).
-    Shared(Arc<dyn SharedStore>),
-}
-
-impl std::fmt::Debug for PoolDef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.kind {
-            PoolKind::Memcached { backends, .. } => f
-                .debug_struct("PoolDef")
-                .field("name", &self.name)
-                .field("backends", backends)
-                .finish(),
-            PoolKind::Shared(store) => f
-                .debug_struct("PoolDef")
-                .field("name", &self.name)
-                .field("store", &store.name())
-                .finish(),
-        }
     }
 }
 
@@ -222,8 +177,14 @@ impl UserData for PoolHandle {}
 const MAX_DEPTH: usize = 32;
 
 /// Loads the startfile in a fresh config VM and runs `mcp_config_pools()`.
-pub fn load_config(proxy: &ProxyConfig) -> Result<LoadedConfig, ConfigError> {
+///
+/// Stores (`mcp.dynamo_pool`) are made in, or reused from, `stores`.
+pub fn load_config(
+    proxy: &ProxyConfig,
+    stores: &Arc<StoreRegistry>,
+) -> Result<LoadedConfig, ConfigError> {
     let lua = vm::new_vm(proxy)?;
+    lua.set_app_data(stores.clone());
     lua.set_app_data(ProxySettings::default());
     let stat_names = Rc::new(RefCell::new(Vec::new()));
     register(&lua, stat_names.clone()).map_err(|e| ConfigError::lua(&proxy.startfile, e))?;
@@ -305,14 +266,14 @@ fn register(lua: &Lua, stat_names: Rc<RefCell<Vec<(i64, String)>>>) -> mlua::Res
     )?;
     mcp.set(
         "dynamo_pool",
-        lua.create_function(|_, opts: Table| super::dynamo::dynamo_pool(opts))?,
+        lua.create_function(|lua, opts: Table| super::dynamo::dynamo_pool(lua, opts))?,
     )?;
     mcp.set(
         "add_stat",
         lua.create_function(move |lua, (id, name): (i64, String)| {
             let limit = lua
                 .app_data_ref::<StatLimit>()
-                .map_or(super::worker::MAX_USER_STATS, |l| l.0);
+                .map_or(crate::stats::MAX_USER_STATS, |l| l.0);
             if !(1..=limit as i64).contains(&id) {
                 return Err(mlua::Error::runtime(format!(
                     "mcp.add_stat: id must be 1..{limit}"
@@ -605,7 +566,7 @@ struct StatLimit(usize);
 /// only tune memcached's own threads or its Lua collector.
 fn register_backend_defaults(lua: &Lua, mcp: &Table) -> mlua::Result<()> {
     lua.set_app_data(BackendDefaults::default());
-    lua.set_app_data(StatLimit(super::worker::MAX_USER_STATS));
+    lua.set_app_data(StatLimit(crate::stats::MAX_USER_STATS));
     for (setter, option) in BACKEND_SETTERS {
         let who = format!("mcp.{setter}");
         mcp.set(
@@ -621,7 +582,7 @@ fn register_backend_defaults(lua: &Lua, mcp: &Table) -> mlua::Result<()> {
     mcp.set(
         "stat_limit",
         lua.create_function(|lua, value: Value| {
-            let max = super::worker::MAX_USER_STATS as i64;
+            let max = crate::stats::MAX_USER_STATS as i64;
             match value {
                 Value::Integer(n) if (1..=max).contains(&n) => {
                     lua.set_app_data(StatLimit(n as usize));
@@ -955,7 +916,7 @@ fn pool(list: Table, opts: Option<Table>) -> mlua::Result<PoolHandle> {
         name,
         kind: PoolKind::Memcached {
             backends,
-            distribution,
+            distribution: Arc::new(distribution),
         },
     })))
 }
@@ -1050,11 +1011,15 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let startfile = dir.join("start.lua");
         std::fs::write(&startfile, text).unwrap();
-        let loaded = load_config(&ProxyConfig {
-            startfile,
-            start_arg: None,
-            lua_path: Vec::new(),
-        })
+        let loaded = load_config(
+            &ProxyConfig {
+                startfile,
+                start_arg: None,
+                lua_path: Vec::new(),
+                libraries: &[],
+            },
+            &Arc::default(),
+        )
         .unwrap();
         let _ = std::fs::remove_dir_all(&dir);
         loaded.backend_lists()

@@ -187,7 +187,7 @@ const SPOOL_OPTIONS: [&str; 2] = ["spool_fsync", "spool_max_bytes"];
 /// batch_writes=, queue_max_keys=, queue_max_bytes=, backpressure_timeout=,
 /// batch_linger=, max_attempts=, timeout=, create_table=, name=, format=, session_name=,
 /// session_prefix=, data_type=, session_lifetime=, spool=, spool_fsync=, spool_max_bytes=}`.
-pub fn dynamo_pool(opts: Table) -> mlua::Result<PoolHandle> {
+pub fn dynamo_pool(lua: &mlua::Lua, opts: Table) -> mlua::Result<PoolHandle> {
     let mut config = DynamoConfig::default();
     let mut name = None;
     // The PHP session format: chosen by `format`, shaped by
@@ -343,7 +343,11 @@ pub fn dynamo_pool(opts: Table) -> mlua::Result<PoolHandle> {
         ));
     }
     let identity = format!("{name} {config:?}");
-    let shared = store::get_or_create(&identity, || {
+    let stores = lua
+        .app_data_ref::<Arc<store::StoreRegistry>>()
+        .ok_or_else(|| mlua::Error::runtime("mcp.dynamo_pool: no store registry"))?
+        .clone();
+    let shared = stores.get_or_create(&identity, || {
         let store = DynamoStore::new(config.clone())
             .map_err(|e| mlua::Error::runtime(format!("mcp.dynamo_pool: {e}")))?;
         Ok::<Arc<dyn SharedStore>, mlua::Error>(Arc::new(DynamoPool {

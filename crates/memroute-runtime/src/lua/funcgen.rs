@@ -34,8 +34,11 @@ use tracing::warn;
 
 use super::config::lua_error_message;
 use super::objects::{LuaRequest, LuaResponse};
-use super::router::{LuaRouter, Router};
-use super::worker::{run_internal, LuaPool, PoolRuntime, RouteEnv, WorkerLua};
+use super::router::{router_new, LuaRouter};
+use super::worker::{send_timed, LuaPool, WorkerLua};
+use crate::route::pool::EmbeddedPool;
+use crate::route::router::{RouterTable, NO_ROUTE};
+use crate::route::{Pool, ReplyFuture, ReplyShape, ResponseFuture, Route, RouteEnv};
 
 /// `mcp.WAIT_*`: what a `wait_cond` counts (memcached's values).
 pub const WAIT_ANY: i64 = 1;
@@ -79,13 +82,12 @@ fn class_of(response: &LuaResponse) -> u8 {
     }
 }
 
-/// What a handle sends its requests to.
+/// What a handle sends its requests to: a pool (the embedded cache for
+/// `mcp.internal_handler`), or another funcgen.
 #[derive(Clone)]
 enum Target {
-    Pool(Rc<PoolRuntime>),
+    Pool(Rc<dyn Pool>),
     Funcgen(Rc<Funcgen>),
-    /// The embedded cache (`mcp.internal_handler`).
-    Internal,
 }
 
 /// `mcp.internal_handler`: a handle target that runs requests against the
@@ -328,7 +330,7 @@ pub struct LuaFuncgen(pub Rc<Funcgen>);
 
 impl UserData for LuaFuncgen {
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
-        methods.add_method("new_handle", |_, this, target: Value| {
+        methods.add_method("new_handle", |lua, this, target: Value| {
             if this.0.is_ready() {
                 return Err(mlua::Error::runtime(
                     "cannot modify function generator after calling ready",
@@ -341,7 +343,13 @@ impl UserData for LuaFuncgen {
                 Value::UserData(ud) if ud.is::<LuaFuncgen>() => {
                     Target::Funcgen(ud.borrow::<LuaFuncgen>()?.0.clone())
                 }
-                Value::UserData(ud) if ud.is::<InternalHandler>() => Target::Internal,
+                Value::UserData(ud) if ud.is::<InternalHandler>() => {
+                    let internal = lua
+                        .app_data_ref::<Rc<EmbeddedPool>>()
+                        .map(|p| p.clone())
+                        .ok_or_else(|| mlua::Error::runtime("worker environment missing"))?;
+                    Target::Pool(internal)
+                }
                 Value::UserData(ud) if ud.is::<LuaRouter>() => {
                     return Err(mlua::Error::runtime(
                         "cannot assign a router to a handle in new_handle",
@@ -561,7 +569,7 @@ impl Rctx {
             let inbox = self.inbox.clone();
             match &self.targets[handle] {
                 Target::Pool(pool) => {
-                    let sent = pool.clone().send(request);
+                    let sent = send_timed(pool.clone(), request);
                     tokio::task::spawn_local(async move {
                         let response = sent.await;
                         let class = class_of(&response);
@@ -581,19 +589,6 @@ impl Rctx {
                             response,
                             class,
                         });
-                    });
-                }
-                Target::Internal => {
-                    let env = lua
-                        .app_data_ref::<Rc<RouteEnv>>()
-                        .map(|e| e.clone())
-                        .ok_or_else(|| mlua::Error::runtime("worker environment missing"))?;
-                    let response = run_internal(&env, &request);
-                    let class = class_of(&response);
-                    inbox.push(Done {
-                        handle,
-                        response,
-                        class,
                     });
                 }
             }
@@ -954,38 +949,23 @@ impl UserData for LuaRctx {
     }
 }
 
-/// What `mcp.attach` installs for a funcgen or a router.
-pub enum FuncgenRoute {
+/// What `mcp.attach` installs for a funcgen or a router: a node of the
+/// route tree whose requests run in slots of the funcgen.
+pub struct FuncgenRoute {
+    vm: Rc<WorkerLua>,
+    target: FuncgenTarget,
+}
+
+enum FuncgenTarget {
     Funcgen(Rc<Funcgen>),
-    Router(Rc<Router>),
+    Router(Rc<RouterTable<Funcgen>>),
 }
 
 impl FuncgenRoute {
-    /// Serves one request: the router (if any) picks a funcgen, which
-    /// lends a slot to run the request's coroutine; the reply is what its
-    /// function returned, with the classic routes' error handling.
-    pub async fn serve(self: Rc<Self>, worker: Rc<WorkerLua>, request: Request) -> Bytes {
-        let fgen = match &*self {
-            FuncgenRoute::Funcgen(fgen) => fgen.clone(),
-            FuncgenRoute::Router(router) => match router.pick(&request) {
-                Some(fgen) => fgen,
-                None => return Bytes::from_static(b"SERVER_ERROR no route\r\n"),
-            },
-        };
-        let lua = worker.lua().clone();
-        let lease = match fgen.lease(&lua) {
-            Ok(lease) => lease,
-            Err(e) => return worker.lua_failure(&e),
-        };
-        let reply = worker.clone().run_lua(lease.function(), request).await;
-        lease.finish();
-        reply
-    }
-
     /// The route for `mcp.attach`'s second argument, if it is a funcgen or
     /// a router.
-    pub fn from_value(value: &Value) -> mlua::Result<Option<FuncgenRoute>> {
-        Ok(match value {
+    pub fn from_value(value: &Value, vm: Rc<WorkerLua>) -> mlua::Result<Option<Rc<dyn Route>>> {
+        let target = match value {
             Value::UserData(ud) if ud.is::<LuaFuncgen>() => {
                 let fgen = ud.borrow::<LuaFuncgen>()?.0.clone();
                 if !fgen.is_ready() {
@@ -993,13 +973,55 @@ impl FuncgenRoute {
                         "mcp.attach: call fgen:ready{} before attaching a funcgen",
                     ));
                 }
-                Some(FuncgenRoute::Funcgen(fgen))
+                FuncgenTarget::Funcgen(fgen)
             }
             Value::UserData(ud) if ud.is::<LuaRouter>() => {
-                Some(FuncgenRoute::Router(ud.borrow::<LuaRouter>()?.0.clone()))
+                FuncgenTarget::Router(ud.borrow::<LuaRouter>()?.0.clone())
             }
-            _ => None,
+            _ => return Ok(None),
+        };
+        Ok(Some(Rc::new(FuncgenRoute { vm, target })))
+    }
+
+    /// Serves one request: the router (if any) picks a funcgen, which
+    /// lends a slot to run the request's coroutine; the reply is what its
+    /// function returned, with the classic routes' error handling.
+    async fn run(self: Rc<Self>, request: Request) -> Bytes {
+        let fgen = match &self.target {
+            FuncgenTarget::Funcgen(fgen) => fgen.clone(),
+            FuncgenTarget::Router(router) => match router.pick(&request) {
+                Some(fgen) => fgen.clone(),
+                None => return Response::from_line(NO_ROUTE).raw().clone(),
+            },
+        };
+        let lua = self.vm.lua().clone();
+        let lease = match fgen.lease(&lua) {
+            Ok(lease) => lease,
+            Err(e) => return self.vm.lua_failure(&e),
+        };
+        let reply = self.vm.clone().run(&lease.function(), request).await;
+        lease.finish();
+        reply
+    }
+}
+
+impl Route for FuncgenRoute {
+    /// The reply as a response, for a route above it (parsed once here,
+    /// as for Lua route functions).
+    fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
+        let decoder = ResponseDecoder::for_request(&request);
+        Box::pin(async move {
+            let reply = self.run(request).await;
+            match decoder.decode(&mut BytesMut::from(&reply[..])) {
+                Ok(Some(response)) => response,
+                _ => Response::from_line("SERVER_ERROR lua route gave a malformed reply"),
+            }
         })
+    }
+
+    fn serve(self: Rc<Self>, request: Request) -> ReplyFuture {
+        let shape = ReplyShape::of(&request);
+        Box::pin(async move { shape.apply(self.run(request).await) })
     }
 }
 
@@ -1013,7 +1035,7 @@ pub fn register(lua: &Lua, mcp: &Table) -> mlua::Result<()> {
     mcp.set("internal_handler", InternalHandler)?;
     mcp.set(
         "router_new",
-        lua.create_function(|_, opts: Table| Ok(LuaRouter(Rc::new(Router::from_options(&opts)?))))?,
+        lua.create_function(|_, opts: Table| router_new(&opts))?,
     )?;
     Ok(())
 }

@@ -12,19 +12,22 @@
 //!   backend connections. `mcp.attach` installs route functions (or a
 //!   pool, served with no Lua per request).
 //!
-//! A route runs as a coroutine; calling a pool (`pool(r)`) yields into Rust
+//! The routes themselves live in `crate::route`, which knows nothing of
+//! Lua. A Lua route runs as a coroutine; calling a pool (`pool(r)`) yields into Rust
 //! (an mlua async call) until the backend answers, then resumes with a
 //! response object.
 //!
 //! # Layout
 //! - [`config`]: startfile loading, `mcp.backend`, `mcp.pool`,
-//!   [`ConfigValue`], [`PoolDef`].
-//! - [`worker`]: [`WorkerProxy`] (per-worker VM, hooks, reload staging) and
-//!   route execution.
+//!   [`ConfigValue`].
+//! - [`worker`]: [`WorkerProxy`] (builds a worker's routes from its VM at
+//!   start and every reload), the Lua route node, and the bindings routes
+//!   call (`pool(r)`, `mcp.await`, `mcp.internal`...).
 //! - [`dynamo`]: `mcp.dynamo_pool`, pools backed by a DynamoDB table.
 //! - [`funcgen`]: memcached's current API in worker VMs: function
 //!   generators, request contexts and their handles.
-//! - [`router`]: `mcp.router_new`, the key-prefix router for funcgens.
+//! - [`router`]: `mcp.router_new` read from Lua, over the route tree's key
+//!   router ([`crate::route::router`]), for funcgens.
 //! - [`objects`]: the request and response objects routes see.
 //! - [`vm`]: what both VMs share: the `mcp` table's constants and helpers,
 //!   `package.path`, the embedded Lua libraries.
@@ -37,7 +40,5 @@ pub mod router;
 pub mod vm;
 pub mod worker;
 
-pub use config::{
-    load_config, ConfigError, ConfigValue, LoadedConfig, PoolDef, PoolKind, ProxyConfig,
-};
-pub use worker::{ProxyStats, WorkerProxy};
+pub use config::{load_config, ConfigError, ConfigValue, LoadedConfig, ProxyConfig};
+pub use worker::WorkerProxy;

@@ -1,7 +1,7 @@
 //! What the config VM and the worker VMs share: creating a VM, the common
 //! part of the `mcp` table (constants, logging, clocks, distribution and
-//! hash names), module search paths, the Lua libraries embedded in the
-//! binary, and loading the startfile.
+//! hash names), module search paths (the disk, then the Lua libraries the
+//! binary embeds), and loading the startfile.
 
 use std::path::Path;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -10,14 +10,6 @@ use mlua::{Lua, Table, Value};
 
 use super::config::{ConfigError, ProxyConfig};
 use super::objects::{AWAIT_MODES, COMMANDS, RESPONSE_CODES};
-
-/// Lua libraries compiled into the binary. `require` finds a file of the
-/// same name on `package.path` first, so operators can override them from
-/// disk.
-pub const EMBEDDED_LIBS: &[(&str, &str)] = &[
-    ("simple", include_str!("../../../../lua/simple.lua")),
-    ("tier", include_str!("../../../../lua/tier.lua")),
-];
 
 /// Distribution descriptors exposed as `mcp.dist_*`, as memcached's proxy
 /// names them (plus memroute's additions), with the name the hashing crate
@@ -82,8 +74,9 @@ fn setup(lua: &Lua, config: &ProxyConfig) -> mlua::Result<()> {
     package.set("path", format!("{path}{old}"))?;
     // The embedded libraries come last: a file on disk wins.
     let searchers: Table = package.get("searchers")?;
-    let searcher = lua.create_function(|lua, name: String| {
-        match EMBEDDED_LIBS.iter().find(|(n, _)| *n == name) {
+    let libraries = config.libraries;
+    let searcher = lua.create_function(move |lua, name: String| {
+        match libraries.iter().find(|(n, _)| *n == name) {
             Some((n, source)) => {
                 let chunk = lua
                     .load(*source)

@@ -12,45 +12,13 @@
 //! 32-bit hash space; Maglev: slot counts) and sampled otherwise (jump,
 //! rendezvous: uniformly random 64-bit key hashes, which is what a good key
 //! hash produces; the sampling noise is part of their figure).  Everything is
-//! driven by a fixed-seed [`SplitMix64`], so the output is reproducible.
+//! driven by a fixed-seed `SplitMix64`, so the output is reproducible.
 
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::{Backend, Distribution, DistributionConfig, DistributionKind, RingMode};
-
-/// SplitMix64 (Steele, Lea & Flood), a tiny deterministic PRNG; good enough
-/// for drawing backend ids and sample hashes, and stable across platforms.
-#[derive(Debug, Clone)]
-pub struct SplitMix64(u64);
-
-impl SplitMix64 {
-    /// A generator with the given seed.
-    pub fn new(seed: u64) -> Self {
-        SplitMix64(seed)
-    }
-
-    /// The next 64 random bits.
-    #[allow(clippy::should_implement_trait)]
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// A random backend name `10.a.b.c:11211`.
-    pub fn backend(&mut self) -> Backend {
-        let r = self.next();
-        Backend::new(format!(
-            "10.{}.{}.{}:11211",
-            r & 0xff,
-            (r >> 8) & 0xff,
-            (r >> 16) & 0xff
-        ))
-    }
-}
+use memroute_hash::sample::SplitMix64;
+use memroute_hash::{Backend, Distribution, DistributionConfig, DistributionKind, RingMode};
 
 /// Parameters of the experiment; [`Options::default`] is the published one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,8 +97,6 @@ impl BalanceRow {
 pub struct MoveRow {
     /// Human label.
     pub label: String,
-    /// The distribution.
-    pub kind: DistributionKind,
     /// Keys that move when a 4th backend is appended to 3 (the same keys
     /// move back when it is removed again).
     pub grow: f64,
@@ -283,7 +249,6 @@ pub fn compute(options: &Options) -> Report {
         let total = (options.move_rounds * options.move_keys) as f64;
         movement.push(MoveRow {
             label,
-            kind,
             grow: grow as f64 / total,
             grow_to_new: if grow == 0 {
                 1.0
@@ -615,5 +580,77 @@ mod tests {
     fn splitmix_is_stable() {
         // First output of SplitMix64 seeded with 0 (published reference).
         assert_eq!(SplitMix64::new(0).next(), 0xe220_a839_7b1d_cdaf);
+    }
+
+    // The acceptance figures (MemCachier's experiment).
+    #[test]
+    fn report_reproduces_the_published_figures() {
+        // Full 100 rounds for the exact (ring, Maglev) rows; fewer samples for
+        // the sampled rows and the movement part to keep debug builds quick.
+        let opts = Options {
+            sample_keys: 20_000,
+            move_rounds: 4,
+            move_keys: 20_000,
+            ..Options::default()
+        };
+        let r = compute(&opts);
+        let row = |label: &str| {
+            r.balance
+                .iter()
+                .find(|b| b.label.starts_with(label))
+                .unwrap_or_else(|| panic!("no row {label}"))
+        };
+        let one = row("ring, 1 point");
+        let hundred = row("ring, 100 points");
+        let maglev = row("maglev");
+        assert_eq!(hundred.ratios.len(), 100);
+        assert!(one.exact && hundred.exact && maglev.exact);
+        // MemCachier: ~1.3 median with 100 points per backend.
+        let m = hundred.median_ratio();
+        assert!((1.2..1.45).contains(&m), "ring/100 median ratio {m}");
+        assert!(one.median_ratio() > 3.0, "ring/1 {}", one.median_ratio());
+        // Maglev with the default table: at most 1.01 in every round.
+        assert!(maglev.max_ratio() <= 1.01, "maglev {}", maglev.max_ratio());
+        for mv in &r.movement {
+            if mv.label == "modula" {
+                assert!(mv.grow > 0.6, "modula moved {}", mv.grow);
+            } else {
+                assert!(
+                    (mv.grow - 0.25).abs() < 0.02,
+                    "{}: moved {}",
+                    mv.label,
+                    mv.grow
+                );
+                assert!(mv.grow_to_new > 0.98, "{}: {}", mv.label, mv.grow_to_new);
+            }
+        }
+        let table = r.table();
+        assert!(table.contains("ring, 100 points per backend"));
+        assert!(table.contains("Key movement"));
+        let svg = r.svg();
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert_eq!(svg.matches("<rect").count(), 1 + r.balance.len() + 5);
+    }
+
+    #[test]
+    fn run_writes_the_svg() {
+        let dir = std::env::temp_dir().join(format!("memroute-hash-report-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("report.svg");
+        // A small run through the same entry point the binary uses.
+        let table = run_with(
+            &Options {
+                rounds: 3,
+                sample_keys: 2_000,
+                move_rounds: 1,
+                move_keys: 2_000,
+                ..Options::default()
+            },
+            &path,
+        )
+        .unwrap();
+        assert!(table.contains("Load balance"));
+        assert!(std::fs::read_to_string(&path).unwrap().contains("<svg"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

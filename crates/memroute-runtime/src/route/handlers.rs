@@ -1,0 +1,589 @@
+//! Native route handlers: the composed routes operators configure
+//! (failover, fan-out, zones, TTL rewriting...), as nodes of the route
+//! tree. Their children are routes (pools, other handlers, Lua routes), so
+//! they nest. They are built per worker from a configuration the config VM
+//! checked (`crate::lua::routelib`), and run with no Lua per request.
+//!
+//! Names and semantics follow memcached's route library (routelib):
+//! `route_direct`, `route_allsync`, `route_allasync`, `route_allfastest`,
+//! `route_split`, `route_failover`, `route_zfailover`, `route_ttl`,
+//! `route_null`, `route_random`. Where routelib leaves a reply open (what
+//! `route_null` and `route_allasync` answer), memroute answers as
+//! mcrouter's NullRoute does: the command's nominal miss.
+//!
+//! Requests a handler sends but does not wait for (the rest of a fan-out
+//! once it has its answer, `route_split`'s second child) keep running as
+//! tasks of the worker, so a write still reaches every child.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use memroute_proto::{Command, Limits, MetaOp, Request, Response, StoreOp};
+
+use super::{ResponseFuture, Route};
+use crate::stats::ProxyStats;
+
+/// A counter bumped per retry (routelib's `stats = true`).
+#[derive(Clone)]
+pub struct RetryStat {
+    pub stats: Arc<ProxyStats>,
+    pub id: i64,
+}
+
+impl RetryStat {
+    fn bump(stat: &Option<RetryStat>) {
+        if let Some(s) = stat {
+            s.stats.add(s.id, 1);
+        }
+    }
+}
+
+/// Runs `future` as a task of this worker, its reply dropped.
+fn in_background(future: ResponseFuture) {
+    tokio::task::spawn_local(future);
+}
+
+fn ready(response: Response) -> ResponseFuture {
+    Box::pin(std::future::ready(response))
+}
+
+/// `route_direct{ child }`: the child's reply.
+pub struct Direct {
+    pub child: Rc<dyn Route>,
+}
+
+impl Route for Direct {
+    fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
+        self.child.clone().call(request)
+    }
+}
+
+/// `route_allsync{ children }`: every child at once; once all answered,
+/// the first error (in child order), else the last child's reply.
+pub struct AllSync {
+    pub children: Vec<Rc<dyn Route>>,
+}
+
+impl Route for AllSync {
+    fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
+        let calls: Vec<ResponseFuture> = self
+            .children
+            .iter()
+            .map(|c| c.clone().call(request.clone()))
+            .collect();
+        Box::pin(async move {
+            let replies = futures_util::future::join_all(calls).await;
+            let error = replies.iter().position(|r| !r.is_ok());
+            let pick = error.unwrap_or(replies.len().saturating_sub(1));
+            replies
+                .into_iter()
+                .nth(pick)
+                .unwrap_or_else(|| Response::from_line("SERVER_ERROR no children"))
+        })
+    }
+}
+
+/// `route_allfastest{ children }`: every child at once; the first reply
+/// that is not an error, as soon as it arrives; if every child fails, the
+/// last error. The others finish in the background.
+pub struct AllFastest {
+    pub children: Vec<Rc<dyn Route>>,
+}
+
+impl Route for AllFastest {
+    fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
+        let mut pending: FuturesUnordered<ResponseFuture> = self
+            .children
+            .iter()
+            .map(|c| c.clone().call(request.clone()))
+            .collect();
+        Box::pin(async move {
+            let mut last = None;
+            while let Some(reply) = pending.next().await {
+                if reply.is_ok() {
+                    if !pending.is_empty() {
+                        in_background(Box::pin(async move {
+                            while pending.next().await.is_some() {}
+                            Response::miss()
+                        }));
+                    }
+                    return reply;
+                }
+                last = Some(reply);
+            }
+            last.unwrap_or_else(|| Response::from_line("SERVER_ERROR no children"))
+        })
+    }
+}
+
+/// `route_allasync{ children }`: every child in the background; the
+/// client gets the command's nominal miss at once.
+pub struct AllAsync {
+    pub children: Vec<Rc<dyn Route>>,
+}
+
+impl Route for AllAsync {
+    fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
+        for child in &self.children {
+            in_background(child.clone().call(request.clone()));
+        }
+        ready(nominal_miss(&request))
+    }
+}
+
+/// `route_split{ child_a, child_b }`: both children; `child_a`'s reply,
+/// `child_b`'s dropped.
+pub struct Split {
+    pub child_a: Rc<dyn Route>,
+    pub child_b: Rc<dyn Route>,
+}
+
+impl Route for Split {
+    fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
+        in_background(self.child_b.clone().call(request.clone()));
+        self.child_a.clone().call(request)
+    }
+}
+
+/// `route_failover{ children, failover_count, shuffle, miss }`: the
+/// children in order, at most `limit` of them, until one answers a hit or
+/// (unless `miss`) any reply that is not an error. With `miss`, a miss
+/// counts as a failure, and is what the client gets if no child hits.
+pub struct Failover {
+    pub children: Vec<Rc<dyn Route>>,
+    pub limit: usize,
+    pub miss: bool,
+    pub retries: Option<RetryStat>,
+}
+
+impl Route for Failover {
+    fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
+        Box::pin(async move {
+            let mut last = None;
+            let mut a_miss = None;
+            for (i, child) in self.children.iter().take(self.limit).enumerate() {
+                if i > 0 {
+                    RetryStat::bump(&self.retries);
+                }
+                let reply = child.clone().call(request.clone()).await;
+                if reply.is_hit() || (reply.is_ok() && !self.miss) {
+                    return reply;
+                }
+                if reply.is_ok() {
+                    a_miss = Some(reply);
+                } else {
+                    last = Some(reply);
+                }
+            }
+            a_miss
+                .or(last)
+                .unwrap_or_else(|| Response::from_line("SERVER_ERROR no children"))
+        })
+    }
+}
+
+/// `route_zfailover{ children = { zone = child... }, local_zone, miss }`:
+/// the local zone's child first; if it does not hit (or, without `miss`,
+/// answers an error), every other zone at once, and the first hit, else a
+/// reply that is not an error, else any reply.
+pub struct ZoneFailover {
+    pub near: Rc<dyn Route>,
+    pub far: Vec<Rc<dyn Route>>,
+    pub miss: bool,
+    pub retries: Option<RetryStat>,
+}
+
+impl Route for ZoneFailover {
+    fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
+        Box::pin(async move {
+            let near = self.near.clone().call(request.clone()).await;
+            if near.is_hit() || (!self.miss && near.is_ok()) || self.far.is_empty() {
+                return near;
+            }
+            RetryStat::bump(&self.retries);
+            let mut pending: FuturesUnordered<ResponseFuture> = self
+                .far
+                .iter()
+                .map(|c| c.clone().call(request.clone()))
+                .collect();
+            let (mut ok, mut any) = (None, None);
+            while let Some(reply) = pending.next().await {
+                if reply.is_hit() {
+                    if !pending.is_empty() {
+                        in_background(Box::pin(async move {
+                            while pending.next().await.is_some() {}
+                            Response::miss()
+                        }));
+                    }
+                    return reply;
+                }
+                if reply.is_ok() {
+                    ok.get_or_insert(reply);
+                } else {
+                    any.get_or_insert(reply);
+                }
+            }
+            ok.or(any).unwrap_or(near)
+        })
+    }
+}
+
+/// `route_ttl{ child, ttl }`: stores (`set`, `add`, `cas`, `ms`) go to the
+/// child with their TTL replaced by `ttl`; other commands are refused.
+pub struct Ttl {
+    pub child: Rc<dyn Route>,
+    pub ttl: i64,
+    pub limits: Limits,
+}
+
+impl Route for Ttl {
+    fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
+        match with_ttl(&request, self.ttl, &self.limits) {
+            Some(rewritten) => self.child.clone().call(rewritten),
+            None => ready(Response::from_line(
+                "SERVER_ERROR invalid command for route_ttl",
+            )),
+        }
+    }
+}
+
+/// `request` with its TTL set to `ttl`: the exptime token of `set`,
+/// `add` and `cas`, the `T` flag of `ms`. `None` for other commands.
+pub fn with_ttl(request: &Request, ttl: i64, limits: &Limits) -> Option<Request> {
+    let line = request.raw_line();
+    let mut tokens: Vec<&[u8]> = line
+        .split(|&b| b == b' ')
+        .filter(|t| !t.is_empty())
+        .collect();
+    let ttl_text = ttl.to_string();
+    let t_flag = format!("T{ttl}");
+    match request.command() {
+        Command::Store(s) if matches!(s.op, StoreOp::Set | StoreOp::Add | StoreOp::Cas) => {
+            *tokens.get_mut(3)? = ttl_text.as_bytes();
+        }
+        Command::Meta(m) if m.op == MetaOp::Set => {
+            // Tokens after `ms <key> <datalen>` are flags.
+            let flags_from = 3.min(tokens.len());
+            let mut kept: Vec<&[u8]> = tokens[..flags_from].to_vec();
+            kept.extend(
+                tokens[flags_from..]
+                    .iter()
+                    .filter(|t| t.first() != Some(&b'T')),
+            );
+            kept.push(t_flag.as_bytes());
+            tokens = kept;
+        }
+        _ => return None,
+    }
+    let new_line = tokens.join(&b' ');
+    Request::parse(&new_line, request.value(), limits).ok()
+}
+
+/// `route_null`: answers every request with its command's nominal miss,
+/// sending nothing.
+pub struct Null;
+
+impl Route for Null {
+    fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
+        ready(nominal_miss(&request))
+    }
+}
+
+/// `route_random{ children }`: one child, picked at random per request.
+pub struct Random {
+    pub children: Vec<Rc<dyn Route>>,
+    state: std::cell::Cell<u64>,
+}
+
+impl Random {
+    pub fn new(children: Vec<Rc<dyn Route>>, seed: u64) -> Random {
+        Random {
+            children,
+            state: std::cell::Cell::new(seed | 1),
+        }
+    }
+
+    /// xorshift64: cheap, and the spread is all a random route needs.
+    fn next(&self) -> u64 {
+        let mut x = self.state.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.state.set(x);
+        x
+    }
+}
+
+impl Route for Random {
+    fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
+        if self.children.is_empty() {
+            return ready(Response::from_line("SERVER_ERROR no children"));
+        }
+        let i = (self.next() % self.children.len() as u64) as usize;
+        self.children[i].clone().call(request)
+    }
+}
+
+/// What a request gets when nothing answers it and that is no error (as
+/// mcrouter's NullRoute answers): a miss for retrievals, `NOT_STORED` /
+/// `NS` for stores, `NOT_FOUND` / `NF` for deletes, arithmetic and touch.
+pub fn nominal_miss(request: &Request) -> Response {
+    let line = match request.command() {
+        Command::Get(_) => "END",
+        Command::Store(_) => "NOT_STORED",
+        Command::Delete { .. } | Command::Arith(_) | Command::Touch { .. } => "NOT_FOUND",
+        Command::Meta(m) => match m.op {
+            MetaOp::Get => "EN",
+            MetaOp::Set => "NS",
+            MetaOp::Delete | MetaOp::Arith => "NF",
+            MetaOp::Debug => "EN",
+        },
+        _ => "SERVER_ERROR no route",
+    };
+    Response::from_line(line)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+
+    use super::*;
+
+    /// A child that answers a fixed line and records what it was sent.
+    struct Scripted {
+        reply: &'static str,
+        seen: RefCell<Vec<String>>,
+    }
+
+    impl Scripted {
+        fn new(reply: &'static str) -> Rc<Scripted> {
+            Rc::new(Scripted {
+                reply,
+                seen: RefCell::new(Vec::new()),
+            })
+        }
+        fn calls(&self) -> usize {
+            self.seen.borrow().len()
+        }
+    }
+
+    impl Route for Scripted {
+        fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
+            let line = String::from_utf8_lossy(request.raw_line()).into_owned();
+            self.seen.borrow_mut().push(line);
+            ready(Response::from_line(self.reply))
+        }
+    }
+
+    fn req(line: &str, value: &str) -> Request {
+        Request::parse(line.as_bytes(), value.as_bytes(), &Limits::default()).unwrap()
+    }
+
+    /// Runs `future` on a LocalSet (handlers spawn background tasks), and
+    /// lets those tasks finish.
+    fn run(route: Rc<dyn Route>, request: Request) -> String {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let local = tokio::task::LocalSet::new();
+        let reply = local.block_on(&rt, async move { route.call(request).await });
+        rt.block_on(local);
+        String::from_utf8_lossy(reply.raw()).into_owned()
+    }
+
+    fn routes(children: &[&Rc<Scripted>]) -> Vec<Rc<dyn Route>> {
+        children
+            .iter()
+            .map(|c| (*c).clone() as Rc<dyn Route>)
+            .collect()
+    }
+
+    #[test]
+    fn failover_stops_at_the_first_good_reply() {
+        let (bad, hit, never) = (
+            Scripted::new("SERVER_ERROR down"),
+            Scripted::new("HD"),
+            Scripted::new("HD"),
+        );
+        let stats = Arc::new(ProxyStats::default());
+        stats.set_names(&[(1, "retries".to_string())]);
+        let route = Rc::new(Failover {
+            children: routes(&[&bad, &hit, &never]),
+            limit: 3,
+            miss: false,
+            retries: Some(RetryStat {
+                stats: stats.clone(),
+                id: 1,
+            }),
+        });
+        assert_eq!(run(route, req("md k", "")), "HD\r\n");
+        assert_eq!((bad.calls(), hit.calls(), never.calls()), (1, 1, 0));
+        assert_eq!(stats.user_stats(), vec![("retries".to_string(), 1)]);
+    }
+
+    #[test]
+    fn failover_on_miss_returns_the_miss_when_nothing_hits() {
+        let (miss, err) = (Scripted::new("EN"), Scripted::new("SERVER_ERROR down"));
+        let route = Rc::new(Failover {
+            children: routes(&[&miss, &err]),
+            limit: 2,
+            miss: true,
+            retries: None,
+        });
+        assert_eq!(run(route, req("mg k v", "")), "EN\r\n");
+        assert_eq!((miss.calls(), err.calls()), (1, 1));
+        // Without `miss`, the miss is an answer.
+        let (miss2, err2) = (Scripted::new("EN"), Scripted::new("SERVER_ERROR down"));
+        let route = Rc::new(Failover {
+            children: routes(&[&miss2, &err2]),
+            limit: 2,
+            miss: false,
+            retries: None,
+        });
+        assert_eq!(run(route, req("mg k v", "")), "EN\r\n");
+        assert_eq!(err2.calls(), 0);
+    }
+
+    #[test]
+    fn failover_count_limits_the_children_tried() {
+        let (a, b) = (Scripted::new("SERVER_ERROR a"), Scripted::new("HD"));
+        let stats = Arc::new(ProxyStats::default());
+        let route = Rc::new(Failover {
+            children: routes(&[&a, &b]),
+            limit: 1,
+            miss: false,
+            retries: Some(RetryStat {
+                stats: stats.clone(),
+                id: 1,
+            }),
+        });
+        assert_eq!(run(route, req("md k", "")), "SERVER_ERROR a\r\n");
+        assert_eq!(b.calls(), 0);
+    }
+
+    #[test]
+    fn allsync_reaches_everyone_and_reports_the_first_error() {
+        let (a, b, c) = (
+            Scripted::new("HD"),
+            Scripted::new("SERVER_ERROR b"),
+            Scripted::new("HD"),
+        );
+        let route = Rc::new(AllSync {
+            children: routes(&[&a, &b, &c]),
+        });
+        assert_eq!(run(route, req("ms k 1", "x")), "SERVER_ERROR b\r\n");
+        assert_eq!((a.calls(), b.calls(), c.calls()), (1, 1, 1));
+    }
+
+    #[test]
+    fn allfastest_and_allasync_and_split_still_send_to_every_child() {
+        let (a, b) = (Scripted::new("SERVER_ERROR a"), Scripted::new("HD"));
+        let route = Rc::new(AllFastest {
+            children: routes(&[&a, &b]),
+        });
+        assert_eq!(run(route, req("ms k 1", "x")), "HD\r\n");
+        assert_eq!((a.calls(), b.calls()), (1, 1));
+
+        let (c, d) = (Scripted::new("HD"), Scripted::new("HD"));
+        let route = Rc::new(AllAsync {
+            children: routes(&[&c, &d]),
+        });
+        assert_eq!(run(route, req("set k 0 0 1", "x")), "NOT_STORED\r\n");
+        assert_eq!((c.calls(), d.calls()), (1, 1));
+
+        let (e, f) = (Scripted::new("STORED"), Scripted::new("SERVER_ERROR f"));
+        let route = Rc::new(Split {
+            child_a: e.clone(),
+            child_b: f.clone(),
+        });
+        assert_eq!(run(route, req("set k 0 0 1", "x")), "STORED\r\n");
+        assert_eq!(f.calls(), 1);
+    }
+
+    #[test]
+    fn zfailover_tries_the_near_zone_first() {
+        let (near, far1, far2) = (
+            Scripted::new("EN"),
+            Scripted::new("EN"),
+            Scripted::new("VA 1\r\nx"),
+        );
+        let route = Rc::new(ZoneFailover {
+            near: near.clone(),
+            far: routes(&[&far1, &far2]),
+            miss: true,
+            retries: None,
+        });
+        // (Scripted answers a one-line reply; a hit needs a value, so the
+        // far zones' replies only count as OK here.)
+        let reply = run(route, req("mg k v", ""));
+        assert!(
+            reply.starts_with("EN") || reply.starts_with("VA"),
+            "{reply}"
+        );
+        assert_eq!((near.calls(), far1.calls(), far2.calls()), (1, 1, 1));
+        let near_ok = Scripted::new("HD");
+        let far = Scripted::new("HD");
+        let route = Rc::new(ZoneFailover {
+            near: near_ok.clone(),
+            far: routes(&[&far]),
+            miss: false,
+            retries: None,
+        });
+        assert_eq!(run(route, req("md k", "")), "HD\r\n");
+        assert_eq!(far.calls(), 0);
+    }
+
+    #[test]
+    fn ttl_rewrites_the_exptime_of_stores() {
+        let child = Scripted::new("STORED");
+        let route = Rc::new(Ttl {
+            child: child.clone(),
+            ttl: 30,
+            limits: Limits::default(),
+        });
+        run(route.clone(), req("set k 5 0 1 noreply", "x"));
+        run(route.clone(), req("ms k 1 T100 F3", "x"));
+        assert_eq!(
+            run(route, req("get k", "")),
+            "SERVER_ERROR invalid command for route_ttl\r\n"
+        );
+        assert_eq!(
+            *child.seen.borrow(),
+            vec![
+                "set k 5 30 1 noreply".to_string(),
+                "ms k 1 F3 T30".to_string()
+            ]
+        );
+    }
+
+    #[test]
+    fn null_answers_the_nominal_miss() {
+        for (line, value, want) in [
+            ("get k", "", "END\r\n"),
+            ("set k 0 0 1", "x", "NOT_STORED\r\n"),
+            ("delete k", "", "NOT_FOUND\r\n"),
+            ("mg k v", "", "EN\r\n"),
+            ("ms k 1", "x", "NS\r\n"),
+            ("md k", "", "NF\r\n"),
+        ] {
+            assert_eq!(run(Rc::new(Null), req(line, value)), want, "{line}");
+        }
+    }
+
+    #[test]
+    fn random_spreads_over_its_children() {
+        let (a, b) = (Scripted::new("HD"), Scripted::new("HD"));
+        let route = Rc::new(Random::new(routes(&[&a, &b]), 42));
+        for _ in 0..200 {
+            run(route.clone(), req("md k", ""));
+        }
+        assert_eq!(a.calls() + b.calls(), 200);
+        assert!(
+            a.calls() > 50 && b.calls() > 50,
+            "{} {}",
+            a.calls(),
+            b.calls()
+        );
+    }
+}

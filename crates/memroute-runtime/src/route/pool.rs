@@ -1,0 +1,323 @@
+//! Pools, the leaves of the route tree, behind one interface ([`Pool`]).
+//!
+//! The config VM builds a [`PoolDef`] (shared by every worker, `Send`);
+//! each worker turns it into its own pool with
+//! [`PoolDef::instantiate`]: a [`MemcachedPool`] over the worker's own
+//! connections (kept across reloads by [`WorkerBackends`]), or a
+//! [`StorePool`] over a store shared by every worker (a DynamoDB table).
+//! The embedded cache is a pool too ([`EmbeddedPool`], what `mcp.internal`
+//! calls).
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use memroute_hash::Distribution;
+use memroute_proto::{Command, Request, Response, ResponseCode};
+
+use super::multiget::{get_request, value_blocks, value_blocks_of};
+use super::{ReplyFuture, ReplyShape, ResponseFuture, Route, RouteEnv};
+use crate::backend::{Backend, BackendConfig};
+use crate::store::SharedStore;
+
+/// What every kind of pool is: a route that reaches a backend (a leaf of
+/// the route tree). It serves clients directly when attached, and is what
+/// route handlers and Lua call ([`Route::call`]) to reach a backend.
+pub trait Pool: Route {
+    /// A name for logs and `tostring(pool)`.
+    fn name(&self) -> &str;
+
+    /// The store behind a pool shared by every worker (a DynamoDB table),
+    /// which `mcp.warm` can list.
+    fn shared_store(&self) -> Option<&Arc<dyn SharedStore>> {
+        None
+    }
+}
+
+/// A pool as the config VM built it.
+pub struct PoolDef {
+    /// A name for logs and stats (the `name` option, else the backends).
+    pub name: String,
+    pub kind: PoolKind,
+}
+
+/// What a pool is made of.
+pub enum PoolKind {
+    /// memcached servers and the key distribution over them; each worker
+    /// connects to them on its own.
+    Memcached {
+        backends: Vec<Arc<BackendConfig>>,
+        distribution: Arc<Distribution>,
+    },
+    /// A store shared by every worker (a DynamoDB table).
+    Shared(Arc<dyn SharedStore>),
+}
+
+impl std::fmt::Debug for PoolDef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.kind {
+            PoolKind::Memcached { backends, .. } => f
+                .debug_struct("PoolDef")
+                .field("name", &self.name)
+                .field("backends", backends)
+                .finish(),
+            PoolKind::Shared(store) => f
+                .debug_struct("PoolDef")
+                .field("name", &self.name)
+                .field("store", &store.name())
+                .finish(),
+        }
+    }
+}
+
+impl PoolDef {
+    /// This worker's pool for this definition.
+    pub fn instantiate(
+        self: &Arc<Self>,
+        backends: &WorkerBackends,
+        env: &RouteEnv,
+    ) -> Rc<dyn Pool> {
+        match &self.kind {
+            PoolKind::Memcached {
+                backends: configs,
+                distribution,
+            } => Rc::new(MemcachedPool {
+                def: self.clone(),
+                distribution: distribution.clone(),
+                backends: configs.iter().map(|c| backends.get(c, env)).collect(),
+            }),
+            PoolKind::Shared(store) => Rc::new(StorePool {
+                def: self.clone(),
+                store: store.clone(),
+            }),
+        }
+    }
+}
+
+/// Every request sent to a backend must get a reply: drop `noreply`/`q`.
+fn outbound(request: Request) -> Request {
+    request.without_noreply().unwrap_or(request)
+}
+
+/// A pool of memcached servers on one worker: the key picks the backend.
+pub struct MemcachedPool {
+    def: Arc<PoolDef>,
+    distribution: Arc<Distribution>,
+    backends: Vec<Rc<Backend>>,
+}
+
+impl MemcachedPool {
+    /// The response to `request` from the backend its key maps to. The
+    /// backend is chosen before the future is built, so the future holds
+    /// only what the wait needs.
+    fn response(&self, request: Request) -> impl Future<Output = Response> {
+        let request = outbound(request);
+        let key = request.key().map_or(&b""[..], |k| &k[..]);
+        let backend = self.backends[self.distribution.pick(key)].clone();
+        async move {
+            match backend.send(&request).await {
+                Ok(r) => r,
+                Err(e) => Response::from_line(e.client_reply()),
+            }
+        }
+    }
+
+    /// A multi-key get as one request per backend: each backend gets its
+    /// keys in one line (in the client's order), and the `VALUE` blocks
+    /// (without `END`) come back in the client's key order. Answers as the
+    /// per-key route would: a key whose backend failed reads as a miss.
+    async fn get_by_backend(&self, request: &Request) -> Bytes {
+        let Command::Get(get) = request.command() else {
+            return Bytes::new();
+        };
+        // group_of[backend]: its index in `groups`, which hold the keys.
+        let mut group_of = vec![usize::MAX; self.backends.len()];
+        let mut groups: Vec<(usize, Vec<Bytes>)> = Vec::new();
+        let mut key_groups = Vec::with_capacity(get.keys.len());
+        for key in &get.keys {
+            let backend = self.distribution.pick(key);
+            if group_of[backend] == usize::MAX {
+                group_of[backend] = groups.len();
+                groups.push((backend, Vec::new()));
+            }
+            groups[group_of[backend]].1.push(key.clone());
+            key_groups.push(group_of[backend]);
+        }
+        if let [(backend, _)] = &groups[..] {
+            // One backend gets the window's own line: its reply, less its
+            // END, is the answer.
+            let reply = self.backends[*backend].send(request).await;
+            if let Ok(reply) = &reply {
+                if matches!(reply.code(), ResponseCode::Value | ResponseCode::End) {
+                    let raw = reply.raw();
+                    return raw.slice(..raw.len().saturating_sub(b"END\r\n".len()));
+                }
+            }
+            // An error, perhaps after some values: those values stand.
+            let blocks = value_blocks(reply);
+            return value_blocks_of(blocks.iter().map(|b| &b.raw()[..]));
+        }
+        let replies = futures_util::future::join_all(groups.iter().map(|(backend, keys)| {
+            let backend = self.backends[*backend].clone();
+            let request = get_request(get, keys);
+            async move { backend.send(&request).await }
+        }))
+        .await;
+        let mut blocks: Vec<VecDeque<Response>> = replies.into_iter().map(value_blocks).collect();
+        // A backend answers its keys in line order, skipping misses.
+        let in_key_order: Vec<Response> = get
+            .keys
+            .iter()
+            .zip(key_groups)
+            .filter_map(|(key, group)| {
+                let next = &mut blocks[group];
+                let hit = next.front().and_then(|b| b.retrieval_key()) == Some(&key[..]);
+                if hit {
+                    next.pop_front()
+                } else {
+                    None
+                }
+            })
+            .collect();
+        value_blocks_of(in_key_order.iter().map(|b| &b.raw()[..]))
+    }
+}
+
+impl Route for MemcachedPool {
+    fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
+        Box::pin(self.response(request))
+    }
+
+    fn serve(self: Rc<Self>, request: Request) -> ReplyFuture {
+        let shape = ReplyShape::of(&request);
+        // map() holds the inner future once; an async block awaiting it
+        // would hold it twice.
+        Box::pin(
+            self.response(request)
+                .map(move |response| shape.apply(response.raw().clone())),
+        )
+    }
+
+    fn joins_keys(&self) -> bool {
+        true
+    }
+
+    fn multi_get(self: Rc<Self>, request: Request) -> Option<ReplyFuture> {
+        Some(Box::pin(async move { self.get_by_backend(&request).await }))
+    }
+}
+
+impl Pool for MemcachedPool {
+    fn name(&self) -> &str {
+        &self.def.name
+    }
+}
+
+/// A store shared by every worker (a DynamoDB table), as a pool.
+pub struct StorePool {
+    def: Arc<PoolDef>,
+    store: Arc<dyn SharedStore>,
+}
+
+impl Route for StorePool {
+    fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
+        let request = outbound(request);
+        Box::pin(async move { self.store.execute(&request).await })
+    }
+}
+
+impl Pool for StorePool {
+    fn name(&self) -> &str {
+        &self.def.name
+    }
+
+    fn shared_store(&self) -> Option<&Arc<dyn SharedStore>> {
+        Some(&self.store)
+    }
+}
+
+/// This worker's connections to memcached backends, one per distinct
+/// backend configuration, kept across reloads: a configuration that keeps a
+/// backend's settings keeps its connections.
+#[derive(Default)]
+pub struct WorkerBackends {
+    by_config: RefCell<HashMap<String, Weak<Backend>>>,
+}
+
+impl WorkerBackends {
+    /// This worker's connection to a backend with exactly these settings,
+    /// reusing an existing one. A new one is listed for `stats backends`.
+    pub fn get(&self, config: &Arc<BackendConfig>, env: &RouteEnv) -> Rc<Backend> {
+        let key = format!("{config:?}");
+        let mut map = self.by_config.borrow_mut();
+        if let Some(existing) = map.get(&key).and_then(Weak::upgrade) {
+            return existing;
+        }
+        // Values larger than the item size limit are never buffered.
+        let config = if env.limits.max_item_size != config.max_value {
+            Arc::new(BackendConfig {
+                max_value: env.limits.max_item_size,
+                ..(**config).clone()
+            })
+        } else {
+            config.clone()
+        };
+        let backend = Backend::new(config);
+        backend.register(&env.proxy_stats.backends);
+        map.insert(key, Rc::downgrade(&backend));
+        backend
+    }
+
+    /// Forgets backends no configuration uses any more.
+    pub fn forget_unused(&self) {
+        self.by_config
+            .borrow_mut()
+            .retain(|_, b| b.strong_count() > 0);
+    }
+}
+
+/// The embedded cache as a pool: what `mcp.internal(r)` calls. It answers
+/// at once, on the worker's own cache shard and counters.
+pub struct EmbeddedPool {
+    env: Rc<RouteEnv>,
+}
+
+impl EmbeddedPool {
+    pub fn new(env: Rc<RouteEnv>) -> EmbeddedPool {
+        EmbeddedPool { env }
+    }
+
+    fn response(&self, request: Request) -> Response {
+        let request = outbound(request);
+        let mut out = bytes::BytesMut::new();
+        let env = &self.env;
+        env.embedded
+            .execute(&request, &mut out, env.server_stats.worker(env.worker));
+        match memroute_proto::ResponseDecoder::for_request(&request).decode(&mut out) {
+            Ok(Some(r)) => r,
+            _ => Response::from_line("SERVER_ERROR internal cache gave no reply"),
+        }
+    }
+}
+
+impl Route for EmbeddedPool {
+    fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
+        Box::pin(std::future::ready(self.response(request)))
+    }
+
+    fn serve(self: Rc<Self>, request: Request) -> ReplyFuture {
+        let shape = ReplyShape::of(&request);
+        let reply = shape.apply(self.response(request).raw().clone());
+        Box::pin(std::future::ready(reply))
+    }
+}
+
+impl Pool for EmbeddedPool {
+    fn name(&self) -> &str {
+        "internal"
+    }
+}
