@@ -327,7 +327,7 @@ def pool_file(opts: str, backends_expr: str = "{ mcp.backend('b', '127.0.0.1', 1
     ('{ hash = { } }', None, r"hash must be a name"),
     ('{ dist = mcp.dist_ring_hash, omode = "nope" }', None, r"nope"),
     ('{ obuckets = 0 }', None, r"obuckets must be a positive integer"),
-    ('{ seed = "abc" }', None, r"bad seed"),
+    ('{ seed = true }', None, r"seed must be a string"),
     ('{}', "{}", r"at least one backend"),
     ('{}', "{ 'not a backend' }", r"list of mcp\.backend objects"),
 ])
@@ -560,8 +560,8 @@ def test_attach_pool_directly_fails_like_a_lua_route(memroute_factory, startfile
     ("mcp.attach(9999, function(r) end)", r"mcp\.attach: unknown command"),
     ("mcp.attach(mcp.CMD_MN, function(r) end)", r"cannot have a route"),
     ("mcp.attach(mcp.CMD_QUIT, function(r) end)", r"cannot have a route"),
-    ("mcp.attach(mcp.CMD_GET, 'not a function')", r"route function or a pool"),
-    ("mcp.attach(mcp.CMD_GET, mcp.request('get x'))", r"route function or a pool"),
+    ("mcp.attach(mcp.CMD_GET, 'not a function')", r"route function, a pool, a funcgen or a router"),
+    ("mcp.attach(mcp.CMD_GET, mcp.request('get x'))", r"route function, a pool, a funcgen or a router"),
 ])
 def test_attach_errors_fail_at_start(body, message, startfile_dir):
     expect_start_failure(startfile_dir, "badattach.lua", attach_file(body), message,

@@ -142,9 +142,6 @@ pub struct ProxySettings {
     pub active_req_limit: u64,
     /// `mcp.buffer_memory_limit(kb)`: kilobytes of replies held for clients.
     pub buffer_memory_limit_kb: u64,
-    /// `mcp.backend_depth_limit(n)`: the default `depthlimit` of backends
-    /// made after it.
-    pub backend_depth_limit: u64,
 }
 
 impl ProxySettings {
@@ -252,7 +249,6 @@ fn register(lua: &Lua, stat_names: Rc<RefCell<Vec<(i64, String)>>>) -> mlua::Res
             (|s, n| s.active_req_limit = n) as fn(&mut ProxySettings, u64),
         ),
         ("buffer_memory_limit", |s, n| s.buffer_memory_limit_kb = n),
-        ("backend_depth_limit", |s, n| s.backend_depth_limit = n),
     ] {
         mcp.set(
             name,
@@ -272,6 +268,7 @@ fn register(lua: &Lua, stat_names: Rc<RefCell<Vec<(i64, String)>>>) -> mlua::Res
             })?,
         )?;
     }
+    register_backend_defaults(lua, &mcp)?;
     register_tls(lua, &mcp)?;
     mcp.set(
         "pool",
@@ -283,26 +280,43 @@ fn register(lua: &Lua, stat_names: Rc<RefCell<Vec<(i64, String)>>>) -> mlua::Res
     )?;
     mcp.set(
         "add_stat",
-        lua.create_function(move |_, (id, name): (i64, String)| {
-            if !(1..=crate::stats::MAX_USER_STATS as i64).contains(&id) {
+        lua.create_function(move |lua, (id, name): (i64, String)| {
+            let limit = lua
+                .app_data_ref::<StatLimit>()
+                .map_or(crate::stats::MAX_USER_STATS, |l| l.0);
+            if !(1..=limit as i64).contains(&id) {
                 return Err(mlua::Error::runtime(format!(
-                    "mcp.add_stat: id must be 1..{}",
-                    crate::stats::MAX_USER_STATS
+                    "mcp.add_stat: id must be 1..{limit}"
                 )));
             }
-            if name.is_empty() || name.contains(char::is_whitespace) {
+            if name.contains(char::is_whitespace) {
                 return Err(mlua::Error::runtime(
                     "mcp.add_stat: the name must be one word",
                 ));
             }
-            stat_names.borrow_mut().push((id, name));
+            let mut names = stat_names.borrow_mut();
+            // As in memcached, a second registration of an id renames it,
+            // and an empty name retires it from `stats proxy`.
+            names.retain(|(existing, _)| *existing != id);
+            if !name.is_empty() {
+                names.push((id, name));
+            }
             Ok(())
         })?,
     )?;
     vm::forbid(
         lua,
         &mcp,
-        &["attach", "await", "internal", "request", "stat", "warm"],
+        &[
+            "attach",
+            "await",
+            "internal",
+            "request",
+            "stat",
+            "warm",
+            "funcgen_new",
+            "router_new",
+        ],
         "mcp_config_routes (worker VMs)",
     )
 }
@@ -472,22 +486,178 @@ fn backend_with_tls(
     Ok(BackendHandle(Arc::new(cfg)))
 }
 
-fn seconds(value: Value, option: &str) -> mlua::Result<Duration> {
+fn seconds(value: Value, option: &str, who: &str) -> mlua::Result<Duration> {
     let secs = match value {
         Value::Integer(i) => i as f64,
         Value::Number(n) => n,
         _ => {
             return Err(mlua::Error::runtime(format!(
-                "mcp.backend: {option} must be a number of seconds"
+                "{who}: {option} must be a number of seconds"
             )))
         }
     };
     if !(0.0..=86400.0).contains(&secs) {
         return Err(mlua::Error::runtime(format!(
-            "mcp.backend: {option} must be between 0 and 86400 seconds"
+            "{who}: {option} must be between 0 and 86400 seconds"
         )));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// Sets `option`, one of the backend settings memcached also has as a
+/// global default (`mcp.backend_*`), to `value`; false for another name.
+/// `who` starts the error messages: the backend option and the global
+/// setter share this one check.
+fn tunable(cfg: &mut BackendConfig, option: &str, value: Value, who: &str) -> mlua::Result<bool> {
+    let integer = |value: Value, min: i64, max: i64| match value {
+        Value::Integer(i) if (min..=max).contains(&i) => Ok(i),
+        _ => Err(mlua::Error::runtime(format!(
+            "{who}: {option} must be an integer from {min} to {max}"
+        ))),
+    };
+    match option {
+        "connecttimeout" => cfg.connect_timeout = seconds(value, option, who)?,
+        "readtimeout" => cfg.read_timeout = seconds(value, option, who)?,
+        "retrywaittime" | "retrytimeout" => cfg.retry_wait = seconds(value, option, who)?,
+        "failurelimit" => cfg.failure_limit = integer(value, 1, 1_000_000)? as u32,
+        "depthlimit" => cfg.depth_limit = integer(value, 0, i64::MAX)? as usize,
+        "tcpkeepalive" => {
+            cfg.tcp_keepalive = match value {
+                Value::Boolean(b) => b,
+                _ => {
+                    return Err(mlua::Error::runtime(format!(
+                        "{who}: {option} must be true or false"
+                    )))
+                }
+            }
+        }
+        "flaptime" => cfg.flap_time = seconds(value, option, who)?,
+        "flapbackoffmax" => cfg.flap_backoff_max = seconds(value, option, who)?,
+        "flapbackofframp" => {
+            cfg.flap_backoff_ramp = match value {
+                Value::Integer(i) if i >= 1 => i as f64,
+                Value::Number(n) if n >= 1.0 => n,
+                _ => {
+                    return Err(mlua::Error::runtime(format!(
+                        "{who}: {option} must be a number >= 1"
+                    )))
+                }
+            }
+        }
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+/// memcached's global backend setters and the backend option each sets
+/// the default of.
+const BACKEND_SETTERS: &[(&str, &str)] = &[
+    ("backend_connect_timeout", "connecttimeout"),
+    ("backend_retry_timeout", "retrytimeout"),
+    ("backend_retry_waittime", "retrywaittime"),
+    ("backend_read_timeout", "readtimeout"),
+    ("backend_failure_limit", "failurelimit"),
+    ("backend_depth_limit", "depthlimit"),
+    ("backend_flap_time", "flaptime"),
+    ("backend_flap_backoff_ramp", "flapbackofframp"),
+    ("backend_flap_backoff_max", "flapbackoffmax"),
+    ("tcp_keepalive", "tcpkeepalive"),
+];
+
+/// The settings every `mcp.backend` made after them starts from.
+#[derive(Default)]
+struct BackendDefaults(BackendConfig);
+
+/// The highest id `mcp.add_stat` takes (`mcp.stat_limit`).
+struct StatLimit(usize);
+
+/// memcached's global setters for the config VM: the defaults of later
+/// backends ([`BACKEND_SETTERS`]), `mcp.stat_limit`, and the settings that
+/// only tune memcached's own threads or its Lua collector.
+fn register_backend_defaults(lua: &Lua, mcp: &Table) -> mlua::Result<()> {
+    lua.set_app_data(BackendDefaults::default());
+    lua.set_app_data(StatLimit(crate::stats::MAX_USER_STATS));
+    for (setter, option) in BACKEND_SETTERS {
+        let who = format!("mcp.{setter}");
+        mcp.set(
+            *setter,
+            lua.create_function(move |lua, value: Value| {
+                let mut defaults = lua
+                    .app_data_mut::<BackendDefaults>()
+                    .ok_or_else(|| mlua::Error::runtime("backend defaults missing"))?;
+                tunable(&mut defaults.0, option, value, &who).map(|_| ())
+            })?,
+        )?;
+    }
+    mcp.set(
+        "stat_limit",
+        lua.create_function(|lua, value: Value| {
+            let max = crate::stats::MAX_USER_STATS as i64;
+            match value {
+                Value::Integer(n) if (1..=max).contains(&n) => {
+                    lua.set_app_data(StatLimit(n as usize));
+                    Ok(())
+                }
+                _ => Err(mlua::Error::runtime(format!(
+                    "mcp.stat_limit: memroute keeps at most {max} user stats; give 1..{max}"
+                ))),
+            }
+        })?,
+    )?;
+    // memroute has no IO threads: each worker owns its backend connections,
+    // which is memcached's behaviour with iothread off.
+    mcp.set(
+        "backend_use_iothread",
+        lua.create_function(|_, value: Value| match value {
+            Value::Boolean(_) => Ok(()),
+            _ => Err(mlua::Error::runtime(
+                "mcp.backend_use_iothread: give true or false",
+            )),
+        })?,
+    )?;
+    // memcached's collector ratio tunes its own Lua garbage collection;
+    // memroute paces its collector by the reply bytes Lua holds instead, so
+    // a ratio would not do what the startfile expects.
+    mcp.set(
+        "luagc_ratio",
+        lua.create_function(|_, _: Value| {
+            Err::<(), _>(mlua::Error::runtime(
+                "mcp.luagc_ratio is not supported: memroute steps its Lua collector by the \
+                 reply bytes Lua holds, not by a ratio",
+            ))
+        })?,
+    )?;
+    Ok(())
+}
+
+/// `mcp.backend{log = {deadline =, rate =, errors =}}`: memcached writes
+/// sampled requests of this backend to its `watch proxyreqs` stream, which
+/// memroute does not have. The table is checked, and a warning says the
+/// log is not written.
+fn request_log_option(label: &str, value: Value) -> mlua::Result<()> {
+    let Value::Table(t) = value else {
+        return Err(mlua::Error::runtime(
+            "mcp.backend: log must be a table {deadline =, rate =, errors =}",
+        ));
+    };
+    for pair in t.pairs::<String, Value>() {
+        let (key, value) = pair?;
+        let fits = match key.as_str() {
+            "deadline" | "rate" => matches!(value, Value::Integer(i) if i >= 0),
+            "errors" => matches!(value, Value::Boolean(_)),
+            _ => false,
+        };
+        if !fits {
+            return Err(mlua::Error::runtime(format!(
+                "mcp.backend: log.{key}: expected deadline = ms, rate = n, errors = true|false"
+            )));
+        }
+    }
+    tracing::warn!(
+        "mcp.backend {label}: log = {{...}} is accepted but not written: memroute has no \
+         `watch proxyreqs` stream"
+    );
+    Ok(())
 }
 
 fn port_of(value: Value) -> mlua::Result<u16> {
@@ -504,15 +674,14 @@ fn port_of(value: Value) -> mlua::Result<u16> {
 
 /// `mcp.backend(label, host[, port])` or `mcp.backend{label=, host=, ...}`.
 fn backend(lua: &Lua, args: mlua::MultiValue) -> mlua::Result<BackendHandle> {
-    let defaults = lua
-        .app_data_ref::<ProxySettings>()
-        .map(|s| *s)
-        .unwrap_or_default();
-    // No default host: a table without one is a mistake, not 127.0.0.1.
+    // The global setters' values; no default host: a table without one is
+    // a mistake, not 127.0.0.1.
     let mut cfg = BackendConfig {
         host: String::new(),
-        depth_limit: usize::try_from(defaults.backend_depth_limit).unwrap_or(usize::MAX),
-        ..BackendConfig::default()
+        ..lua
+            .app_data_ref::<BackendDefaults>()
+            .map(|d| d.0.clone())
+            .unwrap_or_default()
     };
     let mut args = args.into_iter();
     match args.next() {
@@ -531,19 +700,6 @@ fn backend(lua: &Lua, args: mlua::MultiValue) -> mlua::Result<BackendHandle> {
                     "label" => cfg.label = text(&value)?,
                     "host" => cfg.host = text(&value)?,
                     "port" => cfg.port = port_of(value)?,
-                    "connecttimeout" => cfg.connect_timeout = seconds(value, &key)?,
-                    "readtimeout" => cfg.read_timeout = seconds(value, &key)?,
-                    "retrywaittime" | "retrytimeout" => cfg.retry_wait = seconds(value, &key)?,
-                    "failurelimit" => {
-                        cfg.failure_limit = match value {
-                            Value::Integer(i) if (1..=1_000_000).contains(&i) => i as u32,
-                            _ => {
-                                return Err(mlua::Error::runtime(
-                                    "mcp.backend: failurelimit must be an integer >= 1",
-                                ))
-                            }
-                        }
-                    }
                     "connections" => {
                         cfg.connections = match value {
                             Value::Integer(i) if (1..=8).contains(&i) => i as usize,
@@ -554,18 +710,7 @@ fn backend(lua: &Lua, args: mlua::MultiValue) -> mlua::Result<BackendHandle> {
                             }
                         }
                     }
-                    "depthlimit" => {
-                        cfg.depth_limit = match value {
-                            Value::Integer(i) if i >= 0 => i as usize,
-                            _ => {
-                                return Err(mlua::Error::runtime(
-                                    "mcp.backend: depthlimit must be an integer >= 0",
-                                ))
-                            }
-                        }
-                    }
                     "down" => cfg.down = matches!(value, Value::Boolean(true)),
-                    "tcpkeepalive" => cfg.tcp_keepalive = matches!(value, Value::Boolean(true)),
                     "batchgets" => {
                         cfg.batch_gets = match value {
                             Value::Boolean(b) => b,
@@ -576,19 +721,8 @@ fn backend(lua: &Lua, args: mlua::MultiValue) -> mlua::Result<BackendHandle> {
                             }
                         }
                     }
-                    "flaptime" => cfg.flap_time = seconds(value, &key)?,
-                    "flapbackoffmax" => cfg.flap_backoff_max = seconds(value, &key)?,
-                    "flapbackofframp" => {
-                        cfg.flap_backoff_ramp = match value {
-                            Value::Integer(i) if i >= 1 => i as f64,
-                            Value::Number(n) if n >= 1.0 => n,
-                            _ => {
-                                return Err(mlua::Error::runtime(
-                                    "mcp.backend: flapbackofframp must be a number >= 1",
-                                ))
-                            }
-                        }
-                    }
+                    "log" => request_log_option(&cfg.label, value)?,
+                    other if tunable(&mut cfg, other, value, "mcp.backend")? => {}
                     other => {
                         return Err(mlua::Error::runtime(format!(
                             "mcp.backend: unknown option '{other}'"
@@ -667,6 +801,7 @@ fn pool(list: Table, opts: Option<Table>) -> mlua::Result<PoolHandle> {
     let mut obuckets: Option<u32> = None;
     let mut table_size: Option<u32> = None;
     let mut name: Option<String> = None;
+    let mut beprefix: Option<String> = None;
     if let Some(opts) = opts {
         for pair in opts.pairs::<String, Value>() {
             let (key, value) = pair?;
@@ -675,14 +810,20 @@ fn pool(list: Table, opts: Option<Table>) -> mlua::Result<PoolHandle> {
                 "hash" => hash = descriptor(&value, HASH_MARK, "hash")?,
                 "seed" => {
                     seed = Some(match value {
+                        // memroute's own: the XXH3 seed itself.
                         Value::Integer(i) => i as u64,
-                        Value::String(s) => s
-                            .to_str()?
-                            .parse()
-                            .map_err(|_| mlua::Error::runtime("mcp.pool: bad seed"))?,
-                        _ => return Err(mlua::Error::runtime("mcp.pool: seed must be a number")),
+                        // memcached's: the seed is the string's XXH3 hash,
+                        // so pools over the same backends with different
+                        // seeds place keys differently.
+                        Value::String(s) => KeyHash::Xxh3 { seed: 0 }.hash(&s.as_bytes()),
+                        _ => {
+                            return Err(mlua::Error::runtime(
+                                "mcp.pool: seed must be a string (or a number)",
+                            ))
+                        }
                     })
                 }
+                "beprefix" => beprefix = Some(String::from_lua_value(value, "beprefix")?),
                 "filter" => filter = Some(String::from_lua_value(value, "filter")?),
                 "filter_conf" => filter_conf = Some(String::from_lua_value(value, "filter_conf")?),
                 "omode" => omode = Some(String::from_lua_value(value, "omode")?),
@@ -698,6 +839,20 @@ fn pool(list: Table, opts: Option<Table>) -> mlua::Result<PoolHandle> {
                 }
             }
         }
+    }
+    if let Some(prefix) = beprefix {
+        // A backend's connections are shared by every backend with the same
+        // settings, label included: a prefixed label gives this pool
+        // connections of its own, as memcached's beprefix does.
+        backends = backends
+            .into_iter()
+            .map(|b| {
+                Arc::new(BackendConfig {
+                    label: format!("{prefix}{}", b.label),
+                    ..(*b).clone()
+                })
+            })
+            .collect();
     }
     let mut kind_name = dist.unwrap_or_else(|| "jump".to_string());
     if kind_name == "ring_hash" {

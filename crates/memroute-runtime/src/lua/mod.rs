@@ -24,6 +24,10 @@
 //!   start and every reload), the Lua route node, and the bindings routes
 //!   call (`pool(r)`, `mcp.await`, `mcp.internal`...).
 //! - [`dynamo`]: `mcp.dynamo_pool`, pools backed by a DynamoDB table.
+//! - [`funcgen`]: memcached's current API in worker VMs: function
+//!   generators, request contexts and their handles.
+//! - [`router`]: `mcp.router_new` read from Lua, over the route tree's key
+//!   router ([`crate::route::router`]), for funcgens.
 //! - [`objects`]: the request and response objects routes see.
 //! - [`routelib`]: routelib configurations, checked into a route plan that
 //!   workers build natively.
@@ -32,8 +36,10 @@
 
 pub mod config;
 pub mod dynamo;
+pub mod funcgen;
 pub mod objects;
 pub mod routelib;
+pub mod router;
 pub mod vm;
 pub mod worker;
 

@@ -103,6 +103,12 @@ fn setup(lua: &Lua, config: &ProxyConfig) -> mlua::Result<()> {
     for (name, value) in RESPONSE_CODES {
         mcp.set(*name, *value)?;
     }
+    for (name, value) in super::funcgen::CONSTANTS {
+        mcp.set(*name, *value)?;
+    }
+    // A handle callback returns this second to end a wait early; any true
+    // value does, as in memcached.
+    mcp.set("WAIT_RESUME", true)?;
     for (field, name) in DISTRIBUTIONS {
         let t = lua.create_table()?;
         t.set(DIST_MARK, *name)?;

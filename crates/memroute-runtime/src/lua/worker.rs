@@ -25,6 +25,7 @@ use mlua::{AnyUserData, Function, Lua, MetaMethod, Table, UserData, UserDataMeth
 use tracing::{info, warn};
 
 use super::config::{lua_error_message, ConfigError, ConfigValue, LoadedConfig, PoolDef};
+use super::funcgen::FuncgenRoute;
 use super::objects::{
     LuaRequest, LuaResponse, AWAIT_ANY, AWAIT_BACKGROUND, AWAIT_FASTGOOD, AWAIT_FIRST, AWAIT_GOOD,
     AWAIT_OK, CMD_ANY, CMD_ANY_STORAGE, COMMANDS, COMMAND_SLOTS, STORAGE_IDS, UNHOOKABLE_IDS,
@@ -190,9 +191,14 @@ impl WorkerLua {
         ))
     }
 
+    /// This worker's VM.
+    pub(super) fn lua(&self) -> &Lua {
+        &self.lua
+    }
+
     /// Runs a Lua route as a coroutine for one request; Lua errors become
     /// `SERVER_ERROR lua failure`.
-    async fn run(self: Rc<Self>, function: &Function, request: Request) -> Bytes {
+    pub(super) async fn run(self: Rc<Self>, function: &Function, request: Request) -> Bytes {
         let ud = match self.lua.create_userdata(LuaRequest::new(request)) {
             Ok(ud) => ud,
             Err(e) => return self.lua_failure(&e),
@@ -247,7 +253,7 @@ impl WorkerLua {
         failure_line()
     }
 
-    fn lua_failure(&self, error: &mlua::Error) -> Bytes {
+    pub(super) fn lua_failure(&self, error: &mlua::Error) -> Bytes {
         self.env.proxy_stats.lua_errors.fetch_add(1, Relaxed);
         warn!(target: "memroute::lua", "route failed: {}", lua_error_message(error));
         failure_line()
@@ -290,7 +296,7 @@ impl Route for LuaRoute {
 
 /// Sends `request` to `pool`; the response carries its round-trip time for
 /// `res:elapsed()`.
-fn send_timed(
+pub(super) fn send_timed(
     pool: Rc<dyn Pool>,
     request: Request,
 ) -> impl std::future::Future<Output = LuaResponse> {
@@ -346,10 +352,17 @@ fn register(lua: &Lua) -> mlua::Result<()> {
                 // A pool attached directly is served with no Lua per
                 // request, as `function(r) return pool(r) end` would be.
                 Value::UserData(ud) if ud.is::<LuaPool>() => ud.borrow::<LuaPool>()?.0.clone(),
-                _ => {
-                    return Err(mlua::Error::runtime(
-                        "mcp.attach: the second argument must be a route function or a pool",
-                    ))
+                other => {
+                    let vm = attached
+                        .vm
+                        .upgrade()
+                        .ok_or_else(|| mlua::Error::runtime("worker VM is gone"))?;
+                    FuncgenRoute::from_value(&other, vm)?.ok_or_else(|| {
+                        mlua::Error::runtime(
+                            "mcp.attach: the second argument must be a route function, a pool, \
+                             a funcgen or a router",
+                        )
+                    })?
                 }
             };
             let ids: Vec<i64> = match cmd {
@@ -422,6 +435,7 @@ fn register(lua: &Lua) -> mlua::Result<()> {
         })?,
     )?;
     mcp.set("await", lua.create_async_function(await_pools)?)?;
+    super::funcgen::register(lua, &mcp)?;
     mcp.set(
         "warm",
         lua.create_function(

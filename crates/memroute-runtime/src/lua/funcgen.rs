@@ -1,0 +1,1049 @@
+//! memcached's current proxy API, the *function generator* ("funcgen")
+//! generation, in the worker VM: `mcp.funcgen_new()`, `fgen:new_handle()`,
+//! `fgen:ready{}`, the request context (`rctx`) a generated function works
+//! through, and the route that `mcp.attach(cmd, fgen)` installs.
+//!
+//! A funcgen owns a list of *handles* (pools, other funcgens, or
+//! `mcp.internal_handler`) and a generator function `f`. For every request
+//! that runs at once, memcached needs one *slot*: a request context plus the
+//! function `f(rctx, a)` returned for it. Slots are made on demand and
+//! reused once their request, and every request it queued, has finished.
+//!
+//! A slot function works in steps: `rctx:enqueue(r, h)` only marks a
+//! handle; the next wait (`wait_cond`, `wait_handle`, `enqueue_and_wait`)
+//! sends everything queued at once and suspends the coroutine (an mlua
+//! async call) until its condition holds. Each result is classed *good*
+//! (a reply that is not an error or a miss), *ok* (a miss) or *any* (an
+//! error), as memcached's `mcp.RES_*`; a handle callback can re-class it and
+//! end a wait early. Requests a function does not wait for keep running,
+//! so writes still reach every handle.
+//!
+//! Routers (`mcp.router_new`) are in [`super::router`]; both are attached as
+//! a [`FuncgenRoute`].
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use memroute_proto::{Request, Response, ResponseCode, ResponseDecoder};
+use mlua::{AnyUserData, Function, Lua, Table, UserData, UserDataMethods, Value};
+use tokio::sync::Notify;
+use tracing::warn;
+
+use super::config::lua_error_message;
+use super::objects::{LuaRequest, LuaResponse};
+use super::router::{router_new, LuaRouter};
+use super::worker::{send_timed, LuaPool, WorkerLua};
+use crate::route::pool::EmbeddedPool;
+use crate::route::router::{RouterTable, NO_ROUTE};
+use crate::route::{Pool, ReplyFuture, ReplyShape, ResponseFuture, Route, RouteEnv};
+
+/// `mcp.WAIT_*`: what a `wait_cond` counts (memcached's values).
+pub const WAIT_ANY: i64 = 1;
+pub const WAIT_OK: i64 = 2;
+pub const WAIT_GOOD: i64 = 3;
+pub const WAIT_FASTGOOD: i64 = 4;
+
+/// `mcp.RES_*`: how a result was classed (memcached's flag bits), as
+/// `rctx:result()` returns it.
+pub const RES_GOOD: u8 = 1 << 3;
+pub const RES_OK: u8 = 1 << 4;
+pub const RES_ANY: u8 = 1 << 5;
+/// A handle callback asked to end the current wait now (`mcp.WAIT_RESUME`
+/// as its second return value).
+const RESUME: u8 = 1 << 1;
+
+/// The funcgen constants of the `mcp` table (in both kinds of VM, as the
+/// whole startfile runs in both).
+pub const CONSTANTS: &[(&str, i64)] = &[
+    ("WAIT_ANY", WAIT_ANY),
+    ("WAIT_OK", WAIT_OK),
+    ("WAIT_GOOD", WAIT_GOOD),
+    ("WAIT_FASTGOOD", WAIT_FASTGOOD),
+    ("RES_GOOD", RES_GOOD as i64),
+    ("RES_OK", RES_OK as i64),
+    ("RES_ANY", RES_ANY as i64),
+];
+
+/// The class of a reply, as memcached's proxy gives it: an error is
+/// *any*, a miss (`END`, `EN`) is *ok*, everything else is *good*.
+fn class_of(response: &LuaResponse) -> u8 {
+    if !response.response.is_ok() {
+        RES_ANY
+    } else if matches!(
+        response.response.code(),
+        ResponseCode::End | ResponseCode::En
+    ) {
+        RES_OK
+    } else {
+        RES_GOOD
+    }
+}
+
+/// What a handle sends its requests to: a pool (the embedded cache for
+/// `mcp.internal_handler`), or another funcgen.
+#[derive(Clone)]
+enum Target {
+    Pool(Rc<dyn Pool>),
+    Funcgen(Rc<Funcgen>),
+}
+
+/// `mcp.internal_handler`: a handle target that runs requests against the
+/// embedded cache, as `mcp.internal(r)` does.
+pub struct InternalHandler;
+impl UserData for InternalHandler {}
+
+/// A function generator (`mcp.funcgen_new()`).
+pub struct Funcgen {
+    name: RefCell<String>,
+    targets: RefCell<Rc<[Target]>>,
+    /// `f` and `a` of `fgen:ready{}`; `None` until then.
+    generator: RefCell<Option<(Function, Value)>>,
+    /// Slots not serving a request now.
+    free: RefCell<Vec<Slot>>,
+    /// Slots alive, serving or free.
+    slots: Cell<usize>,
+    /// How long many slots have stayed free (see [`Funcgen::keep`]).
+    pressure: Cell<u32>,
+}
+
+/// After this many returns with half the slots or more free, a returned
+/// slot is let go instead of kept, and the pressure drops by
+/// [`FREE_PRESSURE_DROP`] (memcached's values).
+const FREE_PRESSURE_MAX: u32 = 1000;
+const FREE_PRESSURE_DROP: u32 = 100;
+
+/// One request context and the function generated for it.
+struct Slot {
+    rctx: Rc<Rctx>,
+    function: Function,
+}
+
+/// A slot lent to one request. [`Lease::finish`] gives it back when the
+/// request is over; a request dropped before that (its client went away)
+/// gives it back as it is, or, with requests of it still out, lets it go,
+/// since nothing may be spawned while a worker shuts down.
+struct Lease {
+    fgen: Rc<Funcgen>,
+    lua: Lua,
+    slot: Option<Slot>,
+}
+
+impl Lease {
+    fn function(&self) -> Function {
+        self.slot
+            .as_ref()
+            .map(|s| s.function.clone())
+            .expect("a lease holds its slot until finished")
+    }
+
+    fn finish(mut self) {
+        if let Some(slot) = self.slot.take() {
+            self.fgen.release(&self.lua, slot);
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            if slot.rctx.pending.get() == 0 {
+                self.fgen.keep(slot);
+            } else {
+                self.fgen.slots.set(self.fgen.slots.get().saturating_sub(1));
+            }
+        }
+    }
+}
+
+impl Funcgen {
+    fn new() -> Rc<Funcgen> {
+        Rc::new(Funcgen {
+            name: RefCell::new("anonymous".into()),
+            targets: RefCell::new(Rc::from(Vec::new())),
+            generator: RefCell::new(None),
+            free: RefCell::new(Vec::new()),
+            slots: Cell::new(0),
+            pressure: Cell::new(0),
+        })
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.generator.borrow().is_some()
+    }
+
+    /// A free slot, or a new one made by calling the generator.
+    fn take_slot(self: &Rc<Self>, lua: &Lua) -> mlua::Result<Slot> {
+        if let Some(slot) = self.free.borrow_mut().pop() {
+            return Ok(slot);
+        }
+        let (generator, argument) = self.generator.borrow().clone().ok_or_else(|| {
+            mlua::Error::runtime(format!(
+                "funcgen {}: fgen:ready was never called",
+                self.name.borrow()
+            ))
+        })?;
+        let rctx = Rc::new(Rctx::new(self.targets.borrow().clone()));
+        let ud = lua.create_userdata(LuaRctx(rctx.clone()))?;
+        match generator.call::<Value>((ud, argument))? {
+            Value::Function(function) => {
+                // A slot had to be made: the slots are not too many now.
+                self.pressure.set(0);
+                self.slots.set(self.slots.get() + 1);
+                Ok(Slot { rctx, function })
+            }
+            _ => Err(mlua::Error::runtime(
+                "function generator didn't return a function",
+            )),
+        }
+    }
+
+    /// Gives `slot` back once every request it queued has answered (the
+    /// rest of its results are processed, callbacks included, in the
+    /// background first).
+    fn release(self: &Rc<Self>, lua: &Lua, slot: Slot) {
+        if slot.rctx.pending.get() == 0 {
+            self.keep(slot);
+            return;
+        }
+        let fgen = self.clone();
+        let lua = lua.clone();
+        tokio::task::spawn_local(async move {
+            while slot.rctx.pending.get() > 0 {
+                let done = slot.rctx.inbox.next().await;
+                if let Err(e) = slot.rctx.complete(&lua, done) {
+                    warn!(target: "memroute::lua", "funcgen result: {}", lua_error_message(&e));
+                }
+            }
+            fgen.keep(slot);
+        });
+    }
+
+    /// Keeps a slot whose request is over for the next one, or lets it go
+    /// when half the slots or more have stayed free for a long time, as
+    /// memcached eases them: a burst's slots go slowly, steady traffic
+    /// keeps its own.
+    fn keep(&self, slot: Slot) {
+        slot.rctx.reset();
+        let free = self.free.borrow().len();
+        if free + 1 > self.slots.get() / 2 {
+            let pressure = self.pressure.get() + 1;
+            if pressure > FREE_PRESSURE_MAX {
+                self.pressure.set(pressure - FREE_PRESSURE_DROP);
+                self.slots.set(self.slots.get().saturating_sub(1));
+                return;
+            }
+            self.pressure.set(pressure);
+        } else {
+            self.pressure.set(self.pressure.get().saturating_sub(1));
+        }
+        self.free.borrow_mut().push(slot);
+    }
+
+    /// Lends a slot to one request.
+    fn lease(self: &Rc<Self>, lua: &Lua) -> mlua::Result<Lease> {
+        Ok(Lease {
+            slot: Some(self.take_slot(lua)?),
+            fgen: self.clone(),
+            lua: lua.clone(),
+        })
+    }
+
+    /// Runs a request through this funcgen for a parent's handle: the
+    /// result as a response object, and its class.
+    async fn run_for_handle(self: Rc<Self>, lua: Lua, request: AnyUserData) -> (LuaResponse, u8) {
+        let result = match self.lease(&lua) {
+            Ok(lease) => {
+                let result = lease.function().call_async::<Value>(request.clone()).await;
+                lease.finish();
+                result
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(Value::UserData(ud)) if ud.is::<LuaResponse>() => {
+                let response = ud.borrow::<LuaResponse>().map(|r| r.clone());
+                match response {
+                    Ok(response) => {
+                        let class = class_of(&response);
+                        (response, class)
+                    }
+                    Err(e) => (nested_failure(&lua, &e), RES_ANY),
+                }
+            }
+            // As memcached: a string result is passed on as it is, and
+            // counts as "any" whatever it says.
+            Ok(Value::String(s)) => (string_response(&request, &s.as_bytes()), RES_ANY),
+            Ok(other) => (
+                nested_failure(
+                    &lua,
+                    &mlua::Error::runtime(format!(
+                        "a route returned {}; routes must return a response or a string",
+                        other.type_name()
+                    )),
+                ),
+                RES_ANY,
+            ),
+            Err(e) => (nested_failure(&lua, &e), RES_ANY),
+        }
+    }
+}
+
+/// A string a route returned, as a response object: parsed as a reply to
+/// `request` when it is one, else its first line.
+fn string_response(request: &AnyUserData, bytes: &[u8]) -> LuaResponse {
+    let mut raw = BytesMut::from(bytes);
+    if !raw.ends_with(b"\r\n") {
+        raw.extend_from_slice(b"\r\n");
+    }
+    let line_only = || {
+        let line = raw[..].split(|&b| b == b'\r').next().unwrap_or(b"");
+        Response::from_line(&String::from_utf8_lossy(line))
+    };
+    let parsed = request.borrow::<LuaRequest>().ok().and_then(|r| {
+        let mut buf = raw.clone();
+        ResponseDecoder::for_request(&r.request)
+            .decode(&mut buf)
+            .ok()
+            .flatten()
+    });
+    LuaResponse::new(parsed.unwrap_or_else(line_only), 0)
+}
+
+/// A nested funcgen failed: counted and logged as a route failure, and
+/// its parent's handle gets a `SERVER_ERROR`.
+fn nested_failure(lua: &Lua, error: &mlua::Error) -> LuaResponse {
+    if let Some(env) = lua.app_data_ref::<Rc<RouteEnv>>() {
+        env.proxy_stats
+            .lua_errors
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    warn!(target: "memroute::lua", "route failed: {}", lua_error_message(error));
+    LuaResponse::new(Response::from_line("SERVER_ERROR lua failure"), 0)
+}
+
+/// The Lua object of a funcgen.
+#[derive(Clone)]
+pub struct LuaFuncgen(pub Rc<Funcgen>);
+
+impl UserData for LuaFuncgen {
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        methods.add_method("new_handle", |lua, this, target: Value| {
+            if this.0.is_ready() {
+                return Err(mlua::Error::runtime(
+                    "cannot modify function generator after calling ready",
+                ));
+            }
+            let target = match &target {
+                Value::UserData(ud) if ud.is::<LuaPool>() => {
+                    Target::Pool(ud.borrow::<LuaPool>()?.0.clone())
+                }
+                Value::UserData(ud) if ud.is::<LuaFuncgen>() => {
+                    Target::Funcgen(ud.borrow::<LuaFuncgen>()?.0.clone())
+                }
+                Value::UserData(ud) if ud.is::<InternalHandler>() => {
+                    let internal = lua
+                        .app_data_ref::<Rc<EmbeddedPool>>()
+                        .map(|p| p.clone())
+                        .ok_or_else(|| mlua::Error::runtime("worker environment missing"))?;
+                    Target::Pool(internal)
+                }
+                Value::UserData(ud) if ud.is::<LuaRouter>() => {
+                    return Err(mlua::Error::runtime(
+                        "cannot assign a router to a handle in new_handle",
+                    ))
+                }
+                _ => return Err(mlua::Error::runtime("invalid argument to new_handle")),
+            };
+            let mut targets = this.0.targets.borrow().to_vec();
+            targets.push(target);
+            *this.0.targets.borrow_mut() = Rc::from(targets);
+            // Handles are numbered from 0, as in memcached.
+            Ok(this.0.targets.borrow().len() as i64 - 1)
+        });
+        methods.add_method("ready", |lua, this, opts: Table| {
+            if this.0.is_ready() {
+                return Err(mlua::Error::runtime(
+                    "cannot modify function generator after calling ready",
+                ));
+            }
+            let Value::Function(generator) = opts.get::<Value>("f")? else {
+                return Err(mlua::Error::runtime(
+                    "Must specify generator function ('f') to fgen:ready",
+                ));
+            };
+            if let Value::String(name) = opts.get::<Value>("n")? {
+                *this.0.name.borrow_mut() = name.to_string_lossy();
+            }
+            // 'u' reserves request and response objects per slot for
+            // rctx:request_new(), which memroute does not have yet; the
+            // count is checked so a bad one still fails here.
+            match opts.get::<Value>("u")? {
+                Value::Nil => {}
+                Value::Integer(n) if n >= 1 => {}
+                _ => {
+                    return Err(mlua::Error::runtime(
+                        "user obj ('u') in fgen:ready must be a positive integer",
+                    ))
+                }
+            }
+            *this.0.generator.borrow_mut() = Some((generator, opts.get::<Value>("a")?));
+            // As memcached: the generator is tried now, so a broken one
+            // fails the configuration load, and the slot is kept.
+            let slot = this.0.take_slot(lua)?;
+            this.0.free.borrow_mut().push(slot);
+            Ok(())
+        });
+    }
+}
+
+/// Where a handle stands in the current request.
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
+enum State {
+    #[default]
+    Idle,
+    Queued,
+    Active,
+    /// Answered, not yet counted by a wait.
+    Complete,
+    /// Answered and counted by a wait.
+    Waited,
+}
+
+/// One handle's state in a request context.
+#[derive(Default)]
+struct HandleSlot {
+    state: State,
+    request: Option<AnyUserData>,
+    response: Option<AnyUserData>,
+    flags: u8,
+    callback: Option<Function>,
+}
+
+/// A finished request of a handle.
+struct Done {
+    handle: usize,
+    response: LuaResponse,
+    class: u8,
+}
+
+/// Results that arrived and the wake-up of whoever waits for them.
+#[derive(Default)]
+struct Inbox {
+    queue: RefCell<VecDeque<Done>>,
+    arrived: Notify,
+}
+
+impl Inbox {
+    fn push(&self, done: Done) {
+        self.queue.borrow_mut().push_back(done);
+        self.arrived.notify_one();
+    }
+
+    fn try_next(&self) -> Option<Done> {
+        self.queue.borrow_mut().pop_front()
+    }
+
+    async fn next(&self) -> Done {
+        loop {
+            if let Some(done) = self.try_next() {
+                return done;
+            }
+            self.arrived.notified().await;
+        }
+    }
+}
+
+/// A request context: one slot's view of its funcgen's handles.
+pub struct Rctx {
+    targets: Rc<[Target]>,
+    handles: RefCell<Vec<HandleSlot>>,
+    /// Requests sent and not yet answered.
+    pending: Cell<usize>,
+    /// In a wait or a sleep (no new waits, no enqueues).
+    waiting: Cell<bool>,
+    inbox: Rc<Inbox>,
+}
+
+/// What a wait waits for.
+#[derive(Clone, Copy)]
+enum WaitFor {
+    /// `wait_cond(n, mode)`.
+    Count { n: usize, mode: i64 },
+    /// `wait_handle(h)`, `enqueue_and_wait(r, h)`.
+    Handle(usize),
+}
+
+impl Rctx {
+    fn new(targets: Rc<[Target]>) -> Rctx {
+        let handles = targets.iter().map(|_| HandleSlot::default()).collect();
+        Rctx {
+            targets,
+            handles: RefCell::new(handles),
+            pending: Cell::new(0),
+            waiting: Cell::new(false),
+            inbox: Rc::new(Inbox::default()),
+        }
+    }
+
+    /// Readies the context for its next request; callbacks stay, as they
+    /// belong to the slot, not to one request.
+    fn reset(&self) {
+        for slot in self.handles.borrow_mut().iter_mut() {
+            slot.state = State::Idle;
+            slot.request = None;
+            slot.response = None;
+            slot.flags = 0;
+        }
+        self.waiting.set(false);
+    }
+
+    fn check_handle(&self, handle: i64) -> mlua::Result<usize> {
+        usize::try_from(handle)
+            .ok()
+            .filter(|h| *h < self.targets.len())
+            .ok_or_else(|| mlua::Error::runtime(format!("invalid handle {handle}")))
+    }
+
+    fn enqueue(&self, request: &AnyUserData, handles: &Value) -> mlua::Result<()> {
+        if self.waiting.get() {
+            return Err(mlua::Error::runtime(
+                "enqueue: cannot enqueue new requests while in a wait",
+            ));
+        }
+        let has_key = request
+            .borrow::<LuaRequest>()
+            .map_err(|_| mlua::Error::runtime("enqueue: expected a request object"))?
+            .request
+            .key()
+            .is_some();
+        if !has_key {
+            return Err(mlua::Error::runtime("cannot queue requests without a key"));
+        }
+        let list: Vec<i64> = match handles {
+            Value::Integer(h) => vec![*h],
+            Value::Number(h) if h.fract() == 0.0 => vec![*h as i64],
+            Value::Table(t) => t
+                .sequence_values::<i64>()
+                .collect::<mlua::Result<_>>()
+                .map_err(|_| {
+                    mlua::Error::runtime("invalid handle passed to queue via array table")
+                })?,
+            _ => {
+                return Err(mlua::Error::runtime(
+                    "must pass a handle or a table to queue",
+                ))
+            }
+        };
+        for handle in list {
+            let index = self.check_handle(handle)?;
+            let mut handles = self.handles.borrow_mut();
+            let slot = &mut handles[index];
+            // A handle takes one request per request context, as memcached.
+            if slot.state == State::Idle {
+                slot.state = State::Queued;
+                slot.request = Some(request.clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends every queued request, each to its handle's target.
+    fn dispatch(&self, lua: &Lua) -> mlua::Result<()> {
+        let queued: Vec<(usize, AnyUserData)> = self
+            .handles
+            .borrow_mut()
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, slot)| slot.state == State::Queued)
+            .filter_map(|(index, slot)| {
+                slot.state = State::Active;
+                slot.request.clone().map(|r| (index, r))
+            })
+            .collect();
+        for (handle, request_ud) in queued {
+            let request = request_ud.borrow::<LuaRequest>()?.request.clone();
+            self.pending.set(self.pending.get() + 1);
+            let inbox = self.inbox.clone();
+            match &self.targets[handle] {
+                Target::Pool(pool) => {
+                    let sent = send_timed(pool.clone(), request);
+                    tokio::task::spawn_local(async move {
+                        let response = sent.await;
+                        let class = class_of(&response);
+                        inbox.push(Done {
+                            handle,
+                            response,
+                            class,
+                        });
+                    });
+                }
+                Target::Funcgen(fgen) => {
+                    let run = fgen.clone().run_for_handle(lua.clone(), request_ud);
+                    tokio::task::spawn_local(async move {
+                        let (response, class) = run.await;
+                        inbox.push(Done {
+                            handle,
+                            response,
+                            class,
+                        });
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a result: its class (after the handle's callback, which may
+    /// re-class it), and its response object. Returns the handle's flags.
+    fn complete(&self, lua: &Lua, done: Done) -> mlua::Result<u8> {
+        self.pending.set(self.pending.get().saturating_sub(1));
+        let response = lua.create_userdata(done.response)?;
+        let (callback, request) = {
+            let handles = self.handles.borrow();
+            let slot = &handles[done.handle];
+            (slot.callback.clone(), slot.request.clone())
+        };
+        let mut flags = done.class;
+        if let Some(callback) = callback {
+            match callback.call::<(Value, Value)>((response.clone(), request)) {
+                Ok((mode, resume)) => {
+                    if let Value::Integer(mode) = mode {
+                        flags = match mode {
+                            WAIT_GOOD => RES_GOOD,
+                            WAIT_OK => RES_OK,
+                            _ => RES_ANY,
+                        };
+                    }
+                    if !matches!(resume, Value::Nil | Value::Boolean(false)) {
+                        flags |= RESUME;
+                    }
+                }
+                // As memcached: a failing callback is logged and the
+                // result keeps its own class.
+                Err(e) => warn!(target: "memroute::lua", "handle callback failed: {}",
+                                lua_error_message(&e)),
+            }
+        }
+        let mut handles = self.handles.borrow_mut();
+        let slot = &mut handles[done.handle];
+        slot.state = State::Complete;
+        slot.response = Some(response);
+        slot.flags |= flags;
+        Ok(slot.flags)
+    }
+
+    /// Processes the results that have arrived, without waiting.
+    fn take_arrived(&self, lua: &Lua) -> mlua::Result<()> {
+        while let Some(done) = self.inbox.try_next() {
+            self.complete(lua, done)?;
+        }
+        Ok(())
+    }
+
+    /// Whether a wait in `mode` counts a result of `flags`, and whether it
+    /// ends the wait at once.
+    fn counts(mode: i64, flags: u8) -> (bool, bool) {
+        let good = flags & RES_GOOD != 0;
+        let ok = flags & (RES_GOOD | RES_OK) != 0;
+        let (counted, early) = match mode {
+            WAIT_ANY => (true, false),
+            WAIT_OK => (ok, false),
+            WAIT_GOOD => (good, false),
+            // WAIT_FASTGOOD: a good result ends the wait; a miss counts.
+            _ => (ok, good),
+        };
+        (counted, early || flags & RESUME != 0)
+    }
+
+    /// Counts a completed handle for a wait; true when the wait is over.
+    fn count(&self, what: WaitFor, handle: usize, done: &Cell<usize>) -> bool {
+        let mut handles = self.handles.borrow_mut();
+        let slot = &mut handles[handle];
+        if slot.state != State::Complete {
+            return false;
+        }
+        let (counted, early) = match what {
+            WaitFor::Count { mode, .. } => Self::counts(mode, slot.flags),
+            WaitFor::Handle(h) => (h == handle, false),
+        };
+        if counted {
+            slot.state = State::Waited;
+            done.set(done.get() + 1);
+        }
+        let target = match what {
+            WaitFor::Count { n, .. } => n,
+            WaitFor::Handle(_) => 1,
+        };
+        early || done.get() >= target
+    }
+
+    /// Sends what is queued and waits as `what` says, for at most
+    /// `timeout`. Returns the number of counted results (or the handle's
+    /// response), plus `true` after a timeout, as memcached.
+    async fn wait(
+        &self,
+        lua: &Lua,
+        what: WaitFor,
+        timeout: Option<Duration>,
+    ) -> mlua::Result<mlua::MultiValue> {
+        if self.waiting.get() {
+            return Err(mlua::Error::runtime(
+                "wait_cond: cannot call while already in wait mode",
+            ));
+        }
+        self.dispatch(lua)?;
+        self.take_arrived(lua)?;
+        let done = Cell::new(0usize);
+        self.waiting.set(true);
+        let waited = async {
+            // Results that arrived before this wait count first, in handle
+            // order, as memcached counts them when the wait starts.
+            for handle in 0..self.targets.len() {
+                if self.count(what, handle, &done) {
+                    return Ok(());
+                }
+            }
+            while self.pending.get() > 0 {
+                let arrived = self.inbox.next().await;
+                let handle = arrived.handle;
+                self.complete(lua, arrived)?;
+                if self.count(what, handle, &done) {
+                    return Ok(());
+                }
+            }
+            Ok::<(), mlua::Error>(())
+        };
+        let outcome = match timeout {
+            Some(limit) => tokio::time::timeout(limit, waited).await.ok(),
+            None => Some(waited.await),
+        };
+        // Cleared before an error goes up: Lua may catch it and go on.
+        self.waiting.set(false);
+        let timed_out = match outcome {
+            Some(result) => {
+                result?;
+                false
+            }
+            None => true,
+        };
+        let mut out = mlua::MultiValue::new();
+        match what {
+            WaitFor::Count { .. } => out.push_back(Value::Integer(done.get() as i64)),
+            WaitFor::Handle(h) => out.push_back(if timed_out {
+                Value::Nil
+            } else {
+                self.handles.borrow()[h]
+                    .response
+                    .clone()
+                    .map_or(Value::Nil, Value::UserData)
+            }),
+        }
+        if timed_out {
+            out.push_back(Value::Boolean(true));
+        }
+        Ok(out)
+    }
+
+    /// The handle's response if its flags have any of `mask`.
+    fn result_with(
+        &self,
+        lua: &Lua,
+        handle: i64,
+        mask: u8,
+    ) -> mlua::Result<Option<(AnyUserData, u8)>> {
+        let index = self.check_handle(handle)?;
+        self.take_arrived(lua)?;
+        let handles = self.handles.borrow();
+        let slot = &handles[index];
+        let class = slot.flags & (RES_GOOD | RES_OK | RES_ANY);
+        Ok(match &slot.response {
+            Some(response) if class & mask != 0 => Some((response.clone(), class)),
+            _ => None,
+        })
+    }
+
+    /// The best (or worst) classed result among `handles`: good before ok
+    /// before any, the first in list order on a tie.
+    fn ranked_result(&self, lua: &Lua, handles: Table, best: bool) -> mlua::Result<(Value, Value)> {
+        let mut chosen: Option<(AnyUserData, u8)> = None;
+        for handle in handles.sequence_values::<i64>() {
+            let Some((response, class)) =
+                self.result_with(lua, handle?, RES_GOOD | RES_OK | RES_ANY)?
+            else {
+                continue;
+            };
+            let better = match &chosen {
+                None => true,
+                // Higher flag bits are worse classes.
+                Some((_, c)) if best => class < *c,
+                Some((_, c)) => class > *c,
+            };
+            if better {
+                chosen = Some((response, class));
+            }
+        }
+        Ok(match chosen {
+            Some((response, class)) => (Value::UserData(response), Value::Integer(class as i64)),
+            None => (Value::Nil, Value::Nil),
+        })
+    }
+}
+
+/// Seconds (fractions allowed), as memcached's wait and sleep timeouts.
+fn timeout_arg(value: Option<Value>) -> mlua::Result<Option<Duration>> {
+    let secs = match value {
+        None | Some(Value::Nil) => return Ok(None),
+        Some(Value::Integer(i)) => i as f64,
+        Some(Value::Number(n)) => n,
+        Some(_) => {
+            return Err(mlua::Error::runtime(
+                "timeout argument to wait or sleep must be a number",
+            ))
+        }
+    };
+    if !(0.0..=86400.0).contains(&secs) {
+        return Err(mlua::Error::runtime(
+            "timeout argument to wait or sleep must be 0 to 86400 seconds",
+        ));
+    }
+    Ok(Some(Duration::from_secs_f64(secs)))
+}
+
+/// The `rctx` object slot functions work through.
+#[derive(Clone)]
+pub struct LuaRctx(Rc<Rctx>);
+
+impl UserData for LuaRctx {
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        methods.add_method(
+            "enqueue",
+            |_, this, (request, handles): (AnyUserData, Value)| this.0.enqueue(&request, &handles),
+        );
+        methods.add_async_method(
+            "wait_cond",
+            |lua, this, (n, mode, timeout): (Value, Option<i64>, Option<Value>)| {
+                let rctx = this.0.clone();
+                async move {
+                    let n = match n {
+                        Value::Integer(n) if n >= 0 => n as usize,
+                        Value::Number(n) if n >= 0.0 && n.fract() == 0.0 => n as usize,
+                        _ => {
+                            return Err(mlua::Error::runtime(
+                                "wait count for wait_cond must be a positive integer",
+                            ))
+                        }
+                    };
+                    let mode = mode.unwrap_or(WAIT_ANY);
+                    if !(WAIT_ANY..=WAIT_FASTGOOD).contains(&mode) {
+                        return Err(mlua::Error::runtime("invalid mode sent to wait_cond"));
+                    }
+                    let timeout = timeout_arg(timeout)?;
+                    if n == 0 {
+                        // Waiting for none: send what is queued and go on
+                        // at the next turn of the event loop.
+                        rctx.dispatch(&lua)?;
+                        tokio::task::yield_now().await;
+                        return Ok(mlua::MultiValue::from_iter([Value::Integer(0)]));
+                    }
+                    rctx.wait(&lua, WaitFor::Count { n, mode }, timeout).await
+                }
+            },
+        );
+        methods.add_async_method(
+            "enqueue_and_wait",
+            |lua, this, (request, handle, timeout): (AnyUserData, i64, Option<Value>)| {
+                let rctx = this.0.clone();
+                async move {
+                    let index = rctx.check_handle(handle)?;
+                    let timeout = timeout_arg(timeout)?;
+                    rctx.enqueue(&request, &Value::Integer(handle))?;
+                    rctx.wait(&lua, WaitFor::Handle(index), timeout).await
+                }
+            },
+        );
+        methods.add_async_method(
+            "wait_handle",
+            |lua, this, (handle, timeout): (i64, Option<Value>)| {
+                let rctx = this.0.clone();
+                async move {
+                    let index = rctx.check_handle(handle)?;
+                    if rctx.handles.borrow()[index].state == State::Idle {
+                        return Err(mlua::Error::runtime(
+                            "wait_handle called on unqueued handle",
+                        ));
+                    }
+                    let timeout = timeout_arg(timeout)?;
+                    rctx.wait(&lua, WaitFor::Handle(index), timeout).await
+                }
+            },
+        );
+        methods.add_async_method("sleep", |_, this, seconds: Value| {
+            let rctx = this.0.clone();
+            async move {
+                if rctx.waiting.get() {
+                    return Err(mlua::Error::runtime(
+                        "sleep: cannot call while already in wait mode",
+                    ));
+                }
+                let pause = timeout_arg(Some(seconds))?.unwrap_or_default();
+                rctx.waiting.set(true);
+                tokio::time::sleep(pause).await;
+                rctx.waiting.set(false);
+                Ok(true)
+            }
+        });
+        for (name, mask) in [
+            ("res_good", RES_GOOD),
+            ("res_ok", RES_GOOD | RES_OK),
+            ("res_any", RES_GOOD | RES_OK | RES_ANY),
+        ] {
+            methods.add_method(name, move |lua, this, handle: i64| {
+                Ok(this
+                    .0
+                    .result_with(lua, handle, mask)?
+                    .map(|(response, _)| response))
+            });
+        }
+        methods.add_method("result", |lua, this, handle: i64| {
+            Ok(
+                match this
+                    .0
+                    .result_with(lua, handle, RES_GOOD | RES_OK | RES_ANY)?
+                {
+                    Some((response, class)) => {
+                        (Value::UserData(response), Value::Integer(class as i64))
+                    }
+                    None => (Value::Nil, Value::Nil),
+                },
+            )
+        });
+        methods.add_method("best_result", |lua, this, handles: Table| {
+            this.0.ranked_result(lua, handles, true)
+        });
+        methods.add_method("worst_result", |lua, this, handles: Table| {
+            this.0.ranked_result(lua, handles, false)
+        });
+        methods.add_method(
+            "handle_set_cb",
+            |_, this, (handle, callback): (i64, Function)| {
+                let index = this.0.check_handle(handle)?;
+                this.0.handles.borrow_mut()[index].callback = Some(callback);
+                Ok(())
+            },
+        );
+        methods.add_method(
+            "tls_peer_cn",
+            |lua, _, ()| match crate::tls::current_peer_cn() {
+                Some(cn) => Ok(Value::String(lua.create_string(&*cn)?)),
+                None => Ok(Value::Nil),
+            },
+        );
+        methods.add_method("cfd", |_, _, ()| {
+            Err::<(), _>(mlua::Error::runtime(
+                "rctx:cfd() is not supported by memroute: routes do not see client sockets",
+            ))
+        });
+    }
+}
+
+/// What `mcp.attach` installs for a funcgen or a router: a node of the
+/// route tree whose requests run in slots of the funcgen.
+pub struct FuncgenRoute {
+    vm: Rc<WorkerLua>,
+    target: FuncgenTarget,
+}
+
+enum FuncgenTarget {
+    Funcgen(Rc<Funcgen>),
+    Router(Rc<RouterTable<Funcgen>>),
+}
+
+impl FuncgenRoute {
+    /// The route for `mcp.attach`'s second argument, if it is a funcgen or
+    /// a router.
+    pub fn from_value(value: &Value, vm: Rc<WorkerLua>) -> mlua::Result<Option<Rc<dyn Route>>> {
+        let target = match value {
+            Value::UserData(ud) if ud.is::<LuaFuncgen>() => {
+                let fgen = ud.borrow::<LuaFuncgen>()?.0.clone();
+                if !fgen.is_ready() {
+                    return Err(mlua::Error::runtime(
+                        "mcp.attach: call fgen:ready{} before attaching a funcgen",
+                    ));
+                }
+                FuncgenTarget::Funcgen(fgen)
+            }
+            Value::UserData(ud) if ud.is::<LuaRouter>() => {
+                FuncgenTarget::Router(ud.borrow::<LuaRouter>()?.0.clone())
+            }
+            _ => return Ok(None),
+        };
+        Ok(Some(Rc::new(FuncgenRoute { vm, target })))
+    }
+
+    /// Serves one request: the router (if any) picks a funcgen, which
+    /// lends a slot to run the request's coroutine; the reply is what its
+    /// function returned, with the classic routes' error handling.
+    async fn run(self: Rc<Self>, request: Request) -> Bytes {
+        let fgen = match &self.target {
+            FuncgenTarget::Funcgen(fgen) => fgen.clone(),
+            FuncgenTarget::Router(router) => match router.pick(&request) {
+                Some(fgen) => fgen.clone(),
+                None => return Response::from_line(NO_ROUTE).raw().clone(),
+            },
+        };
+        let lua = self.vm.lua().clone();
+        let lease = match fgen.lease(&lua) {
+            Ok(lease) => lease,
+            Err(e) => return self.vm.lua_failure(&e),
+        };
+        let reply = self.vm.clone().run(&lease.function(), request).await;
+        lease.finish();
+        reply
+    }
+}
+
+impl Route for FuncgenRoute {
+    /// The reply as a response, for a route above it (parsed once here,
+    /// as for Lua route functions).
+    fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
+        let decoder = ResponseDecoder::for_request(&request);
+        Box::pin(async move {
+            let reply = self.run(request).await;
+            match decoder.decode(&mut BytesMut::from(&reply[..])) {
+                Ok(Some(response)) => response,
+                _ => Response::from_line("SERVER_ERROR lua route gave a malformed reply"),
+            }
+        })
+    }
+
+    fn serve(self: Rc<Self>, request: Request) -> ReplyFuture {
+        let shape = ReplyShape::of(&request);
+        Box::pin(async move { shape.apply(self.run(request).await) })
+    }
+}
+
+/// Adds the funcgen API to a worker VM's `mcp` table (the constants are
+/// set up with the rest, in [`super::vm`]).
+pub fn register(lua: &Lua, mcp: &Table) -> mlua::Result<()> {
+    mcp.set(
+        "funcgen_new",
+        lua.create_function(|_, ()| Ok(LuaFuncgen(Funcgen::new())))?,
+    )?;
+    mcp.set("internal_handler", InternalHandler)?;
+    mcp.set(
+        "router_new",
+        lua.create_function(|_, opts: Table| router_new(&opts))?,
+    )?;
+    Ok(())
+}
+
+/// The funcgen of a router's map entry.
+pub fn funcgen_of(value: &Value) -> Option<Rc<Funcgen>> {
+    match value {
+        Value::UserData(ud) => ud.borrow::<LuaFuncgen>().ok().map(|f| f.0.clone()),
+        _ => None,
+    }
+}

@@ -1,0 +1,704 @@
+"""memcached's current proxy API (function generators, request contexts,
+routers) and its global config setters, end to end: memroute runs
+funcgen-style startfiles against real memcached backends, and routes
+report what they observed in their reply (``SERVER_ERROR n=... class=...``)
+so the tests assert bytes.
+
+One memroute with the big startfile below serves most tests; tests of
+bad configurations and of the config setters start their own.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+import uuid
+
+import pytest
+
+from conftest import (EXAMPLES_DIR, _factory, mc_get, mc_set, run_memroute_expect_failure,
+                      stats_dict, wait_until, write_startfile)
+from test_proxy_api import BlackHole
+
+# --------------------------------------------------------------------------
+# the shared funcgen startfile
+# --------------------------------------------------------------------------
+
+FGEN_STARTFILE = r"""
+-- The constants have memcached's values, in both kinds of VM (this line
+-- runs in each).
+assert(mcp.WAIT_ANY == 1 and mcp.WAIT_OK == 2 and mcp.WAIT_GOOD == 3
+       and mcp.WAIT_FASTGOOD == 4 and mcp.WAIT_RESUME == true
+       and mcp.RES_GOOD == 8 and mcp.RES_OK == 16 and mcp.RES_ANY == 32)
+
+-- start_arg: "host:port" of b1, b2, b3 and a black hole (accepts, never
+-- answers), comma-separated.
+local function split_arg()
+    local out = {}
+    for hp in string.gmatch(mcp.start_arg, "[^,]+") do
+        local host, port = string.match(hp, "^(.+):(%d+)$")
+        table.insert(out, { host = host, port = tonumber(port) })
+    end
+    return out
+end
+
+function mcp_config_pools()
+    local a = split_arg()
+    local b = {}
+    for i = 1, 3 do
+        b[i] = mcp.backend("b" .. i, a[i].host, a[i].port)
+    end
+    local hole = mcp.backend{ label = "hole", host = a[4].host, port = a[4].port,
+                              readtimeout = 5 }
+    return { p1 = mcp.pool({ b[1] }), p2 = mcp.pool({ b[2] }), p3 = mcp.pool({ b[3] }),
+             hole = mcp.pool({ hole }) }
+end
+
+-- A funcgen whose slots run `body(rctx, handles, r)`, with a handle per
+-- target of `targets`.
+local function fgen_of(name, targets, body)
+    local fg = mcp.funcgen_new()
+    local handles = {}
+    for i, t in ipairs(targets) do
+        handles[i] = fg:new_handle(t)
+    end
+    fg:ready({ n = name, a = handles, f = function(rctx, hs)
+        return function(r) return body(rctx, hs, r) end
+    end })
+    return fg
+end
+
+local function message(text)
+    local fg = mcp.funcgen_new()
+    fg:ready({ f = function(rctx)
+        return function(r) return "SERVER_ERROR " .. text .. "\r\n" end
+    end })
+    return fg
+end
+
+-- "n=<count> classes=<RES_* of each handle>"
+local function report(rctx, hs, n, timed_out)
+    local classes = {}
+    for i, h in ipairs(hs) do
+        local _, class = rctx:result(h)
+        classes[i] = tostring(class)
+    end
+    return string.format("SERVER_ERROR n=%s timeout=%s classes=%s\r\n", tostring(n),
+        tostring(timed_out), table.concat(classes, ","))
+end
+
+function mcp_config_routes(p)
+    local direct = fgen_of("direct", { p.p1 }, function(rctx, hs, r)
+        return rctx:enqueue_and_wait(r, hs[1])
+    end)
+
+    -- The local zone first; on a miss, every far zone, first good wins.
+    local failover = fgen_of("failover", { p.p1, p.p2, p.p3 }, function(rctx, hs, r)
+        local res = rctx:enqueue_and_wait(r, hs[1])
+        if res:hit() then
+            return res
+        end
+        local far = { hs[2], hs[3] }
+        rctx:enqueue(r, far)
+        rctx:wait_cond(1, mcp.WAIT_GOOD)
+        for _, h in ipairs(far) do
+            local good = rctx:res_good(h)
+            if good then return good end
+        end
+        return rctx:res_any(hs[1])
+    end)
+
+    -- Every handle at once; the key's second part names the wait mode.
+    local modes = { any = mcp.WAIT_ANY, ok = mcp.WAIT_OK, good = mcp.WAIT_GOOD,
+                    fastgood = mcp.WAIT_FASTGOOD }
+    local all = fgen_of("all", { p.p1, p.p2, p.p3 }, function(rctx, hs, r)
+        local mode = modes[string.match(r:key(), "^all/(%a+)/")]
+        rctx:enqueue(r, hs)
+        local n = rctx:wait_cond(#hs, mode)
+        if r:command() == mcp.CMD_SET then
+            return rctx:res_any(hs[1])
+        end
+        return report(rctx, hs, n)
+    end)
+
+    -- A good backend and a black hole: FASTGOOD returns at the hit, ANY
+    -- only at its timeout.
+    local partial = fgen_of("partial", { p.p1, p.hole }, function(rctx, hs, r)
+        local mode = string.match(r:key(), "^partial/(%a+)/")
+        rctx:enqueue(r, hs)
+        local n, timed_out
+        if mode == "fastgood" then
+            n, timed_out = rctx:wait_cond(2, mcp.WAIT_FASTGOOD)
+        else
+            n, timed_out = rctx:wait_cond(2, mcp.WAIT_ANY, 0.3)
+        end
+        return report(rctx, { hs[1] }, n, timed_out)
+    end)
+
+    -- wait_handle on one of two queued handles; with a timeout on the hole.
+    local handle = fgen_of("handle", { p.p1, p.p2, p.hole }, function(rctx, hs, r)
+        if string.match(r:key(), "^handle/hole/") then
+            local res, timed_out = rctx:enqueue_and_wait(r, hs[3], 0.2)
+            return string.format("SERVER_ERROR res=%s timeout=%s\r\n", tostring(res),
+                tostring(timed_out))
+        end
+        rctx:enqueue(r, { hs[1], hs[2] })
+        return rctx:wait_handle(hs[2])
+    end)
+
+    -- A callback that counts its calls, re-classes misses as good and ends
+    -- the wait at once: the hole is never waited for.
+    local cb = mcp.funcgen_new()
+    local cb1 = cb:new_handle(p.p1)
+    local cb2 = cb:new_handle(p.hole)
+    cb:ready({ n = "cb", f = function(rctx)
+        local calls = 0
+        rctx:handle_set_cb(cb1, function(res, req)
+            calls = calls + 1
+            if res:hit() then return mcp.WAIT_ANY end
+            return mcp.WAIT_GOOD, mcp.WAIT_RESUME
+        end)
+        return function(r)
+            rctx:enqueue(r, { cb1, cb2 })
+            local n = rctx:wait_cond(2, mcp.WAIT_GOOD)
+            local _, class = rctx:result(cb1)
+            return string.format("SERVER_ERROR n=%d class=%d calls=%d key=%s\r\n", n, class,
+                calls, r:key())
+        end
+    end })
+
+    local sleepy = fgen_of("sleep", { p.p1 }, function(rctx, hs, r)
+        local woke = rctx:sleep(0.25)
+        local res = rctx:enqueue_and_wait(r, hs[1])
+        return string.format("SERVER_ERROR woke=%s line=%s\r\n", tostring(woke), res:line())
+    end)
+
+    local ranked = fgen_of("ranked", { p.p1, p.p2, p.p3 }, function(rctx, hs, r)
+        rctx:enqueue(r, hs)
+        rctx:wait_cond(#hs, mcp.WAIT_ANY)
+        local res, class
+        if string.match(r:key(), "^ranked/best/") then
+            res, class = rctx:best_result(hs)
+        else
+            res, class = rctx:worst_result(hs)
+        end
+        return string.format("SERVER_ERROR class=%d line=%s\r\n", class, res:line())
+    end)
+
+    -- A funcgen as a handle of another, and the embedded cache as one.
+    local nested = fgen_of("nested", { direct, mcp.internal_handler }, function(rctx, hs, r)
+        if string.match(r:key(), "^nested/internal/") then
+            return rctx:enqueue_and_wait(r, hs[2])
+        end
+        local res = rctx:enqueue_and_wait(r, hs[1])
+        local _, class = rctx:result(hs[1])
+        return string.format("SERVER_ERROR class=%d line=%s\r\n", class, res:line())
+    end)
+
+    -- Slot-local state: each slot has its own counter.
+    local counter = mcp.funcgen_new()
+    counter:ready({ n = "count", f = function(rctx)
+        local x = 0
+        return function(r)
+            x = x + 1
+            return "HD t" .. x .. "\r\n"
+        end
+    end })
+
+    local failing = fgen_of("failing", {}, function(rctx, hs, r)
+        error("route boom")
+    end)
+
+    local router = mcp.router_new({
+        map = {
+            direct = direct, failover = failover, all = all, partial = partial,
+            handle = handle, cb = cb, sleep = sleepy, ranked = ranked, nested = nested,
+            failing = failing, count = counter,
+            cmd = { [mcp.CMD_GET] = message("cmd get"),
+                    [mcp.CMD_ANY_STORAGE] = message("cmd other") },
+        },
+        cmap = { [mcp.CMD_DELETE] = message("cmap delete") },
+        default = message("default"),
+    })
+    mcp.attach(mcp.CMD_ANY_STORAGE, router)
+    -- mg keys are matched between a leading "_" and a ",".
+    mcp.attach(mcp.CMD_MG, mcp.router_new({
+        map = { direct = direct }, mode = "anchor", start = "_", stop = ",",
+        default = message("anchor default"),
+    }))
+    -- A long prefix separator.
+    mcp.attach(mcp.CMD_MS, mcp.router_new({
+        map = { direct = direct }, mode = "prefix", stop = "::" }))
+end
+"""
+
+
+class FgenEnv:
+    def __init__(self, backends, hole):
+        self.backends = backends
+        self.hole = hole
+        self.mr = None
+
+    @property
+    def start_arg(self) -> str:
+        return ",".join([b.addr for b in self.backends] + [self.hole.addr])
+
+    def client(self):
+        return self.mr.client()
+
+
+@pytest.fixture(scope="module")
+def fg(server_workdir, tmp_path_factory):
+    mcf = _factory("memcached", server_workdir)
+    mrf = _factory("memroute", server_workdir)
+    hole = BlackHole()
+    try:
+        env = FgenEnv([mcf() for _ in range(3)], hole)
+        path = write_startfile(tmp_path_factory.mktemp("fgen"), "fgen.lua", FGEN_STARTFILE)
+        env.mr = mrf("--config", str(path), "--config-arg", env.start_arg, "-v", "-t", "2")
+        yield env
+    finally:
+        mrf.stop_all()
+        mcf.stop_all()
+        hole.close()
+
+
+def ask(env, data: bytes, terminator: bytes = b"\r\n") -> bytes:
+    with env.client() as c:
+        return c.request(data, terminator)
+
+
+def fresh(prefix: str) -> str:
+    return "%s%s" % (prefix, uuid.uuid4().hex[:10])
+
+
+# --------------------------------------------------------------------------
+# basic routes, routers
+# --------------------------------------------------------------------------
+
+
+def test_enqueue_and_wait_serves_a_pool(fg):
+    key = fresh("direct/")
+    assert ask(fg, b"set %s 3 0 2\r\nhi\r\n" % key.encode()) == b"STORED\r\n"
+    assert mc_get(fg.backends[0], key) == b"hi"
+    assert mc_get(fg.backends[1], key) is None
+    assert ask(fg, b"get %s\r\n" % key.encode(), b"END\r\n") == \
+        b"VALUE %s 3 2\r\nhi\r\nEND\r\n" % key.encode()
+
+
+def test_slots_serve_pipelined_and_multi_key_requests(fg):
+    keys = [fresh("direct/") for _ in range(20)]
+    for k in keys:
+        mc_set(fg.backends[0], k, k.encode())
+    with fg.client() as c:
+        # 20 requests at once need 20 slots at once; their replies keep order.
+        c.send(b"".join(b"get %s\r\n" % k.encode() for k in keys))
+        for k in keys:
+            assert c.read_until(b"END\r\n") == \
+                b"VALUE %s 0 %d\r\n%s\r\nEND\r\n" % (k.encode(), len(k), k.encode())
+        # A multi-key get runs a slot per key, in the client's order.
+        c.send(b"get " + " ".join(keys).encode() + b"\r\n")
+        assert c.read_until(b"END\r\n") == b"".join(
+            b"VALUE %s 0 %d\r\n%s\r\n" % (k.encode(), len(k), k.encode()) for k in keys) \
+            + b"END\r\n"
+
+
+def test_router_prefix_command_maps_cmap_and_default(fg):
+    assert ask(fg, b"get cmd/x\r\n") == b"SERVER_ERROR cmd get\r\n"
+    # CMD_ANY_STORAGE in a command map serves the commands not listed.
+    assert ask(fg, b"set cmd/x 0 0 1\r\nx\r\n") == b"SERVER_ERROR cmd other\r\n"
+    # No map entry: the router's cmap for the command, then its default.
+    assert ask(fg, b"delete nomap/x\r\n") == b"SERVER_ERROR cmap delete\r\n"
+    assert ask(fg, b"get nomap/x\r\n") == b"SERVER_ERROR default\r\n"
+    # No separator, or nothing before it: the default.
+    assert ask(fg, b"get direct\r\n") == b"SERVER_ERROR default\r\n"
+    assert ask(fg, b"get /direct\r\n") == b"SERVER_ERROR default\r\n"
+
+
+def test_router_anchor_and_long_separator(fg):
+    key = fresh("_direct,")
+    mc_set(fg.backends[0], key, b"anch")
+    assert ask(fg, b"mg %s v\r\n" % key.encode(), b"anch\r\n") == b"VA 4\r\nanch\r\n"
+    # Without the anchor, or without the stop: the default.
+    assert ask(fg, b"mg direct,%s v\r\n" % key.encode()) == b"SERVER_ERROR anchor default\r\n"
+    assert ask(fg, b"mg _direct v\r\n") == b"SERVER_ERROR anchor default\r\n"
+    long_key = fresh("direct::")
+    assert ask(fg, b"ms %s 2\r\nlk\r\n" % long_key.encode()) == b"HD\r\n"
+    assert mc_get(fg.backends[0], long_key) == b"lk"
+    # A router without a default answers what has no route.
+    assert ask(fg, b"ms other::x 2\r\nlk\r\n") == b"SERVER_ERROR no route\r\n"
+
+
+def test_a_failing_slot_function_is_a_lua_failure(fg):
+    with fg.client() as c:
+        before = int(stats_dict(c, b"proxy")["lua_errors"])
+        assert c.request(b"get failing/x\r\n") == b"SERVER_ERROR lua failure\r\n"
+        # The slot is made again and the connection goes on.
+        assert c.request(b"get failing/y\r\n") == b"SERVER_ERROR lua failure\r\n"
+        c.assert_alive()
+        assert int(stats_dict(c, b"proxy")["lua_errors"]) == before + 2
+
+
+# --------------------------------------------------------------------------
+# waits
+# --------------------------------------------------------------------------
+
+
+def test_failover_with_wait_cond(fg):
+    b1, b2, b3 = fg.backends
+    local, far, nowhere = fresh("failover/"), fresh("failover/"), fresh("failover/")
+    mc_set(b1, local, b"near")
+    mc_set(b3, far, b"far")
+    assert ask(fg, b"get %s\r\n" % local.encode(), b"END\r\n") == \
+        b"VALUE %s 0 4\r\nnear\r\nEND\r\n" % local.encode()
+    assert ask(fg, b"get %s\r\n" % far.encode(), b"END\r\n") == \
+        b"VALUE %s 0 3\r\nfar\r\nEND\r\n" % far.encode()
+    # Nothing anywhere: the local zone's miss.
+    assert ask(fg, b"get %s\r\n" % nowhere.encode()) == b"END\r\n"
+
+
+@pytest.mark.parametrize("mode,holders,want", [
+    # WAIT_GOOD counts hits; with one hit out of three it returns when
+    # every handle has answered, having counted 1.
+    ("good", [1], "n=1 timeout=nil classes=16,8,16"),
+    ("good", [0, 1, 2], "n=3 timeout=nil classes=8,8,8"),
+    # WAIT_OK and WAIT_ANY count misses too.
+    ("ok", [], "n=3 timeout=nil classes=16,16,16"),
+    ("any", [2], "n=3 timeout=nil classes=16,16,8"),
+])
+def test_all_sync_fan_out(fg, mode, holders, want):
+    key = fresh("all/%s/" % mode)
+    for i in holders:
+        mc_set(fg.backends[i], key, b"v")
+    assert ask(fg, b"get %s\r\n" % key.encode()) == ("SERVER_ERROR %s\r\n" % want).encode()
+
+
+def test_fan_out_write_reaches_every_handle(fg):
+    key = fresh("all/any/")
+    assert ask(fg, b"set %s 0 0 3\r\nabc\r\n" % key.encode()) == b"STORED\r\n"
+    assert [mc_get(b, key) for b in fg.backends] == [b"abc"] * 3
+
+
+def test_fastgood_returns_at_the_first_hit(fg):
+    key = fresh("partial/fastgood/")
+    mc_set(fg.backends[0], key, b"v")
+    start = time.monotonic()
+    # The black hole never answers; the hit ends the wait.
+    assert ask(fg, b"get %s\r\n" % key.encode()) == \
+        b"SERVER_ERROR n=1 timeout=nil classes=8\r\n"
+    assert time.monotonic() - start < 2
+
+
+def test_wait_cond_timeout_returns_the_count_and_true(fg):
+    key = fresh("partial/any/")
+    start = time.monotonic()
+    assert ask(fg, b"get %s\r\n" % key.encode()) == \
+        b"SERVER_ERROR n=1 timeout=true classes=16\r\n"
+    assert 0.25 <= time.monotonic() - start < 2
+
+
+def test_wait_handle_and_its_timeout(fg):
+    key = fresh("handle/")
+    mc_set(fg.backends[1], key, b"two")
+    assert ask(fg, b"get %s\r\n" % key.encode(), b"END\r\n") == \
+        b"VALUE %s 0 3\r\ntwo\r\nEND\r\n" % key.encode()
+    start = time.monotonic()
+    assert ask(fg, b"get %s\r\n" % fresh("handle/hole/").encode()) == \
+        b"SERVER_ERROR res=nil timeout=true\r\n"
+    assert 0.15 <= time.monotonic() - start < 2
+
+
+def test_handle_callback_reclasses_and_resumes(fg):
+    miss = fresh("cb/")
+    # A miss re-classed good (8) ends the wait without the black hole.
+    start = time.monotonic()
+    got = ask(fg, b"get %s\r\n" % miss.encode())
+    assert got == ("SERVER_ERROR n=1 class=8 calls=1 key=%s\r\n" % miss).encode()
+    assert time.monotonic() - start < 2
+
+
+def test_slots_are_reused_with_their_state(fg):
+    # One request at a time on one connection: the worker's one slot serves
+    # them all, and its generator's upvalue counts on.
+    with fg.client() as c:
+        assert [c.request(b"get count/x\r\n") for _ in range(3)] == \
+            [b"HD t1\r\n", b"HD t2\r\n", b"HD t3\r\n"]
+
+
+COUNTER_STARTFILE = r"""
+function mcp_config_pools() return {} end
+function mcp_config_routes(p)
+    local counter = mcp.funcgen_new()
+    counter:ready({ f = function(rctx)
+        local x = 0
+        return function(r)
+            x = x + 1
+            return "HD t" .. x .. "\r\n"
+        end
+    end })
+    mcp.attach(mcp.CMD_MG, counter)
+end
+"""
+
+
+def test_idle_slots_are_let_go_as_memcached_eases_them(memroute_factory, startfile_dir):
+    path = write_startfile(startfile_dir, "counter.lua", COUNTER_STARTFILE)
+    mr = memroute_factory("--config", str(path), "-t", "1")
+    with mr.client() as c:
+        # One request at a time: the one slot is always free when it comes
+        # back, so the pressure grows by one per request; past 1000 the
+        # slot is let go and the next request gets a new one.
+        replies = [c.request(b"mg k v\r\n") for _ in range(1002)]
+    assert replies[:3] == [b"HD t1\r\n", b"HD t2\r\n", b"HD t3\r\n"]
+    assert replies[-2:] == [b"HD t1001\r\n", b"HD t1\r\n"]
+
+
+def test_reload_swaps_funcgens_with_a_request_in_flight(memroute_factory, startfile_dir):
+    # The slot function sleeps, so a request is in flight across the reload:
+    # it finishes on the configuration it started with.
+    text = COUNTER_STARTFILE.replace("x = x + 1", "rctx:sleep(0.5); x = x + 1")
+    path = write_startfile(startfile_dir, "reload.lua", text)
+    mr = memroute_factory("--config", str(path), "-t", "1")
+    with mr.client() as slow, mr.client() as c:
+        slow.send(b"mg k v\r\n")
+        time.sleep(0.1)
+        path.write_text(COUNTER_STARTFILE.replace('"HD t"', '"HD new"'))
+        os.kill(mr.pid, signal.SIGHUP)
+        wait_until(lambda: stats_dict(c, b"proxy")["config_reloads"] == "1", 5,
+                   what="the reload")
+        assert slow.read_line() == b"HD t1\r\n"
+        assert c.request(b"mg k v\r\n") == b"HD new1\r\n"
+
+
+def test_sleep(fg):
+    key = fresh("sleep/")
+    start = time.monotonic()
+    assert ask(fg, b"get %s\r\n" % key.encode()) == b"SERVER_ERROR woke=true line=END\r\n"
+    assert time.monotonic() - start >= 0.25
+
+
+def test_client_leaving_mid_request(fg):
+    # The client goes while its request sleeps, and while one waits for the
+    # black hole; the proxy goes on serving.
+    for key in (fresh("sleep/"), fresh("partial/any/")):
+        with fg.client() as c:
+            c.send(b"get %s\r\n" % key.encode())
+        time.sleep(0.4)
+    key = fresh("direct/")
+    mc_set(fg.backends[0], key, b"ok")
+    assert ask(fg, b"get %s\r\n" % key.encode(), b"END\r\n") == \
+        b"VALUE %s 0 2\r\nok\r\nEND\r\n" % key.encode()
+
+
+def test_best_and_worst_result(fg):
+    key = fresh("ranked/best/")
+    mc_set(fg.backends[2], key, b"x")
+    assert ask(fg, b"get %s\r\n" % key.encode()) == \
+        b"SERVER_ERROR class=8 line=VALUE %s 0 1\r\n" % key.encode()
+    key = fresh("ranked/worst/")
+    mc_set(fg.backends[2], key, b"x")
+    assert ask(fg, b"get %s\r\n" % key.encode()) == b"SERVER_ERROR class=16 line=END\r\n"
+
+
+def test_nested_funcgen_and_internal_handler(fg):
+    key = fresh("nested/")
+    mc_set(fg.backends[0], key, b"deep")
+    assert ask(fg, b"get %s\r\n" % key.encode()) == \
+        b"SERVER_ERROR class=8 line=VALUE %s 0 4\r\n" % key.encode()
+    ikey = fresh("nested/internal/")
+    assert ask(fg, b"set %s 0 0 2\r\nin\r\n" % ikey.encode()) == b"STORED\r\n"
+    assert ask(fg, b"get %s\r\n" % ikey.encode(), b"END\r\n") == \
+        b"VALUE %s 0 2\r\nin\r\nEND\r\n" % ikey.encode()
+    assert all(mc_get(b, ikey) is None for b in fg.backends)
+
+
+# --------------------------------------------------------------------------
+# configuration: errors
+# --------------------------------------------------------------------------
+
+POOLS = """
+function mcp_config_pools()
+    return { p = mcp.pool({ mcp.backend("b", "127.0.0.1", 1) }) }
+end
+"""
+
+
+def expect_failure(startfile_dir, text, *patterns):
+    path = write_startfile(startfile_dir, "bad.lua", text)
+    proc = run_memroute_expect_failure(["--config", str(path)])
+    assert proc.returncode != 0
+    for pattern in patterns:
+        assert re.search(pattern, proc.stderr), "%r not in:\n%s" % (pattern, proc.stderr)
+
+
+@pytest.mark.parametrize("routes,message", [
+    ('mcp.router_new({ map = {}, stpo = "/" })', r"unknown option 'stpo'"),
+    ('mcp.router_new({ mode = "anchor", start = "_" })', r"must specify start and stop"),
+    ('mcp.router_new({ mode = "suffix" })', r"unknown type passed to mcp\.router_new"),
+    ('mcp.router_new({ stop = "toolong" })', r"stop is too long"),
+    ('mcp.router_new({ map = { x = { [9999] = mcp.funcgen_new() } } })',
+     r"Bad command in router command map"),
+    ('mcp.router_new({ map = { x = mcp.funcgen_new() } })', r"was not made ready"),
+    ('local f = mcp.funcgen_new(); f:ready({ f = function() return 1 end })',
+     r"function generator didn't return a function"),
+    ('local f = mcp.funcgen_new(); f:ready({})', r"Must specify generator function"),
+    ('local f = mcp.funcgen_new(); f:ready({ f = function() return function() end end }); '
+     'f:new_handle(p.p)', r"cannot modify function generator after calling ready"),
+    ('mcp.funcgen_new():new_handle("p")', r"invalid argument to new_handle"),
+    ('local f = mcp.funcgen_new(); f:new_handle(mcp.router_new({}))',
+     r"cannot assign a router to a handle"),
+    ('mcp.attach(mcp.CMD_GET, mcp.funcgen_new())', r"call fgen:ready\{\} before attaching"),
+])
+def test_bad_worker_configuration_names_the_problem(startfile_dir, routes, message):
+    expect_failure(startfile_dir, POOLS + "function mcp_config_routes(p)\n  %s\nend\n" % routes,
+                   message, r"bad\.lua:\d+:")
+
+
+@pytest.mark.parametrize("call,message", [
+    ('mcp.backend_connect_timeout("soon")', r"mcp\.backend_connect_timeout: connecttimeout must"),
+    ("mcp.backend_failure_limit(0)", r"mcp\.backend_failure_limit: failurelimit must"),
+    ("mcp.backend_read_timeout(-1)", r"mcp\.backend_read_timeout: readtimeout must be between"),
+    ("mcp.backend_flap_backoff_ramp(0.5)", r"mcp\.backend_flap_backoff_ramp"),
+    ("mcp.tcp_keepalive(1)", r"mcp\.tcp_keepalive: tcpkeepalive must be true or false"),
+    ("mcp.luagc_ratio(3)", r"mcp\.luagc_ratio is not supported"),
+    ("mcp.stat_limit(5000)", r"mcp\.stat_limit: memroute keeps at most 1024"),
+    ("mcp.stat_limit(2); mcp.add_stat(3, 'x')", r"mcp\.add_stat: id must be 1\.\.2"),
+    ('mcp.backend{ label = "b", host = "127.0.0.1", port = 1, log = { sample = 1 } }',
+     r"mcp\.backend: log\.sample"),
+    ("mcp.funcgen_new()", r"mcp\.funcgen_new is only available in mcp_config_routes"),
+])
+def test_bad_config_setting_names_it(startfile_dir, call, message):
+    expect_failure(startfile_dir, "function mcp_config_pools()\n  %s\n  return {}\nend\n"
+                   "function mcp_config_routes(p) end\n" % call, message, r"bad\.lua:2:")
+
+
+# --------------------------------------------------------------------------
+# configuration: the global setters and pool options take effect
+# --------------------------------------------------------------------------
+
+SETTINGS_STARTFILE = r"""
+function mcp_config_pools()
+    local a = {}
+    for hp in string.gmatch(mcp.start_arg, "[^,]+") do table.insert(a, hp) end
+    local function hp(i) return string.match(a[i], "^(.+):(%d+)$") end
+    -- Every global setter; the read timeout is what the hole test measures.
+    mcp.backend_connect_timeout(2)
+    mcp.backend_retry_timeout(1)
+    mcp.backend_retry_waittime(1)
+    mcp.backend_read_timeout(0.3)
+    mcp.backend_failure_limit(5)
+    mcp.backend_depth_limit(100)
+    mcp.backend_flap_time(10)
+    mcp.backend_flap_backoff_ramp(2)
+    mcp.backend_flap_backoff_max(60)
+    mcp.backend_use_iothread(true)
+    mcp.backend_use_tls(false)
+    mcp.tcp_keepalive(true)
+    mcp.stat_limit(10)
+    mcp.add_stat(1, "kept")
+    mcp.add_stat(2, "renamed_away")
+    mcp.add_stat(2, "renamed")
+    mcp.add_stat(3, "retired")
+    mcp.add_stat(3, "")
+    local h1, p1 = hp(1)
+    local h2, p2 = hp(2)
+    local h3, p3 = hp(3)
+    local b1 = mcp.backend{ label = "b1", host = h1, port = p1, tls = false, depthlimit = 10,
+                            log = { deadline = 100, rate = 5, errors = true } }
+    local b2 = mcp.backend("b2", h2, p2)
+    local hole = mcp.backend("hole", h3, p3)
+    return {
+        seeded_a = mcp.pool({ b1, b2 }, { seed = "alpha", iothread = false }),
+        seeded_b = mcp.pool({ b1, b2 }, { seed = "beta", beprefix = "set_" }),
+        hole = mcp.pool({ hole }),
+    }
+end
+
+function mcp_config_routes(p)
+    local function direct(pool)
+        local fg = mcp.funcgen_new()
+        local h = fg:new_handle(pool)
+        fg:ready({ a = h, f = function(rctx, h)
+            return function(r)
+                mcp.stat(1)
+                -- "a/KEY" and "b/KEY" reach their pools as KEY.
+                r:ltrimkey(2)
+                return rctx:enqueue_and_wait(r, h)
+            end
+        end })
+        return fg
+    end
+    mcp.attach(mcp.CMD_ANY_STORAGE, mcp.router_new({
+        map = { a = direct(p.seeded_a), b = direct(p.seeded_b), hole = direct(p.hole) } }))
+end
+"""
+
+
+def test_config_setters_and_pool_options_take_effect(backends, memroute_factory, startfile_dir):
+    b1, b2 = backends(2)
+    hole = BlackHole()
+    try:
+        path = write_startfile(startfile_dir, "settings.lua", SETTINGS_STARTFILE)
+        mr = memroute_factory("--config", str(path), "--config-arg",
+                              ",".join([b1.addr, b2.addr, hole.addr]))
+        # mcp.backend_read_timeout(0.3) is the hole backend's read timeout.
+        with mr.client() as c:
+            start = time.monotonic()
+            assert c.request(b"get hole/x\r\n") == b"SERVER_ERROR backend failure\r\n"
+            assert time.monotonic() - start < 2
+        # Seeds are strings hashed as memcached does: the same key through
+        # the same backends with two seeds lands on either backend, each
+        # seed placing it consistently.
+        run = uuid.uuid4().hex[:6]
+        keys = ["%s-%d" % (run, i) for i in range(40)]
+        with mr.client() as c:
+            for key in keys:
+                for pool in ("a", "b"):
+                    assert c.request(b"set %s/%s 0 0 1\r\n%s\r\n" % (
+                        pool.encode(), key.encode(), pool.encode())) == b"STORED\r\n"
+            # Where the seeds agree one backend holds the key ("b" written
+            # last); where they differ each holds its pool's write.
+            placements = [(mc_get(b1, k), mc_get(b2, k)) for k in keys]
+            assert all(p in ((b"b", None), (None, b"b"), (b"a", b"b"), (b"b", b"a"))
+                       for p in placements), placements
+            differ = sum(1 for p in placements if None not in p)
+            assert 5 <= differ <= 35, differ
+            # The same request placed the same way again.
+            for key in keys:
+                assert c.request(b"get b/%s\r\n" % key.encode(), b"END\r\n") == \
+                    b"VALUE %s 0 1\r\nb\r\nEND\r\n" % key.encode()
+            proxy = stats_dict(c, b"proxy")
+            bes = {k.rsplit(":", 1)[0] for k in stats_dict(c, b"backends")}
+        # add_stat: a second name renames an id, an empty one retires it.
+        assert proxy["kept"] == "121" and "renamed" in proxy
+        assert "renamed_away" not in proxy and "retired" not in proxy
+        # beprefix gives the pool's backends labels (and connections) of
+        # their own.
+        assert {"b1", "b2", "set_b1", "set_b2", "hole"} <= bes, bes
+    finally:
+        hole.close()
+
+
+# --------------------------------------------------------------------------
+# the example
+# --------------------------------------------------------------------------
+
+
+def test_example_funcgen_zones(backends, memroute_factory):
+    near, far1, far2 = backends(3)
+    mr = memroute_factory("--config", str(EXAMPLES_DIR / "funcgen-zones.lua"), "--config-arg",
+                          ",".join(b.addr for b in (near, far1, far2)))
+    run = uuid.uuid4().hex[:6]
+    key = "zk:%s" % run
+    with mr.client() as c:
+        # Writes go to every zone.
+        assert c.request(b"set %s 0 0 2\r\nab\r\n" % key.encode()) == b"STORED\r\n"
+        assert [mc_get(b, key) for b in (near, far1, far2)] == [b"ab"] * 3
+        # A read the near zone misses is served by a far one.
+        only_far = "zf:%s" % run
+        mc_set(far2, only_far, b"far")
+        assert c.request(b"get %s\r\n" % only_far.encode(), b"END\r\n") == \
+            b"VALUE %s 0 3\r\nfar\r\nEND\r\n" % only_far.encode()
+        assert c.request(b"get zmiss:%s\r\n" % run.encode()) == b"END\r\n"
