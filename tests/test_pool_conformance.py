@@ -134,7 +134,6 @@ UNSUPPORTED = b"CLIENT_ERROR unsupported by the DynamoDB pool\r\n"
 NO_FLUSH = b"SERVER_ERROR flush_all is not supported by the DynamoDB pool\r\n"
 TOO_LARGE = b"SERVER_ERROR object too large for cache\r\n"
 A_IS_X = b"VALUE a 0 1\r\nx\r\nEND\r\n"
-OLD_IS_X = b"VALUE old 0 1\r\nx\r\nEND\r\n"
 MISS = b"END\r\n"
 
 # Why each kind differs, once.
@@ -143,8 +142,6 @@ BACKEND_1_6_18 = ("the backend is memcached 1.6.18 and memroute forwards the req
                   "would answer as the row")
 DDB_400KB = ("DynamoDB's item size limit is 400 KB (attribute names included): a larger value is "
              "refused before anything is written")
-DDB_KEEPS_OLD = ("a refused store leaves the table's item as it was (docs/dynamodb.md, Errors: "
-                 "nothing is half-written); memcached drops it")
 DDB_NO_FLUSH = ("flush_all never empties a table (no scan-and-delete by accident): the pool "
                 "answers SERVER_ERROR and the items stay (docs/dynamodb.md)")
 DDB_NO_FLUSH_QUIET = DDB_NO_FLUSH + "; noreply hides the refusal"
@@ -156,15 +153,6 @@ DDB_NO_EXPLICIT_CAS = ("a DynamoDB pool makes its own CAS versions (they order i
                        "E (explicit CAS) is refused")
 DDB_NO_X = "md x (remove the value, keep the item) has no table equivalent: refused"
 DDB_NO_ME = "me (memcached's item debug dump: slab class, LRU time) has no table equivalent"
-ROUTED_TOO_LARGE = (
-    "BUG: a store refused as larger than -I is answered by memroute before routing and not "
-    "passed on, so the pool keeps the old value (memcached drops it; embedded mode does too). "
-    "crates/memroute-runtime/src/connection.rs, refused_too_large(): drops the old value only "
-    "when storage is not routed")
-DDB_MS_SIZE = (
-    "BUG: memroute's stores disagree on ms s: the DynamoDB pool answers the stored size "
-    "(HD s1), as memcached's protocol.txt documents, but memcached 1.6.18 ignores s on ms "
-    "and so does the embedded cache (crates/memroute-dynamo/src/ops.rs, render_meta)")
 
 DIFFERENCES: Dict[str, list] = {
     # ------------------------------------------ memcached 1.6.18 backends
@@ -185,11 +173,6 @@ DIFFERENCES: Dict[str, list] = {
     "ms_mode_append_N_does_not_vivify": [Differs(MEMCACHED, BACKEND_1_6_18, as_1_6_18=True)],
     "me_base64": [Differs(MEMCACHED, BACKEND_1_6_18, as_1_6_18=True),
                   Differs(DYNAMO, DDB_NO_ME, {1: UNSUPPORTED, 2: UNSUPPORTED})],
-
-    # ------------------------------------------------------- every route
-    **{row: [BUG(MEMCACHED + ("internal",), ROUTED_TOO_LARGE, replies={2: OLD_IS_X}),
-             Differs(DYNAMO, DDB_KEEPS_OLD, {2: OLD_IS_X})]
-       for row in ("object_too_large_set_removes_old_value", "ms_too_large")},
 
     # ---------------------------------------------------------- DynamoDB
     "object_of_1000000_bytes_ok": [Differs(DYNAMO, DDB_400KB, {0: TOO_LARGE, 1: MISS})],
@@ -215,7 +198,6 @@ DIFFERENCES: Dict[str, list] = {
         4: UNSUPPORTED, 5: b"VA 1\r\nx\r\n"})],
     "md_invalidate": [Differs(DYNAMO, DDB_NO_STALE, {
         1: UNSUPPORTED, 2: Re(rb"VA 1 c[0-9]+ t-1\r\nx\r\n"), 3: Re(rb"VA 1 c[0-9]+\r\nx\r\n")})],
-    "ms_ignored_retrieval_flags": [BUG(DYNAMO, DDB_MS_SIZE, replies={0: b"HD s1\r\n"})],
     "me_miss": [Differs(DYNAMO, DDB_NO_ME, {0: UNSUPPORTED})],
     "me_hit": [Differs(DYNAMO, DDB_NO_ME, {1: UNSUPPORTED, 3: UNSUPPORTED})],
     "me_with_ttl": [Differs(DYNAMO, DDB_NO_ME, {1: UNSUPPORTED})],

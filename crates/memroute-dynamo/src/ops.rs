@@ -554,11 +554,9 @@ impl Outcome {
                 ..Reply::hit(item.value.clone(), item.flags)
             },
             Outcome::Miss => Reply::from(Status::Miss),
-            // `ms s` shows the stored item's size.
-            Outcome::Stored { cas, size } => Reply {
-                size: Some(*size as u64),
-                ..Reply::from(Status::Stored).with_cas(*cas)
-            },
+            // `ms s` is ignored, as memcached 1.6.18 and the embedded cache
+            // ignore it: memroute's stores answer alike.
+            Outcome::Stored { cas, .. } => Reply::from(Status::Stored).with_cas(*cas),
             Outcome::NotStored => Reply::from(Status::NotStored),
             Outcome::Exists => Reply::from(Status::Exists),
             Outcome::NotFound => Reply::from(Status::NotFound),

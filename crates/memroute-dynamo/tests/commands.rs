@@ -239,7 +239,9 @@ async fn meta_commands() {
     assert_eq!(run(&s, "ms m2 1 ME F3", b"z").await, "HD\r\n");
     assert_eq!(run(&s, "ms m3 1 MR", b"z").await, "NS\r\n");
     assert_eq!(run(&s, "ms m2 1 MR", b"r").await, "HD\r\n");
-    assert_eq!(run(&s, "ms m2 2 MA s", b"ap").await, "HD s3\r\n");
+    // (`s` is ignored on ms, as memcached 1.6.18 and the embedded cache
+    // ignore it; the append shows in the mg below.)
+    assert_eq!(run(&s, "ms m2 2 MA s", b"ap").await, "HD\r\n");
     assert_eq!(run(&s, "ms m2 2 MP", b"pp").await, "HD\r\n");
     assert_eq!(cmd(&s, "mg m2 v f").await, "VA 5 f0\r\npprap\r\n");
     assert_eq!(run(&s, "ms m4 2 MA", b"ap").await, "NS\r\n");

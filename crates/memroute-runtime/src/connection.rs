@@ -445,26 +445,29 @@ where
                         pipeline.close_after = true;
                     }
                 }
-                Frame::TooLarge { key, reply } => {
-                    refused_too_large(&ctx, &key, true);
-                    queue_or_write(&mut pipeline, &mut wbuf, reply);
-                }
+                Frame::TooLarge { key, reply } => match refused_too_large(&ctx, &key, true) {
+                    Some(delete) => pipeline.push(after(delete, reply), 0, true),
+                    None => queue_or_write(&mut pipeline, &mut wbuf, reply),
+                },
                 Frame::Error(error) => {
-                    if let ProtocolError::TooLarge {
-                        key,
-                        drops_existing,
-                        ..
-                    } = &error
-                    {
-                        refused_too_large(&ctx, key, *drops_existing);
-                    }
+                    let delete = match &error {
+                        ProtocolError::TooLarge {
+                            key,
+                            drops_existing,
+                            ..
+                        } => refused_too_large(&ctx, key, *drops_existing),
+                        _ => None,
+                    };
                     // The decoder's error line (an `ErrorReply` text), if
                     // one is sent.
                     let mut bytes = BytesMut::new();
                     if let Some(line) = error.reply_line() {
                         memroute_proto::reply::line(&mut bytes, line);
                     }
-                    queue_or_write(&mut pipeline, &mut wbuf, bytes.freeze());
+                    match delete {
+                        Some(delete) => pipeline.push(after(delete, bytes.freeze()), 0, true),
+                        None => queue_or_write(&mut pipeline, &mut wbuf, bytes.freeze()),
+                    }
                     if error.closes() {
                         if pipeline.is_empty() {
                             close = true;
@@ -630,22 +633,38 @@ fn run_local(
 }
 
 /// A store refused as larger than the item size limit: counted, and, as
-/// memcached does, the key's old value is dropped when `drops_existing`
-/// (in embedded mode; routed keys live elsewhere).
-fn refused_too_large(ctx: &WorkerContext, key: &[u8], drops_existing: bool) {
+/// memcached does, the key's old value is dropped when `drops_existing`:
+/// from the embedded cache, or, when storage is routed (the key lives on a
+/// backend), by a `delete` sent down the delete route, whose future is
+/// returned (the refusal's reply is written once it has run, so the
+/// client's next request of the key cannot overtake it).
+fn refused_too_large(ctx: &WorkerContext, key: &[u8], drops_existing: bool) -> Option<ReplyFuture> {
     ctx.stats().store_too_large.incr();
-    if drops_existing && !routed(ctx) {
-        ctx.executor.drop_stale(key);
+    if !drops_existing {
+        return None;
+    }
+    let routes = ctx.routes.as_ref().and_then(|r| r.current());
+    match routes {
+        Some(routes) if routes.routes_storage() => {
+            let mut line = b"delete ".to_vec();
+            line.extend_from_slice(key);
+            let delete = Request::parse(&line, b"", &ctx.limits).ok()?;
+            let route = routes.route(delete.command())?;
+            Some(route.serve(delete))
+        }
+        _ => {
+            ctx.executor.drop_stale(key);
+            None
+        }
     }
 }
 
-/// Whether storage commands go through a Lua route (then the embedded
-/// cache does not hold the key's value, so there is nothing to drop).
-fn routed(ctx: &WorkerContext) -> bool {
-    ctx.routes
-        .as_ref()
-        .and_then(|r| r.current())
-        .is_some_and(|r| r.routes_storage())
+/// `reply` once `first` has run (its own reply dropped).
+fn after(first: ReplyFuture, reply: Bytes) -> ReplyFuture {
+    Box::pin(async move {
+        first.await;
+        reply
+    })
 }
 
 fn queue_or_write(pipeline: &mut Pipeline, wbuf: &mut BytesMut, bytes: Bytes) {
