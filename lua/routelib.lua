@@ -30,6 +30,8 @@ end
 local HANDLERS = {
     "direct", "allsync", "allasync", "allfastest", "split", "failover",
     "zfailover", "ttl", "null", "random",
+    -- memroute's additions (mcrouter's route handles, routelib's style)
+    "allmajority", "error", "shadow", "warmup", "l1l2", "migrate",
 }
 
 for _, name in ipairs(HANDLERS) do
@@ -250,12 +252,17 @@ local function make_pools(pool_options)
     return made
 end
 
--- A child name: a pool, a pool set ("set_x": its zones as a table), or one
--- zone of a set ("set_x_zone").
+-- A child name: a pool, a pool set ("set_x": its zones as a table), one
+-- zone of a set ("set_x_zone"), or "internal" (the embedded cache) unless a
+-- pool has that name.
 local function resolve_name(name, made, at)
     local p = made[name]
     if p ~= nil then
         return p.pool or p.set
+    end
+    if name == "internal" then
+        -- memroute's embedded cache, e.g. as route_l1l2's near cache.
+        return { __route = "internal", __where = at, args = {} }
     end
     local set, zone = name:match("^(set_[%w]+)_(.+)$")
     if set and made[set] and made[set].set and made[set].set[zone] then

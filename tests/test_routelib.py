@@ -261,3 +261,97 @@ def test_flush_all_reaches_every_backend_of_every_pool(backends, memroute_factor
         assert mc_get(server, "k") is None, server.addr
         with server.client() as c:
             assert int(stats_dict(c)["cmd_flush"]) == 2
+
+
+def test_warmup_fills_the_cold_pool_from_the_warm_one(backends, memroute_factory,
+                                                      startfile_dir):
+    cold, warm = backends(2)
+    path = routes_file(startfile_dir, pools_text(cold=[cold], warm=[warm]) + """
+routes{ default = route_warmup{ child_cold = "cold", child_warm = "warm" } }
+""")
+    mr = memroute_factory("--routes", str(path))
+    with warm.client() as c:
+        assert c.request(b"ms k 5 F7 T500\r\nhello\r\n") == b"HD\r\n"
+    with mr.client() as c:
+        assert c.request(b"get k\r\n", b"END\r\n") == b"VALUE k 7 5\r\nhello\r\nEND\r\n"
+        assert c.request(b"get absent\r\n", b"END\r\n") == b"END\r\n"
+        assert c.request(b"set w 0 0 1\r\nx\r\n") == b"STORED\r\n"
+    # The copy lands in the background, with the warm item's flags and TTL.
+    wait_until(lambda: mc_get(cold, "k") == b"hello", 5, what="the warmed copy")
+    with cold.client() as c:
+        meta = c.request(b"mg k f t\r\n")
+    assert meta.startswith(b"HD f7 t") and 480 <= int(meta.split(b"t")[-1]) <= 500, meta
+    assert mc_get(cold, "w") == b"x" and mc_get(warm, "w") is None
+
+
+def test_l1l2_reads_through_the_embedded_cache_and_writes_invalidate_it(
+        backends, memroute_factory, startfile_dir):
+    far, = backends(1)
+    path = routes_file(startfile_dir, pools_text(far=[far]) + """
+routes{ default = route_l1l2{ child_l1 = "internal", child_l2 = "far", ttl = 60 } }
+""")
+    mr = memroute_factory("--routes", str(path), "-t", "1")
+    mc_set(far, "k", b"v1")
+    with mr.client() as c:
+        assert c.request(b"get k\r\n", b"END\r\n") == b"VALUE k 0 2\r\nv1\r\nEND\r\n"
+        # Changed behind memroute's back: the near copy still answers.
+        mc_set(far, "k", b"v2")
+        wait_until(lambda: c.request(b"get k\r\n", b"END\r\n") ==
+                   b"VALUE k 0 2\r\nv1\r\nEND\r\n", 5, what="the L1 copy")
+        # A write through memroute drops the near copy first.
+        assert c.request(b"set k 0 0 2\r\nv3\r\n") == b"STORED\r\n"
+        assert c.request(b"get k\r\n", b"END\r\n") == b"VALUE k 0 2\r\nv3\r\nEND\r\n"
+    assert mc_get(far, "k") == b"v3"
+
+
+def test_migrate_window_writes_new_reads_fall_back_deletes_both(backends, memroute_factory,
+                                                               startfile_dir):
+    import time
+    old, new = backends(2)
+    now = int(time.time())
+    path = routes_file(startfile_dir, pools_text(old=[old], new=[new]) + """
+routes{
+    map = {
+        during = route_migrate{ child_from = "old", child_to = "new",
+                                start = %d, stop = %d, stats = true },
+        after = route_migrate{ child_from = "old", child_to = "new", start = 1, stop = 2 },
+    },
+}
+""" % (now - 10, now + 3600))
+    mr = memroute_factory("--routes", str(path))
+    mc_set(old, "during/a", b"old-a")
+    mc_set(old, "during/d", b"x")
+    mc_set(new, "during/d", b"y")
+    mc_set(old, "after/a", b"old")
+    with mr.client() as c:
+        assert c.request(b"get during/a\r\n", b"END\r\n") == b"VALUE during/a 0 5\r\nold-a\r\nEND\r\n"
+        assert c.request(b"set during/b 0 0 1\r\nn\r\n") == b"STORED\r\n"
+        assert c.request(b"delete during/d\r\n") == b"DELETED\r\n"
+        assert c.request(b"get after/a\r\n", b"END\r\n") == b"END\r\n"
+        proxy = stats_dict(c, b"proxy")
+    assert mc_get(new, "during/b") == b"n" and mc_get(old, "during/b") is None
+    assert mc_get(old, "during/d") is None and mc_get(new, "during/d") is None
+    assert int(proxy["during_fallbacks"]) == 1
+
+
+def test_allmajority_shadow_and_error(backends, memroute_factory, startfile_dir):
+    a, b, c3, s = backends(4)
+    path = routes_file(startfile_dir, pools_text(pa=[a], pb=[b], pc=[c3], ps=[s]) + """
+routes{
+    map = {
+        m = route_allmajority{ children = { "pa", "pb", "pc" } },
+        sh = route_shadow{ child = "pa", child_shadow = "ps", rate = 1 },
+        off = route_error{ message = "this prefix is retired" },
+    },
+}
+""")
+    mr = memroute_factory("--routes", str(path))
+    mc_set(a, "m/k", b"1")
+    mc_set(b, "m/k", b"1")
+    with mr.client() as c:
+        # Two of three hold the key: the majority answer is the hit.
+        assert c.request(b"get m/k\r\n", b"END\r\n") == b"VALUE m/k 0 1\r\n1\r\nEND\r\n"
+        assert c.request(b"set sh/k 0 0 1\r\nz\r\n") == b"STORED\r\n"
+        assert c.request(b"get off/k\r\n") == b"SERVER_ERROR this prefix is retired\r\n"
+    assert mc_get(a, "sh/k") == b"z"
+    wait_until(lambda: mc_get(s, "sh/k") == b"z", 5, what="the shadow copy")

@@ -486,6 +486,12 @@ impl Reply {
                     match flag[0] {
                         b'f' => reply.flags = number.map(|n| n as u32),
                         b'c' => reply.cas = number,
+                        // `t-1`: no expiry.
+                        b't' => {
+                            reply.ttl = std::str::from_utf8(&flag[1..])
+                                .ok()
+                                .and_then(|t| t.parse::<i64>().ok())
+                        }
                         _ => {}
                     }
                 }
@@ -792,9 +798,10 @@ mod tests {
         let parse = |raw: &'static [u8]| Reply::parse(&Bytes::from_static(raw));
         let va = parse(b"VA 2 f5 c77 t3\r\nhi\r\n");
         assert_eq!(
-            (va.status, &va.value[..], va.flags, va.cas),
-            (Status::Hit, &b"hi"[..], Some(5), Some(77))
+            (va.status, &va.value[..], va.flags, va.cas, va.ttl),
+            (Status::Hit, &b"hi"[..], Some(5), Some(77), Some(3))
         );
+        assert_eq!(parse(b"VA 1 t-1\r\nx\r\n").ttl, Some(-1));
         let value = parse(b"VALUE k 7 3 9\r\nabc\r\nEND\r\n");
         assert_eq!(
             (value.status, &value.value[..], value.flags, value.cas),

@@ -222,8 +222,20 @@ impl Planner {
             "direct" => &["child"],
             "ttl" => &["child", "ttl"],
             "split" => &["child_a", "child_b"],
-            "null" => &[],
-            "allsync" | "allasync" | "allfastest" | "random" => &["children"],
+            "null" | "internal" => &[],
+            "error" => &["message"],
+            "allsync" | "allasync" | "allfastest" | "allmajority" | "random" => &["children"],
+            "shadow" => &["child", "child_shadow", "rate"],
+            "warmup" => &["child_cold", "child_warm", "ttl"],
+            "l1l2" => &["child_l1", "child_l2", "ttl"],
+            "migrate" => &[
+                "child_from",
+                "child_to",
+                "start",
+                "stop",
+                "stats",
+                "stats_name",
+            ],
             "failover" => &[
                 "children",
                 "failover_count",
@@ -270,10 +282,79 @@ impl Planner {
                 Some(_) => Err(format!("{at}: route_{name}: {key} must be true or false")),
             }
         };
+        let seconds = |key: &str, default: Option<i64>| -> Result<i64, String> {
+            match (arg(key), default) {
+                (Some(ConfigValue::Integer(t)), _) if *t >= 0 => Ok(*t),
+                (None, Some(d)) => Ok(d),
+                _ => Err(format!(
+                    "{at}: route_{name}: {key} must be a number of seconds (0 or more)"
+                )),
+            }
+        };
         Ok(match name.as_str() {
             "direct" => RoutePlan::Direct(one(self, "child")?),
+            "error" => match string(arg("message")) {
+                Some(message) if !message.contains(['\r', '\n']) => RoutePlan::Error(message),
+                Some(_) => return Err(format!("{at}: route_error: message must be one line")),
+                None => RoutePlan::Error("route_error".into()),
+            },
+            "shadow" => {
+                let rate = match arg("rate") {
+                    None => 1.0,
+                    Some(ConfigValue::Integer(r)) if (0..=1).contains(r) => *r as f64,
+                    Some(ConfigValue::Number(r)) if (0.0..=1.0).contains(r) => *r,
+                    Some(_) => {
+                        return Err(format!(
+                            "{at}: route_shadow: rate must be a share from 0 to 1"
+                        ))
+                    }
+                };
+                let shadows = match arg("child_shadow") {
+                    Some(ConfigValue::Table(_)) => {
+                        self.children(arg("child_shadow"), &name, label, &at)?
+                    }
+                    Some(_) => vec![*one(self, "child_shadow")?],
+                    None => return Err(format!("{at}: route_shadow: child_shadow is required")),
+                };
+                RoutePlan::Shadow {
+                    child: one(self, "child")?,
+                    shadows,
+                    rate,
+                }
+            }
+            "warmup" => RoutePlan::Warmup {
+                cold: one(self, "child_cold")?,
+                warm: one(self, "child_warm")?,
+                ttl: seconds("ttl", Some(0))?,
+            },
+            "l1l2" => RoutePlan::L1L2 {
+                l1: one(self, "child_l1")?,
+                l2: one(self, "child_l2")?,
+                ttl: match seconds("ttl", Some(10))? {
+                    0 => {
+                        return Err(format!(
+                            "{at}: route_l1l2: ttl must be more than 0 (L1 copies must expire)"
+                        ))
+                    }
+                    t => t,
+                },
+            },
+            "migrate" => {
+                let (start, stop) = (seconds("start", None)?, seconds("stop", None)?);
+                if stop < start {
+                    return Err(format!("{at}: route_migrate: stop is before start"));
+                }
+                RoutePlan::Migrate {
+                    from: one(self, "child_from")?,
+                    to: one(self, "child_to")?,
+                    start,
+                    stop,
+                    stat: self.stat_named(flag("stats")?, arg("stats_name"), label, "fallbacks"),
+                }
+            }
             "split" => RoutePlan::Split(one(self, "child_a")?, one(self, "child_b")?),
             "null" => RoutePlan::Null,
+            "internal" => RoutePlan::Internal,
             "ttl" => {
                 let ttl = match arg("ttl") {
                     Some(ConfigValue::Integer(t)) if *t >= 0 => *t,
@@ -288,12 +369,13 @@ impl Planner {
                     ttl,
                 }
             }
-            "allsync" | "allasync" | "allfastest" | "random" => {
+            "allsync" | "allasync" | "allfastest" | "allmajority" | "random" => {
                 let children = self.children(arg("children"), &name, label, &at)?;
                 match name.as_str() {
                     "allsync" => RoutePlan::AllSync(children),
                     "allasync" => RoutePlan::AllAsync(children),
                     "allfastest" => RoutePlan::AllFastest(children),
+                    "allmajority" => RoutePlan::AllMajority(children),
                     _ => RoutePlan::Random(children),
                 }
             }
@@ -382,11 +464,22 @@ impl Planner {
     /// A retry counter named `<stats_name or label>_retries`, as routelib
     /// names it.
     fn stat(&mut self, on: bool, name: Option<&ConfigValue>, label: &str) -> Option<i64> {
+        self.stat_named(on, name, label, "retries")
+    }
+
+    /// A counter named `<stats_name or label>_<what>`.
+    fn stat_named(
+        &mut self,
+        on: bool,
+        name: Option<&ConfigValue>,
+        label: &str,
+        what: &str,
+    ) -> Option<i64> {
         if !on {
             return None;
         }
         let base = string(name).unwrap_or_else(|| label.to_string());
-        let full = format!("{base}_retries");
+        let full = format!("{base}_{what}");
         if let Some((id, _)) = self.stat_names.iter().find(|(_, n)| *n == full) {
             return Some(*id);
         }

@@ -19,7 +19,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use memroute_proto::{Command, Limits, MetaOp, Request, Response, StoreOp};
+use memroute_proto::{Command, Limits, MetaOp, Reply, Request, Response, Status, StoreOp};
 
 use super::{ResponseFuture, Route};
 use crate::stats::ProxyStats;
@@ -306,6 +306,302 @@ impl Route for FlushAll {
     }
 }
 
+/// `route_error{ message }`: answers every request with
+/// `SERVER_ERROR <message>`, sending nothing (to take a prefix out of
+/// service loudly).
+pub struct ErrorRoute {
+    pub line: String,
+}
+
+impl ErrorRoute {
+    pub fn new(message: &str) -> ErrorRoute {
+        ErrorRoute {
+            line: format!("SERVER_ERROR {message}"),
+        }
+    }
+}
+
+impl Route for ErrorRoute {
+    fn call(self: Rc<Self>, _request: Request) -> ResponseFuture {
+        ready(Response::from_line(&self.line))
+    }
+}
+
+/// `route_allmajority{ children }`: every child at once; the first reply
+/// of the kind (its reply code) a majority of children answer, as soon as
+/// the majority is there; the rest finish in the background. With no
+/// majority once all answered: an error if any, else the most common kind.
+pub struct AllMajority {
+    pub children: Vec<Rc<dyn Route>>,
+}
+
+impl Route for AllMajority {
+    fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
+        let mut pending: FuturesUnordered<ResponseFuture> = self
+            .children
+            .iter()
+            .map(|c| c.clone().call(request.clone()))
+            .collect();
+        let majority = self.children.len() / 2 + 1;
+        Box::pin(async move {
+            // (code, first reply of that code, count), in arrival order.
+            let mut kinds: Vec<(memroute_proto::ResponseCode, Response, usize)> = Vec::new();
+            while let Some(reply) = pending.next().await {
+                let code = reply.code();
+                let count = match kinds.iter_mut().find(|(c, _, _)| *c == code) {
+                    Some(kind) => {
+                        kind.2 += 1;
+                        kind.2
+                    }
+                    None => {
+                        kinds.push((code, reply, 1));
+                        1
+                    }
+                };
+                if count >= majority {
+                    if !pending.is_empty() {
+                        in_background(Box::pin(async move {
+                            while pending.next().await.is_some() {}
+                            Response::miss()
+                        }));
+                    }
+                    let at = kinds.iter().position(|(c, _, _)| *c == code).unwrap_or(0);
+                    return kinds.swap_remove(at).1;
+                }
+            }
+            if let Some(at) = kinds.iter().position(|(_, r, _)| !r.is_ok()) {
+                return kinds.swap_remove(at).1;
+            }
+            let most = (0..kinds.len()).max_by_key(|&i| (kinds[i].2, usize::MAX - i));
+            match most {
+                Some(at) => kinds.swap_remove(at).1,
+                None => Response::from_line("SERVER_ERROR no children"),
+            }
+        })
+    }
+}
+
+/// `route_shadow{ child, child_shadow, rate }`: the child's reply; a
+/// `rate` share of requests (0 to 1) is also copied to the shadow
+/// children, whose replies are dropped: to try a new cluster with real
+/// traffic.
+pub struct Shadow {
+    pub child: Rc<dyn Route>,
+    pub shadows: Vec<Rc<dyn Route>>,
+    /// Requests copied per 2^32.
+    pub threshold: u64,
+    pub sampler: Sampler,
+}
+
+impl Route for Shadow {
+    fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
+        if (self.sampler.next() >> 32) < self.threshold {
+            for shadow in &self.shadows {
+                in_background(shadow.clone().call(request.clone()));
+            }
+        }
+        self.child.clone().call(request)
+    }
+}
+
+/// A cheap per-route random sequence (xorshift64): the spread is all
+/// sampling and random routes need.
+pub struct Sampler(std::cell::Cell<u64>);
+
+impl Sampler {
+    pub fn new(seed: u64) -> Sampler {
+        Sampler(std::cell::Cell::new(seed | 1))
+    }
+
+    pub fn next(&self) -> u64 {
+        let mut x = self.0.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0.set(x);
+        x
+    }
+}
+
+/// The single key of a one-key retrieval (`get`, `gets`, `gat`, `gats`
+/// with one key, `mg`), which warm-up and L1/L2 routes fill from their
+/// second child; `None` for anything else.
+fn retrieval_key(request: &Request) -> Option<&bytes::Bytes> {
+    match request.command() {
+        Command::Get(g) if g.keys.len() == 1 => g.keys.first(),
+        Command::Meta(m) if m.op == MetaOp::Get => Some(&m.key),
+        _ => None,
+    }
+}
+
+/// Asks `route` for `key`'s value, flags and remaining TTL (a meta get),
+/// whatever the client's own request looked like.
+async fn fetch_item(route: &Rc<dyn Route>, key: &[u8], limits: &Limits) -> Option<Reply> {
+    let mut line = b"mg ".to_vec();
+    line.extend_from_slice(key);
+    line.extend_from_slice(b" v f t");
+    let probe = Request::parse(&line, b"", limits).ok()?;
+    let reply = Reply::parse(route.clone().call(probe).await.raw());
+    (reply.status == Status::Hit).then_some(reply)
+}
+
+/// Stores `item` under `key` on `route` in the background, with `mode`
+/// (`S` set, `E` add) and `ttl` seconds (0: no expiry).
+fn store_item(
+    route: &Rc<dyn Route>,
+    key: &[u8],
+    item: &Reply,
+    ttl: i64,
+    mode: u8,
+    limits: &Limits,
+) {
+    let line = format!(
+        "ms {} {} F{} T{ttl} M{}",
+        String::from_utf8_lossy(key),
+        item.value.len(),
+        item.flags.unwrap_or(0),
+        mode as char
+    );
+    if let Ok(store) = Request::parse(line.as_bytes(), &item.value, limits) {
+        in_background(route.clone().call(store));
+    }
+}
+
+/// The client's reply to `request` from an item read elsewhere.
+fn reply_with(item: &Reply, request: &Request) -> Response {
+    Reply::hit(item.value.clone(), item.flags.unwrap_or(0))
+        .with_ttl(item.ttl.unwrap_or(-1))
+        .to_response(request)
+}
+
+/// `route_warmup{ child_cold, child_warm, ttl }`: fills a new (cold)
+/// cluster from the one it replaces (warm). A one-key retrieval reads
+/// the cold child; on a miss it reads the warm one and, on a hit there,
+/// adds the item to the cold child with the warm item's remaining TTL
+/// (capped at `ttl` when that is not 0). Every other command goes to the
+/// cold child.
+pub struct Warmup {
+    pub cold: Rc<dyn Route>,
+    pub warm: Rc<dyn Route>,
+    pub max_ttl: i64,
+    pub limits: Limits,
+}
+
+impl Route for Warmup {
+    fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
+        let Some(key) = retrieval_key(&request).cloned() else {
+            return self.cold.clone().call(request);
+        };
+        Box::pin(async move {
+            let cold = self.cold.clone().call(request.clone()).await;
+            if cold.is_hit() || !cold.is_ok() {
+                return cold;
+            }
+            let Some(item) = fetch_item(&self.warm, &key, &self.limits).await else {
+                return cold;
+            };
+            let mut ttl = item.ttl.filter(|t| *t > 0).unwrap_or(0);
+            if self.max_ttl > 0 && (ttl == 0 || ttl > self.max_ttl) {
+                ttl = self.max_ttl;
+            }
+            store_item(&self.cold, &key, &item, ttl, b'E', &self.limits);
+            reply_with(&item, &request)
+        })
+    }
+}
+
+/// `route_l1l2{ child_l1, child_l2, ttl }`: a near cache (L1: the embedded
+/// cache or a near pool) in front of a far pool (L2). A one-key retrieval
+/// reads L1; on a miss it reads L2 and, on a hit there, sets the item in
+/// L1 for at most `ttl` seconds. Every other command goes to L2, after the
+/// key is deleted from L1 (so L1 never serves a value L2 no longer has,
+/// beyond its short TTL for writes made elsewhere).
+pub struct L1L2 {
+    pub l1: Rc<dyn Route>,
+    pub l2: Rc<dyn Route>,
+    pub ttl: i64,
+    pub limits: Limits,
+}
+
+impl Route for L1L2 {
+    fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
+        if let Some(key) = retrieval_key(&request).cloned() {
+            return Box::pin(async move {
+                let near = self.l1.clone().call(request.clone()).await;
+                if near.is_hit() {
+                    return near;
+                }
+                let Some(item) = fetch_item(&self.l2, &key, &self.limits).await else {
+                    // A miss (or an error) on L2 is the answer.
+                    return self.l2.clone().call(request).await;
+                };
+                let ttl = match item.ttl.filter(|t| *t > 0) {
+                    Some(t) => t.min(self.ttl),
+                    None => self.ttl,
+                };
+                store_item(&self.l1, &key, &item, ttl, b'S', &self.limits);
+                reply_with(&item, &request)
+            });
+        }
+        let key = request.key().cloned();
+        Box::pin(async move {
+            if let Some(key) = key {
+                let mut line = b"md ".to_vec();
+                line.extend_from_slice(&key);
+                if let Ok(delete) = Request::parse(&line, b"", &self.limits) {
+                    self.l1.clone().call(delete).await;
+                }
+            }
+            self.l2.clone().call(request).await
+        })
+    }
+}
+
+/// `route_migrate{ child_from, child_to, start, stop }`: moves keys from
+/// one cluster to another over a time window (Unix seconds). Before
+/// `start` everything goes to `from`, from `stop` on everything to `to`.
+/// In between: writes go to `to`, deletes to both (so no stale copy stays
+/// behind), and a retrieval reads `to` and, on a miss, `from` (counted in
+/// `fallbacks` once per request).
+pub struct Migrate {
+    pub from: Rc<dyn Route>,
+    pub to: Rc<dyn Route>,
+    pub start: i64,
+    pub stop: i64,
+    pub fallbacks: Option<RetryStat>,
+}
+
+impl Route for Migrate {
+    fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
+        let now = crate::stats::unix_now() as i64;
+        if now < self.start {
+            return self.from.clone().call(request);
+        }
+        if now >= self.stop {
+            return self.to.clone().call(request);
+        }
+        let is_delete = matches!(request.command(), Command::Delete { .. })
+            || matches!(request.command(), Command::Meta(m) if m.op == MetaOp::Delete);
+        if is_delete {
+            let both = Rc::new(AllSync {
+                children: vec![self.to.clone(), self.from.clone()],
+            });
+            return both.call(request);
+        }
+        if retrieval_key(&request).is_none() {
+            return self.to.clone().call(request);
+        }
+        Box::pin(async move {
+            let new = self.to.clone().call(request.clone()).await;
+            if new.is_hit() || !new.is_ok() {
+                return new;
+            }
+            RetryStat::bump(&self.fallbacks);
+            self.from.clone().call(request).await
+        })
+    }
+}
+
 /// `route_null`: answers every request with its command's nominal miss,
 /// sending nothing.
 pub struct Null;
@@ -319,25 +615,15 @@ impl Route for Null {
 /// `route_random{ children }`: one child, picked at random per request.
 pub struct Random {
     pub children: Vec<Rc<dyn Route>>,
-    state: std::cell::Cell<u64>,
+    sampler: Sampler,
 }
 
 impl Random {
     pub fn new(children: Vec<Rc<dyn Route>>, seed: u64) -> Random {
         Random {
             children,
-            state: std::cell::Cell::new(seed | 1),
+            sampler: Sampler::new(seed),
         }
-    }
-
-    /// xorshift64: cheap, and the spread is all a random route needs.
-    fn next(&self) -> u64 {
-        let mut x = self.state.get();
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.state.set(x);
-        x
     }
 }
 
@@ -346,7 +632,7 @@ impl Route for Random {
         if self.children.is_empty() {
             return ready(Response::from_line("SERVER_ERROR no children"));
         }
-        let i = (self.next() % self.children.len() as u64) as usize;
+        let i = (self.sampler.next() % self.children.len() as u64) as usize;
         self.children[i].clone().call(request)
     }
 }
@@ -611,5 +897,76 @@ mod tests {
             a.calls(),
             b.calls()
         );
+    }
+
+    #[test]
+    fn allmajority_answers_what_most_children_answer() {
+        let (a, b, c) = (
+            Scripted::new("SERVER_ERROR a"),
+            Scripted::new("NF"),
+            Scripted::new("NF"),
+        );
+        let route = Rc::new(AllMajority {
+            children: routes(&[&a, &b, &c]),
+        });
+        assert_eq!(run(route, req("md k", "")), "NF\r\n");
+        assert_eq!((a.calls(), b.calls(), c.calls()), (1, 1, 1));
+        // No majority: an error wins over the rest.
+        let (d, e) = (Scripted::new("HD"), Scripted::new("SERVER_ERROR e"));
+        let route = Rc::new(AllMajority {
+            children: routes(&[&d, &e]),
+        });
+        assert_eq!(run(route, req("md k", "")), "SERVER_ERROR e\r\n");
+    }
+
+    #[test]
+    fn shadow_copies_the_sampled_share_and_error_answers_alone() {
+        let (main, shadow) = (Scripted::new("HD"), Scripted::new("SERVER_ERROR s"));
+        let never = Rc::new(Shadow {
+            child: main.clone(),
+            shadows: routes(&[&shadow]),
+            threshold: 0,
+            sampler: Sampler::new(1),
+        });
+        let always = Rc::new(Shadow {
+            child: main.clone(),
+            shadows: routes(&[&shadow]),
+            threshold: 1 << 32,
+            sampler: Sampler::new(1),
+        });
+        assert_eq!(run(never, req("md k", "")), "HD\r\n");
+        assert_eq!(shadow.calls(), 0);
+        assert_eq!(run(always, req("md k", "")), "HD\r\n");
+        assert_eq!((main.calls(), shadow.calls()), (2, 1));
+        let off = Rc::new(ErrorRoute::new("retired"));
+        assert_eq!(run(off, req("mg k v", "")), "SERVER_ERROR retired\r\n");
+    }
+
+    #[test]
+    fn migrate_follows_its_time_window() {
+        let now = crate::stats::unix_now() as i64;
+        let window = |start: i64, stop: i64, from: &Rc<Scripted>, to: &Rc<Scripted>| {
+            Rc::new(Migrate {
+                from: from.clone(),
+                to: to.clone(),
+                start,
+                stop,
+                fallbacks: None,
+            })
+        };
+        let (from, to) = (Scripted::new("HD"), Scripted::new("HD"));
+        run(window(now + 100, now + 200, &from, &to), req("md k", ""));
+        assert_eq!((from.calls(), to.calls()), (1, 0));
+        run(window(now - 200, now - 100, &from, &to), req("md k", ""));
+        assert_eq!((from.calls(), to.calls()), (1, 1));
+        // Inside the window a delete reaches both, a store only the new.
+        run(window(now - 1, now + 100, &from, &to), req("md k", ""));
+        assert_eq!((from.calls(), to.calls()), (2, 2));
+        run(window(now - 1, now + 100, &from, &to), req("ms k 1", "x"));
+        assert_eq!((from.calls(), to.calls()), (2, 3));
+        // A miss on the new side reads the old.
+        let (old, new) = (Scripted::new("EN"), Scripted::new("EN"));
+        run(window(now - 1, now + 100, &old, &new), req("mg k v", ""));
+        assert_eq!((old.calls(), new.calls()), (1, 1));
     }
 }

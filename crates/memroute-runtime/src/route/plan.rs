@@ -10,10 +10,10 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use super::handlers::{
-    AllAsync, AllFastest, AllSync, Direct, Failover, Null, Random, RetryStat, Split, Ttl,
-    ZoneFailover,
+    AllAsync, AllFastest, AllMajority, AllSync, Direct, ErrorRoute, Failover, Migrate, Null,
+    Random, RetryStat, Sampler, Shadow, Split, Ttl, Warmup, ZoneFailover, L1L2,
 };
-use super::pool::{Pool, PoolDef, WorkerBackends};
+use super::pool::{EmbeddedPool, Pool, PoolDef, WorkerBackends};
 use super::router::{KeyRouter, RouterEntry, RouterMode, RouterTable};
 use super::{Route, RouteEnv};
 
@@ -49,6 +49,34 @@ pub enum RoutePlan {
         ttl: i64,
     },
     Null,
+    /// The embedded cache (routelib's reserved pool name `internal`).
+    Internal,
+    Error(String),
+    AllMajority(Vec<RoutePlan>),
+    Shadow {
+        child: Box<RoutePlan>,
+        shadows: Vec<RoutePlan>,
+        /// Share of requests copied, 0 to 1.
+        rate: f64,
+    },
+    Warmup {
+        cold: Box<RoutePlan>,
+        warm: Box<RoutePlan>,
+        /// Longest TTL a warmed copy gets (0: the warm item's own).
+        ttl: i64,
+    },
+    L1L2 {
+        l1: Box<RoutePlan>,
+        l2: Box<RoutePlan>,
+        ttl: i64,
+    },
+    Migrate {
+        from: Box<RoutePlan>,
+        to: Box<RoutePlan>,
+        start: i64,
+        stop: i64,
+        stat: Option<i64>,
+    },
 }
 
 /// A map entry of a planned router.
@@ -70,7 +98,7 @@ pub struct RouterPlan {
 /// What building a plan on one worker needs.
 pub struct BuildContext<'a> {
     pub backends: &'a WorkerBackends,
-    pub env: &'a RouteEnv,
+    pub env: &'a Rc<RouteEnv>,
     /// One pool per definition, however many times the tree names it.
     pools: RefCell<HashMap<*const PoolDef, Rc<dyn Pool>>>,
     /// Seeds shuffles and random routes, different per worker.
@@ -78,7 +106,7 @@ pub struct BuildContext<'a> {
 }
 
 impl<'a> BuildContext<'a> {
-    pub fn new(backends: &'a WorkerBackends, env: &'a RouteEnv) -> Self {
+    pub fn new(backends: &'a WorkerBackends, env: &'a Rc<RouteEnv>) -> Self {
         BuildContext {
             backends,
             env,
@@ -181,6 +209,46 @@ impl RoutePlan {
                 limits: cx.env.limits.clone(),
             }),
             RoutePlan::Null => Rc::new(Null),
+            RoutePlan::Internal => Rc::new(EmbeddedPool::new(cx.env.clone())),
+            RoutePlan::Error(message) => Rc::new(ErrorRoute::new(message)),
+            RoutePlan::AllMajority(children) => Rc::new(AllMajority {
+                children: all(children),
+            }),
+            RoutePlan::Shadow {
+                child,
+                shadows,
+                rate,
+            } => Rc::new(Shadow {
+                child: child.build(cx),
+                shadows: all(shadows),
+                threshold: (rate.clamp(0.0, 1.0) * 4_294_967_296.0) as u64,
+                sampler: Sampler::new(cx.next_seed()),
+            }),
+            RoutePlan::Warmup { cold, warm, ttl } => Rc::new(Warmup {
+                cold: cold.build(cx),
+                warm: warm.build(cx),
+                max_ttl: *ttl,
+                limits: cx.env.limits.clone(),
+            }),
+            RoutePlan::L1L2 { l1, l2, ttl } => Rc::new(L1L2 {
+                l1: l1.build(cx),
+                l2: l2.build(cx),
+                ttl: *ttl,
+                limits: cx.env.limits.clone(),
+            }),
+            RoutePlan::Migrate {
+                from,
+                to,
+                start,
+                stop,
+                stat,
+            } => Rc::new(Migrate {
+                from: from.build(cx),
+                to: to.build(cx),
+                start: *start,
+                stop: *stop,
+                fallbacks: cx.stat(*stat),
+            }),
         }
     }
 }
