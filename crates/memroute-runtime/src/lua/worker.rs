@@ -272,6 +272,16 @@ pub struct LuaRoute {
 }
 
 impl Route for LuaRoute {
+    fn explain(
+        &self,
+        _request: &Request,
+        depth: usize,
+        out: &mut Vec<crate::route::explain::Step>,
+    ) {
+        // A Lua function decides at run time.
+        out.push(crate::route::explain::Step::node(depth, "lua function"));
+    }
+
     /// The route's reply as a response, for a route above it. (What Lua
     /// returns is bytes; they are parsed once here.)
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use memroute_proto::{Command, Limits, MetaOp, Reply, Request, Response, Status, StoreOp};
 
+use super::explain::{with_children, Step};
 use super::{ResponseFuture, Route};
 use crate::stats::ProxyStats;
 
@@ -54,6 +55,10 @@ pub struct Direct {
 }
 
 impl Route for Direct {
+    fn explain(&self, request: &Request, depth: usize, out: &mut Vec<Step>) {
+        with_children("direct", [&self.child], request, depth, out);
+    }
+
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
         self.child.clone().call(request)
     }
@@ -66,6 +71,10 @@ pub struct AllSync {
 }
 
 impl Route for AllSync {
+    fn explain(&self, request: &Request, depth: usize, out: &mut Vec<Step>) {
+        with_children("allsync", &self.children, request, depth, out);
+    }
+
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
         let calls: Vec<ResponseFuture> = self
             .children
@@ -92,6 +101,10 @@ pub struct AllFastest {
 }
 
 impl Route for AllFastest {
+    fn explain(&self, request: &Request, depth: usize, out: &mut Vec<Step>) {
+        with_children("allfastest", &self.children, request, depth, out);
+    }
+
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
         let mut pending: FuturesUnordered<ResponseFuture> = self
             .children
@@ -124,6 +137,10 @@ pub struct AllAsync {
 }
 
 impl Route for AllAsync {
+    fn explain(&self, request: &Request, depth: usize, out: &mut Vec<Step>) {
+        with_children("allasync", &self.children, request, depth, out);
+    }
+
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
         for child in &self.children {
             in_background(child.clone().call(request.clone()));
@@ -140,6 +157,10 @@ pub struct Split {
 }
 
 impl Route for Split {
+    fn explain(&self, request: &Request, depth: usize, out: &mut Vec<Step>) {
+        with_children("split", [&self.child_a, &self.child_b], request, depth, out);
+    }
+
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
         in_background(self.child_b.clone().call(request.clone()));
         self.child_a.clone().call(request)
@@ -158,6 +179,11 @@ pub struct Failover {
 }
 
 impl Route for Failover {
+    fn explain(&self, request: &Request, depth: usize, out: &mut Vec<Step>) {
+        let tried = self.children.iter().take(self.limit);
+        with_children("failover", tried, request, depth, out);
+    }
+
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
         Box::pin(async move {
             let mut last = None;
@@ -195,6 +221,11 @@ pub struct ZoneFailover {
 }
 
 impl Route for ZoneFailover {
+    fn explain(&self, request: &Request, depth: usize, out: &mut Vec<Step>) {
+        let zones = std::iter::once(&self.near).chain(&self.far);
+        with_children("zfailover", zones, request, depth, out);
+    }
+
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
         Box::pin(async move {
             let near = self.near.clone().call(request.clone()).await;
@@ -238,6 +269,10 @@ pub struct Ttl {
 }
 
 impl Route for Ttl {
+    fn explain(&self, request: &Request, depth: usize, out: &mut Vec<Step>) {
+        with_children("ttl", [&self.child], request, depth, out);
+    }
+
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
         match with_ttl(&request, self.ttl, &self.limits) {
             Some(rewritten) => self.child.clone().call(rewritten),
@@ -322,6 +357,11 @@ impl ErrorRoute {
 }
 
 impl Route for ErrorRoute {
+    fn explain(&self, request: &Request, depth: usize, out: &mut Vec<Step>) {
+        let _ = request;
+        out.push(Step::node(depth, "error"));
+    }
+
     fn call(self: Rc<Self>, _request: Request) -> ResponseFuture {
         ready(Response::from_line(&self.line))
     }
@@ -336,6 +376,10 @@ pub struct AllMajority {
 }
 
 impl Route for AllMajority {
+    fn explain(&self, request: &Request, depth: usize, out: &mut Vec<Step>) {
+        with_children("allmajority", &self.children, request, depth, out);
+    }
+
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
         let mut pending: FuturesUnordered<ResponseFuture> = self
             .children
@@ -394,6 +438,11 @@ pub struct Shadow {
 }
 
 impl Route for Shadow {
+    fn explain(&self, request: &Request, depth: usize, out: &mut Vec<Step>) {
+        let all = std::iter::once(&self.child).chain(&self.shadows);
+        with_children("shadow", all, request, depth, out);
+    }
+
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
         if (self.sampler.next() >> 32) < self.threshold {
             for shadow in &self.shadows {
@@ -488,6 +537,10 @@ pub struct Warmup {
 }
 
 impl Route for Warmup {
+    fn explain(&self, request: &Request, depth: usize, out: &mut Vec<Step>) {
+        with_children("warmup", [&self.cold, &self.warm], request, depth, out);
+    }
+
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
         let Some(key) = retrieval_key(&request).cloned() else {
             return self.cold.clone().call(request);
@@ -524,6 +577,10 @@ pub struct L1L2 {
 }
 
 impl Route for L1L2 {
+    fn explain(&self, request: &Request, depth: usize, out: &mut Vec<Step>) {
+        with_children("l1l2", [&self.l1, &self.l2], request, depth, out);
+    }
+
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
         if let Some(key) = retrieval_key(&request).cloned() {
             return Box::pin(async move {
@@ -572,6 +629,10 @@ pub struct Migrate {
 }
 
 impl Route for Migrate {
+    fn explain(&self, request: &Request, depth: usize, out: &mut Vec<Step>) {
+        with_children("migrate", [&self.to, &self.from], request, depth, out);
+    }
+
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
         let now = crate::stats::unix_now() as i64;
         if now < self.start {
@@ -607,6 +668,11 @@ impl Route for Migrate {
 pub struct Null;
 
 impl Route for Null {
+    fn explain(&self, request: &Request, depth: usize, out: &mut Vec<Step>) {
+        let _ = request;
+        out.push(Step::node(depth, "null"));
+    }
+
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
         ready(nominal_miss(&request))
     }
@@ -628,6 +694,10 @@ impl Random {
 }
 
 impl Route for Random {
+    fn explain(&self, request: &Request, depth: usize, out: &mut Vec<Step>) {
+        with_children("random", &self.children, request, depth, out);
+    }
+
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
         if self.children.is_empty() {
             return ready(Response::from_line("SERVER_ERROR no children"));

@@ -26,11 +26,13 @@
 //!   and shared-store implementations, and a worker's backend connections.
 //! - [`multiget`]: multi-key gets split into windows and per-backend lines,
 //!   and their replies merged back in key order.
+//! - [`explain`]: where a request would go (`__mcrouter__.route`).
 //! - [`plan`]: route trees as plain data, built per worker.
 //! - [`router`]: the key router (`mcp.router_new`, routelib's `routes{}`).
 //! - [`handlers`]: native route handlers (failover, fan-out, zones, TTL...).
 
 pub mod commands;
+pub mod explain;
 pub mod handlers;
 pub mod multiget;
 pub mod plan;
@@ -98,6 +100,15 @@ pub trait Route {
     /// backend failed reads as a miss.
     fn multi_get(self: Rc<Self>, _request: Request) -> Option<ReplyFuture> {
         None
+    }
+
+    /// What this route would do with `request`, without sending anything:
+    /// this node, then (one level deeper) the children it may send it to;
+    /// a pool names the backend the key maps to. Answers operators' "where
+    /// does this key go" (`get __mcrouter__.route(get,KEY)`, see
+    /// [`explain`]).
+    fn explain(&self, _request: &Request, depth: usize, out: &mut Vec<explain::Step>) {
+        out.push(explain::Step::node(depth, "route"));
     }
 }
 
@@ -176,9 +187,14 @@ impl RouteSet {
     }
 
     /// Serves a request that is not a multi-key get (those go out a
-    /// window of keys at a time, see [`multiget::window`]).
+    /// window of keys at a time, see [`multiget::window`]). A `get` of
+    /// `__mcrouter__.route(OP,KEY)` is answered with where `OP KEY` would
+    /// go instead.
     pub fn serve(&self, route: Rc<dyn Route>, request: Request) -> ReplyFuture {
         self.count_routed();
+        if let Some(reply) = explain::answer(self, &request) {
+            return Box::pin(std::future::ready(reply));
+        }
         route.serve(request)
     }
 }

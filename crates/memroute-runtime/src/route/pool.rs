@@ -19,6 +19,7 @@ use futures_util::FutureExt;
 use memroute_hash::Distribution;
 use memroute_proto::{Command, Request, Response, ResponseCode};
 
+use super::explain::Step;
 use super::multiget::{get_request, value_blocks, value_blocks_of};
 use super::{ReplyFuture, ReplyShape, ResponseFuture, Route, RouteEnv};
 use crate::backend::{Backend, BackendConfig};
@@ -202,6 +203,16 @@ impl MemcachedPool {
 }
 
 impl Route for MemcachedPool {
+    fn explain(&self, request: &Request, depth: usize, out: &mut Vec<Step>) {
+        let key = request.key().map_or(&b""[..], |k| &k[..]);
+        let config = self.backends[self.distribution.pick(key)].config();
+        out.push(Step::backend(
+            depth,
+            format!("pool {}", self.def.name),
+            format!("{}:{}", config.host, config.port),
+        ));
+    }
+
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
         Box::pin(self.response(request))
     }
@@ -263,6 +274,15 @@ pub struct StorePool {
 }
 
 impl Route for StorePool {
+    fn explain(&self, _request: &Request, depth: usize, out: &mut Vec<Step>) {
+        let name = &self.def.name;
+        out.push(Step::backend(
+            depth,
+            format!("store {name}"),
+            format!("store {name}"),
+        ));
+    }
+
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
         let request = outbound(request);
         Box::pin(async move { self.store.execute(&request).await })
@@ -343,6 +363,10 @@ impl EmbeddedPool {
 }
 
 impl Route for EmbeddedPool {
+    fn explain(&self, _request: &Request, depth: usize, out: &mut Vec<Step>) {
+        out.push(Step::backend(depth, "internal", "internal"));
+    }
+
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
         Box::pin(std::future::ready(self.response(request)))
     }
