@@ -22,6 +22,8 @@
 //! - [`route`]: the route tree (routes, pools, per-worker route sets),
 //!   free of Lua.
 //! - [`lua`]: the Lua layer (config VM, worker VMs, Lua routes, bindings).
+//! - [`discovery`]: pools whose members come from DNS or a configuration
+//!   endpoint, re-read on a period.
 //! - [`backend`]: worker-local pipelined connections to memcached servers.
 //! - [`store`]: stores shared by all workers (DynamoDB tables) and their
 //!   registry.
@@ -45,6 +47,7 @@ pub mod auth;
 pub mod backend;
 pub mod config;
 pub mod connection;
+pub mod discovery;
 pub mod embedded;
 pub mod lua;
 pub mod metrics;

@@ -660,7 +660,7 @@ async fn warm_up(source: Arc<dyn SharedStore>, cache: Rc<dyn Pool>, max_ttl: i64
 fn to_lua(
     lua: &Lua,
     value: &ConfigValue,
-    env: &RouteEnv,
+    env: &Rc<RouteEnv>,
     worker_routes: &WorkerRoutes,
     pools: &mut HashMap<*const PoolDef, AnyUserData>,
 ) -> mlua::Result<Value> {

@@ -206,8 +206,9 @@ impl RouteSet {
 pub struct WorkerRoutes {
     current: RefCell<Option<Rc<RouteSet>>>,
     staged: RefCell<Option<Rc<RouteSet>>>,
-    /// This worker's backend connections, kept across reloads.
-    pub backends: WorkerBackends,
+    /// This worker's backend connections, kept across reloads (shared with
+    /// discovered pools, which add members' connections as they come).
+    pub backends: Rc<WorkerBackends>,
 }
 
 impl WorkerRoutes {

@@ -23,6 +23,7 @@ use super::explain::Step;
 use super::multiget::{get_request, value_blocks, value_blocks_of};
 use super::{ReplyFuture, ReplyShape, ResponseFuture, Route, RouteEnv};
 use crate::backend::{Backend, BackendConfig};
+use crate::discovery::Discovery;
 use crate::store::SharedStore;
 
 /// What every kind of pool is: a route that reaches a backend (a leaf of
@@ -70,6 +71,9 @@ pub enum PoolKind {
     },
     /// A store shared by every worker (a DynamoDB table).
     Shared(Arc<dyn SharedStore>),
+    /// memcached servers found by DNS or a configuration endpoint, and the
+    /// key distribution over them, both replaced when the members change.
+    Discovered(Arc<Discovery>),
 }
 
 impl std::fmt::Debug for PoolDef {
@@ -85,6 +89,11 @@ impl std::fmt::Debug for PoolDef {
                 .field("name", &self.name)
                 .field("store", &store.name())
                 .finish(),
+            PoolKind::Discovered(discovery) => f
+                .debug_struct("PoolDef")
+                .field("name", &self.name)
+                .field("discovery", discovery)
+                .finish(),
         }
     }
 }
@@ -93,8 +102,8 @@ impl PoolDef {
     /// This worker's pool for this definition.
     pub fn instantiate(
         self: &Arc<Self>,
-        backends: &WorkerBackends,
-        env: &RouteEnv,
+        backends: &Rc<WorkerBackends>,
+        env: &Rc<RouteEnv>,
     ) -> Rc<dyn Pool> {
         match &self.kind {
             PoolKind::Memcached {
@@ -109,6 +118,17 @@ impl PoolDef {
                 def: self.clone(),
                 store: store.clone(),
             }),
+            PoolKind::Discovered(discovery) => {
+                let pool = DiscoveredPool {
+                    def: self.clone(),
+                    discovery: discovery.clone(),
+                    backends: backends.clone(),
+                    env: env.clone(),
+                    members: RefCell::new(None),
+                };
+                pool.members();
+                Rc::new(pool)
+            }
         }
     }
 }
@@ -300,6 +320,75 @@ impl Pool for StorePool {
 
     fn takes_flush_all(&self) -> bool {
         false
+    }
+}
+
+/// A discovered pool on one worker: a [`MemcachedPool`] over the current
+/// members, rebuilt when the discovery publishes new ones (connections to
+/// members that stayed are kept: they come from [`WorkerBackends`]).
+pub struct DiscoveredPool {
+    def: Arc<PoolDef>,
+    discovery: Arc<Discovery>,
+    backends: Rc<WorkerBackends>,
+    env: Rc<RouteEnv>,
+    /// The generation it was built for, and the pool.
+    members: RefCell<Option<(u64, Rc<MemcachedPool>)>>,
+}
+
+impl DiscoveredPool {
+    /// The pool over the current members (one atomic load when they have
+    /// not changed).
+    fn members(&self) -> Rc<MemcachedPool> {
+        let current = self.discovery.current();
+        let mut members = self.members.borrow_mut();
+        match &*members {
+            Some((generation, pool)) if *generation == current.generation => pool.clone(),
+            _ => {
+                let pool = Rc::new(MemcachedPool {
+                    def: self.def.clone(),
+                    distribution: current.distribution.clone(),
+                    backends: current
+                        .backends
+                        .iter()
+                        .map(|c| self.backends.get(c, &self.env))
+                        .collect(),
+                });
+                *members = Some((current.generation, pool.clone()));
+                pool
+            }
+        }
+    }
+}
+
+impl Route for DiscoveredPool {
+    fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
+        self.members().call(request)
+    }
+
+    fn serve(self: Rc<Self>, request: Request) -> ReplyFuture {
+        self.members().serve(request)
+    }
+
+    fn joins_keys(&self) -> bool {
+        true
+    }
+
+    fn multi_get(self: Rc<Self>, request: Request) -> Option<ReplyFuture> {
+        self.members().multi_get(request)
+    }
+
+    fn explain(&self, request: &Request, depth: usize, out: &mut Vec<Step>) {
+        self.members().explain(request, depth, out);
+    }
+}
+
+impl Pool for DiscoveredPool {
+    fn name(&self) -> &str {
+        &self.def.name
+    }
+
+    fn broadcast(self: Rc<Self>, request: Request) -> ResponseFuture {
+        self.members().broadcast(request)
     }
 }
 
