@@ -53,8 +53,8 @@ pub use request::{
     StoreOp,
 };
 pub use response::{
-    decode_retrieval_piece, retrieval_head, Oversize, Response, ResponseCode, ResponseDecoder,
-    RetrievalHead, RetrievalPiece,
+    decode_retrieval_piece, retrieval_head, take_retrieval_piece, Oversize, Response, ResponseCode,
+    ResponseDecoder, RetrievalHead, RetrievalPiece,
 };
 
 /// The longest key memcached accepts, in bytes.

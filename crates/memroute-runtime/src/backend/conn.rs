@@ -17,7 +17,7 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use memroute_proto::response::MalformedResponse;
 use memroute_proto::{
-    decode_retrieval_piece, retrieval_head, Command, GetOp, Request, Response, ResponseCode,
+    retrieval_head, take_retrieval_piece, Command, GetOp, Request, Response, ResponseCode,
     ResponseDecoder, RetrievalHead, RetrievalPiece,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -752,7 +752,14 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     joined_left.insert(line)
                 }
             };
-            if let Ok(Some(RetrievalHead::Value { header, size })) = retrieval_head(&rbuf) {
+            // The head is read once: to see an oversize value before its
+            // data arrives, then to take the piece.
+            let head = match retrieval_head(&rbuf) {
+                Ok(Some(head)) => head,
+                Ok(None) => break,
+                Err(malformed) => return SessionEnd::Failed(BackendError::BadResponse(malformed)),
+            };
+            if let RetrievalHead::Value { header, size } = head {
                 if size > cap {
                     inner.counters.oversize_values.incr();
                     let key = Response::value_line_key(&rbuf[..header]).unwrap_or_default();
@@ -771,7 +778,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     continue;
                 }
             }
-            match decode_retrieval_piece(&mut rbuf) {
+            match take_retrieval_piece(&mut rbuf, head) {
                 Ok(Some(piece)) => match slot.answer_joined(inner, left, piece) {
                     Ok(true) => joined_left = None,
                     Ok(false) => {}
