@@ -102,6 +102,11 @@ impl Response {
     pub fn raw(&self) -> &Bytes {
         &self.raw
     }
+    /// The whole reply, taken without cloning its bytes (the first clone
+    /// of a freshly received reply allocates).
+    pub fn into_raw(self) -> Bytes {
+        self.raw
+    }
     /// The first line without `\r\n`.
     pub fn line(&self) -> &[u8] {
         &self.raw[..self.line_len]

@@ -311,6 +311,13 @@ where
     let mut pipeline = Pipeline::new(ctx.client_buffer_limit, ctx.server_stats.load(ctx.worker));
     let per_value = ctx.limits.max_item_size.saturating_add(VALUE_OVERHEAD);
     let mut closing = *shutdown.borrow();
+    // One wait for the shutdown signal for the connection's whole life:
+    // a `changed()` made anew for every read would register with the
+    // channel and unregister again each time.
+    let shutdown_signal = async move {
+        let _ = shutdown.changed().await;
+    };
+    let mut shutdown_signal = std::pin::pin!(shutdown_signal);
     // A request waiting for room, or (run locally) for the routed ones
     // before it to finish.
     let mut held: Option<(Request, Option<BinaryContext>)> = None;
@@ -541,7 +548,7 @@ where
                 Ok(0) | Err(_) => return,
                 Ok(n) => ctx.stats().bytes_read.add(n as u64),
             },
-            _ = shutdown.changed(), if !closing => closing = true,
+            _ = &mut shutdown_signal, if !closing => closing = true,
             // Shutting down with a request half received: give the client
             // a moment to finish it, but a stalled client cannot hold the
             // shutdown.

@@ -320,15 +320,28 @@ impl Slot {
     /// if none came. The room is given back when the request leaves the
     /// queue (its reply, or [`fail_all`](Self::fail_all)).
     pub(crate) async fn take_room(&self, limit: Duration) -> bool {
-        let permit = match self.room.try_acquire() {
-            Ok(permit) => permit,
-            Err(_) => match timeout(limit, self.room.acquire()).await {
-                Ok(Ok(permit)) => permit,
-                _ => return false,
-            },
-        };
-        permit.forget();
-        true
+        if self.try_take_room() {
+            return true;
+        }
+        match timeout(limit, self.room.acquire()).await {
+            Ok(Ok(permit)) => {
+                permit.forget();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Takes room for one request if there is some now (and nobody waits
+    /// for it before us: the semaphore gives freed room to waiters first).
+    pub(crate) fn try_take_room(&self) -> bool {
+        match self.room.try_acquire() {
+            Ok(permit) => {
+                permit.forget();
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     /// `n` requests left the queue: their room goes back (to the oldest

@@ -310,7 +310,7 @@ impl WorkerLua {
             // it would hold it twice.
             Route::Pool(pool) => Box::pin(
                 pool.send_response(request)
-                    .map(move |response| shape.apply(response.raw().clone())),
+                    .map(move |response| shape.apply(response.into_raw())),
             ),
             Route::Lua(function) => Box::pin(
                 self.run_lua(function, request)
@@ -533,23 +533,24 @@ impl PoolRuntime {
     }
 
     /// Sends `request` to the backend its key maps to; a backend failure
-    /// becomes its `SERVER_ERROR` reply. The backend is chosen before the
-    /// future is built, so the future holds only what the wait needs.
+    /// becomes its `SERVER_ERROR` reply. A memcached backend gets the
+    /// request now (see [`Backend::send`]), so the future holds only what
+    /// the wait needs.
     pub fn send_response(self: Rc<Self>, request: Request) -> impl Future<Output = Response> {
         // Every request sent to a backend must get a reply, or replies
         // would fall out of step: drop noreply/q here; the client's own
         // reply is suppressed where the route result is written.
         let outbound = request.without_noreply().unwrap_or(request);
-        let backend = match &self.def.kind {
+        let sending = match &self.def.kind {
             PoolKind::Memcached { distribution, .. } => {
                 let key = outbound.key().map_or(&b""[..], |k| &k[..]);
-                Some(self.backends[distribution.pick(key)].clone())
+                Some(self.backends[distribution.pick(key)].send(&outbound))
             }
             PoolKind::Shared(_) => None,
         };
         async move {
-            match (backend, &self.def.kind) {
-                (Some(backend), _) => match backend.send(&outbound).await {
+            match (sending, &self.def.kind) {
+                (Some(sending), _) => match sending.await {
                     Ok(r) => r,
                     Err(e) => Response::from_line(e.client_reply()),
                 },
