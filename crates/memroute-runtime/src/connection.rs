@@ -21,6 +21,7 @@
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::{FuturesOrdered, StreamExt};
@@ -160,10 +161,20 @@ const VALUE_OVERHEAD: usize = 512;
 /// client, however many keys it asks for and however slowly it reads.
 /// Requests that do not fit wait (the connection stops decoding) until
 /// earlier replies are written.
+///
+/// The replies are `oldest`, then `finished`, then `ordered`. A reply
+/// queued when nothing else is (a client sending one request at a time,
+/// the usual case) becomes `oldest` and is polled directly: in
+/// `FuturesOrdered` it would cost a task allocation and wake-up
+/// bookkeeping.
 struct Pipeline<'a> {
+    oldest: Option<ReplyFuture>,
+    /// Replies of `ordered` that came out while `oldest` was still
+    /// pending (they wait their turn here).
+    finished: VecDeque<Bytes>,
     ordered: FuturesOrdered<ReplyFuture>,
-    /// Bytes reserved by each entry of `ordered`, and whether it counts as
-    /// an active routed request, in the same order.
+    /// Bytes reserved by each reply, and whether it counts as an active
+    /// routed request, in the same order.
     reserved: VecDeque<(usize, bool)>,
     /// Their sum.
     held: usize,
@@ -202,6 +213,8 @@ impl Refusal {
 impl<'a> Pipeline<'a> {
     fn new(limit: usize, load: &'a WorkerLoad) -> Self {
         Pipeline {
+            oldest: None,
+            finished: VecDeque::new(),
             ordered: FuturesOrdered::new(),
             reserved: VecDeque::new(),
             held: 0,
@@ -212,16 +225,39 @@ impl<'a> Pipeline<'a> {
     }
 
     fn is_empty(&self) -> bool {
-        self.ordered.is_empty()
+        self.reserved.is_empty()
+    }
+
+    /// The next reply in request order, once it is ready. Only for a
+    /// pipeline that is not empty.
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Bytes> {
+        if let Some(oldest) = self.oldest.as_mut() {
+            if let Poll::Ready(bytes) = oldest.as_mut().poll(cx) {
+                self.oldest = None;
+                return Poll::Ready(bytes);
+            }
+            // Keep the replies behind it moving (a Lua route runs only
+            // while polled).
+            while let Poll::Ready(Some(bytes)) = self.ordered.poll_next_unpin(cx) {
+                self.finished.push_back(bytes);
+            }
+            return Poll::Pending;
+        }
+        if let Some(bytes) = self.finished.pop_front() {
+            return Poll::Ready(bytes);
+        }
+        self.ordered
+            .poll_next_unpin(cx)
+            .map(|next| next.expect("poll_next on an empty pipeline"))
     }
 
     /// How many more replies of `each` bytes may join now. An empty
     /// pipeline takes at least one, so every request makes progress.
     fn room_for(&self, each: usize) -> usize {
-        let slots = MAX_IN_FLIGHT.saturating_sub(self.ordered.len());
+        let slots = MAX_IN_FLIGHT.saturating_sub(self.reserved.len());
         let bytes = self.limit.saturating_sub(self.held) / each.max(1);
         let room = slots.min(bytes);
-        if self.ordered.is_empty() {
+        if self.is_empty() {
             room.max(1)
         } else {
             room
@@ -252,7 +288,11 @@ impl<'a> Pipeline<'a> {
 
     /// Queues a reply; `active` for a routed request (not a ready line).
     fn push(&mut self, reply: ReplyFuture, reserve: usize, active: bool) {
-        self.ordered.push_back(reply);
+        if self.is_empty() {
+            self.oldest = Some(reply);
+        } else {
+            self.ordered.push_back(reply);
+        }
         self.reserved.push_back((reserve, active));
         self.held += reserve;
         self.load.buffered.add(reserve as u64);
@@ -489,31 +529,34 @@ where
         // Collect routed replies in order, writing what is ready before
         // waiting on the rest.
         while !pipeline.is_empty() {
-            let next = match pipeline.ordered.next().now_or_never() {
-                Some(next) => next,
-                None => {
-                    if !wbuf.is_empty() && !flush(&mut stream, &mut wbuf, &ctx).await {
-                        return;
+            let mut next_reply = std::future::poll_fn(|cx| pipeline.poll_next(cx));
+            let bytes = if wbuf.is_empty() {
+                next_reply.await
+            } else {
+                match (&mut next_reply).now_or_never() {
+                    Some(bytes) => bytes,
+                    None => {
+                        if !flush(&mut stream, &mut wbuf, &ctx).await {
+                            return;
+                        }
+                        next_reply.await
                     }
-                    pipeline.ordered.next().await
                 }
             };
             pipeline.release_oldest();
-            if let Some(bytes) = next {
-                if wbuf.is_empty() && pipeline.is_empty() {
-                    // The only reply to write: send it as it is, without
-                    // copying it into the write buffer first.
-                    if !write_reply(&mut stream, &bytes, &ctx).await {
-                        return;
-                    }
-                    continue;
-                }
-                wbuf.extend_from_slice(&bytes);
-                // Many big replies ready at once: write as we go rather
-                // than copying all of them first.
-                if wbuf.len() >= WRITE_HIGH_WATER && !flush(&mut stream, &mut wbuf, &ctx).await {
+            if wbuf.is_empty() && pipeline.is_empty() {
+                // The only reply to write: send it as it is, without
+                // copying it into the write buffer first.
+                if !write_reply(&mut stream, &bytes, &ctx).await {
                     return;
                 }
+                continue;
+            }
+            wbuf.extend_from_slice(&bytes);
+            // Many big replies ready at once: write as we go rather than
+            // copying all of them first.
+            if wbuf.len() >= WRITE_HIGH_WATER && !flush(&mut stream, &mut wbuf, &ctx).await {
+                return;
             }
         }
         if pipeline.close_after {
