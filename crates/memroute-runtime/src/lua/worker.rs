@@ -541,24 +541,23 @@ impl PoolRuntime {
         // would fall out of step: drop noreply/q here; the client's own
         // reply is suppressed where the route result is written.
         let outbound = request.without_noreply().unwrap_or(request);
-        let sending = match &self.def.kind {
+        match &self.def.kind {
             PoolKind::Memcached { distribution, .. } => {
                 let key = outbound.key().map_or(&b""[..], |k| &k[..]);
-                Some(self.backends[distribution.pick(key)].send(&outbound))
+                let sending = self.backends[distribution.pick(key)].send(&outbound);
+                futures_util::future::Either::Left(
+                    sending.map(|reply| {
+                        reply.unwrap_or_else(|e| Response::from_line(e.client_reply()))
+                    }),
+                )
             }
-            PoolKind::Shared(_) => None,
-        };
-        async move {
-            match (sending, &self.def.kind) {
-                (Some(sending), _) => match sending.await {
-                    Ok(r) => r,
-                    Err(e) => Response::from_line(e.client_reply()),
-                },
-                // (The store's future comes boxed.)
-                (None, PoolKind::Shared(store)) => store.execute(&outbound).await,
-                (None, PoolKind::Memcached { .. }) => {
-                    Response::from_line("SERVER_ERROR backend failure")
-                }
+            // The store's future borrows the request: boxed, so that a
+            // memcached pool's future does not carry a request's room.
+            PoolKind::Shared(store) => {
+                let store = store.clone();
+                futures_util::future::Either::Right(Box::pin(async move {
+                    store.execute(&outbound).await
+                }))
             }
         }
     }
