@@ -173,8 +173,10 @@ impl Slot {
         let (tx, rx) = oneshot::channel();
         let joinable = if batch_gets { joinable(request) } else { None };
         let mut joined = false;
+        let out_was_empty;
         {
             let mut out = self.out.borrow_mut();
+            out_was_empty = out.is_empty();
             match joinable {
                 Some((op, key)) => {
                     if let Some((open_op, start)) = self.open_line.get() {
@@ -200,16 +202,27 @@ impl Slot {
                 }
             }
         }
-        self.queue.borrow_mut().push_back(Pending {
-            decoder: ResponseDecoder::for_request(request),
-            reply: tx,
-            queued_at: Instant::now(),
-            expect: Expect::of(request),
-            joined,
-        });
+        let queue_was_empty = {
+            let mut queue = self.queue.borrow_mut();
+            queue.push_back(Pending {
+                decoder: ResponseDecoder::for_request(request),
+                reply: tx,
+                queued_at: Instant::now(),
+                expect: Expect::of(request),
+                joined,
+            });
+            queue.len() == 1
+        };
         if self.connected.get() {
-            self.wake_writer.notify_one();
-            self.wake_reader.notify_one();
+            // The writer waits only while `out` is empty, the reader only
+            // while the queue is: the request that ended that wakes them
+            // (or leaves them a permit), the ones behind it need not.
+            if out_was_empty {
+                self.wake_writer.notify_one();
+            }
+            if queue_was_empty {
+                self.wake_reader.notify_one();
+            }
         } else {
             self.wake_supervisor.notify_one();
         }

@@ -162,7 +162,10 @@ impl Backend {
     /// first polled: requests keep the order they were sent in, and the
     /// future holds only what waiting for the reply needs (no copy of the
     /// request, no timer), so a caller that boxes it boxes little.
-    pub fn send(&self, request: &Request) -> Sending {
+    ///
+    /// The future holds the backend, so replacing the configuration that
+    /// uses it cannot strand a request in flight.
+    pub fn send(self: &Rc<Self>, request: &Request) -> Sending {
         let inner = &self.inner;
         inner.counters.requests.incr();
         let state = match self.try_enqueue(request) {
@@ -175,7 +178,7 @@ impl Backend {
             Err(error) => SendState::Failed(Some(error)),
         };
         Sending {
-            inner: inner.clone(),
+            backend: self.clone(),
             state,
         }
     }
@@ -318,7 +321,7 @@ impl Inner {
 
 /// A request sent with [`Backend::send`]: resolves to its reply.
 pub struct Sending {
-    inner: Rc<Inner>,
+    backend: Rc<Backend>,
     state: SendState,
 }
 
@@ -355,7 +358,7 @@ impl Future for Sending {
                 }
             };
             if result.is_err() {
-                this.inner.counters.failed_requests.incr();
+                this.backend.inner.counters.failed_requests.incr();
             }
             return Poll::Ready(result);
         }
