@@ -257,13 +257,27 @@ fn tokenize(line: &[u8]) -> Tokens {
             pos += 1;
             continue;
         }
-        // memchr finds a token's end in a few steps; most of a request
-        // line is a key, too long to walk byte by byte.
-        let end = memchr::memchr(b' ', &line[pos..]).map_or(line.len(), |n| pos + n);
+        let end = pos + token_end(&line[pos..]);
         tokens.push((pos as u32, end as u32));
         pos = end + 1;
     }
     tokens
+}
+
+/// Where the space-separated token at the front of `rest` ends. A short
+/// token (a command, a number) is walked byte by byte; past that, memchr
+/// finds the end of a long one (most of a line is its key) in a few steps,
+/// but costs more than a short walk to call.
+pub(crate) fn token_end(rest: &[u8]) -> usize {
+    const SHORT: usize = 8;
+    let head = &rest[..rest.len().min(SHORT)];
+    match head.iter().position(|&b| b == b' ') {
+        Some(end) => end,
+        None if rest.len() > SHORT => {
+            memchr::memchr(b' ', &rest[SHORT..]).map_or(rest.len(), |end| SHORT + end)
+        }
+        None => rest.len(),
+    }
 }
 
 /// The tokens of one line, as zero-copy slices.

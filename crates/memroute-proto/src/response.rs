@@ -286,7 +286,8 @@ pub fn retrieval_head(buf: &[u8]) -> Result<Option<RetrievalHead>, MalformedResp
     if !line.starts_with(b"VALUE ") {
         return Err(MalformedResponse("unexpected line in multi-key reply"));
     }
-    let (size, _) = nth_token(line, 3)
+    // (The size is the fourth token, the second after `VALUE `.)
+    let (size, _) = nth_token(&line[b"VALUE ".len()..], 2)
         .and_then(|t| data_end(t, end + 1))
         .ok_or(MalformedResponse("bad VALUE line"))?;
     Ok(Some(RetrievalHead::Value {
@@ -547,15 +548,15 @@ fn data_end(size: &[u8], start: usize) -> Option<(usize, usize)> {
 }
 
 /// The `n`th token of `line` (from 0), tokens being separated by runs of
-/// spaces. Found with memchr: a `VALUE` line is mostly its key, too long
-/// to walk byte by byte on every reply.
+/// spaces (see [`token_end`](crate::decode::token_end): a `VALUE` line is
+/// mostly its key).
 fn nth_token(line: &[u8], n: usize) -> Option<&[u8]> {
     let mut rest = line;
     let mut index = 0;
     loop {
         let start = rest.iter().position(|&b| b != b' ')?;
         rest = &rest[start..];
-        let end = memchr::memchr(b' ', rest).unwrap_or(rest.len());
+        let end = crate::decode::token_end(rest);
         if index == n {
             return Some(&rest[..end]);
         }

@@ -19,9 +19,11 @@
 //! requests), so running it early would answer from the past.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::{FuturesOrdered, StreamExt};
@@ -351,13 +353,7 @@ where
     let mut pipeline = Pipeline::new(ctx.client_buffer_limit, ctx.server_stats.load(ctx.worker));
     let per_value = ctx.limits.max_item_size.saturating_add(VALUE_OVERHEAD);
     let mut closing = *shutdown.borrow();
-    // One wait for the shutdown signal for the connection's whole life:
-    // a `changed()` made anew for every read would register with the
-    // channel and unregister again each time.
-    let shutdown_signal = async move {
-        let _ = shutdown.changed().await;
-    };
-    let mut shutdown_signal = std::pin::pin!(shutdown_signal);
+    let mut shutdown_signal = std::pin::pin!(ShutdownSignal::new(shutdown));
     // A request waiting for room, or (run locally) for the routed ones
     // before it to finish.
     let mut held: Option<(Request, Option<BinaryContext>)> = None;
@@ -609,6 +605,53 @@ where
                 return;
             }
         }
+    }
+}
+
+/// Resolves once the shutdown signal changes (or its sender is gone).
+///
+/// It is polled on every read, so it is one wait for the connection's
+/// whole life, and polling it again with the waker it already holds is a
+/// version check: a watch's `changed()` would re-register with the channel
+/// on each poll.
+struct ShutdownSignal {
+    probe: watch::Receiver<bool>,
+    changed: Pin<Box<dyn Future<Output = ()>>>,
+    /// The waker `changed` holds, once it has been polled.
+    registered: Option<Waker>,
+}
+
+impl ShutdownSignal {
+    fn new(mut shutdown: watch::Receiver<bool>) -> ShutdownSignal {
+        ShutdownSignal {
+            probe: shutdown.clone(),
+            changed: Box::pin(async move {
+                let _ = shutdown.changed().await;
+            }),
+            registered: None,
+        }
+    }
+}
+
+impl Future for ShutdownSignal {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        let unchanged = matches!(this.probe.has_changed(), Ok(false));
+        if unchanged
+            && this
+                .registered
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            return Poll::Pending;
+        }
+        let poll = this.changed.as_mut().poll(cx);
+        if poll.is_pending() {
+            this.registered = Some(cx.waker().clone());
+        }
+        poll
     }
 }
 
