@@ -240,8 +240,11 @@ impl<'a> Pipeline<'a> {
             }
             // Keep the replies behind it moving (a Lua route runs only
             // while polled).
-            while let Poll::Ready(Some(bytes)) = self.ordered.poll_next_unpin(cx) {
-                self.finished.push_back(bytes);
+            while !self.ordered.is_empty() {
+                match self.ordered.poll_next_unpin(cx) {
+                    Poll::Ready(Some(bytes)) => self.finished.push_back(bytes),
+                    _ => break,
+                }
             }
             return Poll::Pending;
         }

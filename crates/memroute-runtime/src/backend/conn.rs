@@ -22,13 +22,14 @@ use memroute_proto::{
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{oneshot, Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore};
 use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 use tracing::{debug, info, warn};
 
 use super::config::BackendConfig;
 use super::error::BackendError;
 use super::health::FailureOutcome;
+use super::reply::{self, ReplyReceiver, ReplySender};
 use super::{Inner, MAX_IN_FLIGHT};
 
 /// Bytes reserved per read.
@@ -47,7 +48,7 @@ const MAX_JOINED_LINE: usize = 2000;
 /// A request waiting for its reply.
 pub(crate) struct Pending {
     pub(crate) decoder: ResponseDecoder,
-    pub(crate) reply: oneshot::Sender<Result<Response, BackendError>>,
+    pub(crate) reply: ReplySender,
     pub(crate) queued_at: Instant,
     /// What the reply must carry to be this request's: a reply for
     /// another key means the stream is out of step.
@@ -141,6 +142,9 @@ pub(crate) struct Slot {
     /// The `get`/`gets` line at the end of `out` that more single-key gets
     /// may join: its op and where it starts in `out`.
     open_line: Cell<Option<(GetOp, usize)>>,
+    /// When the reader last received bytes: the replies in them arrived
+    /// then (one clock read per read, not one per reply).
+    read_at: Cell<Instant>,
 }
 
 impl Default for Slot {
@@ -154,6 +158,7 @@ impl Default for Slot {
             wake_supervisor: Notify::new(),
             room: Semaphore::new(MAX_IN_FLIGHT),
             open_line: Cell::new(None),
+            read_at: Cell::new(Instant::now()),
         }
     }
 }
@@ -165,12 +170,8 @@ impl Slot {
     /// the same op still in `out` joins its line (`get a` + `get b` leave as
     /// `get a b`); the reader splits the reply back (see
     /// [`Slot::answer_joined`]).
-    pub(crate) fn push(
-        &self,
-        request: &Request,
-        batch_gets: bool,
-    ) -> oneshot::Receiver<Result<Response, BackendError>> {
-        let (tx, rx) = oneshot::channel();
+    pub(crate) fn push(&self, request: &Request, batch_gets: bool) -> ReplyReceiver {
+        let (tx, rx) = reply::channel();
         let joinable = if batch_gets { joinable(request) } else { None };
         let mut joined = false;
         let out_was_empty;
@@ -317,11 +318,21 @@ impl Slot {
         let pending = self.queue.borrow_mut().pop_front();
         if let Some(pending) = pending {
             self.left_queue(inner, 1);
-            inner.record_reply(pending.queued_at.elapsed());
+            inner.record_reply(
+                self.read_at
+                    .get()
+                    .saturating_duration_since(pending.queued_at),
+            );
             // The caller may have given up: the reply was still consumed,
             // so the stream stays in sync.
-            let _ = pending.reply.send(Ok(response));
+            pending.reply.send(Ok(response));
         }
+    }
+
+    /// The reader received `bytes`.
+    fn received(&self, inner: &Inner, bytes: usize) {
+        self.read_at.set(Instant::now());
+        inner.counters.bytes_read.add(bytes as u64);
     }
 
     pub(crate) fn in_flight(&self) -> usize {
@@ -372,7 +383,7 @@ impl Slot {
         self.open_line.set(None);
         self.left_queue(inner, failed.len());
         for pending in failed {
-            let _ = pending.reply.send(Err(error.clone()));
+            pending.reply.send(Err(error.clone()));
         }
     }
 }
@@ -844,7 +855,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                             SessionEnd::Failed(BackendError::Closed)
                         };
                     }
-                    Ok(n) => inner.counters.bytes_read.add(n as u64),
+                    Ok(n) => slot.received(inner, n),
                 },
                 _ = slot.wake_reader.notified() => {}
             }
@@ -858,7 +869,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 .map_or(connected_at, |p| p.queued_at.max(connected_at));
             match timeout_at(sent + read_timeout, rd.read_buf(&mut rbuf)).await {
                 Ok(Ok(0)) => return SessionEnd::Failed(BackendError::Closed),
-                Ok(Ok(n)) => inner.counters.bytes_read.add(n as u64),
+                Ok(Ok(n)) => slot.received(inner, n),
                 Ok(Err(e)) => return SessionEnd::Failed(BackendError::io(e)),
                 Err(_) => {
                     inner.counters.timeouts.incr();

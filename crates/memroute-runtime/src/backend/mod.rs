@@ -79,6 +79,7 @@ mod config;
 mod conn;
 mod error;
 pub mod health;
+mod reply;
 mod stats;
 
 use std::cell::{Cell, RefCell};
@@ -89,7 +90,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use memroute_proto::{Request, Response};
-use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
 
 pub use config::{BackendConfig, MAX_CONNECTIONS};
@@ -101,6 +101,7 @@ pub use stats::{
 
 use conn::Slot;
 use health::Health;
+use reply::ReplyReceiver;
 use stats::Counters;
 
 /// Most requests queued or in flight on one connection. Beyond it, `send`
@@ -163,9 +164,10 @@ impl Backend {
     /// future holds only what waiting for the reply needs (no copy of the
     /// request, no timer), so a caller that boxes it boxes little.
     ///
-    /// The future holds the backend, so replacing the configuration that
-    /// uses it cannot strand a request in flight.
-    pub fn send(self: &Rc<Self>, request: &Request) -> Sending {
+    /// The caller keeps the backend (an `Rc<Backend>`) until the future is
+    /// done: dropping the last one stops the backend's connections, and a
+    /// request in flight would then wait for ever.
+    pub fn send(&self, request: &Request) -> Sending {
         let inner = &self.inner;
         inner.counters.requests.incr();
         let state = match self.try_enqueue(request) {
@@ -178,7 +180,7 @@ impl Backend {
             Err(error) => SendState::Failed(Some(error)),
         };
         Sending {
-            backend: self.clone(),
+            inner: inner.clone(),
             state,
         }
     }
@@ -267,9 +269,6 @@ impl Backend {
     }
 }
 
-/// The reply channel of one queued request.
-type ReplyReceiver = oneshot::Receiver<Result<Response, BackendError>>;
-
 /// What [`Backend::try_enqueue`] did.
 enum Enqueued {
     Queued(ReplyReceiver),
@@ -321,7 +320,7 @@ impl Inner {
 
 /// A request sent with [`Backend::send`]: resolves to its reply.
 pub struct Sending {
-    backend: Rc<Backend>,
+    inner: Rc<Inner>,
     state: SendState,
 }
 
@@ -342,7 +341,7 @@ impl Future for Sending {
         loop {
             let result = match &mut this.state {
                 SendState::Queued(reply) => match Pin::new(reply).poll(cx) {
-                    Poll::Ready(reply) => reply.unwrap_or(Err(BackendError::Closed)),
+                    Poll::Ready(reply) => reply,
                     Poll::Pending => return Poll::Pending,
                 },
                 SendState::WaitingForRoom(wait) => match wait.as_mut().poll(cx) {
@@ -358,7 +357,7 @@ impl Future for Sending {
                 }
             };
             if result.is_err() {
-                this.backend.inner.counters.failed_requests.incr();
+                this.inner.counters.failed_requests.incr();
             }
             return Poll::Ready(result);
         }

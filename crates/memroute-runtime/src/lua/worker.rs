@@ -544,12 +544,14 @@ impl PoolRuntime {
         match &self.def.kind {
             PoolKind::Memcached { distribution, .. } => {
                 let key = outbound.key().map_or(&b""[..], |k| &k[..]);
-                let sending = self.backends[distribution.pick(key)].send(&outbound);
-                futures_util::future::Either::Left(
-                    sending.map(|reply| {
-                        reply.unwrap_or_else(|e| Response::from_line(e.client_reply()))
-                    }),
-                )
+                let backend = self.backends[distribution.pick(key)].clone();
+                let sending = backend.send(&outbound);
+                futures_util::future::Either::Left(sending.map(move |reply| {
+                    // The backend is kept until the reply is in: a reload
+                    // that drops it must not strand this request.
+                    drop(backend);
+                    reply.unwrap_or_else(|e| Response::from_line(e.client_reply()))
+                }))
             }
             // The store's future borrows the request: boxed, so that a
             // memcached pool's future does not carry a request's room.
