@@ -286,7 +286,7 @@ pub fn retrieval_head(buf: &[u8]) -> Result<Option<RetrievalHead>, MalformedResp
     if !line.starts_with(b"VALUE ") {
         return Err(MalformedResponse("unexpected line in multi-key reply"));
     }
-    // (The size is the fourth token, the second after `VALUE `.)
+    // (After `VALUE `: the key, the flags, then the size.)
     let (size, _) = nth_token(&line[b"VALUE ".len()..], 2)
         .and_then(|t| data_end(t, end + 1))
         .ok_or(MalformedResponse("bad VALUE line"))?;
