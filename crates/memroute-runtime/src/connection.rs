@@ -185,6 +185,8 @@ struct Pipeline<'a> {
     load: &'a WorkerLoad,
     /// `quit` arrived behind routed requests: close once they are answered.
     close_after: bool,
+    /// The newest reply has not been polled yet (see [`Pipeline::drive`]).
+    newest_unpolled: bool,
 }
 
 /// Why the worker refused a routed request (the proxy's limits).
@@ -223,11 +225,49 @@ impl<'a> Pipeline<'a> {
             limit,
             load,
             close_after: false,
+            newest_unpolled: false,
         }
     }
 
     fn is_empty(&self) -> bool {
         self.reserved.is_empty()
+    }
+
+    /// Polls every reply once, keeping what is ready, if the newest has
+    /// not been polled yet.
+    ///
+    /// A reply future sends its backend requests when it is made (a
+    /// pool's) or when first polled (a Lua route's, a multi-key get's): so
+    /// that backends see requests in the client's order, the connection
+    /// drives the replies queued so far before it makes the next one.
+    /// (A client sending one request at a time never pays for it.)
+    async fn drive(&mut self) {
+        if !self.newest_unpolled {
+            return;
+        }
+        self.newest_unpolled = false;
+        std::future::poll_fn(|cx| {
+            if let Some(oldest) = self.oldest.as_mut() {
+                if let Poll::Ready(bytes) = oldest.as_mut().poll(cx) {
+                    self.oldest = None;
+                    // (What `finished` holds came after it.)
+                    self.finished.push_front(bytes);
+                }
+            }
+            self.drain_ordered(cx);
+            Poll::Ready(())
+        })
+        .await
+    }
+
+    /// Moves what `ordered` has ready, in order, to `finished`.
+    fn drain_ordered(&mut self, cx: &mut Context<'_>) {
+        while !self.ordered.is_empty() {
+            match self.ordered.poll_next_unpin(cx) {
+                Poll::Ready(Some(bytes)) => self.finished.push_back(bytes),
+                _ => break,
+            }
+        }
     }
 
     /// The next reply in request order, once it is ready. Only for a
@@ -240,12 +280,7 @@ impl<'a> Pipeline<'a> {
             }
             // Keep the replies behind it moving (a Lua route runs only
             // while polled).
-            while !self.ordered.is_empty() {
-                match self.ordered.poll_next_unpin(cx) {
-                    Poll::Ready(Some(bytes)) => self.finished.push_back(bytes),
-                    _ => break,
-                }
-            }
+            self.drain_ordered(cx);
             return Poll::Pending;
         }
         if let Some(bytes) = self.finished.pop_front() {
@@ -298,6 +333,7 @@ impl<'a> Pipeline<'a> {
         } else {
             self.ordered.push_back(reply);
         }
+        self.newest_unpolled = true;
         self.reserved.push_back((reserve, active));
         self.held += reserve;
         self.load.buffered.add(reserve as u64);
@@ -408,6 +444,7 @@ where
                     break;
                 }
                 let keys = &mg.get.keys[mg.next..mg.next + n];
+                pipeline.drive().await;
                 let reply = mg.lua.get_window(&mg.route, &mg.get, keys);
                 pipeline.push(reply, n * per_value, true);
                 mg.next += n;
@@ -456,6 +493,7 @@ where
                             }
                             continue;
                         }
+                        pipeline.drive().await;
                         pipeline.push(routed_reply(lua, route, request, bin), reserve, true);
                     }
                     None if !pipeline.is_empty() => {
