@@ -19,8 +19,11 @@
 //! requests), so running it early would answer from the past.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::{FuturesOrdered, StreamExt};
@@ -159,10 +162,20 @@ const VALUE_OVERHEAD: usize = 512;
 /// client, however many keys it asks for and however slowly it reads.
 /// Requests that do not fit wait (the connection stops decoding) until
 /// earlier replies are written.
+///
+/// The replies are `oldest`, then `finished`, then `ordered`. A reply
+/// queued when nothing else is (a client sending one request at a time,
+/// the usual case) becomes `oldest` and is polled directly: in
+/// `FuturesOrdered` it would cost a task allocation and wake-up
+/// bookkeeping.
 struct Pipeline<'a> {
+    oldest: Option<ReplyFuture>,
+    /// Replies of `ordered` that came out while `oldest` was still
+    /// pending (they wait their turn here).
+    finished: VecDeque<Bytes>,
     ordered: FuturesOrdered<ReplyFuture>,
-    /// Bytes reserved by each entry of `ordered`, and whether it counts as
-    /// an active routed request, in the same order.
+    /// Bytes reserved by each reply, and whether it counts as an active
+    /// routed request, in the same order.
     reserved: VecDeque<(usize, bool)>,
     /// Their sum.
     held: usize,
@@ -171,6 +184,8 @@ struct Pipeline<'a> {
     load: &'a WorkerLoad,
     /// `quit` arrived behind routed requests: close once they are answered.
     close_after: bool,
+    /// The newest reply has not been polled yet (see [`Pipeline::drive`]).
+    newest_unpolled: bool,
 }
 
 /// Why the worker refused a routed request (the proxy's limits).
@@ -201,26 +216,87 @@ impl Refusal {
 impl<'a> Pipeline<'a> {
     fn new(limit: usize, load: &'a WorkerLoad) -> Self {
         Pipeline {
+            oldest: None,
+            finished: VecDeque::new(),
             ordered: FuturesOrdered::new(),
             reserved: VecDeque::new(),
             held: 0,
             limit,
             load,
             close_after: false,
+            newest_unpolled: false,
         }
     }
 
     fn is_empty(&self) -> bool {
-        self.ordered.is_empty()
+        self.reserved.is_empty()
+    }
+
+    /// Polls every reply once, keeping what is ready, if the newest has
+    /// not been polled yet.
+    ///
+    /// A reply future sends its backend requests when it is made (a
+    /// pool's) or when first polled (a Lua route's, a multi-key get's): so
+    /// that backends see requests in the client's order, the connection
+    /// drives the replies queued so far before it makes the next one.
+    /// (A client sending one request at a time never pays for it.)
+    async fn drive(&mut self) {
+        if !self.newest_unpolled {
+            return;
+        }
+        self.newest_unpolled = false;
+        std::future::poll_fn(|cx| {
+            if let Some(oldest) = self.oldest.as_mut() {
+                if let Poll::Ready(bytes) = oldest.as_mut().poll(cx) {
+                    self.oldest = None;
+                    // (What `finished` holds came after it.)
+                    self.finished.push_front(bytes);
+                }
+            }
+            self.drain_ordered(cx);
+            Poll::Ready(())
+        })
+        .await
+    }
+
+    /// Moves what `ordered` has ready, in order, to `finished`.
+    fn drain_ordered(&mut self, cx: &mut Context<'_>) {
+        while !self.ordered.is_empty() {
+            match self.ordered.poll_next_unpin(cx) {
+                Poll::Ready(Some(bytes)) => self.finished.push_back(bytes),
+                _ => break,
+            }
+        }
+    }
+
+    /// The next reply in request order, once it is ready. Only for a
+    /// pipeline that is not empty.
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Bytes> {
+        if let Some(oldest) = self.oldest.as_mut() {
+            if let Poll::Ready(bytes) = oldest.as_mut().poll(cx) {
+                self.oldest = None;
+                return Poll::Ready(bytes);
+            }
+            // Keep the replies behind it moving (a Lua route runs only
+            // while polled).
+            self.drain_ordered(cx);
+            return Poll::Pending;
+        }
+        if let Some(bytes) = self.finished.pop_front() {
+            return Poll::Ready(bytes);
+        }
+        self.ordered
+            .poll_next_unpin(cx)
+            .map(|next| next.expect("poll_next on an empty pipeline"))
     }
 
     /// How many more replies of `each` bytes may join now. An empty
     /// pipeline takes at least one, so every request makes progress.
     fn room_for(&self, each: usize) -> usize {
-        let slots = MAX_IN_FLIGHT.saturating_sub(self.ordered.len());
+        let slots = MAX_IN_FLIGHT.saturating_sub(self.reserved.len());
         let bytes = self.limit.saturating_sub(self.held) / each.max(1);
         let room = slots.min(bytes);
-        if self.ordered.is_empty() {
+        if self.is_empty() {
             room.max(1)
         } else {
             room
@@ -251,7 +327,12 @@ impl<'a> Pipeline<'a> {
 
     /// Queues a reply; `active` for a routed request (not a ready line).
     fn push(&mut self, reply: ReplyFuture, reserve: usize, active: bool) {
-        self.ordered.push_back(reply);
+        if self.is_empty() {
+            self.oldest = Some(reply);
+        } else {
+            self.ordered.push_back(reply);
+        }
+        self.newest_unpolled = true;
         self.reserved.push_back((reserve, active));
         self.held += reserve;
         self.load.buffered.add(reserve as u64);
@@ -310,6 +391,7 @@ where
     let mut pipeline = Pipeline::new(ctx.client_buffer_limit, ctx.server_stats.load(ctx.worker));
     let per_value = ctx.limits.max_item_size.saturating_add(VALUE_OVERHEAD);
     let mut closing = *shutdown.borrow();
+    let mut shutdown_signal = std::pin::pin!(ShutdownSignal::new(shutdown));
     // A request waiting for room, or (run locally) for the routed ones
     // before it to finish.
     let mut held: Option<(Request, Option<BinaryContext>)> = None;
@@ -361,6 +443,7 @@ where
                     break;
                 }
                 let keys = &mg.get.keys[mg.next..mg.next + n];
+                pipeline.drive().await;
                 let reply = multiget::window(&mg.route, &mg.get, keys);
                 pipeline.push(reply, n * per_value, true);
                 mg.next += n;
@@ -409,6 +492,7 @@ where
                             }
                             continue;
                         }
+                        pipeline.drive().await;
                         pipeline.push(routed_reply(&routes, route, request, bin), reserve, true);
                     }
                     None if !pipeline.is_empty() => {
@@ -445,17 +529,24 @@ where
                         pipeline.close_after = true;
                     }
                 }
-                Frame::TooLarge { key, reply } => match refused_too_large(&ctx, &key, true) {
-                    Some(delete) => pipeline.push(after(delete, reply), 0, true),
-                    None => queue_or_write(&mut pipeline, &mut wbuf, reply),
-                },
+                Frame::TooLarge { key, reply } => {
+                    // (A routed delete may follow: requests before it go first.)
+                    pipeline.drive().await;
+                    match refused_too_large(&ctx, &key, true) {
+                        Some(delete) => pipeline.push(after(delete, reply), 0, true),
+                        None => queue_or_write(&mut pipeline, &mut wbuf, reply),
+                    }
+                }
                 Frame::Error(error) => {
                     let delete = match &error {
                         ProtocolError::TooLarge {
                             key,
                             drops_existing,
                             ..
-                        } => refused_too_large(&ctx, key, *drops_existing),
+                        } => {
+                            pipeline.drive().await;
+                            refused_too_large(&ctx, key, *drops_existing)
+                        }
                         _ => None,
                     };
                     // The decoder's error line (an `ErrorReply` text), if
@@ -484,31 +575,34 @@ where
         // Collect routed replies in order, writing what is ready before
         // waiting on the rest.
         while !pipeline.is_empty() {
-            let next = match pipeline.ordered.next().now_or_never() {
-                Some(next) => next,
-                None => {
-                    if !wbuf.is_empty() && !flush(&mut stream, &mut wbuf, &ctx).await {
-                        return;
+            let mut next_reply = std::future::poll_fn(|cx| pipeline.poll_next(cx));
+            let bytes = if wbuf.is_empty() {
+                next_reply.await
+            } else {
+                match (&mut next_reply).now_or_never() {
+                    Some(bytes) => bytes,
+                    None => {
+                        if !flush(&mut stream, &mut wbuf, &ctx).await {
+                            return;
+                        }
+                        next_reply.await
                     }
-                    pipeline.ordered.next().await
                 }
             };
             pipeline.release_oldest();
-            if let Some(bytes) = next {
-                if wbuf.is_empty() && pipeline.is_empty() {
-                    // The only reply to write: send it as it is, without
-                    // copying it into the write buffer first.
-                    if !write_reply(&mut stream, &bytes, &ctx).await {
-                        return;
-                    }
-                    continue;
-                }
-                wbuf.extend_from_slice(&bytes);
-                // Many big replies ready at once: write as we go rather
-                // than copying all of them first.
-                if wbuf.len() >= WRITE_HIGH_WATER && !flush(&mut stream, &mut wbuf, &ctx).await {
+            if wbuf.is_empty() && pipeline.is_empty() {
+                // The only reply to write: send it as it is, without
+                // copying it into the write buffer first.
+                if !write_reply(&mut stream, &bytes, &ctx).await {
                     return;
                 }
+                continue;
+            }
+            wbuf.extend_from_slice(&bytes);
+            // Many big replies ready at once: write as we go rather than
+            // copying all of them first.
+            if wbuf.len() >= WRITE_HIGH_WATER && !flush(&mut stream, &mut wbuf, &ctx).await {
+                return;
             }
         }
         if pipeline.close_after {
@@ -543,7 +637,7 @@ where
                 Ok(0) | Err(_) => return,
                 Ok(n) => ctx.stats().bytes_read.add(n as u64),
             },
-            _ = shutdown.changed(), if !closing => closing = true,
+            _ = &mut shutdown_signal, if !closing => closing = true,
             // Shutting down with a request half received: give the client
             // a moment to finish it, but a stalled client cannot hold the
             // shutdown.
@@ -561,6 +655,53 @@ where
                 return;
             }
         }
+    }
+}
+
+/// Resolves once the shutdown signal changes (or its sender is gone).
+///
+/// It is polled on every read, so it is one wait for the connection's
+/// whole life, and polling it again with the waker it already holds is a
+/// version check: a watch's `changed()` would re-register with the channel
+/// on each poll.
+struct ShutdownSignal {
+    probe: watch::Receiver<bool>,
+    changed: Pin<Box<dyn Future<Output = ()>>>,
+    /// The waker `changed` holds, once it has been polled.
+    registered: Option<Waker>,
+}
+
+impl ShutdownSignal {
+    fn new(mut shutdown: watch::Receiver<bool>) -> ShutdownSignal {
+        ShutdownSignal {
+            probe: shutdown.clone(),
+            changed: Box::pin(async move {
+                let _ = shutdown.changed().await;
+            }),
+            registered: None,
+        }
+    }
+}
+
+impl Future for ShutdownSignal {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        let unchanged = matches!(this.probe.has_changed(), Ok(false));
+        if unchanged
+            && this
+                .registered
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            return Poll::Pending;
+        }
+        let poll = this.changed.as_mut().poll(cx);
+        if poll.is_pending() {
+            this.registered = Some(cx.waker().clone());
+        }
+        poll
     }
 }
 

@@ -85,7 +85,7 @@ pub trait Route {
         let shape = ReplyShape::of(&request);
         Box::pin(
             self.call(request)
-                .map(move |response| shape.apply(response.raw().clone())),
+                .map(move |response| shape.apply(response.into_raw())),
         )
     }
 

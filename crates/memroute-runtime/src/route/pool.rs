@@ -147,18 +147,19 @@ pub struct MemcachedPool {
 
 impl MemcachedPool {
     /// The response to `request` from the backend its key maps to. The
-    /// backend is chosen before the future is built, so the future holds
-    /// only what the wait needs.
+    /// backend gets the request now (see [`Backend::send`]), so the future
+    /// holds only what the wait needs, not the request.
     fn response(&self, request: Request) -> impl Future<Output = Response> {
         let request = outbound(request);
         let key = request.key().map_or(&b""[..], |k| &k[..]);
         let backend = self.backends[self.distribution.pick(key)].clone();
-        async move {
-            match backend.send(&request).await {
-                Ok(r) => r,
-                Err(e) => Response::from_line(e.client_reply()),
-            }
-        }
+        let sending = backend.send(&request);
+        sending.map(move |reply| {
+            // The backend is kept until the reply is in: a reload that
+            // drops it must not strand this request.
+            drop(backend);
+            reply.unwrap_or_else(|e| Response::from_line(e.client_reply()))
+        })
     }
 
     /// A multi-key get as one request per backend: each backend gets its
@@ -243,7 +244,7 @@ impl Route for MemcachedPool {
         // would hold it twice.
         Box::pin(
             self.response(request)
-                .map(move |response| shape.apply(response.raw().clone())),
+                .map(move |response| shape.apply(response.into_raw())),
         )
     }
 
@@ -462,7 +463,7 @@ impl Route for EmbeddedPool {
 
     fn serve(self: Rc<Self>, request: Request) -> ReplyFuture {
         let shape = ReplyShape::of(&request);
-        let reply = shape.apply(self.response(request).raw().clone());
+        let reply = shape.apply(self.response(request).into_raw());
         Box::pin(std::future::ready(reply))
     }
 }
