@@ -965,4 +965,72 @@ mod tests {
             assert!(config(args).is_err(), "{args:?}");
         }
     }
+
+    #[test]
+    fn listen_flags_follow_memcached() {
+        let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let c = config(&["-p", "7000"]).unwrap();
+        assert_eq!(c.listen, vec![addr("127.0.0.1:7000")]);
+        let c = config(&[
+            "-p",
+            "7000",
+            "-l",
+            "127.0.0.1,[::1]:7001;10.0.0.1:7002",
+            "-l",
+            "tag_aa_:127.0.0.1:7003",
+            "-l",
+            "tag_bb_:[::1]",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.listen,
+            vec![
+                addr("127.0.0.1:7000"),
+                addr("[::1]:7001"),
+                addr("10.0.0.1:7002")
+            ]
+        );
+        let tags: Vec<(&str, SocketAddr)> = c
+            .tagged_listen
+            .iter()
+            .map(|t| (t.tag.as_str(), t.addr))
+            .collect();
+        assert_eq!(
+            tags,
+            vec![("aa", addr("127.0.0.1:7003")), ("bb", addr("[::1]:7000"))]
+        );
+        // A bare IPv6 address has no port; `*` is every address.
+        let c = config(&["-p", "7000", "-l", "::1,*"]).unwrap();
+        assert_eq!(
+            c.listen,
+            vec![addr("[::1]:7000"), addr("0.0.0.0:7000"), addr("[::]:7000")]
+        );
+        for (args, says) in [
+            (&["-l", "tag_waytoolong_:127.0.0.1"][..], "1 to 8 bytes"),
+            (&["-l", "tag_aa:127.0.0.1"], "tag_NAME_:HOST[:PORT]"),
+            (&["-l", "127.0.0.1:http"], "not a port number"),
+            (&["-l", "[::1]7000"], "expected :PORT"),
+            (&["-l", "localhost"], "not an IP address"),
+        ] {
+            let err = config(args).unwrap_err();
+            assert!(err.contains(says), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn unix_socket_turns_tcp_off() {
+        let c = config(&["-s", "/tmp/x.sock", "-l", "127.0.0.1", "-p", "7000"]).unwrap();
+        assert!(c.listen.is_empty() && c.tagged_listen.is_empty());
+        let unix = c.unix_socket.unwrap();
+        assert_eq!(
+            (unix.path.to_str(), unix.mode),
+            (Some("/tmp/x.sock"), 0o700)
+        );
+        let c = config(&["-s", "/tmp/x.sock", "-a", "0666"]).unwrap();
+        assert_eq!(c.unix_socket.unwrap().mode, 0o666);
+        for mask in ["8", "1000", "778", "rw"] {
+            let err = config(&["-s", "/tmp/x.sock", "-a", mask]).unwrap_err();
+            assert!(err.contains("octal permission mask"), "{mask}: {err}");
+        }
+    }
 }

@@ -35,9 +35,13 @@ def set_via(port: int, key: str, value: bytes) -> bytes:
 
 
 def get_via(port: int, key: str) -> bytes:
+    """A `get`'s whole reply: VALUE blocks and END, or an error line."""
     with RawClient(HOST, port) as c:
         c.send(b"get %s\r\n" % key.encode())
-        return c.read_until(b"END\r\n")
+        line = c.read_line()
+        if line.startswith(b"VALUE "):
+            return line + c.read_until(b"END\r\n")
+        return line
 
 
 def lua_pools(**servers) -> str:
@@ -106,15 +110,20 @@ routes{
     assert mc_get(c, "cold/4") == b"c"
 
 
-def test_tagged_listener_alone_uses_untagged_routes_for_the_rest(backends, memroute_factory,
-                                                                startfile_dir):
-    """Two listeners with one tag share its table; a tag with no attach at
-    all is served by the untagged routes."""
+def test_listeners_sharing_a_tag_and_funcgen_attach(backends, memroute_factory, startfile_dir):
+    """Two listeners with one tag share its routes; a funcgen attached for
+    one command of a tag serves that command, the untagged routes the
+    rest."""
     a, c = backends(2)
     path = write_startfile(startfile_dir, "tags.lua", lua_pools(pa=a, pc=c) + """
 function mcp_config_routes(p)
     mcp.attach(mcp.CMD_ANY_STORAGE, p.pc)
     mcp.attach(mcp.CMD_ANY_STORAGE, p.pa, "aa")
+    local fg = mcp.funcgen_new()
+    fg:ready({ f = function(rctx)
+        return function(r) return "SERVER_ERROR from zz\\r\\n" end
+    end })
+    mcp.attach(mcp.CMD_GET, fg, "zz")
 end
 """)
     port_a1, port_a2, port_z = free_port(), free_port(), free_port()
@@ -125,6 +134,24 @@ end
     assert set_via(port_z, "k3", b"3") == b"STORED\r\n"
     assert mc_get(a, "k1") == b"1" and mc_get(a, "k2") == b"2"
     assert mc_get(c, "k3") == b"3" and mc_get(a, "k3") is None
+    assert get_via(port_z, "k3") == b"SERVER_ERROR from zz\r\n"
+    assert get_via(port_a1, "k1") == b"VALUE k1 0 1\r\n1\r\nEND\r\n"
+
+
+def test_routelib_with_only_tagged_sections(backends, memroute_factory, startfile_dir):
+    """Untagged clients of a file with tagged routes only have no route:
+    the embedded cache answers them."""
+    (a,) = backends(1)
+    path = write_startfile(startfile_dir, "routes.lua", """
+pools{ pa = { backends = { "%s" } } }
+routes{ tag = "aa", default = route_direct{ child = "pa" } }
+""" % a.addr)
+    port_a = free_port()
+    mr = memroute_factory("--routes", str(path), *tagged("aa", port_a))
+    assert set_via(port_a, "k", b"tagged") == b"STORED\r\n"
+    assert set_via(mr.port, "k", b"local") == b"STORED\r\n"
+    assert mc_get(a, "k") == b"tagged"
+    assert get_via(mr.port, "k") == b"VALUE k 0 5\r\nlocal\r\nEND\r\n"
 
 
 @pytest.mark.parametrize("args, message", [

@@ -373,3 +373,71 @@ impl ReplyShape {
         reply
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A route only told apart by identity: never called.
+    struct Marker;
+
+    impl Route for Marker {
+        fn call(self: Rc<Self>, _request: Request) -> ResponseFuture {
+            unreachable!("tables are only looked at")
+        }
+    }
+
+    fn command(line: &[u8], value: &[u8]) -> Command {
+        Request::parse(line, value, &Limits::default())
+            .unwrap()
+            .command()
+            .clone()
+    }
+
+    fn same(found: Option<Rc<dyn Route>>, want: &Rc<dyn Route>) -> bool {
+        found.is_some_and(|r| Rc::ptr_eq(&r, want))
+    }
+
+    #[test]
+    fn tagged_tables_fall_back_to_untagged_routes() {
+        let id = |c: &Command| commands::command_id(c) as usize;
+        let (set_k, get_k) = (command(b"set k 0 0 1", b"x"), command(b"get k", b""));
+        let (set, get) = (id(&set_k), id(&get_k));
+        let untagged: Rc<dyn Route> = Rc::new(Marker);
+        let tagged: Rc<dyn Route> = Rc::new(Marker);
+        let mut attached = AttachedRoutes::new(commands::COMMAND_SLOTS);
+        attached.table_mut(None)[set] = Some(untagged.clone());
+        attached.table_mut(None)[get] = Some(untagged.clone());
+        attached.table_mut(Some("aa"))[set] = Some(tagged.clone());
+        // No listener has this tag: its table is never built.
+        attached.table_mut(Some("nobody"))[get] = Some(tagged.clone());
+        let tags = ["zz".to_string(), "aa".to_string()];
+        let routes = RouteSet::new(
+            attached,
+            &tags,
+            Vec::new(),
+            WorkerLimits::default(),
+            Arc::default(),
+        );
+        let (zz, aa) = (ListenerTag::of_listener(0), ListenerTag::of_listener(1));
+        assert!(same(routes.route(&set_k, ListenerTag::UNTAGGED), &untagged));
+        assert!(same(routes.route(&set_k, aa), &tagged));
+        assert!(same(routes.route(&get_k, aa), &untagged));
+        assert!(same(routes.route(&set_k, zz), &untagged));
+        assert!(same(routes.route(&get_k, zz), &untagged));
+        assert!(routes.routes_storage(aa) && routes.routes_storage(zz));
+        // flush_all's default reaches tagged connections too.
+        let flush = command(b"flush_all", b"");
+        let default_flush = routes.route(&flush, ListenerTag::UNTAGGED).unwrap();
+        assert!(same(routes.route(&flush, aa), &default_flush));
+        assert!(routes.route(&set_k, ListenerTag(3)).is_none());
+    }
+
+    #[test]
+    fn tags_are_what_a_listener_can_carry() {
+        assert!(check_tag(b"aa").is_ok() && check_tag(b"12345678").is_ok());
+        for bad in [&b""[..], b"123456789", b"a_b", b"a:b", b"a b", b"a,b"] {
+            assert!(check_tag(bad).is_err(), "{bad:?}");
+        }
+    }
+}
