@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from conftest import (HOST, RawClient, _require_memcached, _require_memroute, free_port,
-                      mc_get, run_memroute_expect_failure, wait_until, write_startfile)
+                      mc_get, run_memroute_expect_failure, stats_dict, wait_until,
+                      write_startfile)
 
 
 def tagged(tag: str, port: int) -> list:
@@ -152,6 +153,29 @@ routes{ tag = "aa", default = route_direct{ child = "pa" } }
     assert set_via(mr.port, "k", b"local") == b"STORED\r\n"
     assert mc_get(a, "k") == b"tagged"
     assert get_via(mr.port, "k") == b"VALUE k 0 5\r\nlocal\r\nEND\r\n"
+
+
+def test_reload_swaps_a_tags_routes(backends, memroute_factory, startfile_dir):
+    a, b, c = backends(3)
+    routes = lua_pools(pa=a, pb=b, pc=c) + """
+function mcp_config_routes(p)
+    mcp.attach(mcp.CMD_ANY_STORAGE, p.pc)
+    mcp.attach(mcp.CMD_ANY_STORAGE, p.%s, "aa")
+end
+"""
+    path = write_startfile(startfile_dir, "tags.lua", routes % "pa")
+    port_a = free_port()
+    mr = memroute_factory("--config", str(path), *tagged("aa", port_a))
+    assert set_via(port_a, "k1", b"1") == b"STORED\r\n"
+    write_startfile(startfile_dir, "tags.lua", routes % "pb")
+    mr.proc.send_signal(signal.SIGHUP)
+    with mr.client() as client:
+        wait_until(lambda: stats_dict(client, b"proxy").get("config_reloads") == "1", 10,
+                   what="the reload")
+    assert set_via(port_a, "k2", b"2") == b"STORED\r\n"
+    assert set_via(mr.port, "k3", b"3") == b"STORED\r\n"
+    assert mc_get(a, "k1") == b"1" and mc_get(b, "k2") == b"2" and mc_get(a, "k2") is None
+    assert mc_get(c, "k3") == b"3"
 
 
 @pytest.mark.parametrize("args, message", [

@@ -164,7 +164,7 @@ impl Server {
             let index = listener_tags.iter().position(|t| t == tag).unwrap_or(0);
             listeners.push(BoundListener::Tcp(
                 bind_tcp(addr)?,
-                ListenerTag::of_listener(index),
+                ListenerTag::tagged(index),
             ));
         }
         if let Some(unix) = &config.unix_socket {

@@ -119,8 +119,9 @@ pub struct RouteEnv {
 pub const MAX_TAG_LEN: usize = 8;
 
 /// Checks a listener or route tag as memcached takes it: 1 to
-/// [`MAX_TAG_LEN`] bytes. `_` and `:` are refused too, since `-l
-/// tag_NAME_:` could not carry them.
+/// [`MAX_TAG_LEN`] bytes. `_`, `:`, `,`, `;` and spaces are refused too:
+/// `-l tag_NAME_:HOST` could not carry them (the first `_` ends the name,
+/// `,` and `;` separate listeners), so a route with one is never reached.
 pub fn check_tag(tag: &[u8]) -> Result<(), String> {
     let shown = String::from_utf8_lossy(tag);
     if tag.is_empty() || tag.len() > MAX_TAG_LEN {
@@ -130,9 +131,11 @@ pub fn check_tag(tag: &[u8]) -> Result<(), String> {
     }
     if tag
         .iter()
-        .any(|b| matches!(b, b'_' | b':' | b',') || b.is_ascii_whitespace())
+        .any(|b| matches!(b, b'_' | b':' | b',' | b';') || b.is_ascii_whitespace())
     {
-        return Err(format!("tag {shown:?} cannot hold '_', ':', ',' or spaces"));
+        return Err(format!(
+            "tag {shown:?} cannot hold '_', ':', ',', ';' or spaces"
+        ));
     }
     Ok(())
 }
@@ -147,8 +150,8 @@ impl ListenerTag {
     /// Connections on listeners without a tag.
     pub const UNTAGGED: ListenerTag = ListenerTag(0);
 
-    /// The tag of the listener at `index` in [`RouteEnv::listener_tags`].
-    pub fn of_listener(index: usize) -> ListenerTag {
+    /// The tag at `index` in [`RouteEnv::listener_tags`].
+    pub fn tagged(index: usize) -> ListenerTag {
         ListenerTag(index + 1)
     }
 }
@@ -419,7 +422,7 @@ mod tests {
             WorkerLimits::default(),
             Arc::default(),
         );
-        let (zz, aa) = (ListenerTag::of_listener(0), ListenerTag::of_listener(1));
+        let (zz, aa) = (ListenerTag::tagged(0), ListenerTag::tagged(1));
         assert!(same(routes.route(&set_k, ListenerTag::UNTAGGED), &untagged));
         assert!(same(routes.route(&set_k, aa), &tagged));
         assert!(same(routes.route(&get_k, aa), &untagged));
@@ -436,7 +439,15 @@ mod tests {
     #[test]
     fn tags_are_what_a_listener_can_carry() {
         assert!(check_tag(b"aa").is_ok() && check_tag(b"12345678").is_ok());
-        for bad in [&b""[..], b"123456789", b"a_b", b"a:b", b"a b", b"a,b"] {
+        for bad in [
+            &b""[..],
+            b"123456789",
+            b"a_b",
+            b"a:b",
+            b"a b",
+            b"a,b",
+            b"a;b",
+        ] {
             assert!(check_tag(bad).is_err(), "{bad:?}");
         }
     }
