@@ -5,9 +5,9 @@
 //! a fresh VM runs `mcp_config_routes(pools)`, where pools are this
 //! worker's own (`crate::route::pool`), and `mcp.attach` fills a
 //! [`RouteSet`]'s untagged table, or with a tag that tag's table. A Lua
-//! function becomes a [`LuaRoute`] node; a pool is
-//! attached as itself. The set is staged and committed on the worker's
-//! [`WorkerRoutes`], which is free of Lua.
+//! function becomes a [`LuaRoute`] node; a pool is attached as itself. The
+//! set is staged and committed on the worker's [`WorkerRoutes`], which is
+//! free of Lua.
 //!
 //! The Lua bindings routes call on their worker also live here: `pool(r)`,
 //! `mcp.await`, `mcp.internal`, `mcp.request`, `mcp.stat`, `mcp.warm`.
@@ -125,15 +125,16 @@ fn worker_limits(loaded: &LoadedConfig, env: &RouteEnv) -> WorkerLimits {
 }
 
 /// Logs (once, from the first worker) routes attached for a tag no
-/// listener carries: memcached accepts them, but they are never reached,
-/// which is most often a typo.
+/// listener carries (`mcp.attach` or routelib's `routes{ tag = }`):
+/// memcached accepts them, but they are never reached, which is most often
+/// a typo.
 fn warn_unused_tags(routes: &AttachedRoutes, env: &RouteEnv) {
     if env.worker != 0 {
         return;
     }
     for (tag, _) in &routes.tagged {
         if !env.listener_tags.contains(tag) {
-            warn!(tag = %tag, "mcp.attach: no listener has this tag (-l tag_{tag}_:...); its routes are never used");
+            warn!("routes attached for tag {tag:?}, which no listener has (-l tag_{tag}_:...), are never used");
         }
     }
 }
