@@ -23,6 +23,9 @@ import pytest
 from conftest import (HOST, RawClient, _require_memcached, _require_memroute, free_port,
                       mc_get, run_memroute_expect_failure, stats_dict, wait_until,
                       write_startfile)
+# test_tls's certificates (made once per module with openssl) and its
+# per-test server list, for the TLS test at the end.
+from test_tls import certs, servers  # noqa: F401  (pytest fixtures)
 
 
 def tagged(tag: str, port: int) -> list:
@@ -385,3 +388,30 @@ end
     assert mr.request(b"set k 0 0 2\r\nvu\r\n") == b"STORED\r\n"
     assert mc_get(c, "k") == b"vu" and mc_get(a, "k") is None
     assert mr.request(b"get k\r\n", b"END\r\n") == b"VALUE k 0 2\r\nvu\r\nEND\r\n"
+
+
+def test_tls_covers_tagged_listeners_not_the_unix_socket(certs, servers, backends, startfile_dir,
+                                                         tmp_path, unix_servers):
+    """Under -Z a tagged listener speaks TLS and keeps its tag's routes;
+    the UNIX socket stays plain, as memcached serves its own."""
+    from test_tls import TlsClient, client_context, start, tls_args, tls_probe
+
+    a, c = backends(2)
+    path = write_startfile(startfile_dir, "tags.lua", lua_pools(pa=a, pc=c) + """
+function mcp_config_routes(p)
+    mcp.attach(mcp.CMD_ANY_STORAGE, p.pc)
+    mcp.attach(mcp.CMD_ANY_STORAGE, p.pa, "aa")
+end
+""")
+    ctx = client_context(certs)
+    port_a = free_port()
+    mr = start(tls_args(certs, "--config", str(path), *tagged("aa", port_a)), tmp_path,
+               tls_probe(ctx))
+    servers.append(mr)
+    with TlsClient(port_a, ctx) as client:
+        assert client.request(b"set k 0 0 3\r\ntls\r\n") == b"STORED\r\n"
+    with TlsClient(mr.port, ctx) as client:
+        assert client.request(b"set u 0 0 3\r\ntls\r\n") == b"STORED\r\n"
+    assert mc_get(a, "k") == b"tls" and mc_get(c, "u") == b"tls"
+    unix = unix_servers("memroute", *tls_args(certs))
+    assert unix.request(b"version\r\n").startswith(b"VERSION ")
