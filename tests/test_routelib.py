@@ -185,8 +185,12 @@ routes{
      'routes{ default = route_ttl{ child = "p", ttl = "soon" } }\n',
      "routes.lua:2: route_ttl: ttl must be a number"),
     ('pools{ p = { backends = { "127.0.0.1:1" } } }\n'
-     'routes{ tag = "t", default = route_direct{ child = "p" } }\n',
-     "tagged route trees"),
+     'routes{ tag = "too_long_tag", default = route_direct{ child = "p" } }\n',
+     "routes.lua:2: routes: tag \"too_long_tag\" must be 1 to 8 bytes long"),
+    ('pools{ p = { backends = { "127.0.0.1:1" } } }\n'
+     'routes{ default = route_direct{ child = "p" } }\n'
+     'routes{ default = route_direct{ child = "p" } }\n',
+     "routes.lua:3: routes: a second untagged routes{} section (the first is at"),
     ('pools{ p = { backends = { "127.0.0.1:1" } } }\n'
      'settings{ no_such = 1 }\nroutes{ default = route_direct{ child = "p" } }\n',
      "routes.lua:2: settings: unknown setting 'no_such'"),

@@ -37,7 +37,9 @@ use tokio::sync::watch;
 
 use crate::config::Protocol;
 use crate::embedded::{Embedded, Flow};
-use crate::route::{multiget, ReplyFuture, Route, RouteSet, WorkerLimits, WorkerRoutes};
+use crate::route::{
+    multiget, ListenerTag, ReplyFuture, Route, RouteSet, WorkerLimits, WorkerRoutes,
+};
 use crate::stats::{ServerStats, WorkerLoad, WorkerStats};
 
 /// Bytes reserved per read.
@@ -372,10 +374,16 @@ struct MultiGet {
 /// protocol beyond repair, stays idle past `-o idle_timeout`, or the server
 /// shuts down (after the request in flight is answered).
 ///
-/// The stream is a TCP connection or a TLS session over one (`-Z`); the
-/// loop is compiled for each, so plain TCP pays nothing for TLS.
-pub async fn serve<S>(mut stream: S, ctx: Rc<WorkerContext>, mut shutdown: watch::Receiver<bool>)
-where
+/// The stream is a TCP connection, a TLS session over one (`-Z`) or a UNIX
+/// socket connection (`-s`); the loop is compiled for each, so plain TCP
+/// pays nothing for TLS. `tag` is the tag of the listener that accepted
+/// it, which picks its route table.
+pub async fn serve<S>(
+    mut stream: S,
+    ctx: Rc<WorkerContext>,
+    tag: ListenerTag,
+    mut shutdown: watch::Receiver<bool>,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
@@ -458,7 +466,7 @@ where
             };
             took_request = true;
             match frame {
-                Frame::Request(request, bin) => match route_for(&ctx, &request) {
+                Frame::Request(request, bin) => match route_for(&ctx, tag, &request) {
                     Some((routes, route)) => {
                         if let (Command::Get(get), None) = (request.command(), &bin) {
                             if get.keys.len() > 1 {
@@ -493,7 +501,11 @@ where
                             continue;
                         }
                         pipeline.drive().await;
-                        pipeline.push(routed_reply(&routes, route, request, bin), reserve, true);
+                        pipeline.push(
+                            routed_reply(&routes, route, tag, request, bin),
+                            reserve,
+                            true,
+                        );
                     }
                     None if !pipeline.is_empty() => {
                         // Run it once the routed requests before it are done.
@@ -532,7 +544,7 @@ where
                 Frame::TooLarge { key, reply } => {
                     // (A routed delete may follow: requests before it go first.)
                     pipeline.drive().await;
-                    match refused_too_large(&ctx, &key, true) {
+                    match refused_too_large(&ctx, tag, &key, true) {
                         Some(delete) => pipeline.push(after(delete, reply), 0, true),
                         None => queue_or_write(&mut pipeline, &mut wbuf, reply),
                     }
@@ -545,7 +557,7 @@ where
                             ..
                         } => {
                             pipeline.drive().await;
-                            refused_too_large(&ctx, key, *drops_existing)
+                            refused_too_large(&ctx, tag, key, *drops_existing)
                         }
                         _ => None,
                     };
@@ -735,10 +747,15 @@ async fn stream_local_get<S: AsyncWrite + Unpin>(
     true
 }
 
-/// The route for this request on the current configuration, if any.
-fn route_for(ctx: &WorkerContext, request: &Request) -> Option<(Rc<RouteSet>, Rc<dyn Route>)> {
+/// The route for this request on the current configuration, if any, for
+/// a connection on a `tag` listener.
+fn route_for(
+    ctx: &WorkerContext,
+    tag: ListenerTag,
+    request: &Request,
+) -> Option<(Rc<RouteSet>, Rc<dyn Route>)> {
     let routes = ctx.routes.as_ref()?.current()?;
-    let route = routes.route(request.command())?;
+    let route = routes.route(request.command(), tag)?;
     Some((routes, route))
 }
 
@@ -747,10 +764,11 @@ fn route_for(ctx: &WorkerContext, request: &Request) -> Option<(Rc<RouteSet>, Rc
 fn routed_reply(
     routes: &RouteSet,
     route: Rc<dyn Route>,
+    tag: ListenerTag,
     request: Request,
     bin: Option<BinaryContext>,
 ) -> ReplyFuture {
-    let reply = routes.serve(route, request);
+    let reply = routes.serve(route, request, tag);
     match bin {
         None => reply,
         Some(bin) => Box::pin(reply.map(move |text| binary_reply(&bin, &text))),
@@ -779,18 +797,23 @@ fn run_local(
 /// backend), by a `delete` sent down the delete route, whose future is
 /// returned (the refusal's reply is written once it has run, so the
 /// client's next request of the key cannot overtake it).
-fn refused_too_large(ctx: &WorkerContext, key: &[u8], drops_existing: bool) -> Option<ReplyFuture> {
+fn refused_too_large(
+    ctx: &WorkerContext,
+    tag: ListenerTag,
+    key: &[u8],
+    drops_existing: bool,
+) -> Option<ReplyFuture> {
     ctx.stats().store_too_large.incr();
     if !drops_existing {
         return None;
     }
     let routes = ctx.routes.as_ref().and_then(|r| r.current());
     match routes {
-        Some(routes) if routes.routes_storage() => {
+        Some(routes) if routes.routes_storage(tag) => {
             let mut line = b"delete ".to_vec();
             line.extend_from_slice(key);
             let delete = Request::parse(&line, b"", &ctx.limits).ok()?;
-            let route = routes.route(delete.command())?;
+            let route = routes.route(delete.command(), tag)?;
             Some(route.serve(delete))
         }
         _ => {

@@ -14,7 +14,7 @@ use std::rc::Rc;
 use bytes::{Bytes, BytesMut};
 use memroute_proto::{Command, Request};
 
-use super::{Route, RouteSet};
+use super::{ListenerTag, Route, RouteSet};
 
 /// One node of an explanation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,7 +61,7 @@ pub fn with_children<'a>(
 const PREFIX: &[u8] = b"__mcrouter__.";
 
 /// The reply to an admin key, if `request` is a `get` of one.
-pub fn answer(routes: &RouteSet, request: &Request) -> Option<Bytes> {
+pub fn answer(routes: &RouteSet, request: &Request, tag: ListenerTag) -> Option<Bytes> {
     let Command::Get(get) = request.command() else {
         return None;
     };
@@ -76,7 +76,7 @@ pub fn answer(routes: &RouteSet, request: &Request) -> Option<Bytes> {
     let comma = args.iter().position(|&b| b == b',')?;
     let (op, asked_key) = (&args[..comma], &args[comma + 1..]);
     let body = match asked(op, asked_key) {
-        Some(asked) => match routes.route(asked.command()) {
+        Some(asked) => match routes.route(asked.command(), tag) {
             Some(route) => {
                 let mut steps = Vec::new();
                 route.explain(&asked, 0, &mut steps);
