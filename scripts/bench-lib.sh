@@ -2,9 +2,9 @@
 # instructions-per-op.sh): loopback ports and memcaslap workloads. Source it;
 # it defines functions only.
 #
-# Workload names: get90_SIZE (1:9 set:get), mix11_SIZE (1:1), mgetD_SIZE
-# (1:9 with gets of D keys, memcaslap -d D); SIZE is 100B, 1K or 4K. Keys are
-# 64 bytes.
+# Workload names: get90_SIZE (1:9 set:get), mix11_SIZE (1:1), set100_SIZE
+# (sets only), mgetD_SIZE (1:9 with gets of D keys, memcaslap -d D); SIZE is
+# 100B, 1K or 4K. Keys are 64 bytes.
 
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
@@ -37,7 +37,8 @@ write_workload_cfg() { # workload file
   case "$1" in
     get90_*|mget*_*) get=0.9; set=0.1 ;;
     mix11_*) get=0.5; set=0.5 ;;
-    *) echo "unknown workload $1 (get90_SIZE / mix11_SIZE / mgetD_SIZE)" >&2; return 1 ;;
+    set100_*) get=0; set=1 ;;
+    *) echo "unknown workload $1 (get90_SIZE / mix11_SIZE / set100_SIZE / mgetD_SIZE)" >&2; return 1 ;;
   esac
   case "$1" in
     *_100B) size=100 ;;
@@ -46,7 +47,11 @@ write_workload_cfg() { # workload file
     *) echo "unknown value size in $1 (100B, 1K or 4K)" >&2; return 1 ;;
   esac
   # key: min max proportion / value: min max proportion / cmd: type(0=set,1=get) proportion
-  printf 'key\n64 64 1\nvalue\n%s %s 1\ncmd\n0 %s\n1 %s\n' "$size" "$size" "$set" "$get" > "$2"
+  if [ "$get" = 0 ]; then
+    printf 'key\n64 64 1\nvalue\n%s %s 1\ncmd\n0 1\n' "$size" "$size" > "$2"
+  else
+    printf 'key\n64 64 1\nvalue\n%s %s 1\ncmd\n0 %s\n1 %s\n' "$size" "$size" "$set" "$get" > "$2"
+  fi
 }
 
 # memroute-loadgen arguments of a workload (same mix, sizes and keys per get
@@ -56,6 +61,7 @@ workload_loadgen_args() { # workload
   case "$1" in
     get90_*|mget*_*) set=0.1 ;;
     mix11_*) set=0.5 ;;
+    set100_*) set=1 ;;
     *) echo "unknown workload $1" >&2; return 1 ;;
   esac
   case "$1" in

@@ -5,13 +5,15 @@
 //! into meta requests, with a context that encodes their replies back (see
 //! `memroute_proto::binary`), so everything below is protocol-blind.
 //!
-//! The loop is "decode every complete request in the buffer, execute each,
-//! append replies to one write buffer, write it once, then read more", so a
+//! A [`Connection`] owns one client's stream, buffers, codec and pipeline
+//! of routed replies. Its loop is "decode every complete request in the
+//! buffer, execute each, append replies to one write buffer, write it once,
+//! then read more" (`take_requests`, `write_replies`, a read), so a
 //! pipelined batch costs one `write` however many requests it holds, and
 //! replies always leave in request order.
 //!
 //! Requests served by the embedded cache complete at once. Requests with a
-//! Lua route become futures that run concurrently (their backend requests
+//! route become futures that run concurrently (their backend requests
 //! are batched per backend connection); their replies are still written in
 //! request order. A request served locally behind routed ones is not run
 //! until they have all answered: it may read what they wrote (a `get`
@@ -382,12 +384,12 @@ pub async fn serve<S>(
     mut stream: S,
     ctx: Rc<WorkerContext>,
     tag: ListenerTag,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
-    let mut wbuf = BytesMut::with_capacity(READ_CHUNK);
+    let mut shutdown = shutdown;
     // With -Y or -S, nothing but the authentication exchange is served
     // until the client has passed it (see crate::auth).
     if let Some(auth) = ctx.auth.as_deref() {
@@ -395,278 +397,395 @@ pub async fn serve<S>(
             return;
         }
     }
-    let mut codec = Codec::Undecided;
-    let mut pipeline = Pipeline::new(ctx.client_buffer_limit, ctx.server_stats.load(ctx.worker));
-    let per_value = ctx.limits.max_item_size.saturating_add(VALUE_OVERHEAD);
-    let mut closing = *shutdown.borrow();
-    let mut shutdown_signal = std::pin::pin!(ShutdownSignal::new(shutdown));
-    // A request waiting for room, or (run locally) for the routed ones
-    // before it to finish.
-    let mut held: Option<(Request, Option<BinaryContext>)> = None;
-    let mut multi: Option<MultiGet> = None;
-    // Closes the connection once no request has arrived for idle_timeout
-    // (made only when configured: no timer on the default path).
-    let mut idle = ctx
-        .idle_timeout
-        .map(|t| (t, Box::pin(tokio::time::sleep(t))));
-    loop {
-        let mut close = false;
-        let mut paused = false;
-        let mut took_request = false;
+    Connection::new(stream, rbuf, &ctx, tag).run(shutdown).await;
+}
+
+/// One client connection's state: its stream and buffers, the codec its
+/// client speaks, and the pipeline of routed replies owed to it, in order.
+struct Connection<'a, S> {
+    stream: S,
+    ctx: &'a WorkerContext,
+    /// The listener it came in on (which routes serve it).
+    tag: ListenerTag,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    codec: Codec,
+    pipeline: Pipeline<'a>,
+    /// What a routed retrieval reserves of the reply budget.
+    per_value: usize,
+    /// A request waiting for room, or (run locally) for the routed ones
+    /// before it to finish.
+    held: Option<(Request, Option<BinaryContext>)>,
+    /// A routed multi-key get being sent a window at a time.
+    multi: Option<MultiGet>,
+}
+
+/// What one pass over the buffered requests ended with.
+#[derive(Default)]
+struct Batch {
+    /// The connection closes once the replies are written.
+    close: bool,
+    /// Requests wait in the buffer for room: handle them before reading.
+    paused: bool,
+    /// At least one whole request arrived (the idle timer restarts).
+    took_request: bool,
+}
+
+/// What handling one frame asks of the loop.
+enum Next {
+    Continue,
+    /// Stop taking requests until the replies so far are written.
+    Pause,
+    /// Close after the replies so far.
+    Close,
+    /// The client is gone (a write failed).
+    Gone,
+}
+
+impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
+    fn new(stream: S, rbuf: BytesMut, ctx: &'a WorkerContext, tag: ListenerTag) -> Self {
+        Connection {
+            stream,
+            ctx,
+            tag,
+            rbuf,
+            wbuf: BytesMut::with_capacity(READ_CHUNK),
+            codec: Codec::Undecided,
+            pipeline: Pipeline::new(ctx.client_buffer_limit, ctx.server_stats.load(ctx.worker)),
+            per_value: ctx.limits.max_item_size.saturating_add(VALUE_OVERHEAD),
+            held: None,
+            multi: None,
+        }
+    }
+
+    /// "Take every request buffered, write the replies, read more", until
+    /// the connection ends.
+    async fn run(mut self, shutdown: watch::Receiver<bool>) {
+        let ctx = self.ctx;
+        let mut closing = *shutdown.borrow();
+        let mut shutdown_signal = std::pin::pin!(ShutdownSignal::new(shutdown));
+        // Closes the connection once no request has arrived for
+        // idle_timeout (made only when configured: no timer on the default
+        // path).
+        let mut idle = ctx
+            .idle_timeout
+            .map(|t| (t, Box::pin(tokio::time::sleep(t))));
         loop {
-            if pipeline.close_after {
-                break;
-            }
-            if let Some(mg) = multi.as_mut() {
-                let left = mg.get.keys.len() - mg.next;
-                if left == 0 {
-                    multi = None;
-                    queue_or_write(&mut pipeline, &mut wbuf, Bytes::from_static(b"END\r\n"));
-                    continue;
-                }
-                let per_window = if mg.route.joins_keys() { left } else { 1 };
-                let limits = mg.routes.limits();
-                let worker_room = pipeline.buffer_free(limits) / per_value.max(1);
-                let n = per_window
-                    .min(left)
-                    .min(pipeline.room_for(per_value))
-                    .min(worker_room);
-                if n == 0 {
-                    if worker_room == 0 && pipeline.is_empty() {
-                        // The worker's other clients hold its whole
-                        // buffer: end the reply as memcached ends a get it
-                        // cannot hold.
-                        Refusal::Buffer.count(ctx.stats());
-                        multi = None;
-                        queue_or_write(
-                            &mut pipeline,
-                            &mut wbuf,
-                            Bytes::from_static(
-                                b"SERVER_ERROR out of memory writing get response\r\n",
-                            ),
-                        );
-                        continue;
-                    }
-                    paused = true;
-                    break;
-                }
-                let keys = &mg.get.keys[mg.next..mg.next + n];
-                pipeline.drive().await;
-                let reply = multiget::window(&mg.route, &mg.get, keys);
-                pipeline.push(reply, n * per_value, true);
-                mg.next += n;
-                continue;
-            }
-            let frame = match held.take() {
-                Some((request, bin)) => Frame::Request(request, bin),
-                None => match codec.next(&ctx, &mut rbuf) {
-                    Some(frame) => frame,
-                    None => break,
-                },
+            let Some(batch) = self.take_requests().await else {
+                return;
             };
-            took_request = true;
-            match frame {
-                Frame::Request(request, bin) => match route_for(&ctx, tag, &request) {
-                    Some((routes, route)) => {
-                        if let (Command::Get(get), None) = (request.command(), &bin) {
-                            if get.keys.len() > 1 {
-                                routes.count_routed();
-                                if let Err(refusal) = pipeline.admit(routes.limits(), per_value) {
-                                    refusal.count(ctx.stats());
-                                    let reply = Bytes::from_static(refusal.reply());
-                                    queue_or_write(&mut pipeline, &mut wbuf, reply);
-                                    continue;
-                                }
-                                multi = Some(MultiGet {
-                                    routes,
-                                    route,
-                                    get: get.clone(),
-                                    next: 0,
-                                });
-                                continue;
-                            }
-                        }
-                        let reserve = reply_reserve(&request, per_value);
-                        if pipeline.room_for(reserve) == 0 {
-                            held = Some((request, bin));
-                            paused = true;
-                            break;
-                        }
-                        if let Err(refusal) = pipeline.admit(routes.limits(), reserve) {
-                            refusal.count(ctx.stats());
-                            if !request.noreply() {
-                                let reply = encoded(refusal.reply(), bin.as_ref());
-                                queue_or_write(&mut pipeline, &mut wbuf, reply);
-                            }
-                            continue;
-                        }
-                        pipeline.drive().await;
-                        pipeline.push(
-                            routed_reply(&routes, route, tag, request, bin),
-                            reserve,
-                            true,
-                        );
-                    }
-                    None if !pipeline.is_empty() => {
-                        // Run it once the routed requests before it are done.
-                        held = Some((request, bin));
-                        paused = true;
-                        break;
-                    }
-                    None => {
-                        if let (Command::Get(get), None) = (request.command(), &bin) {
-                            if get.keys.len() > 1 {
-                                if !stream_local_get(&mut stream, &mut wbuf, &ctx, get).await {
-                                    return;
-                                }
-                                continue;
-                            }
-                        }
-                        if run_local(&ctx, request, bin, &mut wbuf) == Flow::Close {
-                            close = true;
-                            break;
-                        }
-                    }
-                },
-                Frame::Reply {
-                    bytes,
-                    close: closes,
-                } => {
-                    queue_or_write(&mut pipeline, &mut wbuf, bytes);
-                    if closes {
-                        if pipeline.is_empty() {
-                            close = true;
-                            break;
-                        }
-                        pipeline.close_after = true;
-                    }
-                }
-                Frame::TooLarge { key, reply } => {
-                    // (A routed delete may follow: requests before it go first.)
-                    pipeline.drive().await;
-                    match refused_too_large(&ctx, tag, &key, true) {
-                        Some(delete) => pipeline.push(after(delete, reply), 0, true),
-                        None => queue_or_write(&mut pipeline, &mut wbuf, reply),
-                    }
-                }
-                Frame::Error(error) => {
-                    let delete = match &error {
-                        ProtocolError::TooLarge {
-                            key,
-                            drops_existing,
-                            ..
-                        } => {
-                            pipeline.drive().await;
-                            refused_too_large(&ctx, tag, key, *drops_existing)
-                        }
-                        _ => None,
-                    };
-                    // The decoder's error line (an `ErrorReply` text), if
-                    // one is sent.
-                    let mut bytes = BytesMut::new();
-                    if let Some(line) = error.reply_line() {
-                        memroute_proto::reply::line(&mut bytes, line);
-                    }
-                    match delete {
-                        Some(delete) => pipeline.push(after(delete, bytes.freeze()), 0, true),
-                        None => queue_or_write(&mut pipeline, &mut wbuf, bytes.freeze()),
-                    }
-                    if error.closes() {
-                        if pipeline.is_empty() {
-                            close = true;
-                            break;
-                        }
-                        pipeline.close_after = true;
-                    }
-                }
-            }
-            if wbuf.len() >= WRITE_HIGH_WATER && !flush(&mut stream, &mut wbuf, &ctx).await {
+            if !self.write_replies().await {
                 return;
             }
+            let close = batch.close || self.pipeline.close_after;
+            if !self.wbuf.is_empty() && !self.flush().await {
+                return;
+            }
+            let waiting = self.held.is_some() || self.multi.is_some();
+            let drained = self.rbuf.is_empty() && !self.codec.is_mid_request(&self.rbuf);
+            if close || (closing && !waiting && drained) {
+                let _ = self.stream.shutdown().await;
+                return;
+            }
+            if self.rbuf.is_empty() && self.rbuf.capacity() > SHRINK_ABOVE {
+                self.rbuf = BytesMut::with_capacity(READ_CHUNK);
+            }
+            // Requests already buffered (decoding paused for room) are
+            // handled before reading more.
+            if batch.paused {
+                continue;
+            }
+            if batch.took_request {
+                if let Some((timeout, timer)) = idle.as_mut() {
+                    timer.as_mut().reset(tokio::time::Instant::now() + *timeout);
+                }
+            }
+            self.rbuf.reserve(READ_CHUNK);
+            tokio::select! {
+                // Reads first, and no random branch order to pay for.
+                biased;
+                read = self.stream.read_buf(&mut self.rbuf) => match read {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => ctx.stats().bytes_read.add(n as u64),
+                },
+                _ = &mut shutdown_signal, if !closing => closing = true,
+                // Shutting down with a request half received: give the
+                // client a moment to finish it, but a stalled client cannot
+                // hold the shutdown.
+                // (select! builds every branch's future even when disabled;
+                // the async block keeps the timer off the per-read path.)
+                _ = async { tokio::time::sleep(CLOSING_READ_GRACE).await }, if closing => {
+                    let _ = self.stream.shutdown().await;
+                    return;
+                }
+                // No request for idle_timeout (bytes that never make a
+                // whole request do not count, as in memcached): the slot
+                // goes back.
+                _ = async { idle.as_mut().expect("idle timer").1.as_mut().await }, if idle.is_some() => {
+                    ctx.stats().idle_kicks.incr();
+                    let _ = self.stream.shutdown().await;
+                    return;
+                }
+            }
         }
-        // Collect routed replies in order, writing what is ready before
-        // waiting on the rest.
-        while !pipeline.is_empty() {
+    }
+
+    /// Handles every complete request in the read buffer (or up to the
+    /// first that must wait); `None` once the client is gone.
+    async fn take_requests(&mut self) -> Option<Batch> {
+        let mut batch = Batch::default();
+        loop {
+            if self.pipeline.close_after {
+                break;
+            }
+            let next = if self.multi.is_some() {
+                self.next_window().await
+            } else {
+                let frame = match self.held.take() {
+                    Some((request, bin)) => Frame::Request(request, bin),
+                    None => match self.codec.next(self.ctx, &mut self.rbuf) {
+                        Some(frame) => frame,
+                        None => break,
+                    },
+                };
+                batch.took_request = true;
+                self.dispatch(frame).await
+            };
+            match next {
+                Next::Continue => {}
+                Next::Pause => {
+                    batch.paused = true;
+                    break;
+                }
+                Next::Close => {
+                    batch.close = true;
+                    break;
+                }
+                Next::Gone => return None,
+            }
+            if self.wbuf.len() >= WRITE_HIGH_WATER && !self.flush().await {
+                return None;
+            }
+        }
+        Some(batch)
+    }
+
+    /// Sends the next window of a routed multi-key get's keys, as many as
+    /// the reply budgets allow, or ends its reply.
+    async fn next_window(&mut self) -> Next {
+        let Some(mg) = self.multi.as_mut() else {
+            return Next::Continue;
+        };
+        let left = mg.get.keys.len() - mg.next;
+        if left == 0 {
+            self.multi = None;
+            self.queue(Bytes::from_static(b"END\r\n"));
+            return Next::Continue;
+        }
+        let per_value = self.per_value;
+        let per_window = if mg.route.joins_keys() { left } else { 1 };
+        let worker_room = self.pipeline.buffer_free(mg.routes.limits()) / per_value.max(1);
+        let n = per_window
+            .min(left)
+            .min(self.pipeline.room_for(per_value))
+            .min(worker_room);
+        if n == 0 {
+            if worker_room == 0 && self.pipeline.is_empty() {
+                // The worker's other clients hold its whole buffer: end
+                // the reply as memcached ends a get it cannot hold.
+                Refusal::Buffer.count(self.ctx.stats());
+                self.multi = None;
+                self.queue(Bytes::from_static(
+                    b"SERVER_ERROR out of memory writing get response\r\n",
+                ));
+                return Next::Continue;
+            }
+            return Next::Pause;
+        }
+        self.pipeline.drive().await;
+        let Some(mg) = self.multi.as_mut() else {
+            return Next::Continue;
+        };
+        let keys = &mg.get.keys[mg.next..mg.next + n];
+        let reply = multiget::window(&mg.route, &mg.get, keys);
+        mg.next += n;
+        self.pipeline.push(reply, n * per_value, true);
+        Next::Continue
+    }
+
+    /// Handles one thing the client sent.
+    async fn dispatch(&mut self, frame: Frame) -> Next {
+        let ctx = self.ctx;
+        match frame {
+            Frame::Request(request, bin) => match route_for(ctx, self.tag, &request) {
+                Some((routes, route)) => self.route(routes, route, request, bin).await,
+                None if !self.pipeline.is_empty() => {
+                    // Run it once the routed requests before it are done.
+                    self.held = Some((request, bin));
+                    Next::Pause
+                }
+                None => {
+                    if let (Command::Get(get), None) = (request.command(), &bin) {
+                        if get.keys.len() > 1 {
+                            let sent =
+                                stream_local_get(&mut self.stream, &mut self.wbuf, ctx, get).await;
+                            return if sent { Next::Continue } else { Next::Gone };
+                        }
+                    }
+                    match run_local(ctx, request, bin, &mut self.wbuf) {
+                        Flow::Close => Next::Close,
+                        _ => Next::Continue,
+                    }
+                }
+            },
+            Frame::Reply { bytes, close } => {
+                self.queue(bytes);
+                if close {
+                    self.close_after_replies()
+                } else {
+                    Next::Continue
+                }
+            }
+            Frame::TooLarge { key, reply } => {
+                // (A routed delete may follow: requests before it go first.)
+                self.pipeline.drive().await;
+                match refused_too_large(ctx, self.tag, &key, true) {
+                    Some(delete) => self.pipeline.push(after(delete, reply), 0, true),
+                    None => self.queue(reply),
+                }
+                Next::Continue
+            }
+            Frame::Error(error) => {
+                let delete = match &error {
+                    ProtocolError::TooLarge {
+                        key,
+                        drops_existing,
+                        ..
+                    } => {
+                        self.pipeline.drive().await;
+                        refused_too_large(ctx, self.tag, key, *drops_existing)
+                    }
+                    _ => None,
+                };
+                // The decoder's error line (an `ErrorReply` text), if one
+                // is sent.
+                let mut bytes = BytesMut::new();
+                if let Some(line) = error.reply_line() {
+                    memroute_proto::reply::line(&mut bytes, line);
+                }
+                match delete {
+                    Some(delete) => self.pipeline.push(after(delete, bytes.freeze()), 0, true),
+                    None => self.queue(bytes.freeze()),
+                }
+                if error.closes() {
+                    self.close_after_replies()
+                } else {
+                    Next::Continue
+                }
+            }
+        }
+    }
+
+    /// A request with a route: into the pipeline, within the reply budget
+    /// and the worker's limits.
+    async fn route(
+        &mut self,
+        routes: Rc<RouteSet>,
+        route: Rc<dyn Route>,
+        request: Request,
+        bin: Option<BinaryContext>,
+    ) -> Next {
+        if let (Command::Get(get), None) = (request.command(), &bin) {
+            if get.keys.len() > 1 {
+                routes.count_routed();
+                if let Err(refusal) = self.pipeline.admit(routes.limits(), self.per_value) {
+                    refusal.count(self.ctx.stats());
+                    self.queue(Bytes::from_static(refusal.reply()));
+                    return Next::Continue;
+                }
+                self.multi = Some(MultiGet {
+                    routes,
+                    route,
+                    get: get.clone(),
+                    next: 0,
+                });
+                return Next::Continue;
+            }
+        }
+        let reserve = reply_reserve(&request, self.per_value);
+        if self.pipeline.room_for(reserve) == 0 {
+            self.held = Some((request, bin));
+            return Next::Pause;
+        }
+        if let Err(refusal) = self.pipeline.admit(routes.limits(), reserve) {
+            refusal.count(self.ctx.stats());
+            if !request.noreply() {
+                self.queue(encoded(refusal.reply(), bin.as_ref()));
+            }
+            return Next::Continue;
+        }
+        self.pipeline.drive().await;
+        let reply = routed_reply(&routes, route, self.tag, request, bin);
+        self.pipeline.push(reply, reserve, true);
+        Next::Continue
+    }
+
+    /// Close now if nothing is owed, else once the pipeline is written.
+    fn close_after_replies(&mut self) -> Next {
+        if self.pipeline.is_empty() {
+            Next::Close
+        } else {
+            self.pipeline.close_after = true;
+            Next::Continue
+        }
+    }
+
+    /// A reply made here: written now, or after the routed ones before it.
+    fn queue(&mut self, bytes: Bytes) {
+        queue_or_write(&mut self.pipeline, &mut self.wbuf, bytes);
+    }
+
+    /// Collects routed replies in order, writing what is ready before
+    /// waiting on the rest; false once the client is gone.
+    async fn write_replies(&mut self) -> bool {
+        let ctx = self.ctx;
+        while !self.pipeline.is_empty() {
+            let pipeline = &mut self.pipeline;
             let mut next_reply = std::future::poll_fn(|cx| pipeline.poll_next(cx));
-            let bytes = if wbuf.is_empty() {
+            let bytes = if self.wbuf.is_empty() {
                 next_reply.await
             } else {
                 match (&mut next_reply).now_or_never() {
                     Some(bytes) => bytes,
                     None => {
-                        if !flush(&mut stream, &mut wbuf, &ctx).await {
-                            return;
+                        if !flush(&mut self.stream, &mut self.wbuf, ctx).await {
+                            return false;
                         }
                         next_reply.await
                     }
                 }
             };
-            pipeline.release_oldest();
-            if wbuf.is_empty() && pipeline.is_empty() {
+            self.pipeline.release_oldest();
+            if self.wbuf.is_empty() && self.pipeline.is_empty() {
                 // The only reply to write: send it as it is, without
                 // copying it into the write buffer first.
-                if !write_reply(&mut stream, &bytes, &ctx).await {
-                    return;
+                if !write_reply(&mut self.stream, &bytes, ctx).await {
+                    return false;
                 }
                 continue;
             }
-            wbuf.extend_from_slice(&bytes);
+            self.wbuf.extend_from_slice(&bytes);
             // Many big replies ready at once: write as we go rather than
             // copying all of them first.
-            if wbuf.len() >= WRITE_HIGH_WATER && !flush(&mut stream, &mut wbuf, &ctx).await {
-                return;
+            if self.wbuf.len() >= WRITE_HIGH_WATER && !self.flush().await {
+                return false;
             }
         }
-        if pipeline.close_after {
-            close = true;
-        }
-        if !wbuf.is_empty() && !flush(&mut stream, &mut wbuf, &ctx).await {
-            return;
-        }
-        let waiting = held.is_some() || multi.is_some();
-        if close || (closing && !waiting && rbuf.is_empty() && !codec.is_mid_request(&rbuf)) {
-            let _ = stream.shutdown().await;
-            return;
-        }
-        if rbuf.is_empty() && rbuf.capacity() > SHRINK_ABOVE {
-            rbuf = BytesMut::with_capacity(READ_CHUNK);
-        }
-        // Requests already buffered (decoding paused for room) are handled
-        // before reading more.
-        if paused {
-            continue;
-        }
-        if took_request {
-            if let Some((timeout, timer)) = idle.as_mut() {
-                timer.as_mut().reset(tokio::time::Instant::now() + *timeout);
-            }
-        }
-        rbuf.reserve(READ_CHUNK);
-        tokio::select! {
-            // Reads first, and no random branch order to pay for.
-            biased;
-            read = stream.read_buf(&mut rbuf) => match read {
-                Ok(0) | Err(_) => return,
-                Ok(n) => ctx.stats().bytes_read.add(n as u64),
-            },
-            _ = &mut shutdown_signal, if !closing => closing = true,
-            // Shutting down with a request half received: give the client
-            // a moment to finish it, but a stalled client cannot hold the
-            // shutdown.
-            // (select! builds every branch's future even when disabled;
-            // the async block keeps the timer off the per-read path.)
-            _ = async { tokio::time::sleep(CLOSING_READ_GRACE).await }, if closing => {
-                let _ = stream.shutdown().await;
-                return;
-            }
-            // No request for idle_timeout (bytes that never make a whole
-            // request do not count, as in memcached): the slot goes back.
-            _ = async { idle.as_mut().expect("idle timer").1.as_mut().await }, if idle.is_some() => {
-                ctx.stats().idle_kicks.incr();
-                let _ = stream.shutdown().await;
-                return;
-            }
-        }
+        true
+    }
+
+    async fn flush(&mut self) -> bool {
+        flush(&mut self.stream, &mut self.wbuf, self.ctx).await
     }
 }
 
