@@ -5,7 +5,7 @@
 //! into meta requests, with a context that encodes their replies back (see
 //! `memroute_proto::binary`), so everything below is protocol-blind.
 //!
-//! A [`Connection`] owns one client's stream, buffers, codec and pipeline
+//! A `Connection` owns one client's stream, buffers, codec and pipeline
 //! of routed replies. Its loop is "decode every complete request in the
 //! buffer, execute each, append replies to one write buffer, write it once,
 //! then read more" (`take_requests`, `write_replies`, a read), so a
