@@ -12,10 +12,12 @@
 //! | maglev | `maglev` | one table read | next distinct owners in the table |
 //! | modula | `modula` | one division | `hash % remaining weight` over the remaining backends |
 //! | rendezvous | `rendezvous` | n score computations | backends by descending score |
+//! | ch3, crc32 (mcrouter) | `furc` | a few rehashes / one division | the pick, then index order |
 //!
 //! Lookups never allocate; [`Distribution::candidates`] only writes into the
 //! caller's vector (which keeps its capacity between calls).
 
+mod furc;
 mod jump;
 mod maglev;
 mod modula;
@@ -27,6 +29,7 @@ use std::str::FromStr;
 
 use crate::{Backend, Error, KeyFilter, KeyHash};
 
+pub use furc::{furc_hash, murmur_hash_64a, FURC_MAX_POOL, FURC_SEED};
 pub use maglev::DEFAULT_TABLE_SIZE;
 pub use ring::{HostPort, DEFAULT_POINTS};
 
@@ -104,6 +107,10 @@ pub enum DistributionKind {
     Modula,
     /// Rendezvous / highest random weight hashing.
     Rendezvous,
+    /// mcrouter's `Ch3` (furc hash), the default of its pools.
+    Ch3,
+    /// mcrouter's `Crc32`: `(crc32 & 0x7fffffff) % n`.
+    Crc32,
 }
 
 impl DistributionKind {
@@ -122,6 +129,8 @@ impl DistributionKind {
         "maglev:<prime>",
         "modula",
         "rendezvous",
+        "ch3",
+        "mcrouter_crc32",
     ];
 
     /// A ring of the given mode with 160 points per server.
@@ -143,6 +152,8 @@ impl DistributionKind {
     pub fn default_hash(&self) -> KeyHash {
         match self {
             DistributionKind::Ring { mode, .. } => mode.default_hash(),
+            DistributionKind::Ch3 => KeyHash::Murmur64a,
+            DistributionKind::Crc32 => KeyHash::Crc32a,
             _ => KeyHash::default(),
         }
     }
@@ -150,7 +161,7 @@ impl DistributionKind {
     /// True for the distributions that move about 1/n of the keys when a
     /// backend is added or removed (all but modula).
     pub fn is_consistent(&self) -> bool {
-        !matches!(self, DistributionKind::Modula)
+        !matches!(self, DistributionKind::Modula | DistributionKind::Crc32)
     }
 }
 
@@ -175,6 +186,8 @@ impl fmt::Display for DistributionKind {
             DistributionKind::Maglev { table_size } => write!(f, "maglev:{table_size}"),
             DistributionKind::Modula => f.write_str("modula"),
             DistributionKind::Rendezvous => f.write_str("rendezvous"),
+            DistributionKind::Ch3 => f.write_str("ch3"),
+            DistributionKind::Crc32 => f.write_str("mcrouter_crc32"),
         }
     }
 }
@@ -217,6 +230,8 @@ impl FromStr for DistributionKind {
             },
             ("modula" | "modulo", None) => DistributionKind::Modula,
             ("rendezvous" | "hrw", None) => DistributionKind::Rendezvous,
+            ("ch3" | "furc", None) => DistributionKind::Ch3,
+            ("mcrouter_crc32", None) => DistributionKind::Crc32,
             _ => return Err(unknown()),
         };
         if points.is_some() && !matches!(kind, DistributionKind::Ring { .. }) {
@@ -274,6 +289,8 @@ enum Imp {
     Maglev(maglev::Maglev),
     Modula(modula::Modula),
     Rendezvous(rendezvous::Rendezvous),
+    Ch3(furc::Ch3),
+    Crc32(furc::Crc32Mod),
 }
 
 /// A built distribution: immutable, `Send + Sync`, cheap to query.
@@ -300,6 +317,9 @@ impl Distribution {
         if backends.len() > u32::MAX as usize / 2 {
             return Err(Error::TooManyBackends(backends.len()));
         }
+        if config.kind == DistributionKind::Ch3 && backends.len() > FURC_MAX_POOL as usize {
+            return Err(Error::TooManyBackends(backends.len()));
+        }
         if backends.iter().all(|b| b.weight == 0) {
             return Err(Error::ZeroWeight);
         }
@@ -313,6 +333,8 @@ impl Distribution {
             }
             DistributionKind::Modula => Imp::Modula(modula::Modula::new(backends)),
             DistributionKind::Rendezvous => Imp::Rendezvous(rendezvous::Rendezvous::new(backends)),
+            DistributionKind::Ch3 => Imp::Ch3(furc::Ch3::new(backends.len())),
+            DistributionKind::Crc32 => Imp::Crc32(furc::Crc32Mod::new(backends.len())),
         };
         Ok(Distribution {
             kind: config.kind,
@@ -369,6 +391,8 @@ impl Distribution {
             Imp::Maglev(m) => m.pick(hash),
             Imp::Modula(m) => m.pick(hash),
             Imp::Rendezvous(r) => r.pick(hash),
+            Imp::Ch3(c) => c.pick(hash),
+            Imp::Crc32(c) => c.pick(hash),
         }
     }
 
@@ -393,6 +417,9 @@ impl Distribution {
             Imp::Maglev(m) => m.candidates(hash, limit, out),
             Imp::Modula(m) => m.candidates(hash, limit, &self.weights, out),
             Imp::Rendezvous(r) => r.candidates(hash, limit, out),
+            // The pick; index order follows below.
+            Imp::Ch3(c) => out.push(c.pick(hash)),
+            Imp::Crc32(c) => out.push(c.pick(hash)),
         }
         // Backends the walk could not reach (weight 0, or no points left on a
         // tiny ring) are appended in index order so the list is complete.
@@ -414,7 +441,7 @@ impl Distribution {
             Imp::Ring(r) => Some(r.shares(self.len())),
             Imp::Maglev(m) => Some(m.shares(self.len())),
             Imp::Modula(m) => Some(m.shares(&self.weights)),
-            Imp::Jump(_) | Imp::Rendezvous(_) => None,
+            Imp::Jump(_) | Imp::Rendezvous(_) | Imp::Ch3(_) | Imp::Crc32(_) => None,
         }
     }
 }
@@ -475,6 +502,8 @@ mod tests {
             "maglev:251",
             "modula",
             "rendezvous",
+            "ch3",
+            "mcrouter_crc32",
         ] {
             let k: DistributionKind = name.parse().unwrap();
             assert_eq!(k.to_string(), name);
