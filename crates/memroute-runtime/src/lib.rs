@@ -47,6 +47,7 @@ pub mod config;
 pub mod connection;
 pub mod embedded;
 pub mod lua;
+pub mod mcrouter;
 pub mod metrics;
 pub mod reload;
 pub mod route;

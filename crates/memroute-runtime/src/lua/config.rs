@@ -182,10 +182,15 @@ const MAX_DEPTH: usize = 32;
 /// Loads the startfile in a fresh config VM and runs `mcp_config_pools()`.
 ///
 /// Stores (`mcp.dynamo_pool`) are made in, or reused from, `stores`.
+/// The startfile [`crate::mcrouter::STARTFILE`] reads the start argument
+/// as an mcrouter JSON file instead, with no VM.
 pub fn load_config(
     proxy: &ProxyConfig,
     stores: &Arc<StoreRegistry>,
 ) -> Result<LoadedConfig, ConfigError> {
+    if proxy.startfile.as_os_str() == crate::mcrouter::STARTFILE {
+        return load_mcrouter(proxy);
+    }
     let lua = vm::new_vm(proxy)?;
     lua.set_app_data(stores.clone());
     lua.set_app_data(ProxySettings::default());
@@ -233,6 +238,40 @@ pub fn load_config(
         stat_names,
         settings,
         routelib: routelib.map(Arc::new),
+    })
+}
+
+/// An mcrouter JSON file (the start argument) as a loaded configuration:
+/// its tree is built natively by workers, as a routelib file's is.
+fn load_mcrouter(proxy: &ProxyConfig) -> Result<LoadedConfig, ConfigError> {
+    let file = proxy
+        .start_arg
+        .as_deref()
+        .ok_or_else(|| ConfigError::Invalid("--mcrouter-config: no configuration file".into()))?;
+    let config = crate::mcrouter::load(std::path::Path::new(file))
+        .map_err(|e| ConfigError::Invalid(format!("{file}: {e}")))?;
+    let pools = ConfigValue::Table(
+        config
+            .pools
+            .iter()
+            .map(|(name, def)| {
+                (
+                    ConfigValue::String(name.clone().into_bytes()),
+                    ConfigValue::Pool(def.clone()),
+                )
+            })
+            .collect(),
+    );
+    Ok(LoadedConfig {
+        proxy: proxy.clone(),
+        pools,
+        stat_names: Vec::new(),
+        settings: ProxySettings::default(),
+        routelib: Some(Arc::new(super::routelib::RoutelibConfig {
+            router: config.router(),
+            pools: config.pools.into_iter().map(|(_, def)| def).collect(),
+            stat_names: Vec::new(),
+        })),
     })
 }
 

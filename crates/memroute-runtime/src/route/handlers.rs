@@ -637,6 +637,143 @@ impl Route for Random {
     }
 }
 
+/// mcrouter's PrefixSelectorRoute: the route of the longest key prefix
+/// among `policies` (sorted longest first), else `wildcard`; with neither,
+/// `SERVER_ERROR no route`.
+pub struct PrefixSelector {
+    pub policies: Vec<(Vec<u8>, Rc<dyn Route>)>,
+    pub wildcard: Option<Rc<dyn Route>>,
+}
+
+impl Route for PrefixSelector {
+    fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
+        let key = request.key().map_or(&b""[..], |k| &k[..]);
+        let chosen = self
+            .policies
+            .iter()
+            .find(|(prefix, _)| key.starts_with(prefix))
+            .map(|(_, route)| route)
+            .or(self.wildcard.as_ref());
+        match chosen {
+            Some(route) => route.clone().call(request),
+            None => ready(Response::from_line(super::router::NO_ROUTE)),
+        }
+    }
+}
+
+/// mcrouter's HashRoute: the child a distribution picks for the key (with
+/// `salt` appended before hashing, as mcrouter salts), so a pool hashed
+/// over routes rather than servers.
+pub struct HashSelect {
+    pub children: Vec<Rc<dyn Route>>,
+    pub distribution: Arc<memroute_hash::Distribution>,
+    pub salt: Vec<u8>,
+}
+
+impl Route for HashSelect {
+    fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
+        let key = request.key().map_or(&b""[..], |k| &k[..]);
+        let i = if self.salt.is_empty() {
+            self.distribution.pick(key)
+        } else {
+            // The filter (`|#|`) applies to the key before the salt.
+            let mut salted = self.distribution.filter().apply(key).to_vec();
+            salted.extend_from_slice(&self.salt);
+            let hash = self.distribution.key_hash_fn().hash(&salted);
+            self.distribution.pick_hash(hash)
+        };
+        match self.children.get(i) {
+            Some(child) => child.clone().call(request),
+            None => ready(Response::from_line("SERVER_ERROR no children")),
+        }
+    }
+}
+
+/// mcrouter's routing prefixes: a key that starts with `/region/cluster/`
+/// goes, with that prefix stripped, to the route whose alias it is
+/// (`SERVER_ERROR no route` when none is); any other key goes to
+/// `default` as it is. A `get` reply names the key the client sent.
+pub struct RoutingPrefix {
+    pub routes: std::collections::HashMap<Vec<u8>, Rc<dyn Route>>,
+    pub default: Rc<dyn Route>,
+    pub limits: Limits,
+}
+
+impl RoutingPrefix {
+    /// The `/region/cluster/` a key starts with, if it has one.
+    pub fn prefix_of(key: &[u8]) -> Option<&[u8]> {
+        let rest = key.strip_prefix(b"/")?;
+        let first = memchr::memchr(b'/', rest)?;
+        let second = memchr::memchr(b'/', &rest[first + 1..])?;
+        Some(&key[..first + second + 3])
+    }
+}
+
+impl Route for RoutingPrefix {
+    fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
+        let Some(key) = request.key().cloned() else {
+            return self.default.clone().call(request);
+        };
+        let Some(prefix) = Self::prefix_of(&key) else {
+            return self.default.clone().call(request);
+        };
+        let Some(route) = self.routes.get(prefix).cloned() else {
+            return ready(Response::from_line(super::router::NO_ROUTE));
+        };
+        let stripped = key.slice(prefix.len()..);
+        if stripped.is_empty() {
+            return ready(Response::from_line(
+                "CLIENT_ERROR key is only a routing prefix",
+            ));
+        }
+        let Some(inner) = with_key(&request, &stripped, &self.limits) else {
+            return ready(Response::from_line(
+                "SERVER_ERROR cannot strip the routing prefix",
+            ));
+        };
+        let call = route.call(inner);
+        Box::pin(async move { renamed_value(call.await, &stripped, &key) })
+    }
+}
+
+/// `request` with its (single) key replaced by `key`.
+pub fn with_key(request: &Request, key: &[u8], limits: &Limits) -> Option<Request> {
+    let old = request.key()?;
+    let line = request.raw_line();
+    let mut tokens: Vec<&[u8]> = line
+        .split(|&b| b == b' ')
+        .filter(|t| !t.is_empty())
+        .collect();
+    let at = tokens.iter().position(|t| *t == &old[..])?;
+    tokens[at] = key;
+    Request::parse(&tokens.join(&b' '), request.value(), limits).ok()
+}
+
+/// A `VALUE` reply for `from` made to name `to`, the key the client asked
+/// for; any other reply as it is.
+fn renamed_value(reply: Response, from: &[u8], to: &[u8]) -> Response {
+    let raw = reply.raw();
+    let head_len = b"VALUE ".len() + from.len();
+    let matches = raw.starts_with(b"VALUE ")
+        && raw.get(6..head_len) == Some(from)
+        && raw.get(head_len) == Some(&b' ');
+    if !matches {
+        return reply;
+    }
+    let mut out = bytes::BytesMut::with_capacity(raw.len() + to.len());
+    out.extend_from_slice(b"VALUE ");
+    out.extend_from_slice(to);
+    out.extend_from_slice(&raw[head_len..]);
+    let grow = to.len() as isize - from.len() as isize;
+    let shift = |n: usize| (n as isize + grow) as usize;
+    let line_len = shift(reply.line().len());
+    let value = reply.value().map(|v| {
+        let start = v.as_ptr() as usize - raw.as_ptr() as usize;
+        shift(start)..shift(start + v.len())
+    });
+    Response::encoded(out.freeze(), reply.code(), line_len, value, reply.is_hit())
+}
+
 /// What a request gets when nothing answers it and that is no error (as
 /// mcrouter's NullRoute answers): a miss for retrievals, `NOT_STORED` /
 /// `NS` for stores, `NOT_FOUND` / `NF` for deletes, arithmetic and touch.

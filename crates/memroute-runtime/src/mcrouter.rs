@@ -1,0 +1,797 @@
+//! mcrouter JSON configurations (`--mcrouter-config FILE`), read into the
+//! same route plan routelib files become ([`crate::route::plan`]), so
+//! workers build them natively with no Lua.
+//!
+//! This module owns the reading: comments and `@import(file)` are resolved,
+//! `pools` become [`PoolDef`]s hashed as mcrouter hashes (Ch3 unless the
+//! route says otherwise), and every route handle maps onto a
+//! [`RoutePlan`] node. What it cannot honour is an error naming the JSON
+//! path (`route.children[2].type: BigValueRoute is not supported`), never
+//! silently ignored. docs/mcrouter.md lists what maps to what.
+//!
+//! The command line names the file through the proxy configuration's
+//! startfile: [`STARTFILE`] as the startfile and the JSON file as the start
+//! argument, as `--routes` does for routelib, so loading and SIGHUP reloads
+//! go through `crate::lua::load_config` unchanged.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use memroute_hash::{Backend, Distribution, DistributionConfig, DistributionKind, KeyFilter};
+use serde_json::{Map, Value};
+
+use crate::backend::BackendConfig;
+use crate::route::commands;
+use crate::route::plan::{RoutePlan, RouterPlan};
+use crate::route::router::RouterMode;
+use crate::route::{PoolDef, PoolKind};
+
+/// The startfile name that means "the start argument is an mcrouter JSON
+/// file" (what `--mcrouter-config FILE` sets).
+pub const STARTFILE: &str = "<mcrouter-config>";
+
+/// Deepest `@import` nesting (a loop is an error, not a hang).
+const MAX_IMPORT_DEPTH: usize = 16;
+
+/// An mcrouter configuration read into a plan.
+#[derive(Debug)]
+pub struct McrouterConfig {
+    /// The root route (routing prefixes included).
+    pub root: RoutePlan,
+    /// Every pool the file defines, routed to or not, by name.
+    pub pools: Vec<(String, Arc<PoolDef>)>,
+}
+
+impl McrouterConfig {
+    /// The root as the key router routelib configurations have: no map,
+    /// the tree as its default.
+    pub fn router(&self) -> RouterPlan {
+        RouterPlan {
+            mode: RouterMode::default(),
+            map: Vec::new(),
+            cmap: Vec::new(),
+            default: Some(self.root.clone()),
+        }
+    }
+}
+
+/// Reads the mcrouter configuration in `path`.
+pub fn load(path: &Path) -> Result<McrouterConfig, String> {
+    let value = read_json(path, 0)?;
+    parse(&value)
+}
+
+/// The JSON in `path` (comments allowed, `@import` resolved).
+fn read_json(path: &Path, depth: usize) -> Result<Value, String> {
+    if depth > MAX_IMPORT_DEPTH {
+        return Err(format!(
+            "{}: @import nested more than {MAX_IMPORT_DEPTH} deep",
+            path.display()
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut value: Value = serde_json::from_str(&strip_comments(&text))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    resolve_imports(&mut value, &dir, depth)?;
+    Ok(value)
+}
+
+/// Replaces every string `"@import(FILE)"` with FILE's JSON (relative to
+/// the importing file's directory).
+fn resolve_imports(value: &mut Value, dir: &Path, depth: usize) -> Result<(), String> {
+    match value {
+        Value::String(s) => {
+            if let Some(file) = s
+                .trim()
+                .strip_prefix("@import(")
+                .and_then(|r| r.strip_suffix(')'))
+            {
+                let file = PathBuf::from(file.trim());
+                let file = if file.is_absolute() {
+                    file
+                } else {
+                    dir.join(file)
+                };
+                *value = read_json(&file, depth + 1)?;
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                resolve_imports(item, dir, depth)?;
+            }
+        }
+        Value::Object(map) => {
+            for item in map.values_mut() {
+                resolve_imports(item, dir, depth)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// `text` without `//` and `/* */` comments (outside strings), which
+/// mcrouter's configurations may carry.
+fn strip_comments(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    let mut in_string = false;
+    while let Some(c) = chars.next() {
+        if in_string {
+            out.push(c);
+            if c == '\\' {
+                if let Some(next) = chars.next() {
+                    out.push(next);
+                }
+            } else if c == '"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match (c, chars.peek()) {
+            ('"', _) => {
+                in_string = true;
+                out.push(c);
+            }
+            ('/', Some('/')) => {
+                for c in chars.by_ref() {
+                    if c == '\n' {
+                        out.push('\n');
+                        break;
+                    }
+                }
+            }
+            ('/', Some('*')) => {
+                chars.next();
+                let mut last = ' ';
+                for c in chars.by_ref() {
+                    if last == '*' && c == '/' {
+                        break;
+                    }
+                    last = c;
+                }
+                out.push(' ');
+            }
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+/// Reads a configuration already parsed as JSON.
+pub fn parse(value: &Value) -> Result<McrouterConfig, String> {
+    let top = value
+        .as_object()
+        .ok_or("the configuration must be a JSON object")?;
+    for key in top.keys() {
+        match key.as_str() {
+            "pools" | "route" | "routes" => {}
+            "macros" | "named_handles" => {
+                return Err(format!("{key}: not supported (write the routes out)"))
+            }
+            other => return Err(format!("{other}: unknown top-level key")),
+        }
+    }
+    let mut reader = Reader {
+        pools: HashMap::new(),
+        order: Vec::new(),
+        servers: HashMap::new(),
+    };
+    if let Some(pools) = top.get("pools") {
+        let pools = pools.as_object().ok_or("pools: must be an object")?;
+        for (name, pool) in pools {
+            reader.define_pool(name, pool, &format!("pools.{name}"))?;
+        }
+    }
+    let root = match (top.get("route"), top.get("routes")) {
+        (Some(_), Some(_)) => return Err("route and routes: give one of them".into()),
+        (Some(route), None) => reader.route(route, "route")?,
+        (None, Some(routes)) => reader.routes(routes)?,
+        (None, None) => return Err("no route: give route or routes".into()),
+    };
+    let pools = reader
+        .order
+        .iter()
+        .map(|name| (name.clone(), reader.pools[name].clone()))
+        .collect();
+    Ok(McrouterConfig { root, pools })
+}
+
+struct Reader {
+    pools: HashMap<String, Arc<PoolDef>>,
+    /// Pool names in definition order.
+    order: Vec<String>,
+    /// One backend config per server, shared by every pool naming it, so
+    /// a worker keeps one set of connections to it.
+    servers: HashMap<String, Arc<BackendConfig>>,
+}
+
+impl Reader {
+    fn define_pool(&mut self, name: &str, pool: &Value, path: &str) -> Result<(), String> {
+        let pool = pool
+            .as_object()
+            .ok_or_else(|| format!("{path}: a pool must be an object"))?;
+        let mut backends = Vec::new();
+        for (key, value) in pool {
+            match key.as_str() {
+                "servers" => {
+                    let servers = value
+                        .as_array()
+                        .ok_or_else(|| format!("{path}.servers: must be a list"))?;
+                    for (i, server) in servers.iter().enumerate() {
+                        let at = format!("{path}.servers[{i}]");
+                        backends.push(self.server(server, &at)?);
+                    }
+                }
+                // Settings of mcrouter's transport memroute has no use for.
+                "protocol"
+                    if value
+                        .as_str()
+                        .is_some_and(|p| p.eq_ignore_ascii_case("ascii")) => {}
+                "name" => {}
+                other => return Err(format!("{path}.{other}: not supported")),
+            }
+        }
+        if backends.is_empty() {
+            return Err(format!("{path}.servers: a pool needs at least one server"));
+        }
+        let def = memcached_pool(name.to_string(), backends, DistributionKind::Ch3)
+            .map_err(|e| format!("{path}: {e}"))?;
+        if self.pools.insert(name.to_string(), def).is_none() {
+            self.order.push(name.to_string());
+        }
+        Ok(())
+    }
+
+    /// `"host:port"` (or `"host:port:ascii"`).
+    fn server(&mut self, server: &Value, path: &str) -> Result<Arc<BackendConfig>, String> {
+        let text = server
+            .as_str()
+            .ok_or_else(|| format!("{path}: a server must be a \"host:port\" string"))?;
+        let mut spec = text;
+        if let Some((rest, protocol)) = text.rsplit_once(':') {
+            if protocol.eq_ignore_ascii_case("ascii") {
+                spec = rest;
+            } else if protocol.eq_ignore_ascii_case("caret")
+                || protocol.eq_ignore_ascii_case("umbrella")
+            {
+                return Err(format!(
+                    "{path}: protocol {protocol} is not supported (ascii only)"
+                ));
+            }
+        }
+        let (host, port) = spec
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h.trim_matches(['[', ']']), p.parse::<u16>().ok()?)))
+            .filter(|(h, p)| !h.is_empty() && *p > 0)
+            .ok_or_else(|| format!("{path}: {text:?} is not host:port"))?;
+        Ok(self
+            .servers
+            .entry(format!("{host}:{port}"))
+            .or_insert_with(|| Arc::new(BackendConfig::new(host, port)))
+            .clone())
+    }
+
+    fn pool(&mut self, value: &Value, path: &str) -> Result<Arc<PoolDef>, String> {
+        match value {
+            Value::String(name) => self
+                .pools
+                .get(name)
+                .cloned()
+                .ok_or_else(|| format!("{path}: no pool named {name:?}")),
+            Value::Object(map) => {
+                let name = map
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| format!("{path}.name: an inline pool needs a name"))?
+                    .to_string();
+                self.define_pool(&name, value, path)?;
+                Ok(self.pools[&name].clone())
+            }
+            _ => Err(format!("{path}: a pool is a name or an object")),
+        }
+    }
+
+    /// `routes: [{aliases: [...], route}]`: routing prefixes. Keys without
+    /// one go to the first alias's route (mcrouter takes this default from
+    /// its `--route-prefix`, which memroute does not have).
+    fn routes(&mut self, routes: &Value) -> Result<RoutePlan, String> {
+        let routes = routes
+            .as_array()
+            .ok_or("routes: must be a list of {aliases, route}")?;
+        let mut by_alias: Vec<(Vec<u8>, RoutePlan)> = Vec::new();
+        for (i, entry) in routes.iter().enumerate() {
+            let path = format!("routes[{i}]");
+            let entry = entry
+                .as_object()
+                .ok_or_else(|| format!("{path}: must be an object"))?;
+            check_keys(entry, &["aliases", "route"], &path)?;
+            let route = self.route(
+                entry
+                    .get("route")
+                    .ok_or_else(|| format!("{path}.route: missing"))?,
+                &format!("{path}.route"),
+            )?;
+            let aliases = entry
+                .get("aliases")
+                .and_then(Value::as_array)
+                .ok_or_else(|| format!("{path}.aliases: must be a list"))?;
+            for (j, alias) in aliases.iter().enumerate() {
+                let at = format!("{path}.aliases[{j}]");
+                let alias = alias
+                    .as_str()
+                    .ok_or_else(|| format!("{at}: must be a string"))?;
+                let valid = crate::route::handlers::RoutingPrefix::prefix_of(alias.as_bytes())
+                    .is_some_and(|p| p.len() == alias.len())
+                    && !alias.contains('*');
+                if !valid {
+                    return Err(format!("{at}: {alias:?} is not a /region/cluster/ prefix"));
+                }
+                if by_alias.iter().any(|(a, _)| a == alias.as_bytes()) {
+                    return Err(format!("{at}: {alias:?} is given twice"));
+                }
+                by_alias.push((alias.as_bytes().to_vec(), route.clone()));
+            }
+        }
+        let default = by_alias
+            .first()
+            .map(|(_, r)| r.clone())
+            .ok_or("routes: no alias given")?;
+        Ok(RoutePlan::RoutingPrefix {
+            routes: by_alias,
+            default: Box::new(default),
+        })
+    }
+
+    /// One route handle: a string (`"PoolRoute|A"`) or an object.
+    fn route(&mut self, value: &Value, path: &str) -> Result<RoutePlan, String> {
+        match value {
+            Value::String(s) => self.route_string(s, path),
+            Value::Object(map) => self.route_object(map, path),
+            Value::Array(_) => Err(format!("{path}: one route expected, not a list")),
+            _ => Err(format!("{path}: a route is a string or an object")),
+        }
+    }
+
+    fn route_string(&mut self, s: &str, path: &str) -> Result<RoutePlan, String> {
+        let (kind, arg) = match s.split_once('|') {
+            Some((k, a)) => (k, Some(a)),
+            None => (s, None),
+        };
+        match (kind, arg) {
+            ("PoolRoute" | "Pool", Some(name)) => Ok(RoutePlan::Pool(
+                self.pool(&Value::String(name.to_string()), path)?,
+            )),
+            ("ErrorRoute", message) => Ok(RoutePlan::Error(
+                message.unwrap_or("ErrorRoute").to_string(),
+            )),
+            ("NullRoute", None) => Ok(RoutePlan::Null),
+            (other, _) => Err(format!("{path}: {other} is not supported")),
+        }
+    }
+
+    /// A list of routes; a `"Pool|NAME"` string in it stands for every
+    /// server of the pool, one route each (as mcrouter expands it).
+    fn children(&mut self, value: Option<&Value>, path: &str) -> Result<Vec<RoutePlan>, String> {
+        let value = value.ok_or_else(|| format!("{path}: missing"))?;
+        let mut out = Vec::new();
+        let mut add = |reader: &mut Reader, item: &Value, at: &str| -> Result<(), String> {
+            if let Some(name) = item.as_str().and_then(|s| s.strip_prefix("Pool|")) {
+                out.extend(reader.servers_of(name, at)?);
+            } else {
+                out.push(reader.route(item, at)?);
+            }
+            Ok(())
+        };
+        match value {
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    add(self, item, &format!("{path}[{i}]"))?;
+                }
+            }
+            item => add(self, item, path)?,
+        }
+        if out.is_empty() {
+            return Err(format!("{path}: no routes"));
+        }
+        Ok(out)
+    }
+
+    /// One single-server route per server of pool `name`.
+    fn servers_of(&mut self, name: &str, path: &str) -> Result<Vec<RoutePlan>, String> {
+        let pool = self.pool(&Value::String(name.to_string()), path)?;
+        let PoolKind::Memcached { backends, .. } = &pool.kind else {
+            return Err(format!("{path}: {name} is not a memcached pool"));
+        };
+        backends
+            .iter()
+            .map(|b| {
+                let label = format!("{name}/{}:{}", b.host, b.port);
+                memcached_pool(label, vec![b.clone()], DistributionKind::Ch3)
+                    .map(RoutePlan::Pool)
+                    .map_err(|e| format!("{path}: {e}"))
+            })
+            .collect()
+    }
+
+    fn one(
+        &mut self,
+        map: &Map<String, Value>,
+        key: &str,
+        path: &str,
+    ) -> Result<RoutePlan, String> {
+        let value = map
+            .get(key)
+            .ok_or_else(|| format!("{path}.{key}: missing"))?;
+        self.route(value, &format!("{path}.{key}"))
+    }
+
+    fn route_object(&mut self, map: &Map<String, Value>, path: &str) -> Result<RoutePlan, String> {
+        let kind = map
+            .get("type")
+            .and_then(Value::as_str)
+            .ok_or_else(|| format!("{path}.type: missing"))?;
+        let children_of =
+            |r: &mut Reader| r.children(map.get("children"), &format!("{path}.children"));
+        let plan = match kind {
+            "PoolRoute" => {
+                check_keys(map, &["type", "pool", "hash"], path)?;
+                let pool = self.pool(
+                    map.get("pool")
+                        .ok_or_else(|| format!("{path}.pool: missing"))?,
+                    &format!("{path}.pool"),
+                )?;
+                match map.get("hash") {
+                    None => RoutePlan::Pool(pool),
+                    Some(hash) => {
+                        let (kind, salt) = hash_spec(hash, &format!("{path}.hash"))?;
+                        let name = pool.name.clone();
+                        match (&pool.kind, salt.is_empty()) {
+                            // Unsalted: the pool itself, hashed as asked
+                            // (multi-key gets still go one line per server).
+                            (PoolKind::Memcached { backends, .. }, true) => RoutePlan::Pool(
+                                memcached_pool(name, backends.clone(), kind)
+                                    .map_err(|e| format!("{path}.hash: {e}"))?,
+                            ),
+                            // Salted: a hash route over its servers.
+                            _ => {
+                                let servers = self.servers_of(&name, &format!("{path}.pool"))?;
+                                hash_route(servers, kind, salt, path)?
+                            }
+                        }
+                    }
+                }
+            }
+            "HashRoute" => {
+                check_keys(map, &["type", "children", "hash_func", "salt"], path)?;
+                let children = children_of(self)?;
+                let kind = match map.get("hash_func") {
+                    None => DistributionKind::Ch3,
+                    Some(f) => hash_func(f, &format!("{path}.hash_func"))?,
+                };
+                let salt = match map.get("salt") {
+                    None => Vec::new(),
+                    Some(s) => s
+                        .as_str()
+                        .ok_or_else(|| format!("{path}.salt: must be a string"))?
+                        .as_bytes()
+                        .to_vec(),
+                };
+                hash_route(children, kind, salt, path)?
+            }
+            "FailoverRoute" => {
+                check_keys(map, &["type", "children"], path)?;
+                let children = children_of(self)?;
+                RoutePlan::Failover {
+                    limit: children.len(),
+                    children,
+                    miss: false,
+                    shuffle: false,
+                    stat: None,
+                }
+            }
+            "MissFailoverRoute" => {
+                check_keys(map, &["type", "children"], path)?;
+                let children = children_of(self)?;
+                // Retrievals go down the list until a hit; anything else
+                // goes to the first child only, as in mcrouter.
+                let first = children[0].clone();
+                let failover = RoutePlan::Failover {
+                    limit: children.len(),
+                    children,
+                    miss: true,
+                    shuffle: false,
+                    stat: None,
+                };
+                by_command(
+                    RETRIEVALS
+                        .iter()
+                        .map(|id| (*id, failover.clone()))
+                        .collect(),
+                    Some(first),
+                )
+            }
+            "AllSyncRoute" => {
+                check_keys(map, &["type", "children"], path)?;
+                RoutePlan::AllSync(children_of(self)?)
+            }
+            "AllAsyncRoute" => {
+                check_keys(map, &["type", "children"], path)?;
+                RoutePlan::AllAsync(children_of(self)?)
+            }
+            "AllFastestRoute" => {
+                check_keys(map, &["type", "children"], path)?;
+                RoutePlan::AllFastest(children_of(self)?)
+            }
+            "AllMajorityRoute" => {
+                check_keys(map, &["type", "children"], path)?;
+                RoutePlan::AllMajority(children_of(self)?)
+            }
+            "AllInitialRoute" => {
+                check_keys(map, &["type", "children"], path)?;
+                // The first child's reply; the rest in the background.
+                let mut children = children_of(self)?;
+                let first = children.remove(0);
+                if children.is_empty() {
+                    first
+                } else {
+                    RoutePlan::Split(Box::new(first), Box::new(RoutePlan::AllAsync(children)))
+                }
+            }
+            "RandomRoute" => {
+                check_keys(map, &["type", "children"], path)?;
+                RoutePlan::Random(children_of(self)?)
+            }
+            "PrefixSelectorRoute" => {
+                check_keys(map, &["type", "policies", "wildcard"], path)?;
+                let mut policies = Vec::new();
+                if let Some(p) = map.get("policies") {
+                    let p = p
+                        .as_object()
+                        .ok_or_else(|| format!("{path}.policies: must be an object"))?;
+                    for (prefix, route) in p {
+                        let route = self.route(route, &format!("{path}.policies.{prefix}"))?;
+                        policies.push((prefix.as_bytes().to_vec(), route));
+                    }
+                }
+                let wildcard = match map.get("wildcard") {
+                    Some(w) => Some(Box::new(self.route(w, &format!("{path}.wildcard"))?)),
+                    None => None,
+                };
+                RoutePlan::PrefixSelector { policies, wildcard }
+            }
+            "OperationSelectorRoute" => {
+                check_keys(map, &["type", "operation_policies", "default_policy"], path)?;
+                let mut routes = Vec::new();
+                if let Some(p) = map.get("operation_policies") {
+                    let p = p
+                        .as_object()
+                        .ok_or_else(|| format!("{path}.operation_policies: must be an object"))?;
+                    for (op, route) in p {
+                        let at = format!("{path}.operation_policies.{op}");
+                        let ids = operation_ids(op)
+                            .ok_or_else(|| format!("{at}: unknown operation {op:?}"))?;
+                        let route = self.route(route, &at)?;
+                        routes.extend(ids.iter().map(|id| (*id, route.clone())));
+                    }
+                }
+                let default = match map.get("default_policy") {
+                    Some(d) => Some(self.route(d, &format!("{path}.default_policy"))?),
+                    None => None,
+                };
+                by_command(routes, default)
+            }
+            "WarmUpRoute" => {
+                check_keys(map, &["type", "cold", "warm", "exptime"], path)?;
+                RoutePlan::Warmup {
+                    cold: Box::new(self.one(map, "cold", path)?),
+                    warm: Box::new(self.one(map, "warm", path)?),
+                    ttl: int(map, "exptime", 3600, path)?,
+                }
+            }
+            "L1L2CacheRoute" => {
+                check_keys(map, &["type", "l1", "l2", "upgradingL1Exptime"], path)?;
+                RoutePlan::L1L2 {
+                    l1: Box::new(self.one(map, "l1", path)?),
+                    l2: Box::new(self.one(map, "l2", path)?),
+                    ttl: int(map, "upgradingL1Exptime", 0, path)?,
+                }
+            }
+            "MigrateRoute" => {
+                check_keys(map, &["type", "from", "to", "start_time", "interval"], path)?;
+                let start = int(map, "start_time", i64::MIN, path)?;
+                if start == i64::MIN {
+                    return Err(format!("{path}.start_time: missing"));
+                }
+                let interval = int(map, "interval", 3600, path)?;
+                RoutePlan::Migrate {
+                    from: Box::new(self.one(map, "from", path)?),
+                    to: Box::new(self.one(map, "to", path)?),
+                    start,
+                    stop: start.saturating_add(interval.saturating_mul(2)),
+                    stat: None,
+                }
+            }
+            "ShadowRoute" => {
+                check_keys(map, &["type", "default_policy", "shadows"], path)?;
+                let mut plan = self.one(map, "default_policy", path)?;
+                let shadows = map
+                    .get("shadows")
+                    .and_then(Value::as_array)
+                    .ok_or_else(|| format!("{path}.shadows: must be a list"))?;
+                for (i, shadow) in shadows.iter().enumerate() {
+                    let at = format!("{path}.shadows[{i}]");
+                    let shadow = shadow
+                        .as_object()
+                        .ok_or_else(|| format!("{at}: must be an object"))?;
+                    check_keys(shadow, &["target", "key_fraction_range"], &at)?;
+                    let target = self.one(shadow, "target", &at)?;
+                    let rate = match shadow.get("key_fraction_range") {
+                        None => 1.0,
+                        Some(range) => fraction_range(range, &format!("{at}.key_fraction_range"))?,
+                    };
+                    plan = RoutePlan::Shadow {
+                        child: Box::new(plan),
+                        shadows: vec![target],
+                        rate,
+                    };
+                }
+                plan
+            }
+            "ErrorRoute" => {
+                check_keys(map, &["type", "response"], path)?;
+                let message = match map.get("response") {
+                    Some(r) => r
+                        .as_str()
+                        .ok_or_else(|| format!("{path}.response: must be a string"))?,
+                    None => "ErrorRoute",
+                };
+                RoutePlan::Error(message.to_string())
+            }
+            "NullRoute" => {
+                check_keys(map, &["type"], path)?;
+                RoutePlan::Null
+            }
+            other => return Err(format!("{path}.type: {other} is not supported")),
+        };
+        Ok(plan)
+    }
+}
+
+/// Retrieval command ids (MissFailoverRoute fails over on their misses).
+const RETRIEVALS: &[i64] = &[1, 7, 8, 12, 13];
+
+/// The command ids an mcrouter operation name covers. Meta commands go
+/// with their text counterparts (`mg` with `get`, `ms` with `set`, ...).
+fn operation_ids(op: &str) -> Option<&'static [i64]> {
+    Some(match op {
+        "get" => &[7, 1],
+        "gets" => &[12],
+        "gat" => &[8],
+        "gats" => &[13],
+        "set" => &[commands::CMD_SET, 2],
+        "add" => &[10],
+        "replace" => &[19],
+        "append" => &[17],
+        "prepend" => &[20],
+        "cas" => &[11],
+        "delete" => &[18, 3],
+        "incr" => &[14, 5],
+        "decr" => &[15],
+        "touch" => &[16],
+        _ => return None,
+    })
+}
+
+/// A key router with routes per command and a default.
+fn by_command(cmap: Vec<(i64, RoutePlan)>, default: Option<RoutePlan>) -> RoutePlan {
+    RoutePlan::Router(Box::new(RouterPlan {
+        mode: RouterMode::default(),
+        map: Vec::new(),
+        cmap,
+        default,
+    }))
+}
+
+fn check_keys(map: &Map<String, Value>, known: &[&str], path: &str) -> Result<(), String> {
+    match map.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(k) => Err(format!("{path}.{k}: not supported")),
+        None => Ok(()),
+    }
+}
+
+fn int(map: &Map<String, Value>, key: &str, default: i64, path: &str) -> Result<i64, String> {
+    match map.get(key) {
+        None => Ok(default),
+        Some(v) => v
+            .as_i64()
+            .ok_or_else(|| format!("{path}.{key}: must be an integer")),
+    }
+}
+
+/// `[start, end]` within 0..1: the share of keys shadowed. memroute picks
+/// that share of requests at random rather than by key hash.
+fn fraction_range(range: &Value, path: &str) -> Result<f64, String> {
+    let pair = range
+        .as_array()
+        .filter(|a| a.len() == 2)
+        .and_then(|a| Some((a[0].as_f64()?, a[1].as_f64()?)))
+        .ok_or_else(|| format!("{path}: must be [start, end]"))?;
+    if !(0.0..=1.0).contains(&pair.0) || !(pair.0..=1.0).contains(&pair.1) {
+        return Err(format!("{path}: needs 0 <= start <= end <= 1"));
+    }
+    Ok(pair.1 - pair.0)
+}
+
+fn hash_func(value: &Value, path: &str) -> Result<DistributionKind, String> {
+    match value.as_str() {
+        Some("Ch3") => Ok(DistributionKind::Ch3),
+        Some("Crc32") => Ok(DistributionKind::Crc32),
+        Some(other) => Err(format!("{path}: {other} is not supported (Ch3 or Crc32)")),
+        None => Err(format!("{path}: must be a string")),
+    }
+}
+
+/// A PoolRoute's `hash`: a function name, or `{hash_func, salt}`.
+fn hash_spec(value: &Value, path: &str) -> Result<(DistributionKind, Vec<u8>), String> {
+    match value {
+        Value::String(_) => Ok((hash_func(value, path)?, Vec::new())),
+        Value::Object(map) => {
+            check_keys(map, &["hash_func", "salt"], path)?;
+            let kind = match map.get("hash_func") {
+                Some(f) => hash_func(f, &format!("{path}.hash_func"))?,
+                None => DistributionKind::Ch3,
+            };
+            let salt = match map.get("salt") {
+                Some(s) => s
+                    .as_str()
+                    .ok_or_else(|| format!("{path}.salt: must be a string"))?
+                    .as_bytes()
+                    .to_vec(),
+                None => Vec::new(),
+            };
+            Ok((kind, salt))
+        }
+        _ => Err(format!("{path}: a hash function name or an object")),
+    }
+}
+
+/// mcrouter hashes the part of a key before `|#|`.
+fn distribution(kind: DistributionKind, n: usize) -> Result<Distribution, String> {
+    let names: Vec<Backend> = (0..n).map(|i| Backend::new(format!("child-{i}"))).collect();
+    DistributionConfig::new(kind)
+        .with_filter(KeyFilter::stop("|#|"))
+        .build(&names)
+        .map_err(|e| e.to_string())
+}
+
+fn hash_route(
+    children: Vec<RoutePlan>,
+    kind: DistributionKind,
+    salt: Vec<u8>,
+    path: &str,
+) -> Result<RoutePlan, String> {
+    let distribution = distribution(kind, children.len()).map_err(|e| format!("{path}: {e}"))?;
+    Ok(RoutePlan::Hash {
+        children,
+        distribution: Arc::new(distribution),
+        salt,
+    })
+}
+
+fn memcached_pool(
+    name: String,
+    backends: Vec<Arc<BackendConfig>>,
+    kind: DistributionKind,
+) -> Result<Arc<PoolDef>, String> {
+    let distribution = distribution(kind, backends.len())?;
+    Ok(Arc::new(PoolDef {
+        name,
+        kind: PoolKind::Memcached {
+            backends,
+            distribution: Arc::new(distribution),
+        },
+    }))
+}
