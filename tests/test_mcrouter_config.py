@@ -11,9 +11,11 @@ would, computed here by a small reimplementation of mcrouter's furc hash
 from __future__ import annotations
 
 import json
+import signal
 import struct
 
-from conftest import mc_get, mc_set, run_memroute_expect_failure, write_startfile
+from conftest import (mc_get, mc_set, run_memroute_expect_failure, stats_dict, wait_until,
+                      write_startfile)
 
 M64 = (1 << 64) - 1
 MURMUR_M = 0xC6A4A7935BD1E995
@@ -220,11 +222,23 @@ def test_warm_up_fills_the_cold_pool(backends, memroute_factory, startfile_dir):
     mc_set(warm, "k", b"old")
     with mr.client() as c:
         assert c.request(b"get k\r\n", b"END\r\n") == b"VALUE k 0 3\r\nold\r\nEND\r\n"
-    import time
-    deadline = time.monotonic() + 3
-    while mc_get(cold, "k") is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert mc_get(cold, "k") == b"old"
+    wait_until(lambda: mc_get(cold, "k") == b"old", 3, what="the warmed copy")
+
+
+def test_sighup_reloads_the_json(backends, memroute_factory, startfile_dir):
+    a, b = backends(2)
+    pools = {"A": servers(a), "B": servers(b)}
+    path = config_file(startfile_dir, {"pools": pools, "route": "PoolRoute|A"})
+    mr = memroute_factory("--mcrouter-config", str(path))
+    with mr.client() as c:
+        assert c.request(b"set k1 0 0 1\r\n1\r\n") == b"STORED\r\n"
+    config_file(startfile_dir, {"pools": pools, "route": "PoolRoute|B"})
+    mr.proc.send_signal(signal.SIGHUP)
+    with mr.client() as c:
+        wait_until(lambda: stats_dict(c, b"proxy").get("config_reloads") == "1", 10,
+                   what="the reload")
+        assert c.request(b"set k2 0 0 1\r\n2\r\n") == b"STORED\r\n"
+    assert mc_get(a, "k1") == b"1" and mc_get(b, "k2") == b"2" and mc_get(a, "k2") is None
 
 
 def test_import_and_comments(backends, memroute_factory, startfile_dir):

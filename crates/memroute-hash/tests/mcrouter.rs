@@ -20,7 +20,7 @@ fn pool(kind: DistributionKind, n: usize) -> memroute_hash::Distribution {
 
 /// The bytes -128..127 as C `char`s, and reversed (the tests' long key).
 fn all_bytes() -> (Vec<u8>, Vec<u8>) {
-    let up: Vec<u8> = (0..256).map(|i| (i as i32 - 128) as i8 as u8).collect();
+    let up: Vec<u8> = (0..256i32).map(|i| (i - 128) as i8 as u8).collect();
     let mut down = up.clone();
     down.reverse();
     (up, down)

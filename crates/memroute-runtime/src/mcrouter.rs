@@ -795,3 +795,295 @@ fn memcached_pool(
         },
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn read(config: Value) -> Result<McrouterConfig, String> {
+        parse(&config)
+    }
+
+    fn root(route: Value) -> RoutePlan {
+        read(json!({
+            "pools": {
+                "A": {"servers": ["127.0.0.1:5000", "127.0.0.1:5001"]},
+                "B": {"servers": ["127.0.0.1:5002"]},
+            },
+            "route": route,
+        }))
+        .unwrap()
+        .root
+    }
+
+    fn err(route: Value) -> String {
+        read(json!({
+            "pools": {"A": {"servers": ["127.0.0.1:5000"]}},
+            "route": route,
+        }))
+        .unwrap_err()
+    }
+
+    fn pool_name(plan: &RoutePlan) -> &str {
+        match plan {
+            RoutePlan::Pool(def) => &def.name,
+            other => panic!("not a pool: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn pools_are_ch3_and_share_servers() {
+        let config = read(json!({
+            "pools": {
+                "A": {"servers": ["127.0.0.1:5000", "127.0.0.1:5001:ascii"]},
+                "B": {"servers": ["127.0.0.1:5001"]},
+            },
+            "route": "PoolRoute|A",
+        }))
+        .unwrap();
+        assert_eq!(pool_name(&config.root), "A");
+        let backends = |i: usize| match &config.pools[i].1.kind {
+            PoolKind::Memcached {
+                backends,
+                distribution,
+            } => {
+                assert_eq!(distribution.kind(), DistributionKind::Ch3);
+                backends.clone()
+            }
+            _ => unreachable!(),
+        };
+        // One config per server: workers keep one connection set for it.
+        assert!(Arc::ptr_eq(&backends(0)[1], &backends(1)[0]));
+    }
+
+    #[test]
+    fn strings_name_pools_errors_and_nulls() {
+        assert_eq!(pool_name(&root(json!("Pool|B"))), "B");
+        assert!(matches!(root(json!("NullRoute")), RoutePlan::Null));
+        assert!(matches!(root(json!("ErrorRoute|down")), RoutePlan::Error(m) if m == "down"));
+        assert_eq!(err(json!("PoolRoute|Z")), "route: no pool named \"Z\"");
+        assert_eq!(
+            err(json!("LatestRoute|A")),
+            "route: LatestRoute is not supported"
+        );
+    }
+
+    #[test]
+    fn pool_lists_expand_to_servers() {
+        match root(json!({"type": "FailoverRoute", "children": "Pool|A"})) {
+            RoutePlan::Failover {
+                children,
+                miss,
+                limit,
+                ..
+            } => {
+                assert_eq!(children.len(), 2);
+                assert_eq!(pool_name(&children[1]), "A/127.0.0.1:5001");
+                assert!(!miss);
+                assert_eq!(limit, 2);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn fan_outs_and_selectors() {
+        let two = json!(["PoolRoute|A", "PoolRoute|B"]);
+        for (kind, check) in [
+            (
+                "AllSyncRoute",
+                (|p: &RoutePlan| matches!(p, RoutePlan::AllSync(c) if c.len() == 2))
+                    as fn(&RoutePlan) -> bool,
+            ),
+            (
+                "AllAsyncRoute",
+                |p| matches!(p, RoutePlan::AllAsync(c) if c.len() == 2),
+            ),
+            (
+                "AllFastestRoute",
+                |p| matches!(p, RoutePlan::AllFastest(c) if c.len() == 2),
+            ),
+            (
+                "AllMajorityRoute",
+                |p| matches!(p, RoutePlan::AllMajority(c) if c.len() == 2),
+            ),
+            (
+                "RandomRoute",
+                |p| matches!(p, RoutePlan::Random(c) if c.len() == 2),
+            ),
+            ("AllInitialRoute", |p| {
+                matches!(p, RoutePlan::Split(a, b)
+                if pool_name(a) == "A" && matches!(&**b, RoutePlan::AllAsync(c) if c.len() == 1))
+            }),
+            (
+                "HashRoute",
+                |p| matches!(p, RoutePlan::Hash { children, .. } if children.len() == 2),
+            ),
+        ] {
+            let plan = root(json!({"type": kind, "children": two}));
+            assert!(check(&plan), "{kind}: {plan:?}");
+        }
+        match root(json!({"type": "MissFailoverRoute", "children": two})) {
+            RoutePlan::Router(r) => {
+                assert!(matches!(
+                    r.cmap[0].1,
+                    RoutePlan::Failover { miss: true, .. }
+                ));
+                assert_eq!(pool_name(r.default.as_ref().unwrap()), "A");
+            }
+            other => panic!("{other:?}"),
+        }
+        match root(json!({"type": "OperationSelectorRoute",
+                          "operation_policies": {"get": "PoolRoute|B"},
+                          "default_policy": "PoolRoute|A"}))
+        {
+            RoutePlan::Router(r) => {
+                let ids: Vec<i64> = r.cmap.iter().map(|(id, _)| *id).collect();
+                assert_eq!(ids, [7, 1]);
+                assert_eq!(pool_name(r.default.as_ref().unwrap()), "A");
+            }
+            other => panic!("{other:?}"),
+        }
+        match root(json!({"type": "PrefixSelectorRoute",
+                          "policies": {"a": "PoolRoute|A"}, "wildcard": "NullRoute"}))
+        {
+            RoutePlan::PrefixSelector { policies, wildcard } => {
+                assert_eq!(policies[0].0, b"a");
+                assert!(matches!(wildcard.as_deref(), Some(RoutePlan::Null)));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn tiers_migrations_and_shadows() {
+        assert!(matches!(
+            root(json!({"type": "WarmUpRoute", "cold": "PoolRoute|A", "warm": "PoolRoute|B"})),
+            RoutePlan::Warmup { ttl: 3600, .. }
+        ));
+        assert!(matches!(
+            root(
+                json!({"type": "L1L2CacheRoute", "l1": "PoolRoute|A", "l2": "PoolRoute|B",
+                        "upgradingL1Exptime": 10})
+            ),
+            RoutePlan::L1L2 { ttl: 10, .. }
+        ));
+        assert!(matches!(
+            root(
+                json!({"type": "MigrateRoute", "from": "PoolRoute|A", "to": "PoolRoute|B",
+                        "start_time": 1000, "interval": 50})
+            ),
+            RoutePlan::Migrate {
+                start: 1000,
+                stop: 1100,
+                ..
+            }
+        ));
+        match root(
+            json!({"type": "ShadowRoute", "default_policy": "PoolRoute|A",
+                          "shadows": [{"target": "PoolRoute|B", "key_fraction_range": [0.25, 0.75]}]}),
+        ) {
+            RoutePlan::Shadow { child, rate, .. } => {
+                assert_eq!(pool_name(&child), "A");
+                assert!((rate - 0.5).abs() < 1e-9);
+            }
+            other => panic!("{other:?}"),
+        }
+        match root(json!({"type": "PoolRoute", "pool": "A",
+                          "hash": {"hash_func": "Crc32", "salt": "x"}}))
+        {
+            RoutePlan::Hash {
+                distribution,
+                salt,
+                children,
+            } => {
+                assert_eq!(distribution.kind(), DistributionKind::Crc32);
+                assert_eq!(salt, b"x");
+                assert_eq!(children.len(), 2);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn errors_name_the_json_path() {
+        assert_eq!(
+            err(json!({"type": "AllSyncRoute",
+                       "children": ["PoolRoute|A", "NullRoute", {"type": "BigValueRoute"}]})),
+            "route.children[2].type: BigValueRoute is not supported"
+        );
+        assert_eq!(
+            err(json!({"type": "FailoverRoute", "children": ["PoolRoute|A"],
+                       "failover_errors": ["timeout"]})),
+            "route.failover_errors: not supported"
+        );
+        assert_eq!(
+            err(json!({"type": "HashRoute", "children": ["PoolRoute|A"],
+                       "hash_func": "WeightedCh3"})),
+            "route.hash_func: WeightedCh3 is not supported (Ch3 or Crc32)"
+        );
+        assert_eq!(
+            err(json!({"type": "WarmUpRoute", "cold": "PoolRoute|A"})),
+            "route.warm: missing"
+        );
+        assert_eq!(
+            read(json!({"pools": {"A": {"servers": ["nohost"]}}, "route": "NullRoute"}))
+                .unwrap_err(),
+            "pools.A.servers[0]: \"nohost\" is not host:port"
+        );
+        assert_eq!(
+            read(json!({"macros": {}, "route": "NullRoute"})).unwrap_err(),
+            "macros: not supported (write the routes out)"
+        );
+        assert_eq!(
+            read(json!({"routes": [{"aliases": ["/a/*/"], "route": "NullRoute"}]})).unwrap_err(),
+            "routes[0].aliases[0]: \"/a/*/\" is not a /region/cluster/ prefix"
+        );
+    }
+
+    #[test]
+    fn routing_prefixes_default_to_the_first_alias() {
+        let config = read(json!({
+            "pools": {"A": {"servers": ["127.0.0.1:5000"]}},
+            "routes": [
+                {"aliases": ["/r/a/"], "route": "PoolRoute|A"},
+                {"aliases": ["/r/b/"], "route": "NullRoute"},
+            ],
+        }))
+        .unwrap();
+        match config.root {
+            RoutePlan::RoutingPrefix { routes, default } => {
+                assert_eq!(routes.len(), 2);
+                assert_eq!(pool_name(&default), "A");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn comments_and_imports() {
+        let dir = std::env::temp_dir().join(format!("memroute-mcrouter-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("pools.json"),
+            r#"{"A": {"servers": ["127.0.0.1:5000"]}}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("main.json"),
+            "// a comment\n{\"pools\": \"@import(pools.json)\", /* x */ \"route\": \"Pool|A // not a comment\"}",
+        )
+        .unwrap();
+        let result = load(&dir.join("main.json"));
+        std::fs::write(dir.join("loop.json"), r#"{"route": "@import(loop.json)"}"#).unwrap();
+        let looped = load(&dir.join("loop.json"));
+        let _ = std::fs::remove_dir_all(&dir);
+        // The string keeps its "//": the pool name is taken as written.
+        assert_eq!(
+            result.unwrap_err(),
+            "route: no pool named \"A // not a comment\""
+        );
+        assert!(looped.unwrap_err().contains("nested more than 16 deep"));
+    }
+}

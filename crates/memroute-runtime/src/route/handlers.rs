@@ -1106,4 +1106,128 @@ mod tests {
         run(window(now - 1, now + 100, &old, &new), req("mg k v", ""));
         assert_eq!((old.calls(), new.calls()), (1, 1));
     }
+
+    /// A child that answers a get with a hit naming the key it was sent.
+    struct Echo(RefCell<Vec<String>>);
+
+    impl Route for Echo {
+        fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
+            let key = String::from_utf8_lossy(request.key().unwrap()).into_owned();
+            self.0.borrow_mut().push(key.clone());
+            let mut raw =
+                bytes::BytesMut::from(format!("VALUE {key} 0 2\r\nhi\r\nEND\r\n").as_bytes());
+            let decoder = memroute_proto::ResponseDecoder::for_request(&request);
+            ready(decoder.decode(&mut raw).unwrap().unwrap())
+        }
+    }
+
+    #[test]
+    fn prefix_selector_takes_the_longest_prefix() {
+        let (short, long, wild) = (
+            Scripted::new("HD"),
+            Scripted::new("HD"),
+            Scripted::new("HD"),
+        );
+        let route = || {
+            Rc::new(PrefixSelector {
+                policies: vec![
+                    (b"ab".to_vec(), long.clone() as Rc<dyn Route>),
+                    (b"a".to_vec(), short.clone() as Rc<dyn Route>),
+                ],
+                wildcard: Some(wild.clone()),
+            })
+        };
+        run(route(), req("md abc", ""));
+        run(route(), req("md ax", ""));
+        run(route(), req("md zz", ""));
+        assert_eq!((short.calls(), long.calls(), wild.calls()), (1, 1, 1));
+        let none = Rc::new(PrefixSelector {
+            policies: Vec::new(),
+            wildcard: None,
+        });
+        assert_eq!(run(none, req("md k", "")), "SERVER_ERROR no route\r\n");
+    }
+
+    #[test]
+    fn hash_select_is_ch3_over_children_and_salt_moves_keys() {
+        let children: Vec<Rc<Scripted>> = (0..4).map(|_| Scripted::new("HD")).collect();
+        let dist = |kind| {
+            let names: Vec<_> = (0..4)
+                .map(|i| memroute_hash::Backend::new(format!("c{i}")))
+                .collect();
+            Arc::new(
+                memroute_hash::DistributionConfig::new(kind)
+                    .build(&names)
+                    .unwrap(),
+            )
+        };
+        let route = |salt: &[u8]| {
+            Rc::new(HashSelect {
+                children: children
+                    .iter()
+                    .map(|c| c.clone() as Rc<dyn Route>)
+                    .collect(),
+                distribution: dist(memroute_hash::DistributionKind::Ch3),
+                salt: salt.to_vec(),
+            })
+        };
+        run(route(b""), req("md sample", ""));
+        let picked = children.iter().position(|c| c.calls() == 1).unwrap();
+        assert_eq!(
+            picked,
+            memroute_hash::furc_hash(
+                memroute_hash::murmur_hash_64a(b"sample", memroute_hash::FURC_SEED),
+                4
+            ) as usize
+        );
+        // With a salt the key is hashed as key + salt.
+        run(route(b"s1"), req("md sample", ""));
+        let salted = memroute_hash::furc_hash(
+            memroute_hash::murmur_hash_64a(b"samples1", memroute_hash::FURC_SEED),
+            4,
+        ) as usize;
+        assert!(children[salted].calls() >= 1);
+    }
+
+    #[test]
+    fn routing_prefix_strips_and_renames_the_reply() {
+        let (east, other) = (
+            Rc::new(Echo(RefCell::default())),
+            Rc::new(Echo(RefCell::default())),
+        );
+        let route = Rc::new(RoutingPrefix {
+            routes: [(b"/east/web/".to_vec(), east.clone() as Rc<dyn Route>)]
+                .into_iter()
+                .collect(),
+            default: other.clone(),
+            limits: Limits::default(),
+        });
+        assert_eq!(
+            run(route.clone(), req("get /east/web/k1", "")),
+            "VALUE /east/web/k1 0 2\r\nhi\r\nEND\r\n"
+        );
+        assert_eq!(
+            run(route.clone(), req("get plain", "")),
+            "VALUE plain 0 2\r\nhi\r\nEND\r\n"
+        );
+        assert_eq!(
+            run(route.clone(), req("get /west/web/k", "")),
+            "SERVER_ERROR no route\r\n"
+        );
+        assert_eq!(*east.0.borrow(), ["k1"]);
+        assert_eq!(*other.0.borrow(), ["plain"]);
+        assert_eq!(RoutingPrefix::prefix_of(b"/a/b/c"), Some(&b"/a/b/"[..]));
+        assert_eq!(RoutingPrefix::prefix_of(b"/a/b"), None);
+        assert_eq!(RoutingPrefix::prefix_of(b"a/b/c"), None);
+    }
+
+    #[test]
+    fn with_key_rewrites_only_the_key() {
+        let limits = Limits::default();
+        let set = with_key(&req("set /a/b/k 5 0 1", "x"), b"k", &limits).unwrap();
+        assert_eq!(&set.raw_line()[..], b"set k 5 0 1");
+        assert_eq!(&set.value()[..], b"x");
+        let mg = with_key(&req("mg /a/b/k v t", ""), b"k", &limits).unwrap();
+        assert_eq!(&mg.raw_line()[..], b"mg k v t");
+    }
 }

@@ -277,7 +277,7 @@ impl RoutePlan {
                     .map(|(prefix, route)| (prefix.clone(), route.build(cx)))
                     .collect();
                 // Longest first, so the first match is the longest.
-                policies.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+                policies.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
                 Rc::new(PrefixSelector {
                     policies,
                     wildcard: wildcard.as_ref().map(|w| w.build(cx)),
