@@ -22,6 +22,7 @@
 //! - [`route`]: the route tree (routes, pools, per-worker route sets),
 //!   free of Lua.
 //! - [`lua`]: the Lua layer (config VM, worker VMs, Lua routes, bindings).
+//! - [`mcrouter`]: mcrouter JSON configurations, read into a route plan.
 //! - [`backend`]: worker-local pipelined connections to memcached servers.
 //! - [`store`]: stores shared by all workers (DynamoDB tables) and their
 //!   registry.

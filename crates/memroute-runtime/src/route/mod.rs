@@ -28,7 +28,8 @@
 //!   and their replies merged back in key order.
 //! - [`plan`]: route trees as plain data, built per worker.
 //! - [`router`]: the key router (`mcp.router_new`, routelib's `routes{}`).
-//! - [`handlers`]: native route handlers (failover, fan-out, zones, TTL...).
+//! - [`handlers`]: native route handlers (failover, fan-out, zones, TTL,
+//!   mcrouter's prefix selector, hash route and routing prefixes...).
 
 pub mod commands;
 pub mod handlers;
