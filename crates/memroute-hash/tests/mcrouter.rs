@@ -1,7 +1,9 @@
 //! mcrouter's pool hash functions against mcrouter's own unit tests.
 //!
 //! Every expected value here comes from facebook/mcrouter:
-//! `mcrouter/lib/test/Ch3HashTest.cpp` (Ch3Func.basic, ch3_3, ch3_10) and
+//! `mcrouter/lib/test/Ch3HashTest.cpp` (Ch3Func.basic, ch3_3, ch3_10),
+//! `mcrouter/lib/test/WeightedCh3HashFuncTest.cpp` (basic, zeroWeight,
+//! reducedWeight, randomWeights) and
 //! `mcrouter/lib/test/Crc32HashTest.cpp` (Crc32Func.basic). The pools are
 //! built with as many backends as those tests' pool sizes, except for the
 //! 2^23 and 2^30-1 sizes, checked on the bare functions.
@@ -95,4 +97,62 @@ fn ch3_only_moves_keys_to_new_servers() {
             last = now;
         }
     }
+}
+
+/// Backends with WeightedCh3 thresholds for `weights` (0..=1), as
+/// mcrouter computes them: `weight * (2^32 - 1)`, truncated.
+fn weighted(weights: &[f64]) -> memroute_hash::Distribution {
+    let backends: Vec<Backend> = weights
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            Backend::with_weight(format!("10.1.0.{i}:11211"), (w * u32::MAX as f64) as u32)
+        })
+        .collect();
+    DistributionConfig::new(DistributionKind::WeightedCh3)
+        .build(&backends)
+        .unwrap()
+}
+
+// From mcrouter/lib/test/WeightedCh3HashFuncTest.cpp.
+#[test]
+fn weighted_ch3_full_weights_are_ch3() {
+    let p100 = weighted(&[1.0; 100]);
+    assert_eq!(p100.pick(b"sample"), 97);
+    assert_eq!(p100.pick(b""), 72);
+    let p = weighted(&vec![1.0; 99_999]);
+    let (up, down) = all_bytes();
+    assert_eq!(p.pick(&up), 31_015);
+    assert_eq!(p.pick(&down), 67_101);
+}
+
+#[test]
+fn weighted_ch3_zero_weights_give_up_on_a_valid_index() {
+    let p1 = weighted(&[0.0]);
+    assert_eq!(p1.pick(b"sample"), 0);
+    assert_eq!(p1.pick(b""), 0);
+    let p100 = weighted(&[0.0; 100]);
+    assert_eq!(p100.pick(b"sample"), 59);
+    assert_eq!(p100.pick(b""), 45);
+}
+
+fn weighted_counts(weights: &[f64], keys: usize) -> Vec<usize> {
+    let p = weighted(weights);
+    let mut counts = vec![0; weights.len()];
+    for i in 0..keys {
+        counts[p.pick(i.to_string().as_bytes())] += 1;
+    }
+    counts
+}
+
+#[test]
+fn weighted_ch3_reduced_and_random_weights() {
+    assert_eq!(weighted_counts(&[1.0, 1.0, 0.7], 1000), [341, 371, 288]);
+    assert_eq!(
+        weighted_counts(
+            &[0.429, 0.541, 0.117, 0.998, 0.283, 0.065, 0.109, 0.042, 0.676, 0.943],
+            10_000
+        ),
+        [1016, 1252, 288, 2354, 661, 195, 247, 122, 1668, 2197]
+    );
 }

@@ -10,9 +10,13 @@
 //! * Crc32 is `(crc32(key) & 0x7fffffff) % n` over the standard CRC-32
 //!   ([`KeyHash::Crc32a`]): not consistent.
 //!
-//! Weights are ignored by both, as in mcrouter (its weighted variant,
-//! WeightedCh3, is not implemented). Fallback lists put the picked server
-//! first; the rest follow in index order (mcrouter has no per-key order).
+//! * WeightedCh3 is Ch3 with a weight in 0..=1 per server: a server keeps
+//!   a key when the key's SpookyHash V2 falls under its weight, else the
+//!   key is salted and hashed again ([`WeightedCh3`]).
+//!
+//! Ch3 and Crc32 ignore weights, as in mcrouter. Fallback lists put the
+//! picked server first; the rest follow in index order (mcrouter has no
+//! per-key order).
 //!
 //! [`KeyHash::Murmur64a`]: crate::KeyHash::Murmur64a
 //! [`KeyHash::Crc32a`]: crate::KeyHash::Crc32a
@@ -152,4 +156,248 @@ impl Crc32Mod {
     pub(super) fn pick(&self, hash: u64) -> usize {
         ((hash & 0x7fff_ffff) % self.n) as usize
     }
+}
+
+/// mcrouter's `WeightedCh3`: Ch3, but a server keeps a key only when the
+/// key's SpookyHash V2 (32 bits, seed 0xface2014) is under the server's
+/// threshold (its weight in 0..=1 times 2^32-1); otherwise the key is
+/// salted with a counter ("0", "1", ..., "9", "01", "11": the counter's
+/// digits, lowest first) and tried again, 32 times at most, the last pick
+/// standing. With every weight 1 it picks what Ch3 picks.
+#[derive(Debug, Clone)]
+pub(super) struct WeightedCh3 {
+    thresholds: Box<[u64]>,
+}
+
+/// Tries before the last pick stands.
+const WEIGHTED_TRIES: u64 = 32;
+/// SpookyHash seed of the weight draw.
+const WEIGHT_SEED: u64 = 0xface_2014;
+
+impl WeightedCh3 {
+    /// `thresholds[i]`: `weight * (2^32 - 1)`, truncated (the backend's
+    /// weight field carries it, see [`DistributionKind::WeightedCh3`]).
+    ///
+    /// [`DistributionKind::WeightedCh3`]: super::DistributionKind::WeightedCh3
+    pub(super) fn new(thresholds: impl Iterator<Item = u32>) -> Self {
+        WeightedCh3 {
+            thresholds: thresholds.map(u64::from).collect(),
+        }
+    }
+
+    /// The pick for a (filtered) key.
+    pub(super) fn pick_key(&self, key: &[u8]) -> usize {
+        let n = self.thresholds.len() as u32;
+        let mut salted = Vec::new();
+        let mut current: &[u8] = key;
+        let mut index = 0;
+        for salt in 0..WEIGHTED_TRIES {
+            index = furc_hash(murmur_hash_64a(current, FURC_SEED), n) as usize;
+            let draw = u64::from(spooky_v2_hash32(current, WEIGHT_SEED));
+            if draw < self.thresholds[index] {
+                return index;
+            }
+            salted.clear();
+            salted.extend_from_slice(key);
+            let mut s = salt;
+            loop {
+                salted.push(b'0' + (s % 10) as u8);
+                s /= 10;
+                if s == 0 {
+                    break;
+                }
+            }
+            current = &salted;
+        }
+        index
+    }
+}
+
+// SpookyHash V2 (Bob Jenkins, public domain), the one-shot 128-bit form
+// mcrouter's weighted draw reads the low 32 bits of. Keys under 192 bytes
+// take the short path; longer ones the 96-byte block path.
+
+const SC_CONST: u64 = 0xdead_beef_dead_beef;
+const SC_VARS: usize = 12;
+const SC_BLOCK: usize = SC_VARS * 8;
+const SC_BUF: usize = 2 * SC_BLOCK;
+
+fn le64(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+fn le32(b: &[u8], at: usize) -> u64 {
+    u64::from(u32::from_le_bytes(
+        b[at..at + 4].try_into().expect("4 bytes"),
+    ))
+}
+
+/// SpookyHash V2's 32-bit result with `seed` as both seeds.
+pub fn spooky_v2_hash32(message: &[u8], seed: u64) -> u32 {
+    spooky_v2_hash128(message, seed, seed).0 as u32
+}
+
+/// SpookyHash V2, 128 bits as two words.
+pub fn spooky_v2_hash128(message: &[u8], seed1: u64, seed2: u64) -> (u64, u64) {
+    if message.len() < SC_BUF {
+        return spooky_short(message, seed1, seed2);
+    }
+    let mut h = [0u64; SC_VARS];
+    for (i, v) in h.iter_mut().enumerate() {
+        *v = match i % 3 {
+            0 => seed1,
+            1 => seed2,
+            _ => SC_CONST,
+        };
+    }
+    let whole = message.len() / SC_BLOCK * SC_BLOCK;
+    let mut data = [0u64; SC_VARS];
+    for block in message[..whole].chunks_exact(SC_BLOCK) {
+        for (i, d) in data.iter_mut().enumerate() {
+            *d = le64(block, i * 8);
+        }
+        spooky_mix(&data, &mut h);
+    }
+    let rest = &message[whole..];
+    let mut last = [0u8; SC_BLOCK];
+    last[..rest.len()].copy_from_slice(rest);
+    last[SC_BLOCK - 1] = rest.len() as u8;
+    for (i, d) in data.iter_mut().enumerate() {
+        *d = le64(&last, i * 8);
+    }
+    for (v, d) in h.iter_mut().zip(data) {
+        *v = v.wrapping_add(d);
+    }
+    for _ in 0..3 {
+        spooky_end_partial(&mut h);
+    }
+    (h[0], h[1])
+}
+
+fn spooky_mix(data: &[u64; SC_VARS], s: &mut [u64; SC_VARS]) {
+    // Rotation of each step, in order.
+    const ROT: [u32; SC_VARS] = [11, 32, 43, 31, 17, 28, 39, 57, 55, 54, 22, 46];
+    for i in 0..SC_VARS {
+        s[i] = s[i].wrapping_add(data[i]);
+        s[(i + 2) % SC_VARS] ^= s[(i + 10) % SC_VARS];
+        s[(i + 11) % SC_VARS] ^= s[i];
+        s[i] = s[i].rotate_left(ROT[i]);
+        s[(i + 11) % SC_VARS] = s[(i + 11) % SC_VARS].wrapping_add(s[(i + 1) % SC_VARS]);
+    }
+}
+
+fn spooky_end_partial(h: &mut [u64; SC_VARS]) {
+    const ROT: [u32; SC_VARS] = [44, 15, 34, 21, 38, 33, 10, 13, 38, 53, 42, 54];
+    for i in 0..SC_VARS {
+        let (a, b, c) = ((i + 11) % SC_VARS, (i + 1) % SC_VARS, (i + 2) % SC_VARS);
+        h[a] = h[a].wrapping_add(h[b]);
+        h[c] ^= h[a];
+        h[b] = h[b].rotate_left(ROT[i]);
+    }
+}
+
+fn short_mix(h: &mut [u64; 4]) {
+    const STEPS: [(usize, u32); 12] = [
+        (2, 50),
+        (3, 52),
+        (0, 30),
+        (1, 41),
+        (2, 54),
+        (3, 48),
+        (0, 38),
+        (1, 37),
+        (2, 62),
+        (3, 34),
+        (0, 5),
+        (1, 36),
+    ];
+    for (i, r) in STEPS {
+        h[i] = h[i].rotate_left(r);
+        h[i] = h[i].wrapping_add(h[(i + 1) % 4]);
+        h[(i + 2) % 4] ^= h[i];
+    }
+}
+
+fn short_end(h: &mut [u64; 4]) {
+    const STEPS: [(usize, u32); 11] = [
+        (3, 15),
+        (0, 52),
+        (1, 26),
+        (2, 51),
+        (3, 28),
+        (0, 9),
+        (1, 47),
+        (2, 54),
+        (3, 32),
+        (0, 25),
+        (1, 63),
+    ];
+    for (i, r) in STEPS {
+        let prev = (i + 3) % 4;
+        h[i] ^= h[prev];
+        h[prev] = h[prev].rotate_left(r);
+        h[i] = h[i].wrapping_add(h[prev]);
+    }
+}
+
+fn spooky_short(message: &[u8], seed1: u64, seed2: u64) -> (u64, u64) {
+    let len = message.len();
+    let mut h = [seed1, seed2, SC_CONST, SC_CONST];
+    let mut p = 0;
+    let mut remainder = len % 32;
+    if len > 15 {
+        while p + 32 <= len {
+            h[2] = h[2].wrapping_add(le64(message, p));
+            h[3] = h[3].wrapping_add(le64(message, p + 8));
+            short_mix(&mut h);
+            h[0] = h[0].wrapping_add(le64(message, p + 16));
+            h[1] = h[1].wrapping_add(le64(message, p + 24));
+            p += 32;
+        }
+        if remainder >= 16 {
+            h[2] = h[2].wrapping_add(le64(message, p));
+            h[3] = h[3].wrapping_add(le64(message, p + 8));
+            short_mix(&mut h);
+            p += 16;
+            remainder -= 16;
+        }
+    }
+    let tail = &message[p..];
+    h[3] = h[3].wrapping_add((len as u64) << 56);
+    let byte = |i: usize| u64::from(tail[i]);
+    let (c, d) = (&mut 0u64, &mut 0u64);
+    match remainder {
+        0 => {
+            *c = SC_CONST;
+            *d = SC_CONST;
+        }
+        r @ 12..=15 => {
+            for i in 12..r {
+                *d = d.wrapping_add(byte(i) << (8 * (i - 8)));
+            }
+            *d = d.wrapping_add(le32(tail, 8));
+            *c = c.wrapping_add(le64(tail, 0));
+        }
+        r @ 8..=11 => {
+            for i in 8..r {
+                *d = d.wrapping_add(byte(i) << (8 * (i - 8)));
+            }
+            *c = c.wrapping_add(le64(tail, 0));
+        }
+        r @ 4..=7 => {
+            for i in 4..r {
+                *c = c.wrapping_add(byte(i) << (8 * i));
+            }
+            *c = c.wrapping_add(le32(tail, 0));
+        }
+        r => {
+            for i in 0..r {
+                *c = c.wrapping_add(byte(i) << (8 * i));
+            }
+        }
+    }
+    h[2] = h[2].wrapping_add(*c);
+    h[3] = h[3].wrapping_add(*d);
+    short_end(&mut h);
+    (h[0], h[1])
 }

@@ -111,6 +111,11 @@ pub enum DistributionKind {
     Ch3,
     /// mcrouter's `Crc32`: `(crc32 & 0x7fffffff) % n`.
     Crc32,
+    /// mcrouter's `WeightedCh3`. A backend's weight field is its
+    /// threshold, `weight * (2^32 - 1)` truncated, for a weight in 0..=1
+    /// (so 4294967295 is a full weight); all zero is allowed, as in
+    /// mcrouter (the last of 32 tries stands).
+    WeightedCh3,
 }
 
 impl DistributionKind {
@@ -131,6 +136,7 @@ impl DistributionKind {
         "rendezvous",
         "ch3",
         "mcrouter_crc32",
+        "weighted_ch3",
     ];
 
     /// A ring of the given mode with 160 points per server.
@@ -152,7 +158,7 @@ impl DistributionKind {
     pub fn default_hash(&self) -> KeyHash {
         match self {
             DistributionKind::Ring { mode, .. } => mode.default_hash(),
-            DistributionKind::Ch3 => KeyHash::Murmur64a,
+            DistributionKind::Ch3 | DistributionKind::WeightedCh3 => KeyHash::Murmur64a,
             DistributionKind::Crc32 => KeyHash::Crc32a,
             _ => KeyHash::default(),
         }
@@ -188,6 +194,7 @@ impl fmt::Display for DistributionKind {
             DistributionKind::Rendezvous => f.write_str("rendezvous"),
             DistributionKind::Ch3 => f.write_str("ch3"),
             DistributionKind::Crc32 => f.write_str("mcrouter_crc32"),
+            DistributionKind::WeightedCh3 => f.write_str("weighted_ch3"),
         }
     }
 }
@@ -232,6 +239,7 @@ impl FromStr for DistributionKind {
             ("rendezvous" | "hrw", None) => DistributionKind::Rendezvous,
             ("ch3" | "furc", None) => DistributionKind::Ch3,
             ("mcrouter_crc32", None) => DistributionKind::Crc32,
+            ("weighted_ch3", None) => DistributionKind::WeightedCh3,
             _ => return Err(unknown()),
         };
         if points.is_some() && !matches!(kind, DistributionKind::Ring { .. }) {
@@ -291,6 +299,7 @@ enum Imp {
     Rendezvous(rendezvous::Rendezvous),
     Ch3(furc::Ch3),
     Crc32(furc::Crc32Mod),
+    WeightedCh3(furc::WeightedCh3),
 }
 
 /// A built distribution: immutable, `Send + Sync`, cheap to query.
@@ -317,10 +326,15 @@ impl Distribution {
         if backends.len() > u32::MAX as usize / 2 {
             return Err(Error::TooManyBackends(backends.len()));
         }
-        if config.kind == DistributionKind::Ch3 && backends.len() > FURC_MAX_POOL as usize {
+        let furc = matches!(
+            config.kind,
+            DistributionKind::Ch3 | DistributionKind::WeightedCh3
+        );
+        if furc && backends.len() > FURC_MAX_POOL as usize {
             return Err(Error::TooManyBackends(backends.len()));
         }
-        if backends.iter().all(|b| b.weight == 0) {
+        let weighted_ch3 = config.kind == DistributionKind::WeightedCh3;
+        if !weighted_ch3 && backends.iter().all(|b| b.weight == 0) {
             return Err(Error::ZeroWeight);
         }
         let imp = match config.kind {
@@ -335,6 +349,9 @@ impl Distribution {
             DistributionKind::Rendezvous => Imp::Rendezvous(rendezvous::Rendezvous::new(backends)),
             DistributionKind::Ch3 => Imp::Ch3(furc::Ch3::new(backends.len())),
             DistributionKind::Crc32 => Imp::Crc32(furc::Crc32Mod::new(backends.len())),
+            DistributionKind::WeightedCh3 => {
+                Imp::WeightedCh3(furc::WeightedCh3::new(backends.iter().map(|b| b.weight)))
+            }
         };
         Ok(Distribution {
             kind: config.kind,
@@ -379,10 +396,23 @@ impl Distribution {
     /// The backend index for `key`.
     #[inline]
     pub fn pick(&self, key: &[u8]) -> usize {
-        self.pick_hash(self.key_hash(key))
+        self.pick_filtered(self.filter.apply(key))
+    }
+
+    /// The backend index for a key the filter was already applied to
+    /// (mcrouter's salted hash routes append their salt after filtering).
+    #[inline]
+    pub fn pick_filtered(&self, key: &[u8]) -> usize {
+        match &self.imp {
+            // It rehashes salted keys, so it needs the key, not a hash.
+            Imp::WeightedCh3(w) => w.pick_key(key),
+            _ => self.pick_hash(self.hash.hash(key)),
+        }
     }
 
     /// The backend index for a hash from [`key_hash`](Self::key_hash).
+    /// For `weighted_ch3`, which needs the key itself, this is its first
+    /// try only (plain Ch3, weights ignored): use [`pick`](Self::pick).
     #[inline]
     pub fn pick_hash(&self, hash: u64) -> usize {
         match &self.imp {
@@ -393,6 +423,7 @@ impl Distribution {
             Imp::Rendezvous(r) => r.pick(hash),
             Imp::Ch3(c) => c.pick(hash),
             Imp::Crc32(c) => c.pick(hash),
+            Imp::WeightedCh3(_) => furc_hash(hash, self.len() as u32) as usize,
         }
     }
 
@@ -401,6 +432,21 @@ impl Distribution {
     /// that one is down, and so on, at most `limit` entries (all backends
     /// when `limit >= len()`).  Weight-0 backends come last, in index order.
     pub fn candidates(&self, key: &[u8], limit: usize, out: &mut Vec<usize>) {
+        if let Imp::WeightedCh3(w) = &self.imp {
+            // The weighted pick first, then index order (as for Ch3).
+            out.clear();
+            if limit > 0 {
+                out.push(w.pick_key(self.filter.apply(key)));
+            }
+            let mut i = 0;
+            while out.len() < limit.min(self.len()) {
+                if !out.contains(&i) {
+                    out.push(i);
+                }
+                i += 1;
+            }
+            return;
+        }
         self.candidates_hash(self.key_hash(key), limit, out);
     }
 
@@ -420,6 +466,7 @@ impl Distribution {
             // The pick; index order follows below.
             Imp::Ch3(c) => out.push(c.pick(hash)),
             Imp::Crc32(c) => out.push(c.pick(hash)),
+            Imp::WeightedCh3(_) => out.push(furc_hash(hash, self.len() as u32) as usize),
         }
         // Backends the walk could not reach (weight 0, or no points left on a
         // tiny ring) are appended in index order so the list is complete.
@@ -441,7 +488,11 @@ impl Distribution {
             Imp::Ring(r) => Some(r.shares(self.len())),
             Imp::Maglev(m) => Some(m.shares(self.len())),
             Imp::Modula(m) => Some(m.shares(&self.weights)),
-            Imp::Jump(_) | Imp::Rendezvous(_) | Imp::Ch3(_) | Imp::Crc32(_) => None,
+            Imp::Jump(_)
+            | Imp::Rendezvous(_)
+            | Imp::Ch3(_)
+            | Imp::Crc32(_)
+            | Imp::WeightedCh3(_) => None,
         }
     }
 }
@@ -504,6 +555,7 @@ mod tests {
             "rendezvous",
             "ch3",
             "mcrouter_crc32",
+            "weighted_ch3",
         ] {
             let k: DistributionKind = name.parse().unwrap();
             assert_eq!(k.to_string(), name);
