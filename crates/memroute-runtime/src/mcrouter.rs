@@ -237,8 +237,8 @@ impl Reader {
         if backends.is_empty() {
             return Err(format!("{path}.servers: a pool needs at least one server"));
         }
-        let def = memcached_pool(name.to_string(), backends, DistributionKind::Ch3)
-            .map_err(|e| format!("{path}: {e}"))?;
+        let dist = ch3(backends.len(), path)?;
+        let def = memcached_pool(name.to_string(), backends, dist);
         if self.pools.insert(name.to_string(), def).is_none() {
             self.order.push(name.to_string());
         }
@@ -409,9 +409,11 @@ impl Reader {
             .iter()
             .map(|b| {
                 let label = format!("{name}/{}:{}", b.host, b.port);
-                memcached_pool(label, vec![b.clone()], DistributionKind::Ch3)
-                    .map(RoutePlan::Pool)
-                    .map_err(|e| format!("{path}: {e}"))
+                Ok(RoutePlan::Pool(memcached_pool(
+                    label,
+                    vec![b.clone()],
+                    ch3(1, path)?,
+                )))
             })
             .collect()
     }
@@ -446,40 +448,33 @@ impl Reader {
                 match map.get("hash") {
                     None => RoutePlan::Pool(pool),
                     Some(hash) => {
-                        let (kind, salt) = hash_spec(hash, &format!("{path}.hash"))?;
+                        let at = format!("{path}.hash");
+                        let hashing = hash_spec(hash, &at)?;
                         let name = pool.name.clone();
-                        match (&pool.kind, salt.is_empty()) {
+                        match (&pool.kind, hashing.salt.is_empty()) {
                             // Unsalted: the pool itself, hashed as asked
                             // (multi-key gets still go one line per server).
-                            (PoolKind::Memcached { backends, .. }, true) => RoutePlan::Pool(
-                                memcached_pool(name, backends.clone(), kind)
-                                    .map_err(|e| format!("{path}.hash: {e}"))?,
-                            ),
+                            (PoolKind::Memcached { backends, .. }, true) => {
+                                let dist = distribution(&hashing, backends.len(), &at)?;
+                                RoutePlan::Pool(memcached_pool(name, backends.clone(), dist))
+                            }
                             // Salted: a hash route over its servers.
                             _ => {
                                 let servers = self.servers_of(&name, &format!("{path}.pool"))?;
-                                hash_route(servers, kind, salt, path)?
+                                hash_route(servers, hashing, &at)?
                             }
                         }
                     }
                 }
             }
             "HashRoute" => {
-                check_keys(map, &["type", "children", "hash_func", "salt"], path)?;
+                check_keys(
+                    map,
+                    &["type", "children", "hash_func", "salt", "weights"],
+                    path,
+                )?;
                 let children = children_of(self)?;
-                let kind = match map.get("hash_func") {
-                    None => DistributionKind::Ch3,
-                    Some(f) => hash_func(f, &format!("{path}.hash_func"))?,
-                };
-                let salt = match map.get("salt") {
-                    None => Vec::new(),
-                    Some(s) => s
-                        .as_str()
-                        .ok_or_else(|| format!("{path}.salt: must be a string"))?
-                        .as_bytes()
-                        .to_vec(),
-                };
-                hash_route(children, kind, salt, path)?
+                hash_route(children, hashing(map, path)?, path)?
             }
             "FailoverRoute" => {
                 check_keys(map, &["type", "children"], path)?;
@@ -729,71 +724,137 @@ fn hash_func(value: &Value, path: &str) -> Result<DistributionKind, String> {
     match value.as_str() {
         Some("Ch3") => Ok(DistributionKind::Ch3),
         Some("Crc32") => Ok(DistributionKind::Crc32),
-        Some(other) => Err(format!("{path}: {other} is not supported (Ch3 or Crc32)")),
+        Some("WeightedCh3") => Ok(DistributionKind::WeightedCh3),
+        Some(other) => Err(format!(
+            "{path}: {other} is not supported (Ch3, Crc32 or WeightedCh3)"
+        )),
         None => Err(format!("{path}: must be a string")),
     }
 }
 
-/// A PoolRoute's `hash`: a function name, or `{hash_func, salt}`.
-fn hash_spec(value: &Value, path: &str) -> Result<(DistributionKind, Vec<u8>), String> {
+/// How a route hashes keys over its children or servers.
+struct Hashing {
+    kind: DistributionKind,
+    salt: Vec<u8>,
+    /// WeightedCh3's weights, one per child, each in 0..=1.
+    weights: Vec<f64>,
+}
+
+/// `hash_func` (Ch3 by default), `salt` and `weights` of `map`.
+fn hashing(map: &Map<String, Value>, path: &str) -> Result<Hashing, String> {
+    let kind = match map.get("hash_func") {
+        Some(f) => hash_func(f, &format!("{path}.hash_func"))?,
+        None => DistributionKind::Ch3,
+    };
+    let salt = match map.get("salt") {
+        Some(s) => s
+            .as_str()
+            .ok_or_else(|| format!("{path}.salt: must be a string"))?
+            .as_bytes()
+            .to_vec(),
+        None => Vec::new(),
+    };
+    let weights = match (map.get("weights"), kind) {
+        (None, DistributionKind::WeightedCh3) => {
+            return Err(format!("{path}.weights: WeightedCh3 needs weights"))
+        }
+        (None, _) => Vec::new(),
+        (Some(_), kind) if kind != DistributionKind::WeightedCh3 => {
+            return Err(format!("{path}.weights: only WeightedCh3 takes weights"))
+        }
+        (Some(w), _) => w
+            .as_array()
+            .and_then(|w| w.iter().map(Value::as_f64).collect::<Option<Vec<f64>>>())
+            .filter(|w| w.iter().all(|x| (0.0..=1.0).contains(x)))
+            .ok_or_else(|| format!("{path}.weights: must be a list of numbers in 0..=1"))?,
+    };
+    Ok(Hashing {
+        kind,
+        salt,
+        weights,
+    })
+}
+
+/// A PoolRoute's `hash`: a function name, or `{hash_func, salt, weights}`.
+fn hash_spec(value: &Value, path: &str) -> Result<Hashing, String> {
     match value {
-        Value::String(_) => Ok((hash_func(value, path)?, Vec::new())),
+        Value::String(_) => {
+            let kind = hash_func(value, path)?;
+            if kind == DistributionKind::WeightedCh3 {
+                return Err(format!("{path}: WeightedCh3 needs an object with weights"));
+            }
+            Ok(Hashing {
+                kind,
+                salt: Vec::new(),
+                weights: Vec::new(),
+            })
+        }
         Value::Object(map) => {
-            check_keys(map, &["hash_func", "salt"], path)?;
-            let kind = match map.get("hash_func") {
-                Some(f) => hash_func(f, &format!("{path}.hash_func"))?,
-                None => DistributionKind::Ch3,
-            };
-            let salt = match map.get("salt") {
-                Some(s) => s
-                    .as_str()
-                    .ok_or_else(|| format!("{path}.salt: must be a string"))?
-                    .as_bytes()
-                    .to_vec(),
-                None => Vec::new(),
-            };
-            Ok((kind, salt))
+            check_keys(map, &["hash_func", "salt", "weights"], path)?;
+            hashing(map, path)
         }
         _ => Err(format!("{path}: a hash function name or an object")),
     }
 }
 
-/// mcrouter hashes the part of a key before `|#|`.
-fn distribution(kind: DistributionKind, n: usize) -> Result<Distribution, String> {
-    let names: Vec<Backend> = (0..n).map(|i| Backend::new(format!("child-{i}"))).collect();
-    DistributionConfig::new(kind)
+/// The distribution over `n` children. mcrouter hashes the part of a key
+/// before `|#|`; WeightedCh3's weights travel as backend weights (the
+/// threshold `weight * (2^32 - 1)`, as mcrouter computes it).
+fn distribution(hashing: &Hashing, n: usize, path: &str) -> Result<Distribution, String> {
+    let weighted = hashing.kind == DistributionKind::WeightedCh3;
+    if weighted && hashing.weights.len() != n {
+        return Err(format!(
+            "{path}.weights: {} weights for {n} servers or children",
+            hashing.weights.len()
+        ));
+    }
+    let names: Vec<Backend> = (0..n)
+        .map(|i| {
+            let name = format!("child-{i}");
+            match weighted {
+                true => {
+                    Backend::with_weight(name, (hashing.weights[i] * f64::from(u32::MAX)) as u32)
+                }
+                false => Backend::new(name),
+            }
+        })
+        .collect();
+    DistributionConfig::new(hashing.kind)
         .with_filter(KeyFilter::stop("|#|"))
         .build(&names)
-        .map_err(|e| e.to_string())
+        .map_err(|e| format!("{path}: {e}"))
 }
 
-fn hash_route(
-    children: Vec<RoutePlan>,
-    kind: DistributionKind,
-    salt: Vec<u8>,
-    path: &str,
-) -> Result<RoutePlan, String> {
-    let distribution = distribution(kind, children.len()).map_err(|e| format!("{path}: {e}"))?;
+fn ch3(n: usize, path: &str) -> Result<Distribution, String> {
+    let hashing = Hashing {
+        kind: DistributionKind::Ch3,
+        salt: Vec::new(),
+        weights: Vec::new(),
+    };
+    distribution(&hashing, n, path)
+}
+
+fn hash_route(children: Vec<RoutePlan>, hashing: Hashing, path: &str) -> Result<RoutePlan, String> {
+    let distribution = distribution(&hashing, children.len(), path)?;
     Ok(RoutePlan::Hash {
         children,
         distribution: Arc::new(distribution),
-        salt,
+        salt: hashing.salt,
     })
 }
 
 fn memcached_pool(
     name: String,
     backends: Vec<Arc<BackendConfig>>,
-    kind: DistributionKind,
-) -> Result<Arc<PoolDef>, String> {
-    let distribution = distribution(kind, backends.len())?;
-    Ok(Arc::new(PoolDef {
+    distribution: Distribution,
+) -> Arc<PoolDef> {
+    Arc::new(PoolDef {
         name,
         kind: PoolKind::Memcached {
             backends,
             distribution: Arc::new(distribution),
         },
-    }))
+    })
 }
 
 #[cfg(test)]
@@ -1021,7 +1082,7 @@ mod tests {
         assert_eq!(
             err(json!({"type": "HashRoute", "children": ["PoolRoute|A"],
                        "hash_func": "WeightedCh3"})),
-            "route.hash_func: WeightedCh3 is not supported (Ch3 or Crc32)"
+            "route.weights: WeightedCh3 needs weights"
         );
         assert_eq!(
             err(json!({"type": "WarmUpRoute", "cold": "PoolRoute|A"})),
@@ -1039,6 +1100,33 @@ mod tests {
         assert_eq!(
             read(json!({"routes": [{"aliases": ["/a/*/"], "route": "NullRoute"}]})).unwrap_err(),
             "routes[0].aliases[0]: \"/a/*/\" is not a /region/cluster/ prefix"
+        );
+    }
+
+    #[test]
+    fn weighted_ch3_takes_one_weight_per_child() {
+        match root(json!({"type": "PoolRoute", "pool": "A",
+                          "hash": {"hash_func": "WeightedCh3", "weights": [1.0, 0.5]}}))
+        {
+            RoutePlan::Pool(def) => match &def.kind {
+                PoolKind::Memcached { distribution, .. } => {
+                    assert_eq!(distribution.kind(), DistributionKind::WeightedCh3)
+                }
+                _ => unreachable!(),
+            },
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            err(
+                json!({"type": "HashRoute", "children": ["NullRoute", "NullRoute"],
+                       "hash_func": "WeightedCh3", "weights": [1.0]})
+            ),
+            "route.weights: 1 weights for 2 servers or children"
+        );
+        assert_eq!(
+            err(json!({"type": "HashRoute", "children": ["NullRoute"],
+                       "hash_func": "Ch4"})),
+            "route.hash_func: Ch4 is not supported (Ch3, Crc32 or WeightedCh3)"
         );
     }
 

@@ -679,8 +679,7 @@ impl Route for HashSelect {
             // The filter (`|#|`) applies to the key before the salt.
             let mut salted = self.distribution.filter().apply(key).to_vec();
             salted.extend_from_slice(&self.salt);
-            let hash = self.distribution.key_hash_fn().hash(&salted);
-            self.distribution.pick_hash(hash)
+            self.distribution.pick_filtered(&salted)
         };
         match self.children.get(i) {
             Some(child) => child.clone().call(request),
