@@ -601,13 +601,25 @@ impl Reader {
                     return Err(format!("{path}.start_time: missing"));
                 }
                 let interval = int(map, "interval", 3600, path)?;
-                RoutePlan::Migrate {
-                    from: Box::new(self.one(map, "from", path)?),
-                    to: Box::new(self.one(map, "to", path)?),
+                let from = self.one(map, "from", path)?;
+                let to = self.one(map, "to", path)?;
+                let migrate = |start: i64, stop: i64| RoutePlan::Migrate {
+                    from: Box::new(from.clone()),
+                    to: Box::new(to.clone()),
                     start,
-                    stop: start.saturating_add(interval.saturating_mul(2)),
+                    stop,
                     stat: None,
-                }
+                };
+                // mcrouter's phases: deletes go to both from start_time for
+                // two intervals (memroute's migration window sends deletes
+                // to both); everything else switches from `from` to `to`
+                // after one interval (an empty window: a plain switch).
+                let switch = start.saturating_add(interval);
+                let deletes = migrate(start, switch.saturating_add(interval));
+                by_command(
+                    DELETES.iter().map(|id| (*id, deletes.clone())).collect(),
+                    Some(migrate(switch, switch)),
+                )
             }
             "ShadowRoute" => {
                 check_keys(map, &["type", "default_policy", "shadows"], path)?;
@@ -654,6 +666,9 @@ impl Reader {
         Ok(plan)
     }
 }
+
+/// Delete command ids (`delete`, `md`).
+const DELETES: &[i64] = &[18, 3];
 
 /// Retrieval command ids (MissFailoverRoute fails over on their misses).
 const RETRIEVALS: &[i64] = &[1, 7, 8, 12, 13];
@@ -1030,17 +1045,31 @@ mod tests {
             ),
             RoutePlan::L1L2 { ttl: 10, .. }
         ));
-        assert!(matches!(
-            root(
-                json!({"type": "MigrateRoute", "from": "PoolRoute|A", "to": "PoolRoute|B",
-                        "start_time": 1000, "interval": 50})
-            ),
-            RoutePlan::Migrate {
-                start: 1000,
-                stop: 1100,
-                ..
+        match root(
+            json!({"type": "MigrateRoute", "from": "PoolRoute|A", "to": "PoolRoute|B",
+                          "start_time": 1000, "interval": 50}),
+        ) {
+            RoutePlan::Router(r) => {
+                assert_eq!(r.cmap.len(), 2);
+                assert!(matches!(
+                    r.cmap[0].1,
+                    RoutePlan::Migrate {
+                        start: 1000,
+                        stop: 1100,
+                        ..
+                    }
+                ));
+                assert!(matches!(
+                    r.default,
+                    Some(RoutePlan::Migrate {
+                        start: 1050,
+                        stop: 1050,
+                        ..
+                    })
+                ));
             }
-        ));
+            other => panic!("{other:?}"),
+        }
         match root(
             json!({"type": "ShadowRoute", "default_policy": "PoolRoute|A",
                           "shadows": [{"target": "PoolRoute|B", "key_fraction_range": [0.25, 0.75]}]}),
