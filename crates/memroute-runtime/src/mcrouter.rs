@@ -430,6 +430,45 @@ impl Reader {
         self.route(value, &format!("{path}.{key}"))
     }
 
+    /// `plan` with `shadows` (`[{target, key_fraction_range}]`, as
+    /// ShadowRoute and PoolRoute take them) around it, one node each.
+    fn shadowed(
+        &mut self,
+        mut plan: RoutePlan,
+        shadows: &Value,
+        path: &str,
+    ) -> Result<RoutePlan, String> {
+        let shadows = shadows
+            .as_array()
+            .ok_or_else(|| format!("{path}: must be a list"))?;
+        for (i, shadow) in shadows.iter().enumerate() {
+            let at = format!("{path}[{i}]");
+            let shadow = shadow
+                .as_object()
+                .ok_or_else(|| format!("{at}: must be an object"))?;
+            check_keys(shadow, &["target", "key_fraction_range"], &at)?;
+            let target = self.one(shadow, "target", &at)?;
+            plan = match shadow.get("key_fraction_range") {
+                // No range: every request.
+                None => RoutePlan::Shadow {
+                    child: Box::new(plan),
+                    shadows: vec![target],
+                    rate: 1.0,
+                },
+                Some(range) => {
+                    let (start, end) = fraction_range(range, &format!("{at}.key_fraction_range"))?;
+                    RoutePlan::KeyShadow {
+                        child: Box::new(plan),
+                        shadows: vec![target],
+                        start,
+                        end,
+                    }
+                }
+            };
+        }
+        Ok(plan)
+    }
+
     fn route_object(&mut self, map: &Map<String, Value>, path: &str) -> Result<RoutePlan, String> {
         let kind = map
             .get("type")
@@ -439,13 +478,13 @@ impl Reader {
             |r: &mut Reader| r.children(map.get("children"), &format!("{path}.children"));
         let plan = match kind {
             "PoolRoute" => {
-                check_keys(map, &["type", "pool", "hash"], path)?;
+                check_keys(map, &["type", "pool", "hash", "shadows"], path)?;
                 let pool = self.pool(
                     map.get("pool")
                         .ok_or_else(|| format!("{path}.pool: missing"))?,
                     &format!("{path}.pool"),
                 )?;
-                match map.get("hash") {
+                let routed = match map.get("hash") {
                     None => RoutePlan::Pool(pool),
                     Some(hash) => {
                         let at = format!("{path}.hash");
@@ -465,6 +504,10 @@ impl Reader {
                             }
                         }
                     }
+                };
+                match map.get("shadows") {
+                    Some(shadows) => self.shadowed(routed, shadows, &format!("{path}.shadows"))?,
+                    None => routed,
                 }
             }
             "HashRoute" => {
@@ -623,29 +666,11 @@ impl Reader {
             }
             "ShadowRoute" => {
                 check_keys(map, &["type", "default_policy", "shadows"], path)?;
-                let mut plan = self.one(map, "default_policy", path)?;
+                let plan = self.one(map, "default_policy", path)?;
                 let shadows = map
                     .get("shadows")
-                    .and_then(Value::as_array)
-                    .ok_or_else(|| format!("{path}.shadows: must be a list"))?;
-                for (i, shadow) in shadows.iter().enumerate() {
-                    let at = format!("{path}.shadows[{i}]");
-                    let shadow = shadow
-                        .as_object()
-                        .ok_or_else(|| format!("{at}: must be an object"))?;
-                    check_keys(shadow, &["target", "key_fraction_range"], &at)?;
-                    let target = self.one(shadow, "target", &at)?;
-                    let rate = match shadow.get("key_fraction_range") {
-                        None => 1.0,
-                        Some(range) => fraction_range(range, &format!("{at}.key_fraction_range"))?,
-                    };
-                    plan = RoutePlan::Shadow {
-                        child: Box::new(plan),
-                        shadows: vec![target],
-                        rate,
-                    };
-                }
-                plan
+                    .ok_or_else(|| format!("{path}.shadows: missing"))?;
+                self.shadowed(plan, shadows, &format!("{path}.shadows"))?
             }
             "ErrorRoute" => {
                 check_keys(map, &["type", "response"], path)?;
@@ -721,9 +746,8 @@ fn int(map: &Map<String, Value>, key: &str, default: i64, path: &str) -> Result<
     }
 }
 
-/// `[start, end]` within 0..1: the share of keys shadowed. memroute picks
-/// that share of requests at random rather than by key hash.
-fn fraction_range(range: &Value, path: &str) -> Result<f64, String> {
+/// `[start, end]` within 0..1, scaled to 2^32-1 as mcrouter scales it.
+fn fraction_range(range: &Value, path: &str) -> Result<(u32, u32), String> {
     let pair = range
         .as_array()
         .filter(|a| a.len() == 2)
@@ -732,7 +756,8 @@ fn fraction_range(range: &Value, path: &str) -> Result<f64, String> {
     if !(0.0..=1.0).contains(&pair.0) || !(pair.0..=1.0).contains(&pair.1) {
         return Err(format!("{path}: needs 0 <= start <= end <= 1"));
     }
-    Ok(pair.1 - pair.0)
+    let scale = |f: f64| (f * f64::from(u32::MAX)) as u32;
+    Ok((scale(pair.0), scale(pair.1)))
 }
 
 fn hash_func(value: &Value, path: &str) -> Result<DistributionKind, String> {
@@ -1074,9 +1099,14 @@ mod tests {
             json!({"type": "ShadowRoute", "default_policy": "PoolRoute|A",
                           "shadows": [{"target": "PoolRoute|B", "key_fraction_range": [0.25, 0.75]}]}),
         ) {
-            RoutePlan::Shadow { child, rate, .. } => {
+            RoutePlan::KeyShadow {
+                child, start, end, ..
+            } => {
                 assert_eq!(pool_name(&child), "A");
-                assert!((rate - 0.5).abs() < 1e-9);
+                assert_eq!(
+                    (start, end),
+                    (u32::MAX / 4, (u32::MAX as f64 * 0.75) as u32)
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -1094,6 +1124,24 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn pool_route_shadows() {
+        match root(json!({"type": "PoolRoute", "pool": "A",
+                          "shadows": [{"target": "PoolRoute|B"}]}))
+        {
+            RoutePlan::Shadow { child, rate, .. } => {
+                assert_eq!(pool_name(&child), "A");
+                assert_eq!(rate, 1.0);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            err(json!({"type": "PoolRoute", "pool": "A",
+                       "shadows": [{"target": "NullRoute", "index_range": [0, 1]}]})),
+            "route.shadows[0].index_range: not supported"
+        );
     }
 
     #[test]

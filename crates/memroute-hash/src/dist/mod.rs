@@ -29,7 +29,7 @@ use std::str::FromStr;
 
 use crate::{Backend, Error, KeyFilter, KeyHash};
 
-pub use furc::{furc_hash, murmur_hash_64a, FURC_MAX_POOL, FURC_SEED};
+pub use furc::{furc_hash, murmur_hash_64a, spooky_v2_hash32, FURC_MAX_POOL, FURC_SEED};
 pub use maglev::DEFAULT_TABLE_SIZE;
 pub use ring::{HostPort, DEFAULT_POINTS};
 

@@ -404,6 +404,38 @@ impl Route for Shadow {
     }
 }
 
+/// mcrouter's ShadowRoute with a `key_fraction_range`: the child's reply;
+/// a request is also copied to the shadows when its routing key (the part
+/// before `|#|`) hashes into `start..end`, so the same keys are always
+/// shadowed. The hash is SpookyHash V2 (32 bits, seed 0) modulo 2^32-2,
+/// as mcrouter computes it; the bounds are fractions scaled to 2^32-1.
+pub struct KeyShadow {
+    pub child: Rc<dyn Route>,
+    pub shadows: Vec<Rc<dyn Route>>,
+    pub start: u32,
+    pub end: u32,
+}
+
+impl KeyShadow {
+    /// Whether `key` falls in the shadowed range.
+    pub fn shadows_key(&self, key: &[u8]) -> bool {
+        let routing = memchr::memmem::find(key, b"|#|").map_or(key, |at| &key[..at]);
+        let hash = memroute_hash::spooky_v2_hash32(routing, 0) % (u32::MAX - 1);
+        hash >= self.start && hash < self.end
+    }
+}
+
+impl Route for KeyShadow {
+    fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
+        if request.key().is_some_and(|k| self.shadows_key(k)) {
+            for shadow in &self.shadows {
+                in_background(shadow.clone().call(request.clone()));
+            }
+        }
+        self.child.clone().call(request)
+    }
+}
+
 /// A cheap per-route random sequence (xorshift64): the spread is all
 /// sampling and random routes need.
 pub struct Sampler(std::cell::Cell<u64>);
@@ -1218,6 +1250,30 @@ mod tests {
         assert_eq!(RoutingPrefix::prefix_of(b"/a/b/c"), Some(&b"/a/b/"[..]));
         assert_eq!(RoutingPrefix::prefix_of(b"/a/b"), None);
         assert_eq!(RoutingPrefix::prefix_of(b"a/b/c"), None);
+    }
+
+    #[test]
+    fn key_shadow_copies_the_same_keys_every_time() {
+        let (main, copy) = (Scripted::new("HD"), Scripted::new("HD"));
+        let half = Rc::new(KeyShadow {
+            child: main.clone(),
+            shadows: vec![copy.clone()],
+            start: 0,
+            end: u32::MAX / 2,
+        });
+        let keys: Vec<String> = (0..200).map(|i| format!("k{i}")).collect();
+        let shadowed: Vec<bool> = keys
+            .iter()
+            .map(|k| half.shadows_key(k.as_bytes()))
+            .collect();
+        for key in &keys {
+            run(half.clone(), req(&format!("md {key}"), ""));
+        }
+        let expected = shadowed.iter().filter(|s| **s).count();
+        assert_eq!((main.calls(), copy.calls()), (200, expected));
+        assert!((60..140).contains(&expected), "{expected}");
+        // The hash stop: the same routing key, the same answer.
+        assert_eq!(half.shadows_key(b"k1|#|a"), half.shadows_key(b"k1|#|b"));
     }
 
     #[test]

@@ -9,9 +9,9 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use super::handlers::{
-    AllAsync, AllFastest, AllMajority, AllSync, Direct, ErrorRoute, Failover, HashSelect, Migrate,
-    Null, PrefixSelector, Random, RetryStat, RoutingPrefix, Sampler, Shadow, Split, Ttl, Warmup,
-    ZoneFailover, L1L2,
+    AllAsync, AllFastest, AllMajority, AllSync, Direct, ErrorRoute, Failover, HashSelect,
+    KeyShadow, Migrate, Null, PrefixSelector, Random, RetryStat, RoutingPrefix, Sampler, Shadow,
+    Split, Ttl, Warmup, ZoneFailover, L1L2,
 };
 use super::pool::{EmbeddedPool, Pool, PoolDef, WorkerBackends};
 use super::router::{KeyRouter, RouterEntry, RouterMode, RouterTable};
@@ -91,6 +91,14 @@ pub enum RoutePlan {
         children: Vec<RoutePlan>,
         distribution: Arc<memroute_hash::Distribution>,
         salt: Vec<u8>,
+    },
+    /// Shadows the keys whose routing-key hash is in `start..end` (of
+    /// 2^32-1), as mcrouter's `key_fraction_range` does.
+    KeyShadow {
+        child: Box<RoutePlan>,
+        shadows: Vec<RoutePlan>,
+        start: u32,
+        end: u32,
     },
     /// mcrouter's routing prefixes: `/region/cluster/` keys to their
     /// alias's route, prefix stripped; others to `default`.
@@ -291,6 +299,17 @@ impl RoutePlan {
                 children: all(children),
                 distribution: distribution.clone(),
                 salt: salt.clone(),
+            }),
+            RoutePlan::KeyShadow {
+                child,
+                shadows,
+                start,
+                end,
+            } => Rc::new(KeyShadow {
+                child: child.build(cx),
+                shadows: all(shadows),
+                start: *start,
+                end: *end,
             }),
             RoutePlan::RoutingPrefix { routes, default } => Rc::new(RoutingPrefix {
                 routes: routes
