@@ -241,6 +241,20 @@ def test_sighup_reloads_the_json(backends, memroute_factory, startfile_dir):
     assert mc_get(a, "k1") == b"1" and mc_get(b, "k2") == b"2" and mc_get(a, "k2") is None
 
 
+def test_shadow_copies_the_keys_in_its_range(backends, memroute_factory, startfile_dir):
+    main, copy = backends(2)
+    path = config_file(startfile_dir, {
+        "pools": {"main": servers(main), "copy": servers(copy)},
+        "route": {"type": "PoolRoute", "pool": "main",
+                  "shadows": [{"target": "PoolRoute|copy", "key_fraction_range": [0, 1]}]},
+    })
+    mr = memroute_factory("--mcrouter-config", str(path))
+    with mr.client() as c:
+        assert c.request(b"set k 0 0 1\r\nx\r\n") == b"STORED\r\n"
+    assert mc_get(main, "k") == b"x"
+    wait_until(lambda: mc_get(copy, "k") == b"x", 3, what="the shadow copy")
+
+
 def test_import_and_comments(backends, memroute_factory, startfile_dir):
     a, = backends(1)
     write_startfile(startfile_dir, "pools.json", json.dumps({"A": servers(a)}))

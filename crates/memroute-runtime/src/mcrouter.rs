@@ -214,8 +214,36 @@ impl Reader {
             .as_object()
             .ok_or_else(|| format!("{path}: a pool must be an object"))?;
         let mut backends = Vec::new();
+        // The pool's own hash (mcrouter's older pool properties).
+        let mut hashing = Hashing {
+            kind: DistributionKind::Ch3,
+            salt: Vec::new(),
+            weights: Vec::new(),
+        };
         for (key, value) in pool {
             match key.as_str() {
+                "hash" => {
+                    let name = value.as_str().unwrap_or_default().to_ascii_lowercase();
+                    hashing.kind = match name.as_str() {
+                        "ch3" => DistributionKind::Ch3,
+                        "crc32" => DistributionKind::Crc32,
+                        "wch3" | "weightedch3" => DistributionKind::WeightedCh3,
+                        _ => {
+                            return Err(format!(
+                                "{path}.hash: {value} is not supported (ch3, crc32 or wch3)"
+                            ))
+                        }
+                    }
+                }
+                "hash_weights" => {
+                    hashing.weights = weight_list(value, &format!("{path}.hash_weights"))?
+                }
+                "hash_salt" => {
+                    return Err(format!(
+                        "{path}.hash_salt: not supported on a pool (salt the route: \
+                         PoolRoute hash.salt or HashRoute salt)"
+                    ))
+                }
                 "servers" => {
                     let servers = value
                         .as_array()
@@ -237,7 +265,18 @@ impl Reader {
         if backends.is_empty() {
             return Err(format!("{path}.servers: a pool needs at least one server"));
         }
-        let dist = ch3(backends.len(), path)?;
+        let weighted = hashing.kind == DistributionKind::WeightedCh3;
+        if !weighted && !hashing.weights.is_empty() {
+            return Err(format!("{path}.hash_weights: only for hash wch3"));
+        }
+        if weighted && hashing.weights.len() != backends.len() {
+            return Err(format!(
+                "{path}.hash_weights: {} weights for {} servers",
+                hashing.weights.len(),
+                backends.len()
+            ));
+        }
+        let dist = distribution(&hashing, backends.len(), path)?;
         let def = memcached_pool(name.to_string(), backends, dist);
         if self.pools.insert(name.to_string(), def).is_none() {
             self.order.push(name.to_string());
@@ -802,17 +841,22 @@ fn hashing(map: &Map<String, Value>, path: &str) -> Result<Hashing, String> {
         (Some(_), kind) if kind != DistributionKind::WeightedCh3 => {
             return Err(format!("{path}.weights: only WeightedCh3 takes weights"))
         }
-        (Some(w), _) => w
-            .as_array()
-            .and_then(|w| w.iter().map(Value::as_f64).collect::<Option<Vec<f64>>>())
-            .filter(|w| w.iter().all(|x| (0.0..=1.0).contains(x)))
-            .ok_or_else(|| format!("{path}.weights: must be a list of numbers in 0..=1"))?,
+        (Some(w), _) => weight_list(w, &format!("{path}.weights"))?,
     };
     Ok(Hashing {
         kind,
         salt,
         weights,
     })
+}
+
+/// WeightedCh3 weights: numbers in 0..=1.
+fn weight_list(value: &Value, path: &str) -> Result<Vec<f64>, String> {
+    value
+        .as_array()
+        .and_then(|w| w.iter().map(Value::as_f64).collect::<Option<Vec<f64>>>())
+        .filter(|w| w.iter().all(|x| (0.0..=1.0).contains(x)))
+        .ok_or_else(|| format!("{path}: must be a list of numbers in 0..=1"))
 }
 
 /// A PoolRoute's `hash`: a function name, or `{hash_func, salt, weights}`.
@@ -1124,6 +1168,41 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn pool_level_hash_properties() {
+        let config = read(json!({
+            "pools": {
+                "C": {"servers": ["127.0.0.1:1", "127.0.0.1:2"], "hash": "crc32"},
+                "W": {"servers": ["127.0.0.1:1", "127.0.0.1:2"], "hash": "wch3",
+                      "hash_weights": [1.0, 0.25]},
+            },
+            "route": "PoolRoute|C",
+        }))
+        .unwrap();
+        let kinds: Vec<DistributionKind> = config
+            .pools
+            .iter()
+            .map(|(_, def)| match &def.kind {
+                PoolKind::Memcached { distribution, .. } => distribution.kind(),
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [DistributionKind::Crc32, DistributionKind::WeightedCh3]
+        );
+        let broken =
+            |pool: Value| read(json!({"pools": {"P": pool}, "route": "NullRoute"})).unwrap_err();
+        assert_eq!(
+            broken(json!({"servers": ["127.0.0.1:1"], "hash": "wch3"})),
+            "pools.P.hash_weights: 0 weights for 1 servers"
+        );
+        assert_eq!(
+            broken(json!({"servers": ["127.0.0.1:1"], "hash_salt": "x"})),
+            "pools.P.hash_salt: not supported on a pool (salt the route: PoolRoute hash.salt or HashRoute salt)"
+        );
     }
 
     #[test]
