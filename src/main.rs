@@ -569,8 +569,8 @@ fn config_from(cli: &Cli) -> Result<ServerConfig, String> {
         start_arg = Some(routes.display().to_string());
     }
     if let Some(file) = &cli.mcrouter_config {
-        startfile = Some(memroute_runtime::mcrouter::STARTFILE.into());
-        start_arg = Some(file.display().to_string());
+        startfile = Some(file.clone());
+        start_arg = Some(memroute_runtime::mcrouter::START_ARG.into());
     }
     let mut o_idle_timeout = None;
     let mut tls = TlsOptions::default();

@@ -232,12 +232,16 @@ def test_sighup_reloads_the_json(backends, memroute_factory, startfile_dir):
     mr = memroute_factory("--mcrouter-config", str(path))
     with mr.client() as c:
         assert c.request(b"set k1 0 0 1\r\n1\r\n") == b"STORED\r\n"
+        before = stats_dict(c)["config_digest"]
     config_file(startfile_dir, {"pools": pools, "route": "PoolRoute|B"})
     mr.proc.send_signal(signal.SIGHUP)
     with mr.client() as c:
         wait_until(lambda: stats_dict(c, b"proxy").get("config_reloads") == "1", 10,
                    what="the reload")
         assert c.request(b"set k2 0 0 1\r\n2\r\n") == b"STORED\r\n"
+        after = stats_dict(c)["config_digest"]
+    # The digest covers the JSON file itself.
+    assert len(before) == 16 and before != after
     assert mc_get(a, "k1") == b"1" and mc_get(b, "k2") == b"2" and mc_get(a, "k2") is None
 
 

@@ -9,10 +9,10 @@
 //! path (`route.children[2].type: BigValueRoute is not supported`), never
 //! silently ignored. docs/mcrouter.md lists what maps to what.
 //!
-//! The command line names the file through the proxy configuration's
-//! startfile: [`STARTFILE`] as the startfile and the JSON file as the start
-//! argument, as `--routes` does for routelib, so loading and SIGHUP reloads
-//! go through `crate::lua::load_config` unchanged.
+//! The command line names the file through the proxy configuration: the
+//! JSON file as the startfile and [`START_ARG`] as the start argument, so
+//! loading, SIGHUP reloads and the configuration digest (which hashes the
+//! startfile's bytes) go through the same paths as a Lua startfile's.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -27,9 +27,10 @@ use crate::route::plan::{RoutePlan, RouterPlan};
 use crate::route::router::RouterMode;
 use crate::route::{PoolDef, PoolKind};
 
-/// The startfile name that means "the start argument is an mcrouter JSON
-/// file" (what `--mcrouter-config FILE` sets).
-pub const STARTFILE: &str = "<mcrouter-config>";
+/// The start argument that means "the startfile is an mcrouter JSON file"
+/// (what `--mcrouter-config FILE` sets; no Lua runs, so nothing else
+/// reads the start argument).
+pub const START_ARG: &str = "<mcrouter-config>";
 
 /// Deepest `@import` nesting (a loop is an error, not a hang).
 const MAX_IMPORT_DEPTH: usize = 16;

@@ -182,13 +182,13 @@ const MAX_DEPTH: usize = 32;
 /// Loads the startfile in a fresh config VM and runs `mcp_config_pools()`.
 ///
 /// Stores (`mcp.dynamo_pool`) are made in, or reused from, `stores`.
-/// The startfile [`crate::mcrouter::STARTFILE`] reads the start argument
-/// as an mcrouter JSON file instead, with no VM.
+/// With the start argument [`crate::mcrouter::START_ARG`] the startfile
+/// is an mcrouter JSON file, read with no VM.
 pub fn load_config(
     proxy: &ProxyConfig,
     stores: &Arc<StoreRegistry>,
 ) -> Result<LoadedConfig, ConfigError> {
-    if proxy.startfile.as_os_str() == crate::mcrouter::STARTFILE {
+    if proxy.start_arg.as_deref() == Some(crate::mcrouter::START_ARG) {
         return load_mcrouter(proxy);
     }
     let lua = vm::new_vm(proxy)?;
@@ -241,15 +241,12 @@ pub fn load_config(
     })
 }
 
-/// An mcrouter JSON file (the start argument) as a loaded configuration:
-/// its tree is built natively by workers, as a routelib file's is.
+/// An mcrouter JSON file (the startfile) as a loaded configuration: its
+/// tree is built natively by workers, as a routelib file's is.
 fn load_mcrouter(proxy: &ProxyConfig) -> Result<LoadedConfig, ConfigError> {
-    let file = proxy
-        .start_arg
-        .as_deref()
-        .ok_or_else(|| ConfigError::Invalid("--mcrouter-config: no configuration file".into()))?;
-    let config = crate::mcrouter::load(std::path::Path::new(file))
-        .map_err(|e| ConfigError::Invalid(format!("{file}: {e}")))?;
+    let file = &proxy.startfile;
+    let config = crate::mcrouter::load(file)
+        .map_err(|e| ConfigError::Invalid(format!("{}: {e}", file.display())))?;
     let pools = ConfigValue::Table(
         config
             .pools
