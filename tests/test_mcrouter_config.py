@@ -207,6 +207,9 @@ def test_routing_prefixes_route_by_alias_and_strip(backends, memroute_factory, s
         assert (c.request(b"get /west/web/k\r\n", b"END\r\n")
                 == b"VALUE /west/web/k 0 1\r\nw\r\nEND\r\n")
         assert c.request(b"get /north/x/k\r\n") == b"SERVER_ERROR no route\r\n"
+        assert c.request(b"mg /west/web/k v k\r\n", b"w\r\n") == b"VA 1 k/west/web/k\r\nw\r\n"
+        assert (c.request(b"get /west/web/k plain\r\n", b"END\r\n")
+                == b"VALUE /west/web/k 0 1\r\nw\r\nVALUE plain 0 1\r\ne\r\nEND\r\n")
     # Stored without the prefix; keys without one use the first alias.
     assert mc_get(b, "k") == b"w" and mc_get(a, "plain") == b"e"
 

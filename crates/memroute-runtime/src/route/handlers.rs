@@ -11,6 +11,10 @@
 //! `route_null` and `route_allasync` answer), memroute answers as
 //! mcrouter's NullRoute does: the command's nominal miss.
 //!
+//! mcrouter's handles without a routelib counterpart live here too, for
+//! its JSON configurations (`crate::mcrouter`): [`PrefixSelector`],
+//! [`HashSelect`], [`RoutingPrefix`] and [`KeyShadow`].
+//!
 //! Requests a handler sends but does not wait for (the rest of a fan-out
 //! once it has its answer, `route_split`'s second child) keep running as
 //! tasks of the worker, so a write still reaches every child.
@@ -775,29 +779,48 @@ pub fn with_key(request: &Request, key: &[u8], limits: &Limits) -> Option<Reques
         .split(|&b| b == b' ')
         .filter(|t| !t.is_empty())
         .collect();
-    let at = tokens.iter().position(|t| *t == &old[..])?;
+    // The key is never the command (token 0), which may spell the same.
+    let at = 1 + tokens[1..].iter().position(|t| *t == &old[..])?;
     tokens[at] = key;
     Request::parse(&tokens.join(&b' '), request.value(), limits).ok()
 }
 
-/// A `VALUE` reply for `from` made to name `to`, the key the client asked
-/// for; any other reply as it is.
+/// A reply for key `from` made to name `to`, the key the client asked for:
+/// the key of a `VALUE` line, or a meta reply's `k` flag (a base64 key is
+/// left as it is). Any other reply as it is.
 fn renamed_value(reply: Response, from: &[u8], to: &[u8]) -> Response {
     let raw = reply.raw();
-    let head_len = b"VALUE ".len() + from.len();
-    let matches = raw.starts_with(b"VALUE ")
-        && raw.get(6..head_len) == Some(from)
-        && raw.get(head_len) == Some(&b' ');
-    if !matches {
-        return reply;
+    let line = reply.line();
+    let mut k_from = Vec::with_capacity(from.len() + 1);
+    k_from.push(b'k');
+    k_from.extend_from_slice(from);
+    let is_meta = line.len() >= 2
+        && line[..2].iter().all(u8::is_ascii_uppercase)
+        && line.get(2).is_none_or(|b| *b == b' ');
+    // Where the old key's bytes start in the line.
+    let mut at = None;
+    let mut pos = 0;
+    for (i, token) in line.split(|&b| b == b' ').enumerate() {
+        if i == 1 && line.starts_with(b"VALUE ") && token == from {
+            at = Some(pos);
+            break;
+        }
+        if i > 0 && is_meta && token == &k_from[..] {
+            at = Some(pos + 1);
+            break;
+        }
+        pos += token.len() + 1;
     }
+    let Some(at) = at else {
+        return reply;
+    };
     let mut out = bytes::BytesMut::with_capacity(raw.len() + to.len());
-    out.extend_from_slice(b"VALUE ");
+    out.extend_from_slice(&raw[..at]);
     out.extend_from_slice(to);
-    out.extend_from_slice(&raw[head_len..]);
+    out.extend_from_slice(&raw[at + from.len()..]);
     let grow = to.len() as isize - from.len() as isize;
     let shift = |n: usize| (n as isize + grow) as usize;
-    let line_len = shift(reply.line().len());
+    let line_len = shift(line.len());
     let value = reply.value().map(|v| {
         let start = v.as_ptr() as usize - raw.as_ptr() as usize;
         shift(start)..shift(start + v.len())
@@ -1145,8 +1168,11 @@ mod tests {
         fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
             let key = String::from_utf8_lossy(request.key().unwrap()).into_owned();
             self.0.borrow_mut().push(key.clone());
-            let mut raw =
-                bytes::BytesMut::from(format!("VALUE {key} 0 2\r\nhi\r\nEND\r\n").as_bytes());
+            let reply = match request.raw_line().starts_with(b"mg ") {
+                true => format!("VA 2 t-1 k{key}\r\nhi\r\n"),
+                false => format!("VALUE {key} 0 2\r\nhi\r\nEND\r\n"),
+            };
+            let mut raw = bytes::BytesMut::from(reply.as_bytes());
             let decoder = memroute_proto::ResponseDecoder::for_request(&request);
             ready(decoder.decode(&mut raw).unwrap().unwrap())
         }
@@ -1245,7 +1271,11 @@ mod tests {
             run(route.clone(), req("get /west/web/k", "")),
             "SERVER_ERROR no route\r\n"
         );
-        assert_eq!(*east.0.borrow(), ["k1"]);
+        assert_eq!(
+            run(route.clone(), req("mg /east/web/k2 v t k", "")),
+            "VA 2 t-1 k/east/web/k2\r\nhi\r\n"
+        );
+        assert_eq!(*east.0.borrow(), ["k1", "k2"]);
         assert_eq!(*other.0.borrow(), ["plain"]);
         assert_eq!(RoutingPrefix::prefix_of(b"/a/b/c"), Some(&b"/a/b/"[..]));
         assert_eq!(RoutingPrefix::prefix_of(b"/a/b"), None);
@@ -1284,5 +1314,8 @@ mod tests {
         assert_eq!(&set.value()[..], b"x");
         let mg = with_key(&req("mg /a/b/k v t", ""), b"k", &limits).unwrap();
         assert_eq!(&mg.raw_line()[..], b"mg k v t");
+        // A key spelled like the command.
+        let get = with_key(&req("get get", ""), b"x", &limits).unwrap();
+        assert_eq!(&get.raw_line()[..], b"get x");
     }
 }
