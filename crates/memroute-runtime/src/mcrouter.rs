@@ -113,9 +113,60 @@ fn resolve_imports(value: &mut Value, dir: &Path, depth: usize) -> Result<(), St
     Ok(())
 }
 
-/// `text` without `//` and `/* */` comments (outside strings), which
-/// mcrouter's configurations may carry.
+/// `text` without `//` and `/* */` comments and without trailing commas
+/// before `}` or `]` (outside strings), which mcrouter's JSON parser
+/// accepts and configurations carry.
 fn strip_comments(text: &str) -> String {
+    strip_trailing_commas(&strip_comment_text(text))
+}
+
+fn strip_trailing_commas(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut in_string = false;
+    let mut escaped = false;
+    // A comma seen outside strings, held until we know what follows it.
+    let mut held: Option<String> = None;
+    for c in text.chars() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+            continue;
+        }
+        if let Some(pending) = held.as_mut() {
+            if c.is_whitespace() {
+                pending.push(c);
+                continue;
+            }
+            let pending = held.take().expect("held");
+            if c == '}' || c == ']' {
+                // Drop the comma, keep the whitespace (line numbers).
+                out.push_str(&pending[1..]);
+            } else {
+                out.push_str(&pending);
+            }
+        }
+        match c {
+            ',' => held = Some(String::from(",")),
+            '"' => {
+                in_string = true;
+                out.push(c);
+            }
+            _ => out.push(c),
+        }
+    }
+    if let Some(pending) = held {
+        out.push_str(&pending);
+    }
+    out
+}
+
+fn strip_comment_text(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut chars = text.chars().peekable();
     let mut in_string = false;
@@ -168,10 +219,8 @@ pub fn parse(value: &Value) -> Result<McrouterConfig, String> {
         .ok_or("the configuration must be a JSON object")?;
     for key in top.keys() {
         match key.as_str() {
-            "pools" | "route" | "routes" => {}
-            "macros" | "named_handles" => {
-                return Err(format!("{key}: not supported (write the routes out)"))
-            }
+            "pools" | "route" | "routes" | "named_handles" => {}
+            "macros" => return Err(format!("{key}: not supported (write the routes out)")),
             other => return Err(format!("{other}: unknown top-level key")),
         }
     }
@@ -179,11 +228,25 @@ pub fn parse(value: &Value) -> Result<McrouterConfig, String> {
         pools: HashMap::new(),
         order: Vec::new(),
         servers: HashMap::new(),
+        named: HashMap::new(),
     };
     if let Some(pools) = top.get("pools") {
         let pools = pools.as_object().ok_or("pools: must be an object")?;
         for (name, pool) in pools {
             reader.define_pool(name, pool, &format!("pools.{name}"))?;
+        }
+    }
+    // Named before the routes that use them, each after those it names.
+    if let Some(named) = top.get("named_handles") {
+        let named = named
+            .as_array()
+            .ok_or("named_handles: must be a list of routes with a name")?;
+        for (i, handle) in named.iter().enumerate() {
+            let path = format!("named_handles[{i}]");
+            if handle.get("name").and_then(Value::as_str).is_none() {
+                return Err(format!("{path}.name: missing"));
+            }
+            reader.route(handle, &path)?;
         }
     }
     let root = match (top.get("route"), top.get("routes")) {
@@ -207,6 +270,9 @@ struct Reader {
     /// One backend config per server, shared by every pool naming it, so
     /// a worker keeps one set of connections to it.
     servers: HashMap<String, Arc<BackendConfig>>,
+    /// Routes given a `name` (in `named_handles` or anywhere in the tree),
+    /// which a string elsewhere may name.
+    named: HashMap<String, RoutePlan>,
 }
 
 impl Reader {
@@ -260,6 +326,8 @@ impl Reader {
                         .as_str()
                         .is_some_and(|p| p.eq_ignore_ascii_case("ascii")) => {}
                 "name" => {}
+                // Stripping the prefix is what memroute does.
+                "keep_routing_prefix" if value.as_bool() == Some(false) => {}
                 other => return Err(format!("{path}.{other}: not supported")),
             }
         }
@@ -408,6 +476,10 @@ impl Reader {
                 message.unwrap_or("ErrorRoute").to_string(),
             )),
             ("NullRoute", None) => Ok(RoutePlan::Null),
+            (name, None) if self.named.contains_key(name) => Ok(self.named[name].clone()),
+            (other, None) => Err(format!(
+                "{path}: {other} is not supported (nor the name of a named handle)"
+            )),
             (other, _) => Err(format!("{path}: {other} is not supported")),
         }
     }
@@ -510,6 +582,24 @@ impl Reader {
     }
 
     fn route_object(&mut self, map: &Map<String, Value>, path: &str) -> Result<RoutePlan, String> {
+        let Some(name) = map.get("name") else {
+            return self.handle(map, path);
+        };
+        // A named handle: the route without its name, remembered.
+        let name = name
+            .as_str()
+            .ok_or_else(|| format!("{path}.name: must be a string"))?
+            .to_string();
+        let mut unnamed = map.clone();
+        unnamed.remove("name");
+        let plan = self.handle(&unnamed, path)?;
+        if self.named.insert(name.clone(), plan.clone()).is_some() {
+            return Err(format!("{path}.name: {name:?} is named twice"));
+        }
+        Ok(plan)
+    }
+
+    fn handle(&mut self, map: &Map<String, Value>, path: &str) -> Result<RoutePlan, String> {
         let kind = map
             .get("type")
             .and_then(Value::as_str)
@@ -1255,6 +1345,11 @@ mod tests {
             "macros: not supported (write the routes out)"
         );
         assert_eq!(
+            read(json!({"named_handles": [{"type": "NullRoute"}], "route": "NullRoute"}))
+                .unwrap_err(),
+            "named_handles[0].name: missing"
+        );
+        assert_eq!(
             read(json!({"routes": [{"aliases": ["/a/*/"], "route": "NullRoute"}]})).unwrap_err(),
             "routes[0].aliases[0]: \"/a/*/\" is not a /region/cluster/ prefix"
         );
@@ -1304,6 +1399,35 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn named_handles_and_trailing_commas() {
+        // As a real mcrouter config has it: trailing commas, a named handle.
+        let text = r#"{
+          "pools": { "local": { "servers": ["127.0.0.1:11211",],
+                                "protocol": "ascii", "keep_routing_prefix": false, }, },
+          "named_handles": [ { "name": "local-pool", "type": "PoolRoute", "pool": "local", }, ],
+          "route": { "type": "PrefixSelectorRoute",
+                     "policies": { "a:": "local-pool", "b:": "local-pool", },
+                     "wildcard": { "name": "nothing", "type": "NullRoute" } },
+        }"#;
+        let value: Value = serde_json::from_str(&strip_comments(text)).unwrap();
+        match parse(&value).unwrap().root {
+            RoutePlan::PrefixSelector { policies, wildcard } => {
+                assert_eq!(pool_name(&policies[0].1), "local");
+                assert!(matches!(wildcard.as_deref(), Some(RoutePlan::Null)));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            strip_comments(r#"{"a": ",]", "b": [1, 2 , ] }"#),
+            r#"{"a": ",]", "b": [1, 2  ] }"#
+        );
+        assert_eq!(
+            err(json!("no-such-handle")),
+            "route: no-such-handle is not supported (nor the name of a named handle)"
+        );
     }
 
     #[test]
