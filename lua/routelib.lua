@@ -12,7 +12,9 @@
 -- handler and map remembers the file and line it was written at, so a
 -- mistake found later is reported there.
 
-local conf = { pools = {}, routes = nil, settings = nil, zone = nil, verbose = false }
+-- routes: one routes{} section per tag, in file order; the untagged one
+-- (tag = nil) serves untagged listeners and what a tag has no route for.
+local conf = { pools = {}, routes = {}, settings = nil, zone = nil, verbose = false }
 
 -- "file:line" of the caller `level` frames up. (The VM has no debug
 -- library; error() at a level prefixes exactly that position.)
@@ -101,16 +103,18 @@ function routes(t)
     if type(t) ~= "table" then
         fail(at, "routes takes a table (map, cmap, default, conf)")
     end
-    if t.tag ~= nil then
-        fail(at, "routes: tagged route trees (tag = ...) need tagged listeners, "
-            .. "which memroute does not have yet")
+    if t.tag ~= nil and type(t.tag) ~= "string" then
+        fail(at, "routes: tag must be a string (a listener's -l tag_NAME_:...)")
     end
-    if conf.routes ~= nil then
-        fail(at, "routes: a second untagged routes{} section (the first is at "
-            .. conf.routes.__where .. ")")
+    for _, other in ipairs(conf.routes) do
+        if other.tag == t.tag then
+            local which = t.tag and ("tag '" .. t.tag .. "'") or "untagged"
+            fail(at, "routes: a second " .. which .. " routes{} section (the first is at "
+                .. other.__where .. ")")
+        end
     end
     t.__where = at
-    conf.routes = t
+    table.insert(conf.routes, t)
 end
 
 function local_zone(zone)
@@ -311,18 +315,9 @@ local function resolve_entry(value, made, at)
     return resolve_child(value, made, at)
 end
 
-function mcp_config_pools()
-    local file = mcp.start_arg
-    if type(file) ~= "string" then
-        error("routelib: give the route file with -o proxy_arg=FILE (or --routes FILE)", 0)
-    end
-    dofile(file)
-    if conf.routes == nil then
-        error(file .. ": no routes{} section", 0)
-    end
-    local made = make_pools(apply_settings())
-    local r = conf.routes
-    local tree = { __where = r.__where, conf = r.conf or {}, zone = conf.zone }
+-- One routes{} section with every child resolved to its pool.
+local function resolve_tree(r, made)
+    local tree = { __where = r.__where, conf = r.conf or {}, tag = r.tag }
     if r.map ~= nil then
         tree.map = {}
         for prefix, entry in pairs(r.map) do
@@ -338,11 +333,28 @@ function mcp_config_pools()
     if r.default ~= nil then
         tree.default = resolve_child(r.default, made, r.__where)
     end
+    return tree
+end
+
+function mcp_config_pools()
+    local file = mcp.start_arg
+    if type(file) ~= "string" then
+        error("routelib: give the route file with -o proxy_arg=FILE (or --routes FILE)", 0)
+    end
+    dofile(file)
+    if #conf.routes == 0 then
+        error(file .. ": no routes{} section", 0)
+    end
+    local made = make_pools(apply_settings())
+    local trees = {}
+    for _, r in ipairs(conf.routes) do
+        table.insert(trees, resolve_tree(r, made))
+    end
     -- Every pool, routed to or not: flush_all empties them all, and the
     -- configuration digest lists them.
-    tree.pools = {}
+    local all = {}
     for name, p in pairs(made) do
-        tree.pools[name] = p.pool or p.set
+        all[name] = p.pool or p.set
     end
-    return { __memroute_routelib = tree }
+    return { __memroute_routelib = { trees = trees, pools = all, zone = conf.zone } }
 end

@@ -19,8 +19,9 @@
 # Environment: WORKLOAD (get90_100B, mix11_100B, get90_4K, mget10_100B...,
 # as in bench.sh; default get90_100B), OPS_SMALL / OPS_LARGE (default 5000 /
 # 25000; memcaslap counts each key of a multi-get), MEMROUTE_BIN (default
-# target/release/memroute, build it first). Needs valgrind
-# (apt-get install valgrind).
+# target/release/memroute, build it first), KEEP=DIR (copy the callgrind
+# outputs, callgrind.OPS_SMALL and callgrind.OPS_LARGE, into DIR for
+# callgrind_annotate). Needs valgrind (apt-get install valgrind).
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -64,5 +65,9 @@ instructions() { # ops
 small=$(instructions "$OPS_SMALL")
 large=$(instructions "$OPS_LARGE")
 per_op=$(( (large - small) / (OPS_LARGE - OPS_SMALL) ))
+if [ -n "${KEEP:-}" ]; then
+  mkdir -p "$KEEP"
+  cp "$work/callgrind.$OPS_SMALL" "$work/callgrind.$OPS_LARGE" "$KEEP/"
+fi
 echo "| workload | instructions per op | ops (small / large run) |"
 echo "| $WORKLOAD | $per_op | $OPS_SMALL / $OPS_LARGE |"

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{ArgAction, Parser, Subcommand};
 use memroute_runtime::auth::AuthSettings;
-use memroute_runtime::config::Protocol;
+use memroute_runtime::config::{Protocol, TaggedListen, UnixSocket, DEFAULT_UNIX_MODE};
 use memroute_runtime::tls::{MinVersion, TlsSettings, VerifyMode};
 use memroute_runtime::{Server, ServerConfig};
 
@@ -32,9 +32,17 @@ struct Cli {
     /// TCP port to listen on.
     #[arg(short = 'p', long = "port", default_value_t = 11211)]
     port: u16,
-    /// Interfaces to listen on, comma-separated (IPv4 or IPv6 addresses).
-    #[arg(short = 'l', long = "listen", default_value = "127.0.0.1")]
-    listen: String,
+    /// Interfaces to listen on, comma-separated or repeated: an IP address
+    /// (`*` for all), `IP:PORT`, `[IPv6]:PORT`, each optionally prefixed
+    /// `tag_NAME_:` to route by tag [default: 127.0.0.1].
+    #[arg(short = 'l', long = "listen")]
+    listen: Vec<String>,
+    /// UNIX socket to listen on (disables TCP, as in memcached).
+    #[arg(short = 's', long = "unix-socket", value_name = "FILE")]
+    unix_socket: Option<PathBuf>,
+    /// Permissions of the UNIX socket file, in octal [default: 700].
+    #[arg(short = 'a', long = "unix-mask", value_name = "MASK", value_parser = parse_unix_mask)]
+    unix_mask: Option<u32>,
     /// Worker threads (default: number of cores).
     #[arg(short = 't', long = "threads")]
     threads: Option<usize>,
@@ -177,6 +185,101 @@ fn parse_protocol(s: &str) -> Result<Protocol, String> {
             "{s:?} is not a protocol: use auto, ascii or binary"
         )),
     }
+}
+
+/// `-a`: octal permission bits, as memcached reads them (memcached takes
+/// anything `strtol` does, so `-a abc` makes a socket no one can use; here
+/// it is an error).
+fn parse_unix_mask(s: &str) -> Result<u32, String> {
+    match u32::from_str_radix(s, 8) {
+        Ok(mode) if mode <= 0o777 => Ok(mode),
+        _ => Err(format!("{s:?} is not an octal permission mask (0 to 777)")),
+    }
+}
+
+/// Where `-l` listens: untagged and tagged addresses.
+#[derive(Debug, Default, PartialEq)]
+struct Listeners {
+    untagged: Vec<SocketAddr>,
+    tagged: Vec<TaggedListen>,
+}
+
+/// Parses `-l` values as memcached does: each a list separated by `,` or
+/// `;` of `[tag_NAME_:]HOST[:PORT]`, HOST an IP address, `[IPv6]`, or `*`
+/// for every address; without a port, `-p`'s.
+fn parse_listeners(values: &[String], default_port: u16) -> Result<Listeners, String> {
+    let mut out = Listeners::default();
+    for part in values
+        .iter()
+        .flat_map(|v| v.split([',', ';']))
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+    {
+        let (tag, rest) = match part.strip_prefix("tag_") {
+            Some(tagged) => match tagged.split_once('_') {
+                Some((tag, rest)) if rest.starts_with(':') => {
+                    memroute_runtime::route::check_tag(tag.as_bytes())
+                        .map_err(|e| format!("-l {part:?}: {e}"))?;
+                    (Some(tag.to_string()), &rest[1..])
+                }
+                _ => {
+                    return Err(format!(
+                        "-l {part:?}: a tag is written tag_NAME_:HOST[:PORT]"
+                    ))
+                }
+            },
+            None => (None, part),
+        };
+        let (host, port) = split_host_port(rest).map_err(|e| format!("-l {part:?}: {e}"))?;
+        let ips: Vec<IpAddr> = if host == "*" {
+            vec![IpAddr::from([0u8; 4]), IpAddr::from([0u16; 8])]
+        } else {
+            vec![host
+                .parse()
+                .map_err(|_| format!("-l {part:?}: {host:?} is not an IP address"))?]
+        };
+        for ip in ips {
+            let addr = SocketAddr::new(ip, port.unwrap_or(default_port));
+            match &tag {
+                Some(tag) => out.tagged.push(TaggedListen {
+                    tag: tag.clone(),
+                    addr,
+                }),
+                None => out.untagged.push(addr),
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `HOST`, `HOST:PORT`, `[IPv6]` or `[IPv6]:PORT`; a bare IPv6 address
+/// (several colons) has no port, as in memcached.
+fn split_host_port(s: &str) -> Result<(&str, Option<u16>), String> {
+    let (host, port) = if let Some(bracketed) = s.strip_prefix('[') {
+        let (host, after) = bracketed
+            .split_once(']')
+            .ok_or("an IPv6 address opened with [ needs its ]")?;
+        match after {
+            "" => (host, None),
+            _ => (
+                host,
+                Some(after.strip_prefix(':').ok_or("expected :PORT after ]")?),
+            ),
+        }
+    } else {
+        match s.split_once(':') {
+            Some((host, port)) if !port.contains(':') => (host, Some(port)),
+            _ => (s, None),
+        }
+    };
+    let port = match port {
+        Some(p) => Some(
+            p.parse::<u16>()
+                .map_err(|_| format!("{p:?} is not a port number"))?,
+        ),
+        None => None,
+    };
+    Ok((host, port))
 }
 
 fn parse_size(s: &str) -> Result<usize, String> {
@@ -521,19 +624,23 @@ fn init_logging(verbose: u8) {
 }
 
 fn config_from(cli: &Cli) -> Result<ServerConfig, String> {
-    let mut listen = Vec::new();
-    for part in cli
-        .listen
-        .split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-    {
-        let ip: IpAddr = part
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse()
-            .map_err(|_| format!("-l: {part:?} is not an IP address"))?;
-        listen.push(SocketAddr::new(ip, cli.port));
+    let default_listen = ["127.0.0.1".to_string()];
+    let listen_values = match cli.listen.as_slice() {
+        [] => &default_listen[..],
+        given => given,
+    };
+    let mut listeners = parse_listeners(listen_values, cli.port)?;
+    let unix_socket = cli.unix_socket.as_ref().map(|path| UnixSocket {
+        path: path.clone(),
+        mode: cli.unix_mask.unwrap_or(DEFAULT_UNIX_MODE),
+    });
+    if unix_socket.is_some() {
+        // memcached 1.6 listens on nothing but the socket when -s is
+        // given, whatever -l and -p say.
+        if !cli.listen.is_empty() {
+            tracing::warn!("-s: TCP is off with a UNIX socket, as in memcached; -l is ignored");
+        }
+        listeners = Listeners::default();
     }
     if cli.udp_port != 0 {
         return Err("-U: memroute does not serve UDP; use -U 0".into());
@@ -545,7 +652,9 @@ fn config_from(cli: &Cli) -> Result<ServerConfig, String> {
         return Err("-I: the item size limit must be at least 1k".into());
     }
     let mut config = ServerConfig {
-        listen,
+        listen: listeners.untagged,
+        tagged_listen: listeners.tagged,
+        unix_socket,
         memory_limit: cli.memory_limit_mb.saturating_mul(1024 * 1024),
         max_connections: cli.conn_limit.max(1),
         verbosity: cli.verbose,
@@ -862,6 +971,74 @@ mod tests {
             &["--sasl-pwdb", "p"],
         ] {
             assert!(config(args).is_err(), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn listen_flags_follow_memcached() {
+        let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let c = config(&["-p", "7000"]).unwrap();
+        assert_eq!(c.listen, vec![addr("127.0.0.1:7000")]);
+        let c = config(&[
+            "-p",
+            "7000",
+            "-l",
+            "127.0.0.1,[::1]:7001;10.0.0.1:7002",
+            "-l",
+            "tag_aa_:127.0.0.1:7003",
+            "-l",
+            "tag_bb_:[::1]",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.listen,
+            vec![
+                addr("127.0.0.1:7000"),
+                addr("[::1]:7001"),
+                addr("10.0.0.1:7002")
+            ]
+        );
+        let tags: Vec<(&str, SocketAddr)> = c
+            .tagged_listen
+            .iter()
+            .map(|t| (t.tag.as_str(), t.addr))
+            .collect();
+        assert_eq!(
+            tags,
+            vec![("aa", addr("127.0.0.1:7003")), ("bb", addr("[::1]:7000"))]
+        );
+        // A bare IPv6 address has no port; `*` is every address.
+        let c = config(&["-p", "7000", "-l", "::1,*"]).unwrap();
+        assert_eq!(
+            c.listen,
+            vec![addr("[::1]:7000"), addr("0.0.0.0:7000"), addr("[::]:7000")]
+        );
+        for (args, says) in [
+            (&["-l", "tag_waytoolong_:127.0.0.1"][..], "1 to 8 bytes"),
+            (&["-l", "tag_aa:127.0.0.1"], "tag_NAME_:HOST[:PORT]"),
+            (&["-l", "127.0.0.1:http"], "not a port number"),
+            (&["-l", "[::1]7000"], "expected :PORT"),
+            (&["-l", "localhost"], "not an IP address"),
+        ] {
+            let err = config(args).unwrap_err();
+            assert!(err.contains(says), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn unix_socket_turns_tcp_off() {
+        let c = config(&["-s", "/tmp/x.sock", "-l", "127.0.0.1", "-p", "7000"]).unwrap();
+        assert!(c.listen.is_empty() && c.tagged_listen.is_empty());
+        let unix = c.unix_socket.unwrap();
+        assert_eq!(
+            (unix.path.to_str(), unix.mode),
+            (Some("/tmp/x.sock"), 0o700)
+        );
+        let c = config(&["-s", "/tmp/x.sock", "-a", "0666"]).unwrap();
+        assert_eq!(c.unix_socket.unwrap().mode, 0o666);
+        for mask in ["8", "1000", "778", "rw"] {
+            let err = config(&["-s", "/tmp/x.sock", "-a", mask]).unwrap_err();
+            assert!(err.contains("octal permission mask"), "{mask}: {err}");
         }
     }
 }

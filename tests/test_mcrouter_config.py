@@ -108,6 +108,10 @@ def test_pool_route_places_keys_as_mcrouter_ch3(backends, memroute_factory, star
         expected = ch3(k.encode(), 3)
         for i, server in enumerate(pool):
             assert (mc_get(server, k) is not None) == (i == expected), (k, i)
+    # mcrouter's admin key names the same server.
+    with mr.client() as c:
+        reply = c.request(b"get __mcrouter__.route(get,key:7)\r\n", b"END\r\n")
+        assert reply.split(b"\r\n")[1].decode() == pool[ch3(b"key:7", 3)].addr, reply
 
 
 def test_failover_route_skips_a_dead_server(backends, memroute_factory, startfile_dir):

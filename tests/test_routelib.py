@@ -185,8 +185,12 @@ routes{
      'routes{ default = route_ttl{ child = "p", ttl = "soon" } }\n',
      "routes.lua:2: route_ttl: ttl must be a number"),
     ('pools{ p = { backends = { "127.0.0.1:1" } } }\n'
-     'routes{ tag = "t", default = route_direct{ child = "p" } }\n',
-     "tagged route trees"),
+     'routes{ tag = "too_long_tag", default = route_direct{ child = "p" } }\n',
+     "routes.lua:2: routes: tag \"too_long_tag\" must be 1 to 8 bytes long"),
+    ('pools{ p = { backends = { "127.0.0.1:1" } } }\n'
+     'routes{ default = route_direct{ child = "p" } }\n'
+     'routes{ default = route_direct{ child = "p" } }\n',
+     "routes.lua:3: routes: a second untagged routes{} section (the first is at"),
     ('pools{ p = { backends = { "127.0.0.1:1" } } }\n'
      'settings{ no_such = 1 }\nroutes{ default = route_direct{ child = "p" } }\n',
      "routes.lua:2: settings: unknown setting 'no_such'"),
@@ -355,3 +359,31 @@ routes{
         assert c.request(b"get off/k\r\n") == b"SERVER_ERROR this prefix is retired\r\n"
     assert mc_get(a, "sh/k") == b"z"
     wait_until(lambda: mc_get(s, "sh/k") == b"z", 5, what="the shadow copy")
+
+
+def test_mcrouter_admin_keys_say_where_a_key_goes(backends, memroute_factory, startfile_dir):
+    a1, a2, b = backends(3)
+    path = routes_file(startfile_dir, pools_text(pa=[a1, a2], pb=[b]) + """
+routes{
+    map = { foo = route_failover{ children = { "pa", "pb" } } },
+    default = route_direct{ child = "pa" },
+}
+""")
+    mr = memroute_factory("--routes", str(path))
+    addrs = {a1.addr, a2.addr}
+    with mr.client() as c:
+        reply = c.request(b"get __mcrouter__.route(get,foo/k)\r\n", b"END\r\n")
+        head, body, end = reply.split(b"\r\n", 1)[0], reply.split(b"\r\n", 1)[1][:-7], reply[-5:]
+        lines = body.decode().split("\r\n")
+        assert head.startswith(b"VALUE __mcrouter__.route(get,foo/k) 0 ") and end == b"END\r\n"
+        # The failover's first pool maps the key to one of its two servers,
+        # then the second pool's only server.
+        assert len(lines) == 2 and lines[0] in addrs and lines[1] == b.addr, lines
+        # The pool's pick is the server that really gets the key.
+        assert c.request(b"set foo/k 0 0 1\r\nx\r\n") == b"STORED\r\n"
+        owner = a1 if lines[0] == a1.addr else a2
+        assert mc_get(owner, "foo/k") == b"x"
+        tree = c.request(b"get __mcrouter__.route_handles(set,other)\r\n", b"END\r\n")
+        assert b"router\r\n  direct\r\n    pool pa -> " in tree, tree
+        assert c.request(b"get __mcrouter__.route(frob,k)\r\n", b"END\r\n").split(b"\r\n")[1] == \
+            b"unknown operation"

@@ -252,20 +252,33 @@ type Tokens = SmallVec<[(u32, u32); 12]>;
 
 fn tokenize(line: &[u8]) -> Tokens {
     let mut tokens = Tokens::new();
-    let mut start = None;
-    for (i, &b) in line.iter().enumerate() {
-        if b == b' ' {
-            if let Some(s) = start.take() {
-                tokens.push((s as u32, i as u32));
-            }
-        } else if start.is_none() {
-            start = Some(i);
+    let mut pos = 0;
+    while pos < line.len() {
+        if line[pos] == b' ' {
+            pos += 1;
+            continue;
         }
-    }
-    if let Some(s) = start {
-        tokens.push((s as u32, line.len() as u32));
+        let end = pos + token_end(&line[pos..]);
+        tokens.push((pos as u32, end as u32));
+        pos = end + 1;
     }
     tokens
+}
+
+/// Where the space-separated token at the front of `rest` ends. A short
+/// token (a command, a number) is walked byte by byte; past that, memchr
+/// finds the end of a long one (most of a line is its key) in a few steps,
+/// but costs more than a short walk to call.
+pub(crate) fn token_end(rest: &[u8]) -> usize {
+    const SHORT: usize = 8;
+    let head = &rest[..rest.len().min(SHORT)];
+    match head.iter().position(|&b| b == b' ') {
+        Some(end) => end,
+        None if rest.len() > SHORT => {
+            memchr::memchr(b' ', &rest[SHORT..]).map_or(rest.len(), |end| SHORT + end)
+        }
+        None => rest.len(),
+    }
 }
 
 /// The tokens of one line, as zero-copy slices.

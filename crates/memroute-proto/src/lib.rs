@@ -63,8 +63,8 @@ pub use request::{
     StoreOp,
 };
 pub use response::{
-    decode_retrieval_piece, retrieval_head, Oversize, Response, ResponseCode, ResponseDecoder,
-    RetrievalHead, RetrievalPiece,
+    decode_retrieval_piece, retrieval_head, take_retrieval_piece, Oversize, Response, ResponseCode,
+    ResponseDecoder, RetrievalHead, RetrievalPiece,
 };
 pub use typed::{Reply, Status};
 

@@ -8,7 +8,7 @@
 
 use std::ops::Range;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 use crate::number::parse_u64;
 use crate::request::{Command, MetaOp, Request};
@@ -122,6 +122,11 @@ impl Response {
     pub fn raw(&self) -> &Bytes {
         &self.raw
     }
+    /// The whole reply, taken without cloning its bytes (the first clone
+    /// of a freshly received reply allocates).
+    pub fn into_raw(self) -> Bytes {
+        self.raw
+    }
     /// The first line without `\r\n`.
     pub fn line(&self) -> &[u8] {
         &self.raw[..self.line_len]
@@ -178,9 +183,17 @@ impl Response {
 
     /// The key named by a `VALUE` header line.
     pub fn value_line_key(line: &[u8]) -> Option<&[u8]> {
-        let rest = line.strip_prefix(b"VALUE ")?;
-        rest.split(|&b| b == b' ' || b == b'\r' || b == b'\n')
-            .find(|t| !t.is_empty())
+        let mut rest = line.strip_prefix(b"VALUE ")?;
+        // The first token between spaces, `\r` and `\n`, found with memchr:
+        // a VALUE line is mostly its key, too long to walk byte by byte on
+        // every reply.
+        loop {
+            let end = memchr::memchr3(b' ', b'\r', b'\n', rest).unwrap_or(rest.len());
+            if end > 0 {
+                return Some(&rest[..end]);
+            }
+            rest = rest.get(1..)?;
+        }
     }
 }
 
@@ -204,42 +217,53 @@ pub enum RetrievalPiece {
 pub fn decode_retrieval_piece(
     buf: &mut BytesMut,
 ) -> Result<Option<RetrievalPiece>, MalformedResponse> {
-    let Some(first_end) = memchr::memchr(b'\n', buf) else {
-        return Ok(None);
-    };
-    let line_len = trim_cr(buf, first_end);
-    let line = &buf[..line_len];
-    if let Some(code) = error_code(line) {
-        return Ok(Some(RetrievalPiece::Error(take(
-            buf,
-            first_end + 1,
-            code,
-            line_len,
-            None,
-        ))));
+    match retrieval_head(buf)? {
+        Some(head) => take_retrieval_piece(buf, head),
+        None => Ok(None),
     }
-    if line == b"END" {
-        let _ = buf.split_to(first_end + 1);
-        return Ok(Some(RetrievalPiece::End));
+}
+
+/// Takes the piece whose head [`retrieval_head`] just read at the front of
+/// `buf` (so its header line is not parsed twice); `Ok(None)` until a
+/// value's data block has all arrived (nothing is consumed).
+pub fn take_retrieval_piece(
+    buf: &mut BytesMut,
+    head: RetrievalHead,
+) -> Result<Option<RetrievalPiece>, MalformedResponse> {
+    match head {
+        RetrievalHead::End { len } => {
+            buf.advance(len);
+            Ok(Some(RetrievalPiece::End))
+        }
+        RetrievalHead::Error { len } => {
+            let line_len = trim_cr(buf, len - 1);
+            let code = error_code(&buf[..line_len]).unwrap_or(ResponseCode::ServerError);
+            Ok(Some(RetrievalPiece::Error(take(
+                buf, len, code, line_len, None,
+            ))))
+        }
+        RetrievalHead::Value { header, size } => {
+            let stop = header + size + 2;
+            if buf.len() < stop {
+                return Ok(None);
+            }
+            if &buf[header + size..stop] != b"\r\n" {
+                return Err(MalformedResponse("VALUE data not terminated"));
+            }
+            let mut raw = BytesMut::with_capacity(stop + 5);
+            raw.extend_from_slice(&buf[..stop]);
+            raw.extend_from_slice(b"END\r\n");
+            let line_len = trim_cr(buf, header - 1);
+            buf.advance(stop);
+            Ok(Some(RetrievalPiece::Value(Response {
+                raw: raw.freeze(),
+                code: ResponseCode::Value,
+                line_len,
+                value: Some(header..header + size),
+                hit: true,
+            })))
+        }
     }
-    if !line.starts_with(b"VALUE ") {
-        return Err(MalformedResponse("unexpected line in multi-key reply"));
-    }
-    let start = first_end + 1;
-    let Some((size, stop)) = value_block(line, buf, start)? else {
-        return Ok(None);
-    };
-    let mut raw = BytesMut::with_capacity(stop + 5);
-    raw.extend_from_slice(&buf[..stop]);
-    raw.extend_from_slice(b"END\r\n");
-    let _ = buf.split_to(stop);
-    Ok(Some(RetrievalPiece::Value(Response {
-        raw: raw.freeze(),
-        code: ResponseCode::Value,
-        line_len,
-        value: Some(start..start + size),
-        hit: true,
-    })))
 }
 
 /// The head of the next piece of a `get` reply at the front of a buffer,
@@ -282,8 +306,8 @@ pub fn retrieval_head(buf: &[u8]) -> Result<Option<RetrievalHead>, MalformedResp
     if !line.starts_with(b"VALUE ") {
         return Err(MalformedResponse("unexpected line in multi-key reply"));
     }
-    let size = line.split(|&b| b == b' ').filter(|t| !t.is_empty()).nth(3);
-    let (size, _) = size
+    // (After `VALUE `: the key, the flags, then the size.)
+    let (size, _) = nth_token(&line[b"VALUE ".len()..], 2)
         .and_then(|t| data_end(t, end + 1))
         .ok_or(MalformedResponse("bad VALUE line"))?;
     Ok(Some(RetrievalHead::Value {
@@ -505,9 +529,8 @@ fn value_block(
     buf: &[u8],
     start: usize,
 ) -> Result<Option<(usize, usize)>, MalformedResponse> {
-    let size = line.split(|&b| b == b' ').filter(|t| !t.is_empty()).nth(3);
     data_block(
-        size,
+        nth_token(line, 3),
         buf,
         start,
         ["bad VALUE line", "VALUE data not terminated"],
@@ -542,6 +565,24 @@ fn data_block(
 fn data_end(size: &[u8], start: usize) -> Option<(usize, usize)> {
     let size = usize::try_from(parse_u64(size)?).ok()?;
     Some((size, start.checked_add(size)?.checked_add(2)?))
+}
+
+/// The `n`th token of `line` (from 0), tokens being separated by runs of
+/// spaces (see [`token_end`](crate::decode::token_end): a `VALUE` line is
+/// mostly its key).
+fn nth_token(line: &[u8], n: usize) -> Option<&[u8]> {
+    let mut rest = line;
+    let mut index = 0;
+    loop {
+        let start = rest.iter().position(|&b| b != b' ')?;
+        rest = &rest[start..];
+        let end = crate::decode::token_end(rest);
+        if index == n {
+            return Some(&rest[..end]);
+        }
+        rest = &rest[end..];
+        index += 1;
+    }
 }
 
 fn trim_cr(buf: &[u8], newline: usize) -> usize {

@@ -346,7 +346,13 @@ impl Admin {
         write_stat(out, "inter", inter);
         write_stat(out, "verbosity", cfg.verbosity);
         write_stat(out, "evictions", "on");
-        write_stat(out, "domain_socket", "NULL");
+        match &cfg.unix_socket {
+            Some(unix) => {
+                write_stat(out, "domain_socket", unix.path.display());
+                write_stat(out, "umask", format!("{:o}", unix.mode));
+            }
+            None => write_stat(out, "domain_socket", "NULL"),
+        }
         write_stat(out, "num_threads", cfg.threads);
         write_stat(out, "cas_enabled", "yes");
         write_stat(out, "tcp_backlog", cfg.backlog);

@@ -23,8 +23,14 @@ pub enum Protocol {
 /// command line; tests build it directly (with port 0).
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// Addresses to listen on (memcached's `-l`, `-p`).
+    /// Addresses to listen on (memcached's `-l`, `-p`), untagged.
     pub listen: Vec<SocketAddr>,
+    /// Tagged listeners (memcached's `-l tag_NAME_:host:port`): their
+    /// connections take the routes attached for their tag.
+    pub tagged_listen: Vec<TaggedListen>,
+    /// A UNIX socket to listen on (memcached's `-s` and `-a`), served
+    /// like a TCP connection on an untagged listener, never with TLS.
+    pub unix_socket: Option<UnixSocket>,
     /// Worker threads (`-t`); each owns its connections.
     pub threads: usize,
     /// Embedded cache memory limit in bytes (`-m`, given in MiB).
@@ -76,6 +82,8 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 11211))],
+            tagged_listen: Vec::new(),
+            unix_socket: None,
             threads: std::thread::available_parallelism().map_or(4, |n| n.get()),
             memory_limit: 64 * 1024 * 1024,
             max_connections: 1024,
@@ -94,6 +102,26 @@ impl Default for ServerConfig {
         }
     }
 }
+
+/// A listener whose connections carry a tag (`-l tag_NAME_:host:port`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaggedListen {
+    /// 1 to 8 bytes (see [`crate::route::check_tag`]).
+    pub tag: String,
+    pub addr: SocketAddr,
+}
+
+/// A UNIX socket listener (`-s PATH`, `-a MASK`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnixSocket {
+    pub path: PathBuf,
+    /// The socket file's permission bits (`-a`, octal; memcached's
+    /// default is 0700).
+    pub mode: u32,
+}
+
+/// memcached's default `-a`.
+pub const DEFAULT_UNIX_MODE: u32 = 0o700;
 
 /// Where the routing configuration comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -19,8 +19,11 @@
 //! requests), so running it early would answer from the past.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::{FuturesOrdered, StreamExt};
@@ -34,7 +37,9 @@ use tokio::sync::watch;
 
 use crate::config::Protocol;
 use crate::embedded::{Embedded, Flow};
-use crate::route::{multiget, ReplyFuture, Route, RouteSet, WorkerLimits, WorkerRoutes};
+use crate::route::{
+    multiget, ListenerTag, ReplyFuture, Route, RouteSet, WorkerLimits, WorkerRoutes,
+};
 use crate::stats::{ServerStats, WorkerLoad, WorkerStats};
 
 /// Bytes reserved per read.
@@ -159,10 +164,20 @@ const VALUE_OVERHEAD: usize = 512;
 /// client, however many keys it asks for and however slowly it reads.
 /// Requests that do not fit wait (the connection stops decoding) until
 /// earlier replies are written.
+///
+/// The replies are `oldest`, then `finished`, then `ordered`. A reply
+/// queued when nothing else is (a client sending one request at a time,
+/// the usual case) becomes `oldest` and is polled directly: in
+/// `FuturesOrdered` it would cost a task allocation and wake-up
+/// bookkeeping.
 struct Pipeline<'a> {
+    oldest: Option<ReplyFuture>,
+    /// Replies of `ordered` that came out while `oldest` was still
+    /// pending (they wait their turn here).
+    finished: VecDeque<Bytes>,
     ordered: FuturesOrdered<ReplyFuture>,
-    /// Bytes reserved by each entry of `ordered`, and whether it counts as
-    /// an active routed request, in the same order.
+    /// Bytes reserved by each reply, and whether it counts as an active
+    /// routed request, in the same order.
     reserved: VecDeque<(usize, bool)>,
     /// Their sum.
     held: usize,
@@ -171,6 +186,8 @@ struct Pipeline<'a> {
     load: &'a WorkerLoad,
     /// `quit` arrived behind routed requests: close once they are answered.
     close_after: bool,
+    /// The newest reply has not been polled yet (see [`Pipeline::drive`]).
+    newest_unpolled: bool,
 }
 
 /// Why the worker refused a routed request (the proxy's limits).
@@ -201,26 +218,87 @@ impl Refusal {
 impl<'a> Pipeline<'a> {
     fn new(limit: usize, load: &'a WorkerLoad) -> Self {
         Pipeline {
+            oldest: None,
+            finished: VecDeque::new(),
             ordered: FuturesOrdered::new(),
             reserved: VecDeque::new(),
             held: 0,
             limit,
             load,
             close_after: false,
+            newest_unpolled: false,
         }
     }
 
     fn is_empty(&self) -> bool {
-        self.ordered.is_empty()
+        self.reserved.is_empty()
+    }
+
+    /// Polls every reply once, keeping what is ready, if the newest has
+    /// not been polled yet.
+    ///
+    /// A reply future sends its backend requests when it is made (a
+    /// pool's) or when first polled (a Lua route's, a multi-key get's): so
+    /// that backends see requests in the client's order, the connection
+    /// drives the replies queued so far before it makes the next one.
+    /// (A client sending one request at a time never pays for it.)
+    async fn drive(&mut self) {
+        if !self.newest_unpolled {
+            return;
+        }
+        self.newest_unpolled = false;
+        std::future::poll_fn(|cx| {
+            if let Some(oldest) = self.oldest.as_mut() {
+                if let Poll::Ready(bytes) = oldest.as_mut().poll(cx) {
+                    self.oldest = None;
+                    // (What `finished` holds came after it.)
+                    self.finished.push_front(bytes);
+                }
+            }
+            self.drain_ordered(cx);
+            Poll::Ready(())
+        })
+        .await
+    }
+
+    /// Moves what `ordered` has ready, in order, to `finished`.
+    fn drain_ordered(&mut self, cx: &mut Context<'_>) {
+        while !self.ordered.is_empty() {
+            match self.ordered.poll_next_unpin(cx) {
+                Poll::Ready(Some(bytes)) => self.finished.push_back(bytes),
+                _ => break,
+            }
+        }
+    }
+
+    /// The next reply in request order, once it is ready. Only for a
+    /// pipeline that is not empty.
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Bytes> {
+        if let Some(oldest) = self.oldest.as_mut() {
+            if let Poll::Ready(bytes) = oldest.as_mut().poll(cx) {
+                self.oldest = None;
+                return Poll::Ready(bytes);
+            }
+            // Keep the replies behind it moving (a Lua route runs only
+            // while polled).
+            self.drain_ordered(cx);
+            return Poll::Pending;
+        }
+        if let Some(bytes) = self.finished.pop_front() {
+            return Poll::Ready(bytes);
+        }
+        self.ordered
+            .poll_next_unpin(cx)
+            .map(|next| next.expect("poll_next on an empty pipeline"))
     }
 
     /// How many more replies of `each` bytes may join now. An empty
     /// pipeline takes at least one, so every request makes progress.
     fn room_for(&self, each: usize) -> usize {
-        let slots = MAX_IN_FLIGHT.saturating_sub(self.ordered.len());
+        let slots = MAX_IN_FLIGHT.saturating_sub(self.reserved.len());
         let bytes = self.limit.saturating_sub(self.held) / each.max(1);
         let room = slots.min(bytes);
-        if self.ordered.is_empty() {
+        if self.is_empty() {
             room.max(1)
         } else {
             room
@@ -251,7 +329,12 @@ impl<'a> Pipeline<'a> {
 
     /// Queues a reply; `active` for a routed request (not a ready line).
     fn push(&mut self, reply: ReplyFuture, reserve: usize, active: bool) {
-        self.ordered.push_back(reply);
+        if self.is_empty() {
+            self.oldest = Some(reply);
+        } else {
+            self.ordered.push_back(reply);
+        }
+        self.newest_unpolled = true;
         self.reserved.push_back((reserve, active));
         self.held += reserve;
         self.load.buffered.add(reserve as u64);
@@ -291,10 +374,16 @@ struct MultiGet {
 /// protocol beyond repair, stays idle past `-o idle_timeout`, or the server
 /// shuts down (after the request in flight is answered).
 ///
-/// The stream is a TCP connection or a TLS session over one (`-Z`); the
-/// loop is compiled for each, so plain TCP pays nothing for TLS.
-pub async fn serve<S>(mut stream: S, ctx: Rc<WorkerContext>, mut shutdown: watch::Receiver<bool>)
-where
+/// The stream is a TCP connection, a TLS session over one (`-Z`) or a UNIX
+/// socket connection (`-s`); the loop is compiled for each, so plain TCP
+/// pays nothing for TLS. `tag` is the tag of the listener that accepted
+/// it, which picks its route table.
+pub async fn serve<S>(
+    mut stream: S,
+    ctx: Rc<WorkerContext>,
+    tag: ListenerTag,
+    mut shutdown: watch::Receiver<bool>,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
@@ -310,6 +399,7 @@ where
     let mut pipeline = Pipeline::new(ctx.client_buffer_limit, ctx.server_stats.load(ctx.worker));
     let per_value = ctx.limits.max_item_size.saturating_add(VALUE_OVERHEAD);
     let mut closing = *shutdown.borrow();
+    let mut shutdown_signal = std::pin::pin!(ShutdownSignal::new(shutdown));
     // A request waiting for room, or (run locally) for the routed ones
     // before it to finish.
     let mut held: Option<(Request, Option<BinaryContext>)> = None;
@@ -361,6 +451,7 @@ where
                     break;
                 }
                 let keys = &mg.get.keys[mg.next..mg.next + n];
+                pipeline.drive().await;
                 let reply = multiget::window(&mg.route, &mg.get, keys);
                 pipeline.push(reply, n * per_value, true);
                 mg.next += n;
@@ -375,7 +466,7 @@ where
             };
             took_request = true;
             match frame {
-                Frame::Request(request, bin) => match route_for(&ctx, &request) {
+                Frame::Request(request, bin) => match route_for(&ctx, tag, &request) {
                     Some((routes, route)) => {
                         if let (Command::Get(get), None) = (request.command(), &bin) {
                             if get.keys.len() > 1 {
@@ -409,7 +500,12 @@ where
                             }
                             continue;
                         }
-                        pipeline.push(routed_reply(&routes, route, request, bin), reserve, true);
+                        pipeline.drive().await;
+                        pipeline.push(
+                            routed_reply(&routes, route, tag, request, bin),
+                            reserve,
+                            true,
+                        );
                     }
                     None if !pipeline.is_empty() => {
                         // Run it once the routed requests before it are done.
@@ -445,17 +541,24 @@ where
                         pipeline.close_after = true;
                     }
                 }
-                Frame::TooLarge { key, reply } => match refused_too_large(&ctx, &key, true) {
-                    Some(delete) => pipeline.push(after(delete, reply), 0, true),
-                    None => queue_or_write(&mut pipeline, &mut wbuf, reply),
-                },
+                Frame::TooLarge { key, reply } => {
+                    // (A routed delete may follow: requests before it go first.)
+                    pipeline.drive().await;
+                    match refused_too_large(&ctx, tag, &key, true) {
+                        Some(delete) => pipeline.push(after(delete, reply), 0, true),
+                        None => queue_or_write(&mut pipeline, &mut wbuf, reply),
+                    }
+                }
                 Frame::Error(error) => {
                     let delete = match &error {
                         ProtocolError::TooLarge {
                             key,
                             drops_existing,
                             ..
-                        } => refused_too_large(&ctx, key, *drops_existing),
+                        } => {
+                            pipeline.drive().await;
+                            refused_too_large(&ctx, tag, key, *drops_existing)
+                        }
                         _ => None,
                     };
                     // The decoder's error line (an `ErrorReply` text), if
@@ -484,31 +587,34 @@ where
         // Collect routed replies in order, writing what is ready before
         // waiting on the rest.
         while !pipeline.is_empty() {
-            let next = match pipeline.ordered.next().now_or_never() {
-                Some(next) => next,
-                None => {
-                    if !wbuf.is_empty() && !flush(&mut stream, &mut wbuf, &ctx).await {
-                        return;
+            let mut next_reply = std::future::poll_fn(|cx| pipeline.poll_next(cx));
+            let bytes = if wbuf.is_empty() {
+                next_reply.await
+            } else {
+                match (&mut next_reply).now_or_never() {
+                    Some(bytes) => bytes,
+                    None => {
+                        if !flush(&mut stream, &mut wbuf, &ctx).await {
+                            return;
+                        }
+                        next_reply.await
                     }
-                    pipeline.ordered.next().await
                 }
             };
             pipeline.release_oldest();
-            if let Some(bytes) = next {
-                if wbuf.is_empty() && pipeline.is_empty() {
-                    // The only reply to write: send it as it is, without
-                    // copying it into the write buffer first.
-                    if !write_reply(&mut stream, &bytes, &ctx).await {
-                        return;
-                    }
-                    continue;
-                }
-                wbuf.extend_from_slice(&bytes);
-                // Many big replies ready at once: write as we go rather
-                // than copying all of them first.
-                if wbuf.len() >= WRITE_HIGH_WATER && !flush(&mut stream, &mut wbuf, &ctx).await {
+            if wbuf.is_empty() && pipeline.is_empty() {
+                // The only reply to write: send it as it is, without
+                // copying it into the write buffer first.
+                if !write_reply(&mut stream, &bytes, &ctx).await {
                     return;
                 }
+                continue;
+            }
+            wbuf.extend_from_slice(&bytes);
+            // Many big replies ready at once: write as we go rather than
+            // copying all of them first.
+            if wbuf.len() >= WRITE_HIGH_WATER && !flush(&mut stream, &mut wbuf, &ctx).await {
+                return;
             }
         }
         if pipeline.close_after {
@@ -543,7 +649,7 @@ where
                 Ok(0) | Err(_) => return,
                 Ok(n) => ctx.stats().bytes_read.add(n as u64),
             },
-            _ = shutdown.changed(), if !closing => closing = true,
+            _ = &mut shutdown_signal, if !closing => closing = true,
             // Shutting down with a request half received: give the client
             // a moment to finish it, but a stalled client cannot hold the
             // shutdown.
@@ -561,6 +667,53 @@ where
                 return;
             }
         }
+    }
+}
+
+/// Resolves once the shutdown signal changes (or its sender is gone).
+///
+/// It is polled on every read, so it is one wait for the connection's
+/// whole life, and polling it again with the waker it already holds is a
+/// version check: a watch's `changed()` would re-register with the channel
+/// on each poll.
+struct ShutdownSignal {
+    probe: watch::Receiver<bool>,
+    changed: Pin<Box<dyn Future<Output = ()>>>,
+    /// The waker `changed` holds, once it has been polled.
+    registered: Option<Waker>,
+}
+
+impl ShutdownSignal {
+    fn new(mut shutdown: watch::Receiver<bool>) -> ShutdownSignal {
+        ShutdownSignal {
+            probe: shutdown.clone(),
+            changed: Box::pin(async move {
+                let _ = shutdown.changed().await;
+            }),
+            registered: None,
+        }
+    }
+}
+
+impl Future for ShutdownSignal {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        let unchanged = matches!(this.probe.has_changed(), Ok(false));
+        if unchanged
+            && this
+                .registered
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            return Poll::Pending;
+        }
+        let poll = this.changed.as_mut().poll(cx);
+        if poll.is_pending() {
+            this.registered = Some(cx.waker().clone());
+        }
+        poll
     }
 }
 
@@ -594,10 +747,15 @@ async fn stream_local_get<S: AsyncWrite + Unpin>(
     true
 }
 
-/// The route for this request on the current configuration, if any.
-fn route_for(ctx: &WorkerContext, request: &Request) -> Option<(Rc<RouteSet>, Rc<dyn Route>)> {
+/// The route for this request on the current configuration, if any, for
+/// a connection on a `tag` listener.
+fn route_for(
+    ctx: &WorkerContext,
+    tag: ListenerTag,
+    request: &Request,
+) -> Option<(Rc<RouteSet>, Rc<dyn Route>)> {
     let routes = ctx.routes.as_ref()?.current()?;
-    let route = routes.route(request.command())?;
+    let route = routes.route(request.command(), tag)?;
     Some((routes, route))
 }
 
@@ -606,10 +764,11 @@ fn route_for(ctx: &WorkerContext, request: &Request) -> Option<(Rc<RouteSet>, Rc
 fn routed_reply(
     routes: &RouteSet,
     route: Rc<dyn Route>,
+    tag: ListenerTag,
     request: Request,
     bin: Option<BinaryContext>,
 ) -> ReplyFuture {
-    let reply = routes.serve(route, request);
+    let reply = routes.serve(route, request, tag);
     match bin {
         None => reply,
         Some(bin) => Box::pin(reply.map(move |text| binary_reply(&bin, &text))),
@@ -638,18 +797,23 @@ fn run_local(
 /// backend), by a `delete` sent down the delete route, whose future is
 /// returned (the refusal's reply is written once it has run, so the
 /// client's next request of the key cannot overtake it).
-fn refused_too_large(ctx: &WorkerContext, key: &[u8], drops_existing: bool) -> Option<ReplyFuture> {
+fn refused_too_large(
+    ctx: &WorkerContext,
+    tag: ListenerTag,
+    key: &[u8],
+    drops_existing: bool,
+) -> Option<ReplyFuture> {
     ctx.stats().store_too_large.incr();
     if !drops_existing {
         return None;
     }
     let routes = ctx.routes.as_ref().and_then(|r| r.current());
     match routes {
-        Some(routes) if routes.routes_storage() => {
+        Some(routes) if routes.routes_storage(tag) => {
             let mut line = b"delete ".to_vec();
             line.extend_from_slice(key);
             let delete = Request::parse(&line, b"", &ctx.limits).ok()?;
-            let route = routes.route(delete.command())?;
+            let route = routes.route(delete.command(), tag)?;
             Some(route.serve(delete))
         }
         _ => {

@@ -23,6 +23,8 @@
 //!   free of Lua.
 //! - [`lua`]: the Lua layer (config VM, worker VMs, Lua routes, bindings).
 //! - [`mcrouter`]: mcrouter JSON configurations, read into a route plan.
+//! - [`discovery`]: pools whose members come from DNS or a configuration
+//!   endpoint, re-read on a period.
 //! - [`backend`]: worker-local pipelined connections to memcached servers.
 //! - [`store`]: stores shared by all workers (DynamoDB tables) and their
 //!   registry.
@@ -46,6 +48,7 @@ pub mod auth;
 pub mod backend;
 pub mod config;
 pub mod connection;
+pub mod discovery;
 pub mod embedded;
 pub mod lua;
 pub mod mcrouter;

@@ -6,12 +6,17 @@
 //! so per-connection state (and, later, the worker's Lua VM and backend
 //! connections) never crosses threads and needs no locks.
 //!
+//! Listeners are TCP addresses (`-l`, `-p`), tagged or not, or one UNIX
+//! socket (`-s`). A connection carries its listener's tag
+//! ([`ListenerTag`]) to its worker, which picks the route table for it once.
+//!
 //! Shutdown (SIGTERM, SIGINT, or [`ShutdownHandle::shutdown`]): the acceptor
 //! stops, every connection finishes the request it is in and closes, and
 //! [`Server::run`] returns once all are closed or `shutdown_timeout` passes.
 
 use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -25,13 +30,13 @@ use tracing::{debug, info, warn};
 
 use crate::admin::Admin;
 use crate::auth::Auth;
-use crate::config::ServerConfig;
+use crate::config::{ServerConfig, TaggedListen, UnixSocket};
 use crate::connection::{serve, WorkerContext};
 use crate::embedded::Embedded;
 use crate::lua::{load_config, LoadedConfig, WorkerProxy};
 pub use crate::reload::ReloadHandle;
 use crate::reload::{handle_control, reload_config, reload_files, Control};
-use crate::route::RouteEnv;
+use crate::route::{check_tag, ListenerTag, RouteEnv};
 use crate::stats::ProxyStats;
 use crate::stats::ServerStats;
 use crate::tls::ServerTls;
@@ -41,6 +46,8 @@ use crate::tls::ServerTls;
 pub enum RuntimeError {
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: io::Error },
+    #[error("cannot listen on UNIX socket {}: {source}", path.display())]
+    BindUnix { path: PathBuf, source: io::Error },
     #[error("cannot start worker thread: {0}")]
     Thread(io::Error),
     #[error("cannot start async runtime: {0}")]
@@ -67,10 +74,31 @@ impl ShutdownHandle {
     }
 }
 
+/// A bound listening socket, not yet accepting.
+enum BoundListener {
+    Tcp(std::net::TcpListener, ListenerTag),
+    Unix(std::os::unix::net::UnixListener),
+}
+
+/// A listener accepting on the acceptor thread.
+enum Acceptor {
+    Tcp(tokio::net::TcpListener, ListenerTag),
+    Unix(tokio::net::UnixListener),
+}
+
+/// An accepted connection on its way to a worker.
+enum Accepted {
+    Tcp(std::net::TcpStream, ListenerTag),
+    Unix(std::os::unix::net::UnixStream),
+}
+
 /// A bound, not yet running server.
 pub struct Server {
     config: ServerConfig,
-    listeners: Vec<std::net::TcpListener>,
+    listeners: Vec<BoundListener>,
+    /// The distinct tags of the tagged listeners; a tagged listener's
+    /// [`ListenerTag`] is its tag's place here.
+    listener_tags: Arc<[String]>,
     shutdown: Arc<watch::Sender<bool>>,
     reload: Arc<Notify>,
     /// Client-facing TLS (`-Z`), reloaded on SIGHUP.
@@ -86,8 +114,19 @@ impl Server {
         if config.threads == 0 {
             return Err(RuntimeError::Config("threads must be at least 1".into()));
         }
-        if config.listen.is_empty() {
+        if config.listen.is_empty()
+            && config.tagged_listen.is_empty()
+            && config.unix_socket.is_none()
+        {
             return Err(RuntimeError::Config("no listen address".into()));
+        }
+        let mut listener_tags: Vec<String> = Vec::new();
+        for tagged in &config.tagged_listen {
+            check_tag(tagged.tag.as_bytes())
+                .map_err(|e| RuntimeError::Config(format!("listener {}: {e}", tagged.addr)))?;
+            if !listener_tags.contains(&tagged.tag) {
+                listener_tags.push(tagged.tag.clone());
+            }
         }
         // Certificates and password files are read before anything
         // listens: a file that cannot be used stops the start.
@@ -104,23 +143,45 @@ impl Server {
             None => None,
         };
         let mut listeners = Vec::new();
-        for addr in &config.listen {
+        let bind_tcp = |addr: &mut SocketAddr| {
             let listener =
                 bind_listener(*addr, config.backlog).map_err(|source| RuntimeError::Bind {
                     addr: *addr,
                     source,
                 })?;
-            listeners.push(listener);
+            // Report real ports (port 0 becomes the chosen one).
+            if let Ok(bound) = listener.local_addr() {
+                *addr = bound;
+            }
+            Ok::<_, RuntimeError>(listener)
+        };
+        let mut listen = config.listen.clone();
+        for addr in &mut listen {
+            listeners.push(BoundListener::Tcp(bind_tcp(addr)?, ListenerTag::UNTAGGED));
         }
-        // Report real ports (port 0 becomes the chosen one).
-        config.listen = listeners
-            .iter()
-            .filter_map(|l| l.local_addr().ok())
-            .collect();
+        let mut tagged_listen = config.tagged_listen.clone();
+        for TaggedListen { tag, addr } in &mut tagged_listen {
+            let index = listener_tags.iter().position(|t| t == tag).unwrap_or(0);
+            listeners.push(BoundListener::Tcp(
+                bind_tcp(addr)?,
+                ListenerTag::tagged(index),
+            ));
+        }
+        if let Some(unix) = &config.unix_socket {
+            let listener =
+                bind_unix(unix, config.backlog).map_err(|source| RuntimeError::BindUnix {
+                    path: unix.path.clone(),
+                    source,
+                })?;
+            listeners.push(BoundListener::Unix(listener));
+        }
+        config.listen = listen;
+        config.tagged_listen = tagged_listen;
         let (tx, _) = watch::channel(false);
         Ok(Server {
             config,
             listeners,
+            listener_tags: listener_tags.into(),
             shutdown: Arc::new(tx),
             reload: Arc::new(Notify::new()),
             tls,
@@ -128,9 +189,14 @@ impl Server {
         })
     }
 
-    /// The addresses actually bound.
+    /// The untagged addresses actually bound.
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.config.listen
+    }
+
+    /// The tagged listeners, with the addresses actually bound.
+    pub fn tagged_addrs(&self) -> &[TaggedListen] {
+        &self.config.tagged_listen
     }
 
     pub fn shutdown_handle(&self) -> ShutdownHandle {
@@ -147,6 +213,7 @@ impl Server {
         let Server {
             config,
             listeners,
+            listener_tags,
             shutdown,
             reload,
             tls,
@@ -207,7 +274,7 @@ impl Server {
         let mut workers = Vec::with_capacity(config.threads);
         let (started_tx, started_rx) = std::sync::mpsc::channel::<Result<(), String>>();
         for worker in 0..config.threads {
-            let (tx, rx) = mpsc::unbounded_channel::<std::net::TcpStream>();
+            let (tx, rx) = mpsc::unbounded_channel::<Accepted>();
             let (control_tx, control_rx) = mpsc::unbounded_channel::<Control>();
             senders.push(tx);
             controls.push(control_tx);
@@ -223,6 +290,7 @@ impl Server {
                 started: started_tx.clone(),
                 tls: tls.clone(),
                 auth: auth.clone(),
+                listener_tags: listener_tags.clone(),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("memroute-worker-{worker}"))
@@ -260,8 +328,15 @@ impl Server {
         let local = LocalSet::new();
         local.block_on(&runtime, async {
             for listener in listeners {
-                let listener =
-                    tokio::net::TcpListener::from_std(listener).map_err(RuntimeError::Runtime)?;
+                let listener = match listener {
+                    BoundListener::Tcp(l, tag) => Acceptor::Tcp(
+                        tokio::net::TcpListener::from_std(l).map_err(RuntimeError::Runtime)?,
+                        tag,
+                    ),
+                    BoundListener::Unix(l) => Acceptor::Unix(
+                        tokio::net::UnixListener::from_std(l).map_err(RuntimeError::Runtime)?,
+                    ),
+                };
                 tokio::task::spawn_local(accept_loop(
                     listener,
                     senders.clone(),
@@ -271,7 +346,13 @@ impl Server {
                 ));
             }
             drop(senders);
-            info!(addrs = ?config.listen, threads = config.threads, "memroute listening");
+            info!(
+                addrs = ?config.listen,
+                tagged = ?config.tagged_listen,
+                unix = ?config.unix_socket.as_ref().map(|u| &u.path),
+                threads = config.threads,
+                "memroute listening"
+            );
             wait_for_shutdown(&shutdown, handle_signals, &reload, |()| {
                 reload_files(tls.as_deref(), auth.as_deref());
                 reload_config(
@@ -320,6 +401,32 @@ fn bind_listener(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpList
     Ok(socket.into())
 }
 
+/// Binds a UNIX socket as memcached does: a socket file left by an earlier
+/// run is replaced (any other file at `path` is an error), and the file's
+/// mode is `-a`. The mode is set before `listen`, so no client can connect
+/// while the file still has the umask's permissions.
+fn bind_unix(unix: &UnixSocket, backlog: u32) -> io::Result<std::os::unix::net::UnixListener> {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if let Ok(meta) = std::fs::symlink_metadata(&unix.path) {
+        if !meta.file_type().is_socket() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "a file that is not a socket is in the way",
+            ));
+        }
+        std::fs::remove_file(&unix.path)?;
+    }
+    let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+    socket.bind(&SockAddr::unix(&unix.path)?)?;
+    std::fs::set_permissions(&unix.path, std::fs::Permissions::from_mode(unix.mode))?;
+    socket.listen(backlog.min(i32::MAX as u32) as i32)?;
+    socket.set_nonblocking(true)?;
+    Ok(std::os::unix::net::UnixListener::from(
+        std::os::fd::OwnedFd::from(socket),
+    ))
+}
+
 /// Waits for a shutdown request (signal or handle), running reloads (SIGHUP
 /// or handle) in the meantime.
 async fn wait_for_shutdown<F, Fut>(
@@ -366,9 +473,48 @@ async fn wait_for_shutdown<F, Fut>(
     let _ = shutdown.send(true);
 }
 
+/// A connection just accepted, still on the acceptor thread.
+enum Incoming {
+    Tcp(tokio::net::TcpStream, ListenerTag),
+    Unix(tokio::net::UnixStream),
+}
+
+impl Acceptor {
+    async fn accept(&self) -> io::Result<Incoming> {
+        match self {
+            Acceptor::Tcp(listener, tag) => {
+                let (stream, peer) = listener.accept().await?;
+                debug!(%peer, "connection accepted");
+                Ok(Incoming::Tcp(stream, *tag))
+            }
+            Acceptor::Unix(listener) => Ok(Incoming::Unix(listener.accept().await?.0)),
+        }
+    }
+}
+
+impl Incoming {
+    /// Tells the client the connection limit is reached, in memcached's
+    /// words, and closes.
+    async fn refuse(self) {
+        const REFUSAL: &[u8] = b"ERROR Too many open connections\r\n";
+        let _ = match self {
+            Incoming::Tcp(mut stream, _) => stream.write_all(REFUSAL).await,
+            Incoming::Unix(mut stream) => stream.write_all(REFUSAL).await,
+        };
+    }
+
+    /// The connection as it crosses to its worker's runtime.
+    fn into_std(self) -> io::Result<Accepted> {
+        Ok(match self {
+            Incoming::Tcp(stream, tag) => Accepted::Tcp(stream.into_std()?, tag),
+            Incoming::Unix(stream) => Accepted::Unix(stream.into_std()?),
+        })
+    }
+}
+
 async fn accept_loop(
-    listener: tokio::net::TcpListener,
-    workers: Vec<mpsc::UnboundedSender<std::net::TcpStream>>,
+    listener: Acceptor,
+    workers: Vec<mpsc::UnboundedSender<Accepted>>,
     stats: Arc<ServerStats>,
     max_connections: usize,
     mut shutdown: watch::Receiver<bool>,
@@ -379,8 +525,8 @@ async fn accept_loop(
             accepted = listener.accept() => accepted,
             _ = shutdown.wait_for(|&stop| stop) => return,
         };
-        let (mut stream, peer) = match accepted {
-            Ok(pair) => pair,
+        let incoming = match accepted {
+            Ok(incoming) => incoming,
             Err(e) => {
                 // Typically EMFILE: back off briefly instead of spinning.
                 warn!(error = %e, "accept failed");
@@ -390,16 +536,13 @@ async fn accept_loop(
         };
         if stats.curr_connections.load(Relaxed) >= max_connections {
             stats.rejected_connections.fetch_add(1, Relaxed);
-            debug!(%peer, "connection refused: limit reached");
-            // memcached's words for a refused connection.
-            let _ = stream
-                .write_all(b"ERROR Too many open connections\r\n")
-                .await;
+            debug!("connection refused: limit reached");
+            incoming.refuse().await;
             continue;
         }
         stats.curr_connections.fetch_add(1, Relaxed);
         stats.total_connections.fetch_add(1, Relaxed);
-        let Ok(std_stream) = stream.into_std() else {
+        let Ok(std_stream) = incoming.into_std() else {
             stats.curr_connections.fetch_sub(1, Relaxed);
             continue;
         };
@@ -423,12 +566,13 @@ struct WorkerSeed {
     started: std::sync::mpsc::Sender<Result<(), String>>,
     tls: Option<Arc<ServerTls>>,
     auth: Option<Arc<Auth>>,
+    listener_tags: Arc<[String]>,
 }
 
 impl WorkerSeed {
     fn run(
         self,
-        mut incoming: mpsc::UnboundedReceiver<std::net::TcpStream>,
+        mut incoming: mpsc::UnboundedReceiver<Accepted>,
         mut control: mpsc::UnboundedReceiver<Control>,
     ) {
         let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -453,6 +597,7 @@ impl WorkerSeed {
                     worker: self.worker,
                     limits: self.config.limits.clone(),
                     proxy_stats: self.proxy_stats.clone(),
+                    listener_tags: self.listener_tags.clone(),
                 };
                 match local.block_on(&runtime, async { WorkerProxy::new(env, loaded) }) {
                     Ok(p) => Some(p),
@@ -492,19 +637,28 @@ impl WorkerSeed {
                     _ = shutdown.wait_for(|&stop| stop) => None,
                 };
                 let Some(stream) = stream else { break };
-                let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
-                    stats.curr_connections.fetch_sub(1, Relaxed);
-                    continue;
-                };
-                let _ = stream.set_nodelay(true);
                 let (ctx, live, stats, rx) =
                     (ctx.clone(), live.clone(), stats.clone(), shutdown.clone());
                 let tls = server_tls.clone();
                 live.set(live.get() + 1);
                 tokio::task::spawn_local(async move {
-                    match tls {
-                        None => serve(stream, ctx, rx).await,
-                        Some(tls) => serve_tls(stream, &tls, ctx, rx).await,
+                    match stream {
+                        Accepted::Tcp(stream, tag) => {
+                            if let Ok(stream) = tokio::net::TcpStream::from_std(stream) {
+                                let _ = stream.set_nodelay(true);
+                                match tls {
+                                    None => serve(stream, ctx, tag, rx).await,
+                                    Some(tls) => serve_tls(stream, &tls, ctx, tag, rx).await,
+                                }
+                            }
+                        }
+                        // A UNIX socket is local: memcached serves it
+                        // without TLS even under -Z.
+                        Accepted::Unix(stream) => {
+                            if let Ok(stream) = tokio::net::UnixStream::from_std(stream) {
+                                serve(stream, ctx, ListenerTag::UNTAGGED, rx).await;
+                            }
+                        }
                     }
                     live.set(live.get() - 1);
                     stats.curr_connections.fetch_sub(1, Relaxed);
@@ -536,6 +690,7 @@ async fn serve_tls(
     stream: tokio::net::TcpStream,
     tls: &ServerTls,
     ctx: Rc<WorkerContext>,
+    tag: ListenerTag,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let peer = stream.peer_addr().ok();
@@ -564,6 +719,6 @@ async fn serve_tls(
         .and_then(|cert| crate::tls::peer_common_name(cert))
         .map(Rc::<[u8]>::from);
     crate::tls::PEER_CN
-        .scope(cn, serve(stream, ctx, shutdown))
+        .scope(cn, serve(stream, ctx, tag, shutdown))
         .await;
 }

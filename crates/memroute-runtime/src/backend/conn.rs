@@ -17,18 +17,19 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use memroute_proto::response::MalformedResponse;
 use memroute_proto::{
-    decode_retrieval_piece, retrieval_head, Command, GetOp, Request, Response, ResponseCode,
+    retrieval_head, take_retrieval_piece, Command, GetOp, Request, Response, ResponseCode,
     ResponseDecoder, RetrievalHead, RetrievalPiece,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{oneshot, Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore};
 use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 use tracing::{debug, info, warn};
 
 use super::config::BackendConfig;
 use super::error::BackendError;
 use super::health::FailureOutcome;
+use super::reply::{self, ReplyReceiver, ReplySender};
 use super::{Inner, MAX_IN_FLIGHT};
 
 /// Bytes reserved per read.
@@ -47,7 +48,7 @@ const MAX_JOINED_LINE: usize = 2000;
 /// A request waiting for its reply.
 pub(crate) struct Pending {
     pub(crate) decoder: ResponseDecoder,
-    pub(crate) reply: oneshot::Sender<Result<Response, BackendError>>,
+    pub(crate) reply: ReplySender,
     pub(crate) queued_at: Instant,
     /// What the reply must carry to be this request's: a reply for
     /// another key means the stream is out of step.
@@ -141,6 +142,9 @@ pub(crate) struct Slot {
     /// The `get`/`gets` line at the end of `out` that more single-key gets
     /// may join: its op and where it starts in `out`.
     open_line: Cell<Option<(GetOp, usize)>>,
+    /// When the reader last received bytes: the replies in them arrived
+    /// then (one clock read per read, not one per reply).
+    read_at: Cell<Instant>,
 }
 
 impl Default for Slot {
@@ -154,6 +158,7 @@ impl Default for Slot {
             wake_supervisor: Notify::new(),
             room: Semaphore::new(MAX_IN_FLIGHT),
             open_line: Cell::new(None),
+            read_at: Cell::new(Instant::now()),
         }
     }
 }
@@ -165,16 +170,14 @@ impl Slot {
     /// the same op still in `out` joins its line (`get a` + `get b` leave as
     /// `get a b`); the reader splits the reply back (see
     /// [`Slot::answer_joined`]).
-    pub(crate) fn push(
-        &self,
-        request: &Request,
-        batch_gets: bool,
-    ) -> oneshot::Receiver<Result<Response, BackendError>> {
-        let (tx, rx) = oneshot::channel();
+    pub(crate) fn push(&self, request: &Request, batch_gets: bool) -> ReplyReceiver {
+        let (tx, rx) = reply::channel();
         let joinable = if batch_gets { joinable(request) } else { None };
         let mut joined = false;
+        let out_was_empty;
         {
             let mut out = self.out.borrow_mut();
+            out_was_empty = out.is_empty();
             match joinable {
                 Some((op, key)) => {
                     if let Some((open_op, start)) = self.open_line.get() {
@@ -200,16 +203,27 @@ impl Slot {
                 }
             }
         }
-        self.queue.borrow_mut().push_back(Pending {
-            decoder: ResponseDecoder::for_request(request),
-            reply: tx,
-            queued_at: Instant::now(),
-            expect: Expect::of(request),
-            joined,
-        });
+        let queue_was_empty = {
+            let mut queue = self.queue.borrow_mut();
+            queue.push_back(Pending {
+                decoder: ResponseDecoder::for_request(request),
+                reply: tx,
+                queued_at: Instant::now(),
+                expect: Expect::of(request),
+                joined,
+            });
+            queue.len() == 1
+        };
         if self.connected.get() {
-            self.wake_writer.notify_one();
-            self.wake_reader.notify_one();
+            // The writer waits only while `out` is empty, the reader only
+            // while the queue is: the request that ended that wakes them
+            // (or leaves them a permit), the ones behind it need not.
+            if out_was_empty {
+                self.wake_writer.notify_one();
+            }
+            if queue_was_empty {
+                self.wake_reader.notify_one();
+            }
         } else {
             self.wake_supervisor.notify_one();
         }
@@ -304,11 +318,21 @@ impl Slot {
         let pending = self.queue.borrow_mut().pop_front();
         if let Some(pending) = pending {
             self.left_queue(inner, 1);
-            inner.record_reply(pending.queued_at.elapsed());
+            inner.record_reply(
+                self.read_at
+                    .get()
+                    .saturating_duration_since(pending.queued_at),
+            );
             // The caller may have given up: the reply was still consumed,
             // so the stream stays in sync.
-            let _ = pending.reply.send(Ok(response));
+            pending.reply.send(Ok(response));
         }
+    }
+
+    /// The reader received `bytes`.
+    fn received(&self, inner: &Inner, bytes: usize) {
+        self.read_at.set(Instant::now());
+        inner.counters.bytes_read.add(bytes as u64);
     }
 
     pub(crate) fn in_flight(&self) -> usize {
@@ -320,15 +344,28 @@ impl Slot {
     /// if none came. The room is given back when the request leaves the
     /// queue (its reply, or [`fail_all`](Self::fail_all)).
     pub(crate) async fn take_room(&self, limit: Duration) -> bool {
-        let permit = match self.room.try_acquire() {
-            Ok(permit) => permit,
-            Err(_) => match timeout(limit, self.room.acquire()).await {
-                Ok(Ok(permit)) => permit,
-                _ => return false,
-            },
-        };
-        permit.forget();
-        true
+        if self.try_take_room() {
+            return true;
+        }
+        match timeout(limit, self.room.acquire()).await {
+            Ok(Ok(permit)) => {
+                permit.forget();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Takes room for one request if there is some now (and nobody waits
+    /// for it before us: the semaphore gives freed room to waiters first).
+    pub(crate) fn try_take_room(&self) -> bool {
+        match self.room.try_acquire() {
+            Ok(permit) => {
+                permit.forget();
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     /// `n` requests left the queue: their room goes back (to the oldest
@@ -346,7 +383,7 @@ impl Slot {
         self.open_line.set(None);
         self.left_queue(inner, failed.len());
         for pending in failed {
-            let _ = pending.reply.send(Err(error.clone()));
+            pending.reply.send(Err(error.clone()));
         }
     }
 }
@@ -752,7 +789,14 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     joined_left.insert(line)
                 }
             };
-            if let Ok(Some(RetrievalHead::Value { header, size })) = retrieval_head(&rbuf) {
+            // The head is read once: to see an oversize value before its
+            // data arrives, then to take the piece.
+            let head = match retrieval_head(&rbuf) {
+                Ok(Some(head)) => head,
+                Ok(None) => break,
+                Err(malformed) => return SessionEnd::Failed(BackendError::BadResponse(malformed)),
+            };
+            if let RetrievalHead::Value { header, size } = head {
                 if size > cap {
                     inner.counters.oversize_values.incr();
                     let key = Response::value_line_key(&rbuf[..header]).unwrap_or_default();
@@ -771,7 +815,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     continue;
                 }
             }
-            match decode_retrieval_piece(&mut rbuf) {
+            match take_retrieval_piece(&mut rbuf, head) {
                 Ok(Some(piece)) => match slot.answer_joined(inner, left, piece) {
                     Ok(true) => joined_left = None,
                     Ok(false) => {}
@@ -811,7 +855,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                             SessionEnd::Failed(BackendError::Closed)
                         };
                     }
-                    Ok(n) => inner.counters.bytes_read.add(n as u64),
+                    Ok(n) => slot.received(inner, n),
                 },
                 _ = slot.wake_reader.notified() => {}
             }
@@ -825,7 +869,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 .map_or(connected_at, |p| p.queued_at.max(connected_at));
             match timeout_at(sent + read_timeout, rd.read_buf(&mut rbuf)).await {
                 Ok(Ok(0)) => return SessionEnd::Failed(BackendError::Closed),
-                Ok(Ok(n)) => inner.counters.bytes_read.add(n as u64),
+                Ok(Ok(n)) => slot.received(inner, n),
                 Ok(Err(e)) => return SessionEnd::Failed(BackendError::io(e)),
                 Err(_) => {
                     inner.counters.timeouts.incr();

@@ -79,11 +79,15 @@ mod config;
 mod conn;
 mod error;
 pub mod health;
+mod reply;
 mod stats;
 
 use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use memroute_proto::{Request, Response};
 use tokio::task::AbortHandle;
@@ -97,6 +101,7 @@ pub use stats::{
 
 use conn::Slot;
 use health::Health;
+use reply::ReplyReceiver;
 use stats::Counters;
 
 /// Most requests queued or in flight on one connection. Beyond it, `send`
@@ -153,23 +158,35 @@ impl Backend {
     /// [`MAX_IN_FLIGHT`] requests, waits for room (behind earlier waiters,
     /// so one client's pipelined requests keep their order), and fails with
     /// [`BackendError::Busy`] if none comes within the read timeout.
-    pub async fn send(&self, request: &Request) -> Result<Response, BackendError> {
+    ///
+    /// The request is queued when `send` is called, not when the future is
+    /// first polled: requests keep the order they were sent in, and the
+    /// future holds only what waiting for the reply needs (no copy of the
+    /// request, no timer), so a caller that boxes it boxes little.
+    ///
+    /// The caller keeps the backend (an `Rc<Backend>`) until the future is
+    /// done: dropping the last one stops the backend's connections, and a
+    /// request in flight would then wait for ever.
+    pub fn send(&self, request: &Request) -> Sending {
         let inner = &self.inner;
         inner.counters.requests.incr();
-        let result = match self.enqueue(request).await {
-            Ok(reply) => reply.await.unwrap_or(Err(BackendError::Closed)),
-            Err(error) => Err(error),
+        let state = match self.try_enqueue(request) {
+            Ok(Enqueued::Queued(reply)) => SendState::Queued(reply),
+            Ok(Enqueued::Full(slot)) => SendState::WaitingForRoom(Box::pin(enqueue_when_room(
+                inner.clone(),
+                slot,
+                request.clone(),
+            ))),
+            Err(error) => SendState::Failed(Some(error)),
         };
-        if result.is_err() {
-            inner.counters.failed_requests.incr();
+        Sending {
+            inner: inner.clone(),
+            state,
         }
-        result
     }
 
-    async fn enqueue(
-        &self,
-        request: &Request,
-    ) -> Result<tokio::sync::oneshot::Receiver<Result<Response, BackendError>>, BackendError> {
+    /// Queues `request` if its connection has room now.
+    fn try_enqueue(&self, request: &Request) -> Result<Enqueued, BackendError> {
         let inner = &self.inner;
         self.fail_fast_if_bad()?;
         let depth_limit = inner.config.depth_limit;
@@ -178,27 +195,16 @@ impl Backend {
             return Err(BackendError::DepthLimit);
         }
         self.start();
-        let slot = &inner.slots[self.pick_slot(request)];
-        if !slot.take_room(inner.config.read_timeout).await {
-            inner.counters.busy.incr();
-            return Err(BackendError::Busy);
+        let index = self.pick_slot(request);
+        let slot = &inner.slots[index];
+        if !slot.try_take_room() {
+            return Ok(Enqueued::Full(index));
         }
-        if let Err(down) = self.fail_fast_if_bad() {
-            // It went bad while we waited for room.
-            slot.room.add_permits(1);
-            return Err(down);
-        }
-        let reply = slot.push(request, inner.config.batch_gets);
-        inner.counters.in_flight.add(1);
-        Ok(reply)
+        Ok(Enqueued::Queued(inner.push(slot, request)))
     }
 
     fn fail_fast_if_bad(&self) -> Result<(), BackendError> {
-        if self.is_bad() {
-            self.inner.counters.fast_fails.incr();
-            return Err(BackendError::Down);
-        }
-        Ok(())
+        self.inner.fail_fast_if_bad()
     }
 
     /// Spawns the slots' supervisor tasks, once.
@@ -243,7 +249,7 @@ impl Backend {
     /// Whether requests currently fail fast: marked bad (until a retry
     /// connects) or configured down.
     pub fn is_bad(&self) -> bool {
-        self.inner.config.down || self.inner.health.borrow().is_bad()
+        self.inner.is_bad()
     }
 
     /// A snapshot of this worker's counters for this backend.
@@ -260,6 +266,101 @@ impl Backend {
     /// Lists this backend's counters in `registry`, for `stats backends`.
     pub fn register(&self, registry: &BackendRegistry) {
         registry.register(self.inner.config.clone(), &self.inner.counters);
+    }
+}
+
+/// What [`Backend::try_enqueue`] did.
+enum Enqueued {
+    Queued(ReplyReceiver),
+    /// Connection `.0` (its index) had no room: the request must wait.
+    Full(usize),
+}
+
+/// Waits (behind earlier waiters, for at most the read timeout) for room
+/// on connection `slot`, then queues `request`. Only requests that found
+/// their connection full take this path, boxed.
+async fn enqueue_when_room(
+    inner: Rc<Inner>,
+    slot: usize,
+    request: Request,
+) -> Result<ReplyReceiver, BackendError> {
+    let slot = &inner.slots[slot];
+    if !slot.take_room(inner.config.read_timeout).await {
+        inner.counters.busy.incr();
+        return Err(BackendError::Busy);
+    }
+    if let Err(down) = inner.fail_fast_if_bad() {
+        // It went bad while we waited for room.
+        slot.room.add_permits(1);
+        return Err(down);
+    }
+    Ok(inner.push(slot, &request))
+}
+
+impl Inner {
+    fn is_bad(&self) -> bool {
+        self.config.down || self.health.borrow().is_bad()
+    }
+
+    fn fail_fast_if_bad(&self) -> Result<(), BackendError> {
+        if self.is_bad() {
+            self.counters.fast_fails.incr();
+            return Err(BackendError::Down);
+        }
+        Ok(())
+    }
+
+    /// Queues `request` on `slot`, whose room it holds.
+    fn push(&self, slot: &Slot, request: &Request) -> ReplyReceiver {
+        let reply = slot.push(request, self.config.batch_gets);
+        self.counters.in_flight.add(1);
+        reply
+    }
+}
+
+/// A request sent with [`Backend::send`]: resolves to its reply.
+pub struct Sending {
+    inner: Rc<Inner>,
+    state: SendState,
+}
+
+enum SendState {
+    /// Queued: the reply comes through the channel.
+    Queued(ReplyReceiver),
+    /// Its connection was full: waiting for room, then queued.
+    WaitingForRoom(Pin<Box<dyn Future<Output = Result<ReplyReceiver, BackendError>>>>),
+    /// Refused before it was queued (taken when the future completes).
+    Failed(Option<BackendError>),
+}
+
+impl Future for Sending {
+    type Output = Result<Response, BackendError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        loop {
+            let result = match &mut this.state {
+                SendState::Queued(reply) => match Pin::new(reply).poll(cx) {
+                    Poll::Ready(reply) => reply,
+                    Poll::Pending => return Poll::Pending,
+                },
+                SendState::WaitingForRoom(wait) => match wait.as_mut().poll(cx) {
+                    Poll::Ready(Ok(reply)) => {
+                        this.state = SendState::Queued(reply);
+                        continue;
+                    }
+                    Poll::Ready(Err(error)) => Err(error),
+                    Poll::Pending => return Poll::Pending,
+                },
+                SendState::Failed(error) => {
+                    Err(error.take().expect("Sending polled after completion"))
+                }
+            };
+            if result.is_err() {
+                this.inner.counters.failed_requests.incr();
+            }
+            return Poll::Ready(result);
+        }
     }
 }
 

@@ -18,6 +18,7 @@ use mlua::{AnyUserData, Lua, Table, UserData, Value};
 use super::vm::{self, DIST_MARK, HASH_MARK};
 use crate::backend::BackendConfig;
 pub use crate::config::ProxyConfig;
+use crate::discovery::{Discovery, DiscoverySpec, Source};
 pub use crate::route::{PoolDef, PoolKind};
 use crate::store::StoreRegistry;
 
@@ -128,6 +129,11 @@ pub(crate) fn pool_line(pool: &PoolDef) -> String {
             }
         }
         PoolKind::Shared(store) => line.push_str(&format!(" store {}", store.name())),
+        // The source, not the members: the members may change between
+        // two proxies' reads, the configuration does not.
+        PoolKind::Discovered(discovery) => {
+            line.push_str(&format!(" discovered from {}", discovery.source()))
+        }
     }
     line
 }
@@ -265,7 +271,7 @@ fn load_mcrouter(proxy: &ProxyConfig) -> Result<LoadedConfig, ConfigError> {
         stat_names: Vec::new(),
         settings: ProxySettings::default(),
         routelib: Some(Arc::new(super::routelib::RoutelibConfig {
-            router: config.router(),
+            routers: vec![(None, config.router())],
             pools: config.pools.into_iter().map(|(_, def)| def).collect(),
             stat_names: Vec::new(),
         })),
@@ -308,7 +314,11 @@ fn register(lua: &Lua, stat_names: Rc<RefCell<Vec<(i64, String)>>>) -> mlua::Res
     register_tls(lua, &mcp)?;
     mcp.set(
         "pool",
-        lua.create_function(|_, (list, opts): (Table, Option<Table>)| pool(list, opts))?,
+        lua.create_function(|_, (list, opts): (Value, Option<Table>)| pool(list, opts))?,
+    )?;
+    mcp.set(
+        "discover",
+        lua.create_function(|lua, opts: Table| discover(lua, opts))?,
     )?;
     mcp.set(
         "dynamo_pool",
@@ -807,10 +817,117 @@ fn descriptor(value: &Value, mark: &str, option: &str) -> mlua::Result<Option<St
     }
 }
 
-/// `mcp.pool({backends}, {dist=, hash=, seed=, filter=, filter_conf=, ...})`.
-fn pool(list: Table, opts: Option<Table>) -> mlua::Result<PoolHandle> {
+/// `mcp.discover{ dns = "name:port" | srv = "name" | endpoint = "host:port",
+/// nameserver = "ip:port", every = seconds, <backend options> }`: where a
+/// pool's members come from, for `mcp.pool(mcp.discover{...}, opts)`.
+fn discover(lua: &Lua, opts: Table) -> mlua::Result<DiscoveryHandle> {
+    let mut template = lua
+        .app_data_ref::<BackendDefaults>()
+        .map(|d| d.0.clone())
+        .unwrap_or_default();
+    let (mut source, mut nameserver, mut every) = (None, None, None);
+    for pair in opts.pairs::<String, Value>() {
+        let (key, value) = pair?;
+        let text = || -> mlua::Result<String> {
+            match &value {
+                Value::String(s) => Ok(s.to_str()?.to_string()),
+                _ => Err(mlua::Error::runtime(format!(
+                    "mcp.discover: {key} must be a string"
+                ))),
+            }
+        };
+        let new = match key.as_str() {
+            "dns" => {
+                let spec = text()?;
+                let (name, port) = spec.rsplit_once(':').ok_or_else(|| {
+                    mlua::Error::runtime("mcp.discover: dns must be \"name:port\"")
+                })?;
+                let port = port.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| {
+                    mlua::Error::runtime("mcp.discover: dns must be \"name:port\"")
+                })?;
+                Some(Source::Dns {
+                    name: name.to_string(),
+                    port,
+                })
+            }
+            "srv" => Some(Source::Srv { name: text()? }),
+            "endpoint" => Some(Source::ConfigEndpoint { address: text()? }),
+            "nameserver" => {
+                nameserver = Some(text()?.parse::<std::net::SocketAddr>().map_err(|_| {
+                    mlua::Error::runtime("mcp.discover: nameserver must be \"ip:port\"")
+                })?);
+                None
+            }
+            "every" => {
+                every = Some(match value {
+                    Value::Integer(s) if s > 0 => std::time::Duration::from_secs(s as u64),
+                    Value::Number(s) if s > 0.0 => std::time::Duration::from_secs_f64(s),
+                    _ => {
+                        return Err(mlua::Error::runtime(
+                            "mcp.discover: every must be a number of seconds above 0",
+                        ))
+                    }
+                });
+                None
+            }
+            other if tunable(&mut template, other, value.clone(), "mcp.discover")? => None,
+            other => {
+                return Err(mlua::Error::runtime(format!(
+                    "mcp.discover: unknown option '{other}' (dns, srv, endpoint, nameserver, \
+                     every, or a backend setting)"
+                )))
+            }
+        };
+        if let Some(new) = new {
+            if source.replace(new).is_some() {
+                return Err(mlua::Error::runtime(
+                    "mcp.discover: give one of dns, srv or endpoint",
+                ));
+            }
+        }
+    }
+    let Some(source) = source else {
+        return Err(mlua::Error::runtime(
+            "mcp.discover: give one of dns, srv or endpoint",
+        ));
+    };
+    // A configuration endpoint is polled less often than DNS is read.
+    let every = every.unwrap_or(match source {
+        Source::ConfigEndpoint { .. } => std::time::Duration::from_secs(60),
+        _ => std::time::Duration::from_secs(30),
+    });
+    Ok(DiscoveryHandle(DiscoverySpec {
+        source,
+        nameserver,
+        every,
+        template,
+    }))
+}
+
+/// `mcp.discover{...}` in the config VM.
+#[derive(Debug, Clone)]
+pub struct DiscoveryHandle(pub DiscoverySpec);
+impl UserData for DiscoveryHandle {}
+
+/// `mcp.pool({backends} | mcp.discover{...}, {dist=, hash=, seed=,
+/// filter=, filter_conf=, ...})`.
+fn pool(list: Value, opts: Option<Table>) -> mlua::Result<PoolHandle> {
     let mut backends = Vec::new();
-    for item in list.sequence_values::<AnyUserData>() {
+    let mut discovered = None;
+    let list = match list {
+        Value::UserData(ud) if ud.is::<DiscoveryHandle>() => {
+            discovered = Some(ud.borrow::<DiscoveryHandle>()?.0.clone());
+            None
+        }
+        Value::Table(list) => Some(list),
+        _ => {
+            return Err(mlua::Error::runtime(
+                "mcp.pool: the first argument must be a list of mcp.backend objects or \
+                 mcp.discover{...}",
+            ))
+        }
+    };
+    for item in list.iter().flat_map(|l| l.sequence_values::<AnyUserData>()) {
         let ud = item.map_err(|_| {
             mlua::Error::runtime(
                 "mcp.pool: the first argument must be a list of mcp.backend objects",
@@ -823,7 +940,7 @@ fn pool(list: Table, opts: Option<Table>) -> mlua::Result<PoolHandle> {
         })?;
         backends.push(handle.0.clone());
     }
-    if backends.is_empty() {
+    if backends.is_empty() && discovered.is_none() {
         return Err(mlua::Error::runtime(
             "mcp.pool: a pool needs at least one backend",
         ));
@@ -876,7 +993,7 @@ fn pool(list: Table, opts: Option<Table>) -> mlua::Result<PoolHandle> {
             }
         }
     }
-    if let Some(prefix) = beprefix {
+    if let Some(prefix) = &beprefix {
         // A backend's connections are shared by every backend with the same
         // settings, label included: a prefixed label gives this pool
         // connections of its own, as memcached's beprefix does.
@@ -943,6 +1060,15 @@ fn pool(list: Table, opts: Option<Table>) -> mlua::Result<PoolHandle> {
                 "mcp.pool: unknown filter '{other}' (use \"stop\" or \"tags\")"
             )))
         }
+    }
+    if let Some(spec) = discovered {
+        let name = name.unwrap_or_else(|| spec.source.to_string());
+        let discovery = Discovery::start(name.clone(), spec, config, beprefix.unwrap_or_default())
+            .map_err(|e| mlua::Error::runtime(format!("mcp.pool {name}: {e}")))?;
+        return Ok(PoolHandle(Arc::new(PoolDef {
+            name,
+            kind: PoolKind::Discovered(discovery),
+        })));
     }
     let ids: Vec<HashBackend> = backends
         .iter()

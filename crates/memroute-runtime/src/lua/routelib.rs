@@ -5,7 +5,9 @@
 //! (settings, pools, route handlers, maps) and returns a description with
 //! every child resolved to its pool. This module checks that description and
 //! turns it into a [`RouterPlan`] (plain data), which every worker builds
-//! into native route handlers: no worker VM runs, no Lua per request. Each
+//! into native route handlers: no worker VM runs, no Lua per request. A
+//! file may hold one `routes{}` section per listener tag (`tag = "NAME"`)
+//! besides the untagged one; each becomes a router attached for its tag. Each
 //! mistake names the file and line where the handler or map was written,
 //! and the field.
 
@@ -15,7 +17,7 @@ use super::config::ConfigValue;
 use crate::route::commands::{STORAGE_IDS, UNHOOKABLE_IDS};
 use crate::route::plan::{EntryPlan, RoutePlan, RouterPlan};
 use crate::route::router::{RouterMode, MAX_SEPARATOR};
-use crate::route::PoolDef;
+use crate::route::{check_tag, PoolDef};
 
 /// The key `lua/routelib.lua`'s `mcp_config_pools` returns its tree under.
 const MARKER: &[u8] = b"__memroute_routelib";
@@ -23,7 +25,8 @@ const MARKER: &[u8] = b"__memroute_routelib";
 /// What a routelib configuration adds to a loaded configuration.
 #[derive(Debug)]
 pub struct RoutelibConfig {
-    pub router: RouterPlan,
+    /// One router per `routes{}` section, with its tag (`None`: untagged).
+    pub routers: Vec<(Option<String>, RouterPlan)>,
     /// Every pool the file defines, routed to or not (`flush_all` reaches
     /// them all).
     pub pools: Vec<Arc<PoolDef>>,
@@ -43,7 +46,29 @@ pub fn plan(value: &ConfigValue, first_stat_id: i64) -> Result<Option<RoutelibCo
         next_stat: first_stat_id,
         zone: string(field(tree, "zone")),
     };
+    let mut routers = Vec::new();
+    for (_, section) in entries(field(tree, "trees")) {
+        routers.push(plan_section(section, &mut planner)?);
+    }
+    let mut pools = Vec::new();
+    every_pool(field(tree, "pools"), &mut pools);
+    Ok(Some(RoutelibConfig {
+        pools,
+        routers,
+        stat_names: planner.stat_names,
+    }))
+}
+
+/// One `routes{}` section: its tag and its router.
+fn plan_section(
+    tree: &ConfigValue,
+    planner: &mut Planner,
+) -> Result<(Option<String>, RouterPlan), String> {
     let at = string(field(tree, "__where")).unwrap_or_else(|| "routes".into());
+    let tag = string(field(tree, "tag"));
+    if let Some(tag) = &tag {
+        check_tag(tag.as_bytes()).map_err(|e| format!("{at}: routes: {e}"))?;
+    }
     let mode = router_mode(field(tree, "conf"), &at)?;
     let mut map = Vec::new();
     for (key, entry) in entries(field(tree, "map")) {
@@ -77,18 +102,15 @@ pub fn plan(value: &ConfigValue, first_stat_id: i64) -> Result<Option<RoutelibCo
     if map.is_empty() && cmap.is_empty() && default.is_none() {
         return Err(format!("{at}: routes: give a map, a cmap or a default"));
     }
-    let mut pools = Vec::new();
-    every_pool(field(tree, "pools"), &mut pools);
-    Ok(Some(RoutelibConfig {
-        pools,
-        router: RouterPlan {
+    Ok((
+        tag,
+        RouterPlan {
             mode,
             map,
             cmap,
             default,
         },
-        stat_names: planner.stat_names,
-    }))
+    ))
 }
 
 /// Every pool in `value`, however deep (pool sets are tables of pools).

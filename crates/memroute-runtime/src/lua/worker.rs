@@ -4,9 +4,10 @@
 //! A [`WorkerProxy`] builds a worker's routes from a loaded configuration:
 //! a fresh VM runs `mcp_config_routes(pools)`, where pools are this
 //! worker's own (`crate::route::pool`), and `mcp.attach` fills a
-//! [`RouteSet`]. A Lua function becomes a [`LuaRoute`] node; a pool is
-//! attached as itself. The set is staged and committed on the worker's
-//! [`WorkerRoutes`], which is free of Lua.
+//! [`RouteSet`]'s untagged table, or with a tag that tag's table. A Lua
+//! function becomes a [`LuaRoute`] node; a pool is attached as itself. The
+//! set is staged and committed on the worker's [`WorkerRoutes`], which is
+//! free of Lua.
 //!
 //! The Lua bindings routes call on their worker also live here: `pool(r)`,
 //! `mcp.await`, `mcp.internal`, `mcp.request`, `mcp.stat`, `mcp.warm`.
@@ -35,8 +36,8 @@ use super::vm;
 use crate::route::plan::BuildContext;
 use crate::route::pool::EmbeddedPool;
 use crate::route::{
-    Pool, ReplyFuture, ReplyShape, ResponseFuture, Route, RouteEnv, RouteSet, WorkerLimits,
-    WorkerRoutes,
+    check_tag, AttachedRoutes, Pool, ReplyFuture, ReplyShape, ResponseFuture, Route, RouteEnv,
+    RouteSet, WorkerLimits, WorkerRoutes,
 };
 use crate::store::SharedStore;
 
@@ -75,22 +76,28 @@ impl WorkerProxy {
         Ok(())
     }
 
-    /// A routelib tree, built with no worker VM: the router serves every
-    /// command that carries a key, as routelib attaches it.
+    /// routelib trees, built with no worker VM: each tree's router serves
+    /// every command that carries a key, for its tag (untagged without
+    /// one), as routelib attaches it.
     fn build_native(&self, loaded: &LoadedConfig, routelib: &RoutelibConfig) -> RouteSet {
         let cx = BuildContext::new(&self.routes.backends, &self.env);
-        let root = routelib.router.build(&cx);
+        let mut attached = AttachedRoutes::new(COMMAND_SLOTS);
+        for (tag, router) in &routelib.routers {
+            let root = router.build(&cx);
+            let table = attached.table_mut(tag.as_deref());
+            for id in STORAGE_IDS {
+                table[*id as usize] = Some(root.clone());
+            }
+        }
         for def in &routelib.pools {
             cx.pool(def);
         }
-        let mut routes: Vec<Option<Rc<dyn Route>>> = vec![None; COMMAND_SLOTS];
-        for id in STORAGE_IDS {
-            routes[*id as usize] = Some(root.clone());
-        }
+        warn_unused_tags(&attached, &self.env);
         let mut pools = cx.pools();
         pools.push(Rc::new(EmbeddedPool::new(self.env.clone())));
         RouteSet::new(
-            routes,
+            attached,
+            &self.env.listener_tags,
             pools,
             worker_limits(loaded, &self.env),
             self.env.proxy_stats.clone(),
@@ -117,6 +124,21 @@ fn worker_limits(loaded: &LoadedConfig, env: &RouteEnv) -> WorkerLimits {
     }
 }
 
+/// Logs (once, from the first worker) routes attached for a tag no
+/// listener carries (`mcp.attach` or routelib's `routes{ tag = }`):
+/// memcached accepts them, but they are never reached, which is most often
+/// a typo.
+fn warn_unused_tags(routes: &AttachedRoutes, env: &RouteEnv) {
+    if env.worker != 0 {
+        return;
+    }
+    for (tag, _) in &routes.tagged {
+        if !env.listener_tags.contains(tag) {
+            warn!("routes attached for tag {tag:?}, which no listener has (-l tag_{tag}_:...), are never used");
+        }
+    }
+}
+
 /// A worker VM: what its Lua routes run in.
 pub struct WorkerLua {
     lua: Lua,
@@ -132,7 +154,7 @@ const GC_STEP_BYTES: usize = 256 * 1024;
 /// Collects `mcp.attach` calls while `mcp_config_routes` runs, and lets
 /// them reach the VM their Lua routes run in.
 struct Attached {
-    routes: RefCell<Vec<Option<Rc<dyn Route>>>>,
+    routes: RefCell<AttachedRoutes>,
     vm: Weak<WorkerLua>,
 }
 
@@ -159,7 +181,7 @@ impl WorkerLua {
         });
         // (The VM refers to itself only weakly: routes hold it, not Lua.)
         vm.lua.set_app_data(Attached {
-            routes: RefCell::new(vec![None; COMMAND_SLOTS]),
+            routes: RefCell::new(AttachedRoutes::new(COMMAND_SLOTS)),
             vm: Rc::downgrade(&vm),
         });
         let mut pools = HashMap::new();
@@ -172,7 +194,8 @@ impl WorkerLua {
             .lua
             .remove_app_data::<Attached>()
             .map(|a| a.routes.into_inner())
-            .unwrap_or_default();
+            .unwrap_or_else(|| AttachedRoutes::new(COMMAND_SLOTS));
+        warn_unused_tags(&routes, env);
         let mut all_pools = Vec::with_capacity(pools.len() + 1);
         for ud in pools.values() {
             all_pools.push(
@@ -185,6 +208,7 @@ impl WorkerLua {
         all_pools.push(Rc::new(EmbeddedPool::new(env.clone())));
         Ok(RouteSet::new(
             routes,
+            &env.listener_tags,
             all_pools,
             worker_limits(loaded, env),
             env.proxy_stats.clone(),
@@ -272,6 +296,16 @@ pub struct LuaRoute {
 }
 
 impl Route for LuaRoute {
+    fn explain(
+        &self,
+        _request: &Request,
+        depth: usize,
+        out: &mut Vec<crate::route::explain::Step>,
+    ) {
+        // A Lua function decides at run time.
+        out.push(crate::route::explain::Step::node(depth, "lua function"));
+    }
+
     /// The route's reply as a response, for a route above it. (What Lua
     /// returns is bytes; they are parsed once here.)
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
@@ -337,56 +371,69 @@ fn register(lua: &Lua) -> mlua::Result<()> {
     let mcp = vm::mcp_table(lua)?;
     mcp.set(
         "attach",
-        lua.create_function(|lua, (cmd, func, _tag): (i64, Value, Option<Value>)| {
-            let attached = lua.app_data_ref::<Attached>().ok_or_else(|| {
-                mlua::Error::runtime("mcp.attach is only valid in mcp_config_routes")
-            })?;
-            let route: Rc<dyn Route> = match func {
-                Value::Function(function) => {
-                    let vm = attached
-                        .vm
-                        .upgrade()
-                        .ok_or_else(|| mlua::Error::runtime("worker VM is gone"))?;
-                    Rc::new(LuaRoute { vm, function })
-                }
-                // A pool attached directly is served with no Lua per
-                // request, as `function(r) return pool(r) end` would be.
-                Value::UserData(ud) if ud.is::<LuaPool>() => ud.borrow::<LuaPool>()?.0.clone(),
-                other => {
-                    let vm = attached
-                        .vm
-                        .upgrade()
-                        .ok_or_else(|| mlua::Error::runtime("worker VM is gone"))?;
-                    FuncgenRoute::from_value(&other, vm)?.ok_or_else(|| {
-                        mlua::Error::runtime(
+        lua.create_function(
+            |lua, (cmd, func, tag): (i64, Value, Option<mlua::LuaString>)| {
+                // memcached's tag: up to 8 bytes, matched against `-l tag_NAME_:`.
+                let tag = match &tag {
+                    Some(tag) => {
+                        let bytes = tag.as_bytes();
+                        check_tag(&bytes)
+                            .map_err(|e| mlua::Error::runtime(format!("mcp.attach: {e}")))?;
+                        Some(String::from_utf8_lossy(&bytes).into_owned())
+                    }
+                    None => None,
+                };
+                let attached = lua.app_data_ref::<Attached>().ok_or_else(|| {
+                    mlua::Error::runtime("mcp.attach is only valid in mcp_config_routes")
+                })?;
+                let route: Rc<dyn Route> = match func {
+                    Value::Function(function) => {
+                        let vm = attached
+                            .vm
+                            .upgrade()
+                            .ok_or_else(|| mlua::Error::runtime("worker VM is gone"))?;
+                        Rc::new(LuaRoute { vm, function })
+                    }
+                    // A pool attached directly is served with no Lua per
+                    // request, as `function(r) return pool(r) end` would be.
+                    Value::UserData(ud) if ud.is::<LuaPool>() => ud.borrow::<LuaPool>()?.0.clone(),
+                    other => {
+                        let vm = attached
+                            .vm
+                            .upgrade()
+                            .ok_or_else(|| mlua::Error::runtime("worker VM is gone"))?;
+                        FuncgenRoute::from_value(&other, vm)?.ok_or_else(|| {
+                            mlua::Error::runtime(
                             "mcp.attach: the second argument must be a route function, a pool, \
                              a funcgen or a router",
                         )
-                    })?
+                        })?
+                    }
+                };
+                let ids: Vec<i64> = match cmd {
+                    CMD_ANY => COMMANDS
+                        .iter()
+                        .map(|(_, id)| *id)
+                        .filter(|id| !UNHOOKABLE_IDS.contains(id))
+                        .collect(),
+                    CMD_ANY_STORAGE => STORAGE_IDS.to_vec(),
+                    id if UNHOOKABLE_IDS.contains(&id) => {
+                        return Err(mlua::Error::runtime(format!(
+                            "mcp.attach: {} cannot have a route",
+                            COMMANDS.iter().find(|(_, i)| *i == id).map_or("?", |c| c.0)
+                        )))
+                    }
+                    id if COMMANDS.iter().any(|(_, i)| *i == id) => vec![id],
+                    _ => return Err(mlua::Error::runtime("mcp.attach: unknown command")),
+                };
+                let mut routes = attached.routes.borrow_mut();
+                let table = routes.table_mut(tag.as_deref());
+                for id in ids {
+                    table[id as usize] = Some(route.clone());
                 }
-            };
-            let ids: Vec<i64> = match cmd {
-                CMD_ANY => COMMANDS
-                    .iter()
-                    .map(|(_, id)| *id)
-                    .filter(|id| !UNHOOKABLE_IDS.contains(id))
-                    .collect(),
-                CMD_ANY_STORAGE => STORAGE_IDS.to_vec(),
-                id if UNHOOKABLE_IDS.contains(&id) => {
-                    return Err(mlua::Error::runtime(format!(
-                        "mcp.attach: {} cannot have a route",
-                        COMMANDS.iter().find(|(_, i)| *i == id).map_or("?", |c| c.0)
-                    )))
-                }
-                id if COMMANDS.iter().any(|(_, i)| *i == id) => vec![id],
-                _ => return Err(mlua::Error::runtime("mcp.attach: unknown command")),
-            };
-            let mut routes = attached.routes.borrow_mut();
-            for id in ids {
-                routes[id as usize] = Some(route.clone());
-            }
-            Ok(())
-        })?,
+                Ok(())
+            },
+        )?,
     )?;
     mcp.set(
         "request",
@@ -650,7 +697,7 @@ async fn warm_up(source: Arc<dyn SharedStore>, cache: Rc<dyn Pool>, max_ttl: i64
 fn to_lua(
     lua: &Lua,
     value: &ConfigValue,
-    env: &RouteEnv,
+    env: &Rc<RouteEnv>,
     worker_routes: &WorkerRoutes,
     pools: &mut HashMap<*const PoolDef, AnyUserData>,
 ) -> mlua::Result<Value> {

@@ -25,6 +25,7 @@ use std::sync::Arc;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use memroute_proto::{Command, Limits, MetaOp, Reply, Request, Response, Status, StoreOp};
 
+use super::explain::{with_children, Step};
 use super::{ResponseFuture, Route};
 use crate::stats::ProxyStats;
 
@@ -58,6 +59,10 @@ pub struct Direct {
 }
 
 impl Route for Direct {
+    fn explain(&self, request: &Request, depth: usize, out: &mut Vec<Step>) {
+        with_children("direct", [&self.child], request, depth, out);
+    }
+
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
         self.child.clone().call(request)
     }
@@ -70,6 +75,10 @@ pub struct AllSync {
 }
 
 impl Route for AllSync {
+    fn explain(&self, request: &Request, depth: usize, out: &mut Vec<Step>) {
+        with_children("allsync", &self.children, request, depth, out);
+    }
+
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
         let calls: Vec<ResponseFuture> = self
             .children
@@ -96,6 +105,10 @@ pub struct AllFastest {
 }
 
 impl Route for AllFastest {
+    fn explain(&self, request: &Request, depth: usize, out: &mut Vec<Step>) {
+        with_children("allfastest", &self.children, request, depth, out);
+    }
+
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
         let mut pending: FuturesUnordered<ResponseFuture> = self
             .children
@@ -128,6 +141,10 @@ pub struct AllAsync {
 }
 
 impl Route for AllAsync {
+    fn explain(&self, request: &Request, depth: usize, out: &mut Vec<Step>) {
+        with_children("allasync", &self.children, request, depth, out);
+    }
+
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
         for child in &self.children {
             in_background(child.clone().call(request.clone()));
@@ -144,6 +161,10 @@ pub struct Split {
 }
 
 impl Route for Split {
+    fn explain(&self, request: &Request, depth: usize, out: &mut Vec<Step>) {
+        with_children("split", [&self.child_a, &self.child_b], request, depth, out);
+    }
+
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
         in_background(self.child_b.clone().call(request.clone()));
         self.child_a.clone().call(request)
@@ -162,6 +183,11 @@ pub struct Failover {
 }
 
 impl Route for Failover {
+    fn explain(&self, request: &Request, depth: usize, out: &mut Vec<Step>) {
+        let tried = self.children.iter().take(self.limit);
+        with_children("failover", tried, request, depth, out);
+    }
+
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
         Box::pin(async move {
             let mut last = None;
@@ -199,6 +225,11 @@ pub struct ZoneFailover {
 }
 
 impl Route for ZoneFailover {
+    fn explain(&self, request: &Request, depth: usize, out: &mut Vec<Step>) {
+        let zones = std::iter::once(&self.near).chain(&self.far);
+        with_children("zfailover", zones, request, depth, out);
+    }
+
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
         Box::pin(async move {
             let near = self.near.clone().call(request.clone()).await;
@@ -242,6 +273,10 @@ pub struct Ttl {
 }
 
 impl Route for Ttl {
+    fn explain(&self, request: &Request, depth: usize, out: &mut Vec<Step>) {
+        with_children("ttl", [&self.child], request, depth, out);
+    }
+
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
         match with_ttl(&request, self.ttl, &self.limits) {
             Some(rewritten) => self.child.clone().call(rewritten),
@@ -326,6 +361,11 @@ impl ErrorRoute {
 }
 
 impl Route for ErrorRoute {
+    fn explain(&self, request: &Request, depth: usize, out: &mut Vec<Step>) {
+        let _ = request;
+        out.push(Step::node(depth, "error"));
+    }
+
     fn call(self: Rc<Self>, _request: Request) -> ResponseFuture {
         ready(Response::from_line(&self.line))
     }
@@ -340,6 +380,10 @@ pub struct AllMajority {
 }
 
 impl Route for AllMajority {
+    fn explain(&self, request: &Request, depth: usize, out: &mut Vec<Step>) {
+        with_children("allmajority", &self.children, request, depth, out);
+    }
+
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
         let mut pending: FuturesUnordered<ResponseFuture> = self
             .children
@@ -398,6 +442,11 @@ pub struct Shadow {
 }
 
 impl Route for Shadow {
+    fn explain(&self, request: &Request, depth: usize, out: &mut Vec<Step>) {
+        let all = std::iter::once(&self.child).chain(&self.shadows);
+        with_children("shadow", all, request, depth, out);
+    }
+
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
         if (self.sampler.next() >> 32) < self.threshold {
             for shadow in &self.shadows {
@@ -430,6 +479,13 @@ impl KeyShadow {
 }
 
 impl Route for KeyShadow {
+    fn explain(&self, request: &Request, depth: usize, out: &mut Vec<Step>) {
+        let shadowed = request.key().is_some_and(|k| self.shadows_key(k));
+        let shadows = if shadowed { &self.shadows[..] } else { &[] };
+        let all = std::iter::once(&self.child).chain(shadows);
+        with_children("key shadow", all, request, depth, out);
+    }
+
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
         if request.key().is_some_and(|k| self.shadows_key(k)) {
             for shadow in &self.shadows {
@@ -524,6 +580,10 @@ pub struct Warmup {
 }
 
 impl Route for Warmup {
+    fn explain(&self, request: &Request, depth: usize, out: &mut Vec<Step>) {
+        with_children("warmup", [&self.cold, &self.warm], request, depth, out);
+    }
+
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
         let Some(key) = retrieval_key(&request).cloned() else {
             return self.cold.clone().call(request);
@@ -560,6 +620,10 @@ pub struct L1L2 {
 }
 
 impl Route for L1L2 {
+    fn explain(&self, request: &Request, depth: usize, out: &mut Vec<Step>) {
+        with_children("l1l2", [&self.l1, &self.l2], request, depth, out);
+    }
+
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
         if let Some(key) = retrieval_key(&request).cloned() {
             return Box::pin(async move {
@@ -608,6 +672,10 @@ pub struct Migrate {
 }
 
 impl Route for Migrate {
+    fn explain(&self, request: &Request, depth: usize, out: &mut Vec<Step>) {
+        with_children("migrate", [&self.to, &self.from], request, depth, out);
+    }
+
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
         let now = crate::stats::unix_now() as i64;
         if now < self.start {
@@ -643,6 +711,11 @@ impl Route for Migrate {
 pub struct Null;
 
 impl Route for Null {
+    fn explain(&self, request: &Request, depth: usize, out: &mut Vec<Step>) {
+        let _ = request;
+        out.push(Step::node(depth, "null"));
+    }
+
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
         ready(nominal_miss(&request))
     }
@@ -664,6 +737,10 @@ impl Random {
 }
 
 impl Route for Random {
+    fn explain(&self, request: &Request, depth: usize, out: &mut Vec<Step>) {
+        with_children("random", &self.children, request, depth, out);
+    }
+
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
         if self.children.is_empty() {
             return ready(Response::from_line("SERVER_ERROR no children"));
@@ -681,16 +758,27 @@ pub struct PrefixSelector {
     pub wildcard: Option<Rc<dyn Route>>,
 }
 
-impl Route for PrefixSelector {
-    fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
+impl PrefixSelector {
+    fn pick(&self, request: &Request) -> Option<&Rc<dyn Route>> {
         let key = request.key().map_or(&b""[..], |k| &k[..]);
-        let chosen = self
-            .policies
+        self.policies
             .iter()
             .find(|(prefix, _)| key.starts_with(prefix))
             .map(|(_, route)| route)
-            .or(self.wildcard.as_ref());
-        match chosen {
+            .or(self.wildcard.as_ref())
+    }
+}
+
+impl Route for PrefixSelector {
+    fn explain(&self, request: &Request, depth: usize, out: &mut Vec<Step>) {
+        match self.pick(request) {
+            Some(route) => with_children("prefix selector", [route], request, depth, out),
+            None => out.push(Step::node(depth, "prefix selector: no route")),
+        }
+    }
+
+    fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
+        match self.pick(&request) {
             Some(route) => route.clone().call(request),
             None => ready(Response::from_line(super::router::NO_ROUTE)),
         }
@@ -706,8 +794,8 @@ pub struct HashSelect {
     pub salt: Vec<u8>,
 }
 
-impl Route for HashSelect {
-    fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
+impl HashSelect {
+    fn pick(&self, request: &Request) -> Option<&Rc<dyn Route>> {
         let key = request.key().map_or(&b""[..], |k| &k[..]);
         let i = if self.salt.is_empty() {
             self.distribution.pick(key)
@@ -717,7 +805,18 @@ impl Route for HashSelect {
             salted.extend_from_slice(&self.salt);
             self.distribution.pick_filtered(&salted)
         };
-        match self.children.get(i) {
+        self.children.get(i)
+    }
+}
+
+impl Route for HashSelect {
+    fn explain(&self, request: &Request, depth: usize, out: &mut Vec<Step>) {
+        let name = format!("hash {}", self.distribution.kind());
+        with_children(&name, self.pick(request), request, depth, out);
+    }
+
+    fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
+        match self.pick(&request) {
             Some(child) => child.clone().call(request),
             None => ready(Response::from_line("SERVER_ERROR no children")),
         }
@@ -745,6 +844,27 @@ impl RoutingPrefix {
 }
 
 impl Route for RoutingPrefix {
+    fn explain(&self, request: &Request, depth: usize, out: &mut Vec<Step>) {
+        let key = request.key().map_or(&b""[..], |k| &k[..]);
+        let Some(prefix) = Self::prefix_of(key) else {
+            return with_children(
+                "routing prefix: default",
+                [&self.default],
+                request,
+                depth,
+                out,
+            );
+        };
+        let name = format!("routing prefix {}", String::from_utf8_lossy(prefix));
+        match (
+            self.routes.get(prefix),
+            with_key(request, &key[prefix.len()..], &self.limits),
+        ) {
+            (Some(route), Some(inner)) => with_children(&name, [route], &inner, depth, out),
+            _ => out.push(Step::node(depth, format!("{name}: no route"))),
+        }
+    }
+
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
         let Some(key) = request.key().cloned() else {
             return self.default.clone().call(request);

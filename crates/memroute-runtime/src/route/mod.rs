@@ -9,8 +9,10 @@
 //! (failover, fan-out, tiers) plug in the same way.
 //!
 //! Each worker owns its routes: a [`RouteSet`] maps command ids
-//! ([`commands`]) to routes, and [`WorkerRoutes`] holds the current set and,
-//! during a reload, a staged one. Requests take an `Rc` of the current set
+//! ([`commands`]) to routes, one table for untagged listeners and one per
+//! listener tag (memcached's `-l tag_NAME_:...` with `mcp.attach(cmd, route,
+//! "NAME")`), and [`WorkerRoutes`] holds the current set and, during a
+//! reload, a staged one. Requests take an `Rc` of the current set
 //! when they start, so a request in flight finishes on the configuration it
 //! started with.
 //!
@@ -26,12 +28,14 @@
 //!   and shared-store implementations, and a worker's backend connections.
 //! - [`multiget`]: multi-key gets split into windows and per-backend lines,
 //!   and their replies merged back in key order.
+//! - [`explain`]: where a request would go (`__mcrouter__.route`).
 //! - [`plan`]: route trees as plain data, built per worker.
 //! - [`router`]: the key router (`mcp.router_new`, routelib's `routes{}`).
 //! - [`handlers`]: native route handlers (failover, fan-out, zones, TTL,
 //!   mcrouter's prefix selector, hash route and routing prefixes...).
 
 pub mod commands;
+pub mod explain;
 pub mod handlers;
 pub mod multiget;
 pub mod plan;
@@ -84,7 +88,7 @@ pub trait Route {
         let shape = ReplyShape::of(&request);
         Box::pin(
             self.call(request)
-                .map(move |response| shape.apply(response.raw().clone())),
+                .map(move |response| shape.apply(response.into_raw())),
         )
     }
 
@@ -100,6 +104,15 @@ pub trait Route {
     fn multi_get(self: Rc<Self>, _request: Request) -> Option<ReplyFuture> {
         None
     }
+
+    /// What this route would do with `request`, without sending anything:
+    /// this node, then (one level deeper) the children it may send it to;
+    /// a pool names the backend the key maps to. Answers operators' "where
+    /// does this key go" (`get __mcrouter__.route(get,KEY)`, see
+    /// [`explain`]).
+    fn explain(&self, _request: &Request, depth: usize, out: &mut Vec<explain::Step>) {
+        out.push(explain::Step::node(depth, "route"));
+    }
 }
 
 /// What routes reach on their worker besides backends.
@@ -109,7 +122,54 @@ pub struct RouteEnv {
     pub worker: usize,
     pub limits: Limits,
     pub proxy_stats: Arc<ProxyStats>,
+    /// The tags the server's listeners carry, in [`ListenerTag`] order
+    /// (fixed at start: a reload cannot add listeners).
+    pub listener_tags: Arc<[String]>,
 }
+
+/// Longest listener or route tag: memcached packs a tag into 8 bytes.
+pub const MAX_TAG_LEN: usize = 8;
+
+/// Checks a listener or route tag as memcached takes it: 1 to
+/// [`MAX_TAG_LEN`] bytes. `_`, `:`, `,`, `;` and spaces are refused too:
+/// `-l tag_NAME_:HOST` could not carry them (the first `_` ends the name,
+/// `,` and `;` separate listeners), so a route with one is never reached.
+pub fn check_tag(tag: &[u8]) -> Result<(), String> {
+    let shown = String::from_utf8_lossy(tag);
+    if tag.is_empty() || tag.len() > MAX_TAG_LEN {
+        return Err(format!(
+            "tag {shown:?} must be 1 to {MAX_TAG_LEN} bytes long"
+        ));
+    }
+    if tag
+        .iter()
+        .any(|b| matches!(b, b'_' | b':' | b',' | b';') || b.is_ascii_whitespace())
+    {
+        return Err(format!(
+            "tag {shown:?} cannot hold '_', ':', ',', ';' or spaces"
+        ));
+    }
+    Ok(())
+}
+
+/// Which route table a connection uses: its listener's tag, as an index
+/// into [`RouteEnv::listener_tags`] (plus one), resolved once when the
+/// connection is accepted so no request looks a tag up by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ListenerTag(usize);
+
+impl ListenerTag {
+    /// Connections on listeners without a tag.
+    pub const UNTAGGED: ListenerTag = ListenerTag(0);
+
+    /// The tag at `index` in [`RouteEnv::listener_tags`].
+    pub fn tagged(index: usize) -> ListenerTag {
+        ListenerTag(index + 1)
+    }
+}
+
+/// One command-id-indexed route table ([`commands::command_id`]).
+pub type RouteTable = Vec<Option<Rc<dyn Route>>>;
 
 /// This worker's share of the limits the startfile set
 /// (`mcp.active_req_limit`, `mcp.buffer_memory_limit`); `None` for none.
@@ -121,47 +181,112 @@ pub struct WorkerLimits {
     pub buffer_bytes: Option<u64>,
 }
 
-/// One configuration's routes on one worker: a route per command id.
+/// What `mcp.attach` (or routelib's `routes{}`) filled: the untagged
+/// table and one per tag named in an attach.
+#[derive(Default)]
+pub struct AttachedRoutes {
+    pub untagged: RouteTable,
+    pub tagged: Vec<(String, RouteTable)>,
+}
+
+impl AttachedRoutes {
+    /// Empty tables of `slots` command ids.
+    pub fn new(slots: usize) -> AttachedRoutes {
+        AttachedRoutes {
+            untagged: vec![None; slots],
+            tagged: Vec::new(),
+        }
+    }
+
+    /// The table for `tag` (`None`: untagged), made on first use.
+    pub fn table_mut(&mut self, tag: Option<&str>) -> &mut RouteTable {
+        let Some(tag) = tag else {
+            return &mut self.untagged;
+        };
+        let at = match self.tagged.iter().position(|(t, _)| t == tag) {
+            Some(at) => at,
+            None => {
+                let slots = self.untagged.len();
+                self.tagged.push((tag.to_owned(), vec![None; slots]));
+                self.tagged.len() - 1
+            }
+        };
+        &mut self.tagged[at].1
+    }
+}
+
+/// One configuration's routes on one worker: a route per command id, for
+/// each listener tag.
 pub struct RouteSet {
-    routes: Vec<Option<Rc<dyn Route>>>,
+    /// Indexed by [`ListenerTag`]: the untagged table first, then one per
+    /// listener tag, in which a command the tag has no route for holds the
+    /// untagged route (memcached falls back to it).
+    tables: Vec<RouteTable>,
     limits: WorkerLimits,
     stats: Arc<ProxyStats>,
 }
 
 impl RouteSet {
-    /// `routes` is indexed by command id ([`commands::command_id`]).
+    /// Builds the tables for `listener_tags` from what was attached; a
+    /// route attached for a tag no listener carries is never reached.
     /// Unless a route is attached for `flush_all`, it goes to every backend
     /// of every cache among `pools` (the configuration's pools and the
     /// embedded cache), as a client of a drop-in memcached expects.
     pub fn new(
-        mut routes: Vec<Option<Rc<dyn Route>>>,
+        attached: AttachedRoutes,
+        listener_tags: &[String],
         pools: Vec<Rc<dyn Pool>>,
         limits: WorkerLimits,
         stats: Arc<ProxyStats>,
     ) -> RouteSet {
+        let AttachedRoutes {
+            untagged: mut routes,
+            mut tagged,
+        } = attached;
         let flush = commands::CMD_FLUSH_ALL as usize;
         if routes.len() > flush && routes[flush].is_none() {
             let pools: Vec<Rc<dyn Pool>> =
                 pools.into_iter().filter(|p| p.takes_flush_all()).collect();
             routes[flush] = Some(Rc::new(handlers::FlushAll { pools }));
         }
+        let mut tables = Vec::with_capacity(listener_tags.len() + 1);
+        for tag in listener_tags {
+            let table = match tagged.iter().position(|(t, _)| t == tag) {
+                Some(at) => {
+                    let mut own = std::mem::take(&mut tagged[at].1);
+                    own.resize(routes.len(), None);
+                    for (slot, fallback) in own.iter_mut().zip(&routes) {
+                        if slot.is_none() {
+                            slot.clone_from(fallback);
+                        }
+                    }
+                    own
+                }
+                None => routes.clone(),
+            };
+            tables.push(table);
+        }
+        tables.insert(0, routes);
         RouteSet {
-            routes,
+            tables,
             limits,
             stats,
         }
     }
 
-    /// The route attached to this request's command, if any.
-    pub fn route(&self, command: &Command) -> Option<Rc<dyn Route>> {
+    /// The route a connection on a `tag` listener takes for `command`, if
+    /// any.
+    pub fn route(&self, command: &Command, tag: ListenerTag) -> Option<Rc<dyn Route>> {
         let id = commands::command_id(command) as usize;
-        self.routes.get(id).and_then(|r| r.clone())
+        self.tables.get(tag.0)?.get(id).and_then(|r| r.clone())
     }
 
-    /// Whether `set` has a route (so stores do not reach the embedded cache).
-    pub fn routes_storage(&self) -> bool {
-        self.routes
-            .get(commands::CMD_SET as usize)
+    /// Whether a `tag` connection's `set` has a route (so its stores do
+    /// not reach the embedded cache).
+    pub fn routes_storage(&self, tag: ListenerTag) -> bool {
+        self.tables
+            .get(tag.0)
+            .and_then(|table| table.get(commands::CMD_SET as usize))
             .is_some_and(|r| r.is_some())
     }
 
@@ -177,9 +302,14 @@ impl RouteSet {
     }
 
     /// Serves a request that is not a multi-key get (those go out a
-    /// window of keys at a time, see [`multiget::window`]).
-    pub fn serve(&self, route: Rc<dyn Route>, request: Request) -> ReplyFuture {
+    /// window of keys at a time, see [`multiget::window`]). A `get` of
+    /// `__mcrouter__.route(OP,KEY)` is answered with where `OP KEY` would
+    /// go instead.
+    pub fn serve(&self, route: Rc<dyn Route>, request: Request, tag: ListenerTag) -> ReplyFuture {
         self.count_routed();
+        if let Some(reply) = explain::answer(self, &request, tag) {
+            return Box::pin(std::future::ready(reply));
+        }
         route.serve(request)
     }
 }
@@ -191,8 +321,9 @@ impl RouteSet {
 pub struct WorkerRoutes {
     current: RefCell<Option<Rc<RouteSet>>>,
     staged: RefCell<Option<Rc<RouteSet>>>,
-    /// This worker's backend connections, kept across reloads.
-    pub backends: WorkerBackends,
+    /// This worker's backend connections, kept across reloads (shared with
+    /// discovered pools, which add members' connections as they come).
+    pub backends: Rc<WorkerBackends>,
 }
 
 impl WorkerRoutes {
@@ -261,5 +392,81 @@ impl ReplyShape {
             }
         }
         reply
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A route only told apart by identity: never called.
+    struct Marker;
+
+    impl Route for Marker {
+        fn call(self: Rc<Self>, _request: Request) -> ResponseFuture {
+            unreachable!("tables are only looked at")
+        }
+    }
+
+    fn command(line: &[u8], value: &[u8]) -> Command {
+        Request::parse(line, value, &Limits::default())
+            .unwrap()
+            .command()
+            .clone()
+    }
+
+    fn same(found: Option<Rc<dyn Route>>, want: &Rc<dyn Route>) -> bool {
+        found.is_some_and(|r| Rc::ptr_eq(&r, want))
+    }
+
+    #[test]
+    fn tagged_tables_fall_back_to_untagged_routes() {
+        let id = |c: &Command| commands::command_id(c) as usize;
+        let (set_k, get_k) = (command(b"set k 0 0 1", b"x"), command(b"get k", b""));
+        let (set, get) = (id(&set_k), id(&get_k));
+        let untagged: Rc<dyn Route> = Rc::new(Marker);
+        let tagged: Rc<dyn Route> = Rc::new(Marker);
+        let mut attached = AttachedRoutes::new(commands::COMMAND_SLOTS);
+        attached.table_mut(None)[set] = Some(untagged.clone());
+        attached.table_mut(None)[get] = Some(untagged.clone());
+        attached.table_mut(Some("aa"))[set] = Some(tagged.clone());
+        // No listener has this tag: its table is never built.
+        attached.table_mut(Some("nobody"))[get] = Some(tagged.clone());
+        let tags = ["zz".to_string(), "aa".to_string()];
+        let routes = RouteSet::new(
+            attached,
+            &tags,
+            Vec::new(),
+            WorkerLimits::default(),
+            Arc::default(),
+        );
+        let (zz, aa) = (ListenerTag::tagged(0), ListenerTag::tagged(1));
+        assert!(same(routes.route(&set_k, ListenerTag::UNTAGGED), &untagged));
+        assert!(same(routes.route(&set_k, aa), &tagged));
+        assert!(same(routes.route(&get_k, aa), &untagged));
+        assert!(same(routes.route(&set_k, zz), &untagged));
+        assert!(same(routes.route(&get_k, zz), &untagged));
+        assert!(routes.routes_storage(aa) && routes.routes_storage(zz));
+        // flush_all's default reaches tagged connections too.
+        let flush = command(b"flush_all", b"");
+        let default_flush = routes.route(&flush, ListenerTag::UNTAGGED).unwrap();
+        assert!(same(routes.route(&flush, aa), &default_flush));
+        assert!(routes.route(&set_k, ListenerTag(3)).is_none());
+    }
+
+    #[test]
+    fn tags_are_what_a_listener_can_carry() {
+        assert!(check_tag(b"aa").is_ok() && check_tag(b"12345678").is_ok());
+        for bad in [
+            &b""[..],
+            b"123456789",
+            b"a_b",
+            b"a:b",
+            b"a b",
+            b"a,b",
+            b"a;b",
+        ] {
+            assert!(check_tag(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -126,7 +126,7 @@ pub struct RouterPlan {
 
 /// What building a plan on one worker needs.
 pub struct BuildContext<'a> {
-    pub backends: &'a WorkerBackends,
+    pub backends: &'a Rc<WorkerBackends>,
     pub env: &'a Rc<RouteEnv>,
     /// One pool per definition, however many times the tree names it.
     pools: RefCell<HashMap<*const PoolDef, Rc<dyn Pool>>>,
@@ -135,7 +135,7 @@ pub struct BuildContext<'a> {
 }
 
 impl<'a> BuildContext<'a> {
-    pub fn new(backends: &'a WorkerBackends, env: &'a Rc<RouteEnv>) -> Self {
+    pub fn new(backends: &'a Rc<WorkerBackends>, env: &'a Rc<RouteEnv>) -> Self {
         BuildContext {
             backends,
             env,

@@ -19,9 +19,11 @@ use futures_util::FutureExt;
 use memroute_hash::Distribution;
 use memroute_proto::{Command, Request, Response, ResponseCode};
 
+use super::explain::Step;
 use super::multiget::{get_request, value_blocks, value_blocks_of};
 use super::{ReplyFuture, ReplyShape, ResponseFuture, Route, RouteEnv};
 use crate::backend::{Backend, BackendConfig};
+use crate::discovery::Discovery;
 use crate::store::SharedStore;
 
 /// What every kind of pool is: a route that reaches a backend (a leaf of
@@ -69,6 +71,9 @@ pub enum PoolKind {
     },
     /// A store shared by every worker (a DynamoDB table).
     Shared(Arc<dyn SharedStore>),
+    /// memcached servers found by DNS or a configuration endpoint, and the
+    /// key distribution over them, both replaced when the members change.
+    Discovered(Arc<Discovery>),
 }
 
 impl std::fmt::Debug for PoolDef {
@@ -84,6 +89,11 @@ impl std::fmt::Debug for PoolDef {
                 .field("name", &self.name)
                 .field("store", &store.name())
                 .finish(),
+            PoolKind::Discovered(discovery) => f
+                .debug_struct("PoolDef")
+                .field("name", &self.name)
+                .field("discovery", discovery)
+                .finish(),
         }
     }
 }
@@ -92,8 +102,8 @@ impl PoolDef {
     /// This worker's pool for this definition.
     pub fn instantiate(
         self: &Arc<Self>,
-        backends: &WorkerBackends,
-        env: &RouteEnv,
+        backends: &Rc<WorkerBackends>,
+        env: &Rc<RouteEnv>,
     ) -> Rc<dyn Pool> {
         match &self.kind {
             PoolKind::Memcached {
@@ -108,6 +118,17 @@ impl PoolDef {
                 def: self.clone(),
                 store: store.clone(),
             }),
+            PoolKind::Discovered(discovery) => {
+                let pool = DiscoveredPool {
+                    def: self.clone(),
+                    discovery: discovery.clone(),
+                    backends: backends.clone(),
+                    env: env.clone(),
+                    members: RefCell::new(None),
+                };
+                pool.members();
+                Rc::new(pool)
+            }
         }
     }
 }
@@ -126,18 +147,19 @@ pub struct MemcachedPool {
 
 impl MemcachedPool {
     /// The response to `request` from the backend its key maps to. The
-    /// backend is chosen before the future is built, so the future holds
-    /// only what the wait needs.
+    /// backend gets the request now (see [`Backend::send`]), so the future
+    /// holds only what the wait needs, not the request.
     fn response(&self, request: Request) -> impl Future<Output = Response> {
         let request = outbound(request);
         let key = request.key().map_or(&b""[..], |k| &k[..]);
         let backend = self.backends[self.distribution.pick(key)].clone();
-        async move {
-            match backend.send(&request).await {
-                Ok(r) => r,
-                Err(e) => Response::from_line(e.client_reply()),
-            }
-        }
+        let sending = backend.send(&request);
+        sending.map(move |reply| {
+            // The backend is kept until the reply is in: a reload that
+            // drops it must not strand this request.
+            drop(backend);
+            reply.unwrap_or_else(|e| Response::from_line(e.client_reply()))
+        })
     }
 
     /// A multi-key get as one request per backend: each backend gets its
@@ -202,6 +224,16 @@ impl MemcachedPool {
 }
 
 impl Route for MemcachedPool {
+    fn explain(&self, request: &Request, depth: usize, out: &mut Vec<Step>) {
+        let key = request.key().map_or(&b""[..], |k| &k[..]);
+        let config = self.backends[self.distribution.pick(key)].config();
+        out.push(Step::backend(
+            depth,
+            format!("pool {}", self.def.name),
+            format!("{}:{}", config.host, config.port),
+        ));
+    }
+
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
         Box::pin(self.response(request))
     }
@@ -212,7 +244,7 @@ impl Route for MemcachedPool {
         // would hold it twice.
         Box::pin(
             self.response(request)
-                .map(move |response| shape.apply(response.raw().clone())),
+                .map(move |response| shape.apply(response.into_raw())),
         )
     }
 
@@ -263,6 +295,15 @@ pub struct StorePool {
 }
 
 impl Route for StorePool {
+    fn explain(&self, _request: &Request, depth: usize, out: &mut Vec<Step>) {
+        let name = &self.def.name;
+        out.push(Step::backend(
+            depth,
+            format!("store {name}"),
+            format!("store {name}"),
+        ));
+    }
+
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
         let request = outbound(request);
         Box::pin(async move { self.store.execute(&request).await })
@@ -280,6 +321,75 @@ impl Pool for StorePool {
 
     fn takes_flush_all(&self) -> bool {
         false
+    }
+}
+
+/// A discovered pool on one worker: a [`MemcachedPool`] over the current
+/// members, rebuilt when the discovery publishes new ones (connections to
+/// members that stayed are kept: they come from [`WorkerBackends`]).
+pub struct DiscoveredPool {
+    def: Arc<PoolDef>,
+    discovery: Arc<Discovery>,
+    backends: Rc<WorkerBackends>,
+    env: Rc<RouteEnv>,
+    /// The generation it was built for, and the pool.
+    members: RefCell<Option<(u64, Rc<MemcachedPool>)>>,
+}
+
+impl DiscoveredPool {
+    /// The pool over the current members (one atomic load when they have
+    /// not changed).
+    fn members(&self) -> Rc<MemcachedPool> {
+        let current = self.discovery.current();
+        let mut members = self.members.borrow_mut();
+        match &*members {
+            Some((generation, pool)) if *generation == current.generation => pool.clone(),
+            _ => {
+                let pool = Rc::new(MemcachedPool {
+                    def: self.def.clone(),
+                    distribution: current.distribution.clone(),
+                    backends: current
+                        .backends
+                        .iter()
+                        .map(|c| self.backends.get(c, &self.env))
+                        .collect(),
+                });
+                *members = Some((current.generation, pool.clone()));
+                pool
+            }
+        }
+    }
+}
+
+impl Route for DiscoveredPool {
+    fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
+        self.members().call(request)
+    }
+
+    fn serve(self: Rc<Self>, request: Request) -> ReplyFuture {
+        self.members().serve(request)
+    }
+
+    fn joins_keys(&self) -> bool {
+        true
+    }
+
+    fn multi_get(self: Rc<Self>, request: Request) -> Option<ReplyFuture> {
+        self.members().multi_get(request)
+    }
+
+    fn explain(&self, request: &Request, depth: usize, out: &mut Vec<Step>) {
+        self.members().explain(request, depth, out);
+    }
+}
+
+impl Pool for DiscoveredPool {
+    fn name(&self) -> &str {
+        &self.def.name
+    }
+
+    fn broadcast(self: Rc<Self>, request: Request) -> ResponseFuture {
+        self.members().broadcast(request)
     }
 }
 
@@ -343,13 +453,17 @@ impl EmbeddedPool {
 }
 
 impl Route for EmbeddedPool {
+    fn explain(&self, _request: &Request, depth: usize, out: &mut Vec<Step>) {
+        out.push(Step::backend(depth, "internal", "internal"));
+    }
+
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
         Box::pin(std::future::ready(self.response(request)))
     }
 
     fn serve(self: Rc<Self>, request: Request) -> ReplyFuture {
         let shape = ReplyShape::of(&request);
-        let reply = shape.apply(self.response(request).raw().clone());
+        let reply = shape.apply(self.response(request).into_raw());
         Box::pin(std::future::ready(reply))
     }
 }

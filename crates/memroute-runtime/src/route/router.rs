@@ -92,6 +92,13 @@ pub struct KeyRouter(pub RouterTable<dyn Route>);
 pub const NO_ROUTE: &str = "SERVER_ERROR no route";
 
 impl Route for KeyRouter {
+    fn explain(&self, request: &Request, depth: usize, out: &mut Vec<super::explain::Step>) {
+        match self.0.pick(request) {
+            Some(route) => super::explain::with_children("router", [route], request, depth, out),
+            None => out.push(super::explain::Step::node(depth, "router: no route")),
+        }
+    }
+
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
         match self.0.pick(&request) {
             Some(route) => route.clone().call(request),

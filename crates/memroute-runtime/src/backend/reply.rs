@@ -1,0 +1,109 @@
+//! The hand-off of one queued request's reply, from its connection's
+//! reader to the request's [`Sending`](super::Sending) future.
+//!
+//! Both ends live on the worker's thread, so this is a shared cell and a
+//! waker: tokio's `oneshot` does the same across threads, with atomics and
+//! cooperative-budget bookkeeping on every poll, which a request paid twice
+//! (its first poll waits, the second takes the reply).
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+
+use memroute_proto::Response;
+
+use super::error::BackendError;
+
+/// What a request gets: its reply, or why it has none.
+pub(crate) type Reply = Result<Response, BackendError>;
+
+enum State {
+    /// No reply yet; the waker of the task waiting for it, once polled.
+    Waiting(Option<Waker>),
+    Ready(Reply),
+    /// The receiver took the reply.
+    Taken,
+}
+
+/// A new hand-off: the reader keeps the sender, the caller the receiver.
+pub(crate) fn channel() -> (ReplySender, ReplyReceiver) {
+    let state = Rc::new(RefCell::new(State::Waiting(None)));
+    (ReplySender(state.clone()), ReplyReceiver(state))
+}
+
+/// The reader's end. Dropped without [`send`](Self::send) (its queue went
+/// away unanswered), the request fails with [`BackendError::Closed`].
+pub(crate) struct ReplySender(Rc<RefCell<State>>);
+
+impl ReplySender {
+    /// Leaves `reply` for the receiver (kept until dropped if the caller
+    /// gave up) and wakes it.
+    pub(crate) fn send(self, reply: Reply) {
+        self.fill(reply);
+    }
+
+    fn fill(&self, reply: Reply) {
+        let previous = std::mem::replace(&mut *self.0.borrow_mut(), State::Ready(reply));
+        if let State::Waiting(Some(waker)) = previous {
+            waker.wake();
+        }
+    }
+}
+
+impl Drop for ReplySender {
+    fn drop(&mut self) {
+        let unanswered = matches!(*self.0.borrow(), State::Waiting(_));
+        if unanswered {
+            self.fill(Err(BackendError::Closed));
+        }
+    }
+}
+
+/// The caller's end: resolves to the reply.
+pub(crate) struct ReplyReceiver(Rc<RefCell<State>>);
+
+impl Future for ReplyReceiver {
+    type Output = Reply;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Reply> {
+        let mut state = self.0.borrow_mut();
+        match &mut *state {
+            State::Waiting(waker) => {
+                if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    *waker = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+            State::Ready(_) => match std::mem::replace(&mut *state, State::Taken) {
+                State::Ready(reply) => Poll::Ready(reply),
+                _ => unreachable!("matched Ready above"),
+            },
+            State::Taken => panic!("reply polled after it was taken"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::FutureExt;
+
+    #[test]
+    fn the_reply_reaches_the_receiver_once_sent() {
+        let (tx, mut rx) = channel();
+        assert!((&mut rx).now_or_never().is_none());
+        tx.send(Ok(Response::miss()));
+        let reply = rx.now_or_never().expect("ready").expect("a reply");
+        assert_eq!(reply.raw().as_ref(), b"END\r\n");
+    }
+
+    #[test]
+    fn a_sender_dropped_unanswered_fails_the_request() {
+        let (tx, rx) = channel();
+        drop(tx);
+        let reply = rx.now_or_never().expect("ready");
+        assert!(matches!(reply, Err(BackendError::Closed)));
+    }
+}

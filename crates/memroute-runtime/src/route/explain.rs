@@ -1,0 +1,135 @@
+//! Where a request would go, without sending it: the answer to mcrouter's
+//! admin keys, which operators' tools already ask.
+//!
+//! - `get __mcrouter__.route(OP,KEY)`: the backends `OP KEY` may reach, one
+//!   per line (`host:port`, or what stands for a store);
+//! - `get __mcrouter__.route_handles(OP,KEY)`: the route tree it would take,
+//!   one node per line, indented by depth.
+//!
+//! Every route describes itself ([`super::Route::explain`]); a pool names
+//! the backend its distribution picks for the key.
+
+use std::rc::Rc;
+
+use bytes::{Bytes, BytesMut};
+use memroute_proto::{Command, Request};
+
+use super::{ListenerTag, Route, RouteSet};
+
+/// One node of an explanation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    pub depth: usize,
+    /// What the node is (`failover`, `pool main`...).
+    pub node: String,
+    /// For a leaf that reaches a backend: where (`host:port`).
+    pub backend: Option<String>,
+}
+
+impl Step {
+    pub fn node(depth: usize, node: impl Into<String>) -> Step {
+        Step {
+            depth,
+            node: node.into(),
+            backend: None,
+        }
+    }
+
+    pub fn backend(depth: usize, node: impl Into<String>, backend: impl Into<String>) -> Step {
+        Step {
+            depth,
+            node: node.into(),
+            backend: Some(backend.into()),
+        }
+    }
+}
+
+/// A node named `name` over `children` (each explained a level deeper).
+pub fn with_children<'a>(
+    name: &str,
+    children: impl IntoIterator<Item = &'a Rc<dyn Route>>,
+    request: &Request,
+    depth: usize,
+    out: &mut Vec<Step>,
+) {
+    out.push(Step::node(depth, name));
+    for child in children {
+        child.explain(request, depth + 1, out);
+    }
+}
+
+const PREFIX: &[u8] = b"__mcrouter__.";
+
+/// The reply to an admin key, if `request` is a `get` of one.
+pub fn answer(routes: &RouteSet, request: &Request, tag: ListenerTag) -> Option<Bytes> {
+    let Command::Get(get) = request.command() else {
+        return None;
+    };
+    let key = get.keys.first()?;
+    let query = key.strip_prefix(PREFIX)?;
+    let (handles, args) = if let Some(a) = query.strip_prefix(b"route_handles(") {
+        (true, a)
+    } else {
+        (false, query.strip_prefix(b"route(")?)
+    };
+    let args = args.strip_suffix(b")")?;
+    let comma = args.iter().position(|&b| b == b',')?;
+    let (op, asked_key) = (&args[..comma], &args[comma + 1..]);
+    let body = match asked(op, asked_key) {
+        Some(asked) => match routes.route(asked.command(), tag) {
+            Some(route) => {
+                let mut steps = Vec::new();
+                route.explain(&asked, 0, &mut steps);
+                render(&steps, handles)
+            }
+            None => b"no route".to_vec(),
+        },
+        None => b"unknown operation".to_vec(),
+    };
+    let mut out = BytesMut::new();
+    memroute_proto::reply::value(&mut out, key, 0, &body, None);
+    memroute_proto::reply::end(&mut out);
+    Some(out.freeze())
+}
+
+/// The request `OP KEY` stands for (its value, if any, empty).
+fn asked(op: &[u8], key: &[u8]) -> Option<Request> {
+    let limits = memroute_proto::Limits::default();
+    let mut line = Vec::with_capacity(op.len() + key.len() + 16);
+    line.extend_from_slice(op);
+    line.push(b' ');
+    line.extend_from_slice(key);
+    match op {
+        b"set" | b"add" | b"replace" | b"append" | b"prepend" => line.extend_from_slice(b" 0 0 0"),
+        b"cas" => line.extend_from_slice(b" 0 0 0 0"),
+        b"incr" | b"decr" => line.extend_from_slice(b" 1"),
+        b"touch" => line.extend_from_slice(b" 0"),
+        b"ms" => line.extend_from_slice(b" 0"),
+        _ => {}
+    }
+    Request::parse(&line, b"", &limits).ok()
+}
+
+fn render(steps: &[Step], handles: bool) -> Vec<u8> {
+    let lines: Vec<String> = if handles {
+        steps
+            .iter()
+            .map(|s| {
+                let pad = "  ".repeat(s.depth);
+                match &s.backend {
+                    Some(b) => format!("{pad}{} -> {b}", s.node),
+                    None => format!("{pad}{}", s.node),
+                }
+            })
+            .collect()
+    } else {
+        let mut seen: Vec<String> = Vec::new();
+        for b in steps.iter().filter_map(|s| s.backend.clone()) {
+            if !seen.contains(&b) {
+                seen.push(b);
+            }
+        }
+        seen
+    };
+    lines.join("\r\n").into_bytes()
+}
