@@ -627,7 +627,7 @@ impl Collector {
                 })
             }),
         )?;
-        // The histogram: the fixed buckets of `stats backends`, in seconds.
+        // The histogram: the HDR distribution in fixed buckets, in seconds.
         let mut metric = enc.encode_descriptor(
             "backend_latency_seconds",
             "Latency from queueing a request to parsing its reply",
@@ -640,7 +640,7 @@ impl Collector {
                 .iter()
                 .map(|&us| us as f64 / 1e6)
                 .chain(std::iter::once(f64::INFINITY))
-                .zip(h.buckets.iter().copied())
+                .zip(h.buckets())
                 .collect();
             let l = labels(i);
             metric.encode_family(&l)?.encode_histogram::<NoLabelSet>(

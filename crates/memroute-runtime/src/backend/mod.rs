@@ -96,7 +96,7 @@ pub use config::{BackendConfig, MAX_CONNECTIONS};
 pub use error::BackendError;
 pub use stats::{
     BackendRegistry, BackendState, BackendStats, BackendSummary, LatencyHistogram,
-    LATENCY_BUCKETS_US, LATENCY_BUCKET_COUNT,
+    LATENCY_BUCKETS_US,
 };
 
 use conn::Slot;

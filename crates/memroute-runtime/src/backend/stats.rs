@@ -1,4 +1,4 @@
-//! Per-backend, per-worker counters and a small latency histogram, and
+//! Per-backend, per-worker counters and an HDR latency histogram, and
 //! the registry that sums them over workers for `stats backends`.
 
 use std::sync::atomic::Ordering::Relaxed;
@@ -9,28 +9,47 @@ use std::time::Duration;
 use super::config::BackendConfig;
 use crate::stats::Counter;
 
-/// Upper bounds (inclusive, in microseconds) of the latency buckets; one
-/// more bucket holds everything slower.
+/// Upper bounds (inclusive, in microseconds) of the buckets the metrics
+/// endpoint exposes the latency distribution in (Prometheus histograms
+/// need fixed buckets); one more bucket holds everything slower. The
+/// distribution itself is kept with HDR precision.
 pub const LATENCY_BUCKETS_US: [u64; 16] = [
     50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
     1_000_000, 2_500_000, 5_000_000,
 ];
 
-/// Number of buckets in [`LatencyHistogram::buckets`] (the bounds of
-/// [`LATENCY_BUCKETS_US`] plus the overflow bucket).
-pub const LATENCY_BUCKET_COUNT: usize = LATENCY_BUCKETS_US.len() + 1;
+/// Slowest latency the histogram tells apart (an hour, in microseconds);
+/// slower replies count as this.
+const LATENCY_MAX_US: u64 = 3_600_000_000;
+
+/// Significant decimal digits kept: values within 1% are told apart.
+const LATENCY_DIGITS: u8 = 2;
+
+fn new_histogram() -> hdrhistogram::Histogram<u64> {
+    hdrhistogram::Histogram::new_with_bounds(1, LATENCY_MAX_US, LATENCY_DIGITS)
+        .expect("constant histogram bounds are valid")
+}
 
 /// Reply latencies (from [`Backend::send`](super::Backend::send) queueing
-/// the request to its reply being parsed) in fixed buckets.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// the request to its reply being read), in microseconds, with HDR
+/// precision (an HdrHistogram with two significant digits).
+#[derive(Debug, Clone, PartialEq)]
 pub struct LatencyHistogram {
-    /// `buckets[i]` counts replies slower than `LATENCY_BUCKETS_US[i - 1]`
-    /// and at most `LATENCY_BUCKETS_US[i]`; the last bucket counts the rest.
-    pub buckets: [u64; LATENCY_BUCKET_COUNT],
+    pub histogram: hdrhistogram::Histogram<u64>,
     /// Replies recorded.
     pub count: u64,
     /// Sum of their latencies.
     pub sum: Duration,
+}
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        LatencyHistogram {
+            histogram: new_histogram(),
+            count: 0,
+            sum: Duration::ZERO,
+        }
+    }
 }
 
 impl LatencyHistogram {
@@ -40,27 +59,14 @@ impl LatencyHistogram {
         Some(self.sum / count)
     }
 
-    /// An upper bound of the `q` quantile (0.0..=1.0): the bound of the
-    /// bucket it falls in, or `Duration::MAX` for the overflow bucket.
-    /// `None` before the first reply.
+    /// The `q` quantile (0.0..=1.0), within 1%; `None` before the first
+    /// reply.
     pub fn quantile(&self, q: f64) -> Option<Duration> {
         if self.count == 0 {
             return None;
         }
         let q = if q.is_nan() { 1.0 } else { q.clamp(0.0, 1.0) };
-        let rank = ((q * self.count as f64).ceil() as u64).clamp(1, self.count);
-        let mut seen = 0;
-        for (i, &n) in self.buckets.iter().enumerate() {
-            seen += n;
-            if seen >= rank {
-                return Some(
-                    LATENCY_BUCKETS_US
-                        .get(i)
-                        .map_or(Duration::MAX, |&us| Duration::from_micros(us)),
-                );
-            }
-        }
-        Some(Duration::MAX)
+        Some(Duration::from_micros(self.histogram.value_at_quantile(q)))
     }
 
     /// [`quantile`](Self::quantile)`(0.5)`.
@@ -71,6 +77,27 @@ impl LatencyHistogram {
     /// [`quantile`](Self::quantile)`(0.99)`.
     pub fn p99(&self) -> Option<Duration> {
         self.quantile(0.99)
+    }
+
+    /// Replies per [`LATENCY_BUCKETS_US`] bucket (slower than the bound
+    /// before, at most this one), then the rest: what `/metrics` exposes.
+    pub fn buckets(&self) -> [u64; LATENCY_BUCKETS_US.len() + 1] {
+        let mut out = [0; LATENCY_BUCKETS_US.len() + 1];
+        let mut below = 0;
+        for (slot, &bound) in out.iter_mut().zip(LATENCY_BUCKETS_US.iter()) {
+            let upto = self.histogram.count_between(0, bound);
+            *slot = upto - below;
+            below = upto;
+        }
+        out[LATENCY_BUCKETS_US.len()] = self.count.saturating_sub(below);
+        out
+    }
+
+    fn add(&mut self, other: &LatencyHistogram) {
+        // Same bounds on both sides: adding cannot fail.
+        let _ = self.histogram.add(&other.histogram);
+        self.count += other.count;
+        self.sum = self.sum.saturating_add(other.sum);
     }
 }
 
@@ -165,36 +192,51 @@ impl Gauge {
     }
 }
 
-/// [`LatencyHistogram`] as single-writer atomics, so other workers can read it.
-#[derive(Debug, Default)]
+/// One worker's [`LatencyHistogram`] of a backend, readable from other
+/// workers (`stats` on any worker sums them): the histogram sits behind a
+/// mutex its worker takes once per reply, uncontended but for a reader.
+#[derive(Debug)]
 pub(crate) struct SharedHistogram {
-    buckets: [Counter; LATENCY_BUCKET_COUNT],
-    count: Counter,
+    histogram: Mutex<hdrhistogram::Histogram<u64>>,
     sum_nanos: Counter,
+}
+
+impl Default for SharedHistogram {
+    fn default() -> Self {
+        SharedHistogram {
+            histogram: Mutex::new(new_histogram()),
+            sum_nanos: Counter::default(),
+        }
+    }
 }
 
 impl SharedHistogram {
     pub(crate) fn record(&self, latency: Duration) {
         let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-        self.buckets[LATENCY_BUCKETS_US.partition_point(|&bound| bound < us)].incr();
-        self.count.incr();
+        if let Ok(mut h) = self.histogram.lock() {
+            h.saturating_record(us.min(LATENCY_MAX_US));
+        }
         self.sum_nanos
             .add(u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX));
     }
 
     fn snapshot(&self) -> LatencyHistogram {
+        let histogram = self
+            .histogram
+            .lock()
+            .map(|h| h.clone())
+            .unwrap_or_else(|_| new_histogram());
         LatencyHistogram {
-            buckets: std::array::from_fn(|i| self.buckets[i].get()),
-            count: self.count.get(),
+            count: histogram.len(),
+            histogram,
             sum: Duration::from_nanos(self.sum_nanos.get()),
         }
     }
 
     fn reset(&self) {
-        for bucket in &self.buckets {
-            bucket.reset();
+        if let Ok(mut h) = self.histogram.lock() {
+            h.reset();
         }
-        self.count.reset();
         self.sum_nanos.reset();
     }
 }
@@ -321,11 +363,7 @@ impl BackendStats {
         self.writes += other.writes;
         self.bytes_written += other.bytes_written;
         self.bytes_read += other.bytes_read;
-        for (sum, n) in self.latency.buckets.iter_mut().zip(other.latency.buckets) {
-            *sum += n;
-        }
-        self.latency.count += other.latency.count;
-        self.latency.sum = self.latency.sum.saturating_add(other.latency.sum);
+        self.latency.add(&other.latency);
     }
 }
 
@@ -407,29 +445,44 @@ mod tests {
     use super::*;
 
     #[test]
-    fn histogram_buckets_and_quantiles() {
+    fn histogram_quantiles_buckets_and_sums() {
         let shared = SharedHistogram::default();
         assert_eq!(shared.snapshot().p50(), None);
         assert_eq!(shared.snapshot().mean(), None);
         for _ in 0..98 {
-            shared.record(Duration::from_micros(80)); // bucket <= 100 us
+            shared.record(Duration::from_micros(80));
         }
-        shared.record(Duration::from_millis(3)); // <= 5 ms
-        shared.record(Duration::from_secs(60)); // overflow
+        shared.record(Duration::from_millis(3));
+        shared.record(Duration::from_secs(60));
         let h = shared.snapshot();
         assert_eq!(h.count, 100);
-        assert_eq!(h.buckets[1], 98);
-        assert_eq!(h.buckets[6], 1);
-        assert_eq!(h.buckets[LATENCY_BUCKET_COUNT - 1], 1);
-        assert_eq!(h.p50(), Some(Duration::from_micros(100)));
-        assert_eq!(h.p99(), Some(Duration::from_millis(5)));
-        assert_eq!(h.quantile(1.0), Some(Duration::MAX));
-        assert_eq!(h.quantile(0.0), Some(Duration::from_micros(100)));
+        // HDR precision: within 1% of what was recorded.
+        let near = |d: Option<Duration>, want: Duration| {
+            let (d, w) = (d.unwrap().as_secs_f64(), want.as_secs_f64());
+            assert!((d - w).abs() <= w * 0.01, "{d} vs {w}");
+        };
+        near(h.p50(), Duration::from_micros(80));
+        near(h.p99(), Duration::from_millis(3));
+        near(h.quantile(1.0), Duration::from_secs(60));
+        let buckets = h.buckets();
+        assert_eq!(buckets[1], 98, "80 us is in (50, 100]");
+        assert_eq!(buckets[6], 1, "3 ms is in (2.5, 5] ms");
+        assert_eq!(
+            buckets[LATENCY_BUCKETS_US.len()],
+            1,
+            "60 s is past the last bound"
+        );
+        assert_eq!(buckets.iter().sum::<u64>(), 100);
         let exact = SharedHistogram::default();
         exact.record(Duration::from_micros(50));
         let exact = exact.snapshot();
-        assert_eq!(exact.buckets[0], 1, "bounds are inclusive");
+        assert_eq!(exact.buckets()[0], 1, "bounds are inclusive");
         assert_eq!(exact.mean(), Some(Duration::from_micros(50)));
+        // Workers' histograms add up.
+        let mut sum = h.clone();
+        sum.add(&exact);
+        assert_eq!(sum.count, 101);
+        assert_eq!(sum.buckets()[0], 1);
         shared.reset();
         assert_eq!(shared.snapshot(), LatencyHistogram::default());
     }
@@ -461,10 +514,9 @@ mod tests {
         assert_eq!(first.stats.requests, 12);
         assert_eq!(first.stats.in_flight, 2);
         assert_eq!(first.stats.latency.count, 2);
-        assert_eq!(
-            first.stats.latency.quantile(1.0),
-            Some(Duration::from_micros(2_500))
-        );
+        // The slowest worker's reply, within HDR's 1%.
+        let max = first.stats.latency.quantile(1.0).unwrap().as_micros();
+        assert!((1_980..=2_020).contains(&max), "{max}");
         assert_eq!(summaries[1].stats.state, BackendState::Healthy);
 
         registry.reset();
