@@ -82,6 +82,10 @@ struct Cli {
     /// proxy_config=routelib,proxy_arg=FILE`; see docs/routes.md).
     #[arg(long = "routes", value_name = "FILE", conflicts_with_all = ["config", "config_arg"])]
     routes: Option<std::path::PathBuf>,
+    /// An mcrouter JSON configuration, read into memroute's native route
+    /// handlers (see docs/mcrouter.md).
+    #[arg(long = "mcrouter-config", value_name = "FILE", conflicts_with_all = ["config", "config_arg", "routes"])]
+    mcrouter_config: Option<std::path::PathBuf>,
     /// Extra directory for Lua's `require` (repeatable).
     #[arg(long = "lua-path", value_name = "DIR")]
     lua_path: Vec<std::path::PathBuf>,
@@ -672,6 +676,10 @@ fn config_from(cli: &Cli) -> Result<ServerConfig, String> {
     if let Some(routes) = &cli.routes {
         startfile = Some("routelib".into());
         start_arg = Some(routes.display().to_string());
+    }
+    if let Some(file) = &cli.mcrouter_config {
+        startfile = Some(file.clone());
+        start_arg = Some(memroute_runtime::mcrouter::START_ARG.into());
     }
     let mut o_idle_timeout = None;
     let mut tls = TlsOptions::default();

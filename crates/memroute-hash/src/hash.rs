@@ -63,6 +63,9 @@ pub enum KeyHash {
     Jenkins,
     /// Paul Hsieh's SuperFastHash.
     Hsieh,
+    /// MurmurHash64A with furc's seed (4193360111): the key hash of
+    /// mcrouter's Ch3 distribution, 64 bits.
+    Murmur64a,
 }
 
 impl Default for KeyHash {
@@ -86,6 +89,7 @@ const TABLE: &[(&str, KeyHash)] = &[
     ("murmur", KeyHash::Murmur),
     ("jenkins", KeyHash::Jenkins),
     ("hsieh", KeyHash::Hsieh),
+    ("murmur64a", KeyHash::Murmur64a),
 ];
 
 /// Extra spellings operators bring from other tools.
@@ -117,6 +121,7 @@ impl KeyHash {
         "murmur",
         "jenkins",
         "hsieh",
+        "murmur64a",
     ];
 
     /// Every variant (XXH3 with seed 0), for tests and benchmarks.
@@ -139,7 +144,7 @@ impl KeyHash {
     /// Number of significant output bits (64 for XXH3, 15 for `crc32`, ...).
     pub fn bits(&self) -> u32 {
         match self {
-            KeyHash::Xxh3 { .. } => 64,
+            KeyHash::Xxh3 { .. } | KeyHash::Murmur64a => 64,
             KeyHash::Crc32 => 15,
             _ => 32,
         }
@@ -162,6 +167,7 @@ impl KeyHash {
             KeyHash::Murmur => u64::from(murmur2(key)),
             KeyHash::Jenkins => u64::from(jenkins(key)),
             KeyHash::Hsieh => u64::from(hsieh(key)),
+            KeyHash::Murmur64a => crate::dist::murmur_hash_64a(key, crate::dist::FURC_SEED),
         }
     }
 }

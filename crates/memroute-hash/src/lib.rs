@@ -73,8 +73,9 @@ pub mod hash;
 pub mod sample;
 
 pub use dist::{
-    Distribution, DistributionConfig, DistributionKind, HostPort, RingMode, DEFAULT_POINTS,
-    DEFAULT_TABLE_SIZE,
+    furc_hash, murmur_hash_64a, spooky_v2_hash32, Distribution, DistributionConfig,
+    DistributionKind, HostPort, RingMode, DEFAULT_POINTS, DEFAULT_TABLE_SIZE, FURC_MAX_POOL,
+    FURC_SEED,
 };
 pub use filter::KeyFilter;
 pub use hash::KeyHash;

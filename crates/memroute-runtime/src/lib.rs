@@ -22,6 +22,7 @@
 //! - [`route`]: the route tree (routes, pools, per-worker route sets),
 //!   free of Lua.
 //! - [`lua`]: the Lua layer (config VM, worker VMs, Lua routes, bindings).
+//! - [`mcrouter`]: mcrouter JSON configurations, read into a route plan.
 //! - [`discovery`]: pools whose members come from DNS or a configuration
 //!   endpoint, re-read on a period.
 //! - [`backend`]: worker-local pipelined connections to memcached servers.
@@ -50,6 +51,7 @@ pub mod connection;
 pub mod discovery;
 pub mod embedded;
 pub mod lua;
+pub mod mcrouter;
 pub mod metrics;
 pub mod reload;
 pub mod route;

@@ -12,10 +12,12 @@
 //! | maglev | `maglev` | one table read | next distinct owners in the table |
 //! | modula | `modula` | one division | `hash % remaining weight` over the remaining backends |
 //! | rendezvous | `rendezvous` | n score computations | backends by descending score |
+//! | ch3, crc32 (mcrouter) | `furc` | a few rehashes / one division | the pick, then index order |
 //!
 //! Lookups never allocate; [`Distribution::candidates`] only writes into the
 //! caller's vector (which keeps its capacity between calls).
 
+mod furc;
 mod jump;
 mod maglev;
 mod modula;
@@ -27,6 +29,7 @@ use std::str::FromStr;
 
 use crate::{Backend, Error, KeyFilter, KeyHash};
 
+pub use furc::{furc_hash, murmur_hash_64a, spooky_v2_hash32, FURC_MAX_POOL, FURC_SEED};
 pub use maglev::DEFAULT_TABLE_SIZE;
 pub use ring::{HostPort, DEFAULT_POINTS};
 
@@ -104,6 +107,15 @@ pub enum DistributionKind {
     Modula,
     /// Rendezvous / highest random weight hashing.
     Rendezvous,
+    /// mcrouter's `Ch3` (furc hash), the default of its pools.
+    Ch3,
+    /// mcrouter's `Crc32`: `(crc32 & 0x7fffffff) % n`.
+    Crc32,
+    /// mcrouter's `WeightedCh3`. A backend's weight field is its
+    /// threshold, `weight * (2^32 - 1)` truncated, for a weight in 0..=1
+    /// (so 4294967295 is a full weight); all zero is allowed, as in
+    /// mcrouter (the last of 32 tries stands).
+    WeightedCh3,
 }
 
 impl DistributionKind {
@@ -122,6 +134,9 @@ impl DistributionKind {
         "maglev:<prime>",
         "modula",
         "rendezvous",
+        "ch3",
+        "mcrouter_crc32",
+        "weighted_ch3",
     ];
 
     /// A ring of the given mode with 160 points per server.
@@ -143,6 +158,8 @@ impl DistributionKind {
     pub fn default_hash(&self) -> KeyHash {
         match self {
             DistributionKind::Ring { mode, .. } => mode.default_hash(),
+            DistributionKind::Ch3 | DistributionKind::WeightedCh3 => KeyHash::Murmur64a,
+            DistributionKind::Crc32 => KeyHash::Crc32a,
             _ => KeyHash::default(),
         }
     }
@@ -150,7 +167,7 @@ impl DistributionKind {
     /// True for the distributions that move about 1/n of the keys when a
     /// backend is added or removed (all but modula).
     pub fn is_consistent(&self) -> bool {
-        !matches!(self, DistributionKind::Modula)
+        !matches!(self, DistributionKind::Modula | DistributionKind::Crc32)
     }
 }
 
@@ -175,6 +192,9 @@ impl fmt::Display for DistributionKind {
             DistributionKind::Maglev { table_size } => write!(f, "maglev:{table_size}"),
             DistributionKind::Modula => f.write_str("modula"),
             DistributionKind::Rendezvous => f.write_str("rendezvous"),
+            DistributionKind::Ch3 => f.write_str("ch3"),
+            DistributionKind::Crc32 => f.write_str("mcrouter_crc32"),
+            DistributionKind::WeightedCh3 => f.write_str("weighted_ch3"),
         }
     }
 }
@@ -217,6 +237,9 @@ impl FromStr for DistributionKind {
             },
             ("modula" | "modulo", None) => DistributionKind::Modula,
             ("rendezvous" | "hrw", None) => DistributionKind::Rendezvous,
+            ("ch3" | "furc", None) => DistributionKind::Ch3,
+            ("mcrouter_crc32", None) => DistributionKind::Crc32,
+            ("weighted_ch3", None) => DistributionKind::WeightedCh3,
             _ => return Err(unknown()),
         };
         if points.is_some() && !matches!(kind, DistributionKind::Ring { .. }) {
@@ -274,6 +297,9 @@ enum Imp {
     Maglev(maglev::Maglev),
     Modula(modula::Modula),
     Rendezvous(rendezvous::Rendezvous),
+    Ch3(furc::Ch3),
+    Crc32(furc::Crc32Mod),
+    WeightedCh3(furc::WeightedCh3),
 }
 
 /// A built distribution: immutable, `Send + Sync`, cheap to query.
@@ -300,7 +326,15 @@ impl Distribution {
         if backends.len() > u32::MAX as usize / 2 {
             return Err(Error::TooManyBackends(backends.len()));
         }
-        if backends.iter().all(|b| b.weight == 0) {
+        let furc = matches!(
+            config.kind,
+            DistributionKind::Ch3 | DistributionKind::WeightedCh3
+        );
+        if furc && backends.len() > FURC_MAX_POOL as usize {
+            return Err(Error::TooManyBackends(backends.len()));
+        }
+        let weighted_ch3 = config.kind == DistributionKind::WeightedCh3;
+        if !weighted_ch3 && backends.iter().all(|b| b.weight == 0) {
             return Err(Error::ZeroWeight);
         }
         let imp = match config.kind {
@@ -313,6 +347,11 @@ impl Distribution {
             }
             DistributionKind::Modula => Imp::Modula(modula::Modula::new(backends)),
             DistributionKind::Rendezvous => Imp::Rendezvous(rendezvous::Rendezvous::new(backends)),
+            DistributionKind::Ch3 => Imp::Ch3(furc::Ch3::new(backends.len())),
+            DistributionKind::Crc32 => Imp::Crc32(furc::Crc32Mod::new(backends.len())),
+            DistributionKind::WeightedCh3 => {
+                Imp::WeightedCh3(furc::WeightedCh3::new(backends.iter().map(|b| b.weight)))
+            }
         };
         Ok(Distribution {
             kind: config.kind,
@@ -357,10 +396,23 @@ impl Distribution {
     /// The backend index for `key`.
     #[inline]
     pub fn pick(&self, key: &[u8]) -> usize {
-        self.pick_hash(self.key_hash(key))
+        self.pick_filtered(self.filter.apply(key))
+    }
+
+    /// The backend index for a key the filter was already applied to
+    /// (mcrouter's salted hash routes append their salt after filtering).
+    #[inline]
+    pub fn pick_filtered(&self, key: &[u8]) -> usize {
+        match &self.imp {
+            // It rehashes salted keys, so it needs the key, not a hash.
+            Imp::WeightedCh3(w) => w.pick_key(key),
+            _ => self.pick_hash(self.hash.hash(key)),
+        }
     }
 
     /// The backend index for a hash from [`key_hash`](Self::key_hash).
+    /// For `weighted_ch3`, which needs the key itself, this is its first
+    /// try only (plain Ch3, weights ignored): use [`pick`](Self::pick).
     #[inline]
     pub fn pick_hash(&self, hash: u64) -> usize {
         match &self.imp {
@@ -369,6 +421,9 @@ impl Distribution {
             Imp::Maglev(m) => m.pick(hash),
             Imp::Modula(m) => m.pick(hash),
             Imp::Rendezvous(r) => r.pick(hash),
+            Imp::Ch3(c) => c.pick(hash),
+            Imp::Crc32(c) => c.pick(hash),
+            Imp::WeightedCh3(_) => furc_hash(hash, self.len() as u32) as usize,
         }
     }
 
@@ -377,6 +432,21 @@ impl Distribution {
     /// that one is down, and so on, at most `limit` entries (all backends
     /// when `limit >= len()`).  Weight-0 backends come last, in index order.
     pub fn candidates(&self, key: &[u8], limit: usize, out: &mut Vec<usize>) {
+        if let Imp::WeightedCh3(w) = &self.imp {
+            // The weighted pick first, then index order (as for Ch3).
+            out.clear();
+            if limit > 0 {
+                out.push(w.pick_key(self.filter.apply(key)));
+            }
+            let mut i = 0;
+            while out.len() < limit.min(self.len()) {
+                if !out.contains(&i) {
+                    out.push(i);
+                }
+                i += 1;
+            }
+            return;
+        }
         self.candidates_hash(self.key_hash(key), limit, out);
     }
 
@@ -393,6 +463,10 @@ impl Distribution {
             Imp::Maglev(m) => m.candidates(hash, limit, out),
             Imp::Modula(m) => m.candidates(hash, limit, &self.weights, out),
             Imp::Rendezvous(r) => r.candidates(hash, limit, out),
+            // The pick; index order follows below.
+            Imp::Ch3(c) => out.push(c.pick(hash)),
+            Imp::Crc32(c) => out.push(c.pick(hash)),
+            Imp::WeightedCh3(_) => out.push(furc_hash(hash, self.len() as u32) as usize),
         }
         // Backends the walk could not reach (weight 0, or no points left on a
         // tiny ring) are appended in index order so the list is complete.
@@ -414,7 +488,11 @@ impl Distribution {
             Imp::Ring(r) => Some(r.shares(self.len())),
             Imp::Maglev(m) => Some(m.shares(self.len())),
             Imp::Modula(m) => Some(m.shares(&self.weights)),
-            Imp::Jump(_) | Imp::Rendezvous(_) => None,
+            Imp::Jump(_)
+            | Imp::Rendezvous(_)
+            | Imp::Ch3(_)
+            | Imp::Crc32(_)
+            | Imp::WeightedCh3(_) => None,
         }
     }
 }
@@ -475,6 +553,9 @@ mod tests {
             "maglev:251",
             "modula",
             "rendezvous",
+            "ch3",
+            "mcrouter_crc32",
+            "weighted_ch3",
         ] {
             let k: DistributionKind = name.parse().unwrap();
             assert_eq!(k.to_string(), name);

@@ -188,10 +188,15 @@ const MAX_DEPTH: usize = 32;
 /// Loads the startfile in a fresh config VM and runs `mcp_config_pools()`.
 ///
 /// Stores (`mcp.dynamo_pool`) are made in, or reused from, `stores`.
+/// With the start argument [`crate::mcrouter::START_ARG`] the startfile
+/// is an mcrouter JSON file, read with no VM.
 pub fn load_config(
     proxy: &ProxyConfig,
     stores: &Arc<StoreRegistry>,
 ) -> Result<LoadedConfig, ConfigError> {
+    if proxy.start_arg.as_deref() == Some(crate::mcrouter::START_ARG) {
+        return load_mcrouter(proxy);
+    }
     let lua = vm::new_vm(proxy)?;
     lua.set_app_data(stores.clone());
     lua.set_app_data(ProxySettings::default());
@@ -239,6 +244,37 @@ pub fn load_config(
         stat_names,
         settings,
         routelib: routelib.map(Arc::new),
+    })
+}
+
+/// An mcrouter JSON file (the startfile) as a loaded configuration: its
+/// tree is built natively by workers, as a routelib file's is.
+fn load_mcrouter(proxy: &ProxyConfig) -> Result<LoadedConfig, ConfigError> {
+    let file = &proxy.startfile;
+    let config = crate::mcrouter::load(file)
+        .map_err(|e| ConfigError::Invalid(format!("{}: {e}", file.display())))?;
+    let pools = ConfigValue::Table(
+        config
+            .pools
+            .iter()
+            .map(|(name, def)| {
+                (
+                    ConfigValue::String(name.clone().into_bytes()),
+                    ConfigValue::Pool(def.clone()),
+                )
+            })
+            .collect(),
+    );
+    Ok(LoadedConfig {
+        proxy: proxy.clone(),
+        pools,
+        stat_names: Vec::new(),
+        settings: ProxySettings::default(),
+        routelib: Some(Arc::new(super::routelib::RoutelibConfig {
+            routers: vec![(None, config.router())],
+            pools: config.pools.into_iter().map(|(_, def)| def).collect(),
+            stat_names: Vec::new(),
+        })),
     })
 }
 

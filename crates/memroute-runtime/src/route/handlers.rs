@@ -11,6 +11,10 @@
 //! `route_null` and `route_allasync` answer), memroute answers as
 //! mcrouter's NullRoute does: the command's nominal miss.
 //!
+//! mcrouter's handles without a routelib counterpart live here too, for
+//! its JSON configurations (`crate::mcrouter`): [`PrefixSelector`],
+//! [`HashSelect`], [`RoutingPrefix`] and [`KeyShadow`].
+//!
 //! Requests a handler sends but does not wait for (the rest of a fan-out
 //! once it has its answer, `route_split`'s second child) keep running as
 //! tasks of the worker, so a write still reaches every child.
@@ -453,6 +457,45 @@ impl Route for Shadow {
     }
 }
 
+/// mcrouter's ShadowRoute with a `key_fraction_range`: the child's reply;
+/// a request is also copied to the shadows when its routing key (the part
+/// before `|#|`) hashes into `start..end`, so the same keys are always
+/// shadowed. The hash is SpookyHash V2 (32 bits, seed 0) modulo 2^32-2,
+/// as mcrouter computes it; the bounds are fractions scaled to 2^32-1.
+pub struct KeyShadow {
+    pub child: Rc<dyn Route>,
+    pub shadows: Vec<Rc<dyn Route>>,
+    pub start: u32,
+    pub end: u32,
+}
+
+impl KeyShadow {
+    /// Whether `key` falls in the shadowed range.
+    pub fn shadows_key(&self, key: &[u8]) -> bool {
+        let routing = memchr::memmem::find(key, b"|#|").map_or(key, |at| &key[..at]);
+        let hash = memroute_hash::spooky_v2_hash32(routing, 0) % (u32::MAX - 1);
+        hash >= self.start && hash < self.end
+    }
+}
+
+impl Route for KeyShadow {
+    fn explain(&self, request: &Request, depth: usize, out: &mut Vec<Step>) {
+        let shadowed = request.key().is_some_and(|k| self.shadows_key(k));
+        let shadows = if shadowed { &self.shadows[..] } else { &[] };
+        let all = std::iter::once(&self.child).chain(shadows);
+        with_children("key shadow", all, request, depth, out);
+    }
+
+    fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
+        if request.key().is_some_and(|k| self.shadows_key(k)) {
+            for shadow in &self.shadows {
+                in_background(shadow.clone().call(request.clone()));
+            }
+        }
+        self.child.clone().call(request)
+    }
+}
+
 /// A cheap per-route random sequence (xorshift64): the spread is all
 /// sampling and random routes need.
 pub struct Sampler(std::cell::Cell<u64>);
@@ -705,6 +748,204 @@ impl Route for Random {
         let i = (self.sampler.next() % self.children.len() as u64) as usize;
         self.children[i].clone().call(request)
     }
+}
+
+/// mcrouter's PrefixSelectorRoute: the route of the longest key prefix
+/// among `policies` (sorted longest first), else `wildcard`; with neither,
+/// `SERVER_ERROR no route`.
+pub struct PrefixSelector {
+    pub policies: Vec<(Vec<u8>, Rc<dyn Route>)>,
+    pub wildcard: Option<Rc<dyn Route>>,
+}
+
+impl PrefixSelector {
+    fn pick(&self, request: &Request) -> Option<&Rc<dyn Route>> {
+        let key = request.key().map_or(&b""[..], |k| &k[..]);
+        self.policies
+            .iter()
+            .find(|(prefix, _)| key.starts_with(prefix))
+            .map(|(_, route)| route)
+            .or(self.wildcard.as_ref())
+    }
+}
+
+impl Route for PrefixSelector {
+    fn explain(&self, request: &Request, depth: usize, out: &mut Vec<Step>) {
+        match self.pick(request) {
+            Some(route) => with_children("prefix selector", [route], request, depth, out),
+            None => out.push(Step::node(depth, "prefix selector: no route")),
+        }
+    }
+
+    fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
+        match self.pick(&request) {
+            Some(route) => route.clone().call(request),
+            None => ready(Response::from_line(super::router::NO_ROUTE)),
+        }
+    }
+}
+
+/// mcrouter's HashRoute: the child a distribution picks for the key (with
+/// `salt` appended before hashing, as mcrouter salts), so a pool hashed
+/// over routes rather than servers.
+pub struct HashSelect {
+    pub children: Vec<Rc<dyn Route>>,
+    pub distribution: Arc<memroute_hash::Distribution>,
+    pub salt: Vec<u8>,
+}
+
+impl HashSelect {
+    fn pick(&self, request: &Request) -> Option<&Rc<dyn Route>> {
+        let key = request.key().map_or(&b""[..], |k| &k[..]);
+        let i = if self.salt.is_empty() {
+            self.distribution.pick(key)
+        } else {
+            // The filter (`|#|`) applies to the key before the salt.
+            let mut salted = self.distribution.filter().apply(key).to_vec();
+            salted.extend_from_slice(&self.salt);
+            self.distribution.pick_filtered(&salted)
+        };
+        self.children.get(i)
+    }
+}
+
+impl Route for HashSelect {
+    fn explain(&self, request: &Request, depth: usize, out: &mut Vec<Step>) {
+        let name = format!("hash {}", self.distribution.kind());
+        with_children(&name, self.pick(request), request, depth, out);
+    }
+
+    fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
+        match self.pick(&request) {
+            Some(child) => child.clone().call(request),
+            None => ready(Response::from_line("SERVER_ERROR no children")),
+        }
+    }
+}
+
+/// mcrouter's routing prefixes: a key that starts with `/region/cluster/`
+/// goes, with that prefix stripped, to the route whose alias it is
+/// (`SERVER_ERROR no route` when none is); any other key goes to
+/// `default` as it is. A `get` reply names the key the client sent.
+pub struct RoutingPrefix {
+    pub routes: std::collections::HashMap<Vec<u8>, Rc<dyn Route>>,
+    pub default: Rc<dyn Route>,
+    pub limits: Limits,
+}
+
+impl RoutingPrefix {
+    /// The `/region/cluster/` a key starts with, if it has one.
+    pub fn prefix_of(key: &[u8]) -> Option<&[u8]> {
+        let rest = key.strip_prefix(b"/")?;
+        let first = memchr::memchr(b'/', rest)?;
+        let second = memchr::memchr(b'/', &rest[first + 1..])?;
+        Some(&key[..first + second + 3])
+    }
+}
+
+impl Route for RoutingPrefix {
+    fn explain(&self, request: &Request, depth: usize, out: &mut Vec<Step>) {
+        let key = request.key().map_or(&b""[..], |k| &k[..]);
+        let Some(prefix) = Self::prefix_of(key) else {
+            return with_children(
+                "routing prefix: default",
+                [&self.default],
+                request,
+                depth,
+                out,
+            );
+        };
+        let name = format!("routing prefix {}", String::from_utf8_lossy(prefix));
+        match (
+            self.routes.get(prefix),
+            with_key(request, &key[prefix.len()..], &self.limits),
+        ) {
+            (Some(route), Some(inner)) => with_children(&name, [route], &inner, depth, out),
+            _ => out.push(Step::node(depth, format!("{name}: no route"))),
+        }
+    }
+
+    fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
+        let Some(key) = request.key().cloned() else {
+            return self.default.clone().call(request);
+        };
+        let Some(prefix) = Self::prefix_of(&key) else {
+            return self.default.clone().call(request);
+        };
+        let Some(route) = self.routes.get(prefix).cloned() else {
+            return ready(Response::from_line(super::router::NO_ROUTE));
+        };
+        let stripped = key.slice(prefix.len()..);
+        if stripped.is_empty() {
+            return ready(Response::from_line(
+                "CLIENT_ERROR key is only a routing prefix",
+            ));
+        }
+        let Some(inner) = with_key(&request, &stripped, &self.limits) else {
+            return ready(Response::from_line(
+                "SERVER_ERROR cannot strip the routing prefix",
+            ));
+        };
+        let call = route.call(inner);
+        Box::pin(async move { renamed_value(call.await, &stripped, &key) })
+    }
+}
+
+/// `request` with its (single) key replaced by `key`.
+pub fn with_key(request: &Request, key: &[u8], limits: &Limits) -> Option<Request> {
+    let old = request.key()?;
+    let line = request.raw_line();
+    let mut tokens: Vec<&[u8]> = line
+        .split(|&b| b == b' ')
+        .filter(|t| !t.is_empty())
+        .collect();
+    // The key is never the command (token 0), which may spell the same.
+    let at = 1 + tokens[1..].iter().position(|t| *t == &old[..])?;
+    tokens[at] = key;
+    Request::parse(&tokens.join(&b' '), request.value(), limits).ok()
+}
+
+/// A reply for key `from` made to name `to`, the key the client asked for:
+/// the key of a `VALUE` line, or a meta reply's `k` flag (a base64 key is
+/// left as it is). Any other reply as it is.
+fn renamed_value(reply: Response, from: &[u8], to: &[u8]) -> Response {
+    let raw = reply.raw();
+    let line = reply.line();
+    let mut k_from = Vec::with_capacity(from.len() + 1);
+    k_from.push(b'k');
+    k_from.extend_from_slice(from);
+    let is_meta = line.len() >= 2
+        && line[..2].iter().all(u8::is_ascii_uppercase)
+        && line.get(2).is_none_or(|b| *b == b' ');
+    // Where the old key's bytes start in the line.
+    let mut at = None;
+    let mut pos = 0;
+    for (i, token) in line.split(|&b| b == b' ').enumerate() {
+        if i == 1 && line.starts_with(b"VALUE ") && token == from {
+            at = Some(pos);
+            break;
+        }
+        if i > 0 && is_meta && token == &k_from[..] {
+            at = Some(pos + 1);
+            break;
+        }
+        pos += token.len() + 1;
+    }
+    let Some(at) = at else {
+        return reply;
+    };
+    let mut out = bytes::BytesMut::with_capacity(raw.len() + to.len());
+    out.extend_from_slice(&raw[..at]);
+    out.extend_from_slice(to);
+    out.extend_from_slice(&raw[at + from.len()..]);
+    let grow = to.len() as isize - from.len() as isize;
+    let shift = |n: usize| (n as isize + grow) as usize;
+    let line_len = shift(line.len());
+    let value = reply.value().map(|v| {
+        let start = v.as_ptr() as usize - raw.as_ptr() as usize;
+        shift(start)..shift(start + v.len())
+    });
+    Response::encoded(out.freeze(), reply.code(), line_len, value, reply.is_hit())
 }
 
 /// What a request gets when nothing answers it and that is no error (as
@@ -1038,5 +1279,163 @@ mod tests {
         let (old, new) = (Scripted::new("EN"), Scripted::new("EN"));
         run(window(now - 1, now + 100, &old, &new), req("mg k v", ""));
         assert_eq!((old.calls(), new.calls()), (1, 1));
+    }
+
+    /// A child that answers a get with a hit naming the key it was sent.
+    struct Echo(RefCell<Vec<String>>);
+
+    impl Route for Echo {
+        fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
+            let key = String::from_utf8_lossy(request.key().unwrap()).into_owned();
+            self.0.borrow_mut().push(key.clone());
+            let reply = match request.raw_line().starts_with(b"mg ") {
+                true => format!("VA 2 t-1 k{key}\r\nhi\r\n"),
+                false => format!("VALUE {key} 0 2\r\nhi\r\nEND\r\n"),
+            };
+            let mut raw = bytes::BytesMut::from(reply.as_bytes());
+            let decoder = memroute_proto::ResponseDecoder::for_request(&request);
+            ready(decoder.decode(&mut raw).unwrap().unwrap())
+        }
+    }
+
+    #[test]
+    fn prefix_selector_takes_the_longest_prefix() {
+        let (short, long, wild) = (
+            Scripted::new("HD"),
+            Scripted::new("HD"),
+            Scripted::new("HD"),
+        );
+        let route = || {
+            Rc::new(PrefixSelector {
+                policies: vec![
+                    (b"ab".to_vec(), long.clone() as Rc<dyn Route>),
+                    (b"a".to_vec(), short.clone() as Rc<dyn Route>),
+                ],
+                wildcard: Some(wild.clone()),
+            })
+        };
+        run(route(), req("md abc", ""));
+        run(route(), req("md ax", ""));
+        run(route(), req("md zz", ""));
+        assert_eq!((short.calls(), long.calls(), wild.calls()), (1, 1, 1));
+        let none = Rc::new(PrefixSelector {
+            policies: Vec::new(),
+            wildcard: None,
+        });
+        assert_eq!(run(none, req("md k", "")), "SERVER_ERROR no route\r\n");
+    }
+
+    #[test]
+    fn hash_select_is_ch3_over_children_and_salt_moves_keys() {
+        let children: Vec<Rc<Scripted>> = (0..4).map(|_| Scripted::new("HD")).collect();
+        let dist = |kind| {
+            let names: Vec<_> = (0..4)
+                .map(|i| memroute_hash::Backend::new(format!("c{i}")))
+                .collect();
+            Arc::new(
+                memroute_hash::DistributionConfig::new(kind)
+                    .build(&names)
+                    .unwrap(),
+            )
+        };
+        let route = |salt: &[u8]| {
+            Rc::new(HashSelect {
+                children: children
+                    .iter()
+                    .map(|c| c.clone() as Rc<dyn Route>)
+                    .collect(),
+                distribution: dist(memroute_hash::DistributionKind::Ch3),
+                salt: salt.to_vec(),
+            })
+        };
+        run(route(b""), req("md sample", ""));
+        let picked = children.iter().position(|c| c.calls() == 1).unwrap();
+        assert_eq!(
+            picked,
+            memroute_hash::furc_hash(
+                memroute_hash::murmur_hash_64a(b"sample", memroute_hash::FURC_SEED),
+                4
+            ) as usize
+        );
+        // With a salt the key is hashed as key + salt.
+        run(route(b"s1"), req("md sample", ""));
+        let salted = memroute_hash::furc_hash(
+            memroute_hash::murmur_hash_64a(b"samples1", memroute_hash::FURC_SEED),
+            4,
+        ) as usize;
+        assert!(children[salted].calls() >= 1);
+    }
+
+    #[test]
+    fn routing_prefix_strips_and_renames_the_reply() {
+        let (east, other) = (
+            Rc::new(Echo(RefCell::default())),
+            Rc::new(Echo(RefCell::default())),
+        );
+        let route = Rc::new(RoutingPrefix {
+            routes: [(b"/east/web/".to_vec(), east.clone() as Rc<dyn Route>)]
+                .into_iter()
+                .collect(),
+            default: other.clone(),
+            limits: Limits::default(),
+        });
+        assert_eq!(
+            run(route.clone(), req("get /east/web/k1", "")),
+            "VALUE /east/web/k1 0 2\r\nhi\r\nEND\r\n"
+        );
+        assert_eq!(
+            run(route.clone(), req("get plain", "")),
+            "VALUE plain 0 2\r\nhi\r\nEND\r\n"
+        );
+        assert_eq!(
+            run(route.clone(), req("get /west/web/k", "")),
+            "SERVER_ERROR no route\r\n"
+        );
+        assert_eq!(
+            run(route.clone(), req("mg /east/web/k2 v t k", "")),
+            "VA 2 t-1 k/east/web/k2\r\nhi\r\n"
+        );
+        assert_eq!(*east.0.borrow(), ["k1", "k2"]);
+        assert_eq!(*other.0.borrow(), ["plain"]);
+        assert_eq!(RoutingPrefix::prefix_of(b"/a/b/c"), Some(&b"/a/b/"[..]));
+        assert_eq!(RoutingPrefix::prefix_of(b"/a/b"), None);
+        assert_eq!(RoutingPrefix::prefix_of(b"a/b/c"), None);
+    }
+
+    #[test]
+    fn key_shadow_copies_the_same_keys_every_time() {
+        let (main, copy) = (Scripted::new("HD"), Scripted::new("HD"));
+        let half = Rc::new(KeyShadow {
+            child: main.clone(),
+            shadows: vec![copy.clone()],
+            start: 0,
+            end: u32::MAX / 2,
+        });
+        let keys: Vec<String> = (0..200).map(|i| format!("k{i}")).collect();
+        let shadowed: Vec<bool> = keys
+            .iter()
+            .map(|k| half.shadows_key(k.as_bytes()))
+            .collect();
+        for key in &keys {
+            run(half.clone(), req(&format!("md {key}"), ""));
+        }
+        let expected = shadowed.iter().filter(|s| **s).count();
+        assert_eq!((main.calls(), copy.calls()), (200, expected));
+        assert!((60..140).contains(&expected), "{expected}");
+        // The hash stop: the same routing key, the same answer.
+        assert_eq!(half.shadows_key(b"k1|#|a"), half.shadows_key(b"k1|#|b"));
+    }
+
+    #[test]
+    fn with_key_rewrites_only_the_key() {
+        let limits = Limits::default();
+        let set = with_key(&req("set /a/b/k 5 0 1", "x"), b"k", &limits).unwrap();
+        assert_eq!(&set.raw_line()[..], b"set k 5 0 1");
+        assert_eq!(&set.value()[..], b"x");
+        let mg = with_key(&req("mg /a/b/k v t", ""), b"k", &limits).unwrap();
+        assert_eq!(&mg.raw_line()[..], b"mg k v t");
+        // A key spelled like the command.
+        let get = with_key(&req("get get", ""), b"x", &limits).unwrap();
+        assert_eq!(&get.raw_line()[..], b"get x");
     }
 }

@@ -31,7 +31,8 @@
 //! - [`explain`]: where a request would go (`__mcrouter__.route`).
 //! - [`plan`]: route trees as plain data, built per worker.
 //! - [`router`]: the key router (`mcp.router_new`, routelib's `routes{}`).
-//! - [`handlers`]: native route handlers (failover, fan-out, zones, TTL...).
+//! - [`handlers`]: native route handlers (failover, fan-out, zones, TTL,
+//!   mcrouter's prefix selector, hash route and routing prefixes...).
 
 pub mod commands;
 pub mod explain;

@@ -1,8 +1,7 @@
 //! A route tree as the config VM checked it: plain data, shared by every
 //! worker (`Send`), built into route nodes on each worker with
 //! [`RouterPlan::build`]. routelib configurations (`crate::lua::routelib`)
-//! become a plan; the native route library of mcrouter-style configs will
-//! too.
+//! become a plan, and so do mcrouter JSON configurations (`crate::mcrouter`).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -10,15 +9,17 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use super::handlers::{
-    AllAsync, AllFastest, AllMajority, AllSync, Direct, ErrorRoute, Failover, Migrate, Null,
-    Random, RetryStat, Sampler, Shadow, Split, Ttl, Warmup, ZoneFailover, L1L2,
+    AllAsync, AllFastest, AllMajority, AllSync, Direct, ErrorRoute, Failover, HashSelect,
+    KeyShadow, Migrate, Null, PrefixSelector, Random, RetryStat, RoutingPrefix, Sampler, Shadow,
+    Split, Ttl, Warmup, ZoneFailover, L1L2,
 };
 use super::pool::{EmbeddedPool, Pool, PoolDef, WorkerBackends};
 use super::router::{KeyRouter, RouterEntry, RouterMode, RouterTable};
 use super::{Route, RouteEnv};
 
-/// One node of a planned route tree.
-#[derive(Debug)]
+/// One node of a planned route tree. Cloning copies the plan (pools stay
+/// shared): a subtree named twice is built twice on a worker.
+#[derive(Debug, Clone)]
 pub enum RoutePlan {
     Pool(Arc<PoolDef>),
     Direct(Box<RoutePlan>),
@@ -77,17 +78,45 @@ pub enum RoutePlan {
         stop: i64,
         stat: Option<i64>,
     },
+    /// A key router inside the tree (mcrouter's OperationSelectorRoute is
+    /// one with routes per command and a default).
+    Router(Box<RouterPlan>),
+    /// The route of the longest matching key prefix, else `wildcard`.
+    PrefixSelector {
+        policies: Vec<(Vec<u8>, RoutePlan)>,
+        wildcard: Option<Box<RoutePlan>>,
+    },
+    /// The child a distribution picks for the (salted) key.
+    Hash {
+        children: Vec<RoutePlan>,
+        distribution: Arc<memroute_hash::Distribution>,
+        salt: Vec<u8>,
+    },
+    /// Shadows the keys whose routing-key hash is in `start..end` (of
+    /// 2^32-1), as mcrouter's `key_fraction_range` does.
+    KeyShadow {
+        child: Box<RoutePlan>,
+        shadows: Vec<RoutePlan>,
+        start: u32,
+        end: u32,
+    },
+    /// mcrouter's routing prefixes: `/region/cluster/` keys to their
+    /// alias's route, prefix stripped; others to `default`.
+    RoutingPrefix {
+        routes: Vec<(Vec<u8>, RoutePlan)>,
+        default: Box<RoutePlan>,
+    },
 }
 
 /// A map entry of a planned router.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum EntryPlan {
     All(RoutePlan),
     ByCommand(Vec<(i64, RoutePlan)>),
 }
 
 /// A planned key router: the root of a routelib tree.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct RouterPlan {
     pub mode: RouterMode,
     pub map: Vec<(Vec<u8>, EntryPlan)>,
@@ -248,6 +277,47 @@ impl RoutePlan {
                 start: *start,
                 stop: *stop,
                 fallbacks: cx.stat(*stat),
+            }),
+            RoutePlan::Router(router) => router.build(cx),
+            RoutePlan::PrefixSelector { policies, wildcard } => {
+                let mut policies: Vec<(Vec<u8>, Rc<dyn Route>)> = policies
+                    .iter()
+                    .map(|(prefix, route)| (prefix.clone(), route.build(cx)))
+                    .collect();
+                // Longest first, so the first match is the longest.
+                policies.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+                Rc::new(PrefixSelector {
+                    policies,
+                    wildcard: wildcard.as_ref().map(|w| w.build(cx)),
+                })
+            }
+            RoutePlan::Hash {
+                children,
+                distribution,
+                salt,
+            } => Rc::new(HashSelect {
+                children: all(children),
+                distribution: distribution.clone(),
+                salt: salt.clone(),
+            }),
+            RoutePlan::KeyShadow {
+                child,
+                shadows,
+                start,
+                end,
+            } => Rc::new(KeyShadow {
+                child: child.build(cx),
+                shadows: all(shadows),
+                start: *start,
+                end: *end,
+            }),
+            RoutePlan::RoutingPrefix { routes, default } => Rc::new(RoutingPrefix {
+                routes: routes
+                    .iter()
+                    .map(|(alias, route)| (alias.clone(), route.build(cx)))
+                    .collect(),
+                default: default.build(cx),
+                limits: cx.env.limits.clone(),
             }),
         }
     }

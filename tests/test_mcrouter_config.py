@@ -1,0 +1,294 @@
+"""mcrouter JSON configurations (`--mcrouter-config FILE`), run by memroute's
+native route handlers, against real memcached backends.
+
+Each route handle's effect is checked on the backends themselves (which got
+the write, which were asked); a handle memroute cannot honour stops the
+start with its JSON path; and a Ch3 pool puts keys on the server mcrouter
+would, computed here by a small reimplementation of mcrouter's furc hash
+(checked first against the vectors of mcrouter's Ch3HashTest.cpp).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import struct
+
+from conftest import (mc_get, mc_set, run_memroute_expect_failure, stats_dict, wait_until,
+                      write_startfile)
+
+M64 = (1 << 64) - 1
+MURMUR_M = 0xC6A4A7935BD1E995
+FURC_SEED = 4193360111
+
+
+def murmur64a(data: bytes, seed: int) -> int:
+    """MurmurHash64A, as mcrouter's furc hash uses it."""
+    h = (seed ^ (len(data) * MURMUR_M)) & M64
+    whole = len(data) // 8 * 8
+    for (k,) in struct.iter_unpack("<Q", data[:whole]):
+        k = (k * MURMUR_M) & M64
+        k ^= k >> 47
+        k = (k * MURMUR_M) & M64
+        h ^= k
+        h = (h * MURMUR_M) & M64
+    tail = data[whole:]
+    if tail:
+        for i, b in enumerate(tail):
+            h ^= b << (8 * i)
+        h = (h * MURMUR_M) & M64
+    h ^= h >> 47
+    h = (h * MURMUR_M) & M64
+    return h ^ (h >> 47)
+
+
+def ch3(key: bytes, n: int) -> int:
+    """mcrouter's Ch3 (furc_hash): the server index of `key` in a pool of n."""
+    if n <= 1:
+        return 0
+    blocks = [murmur64a(key, FURC_SEED)]
+
+    def bit(idx: int) -> int:
+        while len(blocks) <= idx >> 6:
+            blocks.append(murmur64a(struct.pack("<Q", blocks[-1]), FURC_SEED))
+        return (blocks[idx >> 6] >> (idx & 63)) & 1
+
+    d = 0
+    while n > (1 << d):
+        d += 1
+    a = d
+    for _ in range(32):
+        while not bit(a):
+            d -= 1
+            if d == 0:
+                return 0
+            a = d
+        a += 23
+        num = 1
+        for _ in range(d - 1):
+            num = (num << 1) | bit(a)
+            a += 23
+        if num < n:
+            return num
+    return 0
+
+
+def config_file(startfile_dir, config, name: str = "mcrouter.json"):
+    return write_startfile(startfile_dir, name, json.dumps(config, indent=1))
+
+
+def servers(*handles) -> dict:
+    return {"servers": [h.addr for h in handles]}
+
+
+def test_python_ch3_matches_mcrouter_vectors():
+    # From facebook/mcrouter mcrouter/lib/test/Ch3HashTest.cpp.
+    assert ch3(b"sample", 100) == 97
+    assert ch3(b"", 100) == 72
+    assert ch3(b"sample", 1 << 23) == 5167780
+    counts = [0, 0, 0]
+    for i in range(1000):
+        counts[ch3(str(i).encode(), 3)] += 1
+    assert counts == [307, 342, 351]
+
+
+def test_pool_route_places_keys_as_mcrouter_ch3(backends, memroute_factory, startfile_dir):
+    pool = backends(3)
+    path = config_file(startfile_dir, {
+        "pools": {"A": servers(*pool)},
+        "route": "PoolRoute|A",
+    })
+    mr = memroute_factory("--mcrouter-config", str(path))
+    keys = ["key:%d" % i for i in range(30)]
+    with mr.client() as c:
+        for k in keys:
+            assert c.request(b"set %s 0 0 1\r\nv\r\n" % k.encode()) == b"STORED\r\n"
+        assert c.request(b"get key:1 key:2\r\n", b"END\r\n").count(b"VALUE") == 2
+    for k in keys:
+        expected = ch3(k.encode(), 3)
+        for i, server in enumerate(pool):
+            assert (mc_get(server, k) is not None) == (i == expected), (k, i)
+    # mcrouter's admin key names the same server.
+    with mr.client() as c:
+        reply = c.request(b"get __mcrouter__.route(get,key:7)\r\n", b"END\r\n")
+        assert reply.split(b"\r\n")[1].decode() == pool[ch3(b"key:7", 3)].addr, reply
+
+
+def test_failover_route_skips_a_dead_server(backends, memroute_factory, startfile_dir):
+    live, = backends(1)
+    path = config_file(startfile_dir, {
+        "pools": {"A": {"servers": ["127.0.0.1:1", live.addr]}},
+        "route": {"type": "FailoverRoute", "children": "Pool|A"},
+    })
+    mr = memroute_factory("--mcrouter-config", str(path))
+    mc_set(live, "k", b"v")
+    with mr.client() as c:
+        assert c.request(b"get k\r\n", b"END\r\n") == b"VALUE k 0 1\r\nv\r\nEND\r\n"
+        assert c.request(b"set k2 0 0 1\r\nw\r\n") == b"STORED\r\n"
+    assert mc_get(live, "k2") == b"w"
+
+
+def test_miss_failover_reads_on_and_writes_to_the_first(backends, memroute_factory,
+                                                         startfile_dir):
+    a, b = backends(2)
+    path = config_file(startfile_dir, {
+        "pools": {"A": servers(a), "B": servers(b)},
+        "route": {"type": "MissFailoverRoute", "children": ["PoolRoute|A", "PoolRoute|B"]},
+    })
+    mr = memroute_factory("--mcrouter-config", str(path))
+    mc_set(b, "only-b", b"bee")
+    with mr.client() as c:
+        assert c.request(b"get only-b\r\n", b"END\r\n") == b"VALUE only-b 0 3\r\nbee\r\nEND\r\n"
+        assert c.request(b"get nowhere\r\n", b"END\r\n") == b"END\r\n"
+        assert c.request(b"set w 0 0 1\r\nx\r\n") == b"STORED\r\n"
+    assert mc_get(a, "w") == b"x" and mc_get(b, "w") is None
+
+
+def test_all_sync_writes_to_every_child(backends, memroute_factory, startfile_dir):
+    a, b = backends(2)
+    path = config_file(startfile_dir, {
+        "pools": {"A": servers(a), "B": servers(b)},
+        "route": {"type": "AllSyncRoute", "children": ["PoolRoute|A", "PoolRoute|B"]},
+    })
+    mr = memroute_factory("--mcrouter-config", str(path))
+    with mr.client() as c:
+        assert c.request(b"set k 0 0 2\r\nhi\r\n") == b"STORED\r\n"
+    assert mc_get(a, "k") == b"hi" and mc_get(b, "k") == b"hi"
+
+
+def test_prefix_selector_picks_the_longest_prefix(backends, memroute_factory, startfile_dir):
+    a, b, c3 = backends(3)
+    path = config_file(startfile_dir, {
+        "pools": {"A": servers(a), "B": servers(b), "C": servers(c3)},
+        "route": {
+            "type": "PrefixSelectorRoute",
+            "policies": {"user": "PoolRoute|A", "user:vip": "PoolRoute|B"},
+            "wildcard": "PoolRoute|C",
+        },
+    })
+    mr = memroute_factory("--mcrouter-config", str(path))
+    with mr.client() as c:
+        for key in (b"user:1", b"user:vip:1", b"other"):
+            assert c.request(b"set %s 0 0 1\r\nx\r\n" % key) == b"STORED\r\n"
+    assert mc_get(a, "user:1") == b"x" and mc_get(a, "user:vip:1") is None
+    assert mc_get(b, "user:vip:1") == b"x"
+    assert mc_get(c3, "other") == b"x"
+
+
+def test_operation_selector_splits_commands(backends, memroute_factory, startfile_dir):
+    a, b = backends(2)
+    path = config_file(startfile_dir, {
+        "pools": {"A": servers(a), "B": servers(b)},
+        "route": {
+            "type": "OperationSelectorRoute",
+            "operation_policies": {"get": "PoolRoute|A", "delete": "NullRoute"},
+            "default_policy": "PoolRoute|B",
+        },
+    })
+    mr = memroute_factory("--mcrouter-config", str(path))
+    mc_set(a, "k", b"from-a")
+    with mr.client() as c:
+        assert c.request(b"set k 0 0 4\r\nto-b\r\n") == b"STORED\r\n"
+        assert c.request(b"get k\r\n", b"END\r\n") == b"VALUE k 0 6\r\nfrom-a\r\nEND\r\n"
+        assert c.request(b"delete k\r\n") == b"NOT_FOUND\r\n"
+    assert mc_get(b, "k") == b"to-b"
+
+
+def test_routing_prefixes_route_by_alias_and_strip(backends, memroute_factory, startfile_dir):
+    a, b = backends(2)
+    path = config_file(startfile_dir, {
+        "pools": {"A": servers(a), "B": servers(b)},
+        "routes": [
+            {"aliases": ["/east/web/"], "route": "PoolRoute|A"},
+            {"aliases": ["/west/web/", "/west/api/"], "route": "PoolRoute|B"},
+        ],
+    })
+    mr = memroute_factory("--mcrouter-config", str(path))
+    with mr.client() as c:
+        assert c.request(b"set /west/api/k 0 0 1\r\nw\r\n") == b"STORED\r\n"
+        assert c.request(b"set plain 0 0 1\r\ne\r\n") == b"STORED\r\n"
+        # The reply names the key the client sent, prefix and all.
+        assert (c.request(b"get /west/web/k\r\n", b"END\r\n")
+                == b"VALUE /west/web/k 0 1\r\nw\r\nEND\r\n")
+        assert c.request(b"get /north/x/k\r\n") == b"SERVER_ERROR no route\r\n"
+        assert c.request(b"mg /west/web/k v k\r\n", b"w\r\n") == b"VA 1 k/west/web/k\r\nw\r\n"
+        assert (c.request(b"get /west/web/k plain\r\n", b"END\r\n")
+                == b"VALUE /west/web/k 0 1\r\nw\r\nVALUE plain 0 1\r\ne\r\nEND\r\n")
+    # Stored without the prefix; keys without one use the first alias.
+    assert mc_get(b, "k") == b"w" and mc_get(a, "plain") == b"e"
+
+
+def test_warm_up_fills_the_cold_pool(backends, memroute_factory, startfile_dir):
+    cold, warm = backends(2)
+    path = config_file(startfile_dir, {
+        "pools": {"cold": servers(cold), "warm": servers(warm)},
+        "route": {"type": "WarmUpRoute", "cold": "PoolRoute|cold",
+                  "warm": "PoolRoute|warm", "exptime": 100},
+    })
+    mr = memroute_factory("--mcrouter-config", str(path))
+    mc_set(warm, "k", b"old")
+    with mr.client() as c:
+        assert c.request(b"get k\r\n", b"END\r\n") == b"VALUE k 0 3\r\nold\r\nEND\r\n"
+    wait_until(lambda: mc_get(cold, "k") == b"old", 3, what="the warmed copy")
+
+
+def test_sighup_reloads_the_json(backends, memroute_factory, startfile_dir):
+    a, b = backends(2)
+    pools = {"A": servers(a), "B": servers(b)}
+    path = config_file(startfile_dir, {"pools": pools, "route": "PoolRoute|A"})
+    mr = memroute_factory("--mcrouter-config", str(path))
+    with mr.client() as c:
+        assert c.request(b"set k1 0 0 1\r\n1\r\n") == b"STORED\r\n"
+        before = stats_dict(c)["config_digest"]
+    config_file(startfile_dir, {"pools": pools, "route": "PoolRoute|B"})
+    mr.proc.send_signal(signal.SIGHUP)
+    with mr.client() as c:
+        wait_until(lambda: stats_dict(c, b"proxy").get("config_reloads") == "1", 10,
+                   what="the reload")
+        assert c.request(b"set k2 0 0 1\r\n2\r\n") == b"STORED\r\n"
+        after = stats_dict(c)["config_digest"]
+    # The digest covers the JSON file itself.
+    assert len(before) == 16 and before != after
+    assert mc_get(a, "k1") == b"1" and mc_get(b, "k2") == b"2" and mc_get(a, "k2") is None
+
+
+def test_shadow_copies_the_keys_in_its_range(backends, memroute_factory, startfile_dir):
+    main, copy = backends(2)
+    path = config_file(startfile_dir, {
+        "pools": {"main": servers(main), "copy": servers(copy)},
+        "route": {"type": "PoolRoute", "pool": "main",
+                  "shadows": [{"target": "PoolRoute|copy", "key_fraction_range": [0, 1]}]},
+    })
+    mr = memroute_factory("--mcrouter-config", str(path))
+    with mr.client() as c:
+        assert c.request(b"set k 0 0 1\r\nx\r\n") == b"STORED\r\n"
+    assert mc_get(main, "k") == b"x"
+    wait_until(lambda: mc_get(copy, "k") == b"x", 3, what="the shadow copy")
+
+
+def test_import_and_comments(backends, memroute_factory, startfile_dir):
+    a, = backends(1)
+    write_startfile(startfile_dir, "pools.json", json.dumps({"A": servers(a)}))
+    path = write_startfile(startfile_dir, "main.json", """
+// mcrouter allows comments
+{
+  "pools": "@import(pools.json)",
+  /* the route */
+  "route": "PoolRoute|A"
+}
+""")
+    mr = memroute_factory("--mcrouter-config", str(path))
+    with mr.client() as c:
+        assert c.request(b"set k 0 0 1\r\nx\r\n") == b"STORED\r\n"
+    assert mc_get(a, "k") == b"x"
+
+
+def test_an_unsupported_handle_stops_the_start_with_its_path(startfile_dir):
+    path = config_file(startfile_dir, {
+        "pools": {"A": {"servers": ["127.0.0.1:1"]}},
+        "route": {"type": "AllSyncRoute",
+                  "children": ["PoolRoute|A", "NullRoute", {"type": "BigValueRoute"}]},
+    })
+    result = run_memroute_expect_failure(["--mcrouter-config", str(path)])
+    assert result.returncode != 0
+    assert "route.children[2].type: BigValueRoute is not supported" in result.stderr
