@@ -19,8 +19,10 @@
 # Environment: WORKLOAD (get90_100B, mix11_100B, get90_4K, mget10_100B...,
 # as in bench.sh; default get90_100B), OPS_SMALL / OPS_LARGE (default 5000 /
 # 25000; memcaslap counts each key of a multi-get), MEMROUTE_BIN (default
-# target/release/memroute, build it first). Needs valgrind
-# (apt-get install valgrind).
+# target/release/memroute, build it first), KEEP_OUT=DIR (copy the two
+# callgrind.out files there as callgrind.OPS, for callgrind_annotate; the
+# larger run's, minus the smaller's, is where the per-op cost goes). Needs
+# valgrind (apt-get install valgrind).
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -58,6 +60,7 @@ instructions() { # ops
   kill "$pid"
   wait "$pid" 2>/dev/null || true
   grep -q 'Ops: ' "$work/memcaslap.$1" || { cat "$work/memcaslap.$1" >&2; exit 1; }
+  if [ -n "${KEEP_OUT:-}" ]; then mkdir -p "$KEEP_OUT" && cp "$out" "$KEEP_OUT/"; fi
   awk '/^summary:/ {print $2}' "$out"
 }
 
