@@ -145,7 +145,7 @@ impl WorkerLua {
         loaded: &LoadedConfig,
     ) -> Result<RouteSet, ConfigError> {
         let path = &loaded.proxy.startfile;
-        let lua = vm::new_vm(&loaded.proxy)?;
+        let lua = vm::new_worker_vm(&loaded.proxy)?;
         lua.set_app_data(env.limits.clone());
         lua.set_app_data(env.clone());
         lua.set_app_data(Rc::new(EmbeddedPool::new(env.clone())));
