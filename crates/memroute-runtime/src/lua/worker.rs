@@ -167,7 +167,7 @@ impl WorkerLua {
             vm: Rc::downgrade(&vm),
         });
         let mut pools = HashMap::new();
-        let arg = to_lua(&vm, &loaded.pools, env, worker_routes, &mut pools)
+        let arg = to_lua(&vm.lua, &loaded.pools, env, worker_routes, &mut pools)
             .map_err(|e| ConfigError::lua(path, e))?;
         config_routes
             .call::<()>(arg)
@@ -345,7 +345,7 @@ local start, finish, yield, pending = ...
 return function(pool, r)
     start(pool, r)
     yield(pending)
-    return finish(pool)
+    return finish()
 end
 "#;
 
@@ -411,13 +411,21 @@ impl std::future::Future for Driven {
 
 /// The pool object routes call: `pool(r)`.
 #[derive(Clone)]
-pub struct LuaPool(pub Rc<dyn Pool>, Rc<PoolCall>);
+pub struct LuaPool(pub Rc<dyn Pool>);
 
 impl UserData for LuaPool {
     fn add_fields<F: mlua::UserDataFields<Self>>(fields: &mut F) {
         fields.add_meta_field_with(MetaMethod::Call, |lua| {
-            let start =
-                lua.create_function(|_, (pool, r): (mlua::UserDataRef<LuaPool>, AnyUserData)| {
+            // Both closures hold the VM's PoolCall: finishing then needs
+            // no argument, and no userdata type check (about 500
+            // instructions a call).
+            let pool_call = lua
+                .app_data_ref::<Rc<PoolCall>>()
+                .map(|p| p.clone())
+                .unwrap_or_default();
+            let calls = pool_call.clone();
+            let start = lua.create_function(
+                move |_, (pool, r): (mlua::UserDataRef<LuaPool>, AnyUserData)| {
                     let request = r
                         .borrow::<LuaRequest>()
                         .map_err(|_| {
@@ -426,11 +434,12 @@ impl UserData for LuaPool {
                         .request
                         .clone();
                     let started = (pool.0.clone().call(request), Instant::now());
-                    *pool.1.started.borrow_mut() = Some(started);
+                    *calls.started.borrow_mut() = Some(started);
                     Ok(())
-                })?;
-            let finish = lua.create_function(|_, pool: mlua::UserDataRef<LuaPool>| {
-                pool.1.done.borrow_mut().take().ok_or_else(|| {
+                },
+            )?;
+            let finish = lua.create_function(move |_, ()| {
+                pool_call.done.borrow_mut().take().ok_or_else(|| {
                     mlua::Error::runtime("a pool call must run in a route's coroutine")
                 })
             })?;
@@ -770,13 +779,12 @@ async fn warm_up(source: Arc<dyn SharedStore>, cache: Rc<dyn Pool>, max_ttl: i64
 /// Copies a [`ConfigValue`] into this VM, turning pool definitions into
 /// worker-local pools (one object per definition).
 fn to_lua(
-    vm: &WorkerLua,
+    lua: &Lua,
     value: &ConfigValue,
     env: &RouteEnv,
     worker_routes: &WorkerRoutes,
     pools: &mut HashMap<*const PoolDef, AnyUserData>,
 ) -> mlua::Result<Value> {
-    let lua = &vm.lua;
     Ok(match value {
         ConfigValue::Nil => Value::Nil,
         ConfigValue::Bool(b) => Value::Boolean(*b),
@@ -787,8 +795,8 @@ fn to_lua(
             let t = lua.create_table()?;
             for (k, v) in entries {
                 t.raw_set(
-                    to_lua(vm, k, env, worker_routes, pools)?,
-                    to_lua(vm, v, env, worker_routes, pools)?,
+                    to_lua(lua, k, env, worker_routes, pools)?,
+                    to_lua(lua, v, env, worker_routes, pools)?,
                 )?;
             }
             Value::Table(t)
@@ -799,7 +807,7 @@ fn to_lua(
                 return Ok(Value::UserData(ud.clone()));
             }
             let pool = def.instantiate(&worker_routes.backends, env);
-            let ud = lua.create_userdata(LuaPool(pool, vm.pool_call.clone()))?;
+            let ud = lua.create_userdata(LuaPool(pool))?;
             pools.insert(ptr, ud.clone());
             Value::UserData(ud)
         }
