@@ -419,10 +419,12 @@ impl UserData for LuaPool {
             // Both closures hold the VM's PoolCall: finishing then needs
             // no argument, and no userdata type check (about 500
             // instructions a call).
+            // (Set before the first pool object is made; a PoolCall of
+            // its own would leave every call unanswered.)
             let pool_call = lua
                 .app_data_ref::<Rc<PoolCall>>()
                 .map(|p| p.clone())
-                .unwrap_or_default();
+                .ok_or_else(|| mlua::Error::runtime("worker environment missing"))?;
             let calls = pool_call.clone();
             let start = lua.create_function(
                 move |_, (pool, r): (mlua::UserDataRef<LuaPool>, AnyUserData)| {
