@@ -861,3 +861,51 @@ def test_meta_quiet_mode_through_a_route(api):
             b"VA 2\r\nhi\r\nNF\r\nSERVER_ERROR backend failure\r\nMN\r\n")
         assert mc_get(api.b[0], "pass/q%s" % run.decode()) in (None, b"ab")
         assert any(mc_get(b, "pass/q%s" % run.decode()) == b"ab" for b in api.b)
+
+
+def test_pool_calls_suspend_only_their_own_route(api, startfile_dir, memroute_factory):
+    """pool(r) parks its backend call and yields (not an mlua async call
+    since run 14 in docs/benchmarks.md): two pool calls and an mcp.await in
+    one route, a pool call under pcall, one where Lua cannot yield (a
+    table.sort comparator) and one with a bad argument; a failed call
+    leaves nothing behind for the next request."""
+    path = write_startfile(startfile_dir, "suspend.lua", """
+        function mcp_config_pools()
+            local host, port = string.match(mcp.start_arg, "^(.+):(%d+)$")
+            return { p = mcp.pool({ mcp.backend("b", host, tonumber(port)) }) }
+        end
+        function mcp_config_routes(p)
+            local pool = p.p
+            mcp.attach(mcp.CMD_GET, function(r)
+                local first = pool(r)
+                local all = mcp.await(r, { pool, pool })
+                local again = pool(r)
+                return string.format("SERVER_ERROR %s %d %s", first:line(), #all, again:line())
+            end)
+            mcp.attach(mcp.CMD_MG, function(r)
+                local ok, res = pcall(pool, r)
+                return ok and res or "SERVER_ERROR pcall failed"
+            end)
+            mcp.attach(mcp.CMD_MD, function(r)
+                local t = { 1, 2 }
+                table.sort(t, function(a, b) pool(r); return a < b end)
+                return "SERVER_ERROR sorted"
+            end)
+            mcp.attach(mcp.CMD_MS, function(r) return pool("not a request") end)
+        end
+    """)
+    mc_set(api.b[0], "sus/a", b"xy")
+    mr = memroute_factory("--config", str(path), "--config-arg", api.b[0].addr)
+    with mr.client() as c:
+        assert c.request(b"get sus/a\r\n") == \
+            b"SERVER_ERROR VALUE sus/a 0 2 2 VALUE sus/a 0 2\r\n"
+        assert c.request(b"mg sus/a v\r\n") == b"VA 2\r\n"
+        assert c.read_line() == b"xy\r\n"
+        assert c.request(b"md sus/a\r\n") == b"SERVER_ERROR lua failure\r\n"
+        assert c.request(b"ms sus/a 1\r\nz\r\n") == b"SERVER_ERROR lua failure\r\n"
+        # nothing parked by the failures answers the next requests
+        assert c.request(b"mg sus/a v\r\n") == b"VA 2\r\n"
+        assert c.read_line() == b"xy\r\n"
+        assert c.request(b"get sus/a\r\n") == \
+            b"SERVER_ERROR VALUE sus/a 0 2 2 VALUE sus/a 0 2\r\n"
+        c.assert_alive()

@@ -35,7 +35,7 @@ use tracing::warn;
 use super::config::lua_error_message;
 use super::objects::{LuaRequest, LuaResponse};
 use super::router::{router_new, LuaRouter};
-use super::worker::{send_timed, LuaPool, WorkerLua};
+use super::worker::{call_in, send_timed, LuaPool, WorkerLua};
 use crate::route::pool::EmbeddedPool;
 use crate::route::router::{RouterTable, NO_ROUTE};
 use crate::route::{Pool, ReplyFuture, ReplyShape, ResponseFuture, Route, RouteEnv};
@@ -256,7 +256,7 @@ impl Funcgen {
     async fn run_for_handle(self: Rc<Self>, lua: Lua, request: AnyUserData) -> (LuaResponse, u8) {
         let result = match self.lease(&lua) {
             Ok(lease) => {
-                let result = lease.function().call_async::<Value>(request.clone()).await;
+                let result = call_in(&lua, &lease.function(), request.clone()).await;
                 lease.finish();
                 result
             }

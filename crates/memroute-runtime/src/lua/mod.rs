@@ -13,9 +13,11 @@
 //!   pool, served with no Lua per request).
 //!
 //! The routes themselves live in `crate::route`, which knows nothing of
-//! Lua. A Lua route runs as a coroutine; calling a pool (`pool(r)`) yields into Rust
-//! (an mlua async call) until the backend answers, then resumes with a
-//! response object.
+//! Lua. A Lua route runs as a coroutine (kept for reuse once finished);
+//! calling a pool (`pool(r)`) starts the backend call in Rust and yields
+//! until the backend answers, then resumes with a response object (see
+//! `worker::PoolCall`). `mcp.await` and the funcgen waits are mlua async
+//! calls in the same coroutine.
 //!
 //! # Layout
 //! - [`config`]: startfile loading, `mcp.backend`, `mcp.pool`,

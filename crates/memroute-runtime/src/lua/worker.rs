@@ -146,6 +146,8 @@ pub struct WorkerLua {
     /// Bytes of replies in response objects given to Lua since the last
     /// collector step (see [`WorkerLua::held_by_lua`]).
     lua_held: Cell<usize>,
+    /// Where this VM's pool calls start and end (shared with its pools).
+    pool_call: Rc<PoolCall>,
 }
 
 /// Bytes of replies held by Lua garbage that warrant one collector step.
@@ -165,7 +167,7 @@ impl WorkerLua {
         loaded: &LoadedConfig,
     ) -> Result<RouteSet, ConfigError> {
         let path = &loaded.proxy.startfile;
-        let lua = vm::new_vm(&loaded.proxy)?;
+        let lua = vm::new_worker_vm(&loaded.proxy)?;
         lua.set_app_data(env.limits.clone());
         lua.set_app_data(env.clone());
         lua.set_app_data(Rc::new(EmbeddedPool::new(env.clone())));
@@ -178,7 +180,9 @@ impl WorkerLua {
             lua,
             env: env.clone(),
             lua_held: Cell::new(0),
+            pool_call: Rc::new(PoolCall::default()),
         });
+        vm.lua.set_app_data(vm.pool_call.clone());
         // (The VM refers to itself only weakly: routes hold it, not Lua.)
         vm.lua.set_app_data(Attached {
             routes: RefCell::new(AttachedRoutes::new(COMMAND_SLOTS)),
@@ -227,7 +231,7 @@ impl WorkerLua {
             Ok(ud) => ud,
             Err(e) => return self.lua_failure(&e),
         };
-        match function.call_async::<Value>(ud).await {
+        match self.call(function, ud).await {
             Ok(Value::UserData(ud)) => match ud.borrow::<LuaResponse>() {
                 Ok(res) => {
                     let raw = res.raw().clone();
@@ -250,6 +254,16 @@ impl WorkerLua {
             Ok(other) => self.bad_return(other.type_name()),
             Err(e) => self.lua_failure(&e),
         }
+    }
+
+    /// Calls `function` as a coroutine, serving the pool calls it makes
+    /// (see [`PoolCall`]) until it returns.
+    pub(super) fn call(
+        &self,
+        function: &Function,
+        args: impl mlua::IntoLuaMulti,
+    ) -> impl std::future::Future<Output = mlua::Result<Value>> {
+        drive(&self.pool_call, function, args)
     }
 
     /// A response object of `bytes` became garbage for Lua to collect.
@@ -339,22 +353,147 @@ pub(super) fn send_timed(
         .map(move |response| LuaResponse::new(response, start.elapsed().as_micros() as u64))
 }
 
+/// The pool call a Lua route is suspended on, from its start to its
+/// response; one per worker VM, shared by its pools and its driver.
+///
+/// `pool(r)` is the hottest call a route makes. As an mlua async method it
+/// cost a boxed future, a userdata with a finalizer to hold it and mlua's
+/// polling wrapper per call, about a third of a Lua-routed get's
+/// instructions. Instead `__call` is a small Lua function (see
+/// [`POOL_CALL`]): a plain Rust function starts the backend call and parks
+/// its future here, the coroutine yields mlua's "pending" marker, and the
+/// route's driver ([`Driven`]) takes the future, awaits it, leaves the
+/// response here and resumes the coroutine, which picks it up. Only one
+/// coroutine of a worker runs at a time and the driver takes what was
+/// parked as soon as the coroutine yields, so one place per VM is enough.
+#[derive(Default)]
+pub(super) struct PoolCall {
+    started: RefCell<Option<(ResponseFuture, Instant)>>,
+    done: RefCell<Option<LuaResponse>>,
+}
+
+/// `__call` of a pool object: start the call, yield until it is done,
+/// return its response.
+const POOL_CALL: &str = r#"
+local start, finish, yield, pending, yieldable = ...
+return function(pool, r)
+    -- Checked first: a backend gets a request the moment it is started,
+    -- so a call that could not wait for its reply must not start.
+    if not yieldable() then
+        error("a pool call cannot wait here: Lua cannot suspend this function (a sort comparator, a metamethod called from C)", 2)
+    end
+    start(pool, r)
+    yield(pending)
+    return finish()
+end
+"#;
+
+/// Runs `function` as a coroutine of the worker VM `lua`, as
+/// [`WorkerLua::call`] does, for callers that hold only the VM.
+pub(super) fn call_in(
+    lua: &Lua,
+    function: &Function,
+    args: impl mlua::IntoLuaMulti,
+) -> impl std::future::Future<Output = mlua::Result<Value>> {
+    let pool_call = lua
+        .app_data_ref::<Rc<PoolCall>>()
+        .map(|p| p.clone())
+        .unwrap_or_default();
+    drive(&pool_call, function, args)
+}
+
+fn drive(pool_call: &Rc<PoolCall>, function: &Function, args: impl mlua::IntoLuaMulti) -> Driven {
+    Driven {
+        call: function.call_async::<Value>(args),
+        pool_call: pool_call.clone(),
+        waiting: None,
+    }
+}
+
+/// A Lua route's coroutine and the pool call it waits for: mlua's
+/// [`mlua::function::AsyncCallFuture`] resumes the coroutine (and serves mlua async
+/// functions such as `mcp.await`); this serves the pool calls.
+struct Driven {
+    call: mlua::function::AsyncCallFuture<Value>,
+    pool_call: Rc<PoolCall>,
+    waiting: Option<(ResponseFuture, Instant)>,
+}
+
+impl std::future::Future for Driven {
+    type Output = mlua::Result<Value>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = &mut *self;
+        loop {
+            if let Some((future, start)) = &mut this.waiting {
+                let response = std::task::ready!(future.as_mut().poll(cx));
+                let elapsed = start.elapsed().as_micros() as u64;
+                this.waiting = None;
+                *this.pool_call.done.borrow_mut() = Some(LuaResponse::new(response, elapsed));
+            }
+            let polled = std::pin::Pin::new(&mut this.call).poll(cx);
+            // A response the coroutine did not pick up (it was not resumed)
+            // must not reach another coroutine's pool call.
+            this.pool_call.done.borrow_mut().take();
+            match this.pool_call.started.borrow_mut().take() {
+                Some(started) if polled.is_pending() => this.waiting = Some(started),
+                // A call started where the coroutine could not yield (it
+                // failed there) is dropped with the route.
+                _ => return polled,
+            }
+        }
+    }
+}
+
 /// The pool object routes call: `pool(r)`.
 #[derive(Clone)]
 pub struct LuaPool(pub Rc<dyn Pool>);
 
 impl UserData for LuaPool {
-    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
-        methods.add_async_meta_method(MetaMethod::Call, |_, this, r: AnyUserData| {
-            let pool = this.0.clone();
-            let request = r.borrow::<LuaRequest>().map(|r| r.request.clone());
-            async move {
-                let request = request.map_err(|_| {
-                    mlua::Error::runtime("a pool must be called with a request object")
-                })?;
-                Ok(send_timed(pool, request).await)
-            }
+    fn add_fields<F: mlua::UserDataFields<Self>>(fields: &mut F) {
+        fields.add_meta_field_with(MetaMethod::Call, |lua| {
+            // Both closures hold the VM's PoolCall: finishing then needs
+            // no argument, and no userdata type check (about 500
+            // instructions a call).
+            // (Set before the first pool object is made; a PoolCall of
+            // its own would leave every call unanswered.)
+            let pool_call = lua
+                .app_data_ref::<Rc<PoolCall>>()
+                .map(|p| p.clone())
+                .ok_or_else(|| mlua::Error::runtime("worker environment missing"))?;
+            let calls = pool_call.clone();
+            let start = lua.create_function(
+                move |_, (pool, r): (mlua::UserDataRef<LuaPool>, AnyUserData)| {
+                    let request = r
+                        .borrow::<LuaRequest>()
+                        .map_err(|_| {
+                            mlua::Error::runtime("a pool must be called with a request object")
+                        })?
+                        .request
+                        .clone();
+                    let started = (pool.0.clone().call(request), Instant::now());
+                    *calls.started.borrow_mut() = Some(started);
+                    Ok(())
+                },
+            )?;
+            let finish = lua.create_function(move |_, ()| {
+                pool_call.done.borrow_mut().take().ok_or_else(|| {
+                    mlua::Error::runtime("a pool call must run in a route's coroutine")
+                })
+            })?;
+            let coroutine: Table = lua.globals().get("coroutine")?;
+            let yield_fn: Function = coroutine.get("yield")?;
+            let yieldable: Function = coroutine.get("isyieldable")?;
+            lua.load(POOL_CALL)
+                .set_name("=pool call")
+                .call::<Function>((start, finish, yield_fn, Lua::poll_pending(), yieldable))
         });
+    }
+
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
         methods.add_meta_method(MetaMethod::ToString, |_, this, ()| {
             Ok(format!("mcp.pool({})", this.0.name()))
         });
