@@ -69,6 +69,7 @@ fn only_the_lua_layer_and_the_composition_roots_know_lua() {
         "tls",
         "auth",
         "mcrouter",
+        "discovery",
     ] {
         let found = violations(module, LUA);
         assert!(found.is_empty(), "{module} uses Lua: {found:#?}");
