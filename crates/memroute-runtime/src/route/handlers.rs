@@ -53,6 +53,33 @@ fn ready(response: Response) -> ResponseFuture {
     Box::pin(std::future::ready(response))
 }
 
+/// `request` sent down every one of `children` at once, answers as they
+/// come.
+fn call_all(children: &[Rc<dyn Route>], request: &Request) -> FuturesUnordered<ResponseFuture> {
+    children
+        .iter()
+        .map(|c| c.clone().call(request.clone()))
+        .collect()
+}
+
+/// Lets the calls still `pending` finish as worker tasks (a fan-out that
+/// has its answer still owes every child its request).
+fn finish_in_background(mut pending: FuturesUnordered<ResponseFuture>) {
+    if !pending.is_empty() {
+        in_background(Box::pin(async move {
+            while pending.next().await.is_some() {}
+            Response::miss()
+        }));
+    }
+}
+
+/// Of replies that all came in, the first error, else the one at
+/// `otherwise` (`None` for none at all).
+pub fn first_error_or(replies: Vec<Response>, otherwise: usize) -> Option<Response> {
+    let at = replies.iter().position(|r| !r.is_ok()).unwrap_or(otherwise);
+    replies.into_iter().nth(at)
+}
+
 /// `route_direct{ child }`: the child's reply.
 pub struct Direct {
     pub child: Rc<dyn Route>,
@@ -87,11 +114,8 @@ impl Route for AllSync {
             .collect();
         Box::pin(async move {
             let replies = futures_util::future::join_all(calls).await;
-            let error = replies.iter().position(|r| !r.is_ok());
-            let pick = error.unwrap_or(replies.len().saturating_sub(1));
-            replies
-                .into_iter()
-                .nth(pick)
+            let last = replies.len().saturating_sub(1);
+            first_error_or(replies, last)
                 .unwrap_or_else(|| Response::from_line("SERVER_ERROR no children"))
         })
     }
@@ -110,21 +134,12 @@ impl Route for AllFastest {
     }
 
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
-        let mut pending: FuturesUnordered<ResponseFuture> = self
-            .children
-            .iter()
-            .map(|c| c.clone().call(request.clone()))
-            .collect();
+        let mut pending = call_all(&self.children, &request);
         Box::pin(async move {
             let mut last = None;
             while let Some(reply) = pending.next().await {
                 if reply.is_ok() {
-                    if !pending.is_empty() {
-                        in_background(Box::pin(async move {
-                            while pending.next().await.is_some() {}
-                            Response::miss()
-                        }));
-                    }
+                    finish_in_background(pending);
                     return reply;
                 }
                 last = Some(reply);
@@ -237,20 +252,11 @@ impl Route for ZoneFailover {
                 return near;
             }
             RetryStat::bump(&self.retries);
-            let mut pending: FuturesUnordered<ResponseFuture> = self
-                .far
-                .iter()
-                .map(|c| c.clone().call(request.clone()))
-                .collect();
+            let mut pending = call_all(&self.far, &request);
             let (mut ok, mut any) = (None, None);
             while let Some(reply) = pending.next().await {
                 if reply.is_hit() {
-                    if !pending.is_empty() {
-                        in_background(Box::pin(async move {
-                            while pending.next().await.is_some() {}
-                            Response::miss()
-                        }));
-                    }
+                    finish_in_background(pending);
                     return reply;
                 }
                 if reply.is_ok() {
@@ -336,11 +342,7 @@ impl Route for FlushAll {
             .collect();
         Box::pin(async move {
             let replies = futures_util::future::join_all(sends).await;
-            let error = replies.iter().position(|r| !r.is_ok()).unwrap_or(0);
-            replies
-                .into_iter()
-                .nth(error)
-                .unwrap_or_else(|| Response::from_line("OK"))
+            first_error_or(replies, 0).unwrap_or_else(|| Response::from_line("OK"))
         })
     }
 }
@@ -385,11 +387,7 @@ impl Route for AllMajority {
     }
 
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
-        let mut pending: FuturesUnordered<ResponseFuture> = self
-            .children
-            .iter()
-            .map(|c| c.clone().call(request.clone()))
-            .collect();
+        let mut pending = call_all(&self.children, &request);
         let majority = self.children.len() / 2 + 1;
         Box::pin(async move {
             // (code, first reply of that code, count), in arrival order.
@@ -407,12 +405,7 @@ impl Route for AllMajority {
                     }
                 };
                 if count >= majority {
-                    if !pending.is_empty() {
-                        in_background(Box::pin(async move {
-                            while pending.next().await.is_some() {}
-                            Response::miss()
-                        }));
-                    }
+                    finish_in_background(pending);
                     let at = kinds.iter().position(|(c, _, _)| *c == code).unwrap_or(0);
                     return kinds.swap_remove(at).1;
                 }

@@ -279,10 +279,7 @@ impl Pool for MemcachedPool {
             .collect();
         Box::pin(async move {
             let replies = futures_util::future::join_all(sends).await;
-            let error = replies.iter().position(|r| !r.is_ok()).unwrap_or(0);
-            replies
-                .into_iter()
-                .nth(error)
+            super::handlers::first_error_or(replies, 0)
                 .unwrap_or_else(|| Response::from_line("SERVER_ERROR pool has no backends"))
         })
     }
