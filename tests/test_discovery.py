@@ -202,3 +202,29 @@ def test_bad_discovery_options(startfile_dir, options, message):
     path = write_startfile(startfile_dir, "bad.lua", STARTFILE % options)
     result = run_memroute_expect_failure(["--config", str(path)])
     assert result.returncode != 0 and message in result.stderr, result.stderr
+
+
+def test_a_replaced_member_and_a_resolver_outage(backends, memroute_factory, startfile_dir):
+    a, b, c = backends(3)
+    records = Records()
+    server = DNSServer(records, port=0, address="127.0.0.1")
+    server.start_thread()
+    nameserver = "127.0.0.1:%d" % server.server.server_address[1]
+    try:
+        records.set("_memcache._tcp.swap.test.", "SRV", srv_of([a, b]))
+        path = write_startfile(startfile_dir, "swap.lua", STARTFILE % (
+            'srv = "_memcache._tcp.swap.test", nameserver = "%s"' % nameserver))
+        mr = memroute_factory("--config", str(path))
+        with mr.client() as client:
+            assert owners(client) == {a.addr, b.addr}
+            # b is replaced by c.
+            records.set("_memcache._tcp.swap.test.", "SRV", srv_of([a, c]))
+            wait_until(lambda: owners(client) == {a.addr, c.addr}, 10, what="b replaced by c")
+            # The DNS server goes away: the members stay, requests go on.
+            server.stop()
+            wait_until(lambda: "keeping [%s %s]" % tuple(sorted([a.addr, c.addr]))
+                       in mr.stderr_tail(), 20, what="the outage logged")
+            assert owners(client) == {a.addr, c.addr}
+            assert client.request(b"set k 0 0 1\r\nx\r\n") == b"STORED\r\n"
+    finally:
+        server.stop()
