@@ -883,10 +883,7 @@ impl Inner {
             (_, None) => Cond::Live { now },
         };
         self.counters.sync_writes.incr();
-        let stored = Outcome::Stored {
-            cas: version,
-            size: item.value.len(),
-        };
+        let stored = Outcome::Stored { cas: version };
         match self.table.put(id, &item, cond).await {
             Ok(()) => stored,
             Err(DdbError::Condition(old)) => match cond {

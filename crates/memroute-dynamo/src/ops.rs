@@ -82,7 +82,6 @@ pub enum Outcome {
     Miss,
     Stored {
         cas: u64,
-        size: usize,
     },
     NotStored,
     Exists,
@@ -111,7 +110,7 @@ impl Outcome {
     /// Fills in the version the write was stored with.
     pub fn with_cas(self, new: u64) -> Outcome {
         match self {
-            Outcome::Stored { size, .. } => Outcome::Stored { cas: new, size },
+            Outcome::Stored { .. } => Outcome::Stored { cas: new },
             Outcome::Number { value, expires, .. } => Outcome::Number {
                 value,
                 cas: new,
@@ -238,30 +237,28 @@ pub fn decide(
                 expires: absolute_expiry(exptime, now),
                 cas: 0,
             };
-            let stored = |len: usize| Outcome::Stored { cas: 0, size: len };
+            let stored = Outcome::Stored { cas: 0 };
             match (s.mode, current) {
                 (StoreMode::Add, Some(_)) => Decision::reply(Outcome::NotStored),
-                (StoreMode::Add, None) => {
-                    put(fresh(s.value.clone(), s.exptime), stored(s.value.len()))
-                }
+                (StoreMode::Add, None) => put(fresh(s.value.clone(), s.exptime), stored),
                 (StoreMode::Set | StoreMode::Replace, None) => {
                     if s.compare_cas.is_some() {
                         Decision::reply(Outcome::NotFound)
                     } else if s.mode == StoreMode::Replace {
                         Decision::reply(Outcome::NotStored)
                     } else {
-                        put(fresh(s.value.clone(), s.exptime), stored(s.value.len()))
+                        put(fresh(s.value.clone(), s.exptime), stored)
                     }
                 }
                 (StoreMode::Set | StoreMode::Replace, Some(item)) => {
                     if s.compare_cas.is_some_and(|c| c != item.cas) {
                         Decision::reply(Outcome::Exists)
                     } else {
-                        put(fresh(s.value.clone(), s.exptime), stored(s.value.len()))
+                        put(fresh(s.value.clone(), s.exptime), stored)
                     }
                 }
                 (StoreMode::Append | StoreMode::Prepend, None) => match s.vivify {
-                    Some(exptime) => put(fresh(s.value.clone(), exptime), stored(s.value.len())),
+                    Some(exptime) => put(fresh(s.value.clone(), exptime), stored),
                     None => Decision::reply(Outcome::NotStored),
                 },
                 (StoreMode::Append | StoreMode::Prepend, Some(item)) => {
@@ -272,14 +269,13 @@ pub fn decide(
                     for part in s.mode.join_order(&item.value, &s.value) {
                         value.extend_from_slice(part);
                     }
-                    let len = value.len();
                     let joined = Item {
                         value: value.freeze(),
                         flags: item.flags,
                         expires: item.expires,
                         cas: 0,
                     };
-                    put(joined, stored(len))
+                    put(joined, stored)
                 }
             }
         }

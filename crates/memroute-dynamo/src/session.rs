@@ -412,10 +412,7 @@ impl Inner {
             .update_attrs(&t.id, update, e, ReturnValue::None)
             .await?;
         Ok(match stored {
-            Some(_) => Outcome::Stored {
-                cas: 0,
-                size: s.value.len(),
-            },
+            Some(_) => Outcome::Stored { cas: 0 },
             None => Outcome::NotStored,
         })
     }
@@ -438,10 +435,7 @@ impl Inner {
                 Outcome::Hit { .. }
             )),
         };
-        let stored = Outcome::Stored {
-            cas: 0,
-            size: s.value.len(),
-        };
+        let stored = Outcome::Stored { cas: 0 };
         Ok(match (s.mode, live) {
             (StoreMode::Add, Some(true)) | (StoreMode::Replace, Some(false)) => Outcome::NotStored,
             (StoreMode::Add, _) => stored,
