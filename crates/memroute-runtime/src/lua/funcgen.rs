@@ -11,8 +11,10 @@
 //!
 //! A slot function works in steps: `rctx:enqueue(r, h)` only marks a
 //! handle; the next wait (`wait_cond`, `wait_handle`, `enqueue_and_wait`)
-//! sends everything queued at once and suspends the coroutine (an mlua
-//! async call) until its condition holds. Each result is classed *good*
+//! sends everything queued at once and suspends the coroutine until its
+//! condition holds (see [`super::coroutine`]). The commonest wait, one
+//! request to one pool handle, is served like `pool(r)`: no task, no
+//! inbox, the coroutine resumed with the response. Each result is classed *good*
 //! (a reply that is not an error or a miss), *ok* (a miss) or *any* (an
 //! error), as memcached's `mcp.RES_*`; a handle callback can re-class it and
 //! end a wait early. Requests a function does not wait for keep running,
@@ -28,14 +30,17 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use memroute_proto::{Request, Response, ResponseCode, ResponseDecoder};
-use mlua::{AnyUserData, Function, Lua, Table, UserData, UserDataMethods, Value};
+use mlua::{
+    AnyUserData, Function, Lua, MetaMethod, Table, UserData, UserDataMethods, UserDataRef, Value,
+};
 use tokio::sync::Notify;
 use tracing::warn;
 
 use super::config::lua_error_message;
+use super::coroutine::{drive, Coroutines, Parked, Resumed};
 use super::objects::{LuaRequest, LuaResponse};
 use super::router::{router_new, LuaRouter};
-use super::worker::{call_in, send_timed, LuaPool, WorkerLua};
+use super::worker::{send_timed, LuaPool, WorkerLua};
 use crate::route::pool::EmbeddedPool;
 use crate::route::router::{RouterTable, NO_ROUTE};
 use crate::route::{Pool, ReplyFuture, ReplyShape, ResponseFuture, Route, RouteEnv};
@@ -256,7 +261,12 @@ impl Funcgen {
     async fn run_for_handle(self: Rc<Self>, lua: Lua, request: AnyUserData) -> (LuaResponse, u8) {
         let result = match self.lease(&lua) {
             Ok(lease) => {
-                let result = call_in(&lua, &lease.function(), request.clone()).await;
+                let result = match Coroutines::of(&lua) {
+                    Ok(coroutines) => {
+                        drive(&lua, &coroutines, &lease.function(), request.clone()).await
+                    }
+                    Err(e) => Err(e),
+                };
                 lease.finish();
                 result
             }
@@ -683,12 +693,7 @@ impl Rctx {
     /// Sends what is queued and waits as `what` says, for at most
     /// `timeout`. Returns the number of counted results (or the handle's
     /// response), plus `true` after a timeout, as memcached.
-    async fn wait(
-        &self,
-        lua: &Lua,
-        what: WaitFor,
-        timeout: Option<Duration>,
-    ) -> mlua::Result<mlua::MultiValue> {
+    async fn wait(&self, lua: &Lua, what: WaitFor, timeout: Option<Duration>) -> Resumed {
         if self.waiting.get() {
             return Err(mlua::Error::runtime(
                 "wait_cond: cannot call while already in wait mode",
@@ -729,22 +734,85 @@ impl Rctx {
             }
             None => true,
         };
-        let mut out = mlua::MultiValue::new();
-        match what {
-            WaitFor::Count { .. } => out.push_back(Value::Integer(done.get() as i64)),
-            WaitFor::Handle(h) => out.push_back(if timed_out {
-                Value::Nil
-            } else {
-                self.handles.borrow()[h]
-                    .response
-                    .clone()
-                    .map_or(Value::Nil, Value::UserData)
-            }),
+        let first = match what {
+            WaitFor::Count { .. } => Value::Integer(done.get() as i64),
+            WaitFor::Handle(_) if timed_out => Value::Nil,
+            WaitFor::Handle(h) => self.handles.borrow()[h]
+                .response
+                .clone()
+                .map_or(Value::Nil, Value::UserData),
+        };
+        let second = if timed_out {
+            Value::Boolean(true)
+        } else {
+            Value::Nil
+        };
+        Ok((first, second))
+    }
+
+    /// Starts `rctx:enqueue_and_wait(r, h)`: parks the wait for the
+    /// coroutine to yield on. One request to a pool handle without a
+    /// callback, with nothing else queued and no timeout, goes straight to
+    /// the pool (see [`Parked::Handle`]); anything else is a full wait.
+    fn start_enqueue_and_wait(
+        self: &Rc<Self>,
+        lua: &Lua,
+        coroutines: &Coroutines,
+        request: &AnyUserData,
+        handle: i64,
+        timeout: Option<Value>,
+    ) -> mlua::Result<()> {
+        let index = self.check_handle(handle)?;
+        let timeout = timeout_arg(timeout)?;
+        self.enqueue(request, &Value::Integer(handle))?;
+        if timeout.is_none() {
+            if let Target::Pool(pool) = &self.targets[index] {
+                let mut handles = self.handles.borrow_mut();
+                let alone = handles
+                    .iter()
+                    .enumerate()
+                    .all(|(i, slot)| i == index || slot.state != State::Queued);
+                let slot = &mut handles[index];
+                if alone && slot.state == State::Queued && slot.callback.is_none() {
+                    let request = request.borrow::<LuaRequest>()?.request.clone();
+                    slot.state = State::Active;
+                    self.pending.set(self.pending.get() + 1);
+                    coroutines.park(Parked::Handle {
+                        rctx: self.clone(),
+                        handle: index,
+                        future: pool.clone().call(request),
+                        start: std::time::Instant::now(),
+                    });
+                    return Ok(());
+                }
+            }
         }
-        if timed_out {
-            out.push_back(Value::Boolean(true));
-        }
-        Ok(out)
+        let rctx = self.clone();
+        let lua = lua.clone();
+        coroutines.park(Parked::Wait(Box::pin(async move {
+            rctx.wait(&lua, WaitFor::Handle(index), timeout).await
+        })));
+        Ok(())
+    }
+
+    /// The answer to a request [`Parked::Handle`] sent: recorded as the
+    /// handle's result, counted by the wait, and returned as the object the
+    /// wait returns.
+    pub(super) fn answered(
+        &self,
+        lua: &Lua,
+        handle: usize,
+        response: LuaResponse,
+    ) -> mlua::Result<AnyUserData> {
+        self.pending.set(self.pending.get().saturating_sub(1));
+        let class = class_of(&response);
+        let response = lua.create_userdata(response)?;
+        let mut handles = self.handles.borrow_mut();
+        let slot = &mut handles[handle];
+        slot.state = State::Waited;
+        slot.flags |= class;
+        slot.response = Some(response.clone());
+        Ok(response)
     }
 
     /// The handle's response if its flags have any of `mask`.
@@ -817,16 +885,39 @@ fn timeout_arg(value: Option<Value>) -> mlua::Result<Option<Duration>> {
 pub struct LuaRctx(Rc<Rctx>);
 
 impl UserData for LuaRctx {
-    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
-        methods.add_method(
-            "enqueue",
-            |_, this, (request, handles): (AnyUserData, Value)| this.0.enqueue(&request, &handles),
-        );
-        methods.add_async_method(
-            "wait_cond",
-            |lua, this, (n, mode, timeout): (Value, Option<i64>, Option<Value>)| {
-                let rctx = this.0.clone();
-                async move {
+    /// The waits are Lua functions that yield (see [`super::coroutine`]);
+    /// they make the `__index` table, to which mlua adds the methods.
+    fn add_fields<F: mlua::UserDataFields<Self>>(fields: &mut F) {
+        fields.add_meta_field_with(MetaMethod::Index, |lua| {
+            let coroutines = Coroutines::of(lua)?;
+            let waits = lua.create_table()?;
+            let parking = coroutines.clone();
+            let start = lua.create_function(
+                move |lua,
+                      (this, request, handle, timeout): (
+                    UserDataRef<LuaRctx>,
+                    AnyUserData,
+                    i64,
+                    Option<Value>,
+                )| {
+                    this.0
+                        .start_enqueue_and_wait(lua, &parking, &request, handle, timeout)
+                },
+            )?;
+            waits.set(
+                "enqueue_and_wait",
+                coroutines.suspending(start, "rctx:enqueue_and_wait")?,
+            )?;
+
+            let parking = coroutines.clone();
+            let start = lua.create_function(
+                move |lua,
+                      (this, n, mode, timeout): (
+                    UserDataRef<LuaRctx>,
+                    Value,
+                    Option<i64>,
+                    Option<Value>,
+                )| {
                     let n = match n {
                         Value::Integer(n) if n >= 0 => n as usize,
                         Value::Number(n) if n >= 0.0 && n.fract() == 0.0 => n as usize,
@@ -841,60 +932,77 @@ impl UserData for LuaRctx {
                         return Err(mlua::Error::runtime("invalid mode sent to wait_cond"));
                     }
                     let timeout = timeout_arg(timeout)?;
+                    let rctx = this.0.clone();
                     if n == 0 {
                         // Waiting for none: send what is queued and go on
                         // at the next turn of the event loop.
-                        rctx.dispatch(&lua)?;
-                        tokio::task::yield_now().await;
-                        return Ok(mlua::MultiValue::from_iter([Value::Integer(0)]));
+                        rctx.dispatch(lua)?;
+                        parking.park(Parked::Wait(Box::pin(async {
+                            tokio::task::yield_now().await;
+                            Ok((Value::Integer(0), Value::Nil))
+                        })));
+                        return Ok(());
                     }
-                    rctx.wait(&lua, WaitFor::Count { n, mode }, timeout).await
-                }
-            },
-        );
-        methods.add_async_method(
-            "enqueue_and_wait",
-            |lua, this, (request, handle, timeout): (AnyUserData, i64, Option<Value>)| {
-                let rctx = this.0.clone();
-                async move {
-                    let index = rctx.check_handle(handle)?;
-                    let timeout = timeout_arg(timeout)?;
-                    rctx.enqueue(&request, &Value::Integer(handle))?;
-                    rctx.wait(&lua, WaitFor::Handle(index), timeout).await
-                }
-            },
-        );
-        methods.add_async_method(
-            "wait_handle",
-            |lua, this, (handle, timeout): (i64, Option<Value>)| {
-                let rctx = this.0.clone();
-                async move {
-                    let index = rctx.check_handle(handle)?;
-                    if rctx.handles.borrow()[index].state == State::Idle {
+                    let lua = lua.clone();
+                    parking.park(Parked::Wait(Box::pin(async move {
+                        rctx.wait(&lua, WaitFor::Count { n, mode }, timeout).await
+                    })));
+                    Ok(())
+                },
+            )?;
+            waits.set("wait_cond", coroutines.suspending(start, "rctx:wait_cond")?)?;
+
+            let parking = coroutines.clone();
+            let start = lua.create_function(
+                move |lua, (this, handle, timeout): (UserDataRef<LuaRctx>, i64, Option<Value>)| {
+                    let index = this.0.check_handle(handle)?;
+                    if this.0.handles.borrow()[index].state == State::Idle {
                         return Err(mlua::Error::runtime(
                             "wait_handle called on unqueued handle",
                         ));
                     }
                     let timeout = timeout_arg(timeout)?;
-                    rctx.wait(&lua, WaitFor::Handle(index), timeout).await
-                }
-            },
-        );
-        methods.add_async_method("sleep", |_, this, seconds: Value| {
-            let rctx = this.0.clone();
-            async move {
-                if rctx.waiting.get() {
-                    return Err(mlua::Error::runtime(
-                        "sleep: cannot call while already in wait mode",
-                    ));
-                }
-                let pause = timeout_arg(Some(seconds))?.unwrap_or_default();
-                rctx.waiting.set(true);
-                tokio::time::sleep(pause).await;
-                rctx.waiting.set(false);
-                Ok(true)
-            }
+                    let rctx = this.0.clone();
+                    let lua = lua.clone();
+                    parking.park(Parked::Wait(Box::pin(async move {
+                        rctx.wait(&lua, WaitFor::Handle(index), timeout).await
+                    })));
+                    Ok(())
+                },
+            )?;
+            waits.set(
+                "wait_handle",
+                coroutines.suspending(start, "rctx:wait_handle")?,
+            )?;
+
+            let parking = coroutines.clone();
+            let start =
+                lua.create_function(move |_, (this, seconds): (UserDataRef<LuaRctx>, Value)| {
+                    if this.0.waiting.get() {
+                        return Err(mlua::Error::runtime(
+                            "sleep: cannot call while already in wait mode",
+                        ));
+                    }
+                    let pause = timeout_arg(Some(seconds))?.unwrap_or_default();
+                    let rctx = this.0.clone();
+                    rctx.waiting.set(true);
+                    parking.park(Parked::Wait(Box::pin(async move {
+                        tokio::time::sleep(pause).await;
+                        rctx.waiting.set(false);
+                        Ok((Value::Boolean(true), Value::Nil))
+                    })));
+                    Ok(())
+                })?;
+            waits.set("sleep", coroutines.suspending(start, "rctx:sleep")?)?;
+            Ok(waits)
         });
+    }
+
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        methods.add_method(
+            "enqueue",
+            |_, this, (request, handles): (AnyUserData, Value)| this.0.enqueue(&request, &handles),
+        );
         for (name, mask) in [
             ("res_good", RES_GOOD),
             ("res_ok", RES_GOOD | RES_OK),

@@ -14,10 +14,9 @@
 //!
 //! The routes themselves live in `crate::route`, which knows nothing of
 //! Lua. A Lua route runs as a coroutine (kept for reuse once finished);
-//! calling a pool (`pool(r)`) starts the backend call in Rust and yields
-//! until the backend answers, then resumes with a response object (see
-//! `worker::PoolCall`). `mcp.await` and the funcgen waits are mlua async
-//! calls in the same coroutine.
+//! every call that waits (`pool(r)`, `mcp.await`, the funcgen waits)
+//! starts its work in Rust and yields until it is done, then resumes with
+//! the result (see `coroutine`).
 //!
 //! # Layout
 //! - [`config`]: startfile loading, `mcp.backend`, `mcp.pool`,
@@ -25,6 +24,7 @@
 //! - [`worker`]: [`WorkerProxy`] (builds a worker's routes from its VM at
 //!   start and every reload), the Lua route node, and the bindings routes
 //!   call (`pool(r)`, `mcp.await`, `mcp.internal`...).
+//! - `coroutine`: the driver of route coroutines and their waits.
 //! - [`dynamo`]: `mcp.dynamo_pool`, pools backed by a DynamoDB table.
 //! - [`funcgen`]: memcached's current API in worker VMs: function
 //!   generators, request contexts and their handles.
@@ -37,6 +37,7 @@
 //!   `package.path`, the embedded Lua libraries.
 
 pub mod config;
+mod coroutine;
 pub mod dynamo;
 pub mod funcgen;
 pub mod objects;
