@@ -124,6 +124,9 @@ const FREE_PRESSURE_DROP: u32 = 100;
 struct Slot {
     rctx: Rc<Rctx>,
     function: Function,
+    /// The request object its requests are given in, reused as memcached
+    /// reuses a slot's request (made at the slot's first request).
+    request: Option<AnyUserData>,
 }
 
 /// A slot lent to one request. [`Lease::finish`] gives it back when the
@@ -137,6 +140,25 @@ struct Lease {
 }
 
 impl Lease {
+    /// The slot's request object, now holding `request`.
+    fn request_object(&mut self, lua: &Lua, request: Request) -> mlua::Result<AnyUserData> {
+        let slot = self
+            .slot
+            .as_mut()
+            .expect("a lease holds its slot until finished");
+        match &slot.request {
+            Some(object) => {
+                *object.borrow_mut::<LuaRequest>()? = LuaRequest::new(request);
+                Ok(object.clone())
+            }
+            None => {
+                let object = lua.create_userdata(LuaRequest::new(request))?;
+                slot.request = Some(object.clone());
+                Ok(object)
+            }
+        }
+    }
+
     fn function(&self) -> Function {
         self.slot
             .as_ref()
@@ -197,7 +219,11 @@ impl Funcgen {
                 // A slot had to be made: the slots are not too many now.
                 self.pressure.set(0);
                 self.slots.set(self.slots.get() + 1);
-                Ok(Slot { rctx, function })
+                Ok(Slot {
+                    rctx,
+                    function,
+                    request: None,
+                })
             }
             _ => Err(mlua::Error::runtime(
                 "function generator didn't return a function",
@@ -409,6 +435,23 @@ impl UserData for LuaFuncgen {
     }
 }
 
+impl HandleSlot {
+    /// The handle's response object, now holding `response`.
+    fn response_object(&mut self, lua: &Lua, response: LuaResponse) -> mlua::Result<AnyUserData> {
+        match &self.object {
+            Some(object) => {
+                *object.borrow_mut::<LuaResponse>()? = response;
+                Ok(object.clone())
+            }
+            None => {
+                let object = lua.create_userdata(response)?;
+                self.object = Some(object.clone());
+                Ok(object)
+            }
+        }
+    }
+}
+
 /// Where a handle stands in the current request.
 #[derive(Clone, Copy, PartialEq, Eq, Default)]
 enum State {
@@ -427,7 +470,11 @@ enum State {
 struct HandleSlot {
     state: State,
     request: Option<AnyUserData>,
+    /// The result of the current request: `object` once answered.
     response: Option<AnyUserData>,
+    /// The handle's response object, reused from request to request as
+    /// memcached reuses them (made at its first answer).
+    object: Option<AnyUserData>,
     flags: u8,
     callback: Option<Function>,
 }
@@ -610,11 +657,14 @@ impl Rctx {
     /// re-class it), and its response object. Returns the handle's flags.
     fn complete(&self, lua: &Lua, done: Done) -> mlua::Result<u8> {
         self.pending.set(self.pending.get().saturating_sub(1));
-        let response = lua.create_userdata(done.response)?;
-        let (callback, request) = {
-            let handles = self.handles.borrow();
-            let slot = &handles[done.handle];
-            (slot.callback.clone(), slot.request.clone())
+        let (response, callback, request) = {
+            let mut handles = self.handles.borrow_mut();
+            let slot = &mut handles[done.handle];
+            (
+                slot.response_object(lua, done.response)?,
+                slot.callback.clone(),
+                slot.request.clone(),
+            )
         };
         let mut flags = done.class;
         if let Some(callback) = callback {
@@ -806,9 +856,9 @@ impl Rctx {
     ) -> mlua::Result<AnyUserData> {
         self.pending.set(self.pending.get().saturating_sub(1));
         let class = class_of(&response);
-        let response = lua.create_userdata(response)?;
         let mut handles = self.handles.borrow_mut();
         let slot = &mut handles[handle];
+        let response = slot.response_object(lua, response)?;
         slot.state = State::Waited;
         slot.flags |= class;
         slot.response = Some(response.clone());
@@ -1103,11 +1153,15 @@ impl FuncgenRoute {
             },
         };
         let lua = self.vm.lua().clone();
-        let lease = match fgen.lease(&lua) {
+        let mut lease = match fgen.lease(&lua) {
             Ok(lease) => lease,
             Err(e) => return self.vm.lua_failure(&e),
         };
-        let reply = self.vm.clone().run(&lease.function(), request).await;
+        let object = match lease.request_object(&lua, request) {
+            Ok(object) => object,
+            Err(e) => return self.vm.lua_failure(&e),
+        };
+        let reply = self.vm.clone().run_object(&lease.function(), object).await;
         lease.finish();
         reply
     }

@@ -168,7 +168,7 @@ impl WorkerLua {
         loaded: &LoadedConfig,
     ) -> Result<RouteSet, ConfigError> {
         let path = &loaded.proxy.startfile;
-        let lua = vm::new_worker_vm(&loaded.proxy)?;
+        let lua = vm::new_vm(&loaded.proxy)?;
         lua.set_app_data(env.limits.clone());
         lua.set_app_data(env.clone());
         lua.set_app_data(Rc::new(EmbeddedPool::new(env.clone())));
@@ -229,11 +229,19 @@ impl WorkerLua {
     /// Runs a Lua route as a coroutine for one request; Lua errors become
     /// `SERVER_ERROR lua failure`.
     pub(super) async fn run(self: Rc<Self>, function: &Function, request: Request) -> Bytes {
-        let ud = match self.lua.create_userdata(LuaRequest::new(request)) {
-            Ok(ud) => ud,
-            Err(e) => return self.lua_failure(&e),
-        };
-        match self.call(function, ud).await {
+        match self.lua.create_userdata(LuaRequest::new(request)) {
+            Ok(object) => self.run_object(function, object).await,
+            Err(e) => self.lua_failure(&e),
+        }
+    }
+
+    /// As [`WorkerLua::run`], with the request already in a request object.
+    pub(super) async fn run_object(
+        self: Rc<Self>,
+        function: &Function,
+        request: AnyUserData,
+    ) -> Bytes {
+        match self.call(function, request).await {
             Ok(Value::UserData(ud)) => match ud.borrow::<LuaResponse>() {
                 Ok(res) => {
                     let raw = res.raw().clone();
