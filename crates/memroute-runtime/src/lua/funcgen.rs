@@ -33,6 +33,7 @@ use tokio::sync::Notify;
 use tracing::warn;
 
 use super::config::lua_error_message;
+use super::mutate::UserObjects;
 use super::objects::{LuaRequest, LuaResponse};
 use super::router::{router_new, LuaRouter};
 use super::worker::{call_in, send_timed, LuaPool, WorkerLua};
@@ -107,6 +108,9 @@ pub struct Funcgen {
     slots: Cell<usize>,
     /// How long many slots have stayed free (see [`Funcgen::keep`]).
     pressure: Cell<u32>,
+    /// `u` of `fgen:ready{}`: objects each slot may make with
+    /// `rctx:request_new()` / `rctx:response_new()`.
+    user_objects: Cell<usize>,
 }
 
 /// After this many returns with half the slots or more free, a returned
@@ -167,6 +171,7 @@ impl Funcgen {
             free: RefCell::new(Vec::new()),
             slots: Cell::new(0),
             pressure: Cell::new(0),
+            user_objects: Cell::new(0),
         })
     }
 
@@ -185,7 +190,10 @@ impl Funcgen {
                 self.name.borrow()
             ))
         })?;
-        let rctx = Rc::new(Rctx::new(self.targets.borrow().clone()));
+        let rctx = Rc::new(Rctx::new(
+            self.targets.borrow().clone(),
+            self.user_objects.get(),
+        ));
         let ud = lua.create_userdata(LuaRctx(rctx.clone()))?;
         match generator.call::<Value>((ud, argument))? {
             Value::Function(function) => {
@@ -254,15 +262,16 @@ impl Funcgen {
     /// Runs a request through this funcgen for a parent's handle: the
     /// result as a response object, and its class.
     async fn run_for_handle(self: Rc<Self>, lua: Lua, request: AnyUserData) -> (LuaResponse, u8) {
+        let mut leased = None;
         let result = match self.lease(&lua) {
             Ok(lease) => {
                 let result = call_in(&lua, &lease.function(), request.clone()).await;
-                lease.finish();
+                leased = Some(lease);
                 result
             }
             Err(e) => Err(e),
         };
-        match result {
+        let answer = match result {
             Ok(Value::UserData(ud)) if ud.is::<LuaResponse>() => {
                 let response = ud.borrow::<LuaResponse>().map(|r| r.clone());
                 match response {
@@ -287,7 +296,13 @@ impl Funcgen {
                 RES_ANY,
             ),
             Err(e) => (nested_failure(&lua, &e), RES_ANY),
+        };
+        // The slot goes back only once its result is read: that blanks the
+        // slot's rctx:response_new() objects, and the result may be one.
+        if let Some(lease) = leased {
+            lease.finish();
         }
+        answer
     }
 }
 
@@ -377,12 +392,11 @@ impl UserData for LuaFuncgen {
             if let Value::String(name) = opts.get::<Value>("n")? {
                 *this.0.name.borrow_mut() = name.to_string_lossy();
             }
-            // 'u' reserves request and response objects per slot for
-            // rctx:request_new(), which memroute does not have yet; the
-            // count is checked so a bad one still fails here.
+            // 'u': request and response objects each slot may make with
+            // rctx:request_new() / rctx:response_new().
             match opts.get::<Value>("u")? {
                 Value::Nil => {}
-                Value::Integer(n) if n >= 1 => {}
+                Value::Integer(n) if n >= 1 => this.0.user_objects.set(n as usize),
                 _ => {
                     return Err(mlua::Error::runtime(
                         "user obj ('u') in fgen:ready must be a positive integer",
@@ -465,6 +479,8 @@ pub struct Rctx {
     /// In a wait or a sleep (no new waits, no enqueues).
     waiting: Cell<bool>,
     inbox: Rc<Inbox>,
+    /// What `rctx:request_new()` / `rctx:response_new()` made.
+    user_objects: UserObjects,
 }
 
 /// What a wait waits for.
@@ -477,7 +493,7 @@ enum WaitFor {
 }
 
 impl Rctx {
-    fn new(targets: Rc<[Target]>) -> Rctx {
+    fn new(targets: Rc<[Target]>, user_objects: usize) -> Rctx {
         let handles = targets.iter().map(|_| HandleSlot::default()).collect();
         Rctx {
             targets,
@@ -485,6 +501,7 @@ impl Rctx {
             pending: Cell::new(0),
             waiting: Cell::new(false),
             inbox: Rc::new(Inbox::default()),
+            user_objects: UserObjects::new(user_objects),
         }
     }
 
@@ -498,6 +515,7 @@ impl Rctx {
             slot.flags = 0;
         }
         self.waiting.set(false);
+        self.user_objects.blank();
     }
 
     fn check_handle(&self, handle: i64) -> mlua::Result<usize> {
@@ -941,6 +959,12 @@ impl UserData for LuaRctx {
                 None => Ok(Value::Nil),
             },
         );
+        methods.add_method("request_new", |lua, this, ()| {
+            this.0.user_objects.request_new(lua)
+        });
+        methods.add_method("response_new", |lua, this, ()| {
+            this.0.user_objects.response_new(lua)
+        });
         methods.add_method("cfd", |_, _, ()| {
             Err::<(), _>(mlua::Error::runtime(
                 "rctx:cfd() is not supported by memroute: routes do not see client sockets",

@@ -622,6 +622,8 @@ fn register(lua: &Lua) -> mlua::Result<()> {
     )?;
     mcp.set("await", lua.create_async_function(await_pools)?)?;
     super::funcgen::register(lua, &mcp)?;
+    super::inspect::register(lua, &mcp)?;
+    super::mutate::register(lua, &mcp)?;
     mcp.set(
         "warm",
         lua.create_function(
