@@ -362,6 +362,10 @@ fn register(lua: &Lua, stat_names: Rc<RefCell<Vec<(i64, String)>>>) -> mlua::Res
             "warm",
             "funcgen_new",
             "router_new",
+            "req_inspector_new",
+            "res_inspector_new",
+            "req_mutator_new",
+            "res_mutator_new",
         ],
         "mcp_config_routes (worker VMs)",
     )

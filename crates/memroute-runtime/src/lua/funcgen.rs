@@ -38,6 +38,7 @@ use tracing::warn;
 
 use super::config::lua_error_message;
 use super::coroutine::{drive, Coroutines, Parked, Resumed};
+use super::mutate::UserObjects;
 use super::objects::{LuaRequest, LuaResponse};
 use super::router::{router_new, LuaRouter};
 use super::worker::{send_timed, LuaPool, WorkerLua};
@@ -112,6 +113,9 @@ pub struct Funcgen {
     slots: Cell<usize>,
     /// How long many slots have stayed free (see [`Funcgen::keep`]).
     pressure: Cell<u32>,
+    /// `u` of `fgen:ready{}`: objects each slot may make with
+    /// `rctx:request_new()` / `rctx:response_new()`.
+    user_objects: Cell<usize>,
 }
 
 /// After this many returns with half the slots or more free, a returned
@@ -194,6 +198,7 @@ impl Funcgen {
             free: RefCell::new(Vec::new()),
             slots: Cell::new(0),
             pressure: Cell::new(0),
+            user_objects: Cell::new(0),
         })
     }
 
@@ -212,7 +217,10 @@ impl Funcgen {
                 self.name.borrow()
             ))
         })?;
-        let rctx = Rc::new(Rctx::new(self.targets.borrow().clone()));
+        let rctx = Rc::new(Rctx::new(
+            self.targets.borrow().clone(),
+            self.user_objects.get(),
+        ));
         let ud = lua.create_userdata(LuaRctx(rctx.clone()))?;
         match generator.call::<Value>((ud, argument))? {
             Value::Function(function) => {
@@ -285,6 +293,7 @@ impl Funcgen {
     /// Runs a request through this funcgen for a parent's handle: the
     /// result as a response object, and its class.
     async fn run_for_handle(self: Rc<Self>, lua: Lua, request: AnyUserData) -> (LuaResponse, u8) {
+        let mut leased = None;
         let result = match self.lease(&lua) {
             Ok(lease) => {
                 let result = match Coroutines::of(&lua) {
@@ -293,12 +302,12 @@ impl Funcgen {
                     }
                     Err(e) => Err(e),
                 };
-                lease.finish();
+                leased = Some(lease);
                 result
             }
             Err(e) => Err(e),
         };
-        match result {
+        let answer = match result {
             Ok(Value::UserData(ud)) if ud.is::<LuaResponse>() => {
                 let response = ud.borrow::<LuaResponse>().map(|r| r.clone());
                 match response {
@@ -323,7 +332,13 @@ impl Funcgen {
                 RES_ANY,
             ),
             Err(e) => (nested_failure(&lua, &e), RES_ANY),
+        };
+        // The slot goes back only once its result is read: that blanks the
+        // slot's rctx:response_new() objects, and the result may be one.
+        if let Some(lease) = leased {
+            lease.finish();
         }
+        answer
     }
 }
 
@@ -413,12 +428,11 @@ impl UserData for LuaFuncgen {
             if let Value::String(name) = opts.get::<Value>("n")? {
                 *this.0.name.borrow_mut() = name.to_string_lossy();
             }
-            // 'u' reserves request and response objects per slot for
-            // rctx:request_new(), which memroute does not have yet; the
-            // count is checked so a bad one still fails here.
+            // 'u': request and response objects each slot may make with
+            // rctx:request_new() / rctx:response_new().
             match opts.get::<Value>("u")? {
                 Value::Nil => {}
-                Value::Integer(n) if n >= 1 => {}
+                Value::Integer(n) if n >= 1 => this.0.user_objects.set(n as usize),
                 _ => {
                     return Err(mlua::Error::runtime(
                         "user obj ('u') in fgen:ready must be a positive integer",
@@ -522,6 +536,8 @@ pub struct Rctx {
     /// In a wait or a sleep (no new waits, no enqueues).
     waiting: Cell<bool>,
     inbox: Rc<Inbox>,
+    /// What `rctx:request_new()` / `rctx:response_new()` made.
+    user_objects: UserObjects,
 }
 
 /// What a wait waits for.
@@ -534,7 +550,7 @@ enum WaitFor {
 }
 
 impl Rctx {
-    fn new(targets: Rc<[Target]>) -> Rctx {
+    fn new(targets: Rc<[Target]>, user_objects: usize) -> Rctx {
         let handles = targets.iter().map(|_| HandleSlot::default()).collect();
         Rctx {
             targets,
@@ -542,6 +558,7 @@ impl Rctx {
             pending: Cell::new(0),
             waiting: Cell::new(false),
             inbox: Rc::new(Inbox::default()),
+            user_objects: UserObjects::new(user_objects),
         }
     }
 
@@ -555,6 +572,7 @@ impl Rctx {
             slot.flags = 0;
         }
         self.waiting.set(false);
+        self.user_objects.blank();
     }
 
     fn check_handle(&self, handle: i64) -> mlua::Result<usize> {
@@ -1099,6 +1117,12 @@ impl UserData for LuaRctx {
                 None => Ok(Value::Nil),
             },
         );
+        methods.add_method("request_new", |lua, this, ()| {
+            this.0.user_objects.request_new(lua)
+        });
+        methods.add_method("response_new", |lua, this, ()| {
+            this.0.user_objects.response_new(lua)
+        });
         methods.add_method("cfd", |_, _, ()| {
             Err::<(), _>(mlua::Error::runtime(
                 "rctx:cfd() is not supported by memroute: routes do not see client sockets",

@@ -28,6 +28,11 @@
 //! - [`dynamo`]: `mcp.dynamo_pool`, pools backed by a DynamoDB table.
 //! - [`funcgen`]: memcached's current API in worker VMs: function
 //!   generators, request contexts and their handles.
+//! - [`inspect`]: `mcp.req_inspector_new` / `mcp.res_inspector_new`,
+//!   step lists compiled once and run over requests and responses.
+//! - [`mutate`]: `mcp.req_mutator_new` / `mcp.res_mutator_new`, which write
+//!   new requests and responses, and the per-slot objects
+//!   (`rctx:request_new()`) they write into.
 //! - [`router`]: `mcp.router_new` read from Lua, over the route tree's key
 //!   router ([`crate::route::router`]), for funcgens.
 //! - [`objects`]: the request and response objects routes see.
@@ -40,6 +45,8 @@ pub mod config;
 mod coroutine;
 pub mod dynamo;
 pub mod funcgen;
+pub mod inspect;
+pub mod mutate;
 pub mod objects;
 pub mod routelib;
 pub mod router;

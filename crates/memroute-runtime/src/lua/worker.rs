@@ -535,6 +535,8 @@ fn register(lua: &Lua) -> mlua::Result<()> {
     )?;
     mcp.set("await", coroutines.suspending(start_await, "mcp.await")?)?;
     super::funcgen::register(lua, &mcp)?;
+    super::inspect::register(lua, &mcp)?;
+    super::mutate::register(lua, &mcp)?;
     mcp.set(
         "warm",
         lua.create_function(
