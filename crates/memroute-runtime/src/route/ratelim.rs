@@ -255,6 +255,15 @@ mod tests {
         }
     }
 
+    /// The shared bucket's claim: no lock on the machines memroute is
+    /// built for (x86_64 has cmpxchg16b, found at run time; aarch64 has
+    /// 128-bit exclusives).
+    #[test]
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    fn the_shared_bucket_takes_no_lock() {
+        assert!(AtomicU128::is_lock_free());
+    }
+
     #[test]
     fn racing_workers_share_one_bucket_exactly() {
         // No refill: exactly limit - 1 takes succeed across all threads.
