@@ -172,6 +172,15 @@ impl ConfigThread {
         if loaded.is_err() {
             vm.crons.abort_load();
         }
+        // The last load's pools, backends and discoveries are garbage in a
+        // VM that lives on: collect them now (twice, so objects with
+        // finalizers go too, as memcached does), not whenever Lua next
+        // would; a discovery's polling thread stops only then.
+        for _ in 0..2 {
+            if let Err(e) = vm.lua.gc_collect() {
+                tracing::warn!("config VM garbage collection failed: {e}");
+            }
+        }
         loaded
     }
 }
