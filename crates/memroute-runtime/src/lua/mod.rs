@@ -1,11 +1,13 @@
 //! The Lua routing layer, modelled on memcached's built-in proxy.
 //!
 //! Two kinds of Lua VM exist:
-//! - the **config VM** ([`config`]), short-lived, on the main thread: it
-//!   loads the startfile and calls `mcp_config_pools()`, where `mcp.backend`
-//!   and `mcp.pool` describe the backends. What that function returns is
-//!   turned into a [`ConfigValue`]: plain data plus `Arc`'d pool
-//!   definitions, the only thing that crosses threads;
+//! - the **config VM** ([`config`]), kept for the server's life by the
+//!   config thread ([`host`]), which also runs its crons ([`cron`]): at
+//!   start and at every reload it runs the startfile and calls
+//!   `mcp_config_pools()`, where `mcp.backend` and `mcp.pool` describe the
+//!   backends. What that function returns is turned into a [`ConfigValue`]:
+//!   plain data plus `Arc`'d pool definitions and shared rate limiters,
+//!   the only thing that crosses threads;
 //! - one **worker VM** per worker thread ([`worker`]), which loads the same
 //!   startfile and calls `mcp_config_routes(pools)` with its own copy of
 //!   that value, where pools are worker-local objects over the worker's own
@@ -21,6 +23,8 @@
 //! # Layout
 //! - [`config`]: startfile loading, `mcp.backend`, `mcp.pool`,
 //!   [`ConfigValue`].
+//! - [`host`]: the config thread, owner of the config VM.
+//! - [`cron`]: `mcp.register_cron`, `mcp.schedule_config_reload`.
 //! - [`worker`]: [`WorkerProxy`] (builds a worker's routes from its VM at
 //!   start and every reload), the Lua route node, and the bindings routes
 //!   call (`pool(r)`, `mcp.await`, `mcp.internal`...).
@@ -36,6 +40,7 @@
 //! - [`router`]: `mcp.router_new` read from Lua, over the route tree's key
 //!   router ([`crate::route::router`]), for funcgens.
 //! - [`objects`]: the request and response objects routes see.
+//! - [`ratelim`]: `mcp.ratelim_tbf` and `mcp.ratelim_global_tbf`.
 //! - [`routelib`]: routelib configurations, checked into a route plan that
 //!   workers build natively.
 //! - [`vm`]: what both VMs share: the `mcp` table's constants and helpers,
@@ -43,11 +48,14 @@
 
 pub mod config;
 mod coroutine;
+pub mod cron;
 pub mod dynamo;
 pub mod funcgen;
+pub mod host;
 pub mod inspect;
 pub mod mutate;
 pub mod objects;
+pub mod ratelim;
 pub mod routelib;
 pub mod router;
 pub mod vm;

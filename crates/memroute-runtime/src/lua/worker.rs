@@ -581,10 +581,19 @@ fn register(lua: &Lua) -> mlua::Result<()> {
             },
         )?,
     )?;
+    super::ratelim::register_worker(lua, &mcp)?;
     vm::forbid(
         lua,
         &mcp,
-        &["backend", "pool", "dynamo_pool", "add_stat"],
+        &[
+            "backend",
+            "pool",
+            "dynamo_pool",
+            "add_stat",
+            "ratelim_global_tbf",
+            "register_cron",
+            "schedule_config_reload",
+        ],
         "mcp_config_pools (the config VM)",
     )
 }
@@ -783,6 +792,10 @@ fn to_lua(
             let ud = lua.create_userdata(LuaPool(pool))?;
             pools.insert(ptr, ud.clone());
             Value::UserData(ud)
+        }
+        // The same bucket, seen from this worker.
+        ConfigValue::RateLimiter(bucket) => {
+            Value::UserData(lua.create_userdata(super::ratelim::LuaGlobalBucket(bucket.clone()))?)
         }
     })
 }
