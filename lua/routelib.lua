@@ -34,6 +34,7 @@ local HANDLERS = {
     "zfailover", "ttl", "null", "random", "ratelim",
     -- memroute's additions (mcrouter's route handles, routelib's style)
     "allmajority", "error", "shadow", "warmup", "l1l2", "migrate",
+    "bigvalue", "keysplit",
 }
 
 for _, name in ipairs(HANDLERS) do

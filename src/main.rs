@@ -86,6 +86,16 @@ struct Cli {
     /// handlers (see docs/mcrouter.md).
     #[arg(long = "mcrouter-config", value_name = "FILE", conflicts_with_all = ["config", "config_arg", "routes"])]
     mcrouter_config: Option<std::path::PathBuf>,
+    /// mcrouter's `--big-value-split-threshold`: with `--mcrouter-config`,
+    /// values over this many bytes are stored as chunks of this size plus
+    /// an index item (mcrouter's BigValueRoute; 0, the default: off).
+    #[arg(
+        long = "big-value-split-threshold",
+        value_name = "BYTES",
+        default_value_t = 0,
+        requires = "mcrouter_config"
+    )]
+    big_value_split_threshold: usize,
     /// Extra directory for Lua's `require` (repeatable).
     #[arg(long = "lua-path", value_name = "DIR")]
     lua_path: Vec<std::path::PathBuf>,
@@ -679,7 +689,9 @@ fn config_from(cli: &Cli) -> Result<ServerConfig, String> {
     }
     if let Some(file) = &cli.mcrouter_config {
         startfile = Some(file.clone());
-        start_arg = Some(memroute_runtime::mcrouter::START_ARG.into());
+        start_arg = Some(memroute_runtime::mcrouter::start_arg(
+            cli.big_value_split_threshold,
+        ));
     }
     let mut o_idle_timeout = None;
     let mut tls = TlsOptions::default();

@@ -15,10 +15,15 @@ use std::sync::Arc;
 
 use super::config::ConfigValue;
 use crate::route::commands::{STORAGE_IDS, UNHOOKABLE_IDS};
+use crate::route::keysplit::MAX_COPIES;
 use crate::route::plan::{EntryPlan, RoutePlan, RouterPlan};
 use crate::route::ratelim::{GlobalTokenBucket, TbfParams};
 use crate::route::router::{RouterMode, MAX_SEPARATOR};
 use crate::route::{check_tag, PoolDef};
+
+/// Largest `route_bigvalue` threshold or chunk: 1 GiB, memcached's
+/// largest `-I`.
+const MAX_CHUNK_BYTES: i64 = 1 << 30;
 
 /// The key `lua/routelib.lua`'s `mcp_config_pools` returns its tree under.
 const MARKER: &[u8] = b"__memroute_routelib";
@@ -258,7 +263,9 @@ impl Planner {
             "allsync" | "allasync" | "allfastest" | "allmajority" | "random" => &["children"],
             "shadow" => &["child", "child_shadow", "rate"],
             "warmup" => &["child_cold", "child_warm", "ttl"],
-            "l1l2" => &["child_l1", "child_l2", "ttl"],
+            "l1l2" => &["child_l1", "child_l2", "ttl", "negative_ttl"],
+            "bigvalue" => &["child", "threshold", "chunk"],
+            "keysplit" => &["child", "copies"],
             "migrate" => &[
                 "child_from",
                 "child_to",
@@ -369,7 +376,46 @@ impl Planner {
                     }
                     t => t,
                 },
+                negative_ttl: seconds("negative_ttl", Some(0))?,
             },
+            "bigvalue" => {
+                let size = |key: &str| -> Result<Option<usize>, String> {
+                    match arg(key) {
+                        None => Ok(None),
+                        Some(ConfigValue::Integer(n)) if (1..=MAX_CHUNK_BYTES).contains(n) => {
+                            Ok(Some(*n as usize))
+                        }
+                        Some(_) => Err(format!(
+                            "{at}: route_bigvalue: {key} must be a number of bytes from 1 to {MAX_CHUNK_BYTES}"
+                        )),
+                    }
+                };
+                let Some(threshold) = size("threshold")? else {
+                    return Err(format!("{at}: route_bigvalue: threshold is required"));
+                };
+                let chunk = size("chunk")?.unwrap_or(threshold);
+                RoutePlan::BigValue {
+                    child: one(self, "child")?,
+                    threshold,
+                    chunk,
+                }
+            }
+            "keysplit" => {
+                let copies = match arg("copies") {
+                    Some(ConfigValue::Integer(n)) if (2..=MAX_COPIES as i64).contains(n) => {
+                        *n as usize
+                    }
+                    _ => {
+                        return Err(format!(
+                            "{at}: route_keysplit: copies must be a whole number from 2 to {MAX_COPIES}"
+                        ))
+                    }
+                };
+                RoutePlan::KeySplit {
+                    child: one(self, "child")?,
+                    copies,
+                }
+            }
             "migrate" => {
                 let (start, stop) = (seconds("start", None)?, seconds("stop", None)?);
                 if stop < start {

@@ -8,11 +8,13 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
+use super::bigvalue::BigValue;
 use super::handlers::{
     AllAsync, AllFastest, AllMajority, AllSync, Direct, ErrorRoute, Failover, HashSelect,
     KeyShadow, Limiter, Migrate, Null, PrefixSelector, Random, RateLimit, RetryStat, RoutingPrefix,
     Sampler, Shadow, Split, Ttl, Warmup, ZoneFailover, L1L2,
 };
+use super::keysplit::KeySplit;
 use super::pool::{EmbeddedPool, Pool, PoolDef, WorkerBackends};
 use super::ratelim::{GlobalTokenBucket, TbfParams, TokenBucket};
 use super::router::{KeyRouter, RouterEntry, RouterMode, RouterTable};
@@ -80,6 +82,21 @@ pub enum RoutePlan {
         l1: Box<RoutePlan>,
         l2: Box<RoutePlan>,
         ttl: i64,
+        /// How long an L2 miss is remembered in L1 (0: not at all).
+        negative_ttl: i64,
+    },
+    /// Values over `threshold` bytes stored as `chunk`-byte items plus an
+    /// index (`route_bigvalue`, mcrouter's BigValueRoute).
+    BigValue {
+        child: Box<RoutePlan>,
+        threshold: usize,
+        chunk: usize,
+    },
+    /// Every key kept as `copies` copies (`route_keysplit`, mcrouter's
+    /// KeySplitRoute).
+    KeySplit {
+        child: Box<RoutePlan>,
+        copies: usize,
     },
     Migrate {
         from: Box<RoutePlan>,
@@ -282,12 +299,35 @@ impl RoutePlan {
                 max_ttl: *ttl,
                 limits: cx.env.limits.clone(),
             }),
-            RoutePlan::L1L2 { l1, l2, ttl } => Rc::new(L1L2 {
+            RoutePlan::L1L2 {
+                l1,
+                l2,
+                ttl,
+                negative_ttl,
+            } => Rc::new(L1L2 {
                 l1: l1.build(cx),
                 l2: l2.build(cx),
                 ttl: *ttl,
+                negative_ttl: *negative_ttl,
                 limits: cx.env.limits.clone(),
             }),
+            RoutePlan::BigValue {
+                child,
+                threshold,
+                chunk,
+            } => Rc::new(BigValue::new(
+                child.build(cx),
+                *threshold,
+                *chunk,
+                &cx.env.limits,
+                cx.next_seed(),
+            )),
+            RoutePlan::KeySplit { child, copies } => Rc::new(KeySplit::new(
+                child.build(cx),
+                *copies,
+                &cx.env.limits,
+                cx.next_seed(),
+            )),
             RoutePlan::Migrate {
                 from,
                 to,
