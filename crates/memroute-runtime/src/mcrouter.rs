@@ -1500,9 +1500,9 @@ mod tests {
             "// a comment\n{\"pools\": \"@import(pools.json)\", /* x */ \"route\": \"Pool|A // not a comment\"}",
         )
         .unwrap();
-        let result = load(&dir.join("main.json"));
+        let result = load(&dir.join("main.json"), 0);
         std::fs::write(dir.join("loop.json"), r#"{"route": "@import(loop.json)"}"#).unwrap();
-        let looped = load(&dir.join("loop.json"));
+        let looped = load(&dir.join("loop.json"), 0);
         let _ = std::fs::remove_dir_all(&dir);
         // The string keeps its "//": the pool name is taken as written.
         assert_eq!(
@@ -1510,5 +1510,34 @@ mod tests {
             "route: no pool named \"A // not a comment\""
         );
         assert!(looped.unwrap_err().contains("nested more than 16 deep"));
+    }
+
+    #[test]
+    fn big_value_threshold_rides_the_start_argument() {
+        assert_eq!(read_start_arg(&start_arg(0)), Some(0));
+        assert_eq!(read_start_arg(&start_arg(5000)), Some(5000));
+        assert_eq!(read_start_arg("config.lua"), None);
+        assert_eq!(read_start_arg("<mcrouter-config>bogus"), None);
+    }
+
+    #[test]
+    fn l1l2_negative_caching_reads_ncache_exptime() {
+        let l1l2 = |extra: Value| {
+            let mut route = json!({"type": "L1L2CacheRoute", "l1": "PoolRoute|A",
+                                   "l2": "PoolRoute|A", "upgradingL1Exptime": 10});
+            for (k, v) in extra.as_object().unwrap() {
+                route[k] = v.clone();
+            }
+            route
+        };
+        assert!(matches!(
+            root(l1l2(json!({"ncacheExptime": 3}))),
+            RoutePlan::L1L2 {
+                negative_ttl: 3,
+                ..
+            }
+        ));
+        assert!(err(l1l2(json!({"ncacheExptime": -1}))).contains("ncacheExptime"));
+        assert!(err(l1l2(json!({"ncacheUpdatePeriod": 2}))).contains("ncacheUpdatePeriod"));
     }
 }
