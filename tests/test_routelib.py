@@ -673,3 +673,122 @@ def test_new_handler_mistakes_are_load_errors(startfile_dir, handler, message):
     result = run_memroute_expect_failure(["--routes", str(path)])
     assert result.returncode != 0
     assert "routes.lua:2: " + message in result.stderr, result.stderr
+
+
+HANDLER_LIBRARY = """
+register_route_handlers({ "hello", "copyall" })
+
+-- Config VM: decorate the options, take a counter.
+function route_hello_conf(t, ctx)
+    t.msg = t.msg .. " " .. ctx:label()
+    if t.stats then
+        t.stats_id = ctx:get_stats_id("hello_calls")
+    end
+    return t
+end
+
+-- Worker VMs: make the funcgen.
+function route_hello_start(a, ctx, fgen)
+    fgen:ready({ a = a, n = ctx:label(), f = route_hello_f })
+end
+
+function route_hello_f(rctx, a)
+    local msg = "SERVER_ERROR " .. a.msg .. "\\r\\n"
+    local id = a.stats_id
+    return function(r)
+        if id then mcp.stat(id, 1) end
+        return msg
+    end
+end
+
+function route_copyall_conf(t, ctx)
+    return t
+end
+
+-- Every child gets the request; the first child's result is the answer.
+function route_copyall_start(a, ctx, fgen)
+    local handles = {}
+    for _, child in ipairs(a.children) do
+        table.insert(handles, fgen:new_handle(child))
+    end
+    fgen:ready({ a = handles, n = ctx:label(), f = route_copyall_f })
+end
+
+function route_copyall_f(rctx, handles)
+    return function(r)
+        rctx:enqueue(r, handles)
+        rctx:wait_cond(#handles, mcp.WAIT_ANY)
+        return rctx:result(handles[1])
+    end
+end
+"""
+
+
+def test_user_route_handlers_plug_into_the_native_tree(backends, memroute_factory,
+                                                        startfile_dir):
+    import signal
+
+    a, b, c3 = backends(3)
+    library = routes_file(startfile_dir, HANDLER_LIBRARY, "handlers.lua")
+    text = pools_text(pa=[a], pb=[b], pc=[c3]) + """
+routes{
+    map = {
+        hi = route_hello{ msg = "hello,", stats = true },
+        -- A native handler under a Lua one, and a Lua one under a native one.
+        cp = route_copyall{ children = { "pa", route_direct{ child = "pb" } } },
+        fo = route_failover{ children = { route_copyall{ children = { "pc" } }, "pa" } },
+    },
+}
+"""
+    path = routes_file(startfile_dir, text)
+    mr = memroute_factory("-o", "proxy_config=routelib:%s,proxy_arg=%s" % (library, path))
+    with mr.client() as c:
+        assert c.request(b"get hi/x\r\n") == b"SERVER_ERROR hello, hi\r\n"
+        assert c.request(b"set cp/k 0 0 2\r\nab\r\n") == b"STORED\r\n"
+        assert c.request(b"get cp/k\r\n", b"END\r\n") == b"VALUE cp/k 0 2\r\nab\r\nEND\r\n"
+        assert c.request(b"set fo/k 0 0 1\r\nz\r\n") == b"STORED\r\n"
+        assert stats_dict(c, b"proxy")["hello_calls"] == "1"
+    assert mc_get(a, "cp/k") == b"ab" and mc_get(b, "cp/k") == b"ab"
+    assert mc_get(c3, "fo/k") == b"z" and mc_get(a, "fo/k") is None
+    # A child's server gone: the Lua handler answers its error, and the
+    # native failover above the other Lua handler moves on.
+    a.stop()
+    c3.stop()
+    with mr.client() as c:
+        assert c.request(b"set cp/k 0 0 1\r\nx\r\n").startswith(b"SERVER_ERROR")
+        assert c.request(b"get fo/k\r\n").startswith(b"SERVER_ERROR")
+    # A reload builds the handlers again.
+    routes_file(startfile_dir, text.replace('msg = "hello,"', 'msg = "bye,"'))
+    mr.proc.send_signal(signal.SIGHUP)
+    with mr.client() as c:
+        wait_until(lambda: c.request(b"get hi/x\r\n") == b"SERVER_ERROR bye, hi\r\n", 10,
+                   what="the reloaded handler")
+
+
+@pytest.mark.parametrize("library, routes, message", [
+    # Registered and used, but its worker half is nowhere.
+    ('register_route_handlers({ "half" })\nfunction route_half_conf(t) return t end\n',
+     'routes{ default = route_half{} }\n',
+     "route_half: no function route_half_start on the workers"),
+    ('register_route_handlers({ "noconf" })\n',
+     'routes{ default = route_noconf{} }\n',
+     "routes.lua:2: route_noconf: no function route_noconf_conf"),
+    ('register_route_handlers({ "direct" })\n',
+     'routes{ default = route_direct{ child = "p" } }\n',
+     "route_direct is a built-in handler"),
+    ('register_route_handlers({ "bad" })\nfunction route_bad_conf(t) return t end\n'
+     'function route_bad_start(a, ctx, fgen) error("no way") end\n',
+     'routes{ default = route_bad{} }\n',
+     "route_bad_start: "),
+    ('register_route_handlers({ "lazy" })\nfunction route_lazy_conf(t) return t end\n'
+     'function route_lazy_start(a, ctx, fgen) end\n',
+     'routes{ default = route_lazy{} }\n',
+     "route_lazy_start: it must call fgen:ready"),
+])
+def test_user_route_handler_mistakes_stop_the_start(startfile_dir, library, routes, message):
+    lib = routes_file(startfile_dir, library, "lib.lua")
+    path = routes_file(startfile_dir, 'pools{ p = { backends = { "127.0.0.1:1" } } }\n' + routes)
+    result = run_memroute_expect_failure(
+        ["-o", "proxy_config=routelib:%s,proxy_arg=%s" % (lib, path)])
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr

@@ -308,6 +308,7 @@ fn load_mcrouter(
             routers: vec![(None, config.router())],
             pools: config.pools.into_iter().map(|(_, def)| def).collect(),
             stat_names: Vec::new(),
+            user_handlers: false,
         })),
     })
 }

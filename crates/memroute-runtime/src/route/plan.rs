@@ -127,12 +127,51 @@ pub enum RoutePlan {
         start: u32,
         end: u32,
     },
+    /// A route handler written in Lua (routelib's `register_route_handlers`):
+    /// built on each worker by its [`UserHandlers`], over `children`.
+    User {
+        /// The handler's name (`route_<name>`).
+        name: String,
+        /// The map entry it serves (`ctx:label()`).
+        label: String,
+        /// Its options as the config VM's `_conf` function returned them,
+        /// children replaced by their index in `children`; only the Lua
+        /// layer reads them.
+        args: UserArgs,
+        children: Vec<RoutePlan>,
+    },
     /// mcrouter's routing prefixes: `/region/cluster/` keys to their
     /// alias's route, prefix stripped; others to `default`.
     RoutingPrefix {
         routes: Vec<(Vec<u8>, RoutePlan)>,
         default: Box<RoutePlan>,
     },
+}
+
+/// A user handler's options, opaque to the route tree (the Lua layer
+/// owns their type).
+#[derive(Clone)]
+pub struct UserArgs(pub Arc<dyn std::any::Any + Send + Sync>);
+
+impl std::fmt::Debug for UserArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UserArgs(..)")
+    }
+}
+
+/// Builds the nodes of route handlers written in Lua on one worker: the
+/// worker's Lua layer implements it (the route tree knows no Lua).
+pub trait UserHandlers {
+    /// The route of handler `name` for map entry `label`, over `children`
+    /// (already built). A failure is remembered by the implementation and
+    /// fails the whole build; the node returned then is never used.
+    fn build(
+        &self,
+        name: &str,
+        label: &str,
+        args: &UserArgs,
+        children: Vec<Rc<dyn Route>>,
+    ) -> Rc<dyn Route>;
 }
 
 /// A map entry of a planned router.
@@ -159,6 +198,8 @@ pub struct BuildContext<'a> {
     pools: RefCell<HashMap<*const PoolDef, Rc<dyn Pool>>>,
     /// Seeds shuffles and random routes, different per worker.
     seed: RefCell<u64>,
+    /// Builds handlers written in Lua, when the plan has any.
+    user: Option<&'a dyn UserHandlers>,
 }
 
 impl<'a> BuildContext<'a> {
@@ -170,7 +211,14 @@ impl<'a> BuildContext<'a> {
             seed: RefCell::new(
                 0x9e37_79b9_7f4a_7c15 ^ (env.worker as u64 + 1).wrapping_mul(0x2545_f491),
             ),
+            user: None,
         }
+    }
+
+    /// The same context, with `user` building handlers written in Lua.
+    pub fn with_user_handlers(mut self, user: &'a dyn UserHandlers) -> Self {
+        self.user = Some(user);
+        self
     }
 
     fn next_seed(&self) -> u64 {
@@ -374,6 +422,17 @@ impl RoutePlan {
                 start: *start,
                 end: *end,
             }),
+            RoutePlan::User {
+                name,
+                label,
+                args,
+                children,
+            } => match cx.user {
+                Some(user) => user.build(name, label, args, all(children)),
+                None => Rc::new(ErrorRoute::new(
+                    "no Lua VM for route handlers written in Lua",
+                )),
+            },
             RoutePlan::RoutingPrefix { routes, default } => Rc::new(RoutingPrefix {
                 routes: routes
                     .iter()
