@@ -792,3 +792,36 @@ def test_user_route_handler_mistakes_stop_the_start(startfile_dir, library, rout
         ["-o", "proxy_config=routelib:%s,proxy_arg=%s" % (lib, path)])
     assert result.returncode != 0
     assert message in result.stderr, result.stderr
+
+
+def doc_blocks(name: str) -> list:
+    """The ```lua blocks of docs/NAME, in order."""
+    import pathlib
+    import re
+    text = (pathlib.Path(__file__).parent.parent / "docs" / name).read_text()
+    return re.findall(r"```lua\n(.*?)```", text, re.S)
+
+
+def test_every_routes_md_example_loads_and_serves(backends, memroute_factory, startfile_dir):
+    import re
+    servers = backends(3)
+    blocks = doc_blocks("routes.md")
+    library = next(b for b in blocks if "register_route_handlers" in b)
+    route_files = [b for b in blocks if "routes{" in b]
+    assert len(route_files) >= 5
+    lib_path = routes_file(startfile_dir, library, "handlers.lua")
+    for i, text in enumerate(route_files):
+        addrs = iter(s.addr for s in servers * 4)
+        text = re.sub(r"\d+\.\d+\.\d+\.\d+:\d+", lambda _: next(addrs), text)
+        path = routes_file(startfile_dir, text, "example%d.lua" % i)
+        if "route_copyall" in text:
+            mr = memroute_factory("-o", "proxy_config=routelib:%s,proxy_arg=%s" % (lib_path, path))
+        else:
+            mr = memroute_factory("--routes", str(path))
+        key = re.search(r"map = \{\s*(?:--[^\n]*\n\s*)*(\w+) =", text)
+        key = (key.group(1) + "/k") if key else "k"
+        with mr.client() as c:
+            assert c.request(b"set %s 0 0 2\r\nok\r\n" % key.encode()) == b"STORED\r\n", text
+            assert c.request(b"get %s\r\n" % key.encode(), b"END\r\n") == \
+                b"VALUE %s 0 2\r\nok\r\nEND\r\n" % key.encode(), text
+        mr.stop()
