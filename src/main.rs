@@ -82,6 +82,12 @@ struct Cli {
     /// proxy_config=routelib,proxy_arg=FILE`; see docs/routes.md).
     #[arg(long = "routes", value_name = "FILE", conflicts_with_all = ["config", "config_arg"])]
     routes: Option<std::path::PathBuf>,
+    /// With `--routes`: a library of route handlers written in Lua
+    /// (routelib's `register_route_handlers`), run after routelib on the
+    /// config VM and every worker VM (repeatable; the same as `-o
+    /// proxy_config=routelib:LIB.lua`).
+    #[arg(long = "route-handlers", value_name = "FILE", requires = "routes")]
+    route_handlers: Vec<std::path::PathBuf>,
     /// An mcrouter JSON configuration, read into memroute's native route
     /// handlers (see docs/mcrouter.md).
     #[arg(long = "mcrouter-config", value_name = "FILE", conflicts_with_all = ["config", "config_arg", "routes"])]
@@ -684,7 +690,12 @@ fn config_from(cli: &Cli) -> Result<ServerConfig, String> {
     let mut startfile = cli.config.clone();
     let mut start_arg = cli.config_arg.clone();
     if let Some(routes) = &cli.routes {
-        startfile = Some("routelib".into());
+        let mut files = "routelib".to_string();
+        for library in &cli.route_handlers {
+            files.push(':');
+            files.push_str(&library.display().to_string());
+        }
+        startfile = Some(files.into());
         start_arg = Some(routes.display().to_string());
     }
     if let Some(file) = &cli.mcrouter_config {

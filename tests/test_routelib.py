@@ -815,7 +815,7 @@ def test_every_routes_md_example_loads_and_serves(backends, memroute_factory, st
         text = re.sub(r"\d+\.\d+\.\d+\.\d+:\d+", lambda _: next(addrs), text)
         path = routes_file(startfile_dir, text, "example%d.lua" % i)
         if "route_copyall" in text:
-            mr = memroute_factory("-o", "proxy_config=routelib:%s,proxy_arg=%s" % (lib_path, path))
+            mr = memroute_factory("--routes", str(path), "--route-handlers", str(lib_path))
         else:
             mr = memroute_factory("--routes", str(path))
         key = re.search(r"map = \{\s*(?:--[^\n]*\n\s*)*(\w+) =", text)
@@ -825,3 +825,19 @@ def test_every_routes_md_example_loads_and_serves(backends, memroute_factory, st
             assert c.request(b"get %s\r\n" % key.encode(), b"END\r\n") == \
                 b"VALUE %s 0 2\r\nok\r\nEND\r\n" % key.encode(), text
         mr.stop()
+
+
+def test_keysplit_gat_touches_every_copy_even_when_the_key_looks_like_the_ttl(
+        backends, memroute_factory, startfile_dir):
+    servers = backends(2)
+    path = routes_file(startfile_dir, pools_text(main=servers) + """
+routes{ default = route_keysplit{ child = "main", copies = 2 } }
+""")
+    mr = memroute_factory("--routes", str(path))
+    with mr.client() as c:
+        assert c.request(b"set 300 0 0 1\r\nv\r\n") == b"STORED\r\n"
+        assert c.request(b"gat 300 300\r\n", b"END\r\n") == b"VALUE 300 0 1\r\nv\r\nEND\r\n"
+    for key in ("300", "300::ks1"):
+        with holder(servers, key).client() as direct:
+            ttl = int(direct.request(b"mg %s t\r\n" % key.encode()).split(b"t")[-1])
+        assert 290 <= ttl <= 300, (key, ttl)

@@ -21,10 +21,12 @@
 
 use std::rc::Rc;
 
+use bytes::Bytes;
 use memroute_proto::{Command, GetOp, Limits, MetaOp, Request, Response, StoreOp};
 
 use super::explain::{with_children, Step};
 use super::handlers::{first_error_or, renamed_value, with_key, Sampler};
+use super::multiget::get_request;
 use super::{ResponseFuture, Route};
 
 /// What separates a key from its copy number.
@@ -122,7 +124,13 @@ impl KeySplit {
             return self.child.clone().call(request.clone());
         }
         let copy = Self::copy_key(key, i);
-        let Some(sent) = with_key(request, &copy, &self.limits) else {
+        // A get is rebuilt from its parts: `gat`'s exptime comes before the
+        // key and may be spelled like it.
+        let sent = match request.command() {
+            Command::Get(g) => Some(get_request(g, &[Bytes::from(copy.clone())])),
+            _ => with_key(request, &copy, &self.limits),
+        };
+        let Some(sent) = sent else {
             return Box::pin(std::future::ready(Response::from_line(
                 "SERVER_ERROR route_keysplit cannot rename the key",
             )));
