@@ -841,3 +841,45 @@ routes{ default = route_keysplit{ child = "main", copies = 2 } }
         with holder(servers, key).client() as direct:
             ttl = int(direct.request(b"mg %s t\r\n" % key.encode()).split(b"t")[-1])
         assert 290 <= ttl <= 300, (key, ttl)
+
+
+def test_keysplit_and_bigvalue_with_a_hung_backend(backends, memroute_factory, startfile_dir):
+    """A backend stopped with SIGSTOP: keysplit reads time out on its copy
+    and take the next; a big value with chunks there answers an error
+    within the read timeout instead of hanging."""
+    import os
+    import signal
+    import time
+
+    servers = backends(2)
+    path = routes_file(startfile_dir, """
+settings{ backend_read_timeout = 0.5, backend_connect_timeout = 0.5 }
+""" + pools_text(main=servers) + """
+routes{
+    map = {
+        hot = route_keysplit{ child = "main", copies = 2 },
+        big = route_bigvalue{ child = "main", threshold = 1000 },
+    },
+}
+""")
+    mr = memroute_factory("--routes", str(path))
+    with mr.client() as c:
+        # A hot key with one copy on each server.
+        key = next(k for k in ("hot/%d" % i for i in range(200))
+                   if c.request(b"set %s 0 0 1\r\nv\r\n" % k.encode()) == b"STORED\r\n"
+                   and holder(servers, k) is not holder(servers, k + "::ks1"))
+        assert c.request(b"set big/k 0 0 20000\r\n%s\r\n" % (b"b" * 20000)) == b"STORED\r\n"
+        hung = holder(servers, key + "::ks1")
+        os.kill(hung.pid, signal.SIGSTOP)
+        try:
+            for _ in range(6):
+                start = time.monotonic()
+                assert c.request(b"get %s\r\n" % key.encode(), b"END\r\n") == \
+                    b"VALUE %s 0 1\r\nv\r\nEND\r\n" % key.encode()
+                assert time.monotonic() - start < 3
+            start = time.monotonic()
+            # 20 chunks over two servers: some on the hung one.
+            assert c.request(b"get big/k\r\n").startswith(b"SERVER_ERROR")
+            assert time.monotonic() - start < 3
+        finally:
+            os.kill(hung.pid, signal.SIGCONT)
