@@ -189,19 +189,20 @@ impl WorkerLua {
         loaded: &LoadedConfig,
     ) -> Result<Rc<WorkerLua>, ConfigError> {
         let path = &loaded.proxy.startfile;
-        let lua = vm::new_worker_vm(&loaded.proxy)?;
+        let lua = vm::new_vm(&loaded.proxy)?;
         lua.set_app_data(env.limits.clone());
         lua.set_app_data(env.clone());
         lua.set_app_data(Rc::new(EmbeddedPool::new(env.clone())));
+        Coroutines::install(&lua).map_err(|e| ConfigError::lua(path, e))?;
         register(&lua).map_err(|e| ConfigError::lua(path, e))?;
+        vm::load_startfile(&lua, &loaded.proxy)?;
+        let coroutines = Coroutines::of(&lua).map_err(|e| ConfigError::lua(path, e))?;
         let vm = Rc::new(WorkerLua {
             lua,
             env: env.clone(),
             lua_held: Cell::new(0),
-            pool_call: Rc::new(PoolCall::default()),
+            coroutines,
         });
-        vm.lua.set_app_data(vm.pool_call.clone());
-        vm::load_startfile(&vm.lua, &loaded.proxy)?;
         Ok(vm)
     }
 
