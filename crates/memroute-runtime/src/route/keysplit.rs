@@ -218,7 +218,77 @@ impl Route for KeySplit {
 
 #[cfg(test)]
 mod tests {
+    use std::cell::RefCell;
+
     use super::*;
+
+    /// A child answering a fixed line, recording the lines it was sent.
+    struct Recorder {
+        reply: &'static str,
+        seen: RefCell<Vec<String>>,
+    }
+
+    impl Route for Recorder {
+        fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
+            let line = String::from_utf8_lossy(request.raw_line()).into_owned();
+            self.seen.borrow_mut().push(line);
+            Box::pin(std::future::ready(Response::from_line(self.reply)))
+        }
+    }
+
+    fn run(route: &Rc<KeySplit>, line: &str, value: &str) -> String {
+        let request =
+            Request::parse(line.as_bytes(), value.as_bytes(), &Limits::default()).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let reply = rt.block_on(route.clone().call(request));
+        String::from_utf8_lossy(reply.raw()).into_owned()
+    }
+
+    fn split(reply: &'static str) -> (Rc<Recorder>, Rc<KeySplit>) {
+        let child = Rc::new(Recorder {
+            reply,
+            seen: RefCell::new(Vec::new()),
+        });
+        let route = Rc::new(KeySplit::new(child.clone(), 3, &Limits::default(), 7));
+        (child, route)
+    }
+
+    #[test]
+    fn writes_reach_every_copy_and_reads_one() {
+        let (child, route) = split("STORED");
+        assert_eq!(run(&route, "set k 1 0 1", "x"), "STORED\r\n");
+        let mut seen = child.seen.borrow_mut().drain(..).collect::<Vec<_>>();
+        seen.sort();
+        assert_eq!(
+            seen,
+            ["set k 1 0 1", "set k::ks1 1 0 1", "set k::ks2 1 0 1"]
+        );
+        run(&route, "get k", "");
+        run(&route, "gat 5 5", "");
+        let seen = child.seen.borrow_mut().drain(..).collect::<Vec<_>>();
+        assert_eq!(seen.len(), 4, "{seen:?}");
+        assert!(["get k", "get k::ks1", "get k::ks2"].contains(&seen[0].as_str()));
+        assert!(seen[1..].contains(&"gat 5 5::ks2".to_string()), "{seen:?}");
+        // CAS reads and writes stay on copy 0.
+        run(&route, "gets k", "");
+        run(&route, "mg k c v", "");
+        assert_eq!(*child.seen.borrow(), ["gets k", "mg k c v"]);
+    }
+
+    #[test]
+    fn a_stored_cas_deletes_the_other_copies() {
+        let (child, route) = split("STORED");
+        assert_eq!(run(&route, "cas k 0 0 1 5", "x"), "STORED\r\n");
+        assert_eq!(
+            *child.seen.borrow(),
+            ["cas k 0 0 1 5", "delete k::ks1", "delete k::ks2"]
+        );
+        let (child, route) = split("EXISTS");
+        assert_eq!(run(&route, "cas k 0 0 1 5", "x"), "EXISTS\r\n");
+        assert_eq!(*child.seen.borrow(), ["cas k 0 0 1 5"]);
+    }
 
     #[test]
     fn copy_keys_cannot_be_user_keys() {
