@@ -19,7 +19,8 @@
 # Environment: WORKLOAD (get90_100B, mix11_100B, get90_4K, mget10_100B...,
 # as in bench.sh; default get90_100B), OPS_SMALL / OPS_LARGE (default 5000 /
 # 25000; memcaslap counts each key of a multi-get), MEMROUTE_BIN (default
-# target/release/memroute, build it first), KEEP=DIR (copy the callgrind
+# target/release/memroute, build it first), CONFIG_TEMPLATE=FILE (see
+# below; scripts/bench/handler-costs.sh uses it), KEEP=DIR (copy the callgrind
 # outputs, callgrind.OPS_SMALL and callgrind.OPS_LARGE, into DIR for
 # callgrind_annotate). Needs valgrind (apt-get install valgrind).
 set -euo pipefail
@@ -42,6 +43,13 @@ write_workload_cfg "$WORKLOAD" "$work/load.cfg" || exit 2
 
 start_memcached_backend 1 256 || exit 1
 args=("${@//\{backend\}/$HOST:$bport}")
+# CONFIG_TEMPLATE=FILE: a configuration naming its backend {backend} (a
+# route file, say), written out with the address; {config} in the
+# arguments is that copy.
+if [ -n "${CONFIG_TEMPLATE:-}" ]; then
+  sed "s/{backend}/$HOST:$bport/g" "$CONFIG_TEMPLATE" > "$work/config.lua"
+  args=("${args[@]//\{config\}/$work/config.lua}")
+fi
 
 # Instructions for one memroute life: start, warm up, OPS operations, stop.
 instructions() { # ops
