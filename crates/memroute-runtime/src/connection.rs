@@ -429,6 +429,9 @@ struct Batch {
     paused: bool,
     /// At least one whole request arrived (the idle timer restarts).
     took_request: bool,
+    /// `watch` was accepted: once the replies are written, the connection
+    /// only streams log lines.
+    watch: Option<crate::watch::WatcherGuard>,
 }
 
 /// What handling one frame asks of the loop.
@@ -440,6 +443,8 @@ enum Next {
     Close,
     /// The client is gone (a write failed).
     Gone,
+    /// `watch` was accepted: stop taking requests and stream log lines.
+    Watch(crate::watch::WatcherGuard),
 }
 
 impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
@@ -479,6 +484,15 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             }
             let close = batch.close || self.pipeline.close_after;
             if !self.wbuf.is_empty() && !self.flush().await {
+                return;
+            }
+            if let Some(guard) = batch.watch {
+                // (Once shutting down, the signal has fired: nothing to
+                // stream, the connection closes.)
+                if !closing {
+                    self.stream_logs(guard, shutdown_signal.as_mut()).await;
+                }
+                let _ = self.stream.shutdown().await;
                 return;
             }
             let waiting = self.held.is_some() || self.multi.is_some();
@@ -562,6 +576,10 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                     break;
                 }
                 Next::Gone => return None,
+                Next::Watch(guard) => {
+                    batch.watch = Some(guard);
+                    break;
+                }
             }
             if self.wbuf.len() >= WRITE_HIGH_WATER && !self.flush().await {
                 return None;
@@ -617,6 +635,9 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
     async fn dispatch(&mut self, frame: Frame) -> Next {
         let ctx = self.ctx;
         match frame {
+            Frame::Request(request, None) if matches!(request.command(), Command::Watch { .. }) => {
+                self.start_watch(&request)
+            }
             Frame::Request(request, bin) => match route_for(ctx, self.tag, &request) {
                 Some((routes, route)) => self.route(routes, route, request, bin).await,
                 None if !self.pipeline.is_empty() => {
@@ -728,6 +749,68 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         let reply = routed_reply(&routes, route, self.tag, request, bin);
         self.pipeline.push(reply, reserve, true);
         Next::Continue
+    }
+
+    /// `watch [stream...]`, answered as memcached answers it: `OK` and the
+    /// connection becomes a log stream, or an error line and it goes on.
+    fn start_watch(&mut self, request: &Request) -> Next {
+        let Command::Watch { args } = request.command() else {
+            return Next::Continue;
+        };
+        // memcached refuses a watch behind replies not yet sent: they
+        // would be mixed into the log stream.
+        if !self.pipeline.is_empty() || !self.wbuf.is_empty() {
+            self.queue(Bytes::from_static(
+                b"ERROR cannot pipeline other commands before watch\r\n",
+            ));
+            return Next::Continue;
+        }
+        let added =
+            crate::watch::parse_streams(args.split(|&b| b == b' ').filter(|t| !t.is_empty()))
+                .and_then(|streams| crate::watch::hub().add(streams));
+        match added {
+            Ok(guard) => {
+                self.wbuf.extend_from_slice(b"OK\r\n");
+                Next::Watch(guard)
+            }
+            Err(error) => {
+                let mut line = BytesMut::new();
+                memroute_proto::reply::line(&mut line, error.reply());
+                self.queue(line.freeze());
+                Next::Continue
+            }
+        }
+    }
+
+    /// Writes log lines to a watching client until it goes away or the
+    /// server shuts down. What it sends is read and ignored, as memcached
+    /// ignores it; its closing is noticed by the read.
+    async fn stream_logs(
+        &mut self,
+        guard: crate::watch::WatcherGuard,
+        mut shutdown: Pin<&mut ShutdownSignal>,
+    ) {
+        let watcher = guard.watcher().clone();
+        let mut discard = BytesMut::with_capacity(64);
+        loop {
+            let lines = watcher.take();
+            if !lines.is_empty() {
+                if self.stream.write_all(&lines).await.is_err()
+                    || self.stream.flush().await.is_err()
+                {
+                    return;
+                }
+                continue;
+            }
+            tokio::select! {
+                _ = watcher.ready.notified() => {}
+                read = self.stream.read_buf(&mut discard) => match read {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => discard.clear(),
+                },
+                _ = &mut shutdown => return,
+            }
+        }
     }
 
     /// Close now if nothing is owed, else once the pipeline is written.

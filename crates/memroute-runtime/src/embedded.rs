@@ -162,7 +162,7 @@ impl Embedded {
                 None => Reply::from(Status::Miss),
             },
             Command::Store(store) => self.store(store, request.value(), stats),
-            Command::Delete { key, .. } => match self.cache.delete(key) {
+            Command::Delete { key, .. } => match self.delete(key) {
                 DeleteOutcome::Deleted => {
                     stats.delete_hits.incr();
                     Reply::from(Status::Deleted)
@@ -201,8 +201,24 @@ impl Embedded {
                 self.meta(meta, request.value(), stats)
             }
             // Answered as text by `execute`; never asked for here.
-            Command::Stats { .. } | Command::Quit => Reply::from(ErrorReply::Error),
+            // `watch` turns a client connection into a log stream; it means
+            // nothing as a request run here (`mcp.internal`).
+            Command::Stats { .. } | Command::Quit | Command::Watch { .. } => {
+                Reply::from(ErrorReply::Error)
+            }
         }
+    }
+
+    /// `delete`, logged to `watch deletions` readers.
+    fn delete(&self, key: &[u8]) -> DeleteOutcome {
+        if !crate::watch::enabled(crate::watch::DELETIONS) {
+            return self.cache.delete(key);
+        }
+        let (outcome, size) = self.cache.delete_sized(key);
+        if outcome == DeleteOutcome::Deleted {
+            log_deletion(key, "delete", size);
+        }
+        outcome
     }
 
     fn store(&self, store: &StoreCommand, value: &Bytes, stats: &WorkerStats) -> Reply {
@@ -301,7 +317,16 @@ impl Embedded {
                     remove_value: f.has(b'x'),
                     flags: f.client_flags.unwrap_or(0),
                 };
-                let status = match self.cache.meta_delete(&meta.key, &opts) {
+                let outcome = if crate::watch::enabled(crate::watch::DELETIONS) {
+                    let (outcome, removed) = self.cache.meta_delete_sized(&meta.key, &opts);
+                    if let Some(size) = removed {
+                        log_deletion(&meta.key, "md", size);
+                    }
+                    outcome
+                } else {
+                    self.cache.meta_delete(&meta.key, &opts)
+                };
+                let status = match outcome {
                     DeleteOutcome::Deleted => {
                         stats.delete_hits.incr();
                         Status::Deleted
@@ -358,6 +383,20 @@ impl Embedded {
             None => reply::line(out, "EN"),
         }
     }
+}
+
+/// `type=deleted key=... cmd=delete|md clsid=1 size=...`, memcached's
+/// `watch deletions` line (the embedded cache is one slab class, 1, as
+/// `stats items` shows it).
+fn log_deletion(key: &[u8], command: &str, size: usize) {
+    crate::watch::log(crate::watch::DELETIONS, |line| {
+        line.push_str("type=deleted key=");
+        crate::watch::uri_encode(line, key);
+        line.push_str(" cmd=");
+        line.push_str(command);
+        line.push_str(" clsid=1 size=");
+        line.push_str(&size.to_string());
+    });
 }
 
 /// Whether `request` is answered by one typed reply: everything but a

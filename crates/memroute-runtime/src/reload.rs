@@ -68,6 +68,8 @@ pub(crate) async fn reload_config(
         info!("no Lua configuration to reload");
         return;
     };
+    // `watch proxyevents` sees the reload as memcached logs it.
+    crate::watch::proxy_conf("start");
     let stores = proxy_stats.stores.clone();
     let load = move || {
         load_config(&proxy, &stores).map(|loaded| {
@@ -80,11 +82,13 @@ pub(crate) async fn reload_config(
         Ok(Ok((loaded, digest))) => (Arc::new(loaded), digest),
         Ok(Err(e)) => {
             proxy_stats.reload_failures.fetch_add(1, Relaxed);
+            crate::watch::proxy_conf("failed");
             tracing::error!("reload failed, keeping the old configuration: {e}");
             return;
         }
         Err(e) => {
             proxy_stats.reload_failures.fetch_add(1, Relaxed);
+            crate::watch::proxy_conf("failed");
             tracing::error!("reload failed, keeping the old configuration: {e}");
             return;
         }
@@ -113,6 +117,7 @@ pub(crate) async fn reload_config(
             let _ = control.send(Control::Abort);
         }
         proxy_stats.reload_failures.fetch_add(1, Relaxed);
+        crate::watch::proxy_conf("failed");
         tracing::error!("reload failed, keeping the old configuration: {e}");
         return;
     }
@@ -122,6 +127,7 @@ pub(crate) async fn reload_config(
     proxy_stats.set_names(&loaded.stat_names);
     proxy_stats.reloads.fetch_add(1, Relaxed);
     config_digest.set(digest);
+    crate::watch::proxy_conf("done");
     info!("configuration reloaded on every worker");
 }
 

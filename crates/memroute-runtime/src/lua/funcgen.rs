@@ -103,8 +103,8 @@ pub struct Funcgen {
     generator: RefCell<Option<(Function, Value)>>,
     /// Slots not serving a request now.
     free: RefCell<Vec<Slot>>,
-    /// Slots alive, serving or free.
-    slots: Cell<usize>,
+    /// Slots alive, serving or free (also counted for `stats proxyfuncs`).
+    slots: crate::stats::FuncgenSlots,
     /// How long many slots have stayed free (see [`Funcgen::keep`]).
     pressure: Cell<u32>,
 }
@@ -165,7 +165,7 @@ impl Funcgen {
             targets: RefCell::new(Rc::from(Vec::new())),
             generator: RefCell::new(None),
             free: RefCell::new(Vec::new()),
-            slots: Cell::new(0),
+            slots: Default::default(),
             pressure: Cell::new(0),
         })
     }
@@ -320,6 +320,7 @@ fn nested_failure(lua: &Lua, error: &mlua::Error) -> LuaResponse {
             .lua_errors
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
+    super::logging::proxy_error(error);
     warn!(target: "memroute::lua", "route failed: {}", lua_error_message(error));
     LuaResponse::new(Response::from_line("SERVER_ERROR lua failure"), 0)
 }
@@ -394,6 +395,7 @@ impl UserData for LuaFuncgen {
             // fails the configuration load, and the slot is kept.
             let slot = this.0.take_slot(lua)?;
             this.0.free.borrow_mut().push(slot);
+            this.0.slots.register(&this.0.name.borrow());
             Ok(())
         });
     }
@@ -623,8 +625,11 @@ impl Rctx {
                 }
                 // As memcached: a failing callback is logged and the
                 // result keeps its own class.
-                Err(e) => warn!(target: "memroute::lua", "handle callback failed: {}",
-                                lua_error_message(&e)),
+                Err(e) => {
+                    super::logging::proxy_error(&e);
+                    warn!(target: "memroute::lua", "handle callback failed: {}",
+                          lua_error_message(&e));
+                }
             }
         }
         let mut handles = self.handles.borrow_mut();

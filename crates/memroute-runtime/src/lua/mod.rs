@@ -28,6 +28,8 @@
 //! - [`dynamo`]: `mcp.dynamo_pool`, pools backed by a DynamoDB table.
 //! - [`funcgen`]: memcached's current API in worker VMs: function
 //!   generators, request contexts and their handles.
+//! - [`logging`]: `mcp.log_req` and `mcp.log_reqsample`, for `watch
+//!   proxyreqs`.
 //! - [`router`]: `mcp.router_new` read from Lua, over the route tree's key
 //!   router ([`crate::route::router`]), for funcgens.
 //! - [`objects`]: the request and response objects routes see.
@@ -39,6 +41,7 @@
 pub mod config;
 pub mod dynamo;
 pub mod funcgen;
+pub mod logging;
 pub mod objects;
 pub mod routelib;
 pub mod router;

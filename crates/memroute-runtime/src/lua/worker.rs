@@ -293,6 +293,7 @@ impl WorkerLua {
 
     pub(super) fn lua_failure(&self, error: &mlua::Error) -> Bytes {
         self.env.proxy_stats.lua_errors.fetch_add(1, Relaxed);
+        super::logging::proxy_error(error);
         warn!(target: "memroute::lua", "route failed: {}", lua_error_message(error));
         failure_line()
     }
@@ -349,8 +350,16 @@ pub(super) fn send_timed(
     request: Request,
 ) -> impl std::future::Future<Output = LuaResponse> {
     let start = Instant::now();
-    pool.call(request)
-        .map(move |response| LuaResponse::new(response, start.elapsed().as_micros() as u64))
+    // Which backend answers is noted only for a `watch proxyreqs` reader.
+    let backend = if crate::watch::enabled(crate::watch::PROXYREQS) {
+        pool.backend_of(&request)
+    } else {
+        None
+    };
+    pool.call(request).map(move |response| LuaResponse {
+        backend,
+        ..LuaResponse::new(response, start.elapsed().as_micros() as u64)
+    })
 }
 
 /// The pool call a Lua route is suspended on, from its start to its
@@ -622,6 +631,7 @@ fn register(lua: &Lua) -> mlua::Result<()> {
     )?;
     mcp.set("await", lua.create_async_function(await_pools)?)?;
     super::funcgen::register(lua, &mcp)?;
+    super::logging::register(lua, &mcp)?;
     mcp.set(
         "warm",
         lua.create_function(
