@@ -15,8 +15,8 @@ import uuid
 
 import pytest
 
-from conftest import (HOST, RawClient, _factory, free_port, mc_set, stats_dict, wait_until,
-                      write_startfile)
+from conftest import (HOST, RawClient, _factory, free_port, mc_set,
+                      run_memroute_expect_failure, stats_dict, wait_until, write_startfile)
 
 TS = rb"ts=\d+\.\d{1,6} gid=(\d+) "
 
@@ -99,6 +99,12 @@ function mcp_config_routes(p)
     -- set, delete and md stay on the embedded cache.
     mcp.attach(mcp.CMD_GET, router)
     mcp.attach(mcp.CMD_INCR, router)
+    -- The classic API: a route function calling a pool.
+    mcp.attach(mcp.CMD_GETS, function(r)
+        local res = p.plain(r)
+        mcp.log_req(r, res, "classic")
+        return res
+    end)
 end
 """
 
@@ -238,6 +244,15 @@ def test_log_req_miss_and_hit(env):
                          rb"cfd=0 be=127\.0\.0\.1:" + port + rb" detail=mydetail req=get "
                          + k.encode())
         assert int(m2.group(1)) > int(m1.group(1))
+
+
+def test_log_req_in_a_classic_route(env):
+    port = str(env.plain.port).encode()
+    with watcher(env, b"proxyreqs") as w:
+        k = key("classic")
+        assert ask(env, b"gets %s\r\n" % k.encode()) == b"END\r\n"
+        expect_line(w, rb"type=proxy_req elapsed=\d+ type=105 code=17 status=0 res=16 "
+                    rb"cfd=0 be=127\.0\.0\.1:" + port + rb" detail=classic req=gets " + k.encode())
 
 
 def test_log_req_without_response(env):
@@ -407,3 +422,34 @@ def test_stats_proxyfuncs(env):
         assert stats["funcs_%s" % name] == "1", stats
         assert int(stats["slots_%s" % name]) >= 1, stats
     assert set(stats) == {"%s_%s" % (kind, n) for n in names for kind in ("funcs", "slots")}
+
+
+# --------------------------------------------------------------------------
+# -o watcher_logbuf_size, -o no_watch
+# --------------------------------------------------------------------------
+
+def test_no_watch_refuses_the_command(memroute_factory):
+    mr = memroute_factory("-o", "no_watch")
+    with mr.client() as c:
+        assert c.request(b"watch proxyuser\r\n") == b"CLIENT_ERROR watch commands not allowed\r\n"
+        c.assert_alive()
+
+
+def test_watcher_logbuf_size_is_read(memroute_factory):
+    # (How a full buffer drops lines is checked above and in watch.rs's
+    # unit tests; here: the option is taken, and lines that fit arrive.)
+    mr = memroute_factory("-o", "watcher_logbuf_size=1")
+    with mr.client() as w, mr.client() as c:
+        w.send(b"watch deletions\r\n")
+        assert w.read_line() == b"OK\r\n"
+        assert c.request(b"set k 0 0 1\r\nx\r\n") == b"STORED\r\n"
+        assert c.request(b"delete k\r\n") == b"DELETED\r\n"
+        expect_line(w, rb"type=deleted key=k cmd=delete clsid=1 size=1")
+
+
+@pytest.mark.parametrize("value", ["0", "lots"])
+def test_watcher_logbuf_size_must_be_kilobytes(value):
+    result = run_memroute_expect_failure(["-o", "watcher_logbuf_size=" + value])
+    assert result.returncode != 0
+    assert "watcher_logbuf_size=%s: the watcher buffer is a positive number of kilobytes" % value \
+        in result.stderr

@@ -757,6 +757,13 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         let Command::Watch { args } = request.command() else {
             return Next::Continue;
         };
+        if !crate::watch::hub().allowed() {
+            let reply = crate::watch::WatchError::NotAllowed.reply();
+            let mut line = BytesMut::new();
+            memroute_proto::reply::line(&mut line, reply);
+            self.queue(line.freeze());
+            return Next::Continue;
+        }
         // memcached refuses a watch behind replies not yet sent: they
         // would be mixed into the log stream.
         if !self.pipeline.is_empty() || !self.wbuf.is_empty() {

@@ -16,7 +16,7 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::atomic::{AtomicU16, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -80,6 +80,8 @@ pub enum WatchError {
     UnknownStream,
     /// [`WATCHER_LIMIT`] watchers already.
     TooMany,
+    /// `-o no_watch`.
+    NotAllowed,
 }
 
 impl WatchError {
@@ -87,6 +89,7 @@ impl WatchError {
         match self {
             WatchError::UnknownStream => "ERROR",
             WatchError::TooMany => "WATCHER_TOO_MANY log watcher limit reached",
+            WatchError::NotAllowed => "CLIENT_ERROR watch commands not allowed",
         }
     }
 }
@@ -123,6 +126,8 @@ pub fn parse_streams<'a>(args: impl IntoIterator<Item = &'a [u8]>) -> Result<u16
 /// lines waiting to be written to it.
 pub struct Watcher {
     streams: u16,
+    /// Bytes it may have waiting.
+    capacity: usize,
     queue: Mutex<Queue>,
     /// Woken when lines are queued.
     pub ready: Notify,
@@ -146,7 +151,7 @@ impl Watcher {
     /// dropped before it; whether it was queued.
     fn offer(&self, line: &[u8]) -> bool {
         let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        if queue.lines.len() + line.len() + SKIP_LINE_ROOM > WATCHER_BUFFER {
+        if queue.lines.len() + line.len() + SKIP_LINE_ROOM > self.capacity {
             queue.skipped += 1;
             return false;
         }
@@ -200,6 +205,10 @@ pub struct Hub {
     pub sent: AtomicU64,
     /// Lines a full watcher dropped (`log_watcher_skipped`).
     pub skipped: AtomicU64,
+    /// Bytes a new watcher may have waiting (`-o watcher_logbuf_size`).
+    buffer: AtomicUsize,
+    /// Cleared by `-o no_watch`.
+    allowed: AtomicBool,
 }
 
 /// The process's hub.
@@ -211,6 +220,8 @@ pub fn hub() -> &'static Hub {
         watchers: Mutex::new(Vec::new()),
         sent: AtomicU64::new(0),
         skipped: AtomicU64::new(0),
+        buffer: AtomicUsize::new(WATCHER_BUFFER),
+        allowed: AtomicBool::new(true),
     })
 }
 
@@ -243,6 +254,22 @@ pub fn log_text(stream: u16, body: impl FnOnce(&mut String)) {
 }
 
 impl Hub {
+    /// Sets the buffer of watchers added from now on (memcached's
+    /// `-o watcher_logbuf_size`).
+    pub fn set_watcher_buffer(&self, bytes: usize) {
+        self.buffer.store(bytes, Relaxed);
+    }
+
+    /// Refuses `watch` from now on (memcached's `-o no_watch`).
+    pub fn refuse_watchers(&self) {
+        self.allowed.store(false, Relaxed);
+    }
+
+    /// Whether `watch` is allowed (no `-o no_watch`).
+    pub fn allowed(&self) -> bool {
+        self.allowed.load(Relaxed)
+    }
+
     /// Adds a watcher of `streams` (as [`parse_streams`] gave them).
     pub fn add(&self, streams: u16) -> Result<WatcherGuard, WatchError> {
         let mut watchers = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
@@ -251,6 +278,7 @@ impl Hub {
         }
         let watcher = Arc::new(Watcher {
             streams,
+            capacity: self.buffer.load(Relaxed),
             queue: Mutex::new(Queue::default()),
             ready: Notify::new(),
         });
@@ -516,6 +544,7 @@ mod tests {
     fn a_full_watcher_drops_lines_and_reports_them_before_the_next() {
         let watcher = Watcher {
             streams: PROXYUSER,
+            capacity: WATCHER_BUFFER,
             queue: Mutex::new(Queue::default()),
             ready: Notify::new(),
         };
@@ -530,6 +559,22 @@ mod tests {
         assert_eq!(&watcher.take()[..], b"skipped=2\nnext\n");
         assert!(watcher.offer(b"again\n"));
         assert_eq!(&watcher.take()[..], b"again\n");
+    }
+
+    #[test]
+    fn a_watcher_holds_its_capacity_less_room_for_a_skip_line() {
+        let watcher = Watcher {
+            streams: DELETIONS,
+            capacity: 1024,
+            queue: Mutex::new(Queue::default()),
+            ready: Notify::new(),
+        };
+        let line = vec![b'x'; 500];
+        assert!(watcher.offer(&line));
+        // 500 + 500 + 128 > 1024.
+        assert!(!watcher.offer(&line));
+        assert!(watcher.offer(&line[..300]));
+        assert_eq!(watcher.take().len(), 500 + b"skipped=1\n".len() + 300);
     }
 
     #[test]

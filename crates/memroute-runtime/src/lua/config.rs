@@ -695,10 +695,12 @@ fn request_log_option(value: Value) -> mlua::Result<crate::backend::RequestLog> 
             ("rate", Value::Integer(i)) if *i >= 0 => log.rate = *i as u64,
             ("errors", Value::Boolean(b)) => log.errors = *b,
             ("tag", Value::String(s)) => log.tag = s.to_str()?.to_string(),
-            _ => return Err(mlua::Error::runtime(format!(
+            _ => {
+                return Err(mlua::Error::runtime(format!(
                 "mcp.backend: log.{key}: expected deadline = ms, rate = n, errors = true|false, \
                      tag = \"text\""
-            ))),
+            )))
+            }
         }
     }
     Ok(log)

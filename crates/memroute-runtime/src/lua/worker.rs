@@ -378,6 +378,8 @@ pub(super) fn send_timed(
 #[derive(Default)]
 pub(super) struct PoolCall {
     started: RefCell<Option<(ResponseFuture, Instant)>>,
+    /// The started call's backend, noted only for `watch proxyreqs`.
+    backend: RefCell<Option<Arc<crate::backend::BackendConfig>>>,
     done: RefCell<Option<LuaResponse>>,
 }
 
@@ -416,6 +418,7 @@ fn drive(pool_call: &Rc<PoolCall>, function: &Function, args: impl mlua::IntoLua
         call: function.call_async::<Value>(args),
         pool_call: pool_call.clone(),
         waiting: None,
+        backend: None,
     }
 }
 
@@ -426,6 +429,8 @@ struct Driven {
     call: mlua::function::AsyncCallFuture<Value>,
     pool_call: Rc<PoolCall>,
     waiting: Option<(ResponseFuture, Instant)>,
+    /// The backend of the call waited for (see [`PoolCall`]).
+    backend: Option<Arc<crate::backend::BackendConfig>>,
 }
 
 impl std::future::Future for Driven {
@@ -441,12 +446,16 @@ impl std::future::Future for Driven {
                 let response = std::task::ready!(future.as_mut().poll(cx));
                 let elapsed = start.elapsed().as_micros() as u64;
                 this.waiting = None;
-                *this.pool_call.done.borrow_mut() = Some(LuaResponse::new(response, elapsed));
+                *this.pool_call.done.borrow_mut() = Some(LuaResponse {
+                    backend: this.backend.take(),
+                    ..LuaResponse::new(response, elapsed)
+                });
             }
             let polled = std::pin::Pin::new(&mut this.call).poll(cx);
             // A response the coroutine did not pick up (it was not resumed)
             // must not reach another coroutine's pool call.
             this.pool_call.done.borrow_mut().take();
+            this.backend = this.pool_call.backend.borrow_mut().take();
             match this.pool_call.started.borrow_mut().take() {
                 Some(started) if polled.is_pending() => this.waiting = Some(started),
                 // A call started where the coroutine could not yield (it
@@ -483,6 +492,9 @@ impl UserData for LuaPool {
                         })?
                         .request
                         .clone();
+                    if crate::watch::enabled(crate::watch::PROXYREQS) {
+                        *calls.backend.borrow_mut() = pool.0.backend_of(&request);
+                    }
                     let started = (pool.0.clone().call(request), Instant::now());
                     *calls.started.borrow_mut() = Some(started);
                     Ok(())
