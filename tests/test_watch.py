@@ -172,6 +172,7 @@ def key(prefix: str) -> str:
     (b"watch\r\n", b"ERROR\r\n"),  # memcached's default is fetchers
     (b"watch errors\r\n", b"ERROR\r\n"),
     (b"watch fetchers\r\n", b"ERROR\r\n"),
+    (b"watch mutations\r\n", b"ERROR\r\n"),
     (b"watch proxyreqs bogus\r\n", b"ERROR\r\n"),
     (b"watch proxyreqsx\r\n", b"ERROR\r\n"),
 ])
@@ -334,6 +335,24 @@ def test_reload_goes_to_proxyevents(env):
         env.mr.proc.send_signal(signal.SIGHUP)
         expect_line(w, rb"type=proxy_conf status=start", timeout=10)
         expect_line(w, rb"type=proxy_conf status=done", timeout=10)
+
+
+# --------------------------------------------------------------------------
+# connevents
+# --------------------------------------------------------------------------
+
+def test_connections_opened_and_closed(env):
+    with watcher(env, b"connevents") as w:
+        c = env.mr.client()
+        port = str(c.sock.getsockname()[1]).encode()
+        m = expect_line(w, rb"type=conn_new rip=127\.0\.0\.1 rport=" + port
+                        + rb" transport=tcp cfd=(\d+)")
+        cfd = m.group(2)
+        c.send(b"quit\r\n")
+        assert c.wait_closed() == b""
+        c.close()
+        expect_line(w, rb"type=conn_close rip=127\.0\.0\.1 rport=" + port
+                    + rb" transport=tcp reason=normal cfd=" + cfd)
 
 
 # --------------------------------------------------------------------------

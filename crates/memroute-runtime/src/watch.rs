@@ -31,6 +31,7 @@ pub const EVICTIONS: u16 = 1 << 1;
 pub const FETCHERS: u16 = 1 << 2;
 pub const MUTATIONS: u16 = 1 << 3;
 pub const SYSEVENTS: u16 = 1 << 4;
+/// Client connections accepted and closed.
 pub const CONNEVENTS: u16 = 1 << 5;
 /// `mcp.log_req`, `mcp.log_reqsample` and the backend `log` option.
 pub const PROXYREQS: u16 = 1 << 6;
@@ -42,7 +43,7 @@ pub const PROXYUSER: u16 = 1 << 8;
 pub const DELETIONS: u16 = 1 << 9;
 
 /// The streams memroute has data for.
-const SUPPORTED: u16 = PROXYREQS | PROXYEVENTS | PROXYUSER | DELETIONS;
+const SUPPORTED: u16 = CONNEVENTS | PROXYREQS | PROXYEVENTS | PROXYUSER | DELETIONS;
 
 /// `watch` arguments in the order memcached compares them.
 const STREAM_NAMES: &[(&str, u16)] = &[
@@ -494,6 +495,43 @@ fn one_in(n: u64) -> bool {
     })
 }
 
+/// `type=conn_new rip=<ip> rport=<port> transport=tcp|local cfd=<fd>`, a
+/// client connection accepted (`peer` is `None` on the UNIX socket).
+pub fn conn_new(peer: Option<std::net::SocketAddr>, fd: i32) {
+    if enabled(CONNEVENTS) {
+        log(CONNEVENTS, |line| {
+            line.push_str("type=conn_new ");
+            push_endpoint(line, peer);
+            let _ = write!(line, " cfd={fd}");
+        });
+    }
+}
+
+/// `type=conn_close rip= rport= transport= reason=<why> cfd=<fd>`.
+pub fn conn_close(peer: Option<std::net::SocketAddr>, fd: i32, reason: &str) {
+    if enabled(CONNEVENTS) {
+        log(CONNEVENTS, |line| {
+            line.push_str("type=conn_close ");
+            push_endpoint(line, peer);
+            let _ = write!(line, " reason={reason} cfd={fd}");
+        });
+    }
+}
+
+/// `rip=... rport=... transport=...` as memcached writes a client's end:
+/// `unix`, port 0 and `local` for the UNIX socket.
+fn push_endpoint(line: &mut String, peer: Option<std::net::SocketAddr>) {
+    let _ = match peer {
+        Some(addr) => write!(
+            line,
+            "rip={} rport={} transport=tcp",
+            addr.ip(),
+            addr.port()
+        ),
+        None => write!(line, "rip=unix rport=0 transport=local"),
+    };
+}
+
 /// memcached's `uriencode` of keys and buffers in log lines: bytes other
 /// than unreserved URI characters as `%XX`.
 pub fn uri_encode(out: &mut String, bytes: &[u8]) {
@@ -536,6 +574,7 @@ mod tests {
         assert_eq!(args("proxyreqsx"), Err(WatchError::UnknownStream));
         assert_eq!(args("proxyreqs bogus"), Err(WatchError::UnknownStream));
         assert_eq!(args("evictions"), Err(WatchError::UnknownStream));
+        assert_eq!(args("conn"), Ok(CONNEVENTS));
         // No argument is `fetchers`, which memroute has no data for.
         assert_eq!(args(""), Err(WatchError::UnknownStream));
     }
