@@ -123,6 +123,7 @@ def env(server_workdir, tmp_path_factory):
         e.dead_port = free_port()
         arg = ",".join([e.plain.addr, e.logged.addr, "%s:%d" % (HOST, e.dead_port)])
         path = write_startfile(tmp_path_factory.mktemp("watch"), "watch.lua", STARTFILE)
+        e.startfile = path
         # One worker: one backend connection, one funcgen per name.
         e.mr = mrf("--config", str(path), "--config-arg", arg, "-t", "1")
         yield e
@@ -335,6 +336,16 @@ def test_reload_goes_to_proxyevents(env):
         env.mr.proc.send_signal(signal.SIGHUP)
         expect_line(w, rb"type=proxy_conf status=start", timeout=10)
         expect_line(w, rb"type=proxy_conf status=done", timeout=10)
+        # A startfile that does not load: the old configuration stays.
+        good = env.startfile.read_text()
+        env.startfile.write_text("this is not lua\n")
+        try:
+            env.mr.proc.send_signal(signal.SIGHUP)
+            expect_line(w, rb"type=proxy_conf status=start", timeout=10)
+            expect_line(w, rb"type=proxy_conf status=failed", timeout=10)
+        finally:
+            env.startfile.write_text(good)
+        assert ask(env, b"get %s\r\n" % key("req").encode()) == b"END\r\n"
 
 
 # --------------------------------------------------------------------------
@@ -353,6 +364,19 @@ def test_connections_opened_and_closed(env):
         c.close()
         expect_line(w, rb"type=conn_close rip=127\.0\.0\.1 rport=" + port
                     + rb" transport=tcp reason=normal cfd=" + cfd)
+
+
+def test_an_idle_connection_closed_by_the_server(memroute_factory):
+    mr = memroute_factory("-o", "idle_timeout=1")
+    with mr.client() as w:
+        w.send(b"watch connevents\r\n")
+        assert w.read_line() == b"OK\r\n"
+        with mr.client() as c:
+            expect_line(w, rb"type=conn_new rip=127\.0\.0\.1 rport=\d+ transport=tcp cfd=\d+")
+            # (The watcher itself is not idle: it is never timed out.)
+            assert c.wait_closed(timeout=5) == b""
+        expect_line(w, rb"type=conn_close rip=127\.0\.0\.1 rport=\d+ transport=tcp "
+                    rb"reason=idle_timeout cfd=\d+", timeout=5)
 
 
 # --------------------------------------------------------------------------
