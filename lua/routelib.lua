@@ -31,7 +31,7 @@ end
 -- The handlers memroute builds natively.
 local HANDLERS = {
     "direct", "allsync", "allasync", "allfastest", "split", "failover",
-    "zfailover", "ttl", "null", "random",
+    "zfailover", "ttl", "null", "random", "ratelim",
     -- memroute's additions (mcrouter's route handles, routelib's style)
     "allmajority", "error", "shadow", "warmup", "l1l2", "migrate",
 }

@@ -172,6 +172,16 @@ impl Admin {
                 .iter()
                 .map(|b| b.stats.depth_refused)
                 .sum();
+            // The config thread's counters, under memcached's names and
+            // as memcached counts them: its `proxy_config_reloads` counts
+            // every load begun, the first and failed ones included
+            // (`stats proxy`'s `config_reloads` counts reloads that took).
+            let p = &self.proxy_stats;
+            let (reloads, fails) = (p.reloads.load(Relaxed), p.reload_failures.load(Relaxed));
+            write_stat(out, "proxy_config_reloads", 1 + reloads + fails);
+            write_stat(out, "proxy_config_reload_fails", fails);
+            write_stat(out, "proxy_config_cron_runs", p.cron_runs.load(Relaxed));
+            write_stat(out, "proxy_config_cron_fails", p.cron_fails.load(Relaxed));
             write_stat(out, "proxy_req_active", active);
             write_stat(out, "proxy_request_failed_depth", depth);
             write_stat(

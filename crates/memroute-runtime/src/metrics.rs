@@ -26,6 +26,7 @@
 //! - proxy mode: `proxy_req_active`, `buffer_memory_used_bytes`,
 //!   `routed_requests_total`, `lua_errors_total`,
 //!   `config_reloads_total`, `config_reload_fails_total`,
+//!   `config_cron_runs_total`, `config_cron_fails_total`,
 //!   `user_stat{name}`, and per memcached backend (`{backend}`, named as in
 //!   `stats backends`) its counters, gauges, `backend_state{state}` and the
 //!   `backend_latency_seconds` histogram;
@@ -443,6 +444,18 @@ impl Collector {
             "config_reload_fails",
             "Configuration reloads that failed (the old one kept)",
             proxy.reload_failures.load(Relaxed),
+        )?;
+        counter(
+            enc,
+            "config_cron_runs",
+            "Runs of mcp.register_cron functions",
+            proxy.cron_runs.load(Relaxed),
+        )?;
+        counter(
+            enc,
+            "config_cron_fails",
+            "Runs of mcp.register_cron functions that failed",
+            proxy.cron_fails.load(Relaxed),
         )?;
         let (active, buffered) = self.0.admin.stats.load_totals();
         gauge(enc, "proxy_req_active", "Routed requests in flight", active)?;

@@ -1,7 +1,8 @@
-//! Reloads (SIGHUP or [`ReloadHandle::reload`]): certificates and
-//! password files are read again, and the Lua configuration is loaded on
-//! the config VM, staged on every worker and committed on all of them, or
-//! on none if one fails. The server ([`crate::server`]) owns the threads
+//! Reloads (SIGHUP, [`ReloadHandle::reload`] or the configuration's own
+//! `mcp.schedule_config_reload`): certificates and password files are read
+//! again, and the Lua configuration is loaded on the config thread's VM,
+//! staged on every worker and committed on all of them, or on none if one
+//! fails. The server ([`crate::server`]) owns the threads
 //! and calls in here; this module owns the protocol between the main
 //! thread and the workers.
 
@@ -11,7 +12,8 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::info;
 
 use crate::auth::Auth;
-use crate::lua::{load_config, LoadedConfig, ProxyConfig, WorkerProxy};
+use crate::lua::host::ConfigHost;
+use crate::lua::{LoadedConfig, WorkerProxy};
 use crate::stats::ProxyStats;
 use crate::tls::ServerTls;
 
@@ -54,38 +56,26 @@ pub(crate) fn reload_files(tls: Option<&ServerTls>, auth: Option<&Auth>) {
     }
 }
 
-/// Reloads the Lua configuration on every worker, or on none: the config VM
-/// runs first (off the acceptor thread), then every worker builds its new VM
-/// beside the old one; only if all succeed do they switch.
+/// Reloads the Lua configuration on every worker, or on none: the config
+/// thread loads it (off the acceptor thread), then every worker builds its
+/// new VM beside the old one; only if all succeed do they switch. The
+/// config thread hears the outcome, so its crons follow the configuration
+/// in use.
 pub(crate) async fn reload_config(
-    proxy: Option<ProxyConfig>,
+    host: Option<Arc<ConfigHost>>,
     controls: Vec<mpsc::UnboundedSender<Control>>,
     proxy_stats: Arc<ProxyStats>,
     config_digest: Arc<crate::metrics::ConfigDigest>,
 ) {
     use std::sync::atomic::Ordering::Relaxed;
-    let Some(proxy) = proxy else {
+    let Some(host) = host else {
         info!("no Lua configuration to reload");
         return;
     };
     // `watch proxyevents` sees the reload as memcached logs it.
     crate::watch::proxy_conf("start");
-    let stores = proxy_stats.stores.clone();
-    let load = move || {
-        load_config(&proxy, &stores).map(|loaded| {
-            let digest =
-                crate::metrics::config_digest(Some(&proxy.startfile), &loaded.backend_lists());
-            (loaded, digest)
-        })
-    };
-    let (loaded, digest) = match tokio::task::spawn_blocking(load).await {
-        Ok(Ok((loaded, digest))) => (Arc::new(loaded), digest),
-        Ok(Err(e)) => {
-            proxy_stats.reload_failures.fetch_add(1, Relaxed);
-            crate::watch::proxy_conf("failed");
-            tracing::error!("reload failed, keeping the old configuration: {e}");
-            return;
-        }
+    let loaded = match host.load().await {
+        Ok(loaded) => Arc::new(loaded),
         Err(e) => {
             proxy_stats.reload_failures.fetch_add(1, Relaxed);
             crate::watch::proxy_conf("failed");
@@ -93,6 +83,8 @@ pub(crate) async fn reload_config(
             return;
         }
     };
+    let digest =
+        crate::metrics::config_digest(Some(&loaded.proxy.startfile), &loaded.backend_lists());
     let mut replies = Vec::with_capacity(controls.len());
     for control in &controls {
         let (tx, rx) = oneshot::channel();
@@ -116,6 +108,7 @@ pub(crate) async fn reload_config(
         for control in &controls {
             let _ = control.send(Control::Abort);
         }
+        host.settle(false);
         proxy_stats.reload_failures.fetch_add(1, Relaxed);
         crate::watch::proxy_conf("failed");
         tracing::error!("reload failed, keeping the old configuration: {e}");
@@ -124,6 +117,7 @@ pub(crate) async fn reload_config(
     for control in &controls {
         let _ = control.send(Control::Commit);
     }
+    host.settle(true);
     proxy_stats.set_names(&loaded.stat_names);
     proxy_stats.reloads.fetch_add(1, Relaxed);
     config_digest.set(digest);

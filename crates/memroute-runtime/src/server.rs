@@ -33,7 +33,8 @@ use crate::auth::Auth;
 use crate::config::{ServerConfig, TaggedListen, UnixSocket};
 use crate::connection::{serve, CloseReason, WorkerContext};
 use crate::embedded::Embedded;
-use crate::lua::{load_config, LoadedConfig, WorkerProxy};
+use crate::lua::host::ConfigHost;
+use crate::lua::{LoadedConfig, WorkerProxy};
 pub use crate::reload::ReloadHandle;
 use crate::reload::{handle_control, reload_config, reload_files, Control};
 use crate::route::{check_tag, ListenerTag, RouteEnv};
@@ -226,11 +227,25 @@ impl Server {
         let config_digest = Arc::new(crate::metrics::ConfigDigest::new(
             crate::metrics::config_digest(None, &[]),
         ));
-        // The config VM runs once here, before any worker starts: a broken
-        // startfile stops the server with the file and line at fault.
-        let loaded = match &config.proxy {
-            Some(proxy) => {
-                let loaded = load_config(proxy, &proxy_stats.stores)?;
+        // The config thread keeps the config VM (and runs its crons); it
+        // loads once here, before any worker starts: a broken startfile
+        // stops the server with the file and line at fault.
+        let host = match &config.proxy {
+            Some(proxy) => Some(Arc::new(
+                ConfigHost::start(
+                    proxy.clone(),
+                    proxy_stats.stores.clone(),
+                    proxy_stats.clone(),
+                    reload.clone(),
+                )
+                .map_err(RuntimeError::Thread)?,
+            )),
+            None => None,
+        };
+        let loaded = match (&config.proxy, &host) {
+            (Some(proxy), Some(host)) => {
+                let loaded = host.load_blocking()?;
+                host.settle(true);
                 proxy_stats.set_names(&loaded.stat_names);
                 config_digest.set(crate::metrics::config_digest(
                     Some(&proxy.startfile),
@@ -238,7 +253,7 @@ impl Server {
                 ));
                 Some(Arc::new(loaded))
             }
-            None => None,
+            _ => None,
         };
         let cache = Arc::new(Cache::new(CacheConfig {
             max_item_size: config.limits.max_item_size,
@@ -357,7 +372,7 @@ impl Server {
             wait_for_shutdown(&shutdown, handle_signals, &reload, |()| {
                 reload_files(tls.as_deref(), auth.as_deref());
                 reload_config(
-                    config.proxy.clone(),
+                    host.clone(),
                     controls.clone(),
                     proxy_stats.clone(),
                     config_digest.clone(),

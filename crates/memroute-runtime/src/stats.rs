@@ -269,6 +269,9 @@ pub struct ProxyStats {
     pub routed_requests: AtomicU64,
     pub reloads: AtomicU64,
     pub reload_failures: AtomicU64,
+    /// Runs of `mcp.register_cron` functions, and those that failed.
+    pub cron_runs: AtomicU64,
+    pub cron_fails: AtomicU64,
     /// Every worker's memcached backends, for `stats backends`.
     pub backends: BackendRegistry,
     /// The process's shared stores (DynamoDB tables), for `stats`,
@@ -285,6 +288,8 @@ impl Default for ProxyStats {
             routed_requests: AtomicU64::new(0),
             reloads: AtomicU64::new(0),
             reload_failures: AtomicU64::new(0),
+            cron_runs: AtomicU64::new(0),
+            cron_fails: AtomicU64::new(0),
             backends: BackendRegistry::default(),
             stores: Arc::default(),
         }
@@ -339,6 +344,14 @@ impl ProxyStats {
         out.push((
             "config_reload_fails".into(),
             self.reload_failures.load(Relaxed) as i64,
+        ));
+        out.push((
+            "config_cron_runs".into(),
+            self.cron_runs.load(Relaxed) as i64,
+        ));
+        out.push((
+            "config_cron_fails".into(),
+            self.cron_fails.load(Relaxed) as i64,
         ));
         out
     }

@@ -1,5 +1,7 @@
 //! The config VM: loads the startfile, runs `mcp_config_pools()`, and turns
-//! its result into plain data ([`ConfigValue`]) that workers can copy.
+//! its result into plain data ([`ConfigValue`]) that workers can copy. The
+//! config thread (`super::host`) keeps one VM and loads into it again at
+//! every reload ([`load_into`]); [`load_config`] loads into a fresh one.
 //!
 //! `mcp.backend` and `mcp.pool` exist only here. A pool is built completely
 //! on this thread (its key distribution included, which for Maglev is a
@@ -73,6 +75,8 @@ pub enum ConfigValue {
     String(Vec<u8>),
     Table(Vec<(ConfigValue, ConfigValue)>),
     Pool(Arc<PoolDef>),
+    /// `mcp.ratelim_global_tbf`: one bucket, shared by every worker.
+    RateLimiter(Arc<crate::route::ratelim::GlobalTokenBucket>),
 }
 
 /// A loaded configuration, ready to be given to every worker.
@@ -194,15 +198,34 @@ pub fn load_config(
     proxy: &ProxyConfig,
     stores: &Arc<StoreRegistry>,
 ) -> Result<LoadedConfig, ConfigError> {
-    if proxy.start_arg.as_deref() == Some(crate::mcrouter::START_ARG) {
+    if is_mcrouter(proxy) {
         return load_mcrouter(proxy);
     }
     let lua = vm::new_vm(proxy)?;
+    load_into(&lua, proxy, stores)
+}
+
+/// Whether the startfile is an mcrouter JSON file (read with no VM).
+pub(crate) fn is_mcrouter(proxy: &ProxyConfig) -> bool {
+    proxy.start_arg.as_deref() == Some(crate::mcrouter::START_ARG)
+}
+
+/// Loads the startfile into `lua`, a config VM made by [`vm::new_vm`],
+/// fresh or kept from an earlier load (the config thread keeps one for the
+/// server's life, so the startfile's globals live on across reloads, as in
+/// memcached), and runs `mcp_config_pools()`. The `mcp` functions and
+/// their settings (backend defaults, limits, TLS, stat names) start afresh
+/// on every load.
+pub(crate) fn load_into(
+    lua: &Lua,
+    proxy: &ProxyConfig,
+    stores: &Arc<StoreRegistry>,
+) -> Result<LoadedConfig, ConfigError> {
     lua.set_app_data(stores.clone());
     lua.set_app_data(ProxySettings::default());
     let stat_names = Rc::new(RefCell::new(Vec::new()));
-    register(&lua, stat_names.clone()).map_err(|e| ConfigError::lua(&proxy.startfile, e))?;
-    vm::load_startfile(&lua, proxy)?;
+    register(lua, stat_names.clone()).map_err(|e| ConfigError::lua(&proxy.startfile, e))?;
+    vm::load_startfile(lua, proxy)?;
     let pools = match lua.globals().get::<Value>("mcp_config_pools") {
         Ok(Value::Function(f)) => {
             let value: Value = f
@@ -312,6 +335,7 @@ fn register(lua: &Lua, stat_names: Rc<RefCell<Vec<(i64, String)>>>) -> mlua::Res
     }
     register_backend_defaults(lua, &mcp)?;
     register_tls(lua, &mcp)?;
+    super::cron::register(lua, &mcp)?;
     mcp.set(
         "pool",
         lua.create_function(|_, (list, opts): (Value, Option<Table>)| pool(list, opts))?,
@@ -350,10 +374,12 @@ fn register(lua: &Lua, stat_names: Rc<RefCell<Vec<(i64, String)>>>) -> mlua::Res
             Ok(())
         })?,
     )?;
+    super::ratelim::register_config(lua, &mcp)?;
     vm::forbid(
         lua,
         &mcp,
         &[
+            "ratelim_tbf",
             "attach",
             "await",
             "internal",
@@ -364,6 +390,10 @@ fn register(lua: &Lua, stat_names: Rc<RefCell<Vec<(i64, String)>>>) -> mlua::Res
             "router_new",
             "log_req",
             "log_reqsample",
+            "req_inspector_new",
+            "res_inspector_new",
+            "req_mutator_new",
+            "res_mutator_new",
         ],
         "mcp_config_routes (worker VMs)",
     )
@@ -1146,12 +1176,18 @@ fn to_config_value(value: &Value, path: &str, depth: usize) -> Result<ConfigValu
             }
             ConfigValue::Table(entries)
         }
+        Value::UserData(ud) if ud.is::<super::ratelim::GlobalBucketHandle>() => {
+            let handle = ud
+                .borrow::<super::ratelim::GlobalBucketHandle>()
+                .map_err(|e| e.to_string())?;
+            ConfigValue::RateLimiter(handle.0.clone())
+        }
         Value::UserData(ud) => match ud.borrow::<PoolHandle>() {
             Ok(p) => ConfigValue::Pool(p.0.clone()),
             Err(_) => {
                 return Err(format!(
-                    "mcp_config_pools: {path} is a {} object; only pools, tables, strings, \
-                     numbers and booleans can be passed to workers",
+                    "mcp_config_pools: {path} is a {} object; only pools, global rate \
+                     limiters, tables, strings, numbers and booleans can be passed to workers",
                     if ud.is::<BackendHandle>() {
                         "backend"
                     } else {
@@ -1162,8 +1198,8 @@ fn to_config_value(value: &Value, path: &str, depth: usize) -> Result<ConfigValu
         },
         other => {
             return Err(format!(
-                "mcp_config_pools: {path} is a {}; only pools, tables, strings, numbers and \
-                 booleans can be passed to workers",
+                "mcp_config_pools: {path} is a {}; only pools, global rate limiters, tables, \
+                 strings, numbers and booleans can be passed to workers",
                 other.type_name()
             ))
         }

@@ -11,8 +11,10 @@
 //!
 //! A slot function works in steps: `rctx:enqueue(r, h)` only marks a
 //! handle; the next wait (`wait_cond`, `wait_handle`, `enqueue_and_wait`)
-//! sends everything queued at once and suspends the coroutine (an mlua
-//! async call) until its condition holds. Each result is classed *good*
+//! sends everything queued at once and suspends the coroutine until its
+//! condition holds (see [`super::coroutine`]). The commonest wait, one
+//! request to one pool handle, is served like `pool(r)`: no task, no
+//! inbox, the coroutine resumed with the response. Each result is classed *good*
 //! (a reply that is not an error or a miss), *ok* (a miss) or *any* (an
 //! error), as memcached's `mcp.RES_*`; a handle callback can re-class it and
 //! end a wait early. Requests a function does not wait for keep running,
@@ -28,14 +30,18 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use memroute_proto::{Request, Response, ResponseCode, ResponseDecoder};
-use mlua::{AnyUserData, Function, Lua, Table, UserData, UserDataMethods, Value};
+use mlua::{
+    AnyUserData, Function, Lua, MetaMethod, Table, UserData, UserDataMethods, UserDataRef, Value,
+};
 use tokio::sync::Notify;
 use tracing::warn;
 
 use super::config::lua_error_message;
+use super::coroutine::{drive, Coroutines, Parked, Resumed};
+use super::mutate::UserObjects;
 use super::objects::{LuaRequest, LuaResponse};
 use super::router::{router_new, LuaRouter};
-use super::worker::{call_in, send_timed, LuaPool, WorkerLua};
+use super::worker::{send_timed, LuaPool, WorkerLua};
 use crate::route::pool::EmbeddedPool;
 use crate::route::router::{RouterTable, NO_ROUTE};
 use crate::route::{Pool, ReplyFuture, ReplyShape, ResponseFuture, Route, RouteEnv};
@@ -107,6 +113,9 @@ pub struct Funcgen {
     slots: crate::stats::FuncgenSlots,
     /// How long many slots have stayed free (see [`Funcgen::keep`]).
     pressure: Cell<u32>,
+    /// `u` of `fgen:ready{}`: objects each slot may make with
+    /// `rctx:request_new()` / `rctx:response_new()`.
+    user_objects: Cell<usize>,
 }
 
 /// After this many returns with half the slots or more free, a returned
@@ -119,6 +128,9 @@ const FREE_PRESSURE_DROP: u32 = 100;
 struct Slot {
     rctx: Rc<Rctx>,
     function: Function,
+    /// The request object its requests are given in, reused as memcached
+    /// reuses a slot's request (made at the slot's first request).
+    request: Option<AnyUserData>,
 }
 
 /// A slot lent to one request. [`Lease::finish`] gives it back when the
@@ -132,6 +144,25 @@ struct Lease {
 }
 
 impl Lease {
+    /// The slot's request object, now holding `request`.
+    fn request_object(&mut self, lua: &Lua, request: Request) -> mlua::Result<AnyUserData> {
+        let slot = self
+            .slot
+            .as_mut()
+            .expect("a lease holds its slot until finished");
+        match &slot.request {
+            Some(object) => {
+                *object.borrow_mut::<LuaRequest>()? = LuaRequest::new(request);
+                Ok(object.clone())
+            }
+            None => {
+                let object = lua.create_userdata(LuaRequest::new(request))?;
+                slot.request = Some(object.clone());
+                Ok(object)
+            }
+        }
+    }
+
     fn function(&self) -> Function {
         self.slot
             .as_ref()
@@ -167,6 +198,7 @@ impl Funcgen {
             free: RefCell::new(Vec::new()),
             slots: Default::default(),
             pressure: Cell::new(0),
+            user_objects: Cell::new(0),
         })
     }
 
@@ -185,14 +217,21 @@ impl Funcgen {
                 self.name.borrow()
             ))
         })?;
-        let rctx = Rc::new(Rctx::new(self.targets.borrow().clone()));
+        let rctx = Rc::new(Rctx::new(
+            self.targets.borrow().clone(),
+            self.user_objects.get(),
+        ));
         let ud = lua.create_userdata(LuaRctx(rctx.clone()))?;
         match generator.call::<Value>((ud, argument))? {
             Value::Function(function) => {
                 // A slot had to be made: the slots are not too many now.
                 self.pressure.set(0);
                 self.slots.set(self.slots.get() + 1);
-                Ok(Slot { rctx, function })
+                Ok(Slot {
+                    rctx,
+                    function,
+                    request: None,
+                })
             }
             _ => Err(mlua::Error::runtime(
                 "function generator didn't return a function",
@@ -254,15 +293,21 @@ impl Funcgen {
     /// Runs a request through this funcgen for a parent's handle: the
     /// result as a response object, and its class.
     async fn run_for_handle(self: Rc<Self>, lua: Lua, request: AnyUserData) -> (LuaResponse, u8) {
+        let mut leased = None;
         let result = match self.lease(&lua) {
             Ok(lease) => {
-                let result = call_in(&lua, &lease.function(), request.clone()).await;
-                lease.finish();
+                let result = match Coroutines::of(&lua) {
+                    Ok(coroutines) => {
+                        drive(&lua, &coroutines, &lease.function(), request.clone()).await
+                    }
+                    Err(e) => Err(e),
+                };
+                leased = Some(lease);
                 result
             }
             Err(e) => Err(e),
         };
-        match result {
+        let answer = match result {
             Ok(Value::UserData(ud)) if ud.is::<LuaResponse>() => {
                 let response = ud.borrow::<LuaResponse>().map(|r| r.clone());
                 match response {
@@ -287,7 +332,13 @@ impl Funcgen {
                 RES_ANY,
             ),
             Err(e) => (nested_failure(&lua, &e), RES_ANY),
+        };
+        // The slot goes back only once its result is read: that blanks the
+        // slot's rctx:response_new() objects, and the result may be one.
+        if let Some(lease) = leased {
+            lease.finish();
         }
+        answer
     }
 }
 
@@ -378,12 +429,11 @@ impl UserData for LuaFuncgen {
             if let Value::String(name) = opts.get::<Value>("n")? {
                 *this.0.name.borrow_mut() = name.to_string_lossy();
             }
-            // 'u' reserves request and response objects per slot for
-            // rctx:request_new(), which memroute does not have yet; the
-            // count is checked so a bad one still fails here.
+            // 'u': request and response objects each slot may make with
+            // rctx:request_new() / rctx:response_new().
             match opts.get::<Value>("u")? {
                 Value::Nil => {}
-                Value::Integer(n) if n >= 1 => {}
+                Value::Integer(n) if n >= 1 => this.0.user_objects.set(n as usize),
                 _ => {
                     return Err(mlua::Error::runtime(
                         "user obj ('u') in fgen:ready must be a positive integer",
@@ -398,6 +448,23 @@ impl UserData for LuaFuncgen {
             this.0.slots.register(&this.0.name.borrow());
             Ok(())
         });
+    }
+}
+
+impl HandleSlot {
+    /// The handle's response object, now holding `response`.
+    fn response_object(&mut self, lua: &Lua, response: LuaResponse) -> mlua::Result<AnyUserData> {
+        match &self.object {
+            Some(object) => {
+                *object.borrow_mut::<LuaResponse>()? = response;
+                Ok(object.clone())
+            }
+            None => {
+                let object = lua.create_userdata(response)?;
+                self.object = Some(object.clone());
+                Ok(object)
+            }
+        }
     }
 }
 
@@ -419,7 +486,11 @@ enum State {
 struct HandleSlot {
     state: State,
     request: Option<AnyUserData>,
+    /// The result of the current request: `object` once answered.
     response: Option<AnyUserData>,
+    /// The handle's response object, reused from request to request as
+    /// memcached reuses them (made at its first answer).
+    object: Option<AnyUserData>,
     flags: u8,
     callback: Option<Function>,
 }
@@ -467,6 +538,8 @@ pub struct Rctx {
     /// In a wait or a sleep (no new waits, no enqueues).
     waiting: Cell<bool>,
     inbox: Rc<Inbox>,
+    /// What `rctx:request_new()` / `rctx:response_new()` made.
+    user_objects: UserObjects,
 }
 
 /// What a wait waits for.
@@ -479,7 +552,7 @@ enum WaitFor {
 }
 
 impl Rctx {
-    fn new(targets: Rc<[Target]>) -> Rctx {
+    fn new(targets: Rc<[Target]>, user_objects: usize) -> Rctx {
         let handles = targets.iter().map(|_| HandleSlot::default()).collect();
         Rctx {
             targets,
@@ -487,6 +560,7 @@ impl Rctx {
             pending: Cell::new(0),
             waiting: Cell::new(false),
             inbox: Rc::new(Inbox::default()),
+            user_objects: UserObjects::new(user_objects),
         }
     }
 
@@ -500,6 +574,7 @@ impl Rctx {
             slot.flags = 0;
         }
         self.waiting.set(false);
+        self.user_objects.blank();
     }
 
     fn check_handle(&self, handle: i64) -> mlua::Result<usize> {
@@ -602,11 +677,14 @@ impl Rctx {
     /// re-class it), and its response object. Returns the handle's flags.
     fn complete(&self, lua: &Lua, done: Done) -> mlua::Result<u8> {
         self.pending.set(self.pending.get().saturating_sub(1));
-        let response = lua.create_userdata(done.response)?;
-        let (callback, request) = {
-            let handles = self.handles.borrow();
-            let slot = &handles[done.handle];
-            (slot.callback.clone(), slot.request.clone())
+        let (response, callback, request) = {
+            let mut handles = self.handles.borrow_mut();
+            let slot = &mut handles[done.handle];
+            (
+                slot.response_object(lua, done.response)?,
+                slot.callback.clone(),
+                slot.request.clone(),
+            )
         };
         let mut flags = done.class;
         if let Some(callback) = callback {
@@ -688,12 +766,7 @@ impl Rctx {
     /// Sends what is queued and waits as `what` says, for at most
     /// `timeout`. Returns the number of counted results (or the handle's
     /// response), plus `true` after a timeout, as memcached.
-    async fn wait(
-        &self,
-        lua: &Lua,
-        what: WaitFor,
-        timeout: Option<Duration>,
-    ) -> mlua::Result<mlua::MultiValue> {
+    async fn wait(&self, lua: &Lua, what: WaitFor, timeout: Option<Duration>) -> Resumed {
         if self.waiting.get() {
             return Err(mlua::Error::runtime(
                 "wait_cond: cannot call while already in wait mode",
@@ -734,22 +807,91 @@ impl Rctx {
             }
             None => true,
         };
-        let mut out = mlua::MultiValue::new();
-        match what {
-            WaitFor::Count { .. } => out.push_back(Value::Integer(done.get() as i64)),
-            WaitFor::Handle(h) => out.push_back(if timed_out {
-                Value::Nil
-            } else {
-                self.handles.borrow()[h]
-                    .response
-                    .clone()
-                    .map_or(Value::Nil, Value::UserData)
-            }),
+        let first = match what {
+            WaitFor::Count { .. } => Value::Integer(done.get() as i64),
+            WaitFor::Handle(_) if timed_out => Value::Nil,
+            WaitFor::Handle(h) => self.handles.borrow()[h]
+                .response
+                .clone()
+                .map_or(Value::Nil, Value::UserData),
+        };
+        let second = if timed_out {
+            Value::Boolean(true)
+        } else {
+            Value::Nil
+        };
+        Ok((first, second))
+    }
+
+    /// Starts `rctx:enqueue_and_wait(r, h)`: parks the wait for the
+    /// coroutine to yield on. One request to a pool handle without a
+    /// callback, with nothing else queued and no timeout, goes straight to
+    /// the pool (see [`Parked::Handle`]); anything else is a full wait.
+    fn start_enqueue_and_wait(
+        self: &Rc<Self>,
+        lua: &Lua,
+        coroutines: &Coroutines,
+        request: &AnyUserData,
+        handle: i64,
+        timeout: Option<Value>,
+    ) -> mlua::Result<()> {
+        let index = self.check_handle(handle)?;
+        let timeout = timeout_arg(timeout)?;
+        self.enqueue(request, &Value::Integer(handle))?;
+        if timeout.is_none() {
+            if let Target::Pool(pool) = &self.targets[index] {
+                let mut handles = self.handles.borrow_mut();
+                let alone = handles
+                    .iter()
+                    .enumerate()
+                    .all(|(i, slot)| i == index || slot.state != State::Queued);
+                let slot = &mut handles[index];
+                if alone && slot.state == State::Queued && slot.callback.is_none() {
+                    let request = request.borrow::<LuaRequest>()?.request.clone();
+                    slot.state = State::Active;
+                    self.pending.set(self.pending.get() + 1);
+                    let backend = if crate::watch::enabled(crate::watch::PROXYREQS) {
+                        pool.backend_of(&request)
+                    } else {
+                        None
+                    };
+                    coroutines.park(Parked::Handle {
+                        rctx: self.clone(),
+                        handle: index,
+                        future: pool.clone().call(request),
+                        start: std::time::Instant::now(),
+                        backend,
+                    });
+                    return Ok(());
+                }
+            }
         }
-        if timed_out {
-            out.push_back(Value::Boolean(true));
-        }
-        Ok(out)
+        let rctx = self.clone();
+        let lua = lua.clone();
+        coroutines.park(Parked::Wait(Box::pin(async move {
+            rctx.wait(&lua, WaitFor::Handle(index), timeout).await
+        })));
+        Ok(())
+    }
+
+    /// The answer to a request [`Parked::Handle`] sent: recorded as the
+    /// handle's result, counted by the wait, and returned as the object the
+    /// wait returns.
+    pub(super) fn answered(
+        &self,
+        lua: &Lua,
+        handle: usize,
+        response: LuaResponse,
+    ) -> mlua::Result<AnyUserData> {
+        self.pending.set(self.pending.get().saturating_sub(1));
+        let class = class_of(&response);
+        let mut handles = self.handles.borrow_mut();
+        let slot = &mut handles[handle];
+        let response = slot.response_object(lua, response)?;
+        slot.state = State::Waited;
+        slot.flags |= class;
+        slot.response = Some(response.clone());
+        Ok(response)
     }
 
     /// The handle's response if its flags have any of `mask`.
@@ -822,16 +964,39 @@ fn timeout_arg(value: Option<Value>) -> mlua::Result<Option<Duration>> {
 pub struct LuaRctx(Rc<Rctx>);
 
 impl UserData for LuaRctx {
-    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
-        methods.add_method(
-            "enqueue",
-            |_, this, (request, handles): (AnyUserData, Value)| this.0.enqueue(&request, &handles),
-        );
-        methods.add_async_method(
-            "wait_cond",
-            |lua, this, (n, mode, timeout): (Value, Option<i64>, Option<Value>)| {
-                let rctx = this.0.clone();
-                async move {
+    /// The waits are Lua functions that yield (see [`super::coroutine`]);
+    /// they make the `__index` table, to which mlua adds the methods.
+    fn add_fields<F: mlua::UserDataFields<Self>>(fields: &mut F) {
+        fields.add_meta_field_with(MetaMethod::Index, |lua| {
+            let coroutines = Coroutines::of(lua)?;
+            let waits = lua.create_table()?;
+            let parking = coroutines.clone();
+            let start = lua.create_function(
+                move |lua,
+                      (this, request, handle, timeout): (
+                    UserDataRef<LuaRctx>,
+                    AnyUserData,
+                    i64,
+                    Option<Value>,
+                )| {
+                    this.0
+                        .start_enqueue_and_wait(lua, &parking, &request, handle, timeout)
+                },
+            )?;
+            waits.set(
+                "enqueue_and_wait",
+                coroutines.suspending(start, "rctx:enqueue_and_wait")?,
+            )?;
+
+            let parking = coroutines.clone();
+            let start = lua.create_function(
+                move |lua,
+                      (this, n, mode, timeout): (
+                    UserDataRef<LuaRctx>,
+                    Value,
+                    Option<i64>,
+                    Option<Value>,
+                )| {
                     let n = match n {
                         Value::Integer(n) if n >= 0 => n as usize,
                         Value::Number(n) if n >= 0.0 && n.fract() == 0.0 => n as usize,
@@ -846,60 +1011,77 @@ impl UserData for LuaRctx {
                         return Err(mlua::Error::runtime("invalid mode sent to wait_cond"));
                     }
                     let timeout = timeout_arg(timeout)?;
+                    let rctx = this.0.clone();
                     if n == 0 {
                         // Waiting for none: send what is queued and go on
                         // at the next turn of the event loop.
-                        rctx.dispatch(&lua)?;
-                        tokio::task::yield_now().await;
-                        return Ok(mlua::MultiValue::from_iter([Value::Integer(0)]));
+                        rctx.dispatch(lua)?;
+                        parking.park(Parked::Wait(Box::pin(async {
+                            tokio::task::yield_now().await;
+                            Ok((Value::Integer(0), Value::Nil))
+                        })));
+                        return Ok(());
                     }
-                    rctx.wait(&lua, WaitFor::Count { n, mode }, timeout).await
-                }
-            },
-        );
-        methods.add_async_method(
-            "enqueue_and_wait",
-            |lua, this, (request, handle, timeout): (AnyUserData, i64, Option<Value>)| {
-                let rctx = this.0.clone();
-                async move {
-                    let index = rctx.check_handle(handle)?;
-                    let timeout = timeout_arg(timeout)?;
-                    rctx.enqueue(&request, &Value::Integer(handle))?;
-                    rctx.wait(&lua, WaitFor::Handle(index), timeout).await
-                }
-            },
-        );
-        methods.add_async_method(
-            "wait_handle",
-            |lua, this, (handle, timeout): (i64, Option<Value>)| {
-                let rctx = this.0.clone();
-                async move {
-                    let index = rctx.check_handle(handle)?;
-                    if rctx.handles.borrow()[index].state == State::Idle {
+                    let lua = lua.clone();
+                    parking.park(Parked::Wait(Box::pin(async move {
+                        rctx.wait(&lua, WaitFor::Count { n, mode }, timeout).await
+                    })));
+                    Ok(())
+                },
+            )?;
+            waits.set("wait_cond", coroutines.suspending(start, "rctx:wait_cond")?)?;
+
+            let parking = coroutines.clone();
+            let start = lua.create_function(
+                move |lua, (this, handle, timeout): (UserDataRef<LuaRctx>, i64, Option<Value>)| {
+                    let index = this.0.check_handle(handle)?;
+                    if this.0.handles.borrow()[index].state == State::Idle {
                         return Err(mlua::Error::runtime(
                             "wait_handle called on unqueued handle",
                         ));
                     }
                     let timeout = timeout_arg(timeout)?;
-                    rctx.wait(&lua, WaitFor::Handle(index), timeout).await
-                }
-            },
-        );
-        methods.add_async_method("sleep", |_, this, seconds: Value| {
-            let rctx = this.0.clone();
-            async move {
-                if rctx.waiting.get() {
-                    return Err(mlua::Error::runtime(
-                        "sleep: cannot call while already in wait mode",
-                    ));
-                }
-                let pause = timeout_arg(Some(seconds))?.unwrap_or_default();
-                rctx.waiting.set(true);
-                tokio::time::sleep(pause).await;
-                rctx.waiting.set(false);
-                Ok(true)
-            }
+                    let rctx = this.0.clone();
+                    let lua = lua.clone();
+                    parking.park(Parked::Wait(Box::pin(async move {
+                        rctx.wait(&lua, WaitFor::Handle(index), timeout).await
+                    })));
+                    Ok(())
+                },
+            )?;
+            waits.set(
+                "wait_handle",
+                coroutines.suspending(start, "rctx:wait_handle")?,
+            )?;
+
+            let parking = coroutines.clone();
+            let start =
+                lua.create_function(move |_, (this, seconds): (UserDataRef<LuaRctx>, Value)| {
+                    if this.0.waiting.get() {
+                        return Err(mlua::Error::runtime(
+                            "sleep: cannot call while already in wait mode",
+                        ));
+                    }
+                    let pause = timeout_arg(Some(seconds))?.unwrap_or_default();
+                    let rctx = this.0.clone();
+                    rctx.waiting.set(true);
+                    parking.park(Parked::Wait(Box::pin(async move {
+                        tokio::time::sleep(pause).await;
+                        rctx.waiting.set(false);
+                        Ok((Value::Boolean(true), Value::Nil))
+                    })));
+                    Ok(())
+                })?;
+            waits.set("sleep", coroutines.suspending(start, "rctx:sleep")?)?;
+            Ok(waits)
         });
+    }
+
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        methods.add_method(
+            "enqueue",
+            |_, this, (request, handles): (AnyUserData, Value)| this.0.enqueue(&request, &handles),
+        );
         for (name, mask) in [
             ("res_good", RES_GOOD),
             ("res_ok", RES_GOOD | RES_OK),
@@ -946,6 +1128,12 @@ impl UserData for LuaRctx {
                 None => Ok(Value::Nil),
             },
         );
+        methods.add_method("request_new", |lua, this, ()| {
+            this.0.user_objects.request_new(lua)
+        });
+        methods.add_method("response_new", |lua, this, ()| {
+            this.0.user_objects.response_new(lua)
+        });
         methods.add_method("cfd", |_, _, ()| {
             Err::<(), _>(mlua::Error::runtime(
                 "rctx:cfd() is not supported by memroute: routes do not see client sockets",
@@ -1000,11 +1188,15 @@ impl FuncgenRoute {
             },
         };
         let lua = self.vm.lua().clone();
-        let lease = match fgen.lease(&lua) {
+        let mut lease = match fgen.lease(&lua) {
             Ok(lease) => lease,
             Err(e) => return self.vm.lua_failure(&e),
         };
-        let reply = self.vm.clone().run(&lease.function(), request).await;
+        let object = match lease.request_object(&lua, request) {
+            Ok(object) => object,
+            Err(e) => return self.vm.lua_failure(&e),
+        };
+        let reply = self.vm.clone().run_object(&lease.function(), object).await;
         lease.finish();
         reply
     }

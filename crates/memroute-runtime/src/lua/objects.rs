@@ -95,6 +95,15 @@ impl LuaRequest {
         }
     }
 
+    /// A request object of no client connection (`rctx:request_new()`,
+    /// which a slot keeps across the requests of many clients).
+    pub fn detached(request: Request) -> Self {
+        LuaRequest {
+            request,
+            peer_cn: None,
+        }
+    }
+
     fn tokens(&self) -> Vec<&[u8]> {
         self.request
             .raw_line()

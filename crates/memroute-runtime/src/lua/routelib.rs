@@ -16,6 +16,7 @@ use std::sync::Arc;
 use super::config::ConfigValue;
 use crate::route::commands::{STORAGE_IDS, UNHOOKABLE_IDS};
 use crate::route::plan::{EntryPlan, RoutePlan, RouterPlan};
+use crate::route::ratelim::{GlobalTokenBucket, TbfParams};
 use crate::route::router::{RouterMode, MAX_SEPARATOR};
 use crate::route::{check_tag, PoolDef};
 
@@ -243,6 +244,14 @@ impl Planner {
         let known: &[&str] = match name.as_str() {
             "direct" => &["child"],
             "ttl" => &["child", "ttl"],
+            "ratelim" => &[
+                "child",
+                "limit",
+                "fillrate",
+                "tickrate",
+                "global",
+                "fail_until_limit",
+            ],
             "split" => &["child_a", "child_b"],
             "null" | "internal" => &[],
             "error" => &["message"],
@@ -375,6 +384,35 @@ impl Planner {
                 }
             }
             "split" => RoutePlan::Split(one(self, "child_a")?, one(self, "child_b")?),
+            "ratelim" => {
+                // memcached's mcp.ratelim_tbf settings; here each is required
+                // (a missing one would be 0: a bucket that never admits, or
+                // a tick memcached would divide by).
+                let setting = |key: &str| -> Result<i64, String> {
+                    match arg(key) {
+                        Some(ConfigValue::Integer(n)) => Ok(*n),
+                        Some(ConfigValue::Number(n)) if n.fract() == 0.0 && n.abs() < 9.0e15 => {
+                            Ok(*n as i64)
+                        }
+                        None => Err(format!("{at}: route_ratelim: {key} is required")),
+                        Some(_) => {
+                            Err(format!("{at}: route_ratelim: {key} must be a whole number"))
+                        }
+                    }
+                };
+                let params = TbfParams::new(
+                    setting("limit")?,
+                    setting("fillrate")?,
+                    setting("tickrate")?,
+                )
+                .map_err(|e| format!("{at}: route_ratelim: {e}"))?;
+                RoutePlan::RateLimit {
+                    child: one(self, "child")?,
+                    params,
+                    global: flag("global")?.then(|| Arc::new(GlobalTokenBucket::new(params))),
+                    fail_until_limit: flag("fail_until_limit")?,
+                }
+            }
             "null" => RoutePlan::Null,
             "internal" => RoutePlan::Internal,
             "ttl" => {

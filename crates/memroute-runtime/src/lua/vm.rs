@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use mlua::{Lua, LuaOptions, StdLib, Table, Value};
+use mlua::{Lua, Table, Value};
 
 use super::config::{ConfigError, ProxyConfig};
 use super::objects::{AWAIT_MODES, COMMANDS, RESPONSE_CODES};
@@ -49,23 +49,6 @@ pub const HASH_MARK: &str = "__memroute_hash";
 /// caller adds its role's functions, then runs [`load_startfile`].
 pub fn new_vm(config: &ProxyConfig) -> Result<Lua, ConfigError> {
     setup_vm(Lua::new(), config)
-}
-
-/// Coroutines a worker VM keeps for its routes' next requests.
-///
-/// A Lua route runs as a coroutine per request (per key of a multi-get).
-/// Making one each time (a Lua thread and its stack, later collected) cost
-/// about a tenth of a Lua-routed get; mlua resets a finished coroutine and
-/// keeps it for the next call, up to this many, enough for the requests a
-/// worker has in flight at once under ordinary load.
-const WORKER_COROUTINES: usize = 256;
-
-/// A worker VM: as [`new_vm`], keeping its routes' coroutines for reuse.
-pub fn new_worker_vm(config: &ProxyConfig) -> Result<Lua, ConfigError> {
-    let options = LuaOptions::new().thread_pool_size(WORKER_COROUTINES);
-    let lua = Lua::new_with(StdLib::ALL_SAFE, options)
-        .map_err(|e| ConfigError::lua(&config.startfile, e))?;
-    setup_vm(lua, config)
 }
 
 fn setup_vm(lua: Lua, config: &ProxyConfig) -> Result<Lua, ConfigError> {

@@ -26,6 +26,7 @@ use mlua::{AnyUserData, Function, Lua, MetaMethod, Table, UserData, UserDataMeth
 use tracing::{info, warn};
 
 use super::config::{lua_error_message, ConfigError, ConfigValue, LoadedConfig, PoolDef};
+use super::coroutine::{drive, Coroutines, Parked};
 use super::funcgen::FuncgenRoute;
 use super::objects::{
     LuaRequest, LuaResponse, AWAIT_ANY, AWAIT_BACKGROUND, AWAIT_FASTGOOD, AWAIT_FIRST, AWAIT_GOOD,
@@ -146,8 +147,8 @@ pub struct WorkerLua {
     /// Bytes of replies in response objects given to Lua since the last
     /// collector step (see [`WorkerLua::held_by_lua`]).
     lua_held: Cell<usize>,
-    /// Where this VM's pool calls start and end (shared with its pools).
-    pool_call: Rc<PoolCall>,
+    /// The VM's route coroutines and what they wait for.
+    coroutines: Rc<Coroutines>,
 }
 
 /// Bytes of replies held by Lua garbage that warrant one collector step.
@@ -167,22 +168,23 @@ impl WorkerLua {
         loaded: &LoadedConfig,
     ) -> Result<RouteSet, ConfigError> {
         let path = &loaded.proxy.startfile;
-        let lua = vm::new_worker_vm(&loaded.proxy)?;
+        let lua = vm::new_vm(&loaded.proxy)?;
         lua.set_app_data(env.limits.clone());
         lua.set_app_data(env.clone());
         lua.set_app_data(Rc::new(EmbeddedPool::new(env.clone())));
+        Coroutines::install(&lua).map_err(|e| ConfigError::lua(path, e))?;
         register(&lua).map_err(|e| ConfigError::lua(path, e))?;
         vm::load_startfile(&lua, &loaded.proxy)?;
         let config_routes: Function = lua.globals().get("mcp_config_routes").map_err(|_| {
             ConfigError::Invalid(format!("{}: no mcp_config_routes function", path.display()))
         })?;
+        let coroutines = Coroutines::of(&lua).map_err(|e| ConfigError::lua(path, e))?;
         let vm = Rc::new(WorkerLua {
             lua,
             env: env.clone(),
             lua_held: Cell::new(0),
-            pool_call: Rc::new(PoolCall::default()),
+            coroutines,
         });
-        vm.lua.set_app_data(vm.pool_call.clone());
         // (The VM refers to itself only weakly: routes hold it, not Lua.)
         vm.lua.set_app_data(Attached {
             routes: RefCell::new(AttachedRoutes::new(COMMAND_SLOTS)),
@@ -227,11 +229,19 @@ impl WorkerLua {
     /// Runs a Lua route as a coroutine for one request; Lua errors become
     /// `SERVER_ERROR lua failure`.
     pub(super) async fn run(self: Rc<Self>, function: &Function, request: Request) -> Bytes {
-        let ud = match self.lua.create_userdata(LuaRequest::new(request)) {
-            Ok(ud) => ud,
-            Err(e) => return self.lua_failure(&e),
-        };
-        match self.call(function, ud).await {
+        match self.lua.create_userdata(LuaRequest::new(request)) {
+            Ok(object) => self.run_object(function, object).await,
+            Err(e) => self.lua_failure(&e),
+        }
+    }
+
+    /// As [`WorkerLua::run`], with the request already in a request object.
+    pub(super) async fn run_object(
+        self: Rc<Self>,
+        function: &Function,
+        request: AnyUserData,
+    ) -> Bytes {
+        match self.call(function, request).await {
             Ok(Value::UserData(ud)) => match ud.borrow::<LuaResponse>() {
                 Ok(res) => {
                     let raw = res.raw().clone();
@@ -256,14 +266,14 @@ impl WorkerLua {
         }
     }
 
-    /// Calls `function` as a coroutine, serving the pool calls it makes
-    /// (see [`PoolCall`]) until it returns.
-    pub(super) fn call(
+    /// Calls `function` as a coroutine, serving the waits it makes (see
+    /// [`super::coroutine`]) until it returns.
+    pub(super) async fn call(
         &self,
         function: &Function,
         args: impl mlua::IntoLuaMulti,
-    ) -> impl std::future::Future<Output = mlua::Result<Value>> {
-        drive(&self.pool_call, function, args)
+    ) -> mlua::Result<Value> {
+        drive(&self.lua, &self.coroutines, function, args).await
     }
 
     /// A response object of `bytes` became garbage for Lua to collect.
@@ -362,110 +372,6 @@ pub(super) fn send_timed(
     })
 }
 
-/// The pool call a Lua route is suspended on, from its start to its
-/// response; one per worker VM, shared by its pools and its driver.
-///
-/// `pool(r)` is the hottest call a route makes. As an mlua async method it
-/// cost a boxed future, a userdata with a finalizer to hold it and mlua's
-/// polling wrapper per call, about a third of a Lua-routed get's
-/// instructions. Instead `__call` is a small Lua function (see
-/// [`POOL_CALL`]): a plain Rust function starts the backend call and parks
-/// its future here, the coroutine yields mlua's "pending" marker, and the
-/// route's driver ([`Driven`]) takes the future, awaits it, leaves the
-/// response here and resumes the coroutine, which picks it up. Only one
-/// coroutine of a worker runs at a time and the driver takes what was
-/// parked as soon as the coroutine yields, so one place per VM is enough.
-#[derive(Default)]
-pub(super) struct PoolCall {
-    started: RefCell<Option<(ResponseFuture, Instant)>>,
-    /// The started call's backend, noted only for `watch proxyreqs`.
-    backend: RefCell<Option<Arc<crate::backend::BackendConfig>>>,
-    done: RefCell<Option<LuaResponse>>,
-}
-
-/// `__call` of a pool object: start the call, yield until it is done,
-/// return its response.
-const POOL_CALL: &str = r#"
-local start, finish, yield, pending, yieldable = ...
-return function(pool, r)
-    -- Checked first: a backend gets a request the moment it is started,
-    -- so a call that could not wait for its reply must not start.
-    if not yieldable() then
-        error("a pool call cannot wait here: Lua cannot suspend this function (a sort comparator, a metamethod called from C)", 2)
-    end
-    start(pool, r)
-    yield(pending)
-    return finish()
-end
-"#;
-
-/// Runs `function` as a coroutine of the worker VM `lua`, as
-/// [`WorkerLua::call`] does, for callers that hold only the VM.
-pub(super) fn call_in(
-    lua: &Lua,
-    function: &Function,
-    args: impl mlua::IntoLuaMulti,
-) -> impl std::future::Future<Output = mlua::Result<Value>> {
-    let pool_call = lua
-        .app_data_ref::<Rc<PoolCall>>()
-        .map(|p| p.clone())
-        .unwrap_or_default();
-    drive(&pool_call, function, args)
-}
-
-fn drive(pool_call: &Rc<PoolCall>, function: &Function, args: impl mlua::IntoLuaMulti) -> Driven {
-    Driven {
-        call: function.call_async::<Value>(args),
-        pool_call: pool_call.clone(),
-        waiting: None,
-        backend: None,
-    }
-}
-
-/// A Lua route's coroutine and the pool call it waits for: mlua's
-/// [`mlua::function::AsyncCallFuture`] resumes the coroutine (and serves mlua async
-/// functions such as `mcp.await`); this serves the pool calls.
-struct Driven {
-    call: mlua::function::AsyncCallFuture<Value>,
-    pool_call: Rc<PoolCall>,
-    waiting: Option<(ResponseFuture, Instant)>,
-    /// The backend of the call waited for (see [`PoolCall`]).
-    backend: Option<Arc<crate::backend::BackendConfig>>,
-}
-
-impl std::future::Future for Driven {
-    type Output = mlua::Result<Value>;
-
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        let this = &mut *self;
-        loop {
-            if let Some((future, start)) = &mut this.waiting {
-                let response = std::task::ready!(future.as_mut().poll(cx));
-                let elapsed = start.elapsed().as_micros() as u64;
-                this.waiting = None;
-                *this.pool_call.done.borrow_mut() = Some(LuaResponse {
-                    backend: this.backend.take(),
-                    ..LuaResponse::new(response, elapsed)
-                });
-            }
-            let polled = std::pin::Pin::new(&mut this.call).poll(cx);
-            // A response the coroutine did not pick up (it was not resumed)
-            // must not reach another coroutine's pool call.
-            this.pool_call.done.borrow_mut().take();
-            this.backend = this.pool_call.backend.borrow_mut().take();
-            match this.pool_call.started.borrow_mut().take() {
-                Some(started) if polled.is_pending() => this.waiting = Some(started),
-                // A call started where the coroutine could not yield (it
-                // failed there) is dropped with the route.
-                _ => return polled,
-            }
-        }
-    }
-}
-
 /// The pool object routes call: `pool(r)`.
 #[derive(Clone)]
 pub struct LuaPool(pub Rc<dyn Pool>);
@@ -473,16 +379,11 @@ pub struct LuaPool(pub Rc<dyn Pool>);
 impl UserData for LuaPool {
     fn add_fields<F: mlua::UserDataFields<Self>>(fields: &mut F) {
         fields.add_meta_field_with(MetaMethod::Call, |lua| {
-            // Both closures hold the VM's PoolCall: finishing then needs
-            // no argument, and no userdata type check (about 500
-            // instructions a call).
-            // (Set before the first pool object is made; a PoolCall of
-            // its own would leave every call unanswered.)
-            let pool_call = lua
-                .app_data_ref::<Rc<PoolCall>>()
-                .map(|p| p.clone())
-                .ok_or_else(|| mlua::Error::runtime("worker environment missing"))?;
-            let calls = pool_call.clone();
+            // `pool(r)` is the hottest call a route makes: a plain Rust
+            // function starts the backend call and the coroutine yields
+            // until the response is there (see [`super::coroutine`]).
+            let coroutines = Coroutines::of(lua)?;
+            let parking = coroutines.clone();
             let start = lua.create_function(
                 move |_, (pool, r): (mlua::UserDataRef<LuaPool>, AnyUserData)| {
                     let request = r
@@ -492,25 +393,22 @@ impl UserData for LuaPool {
                         })?
                         .request
                         .clone();
-                    if crate::watch::enabled(crate::watch::PROXYREQS) {
-                        *calls.backend.borrow_mut() = pool.0.backend_of(&request);
-                    }
-                    let started = (pool.0.clone().call(request), Instant::now());
-                    *calls.started.borrow_mut() = Some(started);
+                    // Which backend answers is noted only for a `watch
+                    // proxyreqs` reader (`be=` of `mcp.log_req`).
+                    let backend = if crate::watch::enabled(crate::watch::PROXYREQS) {
+                        pool.0.backend_of(&request)
+                    } else {
+                        None
+                    };
+                    parking.park(Parked::Pool {
+                        future: pool.0.clone().call(request),
+                        start: Instant::now(),
+                        backend,
+                    });
                     Ok(())
                 },
             )?;
-            let finish = lua.create_function(move |_, ()| {
-                pool_call.done.borrow_mut().take().ok_or_else(|| {
-                    mlua::Error::runtime("a pool call must run in a route's coroutine")
-                })
-            })?;
-            let coroutine: Table = lua.globals().get("coroutine")?;
-            let yield_fn: Function = coroutine.get("yield")?;
-            let yieldable: Function = coroutine.get("isyieldable")?;
-            lua.load(POOL_CALL)
-                .set_name("=pool call")
-                .call::<Function>((start, finish, yield_fn, Lua::poll_pending(), yieldable))
+            coroutines.suspending(start, "a pool call")
         });
     }
 
@@ -641,9 +539,22 @@ fn register(lua: &Lua) -> mlua::Result<()> {
             Ok(())
         })?,
     )?;
-    mcp.set("await", lua.create_async_function(await_pools)?)?;
+    let coroutines = Coroutines::of(lua)?;
+    let parking = coroutines.clone();
+    let start_await = lua.create_function(
+        move |lua, args: (AnyUserData, Table, Option<i64>, Option<i64>)| {
+            let wait = await_pools(lua, args)?;
+            parking.park(Parked::Wait(Box::pin(async move {
+                Ok((Value::Table(wait.await?), Value::Nil))
+            })));
+            Ok(())
+        },
+    )?;
+    mcp.set("await", coroutines.suspending(start_await, "mcp.await")?)?;
     super::funcgen::register(lua, &mcp)?;
     super::logging::register(lua, &mcp)?;
+    super::inspect::register(lua, &mcp)?;
+    super::mutate::register(lua, &mcp)?;
     mcp.set(
         "warm",
         lua.create_function(
@@ -688,10 +599,19 @@ fn register(lua: &Lua) -> mlua::Result<()> {
             },
         )?,
     )?;
+    super::ratelim::register_worker(lua, &mcp)?;
     vm::forbid(
         lua,
         &mcp,
-        &["backend", "pool", "dynamo_pool", "add_stat"],
+        &[
+            "backend",
+            "pool",
+            "dynamo_pool",
+            "add_stat",
+            "ratelim_global_tbf",
+            "register_cron",
+            "schedule_config_reload",
+        ],
         "mcp_config_pools (the config VM)",
     )
 }
@@ -699,10 +619,11 @@ fn register(lua: &Lua) -> mlua::Result<()> {
 /// `mcp.await(r, {pools...}[, n][, mode])`: sends `r` to every pool at once
 /// and returns a table of responses once the mode's condition holds. The
 /// rest keep running in the background, so writes always reach every pool.
-async fn await_pools(
-    lua: Lua,
+/// Bad arguments fail before anything is sent.
+fn await_pools(
+    lua: &Lua,
     (r, pools, n, mode): (AnyUserData, Table, Option<i64>, Option<i64>),
-) -> mlua::Result<Table> {
+) -> mlua::Result<impl std::future::Future<Output = mlua::Result<Table>>> {
     let request = r
         .borrow::<LuaRequest>()
         .map_err(|_| mlua::Error::runtime("mcp.await: expected a request"))?
@@ -743,39 +664,41 @@ async fn await_pools(
     }
     drop(tx);
     let results = lua.create_table()?;
-    if mode == AWAIT_BACKGROUND {
-        return Ok(results);
-    }
-    // As memcached's proxy: results are collected in the order they
-    // arrive; the mode says which count towards `n`. If the condition can
-    // no longer be met, the call returns once every pool has answered.
-    let mut counted = 0usize;
-    while let Some((index, response)) = rx.recv().await {
-        if mode == AWAIT_FIRST {
-            // Only the first pool's result is wanted (and returned).
-            if index == 0 {
-                results.push(response)?;
+    Ok(async move {
+        if mode == AWAIT_BACKGROUND {
+            return Ok(results);
+        }
+        // As memcached's proxy: results are collected in the order they
+        // arrive; the mode says which count towards `n`. If the condition can
+        // no longer be met, the call returns once every pool has answered.
+        let mut counted = 0usize;
+        while let Some((index, response)) = rx.recv().await {
+            if mode == AWAIT_FIRST {
+                // Only the first pool's result is wanted (and returned).
+                if index == 0 {
+                    results.push(response)?;
+                    break;
+                }
+                continue;
+            }
+            let good = response.is_good();
+            let counts = match mode {
+                AWAIT_ANY => true,
+                AWAIT_OK => response.response.is_ok(),
+                // A hit ends the wait at once; misses count towards n.
+                AWAIT_FASTGOOD => response.response.is_ok(),
+                _ => good, // AWAIT_GOOD
+            };
+            results.push(response)?;
+            if counts {
+                counted += 1;
+            }
+            if (mode == AWAIT_FASTGOOD && good) || counted >= wanted {
                 break;
             }
-            continue;
         }
-        let good = response.is_good();
-        let counts = match mode {
-            AWAIT_ANY => true,
-            AWAIT_OK => response.response.is_ok(),
-            // A hit ends the wait at once; misses count towards n.
-            AWAIT_FASTGOOD => response.response.is_ok(),
-            _ => good, // AWAIT_GOOD
-        };
-        results.push(response)?;
-        if counts {
-            counted += 1;
-        }
-        if (mode == AWAIT_FASTGOOD && good) || counted >= wanted {
-            break;
-        }
-    }
-    Ok(results)
+        Ok(results)
+    })
 }
 
 /// Copies every live item of `source` into the `cache` pool, page by page,
@@ -887,6 +810,10 @@ fn to_lua(
             let ud = lua.create_userdata(LuaPool(pool))?;
             pools.insert(ptr, ud.clone());
             Value::UserData(ud)
+        }
+        // The same bucket, seen from this worker.
+        ConfigValue::RateLimiter(bucket) => {
+            Value::UserData(lua.create_userdata(super::ratelim::LuaGlobalBucket(bucket.clone()))?)
         }
     })
 }

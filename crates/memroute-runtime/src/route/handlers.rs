@@ -7,7 +7,7 @@
 //! Names and semantics follow memcached's route library (routelib):
 //! `route_direct`, `route_allsync`, `route_allasync`, `route_allfastest`,
 //! `route_split`, `route_failover`, `route_zfailover`, `route_ttl`,
-//! `route_null`, `route_random`. Where routelib leaves a reply open (what
+//! `route_null`, `route_random`, `route_ratelim`. Where routelib leaves a reply open (what
 //! `route_null` and `route_allasync` answer), memroute answers as
 //! mcrouter's NullRoute does: the command's nominal miss.
 //!
@@ -26,7 +26,8 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use memroute_proto::{Command, Limits, MetaOp, Reply, Request, Response, Status, StoreOp};
 
 use super::explain::{with_children, Step};
-use super::{ResponseFuture, Route};
+use super::ratelim::{GlobalTokenBucket, TokenBucket};
+use super::{ReplyFuture, ReplyShape, ResponseFuture, Route};
 use crate::stats::ProxyStats;
 
 /// A counter bumped per retry (routelib's `stats = true`).
@@ -711,6 +712,68 @@ impl Route for Null {
 
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
         ready(nominal_miss(&request))
+    }
+}
+
+/// The bucket a `route_ratelim` draws from.
+pub enum Limiter {
+    /// This worker's own bucket.
+    Local(TokenBucket),
+    /// One bucket shared by every worker (`global = true`).
+    Global(Arc<GlobalTokenBucket>),
+}
+
+impl Limiter {
+    fn take(&self, tokens: i64) -> bool {
+        match self {
+            Limiter::Local(bucket) => bucket.take(tokens),
+            Limiter::Global(bucket) => bucket.take(tokens),
+        }
+    }
+}
+
+/// `route_ratelim{ child, limit, fillrate, tickrate, global,
+/// fail_until_limit }`: each request takes one token; with one, the
+/// request goes to the child, without, it gets `route_null`'s answer (the
+/// command's nominal miss) and nothing is sent. `fail_until_limit` turns
+/// this around: requests get the null answer while tokens last and reach
+/// the child only once the limit is hit (routelib's way to send overflow
+/// elsewhere, e.g. as the first child of a failover).
+pub struct RateLimit {
+    pub child: Rc<dyn Route>,
+    pub limiter: Limiter,
+    pub fail_until_limit: bool,
+}
+
+impl RateLimit {
+    /// Whether this request goes to the child (a token is taken either way).
+    fn admits(&self) -> bool {
+        self.limiter.take(1) != self.fail_until_limit
+    }
+}
+
+impl Route for RateLimit {
+    fn explain(&self, request: &Request, depth: usize, out: &mut Vec<Step>) {
+        with_children("ratelim", [&self.child], request, depth, out);
+    }
+
+    fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
+        if self.admits() {
+            self.child.clone().call(request)
+        } else {
+            ready(nominal_miss(&request))
+        }
+    }
+
+    fn serve(self: Rc<Self>, request: Request) -> ReplyFuture {
+        // The admitted path is the child's own serve: one box, as if the
+        // child were attached directly.
+        if self.admits() {
+            return self.child.clone().serve(request);
+        }
+        let shape = ReplyShape::of(&request);
+        let reply = shape.apply(nominal_miss(&request).into_raw());
+        Box::pin(std::future::ready(reply))
     }
 }
 

@@ -33,6 +33,7 @@
 //! - [`router`]: the key router (`mcp.router_new`, routelib's `routes{}`).
 //! - [`handlers`]: native route handlers (failover, fan-out, zones, TTL,
 //!   mcrouter's prefix selector, hash route and routing prefixes...).
+//! - [`ratelim`]: token bucket filters, per worker and shared (lock-free).
 
 pub mod commands;
 pub mod explain;
@@ -40,6 +41,7 @@ pub mod handlers;
 pub mod multiget;
 pub mod plan;
 pub mod pool;
+pub mod ratelim;
 pub mod router;
 
 use std::cell::RefCell;

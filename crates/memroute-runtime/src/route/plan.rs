@@ -10,10 +10,11 @@ use std::sync::Arc;
 
 use super::handlers::{
     AllAsync, AllFastest, AllMajority, AllSync, Direct, ErrorRoute, Failover, HashSelect,
-    KeyShadow, Migrate, Null, PrefixSelector, Random, RetryStat, RoutingPrefix, Sampler, Shadow,
-    Split, Ttl, Warmup, ZoneFailover, L1L2,
+    KeyShadow, Limiter, Migrate, Null, PrefixSelector, Random, RateLimit, RetryStat, RoutingPrefix,
+    Sampler, Shadow, Split, Ttl, Warmup, ZoneFailover, L1L2,
 };
 use super::pool::{EmbeddedPool, Pool, PoolDef, WorkerBackends};
+use super::ratelim::{GlobalTokenBucket, TbfParams, TokenBucket};
 use super::router::{KeyRouter, RouterEntry, RouterMode, RouterTable};
 use super::{Route, RouteEnv};
 
@@ -48,6 +49,15 @@ pub enum RoutePlan {
     Ttl {
         child: Box<RoutePlan>,
         ttl: i64,
+    },
+    /// `route_ratelim`: a token bucket in front of `child`.
+    RateLimit {
+        child: Box<RoutePlan>,
+        params: TbfParams,
+        /// The bucket every worker shares (`global = true`), made once
+        /// per configuration; `None`: each worker builds its own.
+        global: Option<Arc<GlobalTokenBucket>>,
+        fail_until_limit: bool,
     },
     Null,
     /// The embedded cache (routelib's reserved pool name `internal`).
@@ -236,6 +246,19 @@ impl RoutePlan {
                 child: child.build(cx),
                 ttl: *ttl,
                 limits: cx.env.limits.clone(),
+            }),
+            RoutePlan::RateLimit {
+                child,
+                params,
+                global,
+                fail_until_limit,
+            } => Rc::new(RateLimit {
+                child: child.build(cx),
+                limiter: match global {
+                    Some(bucket) => Limiter::Global(bucket.clone()),
+                    None => Limiter::Local(TokenBucket::new(*params)),
+                },
+                fail_until_limit: *fail_until_limit,
             }),
             RoutePlan::Null => Rc::new(Null),
             RoutePlan::Internal => Rc::new(EmbeddedPool::new(cx.env.clone())),
