@@ -496,3 +496,20 @@ def test_watcher_logbuf_size_must_be_kilobytes(value):
     assert result.returncode != 0
     assert "watcher_logbuf_size=%s: the watcher buffer is a positive number of kilobytes" % value \
         in result.stderr
+
+
+def test_a_failing_cron_goes_to_proxyevents(memroute_factory, tmp_path):
+    path = write_startfile(tmp_path, "cron.lua", """
+        function mcp_config_pools()
+            mcp.register_cron("broken", { every = 1, func = function()
+                error("cron boom")
+            end })
+            return {}
+        end
+        function mcp_config_routes(p) end
+    """)
+    mr = memroute_factory("--config", str(path))
+    with mr.client() as w:
+        w.send(b"watch proxyevents\r\n")
+        assert w.read_line() == b"OK\r\n"
+        expect_line(w, rb"type=proxy_error msg=\S*cron\.lua:3: cron boom", timeout=5)
