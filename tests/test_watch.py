@@ -140,6 +140,11 @@ def watcher(env, streams: bytes) -> RawClient:
     return c
 
 
+def watcher_count(env) -> str:
+    with env.mr.client() as c:
+        return stats_dict(c)["log_watchers"]
+
+
 def ask(env, data: bytes, terminator: bytes = b"\r\n") -> bytes:
     with env.mr.client() as c:
         return c.request(data, terminator)
@@ -201,17 +206,20 @@ def test_a_prefix_names_the_first_stream_it_begins(env):
 
 
 def test_watcher_limit(env):
+    # Earlier tests' watchers are gone once the server has seen them close.
+    wait_until(lambda: watcher_count(env) == "0", 5,
+               what="earlier watchers to go")
     watchers = [watcher(env, b"proxyuser") for _ in range(20)]
     try:
         with env.mr.client() as c:
             assert c.request(b"watch proxyuser\r\n") == (
                 b"WATCHER_TOO_MANY log watcher limit reached\r\n")
-        assert stats_dict(env.mr.client())["log_watchers"] == "20"
+        assert watcher_count(env) == "20"
     finally:
         for w in watchers:
             w.close()
     # Closed watchers are noticed and removed.
-    wait_until(lambda: stats_dict(env.mr.client())["log_watchers"] == "0", 5,
+    wait_until(lambda: watcher_count(env) == "0", 5,
                what="watchers to go")
     with watcher(env, b"proxyuser"):
         pass

@@ -466,7 +466,8 @@ pub fn sampled(
     response: Option<&Response>,
     elapsed_us: u64,
 ) -> bool {
-    let failed = response.is_none_or(|r| r.code().is_error());
+    // (No response is not an error: memcached's status stays MCMC_OK.)
+    let failed = response.is_some_and(|r| r.code().is_error());
     if errors && failed {
         return true;
     }
