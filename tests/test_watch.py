@@ -162,6 +162,19 @@ def expect_line(w: RawClient, body: bytes, timeout: float = 3.0) -> re.Match:
     return m
 
 
+def expect_conn_new(w: RawClient, port: bytes = rb"\d+") -> re.Match:
+    """The next `conn_new` line; the close of a connection made before the
+    watcher (the test harness's readiness probe) may come first."""
+    while True:
+        line = next_line(w)
+        if re.fullmatch(TS + rb"type=conn_close .*\n", line):
+            continue
+        m = re.fullmatch(TS + rb"type=conn_new rip=127\.0\.0\.1 rport=" + port
+                         + rb" transport=tcp cfd=(\d+)\n", line)
+        assert m, "unexpected log line %r" % line
+        return m
+
+
 def nothing_more(w: RawClient) -> None:
     assert w.read_available(quiet=0.3) == b""
 
@@ -175,10 +188,10 @@ def key(prefix: str) -> str:
 # --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("line, reply", [
-    (b"watch\r\n", b"ERROR\r\n"),  # memcached's default is fetchers
     (b"watch errors\r\n", b"ERROR\r\n"),
-    (b"watch fetchers\r\n", b"ERROR\r\n"),
-    (b"watch mutations\r\n", b"ERROR\r\n"),
+    (b"watch evictions\r\n", b"ERROR\r\n"),
+    (b"watch rawcmds\r\n", b"ERROR\r\n"),
+    (b"watch sysevents\r\n", b"ERROR\r\n"),
     (b"watch proxyreqs bogus\r\n", b"ERROR\r\n"),
     (b"watch proxyreqsx\r\n", b"ERROR\r\n"),
 ])
@@ -364,8 +377,7 @@ def test_connections_opened_and_closed(env):
     with watcher(env, b"connevents") as w:
         c = env.mr.client()
         port = str(c.sock.getsockname()[1]).encode()
-        m = expect_line(w, rb"type=conn_new rip=127\.0\.0\.1 rport=" + port
-                        + rb" transport=tcp cfd=(\d+)")
+        m = expect_conn_new(w, port)
         cfd = m.group(2)
         c.send(b"quit\r\n")
         assert c.wait_closed() == b""
@@ -380,7 +392,7 @@ def test_an_idle_connection_closed_by_the_server(memroute_factory):
         w.send(b"watch connevents\r\n")
         assert w.read_line() == b"OK\r\n"
         with mr.client() as c:
-            expect_line(w, rb"type=conn_new rip=127\.0\.0\.1 rport=\d+ transport=tcp cfd=\d+")
+            expect_conn_new(w)
             # (The watcher itself is not idle: it is never timed out.)
             assert c.wait_closed(timeout=5) == b""
         expect_line(w, rb"type=conn_close rip=127\.0\.0\.1 rport=\d+ transport=tcp "
@@ -521,3 +533,52 @@ def test_a_failing_cron_goes_to_proxyevents(memroute_factory, tmp_path):
         w.send(b"watch proxyevents\r\n")
         assert w.read_line() == b"OK\r\n"
         expect_line(w, rb"type=proxy_error msg=\S*cron\.lua:3: cron boom", timeout=5)
+
+
+# --------------------------------------------------------------------------
+# fetchers, mutations (the embedded cache)
+# --------------------------------------------------------------------------
+
+def test_reads_and_stores_of_the_embedded_cache(memroute_factory):
+    mr = memroute_factory()
+    with mr.client() as w:
+        # A bare watch is memcached's `watch fetchers`.
+        w.send(b"watch connevents mutations fetchers\r\n")
+        assert w.read_line() == b"OK\r\n"
+        with mr.client() as c:
+            cfd = expect_conn_new(w).group(2)
+            assert c.request(b"get wk\r\n") == b"END\r\n"
+            expect_line(w, rb"type=item_get key=wk status=not_found clsid=0 cfd=" + cfd
+                        + rb" size=0")
+            assert c.request(b"set wk 0 100 5\r\nhello\r\n") == b"STORED\r\n"
+            expect_line(w, rb"type=item_store key=wk status=stored cmd=set ttl=100 clsid=1 "
+                        rb"cfd=" + cfd + rb" size=5")
+            assert c.request(b"get wk\r\n", b"END\r\n") == b"VALUE wk 0 5\r\nhello\r\nEND\r\n"
+            expect_line(w, rb"type=item_get key=wk status=found clsid=1 cfd=" + cfd + rb" size=5")
+            assert c.request(b"add wk 0 0 2\r\nhi\r\n") == b"NOT_STORED\r\n"
+            expect_line(w, rb"type=item_store key=wk status=not_stored cmd=add ttl=0 clsid=1 "
+                        rb"cfd=" + cfd + rb" size=2")
+            assert c.request(b"ms wk 2 T50 C999999\r\nhi\r\n") == b"EX\r\n"
+            expect_line(w, rb"type=item_store key=wk status=exists cmd=cas ttl=50 clsid=1 "
+                        rb"cfd=" + cfd + rb" size=2")
+            assert c.request(b"mg wk s v\r\n", b"hello\r\n") == b"VA 5 s5\r\nhello\r\n"
+            expect_line(w, rb"type=item_get key=wk status=found clsid=1 cfd=" + cfd + rb" size=5")
+        nothing_more_but_close(w)
+
+
+def nothing_more_but_close(w: RawClient) -> None:
+    """Only the connection's close is left to read."""
+    expect_line(w, rb"type=conn_close rip=127\.0\.0\.1 rport=\d+ transport=tcp "
+                rb"reason=normal cfd=\d+")
+    nothing_more(w)
+
+
+def test_a_bare_watch_is_fetchers(memroute_factory):
+    mr = memroute_factory()
+    with mr.client() as w, mr.client() as c:
+        w.send(b"watch\r\n")
+        assert w.read_line() == b"OK\r\n"
+        assert c.request(b"set bk 0 0 1\r\nx\r\n") == b"STORED\r\n"
+        assert c.request(b"get bk\r\n", b"END\r\n") == b"VALUE bk 0 1\r\nx\r\nEND\r\n"
+        expect_line(w, rb"type=item_get key=bk status=found clsid=1 cfd=\d+ size=1")
+        nothing_more(w)

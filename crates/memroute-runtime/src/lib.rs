@@ -33,8 +33,8 @@
 //! - [`tls`]: TLS for clients (`-Z`) and backends (`mcp.init_tls`).
 //! - [`auth`]: client authentication (`-Y` auth file, `-S` SASL PLAIN).
 //! - [`watch`]: memcached's `watch` log streams (`proxyreqs`,
-//!   `proxyevents`, `proxyuser`, `deletions`, `connevents`), fed from
-//!   anywhere.
+//!   `proxyevents`, `proxyuser`, `fetchers`, `mutations`, `deletions`,
+//!   `connevents`), fed from anywhere.
 //!
 //! # Example
 //! ```no_run

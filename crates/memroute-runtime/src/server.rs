@@ -666,10 +666,13 @@ impl WorkerSeed {
                             if let Ok(stream) = tokio::net::TcpStream::from_std(stream) {
                                 let _ = stream.set_nodelay(true);
                                 crate::watch::conn_new(peer, fd);
-                                let reason = match tls {
-                                    None => serve(stream, ctx, tag, rx).await,
-                                    Some(tls) => serve_tls(stream, &tls, ctx, tag, rx).await,
+                                let served = async move {
+                                    match tls {
+                                        None => serve(stream, ctx, tag, rx).await,
+                                        Some(tls) => serve_tls(stream, &tls, ctx, tag, rx).await,
+                                    }
                                 };
+                                let reason = crate::watch::CLIENT_FD.scope(fd, served).await;
                                 crate::watch::conn_close(peer, fd, reason.name());
                             }
                         }
@@ -679,7 +682,8 @@ impl WorkerSeed {
                             let fd = stream.as_raw_fd();
                             if let Ok(stream) = tokio::net::UnixStream::from_std(stream) {
                                 crate::watch::conn_new(None, fd);
-                                let reason = serve(stream, ctx, ListenerTag::UNTAGGED, rx).await;
+                                let served = serve(stream, ctx, ListenerTag::UNTAGGED, rx);
+                                let reason = crate::watch::CLIENT_FD.scope(fd, served).await;
                                 crate::watch::conn_close(None, fd, reason.name());
                             }
                         }

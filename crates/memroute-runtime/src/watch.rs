@@ -28,7 +28,10 @@ use tokio::sync::Notify;
 /// `watch` command tries the names).
 pub const RAWCMDS: u16 = 1 << 0;
 pub const EVICTIONS: u16 = 1 << 1;
+/// The embedded cache's reads (`get`, `gets`, `gat`, `gats`, `mg`).
 pub const FETCHERS: u16 = 1 << 2;
+/// The embedded cache's stores (`set`, `add`, `replace`, `append`,
+/// `prepend`, `cas`, `ms`).
 pub const MUTATIONS: u16 = 1 << 3;
 pub const SYSEVENTS: u16 = 1 << 4;
 /// Client connections accepted and closed.
@@ -43,7 +46,8 @@ pub const PROXYUSER: u16 = 1 << 8;
 pub const DELETIONS: u16 = 1 << 9;
 
 /// The streams memroute has data for.
-const SUPPORTED: u16 = CONNEVENTS | PROXYREQS | PROXYEVENTS | PROXYUSER | DELETIONS;
+const SUPPORTED: u16 =
+    FETCHERS | MUTATIONS | CONNEVENTS | PROXYREQS | PROXYEVENTS | PROXYUSER | DELETIONS;
 
 /// `watch` arguments in the order memcached compares them.
 const STREAM_NAMES: &[(&str, u16)] = &[
@@ -533,6 +537,50 @@ fn push_endpoint(line: &mut String, peer: Option<std::net::SocketAddr>) {
     };
 }
 
+tokio::task_local! {
+    /// The socket of the client connection the running task serves, for
+    /// `cfd=` in `fetchers` and `mutations` lines (set around each
+    /// connection by the server).
+    pub static CLIENT_FD: i32;
+}
+
+/// The socket of the client being served, 0 outside a connection.
+pub fn client_fd() -> i32 {
+    CLIENT_FD.try_with(|fd| *fd).unwrap_or(0)
+}
+
+/// `type=item_get key=<key> status=found|not_found|expired|flushed
+/// clsid=<class> cfd=<fd> size=<value bytes>`: a read of the embedded
+/// cache (`size` and `clsid` 0 on a miss, as memcached).
+pub fn item_get(key: &[u8], status: &str, size: Option<usize>) {
+    log(FETCHERS, |line| {
+        line.push_str("type=item_get key=");
+        uri_encode(line, key);
+        let _ = write!(
+            line,
+            " status={status} clsid={} cfd={} size={}",
+            u8::from(size.is_some()),
+            client_fd(),
+            size.unwrap_or(0)
+        );
+    });
+}
+
+/// `type=item_store key=<key> status=<outcome> cmd=<command> ttl=<seconds
+/// left, 0: none> clsid=1 cfd=<fd> size=<value bytes>`: a store to the
+/// embedded cache.
+pub fn item_store(key: &[u8], status: &str, command: &str, ttl: u64, size: usize) {
+    log(MUTATIONS, |line| {
+        line.push_str("type=item_store key=");
+        uri_encode(line, key);
+        let _ = write!(
+            line,
+            " status={status} cmd={command} ttl={ttl} clsid=1 cfd={} size={size}",
+            client_fd()
+        );
+    });
+}
+
 /// memcached's `uriencode` of keys and buffers in log lines: bytes other
 /// than unreserved URI characters as `%XX`.
 pub fn uri_encode(out: &mut String, bytes: &[u8]) {
@@ -576,8 +624,9 @@ mod tests {
         assert_eq!(args("proxyreqs bogus"), Err(WatchError::UnknownStream));
         assert_eq!(args("evictions"), Err(WatchError::UnknownStream));
         assert_eq!(args("conn"), Ok(CONNEVENTS));
-        // No argument is `fetchers`, which memroute has no data for.
-        assert_eq!(args(""), Err(WatchError::UnknownStream));
+        assert_eq!(args("mutations f"), Ok(MUTATIONS | FETCHERS));
+        // No argument is `fetchers`.
+        assert_eq!(args(""), Ok(FETCHERS));
     }
 
     #[test]
