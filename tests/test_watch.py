@@ -70,6 +70,11 @@ function mcp_config_routes(p)
             mcp.log_req(r, res, "mydetail")
             return res
         end),
+        cfd = fgen("cfd", p.plain, function(rctx, h, r)
+            local res = rctx:enqueue_and_wait(r, h)
+            mcp.log_req(r, res, "withcfd", rctx:cfd())
+            return res
+        end),
         nores = fgen("nores", nil, function(rctx, h, r)
             mcp.log_req(r, nil, "nothing", 17)
             return "END\r\n"
@@ -278,6 +283,16 @@ def test_log_req_in_a_classic_route(env):
                     rb"cfd=0 be=127\.0\.0\.1:" + port + rb" detail=classic req=gets " + k.encode())
 
 
+def test_log_req_with_the_client_socket(env):
+    with watcher(env, b"connevents proxyreqs") as w, env.mr.client() as c:
+        port = str(c.sock.getsockname()[1]).encode()
+        cfd = expect_conn_new(w, port).group(2)
+        k = key("cfd")
+        assert c.request(b"get %s\r\n" % k.encode()) == b"END\r\n"
+        expect_line(w, rb"type=proxy_req elapsed=\d+ type=105 code=17 status=0 res=16 cfd=" + cfd
+                    + rb" be=127\.0\.0\.1:\d+ detail=withcfd req=get " + k.encode())
+
+
 def test_log_req_without_response(env):
     with watcher(env, b"proxyreqs") as w:
         k = key("nores")
@@ -478,7 +493,7 @@ def test_a_slow_watcher_skips_lines_and_says_so(env):
 def test_stats_proxyfuncs(env):
     with env.mr.client() as c:
         stats = stats_dict(c, b"proxyfuncs")
-    names = ["user", "flood", "req", "nores", "sample", "badarg", "fail", "dead", "logged",
+    names = ["user", "flood", "req", "cfd", "nores", "sample", "badarg", "fail", "dead", "logged",
              "errs"]
     for name in names:
         # One worker: one funcgen of each name, each with its slot.

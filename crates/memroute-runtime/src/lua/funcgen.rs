@@ -1134,11 +1134,10 @@ impl UserData for LuaRctx {
         methods.add_method("response_new", |lua, this, ()| {
             this.0.user_objects.response_new(lua)
         });
-        methods.add_method("cfd", |_, _, ()| {
-            Err::<(), _>(mlua::Error::runtime(
-                "rctx:cfd() is not supported by memroute: routes do not see client sockets",
-            ))
-        });
+        // The client's socket, for `mcp.log_req(..., rctx:cfd())` (0 once
+        // the client's request is over: a callback of a request left
+        // running runs in no client's task).
+        methods.add_method("cfd", |_, _, ()| Ok(crate::watch::client_fd()));
     }
 }
 
