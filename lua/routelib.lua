@@ -34,6 +34,7 @@ local HANDLERS = {
     "zfailover", "ttl", "null", "random", "ratelim",
     -- memroute's additions (mcrouter's route handles, routelib's style)
     "allmajority", "error", "shadow", "warmup", "l1l2", "migrate",
+    "bigvalue", "keysplit",
 }
 
 for _, name in ipairs(HANDLERS) do
@@ -46,9 +47,37 @@ for _, name in ipairs(HANDLERS) do
     end
 end
 
-function register_route_handlers(_)
-    fail(where(2), "register_route_handlers: memroute's routelib builds its handlers "
-        .. "natively; write a custom route with the funcgen API (mcp.funcgen_new) instead")
+-- Handlers written in Lua, as routelib has them: a library loaded with
+-- `-o proxy_config=routelib:LIB.lua` calls register_route_handlers{ "name" }
+-- and defines route_name_conf(args, ctx) (run here, on the config VM) and
+-- route_name_start(args, ctx, fgen) (run on every worker VM, where it makes
+-- a funcgen). The handler is a node of the native route tree; its children
+-- (options named child*) may be pools or native handlers.
+local BUILTIN = {}
+for _, name in ipairs(HANDLERS) do
+    BUILTIN[name] = true
+end
+
+function register_route_handlers(names)
+    local at = where(2)
+    if type(names) ~= "table" then
+        fail(at, "register_route_handlers takes a list of handler names")
+    end
+    for _, name in pairs(names) do
+        if type(name) ~= "string" or not name:match("^[%w_]+$") then
+            fail(at, "register_route_handlers: handler names are words, not " .. tostring(name))
+        end
+        if BUILTIN[name] then
+            fail(at, "register_route_handlers: route_" .. name .. " is a built-in handler")
+        end
+        _G["route_" .. name] = function(args)
+            local here = where(2)
+            if args ~= nil and type(args) ~= "table" then
+                fail(here, "route_" .. name .. " takes a table of options")
+            end
+            return { __route = "user", __handler = name, __where = here, args = args or {} }
+        end
+    end
 end
 
 -- Command names routelib accepts in cmdmap{} and routes{ cmap = }.
@@ -277,42 +306,88 @@ end
 
 local resolve_route
 
-local function resolve_child(value, made, at)
+local function resolve_child(value, made, at, label)
     if type(value) == "string" then
         return resolve_name(value, made, at)
     elseif type(value) == "table" and value.__route then
-        return resolve_route(value, made)
+        return resolve_route(value, made, label)
     elseif type(value) == "table" then
         local out = {}
         for k, v in pairs(value) do
-            out[k] = resolve_child(v, made, at)
+            out[k] = resolve_child(v, made, at, label)
         end
         return out
     end
     fail(at, "a child must be a pool name or a route handler")
 end
 
-resolve_route = function(r, made)
+-- Stat counter ids user handlers asked for (ctx:get_stats_id), by name;
+-- memroute's own counters take the ids after these.
+local user_stats = { next = 1, ids = {} }
+
+local function stats_id(name)
+    if type(name) ~= "string" or name == "" then
+        error("get_stats_id takes a counter name", 2)
+    end
+    local id = user_stats.ids[name]
+    if id == nil then
+        id = user_stats.next
+        user_stats.next = id + 1
+        user_stats.ids[name] = id
+        mcp.add_stat(id, name)
+    end
+    return id
+end
+
+-- What a user handler's _conf function gets as ctx (routelib's methods).
+local function conf_ctx(label)
+    return {
+        label = function(_) return label end,
+        cmd = function(_) return mcp.CMD_ANY_STORAGE end,
+        local_zone = function(_) return conf.zone end,
+        get_stats_id = function(_, name) return stats_id(name) end,
+        stats_get_id = function(_, name) return stats_id(name) end,
+    }
+end
+
+resolve_route = function(r, made, label)
     local args = {}
     for k, v in pairs(r.args) do
         if type(k) == "string" and k:find("^child") then
-            args[k] = resolve_child(v, made, r.__where)
+            args[k] = resolve_child(v, made, r.__where, label)
         else
             args[k] = v
         end
     end
+    if r.__route == "user" then
+        local name = r.__handler
+        local configure = _G["route_" .. name .. "_conf"]
+        if type(configure) ~= "function" then
+            fail(r.__where, "route_" .. name .. ": no function route_" .. name
+                .. "_conf (define it in the handler library)")
+        end
+        local ok, out = pcall(configure, args, conf_ctx(label))
+        if not ok then
+            fail(r.__where, "route_" .. name .. "_conf: " .. tostring(out))
+        end
+        if type(out) ~= "table" then
+            fail(r.__where, "route_" .. name .. "_conf must return a table")
+        end
+        return { __route = "user", __handler = name, __label = label, __where = r.__where,
+                 args = out }
+    end
     return { __route = r.__route, __where = r.__where, args = args }
 end
 
-local function resolve_entry(value, made, at)
+local function resolve_entry(value, made, at, label)
     if type(value) == "table" and value.__cmdmap then
         local out = {}
         for id, r in pairs(value.__cmdmap) do
-            out[id] = resolve_child(r, made, value.__where)
+            out[id] = resolve_child(r, made, value.__where, label)
         end
         return { __cmdmap = out, __where = value.__where }
     end
-    return resolve_child(value, made, at)
+    return resolve_child(value, made, at, label)
 end
 
 -- One routes{} section with every child resolved to its pool.
@@ -321,17 +396,17 @@ local function resolve_tree(r, made)
     if r.map ~= nil then
         tree.map = {}
         for prefix, entry in pairs(r.map) do
-            tree.map[prefix] = resolve_entry(entry, made, r.__where)
+            tree.map[prefix] = resolve_entry(entry, made, r.__where, tostring(prefix))
         end
     end
     if r.cmap ~= nil then
         tree.cmap = {}
         for id, entry in pairs(command_ids(r.cmap, r.__where, "routes cmap")) do
-            tree.cmap[id] = resolve_child(entry, made, r.__where)
+            tree.cmap[id] = resolve_child(entry, made, r.__where, "cmdmap")
         end
     end
     if r.default ~= nil then
-        tree.default = resolve_child(r.default, made, r.__where)
+        tree.default = resolve_child(r.default, made, r.__where, "default")
     end
     return tree
 end

@@ -82,10 +82,26 @@ struct Cli {
     /// proxy_config=routelib,proxy_arg=FILE`; see docs/routes.md).
     #[arg(long = "routes", value_name = "FILE", conflicts_with_all = ["config", "config_arg"])]
     routes: Option<std::path::PathBuf>,
+    /// With `--routes`: a library of route handlers written in Lua
+    /// (routelib's `register_route_handlers`), run after routelib on the
+    /// config VM and every worker VM (repeatable; the same as `-o
+    /// proxy_config=routelib:LIB.lua`).
+    #[arg(long = "route-handlers", value_name = "FILE", requires = "routes")]
+    route_handlers: Vec<std::path::PathBuf>,
     /// An mcrouter JSON configuration, read into memroute's native route
     /// handlers (see docs/mcrouter.md).
     #[arg(long = "mcrouter-config", value_name = "FILE", conflicts_with_all = ["config", "config_arg", "routes"])]
     mcrouter_config: Option<std::path::PathBuf>,
+    /// mcrouter's `--big-value-split-threshold`: with `--mcrouter-config`,
+    /// values over this many bytes are stored as chunks of this size plus
+    /// an index item (mcrouter's BigValueRoute; 0, the default: off).
+    #[arg(
+        long = "big-value-split-threshold",
+        value_name = "BYTES",
+        default_value_t = 0,
+        requires = "mcrouter_config"
+    )]
+    big_value_split_threshold: usize,
     /// Extra directory for Lua's `require` (repeatable).
     #[arg(long = "lua-path", value_name = "DIR")]
     lua_path: Vec<std::path::PathBuf>,
@@ -686,12 +702,19 @@ fn config_from(cli: &Cli) -> Result<ServerConfig, String> {
     let mut startfile = cli.config.clone();
     let mut start_arg = cli.config_arg.clone();
     if let Some(routes) = &cli.routes {
-        startfile = Some("routelib".into());
+        let mut files = "routelib".to_string();
+        for library in &cli.route_handlers {
+            files.push(':');
+            files.push_str(&library.display().to_string());
+        }
+        startfile = Some(files.into());
         start_arg = Some(routes.display().to_string());
     }
     if let Some(file) = &cli.mcrouter_config {
         startfile = Some(file.clone());
-        start_arg = Some(memroute_runtime::mcrouter::START_ARG.into());
+        start_arg = Some(memroute_runtime::mcrouter::start_arg(
+            cli.big_value_split_threshold,
+        ));
     }
     let mut o_idle_timeout = None;
     let mut tls = TlsOptions::default();

@@ -292,3 +292,67 @@ def test_an_unsupported_handle_stops_the_start_with_its_path(startfile_dir):
     result = run_memroute_expect_failure(["--mcrouter-config", str(path)])
     assert result.returncode != 0
     assert "route.children[2].type: BigValueRoute is not supported" in result.stderr
+
+
+def test_big_value_split_threshold_chunks_as_mcrouter_does(backends, memroute_factory,
+                                                           startfile_dir):
+    a, b = backends(2)
+    path = config_file(startfile_dir, {
+        "pools": {"A": servers(a, b)},
+        "route": "PoolRoute|A",
+    })
+    mr = memroute_factory("--mcrouter-config", str(path), "--big-value-split-threshold", "5000",
+                          "-I", "4m")
+    value = b"abc" * 400001       # 1,200,003 bytes: over the servers' 1 MB items
+    with mr.client() as c:
+        c.send(b"set key 3 0 %d\r\n%s\r\n" % (len(value), value))
+        assert c.read_line() == b"STORED\r\n"
+        assert c.request(b"get key\r\n", b"END\r\n") == \
+            b"VALUE key 3 %d\r\n%s\r\nEND\r\n" % (len(value), value)
+        # Written by hand in mcrouter's layout (as mcrouter's own
+        # test_bigvalue does): memroute reads it back whole.
+        piece = b"a" * 5000
+        for server in (a, b):
+            mc_set(server, "hand", b"1-2-1234", flags=0x8000)
+            mc_set(server, "hand:0:1234", piece)
+            mc_set(server, "hand:1:1234", b"a")
+        assert c.request(b"get hand\r\n", b"END\r\n") == \
+            b"VALUE hand 0 5001\r\n%s\r\nEND\r\n" % (piece + b"a")
+        # A piece gone: a miss.
+        for server in (a, b):
+            with server.client() as direct:
+                direct.request(b"delete hand:1:1234\r\n")
+        assert c.request(b"get hand\r\n", b"END\r\n") == b"END\r\n"
+        # Small values pass through with their flags.
+        assert c.request(b"set s 9 0 2\r\nhi\r\n") == b"STORED\r\n"
+        assert c.request(b"get s\r\n", b"END\r\n") == b"VALUE s 9 2\r\nhi\r\nEND\r\n"
+        # A server killed: a big write cannot land whole, and says so.
+        b.stop()
+        reply = c.request(b"set key2 0 0 %d\r\n%s\r\n" % (len(value), value))
+        assert reply.startswith(b"SERVER_ERROR"), reply
+
+
+def test_l1l2_cache_route_negative_caching(backends, memroute_factory, startfile_dir):
+    near, far = backends(2)
+    path = config_file(startfile_dir, {
+        "pools": {"near": servers(near), "far": servers(far)},
+        "route": {"type": "L1L2CacheRoute", "l1": "PoolRoute|near", "l2": "PoolRoute|far",
+                  "upgradingL1Exptime": 60, "ncacheExptime": 30},
+    })
+    mr = memroute_factory("--mcrouter-config", str(path))
+    with mr.client() as c:
+        assert c.request(b"get k\r\n", b"END\r\n") == b"END\r\n"
+        # The negative entry lands in L1 with mcrouter's flag.
+        wait_until(lambda: near.client().request(b"mg k f t\r\n").startswith(b"HD f65536 t"),
+                   5, what="the negative entry in L1")
+        mc_set(far, "k", b"v")
+        assert c.request(b"get k\r\n", b"END\r\n") == b"END\r\n"
+        assert c.request(b"delete k\r\n") == b"DELETED\r\n"
+        assert mc_get(near, "k") is None
+    bad = config_file(startfile_dir, {
+        "pools": {"near": servers(near), "far": servers(far)},
+        "route": {"type": "L1L2CacheRoute", "l1": "PoolRoute|near", "l2": "PoolRoute|far",
+                  "upgradingL1Exptime": 60, "ncacheExptime": 30, "ncacheUpdatePeriod": 5},
+    }, name="bad.json")
+    result = run_memroute_expect_failure(["--mcrouter-config", str(bad)])
+    assert "route.ncacheUpdatePeriod: only 0 is supported" in result.stderr, result.stderr

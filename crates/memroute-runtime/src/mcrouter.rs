@@ -32,6 +32,29 @@ use crate::route::{PoolDef, PoolKind};
 /// reads the start argument).
 pub const START_ARG: &str = "<mcrouter-config>";
 
+/// What follows [`START_ARG`] when mcrouter's `--big-value-split-threshold`
+/// is given: the threshold, in bytes.
+const BIG_VALUE_ARG: &str = "big-value-split-threshold=";
+
+/// The start argument for an mcrouter configuration, with mcrouter's
+/// `--big-value-split-threshold` when it is not 0.
+pub fn start_arg(big_value_split_threshold: usize) -> String {
+    match big_value_split_threshold {
+        0 => START_ARG.to_string(),
+        n => format!("{START_ARG}{BIG_VALUE_ARG}{n}"),
+    }
+}
+
+/// Whether a start argument means "an mcrouter JSON file", and with
+/// which big-value threshold (0: none).
+pub fn read_start_arg(arg: &str) -> Option<usize> {
+    let rest = arg.strip_prefix(START_ARG)?;
+    if rest.is_empty() {
+        return Some(0);
+    }
+    rest.strip_prefix(BIG_VALUE_ARG)?.parse().ok()
+}
+
 /// Deepest `@import` nesting (a loop is an error, not a hang).
 const MAX_IMPORT_DEPTH: usize = 16;
 
@@ -57,10 +80,22 @@ impl McrouterConfig {
     }
 }
 
-/// Reads the mcrouter configuration in `path`.
-pub fn load(path: &Path) -> Result<McrouterConfig, String> {
+/// Reads the mcrouter configuration in `path`. With a
+/// `big_value_split_threshold` (mcrouter's flag; 0: none), the whole tree
+/// sits under a big-value route, as mcrouter puts its BigValueRoute above
+/// the configured routes: values over the threshold are stored as chunks
+/// of that size plus an index (see [`crate::route::bigvalue`]).
+pub fn load(path: &Path, big_value_split_threshold: usize) -> Result<McrouterConfig, String> {
     let value = read_json(path, 0)?;
-    parse(&value)
+    let mut config = parse(&value)?;
+    if big_value_split_threshold > 0 {
+        config.root = RoutePlan::BigValue {
+            child: Box::new(config.root),
+            threshold: big_value_split_threshold,
+            chunk: big_value_split_threshold,
+        };
+    }
+    Ok(config)
 }
 
 /// The JSON in `path` (comments allowed, `@import` resolved).
@@ -760,11 +795,32 @@ impl Reader {
                 }
             }
             "L1L2CacheRoute" => {
-                check_keys(map, &["type", "l1", "l2", "upgradingL1Exptime"], path)?;
+                check_keys(
+                    map,
+                    &[
+                        "type",
+                        "l1",
+                        "l2",
+                        "upgradingL1Exptime",
+                        "ncacheExptime",
+                        "ncacheUpdatePeriod",
+                    ],
+                    path,
+                )?;
+                if int(map, "ncacheUpdatePeriod", 0, path)? != 0 {
+                    return Err(format!(
+                        "{path}.ncacheUpdatePeriod: only 0 is supported (memroute never \
+                         rechecks L2 while a negative entry lives)"
+                    ));
+                }
                 RoutePlan::L1L2 {
                     l1: Box::new(self.one(map, "l1", path)?),
                     l2: Box::new(self.one(map, "l2", path)?),
                     ttl: int(map, "upgradingL1Exptime", 0, path)?,
+                    negative_ttl: match int(map, "ncacheExptime", 0, path)? {
+                        t if t >= 0 => t,
+                        _ => return Err(format!("{path}.ncacheExptime: must be 0 or more")),
+                    },
                 }
             }
             "MigrateRoute" => {
@@ -1444,9 +1500,9 @@ mod tests {
             "// a comment\n{\"pools\": \"@import(pools.json)\", /* x */ \"route\": \"Pool|A // not a comment\"}",
         )
         .unwrap();
-        let result = load(&dir.join("main.json"));
+        let result = load(&dir.join("main.json"), 0);
         std::fs::write(dir.join("loop.json"), r#"{"route": "@import(loop.json)"}"#).unwrap();
-        let looped = load(&dir.join("loop.json"));
+        let looped = load(&dir.join("loop.json"), 0);
         let _ = std::fs::remove_dir_all(&dir);
         // The string keeps its "//": the pool name is taken as written.
         assert_eq!(
@@ -1454,5 +1510,34 @@ mod tests {
             "route: no pool named \"A // not a comment\""
         );
         assert!(looped.unwrap_err().contains("nested more than 16 deep"));
+    }
+
+    #[test]
+    fn big_value_threshold_rides_the_start_argument() {
+        assert_eq!(read_start_arg(&start_arg(0)), Some(0));
+        assert_eq!(read_start_arg(&start_arg(5000)), Some(5000));
+        assert_eq!(read_start_arg("config.lua"), None);
+        assert_eq!(read_start_arg("<mcrouter-config>bogus"), None);
+    }
+
+    #[test]
+    fn l1l2_negative_caching_reads_ncache_exptime() {
+        let l1l2 = |extra: Value| {
+            let mut route = json!({"type": "L1L2CacheRoute", "l1": "PoolRoute|A",
+                                   "l2": "PoolRoute|A", "upgradingL1Exptime": 10});
+            for (k, v) in extra.as_object().unwrap() {
+                route[k] = v.clone();
+            }
+            route
+        };
+        assert!(matches!(
+            root(l1l2(json!({"ncacheExptime": 3}))),
+            RoutePlan::L1L2 {
+                negative_ttl: 3,
+                ..
+            }
+        ));
+        assert!(err(l1l2(json!({"ncacheExptime": -1}))).contains("ncacheExptime"));
+        assert!(err(l1l2(json!({"ncacheUpdatePeriod": 2}))).contains("ncacheUpdatePeriod"));
     }
 }

@@ -198,8 +198,12 @@ pub fn load_config(
     proxy: &ProxyConfig,
     stores: &Arc<StoreRegistry>,
 ) -> Result<LoadedConfig, ConfigError> {
-    if is_mcrouter(proxy) {
-        return load_mcrouter(proxy);
+    if let Some(threshold) = proxy
+        .start_arg
+        .as_deref()
+        .and_then(crate::mcrouter::read_start_arg)
+    {
+        return load_mcrouter(proxy, threshold);
     }
     let lua = vm::new_vm(proxy)?;
     load_into(&lua, proxy, stores)
@@ -207,7 +211,11 @@ pub fn load_config(
 
 /// Whether the startfile is an mcrouter JSON file (read with no VM).
 pub(crate) fn is_mcrouter(proxy: &ProxyConfig) -> bool {
-    proxy.start_arg.as_deref() == Some(crate::mcrouter::START_ARG)
+    proxy
+        .start_arg
+        .as_deref()
+        .and_then(crate::mcrouter::read_start_arg)
+        .is_some()
 }
 
 /// Loads the startfile into `lua`, a config VM made by [`vm::new_vm`],
@@ -272,9 +280,12 @@ pub(crate) fn load_into(
 
 /// An mcrouter JSON file (the startfile) as a loaded configuration: its
 /// tree is built natively by workers, as a routelib file's is.
-fn load_mcrouter(proxy: &ProxyConfig) -> Result<LoadedConfig, ConfigError> {
+fn load_mcrouter(
+    proxy: &ProxyConfig,
+    big_value_threshold: usize,
+) -> Result<LoadedConfig, ConfigError> {
     let file = &proxy.startfile;
-    let config = crate::mcrouter::load(file)
+    let config = crate::mcrouter::load(file, big_value_threshold)
         .map_err(|e| ConfigError::Invalid(format!("{}: {e}", file.display())))?;
     let pools = ConfigValue::Table(
         config
@@ -297,6 +308,7 @@ fn load_mcrouter(proxy: &ProxyConfig) -> Result<LoadedConfig, ConfigError> {
             routers: vec![(None, config.router())],
             pools: config.pools.into_iter().map(|(_, def)| def).collect(),
             stat_names: Vec::new(),
+            user_handlers: false,
         })),
     })
 }

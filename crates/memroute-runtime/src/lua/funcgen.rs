@@ -585,46 +585,58 @@ impl Rctx {
     }
 
     fn enqueue(&self, request: &AnyUserData, handles: &Value) -> mlua::Result<()> {
-        if self.waiting.get() {
-            return Err(mlua::Error::runtime(
-                "enqueue: cannot enqueue new requests while in a wait",
-            ));
-        }
-        let has_key = request
-            .borrow::<LuaRequest>()
-            .map_err(|_| mlua::Error::runtime("enqueue: expected a request object"))?
-            .request
-            .key()
-            .is_some();
-        if !has_key {
-            return Err(mlua::Error::runtime("cannot queue requests without a key"));
-        }
-        let list: Vec<i64> = match handles {
-            Value::Integer(h) => vec![*h],
-            Value::Number(h) if h.fract() == 0.0 => vec![*h as i64],
-            Value::Table(t) => t
-                .sequence_values::<i64>()
-                .collect::<mlua::Result<_>>()
-                .map_err(|_| {
-                    mlua::Error::runtime("invalid handle passed to queue via array table")
-                })?,
+        self.queueable(request)?;
+        match handles {
+            Value::Integer(h) => self.queue(request, self.check_handle(*h)?),
+            Value::Number(h) if h.fract() == 0.0 => {
+                self.queue(request, self.check_handle(*h as i64)?)
+            }
+            Value::Table(t) => {
+                let list: Vec<i64> = t
+                    .sequence_values::<i64>()
+                    .collect::<mlua::Result<_>>()
+                    .map_err(|_| {
+                        mlua::Error::runtime("invalid handle passed to queue via array table")
+                    })?;
+                for handle in list {
+                    self.queue(request, self.check_handle(handle)?);
+                }
+            }
             _ => {
                 return Err(mlua::Error::runtime(
                     "must pass a handle or a table to queue",
                 ))
             }
-        };
-        for handle in list {
-            let index = self.check_handle(handle)?;
-            let mut handles = self.handles.borrow_mut();
-            let slot = &mut handles[index];
-            // A handle takes one request per request context, as memcached.
-            if slot.state == State::Idle {
-                slot.state = State::Queued;
-                slot.request = Some(request.clone());
-            }
         }
         Ok(())
+    }
+
+    /// `request` as a request that may be queued now: a request object
+    /// with a key, outside a wait.
+    fn queueable(&self, request: &AnyUserData) -> mlua::Result<mlua::UserDataRef<LuaRequest>> {
+        if self.waiting.get() {
+            return Err(mlua::Error::runtime(
+                "enqueue: cannot enqueue new requests while in a wait",
+            ));
+        }
+        let checked = request
+            .borrow::<LuaRequest>()
+            .map_err(|_| mlua::Error::runtime("enqueue: expected a request object"))?;
+        if checked.request.key().is_none() {
+            return Err(mlua::Error::runtime("cannot queue requests without a key"));
+        }
+        Ok(checked)
+    }
+
+    /// Queues `request` on handle `index`, which takes one request per
+    /// request context, as in memcached.
+    fn queue(&self, request: &AnyUserData, index: usize) {
+        let mut handles = self.handles.borrow_mut();
+        let slot = &mut handles[index];
+        if slot.state == State::Idle {
+            slot.state = State::Queued;
+            slot.request = Some(request.clone());
+        }
     }
 
     /// Sends every queued request, each to its handle's target.
@@ -837,7 +849,8 @@ impl Rctx {
     ) -> mlua::Result<()> {
         let index = self.check_handle(handle)?;
         let timeout = timeout_arg(timeout)?;
-        self.enqueue(request, &Value::Integer(handle))?;
+        let checked = self.queueable(request)?;
+        self.queue(request, index);
         if timeout.is_none() {
             if let Target::Pool(pool) = &self.targets[index] {
                 let mut handles = self.handles.borrow_mut();
@@ -847,7 +860,7 @@ impl Rctx {
                     .all(|(i, slot)| i == index || slot.state != State::Queued);
                 let slot = &mut handles[index];
                 if alone && slot.state == State::Queued && slot.callback.is_none() {
-                    let request = request.borrow::<LuaRequest>()?.request.clone();
+                    let request = checked.request.clone();
                     slot.state = State::Active;
                     self.pending.set(self.pending.get() + 1);
                     let backend = if crate::watch::enabled(crate::watch::PROXYREQS) {

@@ -61,6 +61,7 @@ pub mod objects;
 pub mod ratelim;
 pub mod routelib;
 pub mod router;
+pub mod userroutes;
 pub mod vm;
 pub mod worker;
 

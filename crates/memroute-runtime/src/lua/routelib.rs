@@ -15,10 +15,15 @@ use std::sync::Arc;
 
 use super::config::ConfigValue;
 use crate::route::commands::{STORAGE_IDS, UNHOOKABLE_IDS};
-use crate::route::plan::{EntryPlan, RoutePlan, RouterPlan};
+use crate::route::keysplit::MAX_COPIES;
+use crate::route::plan::{EntryPlan, RoutePlan, RouterPlan, UserArgs};
 use crate::route::ratelim::{GlobalTokenBucket, TbfParams};
 use crate::route::router::{RouterMode, MAX_SEPARATOR};
 use crate::route::{check_tag, PoolDef};
+
+/// Largest `route_bigvalue` threshold or chunk: 1 GiB, memcached's
+/// largest `-I`.
+const MAX_CHUNK_BYTES: i64 = 1 << 30;
 
 /// The key `lua/routelib.lua`'s `mcp_config_pools` returns its tree under.
 const MARKER: &[u8] = b"__memroute_routelib";
@@ -34,7 +39,13 @@ pub struct RoutelibConfig {
     /// `mcp.add_stat` names for handlers with `stats = true`, with ids
     /// after those the startfile registered.
     pub stat_names: Vec<(i64, String)>,
+    /// Whether the tree has handlers written in Lua, which workers build
+    /// in a Lua VM of their own.
+    pub user_handlers: bool,
 }
+
+/// The key marking a child's place in a user handler's options.
+pub const USER_CHILD: &[u8] = b"__child";
 
 /// The routelib tree in what `mcp_config_pools` returned, if it is one.
 /// `first_stat_id` is the first `mcp.add_stat` id free for retry counters.
@@ -43,6 +54,7 @@ pub fn plan(value: &ConfigValue, first_stat_id: i64) -> Result<Option<RoutelibCo
         return Ok(None);
     };
     let mut planner = Planner {
+        user_handlers: false,
         stat_names: Vec::new(),
         next_stat: first_stat_id,
         zone: string(field(tree, "zone")),
@@ -57,6 +69,7 @@ pub fn plan(value: &ConfigValue, first_stat_id: i64) -> Result<Option<RoutelibCo
         pools,
         routers,
         stat_names: planner.stat_names,
+        user_handlers: planner.user_handlers,
     }))
 }
 
@@ -222,6 +235,8 @@ fn router_mode(conf: Option<&ConfigValue>, at: &str) -> Result<RouterMode, Strin
 }
 
 struct Planner {
+    /// Whether a handler written in Lua is in the tree.
+    user_handlers: bool,
     stat_names: Vec<(i64, String)>,
     next_stat: i64,
     zone: Option<String>,
@@ -239,6 +254,9 @@ impl Planner {
             ));
         };
         let at = string(field(value, "__where")).unwrap_or_else(|| at.to_string());
+        if name == "user" {
+            return self.user_route(value, label, &at);
+        }
         let args = field(value, "args");
         let arg = |key: &str| args.and_then(|a| field(a, key));
         let known: &[&str] = match name.as_str() {
@@ -258,7 +276,9 @@ impl Planner {
             "allsync" | "allasync" | "allfastest" | "allmajority" | "random" => &["children"],
             "shadow" => &["child", "child_shadow", "rate"],
             "warmup" => &["child_cold", "child_warm", "ttl"],
-            "l1l2" => &["child_l1", "child_l2", "ttl"],
+            "l1l2" => &["child_l1", "child_l2", "ttl", "negative_ttl"],
+            "bigvalue" => &["child", "threshold", "chunk"],
+            "keysplit" => &["child", "copies"],
             "migrate" => &[
                 "child_from",
                 "child_to",
@@ -369,7 +389,46 @@ impl Planner {
                     }
                     t => t,
                 },
+                negative_ttl: seconds("negative_ttl", Some(0))?,
             },
+            "bigvalue" => {
+                let size = |key: &str| -> Result<Option<usize>, String> {
+                    match arg(key) {
+                        None => Ok(None),
+                        Some(ConfigValue::Integer(n)) if (1..=MAX_CHUNK_BYTES).contains(n) => {
+                            Ok(Some(*n as usize))
+                        }
+                        Some(_) => Err(format!(
+                            "{at}: route_bigvalue: {key} must be a number of bytes from 1 to {MAX_CHUNK_BYTES}"
+                        )),
+                    }
+                };
+                let Some(threshold) = size("threshold")? else {
+                    return Err(format!("{at}: route_bigvalue: threshold is required"));
+                };
+                let chunk = size("chunk")?.unwrap_or(threshold);
+                RoutePlan::BigValue {
+                    child: one(self, "child")?,
+                    threshold,
+                    chunk,
+                }
+            }
+            "keysplit" => {
+                let copies = match arg("copies") {
+                    Some(ConfigValue::Integer(n)) if (2..=MAX_COPIES as i64).contains(n) => {
+                        *n as usize
+                    }
+                    _ => {
+                        return Err(format!(
+                            "{at}: route_keysplit: copies must be a whole number from 2 to {MAX_COPIES}"
+                        ))
+                    }
+                };
+                RoutePlan::KeySplit {
+                    child: one(self, "child")?,
+                    copies,
+                }
+            }
             "migrate" => {
                 let (start, stop) = (seconds("start", None)?, seconds("stop", None)?);
                 if stop < start {
@@ -486,6 +545,75 @@ impl Planner {
                 }
             }
         })
+    }
+
+    /// A handler written in Lua: its options with every child (a pool or
+    /// handler under an option named `child*`, or in a table there)
+    /// replaced by `{ __child = i }`, `i` its index in the plan's children.
+    fn user_route(
+        &mut self,
+        value: &ConfigValue,
+        label: &str,
+        at: &str,
+    ) -> Result<RoutePlan, String> {
+        self.user_handlers = true;
+        let name = string(field(value, "__handler")).unwrap_or_default();
+        let label = string(field(value, "__label")).unwrap_or_else(|| label.to_string());
+        let mut children = Vec::new();
+        let mut args = Vec::new();
+        for (key, option) in entries(field(value, "args")) {
+            let is_child = matches!(key, ConfigValue::String(k) if k.starts_with(b"child"));
+            let option = if is_child {
+                self.user_children(option, &mut children, &label, at)?
+            } else {
+                option.clone()
+            };
+            args.push((key.clone(), option));
+        }
+        Ok(RoutePlan::User {
+            name,
+            label,
+            args: UserArgs(Arc::new(ConfigValue::Table(args))),
+            children,
+        })
+    }
+
+    /// One `child*` option of a user handler: a child, or a table of them
+    /// (one level, as routelib walks it); other values stay as they are.
+    fn user_children(
+        &mut self,
+        option: &ConfigValue,
+        children: &mut Vec<RoutePlan>,
+        label: &str,
+        at: &str,
+    ) -> Result<ConfigValue, String> {
+        let is_route =
+            |v: &ConfigValue| matches!(v, ConfigValue::Pool(_)) || field(v, "__route").is_some();
+        let mut slot = |this: &mut Self, v: &ConfigValue| -> Result<ConfigValue, String> {
+            children.push(this.route(v, label, at)?);
+            Ok(ConfigValue::Table(vec![(
+                ConfigValue::String(USER_CHILD.to_vec()),
+                ConfigValue::Integer(children.len() as i64 - 1),
+            )]))
+        };
+        if is_route(option) {
+            return slot(self, option);
+        }
+        match option {
+            ConfigValue::Table(items) => {
+                let mut out = Vec::with_capacity(items.len());
+                for (k, v) in items {
+                    let v = if is_route(v) {
+                        slot(self, v)?
+                    } else {
+                        v.clone()
+                    };
+                    out.push((k.clone(), v));
+                }
+                Ok(ConfigValue::Table(out))
+            }
+            other => Ok(other.clone()),
+        }
     }
 
     fn children(

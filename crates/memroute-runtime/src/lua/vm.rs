@@ -169,9 +169,35 @@ fn setup(lua: &Lua, config: &ProxyConfig) -> mlua::Result<()> {
 /// Runs the startfile's top-level code. Errors name the file and line.
 ///
 /// A startfile named like an embedded library, with no file of that name
-/// (memcached's `-o proxy_config=routelib`), runs that library.
+/// (memcached's `-o proxy_config=routelib`), runs that library. As in
+/// memcached, an embedded library may be followed by more files after
+/// `:` (`-o proxy_config=routelib:handlers.lua`), run in order in the same
+/// VM: route handler libraries for routelib.
 pub fn load_startfile(lua: &Lua, config: &ProxyConfig) -> Result<(), ConfigError> {
+    for path in startfile_parts(config) {
+        load_one(lua, config, &path)?;
+    }
+    Ok(())
+}
+
+/// The files a startfile names: itself, or (when it starts with an
+/// embedded library's name and a `:`) that library and the files after it.
+pub fn startfile_parts(config: &ProxyConfig) -> Vec<std::path::PathBuf> {
     let path = &config.startfile;
+    let text = path.to_string_lossy();
+    if !path.exists() {
+        if let Some((first, rest)) = text.split_once(':') {
+            if config.libraries.iter().any(|(name, _)| *name == first) {
+                let mut parts = vec![std::path::PathBuf::from(first)];
+                parts.extend(rest.split(':').map(std::path::PathBuf::from));
+                return parts;
+            }
+        }
+    }
+    vec![path.clone()]
+}
+
+fn load_one(lua: &Lua, config: &ProxyConfig, path: &Path) -> Result<(), ConfigError> {
     let builtin = config
         .libraries
         .iter()
@@ -183,7 +209,7 @@ pub fn load_startfile(lua: &Lua, config: &ProxyConfig) -> Result<(), ConfigError
         ),
         None => {
             let source = std::fs::read(path).map_err(|source| ConfigError::Read {
-                path: path.clone(),
+                path: path.to_path_buf(),
                 source,
             })?;
             (source, format!("@{}", path.display()))

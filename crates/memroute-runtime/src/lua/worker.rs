@@ -33,6 +33,7 @@ use super::objects::{
     AWAIT_OK, CMD_ANY, CMD_ANY_STORAGE, COMMANDS, COMMAND_SLOTS, STORAGE_IDS, UNHOOKABLE_IDS,
 };
 use super::routelib::RoutelibConfig;
+use super::userroutes::LuaHandlers;
 use super::vm;
 use crate::route::plan::BuildContext;
 use crate::route::pool::EmbeddedPool;
@@ -70,7 +71,7 @@ impl WorkerProxy {
     /// (first phase of a reload).
     pub fn stage(&self, loaded: &LoadedConfig) -> Result<(), ConfigError> {
         let set = match &loaded.routelib {
-            Some(routelib) => self.build_native(loaded, routelib),
+            Some(routelib) => self.build_native(loaded, routelib)?,
             None => WorkerLua::build(&self.env, &self.routes, loaded)?,
         };
         self.routes.stage(set);
@@ -80,8 +81,22 @@ impl WorkerProxy {
     /// routelib trees, built with no worker VM: each tree's router serves
     /// every command that carries a key, for its tag (untagged without
     /// one), as routelib attaches it.
-    fn build_native(&self, loaded: &LoadedConfig, routelib: &RoutelibConfig) -> RouteSet {
-        let cx = BuildContext::new(&self.routes.backends, &self.env);
+    fn build_native(
+        &self,
+        loaded: &LoadedConfig,
+        routelib: &RoutelibConfig,
+    ) -> Result<RouteSet, ConfigError> {
+        let handlers = match routelib.user_handlers {
+            true => Some(LuaHandlers::new(
+                WorkerLua::for_handlers(&self.env, loaded)?,
+                self.routes.clone(),
+            )),
+            false => None,
+        };
+        let mut cx = BuildContext::new(&self.routes.backends, &self.env);
+        if let Some(handlers) = &handlers {
+            cx = cx.with_user_handlers(handlers);
+        }
         let mut attached = AttachedRoutes::new(COMMAND_SLOTS);
         for (tag, router) in &routelib.routers {
             let root = router.build(&cx);
@@ -93,16 +108,19 @@ impl WorkerProxy {
         for def in &routelib.pools {
             cx.pool(def);
         }
+        if let Some(error) = handlers.as_ref().and_then(LuaHandlers::failure) {
+            return Err(ConfigError::Invalid(error));
+        }
         warn_unused_tags(&attached, &self.env);
         let mut pools = cx.pools();
         pools.push(Rc::new(EmbeddedPool::new(self.env.clone())));
-        RouteSet::new(
+        Ok(RouteSet::new(
             attached,
             &self.env.listener_tags,
             pools,
             worker_limits(loaded, &self.env),
             self.env.proxy_stats.clone(),
-        )
+        ))
     }
 
     /// Makes the staged routes current (once every worker staged).
@@ -162,6 +180,32 @@ struct Attached {
 }
 
 impl WorkerLua {
+    /// A worker VM for route handlers written in Lua in a routelib tree:
+    /// the startfile's files are run (routelib and the handler libraries
+    /// after it), `mcp_config_routes` is not; the handlers' `_start`
+    /// functions are called on it as the native tree is built.
+    pub(super) fn for_handlers(
+        env: &Rc<RouteEnv>,
+        loaded: &LoadedConfig,
+    ) -> Result<Rc<WorkerLua>, ConfigError> {
+        let path = &loaded.proxy.startfile;
+        let lua = vm::new_vm(&loaded.proxy)?;
+        lua.set_app_data(env.limits.clone());
+        lua.set_app_data(env.clone());
+        lua.set_app_data(Rc::new(EmbeddedPool::new(env.clone())));
+        Coroutines::install(&lua).map_err(|e| ConfigError::lua(path, e))?;
+        register(&lua).map_err(|e| ConfigError::lua(path, e))?;
+        vm::load_startfile(&lua, &loaded.proxy)?;
+        let coroutines = Coroutines::of(&lua).map_err(|e| ConfigError::lua(path, e))?;
+        let vm = Rc::new(WorkerLua {
+            lua,
+            env: env.clone(),
+            lua_held: Cell::new(0),
+            coroutines,
+        });
+        Ok(vm)
+    }
+
     fn build(
         env: &Rc<RouteEnv>,
         worker_routes: &WorkerRoutes,
@@ -778,7 +822,7 @@ async fn warm_up(source: Arc<dyn SharedStore>, cache: Rc<dyn Pool>, max_ttl: i64
 
 /// Copies a [`ConfigValue`] into this VM, turning pool definitions into
 /// worker-local pools (one object per definition).
-fn to_lua(
+pub(super) fn to_lua(
     lua: &Lua,
     value: &ConfigValue,
     env: &Rc<RouteEnv>,

@@ -600,17 +600,64 @@ impl Route for Warmup {
     }
 }
 
-/// `route_l1l2{ child_l1, child_l2, ttl }`: a near cache (L1: the embedded
-/// cache or a near pool) in front of a far pool (L2). A one-key retrieval
-/// reads L1; on a miss it reads L2 and, on a hit there, sets the item in
-/// L1 for at most `ttl` seconds. Every other command goes to L2, after the
-/// key is deleted from L1 (so L1 never serves a value L2 no longer has,
-/// beyond its short TTL for writes made elsewhere).
+/// `route_l1l2{ child_l1, child_l2, ttl, negative_ttl }`: a near cache
+/// (L1: the embedded cache or a near pool) in front of a far pool (L2). A
+/// one-key retrieval reads L1; on a miss it reads L2 and, on a hit there,
+/// sets the item in L1 for at most `ttl` seconds. Every other command goes
+/// to L2, after the key is deleted from L1 (so L1 never serves a value L2
+/// no longer has, beyond its short TTL for writes made elsewhere).
+///
+/// With `negative_ttl` (seconds, 0: off) a miss on L2 is remembered in L1
+/// for that long, as an empty item with [`NEGATIVE_FLAG`] (mcrouter's
+/// negative-cache flag): reads of a key that is not there stop reaching
+/// L2. A write or delete through the route drops it with the rest of L1.
 pub struct L1L2 {
     pub l1: Rc<dyn Route>,
     pub l2: Rc<dyn Route>,
     pub ttl: i64,
+    pub negative_ttl: i64,
     pub limits: Limits,
+}
+
+/// The client flags of a negative entry in L1 (mcrouter's
+/// `MC_MSG_FLAG_NEGATIVE_CACHE`); its value is empty.
+pub const NEGATIVE_FLAG: u32 = 0x10000;
+
+fn is_negative(item: &Reply) -> bool {
+    item.flags.is_some_and(|f| f & NEGATIVE_FLAG != 0) && item.value.is_empty()
+}
+
+impl L1L2 {
+    /// L1's answer when negative entries may be there: a hit to give the
+    /// client (`Ok(Some)`), a negative entry (`Err`: the client's miss),
+    /// or nothing (`Ok(None)`: ask L2). A text retrieval's reply shows the
+    /// flags; an `mg` that did not ask for flags and value is asked again
+    /// as a meta get that does.
+    async fn near_with_negatives(
+        &self,
+        request: &Request,
+        key: &[u8],
+    ) -> Result<Option<Response>, Response> {
+        let shows_flags = match request.command() {
+            Command::Meta(m) => m.flags.has(b'f') && m.flags.has(b'v'),
+            _ => true,
+        };
+        if shows_flags {
+            let near = self.l1.clone().call(request.clone()).await;
+            if !near.is_hit() {
+                return Ok(None);
+            }
+            if is_negative(&Reply::parse(near.raw())) {
+                return Err(nominal_miss(request));
+            }
+            return Ok(Some(near));
+        }
+        match fetch_item(&self.l1, key, &self.limits).await {
+            Some(item) if is_negative(&item) => Err(nominal_miss(request)),
+            Some(item) => Ok(Some(reply_with(&item, request))),
+            None => Ok(None),
+        }
+    }
 }
 
 impl Route for L1L2 {
@@ -621,13 +668,33 @@ impl Route for L1L2 {
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
         if let Some(key) = retrieval_key(&request).cloned() {
             return Box::pin(async move {
-                let near = self.l1.clone().call(request.clone()).await;
-                if near.is_hit() {
-                    return near;
+                if self.negative_ttl > 0 {
+                    match self.near_with_negatives(&request, &key).await {
+                        Ok(Some(hit)) => return hit,
+                        Err(miss) => return miss,
+                        Ok(None) => {}
+                    }
+                } else {
+                    let near = self.l1.clone().call(request.clone()).await;
+                    if near.is_hit() {
+                        return near;
+                    }
                 }
                 let Some(item) = fetch_item(&self.l2, &key, &self.limits).await else {
                     // A miss (or an error) on L2 is the answer.
-                    return self.l2.clone().call(request).await;
+                    let far = self.l2.clone().call(request).await;
+                    if self.negative_ttl > 0 && far.is_ok() && !far.is_hit() {
+                        let negative = Reply::hit(bytes::Bytes::new(), NEGATIVE_FLAG);
+                        store_item(
+                            &self.l1,
+                            &key,
+                            &negative,
+                            self.negative_ttl,
+                            b'S',
+                            &self.limits,
+                        );
+                    }
+                    return far;
                 };
                 let ttl = match item.ttl.filter(|t| *t > 0) {
                     Some(t) => t.min(self.ttl),
@@ -964,7 +1031,7 @@ pub fn with_key(request: &Request, key: &[u8], limits: &Limits) -> Option<Reques
 /// A reply for key `from` made to name `to`, the key the client asked for:
 /// the key of a `VALUE` line, or a meta reply's `k` flag (a base64 key is
 /// left as it is). Any other reply as it is.
-fn renamed_value(reply: Response, from: &[u8], to: &[u8]) -> Response {
+pub(super) fn renamed_value(reply: Response, from: &[u8], to: &[u8]) -> Response {
     let raw = reply.raw();
     let line = reply.line();
     let mut k_from = Vec::with_capacity(from.len() + 1);

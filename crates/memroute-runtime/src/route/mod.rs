@@ -34,10 +34,14 @@
 //! - [`handlers`]: native route handlers (failover, fan-out, zones, TTL,
 //!   mcrouter's prefix selector, hash route and routing prefixes...).
 //! - [`ratelim`]: token bucket filters, per worker and shared (lock-free).
+//! - [`bigvalue`]: values split into chunk items under an index.
+//! - [`keysplit`]: hot keys kept as several copies.
 
+pub mod bigvalue;
 pub mod commands;
 pub mod explain;
 pub mod handlers;
+pub mod keysplit;
 pub mod multiget;
 pub mod plan;
 pub mod pool;

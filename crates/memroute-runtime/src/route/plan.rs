@@ -8,11 +8,13 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
+use super::bigvalue::BigValue;
 use super::handlers::{
     AllAsync, AllFastest, AllMajority, AllSync, Direct, ErrorRoute, Failover, HashSelect,
     KeyShadow, Limiter, Migrate, Null, PrefixSelector, Random, RateLimit, RetryStat, RoutingPrefix,
     Sampler, Shadow, Split, Ttl, Warmup, ZoneFailover, L1L2,
 };
+use super::keysplit::KeySplit;
 use super::pool::{EmbeddedPool, Pool, PoolDef, WorkerBackends};
 use super::ratelim::{GlobalTokenBucket, TbfParams, TokenBucket};
 use super::router::{KeyRouter, RouterEntry, RouterMode, RouterTable};
@@ -80,6 +82,21 @@ pub enum RoutePlan {
         l1: Box<RoutePlan>,
         l2: Box<RoutePlan>,
         ttl: i64,
+        /// How long an L2 miss is remembered in L1 (0: not at all).
+        negative_ttl: i64,
+    },
+    /// Values over `threshold` bytes stored as `chunk`-byte items plus an
+    /// index (`route_bigvalue`, mcrouter's BigValueRoute).
+    BigValue {
+        child: Box<RoutePlan>,
+        threshold: usize,
+        chunk: usize,
+    },
+    /// Every key kept as `copies` copies (`route_keysplit`, mcrouter's
+    /// KeySplitRoute).
+    KeySplit {
+        child: Box<RoutePlan>,
+        copies: usize,
     },
     Migrate {
         from: Box<RoutePlan>,
@@ -110,12 +127,51 @@ pub enum RoutePlan {
         start: u32,
         end: u32,
     },
+    /// A route handler written in Lua (routelib's `register_route_handlers`):
+    /// built on each worker by its [`UserHandlers`], over `children`.
+    User {
+        /// The handler's name (`route_<name>`).
+        name: String,
+        /// The map entry it serves (`ctx:label()`).
+        label: String,
+        /// Its options as the config VM's `_conf` function returned them,
+        /// children replaced by their index in `children`; only the Lua
+        /// layer reads them.
+        args: UserArgs,
+        children: Vec<RoutePlan>,
+    },
     /// mcrouter's routing prefixes: `/region/cluster/` keys to their
     /// alias's route, prefix stripped; others to `default`.
     RoutingPrefix {
         routes: Vec<(Vec<u8>, RoutePlan)>,
         default: Box<RoutePlan>,
     },
+}
+
+/// A user handler's options, opaque to the route tree (the Lua layer
+/// owns their type).
+#[derive(Clone)]
+pub struct UserArgs(pub Arc<dyn std::any::Any + Send + Sync>);
+
+impl std::fmt::Debug for UserArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UserArgs(..)")
+    }
+}
+
+/// Builds the nodes of route handlers written in Lua on one worker: the
+/// worker's Lua layer implements it (the route tree knows no Lua).
+pub trait UserHandlers {
+    /// The route of handler `name` for map entry `label`, over `children`
+    /// (already built). A failure is remembered by the implementation and
+    /// fails the whole build; the node returned then is never used.
+    fn build(
+        &self,
+        name: &str,
+        label: &str,
+        args: &UserArgs,
+        children: Vec<Rc<dyn Route>>,
+    ) -> Rc<dyn Route>;
 }
 
 /// A map entry of a planned router.
@@ -142,6 +198,8 @@ pub struct BuildContext<'a> {
     pools: RefCell<HashMap<*const PoolDef, Rc<dyn Pool>>>,
     /// Seeds shuffles and random routes, different per worker.
     seed: RefCell<u64>,
+    /// Builds handlers written in Lua, when the plan has any.
+    user: Option<&'a dyn UserHandlers>,
 }
 
 impl<'a> BuildContext<'a> {
@@ -153,7 +211,14 @@ impl<'a> BuildContext<'a> {
             seed: RefCell::new(
                 0x9e37_79b9_7f4a_7c15 ^ (env.worker as u64 + 1).wrapping_mul(0x2545_f491),
             ),
+            user: None,
         }
+    }
+
+    /// The same context, with `user` building handlers written in Lua.
+    pub fn with_user_handlers(mut self, user: &'a dyn UserHandlers) -> Self {
+        self.user = Some(user);
+        self
     }
 
     fn next_seed(&self) -> u64 {
@@ -282,12 +347,35 @@ impl RoutePlan {
                 max_ttl: *ttl,
                 limits: cx.env.limits.clone(),
             }),
-            RoutePlan::L1L2 { l1, l2, ttl } => Rc::new(L1L2 {
+            RoutePlan::L1L2 {
+                l1,
+                l2,
+                ttl,
+                negative_ttl,
+            } => Rc::new(L1L2 {
                 l1: l1.build(cx),
                 l2: l2.build(cx),
                 ttl: *ttl,
+                negative_ttl: *negative_ttl,
                 limits: cx.env.limits.clone(),
             }),
+            RoutePlan::BigValue {
+                child,
+                threshold,
+                chunk,
+            } => Rc::new(BigValue::new(
+                child.build(cx),
+                *threshold,
+                *chunk,
+                &cx.env.limits,
+                cx.next_seed(),
+            )),
+            RoutePlan::KeySplit { child, copies } => Rc::new(KeySplit::new(
+                child.build(cx),
+                *copies,
+                &cx.env.limits,
+                cx.next_seed(),
+            )),
             RoutePlan::Migrate {
                 from,
                 to,
@@ -334,6 +422,17 @@ impl RoutePlan {
                 start: *start,
                 end: *end,
             }),
+            RoutePlan::User {
+                name,
+                label,
+                args,
+                children,
+            } => match cx.user {
+                Some(user) => user.build(name, label, args, all(children)),
+                None => Rc::new(ErrorRoute::new(
+                    "no Lua VM for route handlers written in Lua",
+                )),
+            },
             RoutePlan::RoutingPrefix { routes, default } => Rc::new(RoutingPrefix {
                 routes: routes
                     .iter()

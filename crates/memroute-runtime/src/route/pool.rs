@@ -485,3 +485,32 @@ impl Pool for EmbeddedPool {
         "internal"
     }
 }
+
+/// Any route in the place of a pool: what a route handler written in Lua
+/// gets for a child that is a native handler (its `fgen:new_handle` takes
+/// pools). Requests go to the route as they are; it is not a cache of its
+/// own, so a client's `flush_all` does not count it.
+pub struct RouteAsPool {
+    pub name: String,
+    pub route: Rc<dyn Route>,
+}
+
+impl Route for RouteAsPool {
+    fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
+        self.route.clone().call(request)
+    }
+
+    fn explain(&self, request: &Request, depth: usize, out: &mut Vec<Step>) {
+        self.route.explain(request, depth, out);
+    }
+}
+
+impl Pool for RouteAsPool {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn takes_flush_all(&self) -> bool {
+        false
+    }
+}
