@@ -364,7 +364,6 @@ const TUNING_OPTIONS: &[&str] = &[
     // Buffers, logging and statistics.
     "read_buf_mem_limit",
     "resp_obj_mem_limit",
-    "watcher_logbuf_size",
     "worker_logbuf_size",
     "track_sizes",
     // No-ops in memcached 1.6 itself.
@@ -408,6 +407,10 @@ enum Extended<'a> {
     SslFile(SslFile, &'a str),
     SslVerifyMode(VerifyMode),
     SslMinVersion(MinVersion),
+    /// `watcher_logbuf_size=KB`: each `watch` reader's buffer.
+    WatcherBuffer(usize),
+    /// `no_watch`: the `watch` command is refused.
+    NoWatch,
 }
 
 /// Which TLS file an `-o ssl_*` option names.
@@ -477,6 +480,14 @@ fn extended_option<'a>(name: &str, value: Option<&'a str>) -> Result<Extended<'a
             )),
             None => Err(needs("2|3")),
         },
+        "watcher_logbuf_size" => match value.map(|v| v.parse::<usize>()) {
+            Some(Ok(kb)) if kb > 0 => Ok(Extended::WatcherBuffer(kb.saturating_mul(1024))),
+            Some(_) => Err(format!(
+                "{opt}: the watcher buffer is a positive number of kilobytes"
+            )),
+            None => Err(needs("KB")),
+        },
+        "no_watch" => Ok(Extended::NoWatch),
         _ if name.starts_with("ssl_") => Err(tls_unsupported(&opt)),
         // no_modern turns maxconns_fast off too.
         "no_maxconns_fast" | "no_modern" => Err(format!(
@@ -493,7 +504,8 @@ fn extended_option<'a>(name: &str, value: Option<&'a str>) -> Result<Extended<'a
         _ if TUNING_OPTIONS.contains(&name) => Ok(Extended::Tuning),
         _ => Err(format!(
             "{opt}: not an option memroute knows, so it cannot honour it. memroute reads \
-             proxy_config, proxy_arg, idle_timeout and the TLS options ssl_chain_cert, \
+             proxy_config, proxy_arg, idle_timeout, watcher_logbuf_size, no_watch and the TLS \
+             options ssl_chain_cert, \
              ssl_key, ssl_ca_cert, ssl_verify_mode and ssl_min_version, and accepts \
              memcached's memory tuning options with a warning (docs/operations.md)"
         )),
@@ -734,6 +746,11 @@ fn config_from(cli: &Cli) -> Result<ServerConfig, String> {
                 Extended::ProxyConfig(file) => startfile = Some(file.into()),
                 Extended::ProxyArg(arg) => start_arg = Some(arg.to_string()),
                 Extended::IdleTimeout(secs) => o_idle_timeout = Some(secs),
+                // Process-wide, as memcached's logger is.
+                Extended::WatcherBuffer(bytes) => {
+                    memroute_runtime::watch::hub().set_watcher_buffer(bytes)
+                }
+                Extended::NoWatch => memroute_runtime::watch::hub().refuse_watchers(),
                 Extended::Tuning => tracing::warn!(
                     "-o {opt}: memcached tuning option with no meaning for memroute, ignored"
                 ),

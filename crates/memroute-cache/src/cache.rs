@@ -480,15 +480,21 @@ impl Cache {
 
     /// `delete`.
     pub fn delete(&self, key: &[u8]) -> DeleteOutcome {
+        self.delete_sized(key).0
+    }
+
+    /// `delete`, with the length of the value it removed (0 when none):
+    /// what memcached's `watch deletions` reports.
+    pub fn delete_sized(&self, key: &[u8]) -> (DeleteOutcome, usize) {
         let hash = self.hash(key);
         let v = self.validator();
         let mut shard = self.write(hash);
         match shard.find_live(hash, key, &v) {
             Ok(idx) => {
-                shard.remove(idx);
-                DeleteOutcome::Deleted
+                let size = shard.remove(idx).map_or(0, |item| item.value().len());
+                (DeleteOutcome::Deleted, size)
             }
-            Err(_) => DeleteOutcome::NotFound,
+            Err(_) => (DeleteOutcome::NotFound, 0),
         }
     }
 

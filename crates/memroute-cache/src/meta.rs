@@ -249,18 +249,29 @@ impl Cache {
 
     /// `md`: meta delete (remove, invalidate with `I`, or empty with `x`).
     pub fn meta_delete(&self, key: &[u8], opts: &MetaDeleteOptions) -> DeleteOutcome {
+        self.meta_delete_sized(key, opts).0
+    }
+
+    /// `md`, with the length of the value when the item was removed
+    /// (`None` when it was kept: invalidated, emptied, or not found), what
+    /// memcached's `watch deletions` reports.
+    pub fn meta_delete_sized(
+        &self,
+        key: &[u8],
+        opts: &MetaDeleteOptions,
+    ) -> (DeleteOutcome, Option<usize>) {
         let hash = self.hash(key);
         let v = self.validator();
         let now = v.now;
         let mut shard = self.write(hash);
         let Ok(idx) = shard.find_live(hash, key, &v) else {
-            return DeleteOutcome::NotFound;
+            return (DeleteOutcome::NotFound, None);
         };
         let Some(item) = shard.entry_mut(idx) else {
-            return DeleteOutcome::NotFound;
+            return (DeleteOutcome::NotFound, None);
         };
         if opts.compare_cas.is_some_and(|cas| cas != item.cas) {
-            return DeleteOutcome::Exists;
+            return (DeleteOutcome::Exists, None);
         }
         if opts.remove_value {
             let exptime = absolute_exptime(opts.ttl.unwrap_or(0), now);
@@ -272,7 +283,7 @@ impl Cache {
             }
             // Shrinking never needs eviction, so this cannot fail.
             let _ = self.put(&mut shard, hash, Some(idx), item, &v);
-            return DeleteOutcome::Deleted;
+            return (DeleteOutcome::Deleted, None);
         }
         if opts.invalidate {
             if let Some(ttl) = opts.ttl {
@@ -281,10 +292,10 @@ impl Cache {
             item.stale = true;
             *item.token_sent.get_mut() = false;
             item.cas = opts.new_cas.unwrap_or_else(|| self.next_cas());
-            return DeleteOutcome::Deleted;
+            return (DeleteOutcome::Deleted, None);
         }
-        shard.remove(idx);
-        DeleteOutcome::Deleted
+        let size = shard.remove(idx).map_or(0, |item| item.value().len());
+        (DeleteOutcome::Deleted, Some(size))
     }
 
     /// `ma`: meta arithmetic (classic `incr`/`decr` go through here too).

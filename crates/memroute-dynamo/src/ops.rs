@@ -488,7 +488,7 @@ pub fn plan(request: &Request, strip: Option<&str>) -> Plan {
         // No statistics of its own: an empty list, `END`.
         Command::Stats { .. } => Plan::Reply(Reply::from(Status::Miss)),
         Command::MetaNoop => Plan::Reply(Reply::from(Status::Noop)),
-        Command::Quit => error(ErrorReply::DynamoUnsupported),
+        Command::Quit | Command::Watch { .. } => error(ErrorReply::DynamoUnsupported),
         Command::Meta(meta) => plan_meta(meta, request, strip),
     }
 }

@@ -335,10 +335,21 @@ const TEXT_TABLE: [&[u8]; 8] = [
 fn looks_like_http(line: &Line) -> bool {
     let first = line.raw(0);
     // Commands memcached knows and memroute does not implement.
-    if first == b"watch" || TEXT_TABLE.iter().any(|name| name.starts_with(first)) {
+    if TEXT_TABLE.iter().any(|name| name.starts_with(first)) {
         return false;
     }
     line.len() > 1 && line.last_kept().starts_with(b"HTTP/")
+}
+
+/// The tokens after the command, as one trimmed slice (empty if none).
+fn rest_of_line(line: &Line) -> Bytes {
+    if line.len() > 1 {
+        let start = line.tokens[1].0 as usize;
+        let end = line.tokens[line.len() - 1].1 as usize;
+        line.bytes.slice(start..end)
+    } else {
+        Bytes::new()
+    }
 }
 
 fn key_ok(key: &[u8], limits: &Limits) -> bool {
@@ -383,16 +394,12 @@ fn parse_line(bytes: Bytes, limits: &Limits) -> Result<Parsed, LineError> {
         b"mn" => ready(Command::MetaNoop),
         b"version" => ready(Command::Version),
         b"quit" => ready(Command::Quit),
-        b"stats" => {
-            let args = if line.len() > 1 {
-                let start = line.tokens[1].0 as usize;
-                let end = line.tokens[line.len() - 1].1 as usize;
-                line.bytes.slice(start..end)
-            } else {
-                Bytes::new()
-            };
-            ready(Command::Stats { args })
-        }
+        b"stats" => ready(Command::Stats {
+            args: rest_of_line(&line),
+        }),
+        b"watch" => ready(Command::Watch {
+            args: rest_of_line(&line),
+        }),
         // 1.6.45 (`process_flush_all_command`): extra tokens are ignored;
         // the delay is read unless the line is `flush_all [noreply]`.
         b"flush_all" => {
@@ -949,7 +956,7 @@ mod tests {
         assert_eq!(replies(b"GET / HTTP\r\n"), ["ERROR"]);
         // Memcached's other text commands (matched by prefix) are not HTTP.
         assert_eq!(replies(b"lru / HTTP/1.1\r\n"), ["ERROR"]);
-        assert_eq!(replies(b"watch HTTP/1.1\r\n"), ["ERROR"]);
+        assert_eq!(replies(b"watch HTTP/1.1\r\n"), ["req:watch"]);
         // Only the tokens memcached keeps (23) count.
         let mut long = b"GET".to_vec();
         for _ in 0..21 {

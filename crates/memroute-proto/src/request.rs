@@ -204,6 +204,9 @@ pub enum Command {
     /// `stats [group...]`; `args` is the rest of the line after `stats`,
     /// trimmed (empty for plain `stats`).
     Stats { args: Bytes },
+    /// `watch [stream...]`: the connection turns into a log stream (see
+    /// memroute-runtime's `watch`); `args` is the rest of the line, trimmed.
+    Watch { args: Bytes },
     /// `quit`: close the connection after earlier replies are sent.
     Quit,
     /// `mg`, `ms`, `md`, `ma`, `me`. Boxed: its flags are large, and every
@@ -229,6 +232,7 @@ impl Command {
             Command::Version => "version",
             Command::Verbosity { .. } => "verbosity",
             Command::Stats { .. } => "stats",
+            Command::Watch { .. } => "watch",
             Command::Quit => "quit",
             Command::Meta(m) => m.op.name(),
             Command::MetaNoop => "mn",

@@ -58,6 +58,10 @@ impl Admin {
             }
             b"backends" => self.backends(out),
             b"proxybe" => self.bad_backends(out),
+            b"proxyfuncs" => {
+                crate::stats::write_funcgen_stats(out);
+                reply::end(out);
+            }
             b"reset" => {
                 self.stats.reset();
                 self.proxy_stats.backends.reset();
@@ -142,6 +146,15 @@ impl Admin {
         write_stat(out, "evicted_unfetched", c.evicted_unfetched);
         write_stat(out, "evictions", c.evictions);
         write_stat(out, "reclaimed", c.reclaimed);
+        // memcached's logger counters, for `watch`: lines logged (none is
+        // dropped before reaching the watchers: there is no per-worker log
+        // buffer), lines queued to watchers and lines a full watcher dropped.
+        let hub = crate::watch::hub();
+        write_stat(out, "log_worker_dropped", 0);
+        write_stat(out, "log_worker_written", hub.written());
+        write_stat(out, "log_watcher_skipped", hub.skipped.load(Relaxed));
+        write_stat(out, "log_watcher_sent", hub.sent.load(Relaxed));
+        write_stat(out, "log_watchers", hub.watcher_count());
         write_stat(out, "config_digest", self.digest.get());
         if self.config.proxy.is_some() {
             // Fleet agreement: which backends every worker sees healthy.

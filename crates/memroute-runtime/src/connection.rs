@@ -372,6 +372,31 @@ struct MultiGet {
     next: usize,
 }
 
+/// Why a connection ended, as memcached's `watch connevents` names it
+/// (`reason=` of `type=conn_close`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// A read or write failed, or a protocol error closed it.
+    Error,
+    /// The client closed it, or sent `quit`.
+    Normal,
+    /// No request for `idle_timeout`.
+    IdleTimeout,
+    /// The server is shutting down.
+    Shutdown,
+}
+
+impl CloseReason {
+    pub fn name(self) -> &'static str {
+        match self {
+            CloseReason::Error => "error",
+            CloseReason::Normal => "normal",
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+}
+
 /// Serves one client until it disconnects, sends `quit`, breaks the
 /// protocol beyond repair, stays idle past `-o idle_timeout`, or the server
 /// shuts down (after the request in flight is answered).
@@ -385,7 +410,8 @@ pub async fn serve<S>(
     ctx: Rc<WorkerContext>,
     tag: ListenerTag,
     shutdown: watch::Receiver<bool>,
-) where
+) -> CloseReason
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
@@ -394,10 +420,10 @@ pub async fn serve<S>(
     // until the client has passed it (see crate::auth).
     if let Some(auth) = ctx.auth.as_deref() {
         if !crate::auth::authenticate(&mut stream, &mut rbuf, &ctx, auth, &mut shutdown).await {
-            return;
+            return CloseReason::Error;
         }
     }
-    Connection::new(stream, rbuf, &ctx, tag).run(shutdown).await;
+    Connection::new(stream, rbuf, &ctx, tag).run(shutdown).await
 }
 
 /// One client connection's state: its stream and buffers, the codec its
@@ -418,6 +444,9 @@ struct Connection<'a, S> {
     held: Option<(Request, Option<BinaryContext>)>,
     /// A routed multi-key get being sent a window at a time.
     multi: Option<MultiGet>,
+    /// Why it closes once its replies are written (`quit`, or a protocol
+    /// error that ends the connection).
+    close_reason: CloseReason,
 }
 
 /// What one pass over the buffered requests ended with.
@@ -429,6 +458,9 @@ struct Batch {
     paused: bool,
     /// At least one whole request arrived (the idle timer restarts).
     took_request: bool,
+    /// `watch` was accepted: once the replies are written, the connection
+    /// only streams log lines.
+    watch: Option<crate::watch::WatcherGuard>,
 }
 
 /// What handling one frame asks of the loop.
@@ -440,6 +472,8 @@ enum Next {
     Close,
     /// The client is gone (a write failed).
     Gone,
+    /// `watch` was accepted: stop taking requests and stream log lines.
+    Watch(crate::watch::WatcherGuard),
 }
 
 impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
@@ -455,12 +489,13 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             per_value: ctx.limits.max_item_size.saturating_add(VALUE_OVERHEAD),
             held: None,
             multi: None,
+            close_reason: CloseReason::Normal,
         }
     }
 
     /// "Take every request buffered, write the replies, read more", until
     /// the connection ends.
-    async fn run(mut self, shutdown: watch::Receiver<bool>) {
+    async fn run(mut self, shutdown: watch::Receiver<bool>) -> CloseReason {
         let ctx = self.ctx;
         let mut closing = *shutdown.borrow();
         let mut shutdown_signal = std::pin::pin!(ShutdownSignal::new(shutdown));
@@ -472,20 +507,35 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             .map(|t| (t, Box::pin(tokio::time::sleep(t))));
         loop {
             let Some(batch) = self.take_requests().await else {
-                return;
+                return CloseReason::Error;
             };
             if !self.write_replies().await {
-                return;
+                return CloseReason::Error;
             }
             let close = batch.close || self.pipeline.close_after;
             if !self.wbuf.is_empty() && !self.flush().await {
-                return;
+                return CloseReason::Error;
+            }
+            if let Some(guard) = batch.watch {
+                // (Once shutting down, the signal has fired: nothing to
+                // stream, the connection closes.)
+                let reason = if closing {
+                    CloseReason::Shutdown
+                } else {
+                    self.stream_logs(guard, shutdown_signal.as_mut()).await
+                };
+                let _ = self.stream.shutdown().await;
+                return reason;
             }
             let waiting = self.held.is_some() || self.multi.is_some();
             let drained = self.rbuf.is_empty() && !self.codec.is_mid_request(&self.rbuf);
             if close || (closing && !waiting && drained) {
                 let _ = self.stream.shutdown().await;
-                return;
+                return if close {
+                    self.close_reason
+                } else {
+                    CloseReason::Shutdown
+                };
             }
             if self.rbuf.is_empty() && self.rbuf.capacity() > SHRINK_ABOVE {
                 self.rbuf = BytesMut::with_capacity(READ_CHUNK);
@@ -505,7 +555,8 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 // Reads first, and no random branch order to pay for.
                 biased;
                 read = self.stream.read_buf(&mut self.rbuf) => match read {
-                    Ok(0) | Err(_) => return,
+                    Ok(0) => return CloseReason::Normal,
+                    Err(_) => return CloseReason::Error,
                     Ok(n) => ctx.stats().bytes_read.add(n as u64),
                 },
                 _ = &mut shutdown_signal, if !closing => closing = true,
@@ -516,7 +567,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 // the async block keeps the timer off the per-read path.)
                 _ = async { tokio::time::sleep(CLOSING_READ_GRACE).await }, if closing => {
                     let _ = self.stream.shutdown().await;
-                    return;
+                    return CloseReason::Shutdown;
                 }
                 // No request for idle_timeout (bytes that never make a
                 // whole request do not count, as in memcached): the slot
@@ -524,7 +575,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 _ = async { idle.as_mut().expect("idle timer").1.as_mut().await }, if idle.is_some() => {
                     ctx.stats().idle_kicks.incr();
                     let _ = self.stream.shutdown().await;
-                    return;
+                    return CloseReason::IdleTimeout;
                 }
             }
         }
@@ -562,6 +613,10 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                     break;
                 }
                 Next::Gone => return None,
+                Next::Watch(guard) => {
+                    batch.watch = Some(guard);
+                    break;
+                }
             }
             if self.wbuf.len() >= WRITE_HIGH_WATER && !self.flush().await {
                 return None;
@@ -617,6 +672,9 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
     async fn dispatch(&mut self, frame: Frame) -> Next {
         let ctx = self.ctx;
         match frame {
+            Frame::Request(request, None) if matches!(request.command(), Command::Watch { .. }) => {
+                self.start_watch(&request)
+            }
             Frame::Request(request, bin) => match route_for(ctx, self.tag, &request) {
                 Some((routes, route)) => self.route(routes, route, request, bin).await,
                 None if !self.pipeline.is_empty() => {
@@ -678,6 +736,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                     None => self.queue(bytes.freeze()),
                 }
                 if error.closes() {
+                    self.close_reason = CloseReason::Error;
                     self.close_after_replies()
                 } else {
                     Next::Continue
@@ -728,6 +787,76 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         let reply = routed_reply(&routes, route, self.tag, request, bin);
         self.pipeline.push(reply, reserve, true);
         Next::Continue
+    }
+
+    /// `watch [stream...]`, answered as memcached answers it: `OK` and the
+    /// connection becomes a log stream, or an error line and it goes on.
+    fn start_watch(&mut self, request: &Request) -> Next {
+        let Command::Watch { args } = request.command() else {
+            return Next::Continue;
+        };
+        if !crate::watch::hub().allowed() {
+            let reply = crate::watch::WatchError::NotAllowed.reply();
+            let mut line = BytesMut::new();
+            memroute_proto::reply::line(&mut line, reply);
+            self.queue(line.freeze());
+            return Next::Continue;
+        }
+        // memcached refuses a watch behind replies not yet sent: they
+        // would be mixed into the log stream.
+        if !self.pipeline.is_empty() || !self.wbuf.is_empty() {
+            self.queue(Bytes::from_static(
+                b"ERROR cannot pipeline other commands before watch\r\n",
+            ));
+            return Next::Continue;
+        }
+        let added =
+            crate::watch::parse_streams(args.split(|&b| b == b' ').filter(|t| !t.is_empty()))
+                .and_then(|streams| crate::watch::hub().add(streams));
+        match added {
+            Ok(guard) => {
+                self.wbuf.extend_from_slice(b"OK\r\n");
+                Next::Watch(guard)
+            }
+            Err(error) => {
+                let mut line = BytesMut::new();
+                memroute_proto::reply::line(&mut line, error.reply());
+                self.queue(line.freeze());
+                Next::Continue
+            }
+        }
+    }
+
+    /// Writes log lines to a watching client until it goes away or the
+    /// server shuts down. What it sends is read and ignored, as memcached
+    /// ignores it; its closing is noticed by the read.
+    async fn stream_logs(
+        &mut self,
+        guard: crate::watch::WatcherGuard,
+        mut shutdown: Pin<&mut ShutdownSignal>,
+    ) -> CloseReason {
+        let watcher = guard.watcher().clone();
+        let mut discard = BytesMut::with_capacity(64);
+        loop {
+            let lines = watcher.take();
+            if !lines.is_empty() {
+                if self.stream.write_all(&lines).await.is_err()
+                    || self.stream.flush().await.is_err()
+                {
+                    return CloseReason::Error;
+                }
+                continue;
+            }
+            tokio::select! {
+                _ = watcher.ready.notified() => {}
+                read = self.stream.read_buf(&mut discard) => match read {
+                    Ok(0) => return CloseReason::Normal,
+                    Err(_) => return CloseReason::Error,
+                    Ok(_) => discard.clear(),
+                },
+                _ = &mut shutdown => return CloseReason::Shutdown,
+            }
+        }
     }
 
     /// Close now if nothing is owed, else once the pipeline is written.

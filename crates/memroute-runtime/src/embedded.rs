@@ -147,6 +147,9 @@ impl Embedded {
             self.cache.get(key)
         };
         count_get(stats, &outcome, get.op.touches());
+        if crate::watch::enabled(crate::watch::FETCHERS) {
+            log_get(key, &outcome);
+        }
         match outcome {
             GetOutcome::Hit(item) => Reply::hit(item.value, item.flags).with_cas(item.cas),
             _ => Reply::from(Status::Miss),
@@ -162,7 +165,7 @@ impl Embedded {
                 None => Reply::from(Status::Miss),
             },
             Command::Store(store) => self.store(store, request.value(), stats),
-            Command::Delete { key, .. } => match self.cache.delete(key) {
+            Command::Delete { key, .. } => match self.delete(key) {
                 DeleteOutcome::Deleted => {
                     stats.delete_hits.incr();
                     Reply::from(Status::Deleted)
@@ -201,8 +204,24 @@ impl Embedded {
                 self.meta(meta, request.value(), stats)
             }
             // Answered as text by `execute`; never asked for here.
-            Command::Stats { .. } | Command::Quit => Reply::from(ErrorReply::Error),
+            // `watch` turns a client connection into a log stream; it means
+            // nothing as a request run here (`mcp.internal`).
+            Command::Stats { .. } | Command::Quit | Command::Watch { .. } => {
+                Reply::from(ErrorReply::Error)
+            }
         }
+    }
+
+    /// `delete`, logged to `watch deletions` readers.
+    fn delete(&self, key: &[u8]) -> DeleteOutcome {
+        if !crate::watch::enabled(crate::watch::DELETIONS) {
+            return self.cache.delete(key);
+        }
+        let (outcome, size) = self.cache.delete_sized(key);
+        if outcome == DeleteOutcome::Deleted {
+            log_deletion(key, "delete", size);
+        }
+        outcome
     }
 
     fn store(&self, store: &StoreCommand, value: &Bytes, stats: &WorkerStats) -> Reply {
@@ -211,6 +230,7 @@ impl Embedded {
         // Copy out of the connection's read buffer: a slice would pin the
         // whole buffer in the cache and defeat its memory accounting.
         let value = Bytes::copy_from_slice(value);
+        let value_len = value.len();
         let outcome = self.cache.store_if(
             mode,
             compare_cas,
@@ -221,6 +241,15 @@ impl Embedded {
         );
         if matches!(outcome, StoreOutcome::Stored { .. }) && compare_cas.is_some() {
             stats.cas_hits.incr();
+        }
+        if crate::watch::enabled(crate::watch::MUTATIONS) {
+            log_store(
+                &store.key,
+                &outcome,
+                store.op.name(),
+                store.exptime,
+                value_len,
+            );
         }
         store_reply(outcome, stats)
     }
@@ -242,7 +271,17 @@ impl Embedded {
                 } else {
                     stats.cmd_get.incr();
                 }
-                match self.cache.meta_get(&meta.key, &opts) {
+                let outcome = self.cache.meta_get(&meta.key, &opts);
+                if crate::watch::enabled(crate::watch::FETCHERS) {
+                    let (status, size) = match &outcome {
+                        MetaGetOutcome::Hit(hit) => ("found", Some(hit.item.value.len())),
+                        MetaGetOutcome::Miss => ("not_found", None),
+                        MetaGetOutcome::Expired => ("expired", None),
+                        MetaGetOutcome::Flushed => ("flushed", None),
+                    };
+                    crate::watch::item_get(&meta.key, status, size);
+                }
+                match outcome {
                     MetaGetOutcome::Hit(hit) => {
                         if touching {
                             stats.touch_hits.incr();
@@ -290,7 +329,22 @@ impl Embedded {
                     vivify_ttl: ttl(f.vivify_ttl),
                 };
                 let value = Bytes::copy_from_slice(value);
-                store_reply(self.cache.meta_set(&meta.key, value, &opts), stats)
+                let value_len = value.len();
+                let outcome = self.cache.meta_set(&meta.key, value, &opts);
+                if crate::watch::enabled(crate::watch::MUTATIONS) {
+                    // As memcached: a set with a CAS to match is `cas`.
+                    let command = match opts.mode {
+                        StoreMode::Set if opts.compare_cas.is_some() => "cas",
+                        StoreMode::Set => "set",
+                        StoreMode::Add => "add",
+                        StoreMode::Replace => "replace",
+                        StoreMode::Append => "append",
+                        StoreMode::Prepend => "prepend",
+                    };
+                    let exptime = i32::try_from(opts.ttl).unwrap_or(i32::MAX);
+                    log_store(&meta.key, &outcome, command, exptime, value_len);
+                }
+                store_reply(outcome, stats)
             }
             MetaOp::Delete => {
                 let opts = MetaDeleteOptions {
@@ -301,7 +355,16 @@ impl Embedded {
                     remove_value: f.has(b'x'),
                     flags: f.client_flags.unwrap_or(0),
                 };
-                let status = match self.cache.meta_delete(&meta.key, &opts) {
+                let outcome = if crate::watch::enabled(crate::watch::DELETIONS) {
+                    let (outcome, removed) = self.cache.meta_delete_sized(&meta.key, &opts);
+                    if let Some(size) = removed {
+                        log_deletion(&meta.key, "md", size);
+                    }
+                    outcome
+                } else {
+                    self.cache.meta_delete(&meta.key, &opts)
+                };
+                let status = match outcome {
                     DeleteOutcome::Deleted => {
                         stats.delete_hits.incr();
                         Status::Deleted
@@ -358,6 +421,58 @@ impl Embedded {
             None => reply::line(out, "EN"),
         }
     }
+}
+
+/// A `get`-family read for `watch fetchers`.
+fn log_get(key: &[u8], outcome: &GetOutcome) {
+    let (status, size) = match outcome {
+        GetOutcome::Hit(item) => ("found", Some(item.value.len())),
+        GetOutcome::Miss => ("not_found", None),
+        GetOutcome::Expired => ("expired", None),
+        GetOutcome::Flushed => ("flushed", None),
+    };
+    crate::watch::item_get(key, status, size);
+}
+
+/// A store for `watch mutations`, with memcached's words for its outcome
+/// and its expiry as the seconds left (0: none). `exptime` is the
+/// client's: up to 30 days relative, beyond an absolute Unix time.
+fn log_store(key: &[u8], outcome: &StoreOutcome, command: &str, exptime: i32, size: usize) {
+    let status = match outcome {
+        StoreOutcome::Stored { .. } => "stored",
+        StoreOutcome::NotStored => "not_stored",
+        StoreOutcome::Exists => "exists",
+        StoreOutcome::NotFound => "not_found",
+        StoreOutcome::TooLarge => "too_large",
+        StoreOutcome::OutOfMemory => "no_memory",
+    };
+    const RELATIVE_MAX: i64 = 60 * 60 * 24 * 30;
+    let exptime = i64::from(exptime);
+    let ttl = if exptime <= 0 {
+        0
+    } else if exptime <= RELATIVE_MAX {
+        exptime
+    } else {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        (exptime - now).max(0)
+    };
+    crate::watch::item_store(key, status, command, ttl as u64, size);
+}
+
+/// `type=deleted key=... cmd=delete|md clsid=1 size=...`, memcached's
+/// `watch deletions` line (the embedded cache is one slab class, 1, as
+/// `stats items` shows it).
+fn log_deletion(key: &[u8], command: &str, size: usize) {
+    crate::watch::log(crate::watch::DELETIONS, |line| {
+        line.push_str("type=deleted key=");
+        crate::watch::uri_encode(line, key);
+        line.push_str(" cmd=");
+        line.push_str(command);
+        line.push_str(" clsid=1 size=");
+        line.push_str(&size.to_string());
+    });
 }
 
 /// Whether `request` is answered by one typed reply: everything but a

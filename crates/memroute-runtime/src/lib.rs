@@ -32,6 +32,9 @@
 //! - [`metrics`]: the Prometheus / OpenMetrics endpoint (`--metrics-listen`).
 //! - [`tls`]: TLS for clients (`-Z`) and backends (`mcp.init_tls`).
 //! - [`auth`]: client authentication (`-Y` auth file, `-S` SASL PLAIN).
+//! - [`watch`]: memcached's `watch` log streams (`proxyreqs`,
+//!   `proxyevents`, `proxyuser`, `fetchers`, `mutations`, `deletions`,
+//!   `connevents`), fed from anywhere.
 //!
 //! # Example
 //! ```no_run
@@ -59,6 +62,7 @@ pub mod server;
 pub mod stats;
 pub mod store;
 pub mod tls;
+pub mod watch;
 
 pub use config::ServerConfig;
 pub use server::{ReloadHandle, RuntimeError, Server, ShutdownHandle};

@@ -72,10 +72,13 @@ pub(crate) async fn reload_config(
         info!("no Lua configuration to reload");
         return;
     };
+    // `watch proxyevents` sees the reload as memcached logs it.
+    crate::watch::proxy_conf("start");
     let loaded = match host.load().await {
         Ok(loaded) => Arc::new(loaded),
         Err(e) => {
             proxy_stats.reload_failures.fetch_add(1, Relaxed);
+            crate::watch::proxy_conf("failed");
             tracing::error!("reload failed, keeping the old configuration: {e}");
             return;
         }
@@ -107,6 +110,7 @@ pub(crate) async fn reload_config(
         }
         host.settle(false);
         proxy_stats.reload_failures.fetch_add(1, Relaxed);
+        crate::watch::proxy_conf("failed");
         tracing::error!("reload failed, keeping the old configuration: {e}");
         return;
     }
@@ -117,6 +121,7 @@ pub(crate) async fn reload_config(
     proxy_stats.set_names(&loaded.stat_names);
     proxy_stats.reloads.fetch_add(1, Relaxed);
     config_digest.set(digest);
+    crate::watch::proxy_conf("done");
     info!("configuration reloaded on every worker");
 }
 

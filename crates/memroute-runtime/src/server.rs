@@ -31,7 +31,7 @@ use tracing::{debug, info, warn};
 use crate::admin::Admin;
 use crate::auth::Auth;
 use crate::config::{ServerConfig, TaggedListen, UnixSocket};
-use crate::connection::{serve, WorkerContext};
+use crate::connection::{serve, CloseReason, WorkerContext};
 use crate::embedded::Embedded;
 use crate::lua::host::ConfigHost;
 use crate::lua::{LoadedConfig, WorkerProxy};
@@ -89,7 +89,8 @@ enum Acceptor {
 
 /// An accepted connection on its way to a worker.
 enum Accepted {
-    Tcp(std::net::TcpStream, ListenerTag),
+    /// With the client's address (for `watch connevents`).
+    Tcp(std::net::TcpStream, ListenerTag, std::net::SocketAddr),
     Unix(std::os::unix::net::UnixStream),
 }
 
@@ -490,7 +491,7 @@ async fn wait_for_shutdown<F, Fut>(
 
 /// A connection just accepted, still on the acceptor thread.
 enum Incoming {
-    Tcp(tokio::net::TcpStream, ListenerTag),
+    Tcp(tokio::net::TcpStream, ListenerTag, std::net::SocketAddr),
     Unix(tokio::net::UnixStream),
 }
 
@@ -500,7 +501,7 @@ impl Acceptor {
             Acceptor::Tcp(listener, tag) => {
                 let (stream, peer) = listener.accept().await?;
                 debug!(%peer, "connection accepted");
-                Ok(Incoming::Tcp(stream, *tag))
+                Ok(Incoming::Tcp(stream, *tag, peer))
             }
             Acceptor::Unix(listener) => Ok(Incoming::Unix(listener.accept().await?.0)),
         }
@@ -513,7 +514,7 @@ impl Incoming {
     async fn refuse(self) {
         const REFUSAL: &[u8] = b"ERROR Too many open connections\r\n";
         let _ = match self {
-            Incoming::Tcp(mut stream, _) => stream.write_all(REFUSAL).await,
+            Incoming::Tcp(mut stream, _, _) => stream.write_all(REFUSAL).await,
             Incoming::Unix(mut stream) => stream.write_all(REFUSAL).await,
         };
     }
@@ -521,7 +522,7 @@ impl Incoming {
     /// The connection as it crosses to its worker's runtime.
     fn into_std(self) -> io::Result<Accepted> {
         Ok(match self {
-            Incoming::Tcp(stream, tag) => Accepted::Tcp(stream.into_std()?, tag),
+            Incoming::Tcp(stream, tag, peer) => Accepted::Tcp(stream.into_std()?, tag, peer),
             Incoming::Unix(stream) => Accepted::Unix(stream.into_std()?),
         })
     }
@@ -657,21 +658,33 @@ impl WorkerSeed {
                 let tls = server_tls.clone();
                 live.set(live.get() + 1);
                 tokio::task::spawn_local(async move {
+                    use std::os::fd::AsRawFd;
                     match stream {
-                        Accepted::Tcp(stream, tag) => {
+                        Accepted::Tcp(stream, tag, peer) => {
+                            let peer = Some(peer);
+                            let fd = stream.as_raw_fd();
                             if let Ok(stream) = tokio::net::TcpStream::from_std(stream) {
                                 let _ = stream.set_nodelay(true);
-                                match tls {
-                                    None => serve(stream, ctx, tag, rx).await,
-                                    Some(tls) => serve_tls(stream, &tls, ctx, tag, rx).await,
-                                }
+                                crate::watch::conn_new(peer, fd);
+                                let served = async move {
+                                    match tls {
+                                        None => serve(stream, ctx, tag, rx).await,
+                                        Some(tls) => serve_tls(stream, &tls, ctx, tag, rx).await,
+                                    }
+                                };
+                                let reason = crate::watch::CLIENT_FD.scope(fd, served).await;
+                                crate::watch::conn_close(peer, fd, reason.name());
                             }
                         }
                         // A UNIX socket is local: memcached serves it
                         // without TLS even under -Z.
                         Accepted::Unix(stream) => {
+                            let fd = stream.as_raw_fd();
                             if let Ok(stream) = tokio::net::UnixStream::from_std(stream) {
-                                serve(stream, ctx, ListenerTag::UNTAGGED, rx).await;
+                                crate::watch::conn_new(None, fd);
+                                let served = serve(stream, ctx, ListenerTag::UNTAGGED, rx);
+                                let reason = crate::watch::CLIENT_FD.scope(fd, served).await;
+                                crate::watch::conn_close(None, fd, reason.name());
                             }
                         }
                     }
@@ -707,7 +720,7 @@ async fn serve_tls(
     ctx: Rc<WorkerContext>,
     tag: ListenerTag,
     mut shutdown: watch::Receiver<bool>,
-) {
+) -> CloseReason {
     let peer = stream.peer_addr().ok();
     let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.acceptor().accept(stream));
     let stream = tokio::select! {
@@ -716,15 +729,15 @@ async fn serve_tls(
             Ok(Err(e)) => {
                 tls.handshake_failed();
                 debug!(?peer, error = %e, "TLS handshake failed");
-                return;
+                return CloseReason::Error;
             }
             Err(_) => {
                 tls.handshake_failed();
                 debug!(?peer, "TLS handshake timed out");
-                return;
+                return CloseReason::Error;
             }
         },
-        _ = shutdown.wait_for(|&stop| stop) => return,
+        _ = shutdown.wait_for(|&stop| stop) => return CloseReason::Shutdown,
     };
     let cn = stream
         .get_ref()
@@ -735,5 +748,5 @@ async fn serve_tls(
         .map(Rc::<[u8]>::from);
     crate::tls::PEER_CN
         .scope(cn, serve(stream, ctx, tag, shutdown))
-        .await;
+        .await
 }

@@ -356,3 +356,75 @@ impl ProxyStats {
         out
     }
 }
+
+/// `stats proxyfuncs`: how many ready function generators each name has,
+/// over every worker, and how many slots they hold (memcached's
+/// `funcs_<name>` and `slots_<name>`).
+fn funcgen_counts() -> &'static Mutex<std::collections::BTreeMap<String, (i64, i64)>> {
+    static COUNTS: std::sync::OnceLock<Mutex<std::collections::BTreeMap<String, (i64, i64)>>> =
+        std::sync::OnceLock::new();
+    COUNTS.get_or_init(Default::default)
+}
+
+fn funcgen_delta(name: &str, funcs: i64, slots: i64) {
+    let mut counts = funcgen_counts().lock().unwrap_or_else(|e| e.into_inner());
+    let entry = counts.entry(name.to_string()).or_default();
+    entry.0 += funcs;
+    entry.1 += slots;
+    if entry.0 <= 0 && entry.1 <= 0 {
+        counts.remove(name);
+    }
+}
+
+/// A function generator's slot count, used like a `Cell<usize>`, that
+/// also keeps `stats proxyfuncs` up to date once the generator is ready
+/// ([`FuncgenSlots::register`]) and until it is dropped. Slots are made
+/// and let go rarely (not per request), so the shared counts take a lock.
+#[derive(Default)]
+pub struct FuncgenSlots {
+    slots: std::cell::Cell<usize>,
+    /// The name it is counted under, once ready.
+    name: std::cell::RefCell<Option<String>>,
+}
+
+impl FuncgenSlots {
+    pub fn get(&self) -> usize {
+        self.slots.get()
+    }
+
+    pub fn set(&self, slots: usize) {
+        let old = self.slots.replace(slots);
+        if let Some(name) = self.name.borrow().as_deref() {
+            funcgen_delta(name, 0, slots as i64 - old as i64);
+        }
+    }
+
+    /// Counts the generator (and its slots) under `name`, once.
+    pub fn register(&self, name: &str) {
+        let mut registered = self.name.borrow_mut();
+        if registered.is_none() {
+            funcgen_delta(name, 1, self.slots.get() as i64);
+            *registered = Some(name.to_string());
+        }
+    }
+}
+
+impl Drop for FuncgenSlots {
+    fn drop(&mut self) {
+        if let Some(name) = self.name.get_mut().as_deref() {
+            funcgen_delta(name, -1, -(self.slots.get() as i64));
+        }
+    }
+}
+
+/// Appends `stats proxyfuncs` (`funcs_<name>`, `slots_<name>` for each
+/// name with a ready generator), without the closing `END`.
+pub fn write_funcgen_stats(out: &mut BytesMut) {
+    let counts = funcgen_counts().lock().unwrap_or_else(|e| e.into_inner());
+    for (name, (funcs, slots)) in counts.iter() {
+        if *funcs > 0 {
+            write_stat(out, &format!("funcs_{name}"), funcs);
+            write_stat(out, &format!("slots_{name}"), slots);
+        }
+    }
+}

@@ -68,6 +68,39 @@ pub struct BackendConfig {
     /// `SERVER_ERROR backend failure` and counted as `depth_refused`
     /// (memcached: `depthlimit`, `mcp.backend_depth_limit`). 0: no limit.
     pub depth_limit: usize,
+    /// Which of this backend's requests are written to `watch proxyreqs`
+    /// (memcached: the backend `log` option); `None` logs none.
+    pub request_log: Option<RequestLog>,
+}
+
+/// The backend `log = {deadline =, rate =, errors =, tag =}` option: a
+/// request is logged when its reply is an error (`errors`), took longer
+/// than `deadline_ms`, or one time in `rate` at random; with none of the
+/// three set, every request is.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RequestLog {
+    pub deadline_ms: u64,
+    pub rate: u64,
+    pub errors: bool,
+    /// Written as the line's `detail=`.
+    pub tag: String,
+}
+
+impl RequestLog {
+    /// Whether a request with this reply (`None`: a failure) taking
+    /// `elapsed_us` is logged.
+    pub fn wants(&self, response: Option<&memroute_proto::Response>, elapsed_us: u64) -> bool {
+        if self.deadline_ms == 0 && self.rate == 0 && !self.errors {
+            return true;
+        }
+        crate::watch::sampled(
+            self.deadline_ms,
+            self.rate,
+            self.errors,
+            response,
+            elapsed_us,
+        )
+    }
 }
 
 impl BackendConfig {
@@ -114,6 +147,7 @@ impl Default for BackendConfig {
             max_value: memroute_proto::Limits::default().max_item_size,
             tls: None,
             depth_limit: 0,
+            request_log: None,
         }
     }
 }

@@ -9,6 +9,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
+use std::fmt::Write as _;
 use std::io;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -434,8 +435,9 @@ pub(crate) async fn supervise(inner: Rc<Inner>, slot: Rc<Slot>) {
             Err(error) => {
                 inner.counters.connect_failures.incr();
                 debug!(backend = %config.label, %error, "backend connect failed");
+                let depth = slot.in_flight();
                 slot.fail_all(&inner, &error);
-                inner.record_failure(&error);
+                inner.record_failure(&error, depth);
                 eager = true;
                 continue;
             }
@@ -459,8 +461,9 @@ pub(crate) async fn supervise(inner: Rc<Inner>, slot: Rc<Slot>) {
             }
             SessionEnd::Failed(error) => {
                 debug!(backend = %config.label, %error, "backend connection failed");
+                let depth = slot.in_flight();
                 slot.fail_all(&inner, &error);
-                inner.record_failure(&error);
+                inner.record_failure(&error, depth);
                 eager = true;
             }
         }
@@ -896,9 +899,15 @@ fn oversize_reply(mut raw: BytesMut, decoder: ResponseDecoder) -> Response {
 }
 
 impl Inner {
-    /// Counts one failure against the backend's health, logging a change.
-    pub(crate) fn record_failure(&self, error: &BackendError) {
+    /// Counts one failure (with `depth` requests failed by it) against the
+    /// backend's health, logging a change.
+    pub(crate) fn record_failure(&self, error: &BackendError, depth: usize) {
         self.counters.failures.incr();
+        // As memcached: a failure is logged to `watch proxyevents` unless
+        // the backend is already known bad.
+        if !self.is_bad() && crate::watch::enabled(crate::watch::PROXYEVENTS) {
+            self.log_failure(error, depth);
+        }
         let outcome = self
             .health
             .borrow_mut()
@@ -907,6 +916,9 @@ impl Inner {
             FailureOutcome::MarkedBad { wait, flaps } => {
                 self.counters.marked_bad.incr();
                 self.counters.bad.store(true, Relaxed);
+                if crate::watch::enabled(crate::watch::PROXYEVENTS) {
+                    self.log_marked_bad(wait, flaps);
+                }
                 warn!(
                     backend = %self.config.label,
                     %error,
@@ -923,6 +935,58 @@ impl Inner {
             ),
             FailureOutcome::Counted => {}
         }
+    }
+
+    /// `type=proxy_backend error=... name= port= label= depth= rbuf=`, with
+    /// memcached's word for the failure. (memroute keeps no unread bytes of
+    /// a failed connection: `rbuf` is empty.)
+    fn log_failure(&self, error: &BackendError, depth: usize) {
+        let word = match error {
+            BackendError::Connect(e) if e.kind() == io::ErrorKind::TimedOut => {
+                if e.to_string().contains("version") {
+                    "readvalidate"
+                } else {
+                    "conntimeout"
+                }
+            }
+            BackendError::Connect(e) if e.kind() == io::ErrorKind::InvalidData => "badvalidate",
+            BackendError::Connect(_) => "connecting",
+            BackendError::Timeout => "timeout",
+            BackendError::Io(_) => "reading",
+            BackendError::BadResponse(_) => "parsing",
+            BackendError::Closed => "disconnected",
+            // Not failures of the backend.
+            BackendError::Down | BackendError::Busy | BackendError::DepthLimit => return,
+        };
+        let config = &self.config;
+        crate::watch::log(crate::watch::PROXYEVENTS, |line| {
+            let _ = write!(
+                line,
+                "type=proxy_backend error={word} name={} port={} label={} depth={depth} rbuf=",
+                config.host, config.port, config.label
+            );
+        });
+    }
+
+    /// `type=proxy_backend error=markedbad ... retry=<seconds>`
+    /// (`markedbadflap` when the backend is flapping).
+    fn log_marked_bad(&self, wait: std::time::Duration, flaps: u32) {
+        let word = if flaps > 0 {
+            "markedbadflap"
+        } else {
+            "markedbad"
+        };
+        let config = &self.config;
+        crate::watch::log(crate::watch::PROXYEVENTS, |line| {
+            let _ = write!(
+                line,
+                "type=proxy_backend error={word} name={} port={} label={} retry={}",
+                config.host,
+                config.port,
+                config.label,
+                wait.as_secs()
+            );
+        });
     }
 
     fn record_reply(&self, latency: std::time::Duration) {

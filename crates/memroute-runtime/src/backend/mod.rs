@@ -92,7 +92,7 @@ use std::task::{Context, Poll};
 use memroute_proto::{Request, Response};
 use tokio::task::AbortHandle;
 
-pub use config::{BackendConfig, MAX_CONNECTIONS};
+pub use config::{BackendConfig, RequestLog, MAX_CONNECTIONS};
 pub use error::BackendError;
 pub use stats::{
     BackendRegistry, BackendState, BackendStats, BackendSummary, LatencyHistogram,
@@ -179,9 +179,17 @@ impl Backend {
             ))),
             Err(error) => SendState::Failed(Some(error)),
         };
+        let logged = match inner.config.request_log {
+            Some(_) if crate::watch::enabled(crate::watch::PROXYREQS) => Some(Box::new((
+                request.raw_line().clone(),
+                std::time::Instant::now(),
+            ))),
+            _ => None,
+        };
         Sending {
             inner: inner.clone(),
             state,
+            logged,
         }
     }
 
@@ -322,6 +330,9 @@ impl Inner {
 pub struct Sending {
     inner: Rc<Inner>,
     state: SendState,
+    /// Set when the backend's `log` option asks for this request while
+    /// someone watches `proxyreqs`: its line and when it was sent.
+    logged: Option<Box<(bytes::Bytes, std::time::Instant)>>,
 }
 
 enum SendState {
@@ -359,9 +370,45 @@ impl Future for Sending {
             if result.is_err() {
                 this.inner.counters.failed_requests.incr();
             }
+            if let Some(logged) = this.logged.take() {
+                log_request(&this.inner.config, &logged, &result);
+            }
             return Poll::Ready(result);
         }
     }
+}
+
+/// Writes a request of a backend with the `log` option to `watch
+/// proxyreqs`, if the option wants it. A failure is logged as the
+/// `SERVER_ERROR` line the client gets.
+fn log_request(
+    config: &BackendConfig,
+    (line, sent): &(bytes::Bytes, std::time::Instant),
+    result: &Result<Response, BackendError>,
+) {
+    let Some(log) = &config.request_log else {
+        return;
+    };
+    let elapsed_us = sent.elapsed().as_micros() as u64;
+    let failure;
+    let response = match result {
+        Ok(response) => response,
+        Err(error) => {
+            failure = Response::from_line(error.client_reply());
+            &failure
+        }
+    };
+    if !log.wants(Some(response), elapsed_us) {
+        return;
+    }
+    crate::watch::log_proxy_req(&crate::watch::ProxyReq {
+        elapsed_us,
+        response: Some(response),
+        backend: Some((config.host.as_str(), config.port)),
+        cfd: 0,
+        detail: log.tag.as_bytes(),
+        request_line: line,
+    });
 }
 
 impl Drop for Backend {

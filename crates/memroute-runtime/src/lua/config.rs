@@ -400,6 +400,8 @@ fn register(lua: &Lua, stat_names: Rc<RefCell<Vec<(i64, String)>>>) -> mlua::Res
             "warm",
             "funcgen_new",
             "router_new",
+            "log_req",
+            "log_reqsample",
             "req_inspector_new",
             "res_inspector_new",
             "req_mutator_new",
@@ -718,34 +720,32 @@ fn register_backend_defaults(lua: &Lua, mcp: &Table) -> mlua::Result<()> {
     Ok(())
 }
 
-/// `mcp.backend{log = {deadline =, rate =, errors =}}`: memcached writes
-/// sampled requests of this backend to its `watch proxyreqs` stream, which
-/// memroute does not have. The table is checked, and a warning says the
-/// log is not written.
-fn request_log_option(label: &str, value: Value) -> mlua::Result<()> {
+/// The backend `log = {deadline = ms, rate = n, errors = bool, tag = str}`
+/// option: which of the backend's requests `watch proxyreqs` readers get
+/// (see [`crate::backend::RequestLog`]).
+fn request_log_option(value: Value) -> mlua::Result<crate::backend::RequestLog> {
     let Value::Table(t) = value else {
         return Err(mlua::Error::runtime(
-            "mcp.backend: log must be a table {deadline =, rate =, errors =}",
+            "mcp.backend: log must be a table {deadline =, rate =, errors =, tag =}",
         ));
     };
+    let mut log = crate::backend::RequestLog::default();
     for pair in t.pairs::<String, Value>() {
         let (key, value) = pair?;
-        let fits = match key.as_str() {
-            "deadline" | "rate" => matches!(value, Value::Integer(i) if i >= 0),
-            "errors" => matches!(value, Value::Boolean(_)),
-            _ => false,
-        };
-        if !fits {
-            return Err(mlua::Error::runtime(format!(
-                "mcp.backend: log.{key}: expected deadline = ms, rate = n, errors = true|false"
-            )));
+        match (key.as_str(), &value) {
+            ("deadline", Value::Integer(i)) if *i >= 0 => log.deadline_ms = *i as u64,
+            ("rate", Value::Integer(i)) if *i >= 0 => log.rate = *i as u64,
+            ("errors", Value::Boolean(b)) => log.errors = *b,
+            ("tag", Value::String(s)) => log.tag = s.to_str()?.to_string(),
+            _ => {
+                return Err(mlua::Error::runtime(format!(
+                "mcp.backend: log.{key}: expected deadline = ms, rate = n, errors = true|false, \
+                     tag = \"text\""
+            )))
+            }
         }
     }
-    tracing::warn!(
-        "mcp.backend {label}: log = {{...}} is accepted but not written: memroute has no \
-         `watch proxyreqs` stream"
-    );
-    Ok(())
+    Ok(log)
 }
 
 fn port_of(value: Value) -> mlua::Result<u16> {
@@ -809,7 +809,7 @@ fn backend(lua: &Lua, args: mlua::MultiValue) -> mlua::Result<BackendHandle> {
                             }
                         }
                     }
-                    "log" => request_log_option(&cfg.label, value)?,
+                    "log" => cfg.request_log = Some(request_log_option(value)?),
                     other if tunable(&mut cfg, other, value, "mcp.backend")? => {}
                     other => {
                         return Err(mlua::Error::runtime(format!(

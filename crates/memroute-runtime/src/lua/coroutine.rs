@@ -20,12 +20,14 @@ use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 use mlua::{AnyUserData, Function, IntoLuaMulti, LightUserData, Lua, Table, Thread, Value};
 
 use super::funcgen::Rctx;
 use super::objects::LuaResponse;
+use crate::backend::BackendConfig;
 use crate::route::ResponseFuture;
 
 /// The two values a waiting call returns (the second is often nil), or the
@@ -38,6 +40,8 @@ pub(super) enum Parked {
     Pool {
         future: ResponseFuture,
         start: Instant,
+        /// The backend it goes to, noted only for `watch proxyreqs`.
+        backend: Option<Arc<BackendConfig>>,
     },
     /// `rctx:enqueue_and_wait(r, h)` on a pool handle with nothing else to
     /// wait for: resumed with the response object, which also becomes the
@@ -47,6 +51,8 @@ pub(super) enum Parked {
         handle: usize,
         future: ResponseFuture,
         start: Instant,
+        /// As for `Pool`.
+        backend: Option<Arc<BackendConfig>>,
     },
     /// Any other wait.
     Wait(Pin<Box<dyn Future<Output = Resumed>>>),
@@ -172,21 +178,32 @@ pub(super) async fn drive(
         }
         let parked = coroutines.parked.borrow_mut().take();
         value = match parked {
-            Some(Parked::Pool { future, start }) => {
+            Some(Parked::Pool {
+                future,
+                start,
+                backend,
+            }) => {
                 let response = future.await;
                 let elapsed = start.elapsed().as_micros() as u64;
-                thread.resume(LuaResponse::new(response, elapsed))?
+                thread.resume(LuaResponse {
+                    backend,
+                    ..LuaResponse::new(response, elapsed)
+                })?
             }
             Some(Parked::Handle {
                 rctx,
                 handle,
                 future,
                 start,
+                backend,
             }) => {
                 let response = future.await;
                 let elapsed = start.elapsed().as_micros() as u64;
-                let response: AnyUserData =
-                    rctx.answered(lua, handle, LuaResponse::new(response, elapsed))?;
+                let response = LuaResponse {
+                    backend,
+                    ..LuaResponse::new(response, elapsed)
+                };
+                let response: AnyUserData = rctx.answered(lua, handle, response)?;
                 thread.resume(response)?
             }
             Some(Parked::Wait(wait)) => match wait.await {

@@ -124,6 +124,8 @@ impl Crons {
             stats.cron_runs.fetch_add(1, Relaxed);
             if let Err(e) = func.call::<()>(()) {
                 stats.cron_fails.fetch_add(1, Relaxed);
+                // As memcached: `watch proxyevents` sees the error.
+                super::logging::proxy_error(&e);
                 let message = lua_error_message(&e);
                 tracing::error!(target: "memroute::lua", "cron {name} failed: {message}");
             }

@@ -109,8 +109,8 @@ pub struct Funcgen {
     generator: RefCell<Option<(Function, Value)>>,
     /// Slots not serving a request now.
     free: RefCell<Vec<Slot>>,
-    /// Slots alive, serving or free.
-    slots: Cell<usize>,
+    /// Slots alive, serving or free (also counted for `stats proxyfuncs`).
+    slots: crate::stats::FuncgenSlots,
     /// How long many slots have stayed free (see [`Funcgen::keep`]).
     pressure: Cell<u32>,
     /// `u` of `fgen:ready{}`: objects each slot may make with
@@ -196,7 +196,7 @@ impl Funcgen {
             targets: RefCell::new(Rc::from(Vec::new())),
             generator: RefCell::new(None),
             free: RefCell::new(Vec::new()),
-            slots: Cell::new(0),
+            slots: Default::default(),
             pressure: Cell::new(0),
             user_objects: Cell::new(0),
         })
@@ -371,6 +371,7 @@ fn nested_failure(lua: &Lua, error: &mlua::Error) -> LuaResponse {
             .lua_errors
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
+    super::logging::proxy_error(error);
     warn!(target: "memroute::lua", "route failed: {}", lua_error_message(error));
     LuaResponse::new(Response::from_line("SERVER_ERROR lua failure"), 0)
 }
@@ -444,6 +445,7 @@ impl UserData for LuaFuncgen {
             // fails the configuration load, and the slot is kept.
             let slot = this.0.take_slot(lua)?;
             this.0.free.borrow_mut().push(slot);
+            this.0.slots.register(&this.0.name.borrow());
             Ok(())
         });
     }
@@ -713,8 +715,11 @@ impl Rctx {
                 }
                 // As memcached: a failing callback is logged and the
                 // result keeps its own class.
-                Err(e) => warn!(target: "memroute::lua", "handle callback failed: {}",
-                                lua_error_message(&e)),
+                Err(e) => {
+                    super::logging::proxy_error(&e);
+                    warn!(target: "memroute::lua", "handle callback failed: {}",
+                          lua_error_message(&e));
+                }
             }
         }
         let mut handles = self.handles.borrow_mut();
@@ -858,11 +863,17 @@ impl Rctx {
                     let request = checked.request.clone();
                     slot.state = State::Active;
                     self.pending.set(self.pending.get() + 1);
+                    let backend = if crate::watch::enabled(crate::watch::PROXYREQS) {
+                        pool.backend_of(&request)
+                    } else {
+                        None
+                    };
                     coroutines.park(Parked::Handle {
                         rctx: self.clone(),
                         handle: index,
                         future: pool.clone().call(request),
                         start: std::time::Instant::now(),
+                        backend,
                     });
                     return Ok(());
                 }
@@ -1136,11 +1147,10 @@ impl UserData for LuaRctx {
         methods.add_method("response_new", |lua, this, ()| {
             this.0.user_objects.response_new(lua)
         });
-        methods.add_method("cfd", |_, _, ()| {
-            Err::<(), _>(mlua::Error::runtime(
-                "rctx:cfd() is not supported by memroute: routes do not see client sockets",
-            ))
-        });
+        // The client's socket, for `mcp.log_req(..., rctx:cfd())` (0 once
+        // the client's request is over: a callback of a request left
+        // running runs in no client's task).
+        methods.add_method("cfd", |_, _, ()| Ok(crate::watch::client_fd()));
     }
 }
 

@@ -32,6 +32,8 @@
 //! - [`dynamo`]: `mcp.dynamo_pool`, pools backed by a DynamoDB table.
 //! - [`funcgen`]: memcached's current API in worker VMs: function
 //!   generators, request contexts and their handles.
+//! - [`logging`]: `mcp.log_req` and `mcp.log_reqsample`, for `watch
+//!   proxyreqs`.
 //! - [`inspect`]: `mcp.req_inspector_new` / `mcp.res_inspector_new`,
 //!   step lists compiled once and run over requests and responses.
 //! - [`mutate`]: `mcp.req_mutator_new` / `mcp.res_mutator_new`, which write
@@ -53,6 +55,7 @@ pub mod dynamo;
 pub mod funcgen;
 pub mod host;
 pub mod inspect;
+pub mod logging;
 pub mod mutate;
 pub mod objects;
 pub mod ratelim;

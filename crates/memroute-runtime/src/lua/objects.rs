@@ -3,9 +3,13 @@
 //! commands, await modes and response codes. Names and semantics follow
 //! memcached's proxy.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use memroute_proto::{Command, Limits, MetaOp, Request, Response, ResponseCode};
 use mlua::{Lua, UserData, UserDataMethods, Value};
+
+use crate::backend::BackendConfig;
 
 pub use crate::route::commands::{
     command_id, CMD_ANY, CMD_ANY_STORAGE, CMD_SET, COMMANDS, COMMAND_SLOTS, STORAGE_IDS,
@@ -298,6 +302,9 @@ pub struct LuaResponse {
     pub response: Response,
     /// Microseconds from sending the request to its reply.
     pub elapsed_us: u64,
+    /// The backend that answered, noted only while someone watches
+    /// `proxyreqs` (for `be=` in `mcp.log_req` lines).
+    pub backend: Option<Arc<BackendConfig>>,
 }
 
 impl LuaResponse {
@@ -305,6 +312,7 @@ impl LuaResponse {
         LuaResponse {
             response,
             elapsed_us,
+            backend: None,
         }
     }
 

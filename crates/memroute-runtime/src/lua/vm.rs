@@ -136,7 +136,16 @@ fn setup(lua: &Lua, config: &ProxyConfig) -> mlua::Result<()> {
     mcp.set(
         "log",
         lua.create_function(|_, msg: mlua::LuaString| {
-            tracing::info!(target: "memroute::lua", "{}", msg.to_string_lossy());
+            let msg = msg.to_string_lossy();
+            // `watch proxyuser` gets it in memcached's format; the log
+            // (`-v`) keeps it too.
+            if crate::watch::enabled(crate::watch::PROXYUSER) {
+                crate::watch::log_text(crate::watch::PROXYUSER, |line| {
+                    line.push_str("type=proxy_user msg=");
+                    line.push_str(&msg);
+                });
+            }
+            tracing::info!(target: "memroute::lua", "{msg}");
             Ok(())
         })?,
     )?;

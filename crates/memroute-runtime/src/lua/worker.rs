@@ -347,6 +347,7 @@ impl WorkerLua {
 
     pub(super) fn lua_failure(&self, error: &mlua::Error) -> Bytes {
         self.env.proxy_stats.lua_errors.fetch_add(1, Relaxed);
+        super::logging::proxy_error(error);
         warn!(target: "memroute::lua", "route failed: {}", lua_error_message(error));
         failure_line()
     }
@@ -403,8 +404,16 @@ pub(super) fn send_timed(
     request: Request,
 ) -> impl std::future::Future<Output = LuaResponse> {
     let start = Instant::now();
-    pool.call(request)
-        .map(move |response| LuaResponse::new(response, start.elapsed().as_micros() as u64))
+    // Which backend answers is noted only for a `watch proxyreqs` reader.
+    let backend = if crate::watch::enabled(crate::watch::PROXYREQS) {
+        pool.backend_of(&request)
+    } else {
+        None
+    };
+    pool.call(request).map(move |response| LuaResponse {
+        backend,
+        ..LuaResponse::new(response, start.elapsed().as_micros() as u64)
+    })
 }
 
 /// The pool object routes call: `pool(r)`.
@@ -428,9 +437,17 @@ impl UserData for LuaPool {
                         })?
                         .request
                         .clone();
+                    // Which backend answers is noted only for a `watch
+                    // proxyreqs` reader (`be=` of `mcp.log_req`).
+                    let backend = if crate::watch::enabled(crate::watch::PROXYREQS) {
+                        pool.0.backend_of(&request)
+                    } else {
+                        None
+                    };
                     parking.park(Parked::Pool {
                         future: pool.0.clone().call(request),
                         start: Instant::now(),
+                        backend,
                     });
                     Ok(())
                 },
@@ -579,6 +596,7 @@ fn register(lua: &Lua) -> mlua::Result<()> {
     )?;
     mcp.set("await", coroutines.suspending(start_await, "mcp.await")?)?;
     super::funcgen::register(lua, &mcp)?;
+    super::logging::register(lua, &mcp)?;
     super::inspect::register(lua, &mcp)?;
     super::mutate::register(lua, &mcp)?;
     mcp.set(

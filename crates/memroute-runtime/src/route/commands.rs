@@ -88,5 +88,8 @@ pub fn command_id(command: &Command) -> i64 {
         Command::Version => 23,
         Command::FlushAll { .. } => CMD_FLUSH_ALL,
         Command::Verbosity { .. } => 25,
+        // Not a command a route can take (memcached's proxy has no
+        // `CMD_WATCH`): the connection turns into a log stream.
+        Command::Watch { .. } => 0,
     }
 }

@@ -46,6 +46,12 @@ pub trait Pool: Route {
         self.call(request)
     }
 
+    /// The memcached backend `request` goes to, when the pool has one for
+    /// it (for `be=` in `watch proxyreqs` lines).
+    fn backend_of(&self, _request: &Request) -> Option<Arc<BackendConfig>> {
+        None
+    }
+
     /// Whether a client's `flush_all` empties this pool when no route is
     /// attached for it. Caches do; a durable store (a DynamoDB table) does
     /// not, and refuses `flush_all` when sent one.
@@ -262,6 +268,11 @@ impl Pool for MemcachedPool {
         &self.def.name
     }
 
+    fn backend_of(&self, request: &Request) -> Option<Arc<BackendConfig>> {
+        let key = request.key().map_or(&b""[..], |k| &k[..]);
+        Some(self.backends[self.distribution.pick(key)].config().clone())
+    }
+
     fn broadcast(self: Rc<Self>, request: Request) -> ResponseFuture {
         let request = outbound(request);
         let sends: Vec<_> = self
@@ -383,6 +394,10 @@ impl Route for DiscoveredPool {
 impl Pool for DiscoveredPool {
     fn name(&self) -> &str {
         &self.def.name
+    }
+
+    fn backend_of(&self, request: &Request) -> Option<Arc<BackendConfig>> {
+        self.members().backend_of(request)
     }
 
     fn broadcast(self: Rc<Self>, request: Request) -> ResponseFuture {
