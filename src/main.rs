@@ -89,7 +89,7 @@ struct Cli {
     #[arg(long = "route-handlers", value_name = "FILE", requires = "routes")]
     route_handlers: Vec<std::path::PathBuf>,
     /// An mcrouter JSON configuration, read into memroute's native route
-    /// handlers (see docs/mcrouter.md).
+    /// handlers (see docs/mcrouter-migration.md).
     #[arg(long = "mcrouter-config", value_name = "FILE", conflicts_with_all = ["config", "config_arg", "routes"])]
     mcrouter_config: Option<std::path::PathBuf>,
     /// mcrouter's `--big-value-split-threshold`: with `--mcrouter-config`,

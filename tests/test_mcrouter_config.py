@@ -356,3 +356,31 @@ def test_l1l2_cache_route_negative_caching(backends, memroute_factory, startfile
     }, name="bad.json")
     result = run_memroute_expect_failure(["--mcrouter-config", str(bad)])
     assert "route.ncacheUpdatePeriod: only 0 is supported" in result.stderr, result.stderr
+
+
+def test_config_file_and_md5_digest_admin_keys_follow_reloads(backends, memroute_factory,
+                                                             startfile_dir):
+    # mcrouter's health check compares `get __mcrouter__.config_md5_digest`
+    # with `md5sum` of the file: the MD5 of the main file's bytes.
+    import hashlib
+
+    a, b = backends(2)
+    pools = {"A": servers(a), "B": servers(b)}
+    path = config_file(startfile_dir, {"pools": pools, "route": "PoolRoute|A"})
+    mr = memroute_factory("--mcrouter-config", str(path))
+
+    def admin(c, name):
+        reply = c.request(b"get __mcrouter__.%s\r\n" % name, b"END\r\n")
+        lines = reply.split(b"\r\n")
+        assert lines[0].startswith(b"VALUE __mcrouter__.%s 0 " % name), reply
+        return lines[1].decode()
+
+    with mr.client() as c:
+        assert admin(c, b"config_md5_digest") == hashlib.md5(path.read_bytes()).hexdigest()
+        assert admin(c, b"config_file") == str(path)
+    config_file(startfile_dir, {"pools": pools, "route": "PoolRoute|B"})
+    mr.proc.send_signal(signal.SIGHUP)
+    with mr.client() as c:
+        wait_until(lambda: stats_dict(c, b"proxy").get("config_reloads") == "1", 10,
+                   what="the reload")
+        assert admin(c, b"config_md5_digest") == hashlib.md5(path.read_bytes()).hexdigest()

@@ -7,7 +7,7 @@
 //! route says otherwise), and every route handle maps onto a
 //! [`RoutePlan`] node. What it cannot honour is an error naming the JSON
 //! path (`route.children[2].type: BigValueRoute is not supported`), never
-//! silently ignored. docs/mcrouter.md lists what maps to what.
+//! silently ignored. docs/mcrouter-migration.md lists what maps to what.
 //!
 //! The command line names the file through the proxy configuration: the
 //! JSON file as the startfile and [`START_ARG`] as the start argument, so

@@ -120,6 +120,7 @@ pub(crate) async fn reload_config(
     host.settle(true);
     proxy_stats.set_names(&loaded.stat_names);
     proxy_stats.reloads.fetch_add(1, Relaxed);
+    proxy_stats.set_config_file(&loaded.proxy.startfile);
     config_digest.set(digest);
     crate::watch::proxy_conf("done");
     info!("configuration reloaded on every worker");

@@ -247,6 +247,7 @@ impl Server {
                 let loaded = host.load_blocking()?;
                 host.settle(true);
                 proxy_stats.set_names(&loaded.stat_names);
+                proxy_stats.set_config_file(&proxy.startfile);
                 config_digest.set(crate::metrics::config_digest(
                     Some(&proxy.startfile),
                     &loaded.backend_lists(),

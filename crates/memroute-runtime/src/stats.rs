@@ -277,6 +277,17 @@ pub struct ProxyStats {
     /// The process's shared stores (DynamoDB tables), for `stats`,
     /// metrics, warm-up and shutdown.
     pub stores: Arc<crate::store::StoreRegistry>,
+    /// The configuration file in force, for mcrouter's admin keys
+    /// `__mcrouter__.config_file` and `__mcrouter__.config_md5_digest`.
+    config_file: Mutex<Option<Arc<ConfigFile>>>,
+}
+
+/// A configuration file in force: its path and the MD5 of its bytes (hex),
+/// what mcrouter's health checks compare with `md5sum` of the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigFile {
+    pub path: String,
+    pub md5: String,
 }
 
 impl Default for ProxyStats {
@@ -292,11 +303,38 @@ impl Default for ProxyStats {
             cron_fails: AtomicU64::new(0),
             backends: BackendRegistry::default(),
             stores: Arc::default(),
+            config_file: Mutex::new(None),
         }
     }
 }
 
 impl ProxyStats {
+    /// Records `path` as the configuration file in force (read again here,
+    /// as the configuration digest is; unreadable, it has no MD5).
+    pub fn set_config_file(&self, path: &std::path::Path) {
+        use md5::Digest;
+        let md5 = std::fs::read(path)
+            .map(|bytes| {
+                md5::Md5::digest(&bytes)
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let file = ConfigFile {
+            path: path.display().to_string(),
+            md5,
+        };
+        if let Ok(mut f) = self.config_file.lock() {
+            *f = Some(Arc::new(file));
+        }
+    }
+
+    /// The configuration file in force, if there is one.
+    pub fn config_file(&self) -> Option<Arc<ConfigFile>> {
+        self.config_file.lock().ok().and_then(|f| f.clone())
+    }
+
     /// Installs the names a (re)loaded configuration registered.
     pub fn set_names(&self, names: &[(i64, String)]) {
         if let Ok(mut n) = self.names.lock() {

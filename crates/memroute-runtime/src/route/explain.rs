@@ -4,7 +4,10 @@
 //! - `get __mcrouter__.route(OP,KEY)`: the backends `OP KEY` may reach, one
 //!   per line (`host:port`, or what stands for a store);
 //! - `get __mcrouter__.route_handles(OP,KEY)`: the route tree it would take,
-//!   one node per line, indented by depth.
+//!   one node per line, indented by depth;
+//! - `get __mcrouter__.config_file` and `get __mcrouter__.config_md5_digest`:
+//!   the configuration file in force and the MD5 of its bytes (hex), which
+//!   mcrouter's health checks compare with `md5sum` of the file.
 //!
 //! Every route describes itself ([`super::Route::explain`]); a pool names
 //! the backend its distribution picks for the key.
@@ -67,6 +70,9 @@ pub fn answer(routes: &RouteSet, request: &Request, tag: ListenerTag) -> Option<
     };
     let key = get.keys.first()?;
     let query = key.strip_prefix(PREFIX)?;
+    if let Some(body) = config_answer(routes, query) {
+        return Some(value_reply(key, &body));
+    }
     let (handles, args) = if let Some(a) = query.strip_prefix(b"route_handles(") {
         (true, a)
     } else {
@@ -86,10 +92,28 @@ pub fn answer(routes: &RouteSet, request: &Request, tag: ListenerTag) -> Option<
         },
         None => b"unknown operation".to_vec(),
     };
+    Some(value_reply(key, &body))
+}
+
+/// The answer to `config_file` or `config_md5_digest`; mcrouter fails the
+/// digest query when it has none, and so does memroute.
+fn config_answer(routes: &RouteSet, query: &[u8]) -> Option<Vec<u8>> {
+    let file = routes.stats.config_file();
+    match query {
+        b"config_file" => Some(file.map_or_else(Vec::new, |f| f.path.clone().into_bytes())),
+        b"config_md5_digest" => Some(match file {
+            Some(f) if !f.md5.is_empty() => f.md5.clone().into_bytes(),
+            _ => b"no config md5 digest found!".to_vec(),
+        }),
+        _ => None,
+    }
+}
+
+fn value_reply(key: &[u8], body: &[u8]) -> Bytes {
     let mut out = BytesMut::new();
-    memroute_proto::reply::value(&mut out, key, 0, &body, None);
+    memroute_proto::reply::value(&mut out, key, 0, body, None);
     memroute_proto::reply::end(&mut out);
-    Some(out.freeze())
+    out.freeze()
 }
 
 /// The request `OP KEY` stands for (its value, if any, empty).
