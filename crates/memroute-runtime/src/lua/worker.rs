@@ -188,6 +188,11 @@ impl WorkerLua {
         env: &Rc<RouteEnv>,
         loaded: &LoadedConfig,
     ) -> Result<Rc<WorkerLua>, ConfigError> {
+        Self::load(env, loaded)
+    }
+
+    /// A fresh worker VM with the worker's bindings, the startfile run.
+    fn load(env: &Rc<RouteEnv>, loaded: &LoadedConfig) -> Result<Rc<WorkerLua>, ConfigError> {
         let path = &loaded.proxy.startfile;
         let lua = vm::new_vm(&loaded.proxy)?;
         lua.set_app_data(env.limits.clone());
@@ -197,13 +202,12 @@ impl WorkerLua {
         register(&lua).map_err(|e| ConfigError::lua(path, e))?;
         vm::load_startfile(&lua, &loaded.proxy)?;
         let coroutines = Coroutines::of(&lua).map_err(|e| ConfigError::lua(path, e))?;
-        let vm = Rc::new(WorkerLua {
+        Ok(Rc::new(WorkerLua {
             lua,
             env: env.clone(),
             lua_held: Cell::new(0),
             coroutines,
-        });
-        Ok(vm)
+        }))
     }
 
     fn build(
@@ -212,23 +216,10 @@ impl WorkerLua {
         loaded: &LoadedConfig,
     ) -> Result<RouteSet, ConfigError> {
         let path = &loaded.proxy.startfile;
-        let lua = vm::new_vm(&loaded.proxy)?;
-        lua.set_app_data(env.limits.clone());
-        lua.set_app_data(env.clone());
-        lua.set_app_data(Rc::new(EmbeddedPool::new(env.clone())));
-        Coroutines::install(&lua).map_err(|e| ConfigError::lua(path, e))?;
-        register(&lua).map_err(|e| ConfigError::lua(path, e))?;
-        vm::load_startfile(&lua, &loaded.proxy)?;
-        let config_routes: Function = lua.globals().get("mcp_config_routes").map_err(|_| {
+        let vm = Self::load(env, loaded)?;
+        let config_routes: Function = vm.lua.globals().get("mcp_config_routes").map_err(|_| {
             ConfigError::Invalid(format!("{}: no mcp_config_routes function", path.display()))
         })?;
-        let coroutines = Coroutines::of(&lua).map_err(|e| ConfigError::lua(path, e))?;
-        let vm = Rc::new(WorkerLua {
-            lua,
-            env: env.clone(),
-            lua_held: Cell::new(0),
-            coroutines,
-        });
         // (The VM refers to itself only weakly: routes hold it, not Lua.)
         vm.lua.set_app_data(Attached {
             routes: RefCell::new(AttachedRoutes::new(COMMAND_SLOTS)),
