@@ -16,6 +16,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -31,7 +32,7 @@ use tracing::{debug, info, warn};
 use crate::admin::Admin;
 use crate::auth::Auth;
 use crate::config::{ServerConfig, TaggedListen, UnixSocket};
-use crate::connection::{serve, WorkerContext};
+use crate::connection::{serve, with_client_fd, WorkerContext};
 use crate::embedded::Embedded;
 use crate::lua::host::ConfigHost;
 use crate::lua::{LoadedConfig, WorkerProxy};
@@ -656,7 +657,12 @@ impl WorkerSeed {
                     (ctx.clone(), live.clone(), stats.clone(), shutdown.clone());
                 let tls = server_tls.clone();
                 live.set(live.get() + 1);
-                tokio::task::spawn_local(async move {
+                // The socket's number, for routes that ask (`rctx:cfd()`).
+                let fd = match &stream {
+                    Accepted::Tcp(stream, _) => stream.as_raw_fd(),
+                    Accepted::Unix(stream) => stream.as_raw_fd(),
+                };
+                tokio::task::spawn_local(with_client_fd(fd, async move {
                     match stream {
                         Accepted::Tcp(stream, tag) => {
                             if let Ok(stream) = tokio::net::TcpStream::from_std(stream) {
@@ -677,7 +683,7 @@ impl WorkerSeed {
                     }
                     live.set(live.get() - 1);
                     stats.curr_connections.fetch_sub(1, Relaxed);
-                });
+                }));
             }
             // Let connections finish their request in flight.
             let deadline = tokio::time::Instant::now() + timeout;
