@@ -406,7 +406,7 @@ def test_example_funcgen_failover_stalled_primary(backends, memroute_factory):
 def test_example_funcgen_read_through(backends, memroute_factory):
     pool = backends(2)
     mr = memroute_factory("--config", str(EXAMPLES_DIR / "funcgen-read-through.lua"),
-                          "--config-arg", "ttl=1," + hostlist(pool))
+                          "--config-arg", "ttl=2," + hostlist(pool))
     run = uuid.uuid4().hex[:6]
     key, other, gone = ("rt:%s:%s" % (run, n) for n in ("k", "o", "gone"))
     with mr.client() as c:
@@ -418,6 +418,7 @@ def test_example_funcgen_read_through(backends, memroute_factory):
         assert c.request(b"get %s\r\n" % key.encode(), b"END\r\n") == value_reply(key, b"old", 7)
         # ... so a change made behind the proxy's back is not seen until the
         # local copy's TTL has run out, and the copy keeps the client flags
+        # (a TTL of 2 s: whole seconds, so at least one of them is left)
         mc_set(backend, key, b"new", flags=8)
         assert c.request(b"get %s\r\n" % key.encode(), b"END\r\n") == value_reply(key, b"old", 7)
         # gets and mg go to the pool
