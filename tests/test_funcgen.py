@@ -514,6 +514,90 @@ def test_nested_funcgen_and_internal_handler(fg):
     assert all(mc_get(b, ikey) is None for b in fg.backends)
 
 
+CFD_STARTFILE = r"""
+function mcp_config_pools()
+    local host, port = string.match(mcp.start_arg, "^(.+):(%d+)$")
+    return { p = mcp.pool({ mcp.backend("b1", host, tonumber(port)) }) }
+end
+
+function mcp_config_routes(c)
+    -- What rctx:cfd() said where there was no client: in the generator
+    -- call fgen:ready makes at load time.
+    local at_load = nil
+    -- What it said in a handle callback run after the slot had returned.
+    local in_callback = "none"
+
+    local inner = mcp.funcgen_new()
+    inner:ready({ n = "inner", f = function(rctx)
+        return function(r) return "HD inner=" .. tostring(rctx:cfd()) .. "\r\n" end
+    end })
+
+    local outer = mcp.funcgen_new()
+    local nested = outer:new_handle(inner)
+    local pool = outer:new_handle(c.p)
+    outer:ready({ n = "cfd", f = function(rctx)
+        if at_load == nil then
+            at_load = tostring(rctx:cfd())
+        end
+        rctx:handle_set_cb(pool, function(res, req)
+            in_callback = tostring(rctx:cfd())
+        end)
+        return function(r)
+            local key = r:key()
+            if key == "nested" then
+                local res = rctx:enqueue_and_wait(r, nested)
+                return "SERVER_ERROR outer=" .. tostring(rctx:cfd()) .. " " .. res:line() .. "\r\n"
+            elseif key == "background" then
+                -- sent, not waited for: its callback runs after the return
+                in_callback = "pending"
+                rctx:enqueue(r, pool)
+                rctx:wait_cond(0)
+                return "SERVER_ERROR sent\r\n"
+            elseif key == "callback" then
+                return "SERVER_ERROR callback=" .. in_callback .. "\r\n"
+            elseif key == "load" then
+                return "SERVER_ERROR load=" .. at_load .. "\r\n"
+            end
+            return "SERVER_ERROR fd=" .. tostring(rctx:cfd()) .. "\r\n"
+        end
+    end })
+    mcp.attach(mcp.CMD_ANY_STORAGE, outer)
+end
+"""
+
+
+def test_rctx_cfd_is_the_client_socket(backends, memroute_factory, startfile_dir):
+    """rctx:cfd() is the number of the client's socket, as in memcached:
+    the same for every request of a connection, different for two
+    connections open at once; nested funcgens and callbacks run after the
+    slot returned see it too; without a client (at load) it is nil."""
+    (b,) = backends(1)
+    path = write_startfile(startfile_dir, "cfd.lua", CFD_STARTFILE)
+    mr = memroute_factory("--config", str(path), "--config-arg", b.addr, "-t", "1")
+
+    def fd_of(c) -> int:
+        m = re.match(rb"^SERVER_ERROR fd=(\d+)\r\n$", c.request(b"get x\r\n"))
+        assert m, "rctx:cfd() should be a number"
+        return int(m.group(1))
+
+    with mr.client() as c1, mr.client() as c2:
+        fd1 = fd_of(c1)
+        assert fd1 > 2
+        assert [fd_of(c1) for _ in range(3)] == [fd1] * 3
+        # pipelined requests too
+        c1.send(b"get a\r\nget b\r\nget c\r\n")
+        assert c1.read_available() == b"SERVER_ERROR fd=%d\r\n" % fd1 * 3
+        fd2 = fd_of(c2)
+        assert fd2 > 2 and fd2 != fd1
+        assert fd_of(c1) == fd1 and fd_of(c2) == fd2
+        assert c2.request(b"get nested\r\n") == \
+            b"SERVER_ERROR outer=%d HD inner=%d\r\n" % (fd2, fd2)
+        assert c2.request(b"get background\r\n") == b"SERVER_ERROR sent\r\n"
+        wait_until(lambda: c2.request(b"get callback\r\n") ==
+                   b"SERVER_ERROR callback=%d\r\n" % fd2, 5.0, what="the callback")
+        assert c1.request(b"get load\r\n") == b"SERVER_ERROR load=nil\r\n"
+
+
 # --------------------------------------------------------------------------
 # configuration: errors
 # --------------------------------------------------------------------------

@@ -141,11 +141,19 @@ function mcp_config_routes(pools)
         local res = pools.p1(made)
         local get = mcp.request("get req/made\r\n")
         local res2 = pools.p1(get)
-        return string.format("SERVER_ERROR cmd=%d key=%s vlen=%d set=%s get=%s/%d",
-            made:command(), made:key(), made:vlen(), res:line(), res2:line(), res2:vlen())
+        -- the value copied from a response, and from a request, as memcached
+        local from_res = pools.p1(mcp.request("set req/fromres 0 0 5\r\n", res2))
+        local from_req = pools.p1(mcp.request("ms req/fromreq 5 T0\r\n", made))
+        return string.format("SERVER_ERROR cmd=%d key=%s vlen=%d set=%s get=%s/%d copies=%s,%s",
+            made:command(), made:key(), made:vlen(), res:line(), res2:line(), res2:vlen(),
+            from_res:line(), from_req:line())
     end
     routes.badreq = function(r)
         mcp.request("bogus command\r\n")
+        return "SERVER_ERROR not reached"
+    end
+    routes.badval = function(r)
+        mcp.request("set req/t 0 0 1\r\n", {})
         return "SERVER_ERROR not reached"
     end
     routes.res = function(r)
@@ -484,10 +492,14 @@ def test_request_has_flag_and_flag_token(api):
 def test_mcp_request(api):
     b1 = api.b[0]
     assert ask(api, b"get req/x\r\n") == \
-        b"SERVER_ERROR cmd=9 key=req/made vlen=5 set=STORED get=VALUE req/made 0 5/5\r\n"
+        b"SERVER_ERROR cmd=9 key=req/made vlen=5 set=STORED get=VALUE req/made 0 5/5 " \
+        b"copies=STORED,HD\r\n"
     assert mc_get(b1, "req/made") == b"hello"
+    assert mc_get(b1, "req/fromres") == b"hello"
+    assert mc_get(b1, "req/fromreq") == b"hello"
     with api.client() as c:
         assert c.request(b"get badreq/x\r\n") == b"SERVER_ERROR lua failure\r\n"
+        assert c.request(b"get badval/x\r\n") == b"SERVER_ERROR lua failure\r\n"
         c.assert_alive()
 
 

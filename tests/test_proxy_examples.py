@@ -5,10 +5,12 @@ checked by asking each memcached directly."""
 from __future__ import annotations
 
 import os
+import signal
+import time
 import uuid
 from pathlib import Path
 
-from conftest import EXAMPLES_DIR, LUA_DIR, mc_get, mc_set, write_startfile
+from conftest import EXAMPLES_DIR, LUA_DIR, mc_get, mc_set, wait_until, write_startfile
 
 # example file -> the test in this module that loads it.
 TESTED_EXAMPLES = {
@@ -17,6 +19,10 @@ TESTED_EXAMPLES = {
     "closure.lua": "test_example_closure",
     "simple-keyprefix.lua": "test_example_simple_keyprefix",
     "simple-zones.lua": "test_example_simple_zones",
+    "funcgen-direct.lua": "test_example_funcgen_direct",
+    "funcgen-prefix-router.lua": "test_example_funcgen_prefix_router",
+    "funcgen-failover.lua": "test_example_funcgen_failover",
+    "funcgen-read-through.lua": "test_example_funcgen_read_through",
 }
 
 
@@ -223,3 +229,226 @@ def test_example_simple_zones_far_side(backends, memroute_factory):
     mc_set(z2, "zr", b"z2")
     with mr.client() as c:
         assert c.request(b"get zr\r\n", b"END\r\n") == b"VALUE zr 0 2\r\nz2\r\nEND\r\n"
+
+
+# --------------------------------------------------------------------------
+# the funcgen examples (memcached 1.6.30 and later's API)
+# --------------------------------------------------------------------------
+
+
+def value_reply(key: str, value: bytes, flags: int = 0) -> bytes:
+    return b"VALUE %s %d %d\r\n%s\r\nEND\r\n" % (key.encode(), flags, len(value), value)
+
+
+def test_example_funcgen_direct(backends, memroute_factory):
+    bs = backends(2)
+    mr = memroute_factory("--config", str(EXAMPLES_DIR / "funcgen-direct.lua"),
+                          "--config-arg", hostlist(bs))
+    run = uuid.uuid4().hex[:6]
+    keys = ["fd:%s:%d" % (run, i) for i in range(40)]
+    with mr.client() as c:
+        for k in keys:
+            assert c.request(b"set %s 5 0 %d\r\n%s\r\n" % (k.encode(), len(k), k.encode())) \
+                == b"STORED\r\n"
+        # every key on exactly one backend, and both backends used
+        placement = [holders(bs, k) for k in keys]
+        assert all(len(p) == 1 for p in placement), placement
+        assert {p[0] for p in placement} == {0, 1}
+        # a multi-key get: one slot run per key, the answer in key order
+        c.send(b"get " + " ".join(reversed(keys)).encode() + b"\r\n")
+        assert c.read_until(b"END\r\n") == b"".join(
+            b"VALUE %s 5 %d\r\n%s\r\n" % (k.encode(), len(k), k.encode())
+            for k in reversed(keys)) + b"END\r\n"
+        # meta commands and deletes reach the key's backend
+        k = keys[0]
+        assert c.request(b"mg %s v f\r\n" % k.encode()) == b"VA %d f5\r\n" % len(k)
+        assert c.read_line() == k.encode() + b"\r\n"
+        assert c.request(b"delete %s\r\n" % k.encode()) == b"DELETED\r\n"
+        assert holders(bs, k) == []
+        assert c.request(b"get %s\r\n" % k.encode()) == b"END\r\n"
+        c.assert_alive()
+
+
+def test_example_funcgen_prefix_router(backends, memroute_factory):
+    foo = backends(2)
+    bar = backends(1)
+    default = backends(1)
+    arg = "foo=%s;bar=%s;default=%s" % (hostlist(foo), hostlist(bar), hostlist(default))
+    mr = memroute_factory("--config", str(EXAMPLES_DIR / "funcgen-prefix-router.lua"),
+                          "--config-arg", arg)
+    everyone = foo + bar + default
+    with mr.client() as c:
+        foo_keys = ["foo/k%d" % i for i in range(30)]
+        for k in foo_keys:
+            assert c.request(b"set %s 0 0 1\r\nf\r\n" % k.encode()) == b"STORED\r\n"
+        placement = [holders(everyone, k) for k in foo_keys]
+        assert all(len(p) == 1 and p[0] in (0, 1) for p in placement), placement
+        assert {p[0] for p in placement} == {0, 1}, "keys should spread over both foo backends"
+
+        for k in ("bar/a", "bar/b/c"):
+            assert c.request(b"set %s 0 0 1\r\nb\r\n" % k.encode()) == b"STORED\r\n"
+            assert holders(everyone, k) == [2]
+            assert c.request(b"get %s\r\n" % k.encode(), b"END\r\n") == value_reply(k, b"b")
+
+        # no separator, an unknown prefix, a leading separator (empty
+        # prefix) or a prefix only partly matching: the default pool
+        for k in ("plain", "baz/x", "/foo/x", "fooo/x", "ba/x"):
+            assert c.request(b"set %s 0 0 1\r\nd\r\n" % k.encode()) == b"STORED\r\n"
+            assert holders(everyone, k) == [3], k
+            assert c.request(b"get %s\r\n" % k.encode(), b"END\r\n") == value_reply(k, b"d")
+
+        # a multi-key get across the three routes comes back in order
+        asked = ["bar/a", "plain", foo_keys[0], "missing"]
+        assert c.request(("get %s\r\n" % " ".join(asked)).encode(), b"END\r\n") == (
+            b"VALUE bar/a 0 1\r\nb\r\nVALUE plain 0 1\r\nd\r\n"
+            b"VALUE %s 0 1\r\nf\r\nEND\r\n" % foo_keys[0].encode())
+        assert c.request(b"delete bar/a\r\n") == b"DELETED\r\n"
+        assert holders(everyone, "bar/a") == []
+        c.assert_alive()
+
+
+def start_failover(backends, memroute_factory):
+    primary, secondary = backends(2)
+    mr = memroute_factory("--config", str(EXAMPLES_DIR / "funcgen-failover.lua"),
+                          "--config-arg", "primary=%s;secondary=%s" % (primary.addr,
+                                                                      secondary.addr))
+    return primary, secondary, mr
+
+
+def test_example_funcgen_failover(backends, memroute_factory):
+    primary, secondary, mr = start_failover(backends, memroute_factory)
+    run = uuid.uuid4().hex[:6]
+    both, mine, theirs, gone = ("fo:%s:%s" % (run, n) for n in ("both", "p", "s", "gone"))
+    with mr.client() as c:
+        # writes reach both pools (the client has the first answer; the
+        # other write may still be on its way)
+        assert c.request(b"set %s 3 0 4\r\nboth\r\n" % both.encode()) == b"STORED\r\n"
+        wait_until(lambda: mc_get(primary, both) == b"both" and mc_get(secondary, both) == b"both",
+                   5.0, what="the write on both pools")
+        # reads come from the primary
+        mc_set(primary, mine, b"from-primary")
+        mc_set(secondary, mine, b"from-secondary")
+        assert c.request(b"get %s\r\n" % mine.encode(), b"END\r\n") == \
+            value_reply(mine, b"from-primary")
+        # a miss on the primary falls to the secondary
+        mc_set(secondary, theirs, b"only-secondary", flags=9)
+        assert c.request(b"get %s\r\n" % theirs.encode(), b"END\r\n") == \
+            value_reply(theirs, b"only-secondary", 9)
+        assert c.request(b"mg %s v\r\n" % theirs.encode()) == b"VA 14\r\n"
+        assert c.read_line() == b"only-secondary\r\n"
+        # a miss on both is a miss
+        assert c.request(b"get fo:%s:nowhere\r\n" % run.encode()) == b"END\r\n"
+        assert c.request(b"mg fo:%s:nowhere v\r\n" % run.encode()) == b"EN\r\n"
+        # deletes reach both: a failover read cannot bring the key back
+        assert c.request(b"set %s 0 0 1\r\nx\r\n" % gone.encode()) == b"STORED\r\n"
+        assert c.request(b"delete %s\r\n" % gone.encode()) == b"DELETED\r\n"
+        wait_until(lambda: mc_get(primary, gone) is None and mc_get(secondary, gone) is None,
+                   5.0, what="the delete on both pools")
+        assert c.request(b"get %s\r\n" % gone.encode()) == b"END\r\n"
+
+        # The primary memcached dies: reads and writes go on through the
+        # secondary.
+        primary.stop()
+        started = time.monotonic()
+        assert c.request(b"get %s\r\n" % both.encode(), b"END\r\n") == \
+            value_reply(both, b"both", 3)
+        assert c.request(b"get %s\r\n" % theirs.encode(), b"END\r\n") == \
+            value_reply(theirs, b"only-secondary", 9)
+        after = "fo:%s:after" % run
+        assert c.request(b"set %s 0 0 5\r\nlater\r\n" % after.encode()) == b"STORED\r\n"
+        assert mc_get(secondary, after) == b"later"
+        assert c.request(b"get %s\r\n" % after.encode(), b"END\r\n") == \
+            value_reply(after, b"later")
+        assert c.request(b"delete %s\r\n" % after.encode()) == b"DELETED\r\n"
+        assert c.request(b"get %s\r\n" % after.encode()) == b"END\r\n"
+        assert time.monotonic() - started < 5.0
+        c.assert_alive()
+
+        # Both gone: the client sees the error.
+        secondary.stop()
+        assert c.request(b"get %s\r\n" % both.encode()).startswith(b"SERVER_ERROR")
+        assert c.request(b"set %s 0 0 1\r\nx\r\n" % both.encode()).startswith(b"SERVER_ERROR")
+        c.assert_alive()
+
+
+def test_example_funcgen_failover_stalled_primary(backends, memroute_factory):
+    """A primary that accepts but never answers (SIGSTOP): the example's
+    read timeout (1 s) turns each read into a failover, and writes answer
+    as soon as the secondary has."""
+    primary, secondary, mr = start_failover(backends, memroute_factory)
+    run = uuid.uuid4().hex[:6]
+    key = "st:%s" % run
+    with mr.client(timeout=5.0) as c:
+        assert c.request(b"set %s 0 0 2\r\nok\r\n" % key.encode()) == b"STORED\r\n"
+        os.kill(primary.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            assert c.request(b"get %s\r\n" % key.encode(), b"END\r\n") == value_reply(key, b"ok")
+            waited = time.monotonic() - started
+            # it waited for the read timeout, not for ever
+            assert 0.8 < waited < 4.0, waited
+            late = "st:%s:late" % run
+            started = time.monotonic()
+            assert c.request(b"set %s 0 0 4\r\nlate\r\n" % late.encode()) == b"STORED\r\n"
+            assert time.monotonic() - started < 0.6
+            assert mc_get(secondary, late) == b"late"
+            assert c.request(b"get %s\r\n" % late.encode(), b"END\r\n") == \
+                value_reply(late, b"late")
+            c.assert_alive()
+        finally:
+            os.kill(primary.pid, signal.SIGCONT)
+        # The primary is back: its own copy is read again.
+        mc_set(primary, key, b"primary-again")
+        wait_until(lambda: c.request(b"get %s\r\n" % key.encode(), b"END\r\n")
+                   == value_reply(key, b"primary-again"), 10.0, 0.2, "the primary to serve again")
+
+
+def test_example_funcgen_read_through(backends, memroute_factory):
+    pool = backends(2)
+    mr = memroute_factory("--config", str(EXAMPLES_DIR / "funcgen-read-through.lua"),
+                          "--config-arg", "ttl=2," + hostlist(pool))
+    run = uuid.uuid4().hex[:6]
+    key, other, gone = ("rt:%s:%s" % (run, n) for n in ("k", "o", "gone"))
+    with mr.client() as c:
+        # a write goes to the pool
+        assert c.request(b"set %s 7 0 3\r\nold\r\n" % key.encode()) == b"STORED\r\n"
+        (home,) = holders(pool, key)
+        backend = pool[home]
+        # the first read fills the local tier ...
+        assert c.request(b"get %s\r\n" % key.encode(), b"END\r\n") == value_reply(key, b"old", 7)
+        # ... so a change made behind the proxy's back is not seen until the
+        # local copy's TTL has run out, and the copy keeps the client flags
+        # (a TTL of 2 s: whole seconds, so at least one of them is left)
+        mc_set(backend, key, b"new", flags=8)
+        assert c.request(b"get %s\r\n" % key.encode(), b"END\r\n") == value_reply(key, b"old", 7)
+        # gets and mg go to the pool
+        assert c.request(b"gets %s\r\n" % key.encode(), b"END\r\n").startswith(
+            b"VALUE %s 8 3 " % key.encode())
+        assert c.request(b"mg %s v\r\n" % key.encode()) == b"VA 3\r\n"
+        assert c.read_line() == b"new\r\n"
+        wait_until(lambda: c.request(b"get %s\r\n" % key.encode(), b"END\r\n")
+                   == value_reply(key, b"new", 8), 5.0, 0.2, "the local copy to expire")
+
+        # a write through the proxy drops the local copy at once
+        assert c.request(b"get %s\r\n" % key.encode(), b"END\r\n") == value_reply(key, b"new", 8)
+        assert c.request(b"set %s 0 0 5\r\nnewer\r\n" % key.encode()) == b"STORED\r\n"
+        assert c.request(b"get %s\r\n" % key.encode(), b"END\r\n") == value_reply(key, b"newer")
+        assert mc_get(backend, key) == b"newer"
+
+        # so does a delete: the next read misses, though the local tier had it
+        assert c.request(b"set %s 0 0 1\r\ng\r\n" % gone.encode()) == b"STORED\r\n"
+        assert c.request(b"get %s\r\n" % gone.encode(), b"END\r\n") == value_reply(gone, b"g")
+        assert c.request(b"delete %s\r\n" % gone.encode()) == b"DELETED\r\n"
+        assert holders(pool, gone) == []
+        assert c.request(b"get %s\r\n" % gone.encode()) == b"END\r\n"
+
+        # a multi-key get mixing local hits, pool hits and misses
+        mc_set(pool[holders(pool, key)[0]], key, b"newer")
+        for b in pool:
+            mc_set(b, other, b"o")
+        asked = [other, key, gone]
+        want = b"VALUE %s 0 1\r\no\r\nVALUE %s 0 5\r\nnewer\r\nEND\r\n" % (
+            other.encode(), key.encode())
+        for _ in range(3):
+            assert c.request(("get %s\r\n" % " ".join(asked)).encode(), b"END\r\n") == want
+        c.assert_alive()

@@ -44,6 +44,31 @@ use crate::route::{
 };
 use crate::stats::{ServerStats, WorkerLoad, WorkerStats};
 
+tokio::task_local! {
+    /// The file descriptor of the client socket this task serves
+    /// (memcached's `rctx:cfd()`). Set by the worker for each accepted
+    /// connection; `None` outside one.
+    static CLIENT_FD: Option<std::os::fd::RawFd>;
+}
+
+/// The client socket's file descriptor of the connection this task serves,
+/// if it serves one.
+pub fn current_client_fd() -> Option<std::os::fd::RawFd> {
+    CLIENT_FD.try_with(|fd| *fd).ok().flatten()
+}
+
+/// Runs `future` (a whole connection) with `fd` as its client socket.
+pub async fn with_client_fd<F: Future>(fd: std::os::fd::RawFd, future: F) -> F::Output {
+    CLIENT_FD.scope(Some(fd), future).await
+}
+
+/// Wraps `future`, about to be spawned as a task of its own on behalf of
+/// the current connection (a route's background work), so that it still
+/// sees the connection's client socket.
+pub fn keep_client_fd<F: Future>(future: F) -> impl Future<Output = F::Output> {
+    CLIENT_FD.scope(current_client_fd(), future)
+}
+
 /// Bytes reserved per read.
 const READ_CHUNK: usize = 16 * 1024;
 /// Replies are flushed mid-batch past this size, so a huge pipeline of gets

@@ -16,6 +16,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -31,7 +32,7 @@ use tracing::{debug, info, warn};
 use crate::admin::Admin;
 use crate::auth::Auth;
 use crate::config::{ServerConfig, TaggedListen, UnixSocket};
-use crate::connection::{serve, CloseReason, WorkerContext};
+use crate::connection::{serve, with_client_fd, CloseReason, WorkerContext};
 use crate::embedded::Embedded;
 use crate::lua::host::ConfigHost;
 use crate::lua::{LoadedConfig, WorkerProxy};
@@ -659,7 +660,6 @@ impl WorkerSeed {
                 let tls = server_tls.clone();
                 live.set(live.get() + 1);
                 tokio::task::spawn_local(async move {
-                    use std::os::fd::AsRawFd;
                     match stream {
                         Accepted::Tcp(stream, tag, peer) => {
                             let peer = Some(peer);
@@ -673,7 +673,7 @@ impl WorkerSeed {
                                         Some(tls) => serve_tls(stream, &tls, ctx, tag, rx).await,
                                     }
                                 };
-                                let reason = crate::watch::CLIENT_FD.scope(fd, served).await;
+                                let reason = with_client_fd(fd, served).await;
                                 crate::watch::conn_close(peer, fd, reason.name());
                             }
                         }
@@ -684,7 +684,7 @@ impl WorkerSeed {
                             if let Ok(stream) = tokio::net::UnixStream::from_std(stream) {
                                 crate::watch::conn_new(None, fd);
                                 let served = serve(stream, ctx, ListenerTag::UNTAGGED, rx);
-                                let reason = crate::watch::CLIENT_FD.scope(fd, served).await;
+                                let reason = with_client_fd(fd, served).await;
                                 crate::watch::conn_close(None, fd, reason.name());
                             }
                         }

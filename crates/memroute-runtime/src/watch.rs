@@ -537,16 +537,10 @@ fn push_endpoint(line: &mut String, peer: Option<std::net::SocketAddr>) {
     };
 }
 
-tokio::task_local! {
-    /// The socket of the client connection the running task serves, for
-    /// `cfd=` in `fetchers` and `mutations` lines (set around each
-    /// connection by the server).
-    pub static CLIENT_FD: i32;
-}
-
-/// The socket of the client being served, 0 outside a connection.
+/// The socket of the client being served (`cfd=` in `fetchers` and
+/// `mutations` lines), 0 outside a connection.
 pub fn client_fd() -> i32 {
-    CLIENT_FD.try_with(|fd| *fd).unwrap_or(0)
+    crate::connection::current_client_fd().unwrap_or(0)
 }
 
 /// `type=item_get key=<key> status=found|not_found|expired|flushed

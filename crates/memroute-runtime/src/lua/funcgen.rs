@@ -249,7 +249,8 @@ impl Funcgen {
         }
         let fgen = self.clone();
         let lua = lua.clone();
-        tokio::task::spawn_local(async move {
+        // Callbacks run here still see the client (`rctx:cfd()`).
+        tokio::task::spawn_local(crate::connection::keep_client_fd(async move {
             while slot.rctx.pending.get() > 0 {
                 let done = slot.rctx.inbox.next().await;
                 if let Err(e) = slot.rctx.complete(&lua, done) {
@@ -257,7 +258,7 @@ impl Funcgen {
                 }
             }
             fgen.keep(slot);
-        });
+        }));
     }
 
     /// Keeps a slot whose request is over for the next one, or lets it go
@@ -671,14 +672,14 @@ impl Rctx {
                 }
                 Target::Funcgen(fgen) => {
                     let run = fgen.clone().run_for_handle(lua.clone(), request_ud);
-                    tokio::task::spawn_local(async move {
+                    tokio::task::spawn_local(crate::connection::keep_client_fd(async move {
                         let (response, class) = run.await;
                         inbox.push(Done {
                             handle,
                             response,
                             class,
                         });
-                    });
+                    }));
                 }
             }
         }
@@ -1147,10 +1148,7 @@ impl UserData for LuaRctx {
         methods.add_method("response_new", |lua, this, ()| {
             this.0.user_objects.response_new(lua)
         });
-        // The client's socket, for `mcp.log_req(..., rctx:cfd())` (0 once
-        // the client's request is over: a callback of a request left
-        // running runs in no client's task).
-        methods.add_method("cfd", |_, _, ()| Ok(crate::watch::client_fd()));
+        methods.add_method("cfd", |_, _, ()| Ok(crate::connection::current_client_fd()));
     }
 }
 

@@ -530,24 +530,42 @@ fn register(lua: &Lua) -> mlua::Result<()> {
     )?;
     mcp.set(
         "request",
-        lua.create_function(
-            |lua, (line, value): (mlua::LuaString, Option<mlua::LuaString>)| {
-                let line = line.as_bytes();
-                let line = line.strip_suffix(b"\r\n").unwrap_or(&line);
-                let value_bytes = value
-                    .as_ref()
-                    .map(|v| v.as_bytes().to_vec())
-                    .unwrap_or_default();
-                let value = value_bytes.strip_suffix(b"\r\n").unwrap_or(&value_bytes);
-                let limits = lua
-                    .app_data_ref::<Limits>()
-                    .map(|l| l.clone())
-                    .unwrap_or_default();
-                let request = Request::parse(line, value, &limits)
-                    .map_err(|e| mlua::Error::runtime(format!("mcp.request: {e}")))?;
-                Ok(LuaRequest::new(request))
-            },
-        )?,
+        lua.create_function(|lua, (line, value): (mlua::LuaString, Value)| {
+            let line = line.as_bytes();
+            let line = line.strip_suffix(b"\r\n").unwrap_or(&line);
+            // As memcached: the value is a string, or the value of a
+            // response (a read-through fill) or of a request. A
+            // string's trailing "\r\n" is not part of the value; an
+            // object's value has none.
+            let value: Bytes = match &value {
+                Value::Nil => Bytes::new(),
+                Value::String(v) => {
+                    let v = v.as_bytes();
+                    Bytes::copy_from_slice(v.strip_suffix(b"\r\n").unwrap_or(&v))
+                }
+                Value::UserData(ud) if ud.is::<LuaResponse>() => ud
+                    .borrow::<LuaResponse>()?
+                    .response
+                    .value()
+                    .map(Bytes::copy_from_slice)
+                    .unwrap_or_default(),
+                Value::UserData(ud) if ud.is::<LuaRequest>() => {
+                    ud.borrow::<LuaRequest>()?.request.value().clone()
+                }
+                _ => {
+                    return Err(mlua::Error::runtime(
+                        "mcp.request: the value must be a string, a response or a request",
+                    ))
+                }
+            };
+            let limits = lua
+                .app_data_ref::<Limits>()
+                .map(|l| l.clone())
+                .unwrap_or_default();
+            let request = Request::parse(line, &value, &limits)
+                .map_err(|e| mlua::Error::runtime(format!("mcp.request: {e}")))?;
+            Ok(LuaRequest::new(request))
+        })?,
     )?;
     mcp.set(
         "internal",
