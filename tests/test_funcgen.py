@@ -786,3 +786,56 @@ def test_example_funcgen_zones(backends, memroute_factory):
         assert c.request(b"get %s\r\n" % only_far.encode(), b"END\r\n") == \
             b"VALUE %s 0 3\r\nfar\r\nEND\r\n" % only_far.encode()
         assert c.request(b"get zmiss:%s\r\n" % run.encode()) == b"END\r\n"
+
+
+FLAG_EDIT_STARTFILE = r"""
+function mcp_config_pools()
+    local host, port = string.match(mcp.start_arg, "^(.+):(%d+)$")
+    return { main = mcp.pool({ mcp.backend("b1", host, tonumber(port)) }) }
+end
+
+function mcp_config_routes(pools)
+    local fgen = mcp.funcgen_new()
+    local h = fgen:new_handle(pools.main)
+    fgen:ready({ n = "flags", f = function(rctx)
+        return function(r)
+            local key = r:key()
+            if key == "edit" then
+                -- Each editor, then the line it left.
+                local out = {
+                    tostring(r:flag_add("T", 30)), tostring(r:flag_add("T", 40)),
+                    tostring(r:flag_set("T", "50")), tostring(r:flag_set("O", "abc")),
+                    tostring(r:flag_replace("v", "q")), tostring(r:flag_del("k")),
+                    tostring(r:flag_del("k")),
+                }
+                return "SERVER_ERROR " .. table.concat(out, ",") .. " " .. r:raw_line()
+            elseif key == "badflag" then
+                return tostring(r:flag_add("TT"))
+            end
+            -- The backend's reply, checked against the request.
+            local res <close> = rctx:enqueue_and_wait(r, h)
+            local ok, token = r:match_res(res)
+            return "SERVER_ERROR match=" .. tostring(ok) .. "," .. tostring(token)
+        end
+    end })
+    mcp.attach(mcp.CMD_MG, fgen)
+end
+"""
+
+
+def test_request_flag_editors_and_match_res(backends, memroute_factory, startfile_dir):
+    (b1,) = backends(1)
+    mc_set(b1, "m", b"v")
+    path = write_startfile(startfile_dir, "flags.lua", FLAG_EDIT_STARTFILE)
+    mr = memroute_factory("--config", str(path), "--config-arg", b1.addr, "-t", "1")
+    with mr.client() as c:
+        # add refuses a flag that is there; set overwrites or appends;
+        # replace swaps the letter; del answers whether it removed one.
+        assert c.request(b"mg edit v k\r\n") == (
+            b"SERVER_ERROR true,false,true,true,true,true,false mg edit q T50 Oabc\r\n")
+        assert c.request(b"mg badflag v\r\n") == b"SERVER_ERROR lua failure\r\n"
+        # The backend echoes k and O: they match the request's.
+        assert c.request(b"mg m v k Oxyz\r\n") == b"SERVER_ERROR match=true,nil\r\n"
+        # Nothing echoed: nothing matched.
+        assert c.request(b"mg m v\r\n") == b"SERVER_ERROR match=false,nil\r\n"
+        c.assert_alive()

@@ -235,6 +235,57 @@ impl UserData for LuaRequest {
                 Ok((true, old))
             },
         );
+        // memcached's meta flag editors: each rewrites the line and
+        // answers whether it did.
+        methods.add_method_mut(
+            "flag_add",
+            |lua, this, (flag, token): (String, Option<Value>)| {
+                let letter = single_flag(&flag)?;
+                let token = flag_token_arg(token)?;
+                match this.flag_index(letter) {
+                    Flag::Absent => this.edit_flag(lua, None, Some((letter, &token))),
+                    _ => Ok(false),
+                }
+            },
+        );
+        methods.add_method_mut(
+            "flag_set",
+            |lua, this, (flag, token): (String, Option<Value>)| {
+                let letter = single_flag(&flag)?;
+                let token = flag_token_arg(token)?;
+                match this.flag_index(letter) {
+                    Flag::At(i) => this.edit_flag(lua, Some(i), Some((letter, &token))),
+                    Flag::Absent => this.edit_flag(lua, None, Some((letter, &token))),
+                    Flag::NotMeta => Ok(false),
+                }
+            },
+        );
+        methods.add_method_mut(
+            "flag_replace",
+            |lua, this, (flag, new_flag, token): (String, String, Option<Value>)| {
+                let letter = single_flag(&flag)?;
+                let new_letter = single_flag(&new_flag)?;
+                let token = flag_token_arg(token)?;
+                match this.flag_index(letter) {
+                    Flag::At(i) => this.edit_flag(lua, Some(i), Some((new_letter, &token))),
+                    Flag::Absent => this.edit_flag(lua, None, Some((new_letter, &token))),
+                    Flag::NotMeta => Ok(false),
+                }
+            },
+        );
+        methods.add_method_mut("flag_del", |lua, this, flag: String| {
+            let letter = single_flag(&flag)?;
+            match this.flag_index(letter) {
+                Flag::At(i) => this.edit_flag(lua, Some(i), None),
+                _ => Ok(false),
+            }
+        });
+        methods.add_method(
+            "match_res",
+            |lua, this, res: mlua::UserDataRef<LuaResponse>| {
+                match_response(lua, &this.request, &res.response)
+            },
+        );
         methods.add_method("raw_line", |lua, this, ()| {
             lua.create_string(this.request.raw_line())
         });
@@ -250,6 +301,99 @@ impl UserData for LuaRequest {
             None => Ok(Value::Nil),
         });
     }
+}
+
+/// Where a meta flag stands in a request line.
+enum Flag {
+    /// The request is not a meta command.
+    NotMeta,
+    Absent,
+    /// Its token's index among the line's tokens.
+    At(usize),
+}
+
+impl LuaRequest {
+    fn flag_index(&self, letter: u8) -> Flag {
+        let Command::Meta(m) = self.request.command() else {
+            return Flag::NotMeta;
+        };
+        // Flags follow the key (and a set's data length).
+        let start = if matches!(m.op, MetaOp::Set) { 3 } else { 2 };
+        let tokens = self.tokens();
+        (start..tokens.len())
+            .find(|&i| tokens[i].first() == Some(&letter))
+            .map_or(Flag::Absent, Flag::At)
+    }
+
+    /// Replaces the token at `at` (or appends, with `None`) by `flag`
+    /// followed by its token, or removes it (`flag` `None`), and re-parses
+    /// the line. False when the line would not parse: it is left as it was.
+    fn edit_flag(
+        &mut self,
+        lua: &Lua,
+        at: Option<usize>,
+        flag: Option<(u8, &[u8])>,
+    ) -> mlua::Result<bool> {
+        let rendered = flag.map(|(letter, token)| {
+            let mut t = Vec::with_capacity(1 + token.len());
+            t.push(letter);
+            t.extend_from_slice(token);
+            t
+        });
+        let mut owned: Vec<Vec<u8>> = self.tokens().iter().map(|t| t.to_vec()).collect();
+        match (at, rendered) {
+            (Some(i), Some(t)) => owned[i] = t,
+            (Some(i), None) => {
+                owned.remove(i);
+            }
+            (None, Some(t)) => owned.push(t),
+            (None, None) => return Ok(false),
+        }
+        let refs: Vec<&[u8]> = owned.iter().map(|t| t.as_slice()).collect();
+        Ok(self.rebuild(lua, &refs).is_ok())
+    }
+}
+
+/// A flag's token argument, as memcached takes it: a string, a whole
+/// number, or nothing.
+fn flag_token_arg(token: Option<Value>) -> mlua::Result<Vec<u8>> {
+    match token {
+        None | Some(Value::Nil) => Ok(Vec::new()),
+        Some(Value::String(s)) => Ok(s.as_bytes().to_vec()),
+        Some(Value::Integer(i)) => Ok(i.to_string().into_bytes()),
+        Some(Value::Number(n)) if n.fract() == 0.0 => Ok((n as i64).to_string().into_bytes()),
+        Some(_) => Err(mlua::Error::runtime("request: invalid flag argument")),
+    }
+}
+
+/// `r:match_res(res)`: whether the response's `k` and `O` flags echo the
+/// request's key and opaque, as memcached checks it: `true, nil` when at
+/// least one was echoed and all match; `false, token` at the first that
+/// does not; `false, nil` when none is there to check, or the response
+/// echoes an opaque the request did not send.
+fn match_response(
+    lua: &Lua,
+    request: &Request,
+    response: &Response,
+) -> mlua::Result<(bool, Value)> {
+    let opaque = match request.command() {
+        Command::Meta(m) => m.flags.token(b'O'),
+        _ => None,
+    };
+    let mut matched = false;
+    for token in response.line().split(|&b| b == b' ').skip(1) {
+        let (wanted, echoed) = match token.first() {
+            Some(b'k') => (request.key().map(|k| &k[..]), &token[1..]),
+            Some(b'O') => (opaque, &token[1..]),
+            _ => continue,
+        };
+        match wanted {
+            None => return Ok((false, Value::Nil)),
+            Some(w) if w == echoed => matched = true,
+            Some(_) => return Ok((false, Value::String(lua.create_string(echoed)?))),
+        }
+    }
+    Ok((matched, Value::Nil))
 }
 
 fn single_flag(flag: &str) -> mlua::Result<u8> {
@@ -333,6 +477,9 @@ impl LuaResponse {
 
 impl UserData for LuaResponse {
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        // `local res <close> = ...` works as in memcached; the reply's
+        // bytes are freed with the object, so closing has nothing to do.
+        methods.add_meta_method(mlua::MetaMethod::Close, |_, _, _: mlua::MultiValue| Ok(()));
         methods.add_method("ok", |_, this, ()| Ok(this.response.is_ok()));
         methods.add_method("hit", |_, this, ()| Ok(this.response.is_hit()));
         methods.add_method("code", |_, this, ()| Ok(mcmc_code(this.response.code())));
