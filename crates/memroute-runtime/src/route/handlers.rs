@@ -94,6 +94,20 @@ impl Route for Direct {
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
         self.child.clone().call(request)
     }
+
+    // Straight through to the child, so a pool under it keeps its
+    // zero-copy reply and its joined multi-key gets.
+    fn serve(self: Rc<Self>, request: Request) -> ReplyFuture {
+        self.child.clone().serve(request)
+    }
+
+    fn joins_keys(&self) -> bool {
+        self.child.joins_keys()
+    }
+
+    fn multi_get(self: Rc<Self>, request: Request) -> Option<ReplyFuture> {
+        self.child.clone().multi_get(request)
+    }
 }
 
 /// `route_allsync{ children }`: every child at once; once all answered,
@@ -205,27 +219,47 @@ impl Route for Failover {
     }
 
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
-        Box::pin(async move {
-            let mut last = None;
-            let mut a_miss = None;
-            for (i, child) in self.children.iter().take(self.limit).enumerate() {
-                if i > 0 {
-                    RetryStat::bump(&self.retries);
-                }
-                let reply = child.clone().call(request.clone()).await;
-                if reply.is_hit() || (reply.is_ok() && !self.miss) {
-                    return reply;
-                }
-                if reply.is_ok() {
-                    a_miss = Some(reply);
-                } else {
-                    last = Some(reply);
-                }
+        Box::pin(self.answer(request))
+    }
+
+    /// One box for the client's reply (the default would box the call and
+    /// then its shaping).
+    fn serve(self: Rc<Self>, request: Request) -> ReplyFuture {
+        let shape = ReplyShape::of(&request);
+        Box::pin(async move { shape.apply(self.answer(request).await.into_raw()) })
+    }
+}
+
+impl Failover {
+    async fn answer(self: Rc<Self>, request: Request) -> Response {
+        let mut last = None;
+        let mut a_miss = None;
+        let tried = self.children.len().min(self.limit);
+        let mut request = Some(request);
+        for (i, child) in self.children.iter().take(tried).enumerate() {
+            if i > 0 {
+                RetryStat::bump(&self.retries);
             }
-            a_miss
-                .or(last)
-                .unwrap_or_else(|| Response::from_line("SERVER_ERROR no children"))
-        })
+            // The last child tried takes the request itself: no clone.
+            let sent = if i + 1 == tried {
+                request.take()
+            } else {
+                request.clone()
+            };
+            let Some(sent) = sent else { break };
+            let reply = child.clone().call(sent).await;
+            if reply.is_hit() || (reply.is_ok() && !self.miss) {
+                return reply;
+            }
+            if reply.is_ok() {
+                a_miss = Some(reply);
+            } else {
+                last = Some(reply);
+            }
+        }
+        a_miss
+            .or(last)
+            .unwrap_or_else(|| Response::from_line("SERVER_ERROR no children"))
     }
 }
 
