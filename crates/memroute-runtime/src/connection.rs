@@ -42,7 +42,7 @@ use crate::embedded::{Embedded, Flow};
 use crate::route::{
     multiget, ListenerTag, ReplyFuture, Route, RouteSet, WorkerLimits, WorkerRoutes,
 };
-use crate::stats::{ServerStats, WorkerLoad, WorkerStats};
+use crate::stats::{Outcome, RouteCounters, ServerStats, WorkerLoad, WorkerStats};
 
 /// Bytes reserved per read.
 const READ_CHUNK: usize = 16 * 1024;
@@ -81,6 +81,37 @@ impl WorkerContext {
     pub fn stats(&self) -> &WorkerStats {
         self.server_stats.worker(self.worker)
     }
+
+    /// This worker's counters of route slot `slot`.
+    fn route_stats(&self, slot: usize) -> Option<&RouteCounters> {
+        self.server_stats.routes(self.worker).get(slot)
+    }
+
+    /// Counts a routed reply in its route's outcomes.
+    fn count_reply(&self, counted: Counted, reply: &[u8]) {
+        if let Some(route) = self.route_stats(counted.slot) {
+            route.count(if counted.binary {
+                Outcome::of_binary(reply)
+            } else {
+                Outcome::of_text(reply)
+            });
+        }
+    }
+
+    /// Counts a routed reply whose outcome is known without looking.
+    fn count_outcome(&self, slot: usize, outcome: Outcome) {
+        if let Some(route) = self.route_stats(slot) {
+            route.count(outcome);
+        }
+    }
+}
+
+/// A routed reply to count in its route's outcomes once it is written:
+/// its route slot, and whether it is binary-encoded.
+#[derive(Debug, Clone, Copy)]
+struct Counted {
+    slot: usize,
+    binary: bool,
 }
 
 /// How a connection's client speaks, told by its first byte as memcached
@@ -178,9 +209,9 @@ struct Pipeline<'a> {
     /// pending (they wait their turn here).
     finished: VecDeque<Bytes>,
     ordered: FuturesOrdered<ReplyFuture>,
-    /// Bytes reserved by each reply, and whether it counts as an active
-    /// routed request, in the same order.
-    reserved: VecDeque<(usize, bool)>,
+    /// Bytes reserved by each reply, whether it counts as an active
+    /// routed request, and the route it counts in, in the same order.
+    reserved: VecDeque<(usize, bool, Option<Counted>)>,
     /// Their sum.
     held: usize,
     limit: usize,
@@ -331,25 +362,38 @@ impl<'a> Pipeline<'a> {
 
     /// Queues a reply; `active` for a routed request (not a ready line).
     fn push(&mut self, reply: ReplyFuture, reserve: usize, active: bool) {
+        self.push_counted(reply, reserve, active, None);
+    }
+
+    /// [`push`](Self::push), counting the reply in a route's outcomes
+    /// when it is taken.
+    fn push_counted(
+        &mut self,
+        reply: ReplyFuture,
+        reserve: usize,
+        active: bool,
+        counted: Option<Counted>,
+    ) {
         if self.is_empty() {
             self.oldest = Some(reply);
         } else {
             self.ordered.push_back(reply);
         }
         self.newest_unpolled = true;
-        self.reserved.push_back((reserve, active));
+        self.reserved.push_back((reserve, active, counted));
         self.held += reserve;
         self.load.buffered.add(reserve as u64);
         self.load.active.add(u64::from(active));
     }
 
     /// The oldest reply was taken (to be written): its room goes back.
-    fn release_oldest(&mut self) {
-        if let Some((bytes, active)) = self.reserved.pop_front() {
-            self.held -= bytes;
-            self.load.buffered.sub(bytes as u64);
-            self.load.active.sub(u64::from(active));
-        }
+    /// Answers the route it counts in, if any.
+    fn release_oldest(&mut self) -> Option<Counted> {
+        let (bytes, active, counted) = self.reserved.pop_front()?;
+        self.held -= bytes;
+        self.load.buffered.sub(bytes as u64);
+        self.load.active.sub(u64::from(active));
+        counted
     }
 }
 
@@ -367,6 +411,8 @@ impl Drop for Pipeline<'_> {
 struct MultiGet {
     routes: Rc<RouteSet>,
     route: Rc<dyn Route>,
+    /// The route slot it counts in.
+    slot: usize,
     get: GetCommand,
     /// Keys before this one have been sent.
     next: usize,
@@ -578,6 +624,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         };
         let left = mg.get.keys.len() - mg.next;
         if left == 0 {
+            self.ctx.count_outcome(mg.slot, Outcome::Ok);
             self.multi = None;
             self.queue(Bytes::from_static(b"END\r\n"));
             return Next::Continue;
@@ -594,6 +641,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 // The worker's other clients hold its whole buffer: end
                 // the reply as memcached ends a get it cannot hold.
                 Refusal::Buffer.count(self.ctx.stats());
+                self.ctx.count_outcome(mg.slot, Outcome::Error);
                 self.multi = None;
                 self.queue(Bytes::from_static(
                     b"SERVER_ERROR out of memory writing get response\r\n",
@@ -618,7 +666,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         let ctx = self.ctx;
         match frame {
             Frame::Request(request, bin) => match route_for(ctx, self.tag, &request) {
-                Some((routes, route)) => self.route(routes, route, request, bin).await,
+                Some((routes, route, slot)) => self.route(routes, route, slot, request, bin).await,
                 None if !self.pipeline.is_empty() => {
                     // Run it once the routed requests before it are done.
                     self.held = Some((request, bin));
@@ -688,24 +736,34 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
 
     /// A request with a route: into the pipeline, within the reply budget
     /// and the worker's limits.
+    ///
+    /// The request counts in route slot `slot` (once, a multi-key get
+    /// too), and so does its reply's outcome, when it is taken to be
+    /// written.
     async fn route(
         &mut self,
         routes: Rc<RouteSet>,
         route: Rc<dyn Route>,
+        slot: usize,
         request: Request,
         bin: Option<BinaryContext>,
     ) -> Next {
+        let ctx = self.ctx;
         if let (Command::Get(get), None) = (request.command(), &bin) {
             if get.keys.len() > 1 {
-                routes.count_routed();
+                if let Some(stats) = ctx.route_stats(slot) {
+                    stats.requests.incr();
+                }
                 if let Err(refusal) = self.pipeline.admit(routes.limits(), self.per_value) {
-                    refusal.count(self.ctx.stats());
+                    refusal.count(ctx.stats());
+                    ctx.count_outcome(slot, Outcome::Error);
                     self.queue(Bytes::from_static(refusal.reply()));
                     return Next::Continue;
                 }
                 self.multi = Some(MultiGet {
                     routes,
                     route,
+                    slot,
                     get: get.clone(),
                     next: 0,
                 });
@@ -717,16 +775,25 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             self.held = Some((request, bin));
             return Next::Pause;
         }
+        if let Some(stats) = ctx.route_stats(slot) {
+            stats.requests.incr();
+        }
         if let Err(refusal) = self.pipeline.admit(routes.limits(), reserve) {
-            refusal.count(self.ctx.stats());
+            refusal.count(ctx.stats());
+            ctx.count_outcome(slot, Outcome::Error);
             if !request.noreply() {
                 self.queue(encoded(refusal.reply(), bin.as_ref()));
             }
             return Next::Continue;
         }
         self.pipeline.drive().await;
+        let counted = Counted {
+            slot,
+            binary: bin.is_some(),
+        };
         let reply = routed_reply(&routes, route, self.tag, request, bin);
-        self.pipeline.push(reply, reserve, true);
+        self.pipeline
+            .push_counted(reply, reserve, true, Some(counted));
         Next::Continue
     }
 
@@ -765,7 +832,9 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                     }
                 }
             };
-            self.pipeline.release_oldest();
+            if let Some(counted) = self.pipeline.release_oldest() {
+                ctx.count_reply(counted, &bytes);
+            }
             if self.wbuf.is_empty() && self.pipeline.is_empty() {
                 // The only reply to write: send it as it is, without
                 // copying it into the write buffer first.
@@ -868,14 +937,15 @@ async fn stream_local_get<S: AsyncWrite + Unpin>(
 
 /// The route for this request on the current configuration, if any, for
 /// a connection on a `tag` listener.
+/// With the route slot it counts in.
 fn route_for(
     ctx: &WorkerContext,
     tag: ListenerTag,
     request: &Request,
-) -> Option<(Rc<RouteSet>, Rc<dyn Route>)> {
+) -> Option<(Rc<RouteSet>, Rc<dyn Route>, usize)> {
     let routes = ctx.routes.as_ref()?.current()?;
-    let route = routes.route(request.command(), tag)?;
-    Some((routes, route))
+    let (route, slot) = routes.lookup(request.command(), tag)?;
+    Some((routes, route, slot))
 }
 
 /// A routed request's reply on its way; a binary request's is encoded

@@ -101,7 +101,6 @@ impl WorkerProxy {
             &self.env.listener_tags,
             pools,
             worker_limits(loaded, &self.env),
-            self.env.proxy_stats.clone(),
         )
     }
 
@@ -217,7 +216,6 @@ impl WorkerLua {
             &env.listener_tags,
             all_pools,
             worker_limits(loaded, env),
-            env.proxy_stats.clone(),
         ))
     }
 
