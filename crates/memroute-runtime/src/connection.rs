@@ -82,36 +82,29 @@ impl WorkerContext {
         self.server_stats.worker(self.worker)
     }
 
-    /// This worker's counters of route slot `slot`.
-    fn route_stats(&self, slot: usize) -> Option<&RouteCounters> {
-        self.server_stats.routes(self.worker).get(slot)
-    }
-
-    /// Counts a routed reply in its route's outcomes.
-    fn count_reply(&self, counted: Counted, reply: &[u8]) {
-        if let Some(route) = self.route_stats(counted.slot) {
-            route.count(if counted.binary {
-                Outcome::of_binary(reply)
-            } else {
-                Outcome::of_text(reply)
-            });
-        }
-    }
-
-    /// Counts a routed reply whose outcome is known without looking.
-    fn count_outcome(&self, slot: usize, outcome: Outcome) {
-        if let Some(route) = self.route_stats(slot) {
-            route.count(outcome);
-        }
+    /// This worker's route counters, by route slot.
+    fn route_stats(&self) -> &[RouteCounters] {
+        self.server_stats.routes(self.worker)
     }
 }
 
-/// A routed reply to count in its route's outcomes once it is written:
-/// its route slot, and whether it is binary-encoded.
+/// A routed reply to count in its route's outcomes once it is taken to be
+/// written: its route's counters, and whether it is binary-encoded.
 #[derive(Debug, Clone, Copy)]
-struct Counted {
-    slot: usize,
+struct Counted<'a> {
+    route: &'a RouteCounters,
     binary: bool,
+}
+
+impl Counted<'_> {
+    #[inline]
+    fn count(self, reply: &[u8]) {
+        self.route.count(if self.binary {
+            Outcome::of_binary(reply)
+        } else {
+            Outcome::of_text(reply)
+        });
+    }
 }
 
 /// How a connection's client speaks, told by its first byte as memcached
@@ -211,7 +204,7 @@ struct Pipeline<'a> {
     ordered: FuturesOrdered<ReplyFuture>,
     /// Bytes reserved by each reply, whether it counts as an active
     /// routed request, and the route it counts in, in the same order.
-    reserved: VecDeque<(usize, bool, Option<Counted>)>,
+    reserved: VecDeque<(usize, bool, Option<Counted<'a>>)>,
     /// Their sum.
     held: usize,
     limit: usize,
@@ -372,7 +365,7 @@ impl<'a> Pipeline<'a> {
         reply: ReplyFuture,
         reserve: usize,
         active: bool,
-        counted: Option<Counted>,
+        counted: Option<Counted<'a>>,
     ) {
         if self.is_empty() {
             self.oldest = Some(reply);
@@ -388,7 +381,7 @@ impl<'a> Pipeline<'a> {
 
     /// The oldest reply was taken (to be written): its room goes back.
     /// Answers the route it counts in, if any.
-    fn release_oldest(&mut self) -> Option<Counted> {
+    fn release_oldest(&mut self) -> Option<Counted<'a>> {
         let (bytes, active, counted) = self.reserved.pop_front()?;
         self.held -= bytes;
         self.load.buffered.sub(bytes as u64);
@@ -408,11 +401,11 @@ impl Drop for Pipeline<'_> {
 
 /// A routed multi-key get being sent a window of keys at a time, as the
 /// client's reply budget allows; its reply is streamed in key order.
-struct MultiGet {
+struct MultiGet<'a> {
     routes: Rc<RouteSet>,
     route: Rc<dyn Route>,
-    /// The route slot it counts in.
-    slot: usize,
+    /// The counters of the route slot it counts in.
+    stats: Option<&'a RouteCounters>,
     get: GetCommand,
     /// Keys before this one have been sent.
     next: usize,
@@ -463,7 +456,9 @@ struct Connection<'a, S> {
     /// before it to finish.
     held: Option<(Request, Option<BinaryContext>)>,
     /// A routed multi-key get being sent a window at a time.
-    multi: Option<MultiGet>,
+    multi: Option<MultiGet<'a>>,
+    /// This worker's route counters, by route slot.
+    route_stats: &'a [RouteCounters],
 }
 
 /// What one pass over the buffered requests ended with.
@@ -501,6 +496,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             per_value: ctx.limits.max_item_size.saturating_add(VALUE_OVERHEAD),
             held: None,
             multi: None,
+            route_stats: ctx.route_stats(),
         }
     }
 
@@ -624,7 +620,9 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         };
         let left = mg.get.keys.len() - mg.next;
         if left == 0 {
-            self.ctx.count_outcome(mg.slot, Outcome::Ok);
+            if let Some(stats) = mg.stats {
+                stats.count(Outcome::Ok);
+            }
             self.multi = None;
             self.queue(Bytes::from_static(b"END\r\n"));
             return Next::Continue;
@@ -641,7 +639,9 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 // The worker's other clients hold its whole buffer: end
                 // the reply as memcached ends a get it cannot hold.
                 Refusal::Buffer.count(self.ctx.stats());
-                self.ctx.count_outcome(mg.slot, Outcome::Error);
+                if let Some(stats) = mg.stats {
+                    stats.count(Outcome::Error);
+                }
                 self.multi = None;
                 self.queue(Bytes::from_static(
                     b"SERVER_ERROR out of memory writing get response\r\n",
@@ -749,21 +749,24 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         bin: Option<BinaryContext>,
     ) -> Next {
         let ctx = self.ctx;
+        let stats = self.route_stats.get(slot);
         if let (Command::Get(get), None) = (request.command(), &bin) {
             if get.keys.len() > 1 {
-                if let Some(stats) = ctx.route_stats(slot) {
+                if let Some(stats) = stats {
                     stats.requests.incr();
                 }
                 if let Err(refusal) = self.pipeline.admit(routes.limits(), self.per_value) {
                     refusal.count(ctx.stats());
-                    ctx.count_outcome(slot, Outcome::Error);
+                    if let Some(stats) = stats {
+                        stats.count(Outcome::Error);
+                    }
                     self.queue(Bytes::from_static(refusal.reply()));
                     return Next::Continue;
                 }
                 self.multi = Some(MultiGet {
                     routes,
                     route,
-                    slot,
+                    stats,
                     get: get.clone(),
                     next: 0,
                 });
@@ -775,25 +778,26 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             self.held = Some((request, bin));
             return Next::Pause;
         }
-        if let Some(stats) = ctx.route_stats(slot) {
+        if let Some(stats) = stats {
             stats.requests.incr();
         }
         if let Err(refusal) = self.pipeline.admit(routes.limits(), reserve) {
             refusal.count(ctx.stats());
-            ctx.count_outcome(slot, Outcome::Error);
+            if let Some(stats) = stats {
+                stats.count(Outcome::Error);
+            }
             if !request.noreply() {
                 self.queue(encoded(refusal.reply(), bin.as_ref()));
             }
             return Next::Continue;
         }
         self.pipeline.drive().await;
-        let counted = Counted {
-            slot,
+        let counted = stats.map(|route| Counted {
+            route,
             binary: bin.is_some(),
-        };
+        });
         let reply = routed_reply(&routes, route, self.tag, request, bin);
-        self.pipeline
-            .push_counted(reply, reserve, true, Some(counted));
+        self.pipeline.push_counted(reply, reserve, true, counted);
         Next::Continue
     }
 
@@ -833,7 +837,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 }
             };
             if let Some(counted) = self.pipeline.release_oldest() {
-                ctx.count_reply(counted, &bytes);
+                counted.count(&bytes);
             }
             if self.wbuf.is_empty() && self.pipeline.is_empty() {
                 // The only reply to write: send it as it is, without

@@ -3,7 +3,10 @@
 //! Each worker owns one [`WorkerStats`] and is its only writer, so counters
 //! are bumped with a plain load and store (no locked instruction on the hot
 //! path); `stats` on any worker reads every worker's block and sums them, as
-//! memcached does with its per-thread stats.
+//! memcached does with its per-thread stats. The per-route counters
+//! ([`RouteCounters`], a block per worker indexed by route slot) and the
+//! per-pool ones ([`PoolCounters`], per worker and pool name, listed in the
+//! [`PoolRegistry`]) work the same way, for the metrics endpoint.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};

@@ -145,6 +145,7 @@ impl PoolDef {
 
 /// Counts a pool's reply: an error reply (`SERVER_ERROR`, `CLIENT_ERROR`,
 /// `ERROR`) is an error.
+#[inline]
 fn count_reply(counters: &PoolCounters, response: &Response) {
     if response.code().is_error() {
         counters.errors.incr();
@@ -178,12 +179,14 @@ impl MemcachedPool {
     }
 
     /// Sends `request` to backend `index`, counted.
+    #[inline]
     fn send(&self, index: usize, request: &Request) -> crate::backend::Sending {
         self.counters.requests.incr();
         self.backends[index].send(request)
     }
 
     /// A backend's reply or failure as the pool's response, counted.
+    #[inline]
     fn settle(&self, reply: Result<Response, BackendError>) -> Response {
         match reply {
             Ok(response) => {
