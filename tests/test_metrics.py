@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (EXAMPLES_DIR, HOST, free_port, missing, run_memroute_expect_failure,
-                      stats_dict, wait_until)
+from conftest import (EXAMPLES_DIR, HOST, RawClient, free_port, missing,
+                      run_memroute_expect_failure, stats_dict, wait_until)
 
 SCRAPE_WAIT = 30.0  # seconds for Prometheus to start and record a scrape
 HTTP_TIMEOUT = 5.0
@@ -331,6 +331,88 @@ def test_user_stats_and_reload_digest(backends, memroute_factory, prometheus, tm
     wait_until(lambda: prom.value('memroute_info{config_digest="%s"}' % new) == 1,
                SCRAPE_WAIT, 0.2, "the new digest in Prometheus")
     assert prom.value("memroute_config_reloads_total") == 1
+
+
+def test_pool_and_route_series(backends, memroute_factory, prometheus, tmp_path):
+    """Per pool and per attached route: Prometheus records the requests
+    sent down each, and the routes' replies by outcome, as sent here (two
+    pools, one of them unreachable; an untagged and a tagged listener)."""
+    (backend,) = backends(1)
+    dead_port = free_port()  # nothing listens there: every request fails
+    startfile = tmp_path / "pools.lua"
+    startfile.write_text("""
+        function mcp_config_pools()
+            return {
+                main = mcp.pool({ mcp.backend("b1", "%s", %d) }, { name = "main" }),
+                dead = mcp.pool({ mcp.backend("gone", "%s", %d) }, { name = "dead" }),
+            }
+        end
+        function mcp_config_routes(p)
+            mcp.attach(mcp.CMD_SET, p.main)
+            mcp.attach(mcp.CMD_GET, p.main)
+            mcp.attach(mcp.CMD_DELETE, p.dead)
+            -- tagged clients' gets go through Lua to the same pool
+            mcp.attach(mcp.CMD_GET, function(r) return p.main(r) end, "tg")
+        end
+    """ % (HOST, backend.port, HOST, dead_port))
+    port, tagged_port = free_port(), free_port()
+    mr = memroute_factory("--config", str(startfile), "--metrics-listen", str(port),
+                          "-l", "tag_tg_:%s:%d" % (HOST, tagged_port))
+    with mr.client() as c:
+        for i in range(10):
+            assert c.request(b"set pk:%d 0 0 1\r\nv\r\n" % i) == b"STORED\r\n"
+        for i in range(6):  # 4 hits, 2 misses
+            reply = c.request(b"get pk:%d\r\n" % (i if i < 4 else 100 + i), b"END\r\n")
+            assert (reply != b"END\r\n") == (i < 4), reply
+        # A multi-key get is one route request (and one line to the pool's
+        # one backend).
+        reply = c.request(b"get pk:1 pk:2 nope\r\n", b"END\r\n")
+        assert reply.count(b"VALUE ") == 2, reply
+        for i in range(3):
+            reply = c.request(b"delete pk:%d\r\n" % i)
+            assert reply.startswith(b"SERVER_ERROR"), reply
+    with RawClient(HOST, tagged_port) as c:
+        for i in range(5):
+            assert c.request(b"get tg:%d\r\n" % i, b"END\r\n") == b"END\r\n"
+    text = check_exposition(port)
+    assert 'memroute_pool_requests_total{pool="main"}' in text
+
+    prom = prometheus("%s:%d" % (HOST, port))
+    prom.wait_for_scrape()
+    def route(name: str, tag: str = "", outcome: str | None = None):
+        labels = 'route="%s",tag="%s"' % (name, tag)
+        if outcome is None:
+            return prom.value("memroute_route_requests_total{%s}" % labels)
+        return prom.value('memroute_route_replies_total{%s,outcome="%s"}' % (labels, outcome))
+    assert route("set") == 10
+    assert (route("set", outcome="ok"), route("set", outcome="miss"),
+            route("set", outcome="error")) == (10, 0, 0)
+    assert route("get") == 7
+    assert (route("get", outcome="ok"), route("get", outcome="miss"),
+            route("get", outcome="error")) == (5, 2, 0)
+    assert route("delete") == 3 and route("delete", outcome="error") == 3
+    assert route("get", "tg") == 5 and route("get", "tg", "miss") == 5
+    # Only routes that were taken have series.
+    assert prom.value('memroute_route_requests_total{route="mg"}') is None
+    assert prom.value("count(memroute_route_requests_total)") == 4
+    assert prom.value("sum(memroute_route_requests_total)") == 25
+    assert prom.value("memroute_routed_requests_total") == 25
+    assert prom.value('sum(memroute_route_replies_total)') == 25
+
+    pool = lambda family, name: prom.value('memroute_pool_%s_total{pool="%s"}' % (family, name))
+    assert pool("requests", "main") == 10 + 6 + 1 + 5
+    assert pool("errors", "main") == 0
+    assert pool("requests", "dead") == 3
+    assert pool("errors", "dead") == 3
+    # The pool's backend saw exactly what the pool counted.
+    assert prom.value('memroute_backend_requests_total{backend="b1"}') == 22
+    with backend.client() as c:
+        st = stats_dict(c)
+    assert int(st["cmd_set"]) == 10
+    assert int(st["get_hits"]) + int(st["get_misses"]) == 6 + 3 + 5
+    with mr.client() as c:
+        proxy = stats_dict(c, b"proxy")
+    assert int(proxy["routed_requests"]) == 25
 
 
 def test_metrics_listen_errors():

@@ -50,7 +50,7 @@ impl Admin {
             b"" => self.general(cache, out),
             b"settings" => self.settings(cache, out),
             b"proxy" => {
-                for (name, value) in self.proxy_stats.snapshot() {
+                for (name, value) in self.proxy_stats.snapshot(self.stats.routed_requests()) {
                     write_stat(out, &name, value);
                 }
                 write_stat(out, "buffer_memory_used", self.stats.load_totals().1);

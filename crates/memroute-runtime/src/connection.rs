@@ -43,7 +43,7 @@ use crate::embedded::{Embedded, Flow};
 use crate::route::{
     multiget, ListenerTag, ReplyFuture, Route, RouteSet, WorkerLimits, WorkerRoutes,
 };
-use crate::stats::{ServerStats, WorkerLoad, WorkerStats};
+use crate::stats::{Outcome, RouteCounters, ServerStats, WorkerLoad, WorkerStats};
 
 thread_local! {
     /// The file descriptor of the client socket whose task is being polled
@@ -131,6 +131,30 @@ impl WorkerContext {
     /// This worker's counters.
     pub fn stats(&self) -> &WorkerStats {
         self.server_stats.worker(self.worker)
+    }
+
+    /// This worker's route counters, by route slot.
+    fn route_stats(&self) -> &[RouteCounters] {
+        self.server_stats.routes(self.worker)
+    }
+}
+
+/// A routed reply to count in its route's outcomes once it is taken to be
+/// written: its route's counters, and whether it is binary-encoded.
+#[derive(Debug, Clone, Copy)]
+struct Counted<'a> {
+    route: &'a RouteCounters,
+    binary: bool,
+}
+
+impl Counted<'_> {
+    #[inline]
+    fn count(self, reply: &[u8]) {
+        self.route.count(if self.binary {
+            Outcome::of_binary(reply)
+        } else {
+            Outcome::of_text(reply)
+        });
     }
 }
 
@@ -229,9 +253,9 @@ struct Pipeline<'a> {
     /// pending (they wait their turn here).
     finished: VecDeque<Bytes>,
     ordered: FuturesOrdered<ReplyFuture>,
-    /// Bytes reserved by each reply, and whether it counts as an active
-    /// routed request, in the same order.
-    reserved: VecDeque<(usize, bool)>,
+    /// Bytes reserved by each reply, whether it counts as an active
+    /// routed request, and the route it counts in, in the same order.
+    reserved: VecDeque<(usize, bool, Option<Counted<'a>>)>,
     /// Their sum.
     held: usize,
     limit: usize,
@@ -382,25 +406,38 @@ impl<'a> Pipeline<'a> {
 
     /// Queues a reply; `active` for a routed request (not a ready line).
     fn push(&mut self, reply: ReplyFuture, reserve: usize, active: bool) {
+        self.push_counted(reply, reserve, active, None);
+    }
+
+    /// [`push`](Self::push), counting the reply in a route's outcomes
+    /// when it is taken.
+    fn push_counted(
+        &mut self,
+        reply: ReplyFuture,
+        reserve: usize,
+        active: bool,
+        counted: Option<Counted<'a>>,
+    ) {
         if self.is_empty() {
             self.oldest = Some(reply);
         } else {
             self.ordered.push_back(reply);
         }
         self.newest_unpolled = true;
-        self.reserved.push_back((reserve, active));
+        self.reserved.push_back((reserve, active, counted));
         self.held += reserve;
         self.load.buffered.add(reserve as u64);
         self.load.active.add(u64::from(active));
     }
 
     /// The oldest reply was taken (to be written): its room goes back.
-    fn release_oldest(&mut self) {
-        if let Some((bytes, active)) = self.reserved.pop_front() {
-            self.held -= bytes;
-            self.load.buffered.sub(bytes as u64);
-            self.load.active.sub(u64::from(active));
-        }
+    /// Answers the route it counts in, if any.
+    fn release_oldest(&mut self) -> Option<Counted<'a>> {
+        let (bytes, active, counted) = self.reserved.pop_front()?;
+        self.held -= bytes;
+        self.load.buffered.sub(bytes as u64);
+        self.load.active.sub(u64::from(active));
+        counted
     }
 }
 
@@ -415,9 +452,11 @@ impl Drop for Pipeline<'_> {
 
 /// A routed multi-key get being sent a window of keys at a time, as the
 /// client's reply budget allows; its reply is streamed in key order.
-struct MultiGet {
+struct MultiGet<'a> {
     routes: Rc<RouteSet>,
     route: Rc<dyn Route>,
+    /// The counters of the route slot it counts in.
+    stats: Option<&'a RouteCounters>,
     get: GetCommand,
     /// Keys before this one have been sent.
     next: usize,
@@ -494,7 +533,9 @@ struct Connection<'a, S> {
     /// before it to finish.
     held: Option<(Request, Option<BinaryContext>)>,
     /// A routed multi-key get being sent a window at a time.
-    multi: Option<MultiGet>,
+    multi: Option<MultiGet<'a>>,
+    /// This worker's route counters, by route slot.
+    route_stats: &'a [RouteCounters],
     /// Why it closes once its replies are written (`quit`, or a protocol
     /// error that ends the connection).
     close_reason: CloseReason,
@@ -540,6 +581,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             per_value: ctx.limits.max_item_size.saturating_add(VALUE_OVERHEAD),
             held: None,
             multi: None,
+            route_stats: ctx.route_stats(),
             close_reason: CloseReason::Normal,
         }
     }
@@ -684,6 +726,9 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         };
         let left = mg.get.keys.len() - mg.next;
         if left == 0 {
+            if let Some(stats) = mg.stats {
+                stats.count(Outcome::Ok);
+            }
             self.multi = None;
             self.queue(Bytes::from_static(b"END\r\n"));
             return Next::Continue;
@@ -700,6 +745,9 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 // The worker's other clients hold its whole buffer: end
                 // the reply as memcached ends a get it cannot hold.
                 Refusal::Buffer.count(self.ctx.stats());
+                if let Some(stats) = mg.stats {
+                    stats.count(Outcome::Error);
+                }
                 self.multi = None;
                 self.queue(Bytes::from_static(
                     b"SERVER_ERROR out of memory writing get response\r\n",
@@ -727,7 +775,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 self.start_watch(&request)
             }
             Frame::Request(request, bin) => match route_for(ctx, self.tag, &request) {
-                Some((routes, route)) => self.route(routes, route, request, bin).await,
+                Some((routes, route, slot)) => self.route(routes, route, slot, request, bin).await,
                 None if !self.pipeline.is_empty() => {
                     // Run it once the routed requests before it are done.
                     self.held = Some((request, bin));
@@ -798,24 +846,37 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
 
     /// A request with a route: into the pipeline, within the reply budget
     /// and the worker's limits.
+    ///
+    /// The request counts in route slot `slot` (once, a multi-key get
+    /// too), and so does its reply's outcome, when it is taken to be
+    /// written.
     async fn route(
         &mut self,
         routes: Rc<RouteSet>,
         route: Rc<dyn Route>,
+        slot: usize,
         request: Request,
         bin: Option<BinaryContext>,
     ) -> Next {
+        let ctx = self.ctx;
+        let stats = self.route_stats.get(slot);
         if let (Command::Get(get), None) = (request.command(), &bin) {
             if get.keys.len() > 1 {
-                routes.count_routed();
+                if let Some(stats) = stats {
+                    stats.requests.incr();
+                }
                 if let Err(refusal) = self.pipeline.admit(routes.limits(), self.per_value) {
-                    refusal.count(self.ctx.stats());
+                    refusal.count(ctx.stats());
+                    if let Some(stats) = stats {
+                        stats.count(Outcome::Error);
+                    }
                     self.queue(Bytes::from_static(refusal.reply()));
                     return Next::Continue;
                 }
                 self.multi = Some(MultiGet {
                     routes,
                     route,
+                    stats,
                     get: get.clone(),
                     next: 0,
                 });
@@ -827,16 +888,26 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             self.held = Some((request, bin));
             return Next::Pause;
         }
+        if let Some(stats) = stats {
+            stats.requests.incr();
+        }
         if let Err(refusal) = self.pipeline.admit(routes.limits(), reserve) {
-            refusal.count(self.ctx.stats());
+            refusal.count(ctx.stats());
+            if let Some(stats) = stats {
+                stats.count(Outcome::Error);
+            }
             if !request.noreply() {
                 self.queue(encoded(refusal.reply(), bin.as_ref()));
             }
             return Next::Continue;
         }
         self.pipeline.drive().await;
+        let counted = stats.map(|route| Counted {
+            route,
+            binary: bin.is_some(),
+        });
         let reply = routed_reply(&routes, route, self.tag, request, bin);
-        self.pipeline.push(reply, reserve, true);
+        self.pipeline.push_counted(reply, reserve, true, counted);
         Next::Continue
     }
 
@@ -945,7 +1016,9 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                     }
                 }
             };
-            self.pipeline.release_oldest();
+            if let Some(counted) = self.pipeline.release_oldest() {
+                counted.count(&bytes);
+            }
             if self.wbuf.is_empty() && self.pipeline.is_empty() {
                 // The only reply to write: send it as it is, without
                 // copying it into the write buffer first.
@@ -1048,14 +1121,15 @@ async fn stream_local_get<S: AsyncWrite + Unpin>(
 
 /// The route for this request on the current configuration, if any, for
 /// a connection on a `tag` listener.
+/// With the route slot it counts in.
 fn route_for(
     ctx: &WorkerContext,
     tag: ListenerTag,
     request: &Request,
-) -> Option<(Rc<RouteSet>, Rc<dyn Route>)> {
+) -> Option<(Rc<RouteSet>, Rc<dyn Route>, usize)> {
     let routes = ctx.routes.as_ref()?.current()?;
-    let route = routes.route(request.command(), tag)?;
-    Some((routes, route))
+    let (route, slot) = routes.lookup(request.command(), tag)?;
+    Some((routes, route, slot))
 }
 
 /// A routed request's reply on its way; a binary request's is encoded

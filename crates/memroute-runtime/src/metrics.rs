@@ -27,7 +27,13 @@
 //!   `routed_requests_total`, `lua_errors_total`,
 //!   `config_reloads_total`, `config_reload_fails_total`,
 //!   `config_cron_runs_total`, `config_cron_fails_total`,
-//!   `user_stat{name}`, and per memcached backend (`{backend}`, named as in
+//!   `user_stat{name}`; per pool (`{pool}`, the pool's name; `internal` is
+//!   the embedded cache as a pool) `pool_requests_total` and
+//!   `pool_errors_total`; per attached route (`{route,tag}`: the command it
+//!   is attached for, `get`, `mg`, `set`..., and the listener tag, empty
+//!   for untagged clients) `route_requests_total` and
+//!   `route_replies_total{outcome}` (`ok`, `miss`, `error`); and per
+//!   memcached backend (`{backend}`, named as in
 //!   `stats backends`) its counters, gauges, `backend_state{state}` and the
 //!   `backend_latency_seconds` histogram;
 //! - shared stores (DynamoDB pools): `store_<field>{store}`.
@@ -61,6 +67,7 @@ use tracing::{debug, info, warn};
 
 use crate::admin::{Admin, VERSION};
 use crate::backend::{BackendState, LATENCY_BUCKETS_US};
+use crate::stats::{Outcome, RouteTotals};
 
 /// The OpenMetrics text `Content-Type`.
 const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -186,6 +193,8 @@ pub struct Sources {
     pub admin: Arc<Admin>,
     pub cache: Arc<Cache>,
     pub digest: Arc<ConfigDigest>,
+    /// The listeners' tags, which name route slots' `tag` label.
+    pub listener_tags: Arc<[String]>,
 }
 
 impl fmt::Debug for Sources {
@@ -308,6 +317,7 @@ impl prometheus_client::collector::Collector for Collector {
             admin,
             cache,
             digest,
+            ..
         } = &self.0;
         let stats = &admin.stats;
         let info: Labels = vec![
@@ -425,7 +435,7 @@ impl Collector {
             enc,
             "routed_requests",
             "Requests run by routes",
-            proxy.routed_requests.load(Relaxed),
+            self.0.admin.stats.routed_requests(),
         )?;
         counter(
             enc,
@@ -477,7 +487,79 @@ impl Collector {
                 .zip(&user)
                 .map(|(name, (_, value))| (vec![("name", name)], ConstGauge::new(*value))),
         )?;
+        self.encode_pools(enc)?;
+        self.encode_routes(enc)?;
         self.encode_backends(enc)
+    }
+
+    fn encode_pools(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        let pools = self.0.admin.proxy_stats.pools.summaries();
+        let labels = |p: &crate::stats::PoolSummary| -> Labels { vec![("pool", p.name.clone())] };
+        family(
+            enc,
+            "pool_requests",
+            "Requests sent to the pool (a multi-key get once per backend it reaches)",
+            MetricType::Counter,
+            pools
+                .iter()
+                .map(|p| (labels(p), ConstCounter::new(p.requests))),
+        )?;
+        family(
+            enc,
+            "pool_errors",
+            "Pool requests answered with an error reply (ERROR, CLIENT_ERROR, SERVER_ERROR) or failed",
+            MetricType::Counter,
+            pools.iter().map(|p| (labels(p), ConstCounter::new(p.errors))),
+        )
+    }
+
+    fn encode_routes(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        let stats = &self.0.admin.stats;
+        let tags = &self.0.listener_tags;
+        // Slots no request has taken yet are left out: most of the
+        // command-by-tag table has no route.
+        let routes: Vec<(Labels, RouteTotals)> = (0..stats.route_slots())
+            .filter_map(|slot| {
+                let totals = stats.route_totals(slot);
+                if totals.requests == 0 {
+                    return None;
+                }
+                let (route, tag) = crate::route::route_slot(slot, tags);
+                let labels: Labels = vec![
+                    ("route", route.to_string()),
+                    ("tag", tag.unwrap_or("").to_string()),
+                ];
+                Some((labels, totals))
+            })
+            .collect();
+        family(
+            enc,
+            "route_requests",
+            "Client requests that took the route attached for a command (a multi-key get counts once)",
+            MetricType::Counter,
+            routes
+                .iter()
+                .map(|(l, t)| (l.clone(), ConstCounter::new(t.requests))),
+        )?;
+        let outcomes = [Outcome::Ok, Outcome::Miss, Outcome::Error];
+        family(
+            enc,
+            "route_replies",
+            "Replies of routed requests by outcome: error (ERROR, CLIENT_ERROR, SERVER_ERROR), miss (END, EN, NOT_FOUND, NF), ok (anything else)",
+            MetricType::Counter,
+            routes.iter().flat_map(|(l, t)| {
+                outcomes.iter().map(move |&outcome| {
+                    let value = match outcome {
+                        Outcome::Ok => t.ok,
+                        Outcome::Miss => t.misses,
+                        Outcome::Error => t.errors,
+                    };
+                    let mut labels = l.clone();
+                    labels.push(("outcome", outcome.as_str().to_string()));
+                    (labels, ConstCounter::new(value))
+                })
+            }),
+        )
     }
 
     fn encode_backends(&self, enc: &mut DescriptorEncoder) -> fmt::Result {

@@ -261,7 +261,10 @@ impl Server {
             max_item_size: config.limits.max_item_size,
             ..CacheConfig::with_memory_limit(config.memory_limit)
         }));
-        let stats = Arc::new(ServerStats::new(config.threads));
+        let stats = Arc::new(ServerStats::new(
+            config.threads,
+            crate::route::route_slot_count(listener_tags.len()),
+        ));
         let admin = Arc::new(Admin {
             stats: stats.clone(),
             config: config.clone(),
@@ -278,6 +281,7 @@ impl Server {
                     admin: admin.clone(),
                     cache: cache.clone(),
                     digest: config_digest.clone(),
+                    listener_tags: listener_tags.clone(),
                 };
                 Some(
                     crate::metrics::MetricsServer::start(addr, sources, shutdown.subscribe())
@@ -616,6 +620,7 @@ impl WorkerSeed {
                     limits: self.config.limits.clone(),
                     proxy_stats: self.proxy_stats.clone(),
                     listener_tags: self.listener_tags.clone(),
+                    pool_stats: Default::default(),
                 };
                 match local.block_on(&runtime, async { WorkerProxy::new(env, loaded) }) {
                     Ok(p) => Some(p),

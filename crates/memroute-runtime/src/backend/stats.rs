@@ -192,40 +192,99 @@ impl Gauge {
     }
 }
 
+/// The bucket layout hdrhistogram uses for [`new_histogram`]'s bounds
+/// (lowest value 1, so unit magnitude 0; two significant digits, so 256
+/// sub-buckets, the power of two above 2 * 10^2): what [`SharedHistogram`]
+/// reproduces so that its counts convert to an `hdrhistogram::Histogram`
+/// bucket for bucket.
+const SUB_BUCKET_HALF_COUNT_MAGNITUDE: u32 = 7;
+const SUB_BUCKET_HALF_COUNT: u64 = 1 << SUB_BUCKET_HALF_COUNT_MAGNITUDE;
+const SUB_BUCKET_MASK: u64 = (SUB_BUCKET_HALF_COUNT << 1) - 1;
+/// 64 less the bits of the largest value the first bucket holds.
+const LEADING_ZERO_COUNT_BASE: u32 = 64 - (SUB_BUCKET_HALF_COUNT_MAGNITUDE + 1);
+
+/// The counts slot of `value` (at most [`LATENCY_MAX_US`]): its bucket (a
+/// power of two) and its place among that bucket's sub-buckets, as
+/// hdrhistogram indexes it.
+#[inline]
+fn slot_of(value: u64) -> usize {
+    let bucket = LEADING_ZERO_COUNT_BASE - (value | SUB_BUCKET_MASK).leading_zeros();
+    let sub_bucket = value >> bucket;
+    // Bucket 0 uses all of its sub-buckets, every later one its top half:
+    // (bucket + 1) * half + sub_bucket - half.
+    ((u64::from(bucket) << SUB_BUCKET_HALF_COUNT_MAGNITUDE) + sub_bucket) as usize
+}
+
+/// The lowest value that falls in counts slot `slot` (the inverse of
+/// [`slot_of`]).
+fn value_of(slot: usize) -> u64 {
+    let slot = slot as u64;
+    // Slots come in halves of a bucket: the first two halves are bucket 0,
+    // each later half is the top half of the next bucket.
+    let half = slot >> SUB_BUCKET_HALF_COUNT_MAGNITUDE;
+    let in_half = slot & (SUB_BUCKET_HALF_COUNT - 1);
+    if half == 0 {
+        in_half
+    } else {
+        (in_half + SUB_BUCKET_HALF_COUNT) << (half - 1)
+    }
+}
+
+/// Counts slots [`SharedHistogram`] needs: up to [`LATENCY_MAX_US`]'s.
+const HISTOGRAM_SLOTS: usize = {
+    // slot_of is not const (leading_zeros on a u64 is, but keep one
+    // formula): the same arithmetic, spelled out.
+    let bucket = LEADING_ZERO_COUNT_BASE - (LATENCY_MAX_US | SUB_BUCKET_MASK).leading_zeros();
+    ((bucket as u64) << SUB_BUCKET_HALF_COUNT_MAGNITUDE) as usize
+        + (LATENCY_MAX_US >> bucket) as usize
+        + 1
+};
+
 /// One worker's [`LatencyHistogram`] of a backend, readable from other
-/// workers (`stats` on any worker sums them): the histogram sits behind a
-/// mutex its worker takes once per reply, uncontended but for a reader.
+/// threads (`stats` on any worker and the metrics endpoint sum them).
+///
+/// Its worker is the only writer: a reply's latency is one plain load and
+/// store of a relaxed atomic in the HDR counts slot it falls in (no lock, no
+/// locked instruction on the request path). Readers copy the counts into
+/// an `hdrhistogram::Histogram` of the same layout, so the distribution
+/// keeps full HDR precision; a read racing a write may miss that one reply
+/// (or see it in the count and not yet in the sum), which a scrape
+/// tolerates.
 #[derive(Debug)]
 pub(crate) struct SharedHistogram {
-    histogram: Mutex<hdrhistogram::Histogram<u64>>,
+    counts: Box<[Counter]>,
     sum_nanos: Counter,
 }
 
 impl Default for SharedHistogram {
     fn default() -> Self {
         SharedHistogram {
-            histogram: Mutex::new(new_histogram()),
+            counts: (0..HISTOGRAM_SLOTS).map(|_| Counter::default()).collect(),
             sum_nanos: Counter::default(),
         }
     }
 }
 
 impl SharedHistogram {
+    /// Only the owning worker may call this (see [`Counter::add`]).
+    #[inline]
     pub(crate) fn record(&self, latency: Duration) {
         let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-        if let Ok(mut h) = self.histogram.lock() {
-            h.saturating_record(us.min(LATENCY_MAX_US));
+        if let Some(count) = self.counts.get(slot_of(us.min(LATENCY_MAX_US))) {
+            count.incr();
         }
         self.sum_nanos
             .add(u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX));
     }
 
     fn snapshot(&self) -> LatencyHistogram {
-        let histogram = self
-            .histogram
-            .lock()
-            .map(|h| h.clone())
-            .unwrap_or_else(|_| new_histogram());
+        let mut histogram = new_histogram();
+        for (slot, count) in self.counts.iter().enumerate() {
+            let n = count.get();
+            if n > 0 {
+                histogram.saturating_record_n(value_of(slot), n);
+            }
+        }
         LatencyHistogram {
             count: histogram.len(),
             histogram,
@@ -233,9 +292,11 @@ impl SharedHistogram {
         }
     }
 
+    /// `stats reset`; like the counters' reset, it may keep a reply its
+    /// worker records meanwhile.
     fn reset(&self) {
-        if let Ok(mut h) = self.histogram.lock() {
-            h.reset();
+        for count in self.counts.iter() {
+            count.reset();
         }
         self.sum_nanos.reset();
     }
@@ -485,6 +546,35 @@ mod tests {
         assert_eq!(sum.buckets()[0], 1);
         shared.reset();
         assert_eq!(shared.snapshot(), LatencyHistogram::default());
+    }
+
+    #[test]
+    fn lock_free_histogram_matches_hdrhistogram_exactly() {
+        // Every slot boundary region and a spread of values across the
+        // whole range, recorded both ways: the same histogram, bucket for
+        // bucket, min and max.
+        let shared = SharedHistogram::default();
+        let mut direct = new_histogram();
+        let mut values: Vec<u64> = (0..1_000).collect();
+        let mut v = 1_000u64;
+        while v < LATENCY_MAX_US {
+            values.extend([v - 1, v, v + 1, v + v / 3]);
+            v = v * 5 / 4;
+        }
+        values.extend([LATENCY_MAX_US - 1, LATENCY_MAX_US, LATENCY_MAX_US + 1]);
+        for &us in &values {
+            shared.record(Duration::from_micros(us));
+            direct.saturating_record(us.min(LATENCY_MAX_US));
+        }
+        let snapshot = shared.snapshot();
+        assert_eq!(snapshot.histogram, direct);
+        assert_eq!(snapshot.count, values.len() as u64);
+        assert_eq!(snapshot.histogram.max(), direct.max());
+        for slot in 0..HISTOGRAM_SLOTS {
+            assert_eq!(slot_of(value_of(slot)), slot, "slot {slot}");
+        }
+        assert_eq!(slot_of(LATENCY_MAX_US), HISTOGRAM_SLOTS - 1);
+        assert!(HISTOGRAM_SLOTS <= direct.distinct_values());
     }
 
     #[test]

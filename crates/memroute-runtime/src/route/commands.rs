@@ -52,6 +52,41 @@ pub const STORAGE_IDS: &[i64] = &[
 /// order and `quit` closes the connection.
 pub const UNHOOKABLE_IDS: &[i64] = &[4, 21];
 
+/// The name of command `id` as operators know it (`get`, `mg`, `set`,
+/// ...: `mcp.CMD_*` in lower case, without `CMD_`).
+pub fn command_name(id: i64) -> Option<&'static str> {
+    const NAMES: [&str; COMMAND_SLOTS] = [
+        "",
+        "mg",
+        "ms",
+        "md",
+        "mn",
+        "ma",
+        "me",
+        "get",
+        "gat",
+        "set",
+        "add",
+        "cas",
+        "gets",
+        "gats",
+        "incr",
+        "decr",
+        "touch",
+        "append",
+        "delete",
+        "replace",
+        "prepend",
+        "quit",
+        "stats",
+        "version",
+        "flush_all",
+        "verbosity",
+    ];
+    let name = *NAMES.get(usize::try_from(id).ok()?)?;
+    (!name.is_empty()).then_some(name)
+}
+
 /// The id of a parsed command (`r:command()`).
 pub fn command_id(command: &Command) -> i64 {
     match command {
@@ -91,5 +126,20 @@ pub fn command_id(command: &Command) -> i64 {
         // Not a command a route can take (memcached's proxy has no
         // `CMD_WATCH`): the connection turns into a log stream.
         Command::Watch { .. } => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_the_cmd_constants_in_lower_case() {
+        for (constant, id) in COMMANDS {
+            let want = constant.trim_start_matches("CMD_").to_ascii_lowercase();
+            assert_eq!(command_name(*id), Some(want.as_str()));
+        }
+        assert_eq!(command_name(0), None);
+        assert_eq!(command_name(COMMAND_SLOTS as i64), None);
     }
 }

@@ -52,7 +52,6 @@ use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -62,7 +61,7 @@ use memroute_proto::{Command, Limits, MetaOp, Request, Response};
 pub use pool::{Pool, PoolDef, PoolKind, WorkerBackends};
 
 use crate::embedded::Embedded;
-use crate::stats::{ProxyStats, ServerStats};
+use crate::stats::{ProxyStats, ServerStats, WorkerPoolStats};
 
 /// A routed request's reply on its way: the bytes the client gets (empty
 /// for `noreply`).
@@ -131,6 +130,8 @@ pub struct RouteEnv {
     /// The tags the server's listeners carry, in [`ListenerTag`] order
     /// (fixed at start: a reload cannot add listeners).
     pub listener_tags: Arc<[String]>,
+    /// This worker's pools' counters, by pool name, kept across reloads.
+    pub pool_stats: WorkerPoolStats,
 }
 
 /// Longest listener or route tag: memcached packs a tag into 8 bytes.
@@ -172,6 +173,34 @@ impl ListenerTag {
     pub fn tagged(index: usize) -> ListenerTag {
         ListenerTag(index + 1)
     }
+
+    /// The route slot of `command_id` for connections with this tag (see
+    /// [`route_slot`]).
+    fn slot(self, command_id: usize) -> usize {
+        self.0 * commands::COMMAND_SLOTS + command_id
+    }
+}
+
+/// Route slots for servers whose listeners carry `listener_tags` tags:
+/// a slot per command id in the untagged table and in each tag's. Each
+/// worker counts requests per slot
+/// ([`ServerStats::routes`](crate::stats::ServerStats::routes)).
+pub fn route_slot_count(listener_tags: usize) -> usize {
+    (listener_tags + 1) * commands::COMMAND_SLOTS
+}
+
+/// What route slot `slot` is, for operators: the attached command's name
+/// (`get`, `mg`, `set`, ...) and the listener tag (`None`: untagged).
+pub fn route_slot(slot: usize, listener_tags: &[String]) -> (&'static str, Option<&str>) {
+    let (table, id) = (
+        slot / commands::COMMAND_SLOTS,
+        slot % commands::COMMAND_SLOTS,
+    );
+    let tag = table
+        .checked_sub(1)
+        .and_then(|i| listener_tags.get(i))
+        .map(String::as_str);
+    (commands::command_name(id as i64).unwrap_or("?"), tag)
 }
 
 /// One command-id-indexed route table ([`commands::command_id`]).
@@ -229,6 +258,7 @@ pub struct RouteSet {
     /// untagged route (memcached falls back to it).
     tables: Vec<RouteTable>,
     limits: WorkerLimits,
+    /// For the admin keys that name the configuration in force.
     stats: Arc<ProxyStats>,
 }
 
@@ -283,8 +313,15 @@ impl RouteSet {
     /// The route a connection on a `tag` listener takes for `command`, if
     /// any.
     pub fn route(&self, command: &Command, tag: ListenerTag) -> Option<Rc<dyn Route>> {
+        self.lookup(command, tag).map(|(route, _)| route)
+    }
+
+    /// [`route`](Self::route), with the route slot its requests count in
+    /// (see [`route_slot`]).
+    pub fn lookup(&self, command: &Command, tag: ListenerTag) -> Option<(Rc<dyn Route>, usize)> {
         let id = commands::command_id(command) as usize;
-        self.tables.get(tag.0)?.get(id).and_then(|r| r.clone())
+        let route = self.tables.get(tag.0)?.get(id)?.clone()?;
+        Some((route, tag.slot(id)))
     }
 
     /// Whether a `tag` connection's `set` has a route (so its stores do
@@ -301,18 +338,11 @@ impl RouteSet {
         self.limits
     }
 
-    /// Counts one client request that took a route (a multi-key get
-    /// counts once, however many windows it is sent in).
-    pub fn count_routed(&self) {
-        self.stats.routed_requests.fetch_add(1, Relaxed);
-    }
-
     /// Serves a request that is not a multi-key get (those go out a
     /// window of keys at a time, see [`multiget::window`]). A `get` of
     /// `__mcrouter__.route(OP,KEY)` is answered with where `OP KEY` would
     /// go instead.
     pub fn serve(&self, route: Rc<dyn Route>, request: Request, tag: ListenerTag) -> ReplyFuture {
-        self.count_routed();
         // Admin keys start with `__`: one byte compared on the hot path.
         if request.key().is_some_and(|k| k.first() == Some(&b'_')) {
             if let Some(reply) = explain::answer(self, &request, tag) {
@@ -461,6 +491,16 @@ mod tests {
         let default_flush = routes.route(&flush, ListenerTag::UNTAGGED).unwrap();
         assert!(same(routes.route(&flush, aa), &default_flush));
         assert!(routes.route(&set_k, ListenerTag(3)).is_none());
+        // Each table's commands count in slots of their own.
+        let (_, slot) = routes.lookup(&get_k, aa).unwrap();
+        assert_eq!(route_slot(slot, &tags), ("get", Some("aa")));
+        let (_, slot) = routes.lookup(&set_k, ListenerTag::UNTAGGED).unwrap();
+        assert_eq!(route_slot(slot, &tags), ("set", None));
+        assert!(slot < route_slot_count(tags.len()));
+        assert_eq!(
+            route_slot(route_slot_count(tags.len()) - 1, &tags).1,
+            Some("aa")
+        );
     }
 
     #[test]

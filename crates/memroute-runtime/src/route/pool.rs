@@ -22,8 +22,9 @@ use memroute_proto::{Command, Request, Response, ResponseCode};
 use super::explain::Step;
 use super::multiget::{get_request, value_blocks, value_blocks_of};
 use super::{ReplyFuture, ReplyShape, ResponseFuture, Route, RouteEnv};
-use crate::backend::{Backend, BackendConfig};
+use crate::backend::{Backend, BackendConfig, BackendError};
 use crate::discovery::Discovery;
+use crate::stats::PoolCounters;
 use crate::store::SharedStore;
 
 /// What every kind of pool is: a route that reaches a backend (a leaf of
@@ -119,10 +120,12 @@ impl PoolDef {
                 def: self.clone(),
                 distribution: distribution.clone(),
                 backends: configs.iter().map(|c| backends.get(c, env)).collect(),
+                counters: self.counters(env),
             }),
             PoolKind::Shared(store) => Rc::new(StorePool {
                 def: self.clone(),
                 store: store.clone(),
+                counters: self.counters(env),
             }),
             PoolKind::Discovered(discovery) => {
                 let pool = DiscoveredPool {
@@ -139,6 +142,22 @@ impl PoolDef {
     }
 }
 
+impl PoolDef {
+    /// This worker's counters for pools of this name.
+    fn counters(&self, env: &RouteEnv) -> Arc<PoolCounters> {
+        env.pool_stats.get(&self.name, &env.proxy_stats.pools)
+    }
+}
+
+/// Counts a pool's reply: an error reply (`SERVER_ERROR`, `CLIENT_ERROR`,
+/// `ERROR`) is an error.
+#[inline]
+fn count_reply(counters: &PoolCounters, response: &Response) {
+    if response.code().is_error() {
+        counters.errors.incr();
+    }
+}
+
 /// Every request sent to a backend must get a reply: drop `noreply`/`q`.
 fn outbound(request: Request) -> Request {
     request.without_noreply().unwrap_or(request)
@@ -149,23 +168,50 @@ pub struct MemcachedPool {
     def: Arc<PoolDef>,
     distribution: Arc<Distribution>,
     backends: Vec<Rc<Backend>>,
+    counters: Arc<PoolCounters>,
 }
 
 impl MemcachedPool {
     /// The response to `request` from the backend its key maps to. The
     /// backend gets the request now (see [`Backend::send`]), so the future
-    /// holds only what the wait needs, not the request.
-    fn response(&self, request: Request) -> impl Future<Output = Response> {
+    /// holds only what the wait needs, not the request: the pool itself,
+    /// which keeps the backend until the reply is in (a reload that drops
+    /// it must not strand this request).
+    fn response(self: Rc<Self>, request: Request) -> impl Future<Output = Response> {
         let request = outbound(request);
         let key = request.key().map_or(&b""[..], |k| &k[..]);
-        let backend = self.backends[self.distribution.pick(key)].clone();
-        let sending = backend.send(&request);
-        sending.map(move |reply| {
-            // The backend is kept until the reply is in: a reload that
-            // drops it must not strand this request.
-            drop(backend);
-            reply.unwrap_or_else(|e| Response::from_line(e.client_reply()))
-        })
+        let sending = self.send(self.distribution.pick(key), &request);
+        sending.map(move |reply| self.settle(reply))
+    }
+
+    /// Sends `request` to backend `index`, counted.
+    #[inline]
+    fn send(&self, index: usize, request: &Request) -> crate::backend::Sending {
+        self.counters.requests.incr();
+        self.backends[index].send(request)
+    }
+
+    /// A backend's reply or failure as the pool's response, counted.
+    #[inline]
+    fn settle(&self, reply: Result<Response, BackendError>) -> Response {
+        match reply {
+            Ok(response) => {
+                count_reply(&self.counters, &response);
+                response
+            }
+            Err(e) => {
+                self.counters.errors.incr();
+                Response::from_line(e.client_reply())
+            }
+        }
+    }
+
+    /// Counts a multi-key line's reply (its failure reads as misses).
+    fn count_multi(&self, reply: &Result<Response, BackendError>) {
+        match reply {
+            Ok(response) => count_reply(&self.counters, response),
+            Err(_) => self.counters.errors.incr(),
+        }
     }
 
     /// A multi-key get as one request per backend: each backend gets its
@@ -192,7 +238,8 @@ impl MemcachedPool {
         if let [(backend, _)] = &groups[..] {
             // One backend gets the window's own line: its reply, less its
             // END, is the answer.
-            let reply = self.backends[*backend].send(request).await;
+            let reply = self.send(*backend, request).await;
+            self.count_multi(&reply);
             if let Ok(reply) = &reply {
                 if matches!(reply.code(), ResponseCode::Value | ResponseCode::End) {
                     let raw = reply.raw();
@@ -203,12 +250,15 @@ impl MemcachedPool {
             let blocks = value_blocks(reply);
             return value_blocks_of(blocks.iter().map(|b| &b.raw()[..]));
         }
-        let replies = futures_util::future::join_all(groups.iter().map(|(backend, keys)| {
-            let backend = self.backends[*backend].clone();
-            let request = get_request(get, keys);
-            async move { backend.send(&request).await }
-        }))
+        let replies = futures_util::future::join_all(
+            groups
+                .iter()
+                .map(|(backend, keys)| self.send(*backend, &get_request(get, keys))),
+        )
         .await;
+        for reply in &replies {
+            self.count_multi(reply);
+        }
         let mut blocks: Vec<VecDeque<Response>> = replies.into_iter().map(value_blocks).collect();
         // A backend answers its keys in line order, skipping misses.
         let in_key_order: Vec<Response> = get
@@ -275,21 +325,12 @@ impl Pool for MemcachedPool {
 
     fn broadcast(self: Rc<Self>, request: Request) -> ResponseFuture {
         let request = outbound(request);
-        let sends: Vec<_> = self
-            .backends
-            .iter()
-            .map(|backend| {
-                let (backend, request) = (backend.clone(), request.clone());
-                async move {
-                    match backend.send(&request).await {
-                        Ok(r) => r,
-                        Err(e) => Response::from_line(e.client_reply()),
-                    }
-                }
-            })
+        let sends: Vec<_> = (0..self.backends.len())
+            .map(|index| self.send(index, &request))
             .collect();
         Box::pin(async move {
             let replies = futures_util::future::join_all(sends).await;
+            let replies: Vec<Response> = replies.into_iter().map(|r| self.settle(r)).collect();
             super::handlers::first_error_or(replies, 0)
                 .unwrap_or_else(|| Response::from_line("SERVER_ERROR pool has no backends"))
         })
@@ -300,6 +341,7 @@ impl Pool for MemcachedPool {
 pub struct StorePool {
     def: Arc<PoolDef>,
     store: Arc<dyn SharedStore>,
+    counters: Arc<PoolCounters>,
 }
 
 impl Route for StorePool {
@@ -314,7 +356,12 @@ impl Route for StorePool {
 
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
         let request = outbound(request);
-        Box::pin(async move { self.store.execute(&request).await })
+        self.counters.requests.incr();
+        Box::pin(async move {
+            let response = self.store.execute(&request).await;
+            count_reply(&self.counters, &response);
+            response
+        })
     }
 }
 
@@ -361,6 +408,7 @@ impl DiscoveredPool {
                         .iter()
                         .map(|c| self.backends.get(c, &self.env))
                         .collect(),
+                    counters: self.def.counters(&self.env),
                 });
                 *members = Some((current.generation, pool.clone()));
                 pool
@@ -449,18 +497,24 @@ impl WorkerBackends {
 /// at once, on the worker's own cache shard and counters.
 pub struct EmbeddedPool {
     env: Rc<RouteEnv>,
+    counters: Arc<PoolCounters>,
 }
 
 impl EmbeddedPool {
     pub fn new(env: Rc<RouteEnv>) -> EmbeddedPool {
-        EmbeddedPool { env }
+        let counters = env.pool_stats.get("internal", &env.proxy_stats.pools);
+        EmbeddedPool { env, counters }
     }
 
     fn response(&self, request: Request) -> Response {
         let request = outbound(request);
         let env = &self.env;
-        env.embedded
-            .respond(&request, env.server_stats.worker(env.worker))
+        self.counters.requests.incr();
+        let response = env
+            .embedded
+            .respond(&request, env.server_stats.worker(env.worker));
+        count_reply(&self.counters, &response);
+        response
     }
 }
 
