@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{ArgAction, Parser, Subcommand};
 use memroute_runtime::auth::AuthSettings;
 use memroute_runtime::config::{Protocol, TaggedListen, UnixSocket, DEFAULT_UNIX_MODE};
+use memroute_runtime::route_of::KeyRoute;
 use memroute_runtime::tls::{MinVersion, TlsSettings, VerifyMode};
 use memroute_runtime::{Server, ServerConfig};
 
@@ -30,67 +31,87 @@ const LUA_LIBRARIES: memroute_runtime::config::LuaLibraries = &[
 #[command(name = "memroute", version, about, disable_help_flag = true)]
 struct Cli {
     /// TCP port to listen on.
-    #[arg(short = 'p', long = "port", default_value_t = 11211)]
+    #[arg(short = 'p', long = "port", default_value_t = 11211, global = true)]
     port: u16,
     /// Interfaces to listen on, comma-separated or repeated: an IP address
     /// (`*` for all), `IP:PORT`, `[IPv6]:PORT`, each optionally prefixed
     /// `tag_NAME_:` to route by tag [default: 127.0.0.1].
-    #[arg(short = 'l', long = "listen")]
+    #[arg(short = 'l', long = "listen", global = true)]
     listen: Vec<String>,
     /// UNIX socket to listen on (disables TCP, as in memcached).
-    #[arg(short = 's', long = "unix-socket", value_name = "FILE")]
+    #[arg(short = 's', long = "unix-socket", value_name = "FILE", global = true)]
     unix_socket: Option<PathBuf>,
     /// Permissions of the UNIX socket file, in octal [default: 700].
-    #[arg(short = 'a', long = "unix-mask", value_name = "MASK", value_parser = parse_unix_mask)]
+    #[arg(short = 'a', long = "unix-mask", value_name = "MASK", value_parser = parse_unix_mask, global = true)]
     unix_mask: Option<u32>,
     /// Worker threads (default: number of cores).
-    #[arg(short = 't', long = "threads")]
+    #[arg(short = 't', long = "threads", global = true)]
     threads: Option<usize>,
     /// Embedded cache memory limit, in megabytes.
-    #[arg(short = 'm', long = "memory-limit", default_value_t = 64)]
+    #[arg(
+        short = 'm',
+        long = "memory-limit",
+        default_value_t = 64,
+        global = true
+    )]
     memory_limit_mb: u64,
     /// Most simultaneous connections.
-    #[arg(short = 'c', long = "conn-limit", default_value_t = 1024)]
+    #[arg(
+        short = 'c',
+        long = "conn-limit",
+        default_value_t = 1024,
+        global = true
+    )]
     conn_limit: usize,
     /// Largest item (value, key and header), e.g. 1m, 512k, 2097152.
-    #[arg(short = 'I', long = "max-item-size", default_value = "1m", value_parser = parse_size)]
+    #[arg(short = 'I', long = "max-item-size", default_value = "1m", value_parser = parse_size, global = true)]
     max_item_size: usize,
     /// TCP listen backlog.
-    #[arg(short = 'b', long = "listen-backlog", default_value_t = 1024)]
+    #[arg(
+        short = 'b',
+        long = "listen-backlog",
+        default_value_t = 1024,
+        global = true
+    )]
     backlog: u32,
     /// Protocol: auto (each connection's first byte decides), ascii (text
     /// and meta only) or binary [default: auto; ascii with -Y, binary with
     /// -S].
-    #[arg(short = 'B', long = "protocol", value_parser = parse_protocol)]
+    #[arg(short = 'B', long = "protocol", value_parser = parse_protocol, global = true)]
     protocol: Option<Protocol>,
     /// UDP port: memroute speaks TCP only, so only 0 is accepted (as in
     /// memcached's default).
-    #[arg(short = 'U', long = "udp-port", default_value_t = 0)]
+    #[arg(short = 'U', long = "udp-port", default_value_t = 0, global = true)]
     udp_port: u16,
     /// Accepted for compatibility with memcached's command line; memroute
     /// does not switch users (run it as the user you want).
-    #[arg(short = 'u', long = "user")]
+    #[arg(short = 'u', long = "user", global = true)]
     user: Option<String>,
     /// Lua startfile: run as a routing proxy (see docs/lua-api.md).
-    #[arg(long = "config", value_name = "STARTFILE")]
+    #[arg(long = "config", value_name = "STARTFILE", global = true)]
     config: Option<std::path::PathBuf>,
     /// String passed to the startfile as `mcp.start_arg`.
-    #[arg(long = "config-arg", value_name = "STR")]
+    #[arg(long = "config-arg", value_name = "STR", global = true)]
     config_arg: Option<String>,
     /// A route file in memcached's routelib format, run by memroute's
     /// native route library (the same as `-o
     /// proxy_config=routelib,proxy_arg=FILE`; see docs/routes.md).
-    #[arg(long = "routes", value_name = "FILE", conflicts_with_all = ["config", "config_arg"])]
+    #[arg(long = "routes", value_name = "FILE", conflicts_with_all = ["config", "config_arg"], global = true)]
     routes: Option<std::path::PathBuf>,
     /// With `--routes`: a library of route handlers written in Lua
     /// (routelib's `register_route_handlers`), run after routelib on the
     /// config VM and every worker VM (repeatable; the same as `-o
     /// proxy_config=routelib:LIB.lua`).
-    #[arg(long = "route-handlers", value_name = "FILE", requires = "routes")]
+    #[arg(
+        long = "route-handlers",
+        value_name = "FILE",
+        requires = "routes",
+        global = true
+    )]
     route_handlers: Vec<std::path::PathBuf>,
     /// An mcrouter JSON configuration, read into memroute's native route
     /// handlers (see docs/mcrouter-migration.md).
-    #[arg(long = "mcrouter-config", value_name = "FILE", conflicts_with_all = ["config", "config_arg", "routes"])]
+    #[arg(long = "mcrouter-config", value_name = "FILE", conflicts_with_all = ["config", "config_arg", "routes"], global = true)]
     mcrouter_config: Option<std::path::PathBuf>,
     /// mcrouter's `--big-value-split-threshold`: with `--mcrouter-config`,
     /// values over this many bytes are stored as chunks of this size plus
@@ -99,64 +120,65 @@ struct Cli {
         long = "big-value-split-threshold",
         value_name = "BYTES",
         default_value_t = 0,
-        requires = "mcrouter_config"
+        requires = "mcrouter_config",
+        global = true
     )]
     big_value_split_threshold: usize,
     /// Extra directory for Lua's `require` (repeatable).
-    #[arg(long = "lua-path", value_name = "DIR")]
+    #[arg(long = "lua-path", value_name = "DIR", global = true)]
     lua_path: Vec<std::path::PathBuf>,
     /// memcached-style extended options, comma-separated: `proxy_config=FILE`,
     /// `proxy_arg=STR`, `idle_timeout=SECS`. memcached's memory tuning options
     /// (slabs, LRU, hash table, extstore) are accepted with a warning; any
     /// other option stops the start.
-    #[arg(short = 'o', long = "extended", value_name = "OPTS")]
+    #[arg(short = 'o', long = "extended", value_name = "OPTS", global = true)]
     extended: Vec<String>,
     /// Close a client connection idle this many seconds (0: never), as
     /// memcached's `-o idle_timeout`.
-    #[arg(long = "idle-timeout", value_name = "SECS")]
+    #[arg(long = "idle-timeout", value_name = "SECS", global = true)]
     idle_timeout: Option<u64>,
     /// Most bytes of replies held for one client connection, e.g. 64m (at
     /// least twice -I; default 64m, or twice -I if that is more).
-    #[arg(long = "client-buffer-limit", value_name = "SIZE", value_parser = parse_size)]
+    #[arg(long = "client-buffer-limit", value_name = "SIZE", value_parser = parse_size, global = true)]
     client_buffer_limit: Option<usize>,
     /// TLS on every listener (needs a certificate: --tls-cert or
     /// -o ssl_chain_cert=FILE).
-    #[arg(short = 'Z', long = "enable-ssl")]
+    #[arg(short = 'Z', long = "enable-ssl", global = true)]
     enable_ssl: bool,
     /// TLS certificate chain, PEM (memcached's -o ssl_chain_cert).
-    #[arg(long = "tls-cert", value_name = "FILE")]
+    #[arg(long = "tls-cert", value_name = "FILE", global = true)]
     tls_cert: Option<PathBuf>,
     /// TLS private key, PEM, if not in the chain file (-o ssl_key).
-    #[arg(long = "tls-key", value_name = "FILE")]
+    #[arg(long = "tls-key", value_name = "FILE", global = true)]
     tls_key: Option<PathBuf>,
     /// CA certificates client certificates must chain to (-o ssl_ca_cert).
-    #[arg(long = "tls-ca", value_name = "FILE")]
+    #[arg(long = "tls-ca", value_name = "FILE", global = true)]
     tls_ca: Option<PathBuf>,
     /// Client certificates: 0 not asked, 1 asked and checked if sent, 2 and
     /// 3 required (-o ssl_verify_mode).
-    #[arg(long = "tls-verify-mode", value_name = "0-3")]
+    #[arg(long = "tls-verify-mode", value_name = "0-3", global = true)]
     tls_verify_mode: Option<String>,
     /// Binary SASL PLAIN authentication (binary protocol only), against
     /// --sasl-pwdb or $MEMCACHED_SASL_PWDB.
-    #[arg(short = 'S', long = "enable-sasl")]
+    #[arg(short = 'S', long = "enable-sasl", global = true)]
     enable_sasl: bool,
     /// SASL password database: user:password lines (default:
     /// $MEMCACHED_SASL_PWDB).
-    #[arg(long = "sasl-pwdb", value_name = "FILE")]
+    #[arg(long = "sasl-pwdb", value_name = "FILE", global = true)]
     sasl_pwdb: Option<PathBuf>,
     /// Text-protocol authentication: user:password lines (memcached's -Y).
-    #[arg(short = 'Y', long = "auth-file", value_name = "FILE")]
+    #[arg(short = 'Y', long = "auth-file", value_name = "FILE", global = true)]
     auth_file: Option<PathBuf>,
     /// Seconds graceful shutdown waits for requests in flight.
-    #[arg(long = "shutdown-timeout", default_value_t = 10)]
+    #[arg(long = "shutdown-timeout", default_value_t = 10, global = true)]
     shutdown_timeout: u64,
     /// Serve Prometheus / OpenMetrics metrics at http://HOST:PORT/metrics
     /// (`:PORT` or PORT: on 127.0.0.1); off by default.
     #[arg(long = "metrics-listen", value_name = "HOST:PORT",
-          value_parser = memroute_runtime::metrics::parse_listen)]
+          value_parser = memroute_runtime::metrics::parse_listen, global = true)]
     metrics_listen: Option<SocketAddr>,
     /// Verbose logging: -v info, -vv debug, -vvv trace (RUST_LOG overrides).
-    #[arg(short = 'v', long = "verbose", action = ArgAction::Count)]
+    #[arg(short = 'v', long = "verbose", action = ArgAction::Count, global = true)]
     verbose: u8,
     /// Print help.
     #[arg(short = 'h', long = "help", action = ArgAction::Help)]
@@ -189,6 +211,79 @@ enum Tool {
         #[arg(short = 'h', long = "help", action = ArgAction::Help)]
         help: Option<bool>,
     },
+    /// Print where keys go under a configuration, without serving or
+    /// sending anything: for each KEY, the backends `OP KEY` tries in
+    /// order and the route tree it takes (what a running proxy answers to
+    /// `get __mcrouter__.route(OP,KEY)` and `route_handles`; see
+    /// docs/operations.md, "Where does a key go"). Takes the server's
+    /// configuration flags (--config, --config-arg, -o proxy_config=...,
+    /// --routes, --route-handlers, --mcrouter-config, -l). Exits 0 when
+    /// answered, 2 when the configuration or the question is bad.
+    RouteOf {
+        /// The operation: any key command (get, set, delete, mg, ms...).
+        #[arg(value_name = "OP")]
+        op: String,
+        /// The keys to look up.
+        #[arg(value_name = "KEY", required = true)]
+        keys: Vec<String>,
+        /// Answer for connections on listeners tagged NAME (`-l
+        /// tag_NAME_:...`) rather than untagged ones.
+        #[arg(long = "tag", value_name = "NAME")]
+        tag: Option<String>,
+        /// Print help.
+        #[arg(short = 'h', long = "help", action = ArgAction::Help)]
+        help: Option<bool>,
+    },
+}
+
+/// `memroute route-of`: prints, for each key, the key, then `backends:`
+/// and `route:` with one line each indented four spaces (tree lines keep
+/// their own indentation after those four).
+fn route_of(cli: &Cli, tag: Option<&str>, op: &str, keys: &[String]) -> ExitCode {
+    use memroute_runtime::route::explain::Unexplained;
+    let config = match config_from(cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("memroute: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let answers = match memroute_runtime::route_of::route_of(&config, tag, op, keys) {
+        Ok(answers) => answers,
+        Err(e) => {
+            eprintln!("memroute: route-of: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut out = String::new();
+    for KeyRoute { key, answer } in &answers {
+        out.push_str(&format!("{op} {key}\n"));
+        match answer {
+            Ok((backends, tree)) => {
+                out.push_str("  backends:\n");
+                for line in backends {
+                    out.push_str(&format!("    {line}\n"));
+                }
+                out.push_str("  route:\n");
+                for line in tree {
+                    out.push_str(&format!("    {line}\n"));
+                }
+            }
+            Err(Unexplained::NoRoute) => {
+                out.push_str(&format!("  no route: nothing is attached for {op}\n"))
+            }
+            Err(Unexplained::UnknownOperation) => {
+                eprintln!(
+                    "memroute: route-of: {op:?} {key:?} is not a request memroute can \
+                     explain: OP must be a key command (get, set, delete, mg...) and KEY \
+                     a valid key for it"
+                );
+                return ExitCode::from(2);
+            }
+        }
+    }
+    print!("{out}");
+    ExitCode::SUCCESS
 }
 
 /// memcached's `-B` names.
@@ -841,6 +936,7 @@ fn main() -> ExitCode {
                 print!("{text}");
                 ExitCode::from(code)
             }
+            Tool::RouteOf { op, keys, tag, .. } => route_of(&cli, tag.as_deref(), op, keys),
         };
     }
     let config = match config_from(&cli) {
@@ -1063,6 +1159,73 @@ mod tests {
             let err = config(args).unwrap_err();
             assert!(err.contains(says), "{args:?}: {err}");
         }
+    }
+
+    #[test]
+    fn route_of_takes_the_servers_flags_before_or_after_it() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("memroute").chain(args.iter().copied()))
+                .map_err(|e| e.to_string())
+        };
+        for args in [
+            &[
+                "route-of",
+                "--routes",
+                "r.lua",
+                "-l",
+                "tag_aa_:127.0.0.1",
+                "get",
+                "k1",
+                "k2",
+            ][..],
+            &[
+                "--routes",
+                "r.lua",
+                "-l",
+                "tag_aa_:127.0.0.1",
+                "route-of",
+                "get",
+                "k1",
+                "k2",
+            ],
+        ] {
+            let cli = parse(args).unwrap();
+            let Some(Tool::RouteOf { op, keys, tag, .. }) = &cli.command else {
+                panic!("{args:?}: not route-of");
+            };
+            assert_eq!((op.as_str(), keys.len(), tag), ("get", 2, &None));
+            let c = config_from(&cli).unwrap();
+            let proxy = c.proxy.unwrap();
+            assert_eq!(proxy.start_arg.as_deref(), Some("r.lua"), "{args:?}");
+            assert_eq!(c.tagged_listen.len(), 1, "{args:?}");
+        }
+        // A value given before the subcommand is not reset by the
+        // subcommand's default.
+        let cli = parse(&[
+            "--mcrouter-config",
+            "m.json",
+            "--big-value-split-threshold",
+            "100",
+            "route-of",
+            "get",
+            "k",
+        ])
+        .unwrap();
+        assert_eq!(cli.big_value_split_threshold, 100);
+        let cli = parse(&[
+            "route-of",
+            "-o",
+            "proxy_config=f.lua,proxy_arg=x",
+            "mg",
+            "k",
+        ])
+        .unwrap();
+        let proxy = config_from(&cli).unwrap().proxy.unwrap();
+        assert_eq!(proxy.startfile, PathBuf::from("f.lua"));
+        assert!(parse(&["route-of", "--routes", "r.lua", "get"]).is_err());
+        assert!(
+            parse(&["route-of", "--routes", "r.lua", "--config", "c.lua", "get", "k"]).is_err()
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! rustls, hyper and prometheus-client (only in [`tls`] and [`metrics`]).
 //! Inside, the layering is: [`backend`] (the memcached client) knows no
 //! route, connection or Lua; [`route`] knows no connection, server or Lua;
-//! only [`lua`], [`server`] and [`reload`] know Lua (checked by
+//! only [`lua`], [`server`], [`reload`] and [`route_of`] know Lua (checked by
 //! `tests/layering.rs`; see docs/architecture.md).
 //!
 //! # Layout
@@ -23,6 +23,8 @@
 //!   free of Lua.
 //! - [`lua`]: the Lua layer (config VM, worker VMs, Lua routes, bindings).
 //! - [`mcrouter`]: mcrouter JSON configurations, read into a route plan.
+//! - [`route_of`]: `memroute route-of`: where keys go under a
+//!   configuration, from one worker's routes built offline.
 //! - [`discovery`]: pools whose members come from DNS or a configuration
 //!   endpoint, re-read on a period.
 //! - [`backend`]: worker-local pipelined connections to memcached servers.
@@ -58,6 +60,7 @@ pub mod mcrouter;
 pub mod metrics;
 pub mod reload;
 pub mod route;
+pub mod route_of;
 pub mod server;
 pub mod stats;
 pub mod store;

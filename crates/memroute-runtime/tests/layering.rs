@@ -1,6 +1,7 @@
 //! The runtime's module layering, as docs/architecture.md states it,
 //! checked on the source: Lua (mlua, `crate::lua`) is known only to the Lua
-//! layer and the two places that compose the server (`server`, `reload`);
+//! layer and the places that compose the server (`server`, `reload`,
+//! `route_of`);
 //! the backend client knows nothing of routes, connections or the server;
 //! the route tree knows nothing of connections or the server.
 

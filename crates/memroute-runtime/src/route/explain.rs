@@ -81,16 +81,16 @@ pub fn answer(routes: &RouteSet, request: &Request, tag: ListenerTag) -> Option<
     let args = args.strip_suffix(b")")?;
     let comma = args.iter().position(|&b| b == b',')?;
     let (op, asked_key) = (&args[..comma], &args[comma + 1..]);
-    let body = match asked(op, asked_key) {
-        Some(asked) => match routes.route(asked.command(), tag) {
-            Some(route) => {
-                let mut steps = Vec::new();
-                route.explain(&asked, 0, &mut steps);
-                render(&steps, handles)
-            }
-            None => b"no route".to_vec(),
-        },
-        None => b"unknown operation".to_vec(),
+    let body = match explain(routes, op, asked_key, tag) {
+        Ok(steps) => {
+            let lines = if handles {
+                route_tree(&steps)
+            } else {
+                backends_tried(&steps)
+            };
+            lines.join("\r\n").into_bytes()
+        }
+        Err(why) => why.as_str().as_bytes().to_vec(),
     };
     Some(value_reply(key, &body))
 }
@@ -134,26 +134,66 @@ fn asked(op: &[u8], key: &[u8]) -> Option<Request> {
     Request::parse(&line, b"", &limits).ok()
 }
 
-fn render(steps: &[Step], handles: bool) -> Vec<u8> {
-    let lines: Vec<String> = if handles {
-        steps
-            .iter()
-            .map(|s| {
-                let pad = "  ".repeat(s.depth);
-                match &s.backend {
-                    Some(b) => format!("{pad}{} -> {b}", s.node),
-                    None => format!("{pad}{}", s.node),
-                }
-            })
-            .collect()
-    } else {
-        let mut seen: Vec<String> = Vec::new();
-        for b in steps.iter().filter_map(|s| s.backend.clone()) {
-            if !seen.contains(&b) {
-                seen.push(b);
-            }
+/// Why a request cannot be explained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unexplained {
+    /// `OP KEY` is not a request (an unknown operation, or a key the
+    /// protocol refuses).
+    UnknownOperation,
+    /// Nothing is attached for the operation on this listener.
+    NoRoute,
+}
+
+impl Unexplained {
+    /// The admin key's answer for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unexplained::UnknownOperation => "unknown operation",
+            Unexplained::NoRoute => "no route",
         }
-        seen
-    };
-    lines.join("\r\n").into_bytes()
+    }
+}
+
+/// The route tree `OP KEY` would take on a `tag` listener, without
+/// sending anything: the steps behind both admin keys (and `memroute
+/// route-of`).
+pub fn explain(
+    routes: &RouteSet,
+    op: &[u8],
+    key: &[u8],
+    tag: ListenerTag,
+) -> Result<Vec<Step>, Unexplained> {
+    let asked = asked(op, key).ok_or(Unexplained::UnknownOperation)?;
+    let route = routes
+        .route(asked.command(), tag)
+        .ok_or(Unexplained::NoRoute)?;
+    let mut steps = Vec::new();
+    route.explain(&asked, 0, &mut steps);
+    Ok(steps)
+}
+
+/// `route(OP,KEY)`: the backends reached, in the order tried, each once.
+pub fn backends_tried(steps: &[Step]) -> Vec<String> {
+    let mut seen: Vec<String> = Vec::new();
+    for b in steps.iter().filter_map(|s| s.backend.as_ref()) {
+        if !seen.contains(b) {
+            seen.push(b.clone());
+        }
+    }
+    seen
+}
+
+/// `route_handles(OP,KEY)`: one node per line, indented two spaces a
+/// level; a leaf that reaches a backend says where.
+pub fn route_tree(steps: &[Step]) -> Vec<String> {
+    steps
+        .iter()
+        .map(|s| {
+            let pad = "  ".repeat(s.depth);
+            match &s.backend {
+                Some(b) => format!("{pad}{} -> {b}", s.node),
+                None => format!("{pad}{}", s.node),
+            }
+        })
+        .collect()
 }
