@@ -46,6 +46,14 @@ enum Held {
 
 type Waiting = Pin<Box<dyn Future<Output = Held> + Send>>;
 
+/// The wait for one key's lock, which queues at its first poll.
+fn acquire(lock: Arc<RwLock<()>>, access: Access) -> Waiting {
+    match access {
+        Access::Read => Box::pin(async move { Held::Read(lock.read_owned().await) }),
+        Access::Write => Box::pin(async move { Held::Write(lock.write_owned().await) }),
+    }
+}
+
 /// The turns a request holds; dropping it lets the next requests run.
 pub struct Turns<'a> {
     order: &'a KeyOrder,
@@ -54,35 +62,34 @@ pub struct Turns<'a> {
 
 impl KeyOrder {
     /// Waits for the turn of a request on `ids`. Every key's place in line
-    /// is taken in the first poll, all at once, so two requests sharing
-    /// keys are in the same order on each of them (no deadlock).
+    /// is taken in the first poll, all at once and under the map's lock, so
+    /// two requests sharing keys are in the same order on each of them (no
+    /// deadlock). The lock matters: requests start on several threads, and
+    /// a request that took its place on `a` and then on `b` while another
+    /// took `b` in between would wait for it on `b` while it waits on `a`.
     pub async fn turns(&self, ids: &[String], access: Access) -> Turns<'_> {
         let mut wanted: Vec<&String> = ids.iter().collect();
         wanted.sort_unstable();
         wanted.dedup();
-        let mut waiting: Vec<(String, Waiting)> = {
-            let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
-            wanted
-                .into_iter()
-                .map(|id| {
-                    let lock = match keys.get(id) {
-                        Some(lock) => Arc::clone(lock),
-                        None => Arc::clone(keys.entry(id.clone()).or_default()),
-                    };
-                    let turn: Waiting = match access {
-                        Access::Read => {
-                            Box::pin(async move { Held::Read(lock.read_owned().await) })
-                        }
-                        Access::Write => {
-                            Box::pin(async move { Held::Write(lock.write_owned().await) })
-                        }
-                    };
-                    (id.clone(), turn)
-                })
-                .collect()
-        };
-        let mut held: Vec<(String, Option<Held>)> = Vec::with_capacity(waiting.len());
+        let mut waiting: Vec<(String, Waiting)> = Vec::with_capacity(wanted.len());
+        let mut held: Vec<(String, Option<Held>)> = Vec::with_capacity(wanted.len());
+        let mut placed = false;
         std::future::poll_fn(|cx| {
+            // The first poll queues the request on every key's lock with
+            // the map's lock held, and keeps holding it until those polls
+            // are done.
+            let map = (!placed).then(|| {
+                let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+                for id in &wanted {
+                    let lock = match keys.get(*id) {
+                        Some(lock) => Arc::clone(lock),
+                        None => Arc::clone(keys.entry((*id).clone()).or_default()),
+                    };
+                    waiting.push(((*id).clone(), acquire(lock, access)));
+                }
+                keys
+            });
+            placed = true;
             let mut i = 0;
             while i < waiting.len() {
                 if let Poll::Ready(h) = waiting[i].1.as_mut().poll(cx) {
@@ -92,6 +99,7 @@ impl KeyOrder {
                     i += 1;
                 }
             }
+            drop(map);
             if waiting.is_empty() {
                 Poll::Ready(())
             } else {
@@ -193,6 +201,38 @@ mod tests {
             t.await.unwrap();
         }
         assert_eq!(done.load(Ordering::Relaxed), 64);
+        assert_eq!(order.len(), 0);
+    }
+
+    /// Regression: two requests on the same keys, started on two threads
+    /// at once, could each take its place on one key before the other's
+    /// and then wait for each other forever.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn turns_taken_on_two_threads_at_once_never_deadlock() {
+        let order = Arc::new(KeyOrder::default());
+        let rounds = async {
+            for _ in 0..3000 {
+                let mut tasks = Vec::new();
+                for i in 0..4 {
+                    let order = Arc::clone(&order);
+                    let keys = if i % 2 == 0 {
+                        ids(&["a", "b"])
+                    } else {
+                        ids(&["b", "a"])
+                    };
+                    tasks.push(tokio::spawn(async move {
+                        let _t = order.turns(&keys, Access::Write).await;
+                        tokio::task::yield_now().await;
+                    }));
+                }
+                for t in tasks {
+                    t.await.unwrap();
+                }
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(30), rounds)
+            .await
+            .expect("requests sharing keys waited for each other");
         assert_eq!(order.len(), 0);
     }
 }
