@@ -182,14 +182,7 @@ pub(super) async fn drive(
                 future,
                 start,
                 backend,
-            }) => {
-                let response = future.await;
-                let elapsed = start.elapsed().as_micros() as u64;
-                thread.resume(LuaResponse {
-                    backend,
-                    ..LuaResponse::new(response, elapsed)
-                })?
-            }
+            }) => thread.resume(timed(future, start, backend).await)?,
             Some(Parked::Handle {
                 rctx,
                 handle,
@@ -197,12 +190,7 @@ pub(super) async fn drive(
                 start,
                 backend,
             }) => {
-                let response = future.await;
-                let elapsed = start.elapsed().as_micros() as u64;
-                let response = LuaResponse {
-                    backend,
-                    ..LuaResponse::new(response, elapsed)
-                };
+                let response = timed(future, start, backend).await;
                 let response: AnyUserData = rctx.answered(lua, handle, response)?;
                 thread.resume(response)?
             }
@@ -217,5 +205,19 @@ pub(super) async fn drive(
                 ))
             }
         };
+    }
+}
+
+/// A backend call's response as a response object, with its round-trip
+/// time (`res:elapsed()`) and, for `watch proxyreqs`, its backend.
+async fn timed(
+    future: ResponseFuture,
+    start: Instant,
+    backend: Option<Arc<BackendConfig>>,
+) -> LuaResponse {
+    let response = future.await;
+    LuaResponse {
+        backend,
+        ..LuaResponse::new(response, start.elapsed().as_micros() as u64)
     }
 }
