@@ -54,6 +54,17 @@ def env_with(**extra) -> dict:
     return env
 
 
+def store_spread(c, bs, keys, flags):
+    """Sets each key to itself through the proxy and checks that every key
+    landed on exactly one backend and that both backends got some."""
+    for k in keys:
+        assert c.request(b"set %s %d 0 %d\r\n%s\r\n" % (k.encode(), flags, len(k), k.encode())) \
+            == b"STORED\r\n"
+    placement = [holders(bs, k) for k in keys]
+    assert all(len(p) == 1 for p in placement), placement
+    assert {p[0] for p in placement} == {0, 1}
+
+
 def test_example_single_pool(backends, memroute_factory):
     bs = backends(2)
     mr = memroute_factory("--config", str(EXAMPLES_DIR / "single-pool.lua"),
@@ -61,13 +72,7 @@ def test_example_single_pool(backends, memroute_factory):
     run = uuid.uuid4().hex[:6]
     keys = ["sp:%s:%d" % (run, i) for i in range(40)]
     with mr.client() as c:
-        for k in keys:
-            assert c.request(b"set %s 0 0 %d\r\n%s\r\n" % (k.encode(), len(k), k.encode())) \
-                == b"STORED\r\n"
-        # every key on exactly one backend, and both backends used
-        placement = [holders(bs, k) for k in keys]
-        assert all(len(p) == 1 for p in placement), placement
-        assert {p[0] for p in placement} == {0, 1}
+        store_spread(c, bs, keys, flags=0)
         c.send(b"get " + " ".join(keys).encode() + b"\r\n")
         want = b"".join(b"VALUE %s 0 %d\r\n%s\r\n" % (k.encode(), len(k), k.encode())
                         for k in keys) + b"END\r\n"
@@ -247,13 +252,7 @@ def test_example_funcgen_direct(backends, memroute_factory):
     run = uuid.uuid4().hex[:6]
     keys = ["fd:%s:%d" % (run, i) for i in range(40)]
     with mr.client() as c:
-        for k in keys:
-            assert c.request(b"set %s 5 0 %d\r\n%s\r\n" % (k.encode(), len(k), k.encode())) \
-                == b"STORED\r\n"
-        # every key on exactly one backend, and both backends used
-        placement = [holders(bs, k) for k in keys]
-        assert all(len(p) == 1 for p in placement), placement
-        assert {p[0] for p in placement} == {0, 1}
+        store_spread(c, bs, keys, flags=5)
         # a multi-key get: one slot run per key, the answer in key order
         c.send(b"get " + " ".join(reversed(keys)).encode() + b"\r\n")
         assert c.read_until(b"END\r\n") == b"".join(
