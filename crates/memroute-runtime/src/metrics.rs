@@ -121,9 +121,15 @@ pub fn config_digest(startfile: Option<&Path>, backend_lists: &[String]) -> Stri
     let Some(path) = startfile else {
         return "none".into();
     };
-    match std::fs::read(path) {
-        Ok(bytes) => digest_of(&bytes, backend_lists),
-        Err(_) => "unreadable".into(),
+    startfile_digest(std::fs::read(path).ok().as_deref(), backend_lists)
+}
+
+/// [`config_digest`] of a startfile already read (`None`: it could not
+/// be), for callers that use its bytes for more than the digest.
+pub fn startfile_digest(startfile: Option<&[u8]>, backend_lists: &[String]) -> String {
+    match startfile {
+        Some(bytes) => digest_of(bytes, backend_lists),
+        None => "unreadable".into(),
     }
 }
 

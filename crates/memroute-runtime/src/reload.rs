@@ -83,8 +83,9 @@ pub(crate) async fn reload_config(
             return;
         }
     };
-    let digest =
-        crate::metrics::config_digest(Some(&loaded.proxy.startfile), &loaded.backend_lists());
+    // One read of the startfile for its digest and its MD5 (admin keys).
+    let startfile = std::fs::read(&loaded.proxy.startfile).ok();
+    let digest = crate::metrics::startfile_digest(startfile.as_deref(), &loaded.backend_lists());
     let mut replies = Vec::with_capacity(controls.len());
     for control in &controls {
         let (tx, rx) = oneshot::channel();
@@ -120,7 +121,7 @@ pub(crate) async fn reload_config(
     host.settle(true);
     proxy_stats.set_names(&loaded.stat_names);
     proxy_stats.reloads.fetch_add(1, Relaxed);
-    proxy_stats.set_config_file(&loaded.proxy.startfile);
+    proxy_stats.set_config_file(&loaded.proxy.startfile, startfile.as_deref());
     config_digest.set(digest);
     crate::watch::proxy_conf("done");
     info!("configuration reloaded on every worker");

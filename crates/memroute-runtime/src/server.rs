@@ -248,9 +248,11 @@ impl Server {
                 let loaded = host.load_blocking()?;
                 host.settle(true);
                 proxy_stats.set_names(&loaded.stat_names);
-                proxy_stats.set_config_file(&proxy.startfile);
-                config_digest.set(crate::metrics::config_digest(
-                    Some(&proxy.startfile),
+                // One read of the startfile for its digest and its MD5.
+                let startfile = std::fs::read(&proxy.startfile).ok();
+                proxy_stats.set_config_file(&proxy.startfile, startfile.as_deref());
+                config_digest.set(crate::metrics::startfile_digest(
+                    startfile.as_deref(),
                     &loaded.backend_lists(),
                 ));
                 Some(Arc::new(loaded))

@@ -448,13 +448,14 @@ impl Default for ProxyStats {
 }
 
 impl ProxyStats {
-    /// Records `path` as the configuration file in force (read again here,
-    /// as the configuration digest is; unreadable, it has no MD5).
-    pub fn set_config_file(&self, path: &std::path::Path) {
+    /// Records `path` as the configuration file in force, with the bytes
+    /// it was read as (the same read as the configuration digest's;
+    /// `None`, unreadable, gives no MD5).
+    pub fn set_config_file(&self, path: &std::path::Path, bytes: Option<&[u8]>) {
         use md5::Digest;
-        let md5 = std::fs::read(path)
+        let md5 = bytes
             .map(|bytes| {
-                md5::Md5::digest(&bytes)
+                md5::Md5::digest(bytes)
                     .iter()
                     .map(|b| format!("{b:02x}"))
                     .collect()
