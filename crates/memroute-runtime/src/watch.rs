@@ -382,11 +382,6 @@ pub struct ProxyReq<'a> {
 const PROXY_REQ_MAX_LINE: usize = 300;
 const PROXY_REQ_MAX_DETAIL: usize = 150;
 
-/// `mcp.RES_*`: the class of a reply as funcgens count it (`res=`).
-pub const RES_GOOD: u8 = 1 << 3;
-pub const RES_OK: u8 = 1 << 4;
-pub const RES_ANY: u8 = 1 << 5;
-
 /// A reply's `type=`, `code=`, `status=` and `res=` as memcached's proxy
 /// logs them: mcmc's response type (`MCMC_RESP_*`) and code
 /// (`MCMC_CODE_*`), `-1` (`MCMC_ERR`) for an error reply, and its class.
@@ -424,14 +419,8 @@ pub fn reply_fields(response: &Response) -> (u16, u16, i8, u8) {
         ClientError => (ERRMSG, 22),
         ServerError => (ERRMSG, 23),
     };
-    let (status, class) = if code.is_error() {
-        (-1, RES_ANY)
-    } else if matches!(code, ResponseCode::End | En) {
-        (0, RES_OK)
-    } else {
-        (0, RES_GOOD)
-    };
-    (kind, mcmc, status, class)
+    let status = if code.is_error() { -1 } else { 0 };
+    (kind, mcmc, status, crate::route::reply_class(code))
 }
 
 /// Logs a `type=proxy_req` line to `proxyreqs` (the caller has checked

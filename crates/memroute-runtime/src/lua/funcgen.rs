@@ -29,7 +29,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use memroute_proto::{Request, Response, ResponseCode, ResponseDecoder};
+use memroute_proto::{Request, Response, ResponseDecoder};
 use mlua::{
     AnyUserData, Function, Lua, MetaMethod, Table, UserData, UserDataMethods, UserDataRef, Value,
 };
@@ -44,7 +44,10 @@ use super::router::{router_new, LuaRouter};
 use super::worker::{send_timed, LuaPool, WorkerLua};
 use crate::route::pool::EmbeddedPool;
 use crate::route::router::{RouterTable, NO_ROUTE};
-use crate::route::{Pool, ReplyFuture, ReplyShape, ResponseFuture, Route, RouteEnv};
+use crate::route::{
+    reply_class, Pool, ReplyFuture, ReplyShape, ResponseFuture, Route, RouteEnv, RES_ANY, RES_GOOD,
+    RES_OK,
+};
 
 /// `mcp.WAIT_*`: what a `wait_cond` counts (memcached's values).
 pub const WAIT_ANY: i64 = 1;
@@ -52,11 +55,6 @@ pub const WAIT_OK: i64 = 2;
 pub const WAIT_GOOD: i64 = 3;
 pub const WAIT_FASTGOOD: i64 = 4;
 
-/// `mcp.RES_*`: how a result was classed (memcached's flag bits), as
-/// `rctx:result()` returns it.
-pub const RES_GOOD: u8 = 1 << 3;
-pub const RES_OK: u8 = 1 << 4;
-pub const RES_ANY: u8 = 1 << 5;
 /// A handle callback asked to end the current wait now (`mcp.WAIT_RESUME`
 /// as its second return value).
 const RESUME: u8 = 1 << 1;
@@ -73,19 +71,10 @@ pub const CONSTANTS: &[(&str, i64)] = &[
     ("RES_ANY", RES_ANY as i64),
 ];
 
-/// The class of a reply, as memcached's proxy gives it: an error is
-/// *any*, a miss (`END`, `EN`) is *ok*, everything else is *good*.
+/// The class of a response object (`mcp.RES_*`, as `rctx:result()`
+/// returns it).
 fn class_of(response: &LuaResponse) -> u8 {
-    if !response.response.is_ok() {
-        RES_ANY
-    } else if matches!(
-        response.response.code(),
-        ResponseCode::End | ResponseCode::En
-    ) {
-        RES_OK
-    } else {
-        RES_GOOD
-    }
+    reply_class(response.response.code())
 }
 
 /// What a handle sends its requests to: a pool (the embedded cache for

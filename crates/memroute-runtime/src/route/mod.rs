@@ -391,6 +391,25 @@ impl WorkerRoutes {
     }
 }
 
+/// memcached's classes of a reply (`mcp.RES_*`, its flag bits), as funcgen
+/// waits count results and `watch proxyreqs` logs them (`res=`).
+pub const RES_GOOD: u8 = 1 << 3;
+pub const RES_OK: u8 = 1 << 4;
+pub const RES_ANY: u8 = 1 << 5;
+
+/// The class of a reply: an error is *any*, a miss (`END`, `EN`) is *ok*,
+/// everything else is *good*.
+pub fn reply_class(code: memroute_proto::ResponseCode) -> u8 {
+    use memroute_proto::ResponseCode::{En, End};
+    if code.is_error() {
+        RES_ANY
+    } else if matches!(code, End | En) {
+        RES_OK
+    } else {
+        RES_GOOD
+    }
+}
+
 /// What of a route's reply the client sees: nothing for `noreply`, and
 /// for meta `q` nothing when it is the nominal reply, as memcached hides
 /// it: `EN` for `mg`, `HD` and `VA` for `ma`, `HD` otherwise.
