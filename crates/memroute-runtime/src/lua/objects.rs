@@ -174,16 +174,7 @@ impl UserData for LuaRequest {
                 let replacement = bytes_arg(&new).ok_or_else(|| {
                     mlua::Error::runtime("r:token: the new token must be a string")
                 })?;
-                let mut owned: Vec<Vec<u8>> = tokens.iter().map(|t| t.to_vec()).collect();
-                if n - 1 == owned.len() {
-                    owned.push(replacement);
-                } else if replacement.is_empty() {
-                    owned.remove(n - 1);
-                } else {
-                    owned[n - 1] = replacement;
-                }
-                let refs: Vec<&[u8]> = owned.iter().map(|t| t.as_slice()).collect();
-                this.rebuild(lua, &refs)?;
+                this.set_token(lua, n - 1, &replacement)?;
             }
             Ok(old)
         });
@@ -216,21 +207,10 @@ impl UserData for LuaRequest {
                     Some(t) if !t.is_empty() => Value::String(lua.create_string(t)?),
                     _ => Value::Nil,
                 };
-                let start = if matches!(m.op, MetaOp::Set) { 3 } else { 2 };
                 if let Some(replacement) = replacement.as_ref().and_then(bytes_arg) {
-                    let mut owned: Vec<Vec<u8>> =
-                        this.tokens().iter().map(|t| t.to_vec()).collect();
-                    if let Some(i) =
-                        (start..owned.len()).find(|&i| owned[i].first() == Some(&letter))
-                    {
-                        if replacement.is_empty() {
-                            owned.remove(i);
-                        } else {
-                            owned[i] = replacement;
-                        }
+                    if let Flag::At(i) = this.flag_index(letter) {
+                        this.set_token(lua, i, &replacement)?;
                     }
-                    let refs: Vec<&[u8]> = owned.iter().map(|t| t.as_slice()).collect();
-                    this.rebuild(lua, &refs)?;
                 }
                 Ok((true, old))
             },
@@ -340,17 +320,29 @@ impl LuaRequest {
             t.extend_from_slice(token);
             t
         });
-        let mut owned: Vec<Vec<u8>> = self.tokens().iter().map(|t| t.to_vec()).collect();
-        match (at, rendered) {
-            (Some(i), Some(t)) => owned[i] = t,
-            (Some(i), None) => {
-                owned.remove(i);
-            }
-            (None, Some(t)) => owned.push(t),
+        let rewritten = match (at, rendered) {
+            (Some(i), Some(t)) => self.set_token(lua, i, &t),
+            (Some(i), None) => self.set_token(lua, i, b""),
+            (None, Some(t)) => self.set_token(lua, self.tokens().len(), &t),
             (None, None) => return Ok(false),
+        };
+        Ok(rewritten.is_ok())
+    }
+
+    /// Replaces token `at` (0-based) by `new`, removes it when `new` is
+    /// empty, or appends `new` when `at` is the token count; then re-parses
+    /// the line.
+    fn set_token(&mut self, lua: &Lua, at: usize, new: &[u8]) -> mlua::Result<()> {
+        let mut owned: Vec<Vec<u8>> = self.tokens().iter().map(|t| t.to_vec()).collect();
+        if at == owned.len() {
+            owned.push(new.to_vec());
+        } else if new.is_empty() {
+            owned.remove(at);
+        } else {
+            owned[at] = new.to_vec();
         }
         let refs: Vec<&[u8]> = owned.iter().map(|t| t.as_slice()).collect();
-        Ok(self.rebuild(lua, &refs).is_ok())
+        self.rebuild(lua, &refs)
     }
 }
 
