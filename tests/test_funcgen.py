@@ -839,3 +839,98 @@ def test_request_flag_editors_and_match_res(backends, memroute_factory, startfil
         # Nothing echoed: nothing matched.
         assert c.request(b"mg m v\r\n") == b"SERVER_ERROR match=false,nil\r\n"
         c.assert_alive()
+
+
+WAIT_PATHS_STARTFILE = r"""
+function mcp_config_pools()
+    local host, port = string.match(mcp.start_arg, "^(.+):(%d+)$")
+    return { p = mcp.pool({ mcp.backend("b", host, tonumber(port)) }),
+             q = mcp.pool({ mcp.backend("c", host, tonumber(port)) }) }
+end
+
+function mcp_config_routes(pools)
+    local fgen = mcp.funcgen_new()
+    local h = fgen:new_handle(pools.p)
+    local h2 = fgen:new_handle(pools.q)
+    fgen:ready({ n = "paths", f = function(rctx)
+        return function(r)
+            local what = string.match(r:key(), "^(%w+)/")
+            if what == "plain" then
+                return rctx:enqueue_and_wait(r, h)
+            elseif what == "float" then
+                -- a handle given as a float with an integer value
+                return rctx:enqueue_and_wait(r, h + 0.0)
+            elseif what == "pcall" then
+                local ok, res = pcall(rctx.enqueue_and_wait, rctx, r, h)
+                return ok and res or "SERVER_ERROR pcall failed"
+            elseif what == "badhandle" then
+                local ok, err = pcall(rctx.enqueue_and_wait, rctx, r, 7)
+                return "SERVER_ERROR " .. tostring(ok) .. " " .. tostring(err)
+            elseif what == "sorted" then
+                local t = { 1, 2 }
+                local ok, err = pcall(table.sort, t, function(a, b)
+                    rctx:enqueue_and_wait(r, h); return a < b end)
+                return "SERVER_ERROR " .. tostring(ok) .. " " .. tostring(err)
+            elseif what == "made" then
+                -- a request object the slot did not get: the full path
+                local made = mcp.request("mg " .. r:key() .. " v\r\n")
+                local res = rctx:enqueue_and_wait(made, h)
+                return "SERVER_ERROR made " .. res:line()
+            elseif what == "timeout" then
+                local res, timed_out = rctx:enqueue_and_wait(r, h, 2)
+                return res
+            elseif what == "queued" then
+                -- another handle already queued: both go, the wait is h's
+                rctx:enqueue(r, h2)
+                local res = rctx:enqueue_and_wait(r, h)
+                rctx:wait_handle(h2)
+                return "SERVER_ERROR " .. res:line() .. " " .. rctx:res_any(h2):line()
+            elseif what == "second" then
+                -- the second handle's object returned, after the first's
+                local first = rctx:enqueue_and_wait(r, h)
+                local second = rctx:enqueue_and_wait(r, h2)
+                return second
+            elseif what == "twice" then
+                -- one handle waited twice: the second call waits for the
+                -- first request's result (a handle takes one per request)
+                local a = rctx:enqueue_and_wait(r, h)
+                local b = rctx:enqueue_and_wait(r, h)
+                return "SERVER_ERROR " .. tostring(a == b) .. " " .. b:line()
+            end
+            return "SERVER_ERROR unknown"
+        end
+    end })
+    mcp.attach(mcp.CMD_ANY_STORAGE, fgen)
+end
+"""
+
+
+def test_enqueue_and_wait_fast_and_full_paths(backends, memroute_factory, startfile_dir):
+    """rctx:enqueue_and_wait is a C function with a fast path for the
+    common call (the slot's own rctx and request, a handle number; see
+    lua/raw.rs) and the full path for every other: both give the same
+    results and errors, under pcall too, and an error in one request
+    leaves the slot usable for the next."""
+    (b,) = backends(1)
+    path = write_startfile(startfile_dir, "paths.lua", WAIT_PATHS_STARTFILE)
+    mr = memroute_factory("--config", str(path), "--config-arg", b.addr, "-t", "1")
+    for key in ("plain/k", "float/k", "pcall/k", "timeout/k", "second/k", "made/k",
+                "queued/k", "twice/k"):
+        mc_set(b, key, b"v-" + key.encode())
+    with mr.client() as c:
+        for key in ("plain/k", "float/k", "pcall/k", "timeout/k", "second/k"):
+            value = b"v-" + key.encode()
+            assert c.request(b"get %s\r\n" % key.encode(), b"END\r\n") == \
+                b"VALUE %s 0 %d\r\n%s\r\nEND\r\n" % (key.encode(), len(value), value)
+        reply = c.request(b"get badhandle/k\r\n")
+        assert reply.startswith(b"SERVER_ERROR false ") and b"invalid handle 7" in reply, reply
+        reply = c.request(b"get sorted/k\r\n")
+        assert reply.startswith(b"SERVER_ERROR false ") and b"cannot wait here" in reply, reply
+        assert c.request(b"get made/k\r\n") == b"SERVER_ERROR made VA 8\r\n"
+        assert c.request(b"get queued/k\r\n") == \
+            b"SERVER_ERROR VALUE queued/k 0 10 VALUE queued/k 0 10\r\n"
+        assert c.request(b"get twice/k\r\n") == b"SERVER_ERROR true VALUE twice/k 0 9\r\n"
+        # Nothing left behind by the errors: the common call still works.
+        assert c.request(b"get plain/k\r\n", b"END\r\n") == \
+            b"VALUE plain/k 0 9\r\nv-plain/k\r\nEND\r\n"
+        c.assert_alive()

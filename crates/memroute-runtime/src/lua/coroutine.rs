@@ -17,18 +17,22 @@
 //! parked work before anything else can run, so one place per VM is enough.
 
 use std::cell::RefCell;
+use std::ffi::{c_int, c_void};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use mlua::{AnyUserData, Function, IntoLuaMulti, LightUserData, Lua, Table, Thread, Value};
+use mlua::{AnyUserData, Function, IntoLuaMulti, Lua, Table, Thread, Value};
+
+use super::raw;
 
 use super::funcgen::Rctx;
 use super::objects::LuaResponse;
 use crate::backend::BackendConfig;
 use crate::route::ResponseFuture;
+use memroute_proto::Response;
 
 /// The two values a waiting call returns (the second is often nil), or the
 /// error it raises in the route.
@@ -74,13 +78,6 @@ pub(super) struct Coroutines {
     suspend: Function,
 }
 
-/// The value a coroutine is resumed with to raise the error that follows
-/// it: a light userdata no Lua code can make.
-fn failed() -> Value {
-    static MARK: u8 = 0;
-    Value::LightUserData(LightUserData(&MARK as *const u8 as *mut std::ffi::c_void))
-}
-
 /// Makes a waiting Lua function from a Rust `start` function. Checked
 /// first: a backend gets a request the moment it is started, so a call
 /// that could not wait for its reply must not start.
@@ -110,7 +107,7 @@ impl Coroutines {
         let suspend = lua.load(SUSPEND).set_name("=wait").call::<Function>((
             coroutine.get::<Function>("yield")?,
             coroutine.get::<Function>("isyieldable")?,
-            failed(),
+            raw::failure_mark(),
         ))?;
         lua.set_app_data(Rc::new(Coroutines {
             parked: RefCell::new(None),
@@ -139,14 +136,20 @@ impl Coroutines {
         *self.parked.borrow_mut() = Some(parked);
     }
 
-    fn thread(&self, lua: &Lua, function: &Function) -> mlua::Result<Thread> {
+    /// A coroutine with an empty stack, ready to be given a function:
+    /// one that returned earlier, or a new one. (A Lua 5.4 coroutine that
+    /// returned can run again once something is pushed onto it; one that
+    /// failed or was left waiting is never put back.)
+    fn idle_thread(&self, lua: &Lua) -> mlua::Result<Thread> {
         let idle = self.idle.borrow_mut().pop();
         match idle {
-            Some(thread) => {
-                thread.reset(function.clone())?;
+            Some(thread) => Ok(thread),
+            None => {
+                let thread = lua.create_thread(self.suspend.clone())?;
+                // Not started: emptied of the placeholder function.
+                raw::clear(&thread);
                 Ok(thread)
             }
-            None => lua.create_thread(function.clone()),
         }
     }
 
@@ -169,20 +172,61 @@ pub(super) async fn drive(
     function: &Function,
     args: impl IntoLuaMulti,
 ) -> mlua::Result<Value> {
-    let thread = coroutines.thread(lua, function)?;
-    let mut value = thread.resume::<Value>(args)?;
-    loop {
-        if !thread.is_resumable() {
+    let finished = drive_raw(lua, coroutines, None, |thread| {
+        raw::push_values(lua, thread, (function.clone(), args)).map(|n| n - 1)
+    })
+    .await?;
+    finished.first(lua)
+}
+
+/// Runs a coroutine of `lua` whose function and arguments `prepare` pushes
+/// onto its empty stack (returning how many arguments), until it returns,
+/// serving the waits it parks. `rctx` is the funcgen slot the coroutine
+/// runs for, if any, which the fast waits check their arguments against.
+///
+/// The coroutine is resumed through Lua's C API ([`raw`]), not mlua's
+/// `Thread::resume`, and values cross its stack raw: only the uncommon
+/// ones are converted by mlua.
+pub(super) async fn drive_raw<'c>(
+    lua: &Lua,
+    coroutines: &'c Coroutines,
+    rctx: Option<&Rc<Rctx>>,
+    prepare: impl FnOnce(&Thread) -> mlua::Result<c_int>,
+) -> mlua::Result<Finished<'c>> {
+    let thread = coroutines.idle_thread(lua)?;
+    let nargs = match prepare(&thread) {
+        Ok(nargs) => nargs,
+        Err(e) => {
+            // Nothing ran: the thread is as it was, once emptied.
+            raw::clear(&thread);
             coroutines.recycle(thread);
-            return Ok(value);
+            return Err(e);
+        }
+    };
+    let mut resumed = raw::resume(&thread, nargs, coroutines, rctx);
+    loop {
+        match resumed {
+            raw::Resumed::Returned(nresults) => {
+                return Ok(Finished {
+                    coroutines,
+                    thread: Some(thread),
+                    nresults,
+                })
+            }
+            // What a wait yields is not used: the waits yield nothing.
+            raw::Resumed::Yielded(nresults) => raw::pop(&thread, nresults),
+            raw::Resumed::Failed => return Err(raw::thread_error(lua, &thread)),
         }
         let parked = coroutines.parked.borrow_mut().take();
-        value = match parked {
+        let pushed = match parked {
             Some(Parked::Pool {
                 future,
                 start,
                 backend,
-            }) => thread.resume(timed(future, start, backend).await)?,
+            }) => {
+                let response = timed(future.await, start, backend);
+                raw::push_values(lua, &thread, response)
+            }
             Some(Parked::Handle {
                 rctx,
                 handle,
@@ -190,13 +234,19 @@ pub(super) async fn drive(
                 start,
                 backend,
             }) => {
-                let response = timed(future, start, backend).await;
-                let response: AnyUserData = rctx.answered(lua, handle, response)?;
-                thread.resume(response)?
+                let response = timed(future.await, start, backend);
+                rctx.answered(lua, handle, response, |object| {
+                    object.push(&thread).map(|()| 1)
+                })
+                .and_then(|pushed| pushed)
             }
             Some(Parked::Wait(wait)) => match wait.await {
-                Ok(values) => thread.resume(values)?,
-                Err(e) => thread.resume((failed(), super::config::lua_error_message(&e)))?,
+                Ok(values) => raw::push_values(lua, &thread, values),
+                Err(e) => raw::push_values(
+                    lua,
+                    &thread,
+                    (raw::failure_mark(), super::config::lua_error_message(&e)),
+                ),
             },
             None => {
                 return Err(mlua::Error::runtime(
@@ -205,17 +255,79 @@ pub(super) async fn drive(
                 ))
             }
         };
+        resumed = raw::resume(&thread, pushed?, coroutines, rctx);
+    }
+}
+
+/// A coroutine that returned; its return values stay on its stack until
+/// this is dropped, which empties it and keeps it for reuse.
+pub(super) struct Finished<'c> {
+    coroutines: &'c Coroutines,
+    thread: Option<Thread>,
+    nresults: c_int,
+}
+
+impl Finished<'_> {
+    /// The address of the first return value when it is a full userdata
+    /// (to recognise an object without converting it).
+    pub(super) fn first_userdata(&self) -> Option<*const c_void> {
+        match &self.thread {
+            Some(thread) if self.nresults > 0 => raw::userdata_at(thread, -self.nresults),
+            _ => None,
+        }
+    }
+
+    /// The first return value (nil when none).
+    pub(super) fn first(&self, lua: &Lua) -> mlua::Result<Value> {
+        match &self.thread {
+            Some(thread) if self.nresults > 0 => raw::value_at(lua, thread, -self.nresults),
+            _ => Ok(Value::Nil),
+        }
+    }
+}
+
+impl Drop for Finished<'_> {
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            raw::clear(&thread);
+            self.coroutines.recycle(thread);
+        }
+    }
+}
+
+/// An object a request slot keeps from request to request, with what it
+/// takes to push it onto a coroutine's stack without conversion (a
+/// registry reference) and to recognise it there (its address).
+pub(super) struct KeptObject {
+    pub object: AnyUserData,
+    key: mlua::RegistryKey,
+    address: *const c_void,
+}
+
+impl KeptObject {
+    pub(super) fn new(lua: &Lua, object: AnyUserData) -> mlua::Result<KeptObject> {
+        Ok(KeptObject {
+            address: raw::address_of(&object),
+            key: lua.create_registry_value(object.clone())?,
+            object,
+        })
+    }
+
+    /// Where Lua holds it (what the stack readers of [`raw`] give for it).
+    pub(super) fn address(&self) -> *const c_void {
+        self.address
+    }
+
+    /// Pushes the object onto the stack of `thread`, a coroutine that is
+    /// not running.
+    pub(super) fn push(&self, thread: &Thread) -> mlua::Result<()> {
+        raw::push_registry(thread, &self.key)
     }
 }
 
 /// A backend call's response as a response object, with its round-trip
 /// time (`res:elapsed()`) and, for `watch proxyreqs`, its backend.
-async fn timed(
-    future: ResponseFuture,
-    start: Instant,
-    backend: Option<Arc<BackendConfig>>,
-) -> LuaResponse {
-    let response = future.await;
+fn timed(response: Response, start: Instant, backend: Option<Arc<BackendConfig>>) -> LuaResponse {
     LuaResponse {
         backend,
         ..LuaResponse::new(response, start.elapsed().as_micros() as u64)

@@ -25,6 +25,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
+use std::ffi::c_void;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -37,9 +38,10 @@ use tokio::sync::Notify;
 use tracing::warn;
 
 use super::config::lua_error_message;
-use super::coroutine::{drive, Coroutines, Parked, Resumed};
+use super::coroutine::{drive_raw, Coroutines, Finished, KeptObject, Parked, Resumed};
 use super::mutate::UserObjects;
 use super::objects::{LuaRequest, LuaResponse};
+use super::raw;
 use super::router::{router_new, LuaRouter};
 use super::worker::{send_timed, LuaPool, WorkerLua};
 use crate::route::pool::EmbeddedPool;
@@ -116,10 +118,11 @@ const FREE_PRESSURE_DROP: u32 = 100;
 /// One request context and the function generated for it.
 struct Slot {
     rctx: Rc<Rctx>,
-    function: Function,
-    /// The request object its requests are given in, reused as memcached
-    /// reuses a slot's request (made at the slot's first request).
-    request: Option<AnyUserData>,
+    /// The function, as the driver pushes it (a registry reference).
+    function: mlua::RegistryKey,
+    /// The rctx's Lua object, kept alive while the slot is, so that its
+    /// address (which the fast waits compare) stays its own.
+    _rctx_object: AnyUserData,
 }
 
 /// A slot lent to one request. [`Lease::finish`] gives it back when the
@@ -133,30 +136,32 @@ struct Lease {
 }
 
 impl Lease {
-    /// The slot's request object, now holding `request`.
-    fn request_object(&mut self, lua: &Lua, request: Request) -> mlua::Result<AnyUserData> {
-        let slot = self
-            .slot
-            .as_mut()
-            .expect("a lease holds its slot until finished");
-        match &slot.request {
-            Some(object) => {
-                *object.borrow_mut::<LuaRequest>()? = LuaRequest::new(request);
-                Ok(object.clone())
-            }
-            None => {
-                let object = lua.create_userdata(LuaRequest::new(request))?;
-                slot.request = Some(object.clone());
-                Ok(object)
-            }
-        }
-    }
-
-    fn function(&self) -> Function {
+    fn slot(&self) -> &Slot {
         self.slot
             .as_ref()
-            .map(|s| s.function.clone())
             .expect("a lease holds its slot until finished")
+    }
+
+    /// Runs the slot's function with the slot's own request object, or
+    /// with `object` (a parent's request, for a funcgen behind a handle).
+    async fn run_object<'c>(
+        &self,
+        lua: &Lua,
+        coroutines: &'c Coroutines,
+        object: Option<&AnyUserData>,
+    ) -> mlua::Result<Finished<'c>> {
+        let slot = self.slot();
+        drive_raw(lua, coroutines, Some(&slot.rctx), |thread| {
+            raw::push_registry(thread, &slot.function)?;
+            match object {
+                None => match slot.rctx.request.borrow().as_ref() {
+                    Some(request) => request.push(thread).map(|()| 1),
+                    None => raw::push_values(lua, thread, Value::Nil),
+                },
+                Some(object) => raw::push_values(lua, thread, object.clone()),
+            }
+        })
+        .await
     }
 
     fn finish(mut self) {
@@ -211,15 +216,16 @@ impl Funcgen {
             self.user_objects.get(),
         ));
         let ud = lua.create_userdata(LuaRctx(rctx.clone()))?;
-        match generator.call::<Value>((ud, argument))? {
+        rctx.address.set(ud.to_pointer());
+        match generator.call::<Value>((ud.clone(), argument))? {
             Value::Function(function) => {
                 // A slot had to be made: the slots are not too many now.
                 self.pressure.set(0);
                 self.slots.set(self.slots.get() + 1);
                 Ok(Slot {
                     rctx,
-                    function,
-                    request: None,
+                    function: lua.create_registry_value(function)?,
+                    _rctx_object: ud,
                 })
             }
             _ => Err(mlua::Error::runtime(
@@ -284,18 +290,16 @@ impl Funcgen {
     /// result as a response object, and its class.
     async fn run_for_handle(self: Rc<Self>, lua: Lua, request: AnyUserData) -> (LuaResponse, u8) {
         let mut leased = None;
-        let result = match self.lease(&lua) {
-            Ok(lease) => {
-                let result = match Coroutines::of(&lua) {
-                    Ok(coroutines) => {
-                        drive(&lua, &coroutines, &lease.function(), request.clone()).await
-                    }
+        let result = match (self.lease(&lua), Coroutines::of(&lua)) {
+            (Ok(lease), Ok(coroutines)) => {
+                let result = match lease.run_object(&lua, &coroutines, Some(&request)).await {
+                    Ok(finished) => finished.first(&lua),
                     Err(e) => Err(e),
                 };
                 leased = Some(lease);
                 result
             }
-            Err(e) => Err(e),
+            (Err(e), _) | (_, Err(e)) => Err(e),
         };
         let answer = match result {
             Ok(Value::UserData(ud)) if ud.is::<LuaResponse>() => {
@@ -443,17 +447,21 @@ impl UserData for LuaFuncgen {
 
 impl HandleSlot {
     /// The handle's response object, now holding `response`.
-    fn response_object(&mut self, lua: &Lua, response: LuaResponse) -> mlua::Result<AnyUserData> {
+    fn response_object(&mut self, lua: &Lua, response: LuaResponse) -> mlua::Result<&KeptObject> {
+        if let Some(object) = &self.object {
+            *object.object.borrow_mut::<LuaResponse>()? = response;
+        } else {
+            let object = lua.create_userdata(response)?;
+            self.object = Some(KeptObject::new(lua, object)?);
+        }
+        Ok(self.object.as_ref().expect("made above"))
+    }
+
+    /// The response object of the current request's result, if any.
+    fn result(&self) -> Option<&AnyUserData> {
         match &self.object {
-            Some(object) => {
-                *object.borrow_mut::<LuaResponse>()? = response;
-                Ok(object.clone())
-            }
-            None => {
-                let object = lua.create_userdata(response)?;
-                self.object = Some(object.clone());
-                Ok(object)
-            }
+            Some(object) if self.answered => Some(&object.object),
+            _ => None,
         }
     }
 }
@@ -476,11 +484,11 @@ enum State {
 struct HandleSlot {
     state: State,
     request: Option<AnyUserData>,
-    /// The result of the current request: `object` once answered.
-    response: Option<AnyUserData>,
+    /// The current request has a result (in `object`).
+    answered: bool,
     /// The handle's response object, reused from request to request as
     /// memcached reuses them (made at its first answer).
-    object: Option<AnyUserData>,
+    object: Option<KeptObject>,
     flags: u8,
     callback: Option<Function>,
 }
@@ -521,6 +529,10 @@ impl Inbox {
 
 /// A request context: one slot's view of its funcgen's handles.
 pub struct Rctx {
+    /// Its Lua object's address (see [`enqueue_and_wait_fast`]).
+    address: Cell<*const c_void>,
+    /// The slot's request object, made at its first request and reused.
+    request: RefCell<Option<KeptObject>>,
     targets: Rc<[Target]>,
     handles: RefCell<Vec<HandleSlot>>,
     /// Requests sent and not yet answered.
@@ -545,6 +557,8 @@ impl Rctx {
     fn new(targets: Rc<[Target]>, user_objects: usize) -> Rctx {
         let handles = targets.iter().map(|_| HandleSlot::default()).collect();
         Rctx {
+            address: Cell::new(std::ptr::null()),
+            request: RefCell::new(None),
             targets,
             handles: RefCell::new(handles),
             pending: Cell::new(0),
@@ -560,7 +574,7 @@ impl Rctx {
         for slot in self.handles.borrow_mut().iter_mut() {
             slot.state = State::Idle;
             slot.request = None;
-            slot.response = None;
+            slot.answered = false;
             slot.flags = 0;
         }
         self.waiting.set(false);
@@ -683,14 +697,14 @@ impl Rctx {
             let mut handles = self.handles.borrow_mut();
             let slot = &mut handles[done.handle];
             (
-                slot.response_object(lua, done.response)?,
+                slot.response_object(lua, done.response)?.object.clone(),
                 slot.callback.clone(),
                 slot.request.clone(),
             )
         };
         let mut flags = done.class;
         if let Some(callback) = callback {
-            match callback.call::<(Value, Value)>((response.clone(), request)) {
+            match callback.call::<(Value, Value)>((response, request)) {
                 Ok((mode, resume)) => {
                     if let Value::Integer(mode) = mode {
                         flags = match mode {
@@ -715,7 +729,7 @@ impl Rctx {
         let mut handles = self.handles.borrow_mut();
         let slot = &mut handles[done.handle];
         slot.state = State::Complete;
-        slot.response = Some(response);
+        slot.answered = true;
         slot.flags |= flags;
         Ok(slot.flags)
     }
@@ -813,9 +827,8 @@ impl Rctx {
             WaitFor::Count { .. } => Value::Integer(done.get() as i64),
             WaitFor::Handle(_) if timed_out => Value::Nil,
             WaitFor::Handle(h) => self.handles.borrow()[h]
-                .response
-                .clone()
-                .map_or(Value::Nil, Value::UserData),
+                .result()
+                .map_or(Value::Nil, |r| Value::UserData(r.clone())),
         };
         let second = if timed_out {
             Value::Boolean(true)
@@ -826,9 +839,8 @@ impl Rctx {
     }
 
     /// Starts `rctx:enqueue_and_wait(r, h)`: parks the wait for the
-    /// coroutine to yield on. One request to a pool handle without a
-    /// callback, with nothing else queued and no timeout, goes straight to
-    /// the pool (see [`Parked::Handle`]); anything else is a full wait.
+    /// coroutine to yield on (the uncommon cases, see
+    /// [`enqueue_and_wait_fast`]).
     fn start_enqueue_and_wait(
         self: &Rc<Self>,
         lua: &Lua,
@@ -839,36 +851,11 @@ impl Rctx {
     ) -> mlua::Result<()> {
         let index = self.check_handle(handle)?;
         let timeout = timeout_arg(timeout)?;
-        let checked = self.queueable(request)?;
-        self.queue(request, index);
-        if timeout.is_none() {
-            if let Target::Pool(pool) = &self.targets[index] {
-                let mut handles = self.handles.borrow_mut();
-                let alone = handles
-                    .iter()
-                    .enumerate()
-                    .all(|(i, slot)| i == index || slot.state != State::Queued);
-                let slot = &mut handles[index];
-                if alone && slot.state == State::Queued && slot.callback.is_none() {
-                    let request = checked.request.clone();
-                    slot.state = State::Active;
-                    self.pending.set(self.pending.get() + 1);
-                    let backend = if crate::watch::enabled(crate::watch::PROXYREQS) {
-                        pool.backend_of(&request)
-                    } else {
-                        None
-                    };
-                    coroutines.park(Parked::Handle {
-                        rctx: self.clone(),
-                        handle: index,
-                        future: pool.clone().call(request),
-                        start: std::time::Instant::now(),
-                        backend,
-                    });
-                    return Ok(());
-                }
-            }
+        if timeout.is_none() && self.try_start_alone(coroutines, request, index) {
+            return Ok(());
         }
+        self.queueable(request)?;
+        self.queue(request, index);
         let rctx = self.clone();
         let lua = lua.clone();
         coroutines.park(Parked::Wait(Box::pin(async move {
@@ -877,24 +864,98 @@ impl Rctx {
         Ok(())
     }
 
+    /// The commonest wait, one request to a pool handle with nothing else
+    /// queued, no callback and no timeout, goes straight to the pool like
+    /// `pool(r)` (see [`Parked::Handle`]): no task, no inbox. False, with
+    /// nothing done, for any other call, which the full wait serves (and
+    /// which raises the errors a bad call deserves).
+    fn try_start_alone(
+        self: &Rc<Self>,
+        coroutines: &Coroutines,
+        request: &AnyUserData,
+        index: usize,
+    ) -> bool {
+        if self.waiting.get() {
+            return false;
+        }
+        let Target::Pool(pool) = &self.targets[index] else {
+            return false;
+        };
+        let mut handles = self.handles.borrow_mut();
+        let alone = handles
+            .iter()
+            .enumerate()
+            .all(|(i, slot)| i == index || slot.state != State::Queued);
+        let slot = &mut handles[index];
+        if !alone || slot.state != State::Idle || slot.callback.is_some() {
+            return false;
+        }
+        let request = match request.borrow::<LuaRequest>() {
+            Ok(object) if object.request.key().is_some() => object.request.clone(),
+            _ => return false,
+        };
+        // No callback will read the handle's request: it is not kept.
+        slot.state = State::Active;
+        self.pending.set(self.pending.get() + 1);
+        let backend = if crate::watch::enabled(crate::watch::PROXYREQS) {
+            pool.backend_of(&request)
+        } else {
+            None
+        };
+        coroutines.park(Parked::Handle {
+            rctx: self.clone(),
+            handle: index,
+            future: pool.clone().call(request),
+            start: std::time::Instant::now(),
+            backend,
+        });
+        true
+    }
+
     /// The answer to a request [`Parked::Handle`] sent: recorded as the
-    /// handle's result, counted by the wait, and returned as the object the
-    /// wait returns.
-    pub(super) fn answered(
+    /// handle's result and counted by the wait; `give` gets the response
+    /// object the wait returns.
+    pub(super) fn answered<R>(
         &self,
         lua: &Lua,
         handle: usize,
         response: LuaResponse,
-    ) -> mlua::Result<AnyUserData> {
+        give: impl FnOnce(&KeptObject) -> R,
+    ) -> mlua::Result<R> {
         self.pending.set(self.pending.get().saturating_sub(1));
         let class = class_of(&response);
         let mut handles = self.handles.borrow_mut();
         let slot = &mut handles[handle];
-        let response = slot.response_object(lua, response)?;
         slot.state = State::Waited;
         slot.flags |= class;
-        slot.response = Some(response.clone());
-        Ok(response)
+        slot.answered = true;
+        Ok(give(slot.response_object(lua, response)?))
+    }
+
+    /// The slot's request object, now holding `request`.
+    fn set_request(&self, lua: &Lua, request: LuaRequest) -> mlua::Result<()> {
+        let mut kept = self.request.borrow_mut();
+        match kept.as_ref() {
+            Some(object) => *object.object.borrow_mut::<LuaRequest>()? = request,
+            None => *kept = Some(KeptObject::new(lua, lua.create_userdata(request)?)?),
+        }
+        Ok(())
+    }
+
+    /// `f` of `returned` (a coroutine's first return value's address) if
+    /// it is one of this context's handle response objects: what a slot
+    /// function returns most often, recognised without converting it.
+    fn with_returned<R>(
+        &self,
+        returned: *const c_void,
+        f: impl FnOnce(&AnyUserData) -> R,
+    ) -> Option<R> {
+        self.handles
+            .borrow()
+            .iter()
+            .filter_map(|slot| slot.object.as_ref())
+            .find(|object| object.address() == returned)
+            .map(|object| f(&object.object))
     }
 
     /// The handle's response if its flags have any of `mask`.
@@ -909,7 +970,7 @@ impl Rctx {
         let handles = self.handles.borrow();
         let slot = &handles[index];
         let class = slot.flags & (RES_GOOD | RES_OK | RES_ANY);
-        Ok(match &slot.response {
+        Ok(match slot.result() {
             Some(response) if class & mask != 0 => Some((response.clone(), class)),
             _ => None,
         })
@@ -988,7 +1049,12 @@ impl UserData for LuaRctx {
             )?;
             waits.set(
                 "enqueue_and_wait",
-                coroutines.suspending(start, "rctx:enqueue_and_wait")?,
+                raw::waiting_function(
+                    lua,
+                    enqueue_and_wait_fast,
+                    &start,
+                    "rctx:enqueue_and_wait cannot wait here: Lua cannot suspend this function (a sort comparator, a metamethod called from C)",
+                )?,
             )?;
 
             let parking = coroutines.clone();
@@ -1141,6 +1207,29 @@ impl UserData for LuaRctx {
     }
 }
 
+/// The fast path of `rctx:enqueue_and_wait(r, h)`, the wait nearly every
+/// slot function makes: when `rctx` is the running slot's own, `r` its
+/// request object and `h` a handle number (recognised by the objects'
+/// addresses, without mlua's argument conversions), the request is
+/// started by [`Rctx::try_start_alone`]. False, with nothing done, for any
+/// other call.
+fn enqueue_and_wait_fast(coroutines: &Coroutines, rctx: &Rc<Rctx>, args: &raw::Args<'_>) -> bool {
+    if args.count() != 3 || args.userdata(1) != Some(rctx.address.get()) {
+        return false;
+    }
+    let index = match args.integer(3).map(usize::try_from) {
+        Some(Ok(index)) if index < rctx.targets.len() => index,
+        _ => return false,
+    };
+    let kept = rctx.request.borrow();
+    match kept.as_ref() {
+        Some(request) if args.userdata(2) == Some(request.address()) => {
+            rctx.try_start_alone(coroutines, &request.object, index)
+        }
+        _ => false,
+    }
+}
+
 /// What `mcp.attach` installs for a funcgen or a router: a node of the
 /// route tree whose requests run in slots of the funcgen.
 pub struct FuncgenRoute {
@@ -1175,27 +1264,49 @@ impl FuncgenRoute {
         Ok(Some(Rc::new(FuncgenRoute { vm, target })))
     }
 
-    /// Serves one request: the router (if any) picks a funcgen, which
-    /// lends a slot to run the request's coroutine; the reply is what its
-    /// function returned, with the classic routes' error handling.
-    async fn run(self: Rc<Self>, request: Request) -> Bytes {
+    /// Starts serving one request: the router (if any) picks a funcgen,
+    /// which lends a slot, whose request object takes the request. Done
+    /// before the request's future is made, so that the request is not
+    /// carried in it (a future holds what it is given for its whole life).
+    /// The reply at once when no slot can serve it.
+    fn start(&self, request: Request) -> Result<Lease, Bytes> {
         let fgen = match &self.target {
-            FuncgenTarget::Funcgen(fgen) => fgen.clone(),
+            FuncgenTarget::Funcgen(fgen) => fgen,
             FuncgenTarget::Router(router) => match router.pick(&request) {
-                Some(fgen) => fgen.clone(),
-                None => return Response::from_line(NO_ROUTE).raw().clone(),
+                Some(fgen) => fgen,
+                None => return Err(Response::from_line(NO_ROUTE).raw().clone()),
             },
         };
-        let lua = self.vm.lua().clone();
-        let mut lease = match fgen.lease(&lua) {
-            Ok(lease) => lease,
-            Err(e) => return self.vm.lua_failure(&e),
+        let lua = self.vm.lua();
+        let lease = fgen.lease(lua).map_err(|e| self.vm.lua_failure(&e))?;
+        lease
+            .slot()
+            .rctx
+            .set_request(lua, LuaRequest::new(request))
+            .map_err(|e| self.vm.lua_failure(&e))?;
+        Ok(lease)
+    }
+
+    /// Runs a started request's slot function; the reply is what it
+    /// returned, with the classic routes' error handling.
+    async fn run(&self, lease: Lease) -> Bytes {
+        let vm = &self.vm;
+        let lua = vm.lua();
+        let reply = match lease.run_object(lua, vm.coroutines(), None).await {
+            Ok(finished) => {
+                // Most slot functions return a handle's response object:
+                // recognised by its address, it needs no conversion.
+                let rctx = &lease.slot().rctx;
+                let known = finished
+                    .first_userdata()
+                    .and_then(|address| rctx.with_returned(address, |o| vm.reply_of_object(o)));
+                match known {
+                    Some(reply) => reply,
+                    None => vm.reply_of(finished.first(lua)),
+                }
+            }
+            Err(e) => vm.lua_failure(&e),
         };
-        let object = match lease.request_object(&lua, request) {
-            Ok(object) => object,
-            Err(e) => return self.vm.lua_failure(&e),
-        };
-        let reply = self.vm.clone().run_object(&lease.function(), object).await;
         lease.finish();
         reply
     }
@@ -1206,8 +1317,12 @@ impl Route for FuncgenRoute {
     /// as for Lua route functions).
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
         let decoder = ResponseDecoder::for_request(&request);
+        let started = self.start(request);
         Box::pin(async move {
-            let reply = self.run(request).await;
+            let reply = match started {
+                Ok(lease) => self.run(lease).await,
+                Err(reply) => reply,
+            };
             match decoder.decode(&mut BytesMut::from(&reply[..])) {
                 Ok(Some(response)) => response,
                 _ => Response::from_line("SERVER_ERROR lua route gave a malformed reply"),
@@ -1217,7 +1332,13 @@ impl Route for FuncgenRoute {
 
     fn serve(self: Rc<Self>, request: Request) -> ReplyFuture {
         let shape = ReplyShape::of(&request);
-        Box::pin(async move { shape.apply(self.run(request).await) })
+        let started = self.start(request);
+        Box::pin(async move {
+            shape.apply(match started {
+                Ok(lease) => self.run(lease).await,
+                Err(reply) => reply,
+            })
+        })
     }
 }
 

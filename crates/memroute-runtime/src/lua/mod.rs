@@ -29,6 +29,8 @@
 //!   start and every reload), the Lua route node, and the bindings routes
 //!   call (`pool(r)`, `mcp.await`, `mcp.internal`...).
 //! - `coroutine`: the driver of route coroutines and their waits.
+//! - `raw`: the only code that calls Lua's C API directly (resumes, raw
+//!   stack access, the fast waits' C functions), behind safe functions.
 //! - [`dynamo`]: `mcp.dynamo_pool`, pools backed by a DynamoDB table.
 //! - [`funcgen`]: memcached's current API in worker VMs: function
 //!   generators, request contexts and their handles.
@@ -59,6 +61,7 @@ pub mod logging;
 pub mod mutate;
 pub mod objects;
 pub mod ratelim;
+mod raw;
 pub mod routelib;
 pub mod router;
 pub mod userroutes;

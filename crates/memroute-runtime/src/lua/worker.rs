@@ -276,15 +276,14 @@ impl WorkerLua {
         function: &Function,
         request: AnyUserData,
     ) -> Bytes {
-        match self.call(function, request).await {
-            Ok(Value::UserData(ud)) => match ud.borrow::<LuaResponse>() {
-                Ok(res) => {
-                    let raw = res.raw().clone();
-                    self.held_by_lua(raw.len());
-                    raw
-                }
-                Err(_) => self.bad_return("a userdata that is not a response"),
-            },
+        let returned = self.call(function, request).await;
+        self.reply_of(returned)
+    }
+
+    /// The reply a route gives by returning `returned`.
+    pub(super) fn reply_of(&self, returned: mlua::Result<Value>) -> Bytes {
+        match returned {
+            Ok(Value::UserData(ud)) => self.reply_of_object(&ud),
             Ok(Value::String(s)) => {
                 let bytes = s.as_bytes();
                 if bytes.ends_with(b"\r\n") {
@@ -299,6 +298,23 @@ impl WorkerLua {
             Ok(other) => self.bad_return(other.type_name()),
             Err(e) => self.lua_failure(&e),
         }
+    }
+
+    /// The reply a route gives by returning the userdata `object`.
+    pub(super) fn reply_of_object(&self, object: &AnyUserData) -> Bytes {
+        match object.borrow::<LuaResponse>() {
+            Ok(res) => {
+                let raw = res.raw().clone();
+                self.held_by_lua(raw.len());
+                raw
+            }
+            Err(_) => self.bad_return("a userdata that is not a response"),
+        }
+    }
+
+    /// The VM's route coroutines.
+    pub(super) fn coroutines(&self) -> &Coroutines {
+        &self.coroutines
     }
 
     /// Calls `function` as a coroutine, serving the waits it makes (see

@@ -1,0 +1,358 @@
+//! The only code of memroute that calls Lua's C API directly: resuming
+//! route coroutines, moving values on and off their stacks, and the C
+//! functions of the fast waits. Everything here is wrapped in safe
+//! functions that the rest of the Lua layer uses; no other module may use
+//! `unsafe` (the crate denies it).
+//!
+//! Why not mlua alone: a Lua-routed request resumes its coroutine at least
+//! twice and makes at least one call that waits. Through mlua, each resume
+//! converts its arguments and results into references and re-checks the
+//! thread, and each call into Rust goes through mlua's callback machinery
+//! (argument conversion, userdata type checks, error wrapping). Together
+//! that was about a third of a Lua-routed get (docs/benchmarks.md, runs 18
+//! and 22). memcached's proxy, written in C, pays none of it; this module
+//! pays it only for the uncommon cases, as mlua still serves those.
+//!
+//! The rules the code here keeps:
+//! - Lua raises errors and yields from C functions with `longjmp`: a frame
+//!   Lua may leave that way holds no value that needs dropping at that
+//!   point (the C functions below end in [`yield_parked`] or an error
+//!   after every Rust value is gone), and no Rust panic may cross into Lua
+//!   (the fast path runs under `catch_unwind`).
+//! - A coroutine's stack is only touched while it is suspended or has
+//!   returned, by the driver that owns it.
+//! - Raw pointers to Rust state ([`Running`]) are only read during the
+//!   resume that set them.
+#![allow(unsafe_code)]
+
+use std::cell::Cell;
+use std::ffi::{c_int, c_void};
+use std::marker::PhantomData;
+use std::ptr;
+use std::rc::Rc;
+
+use mlua::{
+    ffi, AnyUserData, Function, IntoLuaMulti, LightUserData, Lua, RegistryKey, Thread, Value,
+};
+
+use super::coroutine::Coroutines;
+use super::funcgen::Rctx;
+
+/// How a resume ended.
+pub(super) enum Resumed {
+    /// The coroutine returned this many values (left on its stack).
+    Returned(c_int),
+    /// It yielded this many values (left on its stack).
+    Yielded(c_int),
+    /// It failed; the error is on its stack (see [`thread_error`]).
+    Failed,
+}
+
+/// The VM's coroutines and the funcgen slot a coroutine runs for, set
+/// around each of its resumes.
+#[derive(Clone, Copy)]
+struct Running {
+    coroutines: *const Coroutines,
+    rctx: *const Rc<Rctx>,
+}
+
+const NOT_RUNNING: Running = Running {
+    coroutines: ptr::null(),
+    rctx: ptr::null(),
+};
+
+thread_local! {
+    static RUNNING: Cell<Running> = const { Cell::new(NOT_RUNNING) };
+}
+
+/// Resumes `thread` with the `nargs` values on top of its stack (its
+/// function first, for a coroutine not started). While it runs, the fast
+/// waits see `coroutines` and `rctx` (see [`with_running`]).
+pub(super) fn resume(
+    thread: &Thread,
+    nargs: c_int,
+    coroutines: &Coroutines,
+    rctx: Option<&Rc<Rctx>>,
+) -> Resumed {
+    let running = Running {
+        coroutines,
+        rctx: rctx.map_or(ptr::null(), |r| r as *const Rc<Rctx>),
+    };
+    let previous = RUNNING.with(|r| r.replace(running));
+    let mut nresults: c_int = 0;
+    // SAFETY: `thread` is a coroutine of the driver that calls this, with
+    // `nargs` values pushed; no other code resumes it. `from` may be null.
+    let status = unsafe { ffi::lua_resume(thread.state(), ptr::null_mut(), nargs, &mut nresults) };
+    RUNNING.with(|r| r.set(previous));
+    match status {
+        ffi::LUA_OK => Resumed::Returned(nresults),
+        ffi::LUA_YIELD => Resumed::Yielded(nresults),
+        _ => Resumed::Failed,
+    }
+}
+
+/// `f` of the VM coroutines and funcgen slot of the coroutine running now,
+/// if it runs for a slot.
+fn with_running<R>(f: impl FnOnce(&Coroutines, &Rc<Rctx>) -> R) -> Option<R> {
+    let running = RUNNING.with(Cell::get);
+    if running.rctx.is_null() {
+        return None;
+    }
+    // SAFETY: set by `resume`, whose caller keeps both alive until it
+    // returns, and cleared when it does; `f` cannot keep the references.
+    Some(unsafe { f(&*running.coroutines, &*running.rctx) })
+}
+
+/// Empties the stack of `thread`, a coroutine that returned (or that was
+/// never started), so it can be given a new function.
+pub(super) fn clear(thread: &Thread) {
+    // SAFETY: the driver only clears coroutines that are not running.
+    unsafe { ffi::lua_settop(thread.state(), 0) }
+}
+
+/// Drops the top `n` values of a suspended coroutine's stack.
+pub(super) fn pop(thread: &Thread, n: c_int) {
+    // SAFETY: `n` values were left there by the resume that just ended.
+    unsafe { ffi::lua_settop(thread.state(), -n - 1) }
+}
+
+/// Pushes the value `key` refers to onto `thread`'s stack.
+pub(super) fn push_registry(thread: &Thread, key: &RegistryKey) -> mlua::Result<()> {
+    let state = thread.state();
+    // SAFETY: a coroutine that is not running; the registry is the VM's.
+    unsafe {
+        if ffi::lua_checkstack(state, 1) == 0 {
+            return Err(mlua::Error::StackError);
+        }
+        ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, key.id() as ffi::lua_Integer);
+    }
+    Ok(())
+}
+
+/// Pushes `values` onto `thread`'s stack (converted by mlua on the main
+/// state, then moved); how many.
+pub(super) fn push_values(
+    lua: &Lua,
+    thread: &Thread,
+    values: impl IntoLuaMulti,
+) -> mlua::Result<c_int> {
+    let state = thread.state();
+    lua.exec_raw_lua(|raw| {
+        // SAFETY: the main state is not running Lua now (the driver runs
+        // outside any Lua call); what is pushed onto it is moved off.
+        unsafe {
+            let main = raw.state();
+            let base = ffi::lua_gettop(main);
+            let pushed = values.push_into_stack_multi(raw);
+            let n = ffi::lua_gettop(main) - base;
+            if let Err(e) = pushed {
+                ffi::lua_settop(main, base);
+                return Err(e);
+            }
+            if ffi::lua_checkstack(state, n) == 0 {
+                ffi::lua_settop(main, base);
+                return Err(mlua::Error::StackError);
+            }
+            ffi::lua_xmove(main, state, n);
+            Ok(n)
+        }
+    })
+}
+
+/// The address of the userdata at `index` of `thread`'s stack (negative:
+/// from the top), if a full userdata is there.
+pub(super) fn userdata_at(thread: &Thread, index: c_int) -> Option<*const c_void> {
+    let state = thread.state();
+    // SAFETY: a coroutine that returned, `index` within its results.
+    unsafe {
+        (ffi::lua_type(state, index) == ffi::LUA_TUSERDATA)
+            .then(|| ffi::lua_touserdata(state, index) as *const c_void)
+    }
+}
+
+/// The value at `index` of `thread`'s stack, converted by mlua.
+pub(super) fn value_at(lua: &Lua, thread: &Thread, index: c_int) -> mlua::Result<Value> {
+    let state = thread.state();
+    lua.exec_raw_lua(|raw| {
+        // SAFETY: as for `push_values`, the other way.
+        unsafe {
+            let main = raw.state();
+            if ffi::lua_checkstack(main, 1) == 0 {
+                return Err(mlua::Error::StackError);
+            }
+            ffi::lua_pushvalue(state, index);
+            ffi::lua_xmove(state, main, 1);
+            Ok(raw.pop_value())
+        }
+    })
+}
+
+/// The error a coroutine died of (on top of its stack), as mlua reports
+/// one: an error raised by Rust as it was, anything else as its string
+/// followed by the coroutine's traceback.
+pub(super) fn thread_error(lua: &Lua, thread: &Thread) -> mlua::Error {
+    let state = thread.state();
+    lua.exec_raw_lua(|raw| {
+        // SAFETY: as for `push_values`; the failed coroutine is not run
+        // again (the driver drops it).
+        unsafe {
+            let main = raw.state();
+            let base = ffi::lua_gettop(main);
+            if ffi::lua_checkstack(main, ffi::LUA_TRACEBACK_STACK + 3) == 0 {
+                return mlua::Error::StackError;
+            }
+            ffi::lua_xmove(state, main, 1);
+            ffi::lua_pushvalue(main, -1);
+            let error = match raw.pop_value() {
+                Value::Error(error) => *error,
+                _ => {
+                    let message = ffi::luaL_tolstring(main, -1, ptr::null_mut());
+                    ffi::luaL_traceback(main, state, message, 0);
+                    let mut len = 0usize;
+                    let text = ffi::lua_tolstring(main, -1, &mut len);
+                    let text = std::slice::from_raw_parts(text as *const u8, len);
+                    mlua::Error::RuntimeError(String::from_utf8_lossy(text).into_owned())
+                }
+            };
+            ffi::lua_settop(main, base);
+            error
+        }
+    })
+}
+
+/// The value a coroutine is resumed with, ahead of a message, to make the
+/// wait it is suspended in raise that message: a light userdata no Lua
+/// code can make.
+pub(super) fn failure_mark() -> Value {
+    Value::LightUserData(LightUserData(failure_address()))
+}
+
+fn failure_address() -> *mut c_void {
+    static MARK: u8 = 0;
+    &MARK as *const u8 as *mut c_void
+}
+
+/// The arguments of a call to a fast wait, readable while it runs.
+pub(super) struct Args<'call> {
+    state: *mut ffi::lua_State,
+    _call: PhantomData<&'call ()>,
+}
+
+impl Args<'_> {
+    pub(super) fn count(&self) -> c_int {
+        // SAFETY: the state of the running C function's call.
+        unsafe { ffi::lua_gettop(self.state) }
+    }
+
+    /// The address of argument `n` (from 1) if it is a full userdata.
+    pub(super) fn userdata(&self, n: c_int) -> Option<*const c_void> {
+        // SAFETY: as above; `n` is checked by `lua_type`.
+        unsafe {
+            (ffi::lua_type(self.state, n) == ffi::LUA_TUSERDATA)
+                .then(|| ffi::lua_touserdata(self.state, n) as *const c_void)
+        }
+    }
+
+    /// Argument `n` (from 1) if it is an integer (or a float with an
+    /// integer value, as Lua converts them).
+    pub(super) fn integer(&self, n: c_int) -> Option<i64> {
+        let mut is_integer = 0;
+        // SAFETY: as above.
+        let value = unsafe { ffi::lua_tointegerx(self.state, n, &mut is_integer) };
+        (is_integer != 0).then_some(value)
+    }
+}
+
+/// The fast path of a wait: given the running coroutine's VM coroutines,
+/// its slot and the call's arguments, starts the common call and parks it
+/// (true), or does nothing (false) and leaves the call to the full path.
+pub(super) type FastWait = fn(&Coroutines, &Rc<Rctx>, &Args<'_>) -> bool;
+
+/// A Lua function that waits: it runs `fast` when the running coroutine
+/// is a funcgen slot's, else (or when `fast` declines) calls `full` with
+/// its arguments (which starts and parks the wait, or raises an error),
+/// then yields until the parked work is done and returns its result.
+/// `refusal` is the error where the coroutine cannot yield.
+pub(super) fn waiting_function(
+    lua: &Lua,
+    fast: FastWait,
+    full: &Function,
+    refusal: &str,
+) -> mlua::Result<Function> {
+    lua.exec_raw_lua(|raw| {
+        // SAFETY: the main state is not running Lua now (this is called
+        // while a VM is set up); the closure made is popped as a value.
+        unsafe {
+            let main = raw.state();
+            if ffi::lua_checkstack(main, 3) == 0 {
+                return Err(mlua::Error::StackError);
+            }
+            raw.push(full.clone())?;
+            ffi::lua_pushlightuserdata(main, fast as *mut c_void);
+            raw.push(refusal)?;
+            ffi::lua_pushcclosure(main, call_wait, 3);
+            match raw.pop_value() {
+                Value::Function(function) => Ok(function),
+                _ => Err(mlua::Error::runtime("a waiting function could not be made")),
+            }
+        }
+    })
+}
+
+/// The C function of [`waiting_function`]. Upvalues: the full path, the
+/// fast path (a function pointer), the refusal message.
+unsafe extern "C-unwind" fn call_wait(state: *mut ffi::lua_State) -> c_int {
+    if ffi::lua_isyieldable(state) == 0 {
+        ffi::luaL_where(state, 1);
+        ffi::lua_pushvalue(state, ffi::lua_upvalueindex(3));
+        ffi::lua_concat(state, 2);
+        ffi::lua_error(state);
+    }
+    let fast: FastWait = std::mem::transmute::<*mut c_void, FastWait>(ffi::lua_touserdata(
+        state,
+        ffi::lua_upvalueindex(2),
+    ));
+    let args = Args {
+        state,
+        _call: PhantomData,
+    };
+    // A panic must not cross into Lua: the full path takes over.
+    let started = std::panic::catch_unwind(|| {
+        with_running(|coroutines, rctx| fast(coroutines, rctx, &args)).unwrap_or(false)
+    })
+    .unwrap_or(false);
+    if !started {
+        let n = ffi::lua_gettop(state);
+        ffi::lua_pushvalue(state, ffi::lua_upvalueindex(1));
+        ffi::lua_insert(state, 1);
+        // An error leaves through here with a long jump: nothing in this
+        // frame needs dropping.
+        ffi::lua_call(state, n, 0);
+    }
+    ffi::lua_settop(state, 0);
+    ffi::lua_yieldk(state, 0, 0, Some(after_wait))
+}
+
+/// Where a waiting function goes on when its coroutine is resumed: it
+/// returns what it was resumed with, or raises the error after a
+/// [`failure_mark`].
+unsafe extern "C-unwind" fn after_wait(
+    state: *mut ffi::lua_State,
+    _status: c_int,
+    _context: ffi::lua_KContext,
+) -> c_int {
+    let n = ffi::lua_gettop(state);
+    if n >= 2 && ffi::lua_touserdata(state, 1) == failure_address() {
+        ffi::luaL_where(state, 1);
+        ffi::lua_pushvalue(state, 2);
+        ffi::lua_concat(state, 2);
+        ffi::lua_error(state);
+    }
+    n
+}
+
+/// The address Lua gives `object` on a stack (what [`Args::userdata`] and
+/// [`userdata_at`] return for it).
+pub(super) fn address_of(object: &AnyUserData) -> *const c_void {
+    object.to_pointer()
+}
