@@ -97,7 +97,10 @@ pub fn route_of(
         tls: None,
         auth: None,
         digest: Arc::new(crate::metrics::ConfigDigest::new(
-            crate::metrics::config_digest(Some(&proxy.startfile), &loaded.backend_lists()),
+            crate::metrics::startfile_digest(
+                crate::lua::vm::read_startfiles(proxy).as_deref(),
+                &loaded.backend_lists(),
+            ),
         )),
     });
     // A store nothing is written to: a small limit is plenty.

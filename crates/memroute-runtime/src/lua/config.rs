@@ -315,6 +315,7 @@ fn load_mcrouter(
 
 fn register(lua: &Lua, stat_names: Rc<RefCell<Vec<(i64, String)>>>) -> mlua::Result<()> {
     let mcp = vm::mcp_table(lua)?;
+    super::server_stats::register(lua, &mcp)?;
     mcp.set(
         "backend",
         lua.create_function(|lua, args: mlua::MultiValue| backend(lua, args))?,
@@ -1235,6 +1236,7 @@ mod tests {
             &ProxyConfig {
                 startfile,
                 start_arg: None,
+                split_start_arg: false,
                 lua_path: Vec::new(),
                 libraries: &[],
             },
