@@ -17,6 +17,9 @@ from conftest import (HOST, mc_set, run_memroute_expect_failure, stats_dict, wai
 from test_proxy_api import BlackHole
 
 
+TS = rb"ts=\d+\.\d{1,6} gid=\d+ "
+
+
 def fresh(prefix: str) -> str:
     return "%s/%s" % (prefix, uuid.uuid4().hex[:8])
 
@@ -217,6 +220,44 @@ def test_server_stats_in_the_config_vm(startfile_dir, memroute_factory):
     assert conns_at_reload <= total
 
 
+def test_server_stats_in_a_cron(startfile_dir, memroute_factory):
+    path = write_startfile(startfile_dir, "cron.lua", """
+        function mcp_config_pools()
+            mcp.register_cron("stats", { every = 1, rerun = false, func = function()
+                local s = mcp.server_stats()
+                mcp.log("cron pid=" .. s.pid .. " threads=" .. s.threads)
+            end })
+            return {}
+        end
+        function mcp_config_routes(p) end
+    """)
+    mr = memroute_factory("--config", str(path), "-t", "2")
+    w = mr.client()
+    try:
+        w.send(b"watch proxyuser\r\n")
+        assert w.read_line() == b"OK\r\n"
+        line = w.read_until(b"\n", timeout=5.0)
+        assert re.fullmatch(TS + rb"type=proxy_user msg=cron pid=%d threads=2\n" % mr.pid,
+                            line), line
+    finally:
+        w.close()
+
+
+def test_server_stats_while_route_of_loads(startfile_dir):
+    from test_route_of import route_of
+    path = write_startfile(startfile_dir, "routeof.lua", """
+        function mcp_config_pools()
+            local s = mcp.server_stats()
+            assert(s.pid and s.version, "no stats")
+            return { main = mcp.pool({ mcp.backend("b1", "127.0.0.1", 1) }) }
+        end
+        function mcp_config_routes(p) mcp.attach(mcp.CMD_ANY_STORAGE, p.main) end
+    """)
+    code, out, err, _ = route_of("--config", str(path), "get", "k")
+    assert code == 0, err
+    assert "127.0.0.1:1" in out, out
+
+
 # --------------------------------------------------------------------------
 # mcp.await_logerrors
 # --------------------------------------------------------------------------
@@ -245,8 +286,6 @@ AWAIT_LOGERRORS = """
         end)
     end
 """
-
-TS = rb"ts=\d+\.\d{1,6} gid=\d+ "
 
 
 @pytest.fixture

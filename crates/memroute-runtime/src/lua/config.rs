@@ -209,6 +209,21 @@ pub fn load_config(
     load_into(&lua, proxy, stores)
 }
 
+/// [`load_config`] with `mcp.server_stats` reading `stats` (a server's
+/// config thread keeps its own VM instead, see `super::host`).
+pub fn load_config_with_stats(
+    proxy: &ProxyConfig,
+    stores: &Arc<StoreRegistry>,
+    stats: super::server_stats::StatsSource,
+) -> Result<LoadedConfig, ConfigError> {
+    if is_mcrouter(proxy) {
+        return load_config(proxy, stores);
+    }
+    let lua = vm::new_vm(proxy)?;
+    lua.set_app_data(stats);
+    load_into(&lua, proxy, stores)
+}
+
 /// Whether the startfile is an mcrouter JSON file (read with no VM).
 pub(crate) fn is_mcrouter(proxy: &ProxyConfig) -> bool {
     proxy
