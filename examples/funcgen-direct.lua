@@ -4,7 +4,8 @@
 --
 -- Run: memroute --config examples/funcgen-direct.lua \
 --               --config-arg 127.0.0.1:11212,127.0.0.1:11213
--- (memcached: -o proxy_config=examples/funcgen-direct.lua,proxy_arg=...)
+-- (-o proxy_config=examples/funcgen-direct.lua works too; give the list with --config-arg:
+-- memcached's proxy_arg turns a value holding ":" into a table.)
 -- The backends come from the start argument, a comma-separated host:port
 -- list, so the same file serves tests and production.
 

@@ -22,7 +22,8 @@
 --
 -- Run: memroute --config examples/funcgen-failover.lua --config-arg \
 --   'primary=127.0.0.1:11212;secondary=127.0.0.1:11213'
--- (memcached: -o proxy_config=examples/funcgen-failover.lua,proxy_arg=...)
+-- (-o proxy_config=examples/funcgen-failover.lua works too; give the list with --config-arg:
+-- memcached's proxy_arg turns a value holding ":" into a table.)
 -- Each pool may list several backends: 'primary=h:p,h:p;secondary=h:p,h:p'.
 
 function mcp_config_pools()

@@ -4,7 +4,8 @@
 --
 -- Run: memroute --config examples/funcgen-prefix-router.lua --config-arg \
 --   'foo=127.0.0.1:11212,127.0.0.1:11213;bar=127.0.0.1:11214;default=127.0.0.1:11215'
--- (memcached: -o proxy_config=examples/funcgen-prefix-router.lua,proxy_arg=...)
+-- (-o proxy_config=examples/funcgen-prefix-router.lua works too; give the list with --config-arg:
+-- memcached's proxy_arg turns a value holding ":" into a table.)
 -- The start argument names the pools: "name=host:port,...;name=...". It
 -- must name a pool "default"; every other name becomes a key prefix.
 

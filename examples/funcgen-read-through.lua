@@ -15,7 +15,8 @@
 --
 -- Run: memroute --config examples/funcgen-read-through.lua \
 --               --config-arg 127.0.0.1:11212,127.0.0.1:11213
--- (memcached: -o proxy_config=examples/funcgen-read-through.lua,proxy_arg=...)
+-- (-o proxy_config=examples/funcgen-read-through.lua works too; give the list with --config-arg:
+-- memcached's proxy_arg turns a value holding ":" into a table.)
 -- A "ttl=N" entry in the start argument sets the local TTL in seconds
 -- (default 3): --config-arg ttl=10,127.0.0.1:11212.
 

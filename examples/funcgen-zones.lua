@@ -8,7 +8,8 @@
 --
 -- Run: memroute --config examples/funcgen-zones.lua \
 --          --config-arg 127.0.0.1:11212,127.0.0.1:11213,127.0.0.1:11214
--- (memcached style: -o proxy_config=examples/funcgen-zones.lua,proxy_arg=...)
+-- (-o proxy_config=examples/funcgen-zones.lua works too; give the list with --config-arg:
+-- memcached's proxy_arg turns a value holding ":" into a table.)
 
 function mcp_config_pools()
     -- Defaults for every backend below (memcached's global setters).

@@ -208,7 +208,7 @@ end
 pool = M.pool
 router = M.router
 my_zone = M.my_zone
-if mcp.start_arg ~= nil and ... == nil then
+if type(mcp.start_arg) == "string" and ... == nil then
     dofile(mcp.start_arg)
 end
 

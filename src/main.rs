@@ -796,6 +796,10 @@ fn config_from(cli: &Cli) -> Result<ServerConfig, String> {
     config.auth = auth_from(cli, &mut config.protocol)?;
     let mut startfile = cli.config.clone();
     let mut start_arg = cli.config_arg.clone();
+    // memcached's `-o proxy_arg=` gives the startfile memcached's form of
+    // `mcp.start_arg`; `--config-arg` (and what memroute passes itself)
+    // the string as it is.
+    let mut split_start_arg = false;
     if let Some(routes) = &cli.routes {
         let mut files = "routelib".to_string();
         for library in &cli.route_handlers {
@@ -839,7 +843,10 @@ fn config_from(cli: &Cli) -> Result<ServerConfig, String> {
             })?;
             match extended {
                 Extended::ProxyConfig(file) => startfile = Some(file.into()),
-                Extended::ProxyArg(arg) => start_arg = Some(arg.to_string()),
+                Extended::ProxyArg(arg) => {
+                    start_arg = Some(arg.to_string());
+                    split_start_arg = true;
+                }
                 Extended::IdleTimeout(secs) => o_idle_timeout = Some(secs),
                 // Process-wide, as memcached's logger is.
                 Extended::WatcherBuffer(bytes) => {
@@ -892,6 +899,7 @@ fn config_from(cli: &Cli) -> Result<ServerConfig, String> {
         config.proxy = Some(memroute_runtime::lua::ProxyConfig {
             startfile,
             start_arg,
+            split_start_arg,
             lua_path: cli.lua_path.clone(),
             libraries: LUA_LIBRARIES,
         });
@@ -1058,6 +1066,22 @@ mod tests {
         assert!(arg(&["-o", "proxy_config=f.lua,proxy_arg=a,cache2"]).is_err());
         assert!(arg(&["-o", "proxy_config=f.lua,b:2"]).is_err());
         assert!(arg(&["-o", "proxy_arg=a", "-o", "b:2,proxy_config=f.lua"]).is_err());
+    }
+
+    #[test]
+    fn only_memcached_spelling_splits_the_start_arg() {
+        let proxy = |args: &[&str]| config(args).unwrap().proxy.unwrap();
+        let p = proxy(&["-o", "proxy_config=f.lua,proxy_arg=a_b:c_d"]);
+        assert_eq!(
+            (p.start_arg.as_deref(), p.split_start_arg),
+            (Some("a_b:c_d"), true)
+        );
+        let p = proxy(&["--config", "f.lua", "--config-arg", "a_b:c_d"]);
+        assert_eq!(
+            (p.start_arg.as_deref(), p.split_start_arg),
+            (Some("a_b:c_d"), false)
+        );
+        assert!(!proxy(&["--routes", "r.lua"]).split_start_arg);
     }
 
     #[test]

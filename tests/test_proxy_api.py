@@ -752,7 +752,9 @@ def test_start_arg_and_config_values_reach_workers(api):
         arg.encode(), arg.encode())
 
 
-def test_start_arg_absent_is_nil(startfile_dir, memroute_factory):
+def test_start_arg_absent_is_false(startfile_dir, memroute_factory):
+    # memcached's value without proxy_arg (see test_proxy_api_extras.py for
+    # the other forms).
     path = write_startfile(startfile_dir, "noarg.lua", """
         function mcp_config_pools() return { seen = tostring(mcp.start_arg) } end
         function mcp_config_routes(p)
@@ -763,7 +765,7 @@ def test_start_arg_absent_is_nil(startfile_dir, memroute_factory):
     """)
     mr = memroute_factory("--config", str(path))
     with mr.client() as c:
-        assert c.request(b"get k\r\n") == b"SERVER_ERROR nil nil\r\n"
+        assert c.request(b"get k\r\n") == b"SERVER_ERROR false false\r\n"
 
 
 def test_memcached_style_proxy_options(startfile_dir, memroute_factory):

@@ -112,9 +112,11 @@ def test_example_keyprefix(backends, memroute_factory):
 
 def test_example_closure(backends, memroute_factory):
     bs = backends(2)
-    # memcached-style flags this time
-    mr = memroute_factory("-o", "proxy_config=%s,proxy_arg=%s" % (
-        EXAMPLES_DIR / "closure.lua", hostlist(bs)))
+    # memcached's spelling of the startfile this time; the host list goes
+    # with --config-arg, as memcached's proxy_arg would split a value
+    # holding ":" into a table.
+    mr = memroute_factory("-o", "proxy_config=%s" % (EXAMPLES_DIR / "closure.lua"),
+                          "--config-arg", hostlist(bs))
     with mr.client() as c:
         keys = ["/app/k%d" % i for i in range(20)]
         for k in keys:

@@ -131,6 +131,19 @@ impl Response {
     pub fn line(&self) -> &[u8] {
         &self.raw[..self.line_len]
     }
+    /// Overwrites `range` of the first line with spaces, as memcached's
+    /// proxy blanks a return flag out of a meta reply (`res:flag_blank`):
+    /// the reply keeps its length, so its framing and value stay as they
+    /// are. A range reaching past the first line is cut to it.
+    pub fn blank_in_line(&mut self, range: Range<usize>) {
+        let end = range.end.min(self.line_len);
+        if range.start >= end {
+            return;
+        }
+        let mut raw = BytesMut::from(&self.raw[..]);
+        raw[range.start..end].fill(b' ');
+        self.raw = raw.freeze();
+    }
     /// The data of the first value, if the reply carried one.
     pub fn value(&self) -> Option<&[u8]> {
         self.value.clone().map(|r| &self.raw[r])

@@ -130,6 +130,11 @@ pub struct ProxyConfig {
     pub startfile: PathBuf,
     /// `mcp.start_arg` (memcached's `proxy_arg=STR`).
     pub start_arg: Option<String>,
+    /// The start argument came with memcached's spelling (`-o
+    /// proxy_arg=STR`): `mcp.start_arg` then takes memcached's form, a
+    /// table when the argument holds `:` (see `lua::vm`). memroute's own
+    /// `--config-arg` gives the string as it is.
+    pub split_start_arg: bool,
     /// Extra directories searched by `require`, before the startfile's own
     /// directory and the embedded libraries.
     pub lua_path: Vec<PathBuf>,

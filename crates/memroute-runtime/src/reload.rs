@@ -84,7 +84,7 @@ pub(crate) async fn reload_config(
         }
     };
     // One read of the startfile for its digest and its MD5 (admin keys).
-    let startfile = std::fs::read(&loaded.proxy.startfile).ok();
+    let startfile = crate::lua::vm::read_startfiles(&loaded.proxy);
     let digest = crate::metrics::startfile_digest(startfile.as_deref(), &loaded.backend_lists());
     let mut replies = Vec::with_capacity(controls.len());
     for control in &controls {

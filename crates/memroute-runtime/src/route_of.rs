@@ -17,7 +17,7 @@ use tokio::task::LocalSet;
 use crate::admin::Admin;
 use crate::config::ServerConfig;
 use crate::embedded::Embedded;
-use crate::lua::{load_config, ConfigError, WorkerProxy};
+use crate::lua::{ConfigError, WorkerProxy};
 use crate::route::explain::{backends_tried, explain, route_tree, Unexplained};
 use crate::route::{check_tag, ListenerTag, RouteEnv};
 use crate::stats::{ProxyStats, ServerStats};
@@ -84,8 +84,6 @@ pub fn route_of(
     };
 
     let proxy_stats = Arc::new(ProxyStats::default());
-    let loaded = load_config(proxy, &proxy_stats.stores)?;
-    proxy_stats.set_names(&loaded.stat_names);
     let stats = Arc::new(ServerStats::new(
         config.threads.max(1),
         crate::route::route_slot_count(listener_tags.len()),
@@ -97,7 +95,7 @@ pub fn route_of(
         tls: None,
         auth: None,
         digest: Arc::new(crate::metrics::ConfigDigest::new(
-            crate::metrics::config_digest(Some(&proxy.startfile), &loaded.backend_lists()),
+            crate::metrics::config_digest(None, &[]),
         )),
     });
     // A store nothing is written to: a small limit is plenty.
@@ -105,6 +103,21 @@ pub fn route_of(
         max_item_size: config.limits.max_item_size,
         ..CacheConfig::with_memory_limit(config.limits.max_item_size as u64 * 2)
     }));
+    // A startfile may read mcp.server_stats while loading: it sees this
+    // process's (idle) stats, as a server's first load does.
+    let loaded = crate::lua::config::load_config_with_stats(
+        proxy,
+        &proxy_stats.stores,
+        crate::lua::server_stats::StatsSource {
+            admin: admin.clone(),
+            cache: cache.clone(),
+        },
+    )?;
+    proxy_stats.set_names(&loaded.stat_names);
+    admin.digest.set(crate::metrics::startfile_digest(
+        crate::lua::vm::read_startfiles(proxy).as_deref(),
+        &loaded.backend_lists(),
+    ));
     let env = RouteEnv {
         embedded: Embedded::new(cache, admin),
         server_stats: stats,

@@ -228,6 +228,23 @@ impl Server {
         let config_digest = Arc::new(crate::metrics::ConfigDigest::new(
             crate::metrics::config_digest(None, &[]),
         ));
+        let cache = Arc::new(Cache::new(CacheConfig {
+            max_item_size: config.limits.max_item_size,
+            ..CacheConfig::with_memory_limit(config.memory_limit)
+        }));
+        let stats = Arc::new(ServerStats::new(
+            config.threads,
+            crate::route::route_slot_count(listener_tags.len()),
+        ));
+        // Made before the first load: mcp.server_stats reads them.
+        let admin = Arc::new(Admin {
+            stats: stats.clone(),
+            config: config.clone(),
+            proxy_stats: proxy_stats.clone(),
+            tls: tls.clone(),
+            auth: auth.clone(),
+            digest: config_digest.clone(),
+        });
         // The config thread keeps the config VM (and runs its crons); it
         // loads once here, before any worker starts: a broken startfile
         // stops the server with the file and line at fault.
@@ -238,6 +255,10 @@ impl Server {
                     proxy_stats.stores.clone(),
                     proxy_stats.clone(),
                     reload.clone(),
+                    crate::lua::server_stats::StatsSource {
+                        admin: admin.clone(),
+                        cache: cache.clone(),
+                    },
                 )
                 .map_err(RuntimeError::Thread)?,
             )),
@@ -249,7 +270,7 @@ impl Server {
                 host.settle(true);
                 proxy_stats.set_names(&loaded.stat_names);
                 // One read of the startfile for its digest and its MD5.
-                let startfile = std::fs::read(&proxy.startfile).ok();
+                let startfile = crate::lua::vm::read_startfiles(proxy);
                 proxy_stats.set_config_file(&proxy.startfile, startfile.as_deref());
                 config_digest.set(crate::metrics::startfile_digest(
                     startfile.as_deref(),
@@ -259,22 +280,6 @@ impl Server {
             }
             _ => None,
         };
-        let cache = Arc::new(Cache::new(CacheConfig {
-            max_item_size: config.limits.max_item_size,
-            ..CacheConfig::with_memory_limit(config.memory_limit)
-        }));
-        let stats = Arc::new(ServerStats::new(
-            config.threads,
-            crate::route::route_slot_count(listener_tags.len()),
-        ));
-        let admin = Arc::new(Admin {
-            stats: stats.clone(),
-            config: config.clone(),
-            proxy_stats: proxy_stats.clone(),
-            tls: tls.clone(),
-            auth: auth.clone(),
-            digest: config_digest.clone(),
-        });
         // Metrics endpoint (--metrics-listen): a thread of its own that
         // reads what `stats` reads; off by default.
         let metrics = match config.metrics_listen {

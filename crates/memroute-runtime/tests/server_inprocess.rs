@@ -179,6 +179,7 @@ fn routes_and_reload_all_or_nothing() {
         proxy: Some(ProxyConfig {
             startfile: startfile.clone(),
             start_arg: None,
+            split_start_arg: false,
             lua_path: vec![],
             libraries: &[],
         }),
@@ -243,6 +244,7 @@ fn broken_startfile_fails_at_start_with_file_and_line() {
         proxy: Some(ProxyConfig {
             startfile: path.clone(),
             start_arg: None,
+            split_start_arg: false,
             lua_path: vec![],
             libraries: &[],
         }),

@@ -209,6 +209,21 @@ pub fn load_config(
     load_into(&lua, proxy, stores)
 }
 
+/// [`load_config`] with `mcp.server_stats` reading `stats` (a server's
+/// config thread keeps its own VM instead, see `super::host`).
+pub fn load_config_with_stats(
+    proxy: &ProxyConfig,
+    stores: &Arc<StoreRegistry>,
+    stats: super::server_stats::StatsSource,
+) -> Result<LoadedConfig, ConfigError> {
+    if is_mcrouter(proxy) {
+        return load_config(proxy, stores);
+    }
+    let lua = vm::new_vm(proxy)?;
+    lua.set_app_data(stats);
+    load_into(&lua, proxy, stores)
+}
+
 /// Whether the startfile is an mcrouter JSON file (read with no VM).
 pub(crate) fn is_mcrouter(proxy: &ProxyConfig) -> bool {
     proxy
@@ -315,6 +330,7 @@ fn load_mcrouter(
 
 fn register(lua: &Lua, stat_names: Rc<RefCell<Vec<(i64, String)>>>) -> mlua::Result<()> {
     let mcp = vm::mcp_table(lua)?;
+    super::server_stats::register(lua, &mcp)?;
     mcp.set(
         "backend",
         lua.create_function(|lua, args: mlua::MultiValue| backend(lua, args))?,
@@ -1235,6 +1251,7 @@ mod tests {
             &ProxyConfig {
                 startfile,
                 start_arg: None,
+                split_start_arg: false,
                 lua_path: Vec::new(),
                 libraries: &[],
             },

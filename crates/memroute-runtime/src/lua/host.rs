@@ -25,6 +25,7 @@ use tokio::sync::{oneshot, Notify};
 
 use super::config::{is_mcrouter, load_into, ConfigError, LoadedConfig, ProxyConfig};
 use super::cron::{Crons, ReloadRequest};
+use super::server_stats::StatsSource;
 use super::vm;
 use crate::stats::ProxyStats;
 use crate::store::StoreRegistry;
@@ -45,11 +46,13 @@ pub struct ConfigHost {
 impl ConfigHost {
     /// Starts the config thread. `reload` is what SIGHUP notifies: a
     /// reload the configuration asks for is requested through it.
+    /// `server_stats` is what `mcp.server_stats` reads.
     pub fn start(
         proxy: ProxyConfig,
         stores: Arc<StoreRegistry>,
         stats: Arc<ProxyStats>,
         reload: Arc<Notify>,
+        server_stats: StatsSource,
     ) -> std::io::Result<ConfigHost> {
         let (requests, inbox) = mpsc::channel();
         std::thread::Builder::new()
@@ -60,6 +63,7 @@ impl ConfigHost {
                     stores,
                     stats,
                     reload,
+                    server_stats,
                     vm: None,
                 };
                 thread.run(inbox);
@@ -103,6 +107,7 @@ struct ConfigThread {
     stores: Arc<StoreRegistry>,
     stats: Arc<ProxyStats>,
     reload: Arc<Notify>,
+    server_stats: StatsSource,
     /// Made by the first load, kept after.
     vm: Option<ConfigVm>,
 }
@@ -160,6 +165,7 @@ impl ConfigThread {
         }
         if self.vm.is_none() {
             let lua = vm::new_vm(&self.proxy)?;
+            lua.set_app_data(self.server_stats.clone());
             let (crons, reload) = super::cron::state(&lua);
             self.vm = Some(ConfigVm { lua, crons, reload });
         }

@@ -45,6 +45,8 @@
 //!   router ([`crate::route::router`]), for funcgens.
 //! - [`objects`]: the request and response objects routes see.
 //! - [`ratelim`]: `mcp.ratelim_tbf` and `mcp.ratelim_global_tbf`.
+//! - [`server_stats`]: `mcp.server_stats` in the config VM, over the
+//!   server's `stats` replies.
 //! - [`routelib`]: routelib configurations, checked into a route plan that
 //!   workers build natively.
 //! - [`vm`]: what both VMs share: the `mcp` table's constants and helpers,
@@ -64,6 +66,7 @@ pub mod ratelim;
 mod raw;
 pub mod routelib;
 pub mod router;
+pub mod server_stats;
 pub mod userroutes;
 pub mod vm;
 pub mod worker;

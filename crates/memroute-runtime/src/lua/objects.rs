@@ -215,6 +215,24 @@ impl UserData for LuaRequest {
                 Ok((true, old))
             },
         );
+        // memcached's r:flag_token_int(flag): false without the flag; true
+        // and the flag's token as an integer; only true when the token is
+        // not one (or the flag has none).
+        methods.add_method("flag_token_int", |_, this, flag: String| {
+            let letter = single_flag(&flag)?;
+            let Command::Meta(m) = this.request.command() else {
+                return Ok((false, None));
+            };
+            if !m.flags.has(letter) {
+                return Ok((false, None));
+            }
+            let value = m
+                .flags
+                .token(letter)
+                .and_then(|t| std::str::from_utf8(t).ok())
+                .and_then(|t| t.parse::<i64>().ok());
+            Ok((true, value))
+        });
         // memcached's meta flag editors: each rewrites the line and
         // answers whether it did.
         methods.add_method_mut(
@@ -388,6 +406,39 @@ fn match_response(
     Ok((matched, Value::Nil))
 }
 
+/// Where return flag `letter` (and its token) lies in a meta reply's
+/// first line: the first word after the reply code that starts with it.
+/// (memcached's scan also tries the code itself, so its `flag_blank("H")`
+/// would blank an `HD`; memroute leaves the code alone.)
+fn meta_return_flag(response: &Response, letter: u8) -> Option<std::ops::Range<usize>> {
+    use ResponseCode as C;
+    if !matches!(
+        response.code(),
+        C::Hd | C::Va | C::Me | C::En | C::Nf | C::Ns | C::Ex | C::Mn
+    ) {
+        return None;
+    }
+    let line = response.line();
+    let mut start = 0;
+    let mut first = true;
+    while start < line.len() {
+        if line[start] == b' ' {
+            start += 1;
+            continue;
+        }
+        let end = line[start..]
+            .iter()
+            .position(|&b| b == b' ')
+            .map_or(line.len(), |n| start + n);
+        if !first && line[start] == letter {
+            return Some(start..end);
+        }
+        first = false;
+        start = end;
+    }
+    None
+}
+
 fn single_flag(flag: &str) -> mlua::Result<u8> {
     match flag.as_bytes() {
         [b] if b.is_ascii_alphabetic() => Ok(*b),
@@ -492,6 +543,21 @@ impl UserData for LuaResponse {
             None => Ok(Value::Nil),
         });
         methods.add_method("flags", |_, this, ()| Ok(response_flags(&this.response)));
+        // memcached's res:flag_blank(flag): overwrites a meta reply's return
+        // flag and its token with spaces, so the client does not see it
+        // (a flag the route asked the backend for, say); true if it was
+        // there.
+        methods.add_method_mut("flag_blank", |_, this, flag: String| {
+            let letter = single_flag(&flag)?;
+            let range = meta_return_flag(&this.response, letter);
+            Ok(match range {
+                Some(range) => {
+                    this.response.blank_in_line(range);
+                    true
+                }
+                None => false,
+            })
+        });
         // memroute: the token of a meta reply's return flag (`c`, `t`, `f`,
         // `s`, ...), without the letter; nil when absent.
         methods.add_method("flag_token", |lua, this, flag: String| {

@@ -60,16 +60,24 @@ fn setup(lua: &Lua, config: &ProxyConfig) -> mlua::Result<()> {
     let globals = lua.globals();
     let package: Table = globals.get("package")?;
     let mut path = String::new();
-    let start_dir = config
-        .startfile
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    // `require` looks next to each startfile (several, after `:`, search
+    // their directories in order).
+    let parts = startfile_parts(config);
+    let mut start_dirs: Vec<&Path> = Vec::new();
+    for part in &parts {
+        let dir = part
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        if !start_dirs.contains(&dir) {
+            start_dirs.push(dir);
+        }
+    }
     for dir in config
         .lua_path
         .iter()
         .map(|p| p.as_path())
-        .chain([start_dir])
+        .chain(start_dirs)
     {
         path.push_str(&format!("{0}/?.lua;{0}/?/init.lua;", dir.display()));
     }
@@ -129,10 +137,7 @@ fn setup(lua: &Lua, config: &ProxyConfig) -> mlua::Result<()> {
         t.set(HASH_MARK, *name)?;
         mcp.set(*field, t)?;
     }
-    match &config.start_arg {
-        Some(arg) => mcp.set("start_arg", arg.as_str())?,
-        None => mcp.set("start_arg", Value::Nil)?,
-    }
+    mcp.set("start_arg", start_arg(lua, config)?)?;
     mcp.set(
         "log",
         lua.create_function(|_, msg: mlua::LuaString| {
@@ -166,13 +171,44 @@ fn setup(lua: &Lua, config: &ProxyConfig) -> mlua::Result<()> {
     Ok(())
 }
 
+/// `mcp.start_arg`: `false` without a start argument, as in memcached.
+/// Given with memcached's spelling (`-o proxy_arg=`), an argument holding
+/// `:` becomes memcached's table: each `:`-separated part is `name_value`
+/// (`a_b:c_d` is `{ a = "b", c = "d" }`) or a lone `name`, which maps to
+/// `true`. Runs of `:` or `_` count as one and a value ends at the next
+/// `_`, as memcached's `strtok` splitting has it. memroute's own
+/// `--config-arg` gives the string unchanged (host lists hold `:`).
+fn start_arg(lua: &Lua, config: &ProxyConfig) -> mlua::Result<Value> {
+    let Some(arg) = &config.start_arg else {
+        return Ok(Value::Boolean(false));
+    };
+    if !config.split_start_arg || !arg.contains(':') {
+        return Ok(Value::String(lua.create_string(arg)?));
+    }
+    let table = lua.create_table()?;
+    for part in arg.split(':').filter(|p| !p.is_empty()) {
+        let mut words = part.split('_').filter(|w| !w.is_empty());
+        let Some(name) = words.next() else {
+            return Err(mlua::Error::runtime(format!(
+                "proxy_arg={arg}: the part `{part}` has no name (memcached's form is name_value:name_value)"
+            )));
+        };
+        match words.next() {
+            Some(value) => table.set(name, value)?,
+            None => table.set(name, true)?,
+        }
+    }
+    Ok(Value::Table(table))
+}
+
 /// Runs the startfile's top-level code. Errors name the file and line.
 ///
-/// A startfile named like an embedded library, with no file of that name
-/// (memcached's `-o proxy_config=routelib`), runs that library. As in
-/// memcached, an embedded library may be followed by more files after
-/// `:` (`-o proxy_config=routelib:handlers.lua`), run in order in the same
-/// VM: route handler libraries for routelib.
+/// As in memcached, `proxy_config` may name several files separated by
+/// `:` (`-o proxy_config=a.lua:b.lua`): each is run in order in the same
+/// VM, the config VM and every worker VM, before `mcp_config_pools` /
+/// `mcp_config_routes` are called. A part named like an embedded library,
+/// with no file of that name (`routelib` in
+/// `-o proxy_config=routelib:handlers.lua`), runs that library.
 pub fn load_startfile(lua: &Lua, config: &ProxyConfig) -> Result<(), ConfigError> {
     for path in startfile_parts(config) {
         load_one(lua, config, &path)?;
@@ -180,21 +216,37 @@ pub fn load_startfile(lua: &Lua, config: &ProxyConfig) -> Result<(), ConfigError
     Ok(())
 }
 
-/// The files a startfile names: itself, or (when it starts with an
-/// embedded library's name and a `:`) that library and the files after it.
+/// The files a startfile names: its `:`-separated parts in order, empty
+/// parts skipped (memcached splits `proxy_config` with `strtok`).
 pub fn startfile_parts(config: &ProxyConfig) -> Vec<std::path::PathBuf> {
-    let path = &config.startfile;
-    let text = path.to_string_lossy();
-    if !path.exists() {
-        if let Some((first, rest)) = text.split_once(':') {
-            if config.libraries.iter().any(|(name, _)| *name == first) {
-                let mut parts = vec![std::path::PathBuf::from(first)];
-                parts.extend(rest.split(':').map(std::path::PathBuf::from));
-                return parts;
-            }
+    let text = config.startfile.to_string_lossy();
+    let parts: Vec<std::path::PathBuf> = text
+        .split(':')
+        .filter(|p| !p.is_empty())
+        .map(std::path::PathBuf::from)
+        .collect();
+    if parts.is_empty() {
+        // Nothing but `:`: read as given, which fails naming it.
+        return vec![config.startfile.clone()];
+    }
+    parts
+}
+
+/// The startfile's bytes, for the configuration digest and its MD5: the
+/// file, or with several (`a.lua:b.lua`) the files one after the other.
+/// `None` when none can be read (an embedded library is no file).
+pub fn read_startfiles(config: &ProxyConfig) -> Option<Vec<u8>> {
+    let parts = startfile_parts(config);
+    if let [only] = parts.as_slice() {
+        return std::fs::read(only).ok();
+    }
+    let mut bytes = None::<Vec<u8>>;
+    for part in &parts {
+        if let Ok(file) = std::fs::read(part) {
+            bytes.get_or_insert_with(Vec::new).extend_from_slice(&file);
         }
     }
-    vec![path.clone()]
+    bytes
 }
 
 fn load_one(lua: &Lua, config: &ProxyConfig, path: &Path) -> Result<(), ConfigError> {
@@ -239,4 +291,63 @@ pub fn forbid(lua: &Lua, mcp: &Table, names: &[&str], where_valid: &str) -> mlua
 /// The `mcp` table of a VM.
 pub fn mcp_table(lua: &Lua) -> mlua::Result<Table> {
     lua.globals().get("mcp")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn proxy(startfile: &str, arg: Option<&str>, split: bool) -> ProxyConfig {
+        ProxyConfig {
+            startfile: startfile.into(),
+            start_arg: arg.map(str::to_string),
+            split_start_arg: split,
+            lua_path: Vec::new(),
+            libraries: &[],
+        }
+    }
+
+    #[test]
+    fn startfile_parts_split_at_colons_skipping_empty_ones() {
+        let parts = |s: &str| startfile_parts(&proxy(s, None, false));
+        assert_eq!(parts("a.lua"), vec![std::path::PathBuf::from("a.lua")]);
+        assert_eq!(
+            parts(":a.lua::dir/b.lua:"),
+            vec![
+                std::path::PathBuf::from("a.lua"),
+                std::path::PathBuf::from("dir/b.lua")
+            ]
+        );
+        assert_eq!(parts("routelib:h.lua").len(), 2);
+    }
+
+    #[test]
+    fn start_arg_forms() {
+        let lua = Lua::new();
+        let shown = |arg: Option<&str>, split: bool| -> String {
+            match start_arg(&lua, &proxy("s.lua", arg, split)).unwrap() {
+                Value::Table(t) => {
+                    let mut pairs: Vec<String> = t
+                        .pairs::<String, Value>()
+                        .map(|p| {
+                            let (k, v) = p.unwrap();
+                            format!("{k}={}", v.to_string().unwrap())
+                        })
+                        .collect();
+                    pairs.sort();
+                    pairs.join(",")
+                }
+                other => format!("{}:{}", other.type_name(), other.to_string().unwrap()),
+            }
+        };
+        assert_eq!(shown(None, true), "boolean:false");
+        assert_eq!(shown(Some("plain"), true), "string:plain");
+        assert_eq!(shown(Some("a_b:c_d"), false), "string:a_b:c_d");
+        assert_eq!(shown(Some("a_b:c_d"), true), "a=b,c=d");
+        assert_eq!(
+            shown(Some("solo:x_y_z::__p__q:a_1:a_2"), true),
+            "a=2,p=q,solo=true,x=y"
+        );
+        assert!(start_arg(&lua, &proxy("s.lua", Some("a_b:__"), true)).is_err());
+    }
 }

@@ -10,7 +10,8 @@
 //! free of Lua.
 //!
 //! The Lua bindings routes call on their worker also live here: `pool(r)`,
-//! `mcp.await`, `mcp.internal`, `mcp.request`, `mcp.stat`, `mcp.warm`.
+//! `mcp.await` and `mcp.await_logerrors`, `mcp.internal`, `mcp.request`,
+//! `mcp.stat`, `mcp.warm`.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -609,17 +610,22 @@ fn register(lua: &Lua) -> mlua::Result<()> {
         })?,
     )?;
     let coroutines = Coroutines::of(lua)?;
-    let parking = coroutines.clone();
-    let start_await = lua.create_function(
-        move |lua, args: (AnyUserData, Table, Option<i64>, Option<i64>)| {
-            let wait = await_pools(lua, args)?;
+    // mcp.await_logerrors is mcp.await that also logs, to `watch
+    // proxyreqs`, the error replies that arrive after it returned.
+    for (name, log_late_errors) in [("await", false), ("await_logerrors", true)] {
+        let parking = coroutines.clone();
+        let start_await = lua.create_function(move |lua, args: AwaitArgs| {
+            let wait = await_pools(lua, name, args, log_late_errors)?;
             parking.park(Parked::Wait(Box::pin(async move {
                 Ok((Value::Table(wait.await?), Value::Nil))
             })));
             Ok(())
-        },
-    )?;
-    mcp.set("await", coroutines.suspending(start_await, "mcp.await")?)?;
+        })?;
+        mcp.set(
+            name,
+            coroutines.suspending(start_await, &format!("mcp.{name}"))?,
+        )?;
+    }
     super::funcgen::register(lua, &mcp)?;
     super::logging::register(lua, &mcp)?;
     super::inspect::register(lua, &mcp)?;
@@ -680,43 +686,68 @@ fn register(lua: &Lua) -> mlua::Result<()> {
             "ratelim_global_tbf",
             "register_cron",
             "schedule_config_reload",
+            "server_stats",
         ],
         "mcp_config_pools (the config VM)",
     )
 }
 
-/// `mcp.await(r, {pools...}[, n][, mode])`: sends `r` to every pool at once
-/// and returns a table of responses once the mode's condition holds. The
-/// rest keep running in the background, so writes always reach every pool.
-/// Bad arguments fail before anything is sent.
+/// `mcp.await`'s arguments: request, pools, n, mode, detail.
+type AwaitArgs = (AnyUserData, Table, Option<i64>, Option<i64>, Option<Value>);
+
+/// `mcp.await(r, {pools...}[, n][, mode][, detail])`: sends `r` to every
+/// pool at once and returns a table of responses once the mode's condition
+/// holds. The rest keep running in the background, so writes always reach
+/// every pool. Bad arguments fail before anything is sent.
+///
+/// With `log_late_errors` (`mcp.await_logerrors`), each of those later
+/// replies that is an error is logged as a `proxy_req` line with `detail`,
+/// as memcached logs them: a route has the replies it got back to log
+/// itself, the ones after are out of its reach.
 fn await_pools(
     lua: &Lua,
-    (r, pools, n, mode): (AnyUserData, Table, Option<i64>, Option<i64>),
+    name: &'static str,
+    (r, pools, n, mode, detail): AwaitArgs,
+    log_late_errors: bool,
 ) -> mlua::Result<impl std::future::Future<Output = mlua::Result<Table>>> {
     let request = r
         .borrow::<LuaRequest>()
-        .map_err(|_| mlua::Error::runtime("mcp.await: expected a request"))?
+        .map_err(|_| mlua::Error::runtime(format!("mcp.{name}: expected a request")))?
         .request
         .clone();
     let mut targets = Vec::new();
     for value in pools.sequence_values::<AnyUserData>() {
         let ud = value?;
         let pool = ud.borrow::<LuaPool>().map_err(|_| {
-            mlua::Error::runtime("mcp.await: the second argument must be a list of pools")
+            mlua::Error::runtime(format!(
+                "mcp.{name}: the second argument must be a list of pools"
+            ))
         })?;
         targets.push(pool.0.clone());
     }
     if targets.is_empty() {
-        return Err(mlua::Error::runtime(
-            "mcp.await: the pool list must have at least one pool",
-        ));
+        return Err(mlua::Error::runtime(format!(
+            "mcp.{name}: the pool list must have at least one pool"
+        )));
     }
     let mode = mode.unwrap_or(AWAIT_GOOD);
     if !(AWAIT_GOOD..=AWAIT_BACKGROUND).contains(&mode) {
         return Err(mlua::Error::runtime(format!(
-            "mcp.await: unknown mode {mode} (use one of the mcp.AWAIT_* constants)"
+            "mcp.{name}: unknown mode {mode} (use one of the mcp.AWAIT_* constants)"
         )));
     }
+    // As memcached: a string (or number) detail is kept, anything else
+    // ignored; only mcp.await_logerrors uses it.
+    let late_errors = log_late_errors.then(|| LateErrors {
+        detail: match &detail {
+            Some(Value::String(s)) => s.as_bytes().to_vec(),
+            Some(Value::Integer(i)) => i.to_string().into_bytes(),
+            Some(Value::Number(n)) => n.to_string().into_bytes(),
+            _ => Vec::new(),
+        },
+        cfd: crate::watch::client_fd().into(),
+        request: request.clone(),
+    });
     let total = targets.len();
     let wanted = match n {
         None | Some(0) => total,
@@ -735,6 +766,9 @@ fn await_pools(
     let results = lua.create_table()?;
     Ok(async move {
         if mode == AWAIT_BACKGROUND {
+            if let Some(late) = late_errors {
+                late.follow(rx);
+            }
             return Ok(results);
         }
         // As memcached's proxy: results are collected in the order they
@@ -766,8 +800,42 @@ fn await_pools(
                 break;
             }
         }
+        if let Some(late) = late_errors {
+            late.follow(rx);
+        }
         Ok(results)
     })
+}
+
+/// What `mcp.await_logerrors` logs its late error replies with.
+struct LateErrors {
+    request: Request,
+    detail: Vec<u8>,
+    cfd: i64,
+}
+
+impl LateErrors {
+    /// Logs each error reply still to come on `rx` (none if every pool has
+    /// answered), while someone watches `proxyreqs`.
+    fn follow(self, mut rx: tokio::sync::mpsc::UnboundedReceiver<(usize, LuaResponse)>) {
+        tokio::task::spawn_local(async move {
+            while let Some((_, reply)) = rx.recv().await {
+                if !reply.response.code().is_error()
+                    || !crate::watch::enabled(crate::watch::PROXYREQS)
+                {
+                    continue;
+                }
+                crate::watch::log_proxy_req(&crate::watch::ProxyReq {
+                    elapsed_us: reply.elapsed_us,
+                    response: Some(&reply.response),
+                    backend: reply.backend.as_deref().map(|b| (b.host.as_str(), b.port)),
+                    cfd: self.cfd,
+                    detail: &self.detail,
+                    request_line: self.request.raw_line(),
+                });
+            }
+        });
+    }
 }
 
 /// Copies every live item of `source` into the `cache` pool, page by page,
