@@ -24,14 +24,14 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use mlua::{AnyUserData, Function, IntoLuaMulti, Lua, Table, Thread, Value};
+use mlua::{AnyUserData, Function, Lua, Table, Thread, Value};
 
 use super::raw;
 
 use super::funcgen::Rctx;
 use super::objects::LuaResponse;
 use crate::backend::BackendConfig;
-use crate::route::ResponseFuture;
+use crate::route::{Pool, ResponseFuture};
 use memroute_proto::Response;
 
 /// The two values a waiting call returns (the second is often nil), or the
@@ -73,6 +73,10 @@ const IDLE_THREADS: usize = 256;
 /// A VM's parking place, its idle coroutines and its suspending-call maker.
 pub(super) struct Coroutines {
     parked: RefCell<Option<Parked>>,
+    /// The VM's pool objects, by the address Lua holds them at, for the
+    /// fast `pool(r)` (kept alive here, so no other object takes an
+    /// address while it is listed).
+    pools: RefCell<Vec<(*const c_void, Rc<dyn Pool>, AnyUserData)>>,
     idle: RefCell<Vec<Thread>>,
     /// `suspending(start, name)`, see [`SUSPEND`].
     suspend: Function,
@@ -111,6 +115,7 @@ impl Coroutines {
         ))?;
         lua.set_app_data(Rc::new(Coroutines {
             parked: RefCell::new(None),
+            pools: RefCell::new(Vec::new()),
             idle: RefCell::new(Vec::new()),
             suspend,
         }));
@@ -129,6 +134,23 @@ impl Coroutines {
     /// its result. `name` is the call's name in errors.
     pub(super) fn suspending(&self, start: Function, name: &str) -> mlua::Result<Function> {
         self.suspend.call((start, name))
+    }
+
+    /// Lists `object`, the Lua object of `pool`, for [`Coroutines::known_pool`].
+    pub(super) fn know_pool(&self, object: &AnyUserData, pool: Rc<dyn Pool>) {
+        self.pools
+            .borrow_mut()
+            .push((raw::address_of(object), pool, object.clone()));
+    }
+
+    /// The pool whose Lua object is at `address`, if it is one of this
+    /// VM's pool objects.
+    pub(super) fn known_pool(&self, address: *const c_void) -> Option<Rc<dyn Pool>> {
+        self.pools
+            .borrow()
+            .iter()
+            .find(|(at, _, _)| *at == address)
+            .map(|(_, pool, _)| pool.clone())
     }
 
     /// Parks the work the running coroutine is about to yield for.
@@ -161,28 +183,10 @@ impl Coroutines {
     }
 }
 
-/// Runs `function(args)` as a coroutine of `lua` until it returns, serving
-/// the waits it parks; its first return value.
-///
-/// A coroutine dropped while it waits (its client went away) is not
-/// reused: its work is dropped with it.
-pub(super) async fn drive(
-    lua: &Lua,
-    coroutines: &Coroutines,
-    function: &Function,
-    args: impl IntoLuaMulti,
-) -> mlua::Result<Value> {
-    let finished = drive_raw(lua, coroutines, None, |thread| {
-        raw::push_values(lua, thread, (function.clone(), args)).map(|n| n - 1)
-    })
-    .await?;
-    finished.first(lua)
-}
-
 /// Runs a coroutine of `lua` whose function and arguments `prepare` pushes
 /// onto its empty stack (returning how many arguments), until it returns,
-/// serving the waits it parks. `rctx` is the funcgen slot the coroutine
-/// runs for, if any, which the fast waits check their arguments against.
+/// serving the waits it parks. `route` is what the coroutine runs for,
+/// which the fast waits check their arguments against.
 ///
 /// The coroutine is resumed through Lua's C API ([`raw`]), not mlua's
 /// `Thread::resume`, and values cross its stack raw: only the uncommon
@@ -190,7 +194,7 @@ pub(super) async fn drive(
 pub(super) async fn drive_raw<'c>(
     lua: &Lua,
     coroutines: &'c Coroutines,
-    rctx: Option<&Rc<Rctx>>,
+    route: &raw::RouteOf<'_>,
     prepare: impl FnOnce(&Thread) -> mlua::Result<c_int>,
 ) -> mlua::Result<Finished<'c>> {
     let thread = coroutines.idle_thread(lua)?;
@@ -203,7 +207,7 @@ pub(super) async fn drive_raw<'c>(
             return Err(e);
         }
     };
-    let mut resumed = raw::resume(&thread, nargs, coroutines, rctx);
+    let mut resumed = raw::resume(&thread, nargs, coroutines, route);
     loop {
         match resumed {
             raw::Resumed::Returned(nresults) => {
@@ -255,7 +259,7 @@ pub(super) async fn drive_raw<'c>(
                 ))
             }
         };
-        resumed = raw::resume(&thread, pushed?, coroutines, rctx);
+        resumed = raw::resume(&thread, pushed?, coroutines, route);
     }
 }
 

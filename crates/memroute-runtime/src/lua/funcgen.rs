@@ -151,7 +151,7 @@ impl Lease {
         object: Option<&AnyUserData>,
     ) -> mlua::Result<Finished<'c>> {
         let slot = self.slot();
-        drive_raw(lua, coroutines, Some(&slot.rctx), |thread| {
+        drive_raw(lua, coroutines, &raw::RouteOf::Slot(&slot.rctx), |thread| {
             raw::push_registry(thread, &slot.function)?;
             match object {
                 None => match slot.rctx.request.borrow().as_ref() {
@@ -1213,7 +1213,14 @@ impl UserData for LuaRctx {
 /// addresses, without mlua's argument conversions), the request is
 /// started by [`Rctx::try_start_alone`]. False, with nothing done, for any
 /// other call.
-fn enqueue_and_wait_fast(coroutines: &Coroutines, rctx: &Rc<Rctx>, args: &raw::Args<'_>) -> bool {
+fn enqueue_and_wait_fast(
+    coroutines: &Coroutines,
+    route: &raw::RouteOf<'_>,
+    args: &raw::Args<'_>,
+) -> bool {
+    let raw::RouteOf::Slot(rctx) = route else {
+        return false;
+    };
     if args.count() != 3 || args.userdata(1) != Some(rctx.address.get()) {
         return false;
     }

@@ -48,17 +48,30 @@ pub(super) enum Resumed {
     Failed,
 }
 
-/// The VM's coroutines and the funcgen slot a coroutine runs for, set
+/// What a route coroutine runs for, as its fast waits check their
+/// arguments against it.
+pub(super) enum RouteOf<'a> {
+    /// A funcgen slot (its rctx holds the slot's request object).
+    Slot(&'a Rc<Rctx>),
+    /// A classic route function, given this request object, which Lua
+    /// holds at `address`.
+    Request {
+        object: &'a AnyUserData,
+        address: *const c_void,
+    },
+}
+
+/// The VM's coroutines and what the coroutine running now runs for, set
 /// around each of its resumes.
 #[derive(Clone, Copy)]
 struct Running {
     coroutines: *const Coroutines,
-    rctx: *const Rc<Rctx>,
+    route: *const c_void,
 }
 
 const NOT_RUNNING: Running = Running {
     coroutines: ptr::null(),
-    rctx: ptr::null(),
+    route: ptr::null(),
 };
 
 thread_local! {
@@ -67,16 +80,16 @@ thread_local! {
 
 /// Resumes `thread` with the `nargs` values on top of its stack (its
 /// function first, for a coroutine not started). While it runs, the fast
-/// waits see `coroutines` and `rctx` (see [`with_running`]).
+/// waits see `coroutines` and `route` (see [`with_running`]).
 pub(super) fn resume(
     thread: &Thread,
     nargs: c_int,
     coroutines: &Coroutines,
-    rctx: Option<&Rc<Rctx>>,
+    route: &RouteOf<'_>,
 ) -> Resumed {
     let running = Running {
         coroutines,
-        rctx: rctx.map_or(ptr::null(), |r| r as *const Rc<Rctx>),
+        route: route as *const RouteOf<'_> as *const c_void,
     };
     let previous = RUNNING.with(|r| r.replace(running));
     let mut nresults: c_int = 0;
@@ -91,16 +104,22 @@ pub(super) fn resume(
     }
 }
 
-/// `f` of the VM coroutines and funcgen slot of the coroutine running now,
-/// if it runs for a slot.
-fn with_running<R>(f: impl FnOnce(&Coroutines, &Rc<Rctx>) -> R) -> Option<R> {
+/// `f` of the VM coroutines and what the coroutine running now runs for,
+/// if a driver resumed it.
+fn with_running<R>(f: impl FnOnce(&Coroutines, &RouteOf<'_>) -> R) -> Option<R> {
     let running = RUNNING.with(Cell::get);
-    if running.rctx.is_null() {
+    if running.coroutines.is_null() {
         return None;
     }
     // SAFETY: set by `resume`, whose caller keeps both alive until it
-    // returns, and cleared when it does; `f` cannot keep the references.
-    Some(unsafe { f(&*running.coroutines, &*running.rctx) })
+    // returns, and restored when it does; `f` cannot keep the references
+    // (its lifetime is its own).
+    Some(unsafe {
+        f(
+            &*running.coroutines,
+            &*(running.route as *const RouteOf<'_>),
+        )
+    })
 }
 
 /// Empties the stack of `thread`, a coroutine that returned (or that was
@@ -264,12 +283,13 @@ impl Args<'_> {
 }
 
 /// The fast path of a wait: given the running coroutine's VM coroutines,
-/// its slot and the call's arguments, starts the common call and parks it
-/// (true), or does nothing (false) and leaves the call to the full path.
-pub(super) type FastWait = fn(&Coroutines, &Rc<Rctx>, &Args<'_>) -> bool;
+/// what it runs for and the call's arguments, starts the common call and
+/// parks it (true), or does nothing (false) and leaves the call to the
+/// full path.
+pub(super) type FastWait = fn(&Coroutines, &RouteOf<'_>, &Args<'_>) -> bool;
 
-/// A Lua function that waits: it runs `fast` when the running coroutine
-/// is a funcgen slot's, else (or when `fast` declines) calls `full` with
+/// A Lua function that waits: it runs `fast` when a driver runs the
+/// coroutine, and (when `fast` declines) calls `full` with
 /// its arguments (which starts and parks the wait, or raises an error),
 /// then yields until the parked work is done and returns its result.
 /// `refusal` is the error where the coroutine cannot yield.
@@ -318,7 +338,7 @@ unsafe extern "C-unwind" fn call_wait(state: *mut ffi::lua_State) -> c_int {
     };
     // A panic must not cross into Lua: the full path takes over.
     let started = std::panic::catch_unwind(|| {
-        with_running(|coroutines, rctx| fast(coroutines, rctx, &args)).unwrap_or(false)
+        with_running(|coroutines, route| fast(coroutines, route, &args)).unwrap_or(false)
     })
     .unwrap_or(false);
     if !started {

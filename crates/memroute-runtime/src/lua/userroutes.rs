@@ -76,7 +76,7 @@ impl LuaHandlers {
                     name: format!("{label}/route_{name}/child{i}"),
                     route,
                 };
-                lua.create_userdata(LuaPool(Rc::new(pool)))
+                LuaPool::object(lua, Rc::new(pool))
             })
             .collect::<mlua::Result<Vec<_>>>()
             .map_err(lua_err)?;

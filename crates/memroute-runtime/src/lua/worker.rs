@@ -15,6 +15,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::ffi::c_void;
 use std::rc::{Rc, Weak};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -27,12 +28,13 @@ use mlua::{AnyUserData, Function, Lua, MetaMethod, Table, UserData, UserDataMeth
 use tracing::{info, warn};
 
 use super::config::{lua_error_message, ConfigError, ConfigValue, LoadedConfig, PoolDef};
-use super::coroutine::{drive, Coroutines, Parked};
+use super::coroutine::{drive_raw, Coroutines, Parked};
 use super::funcgen::FuncgenRoute;
 use super::objects::{
     LuaRequest, LuaResponse, AWAIT_ANY, AWAIT_BACKGROUND, AWAIT_FASTGOOD, AWAIT_FIRST, AWAIT_GOOD,
     AWAIT_OK, CMD_ANY, CMD_ANY_STORAGE, COMMANDS, COMMAND_SLOTS, STORAGE_IDS, UNHOOKABLE_IDS,
 };
+use super::raw;
 use super::routelib::RoutelibConfig;
 use super::userroutes::LuaHandlers;
 use super::vm;
@@ -262,23 +264,40 @@ impl WorkerLua {
         &self.lua
     }
 
-    /// Runs a Lua route as a coroutine for one request; Lua errors become
-    /// `SERVER_ERROR lua failure`.
-    pub(super) async fn run(self: Rc<Self>, function: &Function, request: Request) -> Bytes {
-        match self.lua.create_userdata(LuaRequest::new(request)) {
-            Ok(object) => self.run_object(function, object).await,
-            Err(e) => self.lua_failure(&e),
-        }
+    /// A request object for `request`, made before the request's future
+    /// is (so the future does not carry the request), with the address
+    /// Lua holds it at (see [`raw::RouteOf::Request`]).
+    fn request_object(&self, request: Request) -> mlua::Result<(AnyUserData, *const c_void)> {
+        let object = self.lua.create_userdata(LuaRequest::new(request))?;
+        let address = raw::address_of(&object);
+        Ok((object, address))
     }
 
-    /// As [`WorkerLua::run`], with the request already in a request object.
-    pub(super) async fn run_object(
-        self: Rc<Self>,
-        function: &Function,
-        request: AnyUserData,
+    /// Runs a Lua route function (`function`, a registry reference) as a
+    /// coroutine for one request, given in its request object; Lua errors
+    /// become `SERVER_ERROR lua failure`.
+    async fn run_route(
+        &self,
+        function: &mlua::RegistryKey,
+        object: mlua::Result<(AnyUserData, *const c_void)>,
     ) -> Bytes {
-        let returned = self.call(function, request).await;
-        self.reply_of(returned)
+        let (object, address) = match object {
+            Ok(made) => made,
+            Err(e) => return self.lua_failure(&e),
+        };
+        let route = raw::RouteOf::Request {
+            object: &object,
+            address,
+        };
+        let finished = drive_raw(&self.lua, &self.coroutines, &route, |thread| {
+            raw::push_registry(thread, function)?;
+            raw::push_values(&self.lua, thread, &object)
+        })
+        .await;
+        match finished {
+            Ok(finished) => self.reply_of(finished.first(&self.lua)),
+            Err(e) => self.lua_failure(&e),
+        }
     }
 
     /// The reply a route gives by returning `returned`.
@@ -316,16 +335,6 @@ impl WorkerLua {
     /// The VM's route coroutines.
     pub(super) fn coroutines(&self) -> &Coroutines {
         &self.coroutines
-    }
-
-    /// Calls `function` as a coroutine, serving the waits it makes (see
-    /// [`super::coroutine`]) until it returns.
-    pub(super) async fn call(
-        &self,
-        function: &Function,
-        args: impl mlua::IntoLuaMulti,
-    ) -> mlua::Result<Value> {
-        drive(&self.lua, &self.coroutines, function, args).await
     }
 
     /// A response object of `bytes` became garbage for Lua to collect.
@@ -369,7 +378,8 @@ fn failure_line() -> Bytes {
 /// request (per key for multi-key gets).
 pub struct LuaRoute {
     vm: Rc<WorkerLua>,
-    function: Function,
+    /// The function, as the driver pushes it.
+    function: mlua::RegistryKey,
 }
 
 impl Route for LuaRoute {
@@ -387,8 +397,9 @@ impl Route for LuaRoute {
     /// returns is bytes; they are parsed once here.)
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
         let decoder = ResponseDecoder::for_request(&request);
+        let object = self.vm.request_object(request);
         Box::pin(async move {
-            let reply = self.vm.clone().run(&self.function, request).await;
+            let reply = self.vm.run_route(&self.function, object).await;
             match decoder.decode(&mut BytesMut::from(&reply[..])) {
                 Ok(Some(response)) => response,
                 _ => Response::from_line("SERVER_ERROR lua route gave a malformed reply"),
@@ -398,8 +409,9 @@ impl Route for LuaRoute {
 
     fn serve(self: Rc<Self>, request: Request) -> ReplyFuture {
         let shape = ReplyShape::of(&request);
+        let object = self.vm.request_object(request);
         Box::pin(async move {
-            let reply = self.vm.clone().run(&self.function, request).await;
+            let reply = self.vm.run_route(&self.function, object).await;
             shape.apply(reply)
         })
     }
@@ -427,6 +439,46 @@ pub(super) fn send_timed(
 /// The pool object routes call: `pool(r)`.
 #[derive(Clone)]
 pub struct LuaPool(pub Rc<dyn Pool>);
+
+impl LuaPool {
+    /// The Lua object of `pool`, known to the VM's fast pool calls.
+    pub(super) fn object(lua: &Lua, pool: Rc<dyn Pool>) -> mlua::Result<AnyUserData> {
+        let object = lua.create_userdata(LuaPool(pool.clone()))?;
+        Coroutines::of(lua)?.know_pool(&object, pool);
+        Ok(object)
+    }
+}
+
+/// The fast path of `pool(r)` in a classic route: `r` is the route's own
+/// request object and `pool` a pool object of this VM (both recognised by
+/// address, without mlua's argument conversions). False, with nothing
+/// done, for anything else, which the full path serves.
+fn pool_call_fast(coroutines: &Coroutines, route: &raw::RouteOf<'_>, args: &raw::Args<'_>) -> bool {
+    let raw::RouteOf::Request { object, address } = route else {
+        return false;
+    };
+    if args.count() != 2 || args.userdata(2) != Some(*address) {
+        return false;
+    }
+    let Some(pool) = args.userdata(1).and_then(|p| coroutines.known_pool(p)) else {
+        return false;
+    };
+    let request = match object.borrow::<LuaRequest>() {
+        Ok(object) => object.request.clone(),
+        Err(_) => return false,
+    };
+    let backend = if crate::watch::enabled(crate::watch::PROXYREQS) {
+        pool.backend_of(&request)
+    } else {
+        None
+    };
+    coroutines.park(Parked::Pool {
+        future: pool.call(request),
+        start: Instant::now(),
+        backend,
+    });
+    true
+}
 
 impl UserData for LuaPool {
     fn add_fields<F: mlua::UserDataFields<Self>>(fields: &mut F) {
@@ -460,7 +512,12 @@ impl UserData for LuaPool {
                     Ok(())
                 },
             )?;
-            coroutines.suspending(start, "a pool call")
+            raw::waiting_function(
+                lua,
+                pool_call_fast,
+                &start,
+                "a pool call cannot wait here: Lua cannot suspend this function (a sort comparator, a metamethod called from C)",
+            )
         });
     }
 
@@ -502,7 +559,10 @@ fn register(lua: &Lua) -> mlua::Result<()> {
                             .vm
                             .upgrade()
                             .ok_or_else(|| mlua::Error::runtime("worker VM is gone"))?;
-                        Rc::new(LuaRoute { vm, function })
+                        Rc::new(LuaRoute {
+                            vm,
+                            function: lua.create_registry_value(function)?,
+                        })
                     }
                     // A pool attached directly is served with no Lua per
                     // request, as `function(r) return pool(r) end` would be.
@@ -944,7 +1004,7 @@ pub(super) fn to_lua(
                 return Ok(Value::UserData(ud.clone()));
             }
             let pool = def.instantiate(&worker_routes.backends, env);
-            let ud = lua.create_userdata(LuaPool(pool))?;
+            let ud = LuaPool::object(lua, pool)?;
             pools.insert(ptr, ud.clone());
             Value::UserData(ud)
         }
