@@ -62,6 +62,9 @@ pub(super) enum Parked {
     Wait(Pin<Box<dyn Future<Output = Resumed>>>),
 }
 
+/// A pool object of the VM: its address, its pool, the object itself.
+type KnownPool = (*const c_void, Rc<dyn Pool>, AnyUserData);
+
 /// Coroutines kept for reuse per VM; more finished at once are let go.
 ///
 /// Making a coroutine per request (a Lua thread and its stack, later
@@ -76,7 +79,7 @@ pub(super) struct Coroutines {
     /// The VM's pool objects, by the address Lua holds them at, for the
     /// fast `pool(r)` (kept alive here, so no other object takes an
     /// address while it is listed).
-    pools: RefCell<Vec<(*const c_void, Rc<dyn Pool>, AnyUserData)>>,
+    pools: RefCell<Vec<KnownPool>>,
     idle: RefCell<Vec<Thread>>,
     /// `suspending(start, name)`, see [`SUSPEND`].
     suspend: Function,
