@@ -3,7 +3,7 @@
 //! workers build them natively with no Lua.
 //!
 //! This module owns the reading: comments and `@import(file)` are resolved,
-//! `pools` become [`PoolDef`]s hashed as mcrouter hashes (Ch3 unless the
+//! macros are expanded ([`crate::mcrouter_macros`]), `pools` become [`PoolDef`]s hashed as mcrouter hashes (Ch3 unless the
 //! route says otherwise), and every route handle maps onto a
 //! [`RoutePlan`] node. What it cannot honour is an error naming the JSON
 //! path (`route.children[2].type: BigValueRoute is not supported`), never
@@ -249,13 +249,18 @@ fn strip_comment_text(text: &str) -> String {
 
 /// Reads a configuration already parsed as JSON.
 pub fn parse(value: &Value) -> Result<McrouterConfig, String> {
+    if !value.is_object() {
+        return Err("the configuration must be a JSON object".into());
+    }
+    // mcrouter preprocesses every configuration (macros, constants,
+    // `@builtin(...)` calls), with or without a `macros` section.
+    let value = crate::mcrouter_macros::expand_config(value.clone())?;
     let top = value
         .as_object()
-        .ok_or("the configuration must be a JSON object")?;
+        .ok_or("the configuration must expand to a JSON object")?;
     for key in top.keys() {
         match key.as_str() {
             "pools" | "route" | "routes" | "named_handles" => {}
-            "macros" => return Err(format!("{key}: not supported (write the routes out)")),
             other => return Err(format!("{other}: unknown top-level key")),
         }
     }
@@ -1397,8 +1402,9 @@ mod tests {
             "pools.A.servers[0]: \"nohost\" is not host:port"
         );
         assert_eq!(
-            read(json!({"macros": {}, "route": "NullRoute"})).unwrap_err(),
-            "macros: not supported (write the routes out)"
+            read(json!({"macros": {}, "route": "@hash(x)"})).unwrap_err(),
+            "route (@hash): the built-in macro hash is not supported by memroute: its value \
+             is folly's hash, which memroute cannot reproduce"
         );
         assert_eq!(
             read(json!({"named_handles": [{"type": "NullRoute"}], "route": "NullRoute"}))
