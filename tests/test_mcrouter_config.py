@@ -495,6 +495,10 @@ def test_macros_with_builtins_pick_warm_up_ttls(backends, memroute_factory, star
     ({"route": "PoolRoute|%missing%"},
      "route: %missing%: no such parameter or constant"),
     ({"route": "@fail(not this one)"}, "@fail: not this one"),
+    ({"macros": {"file": {"type": "constDef", "result": "pools.json"}},
+      "route": "@import(%file%)"},
+     "route (@import): the built-in macro import is not supported by memroute: @import takes "
+     "a literal file path here"),
 ])
 def test_macro_mistakes_stop_the_start_naming_them(startfile_dir, config, message):
     path = config_file(startfile_dir, dict({"pools": {"A": {"servers": ["127.0.0.1:1"]}}},

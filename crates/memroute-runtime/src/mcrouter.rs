@@ -119,10 +119,13 @@ fn read_json(path: &Path, depth: usize) -> Result<Value, String> {
 fn resolve_imports(value: &mut Value, dir: &Path, depth: usize) -> Result<(), String> {
     match value {
         Value::String(s) => {
+            // A path built from macro parameters (`%name%`) is left for
+            // the macro expander, which refuses it by name.
             if let Some(file) = s
                 .trim()
                 .strip_prefix("@import(")
                 .and_then(|r| r.strip_suffix(')'))
+                .filter(|file| !file.contains('%'))
             {
                 let file = PathBuf::from(file.trim());
                 let file = if file.is_absolute() {

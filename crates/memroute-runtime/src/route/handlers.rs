@@ -49,7 +49,7 @@ impl RetryStat {
 }
 
 /// Runs `future` as a task of this worker, its reply dropped.
-fn in_background(future: ResponseFuture) {
+fn in_background(future: impl std::future::Future<Output = Response> + 'static) {
     tokio::task::spawn_local(future);
 }
 
@@ -59,21 +59,21 @@ fn ready(response: Response) -> ResponseFuture {
 
 /// `request` sent down every one of `children` at once, answers as they
 /// come.
-fn call_all(children: &[Rc<dyn Route>], request: &Request) -> FuturesUnordered<ResponseFuture> {
+fn call_all(children: &[Rc<dyn Route>], request: &Request) -> FuturesUnordered<Sent> {
     children
         .iter()
-        .map(|c| c.clone().call(request.clone()))
+        .map(|c| c.clone().call_borrowed(request))
         .collect()
 }
 
 /// Lets the calls still `pending` finish as worker tasks (a fan-out that
 /// has its answer still owes every child its request).
-fn finish_in_background(mut pending: FuturesUnordered<ResponseFuture>) {
+fn finish_in_background(mut pending: FuturesUnordered<Sent>) {
     if !pending.is_empty() {
-        in_background(Box::pin(async move {
+        in_background(async move {
             while pending.next().await.is_some() {}
             Response::miss()
-        }));
+        });
     }
 }
 
@@ -129,10 +129,10 @@ impl Route for AllSync {
     }
 
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
-        let calls: Vec<ResponseFuture> = self
+        let calls: Vec<Sent> = self
             .children
             .iter()
-            .map(|c| c.clone().call(request.clone()))
+            .map(|c| c.clone().call_borrowed(&request))
             .collect();
         Box::pin(async move {
             let replies = futures_util::future::join_all(calls).await;
@@ -184,7 +184,7 @@ impl Route for AllAsync {
 
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
         for child in &self.children {
-            in_background(child.clone().call(request.clone()));
+            in_background(child.clone().call_borrowed(&request));
         }
         ready(nominal_miss(&request))
     }
@@ -203,7 +203,7 @@ impl Route for Split {
     }
 
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
-        in_background(self.child_b.clone().call(request.clone()));
+        in_background(self.child_b.clone().call_borrowed(&request));
         self.child_a.clone().call(request)
     }
 }
@@ -333,7 +333,7 @@ impl Route for ZoneFailover {
 
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
         Box::pin(async move {
-            let near = self.near.clone().call(request.clone()).await;
+            let near = self.near.clone().call_borrowed(&request).await;
             if near.is_hit() || (!self.miss && near.is_ok()) || self.far.is_empty() {
                 return near;
             }
@@ -529,7 +529,7 @@ impl Route for Shadow {
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
         if (self.sampler.next() >> 32) < self.threshold {
             for shadow in &self.shadows {
-                in_background(shadow.clone().call(request.clone()));
+                in_background(shadow.clone().call_borrowed(&request));
             }
         }
         self.child.clone().call(request)
@@ -568,7 +568,7 @@ impl Route for KeyShadow {
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
         if request.key().is_some_and(|k| self.shadows_key(k)) {
             for shadow in &self.shadows {
-                in_background(shadow.clone().call(request.clone()));
+                in_background(shadow.clone().call_borrowed(&request));
             }
         }
         self.child.clone().call(request)
@@ -668,7 +668,7 @@ impl Route for Warmup {
             return self.cold.clone().call(request);
         };
         Box::pin(async move {
-            let cold = self.cold.clone().call(request.clone()).await;
+            let cold = self.cold.clone().call_borrowed(&request).await;
             if cold.is_hit() || !cold.is_ok() {
                 return cold;
             }
@@ -728,7 +728,7 @@ impl L1L2 {
             _ => true,
         };
         if shows_flags {
-            let near = self.l1.clone().call(request.clone()).await;
+            let near = self.l1.clone().call_borrowed(request).await;
             if !near.is_hit() {
                 return Ok(None);
             }
@@ -760,7 +760,7 @@ impl Route for L1L2 {
                         Ok(None) => {}
                     }
                 } else {
-                    let near = self.l1.clone().call(request.clone()).await;
+                    let near = self.l1.clone().call_borrowed(&request).await;
                     if near.is_hit() {
                         return near;
                     }
@@ -842,7 +842,7 @@ impl Route for Migrate {
             return self.to.clone().call(request);
         }
         Box::pin(async move {
-            let new = self.to.clone().call(request.clone()).await;
+            let new = self.to.clone().call_borrowed(&request).await;
             if new.is_hit() || !new.is_ok() {
                 return new;
             }
