@@ -430,10 +430,12 @@ def test_the_migration_guides_macro_example_loads_and_replicates(backends, memro
 def test_macros_with_builtins_pick_warm_up_ttls(backends, memroute_factory, startfile_dir):
     """A prefix-routed two-cluster setup whose WarmUpRoutes come from one
     macro, called as a string and as an object; the fill TTL is selected
-    from a constant table by name, with a default."""
+    from a constant table by name, with a default. The pools are made from
+    a constant table of clusters by a transform."""
     cold, warm = backends(2)
     path = config_file(startfile_dir, {
         "macros": {
+            "clusters": {"type": "constDef", "result": {"cold": cold.addr, "warm": warm.addr}},
             "ttls": {"type": "constDef", "result": {"short": 60, "long": 3600}},
             "warm": {
                 "type": "macroDef",
@@ -445,7 +447,8 @@ def test_macros_with_builtins_pick_warm_up_ttls(backends, memroute_factory, star
             "twice": {"type": "macroDef", "params": ["n"],
                       "result": "@mul(@int(%n%),@int(2))"},
         },
-        "pools": {"cold": servers(cold), "warm": servers(warm)},
+        "pools": {"type": "transform", "dictionary": "%clusters%",
+                  "itemTransform": {"servers": ["%item%"]}},
         "route": {
             "type": "PrefixSelectorRoute",
             "policies": {
@@ -484,8 +487,8 @@ def test_macros_with_builtins_pick_warm_up_ttls(backends, memroute_factory, star
 @pytest.mark.parametrize("config, message", [
     ({"route": "@hash(abc)"},
      "route (@hash): the built-in macro hash is not supported by memroute"),
-    ({"route": {"type": "transform", "dictionary": [1], "itemTransform": "%item%"}},
-     "the built-in macro transform is not supported by memroute"),
+    ({"route": {"type": "shuffle", "dictionary": ["PoolRoute|A", "NullRoute"]}},
+     "the built-in macro shuffle is not supported by memroute"),
     ({"route": "@nope(x)"}, "route (@nope): no macro named 'nope'"),
     ({"macros": {"m": {"type": "macroDef", "params": ["a", "b"], "result": "%a%"}},
       "route": "@m(x)"},

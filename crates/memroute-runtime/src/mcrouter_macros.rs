@@ -11,12 +11,12 @@
 //! configuration, so this does too: a plain configuration without `@` calls
 //! or `%` comes out unchanged.
 //!
-//! Built-ins that memroute cannot honour the way mcrouter does are load
-//! errors naming them: `@hash` (folly's hash of the value, which no
-//! memroute build reproduces), `@shuffle` (a random order on each load),
-//! and the long-form `transform`, `process` and `foreach`. `@import` with
-//! a literal path is resolved before expansion (`crate::mcrouter`); a path
-//! built from parameters is an error.
+//! The long-form built-ins `define`, `transform`, `process` and `foreach`
+//! are here too. Built-ins that memroute cannot honour the way mcrouter
+//! does are load errors naming them: `@hash` (folly's hash of the value,
+//! which no memroute build reproduces) and `@shuffle` (a random order on
+//! each load). `@import` with a literal path is resolved before expansion
+//! (`crate::mcrouter`); a path built from parameters is an error.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -77,9 +77,6 @@ const UNSUPPORTED: &[(&str, &str)] = &[
         "shuffle",
         "it would order the list differently on every load",
     ),
-    ("transform", "write the expanded value out"),
-    ("process", "write the expanded value out"),
-    ("foreach", "write the expanded value out"),
     (
         "import",
         "@import takes a literal file path here, resolved before macros",
@@ -286,6 +283,9 @@ impl Preprocessor {
                 // Definitions met inside `macros` are read later, as written.
                 "macroDef" | "constDef" => return Ok(Value::Object(map)),
                 "define" => return self.define_call(map, scope, path),
+                "transform" => return self.transform(map, scope, &format!("{path} (transform)")),
+                "process" => return self.process(map, scope, &format!("{path} (process)")),
+                "foreach" => return self.foreach(map, scope, &format!("{path} (foreach)")),
                 _ => {}
             }
             if let Some(found) = self.lookup(&kind) {
@@ -321,6 +321,255 @@ impl Preprocessor {
             out.insert(key, self.expand(value, scope, &here)?);
         }
         Ok(Value::Object(out))
+    }
+
+    /// The name a loop built-in gives its key, item or value in scope
+    /// (`keyName`, `itemName`...: plain strings, not expanded).
+    fn loop_name(
+        map: &Map<String, Value>,
+        field: &str,
+        default: &str,
+        path: &str,
+    ) -> Result<String, String> {
+        match map.get(field) {
+            None => Ok(default.to_string()),
+            Some(Value::String(name)) => Ok(name.clone()),
+            Some(other) => Err(format!("{path}: {field} is {}, not a string", kind(other))),
+        }
+    }
+
+    /// `{"type": "transform", "dictionary", "itemTransform", "keyTransform",
+    /// "itemName", "keyName"}`: each entry's item (and an object's key)
+    /// rewritten with `%key%` and `%item%` in scope. A key may become a
+    /// list of keys (each gets the item) or an empty list (the entry is
+    /// dropped).
+    fn transform(
+        &self,
+        mut map: Map<String, Value>,
+        scope: &Scope,
+        path: &str,
+    ) -> Result<Value, String> {
+        let dict = map
+            .remove("dictionary")
+            .ok_or_else(|| format!("{path}: 'dictionary' missing"))?;
+        let dict = self.expand(dict, scope, path)?;
+        let item_name = Self::loop_name(&map, "itemName", "item", path)?;
+        let key_name = Self::loop_name(&map, "keyName", "key", path)?;
+        let item_transform = map.get("itemTransform");
+        let mut inner = Scope {
+            vars: scope.vars.clone(),
+        };
+        match dict {
+            Value::Object(entries) => {
+                let key_transform = map.get("keyTransform");
+                let mut out = Map::new();
+                for (key, item) in entries {
+                    inner
+                        .vars
+                        .insert(key_name.clone(), Value::String(key.clone()));
+                    inner.vars.insert(item_name.clone(), item.clone());
+                    let new_key = match key_transform {
+                        Some(t) => self.expand(t.clone(), &inner, path)?,
+                        None => Value::String(key),
+                    };
+                    let new_item = match item_transform {
+                        Some(t) => self.expand(t.clone(), &inner, path)?,
+                        None => item,
+                    };
+                    match new_key {
+                        Value::String(k) => {
+                            out.insert(k, new_item);
+                        }
+                        Value::Array(keys) => {
+                            for k in keys {
+                                let Value::String(k) = k else {
+                                    return Err(format!(
+                                        "{path}: a transformed key list holds {}, not strings",
+                                        kind(&k)
+                                    ));
+                                };
+                                out.insert(k, new_item.clone());
+                            }
+                        }
+                        other => {
+                            return Err(format!(
+                                "{path}: a transformed key is {}, not a string or a list",
+                                kind(&other)
+                            ))
+                        }
+                    }
+                }
+                Ok(Value::Object(out))
+            }
+            Value::Array(items) if items.is_empty() => Ok(Value::Array(items)),
+            Value::Array(items) => {
+                let transform = item_transform
+                    .ok_or_else(|| format!("{path}: a list needs 'itemTransform'"))?;
+                let mut out = Vec::with_capacity(items.len());
+                for (i, item) in items.into_iter().enumerate() {
+                    inner.vars.insert(key_name.clone(), Value::from(i));
+                    inner.vars.insert(item_name.clone(), item);
+                    out.push(self.expand(transform.clone(), &inner, path)?);
+                }
+                Ok(Value::Array(out))
+            }
+            other => Err(format!(
+                "{path}: dictionary is {}, not an object or a list",
+                kind(&other)
+            )),
+        }
+    }
+
+    /// Entries of an object (keys as strings) or a list (indexes), in
+    /// order.
+    fn entries(dict: Value, path: &str) -> Result<Vec<(Value, Value)>, String> {
+        match dict {
+            Value::Object(map) => Ok(map
+                .into_iter()
+                .map(|(k, v)| (Value::String(k), v))
+                .collect()),
+            Value::Array(items) => Ok(items
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| (Value::from(i), v))
+                .collect()),
+            other => Err(format!(
+                "{path}: dictionary is {}, not an object or a list",
+                kind(&other)
+            )),
+        }
+    }
+
+    /// `{"type": "process", "dictionary", "initialValue", "transform",
+    /// "keyName", "itemName", "valueName"}`: a fold; `transform` is
+    /// expanded once per entry with `%key%`, `%item%` and the running
+    /// `%value%` in scope, and gives the next value.
+    fn process(
+        &self,
+        mut map: Map<String, Value>,
+        scope: &Scope,
+        path: &str,
+    ) -> Result<Value, String> {
+        let mut take = |field: &str| {
+            map.remove(field)
+                .ok_or_else(|| format!("{path}: '{field}' missing"))
+        };
+        let dict = take("dictionary")?;
+        let initial = take("initialValue")?;
+        let transform = take("transform")?;
+        let dict = self.expand(dict, scope, path)?;
+        let mut value = self.expand(initial, scope, path)?;
+        let key_name = Self::loop_name(&map, "keyName", "key", path)?;
+        let item_name = Self::loop_name(&map, "itemName", "item", path)?;
+        let value_name = Self::loop_name(&map, "valueName", "value", path)?;
+        let mut inner = Scope {
+            vars: scope.vars.clone(),
+        };
+        for (key, item) in Self::entries(dict, path)? {
+            inner.vars.insert(key_name.clone(), key);
+            inner.vars.insert(item_name.clone(), item);
+            inner.vars.insert(value_name.clone(), value);
+            value = self.expand(transform.clone(), &inner, path)?;
+        }
+        Ok(value)
+    }
+
+    /// `{"type": "foreach", "from", "key", "item", "where", "use", "top",
+    /// "noMatchResult"}`: the entries of `from` for which `where` holds (at
+    /// most `top` of them), each as `use` expands it (merged into one list
+    /// or object) or as it is; `noMatchResult` (else an empty `from`) when
+    /// none does.
+    fn foreach(
+        &self,
+        mut map: Map<String, Value>,
+        scope: &Scope,
+        path: &str,
+    ) -> Result<Value, String> {
+        let from = map
+            .remove("from")
+            .ok_or_else(|| format!("{path}: 'from' missing"))?;
+        let from = self.expand(from, scope, path)?;
+        let from_object = from.is_object();
+        let item_name = Self::loop_name(&map, "item", "item", path)?;
+        let key_name = Self::loop_name(&map, "key", "key", path)?;
+        let entries = Self::entries(from, path)?;
+        let mut top = match map.remove("top") {
+            None => entries.len(),
+            Some(top) => match self.expand(top, scope, path)? {
+                Value::Number(n) if n.as_u64().is_some() => n.as_u64().unwrap_or(0) as usize,
+                other => {
+                    return Err(format!(
+                        "{path}: top is {}, not a non-negative integer",
+                        kind(&other)
+                    ))
+                }
+            },
+        };
+        let mut inner = Scope {
+            vars: scope.vars.clone(),
+        };
+        let mut result: Option<Value> = None;
+        for (key, item) in entries {
+            if top == 0 {
+                break;
+            }
+            inner.vars.insert(key_name.clone(), key.clone());
+            inner.vars.insert(item_name.clone(), item.clone());
+            if let Some(condition) = map.get("where") {
+                match self.expand(condition.clone(), &inner, path)? {
+                    Value::Bool(true) => {}
+                    Value::Bool(false) => continue,
+                    other => {
+                        return Err(format!(
+                            "{path}: 'where' expanded to {}, not a boolean",
+                            kind(&other)
+                        ))
+                    }
+                }
+            }
+            let piece = match map.get("use") {
+                Some(template) => self.expand(template.clone(), &inner, path)?,
+                None if from_object => {
+                    let mut one = Map::new();
+                    one.insert(key.as_str().unwrap_or_default().to_string(), item);
+                    Value::Object(one)
+                }
+                None => Value::Array(vec![item]),
+            };
+            result = Some(match (result, piece) {
+                (None, piece @ (Value::Object(_) | Value::Array(_))) => piece,
+                (None, other) => {
+                    return Err(format!(
+                        "{path}: 'use' expanded to {}, not an object or a list",
+                        kind(&other)
+                    ))
+                }
+                (Some(Value::Object(mut acc)), Value::Object(more)) => {
+                    acc.extend(more);
+                    Value::Object(acc)
+                }
+                (Some(Value::Array(mut acc)), Value::Array(more)) => {
+                    acc.extend(more);
+                    Value::Array(acc)
+                }
+                (Some(acc), other) => {
+                    return Err(format!(
+                        "{path}: 'use' expanded to {} after {}",
+                        kind(&other),
+                        kind(&acc)
+                    ))
+                }
+            });
+            top -= 1;
+        }
+        match result {
+            Some(v) => Ok(v),
+            None => match map.remove("noMatchResult") {
+                Some(v) => self.expand(v, scope, path),
+                None if from_object => Ok(Value::Object(Map::new())),
+                None => Ok(Value::Array(Vec::new())),
+            },
+        }
     }
 
     /// `{"type": "define", "vars": {...}, "result": ...}`: `result` with
@@ -1166,6 +1415,75 @@ mod tests {
     }
 
     #[test]
+    fn loops() {
+        let macros = json!({
+            "concat": { "type": "macroDef", "params": ["a", "b"], "result": "%a%%b%" },
+            "indexof": {
+                "type": "macroDef",
+                "params": ["list", "x"],
+                "result": {
+                    "type": "process",
+                    "initialValue": "@int(-1)",
+                    "dictionary": "%list%",
+                    "transform": {
+                        "type": "if",
+                        "condition": "@and(@equals(%value%,@int(-1)),@equals(%item%,%x%))",
+                        "is_true": "%key%",
+                        "is_false": "%value%"
+                    }
+                }
+            }
+        });
+        let cases = [
+            (
+                json!({ "type": "transform", "dictionary": ["a", "b"],
+                        "itemTransform": "@concat(%item%,1)" }),
+                json!(["a1", "b1"]),
+            ),
+            (
+                json!({ "type": "transform", "dictionary": { "a": "1", "b": "2" },
+                        "keyTransform": "%key%1", "itemTransform": "@concat(%item%,%key%)" }),
+                json!({ "a1": "1a", "b1": "2b" }),
+            ),
+            (
+                json!({ "type": "transform", "keyTransform": "%item%", "itemTransform": "%key%",
+                        "dictionary": { "a": ["1", "2"], "b": [] } }),
+                json!({ "1": "a", "2": "a" }),
+            ),
+            (
+                json!({ "type": "indexof", "list": ["a", "b", "c", "b"], "x": "b" }),
+                json!(1),
+            ),
+            (
+                json!({ "type": "foreach", "from": { "a": 1, "b": 2, "c": 3 },
+                        "where": "@less(%item%,@int(3))" }),
+                json!({ "a": 1, "b": 2 }),
+            ),
+            (
+                json!({ "type": "foreach", "from": { "a": 1, "b": 2 },
+                        "use": ["%key%"], "noMatchResult": [] }),
+                json!(["a", "b"]),
+            ),
+            (
+                json!({ "type": "foreach", "from": [5, 6, 7], "top": 2 }),
+                json!([5, 6]),
+            ),
+            (
+                json!({ "type": "foreach", "from": [5], "where": "@bool(false)",
+                        "noMatchResult": "none" }),
+                json!("none"),
+            ),
+        ];
+        for (input, want) in cases {
+            assert_eq!(
+                expand_with(macros.clone(), input.clone()).unwrap(),
+                want,
+                "{input}"
+            );
+        }
+    }
+
+    #[test]
     fn definitions_may_be_lists_and_merges() {
         let macros = json!([
             { "a": { "type": "constDef", "result": "A" } },
@@ -1191,11 +1509,10 @@ mod tests {
         assert!(err(json!({}), json!("@hash(abc)"))
             .contains("the built-in macro hash is not supported"));
         assert!(err(json!({}), json!("@shuffle(abc)")).contains("macro shuffle"));
-        assert!(err(
-            json!({}),
-            json!({ "type": "transform", "dictionary": [1], "itemTransform": "%item%" })
-        )
-        .contains("the built-in macro transform is not supported"));
+        assert!(
+            err(json!({}), json!({ "type": "transform", "dictionary": [1] }))
+                .contains("a list needs 'itemTransform'")
+        );
         assert!(err(json!({}), json!("@fail(stop here)")).contains("@fail: stop here"));
         assert!(err(json!({}), json!("@int(x)")).contains("cannot cast \"x\" to int"));
         let looped = json!({ "me": { "type": "macroDef", "result": "@me" } });
