@@ -306,15 +306,19 @@ end
 
 local resolve_route
 
-local function resolve_child(value, made, at, label)
+-- `label` and `cmd` are what the handlers of this tree get from ctx:label()
+-- and ctx:cmd(): the map entry and the command the tree is built for
+-- (mcp.CMD_ANY_STORAGE unless a cmdmap or cmap names one), as routelib
+-- builds one tree per command of a command map.
+local function resolve_child(value, made, at, label, cmd)
     if type(value) == "string" then
         return resolve_name(value, made, at)
     elseif type(value) == "table" and value.__route then
-        return resolve_route(value, made, label)
+        return resolve_route(value, made, label, cmd)
     elseif type(value) == "table" then
         local out = {}
         for k, v in pairs(value) do
-            out[k] = resolve_child(v, made, at, label)
+            out[k] = resolve_child(v, made, at, label, cmd)
         end
         return out
     end
@@ -340,21 +344,21 @@ local function stats_id(name)
 end
 
 -- What a user handler's _conf function gets as ctx (routelib's methods).
-local function conf_ctx(label)
+local function conf_ctx(label, cmd)
     return {
         label = function(_) return label end,
-        cmd = function(_) return mcp.CMD_ANY_STORAGE end,
+        cmd = function(_) return cmd end,
         local_zone = function(_) return conf.zone end,
         get_stats_id = function(_, name) return stats_id(name) end,
         stats_get_id = function(_, name) return stats_id(name) end,
     }
 end
 
-resolve_route = function(r, made, label)
+resolve_route = function(r, made, label, cmd)
     local args = {}
     for k, v in pairs(r.args) do
         if type(k) == "string" and k:find("^child") then
-            args[k] = resolve_child(v, made, r.__where, label)
+            args[k] = resolve_child(v, made, r.__where, label, cmd)
         else
             args[k] = v
         end
@@ -366,15 +370,15 @@ resolve_route = function(r, made, label)
             fail(r.__where, "route_" .. name .. ": no function route_" .. name
                 .. "_conf (define it in the handler library)")
         end
-        local ok, out = pcall(configure, args, conf_ctx(label))
+        local ok, out = pcall(configure, args, conf_ctx(label, cmd))
         if not ok then
             fail(r.__where, "route_" .. name .. "_conf: " .. tostring(out))
         end
         if type(out) ~= "table" then
             fail(r.__where, "route_" .. name .. "_conf must return a table")
         end
-        return { __route = "user", __handler = name, __label = label, __where = r.__where,
-                 args = out }
+        return { __route = "user", __handler = name, __label = label, __cmd = cmd,
+                 __where = r.__where, args = out }
     end
     return { __route = r.__route, __where = r.__where, args = args }
 end
@@ -383,11 +387,11 @@ local function resolve_entry(value, made, at, label)
     if type(value) == "table" and value.__cmdmap then
         local out = {}
         for id, r in pairs(value.__cmdmap) do
-            out[id] = resolve_child(r, made, value.__where, label)
+            out[id] = resolve_child(r, made, value.__where, label, id)
         end
         return { __cmdmap = out, __where = value.__where }
     end
-    return resolve_child(value, made, at, label)
+    return resolve_child(value, made, at, label, mcp.CMD_ANY_STORAGE)
 end
 
 -- One routes{} section with every child resolved to its pool.
@@ -402,11 +406,12 @@ local function resolve_tree(r, made)
     if r.cmap ~= nil then
         tree.cmap = {}
         for id, entry in pairs(command_ids(r.cmap, r.__where, "routes cmap")) do
-            tree.cmap[id] = resolve_child(entry, made, r.__where, "cmdmap")
+            tree.cmap[id] = resolve_child(entry, made, r.__where, "cmdmap", id)
         end
     end
     if r.default ~= nil then
-        tree.default = resolve_child(r.default, made, r.__where, "default")
+        tree.default = resolve_child(r.default, made, r.__where, "default",
+            mcp.CMD_ANY_STORAGE)
     end
     return tree
 end

@@ -14,6 +14,8 @@ import json
 import signal
 import struct
 
+import pytest
+
 from conftest import (mc_get, mc_set, run_memroute_expect_failure, stats_dict, wait_until,
                       write_startfile)
 
@@ -384,3 +386,126 @@ def test_config_file_and_md5_digest_admin_keys_follow_reloads(backends, memroute
         wait_until(lambda: stats_dict(c, b"proxy").get("config_reloads") == "1", 10,
                    what="the reload")
         assert admin(c, b"config_md5_digest") == hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def doc_json_blocks(name: str) -> list:
+    """The ```json blocks of docs/NAME, in order."""
+    import pathlib
+    import re
+    text = (pathlib.Path(__file__).parent.parent / "docs" / name).read_text()
+    return re.findall(r"```json\n(.*?)```", text, re.S)
+
+
+def test_the_migration_guides_macro_example_loads_and_replicates(backends, memroute_factory,
+                                                                 startfile_dir):
+    """docs/mcrouter-migration.md's macro example, its two servers replaced by
+    real ones: a constant names the pools, a macro with a default port
+    builds them, another builds the replicated route (AllSync writes,
+    MissFailover reads)."""
+    a, b = backends(2)
+    (example,) = [block for block in doc_json_blocks("mcrouter-migration.md")
+                  if '"macros"' in block]
+    a_host, a_port = a.addr.rsplit(":", 1)
+    b_host, b_port = b.addr.rsplit(":", 1)
+    text = example.replace('"11211"', json.dumps(a_port)) \
+        .replace("@cluster(10.0.0.1)", "@cluster(%s)" % a_host) \
+        .replace("@cluster(10.0.1.1, 11212)", "@cluster(%s, %s)" % (b_host, b_port))
+    path = write_startfile(startfile_dir, "macros.json", text)
+    mr = memroute_factory("--mcrouter-config", str(path))
+    with mr.client() as c:
+        assert c.request(b"set k 0 0 2\r\nhi\r\n") == b"STORED\r\n"
+        # The second pool alone has this one: the read fails over to it.
+        mc_set(b, "only-b", b"bee")
+        assert c.request(b"get only-b\r\n", b"END\r\n") == b"VALUE only-b 0 3\r\nbee\r\nEND\r\n"
+        assert c.request(b"delete k\r\n") == b"DELETED\r\n"
+        # The pools' names came from the constant.
+        reply = c.request(b"get __mcrouter__.route_handles(get,k)\r\n", b"END\r\n")
+        assert b"west-a" in reply and b"west-b" in reply, reply
+    assert mc_get(a, "k") is None and mc_get(b, "k") is None
+    with mr.client() as c:
+        assert c.request(b"set k2 0 0 1\r\nx\r\n") == b"STORED\r\n"
+    assert mc_get(a, "k2") == b"x" and mc_get(b, "k2") == b"x"
+
+
+def test_macros_with_builtins_pick_warm_up_ttls(backends, memroute_factory, startfile_dir):
+    """A prefix-routed two-cluster setup whose WarmUpRoutes come from one
+    macro, called as a string and as an object; the fill TTL is selected
+    from a constant table by name, with a default. The pools are made from
+    a constant table of clusters by a transform."""
+    cold, warm = backends(2)
+    path = config_file(startfile_dir, {
+        "macros": {
+            "clusters": {"type": "constDef", "result": {"cold": cold.addr, "warm": warm.addr}},
+            "ttls": {"type": "constDef", "result": {"short": 60, "long": 3600}},
+            "warm": {
+                "type": "macroDef",
+                "params": ["cold", "warm", {"name": "ttl", "default": "short"}],
+                "result": {"type": "WarmUpRoute", "cold": "PoolRoute|%cold%",
+                           "warm": "PoolRoute|%warm%",
+                           "exptime": "@select(%ttls%,%ttl%)"},
+            },
+            "twice": {"type": "macroDef", "params": ["n"],
+                      "result": "@mul(@int(%n%),@int(2))"},
+        },
+        "pools": {"type": "transform", "dictionary": "%clusters%",
+                  "itemTransform": {"servers": ["%item%"]}},
+        "route": {
+            "type": "PrefixSelectorRoute",
+            "policies": {
+                "a:": {"type": "warm", "cold": "cold", "warm": "warm"},
+                "b:": "@warm(cold,warm,long)",
+                "c:": {"type": "WarmUpRoute", "cold": "PoolRoute|cold",
+                       "warm": "PoolRoute|warm", "exptime": "@twice(450)"},
+            },
+            "wildcard": {"type": "if", "condition": "@equals(@size(%ttls%),@int(2))",
+                         "is_true": "PoolRoute|cold", "is_false": "@fail(two ttls)"},
+        },
+    })
+    mr = memroute_factory("--mcrouter-config", str(path))
+    for key in ("a:k", "b:k", "c:k"):
+        mc_set(warm, key, b"old")
+    with mr.client() as c:
+        for key in (b"a:k", b"b:k", b"c:k"):
+            assert c.request(b"get %s\r\n" % key, b"END\r\n") == \
+                b"VALUE %s 0 3\r\nold\r\nEND\r\n" % key
+        assert c.request(b"set other 0 0 1\r\nx\r\n") == b"STORED\r\n"
+    assert mc_get(cold, "other") == b"x"
+
+    def ttl(key: str) -> int:
+        with cold.client() as direct:
+            reply = direct.request(b"mg %s t\r\n" % key.encode())
+        assert reply.startswith(b"HD t"), reply
+        return int(reply.split(b"t")[-1])
+
+    wait_until(lambda: all(mc_get(cold, k) == b"old" for k in ("a:k", "b:k", "c:k")), 3,
+               what="the warmed copies")
+    assert 50 <= ttl("a:k") <= 60
+    assert 3500 <= ttl("b:k") <= 3600
+    assert 890 <= ttl("c:k") <= 900
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"route": "@hash(abc)"},
+     "route (@hash): the built-in macro hash is not supported by memroute"),
+    ({"route": {"type": "shuffle", "dictionary": ["PoolRoute|A", "NullRoute"]}},
+     "the built-in macro shuffle is not supported by memroute"),
+    ({"route": "@nope(x)"}, "route (@nope): no macro named 'nope'"),
+    ({"macros": {"m": {"type": "macroDef", "params": ["a", "b"], "result": "%a%"}},
+      "route": "@m(x)"},
+     "route (@m): macro m takes 2 arguments, not 1"),
+    ({"macros": {"m": {"type": "macro", "result": 1}}, "route": "NullRoute"},
+     "macros.m.type: unknown macro definition type \"macro\" (macroDef or constDef)"),
+    ({"route": "PoolRoute|%missing%"},
+     "route: %missing%: no such parameter or constant"),
+    ({"route": "@fail(not this one)"}, "@fail: not this one"),
+    ({"macros": {"file": {"type": "constDef", "result": "pools.json"}},
+      "route": "@import(%file%)"},
+     "route (@import): the built-in macro import is not supported by memroute: @import takes "
+     "a literal file path here"),
+])
+def test_macro_mistakes_stop_the_start_naming_them(startfile_dir, config, message):
+    path = config_file(startfile_dir, dict({"pools": {"A": {"servers": ["127.0.0.1:1"]}}},
+                                           **config))
+    result = run_memroute_expect_failure(["--mcrouter-config", str(path)])
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr

@@ -765,6 +765,69 @@ routes{
                    what="the reloaded handler")
 
 
+CMD_LIBRARY = """
+register_route_handlers({ "whichcmd" })
+
+-- mcp.CMD_* ids back to their names, on whichever VM this runs.
+local function cmd_name(id)
+    for k, v in pairs(mcp) do
+        if type(k) == "string" and k:find("^CMD_") and v == id then
+            return k
+        end
+    end
+    return tostring(id)
+end
+
+function route_whichcmd_conf(t, ctx)
+    t.conf_cmd = cmd_name(ctx:cmd())
+    return t
+end
+
+function route_whichcmd_start(a, ctx, fgen)
+    local line = "SERVER_ERROR " .. ctx:label() .. " conf=" .. a.conf_cmd
+        .. " start=" .. cmd_name(ctx:cmd()) .. "\\r\\n"
+    fgen:ready({ a = line, n = ctx:label(), f = function(rctx, msg)
+        return function(r) return msg end
+    end })
+end
+"""
+
+
+def test_user_route_handlers_see_the_command_their_tree_is_built_for(
+        backends, memroute_factory, startfile_dir):
+    """routelib builds a tree per command of a cmdmap{} entry or a cmap,
+    and ctx:cmd() (on the config VM and on the workers) names that
+    command; elsewhere it is CMD_ANY_STORAGE."""
+    (a,) = backends(1)
+    library = routes_file(startfile_dir, CMD_LIBRARY, "handlers.lua")
+    path = routes_file(startfile_dir, pools_text(pa=[a]) + """
+routes{
+    map = {
+        both = cmdmap{
+            get = route_whichcmd{},
+            -- Nested under a native handler: the same tree, the same command.
+            set = route_failover{ children = { route_whichcmd{} } },
+        },
+        any = route_whichcmd{},
+    },
+    cmap = { delete = route_whichcmd{} },
+    default = route_whichcmd{},
+}
+""")
+    mr = memroute_factory("-o", "proxy_config=routelib:%s,proxy_arg=%s" % (library, path))
+    with mr.client() as c:
+        assert c.request(b"get both/k\r\n") == \
+            b"SERVER_ERROR both conf=CMD_GET start=CMD_GET\r\n"
+        assert c.request(b"set both/k 0 0 1\r\nx\r\n") == \
+            b"SERVER_ERROR both conf=CMD_SET start=CMD_SET\r\n"
+        assert c.request(b"get any/k\r\n") == \
+            b"SERVER_ERROR any conf=CMD_ANY_STORAGE start=CMD_ANY_STORAGE\r\n"
+        assert c.request(b"delete other\r\n") == \
+            b"SERVER_ERROR cmdmap conf=CMD_DELETE start=CMD_DELETE\r\n"
+        assert c.request(b"get other\r\n") == \
+            b"SERVER_ERROR default conf=CMD_ANY_STORAGE start=CMD_ANY_STORAGE\r\n"
+
+
 @pytest.mark.parametrize("library, routes, message", [
     # Registered and used, but its worker half is nowhere.
     ('register_route_handlers({ "half" })\nfunction route_half_conf(t) return t end\n',

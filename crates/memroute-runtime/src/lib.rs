@@ -57,6 +57,7 @@ pub mod discovery;
 pub mod embedded;
 pub mod lua;
 pub mod mcrouter;
+pub mod mcrouter_macros;
 pub mod metrics;
 pub mod reload;
 pub mod route;

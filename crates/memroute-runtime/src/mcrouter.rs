@@ -3,7 +3,7 @@
 //! workers build them natively with no Lua.
 //!
 //! This module owns the reading: comments and `@import(file)` are resolved,
-//! `pools` become [`PoolDef`]s hashed as mcrouter hashes (Ch3 unless the
+//! macros are expanded ([`crate::mcrouter_macros`]), `pools` become [`PoolDef`]s hashed as mcrouter hashes (Ch3 unless the
 //! route says otherwise), and every route handle maps onto a
 //! [`RoutePlan`] node. What it cannot honour is an error naming the JSON
 //! path (`route.children[2].type: BigValueRoute is not supported`), never
@@ -119,10 +119,13 @@ fn read_json(path: &Path, depth: usize) -> Result<Value, String> {
 fn resolve_imports(value: &mut Value, dir: &Path, depth: usize) -> Result<(), String> {
     match value {
         Value::String(s) => {
+            // A path built from macro parameters (`%name%`) is left for
+            // the macro expander, which refuses it by name.
             if let Some(file) = s
                 .trim()
                 .strip_prefix("@import(")
                 .and_then(|r| r.strip_suffix(')'))
+                .filter(|file| !file.contains('%'))
             {
                 let file = PathBuf::from(file.trim());
                 let file = if file.is_absolute() {
@@ -249,13 +252,18 @@ fn strip_comment_text(text: &str) -> String {
 
 /// Reads a configuration already parsed as JSON.
 pub fn parse(value: &Value) -> Result<McrouterConfig, String> {
+    if !value.is_object() {
+        return Err("the configuration must be a JSON object".into());
+    }
+    // mcrouter preprocesses every configuration (macros, constants,
+    // `@builtin(...)` calls), with or without a `macros` section.
+    let value = crate::mcrouter_macros::expand_config(value.clone())?;
     let top = value
         .as_object()
-        .ok_or("the configuration must be a JSON object")?;
+        .ok_or("the configuration must expand to a JSON object")?;
     for key in top.keys() {
         match key.as_str() {
             "pools" | "route" | "routes" | "named_handles" => {}
-            "macros" => return Err(format!("{key}: not supported (write the routes out)")),
             other => return Err(format!("{other}: unknown top-level key")),
         }
     }
@@ -1397,8 +1405,9 @@ mod tests {
             "pools.A.servers[0]: \"nohost\" is not host:port"
         );
         assert_eq!(
-            read(json!({"macros": {}, "route": "NullRoute"})).unwrap_err(),
-            "macros: not supported (write the routes out)"
+            read(json!({"macros": {}, "route": "@hash(x)"})).unwrap_err(),
+            "route (@hash): the built-in macro hash is not supported by memroute: its value \
+             is folly's hash, which memroute cannot reproduce"
         );
         assert_eq!(
             read(json!({"named_handles": [{"type": "NullRoute"}], "route": "NullRoute"}))

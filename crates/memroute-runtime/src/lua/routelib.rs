@@ -14,7 +14,7 @@
 use std::sync::Arc;
 
 use super::config::ConfigValue;
-use crate::route::commands::{STORAGE_IDS, UNHOOKABLE_IDS};
+use crate::route::commands::{CMD_ANY_STORAGE, STORAGE_IDS, UNHOOKABLE_IDS};
 use crate::route::keysplit::MAX_COPIES;
 use crate::route::plan::{EntryPlan, RoutePlan, RouterPlan, UserArgs};
 use crate::route::ratelim::{GlobalTokenBucket, TbfParams};
@@ -559,6 +559,10 @@ impl Planner {
         self.user_handlers = true;
         let name = string(field(value, "__handler")).unwrap_or_default();
         let label = string(field(value, "__label")).unwrap_or_else(|| label.to_string());
+        let command = match field(value, "__cmd") {
+            Some(ConfigValue::Integer(id)) => *id,
+            _ => CMD_ANY_STORAGE,
+        };
         let mut children = Vec::new();
         let mut args = Vec::new();
         for (key, option) in entries(field(value, "args")) {
@@ -573,6 +577,7 @@ impl Planner {
         Ok(RoutePlan::User {
             name,
             label,
+            command,
             args: UserArgs(Arc::new(ConfigValue::Table(args))),
             children,
         })

@@ -20,7 +20,6 @@ use mlua::{Function, Lua, Table, Value};
 
 use super::config::{lua_error_message, ConfigValue, PoolDef};
 use super::funcgen::{FuncgenRoute, LuaFuncgen};
-use super::objects::CMD_ANY_STORAGE;
 use super::routelib::USER_CHILD;
 use super::worker::{to_lua, LuaPool, WorkerLua};
 use crate::route::handlers::ErrorRoute;
@@ -54,6 +53,7 @@ impl LuaHandlers {
         &self,
         name: &str,
         label: &str,
+        command: i64,
         args: &UserArgs,
         children: Vec<Rc<dyn Route>>,
     ) -> Result<Rc<dyn Route>, String> {
@@ -91,7 +91,7 @@ impl LuaHandlers {
                      handler library with -o proxy_config=routelib:LIBRARY.lua)"
                 )
             })?;
-        let ctx = context(lua, label).map_err(lua_err)?;
+        let ctx = context(lua, label, command).map_err(lua_err)?;
         let mcp: Table = lua.globals().get("mcp").map_err(lua_err)?;
         let funcgen_new: Function = mcp.get("funcgen_new").map_err(lua_err)?;
         let fgen: Value = funcgen_new.call(()).map_err(lua_err)?;
@@ -128,10 +128,11 @@ impl UserHandlers for LuaHandlers {
         &self,
         name: &str,
         label: &str,
+        command: i64,
         args: &UserArgs,
         children: Vec<Rc<dyn Route>>,
     ) -> Rc<dyn Route> {
-        match self.try_build(name, label, args, children) {
+        match self.try_build(name, label, command, args, children) {
             Ok(route) => route,
             Err(message) => {
                 self.failure.borrow_mut().get_or_insert(message);
@@ -176,17 +177,16 @@ fn place_children(args: &Table, handles: &[mlua::AnyUserData]) -> mlua::Result<(
     Ok(())
 }
 
-/// routelib's worker-side `ctx`: `ctx:label()`, `ctx:cmd()`.
-fn context(lua: &Lua, label: &str) -> mlua::Result<Table> {
+/// routelib's worker-side `ctx`: `ctx:label()`, and `ctx:cmd()`, the
+/// command the handler's tree is built for (routelib builds a tree per
+/// command of a `cmdmap{}` or `cmap`; `CMD_ANY_STORAGE` elsewhere).
+fn context(lua: &Lua, label: &str, command: i64) -> mlua::Result<Table> {
     let ctx = lua.create_table()?;
     let label = label.to_string();
     ctx.set(
         "label",
         lua.create_function(move |_, _: Value| Ok(label.clone()))?,
     )?;
-    ctx.set(
-        "cmd",
-        lua.create_function(|_, _: Value| Ok(CMD_ANY_STORAGE))?,
-    )?;
+    ctx.set("cmd", lua.create_function(move |_, _: Value| Ok(command))?)?;
     Ok(ctx)
 }

@@ -19,15 +19,18 @@
 //! once it has its answer, `route_split`'s second child) keep running as
 //! tasks of the worker, so a write still reaches every child.
 
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::FutureExt;
 use memroute_proto::{Command, Limits, MetaOp, Reply, Request, Response, Status, StoreOp};
 
 use super::explain::{with_children, Step};
 use super::ratelim::{GlobalTokenBucket, TokenBucket};
-use super::{ReplyFuture, ReplyShape, ResponseFuture, Route};
+use super::{ReplyFuture, ReplyShape, ResponseFuture, Route, Sent};
 use crate::stats::ProxyStats;
 
 /// A counter bumped per retry (routelib's `stats = true`).
@@ -46,7 +49,7 @@ impl RetryStat {
 }
 
 /// Runs `future` as a task of this worker, its reply dropped.
-fn in_background(future: ResponseFuture) {
+fn in_background(future: impl std::future::Future<Output = Response> + 'static) {
     tokio::task::spawn_local(future);
 }
 
@@ -56,21 +59,21 @@ fn ready(response: Response) -> ResponseFuture {
 
 /// `request` sent down every one of `children` at once, answers as they
 /// come.
-fn call_all(children: &[Rc<dyn Route>], request: &Request) -> FuturesUnordered<ResponseFuture> {
+fn call_all(children: &[Rc<dyn Route>], request: &Request) -> FuturesUnordered<Sent> {
     children
         .iter()
-        .map(|c| c.clone().call(request.clone()))
+        .map(|c| c.clone().call_borrowed(request))
         .collect()
 }
 
 /// Lets the calls still `pending` finish as worker tasks (a fan-out that
 /// has its answer still owes every child its request).
-fn finish_in_background(mut pending: FuturesUnordered<ResponseFuture>) {
+fn finish_in_background(mut pending: FuturesUnordered<Sent>) {
     if !pending.is_empty() {
-        in_background(Box::pin(async move {
+        in_background(async move {
             while pending.next().await.is_some() {}
             Response::miss()
-        }));
+        });
     }
 }
 
@@ -93,6 +96,10 @@ impl Route for Direct {
 
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
         self.child.clone().call(request)
+    }
+
+    fn call_borrowed(self: Rc<Self>, request: &Request) -> Sent {
+        self.child.clone().call_borrowed(request)
     }
 
     // Straight through to the child, so a pool under it keeps its
@@ -122,10 +129,10 @@ impl Route for AllSync {
     }
 
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
-        let calls: Vec<ResponseFuture> = self
+        let calls: Vec<Sent> = self
             .children
             .iter()
-            .map(|c| c.clone().call(request.clone()))
+            .map(|c| c.clone().call_borrowed(&request))
             .collect();
         Box::pin(async move {
             let replies = futures_util::future::join_all(calls).await;
@@ -177,7 +184,7 @@ impl Route for AllAsync {
 
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
         for child in &self.children {
-            in_background(child.clone().call(request.clone()));
+            in_background(child.clone().call_borrowed(&request));
         }
         ready(nominal_miss(&request))
     }
@@ -196,7 +203,7 @@ impl Route for Split {
     }
 
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
-        in_background(self.child_b.clone().call(request.clone()));
+        in_background(self.child_b.clone().call_borrowed(&request));
         self.child_a.clone().call(request)
     }
 }
@@ -219,47 +226,91 @@ impl Route for Failover {
     }
 
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
-        Box::pin(self.answer(request))
+        Box::pin(FailoverCall::start(self, request))
     }
 
-    /// One box for the client's reply (the default would box the call and
-    /// then its shaping).
+    /// One box for the client's reply, holding the first child's call
+    /// unboxed when it is a memcached pool.
     fn serve(self: Rc<Self>, request: Request) -> ReplyFuture {
         let shape = ReplyShape::of(&request);
-        Box::pin(async move { shape.apply(self.answer(request).await.into_raw()) })
+        Box::pin(
+            FailoverCall::start(self, request)
+                .map(move |response| shape.apply(response.into_raw())),
+        )
     }
 }
 
-impl Failover {
-    async fn answer(self: Rc<Self>, request: Request) -> Response {
-        let mut last = None;
-        let mut a_miss = None;
-        let tried = self.children.len().min(self.limit);
-        let mut request = Some(request);
-        for (i, child) in self.children.iter().take(tried).enumerate() {
-            if i > 0 {
-                RetryStat::bump(&self.retries);
-            }
-            // The last child tried takes the request itself: no clone.
-            let sent = if i + 1 == tried {
-                request.take()
-            } else {
-                request.clone()
-            };
-            let Some(sent) = sent else { break };
-            let reply = child.clone().call(sent).await;
-            if reply.is_hit() || (reply.is_ok() && !self.miss) {
-                return reply;
-            }
-            if reply.is_ok() {
-                a_miss = Some(reply);
-            } else {
-                last = Some(reply);
-            }
+/// A failover on its way: the child being waited for, and the request
+/// kept (owned, once) for the next. Written out rather than as an `async`
+/// block so it stays small: it is moved into its box on every request, and
+/// a generator holding the request, the child's call and two replies
+/// across its await cost a large copy per request (run 19's addenda).
+struct FailoverCall {
+    route: Rc<Failover>,
+    request: Request,
+    /// The child whose reply `pending` is, and how many are tried.
+    at: usize,
+    tried: usize,
+    pending: Option<Sent>,
+    /// The reply to give if no child hits: a miss (with `miss`) wins over
+    /// an error.
+    kept: Option<Response>,
+}
+
+impl FailoverCall {
+    fn start(route: Rc<Failover>, request: Request) -> FailoverCall {
+        let tried = route.children.len().min(route.limit);
+        let pending = route
+            .children
+            .first()
+            .filter(|_| tried > 0)
+            .map(|child| child.clone().call_borrowed(&request));
+        FailoverCall {
+            route,
+            request,
+            at: 0,
+            tried,
+            pending,
+            kept: None,
         }
-        a_miss
-            .or(last)
-            .unwrap_or_else(|| Response::from_line("SERVER_ERROR no children"))
+    }
+}
+
+impl std::future::Future for FailoverCall {
+    type Output = Response;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Response> {
+        let this = self.get_mut();
+        loop {
+            let Some(pending) = this.pending.as_mut() else {
+                let answer = this.kept.take();
+                return Poll::Ready(
+                    answer.unwrap_or_else(|| Response::from_line("SERVER_ERROR no children")),
+                );
+            };
+            let reply = match Pin::new(pending).poll(cx) {
+                Poll::Ready(reply) => reply,
+                Poll::Pending => return Poll::Pending,
+            };
+            let route = &this.route;
+            if reply.is_hit() || (reply.is_ok() && !route.miss) {
+                this.pending = None;
+                return Poll::Ready(reply);
+            }
+            // What the client gets if no child hits: the last miss (only
+            // reached with `miss`), else the last error.
+            if reply.is_ok() || !this.kept.as_ref().is_some_and(Response::is_ok) {
+                this.kept = Some(reply);
+            }
+            this.at += 1;
+            this.pending = if this.at < this.tried {
+                RetryStat::bump(&route.retries);
+                let child = route.children[this.at].clone();
+                Some(child.call_borrowed(&this.request))
+            } else {
+                None
+            };
+        }
     }
 }
 
@@ -282,7 +333,7 @@ impl Route for ZoneFailover {
 
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
         Box::pin(async move {
-            let near = self.near.clone().call(request.clone()).await;
+            let near = self.near.clone().call_borrowed(&request).await;
             if near.is_hit() || (!self.miss && near.is_ok()) || self.far.is_empty() {
                 return near;
             }
@@ -478,7 +529,7 @@ impl Route for Shadow {
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
         if (self.sampler.next() >> 32) < self.threshold {
             for shadow in &self.shadows {
-                in_background(shadow.clone().call(request.clone()));
+                in_background(shadow.clone().call_borrowed(&request));
             }
         }
         self.child.clone().call(request)
@@ -517,7 +568,7 @@ impl Route for KeyShadow {
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
         if request.key().is_some_and(|k| self.shadows_key(k)) {
             for shadow in &self.shadows {
-                in_background(shadow.clone().call(request.clone()));
+                in_background(shadow.clone().call_borrowed(&request));
             }
         }
         self.child.clone().call(request)
@@ -617,7 +668,7 @@ impl Route for Warmup {
             return self.cold.clone().call(request);
         };
         Box::pin(async move {
-            let cold = self.cold.clone().call(request.clone()).await;
+            let cold = self.cold.clone().call_borrowed(&request).await;
             if cold.is_hit() || !cold.is_ok() {
                 return cold;
             }
@@ -677,7 +728,7 @@ impl L1L2 {
             _ => true,
         };
         if shows_flags {
-            let near = self.l1.clone().call(request.clone()).await;
+            let near = self.l1.clone().call_borrowed(request).await;
             if !near.is_hit() {
                 return Ok(None);
             }
@@ -709,7 +760,7 @@ impl Route for L1L2 {
                         Ok(None) => {}
                     }
                 } else {
-                    let near = self.l1.clone().call(request.clone()).await;
+                    let near = self.l1.clone().call_borrowed(&request).await;
                     if near.is_hit() {
                         return near;
                     }
@@ -791,7 +842,7 @@ impl Route for Migrate {
             return self.to.clone().call(request);
         }
         Box::pin(async move {
-            let new = self.to.clone().call(request.clone()).await;
+            let new = self.to.clone().call_borrowed(&request).await;
             if new.is_hit() || !new.is_ok() {
                 return new;
             }
@@ -1223,6 +1274,71 @@ mod tests {
         });
         assert_eq!(run(route, req("mg k v", "")), "EN\r\n");
         assert_eq!(err2.calls(), 0);
+    }
+
+    #[test]
+    fn failover_answers_the_last_miss_else_the_last_error() {
+        let (e1, m1, e2, m2, e3) = (
+            Scripted::new("SERVER_ERROR one"),
+            Scripted::new("EN"),
+            Scripted::new("SERVER_ERROR two"),
+            Scripted::new("END"),
+            Scripted::new("SERVER_ERROR three"),
+        );
+        let route = Rc::new(Failover {
+            children: routes(&[&e1, &m1, &e2, &m2, &e3]),
+            limit: 5,
+            miss: true,
+            retries: None,
+        });
+        assert_eq!(run(route, req("mg k v", "")), "END\r\n");
+        // Every child saw the client's request as it was.
+        for child in [&e1, &m1, &e2, &m2, &e3] {
+            assert_eq!(*child.seen.borrow(), vec!["mg k v".to_string()]);
+        }
+        let (e1, e2) = (
+            Scripted::new("SERVER_ERROR one"),
+            Scripted::new("SERVER_ERROR two"),
+        );
+        let route = Rc::new(Failover {
+            children: routes(&[&e1, &e2]),
+            limit: 2,
+            miss: true,
+            retries: None,
+        });
+        assert_eq!(run(route.clone(), req("get k", "")), "SERVER_ERROR two\r\n");
+        // No child at all (a limit of 0 is refused at load, but the node
+        // still answers).
+        let none = Rc::new(Failover {
+            children: Vec::new(),
+            limit: 0,
+            miss: false,
+            retries: None,
+        });
+        assert_eq!(run(none, req("get k", "")), "SERVER_ERROR no children\r\n");
+    }
+
+    #[test]
+    fn failover_serves_the_client_shaped_reply() {
+        let (bad, good) = (Scripted::new("SERVER_ERROR down"), Scripted::new("HD"));
+        let route = Rc::new(Failover {
+            children: routes(&[&bad, &good]),
+            limit: 2,
+            miss: false,
+            retries: None,
+        });
+        let serve = |request: Request| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            let route = route.clone();
+            String::from_utf8_lossy(&rt.block_on(async move { route.serve(request).await }))
+                .into_owned()
+        };
+        assert_eq!(serve(req("md k", "")), "HD\r\n");
+        // A quiet meta request's nominal reply is hidden.
+        assert_eq!(serve(req("md k q", "")), "");
+        assert_eq!(bad.calls(), 2);
     }
 
     #[test]

@@ -53,6 +53,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures_util::FutureExt;
@@ -71,6 +72,24 @@ pub type ReplyFuture = Pin<Box<dyn Future<Output = Bytes>>>;
 /// client does (Lua's `pool(r)`, `mcp.await`, route handlers).
 pub type ResponseFuture = Pin<Box<dyn Future<Output = Response>>>;
 
+/// A response on its way from [`Route::call_borrowed`]: a memcached
+/// pool's own future, held in place, or any other route's boxed one.
+pub enum Sent {
+    Pool(pool::PoolResponse),
+    Other(ResponseFuture),
+}
+
+impl Future for Sent {
+    type Output = Response;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Response> {
+        match self.get_mut() {
+            Sent::Pool(response) => Pin::new(response).poll(cx),
+            Sent::Other(response) => response.as_mut().poll(cx),
+        }
+    }
+}
+
 /// A node of the route tree.
 pub trait Route {
     /// Sends `request` down this route and answers its response, for the
@@ -80,6 +99,15 @@ pub trait Route {
     /// reply, or replies would fall out of step); the caller hides the
     /// client's own reply.
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture;
+
+    /// [`call`](Self::call) for a handler that keeps `request` to send it
+    /// again (a failover trying its next child). A memcached pool sends it
+    /// from the borrow and answers an unboxed future; other routes get a
+    /// copy (the first copy of a request frame allocates, see
+    /// `memroute_proto::limits::take_frame`).
+    fn call_borrowed(self: Rc<Self>, request: &Request) -> Sent {
+        Sent::Other(self.call(request.clone()))
+    }
 
     /// Answers `request` with the bytes its client gets, shaped by
     /// [`ReplyShape`] (nothing for `noreply`, nothing for a quiet meta

@@ -134,6 +134,9 @@ pub enum RoutePlan {
         name: String,
         /// The map entry it serves (`ctx:label()`).
         label: String,
+        /// The command its tree is built for (`ctx:cmd()`): a command
+        /// id for a `cmdmap{}` or `cmap` entry, else `CMD_ANY_STORAGE`.
+        command: i64,
         /// Its options as the config VM's `_conf` function returned them,
         /// children replaced by their index in `children`; only the Lua
         /// layer reads them.
@@ -162,13 +165,15 @@ impl std::fmt::Debug for UserArgs {
 /// Builds the nodes of route handlers written in Lua on one worker: the
 /// worker's Lua layer implements it (the route tree knows no Lua).
 pub trait UserHandlers {
-    /// The route of handler `name` for map entry `label`, over `children`
-    /// (already built). A failure is remembered by the implementation and
-    /// fails the whole build; the node returned then is never used.
+    /// The route of handler `name` for map entry `label` and command id
+    /// `command`, over `children` (already built). A failure is remembered
+    /// by the implementation and fails the whole build; the node returned
+    /// then is never used.
     fn build(
         &self,
         name: &str,
         label: &str,
+        command: i64,
         args: &UserArgs,
         children: Vec<Rc<dyn Route>>,
     ) -> Rc<dyn Route>;
@@ -425,10 +430,11 @@ impl RoutePlan {
             RoutePlan::User {
                 name,
                 label,
+                command,
                 args,
                 children,
             } => match cx.user {
-                Some(user) => user.build(name, label, args, all(children)),
+                Some(user) => user.build(name, label, *command, args, all(children)),
                 None => Rc::new(ErrorRoute::new(
                     "no Lua VM for route handlers written in Lua",
                 )),

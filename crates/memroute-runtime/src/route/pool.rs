@@ -11,8 +11,10 @@
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::pin::Pin;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures_util::FutureExt;
@@ -21,7 +23,7 @@ use memroute_proto::{Command, Request, Response, ResponseCode};
 
 use super::explain::Step;
 use super::multiget::{get_request, value_blocks, value_blocks_of};
-use super::{ReplyFuture, ReplyShape, ResponseFuture, Route, RouteEnv};
+use super::{ReplyFuture, ReplyShape, ResponseFuture, Route, RouteEnv, Sent};
 use crate::backend::{Backend, BackendConfig, BackendError};
 use crate::discovery::Discovery;
 use crate::stats::PoolCounters;
@@ -171,6 +173,25 @@ pub struct MemcachedPool {
     counters: Arc<PoolCounters>,
 }
 
+/// A memcached pool's response on its way, as a named future (see
+/// [`MemcachedPool::response_to`]): it holds the pool, which keeps the
+/// backend until the reply is in.
+pub struct PoolResponse {
+    pool: Rc<MemcachedPool>,
+    sending: crate::backend::Sending,
+}
+
+impl Future for PoolResponse {
+    type Output = Response;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Response> {
+        let this = self.get_mut();
+        Pin::new(&mut this.sending)
+            .poll(cx)
+            .map(|reply| this.pool.settle(reply))
+    }
+}
+
 impl MemcachedPool {
     /// The response to `request` from the backend its key maps to. The
     /// backend gets the request now (see [`Backend::send`]), so the future
@@ -182,6 +203,21 @@ impl MemcachedPool {
         let key = request.key().map_or(&b""[..], |k| &k[..]);
         let sending = self.send(self.distribution.pick(key), &request);
         sending.map(move |reply| self.settle(reply))
+    }
+
+    /// [`response`](Self::response) from a borrowed request: the backend
+    /// encodes it into its output buffer at once, so nothing is copied,
+    /// and the future is a named type a handler can hold without a box.
+    pub fn response_to(self: Rc<Self>, request: &Request) -> PoolResponse {
+        // Only a quiet request is rewritten (and so copied) to be sent.
+        let loud = request.without_noreply();
+        let request = loud.as_ref().unwrap_or(request);
+        let key = request.key().map_or(&b""[..], |k| &k[..]);
+        let sending = self.send(self.distribution.pick(key), request);
+        PoolResponse {
+            pool: self,
+            sending,
+        }
     }
 
     /// Sends `request` to backend `index`, counted.
@@ -292,6 +328,10 @@ impl Route for MemcachedPool {
 
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
         Box::pin(self.response(request))
+    }
+
+    fn call_borrowed(self: Rc<Self>, request: &Request) -> Sent {
+        Sent::Pool(self.response_to(request))
     }
 
     fn serve(self: Rc<Self>, request: Request) -> ReplyFuture {

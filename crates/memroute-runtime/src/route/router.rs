@@ -43,7 +43,13 @@ impl RouterMode {
             RouterMode::Prefix { stop } => (key, stop),
             RouterMode::Anchor { start, stop } => (key.strip_prefix(&start[..])?, stop),
         };
-        let end = memchr::memmem::find(rest, stop)?;
+        // A one-byte separator (the usual `/`) is a plain byte search; a
+        // substring search sets up a searcher on every call, which cost
+        // more than the rest of the lookup.
+        let end = match stop[..] {
+            [byte] => memchr::memchr(byte, rest)?,
+            _ => memchr::memmem::find(rest, stop)?,
+        };
         (end > 0).then(|| &rest[..end])
     }
 }
