@@ -21,6 +21,7 @@ use memroute_proto::{
     retrieval_head, take_retrieval_piece, Command, GetOp, Request, Response, ResponseCode,
     ResponseDecoder, RetrievalHead, RetrievalPiece,
 };
+use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, Semaphore};
@@ -66,8 +67,12 @@ enum Expect {
     #[default]
     Nothing,
     /// A single-key retrieval: its `VALUE` must be for this key (also how
-    /// a joined reply finds the request of each `VALUE`).
-    Key(Bytes),
+    /// a joined reply finds the request of each `VALUE`). A copy, kept
+    /// inline when short: a clone of the request's key would share the
+    /// request's frame, which costs the frame a second allocation (its
+    /// reference count) and a second free, about 230 instructions of the
+    /// ~8,000 of a proxied get (docs/benchmarks.md, run 24).
+    Key(SmallVec<[u8; 64]>),
     /// A multi-key retrieval: its `VALUE`s come in the order of these keys.
     Keys(Box<[Bytes]>),
     /// A meta request with `O`: an `O` flag in its reply must echo it.
@@ -77,7 +82,7 @@ enum Expect {
 impl Expect {
     fn of(request: &Request) -> Expect {
         match request.command() {
-            Command::Get(g) if g.keys.len() == 1 => Expect::Key(g.keys[0].clone()),
+            Command::Get(g) if g.keys.len() == 1 => Expect::Key(SmallVec::from_slice(&g.keys[0])),
             Command::Get(g) => Expect::Keys(g.keys.iter().cloned().collect()),
             Command::Meta(m) => match m.flags.opaque() {
                 Some(o) => Expect::Opaque(Bytes::copy_from_slice(o)),
