@@ -5,6 +5,10 @@
 //! waker: tokio's `oneshot` does the same across threads, with atomics and
 //! cooperative-budget bookkeeping on every poll, which a request paid twice
 //! (its first poll waits, the second takes the reply).
+//!
+//! The cells are reused: the end that goes last puts its cell in its
+//! thread's spare list, and the next hand-off takes it from there, so a
+//! request costs no allocation here (docs/benchmarks.md, run 24).
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -27,10 +31,41 @@ enum State {
     Taken,
 }
 
+type Cell = Rc<RefCell<State>>;
+
+/// Spare cells kept per thread; more than this many spare at once (after
+/// a burst) are freed.
+const SPARE_CELLS: usize = 1024;
+
+thread_local! {
+    static SPARE: RefCell<Vec<Cell>> = const { RefCell::new(Vec::new()) };
+}
+
 /// A new hand-off: the reader keeps the sender, the caller the receiver.
 pub(crate) fn channel() -> (ReplySender, ReplyReceiver) {
-    let state = Rc::new(RefCell::new(State::Waiting(None)));
+    let state = SPARE
+        .with(|spare| spare.borrow_mut().pop())
+        .map(|cell| {
+            *cell.borrow_mut() = State::Waiting(None);
+            cell
+        })
+        .unwrap_or_else(|| Rc::new(RefCell::new(State::Waiting(None))));
     (ReplySender(state.clone()), ReplyReceiver(state))
+}
+
+/// Called by each end as it drops: the last one empties the cell (a reply
+/// nobody took goes now) and keeps it for the next hand-off.
+fn release(cell: &Cell) {
+    if Rc::strong_count(cell) != 1 {
+        return;
+    }
+    *cell.borrow_mut() = State::Taken;
+    SPARE.with(|spare| {
+        let mut spare = spare.borrow_mut();
+        if spare.len() < SPARE_CELLS {
+            spare.push(cell.clone());
+        }
+    });
 }
 
 /// The reader's end. Dropped without [`send`](Self::send) (its queue went
@@ -58,11 +93,18 @@ impl Drop for ReplySender {
         if unanswered {
             self.fill(Err(BackendError::Closed));
         }
+        release(&self.0);
     }
 }
 
 /// The caller's end: resolves to the reply.
 pub(crate) struct ReplyReceiver(Rc<RefCell<State>>);
+
+impl Drop for ReplyReceiver {
+    fn drop(&mut self) {
+        release(&self.0);
+    }
+}
 
 impl Future for ReplyReceiver {
     type Output = Reply;
@@ -97,6 +139,29 @@ mod tests {
         tx.send(Ok(Response::miss()));
         let reply = rx.now_or_never().expect("ready").expect("a reply");
         assert_eq!(reply.raw().as_ref(), b"END\r\n");
+    }
+
+    #[test]
+    fn cells_are_reused_empty_once_both_ends_are_gone() {
+        let (tx, rx) = channel();
+        let first = Rc::as_ptr(&rx.0);
+        tx.send(Ok(Response::miss()));
+        // The caller gave up: the reply waits in the cell until the cell
+        // is released, then goes.
+        drop(rx);
+        let (tx, mut rx) = channel();
+        assert_eq!(Rc::as_ptr(&rx.0), first, "the released cell is reused");
+        assert!(
+            (&mut rx).now_or_never().is_none(),
+            "a reused cell starts empty"
+        );
+        tx.send(Ok(Response::miss()));
+        assert!(rx.now_or_never().expect("ready").is_ok());
+        // An end still alive keeps its cell out of the spare list.
+        let (tx, rx) = channel();
+        drop(rx);
+        let (_tx2, rx2) = channel();
+        assert_ne!(Rc::as_ptr(&rx2.0), Rc::as_ptr(&tx.0));
     }
 
     #[test]
