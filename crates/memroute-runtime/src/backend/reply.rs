@@ -45,10 +45,7 @@ thread_local! {
 pub(crate) fn channel() -> (ReplySender, ReplyReceiver) {
     let state = SPARE
         .with(|spare| spare.borrow_mut().pop())
-        .map(|cell| {
-            *cell.borrow_mut() = State::Waiting(None);
-            cell
-        })
+        .inspect(|cell| *cell.borrow_mut() = State::Waiting(None))
         .unwrap_or_else(|| Rc::new(RefCell::new(State::Waiting(None))));
     (ReplySender(state.clone()), ReplyReceiver(state))
 }
