@@ -302,22 +302,45 @@ impl Drop for Finished<'_> {
     }
 }
 
-/// An object a request slot keeps from request to request, with what it
-/// takes to push it onto a coroutine's stack without conversion (a
-/// registry reference) and to recognise it there (its address).
-pub(super) struct KeptObject {
+/// An object a request slot keeps from request to request: a Lua userdata
+/// over a value Rust shares (`Rc<RefCell<T>>`, which mlua serves with
+/// `T`'s methods), so Rust reads and writes it with no type check, with
+/// what it takes to push it onto a coroutine's stack without conversion
+/// (a registry reference) and to recognise it there (its address).
+pub(super) struct KeptObject<T> {
     pub object: AnyUserData,
+    data: Rc<RefCell<T>>,
     key: mlua::RegistryKey,
     address: *const c_void,
 }
 
-impl KeptObject {
-    pub(super) fn new(lua: &Lua, object: AnyUserData) -> mlua::Result<KeptObject> {
+impl<T: mlua::UserData + 'static> KeptObject<T> {
+    pub(super) fn new(lua: &Lua, value: T) -> mlua::Result<KeptObject<T>> {
+        let data = Rc::new(RefCell::new(value));
+        let object = lua.create_userdata(data.clone())?;
         Ok(KeptObject {
             address: raw::address_of(&object),
             key: lua.create_registry_value(object.clone())?,
             object,
+            data,
         })
+    }
+
+    /// Its value (borrowed as Lua would: an error, not a panic, while a
+    /// Lua method holds it).
+    pub(super) fn get(&self) -> mlua::Result<std::cell::Ref<'_, T>> {
+        self.data
+            .try_borrow()
+            .map_err(|_| mlua::Error::UserDataBorrowError)
+    }
+
+    /// Replaces its value.
+    pub(super) fn set(&self, value: T) -> mlua::Result<()> {
+        *self
+            .data
+            .try_borrow_mut()
+            .map_err(|_| mlua::Error::UserDataBorrowMutError)? = value;
+        Ok(())
     }
 
     /// Where Lua holds it (what the stack readers of [`raw`] give for it).

@@ -40,7 +40,7 @@ use tracing::warn;
 use super::config::lua_error_message;
 use super::coroutine::{drive_raw, Coroutines, Finished, KeptObject, Parked, Resumed};
 use super::mutate::UserObjects;
-use super::objects::{LuaRequest, LuaResponse};
+use super::objects::{is_response, LuaRequest, LuaResponse};
 use super::raw;
 use super::router::{router_new, LuaRouter};
 use super::worker::{send_timed, LuaPool, WorkerLua};
@@ -302,7 +302,7 @@ impl Funcgen {
             (Err(e), _) | (_, Err(e)) => Err(e),
         };
         let answer = match result {
-            Ok(Value::UserData(ud)) if ud.is::<LuaResponse>() => {
+            Ok(Value::UserData(ud)) if is_response(&ud) => {
                 let response = ud.borrow::<LuaResponse>().map(|r| r.clone());
                 match response {
                     Ok(response) => {
@@ -447,12 +447,14 @@ impl UserData for LuaFuncgen {
 
 impl HandleSlot {
     /// The handle's response object, now holding `response`.
-    fn response_object(&mut self, lua: &Lua, response: LuaResponse) -> mlua::Result<&KeptObject> {
-        if let Some(object) = &self.object {
-            *object.object.borrow_mut::<LuaResponse>()? = response;
-        } else {
-            let object = lua.create_userdata(response)?;
-            self.object = Some(KeptObject::new(lua, object)?);
+    fn response_object(
+        &mut self,
+        lua: &Lua,
+        response: LuaResponse,
+    ) -> mlua::Result<&KeptObject<LuaResponse>> {
+        match &self.object {
+            Some(object) => object.set(response)?,
+            None => self.object = Some(KeptObject::new(lua, response)?),
         }
         Ok(self.object.as_ref().expect("made above"))
     }
@@ -488,7 +490,7 @@ struct HandleSlot {
     answered: bool,
     /// The handle's response object, reused from request to request as
     /// memcached reuses them (made at its first answer).
-    object: Option<KeptObject>,
+    object: Option<KeptObject<LuaResponse>>,
     flags: u8,
     callback: Option<Function>,
 }
@@ -532,7 +534,7 @@ pub struct Rctx {
     /// Its Lua object's address (see [`enqueue_and_wait_fast`]).
     address: Cell<*const c_void>,
     /// The slot's request object, made at its first request and reused.
-    request: RefCell<Option<KeptObject>>,
+    request: RefCell<Option<KeptObject<LuaRequest>>>,
     targets: Rc<[Target]>,
     handles: RefCell<Vec<HandleSlot>>,
     /// Requests sent and not yet answered.
@@ -851,7 +853,13 @@ impl Rctx {
     ) -> mlua::Result<()> {
         let index = self.check_handle(handle)?;
         let timeout = timeout_arg(timeout)?;
-        if timeout.is_none() && self.try_start_alone(coroutines, request, index) {
+        let borrowed = || {
+            request
+                .borrow::<LuaRequest>()
+                .ok()
+                .map(|object| object.request.clone())
+        };
+        if timeout.is_none() && self.try_start_alone(coroutines, borrowed, index) {
             return Ok(());
         }
         self.queueable(request)?;
@@ -872,7 +880,7 @@ impl Rctx {
     fn try_start_alone(
         self: &Rc<Self>,
         coroutines: &Coroutines,
-        request: &AnyUserData,
+        request: impl FnOnce() -> Option<Request>,
         index: usize,
     ) -> bool {
         if self.waiting.get() {
@@ -890,9 +898,8 @@ impl Rctx {
         if !alone || slot.state != State::Idle || slot.callback.is_some() {
             return false;
         }
-        let request = match request.borrow::<LuaRequest>() {
-            Ok(object) if object.request.key().is_some() => object.request.clone(),
-            _ => return false,
+        let Some(request) = request().filter(|r| r.key().is_some()) else {
+            return false;
         };
         // No callback will read the handle's request: it is not kept.
         slot.state = State::Active;
@@ -920,7 +927,7 @@ impl Rctx {
         lua: &Lua,
         handle: usize,
         response: LuaResponse,
-        give: impl FnOnce(&KeptObject) -> R,
+        give: impl FnOnce(&KeptObject<LuaResponse>) -> R,
     ) -> mlua::Result<R> {
         self.pending.set(self.pending.get().saturating_sub(1));
         let class = class_of(&response);
@@ -936,8 +943,8 @@ impl Rctx {
     fn set_request(&self, lua: &Lua, request: LuaRequest) -> mlua::Result<()> {
         let mut kept = self.request.borrow_mut();
         match kept.as_ref() {
-            Some(object) => *object.object.borrow_mut::<LuaRequest>()? = request,
-            None => *kept = Some(KeptObject::new(lua, lua.create_userdata(request)?)?),
+            Some(object) => object.set(request)?,
+            None => *kept = Some(KeptObject::new(lua, request)?),
         }
         Ok(())
     }
@@ -948,14 +955,14 @@ impl Rctx {
     fn with_returned<R>(
         &self,
         returned: *const c_void,
-        f: impl FnOnce(&AnyUserData) -> R,
+        f: impl FnOnce(&KeptObject<LuaResponse>) -> R,
     ) -> Option<R> {
         self.handles
             .borrow()
             .iter()
             .filter_map(|slot| slot.object.as_ref())
             .find(|object| object.address() == returned)
-            .map(|object| f(&object.object))
+            .map(f)
     }
 
     /// The handle's response if its flags have any of `mask`.
@@ -1231,7 +1238,8 @@ fn enqueue_and_wait_fast(
     let kept = rctx.request.borrow();
     match kept.as_ref() {
         Some(request) if args.userdata(2) == Some(request.address()) => {
-            rctx.try_start_alone(coroutines, &request.object, index)
+            let kept = || request.get().ok().map(|object| object.request.clone());
+            rctx.try_start_alone(coroutines, kept, index)
         }
         _ => false,
     }
@@ -1306,7 +1314,7 @@ impl FuncgenRoute {
                 let rctx = &lease.slot().rctx;
                 let known = finished
                     .first_userdata()
-                    .and_then(|address| rctx.with_returned(address, |o| vm.reply_of_object(o)));
+                    .and_then(|address| rctx.with_returned(address, |o| vm.reply_of_kept(o)));
                 match known {
                     Some(reply) => reply,
                     None => vm.reply_of(finished.first(lua)),

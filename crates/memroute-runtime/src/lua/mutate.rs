@@ -468,8 +468,8 @@ impl Mutator {
     fn call(&self, lua: &Lua, args: MultiValue) -> mlua::Result<bool> {
         let dst = match args.front() {
             Some(Value::UserData(ud))
-                if (self.kind == Kind::Request && ud.is::<LuaRequest>())
-                    || (self.kind == Kind::Response && ud.is::<LuaResponse>()) =>
+                if (self.kind == Kind::Request && super::objects::is_request(ud))
+                    || (self.kind == Kind::Response && super::objects::is_response(ud)) =>
             {
                 ud.clone()
             }

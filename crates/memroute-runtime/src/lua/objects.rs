@@ -78,6 +78,18 @@ fn mcmc_code(code: ResponseCode) -> i64 {
 /// A request as a route sees it. Rewriting methods (`token`, `ltrimkey`,
 /// `flag_token` with a replacement) rebuild and re-parse the line, so the
 /// request stays valid whatever the route does.
+/// Whether `object` is a request object: a [`LuaRequest`], or one a
+/// funcgen slot keeps (over an `Rc<RefCell<LuaRequest>>`, which mlua
+/// serves with the same methods and borrows as a `LuaRequest`).
+pub fn is_request(object: &mlua::AnyUserData) -> bool {
+    object.is::<LuaRequest>() || object.is::<std::rc::Rc<std::cell::RefCell<LuaRequest>>>()
+}
+
+/// Whether `object` is a response object (see [`is_request`]).
+pub fn is_response(object: &mlua::AnyUserData) -> bool {
+    object.is::<LuaResponse>() || object.is::<std::rc::Rc<std::cell::RefCell<LuaResponse>>>()
+}
+
 pub struct LuaRequest {
     pub request: Request,
     /// The client certificate's common name, for a request made on a TLS

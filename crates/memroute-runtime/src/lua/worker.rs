@@ -28,7 +28,7 @@ use mlua::{AnyUserData, Function, Lua, MetaMethod, Table, UserData, UserDataMeth
 use tracing::{info, warn};
 
 use super::config::{lua_error_message, ConfigError, ConfigValue, LoadedConfig, PoolDef};
-use super::coroutine::{drive_raw, Coroutines, Parked};
+use super::coroutine::{drive_raw, Coroutines, KeptObject, Parked};
 use super::funcgen::FuncgenRoute;
 use super::objects::{
     LuaRequest, LuaResponse, AWAIT_ANY, AWAIT_BACKGROUND, AWAIT_FASTGOOD, AWAIT_FIRST, AWAIT_GOOD,
@@ -332,6 +332,15 @@ impl WorkerLua {
         }
     }
 
+    /// The reply a slot function gives by returning one of its handles'
+    /// response objects (no type check: the slot made it).
+    pub(super) fn reply_of_kept(&self, object: &KeptObject<LuaResponse>) -> Bytes {
+        match object.get() {
+            Ok(res) => res.raw().clone(),
+            Err(e) => self.lua_failure(&e),
+        }
+    }
+
     /// The VM's route coroutines.
     pub(super) fn coroutines(&self) -> &Coroutines {
         &self.coroutines
@@ -620,13 +629,13 @@ fn register(lua: &Lua) -> mlua::Result<()> {
                     let v = v.as_bytes();
                     Bytes::copy_from_slice(v.strip_suffix(b"\r\n").unwrap_or(&v))
                 }
-                Value::UserData(ud) if ud.is::<LuaResponse>() => ud
+                Value::UserData(ud) if super::objects::is_response(&ud) => ud
                     .borrow::<LuaResponse>()?
                     .response
                     .value()
                     .map(Bytes::copy_from_slice)
                     .unwrap_or_default(),
-                Value::UserData(ud) if ud.is::<LuaRequest>() => {
+                Value::UserData(ud) if super::objects::is_request(&ud) => {
                     ud.borrow::<LuaRequest>()?.request.value().clone()
                 }
                 _ => {
