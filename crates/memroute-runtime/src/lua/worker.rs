@@ -629,13 +629,13 @@ fn register(lua: &Lua) -> mlua::Result<()> {
                     let v = v.as_bytes();
                     Bytes::copy_from_slice(v.strip_suffix(b"\r\n").unwrap_or(&v))
                 }
-                Value::UserData(ud) if super::objects::is_response(&ud) => ud
+                Value::UserData(ud) if super::objects::is_response(ud) => ud
                     .borrow::<LuaResponse>()?
                     .response
                     .value()
                     .map(Bytes::copy_from_slice)
                     .unwrap_or_default(),
-                Value::UserData(ud) if super::objects::is_request(&ud) => {
+                Value::UserData(ud) if super::objects::is_request(ud) => {
                     ud.borrow::<LuaRequest>()?.request.value().clone()
                 }
                 _ => {
