@@ -338,6 +338,21 @@ impl Preprocessor {
         }
     }
 
+    /// Field `field` of a built-in's object, expanded; an error naming it
+    /// when it is missing.
+    fn required(
+        &self,
+        map: &mut Map<String, Value>,
+        field: &str,
+        scope: &Scope,
+        path: &str,
+    ) -> Result<Value, String> {
+        let value = map
+            .remove(field)
+            .ok_or_else(|| format!("{path}: '{field}' missing"))?;
+        self.expand(value, scope, path)
+    }
+
     /// `{"type": "transform", "dictionary", "itemTransform", "keyTransform",
     /// "itemName", "keyName"}`: each entry's item (and an object's key)
     /// rewritten with `%key%` and `%item%` in scope. A key may become a
@@ -349,10 +364,7 @@ impl Preprocessor {
         scope: &Scope,
         path: &str,
     ) -> Result<Value, String> {
-        let dict = map
-            .remove("dictionary")
-            .ok_or_else(|| format!("{path}: 'dictionary' missing"))?;
-        let dict = self.expand(dict, scope, path)?;
+        let dict = self.required(&mut map, "dictionary", scope, path)?;
         let item_name = Self::loop_name(&map, "itemName", "item", path)?;
         let key_name = Self::loop_name(&map, "keyName", "key", path)?;
         let item_transform = map.get("itemTransform");
@@ -485,10 +497,7 @@ impl Preprocessor {
         scope: &Scope,
         path: &str,
     ) -> Result<Value, String> {
-        let from = map
-            .remove("from")
-            .ok_or_else(|| format!("{path}: 'from' missing"))?;
-        let from = self.expand(from, scope, path)?;
+        let from = self.required(&mut map, "from", scope, path)?;
         let from_object = from.is_object();
         let item_name = Self::loop_name(&map, "item", "item", path)?;
         let key_name = Self::loop_name(&map, "key", "key", path)?;
@@ -581,10 +590,7 @@ impl Preprocessor {
         path: &str,
     ) -> Result<Value, String> {
         let at = format!("{path} (define)");
-        let vars = map
-            .remove("vars")
-            .ok_or_else(|| format!("{at}: 'vars' missing"))?;
-        let Value::Object(vars) = self.expand(vars, scope, &at)? else {
+        let Value::Object(vars) = self.required(&mut map, "vars", scope, &at)? else {
             return Err(format!("{at}: 'vars' must be an object"));
         };
         let result = map

@@ -363,6 +363,12 @@ unsafe extern "C-unwind" fn after_wait(
 ) -> c_int {
     let n = ffi::lua_gettop(state);
     if n >= 2 && ffi::lua_touserdata(state, 1) == failure_address() {
+        // Two values are pushed below; without room for them the
+        // message is raised as it is, without its position.
+        if ffi::lua_checkstack(state, 2) == 0 {
+            ffi::lua_settop(state, 2);
+            ffi::lua_error(state);
+        }
         ffi::luaL_where(state, 1);
         ffi::lua_pushvalue(state, 2);
         ffi::lua_concat(state, 2);
