@@ -923,3 +923,41 @@ def test_pool_calls_suspend_only_their_own_route(api, startfile_dir, memroute_fa
         assert c.request(b"get sus/a\r\n") == \
             b"SERVER_ERROR VALUE sus/a 0 2 2 VALUE sus/a 0 2\r\n"
         c.assert_alive()
+
+
+def test_a_wait_inside_a_routes_own_coroutine_answers_no_other_request(
+        api, startfile_dir, memroute_factory):
+    """A pool call made inside a coroutine the route created yields to that
+    coroutine's resumer, not to memroute: its backend call is dropped when
+    the route ends, so a later route that yields by itself (an error) can
+    never be resumed with another request's reply."""
+    path = write_startfile(startfile_dir, "nested.lua", """
+        function mcp_config_pools()
+            local host, port = string.match(mcp.start_arg, "^(.+):(%d+)$")
+            return { p = mcp.pool({ mcp.backend("b", host, tonumber(port)) }) }
+        end
+        function mcp_config_routes(p)
+            local pool = p.p
+            mcp.attach(mcp.CMD_GET, function(r)
+                local key = r:key()
+                if string.find(key, "^nested/") then
+                    local co = coroutine.wrap(function() return pool(r) end)
+                    local res = co()
+                    return "SERVER_ERROR nested " .. tostring(res)
+                elseif string.find(key, "^raw/") then
+                    coroutine.yield()
+                    return "SERVER_ERROR resumed"
+                end
+                return pool(r)
+            end)
+        end
+    """)
+    mc_set(api.b[0], "nested/a", b"secret")
+    mr = memroute_factory("--config", str(path), "--config-arg", api.b[0].addr, "-t", "1")
+    with mr.client() as c:
+        for _ in range(3):
+            assert c.request(b"get nested/a\r\n") == b"SERVER_ERROR nested nil\r\n"
+            assert c.request(b"get raw/b\r\n") == b"SERVER_ERROR lua failure\r\n"
+        mc_set(api.b[0], "plain/c", b"ok")
+        assert c.request(b"get plain/c\r\n", b"END\r\n") == b"VALUE plain/c 0 2\r\nok\r\nEND\r\n"
+        c.assert_alive()

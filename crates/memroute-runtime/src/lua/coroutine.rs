@@ -156,6 +156,15 @@ impl Coroutines {
             .map(|(_, pool, _)| pool.clone())
     }
 
+    /// Drops work parked by a wait that never yielded to a driver (one
+    /// called inside a coroutine the route made itself yields to that
+    /// coroutine's resumer instead), when the route that made it ends: it
+    /// belongs to no one, and must not be taken by the next coroutine that
+    /// yields without waiting.
+    fn drop_unclaimed(&self) {
+        self.parked.borrow_mut().take();
+    }
+
     /// Parks the work the running coroutine is about to yield for.
     pub(super) fn park(&self, parked: Parked) {
         *self.parked.borrow_mut() = Some(parked);
@@ -214,15 +223,19 @@ pub(super) async fn drive_raw<'c>(
     loop {
         match resumed {
             raw::Resumed::Returned(nresults) => {
+                coroutines.drop_unclaimed();
                 return Ok(Finished {
                     coroutines,
                     thread: Some(thread),
                     nresults,
-                })
+                });
             }
             // What a wait yields is not used: the waits yield nothing.
             raw::Resumed::Yielded(nresults) => raw::pop(&thread, nresults),
-            raw::Resumed::Failed => return Err(raw::thread_error(lua, &thread)),
+            raw::Resumed::Failed => {
+                coroutines.drop_unclaimed();
+                return Err(raw::thread_error(lua, &thread));
+            }
         }
         let parked = coroutines.parked.borrow_mut().take();
         let pushed = match parked {
