@@ -661,12 +661,18 @@ def test_await_background(api):
     assert mc_get(api.b[1], key) is None
 
 
+# mcp_config_pools() of the tests below that need one pool: `p`, one
+# backend, the `--config-arg` host:port.
+ONE_POOL_CONFIG = """
+function mcp_config_pools()
+    local host, port = string.match(mcp.start_arg, "^(.+):(%d+)$")
+    return { p = mcp.pool({ mcp.backend("b", host, tonumber(port)) }) }
+end
+"""
+
+
 def test_await_bad_arguments_are_lua_failures(api, startfile_dir, memroute_factory):
-    path = write_startfile(startfile_dir, "awbad.lua", """
-        function mcp_config_pools()
-            local host, port = string.match(mcp.start_arg, "^(.+):(%d+)$")
-            return { p = mcp.pool({ mcp.backend("b", host, tonumber(port)) }) }
-        end
+    path = write_startfile(startfile_dir, "awbad.lua", ONE_POOL_CONFIG + """
         function mcp_config_routes(p)
             mcp.attach(mcp.CMD_GET, function(r) return mcp.await(r, { "not a pool" }) end)
             mcp.attach(mcp.CMD_SET, function(r) return mcp.await("not a request", {}) end)
@@ -883,11 +889,7 @@ def test_pool_calls_suspend_only_their_own_route(api, startfile_dir, memroute_fa
     one route, a pool call under pcall, one where Lua cannot yield (a
     table.sort comparator) and one with a bad argument; a failed call
     leaves nothing behind for the next request."""
-    path = write_startfile(startfile_dir, "suspend.lua", """
-        function mcp_config_pools()
-            local host, port = string.match(mcp.start_arg, "^(.+):(%d+)$")
-            return { p = mcp.pool({ mcp.backend("b", host, tonumber(port)) }) }
-        end
+    path = write_startfile(startfile_dir, "suspend.lua", ONE_POOL_CONFIG + """
         function mcp_config_routes(p)
             local pool = p.p
             mcp.attach(mcp.CMD_GET, function(r)
@@ -931,11 +933,7 @@ def test_a_wait_inside_a_routes_own_coroutine_answers_no_other_request(
     coroutine's resumer, not to memroute: its backend call is dropped when
     the route ends, so a later route that yields by itself (an error) can
     never be resumed with another request's reply."""
-    path = write_startfile(startfile_dir, "nested.lua", """
-        function mcp_config_pools()
-            local host, port = string.match(mcp.start_arg, "^(.+):(%d+)$")
-            return { p = mcp.pool({ mcp.backend("b", host, tonumber(port)) }) }
-        end
+    path = write_startfile(startfile_dir, "nested.lua", ONE_POOL_CONFIG + """
         function mcp_config_routes(p)
             local pool = p.p
             mcp.attach(mcp.CMD_GET, function(r)

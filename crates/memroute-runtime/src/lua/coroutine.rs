@@ -1,20 +1,24 @@
 //! How Lua routes wait: every route runs as a coroutine of its worker's VM,
 //! driven from Rust, and every call that waits (`pool(r)`, `mcp.await`,
 //! `rctx:enqueue_and_wait`, `rctx:wait_cond`, `rctx:wait_handle`,
-//! `rctx:sleep`) suspends it with a plain `coroutine.yield`.
+//! `rctx:sleep`) starts its work in Rust, *parks* it here (a [`Parked`])
+//! and yields. The route's driver ([`drive_raw`]) takes what was parked as
+//! soon as the coroutine yields, awaits it, and resumes the coroutine with
+//! the result, which the waiting call returns. This is what memcached's
+//! proxy does with its request slots: no boxed future for the call itself
+//! in the common cases, no userdata with a finalizer to hold it, and the
+//! coroutines are reused.
 //!
-//! Such a call is a small Lua function made by [`Coroutines::suspending`]:
-//! it calls a plain Rust function that starts the work and *parks* it here
-//! (a [`Parked`]), then yields. The route's driver ([`drive`]) takes what
-//! was parked as soon as the coroutine yields, awaits it, and resumes the
-//! coroutine with the result, which the Lua function returns. This is what
-//! memcached's proxy does with its request slots, and it is much cheaper
-//! than mlua's async functions: no boxed future for the call itself in the
-//! common cases, no userdata with a finalizer to hold it, no polling
-//! wrapper, and the coroutines are reused.
+//! `pool(r)` and `rctx:enqueue_and_wait` are C functions with a fast path
+//! for their common call ([`raw::waiting_function`]); the other waits are
+//! small Lua functions made by [`Coroutines::suspending`] that call the
+//! Rust function, then `coroutine.yield`. The driver resumes coroutines
+//! through Lua's C API ([`raw`]).
 //!
 //! Only one coroutine of a worker runs at a time, and the driver takes the
-//! parked work before anything else can run, so one place per VM is enough.
+//! parked work before anything else can run, so one place per VM is enough;
+//! work parked by a wait that yielded elsewhere (inside a coroutine the
+//! route made) is dropped when its route ends.
 
 use std::cell::RefCell;
 use std::ffi::{c_int, c_void};
@@ -258,7 +262,6 @@ pub(super) async fn drive_raw<'c>(
                 rctx.answered(lua, handle, response, |object| {
                     object.push(&thread).map(|()| 1)
                 })
-                .and_then(|pushed| pushed)
             }
             Some(Parked::Wait(wait)) => match wait.await {
                 Ok(values) => raw::push_values(lua, &thread, values),
@@ -321,7 +324,7 @@ impl Drop for Finished<'_> {
 /// what it takes to push it onto a coroutine's stack without conversion
 /// (a registry reference) and to recognise it there (its address).
 pub(super) struct KeptObject<T> {
-    pub object: AnyUserData,
+    pub(super) object: AnyUserData,
     data: Rc<RefCell<T>>,
     key: mlua::RegistryKey,
     address: *const c_void,

@@ -927,7 +927,7 @@ impl Rctx {
         lua: &Lua,
         handle: usize,
         response: LuaResponse,
-        give: impl FnOnce(&KeptObject<LuaResponse>) -> R,
+        give: impl FnOnce(&KeptObject<LuaResponse>) -> mlua::Result<R>,
     ) -> mlua::Result<R> {
         self.pending.set(self.pending.get().saturating_sub(1));
         let class = class_of(&response);
@@ -936,7 +936,7 @@ impl Rctx {
         slot.state = State::Waited;
         slot.flags |= class;
         slot.answered = true;
-        Ok(give(slot.response_object(lua, response)?))
+        give(slot.response_object(lua, response)?)
     }
 
     /// The slot's request object, now holding `request`.

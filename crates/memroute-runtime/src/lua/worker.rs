@@ -476,17 +476,24 @@ fn pool_call_fast(coroutines: &Coroutines, route: &raw::RouteOf<'_>, args: &raw:
         Ok(object) => object.request.clone(),
         Err(_) => return false,
     };
+    park_pool_call(coroutines, &pool, request);
+    true
+}
+
+/// `pool(r)`: sends `request` and parks the wait for its reply.
+fn park_pool_call(coroutines: &Coroutines, pool: &Rc<dyn Pool>, request: Request) {
+    // Which backend answers is noted only for a `watch proxyreqs` reader
+    // (`be=` of `mcp.log_req`).
     let backend = if crate::watch::enabled(crate::watch::PROXYREQS) {
         pool.backend_of(&request)
     } else {
         None
     };
     coroutines.park(Parked::Pool {
-        future: pool.call(request),
+        future: pool.clone().call(request),
         start: Instant::now(),
         backend,
     });
-    true
 }
 
 impl UserData for LuaPool {
@@ -506,18 +513,7 @@ impl UserData for LuaPool {
                         })?
                         .request
                         .clone();
-                    // Which backend answers is noted only for a `watch
-                    // proxyreqs` reader (`be=` of `mcp.log_req`).
-                    let backend = if crate::watch::enabled(crate::watch::PROXYREQS) {
-                        pool.0.backend_of(&request)
-                    } else {
-                        None
-                    };
-                    parking.park(Parked::Pool {
-                        future: pool.0.clone().call(request),
-                        start: Instant::now(),
-                        backend,
-                    });
+                    park_pool_call(&parking, &pool.0, request);
                     Ok(())
                 },
             )?;
