@@ -35,7 +35,7 @@ use super::raw;
 use super::funcgen::Rctx;
 use super::objects::LuaResponse;
 use crate::backend::BackendConfig;
-use crate::route::{Pool, ResponseFuture};
+use crate::route::{Pool, Sent};
 use memroute_proto::Response;
 
 /// The two values a waiting call returns (the second is often nil), or the
@@ -46,7 +46,7 @@ pub(super) type Resumed = mlua::Result<(Value, Value)>;
 pub(super) enum Parked {
     /// `pool(r)`: resumed with the response object.
     Pool {
-        future: ResponseFuture,
+        future: Sent,
         start: Instant,
         /// The backend it goes to, noted only for `watch proxyreqs`.
         backend: Option<Arc<BackendConfig>>,
@@ -57,7 +57,7 @@ pub(super) enum Parked {
     Handle {
         rctx: Rc<Rctx>,
         handle: usize,
-        future: ResponseFuture,
+        future: Sent,
         start: Instant,
         /// As for `Pool`.
         backend: Option<Arc<BackendConfig>>,

@@ -853,14 +853,12 @@ impl Rctx {
     ) -> mlua::Result<()> {
         let index = self.check_handle(handle)?;
         let timeout = timeout_arg(timeout)?;
-        let borrowed = || {
-            request
-                .borrow::<LuaRequest>()
-                .ok()
-                .map(|object| object.request.clone())
-        };
-        if timeout.is_none() && self.try_start_alone(coroutines, borrowed, index) {
-            return Ok(());
+        if timeout.is_none() {
+            let object = request.borrow::<LuaRequest>().ok();
+            let borrowed = object.as_deref().map(|object| &object.request);
+            if self.try_start_alone(coroutines, borrowed, index) {
+                return Ok(());
+            }
         }
         self.queueable(request)?;
         self.queue(request, index);
@@ -880,7 +878,7 @@ impl Rctx {
     fn try_start_alone(
         self: &Rc<Self>,
         coroutines: &Coroutines,
-        request: impl FnOnce() -> Option<Request>,
+        request: Option<&Request>,
         index: usize,
     ) -> bool {
         if self.waiting.get() {
@@ -898,21 +896,23 @@ impl Rctx {
         if !alone || slot.state != State::Idle || slot.callback.is_some() {
             return false;
         }
-        let Some(request) = request().filter(|r| r.key().is_some()) else {
+        let Some(request) = request.filter(|r| r.key().is_some()) else {
             return false;
         };
-        // No callback will read the handle's request: it is not kept.
+        // No callback will read the handle's request: it is not kept, and
+        // the pool sends it from the slot's request object (a memcached
+        // pool copies nothing, see `Route::call_borrowed`).
         slot.state = State::Active;
         self.pending.set(self.pending.get() + 1);
         let backend = if crate::watch::enabled(crate::watch::PROXYREQS) {
-            pool.backend_of(&request)
+            pool.backend_of(request)
         } else {
             None
         };
         coroutines.park(Parked::Handle {
             rctx: self.clone(),
             handle: index,
-            future: pool.clone().call(request),
+            future: pool.clone().call_borrowed(request),
             start: std::time::Instant::now(),
             backend,
         });
@@ -1238,8 +1238,8 @@ fn enqueue_and_wait_fast(
     let kept = rctx.request.borrow();
     match kept.as_ref() {
         Some(request) if args.userdata(2) == Some(request.address()) => {
-            let kept = || request.get().ok().map(|object| object.request.clone());
-            rctx.try_start_alone(coroutines, kept, index)
+            let object = request.get().ok();
+            rctx.try_start_alone(coroutines, object.as_deref().map(|o| &o.request), index)
         }
         _ => false,
     }

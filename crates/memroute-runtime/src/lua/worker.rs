@@ -472,25 +472,25 @@ fn pool_call_fast(coroutines: &Coroutines, route: &raw::RouteOf<'_>, args: &raw:
     let Some(pool) = args.userdata(1).and_then(|p| coroutines.known_pool(p)) else {
         return false;
     };
-    let request = match object.borrow::<LuaRequest>() {
-        Ok(object) => object.request.clone(),
+    match object.borrow::<LuaRequest>() {
+        Ok(object) => park_pool_call(coroutines, &pool, &object.request),
         Err(_) => return false,
-    };
-    park_pool_call(coroutines, &pool, request);
+    }
     true
 }
 
 /// `pool(r)`: sends `request` and parks the wait for its reply.
-fn park_pool_call(coroutines: &Coroutines, pool: &Rc<dyn Pool>, request: Request) {
+fn park_pool_call(coroutines: &Coroutines, pool: &Rc<dyn Pool>, request: &Request) {
     // Which backend answers is noted only for a `watch proxyreqs` reader
     // (`be=` of `mcp.log_req`).
     let backend = if crate::watch::enabled(crate::watch::PROXYREQS) {
-        pool.backend_of(&request)
+        pool.backend_of(request)
     } else {
         None
     };
     coroutines.park(Parked::Pool {
-        future: pool.clone().call(request),
+        // Sent from the borrow: a memcached pool copies nothing.
+        future: pool.clone().call_borrowed(request),
         start: Instant::now(),
         backend,
     });
@@ -506,14 +506,10 @@ impl UserData for LuaPool {
             let parking = coroutines.clone();
             let start = lua.create_function(
                 move |_, (pool, r): (mlua::UserDataRef<LuaPool>, AnyUserData)| {
-                    let request = r
-                        .borrow::<LuaRequest>()
-                        .map_err(|_| {
-                            mlua::Error::runtime("a pool must be called with a request object")
-                        })?
-                        .request
-                        .clone();
-                    park_pool_call(&parking, &pool.0, request);
+                    let request = r.borrow::<LuaRequest>().map_err(|_| {
+                        mlua::Error::runtime("a pool must be called with a request object")
+                    })?;
+                    park_pool_call(&parking, &pool.0, &request.request);
                     Ok(())
                 },
             )?;
