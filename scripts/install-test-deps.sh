@@ -31,6 +31,10 @@ APT_PACKAGES=(
   "openssl:/usr/bin/openssl"
   # A real Prometheus (and promtool) scraping --metrics-listen: tests/test_metrics.py
   "prometheus:/usr/bin/prometheus"
+  # jemalloc (the binary's allocator, tikv-jemalloc-sys) is built from
+  # source with configure and make; lua-src needs the C compiler too
+  "make:/usr/bin/make"
+  "gcc:/usr/bin/gcc"
 )
 
 SUDO=""
