@@ -934,3 +934,62 @@ def test_enqueue_and_wait_fast_and_full_paths(backends, memroute_factory, startf
         assert c.request(b"get plain/k\r\n", b"END\r\n") == \
             b"VALUE plain/k 0 9\r\nv-plain/k\r\nEND\r\n"
         c.assert_alive()
+
+
+OTHER_SLOT_STARTFILE = r"""
+function mcp_config_pools()
+    local host, port = string.match(mcp.start_arg, "^(.+):(%d+)$")
+    return { p = mcp.pool({ mcp.backend("b", host, tonumber(port)) }) }
+end
+
+function mcp_config_routes(pools)
+    local fgen = mcp.funcgen_new()
+    local h = fgen:new_handle(pools.p)
+    local first -- the first slot's rctx, wrongly shared with every slot
+    fgen:ready({ n = "other", f = function(rctx)
+        first = first or rctx
+        return function(r)
+            local what = string.match(r:key(), "^([%w_]+)/")
+            if what == "hold" then
+                rctx:sleep(0.5)
+                return rctx:enqueue_and_wait(r, h)
+            end
+            local waits = {
+                enqueue_and_wait = function() return first:enqueue_and_wait(r, h) end,
+                wait_cond = function() return first:wait_cond(1) end,
+                wait_handle = function() return first:wait_handle(h) end,
+                sleep = function() return first:sleep(0) end,
+            }
+            local ok, err = pcall(waits[what])
+            return "SERVER_ERROR " .. tostring(ok) .. " " .. tostring(err)
+        end
+    end })
+    mcp.attach(mcp.CMD_GET, fgen)
+end
+"""
+
+
+def test_a_wait_on_another_slots_rctx_is_refused(backends, memroute_factory, startfile_dir):
+    """A slot function waiting on an rctx another slot's generator was
+    given (kept in a variable the generator shares) is refused with an
+    error naming the mistake: that other slot's driver takes its replies,
+    so the wait could hang the request. The slot holding that rctx is not
+    disturbed."""
+    (b,) = backends(1)
+    path = write_startfile(startfile_dir, "other.lua", OTHER_SLOT_STARTFILE)
+    mr = memroute_factory("--config", str(path), "--config-arg", b.addr, "-t", "1")
+    mc_set(b, "hold/k", b"held")
+    with mr.client() as holder, mr.client() as c:
+        # The first slot (whose rctx is shared) is busy for 0.5 s, so the
+        # requests below run in other slots.
+        holder.send(b"get hold/k\r\n")
+        time.sleep(0.1)
+        for wait in ("enqueue_and_wait", "wait_cond", "wait_handle", "sleep"):
+            reply = c.request(b"get %s/k\r\n" % wait.encode())
+            assert reply.startswith(b"SERVER_ERROR false "), reply
+            assert b"rctx:%s: this rctx belongs to another request slot" % wait.encode() \
+                in reply, reply
+        assert holder.read_line(timeout=5) == b"VALUE hold/k 0 4\r\n"
+        assert holder.read_line(timeout=5) == b"held\r\n"
+        assert holder.read_line(timeout=5) == b"END\r\n"
+        c.assert_alive()

@@ -583,6 +583,20 @@ impl Rctx {
         self.user_objects.blank();
     }
 
+    /// Refuses a wait made outside this context's own slot function (one
+    /// slot's function calling a wait on an rctx another slot's generator
+    /// was given, kept in a shared variable, say): nothing would ever
+    /// answer it, and the client's request would hang.
+    fn own_wait(&self, name: &str) -> mlua::Result<()> {
+        if raw::running_slot_is(self) {
+            Ok(())
+        } else {
+            Err(mlua::Error::runtime(format!(
+                "{name}: this rctx belongs to another request slot; a slot function can only wait on the rctx its generator was given"
+            )))
+        }
+    }
+
     fn check_handle(&self, handle: i64) -> mlua::Result<usize> {
         usize::try_from(handle)
             .ok()
@@ -851,6 +865,7 @@ impl Rctx {
         handle: i64,
         timeout: Option<Value>,
     ) -> mlua::Result<()> {
+        self.own_wait("rctx:enqueue_and_wait")?;
         let index = self.check_handle(handle)?;
         let timeout = timeout_arg(timeout)?;
         if timeout.is_none() {
@@ -1073,6 +1088,7 @@ impl UserData for LuaRctx {
                     Option<i64>,
                     Option<Value>,
                 )| {
+                    this.0.own_wait("rctx:wait_cond")?;
                     let n = match n {
                         Value::Integer(n) if n >= 0 => n as usize,
                         Value::Number(n) if n >= 0.0 && n.fract() == 0.0 => n as usize,
@@ -1110,6 +1126,7 @@ impl UserData for LuaRctx {
             let parking = coroutines.clone();
             let start = lua.create_function(
                 move |lua, (this, handle, timeout): (UserDataRef<LuaRctx>, i64, Option<Value>)| {
+                    this.0.own_wait("rctx:wait_handle")?;
                     let index = this.0.check_handle(handle)?;
                     if this.0.handles.borrow()[index].state == State::Idle {
                         return Err(mlua::Error::runtime(
@@ -1133,6 +1150,7 @@ impl UserData for LuaRctx {
             let parking = coroutines.clone();
             let start =
                 lua.create_function(move |_, (this, seconds): (UserDataRef<LuaRctx>, Value)| {
+                    this.0.own_wait("rctx:sleep")?;
                     if this.0.waiting.get() {
                         return Err(mlua::Error::runtime(
                             "sleep: cannot call while already in wait mode",

@@ -122,6 +122,14 @@ fn with_running<R>(f: impl FnOnce(&Coroutines, &RouteOf<'_>) -> R) -> Option<R> 
     })
 }
 
+/// Whether the coroutine running now is the one a driver started for the
+/// request slot of `rctx` (a wait on any other request context could
+/// never be answered: its replies go to that slot's own driver).
+pub(super) fn running_slot_is(rctx: &Rctx) -> bool {
+    with_running(|_, route| matches!(route, RouteOf::Slot(r) if ptr::eq(Rc::as_ptr(r), rctx)))
+        .unwrap_or(false)
+}
+
 /// Empties the stack of `thread`, a coroutine that returned (or that was
 /// never started), so it can be given a new function.
 pub(super) fn clear(thread: &Thread) {
