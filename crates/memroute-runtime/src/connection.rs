@@ -693,7 +693,27 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                     },
                 };
                 batch.took_request = true;
-                self.dispatch(frame).await
+                // The replies queued so far get their first poll before
+                // anything else is sent (see `Pipeline::drive`); doing it
+                // here, for every kind of frame, keeps the await out of
+                // the routed path below, which then moves the request
+                // straight on instead of through an async call's state.
+                self.pipeline.drive().await;
+                let routed = match &frame {
+                    Frame::Request(request, bin)
+                        if bin.is_some()
+                            || !matches!(request.command(), Command::Watch { .. }) =>
+                    {
+                        route_for(self.ctx, self.tag, request)
+                    }
+                    _ => None,
+                };
+                match (frame, routed) {
+                    (Frame::Request(request, bin), Some((routes, route, slot))) => {
+                        self.route(routes, route, slot, request, bin)
+                    }
+                    (frame, _) => self.dispatch(frame).await,
+                }
             };
             match next {
                 Next::Continue => {}
@@ -775,7 +795,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 self.start_watch(&request)
             }
             Frame::Request(request, bin) => match route_for(ctx, self.tag, &request) {
-                Some((routes, route, slot)) => self.route(routes, route, slot, request, bin).await,
+                Some((routes, route, slot)) => self.route(routes, route, slot, request, bin),
                 None if !self.pipeline.is_empty() => {
                     // Run it once the routed requests before it are done.
                     self.held = Some((request, bin));
@@ -804,8 +824,8 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 }
             }
             Frame::TooLarge { key, reply } => {
-                // (A routed delete may follow: requests before it go first.)
-                self.pipeline.drive().await;
+                // (A routed delete may follow: the requests before it have
+                // been driven, see `take_requests`.)
                 match refused_too_large(ctx, self.tag, &key, true) {
                     Some(delete) => self.pipeline.push(after(delete, reply), 0, true),
                     None => self.queue(reply),
@@ -818,10 +838,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                         key,
                         drops_existing,
                         ..
-                    } => {
-                        self.pipeline.drive().await;
-                        refused_too_large(ctx, self.tag, key, *drops_existing)
-                    }
+                    } => refused_too_large(ctx, self.tag, key, *drops_existing),
                     _ => None,
                 };
                 // The decoder's error line (an `ErrorReply` text), if one
@@ -845,12 +862,13 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
     }
 
     /// A request with a route: into the pipeline, within the reply budget
-    /// and the worker's limits.
+    /// and the worker's limits. The replies before it must have had their
+    /// first poll ([`Pipeline::drive`]).
     ///
     /// The request counts in route slot `slot` (once, a multi-key get
     /// too), and so does its reply's outcome, when it is taken to be
     /// written.
-    async fn route(
+    fn route(
         &mut self,
         routes: Rc<RouteSet>,
         route: Rc<dyn Route>,
@@ -901,7 +919,6 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             }
             return Next::Continue;
         }
-        self.pipeline.drive().await;
         let counted = stats.map(|route| Counted {
             route,
             binary: bin.is_some(),

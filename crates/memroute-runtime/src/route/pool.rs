@@ -194,20 +194,11 @@ impl Future for PoolResponse {
 
 impl MemcachedPool {
     /// The response to `request` from the backend its key maps to. The
-    /// backend gets the request now (see [`Backend::send`]), so the future
-    /// holds only what the wait needs, not the request: the pool itself,
-    /// which keeps the backend until the reply is in (a reload that drops
-    /// it must not strand this request).
-    fn response(self: Rc<Self>, request: Request) -> impl Future<Output = Response> {
-        let request = outbound(request);
-        let key = request.key().map_or(&b""[..], |k| &k[..]);
-        let sending = self.send(self.distribution.pick(key), &request);
-        sending.map(move |reply| self.settle(reply))
-    }
-
-    /// [`response`](Self::response) from a borrowed request: the backend
-    /// encodes it into its output buffer at once, so nothing is copied,
-    /// and the future is a named type a handler can hold without a box.
+    /// backend encodes the request into its output buffer at once (see
+    /// [`Backend::send`]), so nothing is copied and the future holds only
+    /// what the wait needs: the pool itself, which keeps the backend until
+    /// the reply is in (a reload that drops it must not strand this
+    /// request). It is a named type a handler can hold without a box.
     pub fn response_to(self: Rc<Self>, request: &Request) -> PoolResponse {
         // Only a quiet request is rewritten (and so copied) to be sent.
         let loud = request.without_noreply();
@@ -327,7 +318,7 @@ impl Route for MemcachedPool {
     }
 
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
-        Box::pin(self.response(request))
+        Box::pin(self.response_to(&request))
     }
 
     fn call_borrowed(self: Rc<Self>, request: &Request) -> Sent {
@@ -336,10 +327,12 @@ impl Route for MemcachedPool {
 
     fn serve(self: Rc<Self>, request: Request) -> ReplyFuture {
         let shape = ReplyShape::of(&request);
-        // map() holds the inner future once; an async block awaiting it
-        // would hold it twice.
+        // Sent from the borrow: the request is encoded into the backend's
+        // output buffer at once, so moving it on (as `outbound` would, a
+        // copy of the whole request) buys nothing. map() holds the inner
+        // future once; an async block awaiting it would hold it twice.
         Box::pin(
-            self.response(request)
+            self.response_to(&request)
                 .map(move |response| shape.apply(response.into_raw())),
         )
     }
