@@ -41,7 +41,7 @@ use tokio::sync::watch;
 use crate::config::Protocol;
 use crate::embedded::{Embedded, Flow};
 use crate::route::{
-    multiget, ListenerTag, ReplyFuture, Route, RouteSet, WorkerLimits, WorkerRoutes,
+    multiget, ListenerTag, Reply, ReplyFuture, Route, RouteSet, WorkerLimits, WorkerRoutes,
 };
 use crate::stats::{Outcome, RouteCounters, ServerStats, WorkerLoad, WorkerStats};
 
@@ -248,11 +248,11 @@ const VALUE_OVERHEAD: usize = 512;
 /// `FuturesOrdered` it would cost a task allocation and wake-up
 /// bookkeeping.
 struct Pipeline<'a> {
-    oldest: Option<ReplyFuture>,
+    oldest: Option<Reply>,
     /// Replies of `ordered` that came out while `oldest` was still
     /// pending (they wait their turn here).
     finished: VecDeque<Bytes>,
-    ordered: FuturesOrdered<ReplyFuture>,
+    ordered: FuturesOrdered<Reply>,
     /// Bytes reserved by each reply, whether it counts as an active
     /// routed request, and the route it counts in, in the same order.
     reserved: VecDeque<(usize, bool, Option<Counted<'a>>)>,
@@ -326,7 +326,7 @@ impl<'a> Pipeline<'a> {
         self.newest_unpolled = false;
         std::future::poll_fn(|cx| {
             if let Some(oldest) = self.oldest.as_mut() {
-                if let Poll::Ready(bytes) = oldest.as_mut().poll(cx) {
+                if let Poll::Ready(bytes) = Pin::new(oldest).poll(cx) {
                     self.oldest = None;
                     // (What `finished` holds came after it.)
                     self.finished.push_front(bytes);
@@ -352,7 +352,7 @@ impl<'a> Pipeline<'a> {
     /// pipeline that is not empty.
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Bytes> {
         if let Some(oldest) = self.oldest.as_mut() {
-            if let Poll::Ready(bytes) = oldest.as_mut().poll(cx) {
+            if let Poll::Ready(bytes) = Pin::new(oldest).poll(cx) {
                 self.oldest = None;
                 return Poll::Ready(bytes);
             }
@@ -406,14 +406,14 @@ impl<'a> Pipeline<'a> {
 
     /// Queues a reply; `active` for a routed request (not a ready line).
     fn push(&mut self, reply: ReplyFuture, reserve: usize, active: bool) {
-        self.push_counted(reply, reserve, active, None);
+        self.push_counted(Reply::Boxed(reply), reserve, active, None);
     }
 
     /// [`push`](Self::push), counting the reply in a route's outcomes
     /// when it is taken.
     fn push_counted(
         &mut self,
-        reply: ReplyFuture,
+        reply: Reply,
         reserve: usize,
         active: bool,
         counted: Option<Counted<'a>>,
@@ -1157,11 +1157,11 @@ fn routed_reply(
     tag: ListenerTag,
     request: Request,
     bin: Option<BinaryContext>,
-) -> ReplyFuture {
+) -> Reply {
     let reply = routes.serve(route, request, tag);
     match bin {
         None => reply,
-        Some(bin) => Box::pin(reply.map(move |text| binary_reply(&bin, &text))),
+        Some(bin) => Reply::Boxed(Box::pin(reply.map(move |text| binary_reply(&bin, &text)))),
     }
 }
 

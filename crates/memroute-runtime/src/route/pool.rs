@@ -17,13 +17,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use futures_util::FutureExt;
 use memroute_hash::Distribution;
 use memroute_proto::{Command, Request, Response, ResponseCode};
 
 use super::explain::Step;
 use super::multiget::{get_request, value_blocks, value_blocks_of};
-use super::{ReplyFuture, ReplyShape, ResponseFuture, Route, RouteEnv, Sent};
+use super::{Reply, ReplyFuture, ReplyShape, ResponseFuture, Route, RouteEnv, Sent};
 use crate::backend::{Backend, BackendConfig, BackendError};
 use crate::discovery::Discovery;
 use crate::stats::PoolCounters;
@@ -192,7 +191,37 @@ impl Future for PoolResponse {
     }
 }
 
+/// A memcached pool's reply as its client gets it (see
+/// [`MemcachedPool::reply_to`]): a named future, so the connection can
+/// hold it without a box.
+pub struct PoolReply {
+    response: PoolResponse,
+    shape: ReplyShape,
+}
+
+impl Future for PoolReply {
+    type Output = Bytes;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Bytes> {
+        let this = self.get_mut();
+        let shape = this.shape;
+        Pin::new(&mut this.response)
+            .poll(cx)
+            .map(|response| shape.apply(response.into_raw()))
+    }
+}
+
 impl MemcachedPool {
+    /// The bytes `request`'s client gets from the backend its key maps
+    /// to, shaped by [`ReplyShape`] (sent at once, see
+    /// [`response_to`](Self::response_to)).
+    pub fn reply_to(self: Rc<Self>, request: &Request) -> PoolReply {
+        PoolReply {
+            shape: ReplyShape::of(request),
+            response: self.response_to(request),
+        }
+    }
+
     /// The response to `request` from the backend its key maps to. The
     /// backend encodes the request into its output buffer at once (see
     /// [`Backend::send`]), so nothing is copied and the future holds only
@@ -325,16 +354,15 @@ impl Route for MemcachedPool {
         Sent::Pool(self.response_to(request))
     }
 
+    // Sent from the borrow: the request is encoded into the backend's
+    // output buffer at once, so moving it on (as `outbound` would, a copy
+    // of the whole request) buys nothing.
     fn serve(self: Rc<Self>, request: Request) -> ReplyFuture {
-        let shape = ReplyShape::of(&request);
-        // Sent from the borrow: the request is encoded into the backend's
-        // output buffer at once, so moving it on (as `outbound` would, a
-        // copy of the whole request) buys nothing. map() holds the inner
-        // future once; an async block awaiting it would hold it twice.
-        Box::pin(
-            self.response_to(&request)
-                .map(move |response| shape.apply(response.into_raw())),
-        )
+        Box::pin(self.reply_to(&request))
+    }
+
+    fn serve_unboxed(self: Rc<Self>, request: Request) -> Reply {
+        Reply::Pool(self.reply_to(&request))
     }
 
     fn joins_keys(&self) -> bool {
@@ -457,6 +485,10 @@ impl Route for DiscoveredPool {
 
     fn serve(self: Rc<Self>, request: Request) -> ReplyFuture {
         self.members().serve(request)
+    }
+
+    fn serve_unboxed(self: Rc<Self>, request: Request) -> Reply {
+        self.members().serve_unboxed(request)
     }
 
     fn joins_keys(&self) -> bool {
