@@ -701,8 +701,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 self.pipeline.drive().await;
                 let routed = match &frame {
                     Frame::Request(request, bin)
-                        if bin.is_some()
-                            || !matches!(request.command(), Command::Watch { .. }) =>
+                        if bin.is_some() || !matches!(request.command(), Command::Watch { .. }) =>
                     {
                         route_for(self.ctx, self.tag, request)
                     }
