@@ -453,8 +453,7 @@ fn single_key_get(line: Bytes, limits: &Limits) -> Result<Request, Bytes> {
         return Err(line);
     };
     let key = &line[start..];
-    if limits.max_keys_per_get == 0 || memchr::memchr(b' ', key).is_some() || !key_ok(key, limits)
-    {
+    if limits.max_keys_per_get == 0 || memchr::memchr(b' ', key).is_some() || !key_ok(key, limits) {
         return Err(line);
     }
     let mut keys = Keys::new();
