@@ -146,10 +146,10 @@ pub trait Route {
 
     /// [`serve`](Self::serve) for the connection, which holds the reply
     /// of every request in flight: a memcached pool's reply is held in
-    /// place, without a box (its allocation and free were about 200 of
-    /// the ~7,400 instructions of a pooled get, docs/benchmarks.md, run
-    /// 26), and so is one passed through by a route in front of a pool (a
-    /// key router); any other route's is its boxed [`serve`](Self::serve).
+    /// place, without a box (the box cost a pooled get about 125 of its
+    /// ~7,200 instructions, docs/benchmarks.md, run 26), and so is one
+    /// passed through by a route in front of a pool (a key router); any
+    /// other route's is its boxed [`serve`](Self::serve).
     fn serve_unboxed(self: Rc<Self>, request: Request) -> Reply {
         Reply::Boxed(self.serve(request))
     }
