@@ -41,7 +41,7 @@ use tokio::sync::watch;
 use crate::config::Protocol;
 use crate::embedded::{Embedded, Flow};
 use crate::route::{
-    multiget, ListenerTag, ReplyFuture, Route, RouteSet, WorkerLimits, WorkerRoutes,
+    multiget, ListenerTag, Reply, ReplyFuture, Route, RouteSet, WorkerLimits, WorkerRoutes,
 };
 use crate::stats::{Outcome, RouteCounters, ServerStats, WorkerLoad, WorkerStats};
 
@@ -248,11 +248,11 @@ const VALUE_OVERHEAD: usize = 512;
 /// `FuturesOrdered` it would cost a task allocation and wake-up
 /// bookkeeping.
 struct Pipeline<'a> {
-    oldest: Option<ReplyFuture>,
+    oldest: Option<Reply>,
     /// Replies of `ordered` that came out while `oldest` was still
     /// pending (they wait their turn here).
     finished: VecDeque<Bytes>,
-    ordered: FuturesOrdered<ReplyFuture>,
+    ordered: FuturesOrdered<Reply>,
     /// Bytes reserved by each reply, whether it counts as an active
     /// routed request, and the route it counts in, in the same order.
     reserved: VecDeque<(usize, bool, Option<Counted<'a>>)>,
@@ -326,7 +326,7 @@ impl<'a> Pipeline<'a> {
         self.newest_unpolled = false;
         std::future::poll_fn(|cx| {
             if let Some(oldest) = self.oldest.as_mut() {
-                if let Poll::Ready(bytes) = oldest.as_mut().poll(cx) {
+                if let Poll::Ready(bytes) = Pin::new(oldest).poll(cx) {
                     self.oldest = None;
                     // (What `finished` holds came after it.)
                     self.finished.push_front(bytes);
@@ -352,7 +352,7 @@ impl<'a> Pipeline<'a> {
     /// pipeline that is not empty.
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Bytes> {
         if let Some(oldest) = self.oldest.as_mut() {
-            if let Poll::Ready(bytes) = oldest.as_mut().poll(cx) {
+            if let Poll::Ready(bytes) = Pin::new(oldest).poll(cx) {
                 self.oldest = None;
                 return Poll::Ready(bytes);
             }
@@ -406,14 +406,14 @@ impl<'a> Pipeline<'a> {
 
     /// Queues a reply; `active` for a routed request (not a ready line).
     fn push(&mut self, reply: ReplyFuture, reserve: usize, active: bool) {
-        self.push_counted(reply, reserve, active, None);
+        self.push_counted(Reply::Boxed(reply), reserve, active, None);
     }
 
     /// [`push`](Self::push), counting the reply in a route's outcomes
     /// when it is taken.
     fn push_counted(
         &mut self,
-        reply: ReplyFuture,
+        reply: Reply,
         reserve: usize,
         active: bool,
         counted: Option<Counted<'a>>,
@@ -693,7 +693,26 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                     },
                 };
                 batch.took_request = true;
-                self.dispatch(frame).await
+                // The replies queued so far get their first poll before
+                // anything else is sent (see `Pipeline::drive`); doing it
+                // here, for every kind of frame, keeps the await out of
+                // the routed path below, which then moves the request
+                // straight on instead of through an async call's state.
+                self.pipeline.drive().await;
+                let routed = match &frame {
+                    Frame::Request(request, bin)
+                        if bin.is_some() || !matches!(request.command(), Command::Watch { .. }) =>
+                    {
+                        route_for(self.ctx, self.tag, request)
+                    }
+                    _ => None,
+                };
+                match (frame, routed) {
+                    (Frame::Request(request, bin), Some((routes, route, slot))) => {
+                        self.route(routes, route, slot, request, bin)
+                    }
+                    (frame, _) => self.dispatch(frame).await,
+                }
             };
             match next {
                 Next::Continue => {}
@@ -775,7 +794,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 self.start_watch(&request)
             }
             Frame::Request(request, bin) => match route_for(ctx, self.tag, &request) {
-                Some((routes, route, slot)) => self.route(routes, route, slot, request, bin).await,
+                Some((routes, route, slot)) => self.route(routes, route, slot, request, bin),
                 None if !self.pipeline.is_empty() => {
                     // Run it once the routed requests before it are done.
                     self.held = Some((request, bin));
@@ -804,8 +823,8 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                 }
             }
             Frame::TooLarge { key, reply } => {
-                // (A routed delete may follow: requests before it go first.)
-                self.pipeline.drive().await;
+                // (A routed delete may follow: the requests before it have
+                // been driven, see `take_requests`.)
                 match refused_too_large(ctx, self.tag, &key, true) {
                     Some(delete) => self.pipeline.push(after(delete, reply), 0, true),
                     None => self.queue(reply),
@@ -818,10 +837,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                         key,
                         drops_existing,
                         ..
-                    } => {
-                        self.pipeline.drive().await;
-                        refused_too_large(ctx, self.tag, key, *drops_existing)
-                    }
+                    } => refused_too_large(ctx, self.tag, key, *drops_existing),
                     _ => None,
                 };
                 // The decoder's error line (an `ErrorReply` text), if one
@@ -845,12 +861,13 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
     }
 
     /// A request with a route: into the pipeline, within the reply budget
-    /// and the worker's limits.
+    /// and the worker's limits. The replies before it must have had their
+    /// first poll ([`Pipeline::drive`]).
     ///
     /// The request counts in route slot `slot` (once, a multi-key get
     /// too), and so does its reply's outcome, when it is taken to be
     /// written.
-    async fn route(
+    fn route(
         &mut self,
         routes: Rc<RouteSet>,
         route: Rc<dyn Route>,
@@ -901,7 +918,6 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             }
             return Next::Continue;
         }
-        self.pipeline.drive().await;
         let counted = stats.map(|route| Counted {
             route,
             binary: bin.is_some(),
@@ -1140,11 +1156,11 @@ fn routed_reply(
     tag: ListenerTag,
     request: Request,
     bin: Option<BinaryContext>,
-) -> ReplyFuture {
+) -> Reply {
     let reply = routes.serve(route, request, tag);
     match bin {
         None => reply,
-        Some(bin) => Box::pin(reply.map(move |text| binary_reply(&bin, &text))),
+        Some(bin) => Reply::Boxed(Box::pin(reply.map(move |text| binary_reply(&bin, &text)))),
     }
 }
 

@@ -38,6 +38,12 @@ use super::{Inner, MAX_IN_FLIGHT};
 const READ_CHUNK: usize = 16 * 1024;
 /// Buffers that grew past this (a large value) are released once empty.
 const SHRINK_ABOVE: usize = 256 * 1024;
+/// Capacity of each buffer the `VALUE` pieces of joined replies are copied
+/// into (see [`take_retrieval_piece`]): a few dozen small replies share
+/// one allocation; a bigger piece gets one of its own, so the buffer never
+/// grows. A reply held on to keeps its whole buffer alive, as a reply
+/// split off the read buffer keeps that one.
+const PIECES_CHUNK: usize = 8 * 1024;
 /// A reply still incomplete after this many bytes is treated as malformed,
 /// so a broken backend cannot make us buffer without bound. Far above any
 /// sane reply (memcached's largest item is 1 GiB only with `-I 1g`).
@@ -695,6 +701,8 @@ async fn read_loop<R: AsyncRead + Unpin>(
     let read_timeout = inner.config.read_timeout;
     let cap = inner.config.max_value;
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
+    // Where the values of joined replies are copied (each with its `END`).
+    let mut pieces = BytesMut::with_capacity(PIECES_CHUNK);
     // While a joined reply is arriving: how many requests at the front still
     // wait for their share of it.
     let mut joined_left: Option<usize> = None;
@@ -823,7 +831,11 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     continue;
                 }
             }
-            match take_retrieval_piece(&mut rbuf, head) {
+            // A value too big to share a buffer with others gets its own.
+            let shared = head.piece_len().saturating_add(5) <= PIECES_CHUNK;
+            let mut own = BytesMut::new();
+            let into = if shared { &mut pieces } else { &mut own };
+            match take_retrieval_piece(&mut rbuf, head, into) {
                 Ok(Some(piece)) => match slot.answer_joined(inner, left, piece) {
                     Ok(true) => joined_left = None,
                     Ok(false) => {}

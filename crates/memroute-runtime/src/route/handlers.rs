@@ -108,6 +108,10 @@ impl Route for Direct {
         self.child.clone().serve(request)
     }
 
+    fn serve_unboxed(self: Rc<Self>, request: Request) -> super::Reply {
+        self.child.clone().serve_unboxed(request)
+    }
+
     fn joins_keys(&self) -> bool {
         self.child.joins_keys()
     }

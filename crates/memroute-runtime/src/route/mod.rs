@@ -72,6 +72,25 @@ pub type ReplyFuture = Pin<Box<dyn Future<Output = Bytes>>>;
 /// client does (Lua's `pool(r)`, `mcp.await`, route handlers).
 pub type ResponseFuture = Pin<Box<dyn Future<Output = Response>>>;
 
+/// A routed request's reply as the connection holds it (see
+/// [`Route::serve_unboxed`]): a memcached pool's own future, in place, or
+/// any other route's boxed one.
+pub enum Reply {
+    Pool(pool::PoolReply),
+    Boxed(ReplyFuture),
+}
+
+impl Future for Reply {
+    type Output = Bytes;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Bytes> {
+        match self.get_mut() {
+            Reply::Pool(reply) => Pin::new(reply).poll(cx),
+            Reply::Boxed(reply) => reply.as_mut().poll(cx),
+        }
+    }
+}
+
 /// A response on its way from [`Route::call_borrowed`]: a memcached
 /// pool's own future, held in place, or any other route's boxed one.
 pub enum Sent {
@@ -123,6 +142,16 @@ pub trait Route {
             self.call(request)
                 .map(move |response| shape.apply(response.into_raw())),
         )
+    }
+
+    /// [`serve`](Self::serve) for the connection, which holds the reply
+    /// of every request in flight: a memcached pool's reply is held in
+    /// place, without a box (the box cost a pooled get about 125 of its
+    /// ~7,200 instructions, docs/benchmarks.md, run 26), and so is one
+    /// passed through by a route in front of a pool (a key router); any
+    /// other route's is its boxed [`serve`](Self::serve).
+    fn serve_unboxed(self: Rc<Self>, request: Request) -> Reply {
+        Reply::Boxed(self.serve(request))
     }
 
     /// Whether a multi-key get is sent as one line per backend
@@ -370,14 +399,14 @@ impl RouteSet {
     /// window of keys at a time, see [`multiget::window`]). A `get` of
     /// `__mcrouter__.route(OP,KEY)` is answered with where `OP KEY` would
     /// go instead.
-    pub fn serve(&self, route: Rc<dyn Route>, request: Request, tag: ListenerTag) -> ReplyFuture {
+    pub fn serve(&self, route: Rc<dyn Route>, request: Request, tag: ListenerTag) -> Reply {
         // Admin keys start with `__`: one byte compared on the hot path.
         if request.key().is_some_and(|k| k.first() == Some(&b'_')) {
             if let Some(reply) = explain::answer(self, &request, tag) {
-                return Box::pin(std::future::ready(reply));
+                return Reply::Boxed(Box::pin(std::future::ready(reply)));
             }
         }
-        route.serve(request)
+        route.serve_unboxed(request)
     }
 }
 

@@ -17,13 +17,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use futures_util::FutureExt;
 use memroute_hash::Distribution;
 use memroute_proto::{Command, Request, Response, ResponseCode};
 
 use super::explain::Step;
 use super::multiget::{get_request, value_blocks, value_blocks_of};
-use super::{ReplyFuture, ReplyShape, ResponseFuture, Route, RouteEnv, Sent};
+use super::{Reply, ReplyFuture, ReplyShape, ResponseFuture, Route, RouteEnv, Sent};
 use crate::backend::{Backend, BackendConfig, BackendError};
 use crate::discovery::Discovery;
 use crate::stats::PoolCounters;
@@ -192,22 +191,43 @@ impl Future for PoolResponse {
     }
 }
 
+/// A memcached pool's reply as its client gets it (see
+/// [`MemcachedPool::reply_to`]): a named future, so the connection can
+/// hold it without a box.
+pub struct PoolReply {
+    response: PoolResponse,
+    shape: ReplyShape,
+}
+
+impl Future for PoolReply {
+    type Output = Bytes;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Bytes> {
+        let this = self.get_mut();
+        let shape = this.shape;
+        Pin::new(&mut this.response)
+            .poll(cx)
+            .map(|response| shape.apply(response.into_raw()))
+    }
+}
+
 impl MemcachedPool {
-    /// The response to `request` from the backend its key maps to. The
-    /// backend gets the request now (see [`Backend::send`]), so the future
-    /// holds only what the wait needs, not the request: the pool itself,
-    /// which keeps the backend until the reply is in (a reload that drops
-    /// it must not strand this request).
-    fn response(self: Rc<Self>, request: Request) -> impl Future<Output = Response> {
-        let request = outbound(request);
-        let key = request.key().map_or(&b""[..], |k| &k[..]);
-        let sending = self.send(self.distribution.pick(key), &request);
-        sending.map(move |reply| self.settle(reply))
+    /// The bytes `request`'s client gets from the backend its key maps
+    /// to, shaped by [`ReplyShape`] (sent at once, see
+    /// [`response_to`](Self::response_to)).
+    pub fn reply_to(self: Rc<Self>, request: &Request) -> PoolReply {
+        PoolReply {
+            shape: ReplyShape::of(request),
+            response: self.response_to(request),
+        }
     }
 
-    /// [`response`](Self::response) from a borrowed request: the backend
-    /// encodes it into its output buffer at once, so nothing is copied,
-    /// and the future is a named type a handler can hold without a box.
+    /// The response to `request` from the backend its key maps to. The
+    /// backend encodes the request into its output buffer at once (see
+    /// [`Backend::send`]), so nothing is copied and the future holds only
+    /// what the wait needs: the pool itself, which keeps the backend until
+    /// the reply is in (a reload that drops it must not strand this
+    /// request). It is a named type a handler can hold without a box.
     pub fn response_to(self: Rc<Self>, request: &Request) -> PoolResponse {
         // Only a quiet request is rewritten (and so copied) to be sent.
         let loud = request.without_noreply();
@@ -327,21 +347,22 @@ impl Route for MemcachedPool {
     }
 
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
-        Box::pin(self.response(request))
+        Box::pin(self.response_to(&request))
     }
 
     fn call_borrowed(self: Rc<Self>, request: &Request) -> Sent {
         Sent::Pool(self.response_to(request))
     }
 
+    // Sent from the borrow: the request is encoded into the backend's
+    // output buffer at once, so moving it on (as `outbound` would, a copy
+    // of the whole request) buys nothing.
     fn serve(self: Rc<Self>, request: Request) -> ReplyFuture {
-        let shape = ReplyShape::of(&request);
-        // map() holds the inner future once; an async block awaiting it
-        // would hold it twice.
-        Box::pin(
-            self.response(request)
-                .map(move |response| shape.apply(response.into_raw())),
-        )
+        Box::pin(self.reply_to(&request))
+    }
+
+    fn serve_unboxed(self: Rc<Self>, request: Request) -> Reply {
+        Reply::Pool(self.reply_to(&request))
     }
 
     fn joins_keys(&self) -> bool {
@@ -464,6 +485,10 @@ impl Route for DiscoveredPool {
 
     fn serve(self: Rc<Self>, request: Request) -> ReplyFuture {
         self.members().serve(request)
+    }
+
+    fn serve_unboxed(self: Rc<Self>, request: Request) -> Reply {
+        self.members().serve_unboxed(request)
     }
 
     fn joins_keys(&self) -> bool {

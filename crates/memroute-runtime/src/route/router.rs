@@ -115,13 +115,23 @@ impl Route for KeyRouter {
     fn serve(self: Rc<Self>, request: Request) -> ReplyFuture {
         match self.0.pick(&request) {
             Some(route) => route.clone().serve(request),
-            None => {
-                let shape = super::ReplyShape::of(&request);
-                let reply = shape.apply(Response::from_line(NO_ROUTE).raw().clone());
-                Box::pin(std::future::ready(reply))
-            }
+            None => no_route(&request),
         }
     }
+
+    fn serve_unboxed(self: Rc<Self>, request: Request) -> super::Reply {
+        match self.0.pick(&request) {
+            Some(route) => route.clone().serve_unboxed(request),
+            None => super::Reply::Boxed(no_route(&request)),
+        }
+    }
+}
+
+/// The client's reply to a request no route of a key router takes.
+fn no_route(request: &Request) -> ReplyFuture {
+    let shape = super::ReplyShape::of(request);
+    let reply = shape.apply(Response::from_line(NO_ROUTE).raw().clone());
+    Box::pin(std::future::ready(reply))
 }
 
 #[cfg(test)]
