@@ -24,8 +24,13 @@ use super::raw::{self, ObjectClass, ObjectId};
 /// for a moment (None once Lua collected the object).
 pub(super) type Shared<T> = Rc<RefCell<Option<T>>>;
 
-/// Below this many listed objects a full free list is not worth a scan.
+/// Below this many listed objects a scan is not worth it.
 const SCAN_AFTER: usize = 64;
+
+/// Objects given out between two looks for collected ones while free slots
+/// remain, so that collected objects' values (a large request value, say)
+/// are dropped soon after a collection even when no new slot is needed.
+const SCAN_EVERY: u32 = 256;
 
 /// The slots of one kind of fresh object.
 pub(super) struct FreshObjects<T> {
@@ -41,6 +46,8 @@ struct Slots<T> {
     listed: Vec<u32>,
     /// Scratch list for a scan.
     dead: Vec<u32>,
+    /// Objects given out since the last look for collected ones.
+    since_scan: u32,
 }
 
 struct Entry<T> {
@@ -87,13 +94,19 @@ impl<T: 'static> FreshObjects<T> {
     /// Gives a slot `value`.
     pub(super) fn reserve(self: &Rc<Self>, lua: &Lua, value: T) -> Reserved<T> {
         let mut slots = self.slots.borrow_mut();
-        if slots.free.is_empty() && slots.listed.len() >= SCAN_AFTER && self.class.cycle_passed(lua)
-        {
+        slots.since_scan += 1;
+        let look = (slots.free.is_empty() || slots.since_scan >= SCAN_EVERY)
+            && slots.listed.len() >= SCAN_AFTER;
+        if look {
+            slots.since_scan = 0;
+        }
+        if look && self.class.cycle_passed(lua) {
             let Slots {
                 entries,
                 free,
                 listed,
                 dead,
+                ..
             } = &mut *slots;
             self.class.collected(lua, listed, dead);
             for slot in dead.drain(..) {
@@ -207,6 +220,7 @@ fn class<T: UserData + 'static>(lua: &Lua, name: &str) -> mlua::Result<Rc<FreshO
             free: Vec::new(),
             listed: Vec::new(),
             dead: Vec::new(),
+            since_scan: 0,
         }),
     }))
 }
