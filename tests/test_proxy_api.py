@@ -959,3 +959,62 @@ def test_a_wait_inside_a_routes_own_coroutine_answers_no_other_request(
         mc_set(api.b[0], "plain/c", b"ok")
         assert c.request(b"get plain/c\r\n", b"END\r\n") == b"VALUE plain/c 0 2\r\nok\r\nEND\r\n"
         c.assert_alive()
+
+
+# --------------------------------------------------------------------------
+# the classic API's per-request objects, kept past their request
+# --------------------------------------------------------------------------
+
+
+def test_kept_request_and_response_objects_survive_reuse(api, startfile_dir, memroute_factory):
+    # A classic route's r and pool(r)'s response are made without a
+    # finalizer, their values in slots reused once Lua collects them; objects
+    # a route keeps must still hold what they held after many requests and
+    # full collections, a large value included.
+    path = write_startfile(startfile_dir, "kept.lua", ONE_POOL_CONFIG + """
+        function mcp_config_routes(p)
+            local kept = {}
+            mcp.attach(mcp.CMD_SET, function(r)
+                local res = p.p(r)
+                if string.find(r:key(), "^keep/") then
+                    kept[r:key()] = { r = r, res = res }
+                end
+                return res
+            end)
+            mcp.attach(mcp.CMD_GET, function(r)
+                local key = r:key()
+                if string.find(key, "^gc/") then
+                    local res = p.p(r)
+                    collectgarbage("collect")
+                    return res
+                end
+                if string.find(key, "^kept/") then
+                    local k = kept[string.sub(key, 6)]
+                    local value = k.r:raw_value()
+                    local summary = value
+                    if #value > 100 then
+                        summary = tostring(value == string.rep("v", #value))
+                    end
+                    return "SERVER_ERROR " .. table.concat({ k.r:key(), k.r:token(1),
+                        tostring(k.r:vlen()), k.res:line(), tostring(k.res:ok()),
+                        tostring(k.r:match_res(k.res)), summary }, " ")
+                end
+                return p.p(r)
+            end)
+        end
+    """)
+    mr = memroute_factory("--config", str(path), "--config-arg", api.b[0].addr, "-t", "1")
+    big = b"v" * 100000
+    with mr.client() as c:
+        assert c.request(b"set keep/a 0 0 5\r\nhello\r\n") == b"STORED\r\n"
+        assert c.request(b"set keep/big 0 0 %d\r\n%s\r\n" % (len(big), big)) == b"STORED\r\n"
+        for i in range(300):
+            assert c.request(b"get gc/%d\r\n" % i, b"END\r\n") == b"END\r\n"
+        assert c.request(b"get kept/keep/a\r\n") == \
+            b"SERVER_ERROR keep/a set 5 STORED true false hello\r\n"
+        assert c.request(b"get kept/keep/big\r\n") == \
+            b"SERVER_ERROR keep/big set 100000 STORED true false true\r\n"
+        # The big value went to the backend whole, and a get still works.
+        assert c.request(b"get keep/big\r\n", b"END\r\n") == \
+            b"VALUE keep/big 0 100000\r\n" + big + b"\r\nEND\r\n"
+        c.assert_alive()

@@ -252,7 +252,7 @@ pub(super) async fn drive_raw<'c>(
                 backend,
             }) => {
                 let response = timed(future.await, start, backend);
-                raw::push_values(lua, &thread, response)
+                super::fresh::push_response(lua, &thread, response)
             }
             Some(Parked::Handle {
                 rctx,
@@ -299,6 +299,15 @@ impl Finished<'_> {
     pub(super) fn first_userdata(&self) -> Option<*const c_void> {
         match &self.thread {
             Some(thread) if self.nresults > 0 => raw::userdata_at(thread, -self.nresults),
+            _ => None,
+        }
+    }
+
+    /// The id of the first return value when it is an object of `class`
+    /// (to read it without converting it).
+    pub(super) fn first_object(&self, class: &raw::ObjectClass) -> Option<raw::ObjectId> {
+        match &self.thread {
+            Some(thread) if self.nresults > 0 => class.id_on(thread, -self.nresults),
             _ => None,
         }
     }

@@ -40,7 +40,7 @@ use tracing::warn;
 use super::config::lua_error_message;
 use super::coroutine::{drive_raw, Coroutines, Finished, KeptObject, Parked, Resumed};
 use super::mutate::UserObjects;
-use super::objects::{is_response, LuaRequest, LuaResponse};
+use super::objects::{LuaRequest, LuaResponse};
 use super::raw;
 use super::router::{router_new, LuaRouter};
 use super::worker::{send_timed, LuaPool, WorkerLua};
@@ -302,8 +302,8 @@ impl Funcgen {
             (Err(e), _) | (_, Err(e)) => Err(e),
         };
         let answer = match result {
-            Ok(Value::UserData(ud)) if is_response(&ud) => {
-                let response = ud.borrow::<LuaResponse>().map(|r| r.clone());
+            Ok(Value::UserData(ud)) if super::fresh::is_response(&lua, &ud) => {
+                let response = super::fresh::with_response(&lua, &ud, LuaResponse::clone);
                 match response {
                     Ok(response) => {
                         let class = class_of(&response);

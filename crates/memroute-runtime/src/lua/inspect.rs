@@ -23,8 +23,6 @@
 use memroute_proto::{Command, MetaFlags, Request, Response, ResponseCode};
 use mlua::{Lua, MetaMethod, MultiValue, Table, UserData, UserDataMethods, Value};
 
-use super::objects::{LuaRequest, LuaResponse};
-
 /// What an inspector or a mutator works on.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(super) enum Kind {
@@ -350,8 +348,9 @@ impl Inspector {
         let mut out = MultiValue::with_capacity(self.results);
         match self.kind {
             Kind::Request => {
-                let r = ud.borrow::<LuaRequest>().map_err(|_| bad())?;
-                let request = &r.request;
+                let request = super::fresh::with_request(lua, &ud, |r| r.request.clone())
+                    .map_err(|_| bad())?;
+                let request = &request;
                 let key = wire_key(request).unwrap_or_default();
                 self.run(
                     lua,
@@ -361,8 +360,9 @@ impl Inspector {
                 )?;
             }
             Kind::Response => {
-                let r = ud.borrow::<LuaResponse>().map_err(|_| bad())?;
-                self.run(lua, b"", FlagSource::Reply(&r.response), &mut out)?;
+                let response = super::fresh::with_response(lua, &ud, |r| r.response.clone())
+                    .map_err(|_| bad())?;
+                self.run(lua, b"", FlagSource::Reply(&response), &mut out)?;
             }
         }
         Ok(out)

@@ -8,7 +8,7 @@
 
 use mlua::{AnyUserData, Lua, Table, Value};
 
-use super::objects::{LuaRequest, LuaResponse};
+use super::objects::LuaResponse;
 use crate::watch::{self, ProxyReq};
 
 /// Adds `mcp.log_req` and `mcp.log_reqsample` to a worker VM's `mcp`.
@@ -16,18 +16,18 @@ pub fn register(lua: &Lua, mcp: &Table) -> mlua::Result<()> {
     // mcp.log_req(r, res[, detail[, cfd]])
     mcp.set(
         "log_req",
-        lua.create_function(|_, args: mlua::MultiValue| {
+        lua.create_function(|lua, args: mlua::MultiValue| {
             if !watch::enabled(watch::PROXYREQS) {
                 return Ok(());
             }
             let args: Vec<Value> = args.into_iter().collect();
-            log_request("mcp.log_req", &args, |_, _| true)
+            log_request(lua, "mcp.log_req", &args, |_, _| true)
         })?,
     )?;
     // mcp.log_reqsample(ms, rate, allerrors, r, res[, detail[, cfd]])
     mcp.set(
         "log_reqsample",
-        lua.create_function(|_, args: mlua::MultiValue| {
+        lua.create_function(|lua, args: mlua::MultiValue| {
             if !watch::enabled(watch::PROXYREQS) {
                 return Ok(());
             }
@@ -39,15 +39,20 @@ pub fn register(lua: &Lua, mcp: &Table) -> mlua::Result<()> {
                 args.get(2),
                 None | Some(Value::Nil) | Some(Value::Boolean(false))
             );
-            log_request(name, &args[3.min(args.len())..], |response, elapsed| {
-                watch::sampled(
-                    deadline.max(0) as u64,
-                    rate.max(0) as u64,
-                    errors,
-                    response,
-                    elapsed,
-                )
-            })
+            log_request(
+                lua,
+                name,
+                &args[3.min(args.len())..],
+                |response, elapsed| {
+                    watch::sampled(
+                        deadline.max(0) as u64,
+                        rate.max(0) as u64,
+                        errors,
+                        response,
+                        elapsed,
+                    )
+                },
+            )
         })?,
     )?;
     Ok(())
@@ -73,17 +78,20 @@ fn error_text(error: &mlua::Error) -> String {
 
 /// Logs `(r, res, detail, cfd)` if `keep(response, elapsed)` says so.
 fn log_request(
+    lua: &Lua,
     name: &str,
     args: &[Value],
     keep: impl FnOnce(Option<&memroute_proto::Response>, u64) -> bool,
 ) -> mlua::Result<()> {
     let request = match args.first() {
-        Some(Value::UserData(ud)) => ud.borrow::<LuaRequest>().ok(),
+        Some(Value::UserData(ud)) => {
+            super::fresh::with_request(lua, ud, |r| r.request.clone()).ok()
+        }
         _ => None,
     }
     .ok_or_else(|| mlua::Error::runtime(format!("{name}: expected a request object")))?;
     let response = match args.get(1) {
-        Some(Value::UserData(ud)) => Some(response_of(name, ud)?),
+        Some(Value::UserData(ud)) => Some(response_of(lua, name, ud)?),
         None | Some(Value::Nil) => None,
         Some(_) => {
             return Err(mlua::Error::runtime(format!(
@@ -123,14 +131,13 @@ fn log_request(
         backend: backend.as_deref().map(|b| (b.host.as_str(), b.port)),
         cfd,
         detail: &detail,
-        request_line: request.request.raw_line(),
+        request_line: request.raw_line(),
     });
     Ok(())
 }
 
-fn response_of(name: &str, ud: &AnyUserData) -> mlua::Result<LuaResponse> {
-    ud.borrow::<LuaResponse>()
-        .map(|r| r.clone())
+fn response_of(lua: &Lua, name: &str, ud: &AnyUserData) -> mlua::Result<LuaResponse> {
+    super::fresh::with_response(lua, ud, LuaResponse::clone)
         .map_err(|_| mlua::Error::runtime(format!("{name}: expected a response object or nil")))
 }
 

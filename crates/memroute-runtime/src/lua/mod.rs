@@ -56,6 +56,7 @@ pub mod config;
 mod coroutine;
 pub mod cron;
 pub mod dynamo;
+mod fresh;
 pub mod funcgen;
 pub mod host;
 pub mod inspect;

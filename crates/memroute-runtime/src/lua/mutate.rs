@@ -370,7 +370,14 @@ fn null_code(request: &Request) -> Option<&'static [u8]> {
 /// A mutator's sources, the call's arguments after the destination,
 /// borrowed for the length of one call.
 struct Sources<'a> {
+    lua: &'a Lua,
     args: &'a MultiValue,
+}
+
+/// A request source's request (copied out of its object: the request
+/// object may be one `fresh` serves).
+struct RequestSource {
+    request: Request,
 }
 
 /// One source as a step sees it.
@@ -378,8 +385,8 @@ enum Source<'a> {
     Nil,
     Boolean(bool),
     String(&'a mlua::LuaString),
-    Request(mlua::UserDataRef<LuaRequest>),
-    Response(mlua::UserDataRef<LuaResponse>),
+    Request(RequestSource),
+    Response(LuaResponse),
     Other,
 }
 
@@ -391,9 +398,11 @@ impl<'a> Sources<'a> {
             Some(Value::Boolean(b)) => Source::Boolean(*b),
             Some(Value::String(s)) => Source::String(s),
             Some(Value::UserData(ud)) => {
-                if let Ok(r) = ud.borrow::<LuaRequest>() {
-                    Source::Request(r)
-                } else if let Ok(r) = ud.borrow::<LuaResponse>() {
+                if let Ok(request) = super::fresh::with_request(self.lua, ud, |r| r.request.clone())
+                {
+                    Source::Request(RequestSource { request })
+                } else if let Ok(r) = super::fresh::with_response(self.lua, ud, LuaResponse::clone)
+                {
                     Source::Response(r)
                 } else {
                     Source::Other
@@ -468,8 +477,8 @@ impl Mutator {
     fn call(&self, lua: &Lua, args: MultiValue) -> mlua::Result<bool> {
         let dst = match args.front() {
             Some(Value::UserData(ud))
-                if (self.kind == Kind::Request && super::objects::is_request(ud))
-                    || (self.kind == Kind::Response && super::objects::is_response(ud)) =>
+                if (self.kind == Kind::Request && super::fresh::is_request(lua, ud))
+                    || (self.kind == Kind::Response && super::fresh::is_response(lua, ud)) =>
             {
                 ud.clone()
             }
@@ -487,7 +496,7 @@ impl Mutator {
         line.clear();
         let mut value = None;
         {
-            let sources = Sources { args: &args };
+            let sources = Sources { lua, args: &args };
             for step in self.steps.iter() {
                 if let Piece::Unusable = step.render(&sources, &mut line, &mut value) {
                     return Ok(false);
@@ -496,13 +505,14 @@ impl Mutator {
         }
         match self.kind {
             Kind::Request => write_request(lua, &dst, &line, value),
-            Kind::Response => self.write_response(&dst, &line, value),
+            Kind::Response => self.write_response(lua, &dst, &line, value),
         }?;
         Ok(true)
     }
 
     fn write_response(
         &self,
+        lua: &Lua,
         dst: &AnyUserData,
         line: &[u8],
         value: Option<Bytes>,
@@ -526,10 +536,10 @@ impl Mutator {
             Ok(_) => return Err(failed_result(line, "its value does not match its line")),
             Err(e) => return Err(failed_result(line, e.0)),
         };
-        let mut dst = dst.borrow_mut::<LuaResponse>()?;
-        dst.response = response;
-        dst.elapsed_us = 0;
-        Ok(())
+        super::fresh::with_response_mut(lua, dst, |dst| {
+            dst.response = response;
+            dst.elapsed_us = 0;
+        })
     }
 }
 
@@ -557,8 +567,7 @@ fn write_request(
                 String::from_utf8_lossy(line)
             ))
         })?;
-    dst.borrow_mut::<LuaRequest>()?.request = request;
-    Ok(())
+    super::fresh::with_request_mut(lua, dst, |dst| dst.request = request)
 }
 
 impl UserData for Mutator {
@@ -673,8 +682,12 @@ mod tests {
 
     #[test]
     fn steps_are_joined_by_single_spaces() {
+        let lua = Lua::new();
         let args = MultiValue::new();
-        let sources = Sources { args: &args };
+        let sources = Sources {
+            lua: &lua,
+            args: &args,
+        };
         let steps = [
             MutateStep::Fixed(b"s".to_vec().into()),
             // An absent flag leaves nothing, not a double space.

@@ -290,12 +290,10 @@ impl UserData for LuaRequest {
                 _ => Ok(false),
             }
         });
-        methods.add_method(
-            "match_res",
-            |lua, this, res: mlua::UserDataRef<LuaResponse>| {
-                match_response(lua, &this.request, &res.response)
-            },
-        );
+        methods.add_method("match_res", |lua, this, res: mlua::AnyUserData| {
+            let response = super::fresh::with_response(lua, &res, |r| r.response.clone())?;
+            match_response(lua, &this.request, &response)
+        });
         methods.add_method("raw_line", |lua, this, ()| {
             lua.create_string(this.request.raw_line())
         });

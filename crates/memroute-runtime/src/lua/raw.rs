@@ -53,11 +53,11 @@ pub(super) enum Resumed {
 pub(super) enum RouteOf<'a> {
     /// A funcgen slot (its rctx holds the slot's request object).
     Slot(&'a Rc<Rctx>),
-    /// A classic route function, given this request object, which Lua
-    /// holds at `address`.
+    /// A classic route function, given the request object of this value,
+    /// which Lua holds at `address` (set once the object is made).
     Request {
-        object: &'a AnyUserData,
-        address: *const c_void,
+        object: &'a super::fresh::Shared<super::objects::LuaRequest>,
+        address: &'a Cell<*const c_void>,
     },
 }
 
@@ -389,4 +389,194 @@ unsafe extern "C-unwind" fn after_wait(
 /// [`userdata_at`] return for it).
 pub(super) fn address_of(object: &AnyUserData) -> *const c_void {
     object.to_pointer()
+}
+
+// ---------------------------------------------------------------------------
+// Objects without finalizers (the classic API's per-request objects)
+// ---------------------------------------------------------------------------
+//
+// A classic route gets a new request object per request and a new response
+// object per pool call; made by mlua, each carried a finalizer that Lua's
+// collector ran one by one in a protected call (about half of what the two
+// objects cost, docs/benchmarks.md run 26). Here they are userdata made
+// through the C API that hold only an [`ObjectId`] (plain data: Lua frees
+// the memory with nothing to run); the Rust value lives in a table of slots
+// on the Rust side (`objects::RawObjects`). A weak-valued Lua table maps
+// each slot to its object: once the collector has found the object
+// unreachable it clears that entry, and Rust then drops the value and
+// reuses the slot. The id's generation makes a slot reused under an object
+// that is somehow still reachable (an object kept only by a table that Lua
+// is finalizing is cleared from weak values before that finalizer runs)
+// fail its lookup instead of showing another request's value.
+
+/// What the userdata memory of an object holds.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(C)]
+pub(super) struct ObjectId {
+    pub(super) slot: u32,
+    pub(super) generation: u32,
+}
+
+/// A kind of object (requests, responses): its metatable and its table of
+/// live objects, both referenced from the registry.
+pub(super) struct ObjectClass {
+    metatable: RegistryKey,
+    /// Where the metatable is (how an object of the class is recognised).
+    metatable_address: *const c_void,
+    /// Slot + 1 -> object, weak values; key 0 holds a marker table that
+    /// the collector clears when it completes a cycle.
+    live: RegistryKey,
+}
+
+impl ObjectClass {
+    /// A class whose objects get `metatable` (which must have no `__gc`:
+    /// the objects hold nothing to finalize).
+    pub(super) fn new(lua: &Lua, metatable: mlua::Table) -> mlua::Result<ObjectClass> {
+        let live = lua.create_table()?;
+        let mode = lua.create_table()?;
+        mode.raw_set("__mode", "v")?;
+        live.set_metatable(Some(mode))?;
+        live.raw_set(0, lua.create_table()?)?;
+        Ok(ObjectClass {
+            metatable_address: metatable.to_pointer(),
+            metatable: lua.create_registry_value(metatable)?,
+            live: lua.create_registry_value(live)?,
+        })
+    }
+
+    /// Pushes a new object holding `id` onto `thread`'s stack (a coroutine
+    /// that is not running) and lists it as slot `id.slot`'s object;
+    /// returns the address Lua holds it at.
+    pub(super) fn push_new(&self, thread: &Thread, id: ObjectId) -> mlua::Result<*const c_void> {
+        let state = thread.state();
+        // SAFETY: a coroutine that is not running; the userdata is written
+        // whole before anything can read it; 3 slots are checked for. (As
+        // mlua does without a memory limit, allocation is unprotected.)
+        unsafe {
+            if ffi::lua_checkstack(state, 3) == 0 {
+                return Err(mlua::Error::StackError);
+            }
+            let memory = ffi::lua_newuserdatauv(state, std::mem::size_of::<ObjectId>(), 0);
+            ptr::write(memory as *mut ObjectId, id);
+            ffi::lua_rawgeti(
+                state,
+                ffi::LUA_REGISTRYINDEX,
+                self.metatable.id() as ffi::lua_Integer,
+            );
+            ffi::lua_setmetatable(state, -2);
+            ffi::lua_rawgeti(
+                state,
+                ffi::LUA_REGISTRYINDEX,
+                self.live.id() as ffi::lua_Integer,
+            );
+            ffi::lua_pushvalue(state, -2);
+            ffi::lua_rawseti(state, -2, id.slot as ffi::lua_Integer + 1);
+            ffi::lua_settop(state, -2);
+            Ok(memory as *const c_void)
+        }
+    }
+
+    /// The id `object` holds, if it is an object of this class.
+    pub(super) fn id_of(&self, lua: &Lua, object: &AnyUserData) -> Option<ObjectId> {
+        lua.exec_raw_lua(|raw| {
+            // SAFETY: the main state has room for the two values pushed
+            // (checked), which are popped before returning.
+            unsafe {
+                let main = raw.state();
+                if ffi::lua_checkstack(main, 2) == 0 {
+                    return None;
+                }
+                raw.push(object).ok()?;
+                let id = self.id_at(main, -1);
+                ffi::lua_settop(main, -2);
+                id
+            }
+        })
+    }
+
+    /// The id of the object at `index` of `state`, if one of this class
+    /// is there. Uses one stack slot.
+    unsafe fn id_at(&self, state: *mut ffi::lua_State, index: c_int) -> Option<ObjectId> {
+        if ffi::lua_type(state, index) != ffi::LUA_TUSERDATA
+            || ffi::lua_getmetatable(state, index) == 0
+        {
+            return None;
+        }
+        let same = ffi::lua_topointer(state, -1) == self.metatable_address;
+        ffi::lua_settop(state, -2);
+        let memory = ffi::lua_touserdata(state, index) as *const ObjectId;
+        (same && !memory.is_null()).then(|| ptr::read(memory))
+    }
+
+    /// The id of the object at `index` of `thread`'s stack (a coroutine
+    /// that returned), if one of this class is there.
+    pub(super) fn id_on(&self, thread: &Thread, index: c_int) -> Option<ObjectId> {
+        let state = thread.state();
+        // SAFETY: a coroutine that is not running, `index` within its
+        // values; one slot is checked for.
+        unsafe {
+            if ffi::lua_checkstack(state, 1) == 0 {
+                return None;
+            }
+            self.id_at(state, index)
+        }
+    }
+
+    /// Whether the collector completed a cycle since the last call that
+    /// answered true (its marker is gone); a new marker is planted then.
+    /// Only after one can [`ObjectClass::collected`] find anything new.
+    pub(super) fn cycle_passed(&self, lua: &Lua) -> bool {
+        lua.exec_raw_lua(|raw| {
+            // SAFETY: the main state, with room checked for the values
+            // pushed, which are popped.
+            unsafe {
+                let main = raw.state();
+                if ffi::lua_checkstack(main, 2) == 0 {
+                    return false;
+                }
+                ffi::lua_rawgeti(
+                    main,
+                    ffi::LUA_REGISTRYINDEX,
+                    self.live.id() as ffi::lua_Integer,
+                );
+                let passed = ffi::lua_rawgeti(main, -1, 0) == ffi::LUA_TNIL;
+                ffi::lua_settop(main, -2);
+                if passed {
+                    ffi::lua_createtable(main, 0, 0);
+                    ffi::lua_rawseti(main, -2, 0);
+                }
+                ffi::lua_settop(main, -2);
+                passed
+            }
+        })
+    }
+
+    /// Moves out of `slots` (listed objects) into `dead` those whose object
+    /// Lua has collected.
+    pub(super) fn collected(&self, lua: &Lua, slots: &mut Vec<u32>, dead: &mut Vec<u32>) {
+        lua.exec_raw_lua(|raw| {
+            // SAFETY: as above.
+            unsafe {
+                let main = raw.state();
+                if ffi::lua_checkstack(main, 2) == 0 {
+                    return;
+                }
+                ffi::lua_rawgeti(
+                    main,
+                    ffi::LUA_REGISTRYINDEX,
+                    self.live.id() as ffi::lua_Integer,
+                );
+                slots.retain(|&slot| {
+                    let gone =
+                        ffi::lua_rawgeti(main, -1, slot as ffi::lua_Integer + 1) == ffi::LUA_TNIL;
+                    ffi::lua_settop(main, -2);
+                    if gone {
+                        dead.push(slot);
+                    }
+                    !gone
+                });
+                ffi::lua_settop(main, -2);
+            }
+        })
+    }
 }

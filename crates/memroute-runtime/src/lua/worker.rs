@@ -15,7 +15,6 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::ffi::c_void;
 use std::rc::{Rc, Weak};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -29,6 +28,7 @@ use tracing::{info, warn};
 
 use super::config::{lua_error_message, ConfigError, ConfigValue, LoadedConfig, PoolDef};
 use super::coroutine::{drive_raw, Coroutines, KeptObject, Parked};
+use super::fresh::{self, FreshObjects, Reserved};
 use super::funcgen::FuncgenRoute;
 use super::objects::{
     LuaRequest, LuaResponse, AWAIT_ANY, AWAIT_BACKGROUND, AWAIT_FASTGOOD, AWAIT_FIRST, AWAIT_GOOD,
@@ -170,6 +170,9 @@ pub struct WorkerLua {
     lua_held: Cell<usize>,
     /// The VM's route coroutines and what they wait for.
     coroutines: Rc<Coroutines>,
+    /// The classic API's request objects and `pool(r)`'s response objects.
+    requests: Rc<FreshObjects<LuaRequest>>,
+    responses: Rc<FreshObjects<LuaResponse>>,
 }
 
 /// Bytes of replies held by Lua garbage that warrant one collector step.
@@ -203,9 +206,19 @@ impl WorkerLua {
         lua.set_app_data(Rc::new(EmbeddedPool::new(env.clone())));
         Coroutines::install(&lua).map_err(|e| ConfigError::lua(path, e))?;
         register(&lua).map_err(|e| ConfigError::lua(path, e))?;
+        fresh::install(&lua).map_err(|e| ConfigError::lua(path, e))?;
         vm::load_startfile(&lua, &loaded.proxy)?;
         let coroutines = Coroutines::of(&lua).map_err(|e| ConfigError::lua(path, e))?;
+        let (requests, responses) = match (
+            fresh::objects_of::<LuaRequest>(&lua),
+            fresh::objects_of::<LuaResponse>(&lua),
+        ) {
+            (Some(requests), Some(responses)) => (requests, responses),
+            _ => return Err(ConfigError::Invalid("worker environment missing".into())),
+        };
         Ok(Rc::new(WorkerLua {
+            requests,
+            responses,
             lua,
             env: env.clone(),
             lua_held: Cell::new(0),
@@ -264,13 +277,11 @@ impl WorkerLua {
         &self.lua
     }
 
-    /// A request object for `request`, made before the request's future
-    /// is (so the future does not carry the request), with the address
-    /// Lua holds it at (see [`raw::RouteOf::Request`]).
-    fn request_object(&self, request: Request) -> mlua::Result<(AnyUserData, *const c_void)> {
-        let object = self.lua.create_userdata(LuaRequest::new(request))?;
-        let address = raw::address_of(&object);
-        Ok((object, address))
+    /// A request object's slot for `request`, given before the request's
+    /// future is made (so the future does not carry the request); the
+    /// object itself is made when the route runs.
+    fn request_object(&self, request: Request) -> mlua::Result<Reserved<LuaRequest>> {
+        Ok(self.requests.reserve(&self.lua, LuaRequest::new(request)))
     }
 
     /// Runs a Lua route function (`function`, a registry reference) as a
@@ -279,25 +290,41 @@ impl WorkerLua {
     async fn run_route(
         &self,
         function: &mlua::RegistryKey,
-        object: mlua::Result<(AnyUserData, *const c_void)>,
+        object: mlua::Result<Reserved<LuaRequest>>,
     ) -> Bytes {
-        let (object, address) = match object {
-            Ok(made) => made,
+        let mut object = match object {
+            Ok(reserved) => reserved,
             Err(e) => return self.lua_failure(&e),
         };
+        let address = Cell::new(std::ptr::null());
+        let value = object.value().clone();
         let route = raw::RouteOf::Request {
-            object: &object,
-            address,
+            object: &value,
+            address: &address,
         };
         let finished = drive_raw(&self.lua, &self.coroutines, &route, |thread| {
             raw::push_registry(thread, function)?;
-            raw::push_values(&self.lua, thread, &object)
+            address.set(object.push(thread)?);
+            Ok(1)
         })
         .await;
-        match finished {
-            Ok(finished) => self.reply_of(finished.first(&self.lua)),
-            Err(e) => self.lua_failure(&e),
+        let finished = match finished {
+            Ok(finished) => finished,
+            Err(e) => return self.lua_failure(&e),
+        };
+        // The common return, a response `pool(r)` made, is read where it
+        // is, without converting it.
+        let made = finished.first_object(self.responses.class());
+        if let Some(response) = made.and_then(|id| self.responses.value_of_id(id)) {
+            if let Ok(Some(raw)) = response
+                .try_borrow()
+                .map(|r| r.as_ref().map(|r| r.raw().clone()))
+            {
+                self.held_by_lua(raw.len());
+                return raw;
+            }
         }
+        self.reply_of(finished.first(&self.lua))
     }
 
     /// The reply a route gives by returning `returned`.
@@ -322,9 +349,8 @@ impl WorkerLua {
 
     /// The reply a route gives by returning the userdata `object`.
     pub(super) fn reply_of_object(&self, object: &AnyUserData) -> Bytes {
-        match object.borrow::<LuaResponse>() {
-            Ok(res) => {
-                let raw = res.raw().clone();
+        match fresh::with_response(&self.lua, object, |res| res.raw().clone()) {
+            Ok(raw) => {
                 self.held_by_lua(raw.len());
                 raw
             }
@@ -466,14 +492,17 @@ fn pool_call_fast(coroutines: &Coroutines, route: &raw::RouteOf<'_>, args: &raw:
     let raw::RouteOf::Request { object, address } = route else {
         return false;
     };
-    if args.count() != 2 || args.userdata(2) != Some(*address) {
+    if args.count() != 2 || args.userdata(2) != Some(address.get()) {
         return false;
     }
     let Some(pool) = args.userdata(1).and_then(|p| coroutines.known_pool(p)) else {
         return false;
     };
-    match object.borrow::<LuaRequest>() {
-        Ok(object) => park_pool_call(coroutines, &pool, &object.request),
+    match object.try_borrow() {
+        Ok(held) => match held.as_ref() {
+            Some(object) => park_pool_call(coroutines, &pool, &object.request),
+            None => return false,
+        },
         Err(_) => return false,
     }
     true
@@ -505,11 +534,11 @@ impl UserData for LuaPool {
             let coroutines = Coroutines::of(lua)?;
             let parking = coroutines.clone();
             let start = lua.create_function(
-                move |_, (pool, r): (mlua::UserDataRef<LuaPool>, AnyUserData)| {
-                    let request = r.borrow::<LuaRequest>().map_err(|_| {
-                        mlua::Error::runtime("a pool must be called with a request object")
-                    })?;
-                    park_pool_call(&parking, &pool.0, &request.request);
+                move |lua, (pool, r): (mlua::UserDataRef<LuaPool>, AnyUserData)| {
+                    fresh::with_request(lua, &r, |r| park_pool_call(&parking, &pool.0, &r.request))
+                        .map_err(|_| {
+                            mlua::Error::runtime("a pool must be called with a request object")
+                        })?;
                     Ok(())
                 },
             )?;
@@ -621,14 +650,16 @@ fn register(lua: &Lua) -> mlua::Result<()> {
                     let v = v.as_bytes();
                     Bytes::copy_from_slice(v.strip_suffix(b"\r\n").unwrap_or(&v))
                 }
-                Value::UserData(ud) if super::objects::is_response(ud) => ud
-                    .borrow::<LuaResponse>()?
-                    .response
-                    .value()
-                    .map(Bytes::copy_from_slice)
-                    .unwrap_or_default(),
-                Value::UserData(ud) if super::objects::is_request(ud) => {
-                    ud.borrow::<LuaRequest>()?.request.value().clone()
+                Value::UserData(ud) if fresh::is_response(lua, ud) => {
+                    fresh::with_response(lua, ud, |res| {
+                        res.response
+                            .value()
+                            .map(Bytes::copy_from_slice)
+                            .unwrap_or_default()
+                    })?
+                }
+                Value::UserData(ud) if fresh::is_request(lua, ud) => {
+                    fresh::with_request(lua, ud, |r| r.request.value().clone())?
                 }
                 _ => {
                     return Err(mlua::Error::runtime(
@@ -648,11 +679,8 @@ fn register(lua: &Lua) -> mlua::Result<()> {
     mcp.set(
         "internal",
         lua.create_function(|lua, r: AnyUserData| {
-            let request = r
-                .borrow::<LuaRequest>()
-                .map_err(|_| mlua::Error::runtime("mcp.internal: expected a request"))?
-                .request
-                .clone();
+            let request = fresh::with_request(lua, &r, |r| r.request.clone())
+                .map_err(|_| mlua::Error::runtime("mcp.internal: expected a request"))?;
             let internal = lua
                 .app_data_ref::<Rc<EmbeddedPool>>()
                 .map(|p| p.clone())
@@ -771,11 +799,8 @@ fn await_pools(
     (r, pools, n, mode, detail): AwaitArgs,
     log_late_errors: bool,
 ) -> mlua::Result<impl std::future::Future<Output = mlua::Result<Table>>> {
-    let request = r
-        .borrow::<LuaRequest>()
-        .map_err(|_| mlua::Error::runtime(format!("mcp.{name}: expected a request")))?
-        .request
-        .clone();
+    let request = fresh::with_request(lua, &r, |r| r.request.clone())
+        .map_err(|_| mlua::Error::runtime(format!("mcp.{name}: expected a request")))?;
     let mut targets = Vec::new();
     for value in pools.sequence_values::<AnyUserData>() {
         let ud = value?;
