@@ -246,7 +246,13 @@ def test_dynamodb_restart_during_write_behind(memroute_factory, ddb, tmp_path):
                 acked[k] = v
         time.sleep(1.0)
         persistent.start()  # same port, same files
-        mr.stop()  # drains: waits for DynamoDB to take every queued write
+        # Drains: waits for DynamoDB to take every queued write. Writes
+        # waiting out a retry backoff (up to 5 s) are woken when the drain
+        # starts; before they were not, and under load the drain outlasted
+        # the 5 s a server gets to exit.
+        stopping = time.monotonic()
+        mr.stop()
+        assert time.monotonic() - stopping < 3.0
         stored = read_table(memroute_factory, persistent, table, sorted(acked))
         missing = {k: (stored[k], v) for k, v in acked.items() if stored[k] != v}
         assert not missing, "acknowledged writes lost: %s" % missing

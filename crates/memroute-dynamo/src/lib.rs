@@ -217,7 +217,33 @@ struct Inner {
     counters: Counters,
     /// Runs the requests of a key in the order they started.
     order: KeyOrder,
+    /// Wakes writes waiting out a retry backoff when shutdown starts
+    /// draining, so a table that came back is written at once rather than
+    /// after a backoff of up to [`RETRY_BACKOFF_MAX`].
+    draining: Draining,
 }
+
+/// Set when shutdown drains the write-behind queue (see [`Retry::pause`]).
+#[derive(Default)]
+struct Draining {
+    started: std::sync::atomic::AtomicBool,
+    wake: tokio::sync::Notify,
+}
+
+impl Draining {
+    fn start(&self) {
+        self.started
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.wake.notify_waiters();
+    }
+
+    fn started(&self) -> bool {
+        self.started.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+/// The longest retry backoff while shutdown drains the queue.
+const DRAIN_BACKOFF_MAX: Duration = Duration::from_millis(500);
 
 impl std::fmt::Debug for DynamoStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -442,6 +468,7 @@ impl DynamoStore {
             table,
             counters: Counters::default(),
             order: KeyOrder::default(),
+            draining: Draining::default(),
             config,
         });
         if let Some(spool) = inner.queue.spool() {
@@ -587,6 +614,7 @@ impl DynamoStore {
     /// that is not driving async tasks.
     pub fn drain_blocking(&self, timeout: Duration) -> DrainReport {
         let start = std::time::Instant::now();
+        self.inner.draining.start();
         let (keys, bytes) = self.inner.queue.wait_empty(timeout);
         // Everything acknowledged, and every confirm, onto the disk; with
         // the queue empty this also deletes the spool's segments.
@@ -1179,7 +1207,7 @@ impl Inner {
                     "write-behind batch write failed; retrying"
                 );
             }
-            retry.pause().await;
+            retry.pause(&self.draining).await;
         }
     }
 
@@ -1224,7 +1252,7 @@ impl Inner {
                             "write-behind write failed; retrying"
                         );
                     }
-                    retry.pause().await;
+                    retry.pause(&self.draining).await;
                 }
             }
         }
@@ -1254,10 +1282,27 @@ impl Retry {
         self.attempts == 1 || self.attempts.is_multiple_of(20)
     }
 
-    /// Sleeps before the next attempt, waiting longer each time.
-    async fn pause(&mut self) {
+    /// Sleeps before the next attempt, waiting longer each time; cut
+    /// short when shutdown starts draining, and at most
+    /// [`DRAIN_BACKOFF_MAX`] while it drains.
+    async fn pause(&mut self, draining: &Draining) {
+        if draining.started() {
+            self.backoff = self.backoff.min(DRAIN_BACKOFF_MAX);
+        }
         let jitter = jitter_ms(self.backoff.as_millis() as u64 / 4 + 1);
-        tokio::time::sleep(self.backoff + Duration::from_millis(jitter)).await;
+        let woken = draining.wake.notified();
+        // Registered before the check, so a drain starting in between is
+        // not missed.
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        if !draining.started() {
+            tokio::select! {
+                _ = tokio::time::sleep(self.backoff + Duration::from_millis(jitter)) => {}
+                _ = woken => {}
+            }
+        } else {
+            tokio::time::sleep(self.backoff + Duration::from_millis(jitter)).await;
+        }
         self.backoff = (self.backoff * 2).min(RETRY_BACKOFF_MAX);
     }
 }
