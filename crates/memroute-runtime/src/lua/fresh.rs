@@ -393,6 +393,37 @@ fn call_mut<T: 'static, A: FromLuaMulti, R>(
     f(lua, value, args)
 }
 
+impl<T: 'static> Methods<'_, T> {
+    /// Keeps `method` (of `&T`) as a Lua function named `name`; `meta`
+    /// for the metatable.
+    fn keep_ref<M, A, R>(&mut self, meta: bool, name: String, method: M)
+    where
+        M: Fn(&Lua, &T, A) -> mlua::Result<R> + 'static,
+        A: FromLuaMulti,
+        R: IntoLuaMulti,
+    {
+        let label = name.clone();
+        let function = self
+            .lua
+            .create_function(move |lua, args: MultiValue| call_ref(lua, args, &label, &method));
+        self.keep(meta, name, function);
+    }
+
+    /// [`keep_ref`](Self::keep_ref) for a method of `&mut T`.
+    fn keep_mut<M, A, R>(&mut self, meta: bool, name: String, mut method: M)
+    where
+        M: FnMut(&Lua, &mut T, A) -> mlua::Result<R> + 'static,
+        A: FromLuaMulti,
+        R: IntoLuaMulti,
+    {
+        let label = name.clone();
+        let function = self.lua.create_function_mut(move |lua, args: MultiValue| {
+            call_mut(lua, args, &label, &mut method)
+        });
+        self.keep(meta, name, function);
+    }
+}
+
 impl<T: 'static> UserDataMethods<T> for Methods<'_, T> {
     fn add_method<M, A, R>(&mut self, name: impl Into<String>, method: M)
     where
@@ -400,26 +431,16 @@ impl<T: 'static> UserDataMethods<T> for Methods<'_, T> {
         A: FromLuaMulti,
         R: IntoLuaMulti,
     {
-        let name = name.into();
-        let label = name.clone();
-        let function = self
-            .lua
-            .create_function(move |lua, args: MultiValue| call_ref(lua, args, &label, &method));
-        self.keep(false, name, function);
+        self.keep_ref(false, name.into(), method);
     }
 
-    fn add_method_mut<M, A, R>(&mut self, name: impl Into<String>, mut method: M)
+    fn add_method_mut<M, A, R>(&mut self, name: impl Into<String>, method: M)
     where
         M: FnMut(&Lua, &mut T, A) -> mlua::Result<R> + 'static,
         A: FromLuaMulti,
         R: IntoLuaMulti,
     {
-        let name = name.into();
-        let label = name.clone();
-        let function = self.lua.create_function_mut(move |lua, args: MultiValue| {
-            call_mut(lua, args, &label, &mut method)
-        });
-        self.keep(false, name, function);
+        self.keep_mut(false, name.into(), method);
     }
 
     fn add_function<F, A, R>(&mut self, name: impl Into<String>, function: F)
@@ -448,26 +469,16 @@ impl<T: 'static> UserDataMethods<T> for Methods<'_, T> {
         A: FromLuaMulti,
         R: IntoLuaMulti,
     {
-        let name = name.into();
-        let label = name.clone();
-        let function = self
-            .lua
-            .create_function(move |lua, args: MultiValue| call_ref(lua, args, &label, &method));
-        self.keep(true, name, function);
+        self.keep_ref(true, name.into(), method);
     }
 
-    fn add_meta_method_mut<M, A, R>(&mut self, name: impl Into<String>, mut method: M)
+    fn add_meta_method_mut<M, A, R>(&mut self, name: impl Into<String>, method: M)
     where
         M: FnMut(&Lua, &mut T, A) -> mlua::Result<R> + 'static,
         A: FromLuaMulti,
         R: IntoLuaMulti,
     {
-        let name = name.into();
-        let label = name.clone();
-        let function = self.lua.create_function_mut(move |lua, args: MultiValue| {
-            call_mut(lua, args, &label, &mut method)
-        });
-        self.keep(true, name, function);
+        self.keep_mut(true, name.into(), method);
     }
 
     fn add_meta_function<F, A, R>(&mut self, name: impl Into<String>, function: F)
