@@ -440,7 +440,7 @@ fn parse_tokenized(bytes: Bytes, limits: &Limits) -> Result<Parsed, LineError> {
 
 /// `get <key>` or `gets <key>`, the most common lines, read without the
 /// general tokenizer and command table (a pooled get costs about 330
-/// instructions less, docs/benchmarks.md, run 26). Only a line of
+/// instructions less, docs/benchmarks.md, run 27). Only a line of
 /// the command, one space and a key the general path accepts is taken;
 /// anything else (other spacing, more keys, a refused key) is handed back
 /// for [`parse_line`] to read, so both read every line alike.

@@ -273,7 +273,7 @@ impl GetOp {
 /// big as its largest command, and a second inline key made a request
 /// 144 bytes, past what a move copies inline (128), so each of the
 /// several moves of every request was a `memcpy` call
-/// (docs/benchmarks.md, run 26).
+/// (docs/benchmarks.md, run 27).
 pub type Keys = SmallVec<[Bytes; 1]>;
 
 /// `get`/`gets`/`gat`/`gats` and their keys.

@@ -245,7 +245,7 @@ pub fn decode_retrieval_piece(
 /// with some capacity, say 8 KiB) copies many pieces into one allocation
 /// shared by their replies, so a piece costs a reference count rather than
 /// a `malloc` and a `free` of its own (a proxied get costs about 240
-/// instructions less, docs/benchmarks.md, run 26); the allocation is freed, or reused,
+/// instructions less, docs/benchmarks.md, run 27); the allocation is freed, or reused,
 /// once the last of them is dropped.
 pub fn take_retrieval_piece(
     buf: &mut BytesMut,

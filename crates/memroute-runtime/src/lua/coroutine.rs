@@ -297,26 +297,31 @@ impl Finished<'_> {
     /// The address of the first return value when it is a full userdata
     /// (to recognise an object without converting it).
     pub(super) fn first_userdata(&self) -> Option<*const c_void> {
-        match &self.thread {
-            Some(thread) if self.nresults > 0 => raw::userdata_at(thread, -self.nresults),
-            _ => None,
-        }
+        self.first_at()
+            .and_then(|(thread, index)| raw::userdata_at(thread, index))
     }
 
     /// The id of the first return value when it is an object of `class`
     /// (to read it without converting it).
     pub(super) fn first_object(&self, class: &raw::ObjectClass) -> Option<raw::ObjectId> {
-        match &self.thread {
-            Some(thread) if self.nresults > 0 => class.id_on(thread, -self.nresults),
-            _ => None,
-        }
+        self.first_at()
+            .and_then(|(thread, index)| class.id_on(thread, index))
     }
 
     /// The first return value (nil when none).
     pub(super) fn first(&self, lua: &Lua) -> mlua::Result<Value> {
+        match self.first_at() {
+            Some((thread, index)) => raw::value_at(lua, thread, index),
+            None => Ok(Value::Nil),
+        }
+    }
+
+    /// Where the first return value is: the coroutine and its stack index
+    /// (none when nothing was returned).
+    fn first_at(&self) -> Option<(&Thread, c_int)> {
         match &self.thread {
-            Some(thread) if self.nresults > 0 => raw::value_at(lua, thread, -self.nresults),
-            _ => Ok(Value::Nil),
+            Some(thread) if self.nresults > 0 => Some((thread, -self.nresults)),
+            _ => None,
         }
     }
 }

@@ -398,7 +398,7 @@ pub(super) fn address_of(object: &AnyUserData) -> *const c_void {
 // A classic route gets a new request object per request and a new response
 // object per pool call; made by mlua, each carried a finalizer that Lua's
 // collector ran one by one in a protected call (about half of what the two
-// objects cost, docs/benchmarks.md run 26). Here they are userdata made
+// objects cost, docs/benchmarks.md run 28). Here they are userdata made
 // through the C API that hold only an [`ObjectId`] (plain data: Lua frees
 // the memory with nothing to run); the Rust value lives in a table of slots
 // on the Rust side (`objects::RawObjects`). A weak-valued Lua table maps

@@ -147,7 +147,7 @@ pub trait Route {
     /// [`serve`](Self::serve) for the connection, which holds the reply
     /// of every request in flight: a memcached pool's reply is held in
     /// place, without a box (the box cost a pooled get about 125 of its
-    /// ~7,200 instructions, docs/benchmarks.md, run 26), and so is one
+    /// ~7,200 instructions, docs/benchmarks.md, run 27), and so is one
     /// passed through by a route in front of a pool (a key router); any
     /// other route's is its boxed [`serve`](Self::serve).
     fn serve_unboxed(self: Rc<Self>, request: Request) -> Reply {
