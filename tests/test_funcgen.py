@@ -993,3 +993,57 @@ def test_a_wait_on_another_slots_rctx_is_refused(backends, memroute_factory, sta
         assert holder.read_line(timeout=5) == b"held\r\n"
         assert holder.read_line(timeout=5) == b"END\r\n"
         c.assert_alive()
+
+
+MIXED_OBJECTS_STARTFILE = r"""
+function mcp_config_pools()
+    local host, port = string.match(mcp.start_arg, "^(.+):(%d+)$")
+    return { p = mcp.pool({ mcp.backend("b", host, tonumber(port)) }) }
+end
+
+function mcp_config_routes(pools)
+    local p = pools.p
+    -- The older generation: a classic route keeps the last set it saw.
+    mcp.attach(mcp.CMD_SET, function(r)
+        kept = r
+        return p(r)
+    end)
+    local fgen = mcp.funcgen_new()
+    local h = fgen:new_handle(p)
+    fgen:ready({ n = "mixed", f = function(rctx)
+        return function(r)
+            local how = string.match(r:key(), "^(%w+)/")
+            if how == "direct" then
+                -- The common call's shape, with the kept classic object.
+                return rctx:enqueue_and_wait(kept, h)
+            elseif how == "queued" then
+                rctx:enqueue(kept, h)
+                rctx:wait_cond(1)
+                return rctx:res_any(h)
+            end
+            return rctx:enqueue_and_wait(r, h)
+        end
+    end })
+    mcp.attach(mcp.CMD_GET, fgen)
+end
+"""
+
+
+def test_a_classic_request_object_can_be_queued_on_an_rctx(backends, memroute_factory,
+                                                          startfile_dir):
+    """A startfile may use both API generations: a request object of a
+    classic route (kept in a global) can be queued on a funcgen's rctx,
+    through the fast path and through rctx:enqueue, and is sent as it is."""
+    (b,) = backends(1)
+    path = write_startfile(startfile_dir, "mixed.lua", MIXED_OBJECTS_STARTFILE)
+    mr = memroute_factory("--config", str(path), "--config-arg", b.addr, "-t", "1")
+    with mr.client() as c:
+        assert c.request(b"set mixed/k 0 0 2\r\nv1\r\n") == b"STORED\r\n"
+        mc_set(b, "mixed/k", b"changed")
+        # Each replays the kept set: the backend's value is set again.
+        assert c.request(b"get direct/x\r\n") == b"STORED\r\n"
+        assert mc_get(b, "mixed/k") == b"v1"
+        mc_set(b, "mixed/k", b"changed")
+        assert c.request(b"get queued/x\r\n") == b"STORED\r\n"
+        assert mc_get(b, "mixed/k") == b"v1"
+        c.assert_alive()

@@ -314,7 +314,7 @@ impl Funcgen {
             }
             // As memcached: a string result is passed on as it is, and
             // counts as "any" whatever it says.
-            Ok(Value::String(s)) => (string_response(&request, &s.as_bytes()), RES_ANY),
+            Ok(Value::String(s)) => (string_response(&lua, &request, &s.as_bytes()), RES_ANY),
             Ok(other) => (
                 nested_failure(
                     &lua,
@@ -338,7 +338,7 @@ impl Funcgen {
 
 /// A string a route returned, as a response object: parsed as a reply to
 /// `request` when it is one, else its first line.
-fn string_response(request: &AnyUserData, bytes: &[u8]) -> LuaResponse {
+fn string_response(lua: &Lua, request: &AnyUserData, bytes: &[u8]) -> LuaResponse {
     let mut raw = BytesMut::from(bytes);
     if !raw.ends_with(b"\r\n") {
         raw.extend_from_slice(b"\r\n");
@@ -347,13 +347,15 @@ fn string_response(request: &AnyUserData, bytes: &[u8]) -> LuaResponse {
         let line = raw[..].split(|&b| b == b'\r').next().unwrap_or(b"");
         Response::from_line(&String::from_utf8_lossy(line))
     };
-    let parsed = request.borrow::<LuaRequest>().ok().and_then(|r| {
+    let parsed = super::fresh::with_request(lua, request, |r| {
         let mut buf = raw.clone();
         ResponseDecoder::for_request(&r.request)
             .decode(&mut buf)
             .ok()
             .flatten()
-    });
+    })
+    .ok()
+    .flatten();
     LuaResponse::new(parsed.unwrap_or_else(line_only), 0)
 }
 
@@ -604,8 +606,8 @@ impl Rctx {
             .ok_or_else(|| mlua::Error::runtime(format!("invalid handle {handle}")))
     }
 
-    fn enqueue(&self, request: &AnyUserData, handles: &Value) -> mlua::Result<()> {
-        self.queueable(request)?;
+    fn enqueue(&self, lua: &Lua, request: &AnyUserData, handles: &Value) -> mlua::Result<()> {
+        self.queueable(lua, request)?;
         match handles {
             Value::Integer(h) => self.queue(request, self.check_handle(*h)?),
             Value::Number(h) if h.fract() == 0.0 => {
@@ -631,21 +633,20 @@ impl Rctx {
         Ok(())
     }
 
-    /// `request` as a request that may be queued now: a request object
-    /// with a key, outside a wait.
-    fn queueable(&self, request: &AnyUserData) -> mlua::Result<mlua::UserDataRef<LuaRequest>> {
+    /// Checks that `request` may be queued now: a request object (of
+    /// either API generation) with a key, outside a wait.
+    fn queueable(&self, lua: &Lua, request: &AnyUserData) -> mlua::Result<()> {
         if self.waiting.get() {
             return Err(mlua::Error::runtime(
                 "enqueue: cannot enqueue new requests while in a wait",
             ));
         }
-        let checked = request
-            .borrow::<LuaRequest>()
+        let has_key = super::fresh::with_request(lua, request, |r| r.request.key().is_some())
             .map_err(|_| mlua::Error::runtime("enqueue: expected a request object"))?;
-        if checked.request.key().is_none() {
+        if !has_key {
             return Err(mlua::Error::runtime("cannot queue requests without a key"));
         }
-        Ok(checked)
+        Ok(())
     }
 
     /// Queues `request` on handle `index`, which takes one request per
@@ -673,7 +674,7 @@ impl Rctx {
             })
             .collect();
         for (handle, request_ud) in queued {
-            let request = request_ud.borrow::<LuaRequest>()?.request.clone();
+            let request = super::fresh::with_request(lua, &request_ud, |r| r.request.clone())?;
             self.pending.set(self.pending.get() + 1);
             let inbox = self.inbox.clone();
             match &self.targets[handle] {
@@ -869,13 +870,15 @@ impl Rctx {
         let index = self.check_handle(handle)?;
         let timeout = timeout_arg(timeout)?;
         if timeout.is_none() {
-            let object = request.borrow::<LuaRequest>().ok();
-            let borrowed = object.as_deref().map(|object| &object.request);
-            if self.try_start_alone(coroutines, borrowed, index) {
+            let started = super::fresh::with_request(lua, request, |object| {
+                self.try_start_alone(coroutines, Some(&object.request), index)
+            })
+            .unwrap_or(false);
+            if started {
                 return Ok(());
             }
         }
-        self.queueable(request)?;
+        self.queueable(lua, request)?;
         self.queue(request, index);
         let rctx = self.clone();
         let lua = lua.clone();
@@ -1174,7 +1177,9 @@ impl UserData for LuaRctx {
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
         methods.add_method(
             "enqueue",
-            |_, this, (request, handles): (AnyUserData, Value)| this.0.enqueue(&request, &handles),
+            |lua, this, (request, handles): (AnyUserData, Value)| {
+                this.0.enqueue(lua, &request, &handles)
+            },
         );
         for (name, mask) in [
             ("res_good", RES_GOOD),
