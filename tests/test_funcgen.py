@@ -1047,3 +1047,51 @@ def test_a_classic_request_object_can_be_queued_on_an_rctx(backends, memroute_fa
         assert c.request(b"get queued/x\r\n") == b"STORED\r\n"
         assert mc_get(b, "mixed/k") == b"v1"
         c.assert_alive()
+
+
+SLOT_COROUTINE_STARTFILE = r"""
+function mcp_config_pools()
+    return {}
+end
+
+function mcp_config_routes(pools)
+    local fgen = mcp.funcgen_new()
+    fgen:ready({ n = "counting", f = function(rctx)
+        local served = 0 -- this slot's own count
+        return function(r)
+            served = served + 1
+            local what = string.match(r:key(), "^(%w+)/")
+            if what == "fail" then
+                error("failed on purpose")
+            elseif what == "sleep" then
+                rctx:sleep(0.3)
+            end
+            return "SERVER_ERROR served " .. served .. " " .. r:key()
+        end
+    end })
+    mcp.attach(mcp.CMD_GET, fgen)
+end
+"""
+
+
+def test_a_slot_outlives_its_coroutine(memroute_factory, startfile_dir):
+    """Each slot runs its function in a coroutine of its own, kept from
+    request to request. A request that fails, or whose client leaves while
+    it waits, costs the slot its coroutine, not the slot: the next request
+    runs in the same slot (its count goes on) with its own request."""
+    path = write_startfile(startfile_dir, "slotco.lua", SLOT_COROUTINE_STARTFILE)
+    mr = memroute_factory("--config", str(path), "-t", "1")
+    with mr.client() as c:
+        assert c.request(b"get a/1\r\n") == b"SERVER_ERROR served 1 a/1\r\n"
+        assert c.request(b"get a/2\r\n") == b"SERVER_ERROR served 2 a/2\r\n"
+        assert c.request(b"get fail/3\r\n") == b"SERVER_ERROR lua failure\r\n"
+        assert c.request(b"get a/4\r\n") == b"SERVER_ERROR served 4 a/4\r\n"
+    with mr.client() as leaving:
+        leaving.send(b"get sleep/5\r\n")
+        time.sleep(0.1)
+    time.sleep(0.4)
+    with mr.client() as c:
+        assert c.request(b"get a/6\r\n") == b"SERVER_ERROR served 6 a/6\r\n"
+        assert c.request(b"get sleep/7\r\n") == b"SERVER_ERROR served 7 sleep/7\r\n"
+        assert c.request(b"get a/8\r\n") == b"SERVER_ERROR served 8 a/8\r\n"
+        c.assert_alive()

@@ -2,12 +2,13 @@
 //! driven from Rust, and every call that waits (`pool(r)`, `mcp.await`,
 //! `rctx:enqueue_and_wait`, `rctx:wait_cond`, `rctx:wait_handle`,
 //! `rctx:sleep`) starts its work in Rust, *parks* it here (a [`Parked`])
-//! and yields. The route's driver ([`drive_raw`]) takes what was parked as
+//! and yields. The route's driver ([`drive`]) takes what was parked as
 //! soon as the coroutine yields, awaits it, and resumes the coroutine with
 //! the result, which the waiting call returns. This is what memcached's
 //! proxy does with its request slots: no boxed future for the call itself
 //! in the common cases, no userdata with a finalizer to hold it, and the
-//! coroutines are reused.
+//! coroutines are reused: a funcgen slot keeps its own ([`SlotThread`]),
+//! classic routes take one from the VM's idle ones ([`drive_raw`]).
 //!
 //! `pool(r)` and `rctx:enqueue_and_wait` are C functions with a fast path
 //! for their common call ([`raw::waiting_function`]); the other waits are
@@ -75,8 +76,8 @@ type KnownPool = (*const c_void, Rc<dyn Pool>, AnyUserData);
 /// collected) costs about a tenth of a Lua-routed get; a finished one is
 /// reset and kept for the next request instead, up to this many: enough
 /// for the requests a worker has in flight at once under ordinary load.
-/// A multi-get runs one coroutine per key, so 50 clients' 10-key gets keep
-/// 500 in flight (256 made a fifth of those keys pay for a new coroutine
+/// A classic route's multi-get runs one coroutine per key, so 50 clients'
+/// 10-key gets keep 500 in flight (256 made a fifth of those keys pay for a new coroutine
 /// and its collection); an idle one holds about 1 KiB.
 const IDLE_THREADS: usize = 1024;
 
@@ -213,7 +214,7 @@ impl Coroutines {
 pub(super) async fn drive_raw<'c>(
     lua: &Lua,
     coroutines: &'c Coroutines,
-    route: &raw::RouteOf<'_>,
+    route: raw::RouteOf<'_>,
     prepare: impl FnOnce(&Thread) -> mlua::Result<c_int>,
 ) -> mlua::Result<Finished<'c>> {
     let thread = coroutines.idle_thread(lua)?;
@@ -226,15 +227,90 @@ pub(super) async fn drive_raw<'c>(
             return Err(e);
         }
     };
-    let mut resumed = raw::resume(&thread, nargs, coroutines, route);
+    drive(lua, coroutines, route, thread, None, nargs).await
+}
+
+/// A request slot's own coroutine, as memcached gives each slot one: the
+/// slot's function and its request object stay at the bottom of its stack
+/// (indices 1 and 2) from request to request, so starting a request is
+/// two copies on that stack, not two registry reads and a coroutine taken
+/// from the VM's idle ones. A coroutine that failed, or whose request was
+/// dropped while it waited, is not given back; the next request makes a
+/// new one.
+pub(super) struct SlotThread {
+    function: mlua::RegistryKey,
+    thread: std::cell::Cell<Option<Thread>>,
+}
+
+/// Values a slot's coroutine keeps below every request's frame.
+const SLOT_BASE: c_int = 2;
+
+impl SlotThread {
+    pub(super) fn new(lua: &Lua, function: Function) -> mlua::Result<SlotThread> {
+        Ok(SlotThread {
+            function: lua.create_registry_value(function)?,
+            thread: std::cell::Cell::new(None),
+        })
+    }
+
+    /// The slot's coroutine, made (with `request`, the slot's request
+    /// object) if it has none, with the slot function and `argument` (the
+    /// slot's request object when `None`) pushed: ready for [`drive`] with
+    /// one argument.
+    pub(super) fn prepare(
+        &self,
+        lua: &Lua,
+        request: &KeptObject<super::objects::LuaRequest>,
+        argument: Option<&AnyUserData>,
+    ) -> mlua::Result<Thread> {
+        let thread = match self.thread.take() {
+            Some(thread) => thread,
+            None => {
+                let function = lua.registry_value::<Function>(&self.function)?;
+                let thread = lua.create_thread(function)?;
+                request.push(&thread)?;
+                thread
+            }
+        };
+        let pushed = raw::push_copy(&thread, 1).and_then(|()| match argument {
+            None => raw::push_copy(&thread, 2),
+            Some(object) => raw::push_values(lua, &thread, object.clone()).map(|_| ()),
+        });
+        match pushed {
+            Ok(()) => Ok(thread),
+            Err(e) => {
+                raw::truncate(&thread, SLOT_BASE);
+                self.thread.set(Some(thread));
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Runs `thread`, which has its function and `nargs` arguments pushed, as
+/// [`drive_raw`] does; `home` is the slot it belongs to (see
+/// [`SlotThread::prepare`]), if any.
+pub(super) async fn drive<'c>(
+    lua: &Lua,
+    coroutines: &'c Coroutines,
+    route: raw::RouteOf<'_>,
+    thread: Thread,
+    home: Option<&'c SlotThread>,
+    nargs: c_int,
+) -> mlua::Result<Finished<'c>> {
+    let mut resumed = raw::resume(&thread, nargs, coroutines, &route);
     loop {
         match resumed {
             raw::Resumed::Returned(nresults) => {
                 coroutines.drop_unclaimed();
+                // A returned coroutine's count includes what lies below
+                // its function's frame: a slot's function and request.
+                let kept = if home.is_some() { SLOT_BASE } else { 0 };
                 return Ok(Finished {
                     coroutines,
                     thread: Some(thread),
-                    nresults,
+                    home,
+                    nresults: nresults - kept,
                 });
             }
             // What a wait yields is not used: the waits yield nothing.
@@ -281,7 +357,7 @@ pub(super) async fn drive_raw<'c>(
                 ))
             }
         };
-        resumed = raw::resume(&thread, pushed?, coroutines, route);
+        resumed = raw::resume(&thread, pushed?, coroutines, &route);
     }
 }
 
@@ -290,6 +366,8 @@ pub(super) async fn drive_raw<'c>(
 pub(super) struct Finished<'c> {
     coroutines: &'c Coroutines,
     thread: Option<Thread>,
+    /// The slot whose own coroutine this is (given back to it), if any.
+    home: Option<&'c SlotThread>,
     nresults: c_int,
 }
 
@@ -329,8 +407,16 @@ impl Finished<'_> {
 impl Drop for Finished<'_> {
     fn drop(&mut self) {
         if let Some(thread) = self.thread.take() {
-            raw::clear(&thread);
-            self.coroutines.recycle(thread);
+            match self.home {
+                Some(home) => {
+                    raw::truncate(&thread, SLOT_BASE);
+                    home.thread.set(Some(thread));
+                }
+                None => {
+                    raw::clear(&thread);
+                    self.coroutines.recycle(thread);
+                }
+            }
         }
     }
 }

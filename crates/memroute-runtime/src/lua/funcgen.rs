@@ -38,7 +38,7 @@ use tokio::sync::Notify;
 use tracing::warn;
 
 use super::config::lua_error_message;
-use super::coroutine::{drive_raw, Coroutines, Finished, KeptObject, Parked, Resumed};
+use super::coroutine::{drive, Coroutines, Finished, KeptObject, Parked, Resumed, SlotThread};
 use super::mutate::UserObjects;
 use super::objects::{LuaRequest, LuaResponse};
 use super::raw;
@@ -98,8 +98,10 @@ pub struct Funcgen {
     targets: RefCell<Rc<[Target]>>,
     /// `f` and `a` of `fgen:ready{}`; `None` until then.
     generator: RefCell<Option<(Function, Value)>>,
-    /// Slots not serving a request now.
-    free: RefCell<Vec<Slot>>,
+    /// Slots not serving a request now; boxed, as leases hold them
+    /// (lending one moves a pointer).
+    #[allow(clippy::vec_box)]
+    free: RefCell<Vec<Box<Slot>>>,
     /// Slots alive, serving or free (also counted for `stats proxyfuncs`).
     slots: crate::stats::FuncgenSlots,
     /// How long many slots have stayed free (see [`Funcgen::keep`]).
@@ -118,8 +120,8 @@ const FREE_PRESSURE_DROP: u32 = 100;
 /// One request context and the function generated for it.
 struct Slot {
     rctx: Rc<Rctx>,
-    /// The function, as the driver pushes it (a registry reference).
-    function: mlua::RegistryKey,
+    /// The function and the coroutine it runs in.
+    coroutine: SlotThread,
     /// The rctx's Lua object, kept alive while the slot is, so that its
     /// address (which the fast waits compare) stays its own.
     _rctx_object: AnyUserData,
@@ -132,7 +134,9 @@ struct Slot {
 struct Lease {
     fgen: Rc<Funcgen>,
     lua: Lua,
-    slot: Option<Slot>,
+    /// Boxed: a lease lives in every request's future, whose size is
+    /// copied and allocated per request.
+    slot: Option<Box<Slot>>,
 }
 
 impl Lease {
@@ -145,23 +149,22 @@ impl Lease {
     /// Runs the slot's function with the slot's own request object, or
     /// with `object` (a parent's request, for a funcgen behind a handle).
     async fn run_object<'c>(
-        &self,
-        lua: &Lua,
+        &'c self,
+        lua: &'c Lua,
         coroutines: &'c Coroutines,
         object: Option<&AnyUserData>,
     ) -> mlua::Result<Finished<'c>> {
         let slot = self.slot();
-        drive_raw(lua, coroutines, &raw::RouteOf::Slot(&slot.rctx), |thread| {
-            raw::push_registry(thread, &slot.function)?;
-            match object {
-                None => match slot.rctx.request.borrow().as_ref() {
-                    Some(request) => request.push(thread).map(|()| 1),
-                    None => raw::push_values(lua, thread, Value::Nil),
-                },
-                Some(object) => raw::push_values(lua, thread, object.clone()),
+        let thread = match slot.rctx.request.borrow().as_ref() {
+            Some(request) => slot.coroutine.prepare(lua, request, object)?,
+            None => {
+                return Err(mlua::Error::runtime(
+                    "request slot without its request object",
+                ))
             }
-        })
-        .await
+        };
+        let route = raw::RouteOf::Slot(&slot.rctx);
+        drive(lua, coroutines, route, thread, Some(&slot.coroutine), 1).await
     }
 
     fn finish(mut self) {
@@ -201,7 +204,7 @@ impl Funcgen {
     }
 
     /// A free slot, or a new one made by calling the generator.
-    fn take_slot(self: &Rc<Self>, lua: &Lua) -> mlua::Result<Slot> {
+    fn take_slot(self: &Rc<Self>, lua: &Lua) -> mlua::Result<Box<Slot>> {
         if let Some(slot) = self.free.borrow_mut().pop() {
             return Ok(slot);
         }
@@ -222,11 +225,14 @@ impl Funcgen {
                 // A slot had to be made: the slots are not too many now.
                 self.pressure.set(0);
                 self.slots.set(self.slots.get() + 1);
-                Ok(Slot {
+                // The request object is made now: the slot's coroutine
+                // keeps it on its stack (see `SlotThread`).
+                rctx.set_request(lua, LuaRequest::new(super::mutate::blank_request()))?;
+                Ok(Box::new(Slot {
                     rctx,
-                    function: lua.create_registry_value(function)?,
+                    coroutine: SlotThread::new(lua, function)?,
                     _rctx_object: ud,
-                })
+                }))
             }
             _ => Err(mlua::Error::runtime(
                 "function generator didn't return a function",
@@ -237,7 +243,7 @@ impl Funcgen {
     /// Gives `slot` back once every request it queued has answered (the
     /// rest of its results are processed, callbacks included, in the
     /// background first).
-    fn release(self: &Rc<Self>, lua: &Lua, slot: Slot) {
+    fn release(self: &Rc<Self>, lua: &Lua, slot: Box<Slot>) {
         if slot.rctx.pending.get() == 0 {
             self.keep(slot);
             return;
@@ -260,7 +266,7 @@ impl Funcgen {
     /// when half the slots or more have stayed free for a long time, as
     /// memcached eases them: a burst's slots go slowly, steady traffic
     /// keeps its own.
-    fn keep(&self, slot: Slot) {
+    fn keep(&self, slot: Box<Slot>) {
         slot.rctx.reset();
         let free = self.free.borrow().len();
         if free + 1 > self.slots.get() / 2 {
@@ -1370,13 +1376,10 @@ impl Route for FuncgenRoute {
 
     fn serve(self: Rc<Self>, request: Request) -> ReplyFuture {
         let shape = ReplyShape::of(&request);
-        let started = self.start(request);
-        Box::pin(async move {
-            shape.apply(match started {
-                Ok(lease) => self.run(lease).await,
-                Err(reply) => reply,
-            })
-        })
+        match self.start(request) {
+            Ok(lease) => Box::pin(async move { shape.apply(self.run(lease).await) }),
+            Err(reply) => Box::pin(std::future::ready(shape.apply(reply))),
+        }
     }
 }
 

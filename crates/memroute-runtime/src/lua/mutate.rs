@@ -581,7 +581,7 @@ impl UserData for Mutator {
 /// A request with nothing in it: what `rctx:request_new()` makes and what
 /// its objects go back to after each request. It has no key and an empty
 /// line, so it cannot be queued before a mutator has written it.
-fn blank_request() -> Request {
+pub(super) fn blank_request() -> Request {
     Request::new(Bytes::new(), Bytes::new(), Command::MetaNoop)
 }
 

@@ -137,6 +137,27 @@ pub(super) fn clear(thread: &Thread) {
     unsafe { ffi::lua_settop(thread.state(), 0) }
 }
 
+/// Cuts the stack of `thread`, a coroutine that returned (or that was
+/// never started), to its first `n` values.
+pub(super) fn truncate(thread: &Thread, n: c_int) {
+    // SAFETY: the driver only cuts coroutines that are not running, to
+    // values they hold.
+    unsafe { ffi::lua_settop(thread.state(), n) }
+}
+
+/// Pushes a copy of the value at `index` of `thread`'s stack onto it.
+pub(super) fn push_copy(thread: &Thread, index: c_int) -> mlua::Result<()> {
+    let state = thread.state();
+    // SAFETY: a coroutine that is not running, `index` one of its values.
+    unsafe {
+        if ffi::lua_checkstack(state, 1) == 0 {
+            return Err(mlua::Error::StackError);
+        }
+        ffi::lua_pushvalue(state, index);
+    }
+    Ok(())
+}
+
 /// Drops the top `n` values of a suspended coroutine's stack.
 pub(super) fn pop(thread: &Thread, n: c_int) {
     // SAFETY: `n` values were left there by the resume that just ended.

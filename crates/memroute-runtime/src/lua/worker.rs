@@ -302,7 +302,7 @@ impl WorkerLua {
             object: &value,
             address: &address,
         };
-        let finished = drive_raw(&self.lua, &self.coroutines, &route, |thread| {
+        let finished = drive_raw(&self.lua, &self.coroutines, route, |thread| {
             raw::push_registry(thread, function)?;
             address.set(object.push(thread)?);
             Ok(1)
