@@ -8,7 +8,7 @@
 //! proxy does with its request slots: no boxed future for the call itself
 //! in the common cases, no userdata with a finalizer to hold it, and the
 //! coroutines are reused: a funcgen slot keeps its own ([`SlotThread`]),
-//! classic routes take one from the VM's idle ones ([`drive_raw`]).
+//! classic routes take one from the VM's idle ones ([`idle_prepared`]).
 //!
 //! `pool(r)` and `rctx:enqueue_and_wait` are C functions with a fast path
 //! for their common call ([`raw::waiting_function`]); the other waits are
@@ -203,31 +203,28 @@ impl Coroutines {
     }
 }
 
-/// Runs a coroutine of `lua` whose function and arguments `prepare` pushes
-/// onto its empty stack (returning how many arguments), until it returns,
-/// serving the waits it parks. `route` is what the coroutine runs for,
-/// which the fast waits check their arguments against.
+/// An idle coroutine of `lua` with the function and arguments `prepare`
+/// pushed onto its empty stack (it returns how many arguments): ready for
+/// [`drive`].
 ///
-/// The coroutine is resumed through Lua's C API ([`raw`]), not mlua's
-/// `Thread::resume`, and values cross its stack raw: only the uncommon
-/// ones are converted by mlua.
-pub(super) async fn drive_raw<'c>(
+/// Not an `async fn` around `drive`: each await of a future in a future
+/// costs a copy of it and a level of polling, and a route's future is
+/// boxed per request.
+pub(super) fn idle_prepared(
     lua: &Lua,
-    coroutines: &'c Coroutines,
-    route: raw::RouteOf<'_>,
+    coroutines: &Coroutines,
     prepare: impl FnOnce(&Thread) -> mlua::Result<c_int>,
-) -> mlua::Result<Finished<'c>> {
+) -> mlua::Result<(Thread, c_int)> {
     let thread = coroutines.idle_thread(lua)?;
-    let nargs = match prepare(&thread) {
-        Ok(nargs) => nargs,
+    match prepare(&thread) {
+        Ok(nargs) => Ok((thread, nargs)),
         Err(e) => {
             // Nothing ran: the thread is as it was, once emptied.
             raw::clear(&thread);
             coroutines.recycle(thread);
-            return Err(e);
+            Err(e)
         }
-    };
-    drive(lua, coroutines, route, thread, None, nargs).await
+    }
 }
 
 /// A request slot's own coroutine, as memcached gives each slot one: the
@@ -287,9 +284,15 @@ impl SlotThread {
     }
 }
 
-/// Runs `thread`, which has its function and `nargs` arguments pushed, as
-/// [`drive_raw`] does; `home` is the slot it belongs to (see
-/// [`SlotThread::prepare`]), if any.
+/// Runs a coroutine, `thread`, which has its function and `nargs`
+/// arguments pushed, until it returns, serving the waits it parks. `home`
+/// is the slot it belongs to ([`SlotThread::prepare`]), if any, else it is
+/// an idle one ([`idle_prepared`]). `route` is what the coroutine runs
+/// for, which the fast waits check their arguments against.
+///
+/// The coroutine is resumed through Lua's C API ([`raw`]), not mlua's
+/// `Thread::resume`, and values cross its stack raw: only the uncommon
+/// ones are converted by mlua.
 pub(super) async fn drive<'c>(
     lua: &Lua,
     coroutines: &'c Coroutines,

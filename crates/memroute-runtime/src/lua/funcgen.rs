@@ -146,25 +146,33 @@ impl Lease {
             .expect("a lease holds its slot until finished")
     }
 
-    /// Runs the slot's function with the slot's own request object, or
-    /// with `object` (a parent's request, for a funcgen behind a handle).
-    async fn run_object<'c>(
+    /// The slot's coroutine, ready to run the slot's function with the
+    /// slot's own request object, or with `object` (a parent's request,
+    /// for a funcgen behind a handle). The caller drives it with
+    /// [`Lease::drive`] in its own future: a future awaited inside
+    /// another costs a copy of it and a level of polling.
+    fn ready(&self, lua: &Lua, object: Option<&AnyUserData>) -> mlua::Result<mlua::Thread> {
+        let slot = self.slot();
+        match slot.rctx.request.borrow().as_ref() {
+            Some(request) => slot.coroutine.prepare(lua, request, object),
+            None => Err(mlua::Error::runtime(
+                "request slot without its request object",
+            )),
+        }
+    }
+
+    /// Runs `thread`, the slot's coroutine made [`Lease::ready`] (the
+    /// driver's own future, not one around it).
+    #[inline]
+    fn drive<'c>(
         &'c self,
         lua: &'c Lua,
         coroutines: &'c Coroutines,
-        object: Option<&AnyUserData>,
-    ) -> mlua::Result<Finished<'c>> {
+        thread: mlua::Thread,
+    ) -> impl std::future::Future<Output = mlua::Result<Finished<'c>>> + 'c {
         let slot = self.slot();
-        let thread = match slot.rctx.request.borrow().as_ref() {
-            Some(request) => slot.coroutine.prepare(lua, request, object)?,
-            None => {
-                return Err(mlua::Error::runtime(
-                    "request slot without its request object",
-                ))
-            }
-        };
         let route = raw::RouteOf::Slot(&slot.rctx);
-        drive(lua, coroutines, route, thread, Some(&slot.coroutine), 1).await
+        drive(lua, coroutines, route, thread, Some(&slot.coroutine), 1)
     }
 
     fn finish(mut self) {
@@ -298,9 +306,13 @@ impl Funcgen {
         let mut leased = None;
         let result = match (self.lease(&lua), Coroutines::of(&lua)) {
             (Ok(lease), Ok(coroutines)) => {
-                let result = match lease.run_object(&lua, &coroutines, Some(&request)).await {
-                    Ok(finished) => finished.first(&lua),
-                    Err(e) => Err(e),
+                // In a block: the coroutine's results borrow the lease.
+                let result = {
+                    let finished = match lease.ready(&lua, Some(&request)) {
+                        Ok(thread) => lease.drive(&lua, &coroutines, thread).await,
+                        Err(e) => Err(e),
+                    };
+                    finished.and_then(|finished| finished.first(&lua))
                 };
                 leased = Some(lease);
                 result
@@ -1336,20 +1348,28 @@ impl FuncgenRoute {
     async fn run(&self, lease: Lease) -> Bytes {
         let vm = &self.vm;
         let lua = vm.lua();
-        let reply = match lease.run_object(lua, vm.coroutines(), None).await {
-            Ok(finished) => {
-                // Most slot functions return a handle's response object:
-                // recognised by its address, it needs no conversion.
-                let rctx = &lease.slot().rctx;
-                let known = finished
-                    .first_userdata()
-                    .and_then(|address| rctx.with_returned(address, |o| vm.reply_of_kept(o)));
-                match known {
-                    Some(reply) => reply,
-                    None => vm.reply_of(finished.first(lua)),
+        // In a block: the coroutine's results borrow the lease, which is
+        // given back below.
+        let reply = {
+            let finished = match lease.ready(lua, None) {
+                Ok(thread) => lease.drive(lua, vm.coroutines(), thread).await,
+                Err(e) => Err(e),
+            };
+            match finished {
+                Ok(finished) => {
+                    // Most slot functions return a handle's response object:
+                    // recognised by its address, it needs no conversion.
+                    let rctx = &lease.slot().rctx;
+                    let known = finished
+                        .first_userdata()
+                        .and_then(|address| rctx.with_returned(address, |o| vm.reply_of_kept(o)));
+                    match known {
+                        Some(reply) => reply,
+                        None => vm.reply_of(finished.first(lua)),
+                    }
                 }
+                Err(e) => vm.lua_failure(&e),
             }
-            Err(e) => vm.lua_failure(&e),
         };
         lease.finish();
         reply

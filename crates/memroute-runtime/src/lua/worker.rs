@@ -27,7 +27,7 @@ use mlua::{AnyUserData, Function, Lua, MetaMethod, Table, UserData, UserDataMeth
 use tracing::{info, warn};
 
 use super::config::{lua_error_message, ConfigError, ConfigValue, LoadedConfig, PoolDef};
-use super::coroutine::{drive_raw, Coroutines, KeptObject, Parked};
+use super::coroutine::{drive, idle_prepared, Coroutines, KeptObject, Parked};
 use super::fresh::{self, FreshObjects, Reserved};
 use super::funcgen::FuncgenRoute;
 use super::objects::{
@@ -302,12 +302,17 @@ impl WorkerLua {
             object: &value,
             address: &address,
         };
-        let finished = drive_raw(&self.lua, &self.coroutines, route, |thread| {
+        let prepared = idle_prepared(&self.lua, &self.coroutines, |thread| {
             raw::push_registry(thread, function)?;
             address.set(object.push(thread)?);
             Ok(1)
-        })
-        .await;
+        });
+        let finished = match prepared {
+            Ok((thread, nargs)) => {
+                drive(&self.lua, &self.coroutines, route, thread, None, nargs).await
+            }
+            Err(e) => Err(e),
+        };
         let finished = match finished {
             Ok(finished) => finished,
             Err(e) => return self.lua_failure(&e),
