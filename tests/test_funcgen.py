@@ -305,6 +305,28 @@ def test_slots_serve_pipelined_and_multi_key_requests(fg):
             + b"END\r\n"
 
 
+
+def test_multi_key_get_mixes_hits_misses_and_failures(fg):
+    """A multi-key get through a router runs each key in a slot of the
+    funcgen its prefix maps to, all in one future: hits come back in the
+    client's key order; a miss and a key whose slot function fails read as
+    misses; `gets` keys carry their cas."""
+    hits = [fresh("direct/"), fresh("direct/")]
+    for k in hits:
+        mc_set(fg.backends[0], k, k.encode())
+    missing = fresh("direct/")
+    with fg.client() as c:
+        c.send(b"get %s %s failing/x %s\r\n" % (hits[0].encode(), missing.encode(),
+                                                  hits[1].encode()))
+        assert c.read_until(b"END\r\n") == b"".join(
+            b"VALUE %s 0 %d\r\n%s\r\n" % (k.encode(), len(k), k.encode()) for k in hits) \
+            + b"END\r\n"
+        c.send(b"gets %s %s\r\n" % (hits[1].encode(), hits[0].encode()))
+        reply = c.read_until(b"END\r\n")
+        blocks = re.findall(rb"VALUE (\S+) 0 \d+ \d+\r\n", reply)
+        assert blocks == [hits[1].encode(), hits[0].encode()], reply
+        c.assert_alive()
+
 def test_router_prefix_command_maps_cmap_and_default(fg):
     assert ask(fg, b"get cmd/x\r\n") == b"SERVER_ERROR cmd get\r\n"
     # CMD_ANY_STORAGE in a command map serves the commands not listed.

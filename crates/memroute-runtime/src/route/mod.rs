@@ -167,6 +167,19 @@ pub trait Route {
         None
     }
 
+    /// For routes that do not join keys: the `VALUE` blocks (no `END`) of
+    /// `keys`, each served as its own `get` ([`multiget::get_request`]),
+    /// in one future; `None` leaves it to the default, a boxed
+    /// [`serve`](Self::serve) per key. (A route whose per-key futures are
+    /// large saves a box, a copy and an allocator round trip per key.)
+    fn serve_keys(
+        self: Rc<Self>,
+        _get: &memroute_proto::GetCommand,
+        _keys: &[Bytes],
+    ) -> Option<ReplyFuture> {
+        None
+    }
+
     /// What this route would do with `request`, without sending anything:
     /// this node, then (one level deeper) the children it may send it to;
     /// a pool names the backend the key maps to. Answers operators' "where

@@ -23,6 +23,8 @@ pub fn window(route: &Rc<dyn Route>, get: &GetCommand, keys: &[Bytes]) -> ReplyF
         if let Some(reply) = route.clone().multi_get(get_request(get, keys)) {
             return reply;
         }
+    } else if let Some(reply) = route.clone().serve_keys(get, keys) {
+        return reply;
     }
     let replies: Vec<ReplyFuture> = keys
         .iter()
