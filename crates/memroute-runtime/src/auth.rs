@@ -501,7 +501,10 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("users");
         std::fs::write(&path, content).unwrap();
-        Auth::new(settings(path)).unwrap()
+        let auth = Auth::new(settings(path)).unwrap();
+        // Read once (these tests never reload): nothing is left in /tmp.
+        std::fs::remove_dir_all(&dir).unwrap();
+        auth
     }
 
     fn text(auth: &Auth, input: &[u8]) -> (Vec<u8>, Step, Vec<u8>) {
