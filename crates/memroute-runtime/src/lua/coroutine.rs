@@ -77,8 +77,9 @@ type KnownPool = (*const c_void, Rc<dyn Pool>, AnyUserData);
 /// reset and kept for the next request instead, up to this many: enough
 /// for the requests a worker has in flight at once under ordinary load.
 /// A classic route's multi-get runs one coroutine per key, so 50 clients'
-/// 10-key gets keep 500 in flight (256 made a fifth of those keys pay for a new coroutine
-/// and its collection); an idle one holds about 1 KiB.
+/// 10-key gets keep 500 in flight (256 made a fifth of those keys pay for
+/// a new coroutine and its collection); an idle one holds about 1 KiB.
+/// (A funcgen slot keeps a coroutine of its own, [`SlotThread`].)
 const IDLE_THREADS: usize = 1024;
 
 /// A VM's parking place, its idle coroutines and its suspending-call maker.
