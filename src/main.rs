@@ -23,6 +23,8 @@ mod hash_report;
 /// take its slow path. jemalloc's per-thread caches hold many more
 /// (docs/benchmarks.md, run 26). mimalloc was as fast but held the
 /// embedded cache's process about 20 MiB over glibc; jemalloc about 10.
+/// Its per-thread caches are built larger than its defaults (see
+/// `.cargo/config.toml`; `_RJEM_MALLOC_CONF` overrides them at run time).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
