@@ -307,13 +307,11 @@ impl WorkerLua {
             address.set(object.push(thread)?);
             Ok(1)
         });
-        let finished = match prepared {
-            Ok((thread, nargs)) => {
-                drive(&self.lua, &self.coroutines, route, thread, None, nargs).await
-            }
-            Err(e) => Err(e),
+        let (thread, nargs) = match prepared {
+            Ok(prepared) => prepared,
+            Err(e) => return self.lua_failure(&e),
         };
-        let finished = match finished {
+        let finished = match drive(&self.lua, &self.coroutines, route, thread, None, nargs).await {
             Ok(finished) => finished,
             Err(e) => return self.lua_failure(&e),
         };
