@@ -135,30 +135,30 @@ impl DirectClient {
     /// above `version` (`attribute_not_exists(cas) OR cas <= :v`): PutItem
     /// of `Some(item)`, DeleteItem for `None`.
     pub async fn write(&self, id: &str, item: Option<&Item>, version: u64) -> Result<(), DdbError> {
-        let mut body = String::with_capacity(256 + item.map_or(0, |i| i.value.len() * 4 / 3));
-        body.push_str("{\"TableName\":");
-        json_str(&mut body, &self.table);
+        let mut body = Body::with_capacity(256 + item.map_or(0, |i| i.value.len() * 4 / 3));
+        body.raw("{\"TableName\":");
+        body.str(&self.table);
         let target = match item {
             Some(item) => {
-                body.push_str(",\"Item\":");
+                body.raw(",\"Item\":");
                 self.item_json(&mut body, id, item);
                 "PutItem"
             }
             None => {
-                body.push_str(",\"Key\":");
+                body.raw(",\"Key\":");
                 self.key_json(&mut body, id);
                 "DeleteItem"
             }
         };
-        body.push_str(
+        body.raw(
             ",\"ConditionExpression\":\"attribute_not_exists(#c) OR #c <= :v\",\
              \"ExpressionAttributeNames\":{\"#c\":",
         );
-        json_str(&mut body, &self.names.cas);
-        body.push_str("},\"ExpressionAttributeValues\":{\":v\":{\"N\":\"");
-        push_num(&mut body, version);
-        body.push_str("\"}}}");
-        self.call(target, Bytes::from(body)).await.map(|_| ())
+        body.str(&self.names.cas);
+        body.raw("},\"ExpressionAttributeValues\":{\":v\":{\"N\":\"");
+        body.num(version);
+        body.raw("\"}}}");
+        self.call(target, body.into_bytes()).await.map(|_| ())
     }
 
     /// One BatchWriteItem of unconditional puts (`Some(item)`) and deletes
@@ -173,28 +173,28 @@ impl DirectClient {
             .iter()
             .map(|(_, item)| item.map_or(0, |i| i.value.len() * 4 / 3))
             .sum();
-        let mut body = String::with_capacity(64 + writes.len() * 160 + values);
-        body.push_str("{\"RequestItems\":{");
-        json_str(&mut body, &self.table);
-        body.push_str(":[");
+        let mut body = Body::with_capacity(64 + writes.len() * 160 + values);
+        body.raw("{\"RequestItems\":{");
+        body.str(&self.table);
+        body.raw(":[");
         for (n, (id, item)) in writes.iter().enumerate() {
             if n > 0 {
-                body.push(',');
+                body.raw(",");
             }
             match item {
                 Some(item) => {
-                    body.push_str("{\"PutRequest\":{\"Item\":");
+                    body.raw("{\"PutRequest\":{\"Item\":");
                     self.item_json(&mut body, id, item);
                 }
                 None => {
-                    body.push_str("{\"DeleteRequest\":{\"Key\":");
+                    body.raw("{\"DeleteRequest\":{\"Key\":");
                     self.key_json(&mut body, id);
                 }
             }
-            body.push_str("}}");
+            body.raw("}}");
         }
-        body.push_str("]}}");
-        let reply = self.call("BatchWriteItem", Bytes::from(body)).await?;
+        body.raw("]}}");
+        let reply = self.call("BatchWriteItem", body.into_bytes()).await?;
         self.unprocessed(&reply)
     }
 
@@ -228,42 +228,42 @@ impl DirectClient {
         Ok(ids)
     }
 
-    fn key_json(&self, out: &mut String, id: &str) {
-        out.push('{');
-        json_str(out, &self.names.key);
-        out.push_str(":{\"S\":");
-        json_str(out, id);
-        out.push_str("}}");
+    fn key_json(&self, out: &mut Body, id: &str) {
+        out.raw("{");
+        out.str(&self.names.key);
+        out.raw(":{\"S\":");
+        out.str(id);
+        out.raw("}}");
     }
 
     /// The item's attributes, as `Names::item_attrs` has them.
-    fn item_json(&self, out: &mut String, id: &str, item: &Item) {
-        out.push('{');
-        json_str(out, &self.names.key);
-        out.push_str(":{\"S\":");
-        json_str(out, id);
-        out.push_str("},");
-        json_str(out, &self.names.value);
-        out.push_str(":{\"B\":\"");
-        base64(out, &item.value);
-        out.push_str("\"},");
-        json_str(out, &self.names.flags);
-        out.push_str(":{\"N\":\"");
-        push_num(out, u64::from(item.flags));
-        out.push_str("\"},");
+    fn item_json(&self, out: &mut Body, id: &str, item: &Item) {
+        out.raw("{");
+        out.str(&self.names.key);
+        out.raw(":{\"S\":");
+        out.str(id);
+        out.raw("},");
+        out.str(&self.names.value);
+        out.raw(":{\"B\":\"");
+        out.base64(&item.value);
+        out.raw("\"},");
+        out.str(&self.names.flags);
+        out.raw(":{\"N\":\"");
+        out.num(u64::from(item.flags));
+        out.raw("\"},");
         if item.expires != 0 {
-            json_str(out, &self.names.expires);
-            out.push_str(":{\"N\":\"");
+            out.str(&self.names.expires);
+            out.raw(":{\"N\":\"");
             if item.expires < 0 {
-                out.push('-');
+                out.raw("-");
             }
-            push_num(out, item.expires.unsigned_abs());
-            out.push_str("\"},");
+            out.num(item.expires.unsigned_abs());
+            out.raw("\"},");
         }
-        json_str(out, &self.names.cas);
-        out.push_str(":{\"N\":\"");
-        push_num(out, item.cas);
-        out.push_str("\"}}");
+        out.str(&self.names.cas);
+        out.raw(":{\"N\":\"");
+        out.num(item.cas);
+        out.raw("\"}}");
     }
 
     /// Sends one request, with up to `max_attempts` attempts for transient
@@ -567,64 +567,95 @@ fn hex(out: &mut String, bytes: &[u8]) {
     }
 }
 
-fn push_num(out: &mut String, v: u64) {
-    let mut buf = [0u8; 20];
-    let mut at = buf.len();
-    let mut v = v;
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    for &b in &buf[at..] {
-        out.push(b as char);
-    }
-}
+/// A JSON request body being written.
+struct Body(Vec<u8>);
 
-/// `s` as a JSON string, quoted and escaped.
-fn json_str(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                out.push_str("\\u00");
-                hex(out, &[c as u8]);
+impl Body {
+    fn with_capacity(n: usize) -> Self {
+        Body(Vec::with_capacity(n))
+    }
+
+    fn into_bytes(self) -> Bytes {
+        Bytes::from(self.0)
+    }
+
+    /// JSON text as it is.
+    fn raw(&mut self, s: &str) {
+        self.0.extend_from_slice(s.as_bytes());
+    }
+
+    /// `v` in decimal.
+    fn num(&mut self, v: u64) {
+        let mut buf = [0u8; 20];
+        let mut at = buf.len();
+        let mut v = v;
+        loop {
+            at -= 1;
+            buf[at] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
             }
-            c => out.push(c),
         }
+        self.0.extend_from_slice(&buf[at..]);
     }
-    out.push('"');
-}
 
-/// Standard base64 with padding (DynamoDB's encoding of binary values).
-fn base64(out: &mut String, bytes: &[u8]) {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut chunks = bytes.chunks_exact(3);
-    for c in &mut chunks {
-        let n = (u32::from(c[0]) << 16) | (u32::from(c[1]) << 8) | u32::from(c[2]);
-        for shift in [18, 12, 6, 0] {
-            out.push(ALPHABET[(n >> shift) as usize & 63] as char);
+    /// `s` as a JSON string, quoted and escaped; runs that need no escape
+    /// are copied at once.
+    fn str(&mut self, s: &str) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let bytes = s.as_bytes();
+        self.0.push(b'"');
+        let mut run = 0;
+        for (at, &b) in bytes.iter().enumerate() {
+            let escape: &[u8] = match b {
+                b'"' => b"\\\"",
+                b'\\' => b"\\\\",
+                b'\n' => b"\\n",
+                b'\r' => b"\\r",
+                b'\t' => b"\\t",
+                0..=0x1f => b"",
+                _ => continue,
+            };
+            self.0.extend_from_slice(&bytes[run..at]);
+            run = at + 1;
+            if escape.is_empty() {
+                self.0.extend_from_slice(b"\\u00");
+                self.0.push(HEX[usize::from(b >> 4)]);
+                self.0.push(HEX[usize::from(b & 15)]);
+            } else {
+                self.0.extend_from_slice(escape);
+            }
         }
+        self.0.extend_from_slice(&bytes[run..]);
+        self.0.push(b'"');
     }
-    let rest = chunks.remainder();
-    if !rest.is_empty() {
-        let n = (u32::from(rest[0]) << 16) | rest.get(1).map_or(0, |&b| u32::from(b) << 8);
-        out.push(ALPHABET[(n >> 18) as usize & 63] as char);
-        out.push(ALPHABET[(n >> 12) as usize & 63] as char);
-        if rest.len() == 2 {
-            out.push(ALPHABET[(n >> 6) as usize & 63] as char);
-        } else {
-            out.push('=');
+
+    /// Standard base64 with padding (DynamoDB's encoding of binary values).
+    fn base64(&mut self, bytes: &[u8]) {
+        const ALPHABET: &[u8; 64] =
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let sym = |n: u32, shift: u32| ALPHABET[(n >> shift) as usize & 63];
+        self.0.reserve(bytes.len().div_ceil(3) * 4);
+        let mut chunks = bytes.chunks_exact(3);
+        for c in &mut chunks {
+            let n = (u32::from(c[0]) << 16) | (u32::from(c[1]) << 8) | u32::from(c[2]);
+            self.0
+                .extend_from_slice(&[sym(n, 18), sym(n, 12), sym(n, 6), sym(n, 0)]);
         }
-        out.push('=');
+        match *chunks.remainder() {
+            [a] => {
+                let n = u32::from(a) << 16;
+                self.0
+                    .extend_from_slice(&[sym(n, 18), sym(n, 12), b'=', b'=']);
+            }
+            [a, b] => {
+                let n = (u32::from(a) << 16) | (u32::from(b) << 8);
+                self.0
+                    .extend_from_slice(&[sym(n, 18), sym(n, 12), sym(n, 6), b'=']);
+            }
+            _ => {}
+        }
     }
 }
 
@@ -705,7 +736,11 @@ mod tests {
         // 2000-02-29 (a leap day in a century leap year).
         let leap = SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400);
         assert_eq!(&amz_date(leap), b"20000229T000000Z");
-        let mut s = String::new();
+        let text = |write: &dyn Fn(&mut Body)| {
+            let mut b = Body::with_capacity(0);
+            write(&mut b);
+            String::from_utf8(b.0).unwrap()
+        };
         for (input, want) in [
             (&b""[..], ""),
             (b"f", "Zg=="),
@@ -714,19 +749,20 @@ mod tests {
             (b"foob", "Zm9vYg=="),
             (b"\xff\x00\xfe", "/wD+"),
         ] {
-            s.clear();
-            base64(&mut s, input);
-            assert_eq!(s, want);
+            assert_eq!(text(&|b| b.base64(input)), want);
         }
-        s.clear();
-        json_str(&mut s, "a\"b\\c\u{1}%é");
-        assert_eq!(s, "\"a\\\"b\\\\c\\u0001%é\"");
-        let parsed: String = serde_json::from_str(&s).unwrap();
-        assert_eq!(parsed, "a\"b\\c\u{1}%é");
-        s.clear();
-        push_num(&mut s, 0);
-        push_num(&mut s, u64::MAX);
-        assert_eq!(s, "018446744073709551615");
+        let quoted = text(&|b| b.str("a\"b\\c\u{1}%é\n"));
+        assert_eq!(quoted, "\"a\\\"b\\\\c\\u0001%é\\n\"");
+        let parsed: String = serde_json::from_str(&quoted).unwrap();
+        assert_eq!(parsed, "a\"b\\c\u{1}%é\n");
+        assert_eq!(text(&|b| b.str("")), "\"\"");
+        assert_eq!(
+            text(&|b| {
+                b.num(0);
+                b.num(u64::MAX);
+            }),
+            "018446744073709551615"
+        );
     }
 
     #[test]
