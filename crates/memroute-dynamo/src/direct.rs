@@ -20,6 +20,7 @@
 //! the store does (reads, write-through, the state-dependent commands)
 //! still goes through the SDK.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -63,9 +64,15 @@ pub struct DirectClient {
     uri: http::Uri,
     /// The `Host` header (the endpoint's authority), as signed.
     host: String,
+    /// The endpoint's path, as signed (`/` unless an endpoint names one).
+    path: String,
     region: String,
     credentials: Option<SharedCredentialsProvider>,
     signer: Mutex<Option<Arc<Signer>>>,
+    /// Seconds DynamoDB's clock is ahead of ours, learnt from the `Date` of
+    /// a reply refusing a signature as too old or too new (as the SDK
+    /// corrects clock skew); requests are signed at our time plus this.
+    skew: AtomicI64,
     table: String,
     names: Names,
     max_attempts: u32,
@@ -92,6 +99,10 @@ impl DirectClient {
             .ok_or_else(|| format!("endpoint {endpoint} has no host"))?
             .as_str()
             .to_owned();
+        let path = match uri.path() {
+            "" => "/".to_owned(),
+            p => p.to_owned(),
+        };
         let mut tcp = HttpConnector::new();
         tcp.enforce_http(false);
         tcp.set_connect_timeout(Some(Duration::from_secs(2)));
@@ -121,9 +132,11 @@ impl DirectClient {
             http,
             uri,
             host,
+            path,
             region,
             credentials,
             signer: Mutex::new(None),
+            skew: AtomicI64::new(0),
             table,
             names,
             max_attempts: max_attempts.max(1),
@@ -297,19 +310,16 @@ impl DirectClient {
 
     async fn attempt(&self, target: &str, body: Bytes) -> Result<Bytes, DdbError> {
         let signer = self.signer().await?;
-        let now = SystemTime::now();
-        let stamp = amz_date(now);
+        let stamp = amz_date(self.now());
         let full_target = format!("{TARGET_PREFIX}{target}");
         let token = signer.credentials.session_token();
-        let authorization = authorization(
-            &signer,
-            &self.host,
-            &self.region,
-            &stamp,
-            &full_target,
-            token,
-            &body,
-        );
+        let destination = Destination {
+            host: &self.host,
+            path: &self.path,
+            region: &self.region,
+        };
+        let authorization =
+            authorization(&signer, &destination, &stamp, &full_target, token, &body);
         let mut request = http::Request::post(self.uri.clone())
             .header(http::header::HOST, &self.host)
             .header(http::header::CONTENT_TYPE, CONTENT_TYPE)
@@ -328,6 +338,7 @@ impl DirectClient {
             .await
             .map_err(|e| DdbError::Transient(format!("{target}: {e}")))?;
         let status = response.status();
+        let date = response.headers().get(http::header::DATE).cloned();
         let reply = response
             .into_body()
             .collect()
@@ -343,14 +354,41 @@ impl DirectClient {
                 // Ask the provider again on the next attempt.
                 *self.signer.lock().unwrap_or_else(|p| p.into_inner()) = None;
             }
+            let skewed = [
+                "InvalidSignature",
+                "SignatureDoesNotMatch",
+                "TooSkewed",
+                "RequestExpired",
+            ];
+            if skewed.iter().any(|code| message.contains(code)) {
+                let server = date
+                    .as_ref()
+                    .and_then(|d| d.to_str().ok())
+                    .and_then(parse_http_date);
+                if let Some(server) = server {
+                    let local = unix_secs(SystemTime::now());
+                    self.skew.store(server - local, Ordering::Relaxed);
+                }
+            }
         }
         Err(error)
+    }
+
+    /// Our clock, corrected by the skew DynamoDB reported.
+    fn now(&self) -> SystemTime {
+        let skew = self.skew.load(Ordering::Relaxed);
+        let now = SystemTime::now();
+        if skew >= 0 {
+            now + Duration::from_secs(skew.unsigned_abs())
+        } else {
+            now - Duration::from_secs(skew.unsigned_abs())
+        }
     }
 
     /// The current credentials and today's signing key, refreshed from
     /// the provider when they are due.
     async fn signer(&self) -> Result<Arc<Signer>, DdbError> {
-        let now = SystemTime::now();
+        let now = self.now();
         let today = day(now);
         let current = self
             .signer
@@ -426,17 +464,25 @@ fn classify_reply(status: http::StatusCode, reply: &[u8]) -> DdbError {
     }
 }
 
+/// Where a request goes, as signed.
+#[derive(Clone, Copy)]
+struct Destination<'a> {
+    host: &'a str,
+    path: &'a str,
+    region: &'a str,
+}
+
 /// The SigV4 `Authorization` header for a DynamoDB JSON request with
 /// exactly these headers.
 fn authorization(
     signer: &Signer,
-    host: &str,
-    region: &str,
+    destination: &Destination<'_>,
     stamp: &[u8; 16],
     target: &str,
     token: Option<&str>,
     body: &[u8],
 ) -> String {
+    let Destination { host, path, region } = *destination;
     let stamp = std::str::from_utf8(stamp).unwrap_or_default();
     let signed_headers = if token.is_some() {
         "content-type;host;x-amz-date;x-amz-security-token;x-amz-target"
@@ -444,7 +490,9 @@ fn authorization(
         "content-type;host;x-amz-date;x-amz-target"
     };
     let mut canonical = String::with_capacity(320 + token.map_or(0, str::len));
-    canonical.push_str("POST\n/\n\ncontent-type:");
+    canonical.push_str("POST\n");
+    canonical.push_str(path);
+    canonical.push_str("\n\ncontent-type:");
     canonical.push_str(CONTENT_TYPE);
     canonical.push_str("\nhost:");
     canonical.push_str(host);
@@ -542,6 +590,58 @@ fn amz_date(t: SystemTime) -> [u8; 16] {
     out[8] = b'T';
     out[15] = b'Z';
     out
+}
+
+fn unix_secs(t: SystemTime) -> i64 {
+    match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => d.as_secs() as i64,
+        Err(e) => -(e.duration().as_secs() as i64),
+    }
+}
+
+/// Unix seconds of an HTTP `Date` (IMF-fixdate: `Sun, 06 Nov 1994
+/// 08:49:37 GMT`, the form DynamoDB sends).
+fn parse_http_date(text: &str) -> Option<i64> {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let mut parts = text.split_ascii_whitespace();
+    let (_weekday, day, month, year, time, zone) = (
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+        parts.next()?,
+    );
+    if zone != "GMT" || parts.next().is_some() {
+        return None;
+    }
+    let day: u64 = day.parse().ok().filter(|d| (1..=31).contains(d))?;
+    let month = MONTHS.iter().position(|m| *m == month)? as u64 + 1;
+    let year: i64 = year.parse().ok()?;
+    let mut hms = time.split(':').map(|v| v.parse::<i64>().ok());
+    let (h, m, sec) = (hms.next()??, hms.next()??, hms.next()??);
+    if hms.next().is_some()
+        || !(0..24).contains(&h)
+        || !(0..60).contains(&m)
+        || !(0..61).contains(&sec)
+    {
+        return None;
+    }
+    Some(days_from_civil(year, month, day) * 86_400 + h * 3600 + m * 60 + sec)
+}
+
+/// Days since 1970-01-01 of a (proleptic Gregorian) date; the inverse of
+/// [`civil_from_days`].
+fn days_from_civil(y: i64, m: u64, d: u64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = if m > 2 { m - 3 } else { m + 9 } as i64;
+    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
 }
 
 /// (year, month, day) of a day count since 1970-01-01 (proleptic
@@ -689,7 +789,12 @@ mod tests {
             };
             let host = "dynamodb.eu-west-1.amazonaws.com";
             let target = "DynamoDB_20120810.PutItem";
-            let ours = authorization(&signer, host, "eu-west-1", &stamp, target, token, body);
+            let destination = Destination {
+                host,
+                path: "/",
+                region: "eu-west-1",
+            };
+            let ours = authorization(&signer, &destination, &stamp, target, token, body);
 
             let stamp_str = std::str::from_utf8(&stamp).unwrap();
             let mut headers = vec![
@@ -762,6 +867,131 @@ mod tests {
                 b.num(u64::MAX);
             }),
             "018446744073709551615"
+        );
+    }
+
+    #[test]
+    fn http_dates() {
+        assert_eq!(
+            parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(784_111_777)
+        );
+        assert_eq!(parse_http_date("Thu, 01 Jan 1970 00:00:00 GMT"), Some(0));
+        assert_eq!(
+            parse_http_date("Tue, 29 Feb 2000 12:00:00 GMT"),
+            Some(951_825_600)
+        );
+        for bad in [
+            "",
+            "Sun, 06 Nov 1994 08:49:37",
+            "Sun, 06 Foo 1994 08:49:37 GMT",
+            "Sun, 06 Nov 1994 25:49:37 GMT",
+        ] {
+            assert_eq!(parse_http_date(bad), None, "{bad}");
+        }
+        for days in [-1000, 0, 10_957, 20_424, 60_000] {
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(days_from_civil(y, m, d), days);
+        }
+    }
+
+    /// A scripted endpoint (the corner case DynamoDB Local cannot show: it
+    /// checks no signature) refuses the first request as signed at the
+    /// wrong time, with a `Date` an hour ahead of ours: the retry is
+    /// signed at DynamoDB's time and succeeds.
+    #[tokio::test]
+    async fn clock_skew_is_learnt_from_the_reply() {
+        use crate::DynamoConfig;
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let ahead = SystemTime::now() + Duration::from_secs(3600);
+        let secs = unix_secs(ahead);
+        let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+        let months = [
+            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+        ];
+        let rest = secs.rem_euclid(86_400);
+        let server_date = format!(
+            "Xxx, {d:02} {} {y} {:02}:{:02}:{:02} GMT",
+            months[m as usize - 1],
+            rest / 3600,
+            rest % 3600 / 60,
+            rest % 60
+        );
+        let server = std::thread::spawn(move || {
+            let mut dates = Vec::new();
+            'conns: for stream in listener.incoming() {
+                let mut stream = stream.unwrap();
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                loop {
+                    let (mut length, mut date) = (0usize, String::new());
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap() == 0 {
+                            continue 'conns;
+                        }
+                        let line = line.trim_end().to_ascii_lowercase();
+                        if line.is_empty() {
+                            break;
+                        }
+                        if let Some(v) = line.strip_prefix("content-length:") {
+                            length = v.trim().parse().unwrap();
+                        }
+                        if let Some(v) = line.strip_prefix("x-amz-date:") {
+                            date = v.trim().to_uppercase();
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    reader.read_exact(&mut body).unwrap();
+                    dates.push(date);
+                    let (status, reply) = if dates.len() == 1 {
+                        (
+                            "400 Bad Request",
+                            r#"{"__type":"com.amazon.coral.service#InvalidSignatureException","message":"Signature expired"}"#,
+                        )
+                    } else {
+                        ("200 OK", "{}")
+                    };
+                    write!(
+                        stream,
+                        "HTTP/1.1 {status}\r\nDate: {server_date}\r\nContent-Type: application/x-amz-json-1.0\r\nContent-Length: {}\r\n\r\n{reply}",
+                        reply.len()
+                    )
+                    .unwrap();
+                    if dates.len() == 2 {
+                        return dates;
+                    }
+                }
+            }
+            dates
+        });
+        let credentials = Credentials::new("AKID", "secret", None, None, "test");
+        let client = DirectClient::new(
+            &format!("http://{addr}"),
+            "us-east-1".into(),
+            Some(SharedCredentialsProvider::new(credentials)),
+            "t".into(),
+            Names::from_config(&DynamoConfig::default()),
+            3,
+            Some(Duration::from_secs(10)),
+        )
+        .unwrap();
+        client
+            .write("k", None, 1)
+            .await
+            .expect("the retry succeeds");
+        let dates = server.join().unwrap();
+        let stamp = |t: SystemTime| String::from_utf8(amz_date(t).to_vec()).unwrap();
+        let now = SystemTime::now();
+        assert!(dates[0] <= stamp(now), "{dates:?}");
+        assert!(
+            dates[1] >= stamp(now + Duration::from_secs(3500)),
+            "{dates:?}"
+        );
+        assert!(
+            dates[1] <= stamp(now + Duration::from_secs(3700)),
+            "{dates:?}"
         );
     }
 
