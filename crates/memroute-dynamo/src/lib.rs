@@ -565,6 +565,23 @@ impl DynamoStore {
             };
         }
         let plan = ops::plan(request, inner.config.key_prefix_strip.as_deref());
+        // Write-behind without a spool answers most requests of a key from
+        // the queue, at once. With no other request of the key running or
+        // waiting, that needs no turn (see `KeyOrder::run_if_idle`); what
+        // the queue cannot answer takes its turn below like any request
+        // (`try_local` changes nothing when it does not answer).
+        if let Plan::Single { id, op } = &plan {
+            if inner.behind() && inner.queue.spool().is_none() {
+                let now = now_secs();
+                let fits = |len: usize| inner.names.fits(id, len);
+                let local = inner.order.run_if_idle(id, || {
+                    inner.queue.try_local(id, op, now, &fits, &inner.counters)
+                });
+                if let Some(Local::Done(outcome, _)) = local {
+                    return inner.render_single(request, &outcome);
+                }
+            }
+        }
         // Held until the reply is made: later requests of these keys wait.
         let _turns = match &plan {
             Plan::Reply(answer) => return answer.to_response(request),
