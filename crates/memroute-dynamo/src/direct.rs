@@ -69,6 +69,10 @@ pub struct DirectClient {
     region: String,
     credentials: Option<SharedCredentialsProvider>,
     signer: Mutex<Option<Arc<Signer>>>,
+    /// Held while credentials are fetched, so concurrent writes wait for
+    /// one fetch rather than each asking the provider (as the SDK's
+    /// identity cache does).
+    refreshing: tokio::sync::Mutex<()>,
     /// Seconds DynamoDB's clock is ahead of ours, learnt from the `Date` of
     /// a reply refusing a signature as too old or too new (as the SDK
     /// corrects clock skew); requests are signed at our time plus this.
@@ -136,6 +140,7 @@ impl DirectClient {
             region,
             credentials,
             signer: Mutex::new(None),
+            refreshing: tokio::sync::Mutex::new(()),
             skew: AtomicI64::new(0),
             table,
             names,
@@ -309,8 +314,12 @@ impl DirectClient {
     }
 
     async fn attempt(&self, target: &str, body: Bytes) -> Result<Bytes, DdbError> {
-        let signer = self.signer().await?;
+        let mut signer = self.signer().await?;
         let stamp = amz_date(self.now());
+        if signer.date[..] != stamp[..8] {
+            // The day turned while the credentials were fetched.
+            signer = self.signer().await?;
+        }
         let full_target = format!("{TARGET_PREFIX}{target}");
         let token = signer.credentials.session_token();
         let destination = Destination {
@@ -385,30 +394,16 @@ impl DirectClient {
         }
     }
 
-    /// The current credentials and today's signing key, refreshed from
-    /// the provider when they are due.
+    /// The current credentials and today's signing key (today by
+    /// DynamoDB's clock), refreshed from the provider when they are due.
     async fn signer(&self) -> Result<Arc<Signer>, DdbError> {
-        let now = self.now();
-        let today = day(now);
-        let current = self
-            .signer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        if let Some(s) = current {
-            if now < s.refresh_at {
-                if s.date == today {
-                    return Ok(s);
-                }
-                let fresh = Arc::new(Signer {
-                    key: signing_key(&s.credentials, &today, &self.region),
-                    credentials: s.credentials.clone(),
-                    refresh_at: s.refresh_at,
-                    date: today,
-                });
-                *self.signer.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&fresh));
-                return Ok(fresh);
-            }
+        if let Some(s) = self.cached_signer() {
+            return Ok(s);
+        }
+        let _one_fetch = self.refreshing.lock().await;
+        // Another write may have fetched them while this one waited.
+        if let Some(s) = self.cached_signer() {
+            return Ok(s);
         }
         let provider = self
             .credentials
@@ -418,14 +413,17 @@ impl DirectClient {
             .provide_credentials()
             .await
             .map_err(|e| DdbError::Transient(format!("loading AWS credentials: {e}")))?;
+        // Expiry is by our own clock, as the provider gave it.
+        let local = SystemTime::now();
         let refresh_at = match credentials.expiry() {
             Some(expiry) => expiry
                 .checked_sub(CREDENTIALS_MARGIN)
                 .unwrap_or(expiry)
-                .min(now + CREDENTIALS_TTL)
-                .max(now + Duration::from_secs(10)),
-            None => now + CREDENTIALS_TTL,
+                .min(local + CREDENTIALS_TTL)
+                .max(local + Duration::from_secs(10)),
+            None => local + CREDENTIALS_TTL,
         };
+        let today = day(self.now());
         let fresh = Arc::new(Signer {
             key: signing_key(&credentials, &today, &self.region),
             credentials,
@@ -434,6 +432,27 @@ impl DirectClient {
         });
         *self.signer.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&fresh));
         Ok(fresh)
+    }
+
+    /// The cached credentials if they are not due for a refresh, with a
+    /// signing key for today (derived again when the day turned).
+    fn cached_signer(&self) -> Option<Arc<Signer>> {
+        let mut cached = self.signer.lock().unwrap_or_else(|p| p.into_inner());
+        let current = cached.as_ref()?;
+        if SystemTime::now() >= current.refresh_at {
+            return None;
+        }
+        let today = day(self.now());
+        if current.date != today {
+            let fresh = Arc::new(Signer {
+                key: signing_key(&current.credentials, &today, &self.region),
+                credentials: current.credentials.clone(),
+                refresh_at: current.refresh_at,
+                date: today,
+            });
+            *cached = Some(fresh);
+        }
+        cached.clone()
     }
 }
 
@@ -993,6 +1012,48 @@ mod tests {
             dates[1] <= stamp(now + Duration::from_secs(3700)),
             "{dates:?}"
         );
+    }
+
+    /// Concurrent writes share one fetch of the credentials, and they are
+    /// kept until they are due.
+    #[tokio::test]
+    async fn credentials_are_fetched_once_and_kept() {
+        use crate::DynamoConfig;
+        use aws_credential_types::credential_fn::provide_credentials_fn;
+        use std::sync::atomic::AtomicUsize;
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&calls);
+        let provider = provide_credentials_fn(move || {
+            let counted = Arc::clone(&counted);
+            async move {
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                Ok(Credentials::new("AKID", "secret", None, None, "test"))
+            }
+        });
+        let client = Arc::new(
+            DirectClient::new(
+                "http://127.0.0.1:9",
+                "us-east-1".into(),
+                Some(SharedCredentialsProvider::new(provider)),
+                "t".into(),
+                Names::from_config(&DynamoConfig::default()),
+                3,
+                None,
+            )
+            .unwrap(),
+        );
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let client = Arc::clone(&client);
+            set.spawn(async move { client.signer().await.map(|s| s.date) });
+        }
+        while let Some(signed) = set.join_next().await {
+            assert_eq!(signed.unwrap().unwrap(), day(SystemTime::now()));
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        client.signer().await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "kept, not fetched again");
     }
 
     #[test]
