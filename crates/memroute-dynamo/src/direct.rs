@@ -3,7 +3,7 @@
 //! AWS SDK's per-call machinery.
 //!
 //! Why: a queued write through the SDK cost about 500,000 instructions
-//! (docs/benchmarks.md, run 31), nearly all of it fixed per call: the
+//! (docs/benchmarks.md, run 33), nearly all of it fixed per call: the
 //! orchestrator's interceptors and config layering, the endpoint rules,
 //! and SigV4 signing that derives the signing key and canonicalizes every
 //! header anew. The writer sends one shape of request to one endpoint, so
