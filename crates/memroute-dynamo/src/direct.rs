@@ -64,7 +64,8 @@ pub struct DirectClient {
     uri: http::Uri,
     /// The `Host` header (the endpoint's authority), as signed.
     host: String,
-    /// The endpoint's path, as signed (`/` unless an endpoint names one).
+    /// The request's path, as signed and sent: `/`, under the endpoint's
+    /// own path if it has one (as the SDK sends it).
     path: String,
     region: String,
     credentials: Option<SharedCredentialsProvider>,
@@ -103,10 +104,13 @@ impl DirectClient {
             .ok_or_else(|| format!("endpoint {endpoint} has no host"))?
             .as_str()
             .to_owned();
-        let path = match uri.path() {
-            "" => "/".to_owned(),
-            p => p.to_owned(),
-        };
+        // The operation's path ("/") under the endpoint's own, as the SDK
+        // joins them: "http://h/prefix" is sent "/prefix/".
+        let path = format!("{}/", uri.path().trim_end_matches('/'));
+        let scheme = uri.scheme_str().unwrap_or("https");
+        let uri: http::Uri = format!("{scheme}://{host}{path}")
+            .parse()
+            .map_err(|e| format!("endpoint {endpoint}: {e}"))?;
         let mut tcp = HttpConnector::new();
         tcp.enforce_http(false);
         tcp.set_connect_timeout(Some(Duration::from_secs(2)));

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::{cmd, config, run, shared, store};
 use memroute_dynamo::sdk_client;
-use memroute_dynamo::{DynamoConfig, DynamoStore, WriteMode};
+use memroute_dynamo::{BehindWriter, DynamoConfig, DynamoStore, WriteMode};
 
 /// A write-through store on the same table, to see what DynamoDB holds.
 fn reader(of: &DynamoStore) -> Arc<DynamoStore> {
@@ -384,7 +384,8 @@ fn mixed_commands_stay_consistent() {
     });
 }
 
-/// The writer's own requests (src/direct.rs) against DynamoDB Local: keys
+/// The writer's own requests (src/direct.rs), and the SDK's (`writer =
+/// "sdk"`), against DynamoDB Local: keys
 /// that need JSON escaping, binary values of every byte, expiries, deletes,
 /// each stored exactly as a write-through store reads it back, one at a
 /// time and batched; and a queued write older than the table's version
@@ -392,10 +393,16 @@ fn mixed_commands_stay_consistent() {
 #[tokio::test]
 async fn queued_writes_land_exactly_and_keep_their_condition() {
     use aws_sdk_dynamodb::types::AttributeValue;
-    for batched in [false, true] {
-        let tag = if batched { "exact_batch" } else { "exact" };
+    let cases = [
+        (false, BehindWriter::Direct, "exact"),
+        (true, BehindWriter::Direct, "exact_batch"),
+        (false, BehindWriter::Sdk, "exact_sdk"),
+        (true, BehindWriter::Sdk, "exact_batch_sdk"),
+    ];
+    for (batched, writer, tag) in cases {
         let c = DynamoConfig {
             batch_writes: batched,
+            writer,
             ..config(shared(), tag, WriteMode::Behind)
         };
         let s = DynamoStore::new(c.clone()).unwrap();
