@@ -19,6 +19,11 @@
 //! backoff from 25 ms to 1 s) within `operation_timeout`. Everything else
 //! the store does (reads, write-through, the state-dependent commands)
 //! still goes through the SDK.
+//!
+//! What it sends is checked on the wire (tests/wire_signature.rs): each
+//! request as received is signed again with aws-sigv4 and must carry the
+//! same `Authorization`. The pool option `writer = "sdk"` sends the queued
+//! writes through the SDK client instead.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
