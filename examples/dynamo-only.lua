@@ -9,6 +9,10 @@
 --                     DynamoDB Local (unset for AWS)
 --   DDB_WRITE         "through" (default) or "behind"
 --   DDB_CREATE_TABLE  "1" creates the table if it is missing (local dev)
+--   DDB_BATCH_WRITES  "1" sends write-behind writes in BatchWriteItem
+--                     calls (docs/dynamodb.md, "Batched writes")
+--   DDB_WRITER        write-behind: "direct" (default) or "sdk" (docs/dynamodb.md,
+--                     "The writer's requests")
 -- Credentials come from the standard AWS chain (environment, profile, web
 -- identity, container, instance metadata).
 --
@@ -23,6 +27,8 @@ function mcp_config_pools()
             endpoint = os.getenv("DDB_ENDPOINT"),
             write = os.getenv("DDB_WRITE") or "through",
             create_table = os.getenv("DDB_CREATE_TABLE") == "1",
+            batch_writes = os.getenv("DDB_BATCH_WRITES") == "1",
+            writer = os.getenv("DDB_WRITER"),
         },
     }
 end

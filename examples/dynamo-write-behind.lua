@@ -12,7 +12,8 @@
 -- DDB_BATCH_WRITES=1 (send queued writes in BatchWriteItem calls: much less
 -- work for DynamoDB, but per-key order holds within this proxy only; see
 -- batch_writes in docs/dynamodb.md), with DDB_BATCH_LINGER (seconds the
--- writer waits to fill a batch, default 0.005).
+-- writer waits to fill a batch, default 0.005), and DDB_WRITER ("direct", the
+-- default, or "sdk": what sends the queued writes; docs/dynamodb.md).
 --
 -- Run: DDB_ENDPOINT=http://127.0.0.1:8000 DDB_CREATE_TABLE=1 \
 --      memroute --config examples/dynamo-write-behind.lua \
@@ -37,6 +38,7 @@ function mcp_config_pools()
             write = "behind",
             batch_writes = batched,
             batch_linger = batched and tonumber(os.getenv("DDB_BATCH_LINGER") or "0.005") or nil,
+            writer = os.getenv("DDB_WRITER"),
         },
     }
 end

@@ -208,10 +208,14 @@ def assert_table_holds(memroute_factory, ddb, table, last):
     assert not wrong, "keys whose stored value is not the last acknowledged one: %s" % wrong
 
 
-@pytest.mark.parametrize("write", ["behind", "through"])
-def test_last_acknowledged_write_wins(memroute_factory, ddb, write):
+# "behind-sdk": the queued writes sent through the SDK client (writer =
+# "sdk"), the fallback to the direct writer.
+@pytest.mark.parametrize("mode", ["behind", "behind-sdk", "through"])
+def test_last_acknowledged_write_wins(memroute_factory, ddb, mode):
     table = new_table()
-    mr = dynamo_memroute(memroute_factory, ddb, table, write=write, threads=2)
+    write = mode.split("-")[0]
+    env = {"DDB_WRITER": "sdk"} if mode == "behind-sdk" else {}
+    mr = dynamo_memroute(memroute_factory, ddb, table, write=write, threads=2, **env)
     shared = ["hot1", "hot2", "hot3"]
     last = torture(mr, shared)
     if write == "behind":
@@ -290,14 +294,16 @@ def test_write_behind_tier(memroute_factory, memcached_factory, ddb):
     assert mc_get(mc2, "k") == b"hi"
 
 
-def test_write_behind_tier_with_batched_writes(memroute_factory, memcached_factory, ddb):
+@pytest.mark.parametrize("writer", ["direct", "sdk"])
+def test_write_behind_tier_with_batched_writes(memroute_factory, memcached_factory, ddb, writer):
     """The tier example with DDB_BATCH_WRITES=1: concurrent clients, writes
     leave in BatchWriteItem calls, and after a graceful shutdown the table
-    holds every key's last acknowledged value."""
+    holds every key's last acknowledged value; with either writer."""
     table = new_table()
     mc = memcached_factory()
     mr = dynamo_memroute(memroute_factory, ddb, table, example="dynamo-write-behind.lua",
-                         args=("--config-arg", mc.addr), DDB_BATCH_WRITES="1")
+                         args=("--config-arg", mc.addr), DDB_BATCH_WRITES="1",
+                         DDB_WRITER=writer)
     last = torture(mr, ["hot1", "hot2", "hot3"])
     with mr.client() as c:
         st = stats_dict(c)

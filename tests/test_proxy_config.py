@@ -285,6 +285,8 @@ def test_pool_filters_keep_a_group_on_one_backend(pools_proxy, pool, keys):
     ('{ timeout = -1 }', r"timeout must be a number of seconds"),
     ('{ name = "two words" }', r"name must be one word"),
     ('{ write = "behind", batch_linger = 0.01 }', r"batch_linger needs batch_writes = true"),
+    ('{ write = "behind", writer = "aws" }', r'writer must be "direct" or "sdk", not "aws"'),
+    ('{ writer = "sdk" }', r'writer needs write = \\?"behind\\?"'),
     ('{ write = "behind", batch_writes = true, batch_linger = 2 }',
      r"batch_linger must be at most 1 second"),
     ('{ format = "json" }', r'format must be "memcached" or "php_session", not "json"'),

@@ -359,13 +359,14 @@ pub fn key_to_id(key: &[u8], strip: Option<&str>) -> Option<String> {
     }
     let mut id = String::with_capacity(key.len());
     for chunk in key.utf8_chunks() {
-        for c in chunk.valid().chars() {
-            if c == '%' {
-                id.push_str("%25");
-            } else {
-                id.push(c);
-            }
+        // Copied a run at a time: this runs for every request.
+        let mut valid = chunk.valid();
+        while let Some(at) = valid.find('%') {
+            id.push_str(&valid[..at]);
+            id.push_str("%25");
+            valid = &valid[at + 1..];
         }
+        id.push_str(valid);
         for b in chunk.invalid() {
             let _ = write!(id, "%{b:02X}");
         }

@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{cmd, config, run, shared, store};
-use memroute_dynamo::{DynamoConfig, DynamoStore, WriteMode};
+use memroute_dynamo::sdk_client;
+use memroute_dynamo::{BehindWriter, DynamoConfig, DynamoStore, WriteMode};
 
 /// A write-through store on the same table, to see what DynamoDB holds.
 fn reader(of: &DynamoStore) -> Arc<DynamoStore> {
@@ -381,4 +382,94 @@ fn mixed_commands_stay_consistent() {
         assert_eq!(cmd(&table, "get k").await, final_view);
         assert_eq!(s.stats().failed, 0);
     });
+}
+
+/// The writer's own requests (src/direct.rs), and the SDK's (`writer =
+/// "sdk"`), against DynamoDB Local: keys
+/// that need JSON escaping, binary values of every byte, expiries, deletes,
+/// each stored exactly as a write-through store reads it back, one at a
+/// time and batched; and a queued write older than the table's version
+/// (written by "another process") is refused by its condition, not stored.
+#[tokio::test]
+async fn queued_writes_land_exactly_and_keep_their_condition() {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let cases = [
+        (false, BehindWriter::Direct, "exact"),
+        (true, BehindWriter::Direct, "exact_batch"),
+        (false, BehindWriter::Sdk, "exact_sdk"),
+        (true, BehindWriter::Sdk, "exact_batch_sdk"),
+    ];
+    for (batched, writer, tag) in cases {
+        let c = DynamoConfig {
+            batch_writes: batched,
+            writer,
+            ..config(shared(), tag, WriteMode::Behind)
+        };
+        let s = DynamoStore::new(c.clone()).unwrap();
+        let table = reader(&s);
+        let every_byte: Vec<u8> = (0..=255u8).collect();
+        let keys = ["q\"uo\\te", "ünï/cødé", "plain", "{\"json\":1}"];
+        for (n, key) in keys.iter().enumerate() {
+            let exptime = if n % 2 == 0 { 0 } else { 3600 };
+            let line = format!("set {key} {n} {exptime} {}", every_byte.len());
+            assert_eq!(run(&s, &line, &every_byte).await, "STORED\r\n");
+        }
+        assert_eq!(run(&s, "set doomed 0 0 1", b"x").await, "STORED\r\n");
+        assert!(s.drain_blocking(Duration::from_secs(20)).drained);
+        assert_eq!(cmd(&s, "delete doomed").await, "DELETED\r\n");
+        // Queued behind nothing: a delete of a key that landed goes through
+        // the table, so queue a write and delete it to send a DeleteItem.
+        assert_eq!(run(&s, "set doomed 0 0 1", b"y").await, "STORED\r\n");
+        assert_eq!(cmd(&s, "delete doomed").await, "DELETED\r\n");
+        assert!(s.drain_blocking(Duration::from_secs(20)).drained);
+        // Another writer stored a newer version of "theirs".
+        sdk_client(&c)
+            .await
+            .put_item()
+            .table_name(&c.table)
+            .item("id", AttributeValue::S("theirs".into()))
+            .item("value", AttributeValue::B(b"newer".to_vec().into()))
+            .item("flags", AttributeValue::N("0".into()))
+            .item("cas", AttributeValue::N("9000000000000000000".into()))
+            .send()
+            .await
+            .expect("PutItem");
+        assert_eq!(run(&s, "set theirs 0 0 5", b"older").await, "STORED\r\n");
+        assert!(s.drain_blocking(Duration::from_secs(20)).drained);
+        for (n, key) in keys.iter().enumerate() {
+            let mg = cmd(&table, &format!("mg {key} f v t")).await;
+            let mut lines = mg.split("\r\n");
+            let head = lines.next().unwrap();
+            assert!(head.starts_with(&format!("VA 256 f{n} t")), "{key}: {head}");
+            if n % 2 == 0 {
+                assert!(head.ends_with("t-1"), "{key}: {head}");
+            } else {
+                let ttl: i64 = head.rsplit('t').next().unwrap().parse().unwrap();
+                assert!((3590..=3600).contains(&ttl), "{key}: {head}");
+            }
+            let get = table
+                .execute(&common::request(&format!("get {key}"), b""))
+                .await
+                .raw()
+                .to_vec();
+            let header = format!("VALUE {key} {n} 256\r\n");
+            assert!(get.starts_with(header.as_bytes()), "{key}");
+            assert_eq!(
+                &get[header.len()..header.len() + 256],
+                &every_byte[..],
+                "{key}"
+            );
+        }
+        assert_eq!(cmd(&table, "get doomed").await, "END\r\n");
+        assert_eq!(
+            cmd(&table, "get theirs").await,
+            "VALUE theirs 0 5\r\nnewer\r\nEND\r\n"
+        );
+        let stats = s.stats();
+        assert_eq!(stats.failed, 0, "{stats:?}");
+        // Alone in the queue, the write of "theirs" goes alone in batched
+        // mode too, with its condition.
+        assert_eq!(stats.superseded, 1, "{stats:?}");
+        assert_eq!(batched, stats.batches > 0, "{stats:?}");
+    }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use memroute_dynamo::{
-    DynamoConfig, DynamoStore, FsyncPolicy, PhpSessionFormat, SpoolConfig, WriteMode,
+    BehindWriter, DynamoConfig, DynamoStore, FsyncPolicy, PhpSessionFormat, SpoolConfig, WriteMode,
     MIN_SPOOL_MAX_BYTES,
 };
 use memroute_proto::{Request, Response};
@@ -184,7 +184,7 @@ const SPOOL_OPTIONS: [&str; 2] = ["spool_fsync", "spool_max_bytes"];
 
 /// `mcp.dynamo_pool{table=, region=, endpoint=, key_attr=, value_attr=,
 /// flags_attr=, expires_attr=, cas_attr=, consistent_read=, write=,
-/// batch_writes=, queue_max_keys=, queue_max_bytes=, backpressure_timeout=,
+/// batch_writes=, writer=, queue_max_keys=, queue_max_bytes=, backpressure_timeout=,
 /// batch_linger=, max_attempts=, timeout=, create_table=, name=, format=, session_name=,
 /// session_prefix=, data_type=, session_lifetime=, spool=, spool_fsync=, spool_max_bytes=}`.
 pub fn dynamo_pool(lua: &mlua::Lua, opts: Table) -> mlua::Result<PoolHandle> {
@@ -197,6 +197,7 @@ pub fn dynamo_pool(lua: &mlua::Lua, opts: Table) -> mlua::Result<PoolHandle> {
     let mut session_option = None;
     let mut value_attr_given = false;
     let mut linger_given = false;
+    let mut writer_given = false;
     let mut spool: Option<SpoolConfig> = None;
     let mut spool_fsync = None;
     let mut spool_max_bytes = None;
@@ -243,6 +244,14 @@ pub fn dynamo_pool(lua: &mlua::Lua, opts: Table) -> mlua::Result<PoolHandle> {
                         ("behind", WriteMode::Behind),
                     ],
                 )?
+            }
+            "writer" => {
+                config.writer = choice(
+                    value,
+                    &key,
+                    &[("direct", BehindWriter::Direct), ("sdk", BehindWriter::Sdk)],
+                )?;
+                writer_given = true;
             }
             "queue_max_keys" => config.queue_max_keys = count(value, &key)? as usize,
             "queue_max_bytes" => config.queue_max_bytes = count(value, &key)? as usize,
@@ -299,6 +308,14 @@ pub fn dynamo_pool(lua: &mlua::Lua, opts: Table) -> mlua::Result<PoolHandle> {
     if linger_given && !config.batch_writes {
         return Err(mlua::Error::runtime(
             "mcp.dynamo_pool: batch_linger needs batch_writes = true",
+        ));
+    }
+    if writer_given && config.write_mode != WriteMode::Behind {
+        // Write-through always goes through the SDK: a writer chosen for it
+        // would be ignored.
+        return Err(mlua::Error::runtime(
+            "mcp.dynamo_pool: writer needs write = \"behind\" (write-through calls \
+             always go through the AWS SDK)",
         ));
     }
     match spool {
