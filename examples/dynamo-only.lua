@@ -11,7 +11,7 @@
 --   DDB_CREATE_TABLE  "1" creates the table if it is missing (local dev)
 --   DDB_BATCH_WRITES  "1" sends write-behind writes in BatchWriteItem
 --                     calls (docs/dynamodb.md, "Batched writes")
---   DDB_WRITER        write-behind: "direct" (default) or "sdk" (docs/dynamodb.md,
+--   DDB_WRITER        write-behind: "sdk" (default) or "direct" (docs/dynamodb.md,
 --                     "The writer's requests")
 -- Credentials come from the standard AWS chain (environment, profile, web
 -- identity, container, instance metadata).

@@ -12,8 +12,8 @@
 -- DDB_BATCH_WRITES=1 (send queued writes in BatchWriteItem calls: much less
 -- work for DynamoDB, but per-key order holds within this proxy only; see
 -- batch_writes in docs/dynamodb.md), with DDB_BATCH_LINGER (seconds the
--- writer waits to fill a batch, default 0.005), and DDB_WRITER ("direct", the
--- default, or "sdk": what sends the queued writes; docs/dynamodb.md).
+-- writer waits to fill a batch, default 0.005), and DDB_WRITER ("sdk", the
+-- default, or "direct": what sends the queued writes; docs/dynamodb.md).
 --
 -- Run: DDB_ENDPOINT=http://127.0.0.1:8000 DDB_CREATE_TABLE=1 \
 --      memroute --config examples/dynamo-write-behind.lua \

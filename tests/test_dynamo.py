@@ -208,13 +208,13 @@ def assert_table_holds(memroute_factory, ddb, table, last):
     assert not wrong, "keys whose stored value is not the last acknowledged one: %s" % wrong
 
 
-# "behind-sdk": the queued writes sent through the SDK client (writer =
-# "sdk"), the fallback to the direct writer.
-@pytest.mark.parametrize("mode", ["behind", "behind-sdk", "through"])
+# "behind" sends the queued writes through the SDK client (the default,
+# writer = "sdk"); "behind-direct" with the writer's own requests.
+@pytest.mark.parametrize("mode", ["behind", "behind-direct", "through"])
 def test_last_acknowledged_write_wins(memroute_factory, ddb, mode):
     table = new_table()
     write = mode.split("-")[0]
-    env = {"DDB_WRITER": "sdk"} if mode == "behind-sdk" else {}
+    env = {"DDB_WRITER": "direct"} if mode == "behind-direct" else {}
     mr = dynamo_memroute(memroute_factory, ddb, table, write=write, threads=2, **env)
     shared = ["hot1", "hot2", "hot3"]
     last = torture(mr, shared)
@@ -227,13 +227,15 @@ def test_last_acknowledged_write_wins(memroute_factory, ddb, mode):
     assert_table_holds(memroute_factory, ddb, table, last)
 
 
-def test_dynamodb_restart_during_write_behind(memroute_factory, ddb, tmp_path):
+@pytest.mark.parametrize("writer", ["sdk", "direct"])
+def test_dynamodb_restart_during_write_behind(memroute_factory, ddb, tmp_path, writer):
     """DynamoDB Local dies under write-behind traffic and comes back: every
-    acknowledged write still lands."""
+    acknowledged write still lands, with either writer."""
     persistent = DynamoLocal(tmp_path / "work", db_path=tmp_path / "db").start()
     try:
         table = new_table()
-        mr = dynamo_memroute(memroute_factory, persistent, table, write="behind")
+        mr = dynamo_memroute(memroute_factory, persistent, table, write="behind",
+                             DDB_WRITER=writer)
         acked = {}
         with mr.client() as c:
             for i in range(200):

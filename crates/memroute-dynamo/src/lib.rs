@@ -95,11 +95,12 @@ pub enum WriteMode {
 pub enum BehindWriter {
     /// The writer's own signed requests (`direct` module): about a fifth
     /// of the SDK's cost per write. Checked on the wire against aws-sigv4
-    /// (tests/wire_signature.rs), not run against real AWS by us.
-    #[default]
+    /// (tests/wire_signature.rs), not yet run against real AWS, so it is
+    /// chosen, not the default.
     Direct,
-    /// The AWS SDK's PutItem/DeleteItem/BatchWriteItem, as before the
-    /// direct writer: the fallback should the direct one misbehave.
+    /// The AWS SDK's PutItem/DeleteItem/BatchWriteItem: the default until
+    /// the direct writer has been run against real AWS.
+    #[default]
     Sdk,
 }
 
@@ -179,7 +180,7 @@ impl Default for DynamoConfig {
             write_mode: WriteMode::Through,
             batch_writes: false,
             batch_linger: DEFAULT_BATCH_LINGER,
-            writer: BehindWriter::Direct,
+            writer: BehindWriter::Sdk,
             queue_max_keys: 100_000,
             queue_max_bytes: 256 * 1024 * 1024,
             backpressure_timeout: Duration::from_secs(1),
