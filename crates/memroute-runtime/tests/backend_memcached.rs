@@ -19,11 +19,29 @@ struct Memcached {
 }
 
 impl Memcached {
+    /// Starts memcached on a free port. Tests in this binary run in
+    /// parallel and a port returned by `free_port` may be taken by another
+    /// test's memcached before ours binds it; ours then exits and a plain
+    /// connect would reach the other test's server (which later goes away
+    /// under us). So readiness means "our child answers with its own pid",
+    /// and a lost race is retried on a new port.
     fn start() -> Memcached {
-        Memcached::start_on(free_port())
+        for _ in 0..5 {
+            if let Some(server) = Memcached::try_start_on(free_port()) {
+                return server;
+            }
+        }
+        panic!("memcached lost the race for a free port five times");
     }
 
+    /// Starts memcached on `port` (a restart on the port a test killed).
     fn start_on(port: u16) -> Memcached {
+        Memcached::try_start_on(port)
+            .unwrap_or_else(|| panic!("memcached could not listen on {port}"))
+    }
+
+    /// None when the child exited (port taken) before answering.
+    fn try_start_on(port: u16) -> Option<Memcached> {
         assert!(
             std::path::Path::new(MEMCACHED).exists(),
             "{MEMCACHED} is missing: run scripts/install-test-deps.sh"
@@ -37,17 +55,21 @@ impl Memcached {
             .unwrap_or_else(|e| {
                 panic!("cannot start {MEMCACHED} ({e}): run scripts/install-test-deps.sh")
             });
-        let server = Memcached { child, port };
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut server = Memcached { child, port };
         let deadline = Instant::now() + Duration::from_secs(5);
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
+        loop {
+            if server.child.try_wait().unwrap().is_some() {
+                return None;
+            }
+            if server_pid(port) == Some(server.child.id()) {
+                return Some(server);
+            }
             assert!(
                 Instant::now() < deadline,
                 "memcached did not start on {port}"
             );
             std::thread::sleep(Duration::from_millis(10));
         }
-        server
     }
 
     fn kill(&mut self) {
@@ -67,6 +89,28 @@ impl Drop for Memcached {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The pid that the memcached listening on `port` reports in `stats`.
+fn server_pid(port: u16) -> Option<u32> {
+    use std::io::{Read, Write};
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut conn = TcpStream::connect_timeout(&addr, Duration::from_millis(100)).ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    conn.write_all(b"stats\r\n").ok()?;
+    let mut reply = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !reply.ends_with(b"END\r\n") {
+        let n = conn.read(&mut chunk).ok()?;
+        if n == 0 {
+            return None;
+        }
+        reply.extend_from_slice(&chunk[..n]);
+    }
+    String::from_utf8_lossy(&reply)
+        .lines()
+        .find_map(|line| line.strip_prefix("STAT pid "))
+        .and_then(|pid| pid.trim().parse().ok())
 }
 
 fn free_port() -> u16 {
