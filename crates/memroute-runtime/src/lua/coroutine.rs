@@ -293,7 +293,8 @@ impl SlotThread {
 ///
 /// The coroutine is resumed through Lua's C API ([`raw`]), not mlua's
 /// `Thread::resume`, and values cross its stack raw: only the uncommon
-/// ones are converted by mlua.
+/// ones are converted by mlua. (A route that can hold its own future polls
+/// a [`Driving`] itself instead.)
 pub(super) async fn drive<'c>(
     lua: &Lua,
     coroutines: &'c Coroutines,
@@ -302,66 +303,159 @@ pub(super) async fn drive<'c>(
     home: Option<&'c SlotThread>,
     nargs: c_int,
 ) -> mlua::Result<Finished<'c>> {
-    let mut resumed = raw::resume(&thread, nargs, coroutines, &route);
-    loop {
-        match resumed {
-            raw::Resumed::Returned(nresults) => {
-                coroutines.drop_unclaimed();
-                // A returned coroutine's count includes what lies below
-                // its function's frame: a slot's function and request.
-                let kept = if home.is_some() { SLOT_BASE } else { 0 };
-                return Ok(Finished {
-                    coroutines,
-                    thread: Some(thread),
-                    home,
-                    nresults: nresults - kept,
-                });
-            }
-            // What a wait yields is not used: the waits yield nothing.
-            raw::Resumed::Yielded(nresults) => raw::pop(&thread, nresults),
-            raw::Resumed::Failed => {
-                coroutines.drop_unclaimed();
-                return Err(raw::thread_error(lua, &thread));
-            }
+    let mut driving = Driving::new(thread, nargs);
+    let nresults =
+        std::future::poll_fn(|cx| driving.poll_drive(cx, lua, coroutines, &route, home.is_some()))
+            .await?;
+    Ok(driving.finished(coroutines, home, nresults))
+}
+
+/// A coroutine being run by its driver: resumed, then resumed again with
+/// the result of each wait it parks, until it returns. A plain struct
+/// rather than an `async fn`, so that a route's reply future can hold it
+/// by value, with what it borrows (the VM, the slot) passed in at each
+/// poll: an `async fn` awaited in another is copied into it and polled
+/// through it, and a funcgen's reply future is made per request.
+pub(super) struct Driving {
+    /// None once it returned (its values were handed to [`Finished`]) or
+    /// failed (it is never run again).
+    thread: Option<Thread>,
+    /// Arguments pushed for the first resume, until it is made.
+    first: Option<c_int>,
+    /// The wait it yielded for.
+    parked: Option<Parked>,
+}
+
+/// What a parked wait came to.
+enum Outcome {
+    Response(Response),
+    Values(Resumed),
+}
+
+impl Driving {
+    /// `thread` has its function and `nargs` arguments pushed; it runs at
+    /// the first poll.
+    pub(super) fn new(thread: Thread, nargs: c_int) -> Driving {
+        Driving {
+            thread: Some(thread),
+            first: Some(nargs),
+            parked: None,
         }
-        let parked = coroutines.parked.borrow_mut().take();
-        let pushed = match parked {
-            Some(Parked::Pool {
-                future,
-                start,
-                backend,
-            }) => {
-                let response = timed(future.await, start, backend);
-                super::fresh::push_response(lua, &thread, response)
-            }
-            Some(Parked::Handle {
-                rctx,
-                handle,
-                future,
-                start,
-                backend,
-            }) => {
-                let response = timed(future.await, start, backend);
-                rctx.answered(lua, handle, response, |object| {
-                    object.push(&thread).map(|()| 1)
-                })
-            }
-            Some(Parked::Wait(wait)) => match wait.await {
-                Ok(values) => raw::push_values(lua, &thread, values),
-                Err(e) => raw::push_values(
-                    lua,
-                    &thread,
-                    (raw::failure_mark(), super::config::lua_error_message(&e)),
-                ),
-            },
-            None => {
-                return Err(mlua::Error::runtime(
-                    "a route yielded without waiting for anything: coroutine.yield cannot \
-                     suspend a route (use a pool call or an rctx wait)",
-                ))
-            }
+    }
+
+    /// Runs the coroutine as far as it goes: ready with the number of
+    /// values it returned (those of its own frame: `in_slot` says a
+    /// slot's function and request lie below it), or with its error.
+    pub(super) fn poll_drive(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        lua: &Lua,
+        coroutines: &Coroutines,
+        route: &raw::RouteOf<'_>,
+        in_slot: bool,
+    ) -> std::task::Poll<mlua::Result<c_int>> {
+        use std::task::Poll;
+        let Some(thread) = &self.thread else {
+            return Poll::Ready(Err(mlua::Error::runtime(
+                "a route was polled after it ended",
+            )));
         };
-        resumed = raw::resume(&thread, pushed?, coroutines, &route);
+        loop {
+            let resumed = match self.first.take() {
+                Some(nargs) => raw::resume(thread, nargs, coroutines, route),
+                None => {
+                    let outcome = match self.parked.as_mut() {
+                        Some(Parked::Pool { future, .. }) | Some(Parked::Handle { future, .. }) => {
+                            match Pin::new(future).poll(cx) {
+                                Poll::Ready(response) => Outcome::Response(response),
+                                Poll::Pending => return Poll::Pending,
+                            }
+                        }
+                        Some(Parked::Wait(wait)) => match wait.as_mut().poll(cx) {
+                            Poll::Ready(values) => Outcome::Values(values),
+                            Poll::Pending => return Poll::Pending,
+                        },
+                        None => {
+                            return Poll::Ready(Err(mlua::Error::runtime(
+                                "a route yielded without waiting for anything: coroutine.yield \
+                                 cannot suspend a route (use a pool call or an rctx wait)",
+                            )))
+                        }
+                    };
+                    let pushed = match (self.parked.take(), outcome) {
+                        (
+                            Some(Parked::Pool { start, backend, .. }),
+                            Outcome::Response(response),
+                        ) => super::fresh::push_response(
+                            lua,
+                            thread,
+                            timed(response, start, backend),
+                        ),
+                        (
+                            Some(Parked::Handle {
+                                rctx,
+                                handle,
+                                start,
+                                backend,
+                                ..
+                            }),
+                            Outcome::Response(response),
+                        ) => {
+                            rctx.answered(lua, handle, timed(response, start, backend), |object| {
+                                object.push(thread).map(|()| 1)
+                            })
+                        }
+                        (_, Outcome::Values(Ok(values))) => raw::push_values(lua, thread, values),
+                        (_, Outcome::Values(Err(e))) => raw::push_values(
+                            lua,
+                            thread,
+                            (raw::failure_mark(), super::config::lua_error_message(&e)),
+                        ),
+                        (_, Outcome::Response(_)) => {
+                            unreachable!("a response comes only from a pool's or a handle's wait")
+                        }
+                    };
+                    match pushed {
+                        Ok(nargs) => raw::resume(thread, nargs, coroutines, route),
+                        Err(e) => return Poll::Ready(Err(e)),
+                    }
+                }
+            };
+            match resumed {
+                raw::Resumed::Returned(nresults) => {
+                    coroutines.drop_unclaimed();
+                    // A returned coroutine's count includes what lies below
+                    // its function's frame: a slot's function and request.
+                    let kept = if in_slot { SLOT_BASE } else { 0 };
+                    return Poll::Ready(Ok(nresults - kept));
+                }
+                // What a wait yields is not used: the waits yield nothing.
+                raw::Resumed::Yielded(nresults) => raw::pop(thread, nresults),
+                raw::Resumed::Failed => {
+                    coroutines.drop_unclaimed();
+                    let error = raw::thread_error(lua, thread);
+                    self.thread = None;
+                    return Poll::Ready(Err(error));
+                }
+            }
+            self.parked = coroutines.parked.borrow_mut().take();
+        }
+    }
+
+    /// The values of a coroutine that returned `nresults` values
+    /// ([`Driving::poll_drive`]).
+    pub(super) fn finished<'c>(
+        &mut self,
+        coroutines: &'c Coroutines,
+        home: Option<&'c SlotThread>,
+        nresults: c_int,
+    ) -> Finished<'c> {
+        Finished {
+            coroutines,
+            thread: self.thread.take(),
+            home,
+            nresults,
+        }
     }
 }
 

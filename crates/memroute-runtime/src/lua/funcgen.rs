@@ -25,7 +25,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::ffi::c_void;
+use std::ffi::{c_int, c_void};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -38,7 +38,7 @@ use tokio::sync::Notify;
 use tracing::warn;
 
 use super::config::lua_error_message;
-use super::coroutine::{drive, Coroutines, Finished, KeptObject, Parked, Resumed, SlotThread};
+use super::coroutine::{drive, Coroutines, Driving, KeptObject, Parked, Resumed, SlotThread};
 use super::mutate::UserObjects;
 use super::objects::{LuaRequest, LuaResponse};
 use super::raw;
@@ -159,20 +159,6 @@ impl Lease {
                 "request slot without its request object",
             )),
         }
-    }
-
-    /// Runs `thread`, the slot's coroutine made [`Lease::ready`] (the
-    /// driver's own future, not one around it).
-    #[inline]
-    fn drive<'c>(
-        &'c self,
-        lua: &'c Lua,
-        coroutines: &'c Coroutines,
-        thread: mlua::Thread,
-    ) -> impl std::future::Future<Output = mlua::Result<Finished<'c>>> + 'c {
-        let slot = self.slot();
-        let route = raw::RouteOf::Slot(&slot.rctx);
-        drive(lua, coroutines, route, thread, Some(&slot.coroutine), 1)
     }
 
     fn finish(mut self) {
@@ -309,7 +295,11 @@ impl Funcgen {
                 // In a block: the coroutine's results borrow the lease.
                 let result = {
                     let finished = match lease.ready(&lua, Some(&request)) {
-                        Ok(thread) => lease.drive(&lua, &coroutines, thread).await,
+                        Ok(thread) => {
+                            let slot = lease.slot();
+                            let route = raw::RouteOf::Slot(&slot.rctx);
+                            drive(&lua, &coroutines, route, thread, Some(&slot.coroutine), 1).await
+                        }
                         Err(e) => Err(e),
                     };
                     finished.and_then(|finished| finished.first(&lua))
@@ -1321,58 +1311,114 @@ impl FuncgenRoute {
     }
 
     /// Starts serving one request: the router (if any) picks a funcgen,
-    /// which lends a slot, whose request object takes the request. Done
-    /// before the request's future is made, so that the request is not
-    /// carried in it (a future holds what it is given for its whole life).
-    /// The reply at once when no slot can serve it.
-    fn start(&self, request: Request) -> Result<Lease, Bytes> {
+    /// which lends a slot, whose request object takes the request, and
+    /// whose coroutine is made ready to run the slot's function (it runs
+    /// when the reply is first polled). The reply at once when no slot can
+    /// serve it.
+    fn start(self: &Rc<Self>, request: Request, shape: ReplyShape) -> FuncgenReply {
         let fgen = match &self.target {
             FuncgenTarget::Funcgen(fgen) => fgen,
             FuncgenTarget::Router(router) => match router.pick(&request) {
                 Some(fgen) => fgen,
-                None => return Err(Response::from_line(NO_ROUTE).raw().clone()),
+                None => {
+                    return FuncgenReply::Answered(Some(
+                        shape.apply(Response::from_line(NO_ROUTE).raw().clone()),
+                    ))
+                }
             },
         };
         let lua = self.vm.lua();
-        let lease = fgen.lease(lua).map_err(|e| self.vm.lua_failure(&e))?;
-        lease
-            .slot()
-            .rctx
-            .set_request(lua, LuaRequest::new(request))
-            .map_err(|e| self.vm.lua_failure(&e))?;
-        Ok(lease)
+        let started = fgen.lease(lua).and_then(|lease| {
+            let slot = lease.slot();
+            slot.rctx.set_request(lua, LuaRequest::new(request))?;
+            let thread = lease.ready(lua, None)?;
+            Ok((lease, thread))
+        });
+        match started {
+            Ok((lease, thread)) => FuncgenReply::Running {
+                route: self.clone(),
+                shape,
+                lease,
+                driving: Driving::new(thread, 1),
+            },
+            Err(e) => FuncgenReply::Answered(Some(shape.apply(self.vm.lua_failure(&e)))),
+        }
     }
 
-    /// Runs a started request's slot function; the reply is what it
-    /// returned, with the classic routes' error handling.
-    async fn run(&self, lease: Lease) -> Bytes {
+    /// The reply of a slot whose function returned `nresults` values (or
+    /// failed), with the classic routes' error handling.
+    fn reply_of(&self, lease: &Lease, driving: &mut Driving, ran: mlua::Result<c_int>) -> Bytes {
         let vm = &self.vm;
-        let lua = vm.lua();
-        // In a block: the coroutine's results borrow the lease, which is
-        // given back below.
-        let reply = {
-            let finished = match lease.ready(lua, None) {
-                Ok(thread) => lease.drive(lua, vm.coroutines(), thread).await,
-                Err(e) => Err(e),
-            };
-            match finished {
-                Ok(finished) => {
-                    // Most slot functions return a handle's response object:
-                    // recognised by its address, it needs no conversion.
-                    let rctx = &lease.slot().rctx;
-                    let known = finished
-                        .first_userdata()
-                        .and_then(|address| rctx.with_returned(address, |o| vm.reply_of_kept(o)));
-                    match known {
-                        Some(reply) => reply,
-                        None => vm.reply_of(finished.first(lua)),
-                    }
+        let slot = lease.slot();
+        match ran {
+            Ok(nresults) => {
+                let finished = driving.finished(vm.coroutines(), Some(&slot.coroutine), nresults);
+                // Most slot functions return a handle's response object:
+                // recognised by its address, it needs no conversion.
+                let known = finished
+                    .first_userdata()
+                    .and_then(|address| slot.rctx.with_returned(address, |o| vm.reply_of_kept(o)));
+                match known {
+                    Some(reply) => reply,
+                    None => vm.reply_of(finished.first(vm.lua())),
                 }
-                Err(e) => vm.lua_failure(&e),
+            }
+            Err(e) => vm.lua_failure(&e),
+        }
+    }
+}
+
+/// A funcgen route's reply to one request: its slot's coroutine, run as
+/// far as it goes at each poll, then its return value as the client's
+/// bytes (shaped for `noreply` and quiet mode). A named future rather than
+/// an `async` block: it is made per request and boxed, and holds only the
+/// lease and the driver's state (the VM and the slot are reached through
+/// them at each poll).
+enum FuncgenReply {
+    Running {
+        route: Rc<FuncgenRoute>,
+        shape: ReplyShape,
+        lease: Lease,
+        driving: Driving,
+    },
+    /// Answered without running (no route, no slot), until taken.
+    Answered(Option<Bytes>),
+}
+
+impl std::future::Future for FuncgenReply {
+    type Output = Bytes;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Bytes> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        let reply = match this {
+            FuncgenReply::Answered(reply) => return Poll::Ready(reply.take().unwrap_or_default()),
+            FuncgenReply::Running {
+                route,
+                shape,
+                lease,
+                driving,
+            } => {
+                let vm = &route.vm;
+                let slot = lease.slot();
+                let on = raw::RouteOf::Slot(&slot.rctx);
+                let ran = match driving.poll_drive(cx, vm.lua(), vm.coroutines(), &on, true) {
+                    Poll::Ready(ran) => ran,
+                    Poll::Pending => return Poll::Pending,
+                };
+                shape.apply(route.reply_of(lease, driving, ran))
             }
         };
-        lease.finish();
-        reply
+        // The slot goes back once its result is read.
+        if let FuncgenReply::Running { lease, .. } =
+            std::mem::replace(this, FuncgenReply::Answered(None))
+        {
+            lease.finish();
+        }
+        Poll::Ready(reply)
     }
 }
 
@@ -1381,13 +1427,9 @@ impl Route for FuncgenRoute {
     /// as for Lua route functions).
     fn call(self: Rc<Self>, request: Request) -> ResponseFuture {
         let decoder = ResponseDecoder::for_request(&request);
-        let started = self.start(request);
+        let reply = self.start(request, ReplyShape::default());
         Box::pin(async move {
-            let reply = match started {
-                Ok(lease) => self.run(lease).await,
-                Err(reply) => reply,
-            };
-            match decoder.decode(&mut BytesMut::from(&reply[..])) {
+            match decoder.decode(&mut BytesMut::from(&reply.await[..])) {
                 Ok(Some(response)) => response,
                 _ => Response::from_line("SERVER_ERROR lua route gave a malformed reply"),
             }
@@ -1396,39 +1438,29 @@ impl Route for FuncgenRoute {
 
     fn serve(self: Rc<Self>, request: Request) -> ReplyFuture {
         let shape = ReplyShape::of(&request);
-        match self.start(request) {
-            Ok(lease) => Box::pin(async move { shape.apply(self.run(lease).await) }),
-            Err(reply) => Box::pin(std::future::ready(shape.apply(reply))),
-        }
+        Box::pin(self.start(request, shape))
     }
 
     /// A multi-key get's keys, each run in a slot of its own as `serve`
-    /// runs it, joined in one future: a slot's future is some 650 bytes,
-    /// and a box of it per key (50 clients' 10-key gets keep 500 in
-    /// flight) overran the allocator's per-thread cache for its size.
+    /// runs it, joined in one future rather than a box per key (50
+    /// clients' 10-key gets keep 500 in flight, which overran the
+    /// allocator's per-thread cache for that size).
     fn serve_keys(
         self: Rc<Self>,
         get: &memroute_proto::GetCommand,
         keys: &[Bytes],
     ) -> Option<ReplyFuture> {
-        let started: Vec<Result<Lease, Bytes>> = keys
+        let replies: Vec<FuncgenReply> = keys
             .iter()
             .map(|key| {
-                self.start(crate::route::multiget::get_request(
-                    get,
-                    std::slice::from_ref(key),
-                ))
+                self.start(
+                    crate::route::multiget::get_request(get, std::slice::from_ref(key)),
+                    ReplyShape::default(),
+                )
             })
             .collect();
         Some(Box::pin(async move {
-            let this = &self;
-            let runs = started.into_iter().map(|started| async move {
-                match started {
-                    Ok(lease) => this.run(lease).await,
-                    Err(reply) => reply,
-                }
-            });
-            let replies = futures_util::future::join_all(runs).await;
+            let replies = futures_util::future::join_all(replies).await;
             crate::route::multiget::value_blocks_of(replies.iter().map(|reply| &reply[..]))
         }))
     }

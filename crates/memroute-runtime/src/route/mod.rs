@@ -483,7 +483,8 @@ pub fn reply_class(code: memroute_proto::ResponseCode) -> u8 {
 /// What of a route's reply the client sees: nothing for `noreply`, and
 /// for meta `q` nothing when it is the nominal reply, as memcached hides
 /// it: `EN` for `mg`, `HD` and `VA` for `ma`, `HD` otherwise.
-#[derive(Clone, Copy)]
+/// `Default` is a reply passed on as it is.
+#[derive(Clone, Copy, Default)]
 pub struct ReplyShape {
     noreply: bool,
     quiet: bool,
