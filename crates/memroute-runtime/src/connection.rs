@@ -105,6 +105,11 @@ const SHRINK_ABOVE: usize = 256 * 1024;
 /// Routed requests in flight per connection before decoding pauses
 /// (memcached proxy's active request limit plays the same role).
 const MAX_IN_FLIGHT: usize = 1024;
+
+/// The most keys of a multi-key get one window sends through a route that
+/// serves each key on its own ([`MultiGet`]): 16 1 MB values merged are a
+/// 16 MB copy at most, and a 10-key get is one window.
+const SERVED_KEYS_PER_WINDOW: usize = 16;
 /// During shutdown, how long a connection waits for the rest of a request
 /// the client has started sending.
 const CLOSING_READ_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
@@ -753,7 +758,18 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
             return Next::Continue;
         }
         let per_value = self.per_value;
-        let per_window = if mg.route.joins_keys() { left } else { 1 };
+        // As many keys as the budgets allow go in one window (each
+        // reserves a value's worth). A route that runs each key on its own
+        // (a Lua route, a funcgen) takes at most SERVED_KEYS_PER_WINDOW: its
+        // window is one pipeline entry and one future, which is what makes
+        // a 10-key get cheap, but its replies are merged into one buffer
+        // before they are written, so a bigger window would hold big values
+        // twice.
+        let per_window = if mg.route.joins_keys() {
+            left
+        } else {
+            SERVED_KEYS_PER_WINDOW
+        };
         let worker_room = self.pipeline.buffer_free(mg.routes.limits()) / per_value.max(1);
         let n = per_window
             .min(left)
