@@ -270,10 +270,11 @@ impl SlotThread {
                 thread
             }
         };
-        let pushed = raw::push_copy(&thread, 1).and_then(|()| match argument {
-            None => raw::push_copy(&thread, 2),
-            Some(object) => raw::push_values(lua, &thread, object.clone()).map(|_| ()),
-        });
+        let pushed = match argument {
+            None => raw::push_copies(&thread, 1, 2),
+            Some(object) => raw::push_copy(&thread, 1)
+                .and_then(|()| raw::push_values(lua, &thread, object.clone()).map(|_| ())),
+        };
         match pushed {
             Ok(()) => Ok(thread),
             Err(e) => {
@@ -557,6 +558,15 @@ impl<T: mlua::UserData + 'static> KeptObject<T> {
             .data
             .try_borrow_mut()
             .map_err(|_| mlua::Error::UserDataBorrowMutError)? = value;
+        Ok(())
+    }
+
+    /// Changes its value in place.
+    pub(super) fn update(&self, f: impl FnOnce(&mut T)) -> mlua::Result<()> {
+        f(&mut *self
+            .data
+            .try_borrow_mut()
+            .map_err(|_| mlua::Error::UserDataBorrowMutError)?);
         Ok(())
     }
 

@@ -221,7 +221,7 @@ impl Funcgen {
                 self.slots.set(self.slots.get() + 1);
                 // The request object is made now: the slot's coroutine
                 // keeps it on its stack (see `SlotThread`).
-                rctx.set_request(lua, LuaRequest::new(super::mutate::blank_request()))?;
+                rctx.set_request(lua, super::mutate::blank_request())?;
                 Ok(Box::new(Slot {
                     rctx,
                     coroutine: SlotThread::new(lua, function)?,
@@ -966,11 +966,13 @@ impl Rctx {
     }
 
     /// The slot's request object, now holding `request`.
-    fn set_request(&self, lua: &Lua, request: LuaRequest) -> mlua::Result<()> {
+    fn set_request(&self, lua: &Lua, request: Request) -> mlua::Result<()> {
         let mut kept = self.request.borrow_mut();
         match kept.as_ref() {
-            Some(object) => object.set(request)?,
-            None => *kept = Some(KeptObject::new(lua, request)?),
+            // In place: a request object is bigger than a move copies
+            // inline.
+            Some(object) => object.update(|kept| kept.serve(request))?,
+            None => *kept = Some(KeptObject::new(lua, LuaRequest::new(request))?),
         }
         Ok(())
     }
@@ -1330,7 +1332,7 @@ impl FuncgenRoute {
         let lua = self.vm.lua();
         let started = fgen.lease(lua).and_then(|lease| {
             let slot = lease.slot();
-            slot.rctx.set_request(lua, LuaRequest::new(request))?;
+            slot.rctx.set_request(lua, request)?;
             let thread = lease.ready(lua, None)?;
             Ok((lease, thread))
         });

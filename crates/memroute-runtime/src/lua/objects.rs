@@ -107,6 +107,13 @@ impl LuaRequest {
         }
     }
 
+    /// The object now serves `request`, from the client connection whose
+    /// task calls this (a funcgen slot's request object, reused).
+    pub fn serve(&mut self, request: Request) {
+        self.request = request;
+        self.peer_cn = crate::tls::current_peer_cn();
+    }
+
     /// A request object of no client connection (`rctx:request_new()`,
     /// which a slot keeps across the requests of many clients).
     pub fn detached(request: Request) -> Self {

@@ -158,6 +158,21 @@ pub(super) fn push_copy(thread: &Thread, index: c_int) -> mlua::Result<()> {
     Ok(())
 }
 
+/// Pushes copies of the values at `first` and `second` of `thread`'s
+/// stack onto it (one stack check for both).
+pub(super) fn push_copies(thread: &Thread, first: c_int, second: c_int) -> mlua::Result<()> {
+    let state = thread.state();
+    // SAFETY: as for `push_copy`; both indices are absolute.
+    unsafe {
+        if ffi::lua_checkstack(state, 2) == 0 {
+            return Err(mlua::Error::StackError);
+        }
+        ffi::lua_pushvalue(state, first);
+        ffi::lua_pushvalue(state, second);
+    }
+    Ok(())
+}
+
 /// Drops the top `n` values of a suspended coroutine's stack.
 pub(super) fn pop(thread: &Thread, n: c_int) {
     // SAFETY: `n` values were left there by the resume that just ended.
