@@ -326,6 +326,40 @@ def test_client_certificate_requested(certs, workdir, servers):
     assert no_reply(h.port, client_context(certs, "stranger"))
 
 
+FUNCGEN_CN_STARTFILE = """
+function mcp_config_pools()
+    return {}
+end
+
+function mcp_config_routes(pools)
+    local fgen = mcp.funcgen_new()
+    fgen:ready({ n = "cn", f = function(rctx)
+        return function(r)
+            return "SERVER_ERROR cn=" .. (r:tls_peer_cn() or "none")
+        end
+    end })
+    mcp.attach(mcp.CMD_GET, fgen)
+end
+"""
+
+
+def test_a_funcgen_slot_reused_by_another_client_sees_its_certificate(certs, workdir, servers):
+    """A funcgen slot keeps its request object from request to request, and
+    from client to client: each request sees its own client's certificate.
+    Clients with and without one take turns, one request at a time, in a
+    pattern (with, without, without) that makes each of the two workers
+    serve both kinds one after the other on its one slot."""
+    startfile = write_startfile(workdir, "fgen-cn.lua", FUNCGEN_CN_STARTFILE)
+    h = start(["--tls-verify-mode", "1", "--tls-ca", str(certs / "ca.pem"),
+               "--config", str(startfile)] + tls_args(certs), workdir,
+              tls_probe(client_context(certs)))
+    servers.append(h)
+    for _ in range(3):
+        for cert, cn in (("client", b"client-1"), (None, b"none"), (None, b"none")):
+            with TlsClient(h.port, client_context(certs, cert)) as c:
+                assert c.request(b"get k\r\n") == b"SERVER_ERROR cn=%s\r\n" % cn
+
+
 def test_tls_peer_cn_is_nil_without_tls(workdir, servers):
     startfile = write_startfile(workdir, "cn.lua", CN_STARTFILE)
     h = start(["--config", str(startfile)], workdir, plain_probe)
