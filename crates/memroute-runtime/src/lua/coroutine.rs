@@ -2,9 +2,9 @@
 //! driven from Rust, and every call that waits (`pool(r)`, `mcp.await`,
 //! `rctx:enqueue_and_wait`, `rctx:wait_cond`, `rctx:wait_handle`,
 //! `rctx:sleep`) starts its work in Rust, *parks* it here (a [`Parked`])
-//! and yields. The route's driver ([`drive`]) takes what was parked as
-//! soon as the coroutine yields, awaits it, and resumes the coroutine with
-//! the result, which the waiting call returns. This is what memcached's
+//! and yields. The route's driver ([`Driving`], or [`drive`] around it)
+//! takes what was parked as soon as the coroutine yields, awaits it, and
+//! resumes the coroutine with the result, which the waiting call returns. This is what memcached's
 //! proxy does with its request slots: no boxed future for the call itself
 //! in the common cases, no userdata with a finalizer to hold it, and the
 //! coroutines are reused: a funcgen slot keeps its own ([`SlotThread`]),

@@ -148,9 +148,9 @@ impl Lease {
 
     /// The slot's coroutine, ready to run the slot's function with the
     /// slot's own request object, or with `object` (a parent's request,
-    /// for a funcgen behind a handle). The caller drives it with
-    /// [`Lease::drive`] in its own future: a future awaited inside
-    /// another costs a copy of it and a level of polling.
+    /// for a funcgen behind a handle). The caller drives it: a
+    /// [`FuncgenReply`] polls a [`Driving`] of it, a funcgen behind a
+    /// handle awaits [`drive`].
     fn ready(&self, lua: &Lua, object: Option<&AnyUserData>) -> mlua::Result<mlua::Thread> {
         let slot = self.slot();
         match slot.rctx.request.borrow().as_ref() {
