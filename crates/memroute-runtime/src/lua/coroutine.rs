@@ -412,9 +412,12 @@ impl Driving {
                             thread,
                             (raw::failure_mark(), super::config::lua_error_message(&e)),
                         ),
-                        (_, Outcome::Response(_)) => {
-                            unreachable!("a response comes only from a pool's or a handle's wait")
-                        }
+                        // Only a pool's or a handle's wait gives a response;
+                        // should that change, the route fails, the worker
+                        // does not.
+                        (_, Outcome::Response(_)) => Err(mlua::Error::runtime(
+                            "a wait's response reached no waiting call",
+                        )),
                     };
                     match pushed {
                         Ok(nargs) => raw::resume(thread, nargs, coroutines, route),
