@@ -107,8 +107,10 @@ const SHRINK_ABOVE: usize = 256 * 1024;
 const MAX_IN_FLIGHT: usize = 1024;
 
 /// The most keys of a multi-key get one window sends through a route that
-/// serves each key on its own ([`MultiGet`]): 16 1 MB values merged are a
-/// 16 MB copy at most, and a 10-key get is one window.
+/// serves each key on its own (a Lua route, a funcgen; see [`MultiGet`]).
+/// A window is one pipeline entry and one future, which is what makes a
+/// 10-key get cheap, but its replies are merged into one buffer before
+/// they are written: 16 values of 1 MB are a 16 MB copy at most.
 const SERVED_KEYS_PER_WINDOW: usize = 16;
 /// During shutdown, how long a connection waits for the rest of a request
 /// the client has started sending.
@@ -759,12 +761,8 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         }
         let per_value = self.per_value;
         // As many keys as the budgets allow go in one window (each
-        // reserves a value's worth). A route that runs each key on its own
-        // (a Lua route, a funcgen) takes at most SERVED_KEYS_PER_WINDOW: its
-        // window is one pipeline entry and one future, which is what makes
-        // a 10-key get cheap, but its replies are merged into one buffer
-        // before they are written, so a bigger window would hold big values
-        // twice.
+        // reserves a value's worth), and at most SERVED_KEYS_PER_WINDOW
+        // through a route that serves each key on its own.
         let per_window = if mg.route.joins_keys() {
             left
         } else {
