@@ -56,7 +56,7 @@ pub enum ProtocolError {
     Silent,
     /// Close the connection without a reply: a line grew past the limit
     /// with no newline in sight, or a request line looks like HTTP (see
-    /// [`looks_like_http`]).
+    /// `looks_like_http`).
     Close,
 }
 

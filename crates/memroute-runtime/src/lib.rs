@@ -48,6 +48,10 @@
 //! server.run(true).unwrap(); // until SIGTERM
 //! ```
 
+// Module docs name the private items that do the work (the way into the
+// code for a developer); `cargo doc --document-private-items` renders them.
+#![allow(rustdoc::private_intra_doc_links)]
+
 pub mod admin;
 pub mod auth;
 pub mod backend;
