@@ -4,11 +4,12 @@
 //! `rctx:sleep`) starts its work in Rust, *parks* it here (a [`Parked`])
 //! and yields. The route's driver ([`Driving`], or [`drive`] around it)
 //! takes what was parked as soon as the coroutine yields, awaits it, and
-//! resumes the coroutine with the result, which the waiting call returns. This is what memcached's
-//! proxy does with its request slots: no boxed future for the call itself
-//! in the common cases, no userdata with a finalizer to hold it, and the
-//! coroutines are reused: a funcgen slot keeps its own ([`SlotThread`]),
-//! classic routes take one from the VM's idle ones ([`idle_prepared`]).
+//! resumes the coroutine with the result, which the waiting call returns.
+//! This is what memcached's proxy does with its request slots: no boxed
+//! future for the call itself in the common cases, no userdata with a
+//! finalizer to hold it, and the coroutines are reused: a funcgen slot
+//! keeps its own ([`SlotThread`]), classic routes take one from the VM's
+//! idle ones ([`idle_prepared`]).
 //!
 //! `pool(r)` and `rctx:enqueue_and_wait` are C functions with a fast path
 //! for their common call ([`raw::waiting_function`]); the other waits are
@@ -327,12 +328,6 @@ pub(super) struct Driving {
     parked: Option<Parked>,
 }
 
-/// What a parked wait came to.
-enum Outcome {
-    Response(Response),
-    Values(Resumed),
-}
-
 impl Driving {
     /// `thread` has its function and `nargs` arguments pushed; it runs at
     /// the first poll.
@@ -365,60 +360,9 @@ impl Driving {
             let resumed = match self.first.take() {
                 Some(nargs) => raw::resume(thread, nargs, coroutines, route),
                 None => {
-                    let outcome = match self.parked.as_mut() {
-                        Some(Parked::Pool { future, .. }) | Some(Parked::Handle { future, .. }) => {
-                            match Pin::new(future).poll(cx) {
-                                Poll::Ready(response) => Outcome::Response(response),
-                                Poll::Pending => return Poll::Pending,
-                            }
-                        }
-                        Some(Parked::Wait(wait)) => match wait.as_mut().poll(cx) {
-                            Poll::Ready(values) => Outcome::Values(values),
-                            Poll::Pending => return Poll::Pending,
-                        },
-                        None => {
-                            return Poll::Ready(Err(mlua::Error::runtime(
-                                "a route yielded without waiting for anything: coroutine.yield \
-                                 cannot suspend a route (use a pool call or an rctx wait)",
-                            )))
-                        }
-                    };
-                    let pushed = match (self.parked.take(), outcome) {
-                        (
-                            Some(Parked::Pool { start, backend, .. }),
-                            Outcome::Response(response),
-                        ) => super::fresh::push_response(
-                            lua,
-                            thread,
-                            timed(response, start, backend),
-                        ),
-                        (
-                            Some(Parked::Handle {
-                                rctx,
-                                handle,
-                                start,
-                                backend,
-                                ..
-                            }),
-                            Outcome::Response(response),
-                        ) => {
-                            rctx.answered(lua, handle, timed(response, start, backend), |object| {
-                                object.push(thread).map(|()| 1)
-                            })
-                        }
-                        (_, Outcome::Values(Ok(values))) => raw::push_values(lua, thread, values),
-                        (_, Outcome::Values(Err(e))) => raw::push_values(
-                            lua,
-                            thread,
-                            (raw::failure_mark(), super::config::lua_error_message(&e)),
-                        ),
-                        // Only a pool's or a handle's wait gives a response;
-                        // should that change, the route fails, the worker
-                        // does not.
-                        (_, Outcome::Response(_)) => Err(mlua::Error::runtime(
-                            "a wait's response reached no waiting call",
-                        )),
-                    };
+                    let pushed = std::task::ready!(poll_parked(&mut self.parked, cx, lua, thread));
+                    // The parked work goes once its result is pushed.
+                    self.parked = None;
                     match pushed {
                         Ok(nargs) => raw::resume(thread, nargs, coroutines, route),
                         Err(e) => return Poll::Ready(Err(e)),
@@ -461,6 +405,52 @@ impl Driving {
             nresults,
         }
     }
+}
+
+/// Polls the work a coroutine parked, `parked`; once it is done, pushes
+/// its result onto `thread`, from where it is parked: ready with how many
+/// values were pushed.
+fn poll_parked(
+    parked: &mut Option<Parked>,
+    cx: &mut std::task::Context<'_>,
+    lua: &Lua,
+    thread: &Thread,
+) -> std::task::Poll<mlua::Result<c_int>> {
+    use std::task::{ready, Poll};
+    Poll::Ready(match parked {
+        Some(Parked::Pool {
+            future,
+            start,
+            backend,
+        }) => {
+            let response = timed(ready!(Pin::new(future).poll(cx)), *start, backend.take());
+            super::fresh::push_response(lua, thread, response)
+        }
+        Some(Parked::Handle {
+            rctx,
+            handle,
+            future,
+            start,
+            backend,
+        }) => {
+            let response = timed(ready!(Pin::new(future).poll(cx)), *start, backend.take());
+            rctx.answered(lua, *handle, response, |object| {
+                object.push(thread).map(|()| 1)
+            })
+        }
+        Some(Parked::Wait(wait)) => match ready!(wait.as_mut().poll(cx)) {
+            Ok(values) => raw::push_values(lua, thread, values),
+            Err(e) => raw::push_values(
+                lua,
+                thread,
+                (raw::failure_mark(), super::config::lua_error_message(&e)),
+            ),
+        },
+        None => Err(mlua::Error::runtime(
+            "a route yielded without waiting for anything: coroutine.yield cannot \
+             suspend a route (use a pool call or an rctx wait)",
+        )),
+    })
 }
 
 /// A coroutine that returned; its return values stay on its stack until
@@ -557,11 +547,7 @@ impl<T: mlua::UserData + 'static> KeptObject<T> {
 
     /// Replaces its value.
     pub(super) fn set(&self, value: T) -> mlua::Result<()> {
-        *self
-            .data
-            .try_borrow_mut()
-            .map_err(|_| mlua::Error::UserDataBorrowMutError)? = value;
-        Ok(())
+        self.update(|kept| *kept = value)
     }
 
     /// Changes its value in place.

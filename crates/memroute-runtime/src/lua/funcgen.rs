@@ -1349,7 +1349,12 @@ impl FuncgenRoute {
 
     /// The reply of a slot whose function returned `nresults` values (or
     /// failed), with the classic routes' error handling.
-    fn reply_of(&self, lease: &Lease, driving: &mut Driving, ran: mlua::Result<c_int>) -> Bytes {
+    fn finished_reply(
+        &self,
+        lease: &Lease,
+        driving: &mut Driving,
+        ran: mlua::Result<c_int>,
+    ) -> Bytes {
         let vm = &self.vm;
         let slot = lease.slot();
         match ran {
@@ -1411,7 +1416,7 @@ impl std::future::Future for FuncgenReply {
                     Poll::Ready(ran) => ran,
                     Poll::Pending => return Poll::Pending,
                 };
-                shape.apply(route.reply_of(lease, driving, ran))
+                shape.apply(route.finished_reply(lease, driving, ran))
             }
         };
         // The slot goes back once its result is read.
