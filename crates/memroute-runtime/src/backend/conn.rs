@@ -24,7 +24,7 @@ use memroute_proto::{
 use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 use tracing::{debug, info, warn};
 
@@ -32,6 +32,7 @@ use super::config::BackendConfig;
 use super::error::BackendError;
 use super::health::FailureOutcome;
 use super::reply::{self, ReplyReceiver, ReplySender};
+use super::room::Room;
 use super::{Inner, MAX_IN_FLIGHT};
 
 /// Bytes reserved per read.
@@ -149,8 +150,8 @@ pub(crate) struct Slot {
     pub(crate) wake_writer: Notify,
     pub(crate) wake_reader: Notify,
     pub(crate) wake_supervisor: Notify,
-    /// One permit per request that may still join `queue`.
-    pub(crate) room: Semaphore,
+    /// One unit per request that may still join `queue`.
+    pub(crate) room: Room,
     /// The `get`/`gets` line at the end of `out` that more single-key gets
     /// may join: its op and where it starts in `out`.
     open_line: Cell<Option<(GetOp, usize)>>,
@@ -168,7 +169,7 @@ impl Default for Slot {
             wake_writer: Notify::new(),
             wake_reader: Notify::new(),
             wake_supervisor: Notify::new(),
-            room: Semaphore::new(MAX_IN_FLIGHT),
+            room: Room::new(MAX_IN_FLIGHT),
             open_line: Cell::new(None),
             read_at: Cell::new(Instant::now()),
         }
@@ -352,38 +353,23 @@ impl Slot {
     }
 
     /// Takes room for one request under [`MAX_IN_FLIGHT`], waiting behind
-    /// earlier waiters (the semaphore is fair) for at most `limit`; false
-    /// if none came. The room is given back when the request leaves the
-    /// queue (its reply, or [`fail_all`](Self::fail_all)).
+    /// earlier waiters (the room is fair) for at most `limit`; false if
+    /// none came. The room is given back when the request leaves the queue
+    /// (its reply, or [`fail_all`](Self::fail_all)).
     pub(crate) async fn take_room(&self, limit: Duration) -> bool {
-        if self.try_take_room() {
-            return true;
-        }
-        match timeout(limit, self.room.acquire()).await {
-            Ok(Ok(permit)) => {
-                permit.forget();
-                true
-            }
-            _ => false,
-        }
+        self.try_take_room() || timeout(limit, self.room.take()).await.is_ok()
     }
 
     /// Takes room for one request if there is some now (and nobody waits
-    /// for it before us: the semaphore gives freed room to waiters first).
+    /// for it before us: freed room goes to waiters first).
     pub(crate) fn try_take_room(&self) -> bool {
-        match self.room.try_acquire() {
-            Ok(permit) => {
-                permit.forget();
-                true
-            }
-            Err(_) => false,
-        }
+        self.room.try_take()
     }
 
     /// `n` requests left the queue: their room goes back (to the oldest
     /// waiter, if any) and the in-flight gauge goes down.
     fn left_queue(&self, inner: &Inner, n: usize) {
-        self.room.add_permits(n);
+        self.room.give(n);
         inner.counters.in_flight.sub(n);
     }
 

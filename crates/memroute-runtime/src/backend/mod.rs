@@ -80,6 +80,7 @@ mod conn;
 mod error;
 pub mod health;
 mod reply;
+mod room;
 mod stats;
 
 use std::cell::{Cell, RefCell};
@@ -299,7 +300,7 @@ async fn enqueue_when_room(
     }
     if let Err(down) = inner.fail_fast_if_bad() {
         // It went bad while we waited for room.
-        slot.room.add_permits(1);
+        slot.room.give(1);
         return Err(down);
     }
     Ok(inner.push(slot, &request))
