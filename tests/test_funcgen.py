@@ -1117,3 +1117,60 @@ def test_a_slot_outlives_its_coroutine(memroute_factory, startfile_dir):
         assert c.request(b"get sleep/7\r\n") == b"SERVER_ERROR served 7 sleep/7\r\n"
         assert c.request(b"get a/8\r\n") == b"SERVER_ERROR served 8 a/8\r\n"
         c.assert_alive()
+
+
+ELAPSED_STARTFILE = r"""
+-- res:elapsed() of a pool's response, read by a funcgen (mg) and by a
+-- classic route (get).
+function mcp_config_pools()
+    local host, port = string.match(mcp.start_arg, "^(.+):(%d+)$")
+    return mcp.pool({ mcp.backend("b1", host, tonumber(port)) })
+end
+
+function mcp_config_routes(pool)
+    local fgen = mcp.funcgen_new()
+    local h = fgen:new_handle(pool)
+    fgen:ready({ n = "elapsed", f = function(rctx)
+        return function(r)
+            local res = rctx:enqueue_and_wait(r, h)
+            return "SERVER_ERROR elapsed " .. res:elapsed() .. " " .. res:line()
+        end
+    end })
+    mcp.attach(mcp.CMD_MG, fgen)
+    mcp.attach(mcp.CMD_GET, function(r)
+        local res = pool(r)
+        return "SERVER_ERROR elapsed " .. res:elapsed() .. " " .. res:line()
+    end)
+end
+"""
+
+
+@pytest.mark.parametrize("request_line", [b"mg el/k v\r\n", b"get el/k\r\n"],
+                         ids=["funcgen", "classic"])
+def test_res_elapsed_is_the_backend_round_trip(backends, memroute_factory, startfile_dir,
+                                               request_line):
+    """``res:elapsed()`` is each request's own round trip to its backend, in
+    microseconds (a memcached pool's reader times it): a request held by a
+    stopped backend for 0.4 s reports at least that, and the next one,
+    answered at once, reports its own short trip, not the last one's."""
+    (b,) = backends(1)
+    path = write_startfile(startfile_dir, "elapsed.lua", ELAPSED_STARTFILE)
+    mr = memroute_factory("--config", str(path), "--config-arg", b.addr, "-t", "1")
+
+    def elapsed(reply: bytes) -> int:
+        m = re.match(rb"SERVER_ERROR elapsed (\d+) (EN|END)\r\n$", reply)
+        assert m, reply
+        return int(m.group(1))
+
+    with mr.client() as c:
+        assert elapsed(c.request(request_line)) < 400_000
+        os.kill(b.pid, signal.SIGSTOP)
+        try:
+            c.send(request_line)
+            time.sleep(0.4)
+        finally:
+            os.kill(b.pid, signal.SIGCONT)
+        held = elapsed(c.read_line())
+        assert 400_000 <= held < 5_000_000, held
+        after = elapsed(c.request(request_line))
+        assert after < held - 200_000, (held, after)

@@ -331,14 +331,14 @@ impl Slot {
         let pending = self.queue.borrow_mut().pop_front();
         if let Some(pending) = pending {
             self.left_queue(inner, 1);
-            inner.record_reply(
-                self.read_at
-                    .get()
-                    .saturating_duration_since(pending.queued_at),
-            );
+            let round_trip = self
+                .read_at
+                .get()
+                .saturating_duration_since(pending.queued_at);
+            inner.record_reply(round_trip);
             // The caller may have given up: the reply was still consumed,
             // so the stream stays in sync.
-            pending.reply.send(Ok(response));
+            pending.reply.send(Ok(response), round_trip);
         }
     }
 
@@ -380,8 +380,10 @@ impl Slot {
         self.out.borrow_mut().clear();
         self.open_line.set(None);
         self.left_queue(inner, failed.len());
+        let now = Instant::now();
         for pending in failed {
-            pending.reply.send(Err(error.clone()));
+            let round_trip = now.saturating_duration_since(pending.queued_at);
+            pending.reply.send(Err(error.clone()), round_trip);
         }
     }
 }

@@ -89,6 +89,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use memroute_proto::{Request, Response};
 use tokio::task::AbortHandle;
@@ -173,11 +174,11 @@ impl Backend {
         inner.counters.requests.incr();
         let state = match self.try_enqueue(request) {
             Ok(Enqueued::Queued(reply)) => SendState::Queued(reply),
-            Ok(Enqueued::Full(slot)) => SendState::WaitingForRoom(Box::pin(enqueue_when_room(
-                inner.clone(),
-                slot,
-                request.clone(),
-            ))),
+            Ok(Enqueued::Full(slot)) => {
+                let since = std::time::Instant::now();
+                let wait = enqueue_when_room(inner.clone(), slot, request.clone());
+                SendState::WaitingForRoom(Box::pin(async move { (wait.await, since.elapsed()) }))
+            }
             Err(error) => SendState::Failed(Some(error)),
         };
         let logged = match inner.config.request_log {
@@ -191,6 +192,7 @@ impl Backend {
             inner: inner.clone(),
             state,
             logged,
+            round_trip_us: 0,
         }
     }
 
@@ -334,15 +336,41 @@ pub struct Sending {
     /// Set when the backend's `log` option asks for this request while
     /// someone watches `proxyreqs`: its line and when it was sent.
     logged: Option<Box<(bytes::Bytes, std::time::Instant)>>,
+    /// Its round trip in microseconds (saturated), once answered (see
+    /// [`Sending::round_trip`]); until then, how long it waited for room
+    /// on a full connection. (Small: this future lives in every pooled
+    /// request's reply, which is moved about.)
+    round_trip_us: u32,
 }
+
+/// Room waited for: the queued request (or why it was not), and how long
+/// the wait took.
+type RoomWaited = (Result<ReplyReceiver, BackendError>, Duration);
 
 enum SendState {
     /// Queued: the reply comes through the channel.
     Queued(ReplyReceiver),
-    /// Its connection was full: waiting for room, then queued.
-    WaitingForRoom(Pin<Box<dyn Future<Output = Result<ReplyReceiver, BackendError>>>>),
+    /// Its connection was full: waiting for room, then queued (with how
+    /// long it waited).
+    WaitingForRoom(Pin<Box<dyn Future<Output = RoomWaited>>>),
     /// Refused before it was queued (taken when the future completes).
     Failed(Option<BackendError>),
+}
+
+impl Sending {
+    /// The request's round trip once it is answered: from its send to the
+    /// read that brought its reply (or to its failure), as the backend's
+    /// reader saw it, which is what `res:elapsed()` reports. Zero before
+    /// that, and for a request refused before it was queued (no time
+    /// passed) or whose connection went away without a word for it.
+    pub fn round_trip(&self) -> Duration {
+        Duration::from_micros(self.round_trip_us.into())
+    }
+}
+
+/// `duration` in whole microseconds, saturated at `u32::MAX` (71 minutes).
+fn micros(duration: Duration) -> u32 {
+    u32::try_from(duration.as_micros()).unwrap_or(u32::MAX)
 }
 
 impl Future for Sending {
@@ -351,28 +379,34 @@ impl Future for Sending {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         loop {
-            let result = match &mut this.state {
+            let (result, round_trip) = match &mut this.state {
                 SendState::Queued(reply) => match Pin::new(reply).poll(cx) {
-                    Poll::Ready(reply) => reply,
+                    Poll::Ready(answered) => answered,
                     Poll::Pending => return Poll::Pending,
                 },
                 SendState::WaitingForRoom(wait) => match wait.as_mut().poll(cx) {
-                    Poll::Ready(Ok(reply)) => {
+                    Poll::Ready((Ok(reply), waited)) => {
+                        this.round_trip_us = micros(waited);
                         this.state = SendState::Queued(reply);
                         continue;
                     }
-                    Poll::Ready(Err(error)) => Err(error),
+                    Poll::Ready((Err(error), waited)) => (Err(error), Some(waited)),
                     Poll::Pending => return Poll::Pending,
                 },
-                SendState::Failed(error) => {
-                    Err(error.take().expect("Sending polled after completion"))
-                }
+                SendState::Failed(error) => (
+                    Err(error.take().expect("Sending polled after completion")),
+                    None,
+                ),
             };
+            let round_trip = round_trip.map(|r| {
+                this.round_trip_us = this.round_trip_us.saturating_add(micros(r));
+                Duration::from_micros(this.round_trip_us.into())
+            });
             if result.is_err() {
                 this.inner.counters.failed_requests.incr();
             }
             if let Some(logged) = this.logged.take() {
-                log_request(&this.inner.config, &logged, &result);
+                log_request(&this.inner.config, &logged, round_trip, &result);
             }
             return Poll::Ready(result);
         }
@@ -385,12 +419,13 @@ impl Future for Sending {
 fn log_request(
     config: &BackendConfig,
     (line, sent): &(bytes::Bytes, std::time::Instant),
+    round_trip: Option<Duration>,
     result: &Result<Response, BackendError>,
 ) {
     let Some(log) = &config.request_log else {
         return;
     };
-    let elapsed_us = sent.elapsed().as_micros() as u64;
+    let elapsed_us = round_trip.unwrap_or_else(|| sent.elapsed()).as_micros() as u64;
     let failure;
     let response = match result {
         Ok(response) => response,

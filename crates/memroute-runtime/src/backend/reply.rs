@@ -15,6 +15,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use memroute_proto::Response;
 
@@ -23,10 +24,15 @@ use super::error::BackendError;
 /// What a request gets: its reply, or why it has none.
 pub(crate) type Reply = Result<Response, BackendError>;
 
+/// A reply and its round trip: from the request's queueing to the read
+/// that brought its reply (or to its failure); none when the connection
+/// went away without a word for it.
+pub(crate) type Timed = (Reply, Option<Duration>);
+
 enum State {
     /// No reply yet; the waker of the task waiting for it, once polled.
     Waiting(Option<Waker>),
-    Ready(Reply),
+    Ready(Timed),
     /// The receiver took the reply.
     Taken,
 }
@@ -70,13 +76,13 @@ fn release(cell: &Cell) {
 pub(crate) struct ReplySender(Rc<RefCell<State>>);
 
 impl ReplySender {
-    /// Leaves `reply` for the receiver (kept until dropped if the caller
-    /// gave up) and wakes it.
-    pub(crate) fn send(self, reply: Reply) {
-        self.fill(reply);
+    /// Leaves `reply` and its round trip for the receiver (kept until
+    /// dropped if the caller gave up) and wakes it.
+    pub(crate) fn send(self, reply: Reply, round_trip: Duration) {
+        self.fill((reply, Some(round_trip)));
     }
 
-    fn fill(&self, reply: Reply) {
+    fn fill(&self, reply: Timed) {
         let previous = std::mem::replace(&mut *self.0.borrow_mut(), State::Ready(reply));
         if let State::Waiting(Some(waker)) = previous {
             waker.wake();
@@ -88,7 +94,7 @@ impl Drop for ReplySender {
     fn drop(&mut self) {
         let unanswered = matches!(*self.0.borrow(), State::Waiting(_));
         if unanswered {
-            self.fill(Err(BackendError::Closed));
+            self.fill((Err(BackendError::Closed), None));
         }
         release(&self.0);
     }
@@ -104,9 +110,9 @@ impl Drop for ReplyReceiver {
 }
 
 impl Future for ReplyReceiver {
-    type Output = Reply;
+    type Output = Timed;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Reply> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Timed> {
         let mut state = self.0.borrow_mut();
         match &mut *state {
             State::Waiting(waker) => {
@@ -133,16 +139,17 @@ mod tests {
     fn the_reply_reaches_the_receiver_once_sent() {
         let (tx, mut rx) = channel();
         assert!((&mut rx).now_or_never().is_none());
-        tx.send(Ok(Response::miss()));
-        let reply = rx.now_or_never().expect("ready").expect("a reply");
-        assert_eq!(reply.raw().as_ref(), b"END\r\n");
+        tx.send(Ok(Response::miss()), Duration::from_micros(7));
+        let (reply, round_trip) = rx.now_or_never().expect("ready");
+        assert_eq!(reply.expect("a reply").raw().as_ref(), b"END\r\n");
+        assert_eq!(round_trip, Some(Duration::from_micros(7)));
     }
 
     #[test]
     fn cells_are_reused_empty_once_both_ends_are_gone() {
         let (tx, rx) = channel();
         let first = Rc::as_ptr(&rx.0);
-        tx.send(Ok(Response::miss()));
+        tx.send(Ok(Response::miss()), Duration::ZERO);
         // The caller gave up: the reply waits in the cell until the cell
         // is released, then goes.
         drop(rx);
@@ -152,8 +159,8 @@ mod tests {
             (&mut rx).now_or_never().is_none(),
             "a reused cell starts empty"
         );
-        tx.send(Ok(Response::miss()));
-        assert!(rx.now_or_never().expect("ready").is_ok());
+        tx.send(Ok(Response::miss()), Duration::ZERO);
+        assert!(rx.now_or_never().expect("ready").0.is_ok());
         // An end still alive keeps its cell out of the spare list.
         let (tx, rx) = channel();
         drop(rx);
@@ -165,7 +172,8 @@ mod tests {
     fn a_sender_dropped_unanswered_fails_the_request() {
         let (tx, rx) = channel();
         drop(tx);
-        let reply = rx.now_or_never().expect("ready");
+        let (reply, round_trip) = rx.now_or_never().expect("ready");
         assert!(matches!(reply, Err(BackendError::Closed)));
+        assert_eq!(round_trip, None);
     }
 }

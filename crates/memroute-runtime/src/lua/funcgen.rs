@@ -935,11 +935,12 @@ impl Rctx {
         } else {
             None
         };
+        let future = pool.clone().call_borrowed(request);
         coroutines.park(Parked::Handle {
             rctx: self.clone(),
             handle: index,
-            future: pool.clone().call_borrowed(request),
-            start: std::time::Instant::now(),
+            start: super::coroutine::start_of(&future),
+            future,
             backend,
         });
         true

@@ -520,10 +520,11 @@ fn park_pool_call(coroutines: &Coroutines, pool: &Rc<dyn Pool>, request: &Reques
     } else {
         None
     };
+    // Sent from the borrow: a memcached pool copies nothing.
+    let future = pool.clone().call_borrowed(request);
     coroutines.park(Parked::Pool {
-        // Sent from the borrow: a memcached pool copies nothing.
-        future: pool.clone().call_borrowed(request),
-        start: Instant::now(),
+        start: super::coroutine::start_of(&future),
+        future,
         backend,
     });
 }

@@ -98,6 +98,24 @@ pub enum Sent {
     Other(ResponseFuture),
 }
 
+impl Sent {
+    /// Whether the response will carry its own round trip (a memcached
+    /// pool's, timed by the backend's reader); other routes' responses are
+    /// timed by their caller.
+    pub fn times_itself(&self) -> bool {
+        matches!(self, Sent::Pool(_))
+    }
+
+    /// The round trip of a memcached pool's request once answered (see
+    /// [`Sending::round_trip`](crate::backend::Sending::round_trip)).
+    pub fn round_trip(&self) -> Option<std::time::Duration> {
+        match self {
+            Sent::Pool(response) => Some(response.round_trip()),
+            Sent::Other(_) => None,
+        }
+    }
+}
+
 impl Future for Sent {
     type Output = Response;
 

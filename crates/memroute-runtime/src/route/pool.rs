@@ -180,6 +180,14 @@ pub struct PoolResponse {
     sending: crate::backend::Sending,
 }
 
+impl PoolResponse {
+    /// The request's round trip, once answered (see
+    /// [`Sending::round_trip`](crate::backend::Sending::round_trip)).
+    pub fn round_trip(&self) -> std::time::Duration {
+        self.sending.round_trip()
+    }
+}
+
 impl Future for PoolResponse {
     type Output = Response;
 
