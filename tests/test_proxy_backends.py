@@ -4,7 +4,9 @@
   lists the backends some worker sees bad, as memcached's proxy does
   (`bad_<label> 1`);
 * many clients' big multi-gets, more keys at once than a backend connection
-  takes in flight, wait their turn instead of failing.
+  takes in flight, wait their turn instead of failing;
+* a client's NUL byte in a command line cannot put a backend connection,
+  which many clients share, out of step.
 
 Every wait is bounded.
 """
@@ -14,7 +16,9 @@ from __future__ import annotations
 import signal
 import threading
 
-from conftest import stats_dict, wait_until, write_startfile
+import pytest
+
+from conftest import REPO_ROOT, RawClient, stats_dict, wait_until, write_startfile
 from test_proxy_failures import FAILOVER_STARTFILE
 
 NUMERIC = ["workers", "bad_workers", "connections", "in_flight", "requests", "responses",
@@ -167,3 +171,56 @@ def test_multigets_beyond_the_in_flight_limit_wait_instead_of_failing(
         seen = per_backend(stats_dict(c, b"backends"))["b1"]
     assert seen["busy"] == "0" and seen["failed_requests"] == "0"
     assert int(seen["requests"]) == 400 + 8 * 3 * 400
+
+
+# Lines holding a NUL byte. memroute reads a NUL as a key byte like any
+# other (as memcached 1.6.45's parser does), but memcached 1.6.18 (the one
+# these tests run, Debian 12's) ends a command line at a NUL: sent on,
+# `set a<NUL>b 0 0 9` and its data `get nokey` would be `set a` (ERROR) and
+# `get nokey` (END), two replies to one request, the second handed to the
+# next request on the connection, another client's.
+NUL_LINES = [
+    b"set a\x00b 0 0 9\r\nget nokey\r\n",
+    b"ms a\x00b 9\r\nget nokey\r\n",
+    b"delete a\x00b\r\n",
+    b"get a\x00b\r\n",
+    b"mg victim\x00 v\r\n",
+]
+
+
+@pytest.mark.parametrize("startfile", ["examples/single-pool.lua",
+                                       "scripts/bench/funcgen-route.lua",
+                                       "scripts/bench/lua-route.lua"])
+def test_a_nul_byte_cannot_put_a_shared_backend_connection_out_of_step(
+        backends, memroute_factory, startfile):
+    """A request whose line holds a NUL byte is refused with `CLIENT_ERROR
+    bad command line format`, not sent, through a pool, a funcgen and a
+    classic route alike; the next request on the same backend connection
+    (one worker, so one connection: the same client's or another's) gets its
+    own reply, and the backend is not counted as failing. Before, the `set`
+    above went out whole and the get of a stored key behind it read the
+    extra `END`: a miss."""
+    (b,) = backends(1)
+    mr = memroute_factory("--config", str(REPO_ROOT / startfile), "--config-arg", b.addr,
+                          "-t", "1")
+    with mr.client() as victim:
+        assert victim.request(b"set victim 0 0 5\r\nhello\r\n") == b"STORED\r\n"
+        for line in NUL_LINES:
+            with mr.client() as sender:
+                # The get goes out right behind the line, on the same
+                # backend connection, as another client's would.
+                sender.send(line + b"get victim\r\n")
+                got = sender.read_available(0.3)
+            for _ in range(3):
+                assert victim.request(b"get victim\r\n", b"END\r\n") == \
+                    b"VALUE victim 0 5\r\nhello\r\nEND\r\n", line
+            assert got == b"CLIENT_ERROR bad command line format\r\n" \
+                b"VALUE victim 0 5\r\nhello\r\nEND\r\n", line
+        seen = per_backend(stats_dict(victim, b"backends"))["b1"]
+        victim.assert_alive()
+    assert seen["failures"] == "0" and seen["marked_bad"] == "0", seen
+    # Nothing of those lines reached the backend.
+    with RawClient(b.host, b.port, 5) as direct:
+        assert direct.request(b"get a\r\n") == b"END\r\n"
+        assert direct.request(b"get victim\r\n", b"END\r\n") == \
+            b"VALUE victim 0 5\r\nhello\r\nEND\r\n"

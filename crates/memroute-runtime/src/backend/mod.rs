@@ -199,6 +199,9 @@ impl Backend {
     /// Queues `request` if its connection has room now.
     fn try_enqueue(&self, request: &Request) -> Result<Enqueued, BackendError> {
         let inner = &self.inner;
+        if memchr::memchr(0, request.raw_line()).is_some() {
+            return Err(BackendError::NulInLine);
+        }
         self.fail_fast_if_bad()?;
         let depth_limit = inner.config.depth_limit;
         if depth_limit > 0 && inner.counters.in_flight.get() >= depth_limit {
