@@ -343,6 +343,8 @@ def test_binary_keys_quiet_pipelines_and_counters(server):
         too_large, miss = binary_responses(s, 2)
         assert (too_large[1], too_large[2], too_large[6]) == (0x0003, 6, b"Too large.")
         assert (miss[1], miss[2]) == (0x0001, 7)
+        # A GETK miss carries its key and nothing else (no "Not found").
+        assert (miss[4], miss[5], miss[6]) == (b"", key, b"")
 
 
 # --------------------------------------------------------------------------

@@ -602,12 +602,15 @@ impl BinaryContext {
         if self.quiet && status == status::KEY_ENOENT && self.is_get() {
             return;
         }
-        // A GETK miss names its key, so a client can match it.
-        let key: &[u8] = match self.kind {
-            Kind::Get { with_key: true } => &self.key,
-            _ => &[],
-        };
-        packet(out, self.head(status), &[], key, status_message(status));
+        // A GETK miss names its key, so a client can match it, and, as
+        // memcached's, carries nothing else; other errors carry their
+        // message and no key.
+        match self.kind {
+            Kind::Get { with_key: true } if status == status::KEY_ENOENT => {
+                packet(out, self.head(status), &[], &self.key, &[])
+            }
+            _ => packet(out, self.head(status), &[], &[], status_message(status)),
+        }
     }
 
     /// An error packet carrying memroute's (or a backend's) error line.
@@ -892,13 +895,7 @@ mod tests {
         );
         assert_eq!(
             encoded(&ctx, b"EN\r\n"),
-            vec![(
-                status::KEY_ENOENT,
-                0,
-                vec![],
-                b"key".to_vec(),
-                b"Not found".to_vec()
-            )]
+            vec![(status::KEY_ENOENT, 0, vec![], b"key".to_vec(), vec![])]
         );
         let mut buf = request(opcode::GETQ, &[], b"key", &[], 0);
         let (_, ctx) = translate(&mut buf);
