@@ -347,6 +347,33 @@ def test_binary_keys_quiet_pipelines_and_counters(server):
         assert (miss[4], miss[5], miss[6]) == (b"", key, b"")
 
 
+@pytest.mark.parametrize("packet", [
+    binary_request(0x01, b"k", b"v", b"\0" * 4),   # SET with 4 bytes of extras
+    binary_request(0x08, extras=b"\0\0"),          # FLUSH with 2
+    binary_request(0x00, b"k", b"v"),                # GET with a value
+    binary_request(0x0a, b"k"),                      # NOOP with a key
+], ids=["set_extras", "flush_extras", "get_value", "noop_key"])
+def test_binary_packet_of_the_wrong_shape_closes(server, packet):
+    """A binary packet whose extras, key or value do not fit its opcode is
+    answered "invalid arguments" and the connection closes (memcached's
+    binary protocol error), on memcached and memroute alike; the NOOP
+    behind it is not answered."""
+    with socket.create_connection((server.host, server.port), timeout=5) as s:
+        s.sendall(packet + binary_request(0x0a))
+        [(_, status, _, _, _, _, body)] = binary_responses(s, 1)
+        assert (status, body) == (0x0004, b"Invalid arguments")
+        assert s.recv(100) == b""
+
+
+def test_binary_unknown_opcode_and_flush_with_expiry_keep_the_connection(server):
+    with socket.create_connection((server.host, server.port), timeout=5) as s:
+        s.sendall(binary_request(0x30) + binary_request(0x08, extras=b"\0" * 4)
+                  + binary_request(0x0a))
+        replies = binary_responses(s, 3)
+        assert [(r[0], r[1], r[6]) for r in replies] == [
+            (0x30, 0x0081, b"Unknown command"), (0x08, 0, b""), (0x0a, 0, b"")]
+
+
 # --------------------------------------------------------------------------
 # concurrency smoke
 # --------------------------------------------------------------------------

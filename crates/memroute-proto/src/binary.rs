@@ -391,7 +391,8 @@ impl BinaryDecoder {
             INCREMENT | INCREMENTQ | DECREMENT | DECREMENTQ => (20, true, false),
             TOUCH | GAT | GATQ | GATK | GATKQ => (4, true, false),
             QUIT | QUITQ | NOOP | VERSION => (0, false, false),
-            FLUSH | FLUSHQ => (extras.len().min(4), false, false),
+            // An expiry, or none.
+            FLUSH | FLUSHQ => (if extras.len() == 4 { 4 } else { 0 }, false, false),
             VERBOSITY => (4, false, false),
             STAT => (0, false, false),
             _ => return reply(status::UNKNOWN_COMMAND),
@@ -403,7 +404,13 @@ impl BinaryDecoder {
             h.opcode == STAT || key.is_empty()
         };
         if extras.len() != extras_len || !key_ok || (!value_ok && !value.is_empty()) {
-            return reply(status::EINVAL);
+            // A packet of the wrong shape: "invalid arguments", and the
+            // connection closes, as memcached's does (its binary protocol
+            // error).
+            return BinaryFrame::Reply {
+                bytes: error_packet(h.opcode, h.opaque, status::EINVAL),
+                close: true,
+            };
         }
         let mut line = BytesMut::with_capacity(64 + key.len() * 2);
         let mut base64 = false;
@@ -971,13 +978,18 @@ mod tests {
             Ok(Some(BinaryFrame::Reply { bytes, close: true })) => assert!(bytes.is_empty()),
             other => panic!("{other:?}"),
         }
-        // Wrong extras: invalid arguments; unknown opcode; SASL.
-        let mut buf = request(opcode::SET, &[0; 4], b"k", b"v", 0);
-        match decoder.decode(&mut buf) {
-            Ok(Some(BinaryFrame::Reply { bytes, .. })) => {
-                assert_eq!(packets(&bytes)[0].0, status::EINVAL)
+        // Wrong extras: invalid arguments, and the connection closes;
+        // unknown opcode; SASL.
+        for mut buf in [
+            request(opcode::SET, &[0; 4], b"k", b"v", 0),
+            request(opcode::FLUSH, &[0; 2], &[], &[], 0),
+        ] {
+            match decoder.decode(&mut buf) {
+                Ok(Some(BinaryFrame::Reply { bytes, close: true })) => {
+                    assert_eq!(packets(&bytes)[0].0, status::EINVAL)
+                }
+                other => panic!("{other:?}"),
             }
-            other => panic!("{other:?}"),
         }
         let mut buf = request(0x20, &[], &[], &[], 0);
         match decoder.decode(&mut buf) {
