@@ -159,15 +159,23 @@ mod tests {
         assert!(room.try_take());
     }
 
-    #[test]
-    fn units_given_back_go_to_the_oldest_waiter_first() {
-        let room = Room::new(1);
+    type Waiting<'r> = Pin<Box<Take<'r>>>;
+
+    /// `room`, of one unit, full, with two takers waiting in line.
+    fn two_waiting(room: &Room) -> (Arc<Count>, Waiting<'_>, Waiting<'_>) {
         assert!(room.try_take());
         let wakes = Arc::new(Count(AtomicUsize::new(0)));
         let mut first = Box::pin(room.take());
         let mut second = Box::pin(room.take());
         assert!(!poll(&mut first, &wakes));
         assert!(!poll(&mut second, &wakes));
+        (wakes, first, second)
+    }
+
+    #[test]
+    fn units_given_back_go_to_the_oldest_waiter_first() {
+        let room = Room::new(1);
+        let (wakes, mut first, mut second) = two_waiting(&room);
         room.give(1);
         assert_eq!(wakes.0.load(Ordering::Relaxed), 1);
         // Nobody takes a unit past the waiters, even one just given back.
@@ -183,12 +191,7 @@ mod tests {
     #[test]
     fn a_waiter_that_gives_up_leaves_its_place_and_its_unit() {
         let room = Room::new(1);
-        assert!(room.try_take());
-        let wakes = Arc::new(Count(AtomicUsize::new(0)));
-        let mut first = Box::pin(room.take());
-        let mut second = Box::pin(room.take());
-        assert!(!poll(&mut first, &wakes));
-        assert!(!poll(&mut second, &wakes));
+        let (wakes, first, mut second) = two_waiting(&room);
         // Gives up before any unit came: out of the line.
         drop(first);
         room.give(1);
