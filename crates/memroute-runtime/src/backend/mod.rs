@@ -364,8 +364,9 @@ impl Sending {
     /// The request's round trip once it is answered: from its send to the
     /// read that brought its reply (or to its failure), as the backend's
     /// reader saw it, which is what `res:elapsed()` reports. Zero before
-    /// that, and for a request refused before it was queued (no time
-    /// passed) or whose connection went away without a word for it.
+    /// that and for a request refused before it was queued (no time
+    /// passed); for one whose connection went away without a word for it,
+    /// only its wait for room, if it had one.
     pub fn round_trip(&self) -> Duration {
         Duration::from_micros(self.round_trip_us.into())
     }
