@@ -183,6 +183,27 @@ ROWS: List[Conv] = [
         (b"set \x10\x10k 0 0 1\r\nx\r\n", b"STORED\r\n"),
         (b"get \x10\x10k\r\n", b"VALUE \x10\x10k 0 1\r\nx\r\nEND\r\n"),
     ]),
+    # memcached 1.6.18 reads a command line as a C string, cut at a NUL
+    # (so `set a<NUL>b 0 0 1` is `set a` and its data the next command);
+    # 1.6.45 reads it by length. memroute refuses the line, as a bad key.
+    D("nul_byte_in_a_command_line", [
+        _set(b"a"),
+        (b"set a\x00b 0 0 1\r\n", b"ERROR\r\n"),
+        (b"x\r\n", b"ERROR\r\n"),
+        (b"get a\x00b c\r\n", b"VALUE a 0 1\r\nx\r\nEND\r\n"),
+        (b"mg a\x00b v\r\n", b"HD\r\n"),
+        (b"delete a\x00zz noreply\r\n", b"DELETED\r\n"),
+        (b"get a\r\n", b"END\r\n"),
+    ], [
+        _set(b"a"),
+        (b"set a\x00b 0 0 1\r\nx\r\n", b"CLIENT_ERROR bad command line format\r\n"),
+        (b"get a\x00b c\r\n", b"CLIENT_ERROR bad command line format\r\n"),
+        (b"mg a\x00b v\r\n", b"CLIENT_ERROR bad command line format\r\n"),
+        (b"delete a\x00zz noreply\r\n", b""),
+        (b"get a\r\n", b"VALUE a 0 1\r\nx\r\nEND\r\n"),
+    ], "a proxy cannot know whether its backend cuts the line at the NUL (1.6.18) or "
+       "not (1.6.45); one that does would answer two requests where one was sent, and "
+       "the second reply would go to another client (docs/reliability.md)"),
     C("stats", b"stats\r\n", Re(rb"(STAT [^\r\n]+\r\n)+END\r\n")),
     C("quit", b"quit\r\n", b"", after=CLOSED),
     C("quit_with_argument", b"quit x\r\n", b"", after=CLOSED),

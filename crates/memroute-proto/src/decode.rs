@@ -205,7 +205,7 @@ impl RequestDecoder {
             if buf.is_empty() {
                 return None;
             }
-            let Some(newline) = memchr::memchr(b'\n', buf) else {
+            let Some((newline, holds_nul)) = line_end(buf) else {
                 let limit = if is_retrieval_prefix(buf) {
                     self.limits.max_get_line_len
                 } else {
@@ -226,7 +226,13 @@ impl RequestDecoder {
                 return Some(Decoded::Error(ProtocolError::Reply(BAD_FORMAT)));
             }
             frame.truncate(line_end);
-            match parse_line(frame, &self.limits) {
+            let parsed = parse_line(frame, &self.limits);
+            let parsed = if holds_nul {
+                refuse_nul(parsed)
+            } else {
+                parsed
+            };
+            match parsed {
                 Ok(Parsed::Ready(request)) => return Some(Decoded::Request(request)),
                 Ok(Parsed::NeedsData(request, value_len)) => {
                     self.pending = Some(Pending { request, value_len });
@@ -237,6 +243,42 @@ impl RequestDecoder {
                 }
             }
         }
+    }
+}
+
+/// Where the command line at the front of `buf` ends (its newline), and
+/// whether it holds a NUL byte: one scan for both, as the common line has
+/// none.
+fn line_end(buf: &[u8]) -> Option<(usize, bool)> {
+    let first = memchr::memchr2(b'\n', 0, buf)?;
+    if buf[first] == b'\n' {
+        return Some((first, false));
+    }
+    let newline = first + memchr::memchr(b'\n', &buf[first..])?;
+    Some((newline, true))
+}
+
+/// A command line that holds a NUL byte is refused, as a line with a bad
+/// key is: `CLIENT_ERROR bad command line format` (hidden by `noreply`),
+/// and a storage command's data block is swallowed.
+///
+/// memcached 1.6.18 reads a command line as a C string: a NUL ends it
+/// there, so `set a<NUL>b 0 0 9` is `set a` and its data block the next
+/// command. 1.6.45 reads lines by length, the NUL a key byte like any
+/// other. A proxy that forwarded such a line could not know which reading
+/// its backend makes, and a backend that reads two requests where the
+/// proxy sent one answers twice: the second reply goes to the next
+/// request on the connection, another client's. The embedded cache answers
+/// as the proxy does, so the two modes agree.
+fn refuse_nul(parsed: Result<Parsed, LineError>) -> Result<Parsed, LineError> {
+    match parsed {
+        Ok(Parsed::Ready(request)) => {
+            Err(LineError::reply(BAD_FORMAT).unless_noreply(request.noreply()))
+        }
+        Ok(Parsed::NeedsData(request, value_len)) => {
+            Err(LineError::swallowing(BAD_FORMAT, value_len + 2).unless_noreply(request.noreply()))
+        }
+        refused => refused,
     }
 }
 
@@ -860,6 +902,30 @@ mod tests {
                 }
             })
             .collect()
+    }
+
+    #[test]
+    fn a_line_holding_a_nul_byte_is_refused() {
+        // Its data block is swallowed: the line after it is the next request.
+        assert_eq!(
+            replies(b"set a\x00b 0 0 9\r\nget nokey\r\nmn\r\n"),
+            ["CLIENT_ERROR bad command line format", "req:mn"]
+        );
+        assert_eq!(
+            replies(b"get a\x00b\r\nmg k v\x00\r\nset a 0 0 1 noreply\x00\r\nx\r\n"),
+            [BAD_FORMAT, BAD_FORMAT, BAD_FORMAT]
+        );
+        // `noreply` hides the error; an incomplete line waits for its end.
+        assert_eq!(replies(b"set a\x00 0 0 1 noreply\r\nx\r\n"), ["silent"]);
+        let mut decoder = RequestDecoder::new(Limits::default());
+        let mut buf = BytesMut::from(&b"get a\x00b"[..]);
+        assert!(decoder.decode(&mut buf).is_none());
+        buf.extend_from_slice(b"\r\nmn\r\n");
+        assert!(matches!(decoder.decode(&mut buf), Some(Decoded::Error(_))));
+        assert!(matches!(
+            decoder.decode(&mut buf),
+            Some(Decoded::Request(_))
+        ));
     }
 
     #[test]

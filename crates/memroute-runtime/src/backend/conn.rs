@@ -961,10 +961,7 @@ impl Inner {
             BackendError::BadResponse(_) => "parsing",
             BackendError::Closed => "disconnected",
             // Not failures of the backend.
-            BackendError::Down
-            | BackendError::Busy
-            | BackendError::DepthLimit
-            | BackendError::NulInLine => return,
+            BackendError::Down | BackendError::Busy | BackendError::DepthLimit => return,
         };
         let config = &self.config;
         crate::watch::log(crate::watch::PROXYEVENTS, |line| {

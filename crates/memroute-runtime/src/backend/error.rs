@@ -44,27 +44,15 @@ pub enum BackendError {
     /// `backend_depth_limit`); not counted as a backend failure.
     #[error("backend depth limit reached")]
     DepthLimit,
-    /// The request's command line holds a NUL byte: refused, not sent; not
-    /// a backend failure. memcached 1.6.18 (Debian 12's) reads a command
-    /// line as a C string, so a NUL ends it there: it would read another
-    /// request than the one memroute parsed (which follows 1.6.45, where a
-    /// NUL is a key byte like any other), and `set a<NUL>b 0 0 9` with its
-    /// data would be answered twice, the second reply going to the next
-    /// request on the connection: another client's.
-    #[error("request line holds a NUL byte")]
-    NulInLine,
 }
 
 impl BackendError {
     /// The line (without `\r\n`) to answer the client: `SERVER_ERROR bad
-    /// response` for [`BackendError::BadResponse`], `CLIENT_ERROR bad
-    /// command line format` for [`BackendError::NulInLine`] (the client's
-    /// line is at fault), `SERVER_ERROR backend failure` for everything
-    /// else (memcached proxy's words).
+    /// response` for [`BackendError::BadResponse`], `SERVER_ERROR backend
+    /// failure` for everything else (memcached proxy's words).
     pub fn client_reply(&self) -> &'static str {
         match self {
             BackendError::BadResponse(_) => "SERVER_ERROR bad response",
-            BackendError::NulInLine => "CLIENT_ERROR bad command line format",
             _ => "SERVER_ERROR backend failure",
         }
     }
