@@ -227,11 +227,11 @@ impl RequestDecoder {
             }
             frame.truncate(line_end);
             let parsed = parse_line(frame, &self.limits);
-            let parsed = if holds_nul {
-                refuse_nul(parsed)
-            } else {
-                parsed
-            };
+            if holds_nul {
+                let LineError { error, swallow } = refuse_nul(parsed);
+                self.swallow = swallow;
+                return Some(Decoded::Error(error));
+            }
             match parsed {
                 Ok(Parsed::Ready(request)) => return Some(Decoded::Request(request)),
                 Ok(Parsed::NeedsData(request, value_len)) => {
@@ -270,15 +270,16 @@ fn line_end(buf: &[u8]) -> Option<(usize, bool)> {
 /// proxy sent one answers twice: the second reply goes to the next
 /// request on the connection, another client's. The embedded cache answers
 /// as the proxy does, so the two modes agree.
-fn refuse_nul(parsed: Result<Parsed, LineError>) -> Result<Parsed, LineError> {
+#[cold]
+fn refuse_nul(parsed: Result<Parsed, LineError>) -> LineError {
     match parsed {
         Ok(Parsed::Ready(request)) => {
-            Err(LineError::reply(BAD_FORMAT).unless_noreply(request.noreply()))
+            LineError::reply(BAD_FORMAT).unless_noreply(request.noreply())
         }
         Ok(Parsed::NeedsData(request, value_len)) => {
-            Err(LineError::swallowing(BAD_FORMAT, value_len + 2).unless_noreply(request.noreply()))
+            LineError::swallowing(BAD_FORMAT, value_len + 2).unless_noreply(request.noreply())
         }
-        refused => refused,
+        Err(refused) => refused,
     }
 }
 
