@@ -509,3 +509,40 @@ def test_macro_mistakes_stop_the_start_naming_them(startfile_dir, config, messag
     result = run_memroute_expect_failure(["--mcrouter-config", str(path)])
     assert result.returncode != 0
     assert message in result.stderr, result.stderr
+
+
+def test_a_config_that_grows_without_bound_fails_its_start_and_its_reload(
+        backends, memroute_factory, startfile_dir):
+    """A configuration whose expansion has no sane bound (a `range` of
+    billions; an `@import` of /dev/zero) stops the start with an error, and
+    a reload that brings one leaves the running configuration serving. The
+    range once aborted the process ("memory allocation of 96000000032 bytes
+    failed"), at start and, by the same parser, on a reload."""
+    (a,) = backends(1)
+    hostile = {
+        "pools": {"A": servers(a)},
+        "route": {"type": "if",
+                  "condition": {"type": "isInt", "value": {
+                      "type": "size",
+                      "dictionary": {"type": "range", "from": 0, "to": 3000000000}}},
+                  "is_true": "PoolRoute|A", "is_false": "PoolRoute|A"},
+    }
+    bad = config_file(startfile_dir, hostile, name="bad.json")
+    result = run_memroute_expect_failure(["--mcrouter-config", str(bad)])
+    assert result.returncode not in (0, -6, 134), result.stderr
+    assert "expands to more than 4000000 values" in result.stderr, result.stderr
+    zero = config_file(startfile_dir, {"pools": {"A": servers(a)}, "route": "@import(/dev/zero)"},
+                       name="zero.json")
+    result = run_memroute_expect_failure(["--mcrouter-config", str(zero)])
+    assert "/dev/zero: larger than 64 MiB, too large for a configuration" in result.stderr, \
+        result.stderr
+    path = config_file(startfile_dir, {"pools": {"A": servers(a)}, "route": "PoolRoute|A"})
+    mr = memroute_factory("--mcrouter-config", str(path))
+    config_file(startfile_dir, hostile)
+    mr.proc.send_signal(signal.SIGHUP)
+    with mr.client() as c:
+        wait_until(lambda: stats_dict(c).get("proxy_config_reload_fails") == "1", 10,
+                   what="the refused reload")
+        assert c.request(b"set k 0 0 1\r\nx\r\n") == b"STORED\r\n"
+    assert mc_get(a, "k") == b"x"
+    assert mr.is_running()

@@ -98,6 +98,31 @@ pub fn load(path: &Path, big_value_split_threshold: usize) -> Result<McrouterCon
     Ok(config)
 }
 
+/// The largest configuration file (or imported file) read: a path that
+/// names a device (`@import(/dev/zero)`) or a runaway file is an error,
+/// not the process's memory.
+const MAX_CONFIG_FILE: u64 = 64 << 20;
+
+/// The text of `path`, at most [`MAX_CONFIG_FILE`] bytes.
+fn read_bounded(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let failed = |e: std::io::Error| format!("{}: {e}", path.display());
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .map_err(failed)?
+        .take(MAX_CONFIG_FILE + 1)
+        .read_to_string(&mut text)
+        .map_err(failed)?;
+    if text.len() as u64 > MAX_CONFIG_FILE {
+        return Err(format!(
+            "{}: larger than {} MiB, too large for a configuration",
+            path.display(),
+            MAX_CONFIG_FILE >> 20
+        ));
+    }
+    Ok(text)
+}
+
 /// The JSON in `path` (comments allowed, `@import` resolved).
 fn read_json(path: &Path, depth: usize) -> Result<Value, String> {
     if depth > MAX_IMPORT_DEPTH {
@@ -106,7 +131,7 @@ fn read_json(path: &Path, depth: usize) -> Result<Value, String> {
             path.display()
         ));
     }
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let text = read_bounded(path)?;
     let mut value: Value = serde_json::from_str(&strip_comments(&text))
         .map_err(|e| format!("{}: {e}", path.display()))?;
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();

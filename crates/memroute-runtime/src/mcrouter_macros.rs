@@ -29,6 +29,14 @@ use serde_json::{Map, Value};
 /// overflow.
 const MAX_NESTING: usize = 200;
 
+/// The most work one configuration's expansion may take: one unit per
+/// value expanded and per element a built-in macro makes (a `range`, a
+/// `merge`, a `split`). A real configuration of thousands of servers and
+/// routes takes well under a tenth of it; a macro that doubles itself, or
+/// a `range` of billions, stops here with an error instead of taking the
+/// process's memory or its time (a reload runs this in a live proxy).
+const MAX_EXPANSION_WORK: usize = 4_000_000;
+
 /// Built-in macros that take their arguments by position in a string call
 /// or by name in an object call, with their parameter names. Parameters
 /// after a `?` are optional.
@@ -125,6 +133,8 @@ struct Preprocessor {
     macros: RefCell<HashMap<String, Rc<UserMacro>>>,
     consts: RefCell<HashMap<String, Const>>,
     depth: Cell<usize>,
+    /// Work done so far (see [`MAX_EXPANSION_WORK`]).
+    work: Cell<usize>,
 }
 
 /// The names a `%name%` can refer to besides constants: a macro's
@@ -242,8 +252,29 @@ impl Preprocessor {
         }
     }
 
-    /// Counts one level of nesting for the duration of `f`.
+    /// Counts `units` of work against [`MAX_EXPANSION_WORK`].
+    fn charge(&self, units: usize) -> Result<(), String> {
+        self.afford(units)?;
+        self.work.set(self.work.get() + units);
+        Ok(())
+    }
+
+    /// Whether `units` more work stay within [`MAX_EXPANSION_WORK`] (asked
+    /// before something that large is made).
+    fn afford(&self, units: usize) -> Result<(), String> {
+        if self.work.get().saturating_add(units) > MAX_EXPANSION_WORK {
+            return Err(format!(
+                "the configuration expands to more than {MAX_EXPANSION_WORK} values \
+                 (a macro that multiplies itself, or a huge range?)"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Counts one level of nesting (and a unit of work) for the duration
+    /// of `f`.
     fn nested<T>(&self, f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+        self.charge(1)?;
         let depth = self.depth.get() + 1;
         if depth > MAX_NESTING {
             return Err("macros nested too deep (does one refer to itself?)".into());
@@ -807,13 +838,25 @@ impl Preprocessor {
             raw,
             path,
         };
-        builtin(name, &mut args).map_err(|e| {
-            if e.starts_with(path) {
-                e
-            } else {
-                format!("{path}: {e}")
-            }
-        })
+        builtin(name, &mut args)
+            .and_then(|made| {
+                // What a built-in makes counts as work: `merge` of two
+                // copies of a list, again and again, doubles it each time.
+                self.charge(match &made {
+                    Value::Array(items) => items.len(),
+                    Value::Object(map) => map.len(),
+                    Value::String(text) => text.len() / 64,
+                    _ => 0,
+                })?;
+                Ok(made)
+            })
+            .map_err(|e| {
+                if e.starts_with(path) {
+                    e
+                } else {
+                    format!("{path}: {e}")
+                }
+            })
     }
 }
 
@@ -1070,6 +1113,9 @@ fn builtin(name: &str, args: &mut Args) -> Result<Value, String> {
         }
         "range" => {
             let (from, to) = (args.int("from")?, args.int("to")?);
+            // Refused before it is made (and counted once made).
+            let len = usize::try_from(i128::from(to) - i128::from(from) + 1).unwrap_or(0);
+            args.prep.afford(len)?;
             Ok(Value::Array((from..=to).map(Value::from).collect()))
         }
         "contains" => {
@@ -1533,5 +1579,36 @@ mod tests {
         // The path of the value that failed is named.
         let e = expand_config(json!({ "route": { "children": ["Pool|A", "@nope"] } })).unwrap_err();
         assert!(e.starts_with("route.children[1]"), "{e}");
+    }
+
+    #[test]
+    fn an_expansion_that_grows_without_bound_is_an_error() {
+        // A range of billions is refused before it is made.
+        let error = expand_with(json!({}), json!("@range(@int(0), @int(3000000000))")).unwrap_err();
+        assert!(error.contains("expands to more than"), "{error}");
+        // A macro that doubles its list, nested: refused once the lists
+        // made pass the bound, long before memory or time runs out.
+        let macros = json!({
+            "dup": {
+                "type": "macroDef",
+                "params": ["list"],
+                "result": { "type": "merge", "params": ["%list%", "%list%"] }
+            }
+        });
+        let mut call = json!({ "type": "range", "from": 0, "to": 999 });
+        for _ in 0..40 {
+            call = json!({ "type": "dup", "list": call });
+        }
+        let error = expand_with(macros.clone(), call).unwrap_err();
+        assert!(error.contains("expands to more than"), "{error}");
+        // A few doublings are fine.
+        let mut call = json!({ "type": "range", "from": 0, "to": 999 });
+        for _ in 0..3 {
+            call = json!({ "type": "dup", "list": call });
+        }
+        assert_eq!(
+            expand_with(macros, call).unwrap().as_array().map(Vec::len),
+            Some(8000)
+        );
     }
 }
