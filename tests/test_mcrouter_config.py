@@ -11,6 +11,7 @@ would, computed here by a small reimplementation of mcrouter's furc hash
 from __future__ import annotations
 
 import json
+import re
 import signal
 import struct
 
@@ -546,3 +547,37 @@ def test_a_config_that_grows_without_bound_fails_its_start_and_its_reload(
         assert c.request(b"set k 0 0 1\r\nx\r\n") == b"STORED\r\n"
     assert mc_get(a, "k") == b"x"
     assert mr.is_running()
+
+
+def test_filled_replies_show_the_meta_flags_asked_for(backends, memroute_factory,
+                                                      startfile_dir):
+    """A reply an L1L2CacheRoute or a WarmUpRoute makes from an item read in
+    its other child shows every meta flag asked for, as the backend's own
+    reply would: the size (`s`) too, and, for a warm-up, the TTL the cold
+    copy was given. (`s` was missing from both.)"""
+    near, far, cold, warm = backends(4)
+    path = config_file(startfile_dir, {
+        "pools": {"near": servers(near), "far": servers(far)},
+        "route": {"type": "L1L2CacheRoute", "l1": "PoolRoute|near", "l2": "PoolRoute|far",
+                  "upgradingL1Exptime": 60},
+    })
+    mr = memroute_factory("--mcrouter-config", str(path))
+    mc_set(far, "far-only", b"hello", flags=3)
+    with mr.client() as c:
+        assert c.request(b"mg far-only s v f\r\n", b"\r\nhello\r\n") == \
+            b"VA 5 s5 f3\r\nhello\r\n"
+        wait_until(lambda: mc_get(near, "far-only") == b"hello", 5, what="the L1 copy")
+        assert c.request(b"mg far-only s\r\n") == b"HD s5\r\n"
+    path = config_file(startfile_dir, {
+        "pools": {"cold": servers(cold), "warm": servers(warm)},
+        "route": {"type": "WarmUpRoute", "cold": "PoolRoute|cold", "warm": "PoolRoute|warm",
+                  "exptime": 100},
+    }, name="warmup.json")
+    mr = memroute_factory("--mcrouter-config", str(path))
+    mc_set(warm, "warm-only", b"hello", flags=3)
+    with mr.client() as c:
+        assert c.request(b"mg warm-only s v f t\r\n", b"\r\nhello\r\n") == \
+            b"VA 5 s5 f3 t100\r\nhello\r\n"
+        wait_until(lambda: mc_get(cold, "warm-only") == b"hello", 5, what="the cold copy")
+        reply = c.request(b"mg warm-only s f t\r\n")
+        assert re.fullmatch(rb"HD s5 f3 t(99|100)\r\n", reply), reply

@@ -154,6 +154,8 @@ impl Reply {
     /// A hit on an item with this data and client flags.
     pub fn hit(value: Bytes, flags: u32) -> Reply {
         Reply {
+            // A hit's item is as long as its value (meta `s`).
+            size: Some(value.len() as u64),
             value,
             flags: Some(flags),
             ..Reply::from(Status::Hit)

@@ -642,10 +642,11 @@ fn store_item(
     }
 }
 
-/// The client's reply to `request` from an item read elsewhere.
-fn reply_with(item: &Reply, request: &Request) -> Response {
+/// The client's reply to `request` from an item read elsewhere, showing
+/// `ttl` as its remaining TTL (meta `t`; -1: none).
+fn reply_with(item: &Reply, ttl: i64, request: &Request) -> Response {
     Reply::hit(item.value.clone(), item.flags.unwrap_or(0))
-        .with_ttl(item.ttl.unwrap_or(-1))
+        .with_ttl(ttl)
         .to_response(request)
 }
 
@@ -684,7 +685,8 @@ impl Route for Warmup {
                 ttl = self.max_ttl;
             }
             store_item(&self.cold, &key, &item, ttl, b'E', &self.limits);
-            reply_with(&item, &request)
+            // The TTL the cold copy now has (the warm one's, or the cap).
+            reply_with(&item, if ttl > 0 { ttl } else { -1 }, &request)
         })
     }
 }
@@ -743,7 +745,7 @@ impl L1L2 {
         }
         match fetch_item(&self.l1, key, &self.limits).await {
             Some(item) if is_negative(&item) => Err(nominal_miss(request)),
-            Some(item) => Ok(Some(reply_with(&item, request))),
+            Some(item) => Ok(Some(reply_with(&item, item.ttl.unwrap_or(-1), request))),
             None => Ok(None),
         }
     }
@@ -790,7 +792,7 @@ impl Route for L1L2 {
                     None => self.ttl,
                 };
                 store_item(&self.l1, &key, &item, ttl, b'S', &self.limits);
-                reply_with(&item, &request)
+                reply_with(&item, item.ttl.unwrap_or(-1), &request)
             });
         }
         let key = request.key().cloned();
