@@ -950,6 +950,13 @@ ROWS: List[Conv] = [
         (b"ma zz v\r\n", b"VA 2\r\n14\r\n"),
         (b"get zz\r\n", b"VALUE zz 0 2\r\n14\r\nEND\r\n"),
     ]),
+    # `q` hides an `ma` on an item that was there, not one it created.
+    C("ma_quiet_shows_the_item_it_created", [
+        (b"ma vq v N0 J7 q\r\nmn\r\n", b"VA 1\r\n7\r\nMN\r\n"),
+        (b"ma vq v q\r\nmn\r\n", b"MN\r\n"),
+        (b"ma vq2 N0 J7 q\r\nmn\r\n", b"HD\r\nMN\r\n"),
+        (b"ma vq2 q\r\nmn\r\n", b"MN\r\n"),
+    ]),
     C("ma_vivify_default_initial_and_ttl", [
         (b"ma new N30 v t\r\n", Re(rb"VA 1 t(29|30)\r\n0\r\n")),
         (b"ma new T90 v t\r\n", Re(rb"VA 1 t(89|90)\r\n1\r\n")),

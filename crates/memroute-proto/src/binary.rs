@@ -429,9 +429,10 @@ impl BinaryDecoder {
                 }
             }
             TOUCH => {
+                // Its reply carries the item's flags and CAS, as memcached's.
                 line.put_slice(b"mg");
                 base64 |= put_key(&mut line, &key);
-                line.put_slice(format!(" T{}", be_u32(extras)).as_bytes());
+                line.put_slice(format!(" f c T{}", be_u32(extras)).as_bytes());
                 Kind::Touch
             }
             op if is_store(op) => {
@@ -553,7 +554,7 @@ impl BinaryContext {
         // The CAS goes out when the meta request asked for it (`c`).
         let asked_cas = matches!(
             self.kind,
-            Kind::Get { .. } | Kind::Store { .. } | Kind::Arith
+            Kind::Get { .. } | Kind::Store { .. } | Kind::Arith | Kind::Touch
         );
         let cas = if asked_cas { reply.cas.unwrap_or(0) } else { 0 };
         let ok = |out: &mut BytesMut, extras: &[u8], key: &[u8], value: &[u8]| {
@@ -576,9 +577,13 @@ impl BinaryContext {
                 return;
             }
             (Kind::Version, Status::Version) => return ok(out, &[], &[], &reply.value),
-            // `TOUCH` is an `mg` without `v`: its hit is the success.
-            (_, Status::Stored | Status::Deleted | Status::Touched | Status::Ok)
-            | (Kind::Touch, Status::Hit) => {
+            // `TOUCH` is an `mg` without `v`: its hit is the success, with
+            // the item's flags.
+            (Kind::Touch, Status::Hit) => {
+                let flags = reply.flags.unwrap_or(0).to_be_bytes();
+                return ok(out, &flags, &[], &[]);
+            }
+            (_, Status::Stored | Status::Deleted | Status::Touched | Status::Ok) => {
                 if !self.quiet {
                     ok(out, &[], &[], &[]);
                 }
@@ -750,10 +755,10 @@ mod tests {
         let miss = Reply::from(Status::Miss);
         assert_eq!(typed(GET, &[], &miss), vec![error(status::KEY_ENOENT)]);
         assert!(typed(GETKQ, &[], &miss).is_empty(), "quiet miss");
-        // TOUCH asked for no CAS: none goes out.
+        // TOUCH answers with the item's flags and CAS, as memcached does.
         assert_eq!(
             typed(TOUCH, &touch_extras, &hit),
-            vec![(0, 0, vec![], vec![], vec![])]
+            vec![(0, 77, 5u32.to_be_bytes().to_vec(), vec![], vec![])]
         );
         let stored = Reply::from(Status::Stored).with_cas(42);
         assert_eq!(

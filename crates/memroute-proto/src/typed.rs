@@ -97,6 +97,9 @@ pub struct Reply {
     pub stale: bool,
     /// Meta `Z`: a win token was already handed out.
     pub win_token_sent: bool,
+    /// The item was made by this request (an `ma` with `N` on a miss):
+    /// memcached shows that reply even under `q`.
+    pub created: bool,
 }
 
 impl From<Status> for Reply {
@@ -114,6 +117,7 @@ impl From<Status> for Reply {
             won: false,
             stale: false,
             win_token_sent: false,
+            created: false,
         }
     }
 }
@@ -193,13 +197,18 @@ impl Reply {
     }
 
     /// Whether the meta `q` flag hides this reply: the nominal outcomes
-    /// (`EN` of `mg`, `HD` of `ms`/`md`, the result of `ma`); failures and
-    /// hits are still sent.
+    /// (`EN` of `mg`, `HD` of `ms`/`md`, the result of `ma` on an item that
+    /// was there); failures, hits and an item `ma` created are still sent.
     pub fn quiet_hides(&self) -> bool {
-        matches!(
-            self.status,
-            Status::Miss | Status::Stored | Status::Deleted | Status::Touched | Status::Number(_)
-        )
+        !self.created
+            && matches!(
+                self.status,
+                Status::Miss
+                    | Status::Stored
+                    | Status::Deleted
+                    | Status::Touched
+                    | Status::Number(_)
+            )
     }
 
     /// Whether `request` asked not to see this reply (text `noreply`

@@ -518,8 +518,14 @@ fn store_reply(outcome: StoreOutcome, stats: &WorkerStats) -> Reply {
 fn arith_reply(outcome: ArithOutcome) -> Reply {
     match outcome {
         ArithOutcome::Value {
-            value, cas, ttl, ..
-        } => Reply::number(value).with_cas(cas).with_ttl(ttl),
+            value,
+            cas,
+            ttl,
+            created,
+        } => Reply {
+            created,
+            ..Reply::number(value).with_cas(cas).with_ttl(ttl)
+        },
         ArithOutcome::NotFound => Reply::from(Status::NotFound),
         ArithOutcome::Exists => Reply::from(Status::Exists),
         ArithOutcome::NonNumeric => Reply::from(ErrorReply::NonNumeric),
