@@ -824,7 +824,7 @@ impl Reader {
                 RoutePlan::Warmup {
                     cold: Box::new(self.one(map, "cold", path)?),
                     warm: Box::new(self.one(map, "warm", path)?),
-                    ttl: int(map, "exptime", 3600, path)?,
+                    ttl: int_at_least(map, "exptime", 3600, 0, path)?,
                 }
             }
             "L1L2CacheRoute" => {
@@ -849,20 +849,17 @@ impl Reader {
                 RoutePlan::L1L2 {
                     l1: Box::new(self.one(map, "l1", path)?),
                     l2: Box::new(self.one(map, "l2", path)?),
-                    ttl: int(map, "upgradingL1Exptime", 0, path)?,
-                    negative_ttl: match int(map, "ncacheExptime", 0, path)? {
-                        t if t >= 0 => t,
-                        _ => return Err(format!("{path}.ncacheExptime: must be 0 or more")),
-                    },
+                    ttl: int_at_least(map, "upgradingL1Exptime", 0, 0, path)?,
+                    negative_ttl: int_at_least(map, "ncacheExptime", 0, 0, path)?,
                 }
             }
             "MigrateRoute" => {
                 check_keys(map, &["type", "from", "to", "start_time", "interval"], path)?;
-                let start = int(map, "start_time", i64::MIN, path)?;
-                if start == i64::MIN {
+                if !map.contains_key("start_time") {
                     return Err(format!("{path}.start_time: missing"));
                 }
-                let interval = int(map, "interval", 3600, path)?;
+                let start = int_at_least(map, "start_time", 0, 0, path)?;
+                let interval = int_at_least(map, "interval", 3600, 1, path)?;
                 let from = self.one(map, "from", path)?;
                 let to = self.one(map, "to", path)?;
                 let migrate = |start: i64, stop: i64| RoutePlan::Migrate {
@@ -962,6 +959,21 @@ fn int(map: &Map<String, Value>, key: &str, default: i64, path: &str) -> Result<
         Some(v) => v
             .as_i64()
             .ok_or_else(|| format!("{path}.{key}: must be an integer")),
+    }
+}
+
+/// [`int`] for a count of seconds or a time: at least `min` (a negative
+/// TTL or interval would mean nothing memroute could honour).
+fn int_at_least(
+    map: &Map<String, Value>,
+    key: &str,
+    default: i64,
+    min: i64,
+    path: &str,
+) -> Result<i64, String> {
+    match int(map, key, default, path)? {
+        n if n >= min => Ok(n),
+        _ => Err(format!("{path}.{key}: must be {min} or more")),
     }
 }
 
@@ -1424,6 +1436,31 @@ mod tests {
             err(json!({"type": "WarmUpRoute", "cold": "PoolRoute|A"})),
             "route.warm: missing"
         );
+        // Times and TTLs that mean nothing memroute could honour.
+        for (route, error) in [
+            (
+                json!({"type": "WarmUpRoute", "cold": "PoolRoute|A", "warm": "PoolRoute|A",
+                       "exptime": -5}),
+                "route.exptime: must be 0 or more",
+            ),
+            (
+                json!({"type": "L1L2CacheRoute", "l1": "PoolRoute|A", "l2": "PoolRoute|A",
+                       "upgradingL1Exptime": -1}),
+                "route.upgradingL1Exptime: must be 0 or more",
+            ),
+            (
+                json!({"type": "MigrateRoute", "from": "PoolRoute|A", "to": "PoolRoute|A",
+                       "start_time": -1}),
+                "route.start_time: must be 0 or more",
+            ),
+            (
+                json!({"type": "MigrateRoute", "from": "PoolRoute|A", "to": "PoolRoute|A",
+                       "start_time": 10, "interval": 0}),
+                "route.interval: must be 1 or more",
+            ),
+        ] {
+            assert_eq!(err(route), error);
+        }
         assert_eq!(
             read(json!({"pools": {"A": {"servers": ["nohost"]}}, "route": "NullRoute"}))
                 .unwrap_err(),
