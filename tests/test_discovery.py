@@ -204,6 +204,23 @@ def test_bad_discovery_options(startfile_dir, options, message):
     assert result.returncode != 0 and message in result.stderr, result.stderr
 
 
+@pytest.mark.parametrize("every", ["math.huge", "1e300", "1e-300", "0/0", "-1"])
+def test_a_refresh_period_out_of_bounds_stops_the_start(startfile_dir, every):
+    """`every` must be 0.1 to 86400 seconds: a huge one once panicked the
+    config thread at start (and on a reload, leaving every later reload
+    failing), a tiny one re-read the source in a tight loop."""
+    path = write_startfile(startfile_dir, "every.lua", """
+function mcp_config_pools()
+    return { p = mcp.pool(mcp.discover{ srv = "x", every = %s }) }
+end
+function mcp_config_routes(p) mcp.attach(mcp.CMD_ANY_STORAGE, p.p) end
+""" % every)
+    result = run_memroute_expect_failure(["--config", str(path)])
+    assert result.returncode != 0, result.stderr
+    assert "every must be a number of seconds from 0.1 to 86400" in result.stderr, result.stderr
+    assert "panicked" not in result.stderr, result.stderr
+
+
 def test_a_replaced_member_and_a_resolver_outage(backends, memroute_factory, startfile_dir):
     a, b, c = backends(3)
     records = Records()

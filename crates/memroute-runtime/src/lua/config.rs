@@ -917,15 +917,20 @@ fn discover(lua: &Lua, opts: Table) -> mlua::Result<DiscoveryHandle> {
                 None
             }
             "every" => {
-                every = Some(match value {
-                    Value::Integer(s) if s > 0 => std::time::Duration::from_secs(s as u64),
-                    Value::Number(s) if s > 0.0 => std::time::Duration::from_secs_f64(s),
-                    _ => {
-                        return Err(mlua::Error::runtime(
-                            "mcp.discover: every must be a number of seconds above 0",
-                        ))
-                    }
-                });
+                // Bounded both ways: a huge one once panicked the config
+                // thread (no Duration holds it), a tiny one re-read the
+                // source in a tight loop.
+                let secs = match value {
+                    Value::Integer(s) => s as f64,
+                    Value::Number(s) => s,
+                    _ => f64::NAN,
+                };
+                if !(0.1..=86400.0).contains(&secs) {
+                    return Err(mlua::Error::runtime(
+                        "mcp.discover: every must be a number of seconds from 0.1 to 86400",
+                    ));
+                }
+                every = Some(std::time::Duration::from_secs_f64(secs));
                 None
             }
             other if tunable(&mut template, other, value.clone(), "mcp.discover")? => None,
