@@ -1174,3 +1174,82 @@ def test_res_elapsed_is_the_backend_round_trip(backends, memroute_factory, start
         assert 400_000 <= held < 5_000_000, held
         after = elapsed(c.request(request_line))
         assert after < held - 200_000, (held, after)
+
+
+MISUSE_STARTFILE = r"""
+-- Route code an operator could get wrong, each behind a key prefix.
+function mcp_config_pools()
+    local host, port = string.match(mcp.start_arg, "^(.+):(%d+)$")
+    return mcp.pool({ mcp.backend("b1", host, tonumber(port)) })
+end
+
+local function bad_error_object()
+    -- An error value whose __tostring fails (or yields).
+    error(setmetatable({}, { __tostring = function() error("x") end }))
+end
+
+function mcp_config_routes(pool)
+    local fgen = mcp.funcgen_new()
+    local h = fgen:new_handle(pool)
+    fgen:ready({ n = "misuse", f = function(rctx)
+        return function(r)
+            local key = r:key()
+            if string.find(key, "^errobj/") then
+                bad_error_object()
+            elseif string.find(key, "^cocreate/") then
+                -- The wait yields to this coroutine's resumer, not to the
+                -- slot's driver.
+                local co = coroutine.create(function()
+                    return rctx:enqueue_and_wait(r, h)
+                end)
+                coroutine.resume(co)
+                coroutine.resume(co)
+                return "SERVER_ERROR made its own coroutine"
+            end
+            return rctx:enqueue_and_wait(r, h)
+        end
+    end })
+    mcp.attach(mcp.CMD_MG, fgen)
+    mcp.attach(mcp.CMD_GET, function(r)
+        if string.find(r:key(), "^errobj/") then
+            bad_error_object()
+        end
+        return pool(r)
+    end)
+end
+"""
+
+
+def test_a_route_error_whose_tostring_fails_is_a_lua_failure(backends, memroute_factory,
+                                                              startfile_dir):
+    """An error value with a `__tostring` that itself fails answers `SERVER_ERROR
+    lua failure`, in a funcgen slot and in a classic route; the server goes
+    on. Its text was made outside any protected call, and the failing
+    metamethod aborted the process (SIGABRT, no message)."""
+    (b,) = backends(1)
+    path = write_startfile(startfile_dir, "misuse.lua", MISUSE_STARTFILE)
+    mr = memroute_factory("--config", str(path), "--config-arg", b.addr, "-t", "1")
+    mc_set(b, "plain/k", b"v")
+    with mr.client() as c:
+        for _ in range(3):
+            assert c.request(b"mg errobj/a v\r\n") == b"SERVER_ERROR lua failure\r\n"
+            assert c.request(b"get errobj/b\r\n") == b"SERVER_ERROR lua failure\r\n"
+        assert c.request(b"mg plain/k v\r\n", b"\r\nv\r\n") == b"VA 1\r\nv\r\n"
+    assert mr.is_running()
+
+
+def test_a_wait_in_a_coroutine_the_slot_made_does_not_keep_the_slot(backends, memroute_factory,
+                                                                     startfile_dir):
+    """A slot function that waits inside a coroutine it made itself gets its
+    reply, and its slot is free again: the request it started no longer
+    counts as pending once the slot function returns. Each such request
+    kept its slot for ever (20,000 requests: 20,000 slots, 71 MB)."""
+    (b,) = backends(1)
+    path = write_startfile(startfile_dir, "misuse.lua", MISUSE_STARTFILE)
+    mr = memroute_factory("--config", str(path), "--config-arg", b.addr, "-t", "1")
+    with mr.client() as c:
+        for i in range(300):
+            assert c.request(b"mg cocreate/%d v\r\n" % i) == \
+                b"SERVER_ERROR made its own coroutine\r\n"
+        slots = int(stats_dict(c, b"proxyfuncs")["slots_misuse"])
+    assert slots <= 2, slots

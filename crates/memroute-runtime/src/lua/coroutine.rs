@@ -175,7 +175,13 @@ impl Coroutines {
     /// belongs to no one, and must not be taken by the next coroutine that
     /// yields without waiting.
     fn drop_unclaimed(&self) {
-        self.parked.borrow_mut().take();
+        let parked = self.parked.borrow_mut().take();
+        // Its request context counted the request as pending: it is not
+        // any more, or the slot would wait for it for ever (and a slot,
+        // its coroutine and its objects would be lost per request).
+        if let Some(Parked::Handle { rctx, handle, .. }) = parked {
+            rctx.abandoned(handle);
+        }
     }
 
     /// Parks the work the running coroutine is about to yield for.

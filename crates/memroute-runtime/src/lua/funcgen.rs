@@ -946,6 +946,14 @@ impl Rctx {
         true
     }
 
+    /// A request [`Parked::Handle`] sent whose wait no driver will take
+    /// (it yielded inside a coroutine the slot function made): no longer
+    /// pending; its reply is dropped when it comes.
+    pub(super) fn abandoned(&self, handle: usize) {
+        self.pending.set(self.pending.get().saturating_sub(1));
+        self.handles.borrow_mut()[handle].state = State::Idle;
+    }
+
     /// The answer to a request [`Parked::Handle`] sent: recorded as the
     /// handle's result and counted by the wait; `give` gets the response
     /// object the wait returns.

@@ -269,7 +269,7 @@ pub(super) fn thread_error(lua: &Lua, thread: &Thread) -> mlua::Error {
             let error = match raw.pop_value() {
                 Value::Error(error) => *error,
                 _ => {
-                    let message = ffi::luaL_tolstring(main, -1, ptr::null_mut());
+                    let message = error_text(main);
                     ffi::luaL_traceback(main, state, message, 0);
                     let mut len = 0usize;
                     let text = ffi::lua_tolstring(main, -1, &mut len);
@@ -281,6 +281,26 @@ pub(super) fn thread_error(lua: &Lua, thread: &Thread) -> mlua::Error {
             error
         }
     })
+}
+
+/// The text of the error value on top of `main`'s stack, pushed above it:
+/// a string or a number as it is, anything else as its type, as `lua.c`
+/// shows an error object. Its `__tostring` is not called: this runs
+/// outside any protected call, and a metamethod that raised an error (or
+/// yielded) there would abort the process.
+///
+/// # Safety
+/// `main` has a value on top and room for one more.
+unsafe fn error_text(main: *mut ffi::lua_State) -> *const std::ffi::c_char {
+    let kind = ffi::lua_type(main, -1);
+    if kind == ffi::LUA_TSTRING || kind == ffi::LUA_TNUMBER {
+        ffi::lua_pushvalue(main, -1);
+    } else {
+        let name = std::ffi::CStr::from_ptr(ffi::lua_typename(main, kind)).to_string_lossy();
+        let text = format!("(error object is a {name} value)");
+        ffi::lua_pushlstring(main, text.as_ptr().cast(), text.len());
+    }
+    ffi::lua_tolstring(main, -1, ptr::null_mut())
 }
 
 /// The value a coroutine is resumed with, ahead of a message, to make the
