@@ -82,3 +82,41 @@ def test_protocol_flag(kind, server_workdir):
             assert stats_dict(c, b"settings")["binding_protocol"] == "auto-negotiate"
     finally:
         f.stop_all()
+
+
+def test_sigterm_ends_a_worker_held_by_a_lua_route_that_never_returns(memroute_factory,
+                                                                      startfile_dir):
+    """A route stuck in a Lua loop holds its worker (Lua cannot be
+    interrupted), but SIGTERM still ends the process: the server waits the
+    shutdown timeout and a 5 s grace for its workers, then ends without the
+    stuck one, with an error naming it (exit 1). It waited for ever, and only
+    SIGKILL stopped it."""
+    import time
+    from conftest import write_startfile
+    path = write_startfile(startfile_dir, "loop.lua", """
+function mcp_config_pools() return {} end
+function mcp_config_routes(p)
+    mcp.attach(mcp.CMD_ANY_STORAGE, function(r)
+        if r:key() == "loop" then
+            while true do end
+        end
+        return "SERVER_ERROR not looping"
+    end)
+end
+""")
+    mr = memroute_factory("--config", str(path), "-t", "1", "--shutdown-timeout", "1")
+    with mr.client() as c:
+        assert c.request(b"get other\r\n") == b"SERVER_ERROR not looping\r\n"
+        c.send(b"get loop\r\n")
+        time.sleep(0.2)
+        started = time.monotonic()
+        mr.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = mr.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            pytest.fail("memroute did not exit within 20 s of SIGTERM\n" + mr.stderr_tail())
+        took = time.monotonic() - started
+    mr.stop(expect_clean=False)
+    assert rc == 1, mr.stderr_tail()
+    assert 5 <= took < 15, took
+    assert "did not stop within the shutdown timeout" in mr.stderr_tail()

@@ -27,7 +27,7 @@ use memroute_cache::{Cache, CacheConfig};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::LocalSet;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::admin::Admin;
 use crate::auth::Auth;
@@ -64,6 +64,38 @@ pub enum RuntimeError {
     /// An auth file (`-Y`) or SASL password file (`-S`) that cannot be used.
     #[error("authentication: {0}")]
     Auth(String),
+    /// Worker threads that had not stopped [`WORKER_STOP_GRACE`] after the
+    /// shutdown timeout (a Lua route that never returns holds its worker:
+    /// Lua cannot be interrupted); the process ended without them, after
+    /// the write-behind queues were drained.
+    #[error(
+        "{0} worker thread(s) did not stop within the shutdown timeout (a Lua route that never \
+         returns?): their connections were dropped"
+    )]
+    StuckWorkers(usize),
+}
+
+/// How long after `shutdown_timeout` the server still waits for a worker
+/// thread to stop (its connections are closed at the timeout) before it
+/// ends without it.
+const WORKER_STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Joins `workers`, waiting at most `limit` in all; returns how many had
+/// not stopped by then (left running: they end with the process).
+fn join_workers(workers: Vec<std::thread::JoinHandle<()>>, limit: Duration) -> usize {
+    let deadline = std::time::Instant::now() + limit;
+    let mut running = workers;
+    while !running.is_empty() && std::time::Instant::now() < deadline {
+        let (done, rest): (Vec<_>, Vec<_>) = running.into_iter().partition(|w| w.is_finished());
+        for worker in done {
+            let _ = worker.join();
+        }
+        running = rest;
+        if !running.is_empty() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    running.len()
 }
 
 /// Triggers a graceful shutdown from another thread (tests, embedders).
@@ -398,8 +430,12 @@ impl Server {
         // Dropping the acceptor tasks drops the last senders, so idle
         // workers see their channel close.
         drop(local);
-        for thread in workers {
-            let _ = thread.join();
+        let stuck = join_workers(workers, config.shutdown_timeout + WORKER_STOP_GRACE);
+        if stuck > 0 {
+            error!(
+                workers = stuck,
+                "worker threads did not stop within the shutdown timeout; ending without them"
+            );
         }
         if let Some(metrics) = metrics {
             metrics.join();
@@ -411,6 +447,9 @@ impl Server {
         for store in proxy_stats.stores.all() {
             let report = store.drain(config.drain_timeout);
             info!("{}: {}", store.name(), report);
+        }
+        if stuck > 0 {
+            return Err(RuntimeError::StuckWorkers(stuck));
         }
         info!("shutdown complete");
         Ok(())
