@@ -1119,9 +1119,9 @@ def test_a_slot_outlives_its_coroutine(memroute_factory, startfile_dir):
         c.assert_alive()
 
 
-ELAPSED_STARTFILE = r"""
--- res:elapsed() of a pool's response, read by a funcgen (mg) and by a
--- classic route (get).
+# The pool of one backend ("host:port" in the start argument), and the
+# start of a routes function that gives it a funcgen with one handle, h.
+ONE_POOL_FUNCGEN = r"""
 function mcp_config_pools()
     local host, port = string.match(mcp.start_arg, "^(.+):(%d+)$")
     return mcp.pool({ mcp.backend("b1", host, tonumber(port)) })
@@ -1130,6 +1130,11 @@ end
 function mcp_config_routes(pool)
     local fgen = mcp.funcgen_new()
     local h = fgen:new_handle(pool)
+"""
+
+# res:elapsed() of a pool's response, read by a funcgen (mg) and by a
+# classic route (get).
+ELAPSED_STARTFILE = ONE_POOL_FUNCGEN + r"""
     fgen:ready({ n = "elapsed", f = function(rctx)
         return function(r)
             local res = rctx:enqueue_and_wait(r, h)
@@ -1176,21 +1181,13 @@ def test_res_elapsed_is_the_backend_round_trip(backends, memroute_factory, start
         assert after < held - 200_000, (held, after)
 
 
+# Route code an operator could get wrong, each behind a key prefix.
 MISUSE_STARTFILE = r"""
--- Route code an operator could get wrong, each behind a key prefix.
-function mcp_config_pools()
-    local host, port = string.match(mcp.start_arg, "^(.+):(%d+)$")
-    return mcp.pool({ mcp.backend("b1", host, tonumber(port)) })
-end
-
 local function bad_error_object()
     -- An error value whose __tostring fails (or yields).
     error(setmetatable({}, { __tostring = function() error("x") end }))
 end
-
-function mcp_config_routes(pool)
-    local fgen = mcp.funcgen_new()
-    local h = fgen:new_handle(pool)
+""" + ONE_POOL_FUNCGEN + r"""
     fgen:ready({ n = "misuse", f = function(rctx)
         return function(r)
             local key = r:key()
