@@ -153,6 +153,10 @@ DDB_NO_EXPLICIT_CAS = ("a DynamoDB pool makes its own CAS versions (they order i
                        "E (explicit CAS) is refused")
 DDB_NO_X = "md x (remove the value, keep the item) has no table equivalent: refused"
 DDB_NO_ME = "me (memcached's item debug dump: slab class, LRU time) has no table equivalent"
+PROXY_QUIET_MA = ("every request goes to its pool without q (each must get exactly one reply), "
+                  "and the pool's reply to an ma does not say whether it created the item: the "
+                  "proxy hides it as it hides an ma on an item that was there "
+                  "(docs/compatibility.md)")
 
 DIFFERENCES: Dict[str, list] = {
     # ------------------------------------------ memcached 1.6.18 backends
@@ -201,6 +205,11 @@ DIFFERENCES: Dict[str, list] = {
     "me_miss": [Differs(DYNAMO, DDB_NO_ME, {0: UNSUPPORTED})],
     "me_hit": [Differs(DYNAMO, DDB_NO_ME, {1: UNSUPPORTED, 3: UNSUPPORTED})],
     "me_with_ttl": [Differs(DYNAMO, DDB_NO_ME, {1: UNSUPPORTED})],
+
+    # ------------------------------------------------------ every proxy kind
+    "ma_quiet_shows_the_item_it_created": [
+        Differs(MEMCACHED + DYNAMO + ("internal",), PROXY_QUIET_MA,
+                {0: b"MN\r\n", 2: b"MN\r\n"})],
 }
 
 
