@@ -38,7 +38,6 @@ use super::funcgen::Rctx;
 use super::objects::LuaResponse;
 use crate::backend::BackendConfig;
 use crate::route::{Pool, Sent};
-use memroute_proto::Response;
 
 /// The two values a waiting call returns (the second is often nil), or the
 /// error it raises in the route.
@@ -432,8 +431,7 @@ fn poll_parked(
             start,
             backend,
         }) => {
-            let response = ready!(Pin::new(&mut *future).poll(cx));
-            let response = timed(response, future, *start, backend.take());
+            let response = ready!(poll_timed(future, *start, backend, cx));
             super::fresh::push_response(lua, thread, response)
         }
         Some(Parked::Handle {
@@ -443,8 +441,7 @@ fn poll_parked(
             start,
             backend,
         }) => {
-            let response = ready!(Pin::new(&mut *future).poll(cx));
-            let response = timed(response, future, *start, backend.take());
+            let response = ready!(poll_timed(future, *start, backend, cx));
             rctx.answered(lua, *handle, response, |object| {
                 object.push(thread).map(|()| 1)
             })
@@ -589,21 +586,23 @@ pub(super) fn start_of(sent: &Sent) -> Option<Instant> {
     (!sent.times_itself()).then(Instant::now)
 }
 
-/// A backend call's response as a response object, with its round-trip
-/// time (`res:elapsed()`: its pool's, else since `start`) and, for
-/// `watch proxyreqs`, its backend.
-fn timed(
-    response: Response,
-    sent: &Sent,
+/// Polls a backend call, `sent`: once done, its response as a response
+/// object, with its round-trip time (`res:elapsed()`: its pool's, else
+/// since `start`) and, for `watch proxyreqs`, its backend.
+#[inline]
+fn poll_timed(
+    sent: &mut Sent,
     start: Option<Instant>,
-    backend: Option<Arc<BackendConfig>>,
-) -> LuaResponse {
+    backend: &mut Option<Arc<BackendConfig>>,
+    cx: &mut std::task::Context<'_>,
+) -> std::task::Poll<LuaResponse> {
+    let response = std::task::ready!(Pin::new(&mut *sent).poll(cx));
     let round_trip = sent
         .round_trip()
         .or_else(|| start.map(|start| start.elapsed()))
         .unwrap_or_default();
-    LuaResponse {
-        backend,
+    std::task::Poll::Ready(LuaResponse {
+        backend: backend.take(),
         ..LuaResponse::new(response, round_trip.as_micros() as u64)
-    }
+    })
 }
