@@ -547,7 +547,6 @@ impl Outcome {
                 cas: Some(item.cas),
                 ttl: Some(remaining_ttl(item.expires, now)),
                 ttl_before_touch: Some(*ttl_before),
-                size: Some(item.value.len() as u64),
                 ..Reply::hit(item.value.clone(), item.flags)
             },
             Outcome::Miss => Reply::from(Status::Miss),

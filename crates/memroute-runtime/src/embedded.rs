@@ -293,7 +293,6 @@ impl Embedded {
                             cas: Some(item.cas),
                             ttl: Some(item.ttl),
                             ttl_before_touch: Some(hit.ttl_before_touch),
-                            size: Some(item.value.len() as u64),
                             last_access: Some(item.last_access_ago),
                             fetched: Some(item.fetched),
                             won: hit.won,
